@@ -1,0 +1,4 @@
+//! The `citron` command.
+fn main() {
+    println!("citron {}", env!("CARGO_PKG_VERSION"));
+}

@@ -1,0 +1,465 @@
+//! The gateway: the lab's DUTs, their active jobs and the cache, answering backends' requests.
+//!
+//! It is the one [`Catalog`] implementation: backends hold it as `Arc<dyn Catalog>`, the control
+//! API, the CLI and the Python bindings call its methods to add DUTs, set jobs and send events.
+//!
+//! # Generated files
+//! For every DUT with a job, citron generates in both the HTTP and the TFTP namespace:
+//! `boot.ipxe` and `boot/<machine_id>/boot.ipxe` (an iPXE script booting the job's kernel,
+//! initramfs and cmdline), `boot/<machine_id>/kernel`, `boot/<machine_id>/initramfs` and
+//! `boot/<machine_id>/cmdline.txt`; over TFTP also `config.txt` (Raspberry Pi style).
+//! **A file the job defines at one of these paths wins** and the override is logged; the other
+//! generated files stay available, so a user's own script may still point at them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use parking_lot::RwLock;
+
+use crate::access::{AccessLog, AccessRecord, AccessTicket};
+use crate::artifact::{Cache, CachedArtifact, FetchError};
+use crate::digest::Digest;
+use crate::job::{FileSpec, JobDescription, JobErrors, RenderContext, ResolvedJob, Step};
+use crate::lab::LabConfig;
+use crate::lifetime::{Event, Policies};
+use crate::namespace::{normalize, Dut, DutId, DutRegistry, RegistryError};
+use crate::serve::{Artifact, Catalog, Content, Export, ExportInfo, FileRequest, Intent, Protocol, ServeError, Space};
+
+/// How DUTs reach citron's servers; fills `http_artifact_base` and friends.
+#[derive(Debug, Clone, Default)]
+pub struct Endpoints {
+    /// `http://host:port` as DUTs see the HTTP server.
+    pub http: Option<String>,
+    /// `tftp://host:port` as DUTs see the TFTP server.
+    pub tftp: Option<String>,
+    /// NBD host as DUTs see it.
+    pub nbd_host: Option<String>,
+    /// NBD port.
+    pub nbd_port: Option<u16>,
+}
+
+/// Why a gateway call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GatewayError {
+    /// No such DUT.
+    #[error("no DUT {0:?}; list them with GET /api/v1/duts or add it to the lab file")]
+    UnknownDut(DutId),
+    /// The DUT could not be registered.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The job description is invalid.
+    #[error("{0}")]
+    Job(#[from] JobErrors),
+    /// An artifact could not be fetched.
+    #[error("{0}")]
+    Fetch(#[from] FetchError),
+    /// The data directory is unusable.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// A servable file of a loaded job.
+struct Entry {
+    content: Content,
+    len: u64,
+    digest: Digest,
+    policies: Policies,
+    _pin: Option<CachedArtifact>,
+}
+
+/// What one step of a job serves, by space and normalised path.
+#[derive(Default)]
+struct Files {
+    http: HashMap<String, Arc<Entry>>,
+    tftp: HashMap<String, Arc<Entry>>,
+    kernel: Option<Arc<Entry>>,
+    initramfs: Option<Arc<Entry>>,
+    cmdline: String,
+}
+
+impl Files {
+    fn space(&self, s: Space) -> &HashMap<String, Arc<Entry>> {
+        match s {
+            Space::Http => &self.http,
+            Space::Tftp => &self.tftp,
+        }
+    }
+    fn entries(&self) -> impl Iterator<Item = &Arc<Entry>> {
+        self.http.values().chain(self.tftp.values()).chain(self.kernel.iter()).chain(self.initramfs.iter())
+    }
+}
+
+struct ActiveJob {
+    job: ResolvedJob,
+    start: Files,
+    cont: Option<Files>,
+    boots: AtomicU32,
+}
+
+impl ActiveJob {
+    /// `continue` is used from the second boot after the job started.
+    fn files(&self) -> &Files {
+        match &self.cont {
+            Some(c) if self.boots.load(Ordering::SeqCst) >= 2 => c,
+            _ => &self.start,
+        }
+    }
+}
+
+struct Inner {
+    registry: RwLock<DutRegistry>,
+    jobs: RwLock<HashMap<DutId, Arc<ActiveJob>>>,
+    cache: Cache,
+    log: Arc<AccessLog>,
+    lab: LabConfig,
+    endpoints: RwLock<Endpoints>,
+    data_dir: PathBuf,
+}
+
+/// The running state of a lab. Cheap to clone; clones share everything.
+///
+/// ```
+/// use citron_core::{Gateway, lab::LabConfig, job::{JobDescription, Origin}};
+/// use citron_core::serve::{Catalog, FileRequest, Intent, Protocol, Space};
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let dir = tempfile::tempdir().unwrap();
+/// let gw = Gateway::new(LabConfig::default_lab(), dir.path()).unwrap();
+/// let job = JobDescription::parse("deployment:\n  start:\n    storage:\n      http:\n        - path: /hello\n          data: hi\n", Origin::named("job.yaml")).unwrap();
+/// gw.set_job(&"dut1".into(), &job).await.unwrap();
+/// let req = FileRequest { peer: "127.0.0.2".parse().unwrap(), protocol: Protocol::HTTP, space: Space::Http, path: "/hello", base_url: None, intent: Intent::Read };
+/// assert_eq!(gw.open(&req).unwrap().len, 2);
+/// # });
+/// ```
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").field("data_dir", &self.inner.data_dir).finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// A gateway for `lab`, keeping its state (cache, disks) under `data_dir`.
+    pub fn new(lab: LabConfig, data_dir: &Path) -> Result<Gateway, GatewayError> {
+        let dd = |source| GatewayError::DataDir { path: data_dir.to_path_buf(), source };
+        std::fs::create_dir_all(data_dir).map_err(dd)?;
+        let cache_cfg = lab.cache_config().map_err(|m| dd(std::io::Error::new(std::io::ErrorKind::InvalidInput, m)))?;
+        let cache = Cache::open(&data_dir.join("cache"), cache_cfg, lab.s3.clone()).map_err(dd)?;
+        let mut registry = DutRegistry::default();
+        for d in &lab.duts {
+            registry.add(d.clone())?;
+        }
+        Ok(Gateway {
+            inner: Arc::new(Inner {
+                registry: RwLock::new(registry),
+                jobs: RwLock::new(HashMap::new()),
+                cache,
+                log: Arc::new(AccessLog::default()),
+                lab,
+                endpoints: RwLock::new(Endpoints::default()),
+                data_dir: data_dir.to_path_buf(),
+            }),
+        })
+    }
+
+    /// Tells the gateway how DUTs reach the servers (once they are bound).
+    pub fn set_endpoints(&self, e: Endpoints) {
+        *self.inner.endpoints.write() = e;
+    }
+
+    /// The lab configuration.
+    pub fn lab(&self) -> &LabConfig {
+        &self.inner.lab
+    }
+
+    /// The access log and counters.
+    pub fn access_log(&self) -> &Arc<AccessLog> {
+        &self.inner.log
+    }
+
+    /// The artifact cache.
+    pub fn cache(&self) -> &Cache {
+        &self.inner.cache
+    }
+
+    /// All DUTs.
+    pub fn duts(&self) -> Vec<Dut> {
+        self.inner.registry.read().iter().cloned().collect()
+    }
+
+    /// One DUT.
+    pub fn dut(&self, id: &DutId) -> Option<Dut> {
+        self.inner.registry.read().get(id).cloned()
+    }
+
+    /// Adds a DUT.
+    pub fn add_dut(&self, dut: Dut) -> Result<(), GatewayError> {
+        Ok(self.inner.registry.write().add(dut)?)
+    }
+
+    /// Removes a DUT and its job.
+    pub fn remove_dut(&self, id: &DutId) -> Result<Dut, GatewayError> {
+        let d = self.inner.registry.write().remove(id).ok_or_else(|| GatewayError::UnknownDut(id.clone()))?;
+        self.inner.jobs.write().remove(id);
+        self.inner.log.forget(id);
+        Ok(d)
+    }
+
+    /// The template variables a job for `dut` sees.
+    pub fn variables(&self, dut: &Dut) -> BTreeMap<String, String> {
+        let mut v = BTreeMap::new();
+        let e = self.inner.endpoints.read().clone();
+        v.insert("machine_id".into(), dut.machine_id().to_string());
+        v.insert("http_artifact_base".into(), e.http.unwrap_or_default());
+        v.insert("tftp_artifact_base".into(), e.tftp.unwrap_or_default());
+        v.insert("nbd_host".into(), e.nbd_host.unwrap_or_default());
+        v.insert("nbd_port".into(), e.nbd_port.map(|p| p.to_string()).unwrap_or_default());
+        for (k, val) in &self.inner.lab.variables {
+            v.insert(k.clone(), val.clone());
+        }
+        v
+    }
+
+    /// The render context of a job for `dut`. `job_dir` is the job file's directory, allowed as
+    /// a `file:` root for jobs given on the command line.
+    pub fn render_context(&self, dut: &Dut, job_dir: Option<&Path>) -> RenderContext {
+        let mut roots = self.inner.lab.artifact_roots.clone();
+        if let Some(d) = job_dir {
+            roots.push(d.to_path_buf());
+        }
+        RenderContext { vars: self.variables(dut), file_roots: roots }
+    }
+
+    /// Renders `job` for `dut`, fetches every artifact into the cache and makes it the DUT's
+    /// active job (replacing any other). Counts as a `job_start`.
+    pub async fn set_job(&self, id: &DutId, job: &JobDescription) -> Result<(), GatewayError> {
+        self.set_job_with_roots(id, job, false).await
+    }
+
+    /// [`set_job`](Self::set_job) for a job read from a file given by the lab admin: its own
+    /// directory is an allowed `file:` root too.
+    pub async fn set_trusted_job(&self, id: &DutId, job: &JobDescription) -> Result<(), GatewayError> {
+        self.set_job_with_roots(id, job, true).await
+    }
+
+    async fn set_job_with_roots(&self, id: &DutId, job: &JobDescription, trusted: bool) -> Result<(), GatewayError> {
+        let dut = self.dut(id).ok_or_else(|| GatewayError::UnknownDut(id.clone()))?;
+        let dir = if trusted { job.origin().base_dir.clone() } else { None };
+        let ctx = self.render_context(&dut, dir.as_deref());
+        let resolved = job.render(&ctx)?;
+        let now = Instant::now();
+        let start = self.load_step(&dut, &resolved.start, now).await?;
+        let cont = match &resolved.continue_ {
+            Some(c) => Some(self.load_step(&dut, &c.over(&resolved.start), now).await?),
+            None => None,
+        };
+        let active = Arc::new(ActiveJob { job: resolved, start, cont, boots: AtomicU32::new(0) });
+        tracing::info!(dut = %id, job = %active.job.origin, "job loaded");
+        self.inner.jobs.write().insert(id.clone(), active);
+        Ok(())
+    }
+
+    /// Drops the DUT's job: its files disappear from its namespace.
+    pub fn clear_job(&self, id: &DutId) -> Result<bool, GatewayError> {
+        if self.dut(id).is_none() {
+            return Err(GatewayError::UnknownDut(id.clone()));
+        }
+        Ok(self.inner.jobs.write().remove(id).is_some())
+    }
+
+    /// The DUT's active job, rendered.
+    pub fn job(&self, id: &DutId) -> Option<ResolvedJob> {
+        self.inner.jobs.read().get(id).map(|j| j.job.clone())
+    }
+
+    /// A DUT event: resets what the lifetime policies say; `boot` moves a job to its `continue`
+    /// deployment from the second boot on.
+    pub fn event(&self, id: &DutId, event: Event) -> Result<(), GatewayError> {
+        if self.dut(id).is_none() {
+            return Err(GatewayError::UnknownDut(id.clone()));
+        }
+        let now = Instant::now();
+        if let Some(job) = self.inner.jobs.read().get(id).cloned() {
+            match event {
+                Event::Boot => {
+                    job.boots.fetch_add(1, Ordering::SeqCst);
+                }
+                Event::JobStart => job.boots.store(0, Ordering::SeqCst),
+                Event::JobEnd => {}
+            }
+            for e in job.start.entries().chain(job.cont.iter().flat_map(|c| c.entries())) {
+                e.policies.on_event(event, now);
+            }
+        }
+        tracing::info!(dut = %id, ?event, "event");
+        Ok(())
+    }
+
+    /// The DUT's access log, oldest first.
+    pub fn accesses(&self, id: &DutId) -> Result<Vec<AccessRecord>, GatewayError> {
+        if self.dut(id).is_none() {
+            return Err(GatewayError::UnknownDut(id.clone()));
+        }
+        Ok(self.inner.log.entries(id))
+    }
+
+    async fn load_entry(&self, spec: &FileSpec, now: Instant) -> Result<Arc<Entry>, GatewayError> {
+        let cached = self.inner.cache.get(&spec.source, spec.sha256).await?;
+        let file = File::open(&cached.path).map_err(|e| GatewayError::Fetch(FetchError::Cache(e)))?;
+        Ok(Arc::new(Entry {
+            content: Content::File(Arc::new(file)),
+            len: cached.len,
+            digest: cached.digest,
+            policies: Policies::from_spec(&spec.lifetime, now),
+            _pin: Some(cached),
+        }))
+    }
+
+    async fn load_step(&self, dut: &Dut, step: &Step, now: Instant) -> Result<Files, GatewayError> {
+        let mut files = Files { cmdline: step.cmdline.clone().unwrap_or_default(), ..Files::default() };
+        // Fetch everything concurrently; the cache makes identical sources one download.
+        let all: Vec<(Option<Space>, &FileSpec)> = step
+            .http
+            .iter()
+            .map(|f| (Some(Space::Http), f))
+            .chain(step.tftp.iter().map(|f| (Some(Space::Tftp), f)))
+            .collect();
+        let loaded = futures::future::try_join_all(all.iter().map(|(_, f)| self.load_entry(f, now))).await?;
+        for ((space, spec), entry) in all.into_iter().zip(loaded) {
+            let map = match space {
+                Some(Space::Http) => &mut files.http,
+                _ => &mut files.tftp,
+            };
+            if generated_names(dut.machine_id()).iter().any(|g| *g == spec.path) {
+                tracing::info!(dut = %dut.id, path = %spec.path, "the job's own file replaces citron's generated one");
+            }
+            map.insert(spec.path.clone(), entry);
+        }
+        if let Some(k) = &step.kernel {
+            files.kernel = Some(self.load_entry(k, now).await?);
+        }
+        if let Some(i) = &step.initramfs {
+            files.initramfs = Some(self.load_entry(i, now).await?);
+        }
+        Ok(files)
+    }
+
+    fn generated(&self, dut: &Dut, files: &Files, space: Space, path: &str, base: Option<&str>) -> Option<Arc<Entry>> {
+        let mid = dut.machine_id();
+        let dir = format!("boot/{mid}/");
+        let rest = path.strip_prefix(&dir);
+        let text = match (path, rest) {
+            ("boot.ipxe", _) | (_, Some("boot.ipxe")) => ipxe_script(mid, files, base)?,
+            (_, Some("kernel")) => return files.kernel.clone(),
+            (_, Some("initramfs")) => return files.initramfs.clone(),
+            (_, Some("cmdline.txt")) => format!("{}\n", files.cmdline),
+            ("config.txt", _) if space == Space::Tftp => {
+                files.kernel.as_ref()?;
+                let mut s = format!("# generated by citron for {mid}\nkernel={dir}kernel\ncmdline={dir}cmdline.txt\n");
+                if files.initramfs.is_some() {
+                    s.push_str(&format!("initramfs {dir}initramfs followkernel\n"));
+                }
+                s
+            }
+            _ => return None,
+        };
+        let b = Bytes::from(text);
+        Some(Arc::new(Entry { len: b.len() as u64, digest: Digest::of(&b), content: Content::Memory(b), policies: Policies::default(), _pin: None }))
+    }
+
+    fn find(&self, dut: &Dut, job: &ActiveJob, req: &FileRequest<'_>, path: &str) -> Option<Arc<Entry>> {
+        let files = job.files();
+        files.space(req.space).get(path).cloned().or_else(|| self.generated(dut, files, req.space, path, req.base_url))
+    }
+}
+
+/// The paths citron generates for `machine_id`.
+fn generated_names(mid: &str) -> Vec<String> {
+    let mut v: Vec<String> = ["boot.ipxe", "config.txt"].iter().map(|s| s.to_string()).collect();
+    for f in ["boot.ipxe", "kernel", "initramfs", "cmdline.txt"] {
+        v.push(format!("boot/{mid}/{f}"));
+    }
+    v
+}
+
+/// The iPXE script for a step; `None` without a kernel. URLs are absolute when the DUT's view of
+/// the server is known, else absolute paths, which iPXE resolves against the script's own URL.
+fn ipxe_script(mid: &str, files: &Files, base: Option<&str>) -> Option<String> {
+    files.kernel.as_ref()?;
+    let root = base.map(|b| b.trim_end_matches('/')).unwrap_or("");
+    let mut s = format!("#!ipxe\n# generated by citron for {mid}\n");
+    s.push_str(&format!("kernel {root}/boot/{mid}/kernel"));
+    if !files.cmdline.is_empty() {
+        s.push(' ');
+        s.push_str(&files.cmdline);
+    }
+    s.push('\n');
+    if files.initramfs.is_some() {
+        s.push_str(&format!("initrd {root}/boot/{mid}/initramfs\n"));
+    }
+    s.push_str("boot\n");
+    Some(s)
+}
+
+impl Catalog for Gateway {
+    fn open(&self, req: &FileRequest<'_>) -> Result<Artifact, ServeError> {
+        let log = &self.inner.log;
+        let Some(dut) = self.inner.registry.read().by_addr(req.peer).cloned() else {
+            log.refuse(None, req.protocol, req.path, "unknown DUT");
+            return Err(ServeError::UnknownDut(req.peer));
+        };
+        let refuse = |e: ServeError| {
+            log.refuse(Some(&dut.id), req.protocol, req.path, &e);
+            e
+        };
+        let path = normalize(req.path).map_err(|e| refuse(e.into()))?;
+        let Some(job) = self.inner.jobs.read().get(&dut.id).cloned() else {
+            return Err(refuse(ServeError::NotFound(path)));
+        };
+        let mut entry = self.find(&dut, &job, req, &path);
+        if entry.is_none() {
+            // Firmware quirk (Raspberry Pi, some PXE ROMs): a first component naming the DUT.
+            if let Some((first, rest)) = path.split_once('/') {
+                if dut.path_prefixes().iter().any(|p| p.eq_ignore_ascii_case(first)) {
+                    entry = self.find(&dut, &job, req, rest);
+                }
+            }
+        }
+        let entry = entry.ok_or_else(|| refuse(ServeError::NotFound(path.clone())))?;
+        if req.intent == Intent::Read {
+            entry.policies.admit(Instant::now()).map_err(|e| refuse(e.into()))?;
+        }
+        Ok(Artifact {
+            name: path,
+            len: entry.len,
+            digest: entry.digest,
+            content: entry.content.clone(),
+            ticket: AccessTicket::new(log.clone(), dut.id.clone(), req.protocol, req.path),
+        })
+    }
+
+    fn exports(&self, _peer: IpAddr) -> Vec<ExportInfo> {
+        Vec::new()
+    }
+
+    fn open_export(&self, peer: IpAddr, protocol: Protocol, name: &str) -> Result<Export, ServeError> {
+        let dut = self.inner.registry.read().by_addr(peer).map(|d| d.id.clone());
+        self.inner.log.refuse(dut.as_ref(), protocol, name, "no such export");
+        Err(ServeError::NotFound(name.to_string()))
+    }
+}

@@ -1,0 +1,162 @@
+//! A job description after templating, for one DUT: what the rest of citron consumes.
+//!
+//! Parsing keeps positions for error messages (see `parse`); once a job is rendered for a DUT every
+//! template is expanded, every path normalised and every source checked, so these types carry plain
+//! values and no positions.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use url::Url;
+
+use crate::digest::Digest;
+
+/// A job rendered for one DUT: the `start` deployment and, optionally, the `continue` one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedJob {
+    /// Where the description came from (file name or "api"), for logs.
+    pub origin: String,
+    /// The initial boot.
+    pub start: Step,
+    /// What later boots of the same job use; fields it leaves out come from `start`.
+    pub continue_: Option<Step>,
+}
+
+/// One deployment (`deployment.start` or `deployment.continue`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Step {
+    /// The kernel to boot.
+    pub kernel: Option<FileSpec>,
+    /// The initramfs to boot with it.
+    pub initramfs: Option<FileSpec>,
+    /// The kernel command line, list items joined with spaces.
+    pub cmdline: Option<String>,
+    /// Files served over TFTP.
+    pub tftp: Vec<FileSpec>,
+    /// Files served over HTTP.
+    pub http: Vec<FileSpec>,
+    /// Block devices served over NBD.
+    pub nbd: Vec<DiskSpec>,
+}
+
+/// A file a DUT may read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileSpec {
+    /// Normalised path inside the DUT's namespace: relative, `/`-separated, no `.` or `..`.
+    pub path: String,
+    /// Where the bytes come from.
+    pub source: Source,
+    /// The digest the bytes must have, if the job gave one.
+    pub sha256: Option<Digest>,
+    /// How long and how often it may be read.
+    pub lifetime: Lifetime,
+}
+
+/// Where an artifact's bytes come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// Inline `data:` (already templated).
+    Data(Bytes),
+    /// A local file, absolute, already checked to lie inside an allowed root.
+    File(PathBuf),
+    /// An `http://`, `https://` or `s3://bucket/key` URL.
+    Url(Url),
+}
+
+/// How long and how often a file may be read (`lifetime:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Lifetime {
+    /// Reads allowed between resets; `None` is unlimited.
+    pub access_count: Option<u32>,
+    /// The file disappears this long after the job was loaded.
+    pub expiration: Option<Duration>,
+}
+
+/// A block device (`storage.nbd[]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiskSpec {
+    /// Export name as NBD clients ask for it.
+    pub name: String,
+    /// Writes are refused.
+    pub readonly: bool,
+    /// What the disk is made from.
+    pub kind: DiskKind,
+    /// When the DUT's writes are thrown away.
+    pub reset_on: ResetOn,
+    /// Every DUT of the lab may attach it, not only the job's own.
+    pub shared: bool,
+    /// Remove the prepared disk when no job asked for it in this long.
+    pub expiration: Option<Duration>,
+}
+
+/// The content of a disk.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DiskKind {
+    /// A disk image (raw, or qcow2 converted on preparation).
+    Image {
+        /// Where the image comes from.
+        source: Source,
+        /// Its expected digest.
+        sha256: Option<Digest>,
+    },
+    /// A filesystem created for the job.
+    Filesystem {
+        /// `ext4` (others as `mkfs.<type>` allows).
+        fstype: String,
+        /// Size in bytes.
+        size_bytes: u64,
+        /// Initial content; empty when `None`.
+        contents: Option<FsContents>,
+    },
+    /// A sparse, zero-filled disk.
+    Raw {
+        /// Size in bytes.
+        size_bytes: u64,
+    },
+}
+
+/// What a `filesystem:` disk is filled with.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FsContents {
+    /// A tarball (`data: {url: ...}`), unpacked at the filesystem's root.
+    Tarball(Source),
+    /// A container image reference (`container: docker://...`), layers flattened.
+    Container(String),
+}
+
+/// When a disk's writes are dropped (`reset_on:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ResetOn {
+    /// At every `boot` event.
+    Boot,
+    /// At every `job_start` event (and when a new job is set).
+    #[default]
+    JobStart,
+    /// Never: writes persist across jobs (not guaranteed past expiration).
+    Never,
+}
+
+impl Step {
+    /// `self` with every field it leaves empty taken from `base` (how `continue` extends `start`).
+    /// Storage entries are merged by path (name for disks); `self`'s win.
+    pub fn over(&self, base: &Step) -> Step {
+        fn merge<T: Clone>(top: &[T], base: &[T], key: impl Fn(&T) -> &str) -> Vec<T> {
+            let mut out: Vec<T> = top.to_vec();
+            for b in base {
+                if !top.iter().any(|t| key(t) == key(b)) {
+                    out.push(b.clone());
+                }
+            }
+            out
+        }
+        Step {
+            kernel: self.kernel.clone().or_else(|| base.kernel.clone()),
+            initramfs: self.initramfs.clone().or_else(|| base.initramfs.clone()),
+            cmdline: self.cmdline.clone().or_else(|| base.cmdline.clone()),
+            tftp: merge(&self.tftp, &base.tftp, |f| &f.path),
+            http: merge(&self.http, &base.http, |f| &f.path),
+            nbd: merge(&self.nbd, &base.nbd, |d| &d.name),
+        }
+    }
+}

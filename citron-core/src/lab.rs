@@ -1,0 +1,140 @@
+//! The lab file: DUTs, template variables, cache settings and the roots `file:` sources may use.
+//!
+//! ```
+//! use citron_core::lab::LabConfig;
+//! let lab = LabConfig::from_yaml(r#"
+//! duts:
+//!   - id: dut1
+//!     mac: "52:54:00:00:00:01"
+//!     ip: ["127.0.0.2"]
+//!     tags: [x86_64, vm]
+//! variables:
+//!   minio_url: http://127.0.0.1:9000
+//! "#, "lab.yaml").unwrap();
+//! assert_eq!(lab.duts[0].machine_id(), "dut1");
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::artifact::{CacheConfig, S3Config};
+use crate::namespace::Dut;
+
+/// The embedded default lab: two DUTs on loopback addresses, so that `citron serve` works with
+/// no file at all and two DUTs can be told apart from one machine.
+pub const DEFAULT_LAB: &str = include_str!("default_lab.yaml");
+
+/// A lab file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabConfig {
+    /// The DUTs.
+    #[serde(default)]
+    pub duts: Vec<Dut>,
+    /// Template variables every job of the lab may use.
+    #[serde(default)]
+    pub variables: BTreeMap<String, String>,
+    /// Cache settings.
+    #[serde(default)]
+    pub cache: CacheSettings,
+    /// Directories that `file:` sources of API-submitted jobs may read (CLI jobs may also read
+    /// their own directory).
+    #[serde(default)]
+    pub artifact_roots: Vec<PathBuf>,
+    /// The S3-compatible store for `s3://` URLs.
+    #[serde(default)]
+    pub s3: S3Config,
+    /// Bearer token the API requires when it listens on a non-loopback address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_token: Option<String>,
+}
+
+/// `cache:` in the lab file; `max_size` takes `20G`-style sizes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSettings {
+    /// Upper bound of the cache (`20G`); default 20 GiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_size: Option<String>,
+}
+
+/// Why a lab file is unusable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{line}:{column}: {message}")]
+pub struct LabError {
+    /// The file name.
+    pub file: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl LabConfig {
+    /// Parses a lab file's text; `name` is used in errors.
+    pub fn from_yaml(text: &str, name: &str) -> Result<LabConfig, LabError> {
+        let lab: LabConfig = crate::yaml::from_str(text).map_err(|e| LabError {
+            file: name.into(),
+            line: e.line,
+            column: e.column,
+            message: e.message,
+        })?;
+        lab.cache_config().map_err(|message| LabError { file: name.into(), line: 1, column: 1, message })?;
+        Ok(lab)
+    }
+
+    /// Reads a lab file; relative `artifact_roots` are taken from the file's directory.
+    pub fn from_file(path: &Path) -> Result<LabConfig, LabError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| LabError {
+            file: name.clone(),
+            line: 1,
+            column: 1,
+            message: format!("cannot read the lab file: {e}"),
+        })?;
+        let mut lab = Self::from_yaml(&text, &name)?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        for r in &mut lab.artifact_roots {
+            if r.is_relative() {
+                *r = dir.join(&*r);
+            }
+        }
+        Ok(lab)
+    }
+
+    /// The embedded default lab.
+    pub fn default_lab() -> LabConfig {
+        Self::from_yaml(DEFAULT_LAB, "<default lab>").expect("the embedded default lab parses")
+    }
+
+    /// The cache settings as the cache wants them.
+    pub fn cache_config(&self) -> Result<CacheConfig, String> {
+        let mut c = CacheConfig::default();
+        if let Some(s) = &self.cache.max_size {
+            c.max_bytes = crate::units::parse_size(s).map_err(|e| format!("cache.max_size: {e}"))?;
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_lab_parses() {
+        let lab = LabConfig::default_lab();
+        assert!(lab.duts.len() >= 2);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_positions() {
+        let e = LabConfig::from_yaml("duts: []\nvariablez: {}\n", "l.yaml").unwrap_err();
+        assert_eq!((e.line, e.column), (2, 1));
+        assert!(e.message.contains("variablez"), "{}", e.message);
+    }
+}

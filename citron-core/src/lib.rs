@@ -1,0 +1,41 @@
+//! # citron-core
+//!
+//! Everything citron decides, with no sockets: a backend in `citron-protocols` (or your own)
+//! asks the core "this DUT wants this name" and passes the answer on in its protocol.
+//!
+//! # Layout
+//! - [`job`]: job descriptions — YAML parsed with positions, validated, rendered per DUT.
+//! - [`template`]: `{{ variable }}` expansion.
+//! - [`artifact`]: where bytes come from ([`artifact::ArtifactSource`]) and the sha256-keyed
+//!   [`artifact::Cache`] they are fetched into.
+//! - [`lifetime`]: [`lifetime::LifetimePolicy`] — access counts, expiration, resets on events.
+//! - [`namespace`]: DUTs, the registry that finds them by address, path normalisation.
+//! - [`block`]: block devices for NBD.
+//! - [`serve`]: the seam — [`serve::Catalog`], [`serve::Artifact`], [`serve::ServeError`].
+//! - [`gateway`]: [`Gateway`], the catalog a lab runs: DUTs, jobs, cache, access log.
+//! - [`lab`]: the lab file. [`access`]: access logs and metrics. [`units`]: `20G`, `7 days`.
+//!
+//! # Example
+//! ```
+//! use citron_core::job::{JobDescription, Origin};
+//! let job = JobDescription::parse("deployment:\n  start:\n    cmdline: [console=ttyS0, quiet]\n", Origin::named("job.yaml"));
+//! assert!(job.is_ok());
+//! ```
+#![deny(missing_docs)]
+
+pub mod access;
+pub mod artifact;
+pub mod block;
+mod digest;
+pub mod gateway;
+pub mod job;
+pub mod lab;
+pub mod lifetime;
+pub mod namespace;
+pub mod serve;
+pub mod template;
+pub mod units;
+mod yaml;
+
+pub use digest::{Digest, DigestParseError, Hasher};
+pub use gateway::{Endpoints, Gateway, GatewayError};

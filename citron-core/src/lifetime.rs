@@ -1,0 +1,244 @@
+//! Lifetime policies: how often and how long a DUT may read an artifact, and what resets that.
+//!
+//! A policy is asked before every read ([`LifetimePolicy::admit`]) and told of every DUT event
+//! ([`LifetimePolicy::on_event`]). The seed's rule is that `access_count` "gets reset after every
+//! reboot", so the counting policies reset on `boot` and `job_start`; expiration restarts at
+//! `job_start`.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::job::Lifetime;
+
+/// Something that happened to a DUT, sent by the lab (API, Python, `boot-test`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    /// The DUT (re)booted.
+    Boot,
+    /// A job started on the DUT.
+    JobStart,
+    /// The DUT's job ended.
+    JobEnd,
+}
+
+impl std::str::FromStr for Event {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "boot" => Ok(Event::Boot),
+            "job_start" => Ok(Event::JobStart),
+            "job_end" => Ok(Event::JobEnd),
+            other => Err(format!("unknown event {other:?}; expected boot, job_start or job_end")),
+        }
+    }
+}
+
+/// Why a policy refused a read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// `access_count` reads were already served since the last reset.
+    #[error("already read {limit} time(s), the job's access_count; a boot event resets it")]
+    Exhausted {
+        /// The limit.
+        limit: u32,
+    },
+    /// The artifact's expiration passed.
+    #[error("expired {0:?} after the job started")]
+    Expired(Duration),
+}
+
+/// A rule deciding whether one more read is allowed.
+///
+/// Policies are shared by every connection of a DUT, so `admit` must be exact under concurrency:
+/// with a limit of N, N racing readers get in and the rest are refused.
+pub trait LifetimePolicy: Send + Sync + fmt::Debug {
+    /// Would a read be allowed now? Consumes nothing; called for every policy before any
+    /// [`admit`](Self::admit), so that a refusal by one policy never uses up another.
+    fn check(&self, now: Instant) -> Result<(), Refusal>;
+    /// Allows one read and accounts for it, or refuses. Default: same as `check`.
+    fn admit(&self, now: Instant) -> Result<(), Refusal> {
+        self.check(now)
+    }
+    /// Gives back an admission whose read never started (another policy refused).
+    fn release(&self) {}
+    /// A DUT event happened.
+    fn on_event(&self, event: Event, now: Instant);
+}
+
+/// At most `limit` reads between resets (`lifetime: {access_count: N}`).
+#[derive(Debug)]
+pub struct AccessCount {
+    limit: u32,
+    used: AtomicU32,
+}
+
+impl AccessCount {
+    /// A fresh counter.
+    pub fn new(limit: u32) -> Self {
+        AccessCount { limit, used: AtomicU32::new(0) }
+    }
+    /// Reads served since the last reset.
+    pub fn used(&self) -> u32 {
+        self.used.load(Ordering::SeqCst)
+    }
+}
+
+impl LifetimePolicy for AccessCount {
+    fn check(&self, _now: Instant) -> Result<(), Refusal> {
+        if self.used.load(Ordering::SeqCst) >= self.limit {
+            Err(Refusal::Exhausted { limit: self.limit })
+        } else {
+            Ok(())
+        }
+    }
+    fn admit(&self, _now: Instant) -> Result<(), Refusal> {
+        self.used
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| (u < self.limit).then_some(u + 1))
+            .map(|_| ())
+            .map_err(|_| Refusal::Exhausted { limit: self.limit })
+    }
+    fn release(&self) {
+        let _ = self.used.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| u.checked_sub(1));
+    }
+    fn on_event(&self, event: Event, _now: Instant) {
+        if matches!(event, Event::Boot | Event::JobStart) {
+            self.used.store(0, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Readable for `after` from the job's start (`lifetime: {expiration: 12h}`).
+#[derive(Debug)]
+pub struct Expiration {
+    after: Duration,
+    since: Mutex<Instant>,
+}
+
+impl Expiration {
+    /// Starts counting now.
+    pub fn new(after: Duration, now: Instant) -> Self {
+        Expiration { after, since: Mutex::new(now) }
+    }
+}
+
+impl LifetimePolicy for Expiration {
+    fn check(&self, now: Instant) -> Result<(), Refusal> {
+        if now.saturating_duration_since(*self.since.lock()) >= self.after {
+            Err(Refusal::Expired(self.after))
+        } else {
+            Ok(())
+        }
+    }
+    fn on_event(&self, event: Event, now: Instant) {
+        if event == Event::JobStart {
+            *self.since.lock() = now;
+        }
+    }
+}
+
+/// The policies of one artifact, applied together.
+#[derive(Debug, Default)]
+pub struct Policies(Vec<Box<dyn LifetimePolicy>>);
+
+impl Policies {
+    /// The policies a job's `lifetime:` asks for.
+    pub fn from_spec(spec: &Lifetime, now: Instant) -> Policies {
+        let mut v: Vec<Box<dyn LifetimePolicy>> = Vec::new();
+        if let Some(after) = spec.expiration {
+            v.push(Box::new(Expiration::new(after, now)));
+        }
+        if let Some(n) = spec.access_count {
+            v.push(Box::new(AccessCount::new(n)));
+        }
+        Policies(v)
+    }
+
+    /// Adds a policy (for lab-defined rules).
+    pub fn push(&mut self, p: Box<dyn LifetimePolicy>) {
+        self.0.push(p);
+    }
+
+    /// Every policy checks, then every policy admits; an admission refused half-way is rolled
+    /// back so that nothing is used up by a refused read.
+    pub fn admit(&self, now: Instant) -> Result<(), Refusal> {
+        for p in &self.0 {
+            p.check(now)?;
+        }
+        for (i, p) in self.0.iter().enumerate() {
+            if let Err(e) = p.admit(now) {
+                for q in &self.0[..i] {
+                    q.release();
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Passes an event to every policy.
+    pub fn on_event(&self, event: Event, now: Instant) {
+        for p in &self.0 {
+            p.on_event(event, now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn access_count_is_exact_under_50_racing_readers() {
+        for limit in [0u32, 1, 7] {
+            let p = Arc::new(Policies::from_spec(
+                &Lifetime { access_count: Some(limit), expiration: None },
+                Instant::now(),
+            ));
+            let barrier = Arc::new(std::sync::Barrier::new(50));
+            let ok: u32 = (0..50)
+                .map(|_| {
+                    let (p, b) = (p.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        b.wait();
+                        p.admit(Instant::now()).is_ok() as u32
+                    })
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .sum();
+            assert_eq!(ok, limit);
+            p.on_event(Event::Boot, Instant::now());
+            assert_eq!(p.admit(Instant::now()).is_ok(), limit > 0);
+        }
+    }
+
+    #[test]
+    fn expiration_refuses_after_and_restarts_on_job_start() {
+        let t0 = Instant::now();
+        let p = Policies::from_spec(
+            &Lifetime { access_count: Some(1), expiration: Some(Duration::from_secs(10)) },
+            t0,
+        );
+        let late = t0 + Duration::from_secs(11);
+        assert_eq!(p.admit(late), Err(Refusal::Expired(Duration::from_secs(10))));
+        // The refused read did not use up the access count.
+        assert!(p.admit(t0).is_ok());
+        p.on_event(Event::JobStart, late);
+        assert_eq!(p.admit(late), Ok(()));
+    }
+
+    #[test]
+    fn job_end_does_not_reset_counts() {
+        let p = AccessCount::new(1);
+        p.admit(Instant::now()).unwrap();
+        p.on_event(Event::JobEnd, Instant::now());
+        assert!(p.admit(Instant::now()).is_err());
+    }
+}

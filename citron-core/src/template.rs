@@ -1,0 +1,1 @@
+//! `{{ name }}` templates in job descriptions.

@@ -1,0 +1,10 @@
+//! # citron-protocols
+//!
+//! The protocol backends. Each one owns its sockets and speaks its protocol; every decision
+//! (which DUT, which file, may it be read) is asked of a [`citron_core::serve::Catalog`].
+//!
+//! # Layout
+//! - `http`: HTTP/1.1 GET and HEAD (hyper).
+//! - `tftp`: TFTP read requests with option negotiation.
+//! - `nbd`: NBD fixed-newstyle with structured replies.
+#![deny(missing_docs)]

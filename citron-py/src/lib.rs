@@ -1,0 +1,1 @@
+//! Python bindings (pyo3): the `citron` package.

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Installs what citron's tests and benchmarks need on a fresh Debian 12 machine.
+# Idempotent: every step checks first, so running it twice costs seconds.
+# Usage: scripts/setup-debian.sh [--qemu] [--bench]
+set -euo pipefail
+
+want_qemu=0; want_bench=0
+for a in "$@"; do
+  case "$a" in
+    --qemu) want_qemu=1 ;;
+    --bench) want_bench=1 ;;
+    *) echo "usage: $0 [--qemu] [--bench]" >&2; exit 2 ;;
+  esac
+done
+
+sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+export DEBIAN_FRONTEND=noninteractive
+
+pkgs=(curl tftp-hpa atftp libnbd-bin nbdkit e2fsprogs iproute2 python3-venv xz-utils zstd)
+[ "$want_bench" = 1 ] && pkgs+=(nginx-light wrk tftpd-hpa atftpd fio)
+qemu_pkgs=(qemu-system-x86 qemu-system-common qemu-block-extra ipxe-qemu linux-image-amd64 busybox-static cpio nbd-client kmod)
+
+missing=()
+for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+qemu_missing=()
+if [ "$want_qemu" = 1 ]; then
+  for p in "${qemu_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || qemu_missing+=("$p"); done
+fi
+
+if [ ${#missing[@]} -gt 0 ] || [ ${#qemu_missing[@]} -gt 0 ]; then
+  if [ ${#qemu_missing[@]} -gt 0 ] && [ ! -f /etc/apt/sources.list.d/backports.list ]; then
+    # qemu-utils on this image comes from bookworm-backports; the system emulator must match it.
+    uri=$(sed -n 's/^URIs: //p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -1)
+    [ -n "$uri" ] || uri=http://deb.debian.org/debian
+    echo "deb $uri bookworm-backports main" | sudo_ tee /etc/apt/sources.list.d/backports.list >/dev/null
+  fi
+  sudo_ apt-get update -qq
+  [ ${#missing[@]} -gt 0 ] && sudo_ apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  [ ${#qemu_missing[@]} -gt 0 ] && sudo_ apt-get install -y -qq --no-install-recommends -t bookworm-backports "${qemu_missing[@]}"
+fi
+# The benchmark peers must not run as system services on their default ports.
+if [ "$want_bench" = 1 ]; then
+  for s in nginx tftpd-hpa atftpd; do sudo_ systemctl stop "$s" >/dev/null 2>&1 || true; done
+  pkill -x nginx 2>/dev/null || true
+fi
+exit 0
