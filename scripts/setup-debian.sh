@@ -17,7 +17,7 @@ sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 export DEBIAN_FRONTEND=noninteractive
 
 pkgs=(curl tftp-hpa atftp libnbd-bin nbdkit e2fsprogs iproute2 python3-venv xz-utils zstd)
-[ "$want_bench" = 1 ] && pkgs+=(nginx-light wrk tftpd-hpa atftpd fio)
+[ "$want_bench" = 1 ] && pkgs+=(nginx-light wrk tftpd-hpa fio)
 qemu_pkgs=(qemu-system-x86 qemu-system-common qemu-block-extra ipxe-qemu linux-image-amd64 busybox-static cpio nbd-client kmod)
 
 missing=()
@@ -37,6 +37,15 @@ if [ ${#missing[@]} -gt 0 ] || [ ${#qemu_missing[@]} -gt 0 ]; then
   sudo_ apt-get update -qq
   [ ${#missing[@]} -gt 0 ] && sudo_ apt-get install -y -qq --no-install-recommends "${missing[@]}"
   [ ${#qemu_missing[@]} -gt 0 ] && sudo_ apt-get install -y -qq --no-install-recommends -t bookworm-backports "${qemu_missing[@]}"
+fi
+# atftpd conflicts with tftpd-hpa as a package; the benchmark only needs its binary, so it is
+# unpacked (not installed) under /opt/citron-peers.
+if [ "$want_bench" = 1 ] && [ ! -x /opt/citron-peers/atftpd/usr/sbin/atftpd ]; then
+  tmp=$(mktemp -d)
+  (cd "$tmp" && apt-get download atftpd >/dev/null 2>&1 || { sudo_ apt-get update -qq && apt-get download atftpd; })
+  sudo_ mkdir -p /opt/citron-peers/atftpd
+  sudo_ dpkg -x "$tmp"/atftpd_*.deb /opt/citron-peers/atftpd
+  rm -rf "$tmp"
 fi
 # The benchmark peers must not run as system services on their default ports.
 if [ "$want_bench" = 1 ]; then

@@ -262,6 +262,13 @@ impl Gateway {
         let dir = if trusted { job.origin().base_dir.clone() } else { None };
         let ctx = self.render_context(&dut, dir.as_deref());
         let resolved = job.render(&ctx)?;
+        self.set_resolved_job(id, resolved).await
+    }
+
+    /// Makes an already rendered job the DUT's active job: fetches its artifacts, replaces any
+    /// other job. For tools that build jobs in code rather than YAML.
+    pub async fn set_resolved_job(&self, id: &DutId, resolved: ResolvedJob) -> Result<(), GatewayError> {
+        let dut = self.dut(id).ok_or_else(|| GatewayError::UnknownDut(id.clone()))?;
         let now = Instant::now();
         let start = self.load_step(&dut, &resolved.start, now).await?;
         let cont = match &resolved.continue_ {
