@@ -8,3 +8,7 @@
 //! - `tftp`: TFTP read requests with option negotiation.
 //! - `nbd`: NBD fixed-newstyle with structured replies.
 #![deny(missing_docs)]
+
+pub mod http;
+pub mod nbd;
+pub mod tftp;
