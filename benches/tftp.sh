@@ -65,7 +65,7 @@ median_secs() {
         rm -f "$WORK/out/f"
         local t0 t1
         t0=$(date +%s.%N)
-        timeout 600 "$@" >/dev/null
+        "$@" >/dev/null
         t1=$(date +%s.%N)
         local sum
         sum=$(sha256sum < "$WORK/out/f" | cut -d' ' -f1)
@@ -77,8 +77,8 @@ median_secs() {
 mbps() { echo "scale=1; $SIZE_MB * 1.048576 / $1" | bc -l; }
 ratio() { echo "scale=2; $2 / $1" | bc -l; }
 
-curl_get() { curl -sS --fail --tftp-blksize "$2" -o "$WORK/out/f" "tftp://127.0.0.1:$1/big.bin"; }
-atftp_get() { local port=$1; shift; atftp -g -r big.bin -l "$WORK/out/f" "$@" 127.0.0.1 "$port"; }
+curl_get() { timeout 600 curl -sS --fail --tftp-blksize "$2" -o "$WORK/out/f" "tftp://127.0.0.1:$1/big.bin"; }
+atftp_get() { local port=$1; shift; timeout 600 atftp -g -r big.bin -l "$WORK/out/f" "$@" 127.0.0.1 "$port"; }
 
 printf '%-44s %10s %10s %7s\n' "${SIZE_MB} MiB file, loopback" "citron" "peer" "ratio"
 for bs in 512 1468 8192; do

@@ -132,8 +132,17 @@ fn assert_file(path: &Path, want: &Digest, what: &str) {
     assert_eq!(&Digest::of(&got), want, "{what}: content differs ({} bytes received)", got.len());
 }
 
-fn served(gw: &Gateway, dut: &str, path: &str) -> usize {
-    gw.accesses(&DutId::from(dut)).unwrap().iter().filter(|r| r.path == path && r.outcome == AccessOutcome::Served).count()
+/// How many times `path` was logged as served to `dut`. The client exits after sending its final
+/// ACK, which the server may not have processed yet: wait (bounded) for `want`.
+async fn served(gw: &Gateway, dut: &str, path: &str, want: usize) -> usize {
+    let count = || gw.accesses(&DutId::from(dut)).unwrap().iter().filter(|r| r.path == path && r.outcome == AccessOutcome::Served).count();
+    for _ in 0..100 {
+        if count() >= want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,7 +162,7 @@ async fn tftp_hpa_downloads_every_size() {
         .await;
         assert!(o.status.success(), "tftp get {name}: {o:?}");
         assert_file(&dest, sum, &format!("tftp-hpa {name}"));
-        assert_eq!(served(&lab.gw, "local", name), 1, "{name} logged as served once");
+        assert_eq!(served(&lab.gw, "local", name, 1).await, 1, "{name} logged as served once");
     }
     srv.stop().await;
 }
