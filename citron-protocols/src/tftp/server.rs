@@ -320,6 +320,7 @@ async fn transfer(shared: Arc<Shared>, peer: SocketAddr, req: Request, _permit: 
     let started = Instant::now();
     let (mut session, mut step) = Session::start(neg, len, limits.retries, started);
     let mut rbuf = vec![0u8; 2048];
+    let mut retransmits = 0u32;
     let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(step.wake_at.unwrap_or(started)));
     tokio::pin!(sleep);
     let outcome = loop {
@@ -384,14 +385,21 @@ async fn transfer(shared: Arc<Shared>, peer: SocketAddr, req: Request, _permit: 
                     Step::default()
                 }
             },
-            _ = &mut sleep => session.on_timeout(Instant::now()),
+            _ = &mut sleep => {
+                let st = session.on_timeout(Instant::now());
+                if !st.send.is_empty() {
+                    retransmits += 1;
+                    tracing::debug!(%peer, file = %req.filename, packets = st.send.len(), "TFTP timeout: retransmitting");
+                }
+                st
+            }
         };
     };
     let elapsed = started.elapsed();
     match outcome {
         Some(Outcome::Complete) => {
             art.complete();
-            tracing::info!(%peer, file = %req.filename, bytes = len, ?elapsed, "TFTP transfer complete");
+            tracing::info!(%peer, file = %req.filename, bytes = len, ?elapsed, retransmits, "TFTP transfer complete");
         }
         Some(Outcome::TimedOut) => tracing::warn!(%peer, file = %req.filename, ?elapsed, "TFTP client stopped answering; transfer abandoned"),
         Some(Outcome::ClientError { code, message }) => {
