@@ -137,6 +137,7 @@ async fn artifact_digest_mismatch_names_both_digests_and_leaves_no_file() {
     let wrong = Digest::of(b"something else");
     let e = cache.get(&Source::File(f.clone()), Some(wrong)).await.unwrap_err();
     let msg = e.to_string();
+    eprintln!("{msg}");
     assert!(matches!(e, FetchError::DigestMismatch { .. }), "{msg}");
     assert!(msg.contains(&wrong.hex()) && msg.contains(&Digest::of(KERNEL).hex()), "{msg}");
     assert!(files(dir.path()).is_empty(), "{:?}", files(dir.path()));
@@ -244,6 +245,7 @@ async fn artifact_http_404_says_what_to_check_and_leaves_no_file() {
     let cache = open(dir.path(), 1 << 20);
     let e = cache.get(&srv.url("/missing/vmlinuz"), None).await.unwrap_err();
     let msg = e.to_string();
+    eprintln!("{msg}");
     assert!(matches!(e, FetchError::Status { status: 404, .. }), "{msg}");
     assert!(msg.contains("/missing/vmlinuz") && msg.contains("404 Not Found") && msg.contains("check the URL"), "{msg}");
     assert!(files(dir.path()).is_empty());
@@ -261,6 +263,7 @@ async fn artifact_connection_refused_says_so() {
     let cache = open(dir.path(), 1 << 20);
     let e = cache.get(&url(&format!("http://127.0.0.1:{port}/kernel")), None).await.unwrap_err();
     let msg = e.to_string();
+    eprintln!("{msg}");
     assert!(matches!(e, FetchError::Network { .. }), "{msg}");
     assert!(msg.contains("connection refused") && msg.contains(&format!("127.0.0.1:{port}")), "{msg}");
     assert!(files(dir.path()).is_empty());
@@ -282,6 +285,7 @@ async fn artifact_truncated_download_leaves_no_file() {
     let dir = tempfile::tempdir().unwrap();
     let cache = open(dir.path(), 1 << 20);
     let e = cache.get(&url(&format!("http://{addr}/kernel")), None).await.unwrap_err();
+    eprintln!("{e}");
     assert!(matches!(e, FetchError::Network { .. }), "{e}");
     assert!(files(dir.path()).is_empty(), "{:?}", files(dir.path()));
 }
@@ -435,7 +439,7 @@ impl Moto {
             .spawn()
             .expect("start moto_server");
         let endpoint = format!("http://127.0.0.1:{port}");
-        let client = reqwest::Client::new();
+        let client = super::http::client().unwrap();
         for _ in 0..300 {
             if client.get(format!("{endpoint}/moto-api/")).send().await.is_ok() {
                 return Moto { child, endpoint };
@@ -465,7 +469,7 @@ async fn artifact_s3_object_from_moto() {
         secret_access_key: Some("testing".into()),
     };
     // Create the bucket (object_store has no call for it), then upload through object_store.
-    let r = reqwest::Client::new().put(format!("{}/lab-artifacts", moto.endpoint)).send().await.unwrap();
+    let r = super::http::client().unwrap().put(format!("{}/lab-artifacts", moto.endpoint)).send().await.unwrap();
     assert!(r.status().is_success(), "create bucket: {}", r.status());
     let store = super::s3::store_for(&s3, "lab-artifacts").unwrap();
     let body = big_body();
@@ -485,6 +489,7 @@ async fn artifact_s3_object_from_moto() {
     assert!(matches!(e, FetchError::Status { status: 404, .. }), "{e}");
     assert!(e.to_string().contains("s3://lab-artifacts/boards/rpi4/missing.img"), "{e}");
     let e = cache.get(&url("s3://no-such-bucket/kernel"), None).await.unwrap_err();
+    eprintln!("{e}");
     assert!(e.to_string().contains("s3://no-such-bucket/kernel"), "{e}");
     assert_eq!(files(dir.path()).len(), 1);
 }
