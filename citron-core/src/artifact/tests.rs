@@ -405,12 +405,18 @@ async fn artifact_unsupported_and_malformed_urls_are_refused() {
     assert!(matches!(e, FetchError::BadUrl { .. }) && e.to_string().contains("s3://bucket/key"), "{e}");
 }
 
-/// Whether `tool` is on PATH; when not, skips (prints why) or, with CITRON_E2E_STRICT=1, fails.
-fn require_tool(tool: &str) -> bool {
+/// Where `tool` is: on PATH, or in the venv scripts/setup-python.sh falls back to. When it is
+/// nowhere, skips (prints why) or, with CITRON_E2E_STRICT=1, fails.
+fn require_tool(tool: &str) -> Option<std::path::PathBuf> {
+    let venv = std::env::var_os("HOME").map(|h| Path::new(&h).join(".local/share/citron-venv/bin"));
     let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false);
-    if !found {
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain(venv)
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file());
+    if found.is_none() {
         if std::env::var("CITRON_E2E_STRICT").as_deref() == Ok("1") {
             panic!("{tool} is required (CITRON_E2E_STRICT=1); install it with scripts/setup-python.sh");
         }
@@ -426,12 +432,12 @@ struct Moto {
 }
 
 impl Moto {
-    async fn start() -> Moto {
+    async fn start(program: &Path) -> Moto {
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let child = tokio::process::Command::new("moto_server")
+        let child = tokio::process::Command::new(program)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -458,10 +464,10 @@ impl Drop for Moto {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn artifact_s3_object_from_moto() {
-    if !require_tool("moto_server") {
+    let Some(program) = require_tool("moto_server") else {
         return;
-    }
-    let moto = Moto::start().await;
+    };
+    let moto = Moto::start(&program).await;
     let s3 = S3Config {
         endpoint: Some(moto.endpoint.clone()),
         region: Some("us-east-1".into()),
