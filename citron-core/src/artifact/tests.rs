@@ -499,3 +499,49 @@ async fn artifact_s3_object_from_moto() {
     assert!(e.to_string().contains("s3://no-such-bucket/kernel"), "{e}");
     assert_eq!(files(dir.path()).len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifact_gateway_counts_hits_and_misses_and_pins_active_jobs() {
+    use crate::job::{FileSpec, Lifetime, ResolvedJob, Step};
+    use std::sync::atomic::Ordering;
+    let srv = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = crate::Gateway::new(crate::lab::LabConfig::default_lab(), dir.path()).unwrap();
+    let spec = |path: &str, source: Source| FileSpec { path: path.into(), source, sha256: None, lifetime: Lifetime::default() };
+    let job = ResolvedJob {
+        origin: "test".into(),
+        start: Step {
+            kernel: Some(spec("kernel", srv.url("/kernel"))),
+            http: vec![spec("a", srv.url("/kernel")), spec("b", data(b"inline"))],
+            ..Step::default()
+        },
+        continue_: None,
+    };
+    gw.set_resolved_job(&"dut1".into(), job.clone()).await.unwrap();
+    let log = gw.access_log();
+    let counts = || (log.cache_hits.load(Ordering::Relaxed), log.cache_misses.load(Ordering::Relaxed));
+    // Three loads, two downloads: "a" and "b" fetch concurrently, the kernel then hits "a"'s copy.
+    assert_eq!(counts(), (1, 2));
+    assert_eq!(srv.count("/kernel"), 1);
+    assert_eq!(gw.cache().stats().pinned_bytes, (KERNEL.len() + 6) as u64);
+    gw.set_resolved_job(&"dut2".into(), job).await.unwrap();
+    assert_eq!(counts(), (4, 2));
+    assert!(gw.clear_job(&"dut1".into()).unwrap() && gw.clear_job(&"dut2".into()).unwrap());
+    assert_eq!(gw.cache().stats().pinned_bytes, 0);
+    assert!(log.prometheus().contains("citron_cache_misses_total 2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifact_cancelled_get_still_completes_the_download_once() {
+    let srv = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = open(dir.path(), 1 << 20);
+    let src = srv.url("/slow");
+    // The caller gives up while the server is still sleeping...
+    assert!(tokio::time::timeout(Duration::from_millis(50), cache.get(&src, None)).await.is_err());
+    // ...the download goes on; the next caller joins it or finds its result.
+    let a = cache.get(&src, None).await.unwrap();
+    assert_eq!(std::fs::read(&a.path).unwrap(), b"slow bytes");
+    assert_eq!(srv.count("/slow"), 1);
+    assert_eq!(files(dir.path()).len(), 1);
+}
