@@ -545,3 +545,33 @@ async fn artifact_cancelled_get_still_completes_the_download_once() {
     assert_eq!(srv.count("/slow"), 1);
     assert_eq!(files(dir.path()).len(), 1);
 }
+
+#[tokio::test]
+async fn artifact_long_downloads_log_progress() {
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Captured {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let captured = Captured::default();
+    let c = captured.clone();
+    let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || c.clone()).finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let mut out = Vec::new();
+    let mut sink = Sink::new(&mut out, "http://example/kernel").with_progress_interval(Duration::from_millis(10));
+    sink.set_total(Some(300)).unwrap();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        sink.write(&[0u8; 100]).await.unwrap();
+    }
+    sink.finish();
+    let log = String::from_utf8(captured.0.lock().clone()).unwrap();
+    assert!(log.contains("downloading") && log.contains("bytes=100") && log.contains("total=300"), "{log}");
+    assert!(log.contains("downloaded") && log.contains("bytes=300"), "{log}");
+}
