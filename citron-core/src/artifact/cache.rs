@@ -140,7 +140,7 @@ struct Inner {
 }
 
 /// The sha256-addressed artifact cache. Share it by reference; downloads it starts hold their
-/// own handle.
+/// own handle. Clones share everything.
 ///
 /// # On disk
 /// `<dir>/sha256/<hex>` holds one artifact per digest. Downloads stream into `<dir>/tmp/`, are
@@ -183,6 +183,7 @@ struct Inner {
 /// assert!(!cache.get(&src, Some(a.digest)).await.unwrap().was_fetched());
 /// # });
 /// ```
+#[derive(Clone)]
 pub struct Cache {
     inner: Arc<Inner>,
 }
@@ -333,12 +334,11 @@ impl Cache {
                 return Ok(a);
             }
         }
-        let src = self.source_for(source)?;
-        let name = src.name();
         let mut stamp = None;
         match source {
             Source::Data(b) => {
-                let d = Digest::of(b);
+                let ds = DataSource::new(b.clone());
+                let d = ds.digest();
                 if let Some(e) = expected.filter(|e| *e != d) {
                     return Err(FetchError::DigestMismatch { source_name: "inline data".into(), expected: e, actual: d });
                 }
@@ -346,6 +346,7 @@ impl Cache {
                     self.inner.hits.fetch_add(1, Ordering::Relaxed);
                     return Ok(a);
                 }
+                return self.get_from(Arc::new(ds), Some(d), None).await;
             }
             Source::File(p) => {
                 let meta = tokio::fs::metadata(p).await.map_err(|e| FetchError::File { path: p.clone(), source: e })?;
@@ -353,6 +354,8 @@ impl Cache {
             }
             Source::Url(_) => {}
         }
+        let src = self.source_for(source)?;
+        let name = src.name();
         if expected.is_none() {
             let known = self.inner.known.lock().get(&name).copied();
             if let Some(k) = known.filter(|k| k.stamp == stamp) {

@@ -103,6 +103,12 @@ async fn route(req: Request<Incoming>, hits: Arc<Mutex<HashMap<String, usize>>>)
             ok(b"slow bytes".to_vec())
         }
         "/big" => ok(big_body()),
+        "/slow-missing" => {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let mut r = Response::new(Full::new(Bytes::from_static(b"gone\n")));
+            *r.status_mut() = StatusCode::NOT_FOUND;
+            r
+        }
         _ => {
             let mut r = Response::new(Full::new(Bytes::from_static(b"no such file\n")));
             *r.status_mut() = StatusCode::NOT_FOUND;
@@ -574,4 +580,23 @@ async fn artifact_long_downloads_log_progress() {
     let log = String::from_utf8(captured.0.lock().clone()).unwrap();
     assert!(log.contains("downloading") && log.contains("bytes=100") && log.contains("total=300"), "{log}");
     assert!(log.contains("downloaded") && log.contains("bytes=300"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifact_concurrent_gets_share_one_failure() {
+    let srv = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Arc::new(open(dir.path(), 1 << 20));
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let (c, s) = (cache.clone(), srv.url("/slow-missing"));
+            tokio::spawn(async move { c.get(&s, None).await.map(|a| a.digest) })
+        })
+        .collect();
+    for t in tasks {
+        let e = t.await.unwrap().unwrap_err();
+        assert!(matches!(e, FetchError::Status { status: 404, .. }), "{e}");
+    }
+    assert_eq!(srv.count("/slow-missing"), 1);
+    assert!(files(dir.path()).is_empty());
 }
