@@ -37,6 +37,9 @@ pub fn from_str<T: DeserializeOwned>(text: &str) -> Result<T, YamlError> {
 use yaml_rust2::parser::{Event, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 
+/// What to do about an unquoted `{{` (a flow mapping to YAML).
+const QUOTE_HINT: &str = "a value starting with `{{` must be quoted, like \"{{ name }}/file\"";
+
 /// A position in a YAML text: 1-based line and column (the column counts characters).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub(crate) struct Pos {
@@ -104,7 +107,8 @@ impl Node {
             NodeKind::Map(_) => "a mapping",
             NodeKind::Seq(_) => "a list",
             NodeKind::Scalar(s) if s.is_null() => "nothing (null)",
-            NodeKind::Scalar(_) => "a scalar",
+            NodeKind::Scalar(s) if s.style == Style::Plain => "a plain value",
+            NodeKind::Scalar(_) => "a quoted string",
         }
     }
 }
@@ -139,10 +143,16 @@ impl Document {
                 Ok(ev) => events.push(ev),
                 Err(e) => {
                     let m = e.marker();
+                    let line = m.line().max(1);
+                    let hint = if doc.unquoted_template_near(line) {
+                        QUOTE_HINT
+                    } else {
+                        "check the indentation and quoting here"
+                    };
                     return Err(YamlError {
-                        line: m.line().max(1),
+                        line,
                         column: m.col() + 1,
-                        message: format!("YAML syntax error: {}; check the indentation and quoting here", e.info()),
+                        message: format!("YAML syntax error: {}; {hint}", e.info()),
                     });
                 }
             }
@@ -165,6 +175,23 @@ impl Document {
             }
         }
         Ok(doc)
+    }
+
+    /// Whether `line` (1-based) or the one before has a value starting with an unquoted `{{`,
+    /// which YAML reads as a flow mapping: the likeliest cause of an error there.
+    fn unquoted_template_near(&self, line: usize) -> bool {
+        let text = |l: usize| -> String {
+            if l == 0 || l > self.line_starts.len() {
+                return String::new();
+            }
+            let start = self.line_starts[l - 1];
+            self.chars[start..].iter().take_while(|c| **c != '\n').collect()
+        };
+        [line.saturating_sub(1), line].iter().any(|&l| {
+            let t = text(l);
+            let t = t.trim_start().trim_start_matches("- ");
+            t.starts_with("{{") || t.contains(": {{") || t.contains(":{{")
+        })
     }
 
     /// The position of a character index.
@@ -199,6 +226,12 @@ impl Document {
                     items.push(self.build(events, i)?);
                 }
                 *i += 1;
+                // An indentless sequence (`key:\n- item`) is marked at its first item, not at
+                // the `-` before it.
+                let pos = match items.first() {
+                    Some(f) if f.pos <= pos => Pos { line: f.pos.line, col: f.pos.col.saturating_sub(2).max(1) },
+                    _ => pos,
+                };
                 Ok(Node { pos, kind: NodeKind::Seq(items) })
             }
             Event::MappingStart(..) => {
@@ -206,16 +239,28 @@ impl Document {
                 while !matches!(events.get(*i).map(|e| &e.0), Some(Event::MappingEnd) | None) {
                     let key = self.build(events, i)?;
                     let NodeKind::Scalar(k) = key.kind else {
-                        return Err(YamlError {
-                            line: key.pos.line,
-                            column: key.pos.col,
-                            message: "keys must be plain names, not lists or mappings".into(),
-                        });
+                        let message = if self.unquoted_template_near(key.pos.line) {
+                            format!("a value starts with `{{{{` and YAML read it as a mapping; {QUOTE_HINT}")
+                        } else {
+                            "keys must be plain names, not lists or mappings".to_string()
+                        };
+                        return Err(YamlError { line: key.pos.line, column: key.pos.col, message });
                     };
-                    let value = self.build(events, i)?;
+                    let mut value = self.build(events, i)?;
+                    if let NodeKind::Scalar(v) = &mut value.kind {
+                        if v.style == Style::Plain && v.value.is_empty() {
+                            // An absent value is marked where the next token starts; the key is
+                            // where the reader must look.
+                            v.pos = k.pos;
+                            value.pos = k.pos;
+                        }
+                    }
                     entries.push((k, value));
                 }
                 *i += 1;
+                // A block mapping's event is marked at its first `:`; the first key is where it
+                // starts for the reader.
+                let pos = entries.first().map_or(pos, |(k, _)| pos.min(k.pos));
                 Ok(Node { pos, kind: NodeKind::Map(entries) })
             }
             Event::Alias(_) => Err(self.error_at(
@@ -233,8 +278,8 @@ impl Document {
     pub fn nth_open_brace(&self, scalar: &Scalar, n: usize) -> Pos {
         let (mut start, end) = scalar.span;
         let end = end.min(self.chars.len());
-        if scalar.style == Style::Block {
-            // Skip the `|`/`>` header line and any comment on it.
+        if scalar.style == Style::Block && matches!(self.chars.get(start), Some('|' | '>')) {
+            // Marked at the indicator: skip the header line and any comment on it.
             while start < end && self.chars[start] != '\n' {
                 start += 1;
             }

@@ -11,6 +11,8 @@
 mod model;
 mod parse;
 mod render;
+#[cfg(test)]
+mod tests;
 
 pub use model::{
     DiskKind, DiskSpec, FileSpec, FsContents, Lifetime, ResetOn, ResolvedJob, Source, Step,

@@ -177,6 +177,8 @@ fn distance(a: &str, b: &str) -> usize {
 struct Fields<'n> {
     pos: Pos,
     entries: Vec<(&'n Scalar, &'n Node)>,
+    /// Allowed keys that an unknown key was probably meant to be: not reported again as missing.
+    misspelt: Vec<String>,
 }
 
 impl<'n> Fields<'n> {
@@ -210,12 +212,13 @@ impl Walker<'_> {
             self.err(node.pos, field, format!("expected a mapping with keys {}, found {}", allowed.join(", "), node.describe()));
             return None;
         };
-        let mut out = Fields { pos: node.pos, entries: Vec::new() };
+        let mut out = Fields { pos: node.pos, entries: Vec::new(), misspelt: Vec::new() };
         for (k, v) in entries {
             let key = k.value.as_str();
             if !allowed.contains(&key) {
                 let near = allowed.iter().filter(|a| distance(a, key) <= 2).min_by_key(|a| distance(a, key));
                 let hint = near.map(|n| format!("did you mean `{n}`? ")).unwrap_or_default();
+                out.misspelt.extend(near.map(|n| n.to_string()));
                 self.err(k.pos, &child(field, key), format!("unknown field `{key}`; {hint}allowed here: {}", allowed.join(", ")));
             } else if let Some(first) = out.key(key) {
                 let line = first.pos.line;
@@ -230,7 +233,7 @@ impl Walker<'_> {
     /// A required key's value, or an error at the mapping.
     fn required<'n>(&mut self, f: &Fields<'n>, key: &str, field: &str, example: &str) -> Option<&'n Node> {
         let v = f.get(key);
-        if v.is_none() {
+        if v.is_none() && !f.misspelt.iter().any(|m| m == key) {
             self.err(f.pos, field, format!("`{key}` is missing; add it, like `{key}: {example}`"));
         }
         v
@@ -470,7 +473,9 @@ impl Walker<'_> {
         let list = keys.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
         match present.as_slice() {
             [] => {
-                self.err(f.pos, field, format!("no {what}; give exactly one of {list}"));
+                if !f.misspelt.iter().any(|m| keys.contains(&m.as_str())) {
+                    self.err(f.pos, field, format!("no {what}; give exactly one of {list}"));
+                }
                 None
             }
             [one] => Some(**one),
@@ -527,13 +532,18 @@ impl Walker<'_> {
             match &n.kind {
                 NodeKind::Scalar(s) if s.style == Style::Plain && !s.is_null() => match s.value.parse::<u32>() {
                     Ok(v) => out.access_count = Some(v),
+                    Err(_) if s.value.bytes().all(|b| b.is_ascii_digit()) => {
+                        self.err(s.pos, &field, format!("`{}` is too large; at most {} reads can be counted", s.value, u32::MAX));
+                        ok = false;
+                    }
                     Err(_) => {
                         self.err(s.pos, &field, format!("`{}` is not a count; write a whole number ≥ 0 of reads allowed per boot, like 1", s.value));
                         ok = false;
                     }
                 },
                 _ => {
-                    self.err(n.pos, &field, format!("expected a whole number ≥ 0 of reads allowed per boot (like 1), found {}", n.describe()));
+                    let unquote = if matches!(&n.kind, NodeKind::Scalar(s) if s.style != Style::Plain) { " (remove the quotes)" } else { "" };
+                    self.err(n.pos, &field, format!("expected a whole number ≥ 0 of reads allowed per boot (like 1){unquote}, found {}", n.describe()));
                     ok = false;
                 }
             }
