@@ -37,6 +37,9 @@ pub fn from_str<T: DeserializeOwned>(text: &str) -> Result<T, YamlError> {
 use yaml_rust2::parser::{Event, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 
+/// Nesting deeper than this is refused (job descriptions need about 8 levels).
+const MAX_DEPTH: usize = 64;
+
 /// What to do about an unquoted `{{` (a flow mapping to YAML).
 const QUOTE_HINT: &str = "a value starting with `{{` must be quoted, like \"{{ name }}/file\"";
 
@@ -168,7 +171,7 @@ impl Document {
                     }
                     i += 1;
                     if !matches!(events.get(i).map(|e| &e.0), Some(Event::DocumentEnd) | None) {
-                        doc.root = Some(doc.build(&events, &mut i)?);
+                        doc.root = Some(doc.build(&events, &mut i, 0)?);
                     }
                 }
                 _ => i += 1,
@@ -205,8 +208,12 @@ impl Document {
         YamlError { line: p.line, column: p.col, message: message.to_string() }
     }
 
-    fn build(&self, events: &[(Event, Marker)], i: &mut usize) -> Result<Node, YamlError> {
+    fn build(&self, events: &[(Event, Marker)], i: &mut usize, depth: usize) -> Result<Node, YamlError> {
         let (ev, mark) = &events[*i];
+        if depth > MAX_DEPTH {
+            // Bounded so that a hostile job cannot exhaust the stack.
+            return Err(self.error_at(mark.index(), &format!("nested more than {MAX_DEPTH} levels deep; a job description needs far fewer")));
+        }
         let pos = self.pos(mark.index());
         *i += 1;
         match ev {
@@ -223,7 +230,7 @@ impl Document {
             Event::SequenceStart(..) => {
                 let mut items = Vec::new();
                 while !matches!(events.get(*i).map(|e| &e.0), Some(Event::SequenceEnd) | None) {
-                    items.push(self.build(events, i)?);
+                    items.push(self.build(events, i, depth + 1)?);
                 }
                 *i += 1;
                 // An indentless sequence (`key:\n- item`) is marked at its first item, not at
@@ -237,7 +244,7 @@ impl Document {
             Event::MappingStart(..) => {
                 let mut entries = Vec::new();
                 while !matches!(events.get(*i).map(|e| &e.0), Some(Event::MappingEnd) | None) {
-                    let key = self.build(events, i)?;
+                    let key = self.build(events, i, depth + 1)?;
                     let NodeKind::Scalar(k) = key.kind else {
                         let message = if self.unquoted_template_near(key.pos.line) {
                             format!("a value starts with `{{{{` and YAML read it as a mapping; {QUOTE_HINT}")
@@ -246,7 +253,7 @@ impl Document {
                         };
                         return Err(YamlError { line: key.pos.line, column: key.pos.col, message });
                     };
-                    let mut value = self.build(events, i)?;
+                    let mut value = self.build(events, i, depth + 1)?;
                     if let NodeKind::Scalar(v) = &mut value.kind {
                         if v.style == Style::Plain && v.value.is_empty() {
                             // An absent value is marked where the next token starts; the key is
@@ -345,6 +352,16 @@ mod tests {
         assert!(e.line >= 1 && e.column >= 1);
         let e = Document::parse("a: b\n c: d\n").unwrap_err();
         assert_eq!((e.line, e.column), (2, 3), "{e:?}");
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        let text = format!("{}{}", "[".repeat(100), "]".repeat(100));
+        let e = Document::parse(&text).unwrap_err();
+        assert!(e.message.contains("nested more than"), "{e:?}");
+        // The scanner has its own, higher, limit.
+        let text = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(Document::parse(&text).is_err());
     }
 
     #[test]

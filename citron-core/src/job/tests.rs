@@ -582,3 +582,41 @@ fn no_roots_means_no_files() {
     let e = JobDescription::parse(&file_job("sub/kernel.img"), origin).unwrap().render(&ctx).unwrap_err();
     assert!(e.0[0].message.contains("outside the allowed artifact roots"), "{e}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Robustness: whatever the text, parse and render answer (Ok or errors with sane positions).
+
+proptest::proptest! {
+    #[test]
+    fn arbitrary_text_never_panics(text in "[a-z_:{}\\[\\], \n\"'|>#&*!.0-9-]{0,200}") {
+        check_no_panic(&text);
+    }
+
+    #[test]
+    fn mutated_good_files_never_panic(at in 0usize..2000, len in 0usize..20, insert in "[ \n:{}\\[\\]\"'-|a-z0-9]{0,6}") {
+        let good = include_str!("../../../tests/data/good/templates-everywhere.yaml");
+        let at = good.char_indices().map(|(i, _)| i).find(|i| *i >= at % good.len()).unwrap_or(0);
+        let end = good.char_indices().map(|(i, _)| i).find(|i| *i >= at + len).unwrap_or(good.len());
+        let text = format!("{}{}{}", &good[..at], insert, &good[end..]);
+        check_no_panic(&text);
+    }
+}
+
+fn check_no_panic(text: &str) {
+    let lines = text.lines().count().max(1) + 1;
+    match JobDescription::parse(text, Origin::named("fuzz.yaml")) {
+        Ok(job) => {
+            let _ = job.render(&RenderContext { vars: builtin_vars(), file_roots: vec![] });
+        }
+        Err(e) => {
+            assert!(!e.0.is_empty());
+            for err in &e.0 {
+                assert!(err.line >= 1 && err.line <= lines && err.column >= 1, "{err} in {text:?}");
+            }
+            let order: Vec<(usize, usize)> = e.0.iter().map(|e| (e.line, e.column)).collect();
+            let mut sorted = order.clone();
+            sorted.sort();
+            assert_eq!(order, sorted);
+        }
+    }
+}
