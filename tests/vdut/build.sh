@@ -9,7 +9,9 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-out=${1:-${CARGO_TARGET_DIR:-$repo/target}/vdut}
+# Always <repo>/target/vdut by default (not $CARGO_TARGET_DIR): the jobs in tests/vdut name their
+# files relative to themselves, as ../../target/vdut/...
+out=${1:-$repo/target/vdut}
 
 die() { echo "build.sh: $*" >&2; exit 1; }
 for t in busybox nbd-client cpio gzip modprobe ldd tar; do
