@@ -144,7 +144,10 @@ impl Server {
     /// (True, None)
     /// >>> srv.stop()
     #[new]
-    #[pyo3(signature = (lab = None, data_dir = None, *, http = Some("127.0.0.1:0"), tftp = Some("127.0.0.1:0"), nbd = None))]
+    #[pyo3(
+        signature = (lab = None, data_dir = None, *, http = Some("127.0.0.1:0"), tftp = Some("127.0.0.1:0"), nbd = None),
+        text_signature = "(lab=None, data_dir=None, *, http='127.0.0.1:0', tftp='127.0.0.1:0', nbd=None)"
+    )]
     fn new(
         py: Python<'_>,
         lab: Option<LabArg<'_>>,

@@ -35,19 +35,26 @@ from citron._citron import (
     UnknownDutError,
     __version__,
 )
+from citron._types import AccessRecord, ArtifactDict, DutInfo, JobErrorDetailDict, ResolvedJobDict, StrPath
 
 __all__ = [
+    "AccessRecord",
     "Artifact",
+    "ArtifactDict",
     "CitronError",
+    "DutInfo",
     "FetchError",
     "JobDescription",
     "JobError",
     "JobErrorDetail",
+    "JobErrorDetailDict",
     "Lab",
     "LabError",
     "ResolvedJob",
+    "ResolvedJobDict",
     "Server",
     "ServerError",
+    "StrPath",
     "UnknownDutError",
     "__version__",
 ]
