@@ -20,6 +20,8 @@ if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv" || { echo "test-python.sh: '$python -m venv' failed; install python3-venv" >&2; exit 2; }
 fi
 py=$venv/bin/python
+# maturin's PEP 517 backend runs the `maturin` executable found on PATH.
+export PATH="$venv/bin:$PATH"
 "$py" -m pip install -q --disable-pip-version-check "maturin>=1.9,<2" "pytest>=7" "mypy>=1.8"
 
 # The build: maturin through pip, as `pip install ./citron-py` does (no build isolation: maturin is
