@@ -29,13 +29,11 @@ pub(crate) struct Running {
     tasks: Vec<(&'static str, JoinHandle<std::io::Result<()>>)>,
 }
 
-fn shutdown(mut rx: watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + Send + 'static {
-    async move {
-        // Ends when `true` is sent or the sender is dropped.
-        while !*rx.borrow() {
-            if rx.changed().await.is_err() {
-                break;
-            }
+/// Ends when `true` is sent or the sender is dropped.
+async fn shutdown(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            break;
         }
     }
 }

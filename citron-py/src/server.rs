@@ -48,7 +48,7 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 /// ...     print(srv.accesses("dut1")[0]["outcome"])
 /// b'hi'
 /// served
-#[pyclass(module = "citron")]
+#[pyclass(frozen, module = "citron")]
 pub struct Server {
     gateway: Gateway,
     /// Always `Some` until `Drop` takes it.
