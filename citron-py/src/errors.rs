@@ -73,7 +73,7 @@ class UnknownDutError(CitronError, KeyError):
 
     >>> import citron
     >>> try:
-    ...     citron.JobDescription.from_yaml("{}").render(dut="nope")
+    ...     citron.JobDescription.from_yaml("deployment: {start: {}}").render(dut="nope")
     ... except KeyError:
     ...     print("unknown")
     unknown

@@ -419,7 +419,7 @@ impl ResolvedJob {
     /// The rendered job as plain dicts and lists (``artifacts`` as :meth:`Artifact.to_dict`).
     ///
     /// >>> import citron
-    /// >>> citron.JobDescription.from_yaml("{}").render(dut="dut1").to_dict()["artifacts"]
+    /// >>> citron.JobDescription.from_yaml("deployment: {start: {}}").render(dut="dut1").to_dict()["artifacts"]
     /// []
     fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);

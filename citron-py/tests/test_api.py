@@ -86,7 +86,7 @@ def test_server_manages_duts_and_jobs(tmp_path: pathlib.Path) -> None:
         with pytest.raises(citron.UnknownDutError):
             srv.remove_dut("x")
         with pytest.raises(citron.UnknownDutError):
-            srv.set_job("x", "{}")
+            srv.set_job("x", "deployment: {start: {}}")
         with pytest.raises(KeyError):
             srv.accesses("x")
     assert (tmp_path / "data").is_dir()
@@ -155,7 +155,7 @@ def test_fetch_errors_are_fetch_errors(tmp_path: pathlib.Path) -> None:
 def test_repr_and_version() -> None:
     assert citron.__version__
     assert "dut1" in repr(citron.Lab.default())
-    assert repr(citron.JobDescription.from_yaml("{}", filename="f.yaml")) == 'JobDescription(filename="f.yaml")'
+    assert repr(citron.JobDescription.from_yaml("deployment: {start: {}}", filename="f.yaml")) == 'JobDescription(filename="f.yaml")'
     srv = citron.Server(http=None, tftp=None)
     assert "running=true" in repr(srv)
     srv.stop()

@@ -55,8 +55,8 @@ def test_unknown_template_variable_has_a_position() -> None:
     with pytest.raises(citron.JobError) as info:
         job.validate()
     [d] = info.value.errors
-    assert (d.file, d.line, d.field) == ("tpl.yaml", 3, "deployment.start.cmdline")
-    assert d.column >= 14  # at or inside the value, never before it
+    # The position is that of `{{ tty }}` inside the value, not of the value's start.
+    assert (d.file, d.line, d.column, d.field) == ("tpl.yaml", 3, 22, "deployment.start.cmdline")
     assert "tty" in d.message
     # The lab can define it.
     job.validate(lab=citron.Lab(variables={"tty": "ttyS0"}))
@@ -77,8 +77,10 @@ def test_job_error_is_a_value_error_and_a_citron_error() -> None:
 def test_yaml_syntax_error_is_a_job_error() -> None:
     with pytest.raises(citron.JobError) as info:
         citron.JobDescription.from_yaml("deployment: [\n", filename="broken.yaml")
-    assert info.value.errors[0].file == "broken.yaml"
-    assert info.value.errors[0].line >= 1
+    [d] = info.value.errors
+    assert (d.file, d.line, d.column, d.field) == ("broken.yaml", 2, 1, "")
+    assert "YAML syntax error" in d.message
+    assert str(d) == f"broken.yaml:2:1: {d.message}"  # no field: no empty "field:" part
 
 
 def test_from_file_names_the_file_and_reads_relative_files(tmp_path: pathlib.Path) -> None:
@@ -118,7 +120,8 @@ def test_render_gives_plain_values() -> None:
     r = job.render(dut="dut2")
     assert r.cmdline == "console=ttyS0 id=dut2"
     assert r.continue_cmdline == "rescue"
-    tftp, remote = r.artifacts
+    # Order: kernel, initramfs, http files, tftp files, disks; start before continue.
+    remote, tftp = r.artifacts
     assert tftp.to_dict() == {
         "step": "start",
         "kind": "file",
@@ -141,11 +144,11 @@ def test_render_gives_plain_values() -> None:
         None,
         "ab" * 32,
     )
-    assert r.to_dict()["artifacts"][0] == tftp.to_dict()
+    assert r.to_dict()["artifacts"][1] == tftp.to_dict()
 
 
 def test_render_for_an_unknown_dut_is_a_key_error() -> None:
-    job = citron.JobDescription.from_yaml("{}")
+    job = citron.JobDescription.from_yaml("deployment: {start: {}}")
     with pytest.raises(citron.UnknownDutError) as info:
         job.render(dut="nope")
     assert isinstance(info.value, KeyError)
