@@ -1,4 +1,23 @@
-//! TFTP backend (placeholder until the TFTP branch lands: refuses to start).
+//! TFTP backend: RFC 1350 read requests with RFC 2347 option negotiation (`blksize` RFC 2348,
+//! `timeout` and `tsize` RFC 2349, `windowsize` RFC 7440). Write requests are refused.
+//!
+//! Every request is answered from the requesting DUT's namespace: the backend passes the source
+//! address and the file name to the [`Catalog`], which decides (DUT, path, lifetime, generated
+//! files, access log); refusals become ERROR packets in [`error_packet`].
+//!
+//! # Layout
+//! - [`packet`]: pure decoding/encoding of the wire format.
+//! - [`session`]: one transfer as a pure state machine (negotiation, windows, retransmission,
+//!   block-number rollover).
+//! - `server`: sockets, timers and tasks ([`serve`], [`serve_with`], [`Config`]).
+//!
+//! # Example
+//! ```no_run
+//! # async fn run(catalog: std::sync::Arc<dyn citron_core::serve::Catalog>) -> std::io::Result<()> {
+//! let socket = tokio::net::UdpSocket::bind("127.0.0.1:6969").await?;
+//! citron_protocols::tftp::serve(socket, catalog, async { let _ = tokio::signal::ctrl_c().await; }).await
+//! # }
+//! ```
 
 use std::future::Future;
 use std::io;
@@ -6,11 +25,22 @@ use std::sync::Arc;
 
 use citron_core::serve::Catalog;
 
-/// Serves TFTP read requests on `socket` until `shutdown` completes.
+mod error;
+pub mod packet;
+mod server;
+pub mod session;
+
+pub use error::error_packet;
+pub use server::{serve_with, Config};
+
+/// Serves TFTP read requests on `socket` until `shutdown` completes, with [`Config::default`].
+///
+/// Each transfer runs on its own ephemeral socket bound to `socket`'s local address; `socket`
+/// only receives requests. See [`serve_with`] for cancel safety.
 pub async fn serve(
-    _socket: tokio::net::UdpSocket,
-    _catalog: Arc<dyn Catalog>,
-    _shutdown: impl Future<Output = ()> + Send + 'static,
+    socket: tokio::net::UdpSocket,
+    catalog: Arc<dyn Catalog>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    Err(io::Error::new(io::ErrorKind::Unsupported, "the TFTP backend is not built yet"))
+    serve_with(socket, catalog, Config::default(), shutdown).await
 }

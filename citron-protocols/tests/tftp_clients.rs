@@ -1,0 +1,478 @@
+//! The TFTP backend against real clients (tftp-hpa `tftp`, `atftp`, `curl`) over loopback, with
+//! the real gateway deciding. Each client downloads files whose sizes hit the edge cases (empty,
+//! around one block, a 40 MiB file whose block numbers wrap at blksize 512) and the result is
+//! checked byte for byte (sha256).
+//!
+//! Source addresses: tftp-hpa and atftp cannot choose theirs, so a DUT `local` is registered at
+//! 127.0.0.1 next to the default lab's dut1 (127.0.0.2) and dut2 (127.0.0.3), which curl reaches
+//! with `--interface`.
+//!
+//! A client missing from the machine skips its test with a message, or fails it when
+//! `CITRON_E2E_STRICT=1`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Output;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use citron_core::access::Outcome as AccessOutcome;
+use citron_core::job::{FileSpec, Lifetime, ResolvedJob, Source, Step};
+use citron_core::lab::LabConfig;
+use citron_core::namespace::{Dut, DutId};
+use citron_core::serve::Catalog;
+use citron_core::{Digest, Gateway};
+use citron_protocols::tftp::{self, Config};
+use tokio::net::UdpSocket;
+use tokio::sync::oneshot;
+
+/// `true` if `tool` runs; otherwise skips (or panics under `CITRON_E2E_STRICT=1`).
+fn require_tool(tool: &str) -> bool {
+    let ok = std::process::Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map(|o| o.status.success()).unwrap_or(false);
+    if !ok {
+        if std::env::var("CITRON_E2E_STRICT").as_deref() == Ok("1") {
+            panic!("{tool} is required (CITRON_E2E_STRICT=1); install it with scripts/setup-debian.sh");
+        }
+        eprintln!("SKIP: {tool} not installed");
+    }
+    ok
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*), so every file differs from every other.
+fn content(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        v.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+fn file(path: &str, data: Vec<u8>, access_count: Option<u32>) -> FileSpec {
+    FileSpec {
+        path: path.into(),
+        source: Source::Data(Bytes::from(data)),
+        sha256: None,
+        lifetime: Lifetime { access_count, expiration: None },
+    }
+}
+
+const SIZES: &[(&str, usize)] = &[("f0", 0), ("f511", 511), ("f512", 512), ("f513", 513), ("f1m", 1 << 20), ("f40m", 40 << 20)];
+
+struct Lab {
+    gw: Gateway,
+    _dir: tempfile::TempDir,
+}
+
+impl Lab {
+    async fn new() -> Lab {
+        let dir = tempfile::tempdir().unwrap();
+        let mut lab = LabConfig::default_lab();
+        lab.duts.push(Dut::new("local", ["127.0.0.1".parse().unwrap()]));
+        let gw = Gateway::new(lab, dir.path()).unwrap();
+        Lab { gw, _dir: dir }
+    }
+
+    async fn job(&self, dut: &str, files: Vec<FileSpec>) {
+        let job = ResolvedJob { origin: format!("test-{dut}"), start: Step { tftp: files, ..Step::default() }, continue_: None };
+        self.gw.set_resolved_job(&DutId::from(dut), job).await.unwrap();
+    }
+
+    /// Loads the size ladder for `dut`, seeded by `seed`; returns (name, sha256).
+    async fn sized_files(&self, dut: &str, seed: u64) -> Vec<(String, Digest)> {
+        let mut files = Vec::new();
+        let mut sums = Vec::new();
+        for (i, (name, len)) in SIZES.iter().enumerate() {
+            let data = content(seed * 100 + i as u64, *len);
+            sums.push((name.to_string(), Digest::of(&data)));
+            files.push(file(name, data, None));
+        }
+        self.job(dut, files).await;
+        sums
+    }
+
+    async fn serve(&self, config: Config) -> Server {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let catalog: Arc<dyn Catalog> = Arc::new(self.gw.clone());
+        let task = tokio::spawn(tftp::serve_with(socket, catalog, config, async move {
+            let _ = rx.await;
+        }));
+        Server { addr, stop: Some(tx), task }
+    }
+}
+
+struct Server {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+async fn run(cmd: &mut tokio::process::Command) -> Output {
+    cmd.kill_on_drop(true).stdin(std::process::Stdio::null());
+    tokio::time::timeout(Duration::from_secs(300), cmd.output()).await.expect("client did not finish within 300 s").unwrap()
+}
+
+fn assert_file(path: &Path, want: &Digest, what: &str) {
+    let got = std::fs::read(path).unwrap_or_else(|e| panic!("{what}: no output file {}: {e}", path.display()));
+    assert_eq!(&Digest::of(&got), want, "{what}: content differs ({} bytes received)", got.len());
+}
+
+fn served(gw: &Gateway, dut: &str, path: &str) -> usize {
+    gw.accesses(&DutId::from(dut)).unwrap().iter().filter(|r| r.path == path && r.outcome == AccessOutcome::Served).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tftp_hpa_downloads_every_size() {
+    if !require_tool("tftp") {
+        return;
+    }
+    let lab = Lab::new().await;
+    let sums = lab.sized_files("local", 1).await;
+    let srv = lab.serve(Config::default()).await;
+    let out = tempfile::tempdir().unwrap();
+    for (name, sum) in &sums {
+        let dest = out.path().join(name);
+        let o = run(tokio::process::Command::new("tftp")
+            .args(["-4", "127.0.0.1", &srv.addr.port().to_string(), "-m", "binary", "-c", "get", name])
+            .arg(&dest))
+        .await;
+        assert!(o.status.success(), "tftp get {name}: {o:?}");
+        assert_file(&dest, sum, &format!("tftp-hpa {name}"));
+        assert_eq!(served(&lab.gw, "local", name), 1, "{name} logged as served once");
+    }
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn atftp_with_windowsize_and_blksize_downloads_every_size() {
+    if !require_tool("atftp") {
+        return;
+    }
+    let lab = Lab::new().await;
+    let sums = lab.sized_files("local", 2).await;
+    let srv = lab.serve(Config::default()).await;
+    let out = tempfile::tempdir().unwrap();
+    // windowsize 8 at the default blksize 512 (the 40 MiB file wraps block numbers), then blksize 1468.
+    for opts in [&["--option", "windowsize 8"][..], &["--option", "blksize 1468", "--option", "windowsize 8"][..]] {
+        for (name, sum) in &sums {
+            let dest = out.path().join(format!("{name}-{}", opts.len()));
+            let o = run(tokio::process::Command::new("atftp")
+                .args(["-g", "-r", name, "-l"])
+                .arg(&dest)
+                .args(opts)
+                .args(["127.0.0.1", &srv.addr.port().to_string()]))
+            .await;
+            assert!(o.status.success(), "atftp {opts:?} {name}: {o:?}");
+            assert_file(&dest, sum, &format!("atftp {opts:?} {name}"));
+        }
+    }
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_downloads_every_size_and_duts_are_isolated() {
+    if !require_tool("curl") {
+        return;
+    }
+    let lab = Lab::new().await;
+    // The same names for two DUTs, different content.
+    let sums2 = lab.sized_files("dut1", 3).await;
+    let sums3 = lab.sized_files("dut2", 4).await;
+    let srv = lab.serve(Config::default()).await;
+    let out = tempfile::tempdir().unwrap();
+    for (iface, sums, blksize) in [("127.0.0.2", &sums2, "1468"), ("127.0.0.3", &sums3, "512")] {
+        // curl 7.88 fails on every empty TFTP file ("getpeername() failed", exit 71; tftpd-hpa
+        // too), so the empty file is left to the tftp-hpa and atftp tests.
+        for (name, sum) in sums.iter().filter(|(n, _)| n != "f0") {
+            let dest = out.path().join(format!("{name}-{iface}"));
+            let o = run(tokio::process::Command::new("curl")
+                .args(["-sS", "--fail", "--tftp-blksize", blksize, "--interface", iface, "-o"])
+                .arg(&dest)
+                .arg(format!("tftp://127.0.0.1:{}/{name}", srv.addr.port())))
+            .await;
+            assert!(o.status.success(), "curl {iface} {name}: {o:?}");
+            assert_file(&dest, sum, &format!("curl from {iface} {name}"));
+        }
+    }
+    assert_ne!(sums2[1].1, sums3[1].1);
+    // An address no DUT has: file not found (curl: exit 68, CURLE_TFTP_NOTFOUND).
+    let o = run(tokio::process::Command::new("curl")
+        .args(["-sS", "--interface", "127.0.0.9", "-o", "/dev/null"])
+        .arg(format!("tftp://127.0.0.1:{}/f511", srv.addr.port())))
+    .await;
+    assert_eq!(o.status.code(), Some(68), "unknown DUT: {o:?}");
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tftp_hpa_netascii_mode() {
+    if !require_tool("tftp") {
+        return;
+    }
+    let lab = Lab::new().await;
+    // No CR LF pair in the source, so converting to netascii and back is the identity.
+    let mut text = Vec::new();
+    for i in 0..300 {
+        text.extend_from_slice(format!("line {i}\tcolumns\rcarriage\n").as_bytes());
+    }
+    let sum = Digest::of(&text);
+    lab.job("local", vec![file("cmdline.txt", text, None)]).await;
+    let srv = lab.serve(Config::default()).await;
+    let out = tempfile::tempdir().unwrap();
+    let dest = out.path().join("cmdline.txt");
+    let o = run(tokio::process::Command::new("tftp")
+        .args(["-4", "127.0.0.1", &srv.addr.port().to_string(), "-m", "netascii", "-c", "get", "cmdline.txt"])
+        .arg(&dest))
+    .await;
+    assert!(o.status.success(), "{o:?}");
+    assert_file(&dest, &sum, "netascii");
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_count_refuses_the_second_read() {
+    if !require_tool("curl") {
+        return;
+    }
+    let lab = Lab::new().await;
+    let data = content(9, 3000);
+    let sum = Digest::of(&data);
+    lab.job("dut1", vec![file("once", data, Some(1))]).await;
+    let srv = lab.serve(Config::default()).await;
+    let out = tempfile::tempdir().unwrap();
+    let url = format!("tftp://127.0.0.1:{}/once", srv.addr.port());
+    let dest = out.path().join("once");
+    let o = run(tokio::process::Command::new("curl").args(["-sS", "--interface", "127.0.0.2", "-o"]).arg(&dest).arg(&url)).await;
+    assert!(o.status.success(), "{o:?}");
+    assert_file(&dest, &sum, "first read");
+    // Access violation (curl: exit 69, CURLE_TFTP_PERM).
+    let o = run(tokio::process::Command::new("curl").args(["-sS", "--interface", "127.0.0.2", "-o", "/dev/null"]).arg(&url)).await;
+    assert_eq!(o.status.code(), Some(69), "second read: {o:?}");
+    srv.stop().await;
+}
+
+/// Sends one datagram from `from` and returns the decoded answer, if one comes within `wait`.
+async fn exchange(from: &str, to: SocketAddr, datagram: &[u8], wait: Duration) -> Option<tftp::packet::Packet> {
+    let sock = UdpSocket::bind((from, 0)).await.unwrap();
+    sock.send_to(datagram, to).await.unwrap();
+    let mut buf = vec![0u8; 70000];
+    match tokio::time::timeout(wait, sock.recv_from(&mut buf)).await {
+        Ok(Ok((n, _))) => Some(tftp::packet::decode(&buf[..n]).expect("the server sent a malformed packet")),
+        _ => None,
+    }
+}
+
+fn error_code(p: &Option<tftp::packet::Packet>) -> Option<u16> {
+    match p {
+        Some(tftp::packet::Packet::Error { code, .. }) => Some(code.0),
+        _ => None,
+    }
+}
+
+fn rrq(name: &str, opts: &[(&str, &str)]) -> Vec<u8> {
+    let mut v = vec![0, 1];
+    for f in [name, "octet"].into_iter().chain(opts.iter().flat_map(|(a, b)| [*a, *b])) {
+        v.extend_from_slice(f.as_bytes());
+        v.push(0);
+    }
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traversal_and_writes_are_access_violations() {
+    let lab = Lab::new().await;
+    lab.job("dut1", vec![file("x", b"inside".to_vec(), None)]).await;
+    let srv = lab.serve(Config::default()).await;
+    let wait = Duration::from_secs(3);
+    for name in ["../x", "/../../etc/passwd", "a/../../x"] {
+        let p = exchange("127.0.0.2", srv.addr, &rrq(name, &[]), wait).await;
+        assert_eq!(error_code(&p), Some(2), "{name}: {p:?}");
+    }
+    let mut wrq = rrq("x", &[]);
+    wrq[1] = 2;
+    assert_eq!(error_code(&exchange("127.0.0.2", srv.addr, &wrq, wait).await), Some(2));
+    // The same refusals seen by a real client.
+    if require_tool("tftp") {
+        let out = tempfile::tempdir().unwrap();
+        let port = srv.addr.port().to_string();
+        let o = run(tokio::process::Command::new("tftp")
+            .args(["-4", "127.0.0.1", &port, "-m", "binary", "-c", "get", "/../../etc/passwd"])
+            .arg(out.path().join("p")))
+        .await;
+        let err = String::from_utf8_lossy(&o.stderr).to_string() + &String::from_utf8_lossy(&o.stdout);
+        assert!(err.contains("Error code 2"), "traversal: {err}");
+        let src = out.path().join("up");
+        std::fs::write(&src, b"data").unwrap();
+        let o = run(tokio::process::Command::new("tftp").args(["-4", "127.0.0.1", &port, "-m", "binary", "-c", "put"]).arg(&src).arg("up")).await;
+        let err = String::from_utf8_lossy(&o.stderr).to_string() + &String::from_utf8_lossy(&o.stdout);
+        assert!(err.contains("Error code 2"), "write: {err}");
+    }
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn option_negotiation_on_the_wire() {
+    let lab = Lab::new().await;
+    lab.job("dut1", vec![file("f", content(5, 5000), None)]).await;
+    let srv = lab.serve(Config::default()).await;
+    let wait = Duration::from_secs(3);
+    use tftp::packet::Packet;
+    // Only what was asked is acknowledged; unknown options are ignored; big values are lowered.
+    let p = exchange("127.0.0.2", srv.addr, &rrq("f", &[("tsize", "0"), ("foo", "bar"), ("blksize", "70000")]), wait).await;
+    assert_eq!(p, Some(Packet::Oack { options: vec![("tsize".into(), "5000".into()), ("blksize".into(), "65464".into())] }));
+    // No options: DATA 1 straight away, 512 bytes.
+    let p = exchange("127.0.0.2", srv.addr, &rrq("f", &[]), wait).await;
+    assert!(matches!(p, Some(Packet::Data { block: 1, ref data }) if data.len() == 512), "{p:?}");
+    // Absurd values only: no OACK, plain RFC 1350.
+    let p = exchange("127.0.0.2", srv.addr, &rrq("f", &[("blksize", "2"), ("windowsize", "0"), ("timeout", "999")]), wait).await;
+    assert!(matches!(p, Some(Packet::Data { block: 1, ref data }) if data.len() == 512), "{p:?}");
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_packets_get_an_error_or_nothing_and_the_server_keeps_serving() {
+    let lab = Lab::new().await;
+    let data = content(6, 2000);
+    let sum = Digest::of(&data);
+    lab.job("dut1", vec![file("ok", data, None)]).await;
+    let srv = lab.serve(Config::default()).await;
+    let junk: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0],
+        vec![0, 1],
+        b"\0\x01no-nul".to_vec(),
+        b"\0\x01f\0octet".to_vec(),
+        b"\0\x01f\0weird\0".to_vec(),
+        b"\0\x01\0octet\0".to_vec(),
+        b"\0\x01ok\0octet\0blksize\0".to_vec(),
+        b"\0\x01\xff\xfe\0octet\0".to_vec(),
+        b"\0\x09hello".to_vec(),
+        b"\0\x05\0\x01error to the server\0".to_vec(),
+        b"\0\x04\0\x01".to_vec(),
+        b"\0\x03\0\x01data".to_vec(),
+        b"\0\x06blksize\x00512\0".to_vec(),
+        vec![0xff; 1400],
+        vec![0; 65000],
+    ];
+    for j in &junk {
+        let p = exchange("127.0.0.2", srv.addr, j, Duration::from_millis(300)).await;
+        assert!(p.is_none() || error_code(&p).is_some(), "{j:?}: answered {p:?}");
+        if j.starts_with(&[0, 1]) && j.len() > 2 {
+            assert_eq!(error_code(&p), Some(4), "malformed request {j:?} gets 'illegal operation'");
+        }
+    }
+    // Malformed packets inside a transfer are ignored too; then the server still serves.
+    if require_tool("curl") {
+        let out = tempfile::tempdir().unwrap();
+        let dest = out.path().join("ok");
+        let o = run(tokio::process::Command::new("curl")
+            .args(["-sS", "--fail", "--interface", "127.0.0.2", "-o"])
+            .arg(&dest)
+            .arg(format!("tftp://127.0.0.1:{}/ok", srv.addr.port())))
+        .await;
+        assert!(o.status.success(), "{o:?}");
+        assert_file(&dest, &sum, "after junk");
+    }
+    srv.stop().await;
+}
+
+/// A relay between one client and the server that drops every packet for which a seeded
+/// xorshift generator says so (about 1 in `one_in`), in both directions.
+async fn lossy_relay(server: SocketAddr, seed: u64, one_in: u64) -> (SocketAddr, Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+    let dropped = Arc::new(AtomicU64::new(0));
+    let counter = dropped.clone();
+    let front = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    // Upstream from dut1's address: the server sees the relay as dut1.
+    let back = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    let addr = front.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut x = seed | 1;
+        let mut drop_it = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let d = x % one_in == 0;
+            if d {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            d
+        };
+        let mut client: Option<SocketAddr> = None;
+        let mut server_tid: Option<SocketAddr> = None;
+        let (mut a, mut b) = (vec![0u8; 70000], vec![0u8; 70000]);
+        loop {
+            tokio::select! {
+                Ok((n, from)) = front.recv_from(&mut a) => {
+                    client = Some(from);
+                    let is_request = a[..n].starts_with(&[0, 1]);
+                    let to = if is_request { server } else { server_tid.unwrap_or(server) };
+                    if !drop_it() {
+                        let _ = back.send_to(&a[..n], to).await;
+                    }
+                }
+                Ok((n, from)) = back.recv_from(&mut b) => {
+                    server_tid = Some(from);
+                    if let (Some(c), false) = (client, drop_it()) {
+                        let _ = front.send_to(&b[..n], c).await;
+                    }
+                }
+            }
+        }
+    });
+    (addr, dropped, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lossy_path_still_delivers_whole_files() {
+    if !require_tool("tftp") {
+        return;
+    }
+    let lab = Lab::new().await;
+    let data = content(7, 200_000);
+    let sum = Digest::of(&data);
+    lab.job("dut1", vec![file("lossy", data, None)]).await;
+    // A short retransmission timeout keeps the test quick; loss recovery is what is tested.
+    let mut config = Config::default();
+    config.limits.default_timeout = Duration::from_millis(50);
+    config.limits.retries = 40;
+    let srv = lab.serve(config).await;
+    let out = tempfile::tempdir().unwrap();
+    for seed in [1u64, 2] {
+        let (relay, dropped, task) = lossy_relay(srv.addr, 0x5eed_0000 + seed, 10).await;
+        let dest = out.path().join(format!("lossy-{seed}"));
+        // tftp-hpa reads commands from stdin: a 1 s client retransmission for a lost request.
+        let mut child = tokio::process::Command::new("tftp")
+            .args(["-4", "127.0.0.1", &relay.port().to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(format!("mode octet\nrexmt 1\ntimeout 120\nget lossy {}\nquit\n", dest.display()).as_bytes()).await.unwrap();
+        drop(stdin);
+        let o = tokio::time::timeout(Duration::from_secs(240), child.wait_with_output()).await.expect("tftp under loss hung").unwrap();
+        assert!(o.status.success(), "{o:?}");
+        assert_file(&dest, &sum, &format!("lossy seed {seed}"));
+        assert!(dropped.load(Ordering::Relaxed) > 10, "the relay dropped packets");
+        task.abort();
+    }
+    srv.stop().await;
+}
