@@ -214,8 +214,16 @@ pub(crate) enum Error {
     LabMessage(String),
     /// No such DUT (id).
     UnknownDut(String),
-    /// Starting, running or stopping servers failed.
+    /// Bad server arguments, or the runtime could not start.
     Server(String),
+    /// A backend could not start (address taken, API without token).
+    Start(citron_protocols::server::ServerError),
+}
+
+impl From<citron_protocols::server::ServerError> for Error {
+    fn from(e: citron_protocols::server::ServerError) -> Self {
+        Error::Start(e)
+    }
 }
 
 impl From<GatewayError> for Error {
@@ -270,6 +278,7 @@ impl Error {
                 (Kind::UnknownDut, msg)
             }
             Error::Server(m) => (Kind::Server, m),
+            Error::Start(e) => (Kind::Server, e.to_string()),
         }
     }
 

@@ -8,8 +8,8 @@
 //!   `From<Error> for PyErr` mapping every Rust error to its class.
 //! - `job`: `JobDescription`, and what rendering gives (`ResolvedJob`, `Artifact`).
 //! - `lab`: `Lab`, the DUTs and variables of a lab that is not running.
-//! - `server`: `Server`, a gateway and its backends in the Python process, on its own tokio
-//!   runtime; `launch` starts and stops the backends.
+//! - `server`: `Server`, a gateway and its backends (started by
+//!   `citron_protocols::server::ServerBuilder`) in the Python process, on its own tokio runtime.
 //!
 //! ```python
 //! import citron
@@ -22,7 +22,6 @@
 mod errors;
 mod job;
 mod lab;
-mod launch;
 mod server;
 
 use pyo3::prelude::*;

@@ -4,12 +4,10 @@
 //! stopping waits for the backends) releases the GIL, so Python threads — including a test's own
 //! HTTP or TFTP client — keep running meanwhile.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use citron_core::access::Outcome;
-use citron_core::gateway::Endpoints;
 use citron_core::job::RenderContext;
 use citron_core::lab::LabConfig;
 use citron_core::lifetime::Event;
@@ -24,10 +22,7 @@ use tokio::runtime::Runtime;
 use crate::errors::Error;
 use crate::job::{JobDescription, ResolvedJob};
 use crate::lab::{dut_dict, make_dut, Lab};
-use crate::launch::{self, Listen, Running};
-
-/// How long `stop()` waits for the backends to finish before cancelling them.
-const STOP_GRACE: Duration = Duration::from_secs(10);
+use citron_protocols::server::{RunningServer, ServerBuilder};
 
 /// A running citron: the lab's DUTs and jobs, and its HTTP, TFTP (and NBD) servers listening on
 /// the given addresses. Port 0 picks a free port; the ``*_address`` properties tell which.
@@ -53,11 +48,20 @@ pub struct Server {
     gateway: Gateway,
     /// Always `Some` until `Drop` takes it.
     rt: Option<Runtime>,
-    running: Mutex<Option<Running>>,
-    bound: Listen,
+    running: Mutex<Option<RunningServer>>,
+    bound: BoundAddrs,
     data_dir: PathBuf,
     /// The temporary data directory, removed on drop (after the runtime is gone).
     tmp: Option<tempfile::TempDir>,
+}
+
+/// The addresses the backends were bound to (port 0 resolved), kept after `stop()`.
+#[derive(Debug, Clone, Copy, Default)]
+struct BoundAddrs {
+    http: Option<SocketAddr>,
+    tftp: Option<SocketAddr>,
+    nbd: Option<SocketAddr>,
+    api: Option<SocketAddr>,
 }
 
 /// `lab=` for a server: a `Lab`, a lab file path, or None (the default lab).
@@ -90,23 +94,6 @@ fn addr_tuple<'py>(py: Python<'py>, a: Option<SocketAddr>) -> PyResult<Option<Bo
         .transpose()
 }
 
-/// How DUTs reach a server bound to `a` (an unspecified address is reached over loopback here).
-fn host_of(a: SocketAddr) -> String {
-    let ip = if a.ip().is_unspecified() {
-        if a.is_ipv4() {
-            "127.0.0.1".parse().expect("literal")
-        } else {
-            "::1".parse().expect("literal")
-        }
-    } else {
-        a.ip()
-    };
-    match ip {
-        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
-        v4 => v4.to_string(),
-    }
-}
-
 impl Server {
     fn rt(&self) -> Result<&Runtime, Error> {
         self.rt.as_ref().ok_or_else(|| Error::Server("the server is being dropped".into()))
@@ -134,8 +121,10 @@ impl Server {
 #[pymethods]
 impl Server {
     /// Creates the gateway for ``lab`` (a :class:`Lab`, a lab file path, or None for the default
-    /// lab) with its state under ``data_dir``, and starts the backends: ``http``, ``tftp`` and
-    /// ``nbd`` are ``"host:port"`` (port 0 picks one) or None to leave that protocol off.
+    /// lab) with its state under ``data_dir``, and starts the backends: ``http``, ``tftp``,
+    /// ``nbd`` and ``api`` (the lab's HTTP/JSON control API) are ``"host:port"`` (port 0 picks
+    /// one) or None to leave them off. ``advertise`` is the IP address DUTs reach this machine
+    /// at when listening on a wildcard address (it fills ``{{ http_artifact_base }}``…).
     /// Raises :class:`citron.ServerError` if an address cannot be bound.
     ///
     /// >>> import citron
@@ -145,9 +134,10 @@ impl Server {
     /// >>> srv.stop()
     #[new]
     #[pyo3(
-        signature = (lab = None, data_dir = None, *, http = Some("127.0.0.1:0"), tftp = Some("127.0.0.1:0"), nbd = None),
-        text_signature = "(lab=None, data_dir=None, *, http='127.0.0.1:0', tftp='127.0.0.1:0', nbd=None)"
+        signature = (lab = None, data_dir = None, *, http = Some("127.0.0.1:0"), tftp = Some("127.0.0.1:0"), nbd = None, api = None, advertise = None),
+        text_signature = "(lab=None, data_dir=None, *, http='127.0.0.1:0', tftp='127.0.0.1:0', nbd=None, api=None, advertise=None)"
     )]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         lab: Option<LabArg<'_>>,
@@ -155,16 +145,23 @@ impl Server {
         http: Option<&str>,
         tftp: Option<&str>,
         nbd: Option<&str>,
+        api: Option<&str>,
+        advertise: Option<&str>,
     ) -> PyResult<Server> {
         let config = match lab {
             None => LabConfig::default_lab(),
             Some(LabArg::Lab(l)) => l.config.clone(),
             Some(LabArg::Path(p)) => LabConfig::from_file(&p).map_err(Error::from)?,
         };
-        let listen = Listen {
-            http: parse_listen("http", http)?,
-            tftp: parse_listen("tftp", tftp)?,
-            nbd: parse_listen("nbd", nbd)?,
+        let http = parse_listen("http", http)?;
+        let tftp = parse_listen("tftp", tftp)?;
+        let nbd = parse_listen("nbd", nbd)?;
+        let api = parse_listen("api", api)?;
+        let advertise: Option<IpAddr> = match advertise {
+            None => None,
+            Some(a) => Some(a.trim().parse().map_err(|_| {
+                Error::Server(format!("advertise={a:?} is not an IP address; write the address DUTs reach this machine at, like \"10.0.2.2\""))
+            })?),
         };
         let (data_dir, tmp) = match data_dir {
             Some(d) => (d, None),
@@ -183,14 +180,14 @@ impl Server {
             .enable_all()
             .build()
             .map_err(|e| Error::Server(format!("cannot start the tokio runtime: {e}")))?;
-        let running = py.detach(|| launch::start(&rt, &gateway, &listen)).map_err(Error::Server)?;
-        let bound = running.bound.clone();
-        gateway.set_endpoints(Endpoints {
-            http: bound.http.map(|a| format!("http://{}:{}", host_of(a), a.port())),
-            tftp: bound.tftp.map(|a| format!("tftp://{}:{}", host_of(a), a.port())),
-            nbd_host: bound.nbd.map(host_of),
-            nbd_port: bound.nbd.map(|a| a.port()),
-        });
+        let builder = ServerBuilder::new(gateway.clone()).http(http).tftp(tftp).nbd(nbd).api(api).advertise(advertise);
+        let running = py.detach(|| rt.block_on(builder.start())).map_err(Error::from)?;
+        let bound = BoundAddrs {
+            http: running.http_addr(),
+            tftp: running.tftp_addr(),
+            nbd: running.nbd_addr(),
+            api: running.api_addr(),
+        };
         Ok(Server { gateway, rt: Some(rt), running: Mutex::new(Some(running)), bound, data_dir, tmp })
     }
 
@@ -212,7 +209,14 @@ impl Server {
         addr_tuple(py, self.bound.nbd)
     }
 
-    /// ``http://host:port`` as jobs see it in ``{{ http_artifact_base }}``, or None.
+    /// ``(host, port)`` of the lab API (HTTP/JSON), or None.
+    #[getter]
+    fn api_address<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        addr_tuple(py, self.bound.api)
+    }
+
+    /// ``http://host:port`` as jobs see it in ``{{ http_artifact_base }}``, or None (no HTTP
+    /// server, or a wildcard address without ``advertise``).
     ///
     /// >>> import citron
     /// >>> with citron.Server(tftp=None) as srv:
@@ -220,7 +224,10 @@ impl Server {
     /// True
     #[getter]
     fn http_url(&self) -> Option<String> {
-        self.bound.http.map(|a| format!("http://{}:{}", host_of(a), a.port()))
+        self.bound.http?;
+        // The value jobs get: the bound address, or what the lab's variables or `advertise` say.
+        let vars = self.gateway.variables(&Dut::new("_", []));
+        vars.get("http_artifact_base").filter(|v| !v.is_empty()).cloned()
     }
 
     /// Where the cache and disks live.
@@ -393,9 +400,9 @@ impl Server {
         self.gateway.access_log().prometheus()
     }
 
-    /// Stops the backends and waits for them (the GIL is released meanwhile); their ports are
-    /// free when it returns. Calling it again does nothing. Raises :class:`citron.ServerError` if
-    /// a backend failed or had to be cancelled.
+    /// Stops the backends: they stop accepting, let transfers in flight finish (bounded grace
+    /// period) and close their sockets; it waits for that with the GIL released. The ports are
+    /// free when it returns. Calling it again does nothing.
     ///
     /// >>> import citron
     /// >>> srv = citron.Server(tftp=None)
@@ -404,7 +411,7 @@ impl Server {
     fn stop(&self, py: Python<'_>) -> PyResult<()> {
         let Some(running) = self.running.lock().take() else { return Ok(()) };
         let rt = self.rt()?;
-        py.detach(|| running.stop(rt, STOP_GRACE)).map_err(Error::Server)?;
+        py.detach(|| rt.block_on(running.shutdown()));
         Ok(())
     }
 
@@ -425,21 +432,22 @@ impl Server {
     }
 
     fn __repr__(&self) -> String {
+        let f = |a: Option<SocketAddr>| a.map(|a| format!("'{a}'")).unwrap_or_else(|| "None".into());
         format!(
-            "Server(http={:?}, tftp={:?}, nbd={:?}, running={})",
-            self.bound.http.map(|a| a.to_string()),
-            self.bound.tftp.map(|a| a.to_string()),
-            self.bound.nbd.map(|a| a.to_string()),
-            self.running()
+            "Server(http={}, tftp={}, nbd={}, api={}, running={})",
+            f(self.bound.http),
+            f(self.bound.tftp),
+            f(self.bound.nbd),
+            f(self.bound.api),
+            if self.running() { "True" } else { "False" }
         )
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if let Some(r) = self.running.get_mut().take() {
-            r.abort();
-        }
+        // Dropping a RunningServer tells its backends to stop, without waiting.
+        drop(self.running.get_mut().take());
         if let Some(rt) = self.rt.take() {
             rt.shutdown_background();
         }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import http.client
 import os
 import shutil
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Iterator, Tuple
 
 import pytest
 
@@ -29,38 +29,6 @@ def require_tool(name: str) -> str:
     return path
 
 
-_backend_cache: Dict[str, Optional[str]] = {}
-
-
-def backend_missing(protocol: str) -> Optional[str]:
-    """Why the ``protocol`` backend cannot serve in this build, or None when it can.
-
-    Until a backend lands, citron-protocols has a placeholder whose ``serve()`` fails at once with
-    "the ... backend is not built yet"; starting a server with only that protocol and stopping it
-    shows that error. Anything else (a real bind error) is not a reason to skip.
-    """
-    if protocol not in _backend_cache:
-        kwargs: Dict[str, Optional[str]] = {"http": None, "tftp": None, "nbd": None}
-        kwargs[protocol] = "127.0.0.1:0"
-        srv = citron.Server(**kwargs)
-        reason: Optional[str] = None
-        try:
-            srv.stop()
-        except citron.ServerError as e:
-            if "not built yet" not in str(e):
-                raise
-            reason = str(e)
-        _backend_cache[protocol] = reason
-    return _backend_cache[protocol]
-
-
-def require_backend(protocol: str) -> None:
-    """Skips (with the backend's own message) when ``protocol`` is still a placeholder."""
-    reason = backend_missing(protocol)
-    if reason is not None:
-        pytest.skip(f"the {protocol.upper()} backend is not in this build yet: {reason}")
-
-
 def http_get(srv: citron.Server, path: str, source: str) -> Tuple[int, bytes]:
     """GET ``path`` from ``srv`` with the request's source address set to ``source``."""
     addr = srv.http_address
@@ -77,6 +45,5 @@ def http_get(srv: citron.Server, path: str, source: str) -> Tuple[int, bytes]:
 @pytest.fixture
 def http_server() -> Iterator[citron.Server]:
     """A server on the default lab with only HTTP, stopped after the test."""
-    require_backend("http")
     with citron.Server(http="127.0.0.1:0", tftp=None) as srv:
         yield srv

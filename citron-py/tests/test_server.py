@@ -11,7 +11,7 @@ from typing import List
 import pytest
 
 import citron
-from conftest import DUT1, DUT2, http_get, require_backend, require_tool
+from conftest import DUT1, DUT2, http_get, require_tool
 
 HELLO_JOB = """\
 deployment:
@@ -68,7 +68,6 @@ def test_jobs_see_the_servers_address_in_templates(http_server: citron.Server) -
 
 
 def test_stop_frees_the_port_and_is_idempotent() -> None:
-    require_backend("http")
     srv = citron.Server(http="127.0.0.1:0", tftp=None)
     addr = srv.http_address
     assert addr is not None and addr[1] != 0
@@ -92,7 +91,6 @@ def test_stop_frees_the_port_and_is_idempotent() -> None:
 
 
 def test_a_with_block_stops_the_server_even_on_error() -> None:
-    require_backend("http")
     with pytest.raises(RuntimeError, match="boom"):
         with citron.Server(tftp=None) as srv:
             addr = srv.http_address
@@ -119,7 +117,6 @@ def test_a_taken_address_is_a_server_error() -> None:
 
 def test_tftp_read_with_the_tftp_hpa_client(tmp_path: pathlib.Path) -> None:
     tftp = require_tool("tftp")
-    require_backend("tftp")
     with citron.Server(http=None, tftp="127.0.0.1:0") as srv:
         # tftp-hpa cannot choose its source address; talking to 127.0.0.1 it sends from
         # 127.0.0.1, so that address is this test's DUT.
