@@ -1,4 +1,170 @@
-//! The `citron` command.
-fn main() {
-    println!("citron {}", env!("CARGO_PKG_VERSION"));
+//! The `citron` command: validate, render and serve job descriptions.
+
+mod args;
+mod render;
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context as _};
+use clap::Parser;
+use citron_core::job::{JobDescription, JobErrors, RenderContext};
+use citron_core::lab::LabConfig;
+use citron_core::namespace::{Dut, DutId};
+use citron_core::{Gateway, GatewayError};
+use citron_protocols::server::ServerBuilder;
+
+use args::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("citron: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Validate { lab, jobs } => validate(lab.as_deref(), &jobs),
+        Command::Render { job, dut, lab } => render::render(&load_lab(lab.as_deref())?, &job, &DutId(dut)),
+        Command::Serve { lab, jobs, http, tftp, nbd, api, advertise, data } => {
+            let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            rt.block_on(serve(ServeArgs { lab, jobs, http, tftp, nbd, api, advertise, data }))
+        }
+    }
+}
+
+fn load_lab(path: Option<&Path>) -> anyhow::Result<LabConfig> {
+    Ok(match path {
+        Some(p) => LabConfig::from_file(p)?,
+        None => LabConfig::default_lab(),
+    })
+}
+
+/// The render context `validate` and `render` use: the endpoints `citron serve` would have with
+/// its default addresses, the lab's variables, and the job's own directory as a `file:` root
+/// (jobs given on the command line are trusted, as with `serve --job`).
+pub(crate) fn offline_context(lab: &LabConfig, dut: &Dut, job: &Path) -> RenderContext {
+    use citron_protocols::server::{DEFAULT_HTTP, DEFAULT_NBD, DEFAULT_TFTP};
+    let nbd: SocketAddr = DEFAULT_NBD.parse().expect("default address parses");
+    let mut vars = std::collections::BTreeMap::new();
+    vars.insert("machine_id".to_string(), dut.machine_id().to_string());
+    vars.insert("http_artifact_base".into(), format!("http://{DEFAULT_HTTP}"));
+    vars.insert("tftp_artifact_base".into(), format!("tftp://{DEFAULT_TFTP}"));
+    vars.insert("nbd_host".into(), nbd.ip().to_string());
+    vars.insert("nbd_port".into(), nbd.port().to_string());
+    for (k, v) in &lab.variables {
+        vars.insert(k.clone(), v.clone());
+    }
+    let mut roots = lab.artifact_roots.clone();
+    roots.push(job.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf());
+    RenderContext { vars, file_roots: roots }
+}
+
+fn validate(lab: Option<&Path>, jobs: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let lab = load_lab(lab)?;
+    let dut = lab.duts.first().cloned().unwrap_or_else(|| Dut::new("placeholder-dut", []));
+    let mut bad = false;
+    let stderr = std::io::stderr();
+    for path in jobs {
+        let r: Result<(), JobErrors> =
+            JobDescription::from_file(path).and_then(|j| j.validate(&offline_context(&lab, &dut, path)));
+        if let Err(e) = r {
+            bad = true;
+            let _ = writeln!(stderr.lock(), "{e}");
+        }
+    }
+    Ok(if bad { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+struct ServeArgs {
+    lab: Option<PathBuf>,
+    jobs: Vec<String>,
+    http: String,
+    tftp: String,
+    nbd: String,
+    api: String,
+    advertise: Option<std::net::IpAddr>,
+    data: PathBuf,
+}
+
+/// `off` or an address.
+fn addr(flag: &str, v: &str) -> anyhow::Result<Option<SocketAddr>> {
+    if v == "off" {
+        return Ok(None);
+    }
+    v.parse().map(Some).with_context(|| format!("--{flag} {v:?}: expected IP:PORT (e.g. 127.0.0.1:0) or off"))
+}
+
+async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
+    let lab = load_lab(a.lab.as_deref())?;
+    let mut jobs = Vec::new();
+    for j in &a.jobs {
+        let Some((dut, path)) = j.split_once('=') else { bail!("--job {j:?}: expected DUT=JOB.yaml") };
+        let id = DutId::from(dut);
+        if !lab.duts.iter().any(|d| d.id == id) {
+            bail!("--job {j:?}: the lab has no DUT {dut:?}");
+        }
+        jobs.push((id, PathBuf::from(path)));
+    }
+    let gw = Gateway::new(lab, &a.data).with_context(|| format!("cannot use the data directory {}", a.data.display()))?;
+    let server = ServerBuilder::new(gw.clone())
+        .http(addr("http", &a.http)?)
+        .tftp(addr("tftp", &a.tftp)?)
+        .nbd(addr("nbd", &a.nbd)?)
+        .api(addr("api", &a.api)?)
+        .advertise(a.advertise)
+        .start()
+        .await?;
+    // Jobs are loaded once the servers are bound, so that their templates see the real ports.
+    for (id, path) in &jobs {
+        let loaded = match JobDescription::from_file(path) {
+            Ok(job) => gw.set_trusted_job(id, &job).await,
+            Err(e) => Err(GatewayError::Job(e)),
+        };
+        match loaded {
+            Ok(()) => {}
+            Err(GatewayError::Job(e)) => {
+                eprintln!("{e}");
+                server.shutdown().await;
+                return Ok(ExitCode::from(1));
+            }
+            Err(e) => {
+                server.shutdown().await;
+                return Err(anyhow::Error::new(e).context(format!("cannot load {} for {id}", path.display())));
+            }
+        }
+    }
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", server.listening_line())?;
+        out.flush()?;
+    }
+    tracing::info!("{}", server.listening_line());
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("cannot install the SIGINT handler")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
 }

@@ -327,6 +327,8 @@ impl Gateway {
 
     async fn load_entry(&self, spec: &FileSpec, now: Instant) -> Result<Arc<Entry>, GatewayError> {
         let cached = self.inner.cache.get(&spec.source, spec.sha256).await?;
+        let counter = if cached.was_fetched() { &self.inner.log.cache_misses } else { &self.inner.log.cache_hits };
+        counter.fetch_add(1, Ordering::Relaxed);
         let file = File::open(&cached.path).map_err(|e| GatewayError::Fetch(FetchError::Cache(e)))?;
         Ok(Arc::new(Entry {
             content: Content::File(Arc::new(file)),

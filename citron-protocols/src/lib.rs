@@ -7,8 +7,12 @@
 //! - `http`: HTTP/1.1 GET and HEAD (hyper).
 //! - `tftp`: TFTP read requests with option negotiation.
 //! - `nbd`: NBD fixed-newstyle with structured replies.
+//! - [`api`]: the lab control API (JSON over HTTP).
+//! - [`server`]: [`server::ServerBuilder`] runs every enabled backend of a lab in-process.
 #![deny(missing_docs)]
 
+pub mod api;
 pub mod http;
 pub mod nbd;
+pub mod server;
 pub mod tftp;

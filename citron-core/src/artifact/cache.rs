@@ -1,11 +1,22 @@
-//! The content-addressed cache (minimal first version: inline data and local files).
+//! The content-addressed cache.
+//!
+//! The policy (layout, hits, single flight, eviction) is documented on [`Cache`].
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::SystemTime;
 
+use futures::future::{BoxFuture, FutureExt, Shared};
+use object_store::aws::AmazonS3;
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
 
-use super::source::{FetchError, S3Config};
+use super::http::HttpSource;
+use super::s3::{split_url, store_for, S3Source};
+use super::source::{ArtifactSource, DataSource, FetchError, FileSource, S3Config, Sink};
 use crate::digest::Digest;
 use crate::job::Source;
 
@@ -28,8 +39,24 @@ impl Default for CacheConfig {
     }
 }
 
-/// An artifact in the cache, pinned (not evictable) while this value lives.
-#[derive(Debug, Clone)]
+/// Releases one pin when the last clone of a [`CachedArtifact`] goes.
+struct Pin {
+    digest: Digest,
+    cache: Weak<Inner>,
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        if let Some(c) = self.cache.upgrade() {
+            if let Some(e) = c.index.lock().entries.get_mut(&self.digest) {
+                e.pins = e.pins.saturating_sub(1);
+            }
+        }
+    }
+}
+
+/// An artifact in the cache, pinned (not evictable) while this value or a clone of it lives.
+#[derive(Clone)]
 pub struct CachedArtifact {
     /// The cached file.
     pub path: PathBuf,
@@ -37,45 +64,486 @@ pub struct CachedArtifact {
     pub len: u64,
     /// Its digest.
     pub digest: Digest,
-    _pin: Arc<()>,
+    fetched: bool,
+    _pin: Arc<Pin>,
 }
 
-/// The cache.
-#[derive(Debug)]
-pub struct Cache {
+impl std::fmt::Debug for CachedArtifact {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedArtifact")
+            .field("path", &self.path)
+            .field("len", &self.len)
+            .field("digest", &self.digest)
+            .field("fetched", &self.fetched)
+            .finish()
+    }
+}
+
+impl CachedArtifact {
+    /// Whether this `get` downloaded the artifact (a cache miss) rather than finding it in the
+    /// cache or joining a download another caller started (a hit).
+    pub fn was_fetched(&self) -> bool {
+        self.fetched
+    }
+}
+
+/// Counters and sizes, for metrics and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct CacheStats {
+    /// Artifacts in the cache.
+    pub entries: usize,
+    /// Their total size.
+    pub bytes: u64,
+    /// Bytes pinned by live [`CachedArtifact`]s.
+    pub pinned_bytes: u64,
+    /// `get`s answered without a download of their own.
+    pub hits: u64,
+    /// Downloads (or file reads) that completed and verified.
+    pub fetches: u64,
+}
+
+struct Entry {
+    len: u64,
+    used: u64,
+    pins: usize,
+}
+
+#[derive(Default)]
+struct Index {
+    entries: HashMap<Digest, Entry>,
+    total: u64,
+    tick: u64,
+}
+
+/// What a source name resolved to earlier in this process.
+#[derive(Clone, Copy)]
+struct Known {
+    digest: Digest,
+    /// For local files: size and mtime when read; a change means read again.
+    stamp: Option<(u64, SystemTime)>,
+}
+
+type Flight = Shared<BoxFuture<'static, Result<CachedArtifact, Arc<FetchError>>>>;
+
+struct Inner {
     dir: PathBuf,
-    #[allow(dead_code)]
     config: CacheConfig,
-    #[allow(dead_code)]
     s3: S3Config,
+    http: Mutex<Option<reqwest::Client>>,
+    stores: Mutex<HashMap<String, Arc<AmazonS3>>>,
+    index: Mutex<Index>,
+    flights: Mutex<HashMap<String, Flight>>,
+    known: Mutex<HashMap<String, Known>>,
+    hits: AtomicU64,
+    fetches: AtomicU64,
+    tmp_seq: AtomicU64,
+}
+
+/// The sha256-addressed artifact cache. Share it by reference; downloads it starts hold their
+/// own handle. Clones share everything.
+///
+/// # On disk
+/// `<dir>/sha256/<hex>` holds one artifact per digest. Downloads stream into `<dir>/tmp/`, are
+/// hashed on the way, fsynced, checked against the job's digest and only then renamed into
+/// `sha256/` (same file system, so the rename is atomic): a file under `sha256/` is always
+/// complete and correct, and a failed, mismatched or interrupted download leaves nothing.
+/// One citron process owns a cache directory: [`Cache::open`] deletes what `tmp/` holds.
+///
+/// # When a `get` needs no fetch
+/// - The job gives a sha256 that is in the cache: a hit without any network, also after a
+///   restart (the directory is indexed on open).
+/// - Inline data: its digest is computed in memory, so identical data is always a hit.
+/// - A local file without sha256: a hit while its size and modification time are those seen when
+///   it was last read by this process; otherwise it is read again.
+/// - A URL without sha256: **the first fetch in this process is remembered** (URL → digest) and
+///   later loads of the same URL are hits, even if the server's content has changed since. After
+///   citron restarts such URLs are fetched again. Give a `sha256:` to get hits across restarts
+///   and to notice changed content; [`Cache::forget_source`] drops one remembered URL.
+///
+/// # Concurrency
+/// Concurrent `get`s of the same source (and expected digest) share one download, which runs
+/// as its own task: it completes and is cached even if every caller is cancelled.
+///
+/// # Size
+/// The cache keeps at most [`CacheConfig::max_bytes`]. Committing a new artifact evicts the least
+/// recently used entries that no [`CachedArtifact`] pins; recency survives restarts through the
+/// files' modification times, which a hit refreshes.
+///
+/// # Example
+/// ```
+/// use citron_core::artifact::{Cache, CacheConfig, S3Config};
+/// use citron_core::job::Source;
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let dir = tempfile::tempdir().unwrap();
+/// let cache = Cache::open(dir.path(), CacheConfig::default(), S3Config::default()).unwrap();
+/// let src = Source::Data(bytes::Bytes::from_static(b"hello"));
+/// let a = cache.get(&src, None).await.unwrap();
+/// assert_eq!(std::fs::read(&a.path).unwrap(), b"hello");
+/// assert!(a.was_fetched());
+/// assert!(!cache.get(&src, Some(a.digest)).await.unwrap().was_fetched());
+/// # });
+/// ```
+#[derive(Clone)]
+pub struct Cache {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache").field("dir", &self.inner.dir).field("config", &self.inner.config).finish_non_exhaustive()
+    }
+}
+
+/// Removes a temporary download unless it was moved into the cache.
+struct TempFile(Option<PathBuf>);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn is_digest_name(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 impl Cache {
-    /// Opens (creating) a cache under `dir`.
+    /// Opens (creating) a cache under `dir`: indexes the artifacts already there (size, and mtime
+    /// as recency), deletes leftovers of interrupted downloads, and evicts down to `max_bytes`
+    /// if the limit shrank.
     pub fn open(dir: &Path, config: CacheConfig, s3: S3Config) -> std::io::Result<Cache> {
-        std::fs::create_dir_all(dir.join("sha256"))?;
-        Ok(Cache { dir: dir.to_path_buf(), config, s3 })
-    }
-
-    /// Brings `source` into the cache, verifying `expected`.
-    pub async fn get(&self, source: &Source, expected: Option<Digest>) -> Result<CachedArtifact, FetchError> {
-        let data = match source {
-            Source::Data(b) => b.to_vec(),
-            Source::File(p) => tokio::fs::read(p).await.map_err(|e| FetchError::File { path: p.clone(), source: e })?,
-            Source::Url(u) => return Err(FetchError::UnsupportedScheme(u.to_string())),
-        };
-        let digest = Digest::of(&data);
-        if let Some(exp) = expected {
-            if exp != digest {
-                return Err(FetchError::DigestMismatch { source_name: "artifact".into(), expected: exp, actual: digest });
+        let store = dir.join("sha256");
+        let tmp = dir.join("tmp");
+        std::fs::create_dir_all(&store)?;
+        std::fs::create_dir_all(&tmp)?;
+        for e in std::fs::read_dir(&tmp)? {
+            let e = e?;
+            tracing::info!(path = %e.path().display(), "removing an interrupted download");
+            std::fs::remove_file(e.path())?;
+        }
+        let mut found = Vec::new();
+        for e in std::fs::read_dir(&store)? {
+            let e = e?;
+            let meta = e.metadata()?;
+            let name = e.file_name();
+            let digest = name.to_str().filter(|n| is_digest_name(n)).and_then(|n| n.parse::<Digest>().ok());
+            match digest {
+                Some(d) if meta.is_file() => found.push((meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), d, meta.len())),
+                _ if meta.is_file() => {
+                    tracing::info!(path = %e.path().display(), "removing a stray file from the cache");
+                    std::fs::remove_file(e.path())?;
+                }
+                _ => tracing::warn!(path = %e.path().display(), "ignoring a non-file in the cache"),
             }
         }
-        let path = self.dir.join("sha256").join(digest.hex());
-        if !path.exists() {
-            let tmp = path.with_extension("tmp");
-            tokio::fs::write(&tmp, &data).await.map_err(FetchError::Cache)?;
-            tokio::fs::rename(&tmp, &path).await.map_err(FetchError::Cache)?;
+        found.sort();
+        let mut index = Index::default();
+        for (_, d, len) in found {
+            index.tick += 1;
+            index.total += len;
+            index.entries.insert(d, Entry { len, used: index.tick, pins: 0 });
         }
-        Ok(CachedArtifact { path, len: data.len() as u64, digest, _pin: Arc::new(()) })
+        let inner = Arc::new(Inner {
+            dir: dir.to_path_buf(),
+            config,
+            s3,
+            http: Mutex::new(None),
+            stores: Mutex::new(HashMap::new()),
+            index: Mutex::new(index),
+            flights: Mutex::new(HashMap::new()),
+            known: Mutex::new(HashMap::new()),
+            hits: AtomicU64::new(0),
+            fetches: AtomicU64::new(0),
+            tmp_seq: AtomicU64::new(0),
+        });
+        {
+            let mut idx = inner.index.lock();
+            tracing::info!(dir = %dir.display(), entries = idx.entries.len(), bytes = idx.total, "cache opened");
+            if idx.total > inner.config.max_bytes {
+                let _ = inner.evict(&mut idx, 0);
+            }
+        }
+        Ok(Cache { inner })
+    }
+
+    /// The cache's directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The settings it was opened with.
+    pub fn config(&self) -> &CacheConfig {
+        &self.inner.config
+    }
+
+    /// Where the artifact with `digest` lives (or would live).
+    pub fn path_of(&self, digest: &Digest) -> PathBuf {
+        self.inner.path_of(digest)
+    }
+
+    /// Whether the cache holds `digest`.
+    pub fn contains(&self, digest: &Digest) -> bool {
+        self.inner.index.lock().entries.contains_key(digest)
+    }
+
+    /// Counters and sizes.
+    pub fn stats(&self) -> CacheStats {
+        let idx = self.inner.index.lock();
+        CacheStats {
+            entries: idx.entries.len(),
+            bytes: idx.total,
+            pinned_bytes: idx.entries.values().filter(|e| e.pins > 0).map(|e| e.len).sum(),
+            hits: self.inner.hits.load(Ordering::Relaxed),
+            fetches: self.inner.fetches.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Forgets what `source` resolved to in this process, so that its next `get` without a
+    /// digest fetches it again. The cached bytes stay until evicted.
+    pub fn forget_source(&self, source: &Source) {
+        if let Ok(src) = self.source_for(source) {
+            self.inner.known.lock().remove(&src.name());
+        }
+    }
+
+    /// The [`ArtifactSource`] that fetches `source` with this cache's HTTP client and S3 settings.
+    pub fn source_for(&self, source: &Source) -> Result<Arc<dyn ArtifactSource>, FetchError> {
+        Ok(match source {
+            Source::Data(b) => Arc::new(DataSource::new(b.clone())),
+            Source::File(p) => Arc::new(FileSource::new(p.clone())),
+            Source::Url(u) => match u.scheme() {
+                "http" | "https" => Arc::new(HttpSource::new(u.clone(), self.inner.http_client(u)?)),
+                "s3" => {
+                    let (bucket, _) = split_url(u)?;
+                    Arc::new(S3Source::new(u.clone(), self.inner.s3_store(&bucket)?)?)
+                }
+                _ => return Err(FetchError::UnsupportedScheme(u.to_string())),
+            },
+        })
+    }
+
+    /// Brings `source` into the cache, verifying `expected`, and pins it.
+    ///
+    /// See [`Cache`] for when this needs no download.
+    pub async fn get(&self, source: &Source, expected: Option<Digest>) -> Result<CachedArtifact, FetchError> {
+        if let Some(d) = expected {
+            if let Some(a) = self.inner.pin(d) {
+                self.inner.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(a);
+            }
+        }
+        let mut stamp = None;
+        match source {
+            Source::Data(b) => {
+                let ds = DataSource::new(b.clone());
+                let d = ds.digest();
+                if let Some(e) = expected.filter(|e| *e != d) {
+                    return Err(FetchError::DigestMismatch { source_name: "inline data".into(), expected: e, actual: d });
+                }
+                if let Some(a) = self.inner.pin(d) {
+                    self.inner.hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok(a);
+                }
+                return self.get_from(Arc::new(ds), Some(d), None).await;
+            }
+            Source::File(p) => {
+                let meta = tokio::fs::metadata(p).await.map_err(|e| FetchError::File { path: p.clone(), source: e })?;
+                stamp = Some((meta.len(), meta.modified().unwrap_or(SystemTime::UNIX_EPOCH)));
+            }
+            Source::Url(_) => {}
+        }
+        let src = self.source_for(source)?;
+        let name = src.name();
+        if expected.is_none() {
+            let known = self.inner.known.lock().get(&name).copied();
+            if let Some(k) = known.filter(|k| k.stamp == stamp) {
+                if let Some(a) = self.inner.pin(k.digest) {
+                    self.inner.hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok(a);
+                }
+            }
+        }
+        self.get_from(src, expected, stamp).await
+    }
+
+    /// Fetches from any [`ArtifactSource`], sharing one download among concurrent callers.
+    async fn get_from(
+        &self,
+        src: Arc<dyn ArtifactSource>,
+        expected: Option<Digest>,
+        stamp: Option<(u64, SystemTime)>,
+    ) -> Result<CachedArtifact, FetchError> {
+        let key = format!("{}\n{:?}", src.name(), expected);
+        let (flight, leader) = {
+            let mut flights = self.inner.flights.lock();
+            match flights.get(&key) {
+                Some(f) => (f.clone(), false),
+                None => {
+                    let inner = self.inner.clone();
+                    let k = key.clone();
+                    // Inserted before the task can finish: the task removes its own key, under
+                    // this same lock, so a finished flight never lingers in the map.
+                    let task = tokio::spawn(async move {
+                        let r = inner.download(src, expected, stamp).await;
+                        inner.flights.lock().remove(&k);
+                        r.map_err(Arc::new)
+                    });
+                    let f: Flight = async move {
+                        task.await.unwrap_or_else(|e| {
+                            Err(Arc::new(FetchError::Cache(std::io::Error::other(format!("the download task failed: {e}")))))
+                        })
+                    }
+                    .boxed()
+                    .shared();
+                    flights.insert(key, f.clone());
+                    (f, true)
+                }
+            }
+        };
+        match flight.await {
+            Ok(mut a) => {
+                a.fetched = leader;
+                if !leader {
+                    self.inner.hits.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(a)
+            }
+            Err(e) => Err(e.duplicate()),
+        }
     }
 }
+
+impl Inner {
+    fn path_of(&self, digest: &Digest) -> PathBuf {
+        self.dir.join("sha256").join(digest.hex())
+    }
+
+    fn http_client(&self, url: &url::Url) -> Result<reqwest::Client, FetchError> {
+        let mut g = self.http.lock();
+        if let Some(c) = &*g {
+            return Ok(c.clone());
+        }
+        let c = super::http::client().map_err(|message| FetchError::Network { url: url.to_string(), message })?;
+        *g = Some(c.clone());
+        Ok(c)
+    }
+
+    fn s3_store(&self, bucket: &str) -> Result<Arc<AmazonS3>, FetchError> {
+        let mut g = self.stores.lock();
+        if let Some(s) = g.get(bucket) {
+            return Ok(s.clone());
+        }
+        let s = Arc::new(store_for(&self.s3, bucket)?);
+        g.insert(bucket.to_string(), s.clone());
+        Ok(s)
+    }
+
+    /// Pins `digest` if the cache holds it (and its file is still there) and marks it used.
+    fn pin(self: &Arc<Self>, digest: Digest) -> Option<CachedArtifact> {
+        let path = self.path_of(&digest);
+        let mut idx = self.index.lock();
+        let len = idx.entries.get(&digest)?.len;
+        if !path.is_file() {
+            tracing::warn!(path = %path.display(), "a cached file disappeared; fetching it again");
+            idx.entries.remove(&digest);
+            idx.total -= len;
+            return None;
+        }
+        Some(self.pin_locked(&mut idx, digest, path))
+    }
+
+    fn pin_locked(self: &Arc<Self>, idx: &mut Index, digest: Digest, path: PathBuf) -> CachedArtifact {
+        idx.tick += 1;
+        let tick = idx.tick;
+        let e = idx.entries.get_mut(&digest).expect("pinned entry is indexed");
+        e.pins += 1;
+        e.used = tick;
+        let len = e.len;
+        // Recency for the next start; best effort (a read-only cache still works).
+        if let Ok(f) = std::fs::File::open(&path) {
+            let _ = f.set_modified(SystemTime::now());
+        }
+        CachedArtifact { path, len, digest, fetched: false, _pin: Arc::new(Pin { digest, cache: Arc::downgrade(self) }) }
+    }
+
+    /// Evicts unpinned entries, least recently used first, until `incoming` more bytes fit.
+    /// Returns the bytes still pinned if that is impossible.
+    fn evict(&self, idx: &mut Index, incoming: u64) -> Result<(), u64> {
+        while idx.total + incoming > self.config.max_bytes {
+            let victim = idx.entries.iter().filter(|(_, e)| e.pins == 0).min_by_key(|(_, e)| e.used).map(|(d, e)| (*d, e.len));
+            let Some((d, len)) = victim else {
+                return Err(idx.entries.values().filter(|e| e.pins > 0).map(|e| e.len).sum());
+            };
+            let path = self.path_of(&d);
+            if let Err(e) = std::fs::remove_file(&path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot delete an evicted artifact");
+                }
+            }
+            idx.entries.remove(&d);
+            idx.total -= len;
+            tracing::info!(digest = %d, bytes = len, "evicted from the cache");
+        }
+        Ok(())
+    }
+
+    /// Streams `src` into a temporary file, verifies it and moves it into the cache.
+    async fn download(
+        self: &Arc<Self>,
+        src: Arc<dyn ArtifactSource>,
+        expected: Option<Digest>,
+        stamp: Option<(u64, SystemTime)>,
+    ) -> Result<CachedArtifact, FetchError> {
+        let name = src.name();
+        let tmp_path = self.dir.join("tmp").join(format!("{}-{}.part", std::process::id(), self.tmp_seq.fetch_add(1, Ordering::Relaxed)));
+        let mut guard = TempFile(Some(tmp_path.clone()));
+        let file = tokio::fs::File::create(&tmp_path).await.map_err(FetchError::Cache)?;
+        let mut w = tokio::io::BufWriter::with_capacity(1 << 20, file);
+        let (len, digest) = {
+            let mut sink = Sink::new(&mut w, name.clone()).with_limit(self.config.max_bytes);
+            src.fetch(&mut sink).await?;
+            sink.finish()
+        };
+        w.flush().await.map_err(FetchError::Cache)?;
+        let file = w.into_inner();
+        file.sync_all().await.map_err(FetchError::Cache)?;
+        drop(file);
+        if let Some(e) = expected.filter(|e| *e != digest) {
+            return Err(FetchError::DigestMismatch { source_name: name, expected: e, actual: digest });
+        }
+        self.fetches.fetch_add(1, Ordering::Relaxed);
+        let art = {
+            let mut idx = self.index.lock();
+            let dest = self.path_of(&digest);
+            if idx.entries.contains_key(&digest) && dest.is_file() {
+                // Same bytes under another name: keep the copy we have, drop the new one.
+                self.pin_locked(&mut idx, digest, dest)
+            } else {
+                if let Some(old) = idx.entries.remove(&digest) {
+                    idx.total -= old.len;
+                }
+                if len > self.config.max_bytes {
+                    return Err(FetchError::TooLarge { source_name: name, size: len, max: self.config.max_bytes });
+                }
+                if let Err(pinned) = self.evict(&mut idx, len) {
+                    return Err(FetchError::CacheFull { source_name: name, size: len, pinned, max: self.config.max_bytes });
+                }
+                std::fs::rename(&tmp_path, &dest).map_err(FetchError::Cache)?;
+                guard.0 = None;
+                // Make the rename itself durable; best effort (some file systems refuse).
+                if let Ok(d) = std::fs::File::open(self.dir.join("sha256")) {
+                    let _ = d.sync_all();
+                }
+                idx.total += len;
+                idx.entries.insert(digest, Entry { len, used: 0, pins: 0 });
+                self.pin_locked(&mut idx, digest, dest)
+            }
+        };
+        self.known.lock().insert(name.clone(), Known { digest, stamp });
+        tracing::debug!(source = %name, %digest, bytes = len, "cached");
+        Ok(art)
+    }
+}
+

@@ -3,9 +3,21 @@
 //! A job names its artifacts by source (`data:`, `file:`, `url:` with http, https or s3). When a
 //! job is loaded every source is fetched into the [`Cache`], keyed by sha256, so that serving
 //! never touches the network and a hundred DUTs asking for one kernel cause one download.
+//!
+//! Each kind of source is an [`ArtifactSource`] writing into a [`Sink`] (which hashes, bounds
+//! and reports progress): [`DataSource`], [`FileSource`], [`HttpSource`] (reqwest, rustls) and
+//! [`S3Source`] (object_store, configured by [`S3Config`]). [`Cache`]'s documentation
+//! states when a load needs no download and how entries are evicted.
 
 mod cache;
+mod http;
+mod s3;
 mod source;
 
-pub use cache::{Cache, CacheConfig, CachedArtifact};
-pub use source::{ArtifactSource, FetchError, S3Config};
+pub use cache::{Cache, CacheConfig, CacheStats, CachedArtifact};
+pub use http::{install_crypto_provider, HttpSource, CONNECT_TIMEOUT, READ_TIMEOUT};
+pub use s3::S3Source;
+pub use source::{ArtifactSource, DataSource, FetchError, FileSource, S3Config, Sink, PROGRESS_INTERVAL};
+
+#[cfg(test)]
+mod tests;

@@ -1,19 +1,29 @@
-//! Where artifact bytes come from.
+//! Where artifact bytes come from: the [`ArtifactSource`] trait, the [`Sink`] sources write into,
+//! and the sources that need no network (inline data, local files).
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::digest::{Digest, Hasher};
 
 /// How to reach the S3-compatible store `s3://bucket/key` URLs name (lab file `s3:`).
+///
+/// Fields left out fall back to the usual `AWS_*` environment variables (`AWS_ENDPOINT_URL`,
+/// `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`). Requests use path-style
+/// addressing (`endpoint/bucket/key`), which MinIO, moto and Ceph accept without DNS tricks; an
+/// `http://` endpoint is allowed because the lab admin wrote it down explicitly.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct S3Config {
     /// Endpoint URL (`http://127.0.0.1:9000` for MinIO); AWS when absent.
     #[serde(default)]
     pub endpoint: Option<String>,
-    /// Region name.
+    /// Region name; `us-east-1` when absent here and in the environment.
     #[serde(default)]
     pub region: Option<String>,
     /// Access key id.
@@ -39,7 +49,7 @@ pub enum FetchError {
         actual: crate::Digest,
     },
     /// The server answered with an error status.
-    #[error("{url}: the server answered {status}")]
+    #[error("{url}: the server answered {status}{}; {}", status_reason(.status), status_hint(.status))]
     Status {
         /// The URL.
         url: String,
@@ -51,11 +61,11 @@ pub enum FetchError {
     Network {
         /// The URL.
         url: String,
-        /// What went wrong.
+        /// What went wrong and what to check.
         message: String,
     },
     /// A local file could not be read.
-    #[error("{path}: {source}")]
+    #[error("{path}: {source}; check that the file exists and citron may read it", path = .path.display())]
     File {
         /// The path.
         path: PathBuf,
@@ -65,26 +75,275 @@ pub enum FetchError {
     /// The URL scheme is not one citron fetches.
     #[error("{0}: unsupported URL scheme; use http, https, s3 or file")]
     UnsupportedScheme(String),
+    /// The URL has the right scheme but cannot name an artifact.
+    #[error("{url}: {message}")]
+    BadUrl {
+        /// The URL.
+        url: String,
+        /// What is wrong with it.
+        message: String,
+    },
     /// The cache could not store the artifact.
-    #[error("cache: {0}")]
+    #[error("cache: {0}; check the data directory's free space and permissions")]
     Cache(std::io::Error),
     /// The artifact is larger than the whole cache.
     #[error("{source_name}: {size} bytes do not fit in the cache ({max} bytes); raise cache.max_size in the lab file")]
     TooLarge {
         /// Which source.
         source_name: String,
-        /// Its size.
+        /// Its size (or the bytes received when the download was stopped).
         size: u64,
+        /// The cache's limit.
+        max: u64,
+    },
+    /// The artifact fits the cache, but artifacts of active jobs fill it.
+    #[error("{source_name}: {size} more bytes do not fit in the cache ({max} bytes, {pinned} of them held by active jobs); raise cache.max_size or clear jobs that are done")]
+    CacheFull {
+        /// Which source.
+        source_name: String,
+        /// The artifact's size.
+        size: u64,
+        /// Bytes held by entries that cannot be evicted now.
+        pinned: u64,
         /// The cache's limit.
         max: u64,
     },
 }
 
-/// Something that can write an artifact's bytes into a sink.
+fn status_reason(status: &u16) -> String {
+    reqwest::StatusCode::from_u16(*status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .map(|r| format!(" {r}"))
+        .unwrap_or_default()
+}
+
+fn status_hint(status: &u16) -> &'static str {
+    match status {
+        404 | 410 => "check the URL: the artifact is not (or no longer) there",
+        401 | 403 => "the server refuses access; check the URL and, for s3://, the lab file's s3 credentials",
+        500..=599 => "the server failed; try again later or ask its administrator",
+        _ => "check the URL",
+    }
+}
+
+impl FetchError {
+    /// A copy for every waiter of a shared download (`io::Error` is not `Clone`, so I/O errors
+    /// are rebuilt from their kind and message).
+    pub(crate) fn duplicate(&self) -> FetchError {
+        let io = |e: &std::io::Error| std::io::Error::new(e.kind(), e.to_string());
+        match self {
+            FetchError::DigestMismatch { source_name, expected, actual } => {
+                FetchError::DigestMismatch { source_name: source_name.clone(), expected: *expected, actual: *actual }
+            }
+            FetchError::Status { url, status } => FetchError::Status { url: url.clone(), status: *status },
+            FetchError::Network { url, message } => FetchError::Network { url: url.clone(), message: message.clone() },
+            FetchError::File { path, source } => FetchError::File { path: path.clone(), source: io(source) },
+            FetchError::UnsupportedScheme(u) => FetchError::UnsupportedScheme(u.clone()),
+            FetchError::BadUrl { url, message } => FetchError::BadUrl { url: url.clone(), message: message.clone() },
+            FetchError::Cache(e) => FetchError::Cache(io(e)),
+            FetchError::TooLarge { source_name, size, max } => {
+                FetchError::TooLarge { source_name: source_name.clone(), size: *size, max: *max }
+            }
+            FetchError::CacheFull { source_name, size, pinned, max } => {
+                FetchError::CacheFull { source_name: source_name.clone(), size: *size, pinned: *pinned, max: *max }
+            }
+        }
+    }
+}
+
+/// How often a long download reports its progress.
+pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Where a source writes an artifact's bytes: it hashes them on the way, stops a download that
+/// outgrows the cache as early as possible and logs progress (`tracing::info!`, bytes so far
+/// and the total when known) every [`PROGRESS_INTERVAL`].
+///
+/// ```
+/// use citron_core::artifact::Sink;
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let mut out = Vec::new();
+/// let mut sink = Sink::new(&mut out, "example");
+/// sink.write(b"hel").await.unwrap();
+/// sink.write(b"lo").await.unwrap();
+/// let (len, digest) = sink.finish();
+/// assert_eq!((len, digest), (5, citron_core::Digest::of(b"hello")));
+/// assert_eq!(out, b"hello");
+/// # });
+/// ```
+pub struct Sink<'a> {
+    out: &'a mut (dyn AsyncWrite + Unpin + Send),
+    name: String,
+    hasher: Hasher,
+    written: u64,
+    total: Option<u64>,
+    limit: Option<u64>,
+    interval: Duration,
+    started: Instant,
+    last_report: Instant,
+}
+
+impl std::fmt::Debug for Sink<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sink").field("name", &self.name).field("written", &self.written).finish_non_exhaustive()
+    }
+}
+
+impl<'a> Sink<'a> {
+    /// A sink writing into `out`; `name` identifies the source in logs and errors.
+    pub fn new(out: &'a mut (dyn AsyncWrite + Unpin + Send), name: impl Into<String>) -> Sink<'a> {
+        let now = Instant::now();
+        Sink { out, name: name.into(), hasher: Hasher::new(), written: 0, total: None, limit: None, interval: PROGRESS_INTERVAL, started: now, last_report: now }
+    }
+
+    /// Refuses more than `max` bytes with [`FetchError::TooLarge`].
+    pub fn with_limit(mut self, max: u64) -> Sink<'a> {
+        self.limit = Some(max);
+        self
+    }
+
+    /// Logs progress every `interval` instead of every [`PROGRESS_INTERVAL`].
+    pub fn with_progress_interval(mut self, interval: Duration) -> Sink<'a> {
+        self.interval = interval;
+        self
+    }
+
+    /// Tells the sink the size announced by the source (`Content-Length`, object size), for
+    /// progress lines and to refuse an oversized artifact before its first byte.
+    pub fn set_total(&mut self, total: Option<u64>) -> Result<(), FetchError> {
+        if let (Some(t), Some(max)) = (total, self.limit) {
+            if t > max {
+                return Err(FetchError::TooLarge { source_name: self.name.clone(), size: t, max });
+            }
+        }
+        self.total = total;
+        Ok(())
+    }
+
+    /// Appends bytes.
+    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), FetchError> {
+        let after = self.written + chunk.len() as u64;
+        if let Some(max) = self.limit {
+            if after > max {
+                return Err(FetchError::TooLarge { source_name: self.name.clone(), size: after, max });
+            }
+        }
+        self.out.write_all(chunk).await.map_err(FetchError::Cache)?;
+        self.hasher.update(chunk);
+        self.written = after;
+        if self.last_report.elapsed() >= self.interval {
+            self.last_report = Instant::now();
+            self.report("downloading");
+        }
+        Ok(())
+    }
+
+    fn report(&self, what: &str) {
+        let secs = self.started.elapsed().as_secs_f64();
+        let mib_s = self.written as f64 / (1 << 20) as f64 / secs.max(0.001);
+        match self.total {
+            Some(t) => tracing::info!(
+                source = %self.name,
+                bytes = self.written,
+                total = t,
+                percent = format_args!("{:.0}", self.written as f64 * 100.0 / t.max(1) as f64),
+                mib_per_s = format_args!("{mib_s:.1}"),
+                "{what}"
+            ),
+            None => tracing::info!(source = %self.name, bytes = self.written, mib_per_s = format_args!("{mib_s:.1}"), "{what}"),
+        }
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// The size the source announced, if any.
+    pub fn total(&self) -> Option<u64> {
+        self.total
+    }
+
+    /// The byte count and digest of everything written.
+    pub fn finish(self) -> (u64, Digest) {
+        if self.started.elapsed() >= self.interval {
+            self.report("downloaded");
+        }
+        (self.written, self.hasher.finish())
+    }
+}
+
+/// Something that can write an artifact's bytes into a [`Sink`].
+///
+/// Implementations stream (never hold a whole artifact in memory) and announce the size with
+/// [`Sink::set_total`] as soon as they know it. Errors say what the user can do.
 #[async_trait]
 pub trait ArtifactSource: Send + Sync {
-    /// A stable identity for single-flight deduplication and messages (the URL, the path).
+    /// A stable identity, used to deduplicate concurrent fetches and to name the source in
+    /// messages (the URL, the path).
     fn name(&self) -> String;
-    /// Streams the whole content into `out`; returns the byte count.
-    async fn fetch(&self, out: &mut (dyn AsyncWrite + Unpin + Send)) -> Result<u64, FetchError>;
+    /// Streams the whole content into `sink`.
+    async fn fetch(&self, sink: &mut Sink<'_>) -> Result<(), FetchError>;
+}
+
+/// Inline bytes from the job description (`data:`).
+#[derive(Debug, Clone)]
+pub struct DataSource {
+    data: Bytes,
+    digest: Digest,
+}
+
+impl DataSource {
+    /// A source for `data`.
+    pub fn new(data: Bytes) -> DataSource {
+        DataSource { digest: Digest::of(&data), data }
+    }
+    /// The digest of the data, known without fetching.
+    pub fn digest(&self) -> Digest {
+        self.digest
+    }
+}
+
+#[async_trait]
+impl ArtifactSource for DataSource {
+    fn name(&self) -> String {
+        format!("data:sha256:{}", self.digest)
+    }
+    async fn fetch(&self, sink: &mut Sink<'_>) -> Result<(), FetchError> {
+        sink.set_total(Some(self.data.len() as u64))?;
+        sink.write(&self.data).await
+    }
+}
+
+/// A local file (`file:`), read in chunks.
+#[derive(Debug, Clone)]
+pub struct FileSource {
+    path: PathBuf,
+}
+
+impl FileSource {
+    /// A source for the file at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> FileSource {
+        FileSource { path: path.into() }
+    }
+}
+
+#[async_trait]
+impl ArtifactSource for FileSource {
+    fn name(&self) -> String {
+        format!("file:{}", self.path.display())
+    }
+    async fn fetch(&self, sink: &mut Sink<'_>) -> Result<(), FetchError> {
+        let err = |source| FetchError::File { path: self.path.clone(), source };
+        let mut f = tokio::fs::File::open(&self.path).await.map_err(err)?;
+        sink.set_total(Some(f.metadata().await.map_err(err)?.len()))?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf).await.map_err(err)?;
+            if n == 0 {
+                return Ok(());
+            }
+            sink.write(&buf[..n]).await?;
+        }
+    }
 }

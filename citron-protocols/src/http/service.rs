@@ -1,0 +1,356 @@
+//! One request: decode the path, ask the catalog, answer in HTTP.
+
+use std::convert::Infallible;
+use std::future::{ready, Ready};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use citron_core::serve::{Artifact, Catalog, FileRequest, Intent, Protocol, ServeError, Space};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use super::body::ResponseBody;
+
+/// The status code answering a refusal. One function for every variant and no catch-all, so a
+/// new [`ServeError`] variant does not compile until HTTP says how it answers it.
+///
+/// ```
+/// use citron_core::serve::ServeError;
+/// use citron_protocols::http::status;
+/// assert_eq!(status(&ServeError::NotFound("x".into())), http::StatusCode::NOT_FOUND);
+/// ```
+pub fn status(e: &ServeError) -> StatusCode {
+    match e {
+        // An unknown DUT sees the same answer as a missing file: nothing to probe.
+        ServeError::UnknownDut(_) => StatusCode::NOT_FOUND,
+        ServeError::NotFound(_) => StatusCode::NOT_FOUND,
+        ServeError::BadPath(_) => StatusCode::BAD_REQUEST,
+        ServeError::Forbidden(_) => StatusCode::FORBIDDEN,
+        ServeError::Gone(_) => StatusCode::GONE,
+        ServeError::OutOfRange { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+        ServeError::ReadOnly(_) => StatusCode::METHOD_NOT_ALLOWED,
+        ServeError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// Why a request path cannot be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// `%` not followed by two hex digits.
+    #[error("malformed percent-escape in the path")]
+    BadEscape,
+    /// The decoded bytes are not UTF-8.
+    #[error("the decoded path is not UTF-8")]
+    NotUtf8,
+}
+
+/// Decodes `%XX` escapes of a request path. The result is a name for the catalog, which
+/// normalises it and refuses `..`, NUL and other control characters: decoding never resolves
+/// anything, so `%2e%2e` becomes `..` and is refused like a literal one.
+///
+/// ```
+/// use citron_protocols::http::percent_decode;
+/// assert_eq!(percent_decode("/a%20b").unwrap(), "/a b");
+/// assert_eq!(percent_decode("/%2e%2e/x").unwrap(), "/../x");
+/// assert!(percent_decode("/%zz").is_err());
+/// ```
+pub fn percent_decode(path: &str) -> Result<String, DecodeError> {
+    let b = path.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = |c: u8| (c as char).to_digit(16);
+            match (b.get(i + 1).and_then(|&c| hex(c)), b.get(i + 2).and_then(|&c| hex(c))) {
+                (Some(h), Some(l)) => out.push((h * 16 + l) as u8),
+                _ => return Err(DecodeError::BadEscape),
+            }
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| DecodeError::NotUtf8)
+}
+
+/// The `Content-Type` for a name, by extension; `application/octet-stream` when unknown.
+///
+/// ```
+/// assert_eq!(citron_protocols::http::content_type("boot/x/boot.ipxe"), "text/plain; charset=utf-8");
+/// ```
+pub fn content_type(name: &str) -> &'static str {
+    let file = name.rsplit('/').next().unwrap_or(name);
+    let ext = match file.rsplit_once('.') {
+        Some((_, e)) => e.to_ascii_lowercase(),
+        None => return "application/octet-stream",
+    };
+    match ext.as_str() {
+        "txt" | "ipxe" | "cfg" | "conf" | "cmdline" | "sh" | "log" => "text/plain; charset=utf-8",
+        "html" | "htm" => "text/html; charset=utf-8",
+        "json" => "application/json",
+        "yaml" | "yml" => "application/yaml",
+        "xml" => "application/xml",
+        "gz" | "tgz" => "application/gzip",
+        "xz" => "application/x-xz",
+        "zst" => "application/zstd",
+        "bz2" => "application/x-bzip2",
+        "tar" => "application/x-tar",
+        "zip" => "application/zip",
+        "iso" => "application/x-iso9660-image",
+        "qcow2" => "application/x-qemu-disk",
+        "efi" => "application/efi",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "svg" => "image/svg+xml",
+        _ => "application/octet-stream",
+    }
+}
+
+/// What a `Range` header asks for, once the length is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RangeAsk {
+    /// No usable single range: the whole content (also for several ranges and syntax errors,
+    /// which RFC 9110 §14.2 says to ignore).
+    Full,
+    /// `[start, end)`.
+    Part(u64, u64),
+    /// A syntactically valid range that misses the content entirely: 416.
+    Unsatisfiable,
+}
+
+/// Parses `bytes=a-b`, `bytes=a-`, `bytes=-n` against a length of `len` bytes.
+pub(crate) fn parse_range(h: &str, len: u64) -> RangeAsk {
+    let Some(spec) = h.trim().strip_prefix("bytes=") else { return RangeAsk::Full };
+    if spec.contains(',') {
+        return RangeAsk::Full;
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else { return RangeAsk::Full };
+    let num = |s: &str| if !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()) { s.parse::<u64>().ok() } else { None };
+    match (a.trim(), b.trim()) {
+        ("", n) => match num(n) {
+            Some(0) => RangeAsk::Unsatisfiable,
+            Some(_) if len == 0 => RangeAsk::Unsatisfiable,
+            Some(n) => RangeAsk::Part(len.saturating_sub(n), len),
+            None => RangeAsk::Full,
+        },
+        (a, "") => match num(a) {
+            Some(a) if a >= len => RangeAsk::Unsatisfiable,
+            Some(a) => RangeAsk::Part(a, len),
+            None => RangeAsk::Full,
+        },
+        (a, b) => match (num(a), num(b)) {
+            (Some(a), Some(b)) if a <= b => {
+                if a >= len {
+                    RangeAsk::Unsatisfiable
+                } else {
+                    RangeAsk::Part(a, b.saturating_add(1).min(len))
+                }
+            }
+            _ => RangeAsk::Full,
+        },
+    }
+}
+
+/// `Host` if it is a plain `host[:port]`, for URLs in generated files; anything else (missing,
+/// spaces, quotes) falls back to the address the connection came in on.
+fn authority(headers: &HeaderMap, local: SocketAddr) -> String {
+    if let Some(h) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
+        let ok = !h.is_empty()
+            && h.len() <= 255
+            && h.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b':' | b'[' | b']' | b'_'));
+        if ok {
+            return h.to_string();
+        }
+    }
+    super::url_authority(local)
+}
+
+/// The hyper service of one connection.
+#[derive(Clone)]
+pub(crate) struct Handler {
+    catalog: Arc<dyn Catalog>,
+    peer: SocketAddr,
+    local: SocketAddr,
+}
+
+impl Handler {
+    pub(crate) fn new(catalog: Arc<dyn Catalog>, peer: SocketAddr, local: SocketAddr) -> Self {
+        Handler { catalog, peer, local }
+    }
+
+    fn handle(&self, req: &Request<Incoming>) -> Response<ResponseBody> {
+        let head = req.method() == Method::HEAD;
+        if req.method() != Method::GET && !head {
+            let mut r = error_response(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD are served\n", false);
+            r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return r;
+        }
+        let path = match percent_decode(req.uri().path()) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(peer = %self.peer, uri = %req.uri(), error = %e, "http: undecodable path");
+                return error_response(StatusCode::BAD_REQUEST, &format!("{e}\n"), head);
+            }
+        };
+        let base = format!("http://{}", authority(req.headers(), self.local));
+        let freq = FileRequest {
+            peer: self.peer.ip(),
+            protocol: Protocol::HTTP,
+            space: Space::Http,
+            path: &path,
+            base_url: Some(&base),
+            intent: if head { Intent::Stat } else { Intent::Read },
+        };
+        match self.catalog.open(&freq) {
+            Ok(a) => self.respond(req.headers(), Arc::new(a), head),
+            Err(e) => refusal(&e, &path, self.peer, head),
+        }
+    }
+
+    fn respond(&self, h: &HeaderMap, a: Arc<Artifact>, head: bool) -> Response<ResponseBody> {
+        let etag = format!("\"{}\"", a.digest);
+        let mut r = Response::new(ResponseBody::Empty);
+        {
+            let hs = r.headers_mut();
+            hs.insert(header::ETAG, HeaderValue::from_str(&etag).expect("hex digest is a valid header"));
+            hs.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+            hs.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type(&a.name)));
+            hs.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        }
+        if let Some(inm) = h.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
+            let hit = inm.split(',').map(str::trim).any(|t| t == "*" || t.trim_start_matches("W/") == etag);
+            if hit {
+                *r.status_mut() = StatusCode::NOT_MODIFIED;
+                a.complete();
+                return r;
+            }
+        }
+        let mut ask = match h.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+            Some(v) => parse_range(v, a.len),
+            None => RangeAsk::Full,
+        };
+        // If-Range with another validator: the client's copy is stale, send it all.
+        if let Some(ir) = h.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) {
+            if ir.trim() != etag {
+                ask = RangeAsk::Full;
+            }
+        }
+        let (start, end) = match ask {
+            RangeAsk::Full => (0, a.len),
+            RangeAsk::Part(s, e) => {
+                *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+                let cr = format!("bytes {}-{}/{}", s, e - 1, a.len);
+                r.headers_mut().insert(header::CONTENT_RANGE, HeaderValue::from_str(&cr).expect("digits are valid"));
+                (s, e)
+            }
+            RangeAsk::Unsatisfiable => {
+                let e = ServeError::OutOfRange { offset: a.len, len: 0, size: a.len };
+                let mut r = error_response(status(&e), "the range is outside the file\n", head);
+                let cr = format!("bytes */{}", a.len);
+                r.headers_mut().insert(header::CONTENT_RANGE, HeaderValue::from_str(&cr).expect("digits are valid"));
+                a.complete();
+                return r;
+            }
+        };
+        r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+        if head || start == end {
+            a.complete();
+            return r;
+        }
+        match ResponseBody::range(a.clone(), start, end) {
+            Ok(b) => {
+                *r.body_mut() = b;
+                r
+            }
+            Err(e) => {
+                tracing::error!(artifact = %a.name, error = %e, "http: reading the cached file failed");
+                refusal(&ServeError::Io(e), &a.name, self.peer, head)
+            }
+        }
+    }
+}
+
+fn error_response(code: StatusCode, text: &str, head: bool) -> Response<ResponseBody> {
+    let mut r = Response::new(if head { ResponseBody::Empty } else { ResponseBody::text(text) });
+    *r.status_mut() = code;
+    let hs = r.headers_mut();
+    hs.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    hs.insert(header::CONTENT_LENGTH, HeaderValue::from(text.len()));
+    r
+}
+
+fn refusal(e: &ServeError, path: &str, peer: SocketAddr, head: bool) -> Response<ResponseBody> {
+    let code = status(e);
+    tracing::debug!(%peer, path, status = code.as_u16(), error = %e, "http: refused");
+    // The client learns the kind, not details such as other DUTs' names.
+    let text = format!("{}\n", code.canonical_reason().unwrap_or("error"));
+    let mut r = error_response(code, &text, head);
+    if code == StatusCode::METHOD_NOT_ALLOWED {
+        r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    }
+    r
+}
+
+impl hyper::service::Service<Request<Incoming>> for Handler {
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = Ready<Result<Response<ResponseBody>, Infallible>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        ready(Ok(self.handle(&req)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-9", 100), RangeAsk::Part(0, 10));
+        assert_eq!(parse_range("bytes=90-", 100), RangeAsk::Part(90, 100));
+        assert_eq!(parse_range("bytes=-10", 100), RangeAsk::Part(90, 100));
+        assert_eq!(parse_range("bytes=-1000", 100), RangeAsk::Part(0, 100));
+        assert_eq!(parse_range("bytes=50-1000", 100), RangeAsk::Part(50, 100));
+        assert_eq!(parse_range("bytes=100-", 100), RangeAsk::Unsatisfiable);
+        assert_eq!(parse_range("bytes=200-300", 100), RangeAsk::Unsatisfiable);
+        assert_eq!(parse_range("bytes=-0", 100), RangeAsk::Unsatisfiable);
+        assert_eq!(parse_range("bytes=0-1,5-6", 100), RangeAsk::Full);
+        assert_eq!(parse_range("bytes=9-1", 100), RangeAsk::Full);
+        assert_eq!(parse_range("items=0-1", 100), RangeAsk::Full);
+        assert_eq!(parse_range("bytes=a-b", 100), RangeAsk::Full);
+        assert_eq!(parse_range("bytes=0-0", 0), RangeAsk::Unsatisfiable);
+    }
+
+    #[test]
+    fn decoding_never_resolves() {
+        assert_eq!(percent_decode("/%2e%2E/etc").unwrap(), "/../etc");
+        assert_eq!(percent_decode("/a%00b").unwrap(), "/a\0b");
+        assert_eq!(percent_decode("/%2"), Err(DecodeError::BadEscape));
+        assert_eq!(percent_decode("/%ff"), Err(DecodeError::NotUtf8));
+        for p in ["/%2e%2e/etc/passwd", "/a%00b"] {
+            assert!(citron_core::namespace::normalize(&percent_decode(p).unwrap()).is_err());
+        }
+    }
+
+    #[test]
+    fn host_header_is_checked() {
+        let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let mut h = HeaderMap::new();
+        assert_eq!(authority(&h, local), "127.0.0.1:8080");
+        h.insert(header::HOST, HeaderValue::from_static("ci-gateway:80"));
+        assert_eq!(authority(&h, local), "ci-gateway:80");
+        h.insert(header::HOST, HeaderValue::from_static("evil\"x y"));
+        assert_eq!(authority(&h, local), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn every_refusal_has_a_status() {
+        let io = ServeError::Io(std::io::Error::other("x"));
+        assert_eq!(status(&io), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(status(&ServeError::UnknownDut("127.0.0.9".parse().unwrap())), StatusCode::NOT_FOUND);
+        assert_eq!(status(&ServeError::ReadOnly("d".into())), StatusCode::METHOD_NOT_ALLOWED);
+    }
+}
