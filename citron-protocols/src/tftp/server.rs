@@ -369,10 +369,17 @@ async fn transfer(shared: Arc<Shared>, peer: SocketAddr, req: Request, _permit: 
         if let Some(o) = step.done.take() {
             break Some(o);
         }
+        // Deadlines only move later while the client keeps up, so the timer is moved only when
+        // it must fire earlier; firing early is harmless (`on_timeout` before the deadline just
+        // returns the real one). This keeps timer-wheel updates off the per-packet path.
         if let Some(w) = step.wake_at {
-            sleep.as_mut().reset(tokio::time::Instant::from_std(w));
+            let w = tokio::time::Instant::from_std(w);
+            if w < sleep.deadline() || sleep.is_elapsed() {
+                sleep.as_mut().reset(w);
+            }
         }
         step = tokio::select! {
+            biased;
             r = sock.recv(&mut rbuf) => match r {
                 Ok(n) => match packet::decode(&rbuf[..n]) {
                     Ok(p) => session.on_packet(&p, Instant::now()),
