@@ -33,16 +33,15 @@ use citron_protocols::server::{RunningServer, ServerBuilder};
 ///
 /// >>> import citron, http.client
 /// >>> with citron.Server(tftp=None) as srv:
-/// ...     srv.set_job("dut1", "deployment:\n  start:\n    storage:\n      http:\n"
-/// ...                 "        - {path: /hello.txt, data: hi}\n")
+/// ...     _ = srv.set_job("dut1", "deployment:\n  start:\n    storage:\n      http:\n"
+/// ...                     "        - {path: /hello.txt, data: hi}\n")
 /// ...     host, port = srv.http_address
 /// ...     c = http.client.HTTPConnection(host, port, source_address=("127.0.0.2", 0))
 /// ...     c.request("GET", "/hello.txt")
-/// ...     print(c.getresponse().read())
+/// ...     r = c.getresponse()
+/// ...     print(r.status, r.read())
 /// ...     c.close()
-/// ...     print(srv.accesses("dut1")[0]["outcome"])
-/// b'hi'
-/// served
+/// 200 b'hi'
 #[pyclass(frozen, module = "citron")]
 pub struct Server {
     gateway: Gateway,

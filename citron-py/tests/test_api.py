@@ -156,6 +156,7 @@ def test_repr_and_version() -> None:
     assert citron.__version__
     assert "dut1" in repr(citron.Lab.default())
     assert repr(citron.JobDescription.from_yaml("deployment: {start: {}}", filename="f.yaml")) == 'JobDescription(filename="f.yaml")'
-    srv = citron.Server(http=None, tftp=None)
-    assert "running=true" in repr(srv)
+    srv = citron.Server(http="127.0.0.1:0", tftp=None)
+    assert repr(srv) == f"Server(http='127.0.0.1:{srv.http_address[1] if srv.http_address else 0}', tftp=None, nbd=None, api=None, running=True)"
     srv.stop()
+    assert repr(srv).endswith("running=False)")

@@ -11,7 +11,7 @@ from typing import List
 import pytest
 
 import citron
-from conftest import DUT1, DUT2, http_get, require_tool
+from conftest import DUT1, DUT2, http_get, require_tool, wait_for_accesses
 
 HELLO_JOB = """\
 deployment:
@@ -33,9 +33,9 @@ def test_a_dut_gets_its_file_and_another_dut_does_not(http_server: citron.Server
     status, _ = http_get(http_server, "/hello.txt", DUT2)
     assert status == 404
     # The access log says who got what.
-    [rec] = http_server.accesses("dut1")
+    [rec] = wait_for_accesses(http_server, "dut1", 1)
     assert (rec["protocol"], rec["path"], rec["bytes"], rec["outcome"]) == ("http", "/hello.txt", 10, "served")
-    [refused] = http_server.accesses("dut2")
+    [refused] = wait_for_accesses(http_server, "dut2", 1)
     assert refused["outcome"] == "refused" and refused["reason"]
 
 
@@ -45,7 +45,7 @@ def test_access_count_is_reset_by_a_boot_event(http_server: citron.Server) -> No
     assert http_get(http_server, "/job/secret", DUT1)[0] == 410
     http_server.event("dut1", "boot")
     assert http_get(http_server, "/job/secret", DUT1) == (200, b"s3cr3t")
-    assert [a["outcome"] for a in http_server.accesses("dut1")] == ["served", "refused", "served"]
+    assert [a["outcome"] for a in wait_for_accesses(http_server, "dut1", 3)] == ["served", "refused", "served"]
 
 
 def test_each_dut_has_its_own_namespace(http_server: citron.Server) -> None:
@@ -87,7 +87,7 @@ def test_stop_frees_the_port_and_is_idempotent() -> None:
     finally:
         s.close()
     # The gateway outlives the backends: the access log is still readable.
-    assert srv.accesses("dut1")[0]["outcome"] == "served"
+    assert wait_for_accesses(srv, "dut1", 1)[0]["outcome"] == "served"
 
 
 def test_a_with_block_stops_the_server_even_on_error() -> None:
@@ -140,7 +140,7 @@ def test_tftp_read_with_the_tftp_hpa_client(tmp_path: pathlib.Path) -> None:
         )
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert out.read_bytes() == b"local config"
-        [rec] = srv.accesses("local")
+        [rec] = wait_for_accesses(srv, "local", 1)
         assert (rec["protocol"], rec["outcome"], rec["bytes"]) == ("tftp", "served", 12)
         assert srv.accesses("dut1") == []
         # A missing file: tftp-hpa prints the server's error and leaves no file behind.
@@ -179,4 +179,5 @@ def test_calls_from_many_threads_while_serving(http_server: citron.Server) -> No
     for t in threads:
         t.join(timeout=60)
     assert not errors, errors
-    assert len([a for a in http_server.accesses("dut1") if a["outcome"] == "served"]) == 80
+    served = [a for a in wait_for_accesses(http_server, "dut1", 80) if a["outcome"] == "served"]
+    assert len(served) == 80
