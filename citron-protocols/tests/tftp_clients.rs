@@ -476,3 +476,45 @@ async fn lossy_path_still_delivers_whole_files() {
     }
     srv.stop().await;
 }
+
+async fn recv(sock: &UdpSocket, buf: &mut [u8], wait_ms: u64) -> Option<(usize, SocketAddr)> {
+    match tokio::time::timeout(Duration::from_millis(wait_ms), sock.recv_from(buf)).await {
+        Ok(Ok(x)) => Some(x),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_acks_are_ignored_and_a_vanished_client_is_cleaned_up() {
+    use tftp::packet::Packet;
+    let lab = Lab::new().await;
+    lab.job("dut1", vec![file("f", content(8, 2000), None)]).await;
+    let mut config = Config::default();
+    config.limits.default_timeout = Duration::from_millis(200);
+    config.limits.retries = 2;
+    let srv = lab.serve(config).await;
+    let sock = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    sock.send_to(&rrq("f", &[]), srv.addr).await.unwrap();
+    let mut buf = vec![0u8; 2048];
+    let (n, tid) = recv(&sock, &mut buf, 3000).await.expect("DATA 1");
+    assert_ne!(tid, srv.addr, "the transfer runs on its own port");
+    assert_eq!(tid.ip(), srv.addr.ip(), "bound to the listening address");
+    assert!(matches!(tftp::packet::decode(&buf[..n]), Ok(Packet::Data { block: 1, .. })));
+    // ACK 1 brings DATA 2; a duplicate ACK 1 brings nothing (only the timer resends DATA 2).
+    sock.send_to(&[0, 4, 0, 1], tid).await.unwrap();
+    let (n, _) = recv(&sock, &mut buf, 3000).await.expect("DATA 2");
+    assert!(matches!(tftp::packet::decode(&buf[..n]), Ok(Packet::Data { block: 2, .. })));
+    sock.send_to(&[0, 4, 0, 1], tid).await.unwrap();
+    sock.send_to(&[0, 4, 0, 1], tid).await.unwrap();
+    // Then the client vanishes. The server retransmits DATA 2 exactly `retries` times and gives
+    // up; had it answered the duplicate ACKs, more copies would arrive.
+    let mut retransmits = 0;
+    while let Some((n, _)) = recv(&sock, &mut buf, 3000).await {
+        assert!(matches!(tftp::packet::decode(&buf[..n]), Ok(Packet::Data { block: 2, .. })));
+        retransmits += 1;
+    }
+    assert_eq!(retransmits, 2);
+    let recs = lab.gw.accesses(&DutId::from("dut1")).unwrap();
+    assert!(recs.iter().any(|r| r.path == "f" && r.outcome == AccessOutcome::Aborted && r.bytes == 512), "{recs:?}");
+    srv.stop().await;
+}

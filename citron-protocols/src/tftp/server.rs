@@ -80,7 +80,10 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let local = socket.local_addr()?;
-    let base_url = (!local.ip().is_unspecified()).then(|| format!("tftp://{local}"));
+    // No base URL: a TFTP server cannot know the address a client used (behind NAT, e.g. QEMU
+    // user networking, 127.0.0.1 is 10.0.2.2 to the guest), so generated scripts use absolute
+    // paths, which iPXE resolves against the URL it fetched the script from.
+    let base_url: Option<String> = None;
     let limit = Arc::new(Semaphore::new(config.max_transfers.max(1)));
     let shared = Arc::new(Shared { catalog, config, local_ip: local.ip(), base_url, active: Mutex::new(HashSet::new()) });
     let mut tasks = JoinSet::new();
