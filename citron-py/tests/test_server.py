@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import pathlib
 import socket
 import subprocess
+import sys
 import threading
+import time
 from typing import List
 
 import pytest
@@ -181,3 +184,31 @@ def test_calls_from_many_threads_while_serving(http_server: citron.Server) -> No
     assert not errors, errors
     served = [a for a in wait_for_accesses(http_server, "dut1", 80) if a["outcome"] == "served"]
     assert len(served) == 80
+
+
+def test_dropping_a_running_server_stops_it() -> None:
+    srv = citron.Server(tftp=None)
+    addr = srv.http_address
+    assert addr is not None
+    del srv
+    gc.collect()
+    # The backends stop in the background: wait (bounded) until the port refuses connections.
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(addr, timeout=5).close()
+        except ConnectionRefusedError:
+            break
+        assert time.monotonic() < deadline, f"{addr} still accepts connections after the server was dropped"
+        time.sleep(0.05)
+
+
+def test_the_interpreter_exits_with_a_server_still_running() -> None:
+    code = (
+        "import citron\n"
+        "srv = citron.Server()\n"
+        "srv.set_job('dut1', 'deployment:\\n  start:\\n    kernel: {data: k}\\n')\n"
+        "print('up', srv.http_address is not None)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stdout) == (0, "up True\n"), proc.stderr
