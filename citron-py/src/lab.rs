@@ -25,6 +25,12 @@ use crate::errors::Error;
 /// ['board1']
 /// >>> lab.variables
 /// {'minio_url': 'http://127.0.0.1:9000'}
+///
+/// ``Lab(variables=None, artifact_roots=None)`` is an empty lab (no DUTs) with these template
+/// variables and ``file:`` roots; :meth:`add_dut` adds DUTs.
+///
+/// >>> citron.Lab(artifact_roots=["/srv/artifacts"]).artifact_roots
+/// ['/srv/artifacts']
 #[pyclass(module = "citron")]
 #[derive(Debug, Clone)]
 pub struct Lab {
@@ -95,11 +101,7 @@ pub(crate) fn offline_context(lab: &LabConfig, dut: &Dut, job_dir: Option<&Path>
 
 #[pymethods]
 impl Lab {
-    /// An empty lab (no DUTs) with these template variables and ``file:`` roots.
-    ///
-    /// >>> import citron
-    /// >>> citron.Lab(artifact_roots=["/srv/artifacts"]).artifact_roots
-    /// ['/srv/artifacts']
+    // The constructor's documentation is in the class docstring (Python shows that one).
     #[new]
     #[pyo3(signature = (variables = None, artifact_roots = None))]
     fn new(variables: Option<BTreeMap<String, String>>, artifact_roots: Option<Vec<PathBuf>>) -> Lab {

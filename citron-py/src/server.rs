@@ -42,6 +42,21 @@ use citron_protocols::server::{RunningServer, ServerBuilder};
 /// ...     print(r.status, r.read())
 /// ...     c.close()
 /// 200 b'hi'
+///
+/// ``Server(lab=None, data_dir=None, *, http="127.0.0.1:0", tftp="127.0.0.1:0", nbd=None,
+/// api=None, advertise=None)`` creates the gateway for ``lab`` (a :class:`Lab`, a lab file
+/// path, or None for the default lab) with its state under ``data_dir``, and starts the
+/// backends: ``http``, ``tftp``,
+/// ``nbd`` and ``api`` (the lab's HTTP/JSON control API) are ``"host:port"`` (port 0 picks
+/// one) or None to leave them off. ``advertise`` is the IP address DUTs reach this machine
+/// at when listening on a wildcard address (it fills ``{{ http_artifact_base }}``…).
+/// Raises :class:`citron.ServerError` if an address cannot be bound.
+///
+/// >>> import citron
+/// >>> srv = citron.Server(lab=citron.Lab.default(), http="127.0.0.1:0", tftp=None)
+/// >>> srv.http_address[1] > 0, srv.tftp_address
+/// (True, None)
+/// >>> srv.stop()
 #[pyclass(frozen, module = "citron")]
 pub struct Server {
     gateway: Gateway,
@@ -119,18 +134,7 @@ impl Server {
 
 #[pymethods]
 impl Server {
-    /// Creates the gateway for ``lab`` (a :class:`Lab`, a lab file path, or None for the default
-    /// lab) with its state under ``data_dir``, and starts the backends: ``http``, ``tftp``,
-    /// ``nbd`` and ``api`` (the lab's HTTP/JSON control API) are ``"host:port"`` (port 0 picks
-    /// one) or None to leave them off. ``advertise`` is the IP address DUTs reach this machine
-    /// at when listening on a wildcard address (it fills ``{{ http_artifact_base }}``…).
-    /// Raises :class:`citron.ServerError` if an address cannot be bound.
-    ///
-    /// >>> import citron
-    /// >>> srv = citron.Server(lab=citron.Lab.default(), http="127.0.0.1:0", tftp=None)
-    /// >>> srv.http_address[1] > 0, srv.tftp_address
-    /// (True, None)
-    /// >>> srv.stop()
+    // The constructor's documentation is in the class docstring (Python shows that one).
     #[new]
     #[pyo3(
         signature = (lab = None, data_dir = None, *, http = Some("127.0.0.1:0"), tftp = Some("127.0.0.1:0"), nbd = None, api = None, advertise = None),
