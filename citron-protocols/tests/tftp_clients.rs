@@ -132,8 +132,18 @@ fn assert_file(path: &Path, want: &Digest, what: &str) {
     assert_eq!(&Digest::of(&got), want, "{what}: content differs ({} bytes received)", got.len());
 }
 
-fn served(gw: &Gateway, dut: &str, path: &str) -> usize {
-    gw.accesses(&DutId::from(dut)).unwrap().iter().filter(|r| r.path == path && r.outcome == AccessOutcome::Served).count()
+/// How many completed reads of `path` the access log holds. The client exits when it has the last
+/// block, possibly before the server has processed the final ACK and closed the log entry, so this
+/// waits (bounded: 10 s) until the count reaches `want`, and returns what it saw then.
+async fn served(gw: &Gateway, dut: &str, path: &str, want: usize) -> usize {
+    let count = || gw.accesses(&DutId::from(dut)).unwrap().iter().filter(|r| r.path == path && r.outcome == AccessOutcome::Served).count();
+    for _ in 0..200 {
+        if count() >= want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,7 +163,7 @@ async fn tftp_hpa_downloads_every_size() {
         .await;
         assert!(o.status.success(), "tftp get {name}: {o:?}");
         assert_file(&dest, sum, &format!("tftp-hpa {name}"));
-        assert_eq!(served(&lab.gw, "local", name), 1, "{name} logged as served once");
+        assert_eq!(served(&lab.gw, "local", name, 1).await, 1, "{name} logged as served once");
     }
     srv.stop().await;
 }
