@@ -5,7 +5,9 @@
 //! HTTP or TFTP client — keep running meanwhile.
 
 use std::net::{IpAddr, SocketAddr};
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use citron_core::access::Outcome;
 use citron_core::job::RenderContext;
@@ -106,6 +108,32 @@ fn parse_listen(what: &str, a: Option<&str>) -> Result<Option<SocketAddr>, Error
 fn addr_tuple<'py>(py: Python<'py>, a: Option<SocketAddr>) -> PyResult<Option<Bound<'py, PyTuple>>> {
     a.map(|a| PyTuple::new(py, [a.ip().to_string().into_pyobject(py)?.into_any(), a.port().into_pyobject(py)?.into_any()]))
         .transpose()
+}
+
+/// How often a long call looks for Ctrl-C (`KeyboardInterrupt`) while it waits.
+const SIGNAL_POLL: Duration = Duration::from_millis(100);
+
+/// Runs `fut` to completion with the GIL released, but gives up (dropping the future, which
+/// cancels it) as soon as a Python signal handler raises, so that Ctrl-C interrupts a job load
+/// stuck on a slow download just as it would interrupt Python code.
+fn interruptible<F>(py: Python<'_>, rt: &Runtime, fut: F) -> PyResult<F::Output>
+where
+    F: Future + Send,
+    F::Output: Send,
+{
+    py.detach(|| {
+        rt.block_on(async {
+            tokio::pin!(fut);
+            let mut tick = tokio::time::interval(SIGNAL_POLL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    out = &mut fut => return Ok(out),
+                    _ = tick.tick() => Python::attach(|py| py.check_signals())?,
+                }
+            }
+        })
+    })
 }
 
 impl Server {
@@ -298,7 +326,8 @@ impl Server {
     /// ``dut``'s job: renders it, fetches every artifact into the cache (the GIL is released
     /// meanwhile) and replaces any previous job; counts as a ``job_start``. Returns what is now
     /// served. Raises :class:`citron.JobError`, :class:`citron.FetchError` or
-    /// :class:`citron.UnknownDutError`.
+    /// :class:`citron.UnknownDutError`; Ctrl-C interrupts a slow load (``KeyboardInterrupt``,
+    /// the previous job stays).
     ///
     /// >>> import citron
     /// >>> with citron.Server(http=None, tftp=None) as srv:
@@ -314,16 +343,14 @@ impl Server {
         };
         let rt = self.rt()?;
         let gw = &self.gateway;
-        py.detach(|| {
-            rt.block_on(async {
-                if job.from_file {
-                    gw.set_trusted_job(&id, &job.inner).await
-                } else {
-                    gw.set_job(&id, &job.inner).await
-                }
-            })
-        })
-        .map_err(Error::from)?;
+        let load = async {
+            if job.from_file {
+                gw.set_trusted_job(&id, &job.inner).await
+            } else {
+                gw.set_job(&id, &job.inner).await
+            }
+        };
+        interruptible(py, rt, load)?.map_err(Error::from)?;
         let resolved = self.gateway.job(&id).ok_or_else(|| Error::UnknownDut(dut.to_string()))?;
         let mid = self.gateway.dut(&id).map(|d| d.machine_id().to_string()).unwrap_or_else(|| dut.to_string());
         Ok(ResolvedJob::from_core(&resolved, &mid))

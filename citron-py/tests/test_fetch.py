@@ -7,6 +7,10 @@ import functools
 import hashlib
 import http.server
 import pathlib
+import signal
+import socket
+import subprocess
+import sys
 import threading
 from typing import Iterator, Tuple
 
@@ -65,3 +69,36 @@ def test_a_missing_url_is_a_fetch_error_and_keeps_the_old_job(origin: Tuple[str,
         assert "404" in str(info.value) and f"{base}/missing" in str(info.value)
         assert isinstance(info.value, citron.CitronError)
         assert http_get(srv, "/ok", DUT1) == (200, b"ok")
+
+
+INTERRUPTED_LOAD = """
+import sys, citron
+srv = citron.Server(http=None, tftp=None)
+try:
+    srv.set_job("dut1", "deployment:\\n  start:\\n    kernel: {url: 'http://127.0.0.1:%s/vmlinuz'}\\n")
+except KeyboardInterrupt:
+    print("interrupted", srv.job("dut1"))
+    sys.exit(0)
+print("not interrupted")
+"""
+
+
+def test_ctrl_c_interrupts_a_stalled_job_load() -> None:
+    # An origin that accepts the connection and never answers: the load would stall until the
+    # fetcher's read timeout (60 s) if Ctrl-C were not honoured.
+    with socket.socket() as origin:
+        origin.bind(("127.0.0.1", 0))
+        origin.listen()
+        origin.settimeout(30)
+        code = INTERRUPTED_LOAD % origin.getsockname()[1]
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            conn, _ = origin.accept()  # the child is now inside set_job, waiting for an answer
+            with conn:
+                proc.send_signal(signal.SIGINT)
+                out, err = proc.communicate(timeout=45)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert (proc.returncode, out) == (0, "interrupted None\n"), err
