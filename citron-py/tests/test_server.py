@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import gc
+import http.client
+import json
 import pathlib
 import socket
 import subprocess
 import sys
 import threading
 import time
-from typing import List
+from typing import List, Tuple
 
 import pytest
 
@@ -212,3 +214,32 @@ def test_the_interpreter_exits_with_a_server_still_running() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert (proc.returncode, proc.stdout) == (0, "up True\n"), proc.stderr
+
+
+def test_the_lab_api_shares_the_servers_state() -> None:
+    with citron.Server(http=None, tftp=None, api="127.0.0.1:0") as srv:
+        addr = srv.api_address
+        assert addr is not None
+        srv.add_dut("py-added", ip=["127.0.0.70"])
+
+        def call(method: str, path: str, body: str = "") -> Tuple[int, bytes]:
+            assert addr is not None
+            conn = http.client.HTTPConnection(addr[0], addr[1], timeout=10)
+            try:
+                conn.request(method, path, body=body.encode() or None)
+                resp = conn.getresponse()
+                return resp.status, resp.read()
+            finally:
+                conn.close()
+
+        status, body = call("GET", "/api/v1/duts")
+        assert status == 200
+        assert "py-added" in [d["id"] for d in json.loads(body)]
+        # A job set over the API is the one Python sees, and the other way round.
+        status, _ = call("PUT", "/api/v1/duts/py-added/job", "deployment:\n  start:\n    kernel: {data: k}\n")
+        assert status // 100 == 2
+        job = srv.job("py-added")
+        assert job is not None and [a.path for a in job.artifacts] == ["boot/py-added/kernel"]
+        status, body = call("PUT", "/api/v1/duts/dut1/job", "deployment:\n  start:\n    colour: red\n")
+        assert status == 422
+    assert srv.api_address == addr and not srv.running
