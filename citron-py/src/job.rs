@@ -180,7 +180,9 @@ impl JobDescription {
 
     /// Renders the job for ``dut``: templates expanded, paths normalised, sources checked.
     /// Returns a :class:`ResolvedJob` whose ``artifacts`` list what the DUT may fetch. Nothing is
-    /// downloaded. Raises :class:`citron.JobError`, or :class:`citron.UnknownDutError` for a DUT
+    /// downloaded. With a :class:`Lab` (or none), ``{{ http_artifact_base }}`` and friends are
+    /// what ``citron serve`` has on its default addresses, as for ``citron render``; with a
+    /// running :class:`Server`, its own. Raises :class:`citron.JobError`, or :class:`citron.UnknownDutError` for a DUT
     /// the lab does not have.
     ///
     /// >>> import citron
