@@ -133,7 +133,9 @@ static CLASSES: PyOnceLock<Classes> = PyOnceLock::new();
 pub(crate) fn classes(py: Python<'_>) -> PyResult<&'static Classes> {
     CLASSES.get_or_try_init(py, || {
         let m = PyModule::from_code(py, ERRORS_PY, c"citron/_errors.py", c"citron._errors")?;
-        let get = |name: &str| -> PyResult<Py<PyType>> { Ok(m.getattr(name)?.cast_into::<PyType>()?.unbind()) };
+        let get = |name: &str| -> PyResult<Py<PyType>> {
+            Ok(m.getattr(name)?.cast_into::<PyType>()?.unbind())
+        };
         Ok::<_, PyErr>(Classes {
             citron: get("CitronError")?,
             job: get("JobError")?,
@@ -331,7 +333,8 @@ impl From<Error> for PyErr {
             let fallback = format!("{e:?}");
             // Building the exception can only fail if the interpreter is in trouble (memory);
             // raise something rather than nothing.
-            e.into_pyerr(py).unwrap_or_else(|inner| PyRuntimeError::new_err(format!("{fallback} ({inner})")))
+            e.into_pyerr(py)
+                .unwrap_or_else(|inner| PyRuntimeError::new_err(format!("{fallback} ({inner})")))
         })
     }
 }
