@@ -132,8 +132,17 @@ fn assert_file(path: &Path, want: &Digest, what: &str) {
     assert_eq!(&Digest::of(&got), want, "{what}: content differs ({} bytes received)", got.len());
 }
 
-fn served(gw: &Gateway, dut: &str, path: &str) -> usize {
-    gw.accesses(&DutId::from(dut)).unwrap().iter().filter(|r| r.path == path && r.outcome == AccessOutcome::Served).count()
+/// How many times `path` was logged as served to `dut`. The client exits after sending its final
+/// ACK, which the server may not have processed yet: wait (bounded) for `want`.
+async fn served(gw: &Gateway, dut: &str, path: &str, want: usize) -> usize {
+    let count = || gw.accesses(&DutId::from(dut)).unwrap().iter().filter(|r| r.path == path && r.outcome == AccessOutcome::Served).count();
+    for _ in 0..100 {
+        if count() >= want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,7 +162,7 @@ async fn tftp_hpa_downloads_every_size() {
         .await;
         assert!(o.status.success(), "tftp get {name}: {o:?}");
         assert_file(&dest, sum, &format!("tftp-hpa {name}"));
-        assert_eq!(served(&lab.gw, "local", name), 1, "{name} logged as served once");
+        assert_eq!(served(&lab.gw, "local", name, 1).await, 1, "{name} logged as served once");
     }
     srv.stop().await;
 }
@@ -474,5 +483,47 @@ async fn lossy_path_still_delivers_whole_files() {
         assert!(dropped.load(Ordering::Relaxed) > 10, "the relay dropped packets");
         task.abort();
     }
+    srv.stop().await;
+}
+
+async fn recv(sock: &UdpSocket, buf: &mut [u8], wait_ms: u64) -> Option<(usize, SocketAddr)> {
+    match tokio::time::timeout(Duration::from_millis(wait_ms), sock.recv_from(buf)).await {
+        Ok(Ok(x)) => Some(x),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_acks_are_ignored_and_a_vanished_client_is_cleaned_up() {
+    use tftp::packet::Packet;
+    let lab = Lab::new().await;
+    lab.job("dut1", vec![file("f", content(8, 2000), None)]).await;
+    let mut config = Config::default();
+    config.limits.default_timeout = Duration::from_millis(200);
+    config.limits.retries = 2;
+    let srv = lab.serve(config).await;
+    let sock = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    sock.send_to(&rrq("f", &[]), srv.addr).await.unwrap();
+    let mut buf = vec![0u8; 2048];
+    let (n, tid) = recv(&sock, &mut buf, 3000).await.expect("DATA 1");
+    assert_ne!(tid, srv.addr, "the transfer runs on its own port");
+    assert_eq!(tid.ip(), srv.addr.ip(), "bound to the listening address");
+    assert!(matches!(tftp::packet::decode(&buf[..n]), Ok(Packet::Data { block: 1, .. })));
+    // ACK 1 brings DATA 2; a duplicate ACK 1 brings nothing (only the timer resends DATA 2).
+    sock.send_to(&[0, 4, 0, 1], tid).await.unwrap();
+    let (n, _) = recv(&sock, &mut buf, 3000).await.expect("DATA 2");
+    assert!(matches!(tftp::packet::decode(&buf[..n]), Ok(Packet::Data { block: 2, .. })));
+    sock.send_to(&[0, 4, 0, 1], tid).await.unwrap();
+    sock.send_to(&[0, 4, 0, 1], tid).await.unwrap();
+    // Then the client vanishes. The server retransmits DATA 2 exactly `retries` times and gives
+    // up; had it answered the duplicate ACKs, more copies would arrive.
+    let mut retransmits = 0;
+    while let Some((n, _)) = recv(&sock, &mut buf, 3000).await {
+        assert!(matches!(tftp::packet::decode(&buf[..n]), Ok(Packet::Data { block: 2, .. })));
+        retransmits += 1;
+    }
+    assert_eq!(retransmits, 2);
+    let recs = lab.gw.accesses(&DutId::from("dut1")).unwrap();
+    assert!(recs.iter().any(|r| r.path == "f" && r.outcome == AccessOutcome::Aborted && r.bytes == 512), "{recs:?}");
     srv.stop().await;
 }

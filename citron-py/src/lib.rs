@@ -1,1 +1,40 @@
-//! Python bindings (pyo3): the `citron` package.
+//! # citron-py
+//!
+//! Python bindings (pyo3): the native module `citron._citron`, re-exported by the pure-Python
+//! package `citron` (`python/citron/__init__.py`), with type stubs in `_citron.pyi`.
+//!
+//! # Layout
+//! - `errors`: the exception hierarchy (`CitronError`, `JobError`, …) and the single
+//!   `From<Error> for PyErr` mapping every Rust error to its class.
+//! - `job`: `JobDescription`, and what rendering gives (`ResolvedJob`, `Artifact`).
+//! - `lab`: `Lab`, the DUTs and variables of a lab that is not running.
+//! - `server`: `Server`, a gateway and its backends (started by
+//!   `citron_protocols::server::ServerBuilder`) in the Python process, on its own tokio runtime.
+//!
+//! ```python
+//! import citron
+//! with citron.Server() as srv:                # default lab: dut1 = 127.0.0.2, dut2 = 127.0.0.3
+//!     srv.set_job("dut1", open("job.yaml").read())
+//!     print(srv.http_address, srv.accesses("dut1"))
+//! ```
+#![deny(missing_docs)]
+
+mod errors;
+mod job;
+mod lab;
+mod server;
+
+use pyo3::prelude::*;
+
+/// The native half of the `citron` package (import `citron`, not this).
+#[pymodule]
+fn _citron(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    errors::register(m)?;
+    m.add_class::<job::JobDescription>()?;
+    m.add_class::<job::ResolvedJob>()?;
+    m.add_class::<job::Artifact>()?;
+    m.add_class::<lab::Lab>()?;
+    m.add_class::<server::Server>()?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

@@ -1,1 +1,6 @@
-//! End-to-end tests (one binary).
+//! End-to-end tests (one binary): the real `citron` binary or in-process servers, driven by
+//! real clients over loopback sockets.
+
+mod api;
+mod cli;
+mod http;

@@ -1,31 +1,6 @@
 //! The content-addressed cache.
 //!
-//! # On disk
-//! `<dir>/sha256/<hex>` holds one artifact per digest. Downloads stream into `<dir>/tmp/`, are
-//! hashed on the way, fsynced, checked against the job's digest and only then renamed into
-//! `sha256/` (same file system, so the rename is atomic): a file under `sha256/` is always
-//! complete and correct, and a failed, mismatched or interrupted download leaves nothing.
-//! One citron process owns a cache directory: [`Cache::open`] deletes what `tmp/` holds.
-//!
-//! # When a `get` needs no fetch
-//! - The job gives a sha256 that is in the cache: a hit without any network, also after a
-//!   restart (the directory is indexed on open).
-//! - Inline data: its digest is computed in memory, so identical data is always a hit.
-//! - A local file without sha256: a hit while its size and modification time are those seen when
-//!   it was last read by this process; otherwise it is read again.
-//! - A URL without sha256: **the first fetch in this process is remembered** (URL → digest) and
-//!   later loads of the same URL are hits, even if the server's content has changed since. After
-//!   citron restarts such URLs are fetched again. Give a `sha256:` to get hits across restarts
-//!   and to notice changed content; [`Cache::forget_source`] drops one remembered URL.
-//!
-//! # Concurrency
-//! Concurrent `get`s of the same source (and expected digest) share one download, which runs
-//! as its own task: it completes and is cached even if every caller is cancelled.
-//!
-//! # Size
-//! The cache keeps at most [`CacheConfig::max_bytes`]. Committing a new artifact evicts the least
-//! recently used entries that no [`CachedArtifact`] pins; recency survives restarts through the
-//! files' modification times, which a hit refreshes.
+//! The policy (layout, hits, single flight, eviction) is documented on [`Cache`].
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -164,8 +139,37 @@ struct Inner {
     tmp_seq: AtomicU64,
 }
 
-/// The cache. Cheap to share by reference; downloads it starts hold their own handle.
+/// The sha256-addressed artifact cache. Share it by reference; downloads it starts hold their
+/// own handle. Clones share everything.
 ///
+/// # On disk
+/// `<dir>/sha256/<hex>` holds one artifact per digest. Downloads stream into `<dir>/tmp/`, are
+/// hashed on the way, fsynced, checked against the job's digest and only then renamed into
+/// `sha256/` (same file system, so the rename is atomic): a file under `sha256/` is always
+/// complete and correct, and a failed, mismatched or interrupted download leaves nothing.
+/// One citron process owns a cache directory: [`Cache::open`] deletes what `tmp/` holds.
+///
+/// # When a `get` needs no fetch
+/// - The job gives a sha256 that is in the cache: a hit without any network, also after a
+///   restart (the directory is indexed on open).
+/// - Inline data: its digest is computed in memory, so identical data is always a hit.
+/// - A local file without sha256: a hit while its size and modification time are those seen when
+///   it was last read by this process; otherwise it is read again.
+/// - A URL without sha256: **the first fetch in this process is remembered** (URL → digest) and
+///   later loads of the same URL are hits, even if the server's content has changed since. After
+///   citron restarts such URLs are fetched again. Give a `sha256:` to get hits across restarts
+///   and to notice changed content; [`Cache::forget_source`] drops one remembered URL.
+///
+/// # Concurrency
+/// Concurrent `get`s of the same source (and expected digest) share one download, which runs
+/// as its own task: it completes and is cached even if every caller is cancelled.
+///
+/// # Size
+/// The cache keeps at most [`CacheConfig::max_bytes`]. Committing a new artifact evicts the least
+/// recently used entries that no [`CachedArtifact`] pins; recency survives restarts through the
+/// files' modification times, which a hit refreshes.
+///
+/// # Example
 /// ```
 /// use citron_core::artifact::{Cache, CacheConfig, S3Config};
 /// use citron_core::job::Source;
@@ -179,6 +183,7 @@ struct Inner {
 /// assert!(!cache.get(&src, Some(a.digest)).await.unwrap().was_fetched());
 /// # });
 /// ```
+#[derive(Clone)]
 pub struct Cache {
     inner: Arc<Inner>,
 }
@@ -321,7 +326,7 @@ impl Cache {
 
     /// Brings `source` into the cache, verifying `expected`, and pins it.
     ///
-    /// See the [module documentation](self) for when this needs no download.
+    /// See [`Cache`] for when this needs no download.
     pub async fn get(&self, source: &Source, expected: Option<Digest>) -> Result<CachedArtifact, FetchError> {
         if let Some(d) = expected {
             if let Some(a) = self.inner.pin(d) {
@@ -329,12 +334,11 @@ impl Cache {
                 return Ok(a);
             }
         }
-        let src = self.source_for(source)?;
-        let name = src.name();
         let mut stamp = None;
         match source {
             Source::Data(b) => {
-                let d = Digest::of(b);
+                let ds = DataSource::new(b.clone());
+                let d = ds.digest();
                 if let Some(e) = expected.filter(|e| *e != d) {
                     return Err(FetchError::DigestMismatch { source_name: "inline data".into(), expected: e, actual: d });
                 }
@@ -342,6 +346,7 @@ impl Cache {
                     self.inner.hits.fetch_add(1, Ordering::Relaxed);
                     return Ok(a);
                 }
+                return self.get_from(Arc::new(ds), Some(d), None).await;
             }
             Source::File(p) => {
                 let meta = tokio::fs::metadata(p).await.map_err(|e| FetchError::File { path: p.clone(), source: e })?;
@@ -349,6 +354,8 @@ impl Cache {
             }
             Source::Url(_) => {}
         }
+        let src = self.source_for(source)?;
+        let name = src.name();
         if expected.is_none() {
             let known = self.inner.known.lock().get(&name).copied();
             if let Some(k) = known.filter(|k| k.stamp == stamp) {

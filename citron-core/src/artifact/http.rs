@@ -15,9 +15,15 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a download may stall (no byte at all) before it is abandoned.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Installs ring as rustls' process-wide crypto provider (reqwest and object_store are built
-/// without one so that aws-lc-rs stays out of the build). Harmless when a provider is already set.
-pub(crate) fn install_crypto_provider() {
+/// Installs ring as rustls' process-wide crypto provider. reqwest and object_store are built
+/// without one so that aws-lc-rs (a long C build) stays out of the tree; code elsewhere in the
+/// workspace that builds its own `reqwest::Client` must call this first or reqwest panics.
+/// Harmless when a provider is already installed; the cache calls it itself.
+///
+/// ```
+/// citron_core::artifact::install_crypto_provider();
+/// ```
+pub fn install_crypto_provider() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let _ = rustls::crypto::ring::default_provider().install_default();

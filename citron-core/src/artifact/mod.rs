@@ -6,8 +6,8 @@
 //!
 //! Each kind of source is an [`ArtifactSource`] writing into a [`Sink`] (which hashes, bounds
 //! and reports progress): [`DataSource`], [`FileSource`], [`HttpSource`] (reqwest, rustls) and
-//! [`S3Source`] (object_store, configured by [`S3Config`]). The [`cache`](Cache) module
-//! documentation states when a load needs no download.
+//! [`S3Source`] (object_store, configured by [`S3Config`]). [`Cache`]'s documentation
+//! states when a load needs no download and how entries are evicted.
 
 mod cache;
 mod http;
@@ -15,7 +15,7 @@ mod s3;
 mod source;
 
 pub use cache::{Cache, CacheConfig, CacheStats, CachedArtifact};
-pub use http::{HttpSource, CONNECT_TIMEOUT, READ_TIMEOUT};
+pub use http::{install_crypto_provider, HttpSource, CONNECT_TIMEOUT, READ_TIMEOUT};
 pub use s3::S3Source;
 pub use source::{ArtifactSource, DataSource, FetchError, FileSource, S3Config, Sink, PROGRESS_INTERVAL};
 

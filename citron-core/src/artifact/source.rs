@@ -156,7 +156,8 @@ impl FetchError {
 pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Where a source writes an artifact's bytes: it hashes them on the way, stops a download that
-/// outgrows the cache as early as possible and logs progress every [`PROGRESS_INTERVAL`].
+/// outgrows the cache as early as possible and logs progress (`tracing::info!`, bytes so far
+/// and the total when known) every [`PROGRESS_INTERVAL`].
 ///
 /// ```
 /// use citron_core::artifact::Sink;
@@ -177,6 +178,7 @@ pub struct Sink<'a> {
     written: u64,
     total: Option<u64>,
     limit: Option<u64>,
+    interval: Duration,
     started: Instant,
     last_report: Instant,
 }
@@ -191,12 +193,18 @@ impl<'a> Sink<'a> {
     /// A sink writing into `out`; `name` identifies the source in logs and errors.
     pub fn new(out: &'a mut (dyn AsyncWrite + Unpin + Send), name: impl Into<String>) -> Sink<'a> {
         let now = Instant::now();
-        Sink { out, name: name.into(), hasher: Hasher::new(), written: 0, total: None, limit: None, started: now, last_report: now }
+        Sink { out, name: name.into(), hasher: Hasher::new(), written: 0, total: None, limit: None, interval: PROGRESS_INTERVAL, started: now, last_report: now }
     }
 
     /// Refuses more than `max` bytes with [`FetchError::TooLarge`].
     pub fn with_limit(mut self, max: u64) -> Sink<'a> {
         self.limit = Some(max);
+        self
+    }
+
+    /// Logs progress every `interval` instead of every [`PROGRESS_INTERVAL`].
+    pub fn with_progress_interval(mut self, interval: Duration) -> Sink<'a> {
+        self.interval = interval;
         self
     }
 
@@ -223,7 +231,7 @@ impl<'a> Sink<'a> {
         self.out.write_all(chunk).await.map_err(FetchError::Cache)?;
         self.hasher.update(chunk);
         self.written = after;
-        if self.last_report.elapsed() >= PROGRESS_INTERVAL {
+        if self.last_report.elapsed() >= self.interval {
             self.last_report = Instant::now();
             self.report("downloading");
         }
@@ -258,7 +266,7 @@ impl<'a> Sink<'a> {
 
     /// The byte count and digest of everything written.
     pub fn finish(self) -> (u64, Digest) {
-        if self.started.elapsed() >= PROGRESS_INTERVAL {
+        if self.started.elapsed() >= self.interval {
             self.report("downloaded");
         }
         (self.written, self.hasher.finish())

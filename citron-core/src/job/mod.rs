@@ -9,6 +9,10 @@
 //! Both stages report *all* errors at once ([`JobErrors`]), not only the first.
 
 mod model;
+mod parse;
+mod render;
+#[cfg(test)]
+mod tests;
 
 pub use model::{
     DiskKind, DiskSpec, FileSpec, FsContents, Lifetime, ResetOn, ResolvedJob, Source, Step,
@@ -102,16 +106,42 @@ impl fmt::Display for JobErrors {
 
 impl std::error::Error for JobErrors {}
 
+impl JobErrors {
+    fn from_problems(origin: &Origin, problems: Vec<parse::Problem>) -> JobErrors {
+        JobErrors(
+            problems
+                .into_iter()
+                .map(|p| JobError { file: origin.name.clone(), line: p.pos.line, column: p.pos.col, field: p.field, message: p.message })
+                .collect(),
+        )
+    }
+}
+
 /// A parsed job description (positions kept for later errors).
 #[derive(Debug, Clone)]
 pub struct JobDescription {
     origin: Origin,
+    desc: parse::Desc,
 }
 
 impl JobDescription {
-    /// Parses and shape-checks a job description.
-    pub fn parse(_text: &str, origin: Origin) -> Result<JobDescription, JobErrors> {
-        Ok(JobDescription { origin })
+    /// Parses and shape-checks a job description: YAML syntax, unknown or missing fields, types,
+    /// one source per entry, duplicate paths and disk names, declared paths (`..`, control
+    /// characters, reserved prefixes), digests, sizes, durations and template syntax. Every
+    /// problem is reported, in document order.
+    ///
+    /// ```
+    /// use citron_core::job::{JobDescription, Origin};
+    /// let text = "deployment:\n  start:\n    storage:\n      http:\n        - path: /a\n          data: x\n          url: https://example.com/a\n        - path: /../b\n          data: y\n";
+    /// let errors = JobDescription::parse(text, Origin::named("job.yaml")).unwrap_err();
+    /// assert_eq!(errors.0.len(), 2);
+    /// assert!(errors.to_string().starts_with("job.yaml:7:11: deployment.start.storage.http[0]: `data` and `url` are both given"));
+    /// ```
+    pub fn parse(text: &str, origin: Origin) -> Result<JobDescription, JobErrors> {
+        match parse::parse(text) {
+            Ok(desc) => Ok(JobDescription { origin, desc }),
+            Err(problems) => Err(JobErrors::from_problems(&origin, problems)),
+        }
     }
 
     /// Reads and parses a job file.
@@ -134,9 +164,27 @@ impl JobDescription {
         &self.origin
     }
 
-    /// Renders the job for one DUT.
-    pub fn render(&self, _ctx: &RenderContext) -> Result<ResolvedJob, JobErrors> {
-        Ok(ResolvedJob { origin: self.origin.name.clone(), start: Step::default(), continue_: None })
+    /// Renders the job for one DUT: expands templates (an unknown variable is reported at its
+    /// `{{`), normalises paths again, parses URLs (http, https, s3), resolves `file:` sources
+    /// against [`Origin::base_dir`] and refuses any that is missing or resolves (through `..` or
+    /// symlinks) outside [`RenderContext::file_roots`].
+    ///
+    /// ```
+    /// use citron_core::job::{JobDescription, Origin, RenderContext, Source};
+    /// let job = JobDescription::parse(
+    ///     "deployment:\n  start:\n    kernel:\n      url: '{{ minio_url }}/vmlinuz'\n",
+    ///     Origin::named("job.yaml"),
+    /// ).unwrap();
+    /// let mut ctx = RenderContext::default();
+    /// let err = job.render(&ctx).unwrap_err();
+    /// assert!(err.to_string().starts_with("job.yaml:4:13: deployment.start.kernel.url: unknown template variable `minio_url`"));
+    /// ctx.vars.insert("minio_url".into(), "http://minio:9000/bucket".into());
+    /// let resolved = job.render(&ctx).unwrap();
+    /// let Source::Url(url) = &resolved.start.kernel.unwrap().source else { panic!() };
+    /// assert_eq!(url.as_str(), "http://minio:9000/bucket/vmlinuz");
+    /// ```
+    pub fn render(&self, ctx: &RenderContext) -> Result<ResolvedJob, JobErrors> {
+        render::render(&self.desc, &self.origin, ctx).map_err(|p| JobErrors::from_problems(&self.origin, p))
     }
 
     /// Checks everything `render` checks, without keeping the result.

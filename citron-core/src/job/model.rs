@@ -26,9 +26,9 @@ pub struct ResolvedJob {
 /// One deployment (`deployment.start` or `deployment.continue`).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Step {
-    /// The kernel to boot.
+    /// The kernel to boot (from YAML, its `path` is `kernel`: citron serves it at generated paths).
     pub kernel: Option<FileSpec>,
-    /// The initramfs to boot with it.
+    /// The initramfs to boot with it (from YAML, its `path` is `initramfs`).
     pub initramfs: Option<FileSpec>,
     /// The kernel command line, list items joined with spaces.
     pub cmdline: Option<String>,
@@ -104,7 +104,8 @@ pub enum DiskKind {
     Filesystem {
         /// `ext4` (others as `mkfs.<type>` allows).
         fstype: String,
-        /// Size in bytes.
+        /// Size in bytes; 0 (only with a container and no `size:`) means "big enough for the
+        /// contents", decided when the disk is prepared.
         size_bytes: u64,
         /// Initial content; empty when `None`.
         contents: Option<FsContents>,

@@ -16,6 +16,10 @@ use tokio::task::JoinHandle;
 /// copy, small enough that a transfer holds at most two of them.
 pub(crate) const CHUNK_BYTES: usize = 1024 * 1024;
 
+/// The first chunk of a stream: smaller, so that the first bytes leave sooner; chunks then
+/// double up to [`CHUNK_BYTES`].
+pub(crate) const FIRST_CHUNK_BYTES: usize = 256 * 1024;
+
 /// Ranges up to this size are read inline on the async thread: a page-cache read this small is
 /// cheaper than a hand-off to the blocking pool.
 pub(crate) const INLINE_BYTES: u64 = 64 * 1024;
@@ -37,6 +41,8 @@ pub(crate) struct FileStream {
     end: u64,
     /// Length of the chunk being read.
     pending_len: u64,
+    /// Length of the next chunk to read.
+    next_len: usize,
     pending: Option<JoinHandle<io::Result<Bytes>>>,
 }
 
@@ -52,7 +58,7 @@ impl ResponseBody {
             let b = artifact.read_chunk(start, (end - start) as usize)?;
             return Ok(ResponseBody::Full(Some(b), Some(artifact)));
         }
-        let mut s = FileStream { artifact, pos: start, end, pending_len: 0, pending: None };
+        let mut s = FileStream { artifact, pos: start, end, pending_len: 0, next_len: FIRST_CHUNK_BYTES, pending: None };
         s.start_read();
         Ok(ResponseBody::Stream(s))
     }
@@ -63,7 +69,8 @@ impl FileStream {
         if self.pos >= self.end {
             return;
         }
-        let len = (self.end - self.pos).min(CHUNK_BYTES as u64) as usize;
+        let len = (self.end - self.pos).min(self.next_len as u64) as usize;
+        self.next_len = (self.next_len * 2).min(CHUNK_BYTES);
         let (a, off) = (self.artifact.clone(), self.pos);
         self.pos += len as u64;
         self.pending_len = len as u64;

@@ -286,7 +286,11 @@ fn refusal(e: &ServeError, path: &str, peer: SocketAddr, head: bool) -> Response
     tracing::debug!(%peer, path, status = code.as_u16(), error = %e, "http: refused");
     // The client learns the kind, not details such as other DUTs' names.
     let text = format!("{}\n", code.canonical_reason().unwrap_or("error"));
-    error_response(code, &text, head)
+    let mut r = error_response(code, &text, head);
+    if code == StatusCode::METHOD_NOT_ALLOWED {
+        r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    }
+    r
 }
 
 impl hyper::service::Service<Request<Incoming>> for Handler {

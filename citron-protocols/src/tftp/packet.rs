@@ -225,7 +225,10 @@ fn decode_request(rest: &[u8]) -> Result<Request, DecodeError> {
     while fields.0.iter().any(|&b| b != 0) {
         let name = fields.next("option name")?;
         let value = fields.next("option value").map_err(|_| DecodeError::OptionWithoutValue(name.clone()))?;
-        options.push((name, value));
+        // An option with no name means nothing (RFC 2347 names are non-empty); skip it.
+        if !name.is_empty() {
+            options.push((name, value));
+        }
     }
     Ok(Request { filename, mode, options })
 }
@@ -357,6 +360,12 @@ mod tests {
     fn trailing_nul_padding_is_not_an_option() {
         let Packet::Rrq(r) = decode(b"\0\x01f\0octet\0\0\0").unwrap() else { panic!() };
         assert!(r.options.is_empty());
+    }
+
+    #[test]
+    fn nameless_options_are_skipped() {
+        let Packet::Rrq(r) = decode(b"\0\x01f\0octet\0\0x\0tsize\x000\0").unwrap() else { panic!() };
+        assert_eq!(r.options, vec![("tsize".to_string(), "0".to_string())]);
     }
 
     #[test]

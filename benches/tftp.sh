@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# citron's TFTP backend against tftpd-hpa and atftpd, on loopback, in one run.
+#
+#   benches/tftp.sh            # as root (tftpd-hpa and atftpd are told to run as root)
+#
+# Serves the same 64 MiB file from citron (the tftp_serve example, release build), tftpd-hpa
+# (in.tftpd) and atftpd, downloads it with curl at blksize 512, 1468 and 8192 (citron vs
+# tftpd-hpa, same options) and with atftp --option "windowsize 16" (citron vs atftpd), then runs
+# 200 concurrent 4 MiB downloads against citron and tftpd-hpa. Every download is checked by
+# sha256. Prints MB/s (10^6 bytes/s, median of $REPS runs) and citron's ratio to the peer.
+# Env: REPS (3), SIZE_MB (64), CONC (200), PORT_BASE (17069).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+REPS=${REPS:-3}
+SIZE_MB=${SIZE_MB:-64}
+CONC=${CONC:-200}
+PORT_BASE=${PORT_BASE:-17069}
+CITRON_PORT=$PORT_BASE
+HPA_PORT=$((PORT_BASE + 1))
+ATFTPD_PORT=$((PORT_BASE + 2))
+ATFTPD=${ATFTPD:-/opt/citron-peers/atftpd/usr/sbin/atftpd}
+
+for t in curl atftp in.tftpd sha256sum xargs; do
+    command -v "$t" >/dev/null || { echo "missing $t: run scripts/setup-debian.sh --bench" >&2; exit 2; }
+done
+[ -x "$ATFTPD" ] || { echo "missing $ATFTPD: run scripts/setup-debian.sh --bench" >&2; exit 2; }
+
+WORK=$(mktemp -d /tmp/citron-tftp-bench.XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+echo "building citron (release)..." >&2
+(cd "$ROOT" && cargo build --release -q -p citron-protocols --example tftp_serve)
+BIN="$ROOT/target/release/examples/tftp_serve"
+
+mkdir -p "$WORK/srv" "$WORK/out" "$WORK/conc"
+chmod 755 "$WORK" "$WORK/srv"
+head -c "${SIZE_MB}M" /dev/urandom > "$WORK/srv/big.bin"
+head -c 4M /dev/urandom > "$WORK/srv/small.bin"
+chmod 644 "$WORK/srv/"*
+SUM_BIG=$(sha256sum < "$WORK/srv/big.bin" | cut -d' ' -f1)
+SUM_SMALL=$(sha256sum < "$WORK/srv/small.bin" | cut -d' ' -f1)
+
+"$BIN" "$WORK/srv" "127.0.0.1:$CITRON_PORT" > "$WORK/citron.log" 2>&1 &
+PIDS+=($!)
+in.tftpd -L -u root -s "$WORK/srv" -a "127.0.0.1:$HPA_PORT" &
+PIDS+=($!)
+"$ATFTPD" --daemon --no-fork --user root --group root --logfile /dev/null --port "$ATFTPD_PORT" \
+    --bind-address 127.0.0.1 "$WORK/srv" &
+PIDS+=($!)
+for _ in $(seq 100); do grep -q ready "$WORK/citron.log" && break; sleep 0.1; done
+grep -q ready "$WORK/citron.log" || { cat "$WORK/citron.log" >&2; exit 1; }
+sleep 0.5
+
+# median_secs CMD...: runs CMD $REPS times (it writes $WORK/out/f), checks it, prints the median time.
+median_secs() {
+    local times=()
+    for _ in $(seq "$REPS"); do
+        rm -f "$WORK/out/f"
+        local t0 t1
+        t0=$(date +%s.%N)
+        "$@" >/dev/null
+        t1=$(date +%s.%N)
+        local sum
+        sum=$(sha256sum < "$WORK/out/f" | cut -d' ' -f1)
+        [ "$sum" = "$SUM_BIG" ] || { echo "corrupt download: $*" >&2; exit 1; }
+        times+=("$(awk "BEGIN { print $t1 - $t0 }")")
+    done
+    printf '%s\n' "${times[@]}" | sort -g | sed -n "$(( (REPS + 1) / 2 ))p"
+}
+mbps() { awk "BEGIN { printf \"%.1f\", $SIZE_MB * 1.048576 / $1 }"; }
+ratio() { awk "BEGIN { printf \"%.2f\", $2 / $1 }"; }
+
+curl_get() { timeout 600 curl -sS --fail --tftp-blksize "$2" -o "$WORK/out/f" "tftp://127.0.0.1:$1/big.bin"; }
+atftp_get() { local port=$1; shift; timeout 600 atftp -g -r big.bin -l "$WORK/out/f" "$@" 127.0.0.1 "$port" 2>/dev/null; }
+
+printf '%-44s %10s %10s %7s\n' "${SIZE_MB} MiB file, loopback" "citron" "peer" "ratio"
+for bs in 512 1468 8192; do
+    c=$(median_secs curl_get "$CITRON_PORT" "$bs")
+    p=$(median_secs curl_get "$HPA_PORT" "$bs")
+    printf '%-44s %10s %10s %7s\n' "curl blksize $bs (peer: tftpd-hpa) MB/s" "$(mbps "$c")" "$(mbps "$p")" "$(ratio "$c" "$p")"
+done
+for opts in "windowsize 16" "blksize 1468|windowsize 16"; do
+    IFS='|' read -ra o <<< "$opts"
+    args=()
+    for x in "${o[@]}"; do args+=(--option "$x"); done
+    c=$(median_secs atftp_get "$CITRON_PORT" "${args[@]}")
+    p=$(median_secs atftp_get "$ATFTPD_PORT" "${args[@]}")
+    printf '%-44s %10s %10s %7s\n' "atftp ${opts//|/, } (peer: atftpd) MB/s" "$(mbps "$c")" "$(mbps "$p")" "$(ratio "$c" "$p")"
+done
+
+# conc PORT: CONC simultaneous 4 MiB downloads (curl, blksize 1468); prints seconds for all.
+conc() {
+    rm -f "$WORK/conc/"*
+    local t0 t1
+    t0=$(date +%s.%N)
+    seq "$CONC" | timeout 600 xargs -P "$CONC" -I{} curl -sS --fail --tftp-blksize 1468 -o "$WORK/conc/{}" "tftp://127.0.0.1:$1/small.bin"
+    t1=$(date +%s.%N)
+    local bad=0
+    for f in "$WORK/conc/"*; do
+        [ "$(sha256sum < "$f" | cut -d' ' -f1)" = "$SUM_SMALL" ] || bad=$((bad + 1))
+    done
+    local n
+    n=$(ls "$WORK/conc" | wc -l)
+    [ "$n" = "$CONC" ] && [ "$bad" = 0 ] || { echo "concurrent run: $n files, $bad corrupt" >&2; exit 1; }
+    awk "BEGIN { print $t1 - $t0 }"
+}
+c=$(conc "$CITRON_PORT")
+p=$(conc "$HPA_PORT")
+printf '%-44s %10.2f %10.2f %7s\n' "$CONC x 4 MiB concurrent, total s (tftpd-hpa)" "$c" "$p" "$(ratio "$c" "$p")"
+echo "(ratio = citron speed / peer speed; > 1 means citron is faster)"

@@ -1,0 +1,295 @@
+//! [`Desc`] + one DUT's [`RenderContext`] → [`ResolvedJob`]: templates expanded, paths normalised
+//! again (a variable may expand to `..`), URLs parsed, `file:` sources confined to the allowed roots.
+
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
+
+use bytes::Bytes;
+use url::Url;
+
+use crate::digest::Digest;
+use crate::namespace::normalize_declared;
+use crate::template;
+
+use super::model::{DiskKind, DiskSpec, FileSpec, FsContents, ResolvedJob, Source, Step};
+use super::parse::{path_message, Desc, DiskDesc, DiskKindDesc, FileDesc, FsDesc, Problem, Sha, SrcDesc, StepDesc, Str};
+use super::{Origin, RenderContext};
+
+/// URL schemes a job may fetch from (the cache knows how to download these).
+const SCHEMES: &[&str] = &["http", "https", "s3"];
+
+pub(crate) fn render(desc: &Desc, origin: &Origin, ctx: &RenderContext) -> Result<ResolvedJob, Vec<Problem>> {
+    // Roots are compared after resolving their own symlinks, as the files are.
+    let roots: Vec<PathBuf> = ctx.file_roots.iter().filter_map(|r| std::fs::canonicalize(r).ok()).collect();
+    let mut r = Renderer { ctx, origin, roots, problems: Vec::new() };
+    let start = r.step(&desc.start);
+    let cont = desc.cont.as_ref().map(|c| r.step(c));
+    let mut problems = r.problems;
+    if !problems.is_empty() {
+        super::parse::sort(&mut problems);
+        return Err(problems);
+    }
+    Ok(ResolvedJob { origin: origin.name.clone(), start: start.expect("no problems"), continue_: cont.map(|c| c.expect("no problems")) })
+}
+
+struct Renderer<'a> {
+    ctx: &'a RenderContext,
+    origin: &'a Origin,
+    roots: Vec<PathBuf>,
+    problems: Vec<Problem>,
+}
+
+impl Renderer<'_> {
+    fn err(&mut self, s: &Str, message: impl Into<String>) {
+        self.problems.push(Problem { pos: s.pos, field: s.field.clone(), message: message.into() });
+    }
+
+    fn text(&mut self, s: &Str) -> Option<String> {
+        match template::render_all(&s.value, &self.ctx.vars) {
+            Ok(v) => Some(v),
+            Err(errors) => {
+                for e in errors {
+                    self.problems.push(Problem { pos: s.pos_of(e.offset()), field: s.field.clone(), message: e.to_string() });
+                }
+                None
+            }
+        }
+    }
+
+    fn step(&mut self, d: &StepDesc) -> Option<Step> {
+        let before = self.problems.len();
+        let kernel = d.kernel.as_ref().and_then(|f| self.file(f, "kernel"));
+        let initramfs = d.initramfs.as_ref().and_then(|f| self.file(f, "initramfs"));
+        let cmdline = d.cmdline.as_ref().map(|items| {
+            let parts: Vec<String> = items.iter().filter_map(|s| self.text(s)).collect();
+            parts.join(" ")
+        });
+        let tftp = self.files(&d.tftp, "tftp");
+        let http = self.files(&d.http, "http");
+        let mut nbd = Vec::new();
+        let mut names: HashMap<String, usize> = HashMap::new();
+        for disk in &d.nbd {
+            if let Some(spec) = self.disk(disk) {
+                if let Some(line) = names.get(&spec.name) {
+                    let msg = format!("renders to the disk name `{}`, already used at line {line}; give each disk its own name", spec.name);
+                    self.err(&disk.name, msg);
+                } else {
+                    names.insert(spec.name.clone(), disk.name.pos.line);
+                }
+                nbd.push(spec);
+            }
+        }
+        (self.problems.len() == before).then_some(Step { kernel, initramfs, cmdline, tftp, http, nbd })
+    }
+
+    fn files(&mut self, entries: &[FileDesc], proto: &str) -> Vec<FileSpec> {
+        let mut out = Vec::new();
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for e in entries {
+            let path_str = e.path.as_ref().expect("storage entries have paths");
+            let Some(spec) = self.file(e, "") else { continue };
+            // Paths that differ as written may render to the same one.
+            if let Some(line) = seen.get(&spec.path) {
+                let msg = format!("renders to `{}`, already defined at line {line}; give each {proto} file its own path", spec.path);
+                self.err(path_str, msg);
+            } else {
+                seen.insert(spec.path.clone(), path_str.pos.line);
+            }
+            out.push(spec);
+        }
+        out
+    }
+
+    /// A file entry; `fixed_path` names `kernel`/`initramfs`, which have no `path:`.
+    fn file(&mut self, e: &FileDesc, fixed_path: &str) -> Option<FileSpec> {
+        let path = match &e.path {
+            None => Some(fixed_path.to_string()),
+            Some(p) => self.text(p).and_then(|v| match normalize_declared(&v) {
+                Ok(n) => Some(n),
+                Err(err) => {
+                    self.err(p, format!("renders to {v:?}: {}", path_message(&err)));
+                    None
+                }
+            }),
+        };
+        let source = self.source(&e.source);
+        if let (Some(Source::Data(bytes)), Some(sha)) = (&source, &e.sha256) {
+            self.check_data(bytes, sha)?;
+        }
+        Some(FileSpec { path: path?, source: source?, sha256: e.sha256.as_ref().map(|s| s.digest), lifetime: e.lifetime })
+    }
+
+    /// Inline data can be checked now rather than failing at download time.
+    fn check_data(&mut self, bytes: &[u8], sha: &Sha) -> Option<()> {
+        let got = Digest::of(bytes);
+        if got == sha.digest {
+            return Some(());
+        }
+        self.problems.push(Problem {
+            pos: sha.pos,
+            field: sha.field.clone(),
+            message: format!("the `data` (after templating) has sha256 {got}, not {}; fix the digest or the data", sha.digest),
+        });
+        None
+    }
+
+    fn source(&mut self, s: &SrcDesc) -> Option<Source> {
+        match s {
+            SrcDesc::Data(d) => self.text(d).map(|v| Source::Data(Bytes::from(v))),
+            SrcDesc::Url(u) => self.url(u).map(Source::Url),
+            SrcDesc::File(f) => self.local_file(f).map(Source::File),
+        }
+    }
+
+    fn url(&mut self, s: &Str) -> Option<Url> {
+        let v = self.text(s)?;
+        let v = v.trim();
+        let hint = "write an absolute URL: http://host/path, https://host/path or s3://bucket/key (`{{ http_artifact_base }}` and the lab's variables help)";
+        match Url::parse(v) {
+            Err(e) => {
+                self.err(s, format!("`{v}` is not a URL ({e}); {hint}"));
+                None
+            }
+            Ok(u) if !SCHEMES.contains(&u.scheme()) => {
+                self.err(s, format!("URL scheme `{}` is not supported; use http, https or s3", u.scheme()));
+                None
+            }
+            Ok(u) if u.host_str().is_none_or(str::is_empty) => {
+                self.err(s, format!("`{v}` has no host (or bucket); {hint}"));
+                None
+            }
+            Ok(u) => Some(u),
+        }
+    }
+
+    /// A `file:` source, resolved and confined: the canonical path (symlinks resolved) must lie
+    /// inside a canonical root, so neither `..` nor a symlink can reach `/etc/shadow`.
+    fn local_file(&mut self, s: &Str) -> Option<PathBuf> {
+        let v = self.text(s)?;
+        if v.is_empty() || v.contains('\0') {
+            self.err(s, "the file path is empty or contains NUL; give a path relative to the job file");
+            return None;
+        }
+        let given = Path::new(&v);
+        let joined = if given.is_absolute() {
+            given.to_path_buf()
+        } else if let Some(base) = &self.origin.base_dir {
+            base.join(given)
+        } else {
+            self.err(s, format!("`{v}` is relative, but this job was not read from a file; give an absolute path inside the allowed artifact roots"));
+            return None;
+        };
+        let outside = || {
+            format!("`{v}` is outside the allowed artifact roots; put the file under one of them (the lab file's `artifact_roots`)")
+        };
+        // First without touching the file system, so that nothing is revealed about files
+        // outside the roots (not even whether they exist).
+        let lexical = lexical_absolute(&joined);
+        let given_roots: Vec<PathBuf> = self.ctx.file_roots.iter().map(|r| lexical_absolute(r)).collect();
+        let inside = |p: &Path, roots: &[PathBuf]| roots.iter().any(|r| p.starts_with(r));
+        if !inside(&lexical, &self.roots) && !inside(&lexical, &given_roots) {
+            self.err(s, outside());
+            return None;
+        }
+        let canonical = match std::fs::canonicalize(&joined) {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.err(s, format!("`{v}` does not exist (relative paths start at the job file's directory); check the path"));
+                return None;
+            }
+            Err(e) => {
+                self.err(s, format!("cannot resolve `{v}`: {e}"));
+                return None;
+            }
+        };
+        if !inside(&canonical, &self.roots) {
+            self.err(s, outside());
+            return None;
+        }
+        if !canonical.is_file() {
+            self.err(s, format!("`{v}` is not a regular file; give a file, not a directory"));
+            return None;
+        }
+        Some(canonical)
+    }
+
+    fn disk(&mut self, d: &DiskDesc) -> Option<DiskSpec> {
+        let name = self.text(&d.name).and_then(|n| {
+            let bad = n.is_empty()
+                || n.len() > 255
+                || n == "."
+                || n == ".."
+                || n.chars().any(|c| c.is_control() || c == '/' || c == '\\');
+            if bad {
+                self.err(&d.name, format!("disk name {n:?} is not usable; use 1-255 characters without '/', '\\' or control characters"));
+                return None;
+            }
+            Some(n)
+        });
+        let kind = match &d.kind {
+            DiskKindDesc::Image { source, sha256 } => {
+                self.source(source).map(|source| DiskKind::Image { source, sha256: sha256.as_ref().map(|s| s.digest) })
+            }
+            DiskKindDesc::Raw { size_bytes } => Some(DiskKind::Raw { size_bytes: *size_bytes }),
+            DiskKindDesc::Filesystem { fstype, size_bytes, contents } => {
+                let fstype = match fstype {
+                    None => Some("ext4".to_string()),
+                    Some(t) => self.text(t).and_then(|v| {
+                        if !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric()) {
+                            Some(v)
+                        } else {
+                            self.err(t, format!("{v:?} is not a filesystem type; write one like ext4, vfat or xfs"));
+                            None
+                        }
+                    }),
+                };
+                let contents = match contents {
+                    None => Some(None),
+                    Some(FsDesc::Tarball(src)) => self.source(src).map(|s| Some(FsContents::Tarball(s))),
+                    Some(FsDesc::Container(c)) => self.text(c).and_then(|v| match v.strip_prefix("docker://") {
+                        Some(rest) if !rest.is_empty() && !rest.chars().any(char::is_whitespace) => {
+                            Some(Some(FsContents::Container(v)))
+                        }
+                        _ => {
+                            self.err(c, format!("`{v}` is not a container reference; write one like docker://registry.example/image:tag"));
+                            None
+                        }
+                    }),
+                };
+                match (fstype, contents) {
+                    (Some(fstype), Some(contents)) => Some(DiskKind::Filesystem { fstype, size_bytes: *size_bytes, contents }),
+                    _ => None,
+                }
+            }
+        };
+        Some(DiskSpec {
+            name: name?,
+            readonly: d.readonly,
+            kind: kind?,
+            reset_on: d.reset_on,
+            shared: d.shared,
+            expiration: d.expiration,
+        })
+    }
+}
+
+/// `path` made absolute (from the current directory) with `.` and `..` resolved without looking
+/// at the file system.
+fn lexical_absolute(path: &Path) -> PathBuf {
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().map(|d| d.join(path)).unwrap_or_else(|_| path.to_path_buf())
+    };
+    let mut out = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}

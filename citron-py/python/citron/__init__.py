@@ -1,0 +1,60 @@
+"""citron: the artifact server of a CI test lab, scriptable from Python.
+
+citron serves every device under test (DUT) its own namespace of files over HTTP, TFTP and
+NBD, as the DUT's YAML job description says, with lifetimes (read N times per boot, expire
+after a while). This package validates and renders job descriptions and runs citron's
+servers inside the Python process, e.g. in a test suite:
+
+>>> import citron
+>>> job = citron.JobDescription.from_yaml(
+...     "deployment:\\n  start:\\n    storage:\\n      http:\\n"
+...     "        - {path: /hello.txt, data: hi}\\n", filename="job.yaml")
+>>> with citron.Server(tftp=None) as srv:          # dut1 = 127.0.0.2, dut2 = 127.0.0.3
+...     _ = srv.set_job("dut1", job)
+...     srv.http_address[0]
+'127.0.0.1'
+
+Errors are :class:`CitronError` subclasses that are also the matching builtin:
+:class:`JobError` (``ValueError``, with ``.errors`` positions), :class:`LabError`
+(``ValueError``), :class:`UnknownDutError` (``KeyError``), :class:`FetchError` and
+:class:`ServerError` (``OSError``).
+"""
+
+from citron._citron import (
+    Artifact,
+    CitronError,
+    FetchError,
+    JobDescription,
+    JobError,
+    JobErrorDetail,
+    Lab,
+    LabError,
+    ResolvedJob,
+    Server,
+    ServerError,
+    UnknownDutError,
+    __version__,
+)
+from citron._types import AccessRecord, ArtifactDict, DutInfo, JobErrorDetailDict, ResolvedJobDict, StrPath
+
+__all__ = [
+    "AccessRecord",
+    "Artifact",
+    "ArtifactDict",
+    "CitronError",
+    "DutInfo",
+    "FetchError",
+    "JobDescription",
+    "JobError",
+    "JobErrorDetail",
+    "JobErrorDetailDict",
+    "Lab",
+    "LabError",
+    "ResolvedJob",
+    "ResolvedJobDict",
+    "Server",
+    "ServerError",
+    "StrPath",
+    "UnknownDutError",
+    "__version__",
+]

@@ -1,0 +1,245 @@
+"""citron.Server: real backends in the Python process, driven by real clients over loopback."""
+
+from __future__ import annotations
+
+import gc
+import http.client
+import json
+import pathlib
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import List, Tuple
+
+import pytest
+
+import citron
+from conftest import DUT1, DUT2, http_get, require_tool, wait_for_accesses
+
+HELLO_JOB = """\
+deployment:
+  start:
+    storage:
+      http:
+        - path: /hello.txt
+          data: "hello dut1"
+        - path: /job/secret
+          data: "s3cr3t"
+          lifetime:
+            access_count: 1
+"""
+
+
+def test_a_dut_gets_its_file_and_another_dut_does_not(http_server: citron.Server) -> None:
+    http_server.set_job("dut1", HELLO_JOB, filename="hello.yaml")
+    assert http_get(http_server, "/hello.txt", DUT1) == (200, b"hello dut1")
+    status, _ = http_get(http_server, "/hello.txt", DUT2)
+    assert status == 404
+    # The access log says who got what.
+    [rec] = wait_for_accesses(http_server, "dut1", 1)
+    assert (rec["protocol"], rec["path"], rec["bytes"], rec["outcome"]) == ("http", "/hello.txt", 10, "served")
+    [refused] = wait_for_accesses(http_server, "dut2", 1)
+    assert refused["outcome"] == "refused" and refused["reason"]
+
+
+def test_access_count_is_reset_by_a_boot_event(http_server: citron.Server) -> None:
+    http_server.set_job("dut1", HELLO_JOB)
+    assert http_get(http_server, "/job/secret", DUT1) == (200, b"s3cr3t")
+    assert http_get(http_server, "/job/secret", DUT1)[0] == 410
+    http_server.event("dut1", "boot")
+    assert http_get(http_server, "/job/secret", DUT1) == (200, b"s3cr3t")
+    assert [a["outcome"] for a in wait_for_accesses(http_server, "dut1", 3)] == ["served", "refused", "served"]
+
+
+def test_each_dut_has_its_own_namespace(http_server: citron.Server) -> None:
+    http_server.set_job("dut1", HELLO_JOB)
+    other = citron.JobDescription.from_yaml(
+        "deployment:\n  start:\n    storage:\n      http:\n        - {path: /hello.txt, data: 'hello dut2'}\n"
+    )
+    http_server.set_job("dut2", other)
+    assert http_get(http_server, "/hello.txt", DUT1) == (200, b"hello dut1")
+    assert http_get(http_server, "/hello.txt", DUT2) == (200, b"hello dut2")
+    # dut2 cannot reach dut1's secret by any spelling of the path.
+    for path in ["/job/secret", "/../job/secret", "//job/./secret"]:
+        assert http_get(http_server, path, DUT2)[0] in (400, 404), path
+
+
+def test_jobs_see_the_servers_address_in_templates(http_server: citron.Server) -> None:
+    job = "deployment:\n  start:\n    storage:\n      http:\n        - {path: /base, data: '{{ http_artifact_base }}'}\n"
+    http_server.set_job("dut1", job)
+    assert http_get(http_server, "/base", DUT1) == (200, (http_server.http_url or "").encode())
+
+
+def test_stop_frees_the_port_and_is_idempotent() -> None:
+    srv = citron.Server(http="127.0.0.1:0", tftp=None)
+    addr = srv.http_address
+    assert addr is not None and addr[1] != 0
+    srv.set_job("dut1", HELLO_JOB)
+    assert http_get(srv, "/hello.txt", DUT1)[0] == 200
+    srv.stop()
+    assert not srv.running
+    srv.stop()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(addr, timeout=5).close()
+    # Nothing listens there any more: the same port can be bound and listened on again.
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(addr)
+        s.listen()
+    finally:
+        s.close()
+    # The gateway outlives the backends: the access log is still readable.
+    assert wait_for_accesses(srv, "dut1", 1)[0]["outcome"] == "served"
+
+
+def test_a_with_block_stops_the_server_even_on_error() -> None:
+    with pytest.raises(RuntimeError, match="boom"):
+        with citron.Server(tftp=None) as srv:
+            addr = srv.http_address
+            raise RuntimeError("boom")
+    assert not srv.running
+    assert addr is not None
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(addr, timeout=5).close()
+
+
+def test_a_taken_address_is_a_server_error() -> None:
+    blocker = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    try:
+        port = blocker.getsockname()[1]
+        with pytest.raises(citron.ServerError) as info:
+            citron.Server(http=f"127.0.0.1:{port}", tftp=None)
+        assert isinstance(info.value, OSError)
+        assert f"127.0.0.1:{port}" in str(info.value)
+    finally:
+        blocker.close()
+
+
+def test_tftp_read_with_the_tftp_hpa_client(tmp_path: pathlib.Path) -> None:
+    tftp = require_tool("tftp")
+    with citron.Server(http=None, tftp="127.0.0.1:0") as srv:
+        # tftp-hpa cannot choose its source address; talking to 127.0.0.1 it sends from
+        # 127.0.0.1, so that address is this test's DUT.
+        srv.add_dut("local", ip=["127.0.0.1"])
+        srv.set_job(
+            "local",
+            "deployment:\n  start:\n    storage:\n      tftp:\n        - {path: /boot/config.txt, data: 'local config'}\n",
+        )
+        srv.set_job(
+            "dut1",
+            "deployment:\n  start:\n    storage:\n      tftp:\n        - {path: /boot/config.txt, data: 'dut1 config'}\n",
+        )
+        addr = srv.tftp_address
+        assert addr is not None
+        out = tmp_path / "config.txt"
+        proc = subprocess.run(
+            [tftp, "-4", addr[0], str(addr[1]), "-m", "octet", "-c", "get", "/boot/config.txt", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert out.read_bytes() == b"local config"
+        [rec] = wait_for_accesses(srv, "local", 1)
+        assert (rec["protocol"], rec["outcome"], rec["bytes"]) == ("tftp", "served", 12)
+        assert srv.accesses("dut1") == []
+        # A missing file: tftp-hpa prints the server's error and leaves no file behind.
+        missing = tmp_path / "missing"
+        proc = subprocess.run(
+            [tftp, "-4", addr[0], str(addr[1]), "-m", "octet", "-c", "get", "/nope", str(missing)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert "Error code 1" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    # And the UDP port is free again.
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.bind(addr)
+    finally:
+        s.close()
+
+
+def test_calls_from_many_threads_while_serving(http_server: citron.Server) -> None:
+    http_server.set_job("dut1", HELLO_JOB)
+    errors: List[BaseException] = []
+
+    def worker(i: int) -> None:
+        try:
+            for _ in range(20):
+                assert http_get(http_server, "/hello.txt", DUT1)[0] == 200
+                http_server.event("dut2", "boot")
+                http_server.accesses("dut1")
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors
+    served = [a for a in wait_for_accesses(http_server, "dut1", 80) if a["outcome"] == "served"]
+    assert len(served) == 80
+
+
+def test_dropping_a_running_server_stops_it() -> None:
+    srv = citron.Server(tftp=None)
+    addr = srv.http_address
+    assert addr is not None
+    del srv
+    gc.collect()
+    # The backends stop in the background: wait (bounded) until the port refuses connections.
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(addr, timeout=5).close()
+        except ConnectionRefusedError:
+            break
+        assert time.monotonic() < deadline, f"{addr} still accepts connections after the server was dropped"
+        time.sleep(0.05)
+
+
+def test_the_interpreter_exits_with_a_server_still_running() -> None:
+    code = (
+        "import citron\n"
+        "srv = citron.Server()\n"
+        "srv.set_job('dut1', 'deployment:\\n  start:\\n    kernel: {data: k}\\n')\n"
+        "print('up', srv.http_address is not None)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stdout) == (0, "up True\n"), proc.stderr
+
+
+def test_the_lab_api_shares_the_servers_state() -> None:
+    with citron.Server(http=None, tftp=None, api="127.0.0.1:0") as srv:
+        addr = srv.api_address
+        assert addr is not None
+        srv.add_dut("py-added", ip=["127.0.0.70"])
+
+        def call(method: str, path: str, body: str = "") -> Tuple[int, bytes]:
+            assert addr is not None
+            conn = http.client.HTTPConnection(addr[0], addr[1], timeout=10)
+            try:
+                conn.request(method, path, body=body.encode() or None)
+                resp = conn.getresponse()
+                return resp.status, resp.read()
+            finally:
+                conn.close()
+
+        status, body = call("GET", "/api/v1/duts")
+        assert status == 200
+        assert "py-added" in [d["id"] for d in json.loads(body)]
+        # A job set over the API is the one Python sees, and the other way round.
+        status, _ = call("PUT", "/api/v1/duts/py-added/job", "deployment:\n  start:\n    kernel: {data: k}\n")
+        assert status // 100 == 2
+        job = srv.job("py-added")
+        assert job is not None and [a.path for a in job.artifacts] == ["boot/py-added/kernel"]
+        status, body = call("PUT", "/api/v1/duts/dut1/job", "deployment:\n  start:\n    colour: red\n")
+        assert status == 422
+    assert srv.api_address == addr and not srv.running

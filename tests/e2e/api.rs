@@ -1,0 +1,109 @@
+//! The lab API of the real binary, with curl: DUTs, jobs, events, access logs, metrics, OpenAPI.
+
+use citron_tests::{curl, require_tool, Citron};
+use serde_json::Value;
+
+/// `(status, body as JSON or Null)`.
+fn call(method: &str, url: &str, body: Option<&str>) -> (u16, Value) {
+    let mut a = vec!["-X", method, "-w", "\n%{http_code}"];
+    if let Some(b) = body {
+        a.extend_from_slice(&["--data-binary", b]);
+    }
+    a.push(url);
+    let o = curl(&a);
+    let (b, code) = o.stdout.rsplit_once('\n').unwrap_or(("", &o.stdout));
+    (code.trim().parse().unwrap_or(0), serde_json::from_str(b).unwrap_or(Value::Null))
+}
+
+fn get_as(ip: &str, url: &str) -> (u16, String) {
+    let o = curl(&["--interface", ip, "-w", "\n%{http_code}", url]);
+    let (b, code) = o.stdout.rsplit_once('\n').unwrap_or(("", &o.stdout));
+    (code.trim().parse().unwrap_or(0), b.to_string())
+}
+
+#[test]
+fn openapi_metrics_and_errors_without_jobs() {
+    if !require_tool("curl") {
+        return;
+    }
+    let c = Citron::start(&[]);
+    let (code, doc) = call("GET", &c.api_url("/api/v1/openapi.json"), None);
+    assert_eq!(code, 200);
+    assert!(doc["openapi"].as_str().unwrap_or("").starts_with("3."), "{doc}");
+    for p in ["/api/v1/duts", "/api/v1/duts/{id}/job", "/api/v1/duts/{id}/events", "/metrics"] {
+        assert!(doc["paths"].get(p).is_some(), "{p}");
+    }
+    let (code, list) = call("GET", &c.api_url("/api/v1/duts"), None);
+    assert_eq!(code, 200);
+    let ids: Vec<&str> = list.as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["dut1", "dut2"]);
+    // Errors: JSON with a message and the right status.
+    let (code, e) = call("GET", &c.api_url("/api/v1/duts/nope"), None);
+    assert_eq!(code, 404);
+    assert!(e["error"].as_str().unwrap().contains("nope"), "{e}");
+    assert_eq!(call("GET", &c.api_url("/api/v1/nothing"), None).0, 404);
+    assert_eq!(call("PATCH", &c.api_url("/api/v1/duts"), None).0, 405);
+    assert_eq!(call("POST", &c.api_url("/api/v1/duts"), Some("{not json")).0, 400);
+    let (code, e) = call("POST", &c.api_url("/api/v1/duts"), Some(r#"{"id": "x", "ip": ["127.0.0.2"]}"#));
+    assert_eq!(code, 409, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("127.0.0.2"), "{e}");
+    assert_eq!(call("POST", &c.api_url("/api/v1/duts/dut1/events"), Some(r#"{"event": "reboot"}"#)).0, 400);
+    assert_eq!(call("POST", &c.api_url("/api/v1/duts/dut1/events"), Some(r#"{"event": "job_end"}"#)).0, 204);
+    // A request from an unknown address shows up in the metrics.
+    assert_eq!(get_as("127.0.0.9", &c.http_url("/x")).0, 404);
+    let m = curl(&[&c.api_url("/metrics")]).stdout;
+    assert!(m.contains("# TYPE citron_requests_total counter"), "{m}");
+    assert!(m.contains("citron_refusals_total{protocol=\"http\",dut=\"unknown\"} 1"), "{m}");
+}
+
+/// Add a DUT, give it a job, read its secret once, reset with a boot event, read the log.
+/// Needs the YAML job parser.
+#[test]
+fn dut_job_event_round_trip() {
+    if !require_tool("curl") {
+        return;
+    }
+    let c = Citron::start(&[]);
+    let (code, d) = call("POST", &c.api_url("/api/v1/duts"), Some(r#"{"id": "dut7", "ip": ["127.0.0.7"], "tags": ["arm64"]}"#));
+    assert_eq!(code, 201, "{d}");
+    assert_eq!(d["id"], "dut7");
+    let (code, d) = call("GET", &c.api_url("/api/v1/duts/dut7"), None);
+    assert_eq!((code, &d["job"]), (200, &Value::Null));
+
+    let job = "deployment:\n  start:\n    storage:\n      http:\n        - path: /job/secret\n          data: \"s3cr3t for {{ machine_id }}\"\n          lifetime:\n            access_count: 1\n";
+    let (code, d) = call("PUT", &c.api_url("/api/v1/duts/dut7/job"), Some(job));
+    assert_eq!(code, 200, "{d}");
+    assert!(d["job"].is_string(), "{d}");
+    let u = c.http_url("/job/secret");
+    assert_eq!(get_as("127.0.0.7", &u), (200, "s3cr3t for dut7".into()));
+    assert_eq!(get_as("127.0.0.7", &u).0, 410);
+    assert_eq!(call("POST", &c.api_url("/api/v1/duts/dut7/events"), Some(r#"{"event": "boot"}"#)).0, 204);
+    assert_eq!(get_as("127.0.0.7", &u), (200, "s3cr3t for dut7".into()));
+
+    let (code, log) = call("GET", &c.api_url("/api/v1/duts/dut7/accesses"), None);
+    assert_eq!(code, 200);
+    let kinds: Vec<&str> = log.as_array().unwrap().iter().map(|r| r["outcome"]["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["served", "refused", "served"], "{log}");
+    assert_eq!(log[0]["path"], "/job/secret");
+    assert_eq!(log[0]["protocol"], "http");
+
+    // A bad job: 422 with every error's line and column; the old job stays.
+    let bad = "deployment:\n  start:\n    storage:\n      http:\n        - path: /a\n          data: x\n          url: http://127.0.0.1:1/x\n        - path: /b\n          nonsense: 1\n";
+    let (code, e) = call("PUT", &c.api_url("/api/v1/duts/dut7/job"), Some(bad));
+    assert_eq!(code, 422, "{e}");
+    let errs = e["errors"].as_array().expect("an errors list");
+    assert!(errs.len() >= 2, "{e}");
+    for er in errs {
+        assert!(er["line"].as_u64().unwrap() >= 5 && er["column"].as_u64().unwrap() >= 1, "{er}");
+        assert!(!er["message"].as_str().unwrap().is_empty());
+    }
+    assert_eq!(call("POST", &c.api_url("/api/v1/duts/dut7/events"), Some(r#"{"event": "boot"}"#)).0, 204);
+    assert_eq!(get_as("127.0.0.7", &u).0, 200);
+
+    // Dropping the job empties the namespace; removing the DUT forgets the address.
+    assert_eq!(call("DELETE", &c.api_url("/api/v1/duts/dut7/job"), None).0, 204);
+    assert_eq!(get_as("127.0.0.7", &u).0, 404);
+    assert_eq!(call("DELETE", &c.api_url("/api/v1/duts/dut7"), None).0, 204);
+    assert_eq!(call("GET", &c.api_url("/api/v1/duts/dut7"), None).0, 404);
+    assert_eq!(call("GET", &c.api_url("/api/v1/duts/dut7/accesses"), None).0, 404);
+}

@@ -1,0 +1,376 @@
+//! The HTTP backend with real curl: DUT namespaces by source address, lifetimes, ranges,
+//! conditional requests, traversal attempts and the generated boot script.
+//!
+//! Most tests load jobs built in code into an in-process server (`ServerBuilder`, the code
+//! `citron serve` runs), so they exercise HTTP without depending on the YAML parser; the last
+//! ones start the real binary with YAML jobs.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use citron_core::job::{FileSpec, Lifetime, ResolvedJob, Source, Step};
+use citron_core::lab::LabConfig;
+use citron_core::lifetime::Event;
+use citron_core::Gateway;
+use citron_core::{Digest, namespace::DutId};
+use citron_protocols::server::{RunningServer, ServerBuilder};
+use citron_tests::{curl, curl_status, require_tool, workspace_root, Citron};
+
+/// An in-process lab (the default one: dut1 = 127.0.0.2, dut2 = 127.0.0.3) serving HTTP.
+struct Lab {
+    server: Option<RunningServer>,
+    gw: Gateway,
+    rt: tokio::runtime::Runtime,
+    _dir: tempfile::TempDir,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let gw = Gateway::new(LabConfig::default_lab(), dir.path()).unwrap();
+        let server = rt.block_on(
+            ServerBuilder::new(gw.clone()).http(Some("127.0.0.1:0".parse().unwrap())).tftp(None).nbd(None).api(None).start(),
+        );
+        Lab { server: Some(server.unwrap()), gw, rt, _dir: dir }
+    }
+
+    fn set(&self, dut: &str, step: Step) {
+        let job = ResolvedJob { origin: format!("test job for {dut}"), start: step, continue_: None };
+        self.rt.block_on(self.gw.set_resolved_job(&DutId::from(dut), job)).unwrap();
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.server.as_ref().unwrap().http_addr().unwrap(), path)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            self.rt.block_on(s.shutdown());
+        }
+    }
+}
+
+fn data(path: &str, bytes: impl Into<Bytes>) -> FileSpec {
+    FileSpec { path: path.into(), source: Source::Data(bytes.into()), sha256: None, lifetime: Lifetime::default() }
+}
+
+fn http_step(files: Vec<FileSpec>) -> Step {
+    Step { http: files, ..Step::default() }
+}
+
+/// Deterministic incompressible-looking bytes.
+fn pattern(n: usize) -> Vec<u8> {
+    let mut x: u32 = 0x1234_5678;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+fn get_from(ip: &str, url: &str) -> citron_tests::Out {
+    curl(&["--interface", ip, "-w", "\n%{http_code}", url])
+}
+
+/// `(status, body)` of a GET from `ip`.
+fn fetch(ip: &str, url: &str) -> (u16, String) {
+    let o = get_from(ip, url);
+    let (body, code) = o.stdout.rsplit_once('\n').unwrap_or(("", &o.stdout));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+#[test]
+fn duts_get_their_own_file_at_the_same_path() {
+    if !require_tool("curl") {
+        return;
+    }
+    let lab = Lab::new();
+    lab.set("dut1", http_step(vec![data("hello.txt", "dut1's file\n"), data("only1.txt", "private to dut1")]));
+    lab.set("dut2", http_step(vec![data("hello.txt", "dut2's file\n")]));
+    let u = lab.url("/hello.txt");
+    for _ in 0..3 {
+        assert_eq!(fetch("127.0.0.2", &u), (200, "dut1's file\n".into()));
+        assert_eq!(fetch("127.0.0.3", &u), (200, "dut2's file\n".into()));
+    }
+    // dut2 cannot see dut1's other file, under any spelling.
+    for p in ["/only1.txt", "//only1.txt", "/./only1.txt", "/dut1/only1.txt"] {
+        assert_eq!(fetch("127.0.0.3", &lab.url(p)).0, 404, "{p}");
+    }
+    assert_eq!(fetch("127.0.0.2", &lab.url("/only1.txt")), (200, "private to dut1".into()));
+    // An address that belongs to no DUT gets nothing.
+    assert_eq!(fetch("127.0.0.9", &u).0, 404);
+    // The access log saw the refusal of the unknown peer as "unknown".
+    assert!(lab.gw.access_log().prometheus().contains("dut=\"unknown\""));
+}
+
+#[test]
+fn access_count_admits_exactly_one_of_fifty_concurrent_reads_until_boot() {
+    if !require_tool("curl") {
+        return;
+    }
+    let lab = Lab::new();
+    let mut secret = data("job/secret", "MYSECRET_KEY: s3cr3t");
+    secret.lifetime.access_count = Some(1);
+    lab.set("dut1", http_step(vec![secret]));
+    let u = lab.url("/job/secret");
+    // HEAD only looks: it uses up nothing.
+    let head = curl(&["--interface", "127.0.0.2", "-I", "-o", "/dev/null", "-w", "%{http_code}", &u]);
+    assert_eq!(head.stdout.trim(), "200");
+
+    let children: Vec<_> = (0..50)
+        .map(|_| {
+            std::process::Command::new("curl")
+                .args(["-s", "--max-time", "30", "--interface", "127.0.0.2", "-o", "/dev/null", "-w", "%{http_code}", &u])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let codes: Vec<String> =
+        children.into_iter().map(|c| String::from_utf8(c.wait_with_output().unwrap().stdout).unwrap()).collect();
+    let ok = codes.iter().filter(|c| c.as_str() == "200").count();
+    let gone = codes.iter().filter(|c| c.as_str() == "410").count();
+    assert_eq!((ok, gone), (1, 49), "{codes:?}");
+
+    assert_eq!(fetch("127.0.0.2", &u).0, 410);
+    lab.gw.event(&DutId::from("dut1"), Event::Boot).unwrap();
+    assert_eq!(fetch("127.0.0.2", &u), (200, "MYSECRET_KEY: s3cr3t".into()));
+    assert_eq!(fetch("127.0.0.2", &u).0, 410);
+}
+
+#[test]
+fn ranges_etags_and_methods() {
+    if !require_tool("curl") {
+        return;
+    }
+    let lab = Lab::new();
+    // Larger than one streaming chunk and than the inline limit, not a multiple of either.
+    let big = pattern(3 * 1024 * 1024 + 12345);
+    let digest = Digest::of(&big);
+    lab.set("dut1", http_step(vec![data("img/big.bin", big.clone()), data("small.txt", "0123456789")]));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let outs = out.to_str().unwrap();
+    let u = lab.url("/img/big.bin");
+    let dl = |extra: &[&str]| -> (u16, Vec<u8>) {
+        let mut a = vec!["--interface", "127.0.0.2", "-o", outs, "-w", "%{http_code}"];
+        a.extend_from_slice(extra);
+        a.push(&u);
+        let o = curl(&a);
+        (o.stdout.trim().parse().unwrap_or(0), std::fs::read(&out).unwrap_or_default())
+    };
+
+    assert_eq!(dl(&[]), (200, big.clone()), "whole file");
+    assert_eq!(dl(&["-r", "100-199"]), (206, big[100..200].to_vec()));
+    assert_eq!(dl(&["-r", "1048000-2100000"]), (206, big[1048000..2100001].to_vec()));
+    assert_eq!(dl(&["-r", "-10"]), (206, big[big.len() - 10..].to_vec()));
+    assert_eq!(dl(&["-r", "3000000-"]), (206, big[3000000..].to_vec()));
+    // Several ranges: the whole file (allowed, and simpler for clients than multipart).
+    assert_eq!(dl(&["-r", "0-1,5-6"]), (200, big.clone()));
+    let o = curl(&["--interface", "127.0.0.2", "-r", "999999999-", "-D", "-", "-o", "/dev/null", &u]);
+    assert!(o.stdout.starts_with("HTTP/1.1 416"), "{}", o.stdout);
+    assert!(o.stdout.to_ascii_lowercase().contains(&format!("content-range: bytes */{}", big.len())), "{}", o.stdout);
+
+    // HEAD: the headers of a GET, no body.
+    let h = curl(&["--interface", "127.0.0.2", "-I", &u]).stdout.to_ascii_lowercase();
+    let etag = format!("\"{}\"", digest);
+    assert!(h.contains(&format!("etag: {etag}")), "{h}");
+    assert!(h.contains(&format!("content-length: {}", big.len())), "{h}");
+    assert!(h.contains("accept-ranges: bytes"), "{h}");
+    assert!(h.contains("content-type: application/octet-stream"), "{h}");
+    let st = curl(&["--interface", "127.0.0.2", "-I", &lab.url("/small.txt")]).stdout.to_ascii_lowercase();
+    assert!(st.contains("content-type: text/plain"), "{st}");
+
+    // If-None-Match with the digest: 304, no body; another tag: the file.
+    let inm = format!("If-None-Match: {etag}");
+    assert_eq!(dl(&["-H", &inm]).0, 304);
+    assert_eq!(dl(&["-H", "If-None-Match: \"0000\""]), (200, big.clone()));
+    // If-Range with a stale tag: the whole file rather than a part of another version.
+    assert_eq!(dl(&["-r", "0-9", "-H", "If-Range: \"stale\""]), (200, big.clone()));
+    assert_eq!(dl(&["-r", "0-9", "-H", &format!("If-Range: {etag}")]), (206, big[..10].to_vec()));
+
+    // Only GET and HEAD.
+    for m in ["POST", "PUT", "DELETE"] {
+        let o = curl(&["--interface", "127.0.0.2", "-X", m, "-D", "-", "-o", "/dev/null", &u]);
+        assert!(o.stdout.starts_with("HTTP/1.1 405"), "{m}: {}", o.stdout);
+        assert!(o.stdout.to_ascii_lowercase().contains("allow: get, head"), "{}", o.stdout);
+    }
+    // Keep-alive: two URLs on one connection.
+    let two = curl(&["--interface", "127.0.0.2", "-v", &lab.url("/small.txt"), &lab.url("/small.txt")]);
+    assert_eq!(two.stdout, "01234567890123456789");
+    assert!(two.stderr.contains("Re-using existing connection") || two.stderr.contains("Reusing existing"), "{}", two.stderr);
+    // The access log: every read of the big file ended as served, with its bytes.
+    let log = lab.gw.accesses(&DutId::from("dut1")).unwrap();
+    assert!(log.iter().any(|r| r.path == "/img/big.bin" && r.bytes == big.len() as u64), "{log:?}");
+}
+
+#[test]
+fn traversal_attempts_stay_inside_the_namespace() {
+    if !require_tool("curl") {
+        return;
+    }
+    let lab = Lab::new();
+    lab.set("dut1", http_step(vec![data("etc/passwd", "the job's own etc/passwd\n"), data("a/b.txt", "b")]));
+    lab.set("dut2", http_step(vec![data("secret.txt", "dut2 only")]));
+    for p in [
+        "/../../../../etc/passwd",
+        "/a/../../secret.txt",
+        "/%2e%2e/%2e%2e/etc/shadow",
+        "/%2E%2E/secret.txt",
+        "/a/%2e%2e/%2e%2e/secret.txt",
+        "/..%2f..%2fetc%2fhostname",
+        "/a/b.txt%00.png",
+        "/%00",
+        "/a%5cb.txt",
+        "/%zz",
+    ] {
+        let (code, body) = fetch_as_is("127.0.0.2", &lab.url(p));
+        assert!(code == 400 || code == 404, "{p}: {code}");
+        assert!(!body.contains("root:") && !body.contains("dut2 only"), "{p}: {body}");
+    }
+    // `//etc/passwd` is a name in the namespace: the job's file, never the host's.
+    assert_eq!(fetch_as_is("127.0.0.2", &lab.url("//etc/passwd")), (200, "the job's own etc/passwd\n".into()));
+    assert_eq!(fetch_as_is("127.0.0.3", &lab.url("//etc/passwd")).0, 404);
+    assert_eq!(fetch_as_is("127.0.0.2", &lab.url("/a/./b.txt")), (200, "b".into()));
+}
+
+fn fetch_as_is(ip: &str, url: &str) -> (u16, String) {
+    let o = curl(&["--path-as-is", "--interface", ip, "-w", "\n%{http_code}", url]);
+    let (body, code) = o.stdout.rsplit_once('\n').unwrap_or(("", &o.stdout));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// The URL on a `kernel`/`initrd` line of an iPXE script.
+fn ipxe_url(script: &str, cmd: &str) -> String {
+    script
+        .lines()
+        .find_map(|l| l.strip_prefix(cmd).map(|r| r.split_whitespace().next().unwrap_or("").to_string()))
+        .unwrap_or_else(|| panic!("no {cmd} line in:\n{script}"))
+}
+
+#[test]
+fn generated_boot_script_points_at_fetchable_kernel_and_initrd() {
+    if !require_tool("curl") {
+        return;
+    }
+    let lab = Lab::new();
+    let kernel = pattern(200_000);
+    let step = Step {
+        kernel: Some(data("unused-k", kernel.clone())),
+        initramfs: Some(data("unused-i", "initramfs bytes")),
+        cmdline: Some("console=ttyS0 quiet".into()),
+        ..Step::default()
+    };
+    lab.set("dut1", step);
+    for p in ["/boot.ipxe", "/boot/dut1/boot.ipxe"] {
+        let (code, script) = fetch("127.0.0.2", &lab.url(p));
+        assert_eq!(code, 200, "{p}");
+        assert!(script.starts_with("#!ipxe\n"), "{script}");
+        let k = ipxe_url(&script, "kernel ");
+        let i = ipxe_url(&script, "initrd ");
+        assert!(k.starts_with(&lab.url("/")), "absolute URLs back at the server: {k}");
+        assert!(script.contains("console=ttyS0 quiet"), "{script}");
+        let dir = tempfile::tempdir().unwrap();
+        let kout = dir.path().join("k");
+        let o = curl(&["--interface", "127.0.0.2", "-f", "-o", kout.to_str().unwrap(), &k]);
+        assert_eq!(o.code, 0, "{k}: {}", o.stderr);
+        assert_eq!(std::fs::read(&kout).unwrap(), kernel);
+        assert_eq!(fetch("127.0.0.2", &i), (200, "initramfs bytes".into()));
+        assert_eq!(fetch("127.0.0.2", &lab.url("/boot/dut1/cmdline.txt")), (200, "console=ttyS0 quiet\n".into()));
+    }
+    // The Host header names the server in generated URLs (how the DUT reached it).
+    let o = curl(&["--interface", "127.0.0.2", "-H", "Host: ci-gateway:8080", &lab.url("/boot.ipxe")]);
+    assert!(o.stdout.contains("kernel http://ci-gateway:8080/boot/dut1/kernel"), "{}", o.stdout);
+    // dut2 has no job: no script.
+    assert_eq!(fetch("127.0.0.3", &lab.url("/boot.ipxe")).0, 404);
+}
+
+#[test]
+fn shutdown_finishes_a_transfer_in_flight_and_stops_listening() {
+    if !require_tool("curl") {
+        return;
+    }
+    let mut lab = Lab::new();
+    let big = pattern(8 * 1024 * 1024);
+    lab.set("dut1", http_step(vec![data("big", big.clone())]));
+    let u = lab.url("/big");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o");
+    // A slow reader keeps the transfer running while the server shuts down.
+    let child = std::process::Command::new("curl")
+        .args(["-s", "--max-time", "60", "--limit-rate", "4M", "--interface", "127.0.0.2", "-o", out.to_str().unwrap(), "-w", "%{http_code}", &u])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let server = lab.server.take().unwrap();
+    lab.rt.block_on(server.shutdown());
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "200");
+    assert_eq!(std::fs::read(&out).unwrap(), big);
+    assert_eq!(curl_status(&["--interface", "127.0.0.2", &u]), 0, "nothing listens any more");
+}
+
+const JOB1: &str = "deployment:
+  start:
+    kernel:
+      data: dut1 kernel
+    initramfs:
+      data: dut1 initramfs
+    cmdline: [console=ttyS0, 'machine={{ machine_id }}']
+    storage:
+      http:
+        - path: /hello.txt
+          data: \"hello from dut1\"
+        - path: /job/secret
+          data: \"MYSECRET_KEY: dut1\"
+          lifetime:
+            access_count: 1
+";
+
+const JOB2: &str = "deployment:
+  start:
+    storage:
+      http:
+        - path: /hello.txt
+          data: \"hello from dut2\"
+";
+
+/// The real binary with YAML jobs (needs the job parser).
+#[test]
+fn binary_serves_yaml_jobs_per_dut() {
+    if !require_tool("curl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (j1, j2) = (dir.path().join("job1.yaml"), dir.path().join("job2.yaml"));
+    std::fs::write(&j1, JOB1).unwrap();
+    std::fs::write(&j2, JOB2).unwrap();
+    let c = Citron::start(&["--job", &format!("dut1={}", j1.display()), "--job", &format!("dut2={}", j2.display())]);
+    let u = c.http_url("/hello.txt");
+    assert_eq!(fetch("127.0.0.2", &u), (200, "hello from dut1".into()));
+    assert_eq!(fetch("127.0.0.3", &u), (200, "hello from dut2".into()));
+    assert_eq!(fetch("127.0.0.9", &u).0, 404);
+    assert_eq!(fetch("127.0.0.3", &c.http_url("/job/secret")).0, 404);
+    let (code, script) = fetch("127.0.0.2", &c.http_url("/boot/dut1/boot.ipxe"));
+    assert_eq!(code, 200);
+    assert!(script.contains("console=ttyS0 machine=dut1"), "{script}");
+    assert_eq!(fetch("127.0.0.2", &ipxe_url(&script, "kernel ")), (200, "dut1 kernel".into()));
+    assert_eq!(fetch("127.0.0.2", &ipxe_url(&script, "initrd ")), (200, "dut1 initramfs".into()));
+    // The README's example jobs work as they are.
+    let ex = workspace_root().join("examples");
+    let c2 = Citron::start(&[
+        "--job",
+        &format!("dut1={}", ex.join("job-hello.yaml").display()),
+        "--job",
+        &format!("dut2={}", ex.join("job-other.yaml").display()),
+    ]);
+    assert_eq!(fetch("127.0.0.2", &c2.http_url("/hello.txt")), (200, "hello from dut1's job\n".into()));
+    assert_eq!(fetch("127.0.0.3", &c2.http_url("/hello.txt")), (200, "hello from dut2's job\n".into()));
+}

@@ -1,0 +1,245 @@
+//! The virtual DUT: `citron boot-test` boots QEMU guests from an in-process citron, and the
+//! guests (tests/vdut/init) print what they fetched. Every check here is on what a real guest
+//! kernel and real clients inside it (iPXE, busybox wget and tftp, nbd-client, ext4) saw.
+//!
+//! Boots are slow under TCG (about 15 s of one core each), so the tests in this module take a
+//! lock and run one at a time; only the two-DUT test boots two guests at once.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use citron_tests::{citron_bin, require_tool, strict, workspace_root};
+
+/// One boot-test at a time (the machine has 2 cores).
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The tools a boot needs; `false` (skip) when one is missing, unless strict.
+fn have_qemu() -> bool {
+    ["qemu-system-x86_64", "busybox", "nbd-client", "cpio", "modprobe"].iter().all(|t| require_tool(t))
+}
+
+/// Builds the guest's kernel + initramfs + tarballs once per test run (cached across runs).
+fn kit() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = workspace_root();
+        let out = Command::new(root.join("tests/vdut/build.sh")).output().expect("run tests/vdut/build.sh");
+        assert!(out.status.success(), "tests/vdut/build.sh failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    })
+    .clone()
+}
+
+struct Run {
+    out: Output,
+    stdout: String,
+    stderr: String,
+    _logs: tempfile::TempDir,
+}
+
+impl Run {
+    fn code(&self) -> Option<i32> {
+        self.out.status.code()
+    }
+    /// The `VDUT: ` lines of one DUT (all of them without a prefix), marker removed.
+    fn vdut(&self, prefix: &str) -> Vec<String> {
+        self.stdout
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.split_once("VDUT: ").map(|(_, r)| r.to_string()))
+            .collect()
+    }
+    fn last_stderr_line(&self) -> &str {
+        self.stderr.lines().last().unwrap_or("")
+    }
+}
+
+/// `citron boot-test` with the vdut lab, console logs in a temporary directory.
+fn boot_test(args: &[&str]) -> Run {
+    let root = workspace_root();
+    let logs = tempfile::tempdir().expect("a temporary directory");
+    let out = Command::new(citron_bin())
+        .arg("boot-test")
+        .arg("--lab")
+        .arg(root.join("tests/vdut/lab.yaml"))
+        .arg("--log-dir")
+        .arg(logs.path())
+        .args(args)
+        .current_dir(&root)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run citron boot-test");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprintln!("--- citron boot-test {args:?}: {:?}\n{stdout}\n--- stderr\n{stderr}", out.status);
+    Run { out, stdout, stderr, _logs: logs }
+}
+
+fn job(name: &str) -> String {
+    workspace_root().join("tests/vdut").join(name).display().to_string()
+}
+
+/// Splits a DUT's lines into boots (each begins with `start`).
+fn boots(lines: &[String]) -> Vec<Vec<String>> {
+    let mut out: Vec<Vec<String>> = Vec::new();
+    for l in lines {
+        if l.starts_with("start ") || out.is_empty() {
+            out.push(Vec::new());
+        }
+        out.last_mut().expect("pushed").push(l.clone());
+    }
+    out
+}
+
+/// The one line of `boot` that starts with `step ` (exactly one expected).
+fn step<'a>(boot: &'a [String], step: &str) -> &'a str {
+    let want = format!("{step} ");
+    let found: Vec<&String> = boot.iter().filter(|l| l.starts_with(&want)).collect();
+    assert_eq!(found.len(), 1, "expected one `{step}` line in {boot:#?}");
+    &found[0][want.len()..]
+}
+
+#[test]
+fn full_job_boots_twice_over_http_and_sees_every_artifact_kind() {
+    if !have_qemu() {
+        return;
+    }
+    let _one = serial();
+    kit();
+    let r = boot_test(&["--job", &job("job-full.yaml"), "--dut", "vdut1", "--boots", "2", "--expect", "VDUT: done", "--timeout", "120s"]);
+    assert_eq!(r.code(), Some(0), "{}", r.last_stderr_line());
+    assert!(r.last_stderr_line().contains("PASS"), "{}", r.last_stderr_line());
+    let b = boots(&r.vdut(""));
+    assert_eq!(b.len(), 2, "two boots: {b:#?}");
+    for (i, boot) in b.iter().enumerate() {
+        let n = i + 1;
+        // The `continue` deployment's cmdline is used from the second boot event on.
+        assert!(step(boot, "start").starts_with(&format!("mid=vdut1 boot={n} ")), "{boot:#?}");
+        assert!(step(boot, "net").starts_with("OK"), "{boot:#?}");
+        // access_count: 1, reset by each boot event: the first read of every boot succeeds,
+        // the second is refused.
+        assert_eq!(step(boot, "http-read-1"), "OK secret of vdut1");
+        let second = step(boot, "http-read-2");
+        assert!(second.starts_with("FAIL") && !second.contains("secret of"), "second read: {second}");
+        assert_eq!(step(boot, "http-get /job/hello.txt"), "OK hello over http");
+        assert_eq!(step(boot, "tftp"), "OK tftp config of vdut1");
+        // ext4 from a tarball over NBD, mounted by the guest kernel; reset_on: job_start keeps
+        // the first boot's write.
+        assert_eq!(step(boot, "fs"), "OK rootfs of job full");
+        let expected_boots = (1..=n).map(|k| format!("boot {k}")).collect::<Vec<_>>().join(" ");
+        assert_eq!(step(boot, "fs-boots"), expected_boots);
+        // raw, reset_on: boot: every boot finds it zeroed, whatever the previous one wrote.
+        assert_eq!(step(boot, "scratch-before"), "ZERO", "boot {n}");
+        assert_eq!(step(boot, "scratch-after"), format!("written by vdut1 in boot {n}"));
+        assert!(step(boot, "done").starts_with("mid=vdut1"));
+    }
+}
+
+#[test]
+fn boots_over_tftp() {
+    if !have_qemu() {
+        return;
+    }
+    let _one = serial();
+    kit();
+    let r = boot_test(&["--job", &job("job-a.yaml"), "--dut", "vdut2", "--proto", "tftp", "--expect", "VDUT: done", "--timeout", "120s"]);
+    assert_eq!(r.code(), Some(0), "{}", r.last_stderr_line());
+    let b = boots(&r.vdut(""));
+    assert_eq!(b.len(), 1);
+    assert!(step(&b[0], "start").starts_with("mid=vdut2 boot=1"));
+    assert_eq!(step(&b[0], "tftp"), "OK tftp config of job a");
+    assert_eq!(step(&b[0], "fs"), "OK rootfs of job a");
+}
+
+#[test]
+fn two_duts_in_their_own_namespaces_see_only_their_own_jobs() {
+    if !have_qemu() || !require_tool("ip") {
+        return;
+    }
+    let uid = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    if uid.as_deref().ok() != Some("0") {
+        let msg = "network namespaces need root";
+        assert!(!strict(), "{msg}; CITRON_E2E_STRICT=1 forbids skipping");
+        eprintln!("SKIPPED: {msg}");
+        return;
+    }
+    let _one = serial();
+    kit();
+    let r = boot_test(&[
+        "--job", &job("job-a.yaml"), "--dut", "vdut1",
+        "--job", &job("job-b.yaml"), "--dut", "vdut2",
+        "--netns", "--expect", "VDUT: done", "--timeout", "150s",
+    ]);
+    assert_eq!(r.code(), Some(0), "{}", r.last_stderr_line());
+    for (dut, mine, other) in [("vdut1", "a", "b"), ("vdut2", "b", "a")] {
+        let lines = r.vdut(&format!("[{dut}] "));
+        let b = boots(&lines);
+        assert_eq!(b.len(), 1, "{dut}: {lines:#?}");
+        let boot = &b[0];
+        assert!(step(boot, "start").starts_with(&format!("mid={dut} ")));
+        // Same paths, each its own content: the server told them apart by source address.
+        assert_eq!(step(boot, "http-get /job/hello.txt"), format!("OK hello from job {mine}"));
+        assert_eq!(step(boot, &format!("http-get /job/only-{mine}.txt")), format!("OK only in job {mine}"));
+        let theirs = step(boot, &format!("http-get /job/only-{other}.txt"));
+        assert!(theirs.starts_with("FAIL") && theirs.contains("404"), "{dut} must not see job {other}'s file: {theirs}");
+        assert_eq!(step(boot, "tftp"), format!("OK tftp config of job {mine}"));
+        assert_eq!(step(boot, "fs"), format!("OK rootfs of job {mine}"));
+    }
+    // The namespaces are gone.
+    let left = Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
+    let left = String::from_utf8_lossy(&left.stdout);
+    assert!(!left.lines().any(|l| l.starts_with("citron-bt-")), "left behind: {left}");
+}
+
+#[test]
+fn a_kernel_panic_fails_with_its_reason() {
+    if !have_qemu() {
+        return;
+    }
+    let _one = serial();
+    kit();
+    let r = boot_test(&["--job", &job("job-panic.yaml"), "--expect", "VDUT: done", "--timeout", "120s"]);
+    assert_eq!(r.code(), Some(1));
+    let last = r.last_stderr_line();
+    assert!(last.contains("FAIL") && last.contains("kernel panic"), "{last}");
+}
+
+#[test]
+fn a_pattern_never_seen_fails_when_the_guest_powers_off() {
+    if !have_qemu() {
+        return;
+    }
+    let _one = serial();
+    kit();
+    let r = boot_test(&["--job", &job("job-a.yaml"), "--expect", "this line is never printed", "--timeout", "120s"]);
+    assert_eq!(r.code(), Some(1));
+    let last = r.last_stderr_line();
+    assert!(last.contains("pattern never seen") && last.contains("this line is never printed"), "{last}");
+    // The guest did boot: the console was streamed.
+    assert!(r.vdut("").iter().any(|l| l.starts_with("done ")), "{}", r.stdout);
+}
+
+#[test]
+fn a_timeout_fails_with_its_reason() {
+    if !have_qemu() {
+        return;
+    }
+    let _one = serial();
+    kit();
+    let r = boot_test(&["--job", &job("job-a.yaml"), "--expect", "VDUT: done", "--timeout", "2s"]);
+    assert_eq!(r.code(), Some(1));
+    let last = r.last_stderr_line();
+    assert!(last.contains("timeout") && last.contains("2s"), "{last}");
+}
+
+#[test]
+fn a_missing_qemu_is_reported_not_skipped() {
+    let r = boot_test(&["--job", &job("job-a.yaml"), "--qemu", "/nonexistent/qemu-system-x86_64"]);
+    assert_eq!(r.code(), Some(2));
+    let last = r.last_stderr_line();
+    assert!(last.contains("/nonexistent/qemu-system-x86_64 not found"), "{last}");
+}
