@@ -65,20 +65,20 @@ median_secs() {
         rm -f "$WORK/out/f"
         local t0 t1
         t0=$(date +%s.%N)
-        timeout 600 "$@" >/dev/null
+        "$@" >/dev/null
         t1=$(date +%s.%N)
         local sum
         sum=$(sha256sum < "$WORK/out/f" | cut -d' ' -f1)
         [ "$sum" = "$SUM_BIG" ] || { echo "corrupt download: $*" >&2; exit 1; }
-        times+=("$(echo "$t1 - $t0" | bc -l)")
+        times+=("$(awk "BEGIN { print $t1 - $t0 }")")
     done
     printf '%s\n' "${times[@]}" | sort -g | sed -n "$(( (REPS + 1) / 2 ))p"
 }
-mbps() { echo "scale=1; $SIZE_MB * 1.048576 / $1" | bc -l; }
-ratio() { echo "scale=2; $2 / $1" | bc -l; }
+mbps() { awk "BEGIN { printf \"%.1f\", $SIZE_MB * 1.048576 / $1 }"; }
+ratio() { awk "BEGIN { printf \"%.2f\", $2 / $1 }"; }
 
-curl_get() { curl -sS --fail --tftp-blksize "$2" -o "$WORK/out/f" "tftp://127.0.0.1:$1/big.bin"; }
-atftp_get() { local port=$1; shift; atftp -g -r big.bin -l "$WORK/out/f" "$@" 127.0.0.1 "$port"; }
+curl_get() { timeout 600 curl -sS --fail --tftp-blksize "$2" -o "$WORK/out/f" "tftp://127.0.0.1:$1/big.bin"; }
+atftp_get() { local port=$1; shift; timeout 600 atftp -g -r big.bin -l "$WORK/out/f" "$@" 127.0.0.1 "$port" 2>/dev/null; }
 
 printf '%-44s %10s %10s %7s\n' "${SIZE_MB} MiB file, loopback" "citron" "peer" "ratio"
 for bs in 512 1468 8192; do
@@ -109,7 +109,7 @@ conc() {
     local n
     n=$(ls "$WORK/conc" | wc -l)
     [ "$n" = "$CONC" ] && [ "$bad" = 0 ] || { echo "concurrent run: $n files, $bad corrupt" >&2; exit 1; }
-    echo "$t1 - $t0" | bc -l
+    awk "BEGIN { print $t1 - $t0 }"
 }
 c=$(conc "$CITRON_PORT")
 p=$(conc "$HPA_PORT")

@@ -166,3 +166,13 @@ def test_render_uses_the_labs_machine_id_and_variables() -> None:
     r = job.render(dut="rpi", lab=lab)
     assert r.cmdline == "b=http://127.0.0.1:9000 m=rpi-0042"
     assert r.artifacts[0].path == "boot/rpi-0042/kernel"
+
+
+def test_offline_rendering_uses_the_default_serve_addresses_like_the_cli() -> None:
+    job = citron.JobDescription.from_yaml(
+        "deployment:\n  start:\n    cmdline: '{{ http_artifact_base }} {{ tftp_artifact_base }} {{ nbd_host }}:{{ nbd_port }}'\n"
+    )
+    assert job.render(dut="dut1").cmdline == "http://127.0.0.1:8080 tftp://127.0.0.1:6969 127.0.0.1:10809"
+    lab = citron.Lab.default()
+    with citron.Server(lab=lab, tftp=None) as srv:
+        assert job.render(dut="dut1", lab=srv).cmdline == f"{srv.http_url}  :"

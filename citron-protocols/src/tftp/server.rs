@@ -28,7 +28,7 @@ use tokio::task::JoinSet;
 
 use super::error::error_packet;
 use super::packet::{self, DecodeError, ErrorCode, Mode, Packet, Request};
-use super::session::{negotiate, Limits, Outcome, Send as Out, Session, Step};
+use super::session::{negotiate, Limits, DEFAULT_BLKSIZE, Outcome, Send as Out, Session, Step};
 
 /// Server settings. `Config::default()` suits a lab; tests lower the timeout.
 #[derive(Debug, Clone)]
@@ -38,7 +38,8 @@ pub struct Config {
     /// Transfers running at once; further requests are dropped (the client retries) rather than
     /// refused, so a busy server costs a client no error.
     pub max_transfers: usize,
-    /// Bytes read ahead of the transfer per positioned read.
+    /// Bytes per positioned read; a transfer holds up to three such chunks (the one being sent,
+    /// the previous one and the next one, read ahead).
     pub prefetch_bytes: usize,
     /// Largest file sent in netascii mode (converted in memory); larger ones are refused with a
     /// message asking for octet mode.
@@ -47,7 +48,7 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { limits: Limits::default(), max_transfers: 1024, prefetch_bytes: 256 * 1024, netascii_max_bytes: 64 << 20 }
+        Config { limits: Limits::default(), max_transfers: 1024, prefetch_bytes: 128 * 1024, netascii_max_bytes: 64 << 20 }
     }
 }
 
@@ -172,8 +173,8 @@ fn on_request(
 
 /// The bytes a transfer carries.
 enum Body {
-    /// The artifact itself (octet mode), read a window ahead.
-    Artifact { art: Arc<Artifact>, buf: Bytes, buf_off: u64, prefetch: usize },
+    /// The artifact itself (octet mode), read in chunks ahead of the transfer.
+    Artifact(Chunks),
     /// The whole transfer in memory (netascii after conversion).
     Memory(Bytes),
 }
@@ -185,20 +186,75 @@ impl Body {
                 let s = (off as usize).min(b.len());
                 Ok(b.slice(s..(s + len).min(b.len())))
             }
-            Body::Artifact { art, buf, buf_off, prefetch } => {
-                if let Content::Memory(_) = art.content {
-                    return art.read_chunk(off, len);
-                }
-                let end = off + len as u64;
-                if off < *buf_off || end > *buf_off + buf.len() as u64 {
-                    let want = len.max(*prefetch);
-                    let a = art.clone();
-                    *buf = tokio::task::spawn_blocking(move || a.read_chunk(off, want)).await.map_err(io::Error::other)??;
-                    *buf_off = off;
-                }
-                let s = (off - *buf_off) as usize;
-                Ok(buf.slice(s..(s + len).min(buf.len())))
+            Body::Artifact(c) => c.get(off, len).await,
+        }
+    }
+}
+
+/// An artifact read in aligned chunks of `size` bytes (a multiple of blksize, so a block never
+/// spans two chunks). The chunk after the one being sent is read on the blocking pool while the
+/// transfer waits for ACKs, so DATA rarely waits for the disk or a thread hand-off; the previous
+/// chunk is kept for a window restarted across the boundary.
+struct Chunks {
+    art: Arc<Artifact>,
+    size: u64,
+    prev: Option<(u64, Bytes)>,
+    cur: Option<(u64, Bytes)>,
+    next: Option<(u64, tokio::task::JoinHandle<io::Result<Bytes>>)>,
+}
+
+impl Chunks {
+    fn new(art: Arc<Artifact>, prefetch: usize, blksize: u16) -> Chunks {
+        let bs = blksize.max(1) as u64;
+        let size = (prefetch as u64).max(bs) / bs * bs;
+        Chunks { art, size, prev: None, cur: None, next: None }
+    }
+
+    fn read(&self, k: u64) -> tokio::task::JoinHandle<io::Result<Bytes>> {
+        let (a, off, size) = (self.art.clone(), k * self.size, self.size as usize);
+        tokio::task::spawn_blocking(move || a.read_chunk(off, size))
+    }
+
+    async fn get(&mut self, off: u64, len: usize) -> io::Result<Bytes> {
+        if let Content::Memory(_) = self.art.content {
+            return self.art.read_chunk(off, len);
+        }
+        let k = off / self.size;
+        let have = |c: &Option<(u64, Bytes)>| matches!(c, Some((ck, _)) if *ck == k);
+        if !have(&self.cur) {
+            if have(&self.prev) {
+                std::mem::swap(&mut self.prev, &mut self.cur);
+            } else {
+                let pending = match self.next.take() {
+                    Some((nk, h)) if nk == k => h,
+                    other => {
+                        if let Some((_, h)) = other {
+                            h.abort();
+                        }
+                        self.read(k)
+                    }
+                };
+                let data = pending.await.map_err(io::Error::other)??;
+                self.prev = std::mem::replace(&mut self.cur, Some((k, data)));
             }
+        }
+        let want_next = (k + 1) * self.size < self.art.len;
+        if want_next && !matches!(self.next, Some((nk, _)) if nk == k + 1) {
+            if let Some((_, h)) = self.next.take() {
+                h.abort();
+            }
+            self.next = Some((k + 1, self.read(k + 1)));
+        }
+        let Some((_, data)) = &self.cur else { unreachable!("cur was just filled") };
+        let s = ((off - k * self.size) as usize).min(data.len());
+        Ok(data.slice(s..(s + len).min(data.len())))
+    }
+}
+
+impl Drop for Chunks {
+    fn drop(&mut self) {
+        if let Some((_, h)) = self.next.take() {
+            h.abort();
         }
     }
 }
@@ -251,7 +307,7 @@ async fn transfer(shared: Arc<Shared>, peer: SocketAddr, req: Request, _permit: 
                 }
             }
         }
-        Mode::Octet | Mode::Mail => Body::Artifact { art: art.clone(), buf: Bytes::new(), buf_off: 0, prefetch: 0 },
+        Mode::Octet | Mode::Mail => Body::Artifact(Chunks::new(art.clone(), shared.config.prefetch_bytes, DEFAULT_BLKSIZE)),
     };
     let len = match &body {
         Body::Memory(b) => b.len() as u64,
@@ -260,18 +316,14 @@ async fn transfer(shared: Arc<Shared>, peer: SocketAddr, req: Request, _permit: 
     let limits = &shared.config.limits;
     let neg = negotiate(&req, len, limits);
     let mut body = match body {
-        Body::Artifact { art, buf, buf_off, .. } => {
-            // Whole blocks, so that a window never straddles two reads more than needed.
-            let bs = neg.blksize as usize;
-            let prefetch = (shared.config.prefetch_bytes.max(bs) / bs) * bs;
-            Body::Artifact { art, buf, buf_off, prefetch }
-        }
+        Body::Artifact(c) => Body::Artifact(Chunks::new(c.art.clone(), shared.config.prefetch_bytes, neg.blksize)),
         m => m,
     };
     tracing::debug!(%peer, file = %req.filename, len, blksize = neg.blksize, windowsize = neg.windowsize, "TFTP transfer starts");
     let started = Instant::now();
     let (mut session, mut step) = Session::start(neg, len, limits.retries, started);
     let mut rbuf = vec![0u8; 2048];
+    let mut retransmits = 0u32;
     let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(step.wake_at.unwrap_or(started)));
     tokio::pin!(sleep);
     let outcome = loop {
@@ -336,14 +388,21 @@ async fn transfer(shared: Arc<Shared>, peer: SocketAddr, req: Request, _permit: 
                     Step::default()
                 }
             },
-            _ = &mut sleep => session.on_timeout(Instant::now()),
+            _ = &mut sleep => {
+                let st = session.on_timeout(Instant::now());
+                if !st.send.is_empty() {
+                    retransmits += 1;
+                    tracing::debug!(%peer, file = %req.filename, packets = st.send.len(), "TFTP timeout: retransmitting");
+                }
+                st
+            }
         };
     };
     let elapsed = started.elapsed();
     match outcome {
         Some(Outcome::Complete) => {
             art.complete();
-            tracing::info!(%peer, file = %req.filename, bytes = len, ?elapsed, "TFTP transfer complete");
+            tracing::info!(%peer, file = %req.filename, bytes = len, ?elapsed, retransmits, "TFTP transfer complete");
         }
         Some(Outcome::TimedOut) => tracing::warn!(%peer, file = %req.filename, ?elapsed, "TFTP client stopped answering; transfer abandoned"),
         Some(Outcome::ClientError { code, message }) => {
