@@ -157,7 +157,10 @@ def test_repr_and_version() -> None:
     assert "dut1" in repr(citron.Lab.default())
     assert repr(citron.JobDescription.from_yaml("deployment: {start: {}}", filename="f.yaml")) == 'JobDescription(filename="f.yaml")'
     srv = citron.Server(http="127.0.0.1:0", tftp=None)
-    assert repr(srv) == f"Server(http='127.0.0.1:{srv.http_address[1] if srv.http_address else 0}', tftp=None, nbd=None, api=None, running=True)"
+    assert repr(srv) == (
+        f"Server(http='127.0.0.1:{srv.http_address[1] if srv.http_address else 0}', tftp=None, "
+        f"nbd='127.0.0.1:{srv.nbd_address[1] if srv.nbd_address else 0}', api=None, running=True)"
+    )
     srv.stop()
     assert repr(srv).endswith("running=False)")
 

@@ -175,4 +175,6 @@ def test_offline_rendering_uses_the_default_serve_addresses_like_the_cli() -> No
     assert job.render(dut="dut1").cmdline == "http://127.0.0.1:8080 tftp://127.0.0.1:6969 127.0.0.1:10809"
     lab = citron.Lab.default()
     with citron.Server(lab=lab, tftp=None) as srv:
-        assert job.render(dut="dut1", lab=srv).cmdline == f"{srv.http_url}  :"
+        assert srv.nbd_address is not None
+        host, port = srv.nbd_address
+        assert job.render(dut="dut1", lab=srv).cmdline == f"{srv.http_url}  {host}:{port}"
