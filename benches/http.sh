@@ -7,7 +7,7 @@
 # Measures, for both servers on 127.0.0.1 (the bench lab registers 127.0.0.1 as a DUT, since wrk
 # cannot pick a source address):
 #   - 1 GiB file, one curl: MB/s (best of RUNS);
-#   - 4 MiB file, one curl: MB/s (best of RUNS), and wrk -c 64: req/s and MB/s;
+#   - 4 MiB file, one curl: MB/s (best of 10*RUNS), and wrk -c 64: req/s and MB/s;
 #   - 1 KiB file, wrk -c 64: req/s;
 #   - 256 idle keep-alive connections (each after one request): RSS growth per connection.
 # Prints every figure and the ratio citron/nginx. Needs: nginx (nginx-light), wrk, curl, python3
@@ -32,6 +32,7 @@ if [ -z "${CITRON_BIN:-}" ]; then
 fi
 
 tmp=$(mktemp -d /tmp/citron-http-bench.XXXXXX)
+chmod 755 "$tmp"   # nginx workers run as an unprivileged user when started by root
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -48,6 +49,7 @@ mkdir -p "$tmp/www"
 head -c 1G /dev/urandom > "$tmp/www/1g.bin"
 head -c 4M /dev/urandom > "$tmp/www/4m.bin"
 head -c 1K /dev/urandom > "$tmp/www/1k.bin"
+chmod -R a+rX "$tmp/www"
 
 # --- citron: a lab where 127.0.0.1 is a DUT, a job serving the three files from disk.
 cat > "$tmp/lab.yaml" <<EOF
@@ -112,14 +114,15 @@ for f in 1g.bin 4m.bin 1k.bin; do
   [ "$a" = "$b" ] || { echo "citron and nginx serve different $f" >&2; exit 1; }
 done
 
-# Best single-stream MB/s over RUNS downloads.
-curl_mbps() {
-  local best=0 v
-  for _ in $(seq "$RUNS"); do
-    v=$(curl -s -o /dev/null -w '%{speed_download}' "$1")
-    best=$(python3 -c "print(max($best, $v/1e6))")
+# Best single-stream MB/s of each URL over $3 downloads, alternating between the two servers so
+# that both see the same background load. Prints "MBps1 MBps2".
+curl_pair() {
+  local b1=0 b2=0 v
+  for _ in $(seq "$3"); do
+    v=$(curl -s -o /dev/null -w '%{speed_download}' "$1"); b1=$(python3 -c "print(max($b1, $v/1e6))")
+    v=$(curl -s -o /dev/null -w '%{speed_download}' "$2"); b2=$(python3 -c "print(max($b2, $v/1e6))")
   done
-  printf '%.1f' "$best"
+  printf '%.1f %.1f\n' "$b1" "$b2"
 }
 
 # wrk: "req/s MB/s"
@@ -188,9 +191,9 @@ PY
 nginx_pids() { echo "$(cat "$tmp/nginx.pid") $(pgrep -P "$(cat "$tmp/nginx.pid")" | tr '\n' ' ')"; }
 
 echo "== 1 GiB, curl (best of $RUNS)" >&2
-c1g=$(curl_mbps "http://$CITRON/1g.bin"); n1g=$(curl_mbps "http://$NGINX_ADDR/1g.bin")
-echo "== 4 MiB, curl (best of $RUNS)" >&2
-c4c=$(curl_mbps "http://$CITRON/4m.bin"); n4c=$(curl_mbps "http://$NGINX_ADDR/4m.bin")
+read -r c1g n1g < <(curl_pair "http://$CITRON/1g.bin" "http://$NGINX_ADDR/1g.bin" "$RUNS")
+echo "== 4 MiB, curl (best of $((RUNS * 10)))" >&2
+read -r c4c n4c < <(curl_pair "http://$CITRON/4m.bin" "http://$NGINX_ADDR/4m.bin" $((RUNS * 10)))
 echo "== 4 MiB, wrk -c $CONNS ${DURATION}s" >&2
 read -r c4r c4m < <(wrk_run "http://$CITRON/4m.bin"); read -r n4r n4m < <(wrk_run "http://$NGINX_ADDR/4m.bin")
 echo "== 1 KiB, wrk -c $CONNS ${DURATION}s" >&2

@@ -24,6 +24,7 @@ use parking_lot::RwLock;
 
 use crate::access::{AccessLog, AccessRecord, AccessTicket};
 use crate::artifact::{Cache, CachedArtifact, FetchError};
+use crate::block::{DiskError, DiskStore};
 use crate::digest::Digest;
 use crate::job::{FileSpec, JobDescription, JobErrors, RenderContext, ResolvedJob, Step};
 use crate::lab::LabConfig;
@@ -49,7 +50,7 @@ pub struct Endpoints {
 #[non_exhaustive]
 pub enum GatewayError {
     /// No such DUT.
-    #[error("no DUT {0:?}; list them with GET /api/v1/duts or add it to the lab file")]
+    #[error("no DUT '{0}'; list them with GET /api/v1/duts or add it to the lab file")]
     UnknownDut(DutId),
     /// The DUT could not be registered.
     #[error(transparent)]
@@ -60,6 +61,9 @@ pub enum GatewayError {
     /// An artifact could not be fetched.
     #[error("{0}")]
     Fetch(#[from] FetchError),
+    /// A job's disk could not be prepared.
+    #[error("{0}")]
+    Disk(#[from] DiskError),
     /// The data directory is unusable.
     #[error("data directory {path}: {source}")]
     DataDir {
@@ -126,6 +130,7 @@ struct Inner {
     lab: LabConfig,
     endpoints: RwLock<Endpoints>,
     data_dir: PathBuf,
+    disks: DiskStore,
 }
 
 /// The running state of a lab. Cheap to clone; clones share everything.
@@ -173,7 +178,33 @@ impl Gateway {
                 lab,
                 endpoints: RwLock::new(Endpoints::default()),
                 data_dir: data_dir.to_path_buf(),
+                disks: DiskStore::open(&data_dir.join("disks")).map_err(dd)?,
             }),
+        })
+        .inspect(|gw| {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                gw.spawn_disk_sweeper(DISK_SWEEP_INTERVAL);
+            }
+        })
+    }
+
+    /// Removes the disks whose `expiration` passed with no job asking for them; returns how many.
+    pub fn sweep_disks(&self) -> usize {
+        self.inner.disks.sweep()
+    }
+
+    /// Sweeps expired disks every `every` until the gateway is dropped. [`Gateway::new`] starts
+    /// one every 10 minutes when called inside a tokio runtime; tests start faster ones.
+    pub fn spawn_disk_sweeper(&self, every: std::time::Duration) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let _ = tokio::task::spawn_blocking(move || inner.disks.sweep()).await;
+            }
         })
     }
 
@@ -216,6 +247,7 @@ impl Gateway {
     pub fn remove_dut(&self, id: &DutId) -> Result<Dut, GatewayError> {
         let d = self.inner.registry.write().remove(id).ok_or_else(|| GatewayError::UnknownDut(id.clone()))?;
         self.inner.jobs.write().remove(id);
+        self.inner.disks.release(id);
         self.inner.log.forget(id);
         Ok(d)
     }
@@ -275,6 +307,11 @@ impl Gateway {
             Some(c) => Some(self.load_step(&dut, &c.over(&resolved.start), now).await?),
             None => None,
         };
+        let disks = match &resolved.continue_ {
+            Some(c) => c.over(&resolved.start).nbd,
+            None => resolved.start.nbd.clone(),
+        };
+        self.inner.disks.attach(&self.inner.cache, id, &disks).await?;
         let active = Arc::new(ActiveJob { job: resolved, start, cont, boots: AtomicU32::new(0) });
         tracing::info!(dut = %id, job = %active.job.origin, "job loaded");
         self.inner.jobs.write().insert(id.clone(), active);
@@ -286,6 +323,7 @@ impl Gateway {
         if self.dut(id).is_none() {
             return Err(GatewayError::UnknownDut(id.clone()));
         }
+        self.inner.disks.release(id);
         Ok(self.inner.jobs.write().remove(id).is_some())
     }
 
@@ -313,6 +351,7 @@ impl Gateway {
                 e.policies.on_event(event, now);
             }
         }
+        self.inner.disks.event(id, event);
         tracing::info!(dut = %id, ?event, "event");
         Ok(())
     }
@@ -397,6 +436,9 @@ impl Gateway {
     }
 }
 
+/// How often [`Gateway::new`]'s sweeper looks for expired disks.
+const DISK_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// The paths citron generates for `machine_id`.
 fn generated_names(mid: &str) -> Vec<String> {
     let mut v: Vec<String> = ["boot.ipxe", "config.txt"].iter().map(|s| s.to_string()).collect();
@@ -462,13 +504,24 @@ impl Catalog for Gateway {
         })
     }
 
-    fn exports(&self, _peer: IpAddr) -> Vec<ExportInfo> {
-        Vec::new()
+    fn exports(&self, peer: IpAddr) -> Vec<ExportInfo> {
+        let dut = self.inner.registry.read().by_addr(peer).map(|d| d.id.clone());
+        dut.map(|d| self.inner.disks.exports(&d)).unwrap_or_default()
     }
 
     fn open_export(&self, peer: IpAddr, protocol: Protocol, name: &str) -> Result<Export, ServeError> {
-        let dut = self.inner.registry.read().by_addr(peer).map(|d| d.id.clone());
-        self.inner.log.refuse(dut.as_ref(), protocol, name, "no such export");
-        Err(ServeError::NotFound(name.to_string()))
+        let Some(dut) = self.inner.registry.read().by_addr(peer).map(|d| d.id.clone()) else {
+            self.inner.log.refuse(None, protocol, name, "unknown DUT");
+            return Err(ServeError::UnknownDut(peer));
+        };
+        match self.inner.disks.open_export(&dut, name) {
+            Ok((info, device)) => {
+                Ok(Export { info, device, ticket: AccessTicket::new(self.inner.log.clone(), dut, protocol, name) })
+            }
+            Err(e) => {
+                self.inner.log.refuse(Some(&dut), protocol, name, &e);
+                Err(e)
+            }
+        }
     }
 }

@@ -86,12 +86,34 @@ class UnknownDutError(CitronError, KeyError):
 
 
 class FetchError(CitronError):
-    """An artifact could not be fetched or did not match its sha256."""
+    """An artifact could not be fetched (network, HTTP status, missing file) or its content does
+    not have the job's sha256. Raised when a server loads the job; the previous job stays.
+
+    >>> import citron
+    >>> job = "deployment:\\n  start:\\n    kernel: {url: 'http://127.0.0.1:9/vmlinuz'}\\n"
+    >>> with citron.Server(http=None, tftp=None) as srv:   # nothing listens on port 9
+    ...     try:
+    ...         srv.set_job("dut1", job)
+    ...     except citron.FetchError as e:
+    ...         print(str(e).startswith("http://127.0.0.1:9/vmlinuz: "))
+    True
+    """
     __module__ = "citron"
 
 
 class ServerError(CitronError, OSError):
-    """A server could not start, bind its address or stop, or its data directory is unusable."""
+    """A server could not start (an address that cannot be bound, bad arguments) or its data
+    directory is unusable.
+
+    >>> import citron, socket
+    >>> taken = socket.socket(); taken.bind(("127.0.0.1", 0)); taken.listen()
+    >>> try:
+    ...     citron.Server(http="127.0.0.1:%d" % taken.getsockname()[1], tftp=None)
+    ... except citron.ServerError as e:
+    ...     print(str(e).startswith("cannot listen for http"))
+    True
+    >>> taken.close()
+    """
     __module__ = "citron"
 "#;
 
@@ -111,7 +133,9 @@ static CLASSES: PyOnceLock<Classes> = PyOnceLock::new();
 pub(crate) fn classes(py: Python<'_>) -> PyResult<&'static Classes> {
     CLASSES.get_or_try_init(py, || {
         let m = PyModule::from_code(py, ERRORS_PY, c"citron/_errors.py", c"citron._errors")?;
-        let get = |name: &str| -> PyResult<Py<PyType>> { Ok(m.getattr(name)?.cast_into::<PyType>()?.unbind()) };
+        let get = |name: &str| -> PyResult<Py<PyType>> {
+            Ok(m.getattr(name)?.cast_into::<PyType>()?.unbind())
+        };
         Ok::<_, PyErr>(Classes {
             citron: get("CitronError")?,
             job: get("JobError")?,
@@ -309,7 +333,8 @@ impl From<Error> for PyErr {
             let fallback = format!("{e:?}");
             // Building the exception can only fail if the interpreter is in trouble (memory);
             // raise something rather than nothing.
-            e.into_pyerr(py).unwrap_or_else(|inner| PyRuntimeError::new_err(format!("{fallback} ({inner})")))
+            e.into_pyerr(py)
+                .unwrap_or_else(|inner| PyRuntimeError::new_err(format!("{fallback} ({inner})")))
         })
     }
 }

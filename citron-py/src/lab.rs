@@ -25,6 +25,12 @@ use crate::errors::Error;
 /// ['board1']
 /// >>> lab.variables
 /// {'minio_url': 'http://127.0.0.1:9000'}
+///
+/// ``Lab(variables=None, artifact_roots=None)`` is an empty lab (no DUTs) with these template
+/// variables and ``file:`` roots; :meth:`add_dut` adds DUTs.
+///
+/// >>> citron.Lab(artifact_roots=["/srv/artifacts"]).artifact_roots
+/// ['/srv/artifacts']
 #[pyclass(module = "citron")]
 #[derive(Debug, Clone)]
 pub struct Lab {
@@ -55,11 +61,20 @@ pub(crate) fn make_dut(
     let mut addrs = Vec::with_capacity(ip.len());
     for a in &ip {
         let parsed: IpAddr = a.trim().parse().map_err(|_| {
-            Error::LabMessage(format!("DUT {id:?}: ip {a:?} is not an IP address (write e.g. \"127.0.0.2\" or \"::1\")"))
+            Error::LabMessage(format!(
+                "DUT {id:?}: ip {a:?} is not an IP address (write e.g. \"127.0.0.2\" or \"::1\")"
+            ))
         })?;
         addrs.push(parsed);
     }
-    Ok(Dut { id: DutId(id.to_string()), machine_id, mac, serial, ip: addrs, tags })
+    Ok(Dut {
+        id: DutId(id.to_string()),
+        machine_id,
+        mac,
+        serial,
+        ip: addrs,
+        tags,
+    })
 }
 
 impl Lab {
@@ -74,15 +89,27 @@ impl Lab {
     }
 }
 
-/// The render context of a job for `dut` of a lab that is not running: template variables
-/// as [`citron_core::Gateway::variables`] gives them, with the server endpoints empty (no server
-/// listens), plus the `file:` roots.
+/// The render context of a job for `dut` of a lab that is not running, as `citron validate` and
+/// `citron render` build it: the endpoints `citron serve` has with its default addresses
+/// (`http://127.0.0.1:8080`, ...), then the lab's variables, and the `file:` roots.
 pub(crate) fn offline_context(lab: &LabConfig, dut: &Dut, job_dir: Option<&Path>) -> RenderContext {
+    use citron_protocols::server::{DEFAULT_HTTP, DEFAULT_NBD, DEFAULT_TFTP};
     let mut vars = BTreeMap::new();
     vars.insert("machine_id".to_string(), dut.machine_id().to_string());
-    for k in ["http_artifact_base", "tftp_artifact_base", "nbd_host", "nbd_port"] {
-        vars.insert(k.to_string(), String::new());
-    }
+    vars.insert(
+        "http_artifact_base".to_string(),
+        format!("http://{DEFAULT_HTTP}"),
+    );
+    vars.insert(
+        "tftp_artifact_base".to_string(),
+        format!("tftp://{DEFAULT_TFTP}"),
+    );
+    let (nbd_host, nbd_port) = match DEFAULT_NBD.parse::<std::net::SocketAddr>() {
+        Ok(a) => (a.ip().to_string(), a.port().to_string()),
+        Err(_) => (String::new(), String::new()),
+    };
+    vars.insert("nbd_host".to_string(), nbd_host);
+    vars.insert("nbd_port".to_string(), nbd_port);
     for (k, v) in &lab.variables {
         vars.insert(k.clone(), v.clone());
     }
@@ -90,19 +117,21 @@ pub(crate) fn offline_context(lab: &LabConfig, dut: &Dut, job_dir: Option<&Path>
     if let Some(d) = job_dir {
         roots.push(d.to_path_buf());
     }
-    RenderContext { vars, file_roots: roots }
+    RenderContext {
+        vars,
+        file_roots: roots,
+    }
 }
 
 #[pymethods]
 impl Lab {
-    /// An empty lab (no DUTs) with these template variables and ``file:`` roots.
-    ///
-    /// >>> import citron
-    /// >>> citron.Lab(artifact_roots=["/srv/artifacts"]).artifact_roots
-    /// ['/srv/artifacts']
+    // The constructor's documentation is in the class docstring (Python shows that one).
     #[new]
     #[pyo3(signature = (variables = None, artifact_roots = None))]
-    fn new(variables: Option<BTreeMap<String, String>>, artifact_roots: Option<Vec<PathBuf>>) -> Lab {
+    fn new(
+        variables: Option<BTreeMap<String, String>>,
+        artifact_roots: Option<Vec<PathBuf>>,
+    ) -> Lab {
         Lab {
             config: LabConfig {
                 variables: variables.unwrap_or_default(),
@@ -119,7 +148,9 @@ impl Lab {
     /// [('dut1', ['127.0.0.2']), ('dut2', ['127.0.0.3'])]
     #[staticmethod]
     fn default() -> Lab {
-        Lab { config: LabConfig::default_lab() }
+        Lab {
+            config: LabConfig::default_lab(),
+        }
     }
 
     /// Parses a lab file's text; ``filename`` is used in error messages. Raises
@@ -132,7 +163,8 @@ impl Lab {
     #[staticmethod]
     #[pyo3(signature = (text, filename = None))]
     fn from_yaml(text: &str, filename: Option<&str>) -> PyResult<Lab> {
-        let config = LabConfig::from_yaml(text, filename.unwrap_or("<lab>")).map_err(Error::from)?;
+        let config =
+            LabConfig::from_yaml(text, filename.unwrap_or("<lab>")).map_err(Error::from)?;
         check_registry(&config)?;
         Ok(Lab { config })
     }
@@ -197,7 +229,11 @@ impl Lab {
     /// Directories ``file:`` sources of jobs may read.
     #[getter]
     fn artifact_roots(&self) -> Vec<String> {
-        self.config.artifact_roots.iter().map(|p| p.display().to_string()).collect()
+        self.config
+            .artifact_roots
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect()
     }
 
     fn __repr__(&self) -> String {
@@ -211,7 +247,8 @@ impl Lab {
 fn check_registry(config: &LabConfig) -> Result<(), Error> {
     let mut r = DutRegistry::default();
     for d in &config.duts {
-        r.add(d.clone()).map_err(|e| Error::LabMessage(e.to_string()))?;
+        r.add(d.clone())
+            .map_err(|e| Error::LabMessage(e.to_string()))?;
     }
     Ok(())
 }

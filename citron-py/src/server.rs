@@ -4,8 +4,10 @@
 //! stopping waits for the backends) releases the GIL, so Python threads — including a test's own
 //! HTTP or TFTP client — keep running meanwhile.
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use citron_core::access::Outcome;
 use citron_core::job::RenderContext;
@@ -24,7 +26,7 @@ use crate::job::{JobDescription, ResolvedJob};
 use crate::lab::{dut_dict, make_dut, Lab};
 use citron_protocols::server::{RunningServer, ServerBuilder};
 
-/// A running citron: the lab's DUTs and jobs, and its HTTP, TFTP (and NBD) servers listening on
+/// A running citron: the lab's DUTs and jobs, and its HTTP, TFTP and NBD servers listening on
 /// the given addresses. Port 0 picks a free port; the ``*_address`` properties tell which.
 ///
 /// Use it as a context manager so that the servers stop (and free their ports) when the block
@@ -33,16 +35,30 @@ use citron_protocols::server::{RunningServer, ServerBuilder};
 ///
 /// >>> import citron, http.client
 /// >>> with citron.Server(tftp=None) as srv:
-/// ...     srv.set_job("dut1", "deployment:\n  start:\n    storage:\n      http:\n"
-/// ...                 "        - {path: /hello.txt, data: hi}\n")
+/// ...     _ = srv.set_job("dut1", "deployment:\n  start:\n    storage:\n      http:\n"
+/// ...                     "        - {path: /hello.txt, data: hi}\n")
 /// ...     host, port = srv.http_address
 /// ...     c = http.client.HTTPConnection(host, port, source_address=("127.0.0.2", 0))
 /// ...     c.request("GET", "/hello.txt")
-/// ...     print(c.getresponse().read())
+/// ...     r = c.getresponse()
+/// ...     print(r.status, r.read())
 /// ...     c.close()
-/// ...     print(srv.accesses("dut1")[0]["outcome"])
-/// b'hi'
-/// served
+/// 200 b'hi'
+///
+/// ``Server(lab=None, data_dir=None, *, http="127.0.0.1:0", tftp="127.0.0.1:0",
+/// nbd="127.0.0.1:0", api=None, advertise=None)`` creates the gateway for ``lab`` (a
+/// :class:`Lab`, a lab file path, or None for the default lab) with its state under
+/// ``data_dir``, and starts the backends: ``http``, ``tftp``, ``nbd`` and ``api`` (the lab's
+/// HTTP/JSON control API) are ``"host:port"`` (port 0 picks one) or None to leave them off.
+/// ``advertise`` is the IP address DUTs reach this machine at when listening on a wildcard
+/// address (it fills ``{{ http_artifact_base }}``…).
+/// Raises :class:`citron.ServerError` if an address cannot be bound.
+///
+/// >>> import citron
+/// >>> srv = citron.Server(lab=citron.Lab.default(), http="127.0.0.1:0", tftp=None)
+/// >>> srv.http_address[1] > 0, srv.tftp_address
+/// (True, None)
+/// >>> srv.stop()
 #[pyclass(frozen, module = "citron")]
 pub struct Server {
     gateway: Gateway,
@@ -89,14 +105,53 @@ fn parse_listen(what: &str, a: Option<&str>) -> Result<Option<SocketAddr>, Error
     }
 }
 
-fn addr_tuple<'py>(py: Python<'py>, a: Option<SocketAddr>) -> PyResult<Option<Bound<'py, PyTuple>>> {
-    a.map(|a| PyTuple::new(py, [a.ip().to_string().into_pyobject(py)?.into_any(), a.port().into_pyobject(py)?.into_any()]))
-        .transpose()
+fn addr_tuple<'py>(
+    py: Python<'py>,
+    a: Option<SocketAddr>,
+) -> PyResult<Option<Bound<'py, PyTuple>>> {
+    a.map(|a| {
+        PyTuple::new(
+            py,
+            [
+                a.ip().to_string().into_pyobject(py)?.into_any(),
+                a.port().into_pyobject(py)?.into_any(),
+            ],
+        )
+    })
+    .transpose()
+}
+
+/// How often a long call looks for Ctrl-C (`KeyboardInterrupt`) while it waits.
+const SIGNAL_POLL: Duration = Duration::from_millis(100);
+
+/// Runs `fut` to completion with the GIL released, but gives up (dropping the future, which
+/// cancels it) as soon as a Python signal handler raises, so that Ctrl-C interrupts a job load
+/// stuck on a slow download just as it would interrupt Python code.
+fn interruptible<F>(py: Python<'_>, rt: &Runtime, fut: F) -> PyResult<F::Output>
+where
+    F: Future + Send,
+    F::Output: Send,
+{
+    py.detach(|| {
+        rt.block_on(async {
+            tokio::pin!(fut);
+            let mut tick = tokio::time::interval(SIGNAL_POLL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    out = &mut fut => return Ok(out),
+                    _ = tick.tick() => Python::attach(|py| py.check_signals())?,
+                }
+            }
+        })
+    })
 }
 
 impl Server {
     fn rt(&self) -> Result<&Runtime, Error> {
-        self.rt.as_ref().ok_or_else(|| Error::Server("the server is being dropped".into()))
+        self.rt
+            .as_ref()
+            .ok_or_else(|| Error::Server("the server is being dropped".into()))
     }
 
     fn known(&self, dut: &str) -> Result<DutId, Error> {
@@ -107,9 +162,16 @@ impl Server {
         Ok(id)
     }
 
-    pub(crate) fn render_context(&self, dut: &str, job_dir: Option<&Path>) -> Result<RenderContext, Error> {
+    pub(crate) fn render_context(
+        &self,
+        dut: &str,
+        job_dir: Option<&Path>,
+    ) -> Result<RenderContext, Error> {
         let id = self.known(dut)?;
-        let d = self.gateway.dut(&id).ok_or_else(|| Error::UnknownDut(dut.to_string()))?;
+        let d = self
+            .gateway
+            .dut(&id)
+            .ok_or_else(|| Error::UnknownDut(dut.to_string()))?;
         Ok(self.gateway.render_context(&d, job_dir))
     }
 
@@ -120,22 +182,11 @@ impl Server {
 
 #[pymethods]
 impl Server {
-    /// Creates the gateway for ``lab`` (a :class:`Lab`, a lab file path, or None for the default
-    /// lab) with its state under ``data_dir``, and starts the backends: ``http``, ``tftp``,
-    /// ``nbd`` and ``api`` (the lab's HTTP/JSON control API) are ``"host:port"`` (port 0 picks
-    /// one) or None to leave them off. ``advertise`` is the IP address DUTs reach this machine
-    /// at when listening on a wildcard address (it fills ``{{ http_artifact_base }}``…).
-    /// Raises :class:`citron.ServerError` if an address cannot be bound.
-    ///
-    /// >>> import citron
-    /// >>> srv = citron.Server(lab=citron.Lab.default(), http="127.0.0.1:0", tftp=None)
-    /// >>> srv.http_address[1] > 0, srv.tftp_address
-    /// (True, None)
-    /// >>> srv.stop()
+    // The constructor's documentation is in the class docstring (Python shows that one).
     #[new]
     #[pyo3(
-        signature = (lab = None, data_dir = None, *, http = Some("127.0.0.1:0"), tftp = Some("127.0.0.1:0"), nbd = None, api = None, advertise = None),
-        text_signature = "(lab=None, data_dir=None, *, http='127.0.0.1:0', tftp='127.0.0.1:0', nbd=None, api=None, advertise=None)"
+        signature = (lab = None, data_dir = None, *, http = Some("127.0.0.1:0"), tftp = Some("127.0.0.1:0"), nbd = Some("127.0.0.1:0"), api = None, advertise = None),
+        text_signature = "(lab=None, data_dir=None, *, http='127.0.0.1:0', tftp='127.0.0.1:0', nbd='127.0.0.1:0', api=None, advertise=None)"
     )]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -169,7 +220,9 @@ impl Server {
                 let t = tempfile::Builder::new()
                     .prefix("citron-py-")
                     .tempdir()
-                    .map_err(|e| Error::Server(format!("cannot create a temporary data directory: {e}")))?;
+                    .map_err(|e| {
+                        Error::Server(format!("cannot create a temporary data directory: {e}"))
+                    })?;
                 (t.path().to_path_buf(), Some(t))
             }
         };
@@ -180,15 +233,29 @@ impl Server {
             .enable_all()
             .build()
             .map_err(|e| Error::Server(format!("cannot start the tokio runtime: {e}")))?;
-        let builder = ServerBuilder::new(gateway.clone()).http(http).tftp(tftp).nbd(nbd).api(api).advertise(advertise);
-        let running = py.detach(|| rt.block_on(builder.start())).map_err(Error::from)?;
+        let builder = ServerBuilder::new(gateway.clone())
+            .http(http)
+            .tftp(tftp)
+            .nbd(nbd)
+            .api(api)
+            .advertise(advertise);
+        let running = py
+            .detach(|| rt.block_on(builder.start()))
+            .map_err(Error::from)?;
         let bound = BoundAddrs {
             http: running.http_addr(),
             tftp: running.tftp_addr(),
             nbd: running.nbd_addr(),
             api: running.api_addr(),
         };
-        Ok(Server { gateway, rt: Some(rt), running: Mutex::new(Some(running)), bound, data_dir, tmp })
+        Ok(Server {
+            gateway,
+            rt: Some(rt),
+            running: Mutex::new(Some(running)),
+            bound,
+            data_dir,
+            tmp,
+        })
     }
 
     /// ``(host, port)`` the HTTP server listens on, or None if it was not started.
@@ -227,7 +294,9 @@ impl Server {
         self.bound.http?;
         // The value jobs get: the bound address, or what the lab's variables or `advertise` say.
         let vars = self.gateway.variables(&Dut::new("_", []));
-        vars.get("http_artifact_base").filter(|v| !v.is_empty()).cloned()
+        vars.get("http_artifact_base")
+            .filter(|v| !v.is_empty())
+            .cloned()
     }
 
     /// Where the cache and disks live.
@@ -287,7 +356,9 @@ impl Server {
     /// ...     [d["id"] for d in srv.duts()]
     /// ['dut1']
     fn remove_dut(&self, id: &str) -> PyResult<()> {
-        self.gateway.remove_dut(&DutId::from(id)).map_err(Error::from)?;
+        self.gateway
+            .remove_dut(&DutId::from(id))
+            .map_err(Error::from)?;
         Ok(())
     }
 
@@ -295,7 +366,8 @@ impl Server {
     /// ``dut``'s job: renders it, fetches every artifact into the cache (the GIL is released
     /// meanwhile) and replaces any previous job; counts as a ``job_start``. Returns what is now
     /// served. Raises :class:`citron.JobError`, :class:`citron.FetchError` or
-    /// :class:`citron.UnknownDutError`.
+    /// :class:`citron.UnknownDutError`; Ctrl-C interrupts a slow load (``KeyboardInterrupt``,
+    /// the previous job stays).
     ///
     /// >>> import citron
     /// >>> with citron.Server(http=None, tftp=None) as srv:
@@ -303,7 +375,13 @@ impl Server {
     /// ...     r.artifacts[0].path
     /// 'boot/dut1/kernel'
     #[pyo3(signature = (dut, job, filename = None))]
-    fn set_job(&self, py: Python<'_>, dut: &str, job: JobArg<'_>, filename: Option<&str>) -> PyResult<ResolvedJob> {
+    fn set_job(
+        &self,
+        py: Python<'_>,
+        dut: &str,
+        job: JobArg<'_>,
+        filename: Option<&str>,
+    ) -> PyResult<ResolvedJob> {
         let id = self.known(dut)?;
         let job: JobDescription = match job {
             JobArg::Job(j) => j.clone(),
@@ -311,18 +389,23 @@ impl Server {
         };
         let rt = self.rt()?;
         let gw = &self.gateway;
-        py.detach(|| {
-            rt.block_on(async {
-                if job.from_file {
-                    gw.set_trusted_job(&id, &job.inner).await
-                } else {
-                    gw.set_job(&id, &job.inner).await
-                }
-            })
-        })
-        .map_err(Error::from)?;
-        let resolved = self.gateway.job(&id).ok_or_else(|| Error::UnknownDut(dut.to_string()))?;
-        let mid = self.gateway.dut(&id).map(|d| d.machine_id().to_string()).unwrap_or_else(|| dut.to_string());
+        let load = async {
+            if job.from_file {
+                gw.set_trusted_job(&id, &job.inner).await
+            } else {
+                gw.set_job(&id, &job.inner).await
+            }
+        };
+        interruptible(py, rt, load)?.map_err(Error::from)?;
+        let resolved = self
+            .gateway
+            .job(&id)
+            .ok_or_else(|| Error::UnknownDut(dut.to_string()))?;
+        let mid = self
+            .gateway
+            .dut(&id)
+            .map(|d| d.machine_id().to_string())
+            .unwrap_or_else(|| dut.to_string());
         Ok(ResolvedJob::from_core(&resolved, &mid))
     }
 
@@ -334,8 +417,15 @@ impl Server {
     /// True
     fn job(&self, dut: &str) -> PyResult<Option<ResolvedJob>> {
         let id = self.known(dut)?;
-        let mid = self.gateway.dut(&id).map(|d| d.machine_id().to_string()).unwrap_or_else(|| dut.to_string());
-        Ok(self.gateway.job(&id).map(|r| ResolvedJob::from_core(&r, &mid)))
+        let mid = self
+            .gateway
+            .dut(&id)
+            .map(|d| d.machine_id().to_string())
+            .unwrap_or_else(|| dut.to_string());
+        Ok(self
+            .gateway
+            .job(&id)
+            .map(|r| ResolvedJob::from_core(&r, &mid)))
     }
 
     /// Drops ``dut``'s job: its files disappear from its namespace. Returns whether it had one.
@@ -345,7 +435,10 @@ impl Server {
     /// ...     srv.clear_job("dut1")
     /// False
     fn clear_job(&self, dut: &str) -> PyResult<bool> {
-        Ok(self.gateway.clear_job(&DutId::from(dut)).map_err(Error::from)?)
+        Ok(self
+            .gateway
+            .clear_job(&DutId::from(dut))
+            .map_err(Error::from)?)
     }
 
     /// Tells citron something happened to ``dut``: ``"boot"`` (resets ``access_count``; from the
@@ -357,7 +450,9 @@ impl Server {
     #[pyo3(signature = (dut, event = "boot"))]
     fn event(&self, dut: &str, event: &str) -> PyResult<()> {
         let ev: Event = event.parse().map_err(PyValueError::new_err)?;
-        self.gateway.event(&DutId::from(dut), ev).map_err(Error::from)?;
+        self.gateway
+            .event(&DutId::from(dut), ev)
+            .map_err(Error::from)?;
         Ok(())
     }
 
@@ -370,7 +465,10 @@ impl Server {
     /// ...     srv.accesses("dut1")
     /// []
     fn accesses<'py>(&self, py: Python<'py>, dut: &str) -> PyResult<Bound<'py, PyList>> {
-        let recs = self.gateway.accesses(&DutId::from(dut)).map_err(Error::from)?;
+        let recs = self
+            .gateway
+            .accesses(&DutId::from(dut))
+            .map_err(Error::from)?;
         let l = PyList::empty(py);
         for r in recs {
             let d = PyDict::new(py);
@@ -409,7 +507,9 @@ impl Server {
     /// >>> srv.stop(); srv.running
     /// False
     fn stop(&self, py: Python<'_>) -> PyResult<()> {
-        let Some(running) = self.running.lock().take() else { return Ok(()) };
+        let Some(running) = self.running.lock().take() else {
+            return Ok(());
+        };
         let rt = self.rt()?;
         py.detach(|| rt.block_on(running.shutdown()));
         Ok(())
@@ -432,7 +532,8 @@ impl Server {
     }
 
     fn __repr__(&self) -> String {
-        let f = |a: Option<SocketAddr>| a.map(|a| format!("'{a}'")).unwrap_or_else(|| "None".into());
+        let f =
+            |a: Option<SocketAddr>| a.map(|a| format!("'{a}'")).unwrap_or_else(|| "None".into());
         format!(
             "Server(http={}, tftp={}, nbd={}, api={}, running={})",
             f(self.bound.http),

@@ -5,7 +5,8 @@ from __future__ import annotations
 import http.client
 import os
 import shutil
-from typing import Iterator, Tuple
+import time
+from typing import Iterator, List, Tuple
 
 import pytest
 
@@ -40,6 +41,20 @@ def http_get(srv: citron.Server, path: str, source: str) -> Tuple[int, bytes]:
         return resp.status, resp.read()
     finally:
         conn.close()
+
+
+def wait_for_accesses(srv: citron.Server, dut: str, count: int, timeout: float = 10.0) -> List[citron.AccessRecord]:
+    """``dut``'s access log once it has ``count`` records, in request order.
+
+    A read is logged when the server lets go of the file, which can be just after the client
+    has everything (TFTP's last ACK, HTTP's last body bytes): poll, bounded, rather than race.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        recs = srv.accesses(dut)
+        if len(recs) >= count or time.monotonic() > deadline:
+            return sorted(recs, key=lambda r: r["time"])
+        time.sleep(0.02)
 
 
 @pytest.fixture

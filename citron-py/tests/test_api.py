@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 from typing import Any
 
@@ -156,6 +157,57 @@ def test_repr_and_version() -> None:
     assert citron.__version__
     assert "dut1" in repr(citron.Lab.default())
     assert repr(citron.JobDescription.from_yaml("deployment: {start: {}}", filename="f.yaml")) == 'JobDescription(filename="f.yaml")'
-    srv = citron.Server(http=None, tftp=None)
-    assert "running=true" in repr(srv)
+    srv = citron.Server(http="127.0.0.1:0", tftp=None)
+    assert repr(srv) == (
+        f"Server(http='127.0.0.1:{srv.http_address[1] if srv.http_address else 0}', tftp=None, "
+        f"nbd='127.0.0.1:{srv.nbd_address[1] if srv.nbd_address else 0}', api=None, running=True)"
+    )
     srv.stop()
+    assert repr(srv).endswith("running=False)")
+
+
+def test_mangled_jobs_give_job_errors_never_a_panic() -> None:
+    """Bounded random mutations of a valid job (fixed seed): each one is a job or a JobError."""
+    import random
+
+    base = (pathlib.Path(__file__).resolve().parents[2] / "examples" / "job-hello.yaml").read_text()
+    rng = random.Random(1234)
+    alphabet = "{}[]:-,'\"\\ \n\t#&*!|>%@`x0{{ }}"
+    outcomes = {"ok": 0, "error": 0}
+    for _ in range(400):
+        chars = list(base)
+        for _ in range(rng.randint(1, 6)):
+            i = rng.randrange(len(chars))
+            op = rng.randrange(3)
+            if op == 0:
+                del chars[i]
+            elif op == 1:
+                chars.insert(i, rng.choice(alphabet))
+            else:
+                chars[i] = rng.choice(alphabet)
+        text = "".join(chars)
+        try:
+            citron.JobDescription.from_yaml(text, filename="m.yaml").render(dut="dut1")
+            outcomes["ok"] += 1
+        except citron.JobError as e:
+            assert e.errors and all(d.line >= 1 and d.column >= 1 for d in e.errors), text
+            outcomes["error"] += 1
+    assert outcomes["error"] > 0
+
+
+def test_citron_log_shows_the_rust_log_on_stderr() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import citron\n"
+        "with citron.Server(http=None, tftp=None, nbd=None) as srv:\n"
+        "    srv.set_job('dut1', 'deployment:\\n  start:\\n    kernel: {data: k}\\n')\n"
+    )
+    env = dict(os.environ, CITRON_LOG="info")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "job loaded" in proc.stderr
+    env.pop("CITRON_LOG")
+    quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert (quiet.returncode, quiet.stderr) == (0, "")

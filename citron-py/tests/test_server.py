@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import gc
+import http.client
+import json
 import pathlib
 import socket
 import subprocess
+import sys
 import threading
-from typing import List
+import time
+from typing import List, Tuple
 
 import pytest
 
 import citron
-from conftest import DUT1, DUT2, http_get, require_tool
+from conftest import DUT1, DUT2, http_get, require_tool, wait_for_accesses
 
 HELLO_JOB = """\
 deployment:
@@ -33,9 +38,9 @@ def test_a_dut_gets_its_file_and_another_dut_does_not(http_server: citron.Server
     status, _ = http_get(http_server, "/hello.txt", DUT2)
     assert status == 404
     # The access log says who got what.
-    [rec] = http_server.accesses("dut1")
+    [rec] = wait_for_accesses(http_server, "dut1", 1)
     assert (rec["protocol"], rec["path"], rec["bytes"], rec["outcome"]) == ("http", "/hello.txt", 10, "served")
-    [refused] = http_server.accesses("dut2")
+    [refused] = wait_for_accesses(http_server, "dut2", 1)
     assert refused["outcome"] == "refused" and refused["reason"]
 
 
@@ -45,7 +50,7 @@ def test_access_count_is_reset_by_a_boot_event(http_server: citron.Server) -> No
     assert http_get(http_server, "/job/secret", DUT1)[0] == 410
     http_server.event("dut1", "boot")
     assert http_get(http_server, "/job/secret", DUT1) == (200, b"s3cr3t")
-    assert [a["outcome"] for a in http_server.accesses("dut1")] == ["served", "refused", "served"]
+    assert [a["outcome"] for a in wait_for_accesses(http_server, "dut1", 3)] == ["served", "refused", "served"]
 
 
 def test_each_dut_has_its_own_namespace(http_server: citron.Server) -> None:
@@ -87,7 +92,7 @@ def test_stop_frees_the_port_and_is_idempotent() -> None:
     finally:
         s.close()
     # The gateway outlives the backends: the access log is still readable.
-    assert srv.accesses("dut1")[0]["outcome"] == "served"
+    assert wait_for_accesses(srv, "dut1", 1)[0]["outcome"] == "served"
 
 
 def test_a_with_block_stops_the_server_even_on_error() -> None:
@@ -140,7 +145,7 @@ def test_tftp_read_with_the_tftp_hpa_client(tmp_path: pathlib.Path) -> None:
         )
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert out.read_bytes() == b"local config"
-        [rec] = srv.accesses("local")
+        [rec] = wait_for_accesses(srv, "local", 1)
         assert (rec["protocol"], rec["outcome"], rec["bytes"]) == ("tftp", "served", 12)
         assert srv.accesses("dut1") == []
         # A missing file: tftp-hpa prints the server's error and leaves no file behind.
@@ -179,4 +184,85 @@ def test_calls_from_many_threads_while_serving(http_server: citron.Server) -> No
     for t in threads:
         t.join(timeout=60)
     assert not errors, errors
-    assert len([a for a in http_server.accesses("dut1") if a["outcome"] == "served"]) == 80
+    served = [a for a in wait_for_accesses(http_server, "dut1", 80) if a["outcome"] == "served"]
+    assert len(served) == 80
+
+
+def test_dropping_a_running_server_stops_it() -> None:
+    srv = citron.Server(tftp=None)
+    addr = srv.http_address
+    assert addr is not None
+    del srv
+    gc.collect()
+    # The backends stop in the background: wait (bounded) until the port refuses connections.
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(addr, timeout=5).close()
+        except ConnectionRefusedError:
+            break
+        assert time.monotonic() < deadline, f"{addr} still accepts connections after the server was dropped"
+        time.sleep(0.05)
+
+
+def test_the_interpreter_exits_with_a_server_still_running() -> None:
+    code = (
+        "import citron\n"
+        "srv = citron.Server()\n"
+        "srv.set_job('dut1', 'deployment:\\n  start:\\n    kernel: {data: k}\\n')\n"
+        "print('up', srv.http_address is not None)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stdout) == (0, "up True\n"), proc.stderr
+
+
+def test_the_lab_api_shares_the_servers_state() -> None:
+    with citron.Server(http=None, tftp=None, api="127.0.0.1:0") as srv:
+        addr = srv.api_address
+        assert addr is not None
+        srv.add_dut("py-added", ip=["127.0.0.70"])
+
+        def call(method: str, path: str, body: str = "") -> Tuple[int, bytes]:
+            assert addr is not None
+            conn = http.client.HTTPConnection(addr[0], addr[1], timeout=10)
+            try:
+                conn.request(method, path, body=body.encode() or None)
+                resp = conn.getresponse()
+                return resp.status, resp.read()
+            finally:
+                conn.close()
+
+        status, body = call("GET", "/api/v1/duts")
+        assert status == 200
+        assert "py-added" in [d["id"] for d in json.loads(body)]
+        # A job set over the API is the one Python sees, and the other way round.
+        status, _ = call("PUT", "/api/v1/duts/py-added/job", "deployment:\n  start:\n    kernel: {data: k}\n")
+        assert status // 100 == 2
+        job = srv.job("py-added")
+        assert job is not None and [a.path for a in job.artifacts] == ["boot/py-added/kernel"]
+        status, body = call("PUT", "/api/v1/duts/dut1/job", "deployment:\n  start:\n    colour: red\n")
+        assert status == 422
+    assert srv.api_address == addr and not srv.running
+
+
+def test_nbd_export_with_nbdinfo() -> None:
+    nbdinfo = require_tool("nbdinfo")
+    with citron.Server(http=None, tftp=None, nbd="127.0.0.1:0") as srv:
+        # Like tftp-hpa, nbdinfo cannot choose its source address: 127.0.0.1 is this test's DUT.
+        srv.add_dut("local", ip=["127.0.0.1"])
+        srv.set_job("local", "deployment:\n  start:\n    storage:\n      nbd:\n        - {name: scratch, raw: {size: 1M}}\n")
+        srv.set_job("dut1", "deployment:\n  start:\n    storage:\n      nbd:\n        - {name: private, raw: {size: 2M}}\n")
+        addr = srv.nbd_address
+        assert addr is not None
+        uri = f"nbd://{addr[0]}:{addr[1]}"
+
+        def run(*args: str) -> "subprocess.CompletedProcess[str]":
+            return subprocess.run([nbdinfo, *args], capture_output=True, text=True, timeout=60)
+
+        size = run("--size", f"{uri}/scratch")
+        assert (size.returncode, size.stdout.strip()) == (0, str(1 << 20)), size.stderr
+        listing = run("--list", "--json", uri)
+        assert listing.returncode == 0, listing.stderr
+        names = [e["export-name"] for e in json.loads(listing.stdout)["exports"]]
+        assert names == ["scratch"]  # not dut1's "private"
+        assert run("--size", f"{uri}/private").returncode != 0

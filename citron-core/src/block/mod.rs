@@ -1,10 +1,45 @@
-//! Block storage for NBD: disks prepared once per job and shared read-only, with a copy-on-write
-//! overlay per DUT so that a reset is dropping a file, not copying a disk.
+//! Block storage for NBD: disks prepared once per content and shared read-only, with a
+//! copy-on-write overlay per DUT so that a reset is dropping a file, not copying a disk.
+//!
+//! # Layout
+//! - [`BlockDevice`]: what a protocol backend reads and writes.
+//! - [`CowDisk`]: one DUT's view of one disk (base + overlay + bitmap), the `BlockDevice` citron
+//!   serves.
+//! - [`DiskStore`]: which job offers which disk to whom, resets on events, expiration.
+//! - `prepare`: raw, image (qcow2 converted with `qemu-img`) and filesystem (`mkfs.ext4 -d` from
+//!   a tarball) bases.
 
 use std::io;
+use std::path::{Path, PathBuf};
+
+mod overlay;
+mod prepare;
+mod store;
+
+pub use overlay::{CowDisk, BLOCK};
+pub use prepare::BaseImage;
+pub use store::DiskStore;
+
+use crate::artifact::FetchError;
 
 /// A disk as one DUT sees it. Offsets and lengths are checked by the caller against
 /// [`size`](BlockDevice::size) before any method is called (the core checks, the device trusts).
+///
+/// One value serves every connection of its DUT, concurrently: a write acknowledged on one
+/// connection is seen by reads on all of them, and `flush` on any makes all of them durable.
+///
+/// ```
+/// use citron_core::block::{BlockDevice, CowDisk};
+/// let dir = tempfile::tempdir().unwrap();
+/// let disk = CowDisk::open(dir.path(), None, "raw-8192", 8192).unwrap();
+/// disk.write_at(b"citron", 100, true).unwrap();
+/// let mut buf = [0u8; 6];
+/// disk.read_at(&mut buf, 100).unwrap();
+/// assert_eq!(&buf, b"citron");
+/// disk.reset().unwrap();
+/// disk.read_at(&mut buf, 100).unwrap();
+/// assert_eq!(buf, [0u8; 6]);
+/// ```
 pub trait BlockDevice: Send + Sync {
     /// Size in bytes.
     fn size(&self) -> u64;
@@ -20,4 +55,46 @@ pub trait BlockDevice: Send + Sync {
     fn trim(&self, offset: u64, len: u64) -> io::Result<()>;
     /// Makes every acknowledged write durable.
     fn flush(&self) -> io::Result<()>;
+}
+
+/// Why a job's disk could not be prepared.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DiskError {
+    /// The image or tarball could not be fetched.
+    #[error("{0}")]
+    Fetch(#[from] FetchError),
+    /// The job asks for something citron does not build.
+    #[error("unsupported disk: {0}")]
+    Unsupported(String),
+    /// An external tool failed or is missing.
+    #[error("{tool} failed: {message}; is it installed (qemu-utils, e2fsprogs)?")]
+    Tool {
+        /// The program.
+        tool: String,
+        /// Its exit status and error output.
+        message: String,
+    },
+    /// The tarball is unreadable or hostile.
+    #[error("tarball {path}: {message}; fix the archive")]
+    Tarball {
+        /// The cached tarball.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The disk store's files.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+impl DiskError {
+    pub(crate) fn io(path: &Path, source: io::Error) -> DiskError {
+        DiskError::Io { path: path.to_path_buf(), source }
+    }
 }

@@ -1,16 +1,128 @@
-//! NBD backend (placeholder until the NBD branch lands: refuses to start).
+//! NBD backend: fixed-newstyle negotiation (`NBD_OPT_GO`, `INFO`, `LIST`, `EXPORT_NAME`,
+//! `ABORT`, `STRUCTURED_REPLY`) and the transmission commands `READ`, `WRITE`, `FLUSH`, `TRIM`,
+//! `WRITE_ZEROES` and `DISC`, with `FUA`.
+//!
+//! # Layout
+//! - `wire`: bytes to messages and back, no I/O.
+//! - `handshake`: the negotiation, asking the catalog for exports.
+//! - `session`: the transmission phase of one connection.
+//! - [`serve`]: the accept loop.
+//!
+//! Each DUT (by source address) lists and opens only its own exports and the lab's shared ones;
+//! all its connections to one export share one device (its copy-on-write overlay), so writes on
+//! one are seen by the others and `NBD_FLAG_CAN_MULTI_CONN` holds.
 
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
-use citron_core::serve::Catalog;
+use citron_core::serve::{Catalog, ServeError};
+use tokio::sync::watch;
 
-/// Serves NBD clients on `listener` until `shutdown` completes.
+mod handshake;
+mod session;
+pub mod wire;
+
+/// The largest read or write citron accepts (and advertises as maximum block size).
+pub const MAX_PAYLOAD: u32 = 32 << 20;
+
+/// How a [`ServeError`] is answered: the option reply during negotiation, the errno during
+/// transmission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NbdError {
+    /// `NBD_REP_ERR_*`.
+    pub rep: u32,
+    /// `NBD_E*`.
+    pub errno: u32,
+}
+
+/// The one mapping from the core's refusals to NBD. Names a DUT may not see answer like names
+/// that do not exist.
+pub(crate) fn nbd_error(e: &ServeError) -> NbdError {
+    use wire::{errno, rep};
+    let (rep, errno) = match e {
+        ServeError::UnknownDut(_) => (rep::ERR_UNKNOWN, errno::EPERM),
+        ServeError::NotFound(_) => (rep::ERR_UNKNOWN, errno::EINVAL),
+        ServeError::BadPath(_) => (rep::ERR_INVALID, errno::EINVAL),
+        ServeError::Forbidden(_) => (rep::ERR_UNKNOWN, errno::EPERM),
+        ServeError::Gone(_) => (rep::ERR_UNKNOWN, errno::ESHUTDOWN),
+        ServeError::ReadOnly(_) => (rep::ERR_POLICY, errno::EPERM),
+        ServeError::OutOfRange { .. } => (rep::ERR_INVALID, errno::EINVAL),
+        ServeError::Io(io) => (
+            rep::ERR_INVALID,
+            match io.kind() {
+                io::ErrorKind::StorageFull => errno::ENOSPC,
+                io::ErrorKind::OutOfMemory => errno::ENOMEM,
+                io::ErrorKind::PermissionDenied => errno::EPERM,
+                _ => errno::EIO,
+            },
+        ),
+    };
+    NbdError { rep, errno }
+}
+
+/// Serves NBD clients on `listener` until `shutdown` completes; open connections are closed then.
+///
+/// ```no_run
+/// # async fn run(catalog: std::sync::Arc<dyn citron_core::serve::Catalog>) -> std::io::Result<()> {
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:10809").await?;
+/// citron_protocols::nbd::serve(listener, catalog, tokio::signal::ctrl_c().map(|_| ())).await
+/// # }
+/// # use futures::FutureExt;
+/// ```
 pub async fn serve(
-    _listener: tokio::net::TcpListener,
-    _catalog: Arc<dyn Catalog>,
-    _shutdown: impl Future<Output = ()> + Send + 'static,
+    listener: tokio::net::TcpListener,
+    catalog: Arc<dyn Catalog>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    Err(io::Error::new(io::ErrorKind::Unsupported, "the NBD backend is not built yet"))
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::pin!(shutdown);
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            r = listener.accept() => match r {
+                Ok((stream, addr)) => {
+                    backoff = Duration::from_millis(10);
+                    let _ = stream.set_nodelay(true);
+                    let catalog = catalog.clone();
+                    let stop = stop_rx.clone();
+                    tokio::spawn(connection(stream, addr.ip().to_canonical(), catalog, stop));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "NBD accept failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+    let _ = stop_tx.send(true);
+    Ok(())
+}
+
+async fn connection(
+    mut stream: tokio::net::TcpStream,
+    peer: std::net::IpAddr,
+    catalog: Arc<dyn Catalog>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let negotiated = tokio::select! {
+        r = handshake::negotiate(&mut stream, peer, &*catalog) => r,
+        _ = stop.changed() => return,
+    };
+    drop(catalog);
+    let n = match negotiated {
+        Ok(Some(n)) => n,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "NBD negotiation ended");
+            return;
+        }
+    };
+    tracing::debug!(%peer, export = %n.export.info.name, structured = n.structured, "NBD transmission");
+    if let Err(e) = session::transmission(stream, n.export, n.structured, &mut stop).await {
+        tracing::debug!(%peer, error = %e, "NBD connection ended");
+    }
 }

@@ -1,0 +1,450 @@
+//! The copy-on-write view of one disk for one DUT.
+//!
+//! Every DUT attached to a disk gets a [`CowDisk`]: reads of blocks it never wrote come from the
+//! shared, immutable base image (or zeroes for a raw disk); written blocks live in a sparse
+//! overlay file of the disk's size, and a bitmap says which. A reset truncates the overlay and the
+//! bitmap, whatever the disk's size, instead of copying anything.
+//!
+//! # Durability
+//! Data is written to the overlay before its bit is set, and `flush` first snapshots the bitmap,
+//! then `fsync`s the data and only then writes and `fsync`s that snapshot. A bit on disk therefore
+//! always names data that is on disk: after a crash, a block reads either what was acknowledged by a
+//! flush (or written with FUA) or the base, never garbage.
+
+use std::collections::BTreeSet;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use super::BlockDevice;
+
+/// Bytes per bitmap bit: a partial write of one block copies that block from the base first.
+pub const BLOCK: u64 = 4096;
+/// Bitmap words per chunk: a chunk is one 4 KiB page of the bitmap file, 128 MiB of disk.
+const CHUNK_WORDS: usize = 512;
+const CHUNK_BYTES: u64 = (CHUNK_WORDS * 8) as u64;
+const BLOCKS_PER_CHUNK: u64 = (CHUNK_WORDS * 64) as u64;
+
+/// Which blocks the overlay holds. Chunks are allocated on first write, so a fresh 20 GiB disk
+/// costs a few hundred bytes and a reset frees everything at once.
+#[derive(Debug, Default)]
+struct Bitmap {
+    chunks: Vec<Option<Box<[u64; CHUNK_WORDS]>>>,
+    dirty: BTreeSet<usize>,
+}
+
+impl Bitmap {
+    fn with_blocks(blocks: u64) -> Bitmap {
+        let n = blocks.div_ceil(BLOCKS_PER_CHUNK) as usize;
+        let mut chunks = Vec::with_capacity(n);
+        chunks.resize_with(n, || None);
+        Bitmap { chunks, dirty: BTreeSet::new() }
+    }
+
+    fn get(&self, block: u64) -> bool {
+        let c = (block / BLOCKS_PER_CHUNK) as usize;
+        let within = block % BLOCKS_PER_CHUNK;
+        match self.chunks.get(c) {
+            Some(Some(words)) => words[(within / 64) as usize] & (1 << (within % 64)) != 0,
+            _ => false,
+        }
+    }
+
+    fn set_range(&mut self, first: u64, end: u64) {
+        let mut b = first;
+        while b < end {
+            let c = (b / BLOCKS_PER_CHUNK) as usize;
+            let chunk = self.chunks[c].get_or_insert_with(|| Box::new([0u64; CHUNK_WORDS]));
+            self.dirty.insert(c);
+            let chunk_end = ((c as u64 + 1) * BLOCKS_PER_CHUNK).min(end);
+            while b < chunk_end {
+                let within = b % BLOCKS_PER_CHUNK;
+                let w = (within / 64) as usize;
+                let bit = within % 64;
+                if bit == 0 && chunk_end - b >= 64 {
+                    chunk[w] = u64::MAX;
+                    b += 64;
+                } else {
+                    chunk[w] |= 1 << bit;
+                    b += 1;
+                }
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        for c in self.chunks.iter_mut() {
+            *c = None;
+        }
+        self.dirty.clear();
+    }
+}
+
+/// The writable state of a [`CowDisk`]: its overlay and bitmap files.
+#[derive(Debug)]
+struct Cow {
+    data: File,
+    bitmap_file: File,
+    bitmap: RwLock<Bitmap>,
+    /// Serialises writers: a partial-block copy-in and the write that follows are one step.
+    write: Mutex<()>,
+}
+
+/// One DUT's view of one disk: a shared base plus, unless read-only, its own overlay.
+#[derive(Debug)]
+pub struct CowDisk {
+    size: u64,
+    base: Option<Arc<File>>,
+    base_len: u64,
+    cow: Option<Cow>,
+    dir: Option<PathBuf>,
+}
+
+impl CowDisk {
+    /// A read-only view of `base` (zeroes when `None`), `size` bytes long.
+    pub fn readonly(base: Option<Arc<File>>, size: u64) -> io::Result<CowDisk> {
+        let base_len = base_len(&base)?;
+        Ok(CowDisk { size, base, base_len, cow: None, dir: None })
+    }
+
+    /// A writable view whose overlay lives in `dir`: reopened with its writes if `dir` holds an
+    /// overlay of the same base (`base_key`) and size, else created empty.
+    pub fn open(dir: &Path, base: Option<Arc<File>>, base_key: &str, size: u64) -> io::Result<CowDisk> {
+        std::fs::create_dir_all(dir)?;
+        let meta_path = dir.join("meta");
+        let meta = format!("{base_key}\n{size}\n");
+        let reuse = std::fs::read_to_string(&meta_path).map(|m| m == meta).unwrap_or(false);
+        let open = |name: &str| OpenOptions::new().read(true).write(true).create(true).truncate(false).open(dir.join(name));
+        let data = open("data")?;
+        let bitmap_file = open("bitmap")?;
+        let blocks = size.div_ceil(BLOCK);
+        let mut bitmap = Bitmap::with_blocks(blocks);
+        if reuse {
+            load_bitmap(&bitmap_file, &mut bitmap)?;
+        } else {
+            bitmap_file.set_len(0)?;
+            bitmap_file.sync_all()?;
+            data.set_len(0)?;
+            let tmp = dir.join("meta.tmp");
+            std::fs::write(&tmp, &meta)?;
+            File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, &meta_path)?;
+        }
+        data.set_len(size)?;
+        let base_len = base_len(&base)?;
+        Ok(CowDisk {
+            size,
+            base,
+            base_len,
+            cow: Some(Cow { data, bitmap_file, bitmap: RwLock::new(bitmap), write: Mutex::new(()) }),
+            dir: Some(dir.to_path_buf()),
+        })
+    }
+
+    /// Where the overlay lives (`None` for a read-only view).
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    /// How many blocks the overlay holds: 0 right after a reset.
+    pub fn written_blocks(&self) -> u64 {
+        let Some(c) = &self.cow else { return 0 };
+        let bm = c.bitmap.read();
+        bm.chunks.iter().flatten().map(|w| w.iter().map(|x| x.count_ones() as u64).sum::<u64>()).sum()
+    }
+
+    /// Drops every write: the disk reads as its base again. Costs two truncations, not a copy.
+    pub fn reset(&self) -> io::Result<()> {
+        let Some(c) = &self.cow else { return Ok(()) };
+        let _w = c.write.lock();
+        let mut bm = c.bitmap.write();
+        bm.clear();
+        c.bitmap_file.set_len(0)?;
+        c.bitmap_file.sync_all()?;
+        c.data.set_len(0)?;
+        c.data.set_len(self.size)?;
+        Ok(())
+    }
+
+    fn read_base(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let (Some(f), true) = (&self.base, offset < self.base_len) else {
+            buf.fill(0);
+            return Ok(());
+        };
+        let avail = ((self.base_len - offset).min(buf.len() as u64)) as usize;
+        f.read_exact_at(&mut buf[..avail], offset)?;
+        buf[avail..].fill(0);
+        Ok(())
+    }
+
+    /// Makes every block touched by `[offset, end)` but not fully covered by it an overlay block,
+    /// so that the caller may then write any part of it.
+    fn copy_in_partial(&self, c: &Cow, offset: u64, end: u64) -> io::Result<()> {
+        let first = offset / BLOCK;
+        let last = (end - 1) / BLOCK;
+        let block_end = |b: u64| ((b + 1) * BLOCK).min(self.size);
+        let mut edges = Vec::with_capacity(2);
+        if offset % BLOCK != 0 || end < block_end(first) {
+            edges.push(first);
+        }
+        if last != first && end < block_end(last) {
+            edges.push(last);
+        }
+        for b in edges {
+            if c.bitmap.read().get(b) {
+                continue;
+            }
+            let start = b * BLOCK;
+            let len = BLOCK.min(self.size - start) as usize;
+            let mut block = vec![0u8; len];
+            self.read_base(&mut block, start)?;
+            c.data.write_all_at(&block, start)?;
+            c.bitmap.write().set_range(b, b + 1);
+        }
+        Ok(())
+    }
+
+    fn cow(&self) -> io::Result<&Cow> {
+        self.cow.as_ref().ok_or_else(|| io::Error::new(io::ErrorKind::PermissionDenied, "the disk is read-only"))
+    }
+
+    fn sync(&self, c: &Cow) -> io::Result<()> {
+        let snapshot: Vec<(usize, Vec<u8>)> = {
+            let mut bm = c.bitmap.write();
+            let dirty = std::mem::take(&mut bm.dirty);
+            dirty
+                .into_iter()
+                .map(|i| {
+                    let bytes = match &bm.chunks[i] {
+                        Some(w) => w.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                        None => vec![0u8; CHUNK_BYTES as usize],
+                    };
+                    (i, bytes)
+                })
+                .collect()
+        };
+        c.data.sync_data()?;
+        if snapshot.is_empty() {
+            return Ok(());
+        }
+        for (i, bytes) in &snapshot {
+            if let Err(e) = c.bitmap_file.write_all_at(bytes, *i as u64 * CHUNK_BYTES) {
+                c.bitmap.write().dirty.extend(snapshot.iter().map(|(i, _)| *i));
+                return Err(e);
+            }
+        }
+        c.bitmap_file.sync_data()
+    }
+}
+
+fn base_len(base: &Option<Arc<File>>) -> io::Result<u64> {
+    Ok(match base {
+        Some(f) => f.metadata()?.len(),
+        None => 0,
+    })
+}
+
+fn load_bitmap(f: &File, bm: &mut Bitmap) -> io::Result<()> {
+    let len = f.metadata()?.len();
+    let mut page = [0u8; CHUNK_BYTES as usize];
+    for (i, slot) in bm.chunks.iter_mut().enumerate() {
+        let off = i as u64 * CHUNK_BYTES;
+        if off >= len {
+            break;
+        }
+        let n = ((len - off).min(CHUNK_BYTES)) as usize;
+        page[n..].fill(0);
+        f.read_exact_at(&mut page[..n], off)?;
+        if page.iter().any(|b| *b != 0) {
+            let mut words = Box::new([0u64; CHUNK_WORDS]);
+            for (w, bytes) in words.iter_mut().zip(page.chunks_exact(8)) {
+                *w = u64::from_le_bytes(bytes.try_into().expect("8 bytes"));
+            }
+            *slot = Some(words);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(target_os = "linux")]
+fn punch_hole(f: &File, offset: u64, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fallocate only reads its integer arguments; the descriptor is open for writing.
+    let r = unsafe {
+        libc::fallocate(
+            f.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn punch_hole(_f: &File, _offset: u64, _len: u64) -> io::Result<()> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}
+
+fn write_zero_bytes(f: &File, mut offset: u64, mut len: u64) -> io::Result<()> {
+    let zeroes = vec![0u8; len.min(1 << 20) as usize];
+    while len > 0 {
+        let n = len.min(zeroes.len() as u64);
+        f.write_all_at(&zeroes[..n as usize], offset)?;
+        offset += n;
+        len -= n;
+    }
+    Ok(())
+}
+
+impl BlockDevice for CowDisk {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn readonly(&self) -> bool {
+        self.cow.is_none()
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let Some(c) = &self.cow else { return self.read_base(buf, offset) };
+        let bm = c.bitmap.read();
+        let end = offset + buf.len() as u64;
+        let mut pos = offset;
+        while pos < end {
+            let in_overlay = bm.get(pos / BLOCK);
+            let mut run_end = ((pos / BLOCK + 1) * BLOCK).min(end);
+            while run_end < end && bm.get(run_end / BLOCK) == in_overlay {
+                run_end = (run_end + BLOCK).min(end);
+            }
+            let slice = &mut buf[(pos - offset) as usize..(run_end - offset) as usize];
+            if in_overlay {
+                c.data.read_exact_at(slice, pos)?;
+            } else {
+                self.read_base(slice, pos)?;
+            }
+            pos = run_end;
+        }
+        Ok(())
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> io::Result<()> {
+        let c = self.cow()?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let end = offset + buf.len() as u64;
+        {
+            let _w = c.write.lock();
+            self.copy_in_partial(c, offset, end)?;
+            c.data.write_all_at(buf, offset)?;
+            c.bitmap.write().set_range(offset / BLOCK, end.div_ceil(BLOCK));
+        }
+        if fua {
+            self.sync(c)?;
+        }
+        Ok(())
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> io::Result<()> {
+        let c = self.cow()?;
+        if len == 0 {
+            return Ok(());
+        }
+        let end = offset + len;
+        {
+            let _w = c.write.lock();
+            self.copy_in_partial(c, offset, end)?;
+            if punch_hole(&c.data, offset, len).is_err() {
+                write_zero_bytes(&c.data, offset, len)?;
+            }
+            c.bitmap.write().set_range(offset / BLOCK, end.div_ceil(BLOCK));
+        }
+        if fua {
+            self.sync(c)?;
+        }
+        Ok(())
+    }
+
+    fn trim(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.write_zeroes(offset, len, false)
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        match &self.cow {
+            Some(c) => self.sync(c),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base_file(dir: &Path, content: &[u8]) -> Arc<File> {
+        let p = dir.join("base");
+        std::fs::write(&p, content).unwrap();
+        Arc::new(File::open(&p).unwrap())
+    }
+
+    fn read(d: &CowDisk, off: u64, len: usize) -> Vec<u8> {
+        let mut v = vec![0u8; len];
+        d.read_at(&mut v, off).unwrap();
+        v
+    }
+
+    #[test]
+    fn partial_writes_keep_base_bytes_around_them() {
+        let t = tempfile::tempdir().unwrap();
+        let content: Vec<u8> = (0..3 * BLOCK + 100).map(|i| (i % 251) as u8).collect();
+        let base = base_file(t.path(), &content);
+        let d = CowDisk::open(&t.path().join("ov"), Some(base), "k", content.len() as u64).unwrap();
+        d.write_at(b"hello", 4090, false).unwrap();
+        d.write_at(b"end", content.len() as u64 - 3, false).unwrap();
+        let mut want = content.clone();
+        want[4090..4095].copy_from_slice(b"hello");
+        let n = want.len();
+        want[n - 3..].copy_from_slice(b"end");
+        assert_eq!(read(&d, 0, n), want);
+        d.write_zeroes(10, 5000, false).unwrap();
+        want[10..5010].fill(0);
+        assert_eq!(read(&d, 0, n), want);
+        d.reset().unwrap();
+        assert_eq!(read(&d, 0, n), content);
+        assert_eq!(d.written_blocks(), 0);
+    }
+
+    #[test]
+    fn flushed_writes_survive_reopen_and_other_base_starts_fresh() {
+        let t = tempfile::tempdir().unwrap();
+        let ov = t.path().join("ov");
+        let size = 1 << 20;
+        {
+            let d = CowDisk::open(&ov, None, "raw", size).unwrap();
+            d.write_at(&[7u8; 8192], 65536, false).unwrap();
+            d.flush().unwrap();
+        }
+        let d = CowDisk::open(&ov, None, "raw", size).unwrap();
+        assert_eq!(read(&d, 65536 - 1, 8194), [&[0u8][..], &[7u8; 8192], &[0u8]].concat());
+        drop(d);
+        let d = CowDisk::open(&ov, None, "other", size).unwrap();
+        assert_eq!(read(&d, 65536, 10), vec![0u8; 10]);
+    }
+
+    #[test]
+    fn readonly_refuses_writes() {
+        let d = CowDisk::readonly(None, 4096).unwrap();
+        assert!(d.readonly());
+        assert!(d.write_at(b"x", 0, false).is_err());
+        assert_eq!(read(&d, 0, 4096), vec![0u8; 4096]);
+    }
+}

@@ -1,0 +1,282 @@
+//! The lab's disks: which job offers which, who may attach them, each DUT's overlay, resets and
+//! expiration.
+//!
+//! # On disk (`<data_dir>/disks`)
+//! - `bases/<key>.img`: prepared, read-only base images, shared by content.
+//! - `overlays/<owner>/<disk>/<dut>/{data,bitmap,meta}`: one DUT's writes to one job disk
+//!   (components are hashes of the owner DUT id, the disk name and the attaching DUT id).
+//! - `overlays/<owner>/<disk>/lease`: when a job last asked for the disk and its `expiration`;
+//!   the sweeper removes the disk's overlays (and its base, if nothing else uses it) once that
+//!   time has passed with no job asking again.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use sha2::{Digest as _, Sha256};
+
+use super::overlay::CowDisk;
+use super::prepare::{prepare, BaseImage};
+use super::{BlockDevice, DiskError};
+use crate::artifact::Cache;
+use crate::job::{DiskSpec, ResetOn};
+use crate::lifetime::Event;
+use crate::namespace::DutId;
+use crate::serve::{ExportInfo, ServeError};
+
+/// One disk of one DUT's active job.
+#[derive(Debug)]
+struct JobDisk {
+    owner: DutId,
+    spec: DiskSpec,
+    base: BaseImage,
+    base_file: Option<Arc<File>>,
+    /// The view of each DUT that attached it, shared by all its connections.
+    views: Mutex<HashMap<DutId, Arc<CowDisk>>>,
+}
+
+impl JobDisk {
+    fn info(&self) -> ExportInfo {
+        ExportInfo {
+            name: self.spec.name.clone(),
+            description: self.base.description.clone(),
+            size: self.base.size,
+            readonly: self.spec.readonly,
+        }
+    }
+}
+
+/// Every job's disks. Owned by the [`Gateway`](crate::Gateway), which calls it when jobs are set,
+/// cleared and get events.
+#[derive(Debug)]
+pub struct DiskStore {
+    dir: PathBuf,
+    preparing: tokio::sync::Mutex<()>,
+    jobs: Mutex<HashMap<DutId, Vec<Arc<JobDisk>>>>,
+}
+
+fn h(s: &str) -> String {
+    hex::encode(&Sha256::digest(s.as_bytes())[..16])
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl DiskStore {
+    /// Opens (creating) the store under `dir`; overlays left there by an earlier run are picked
+    /// up when a job names the same disk again.
+    pub fn open(dir: &Path) -> io::Result<DiskStore> {
+        std::fs::create_dir_all(dir.join("bases"))?;
+        std::fs::create_dir_all(dir.join("overlays"))?;
+        Ok(DiskStore { dir: dir.to_path_buf(), preparing: tokio::sync::Mutex::new(()), jobs: Mutex::new(HashMap::new()) })
+    }
+
+    fn disk_dir(&self, owner: &DutId, name: &str) -> PathBuf {
+        self.dir.join("overlays").join(h(&owner.0)).join(h(name))
+    }
+
+    fn view_dir(&self, owner: &DutId, name: &str, dut: &DutId) -> PathBuf {
+        self.disk_dir(owner, name).join(h(&dut.0))
+    }
+
+    /// Prepares `disks` and makes them `owner`'s job disks, replacing its previous job's. This is
+    /// a job start: `reset_on: job_start` disks start from their base.
+    pub async fn attach(&self, cache: &Cache, owner: &DutId, disks: &[DiskSpec]) -> Result<(), DiskError> {
+        let mut prepared = Vec::with_capacity(disks.len());
+        {
+            // One preparation at a time: two jobs asking for the same base build it once.
+            let _g = self.preparing.lock().await;
+            for spec in disks {
+                let base = prepare(&self.dir.join("bases"), cache, &spec.kind).await?;
+                let base_file = match &base.path {
+                    Some(p) => Some(Arc::new(File::open(p).map_err(|e| DiskError::io(p, e))?)),
+                    None => None,
+                };
+                prepared.push((spec.clone(), base, base_file));
+            }
+        }
+        self.release(owner);
+        let mut out = Vec::with_capacity(prepared.len());
+        for (spec, base, base_file) in prepared {
+            let dir = self.disk_dir(owner, &spec.name);
+            if spec.reset_on == ResetOn::JobStart {
+                remove_views(&dir);
+            }
+            std::fs::create_dir_all(&dir).map_err(|e| DiskError::io(&dir, e))?;
+            write_lease(&dir, spec.expiration, &base.key);
+            out.push(Arc::new(JobDisk { owner: owner.clone(), spec, base, base_file, views: Mutex::new(HashMap::new()) }));
+        }
+        if !out.is_empty() {
+            self.jobs.lock().insert(owner.clone(), out);
+        }
+        Ok(())
+    }
+
+    /// `owner`'s job ended: its disks stop being exported. Overlays of `reset_on: job_start`
+    /// disks are deleted (the next job would reset them anyway); the others stay until their
+    /// expiration, for a later job naming the same disk.
+    pub fn release(&self, owner: &DutId) {
+        let Some(old) = self.jobs.lock().remove(owner) else { return };
+        for d in old {
+            let dir = self.disk_dir(owner, &d.spec.name);
+            d.views.lock().clear();
+            if d.spec.reset_on == ResetOn::JobStart {
+                remove_views(&dir);
+            }
+            write_lease(&dir, d.spec.expiration, &d.base.key);
+        }
+    }
+
+    /// The disks `dut` may list: its job's, then other jobs' shared ones.
+    pub fn exports(&self, dut: &DutId) -> Vec<ExportInfo> {
+        let jobs = self.jobs.lock();
+        let mut out: Vec<ExportInfo> = jobs.get(dut).into_iter().flatten().map(|d| d.info()).collect();
+        let mut others: Vec<&Arc<JobDisk>> =
+            jobs.iter().filter(|(o, _)| *o != dut).flat_map(|(_, v)| v).filter(|d| d.spec.shared).collect();
+        others.sort_by(|a, b| (&a.owner, &a.spec.name).cmp(&(&b.owner, &b.spec.name)));
+        for d in others {
+            if !out.iter().any(|e| e.name == d.spec.name) {
+                out.push(d.info());
+            }
+        }
+        out
+    }
+
+    fn find(&self, dut: &DutId, name: &str) -> Option<Arc<JobDisk>> {
+        let jobs = self.jobs.lock();
+        if let Some(d) = jobs.get(dut).into_iter().flatten().find(|d| d.spec.name == name) {
+            return Some(d.clone());
+        }
+        let mut shared: Vec<&Arc<JobDisk>> =
+            jobs.values().flatten().filter(|d| d.spec.shared && d.spec.name == name && &d.owner != dut).collect();
+        shared.sort_by(|a, b| a.owner.cmp(&b.owner));
+        shared.first().map(|d| (*d).clone())
+    }
+
+    /// `dut`'s view of disk `name`: its own overlay (shared by all its connections) over the base,
+    /// or the base alone for a read-only disk. Disks `dut` may not attach are `NotFound`.
+    pub fn open_export(&self, dut: &DutId, name: &str) -> Result<(ExportInfo, Arc<dyn BlockDevice>), ServeError> {
+        let d = self.find(dut, name).ok_or_else(|| ServeError::NotFound(name.to_string()))?;
+        let mut views = d.views.lock();
+        if let Some(v) = views.get(dut) {
+            return Ok((d.info(), v.clone()));
+        }
+        let view = if d.spec.readonly {
+            CowDisk::readonly(d.base_file.clone(), d.base.size)?
+        } else {
+            CowDisk::open(&self.view_dir(&d.owner, name, dut), d.base_file.clone(), &d.base.key, d.base.size)?
+        };
+        let view = Arc::new(view);
+        views.insert(dut.clone(), view.clone());
+        Ok((d.info(), view))
+    }
+
+    /// A DUT event: every overlay of `dut` whose disk resets on it is dropped.
+    pub fn event(&self, dut: &DutId, event: Event) {
+        let disks: Vec<Arc<JobDisk>> = self.jobs.lock().values().flatten().cloned().collect();
+        for d in disks {
+            let hit = matches!(
+                (d.spec.reset_on, event),
+                (ResetOn::Boot, Event::Boot) | (ResetOn::JobStart, Event::JobStart)
+            );
+            if !hit || d.spec.readonly {
+                continue;
+            }
+            let view = d.views.lock().get(dut).cloned();
+            let r = match view {
+                Some(v) => v.reset(),
+                None => match std::fs::remove_dir_all(self.view_dir(&d.owner, &d.spec.name, dut)) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                    _ => Ok(()),
+                },
+            };
+            match r {
+                Ok(()) => tracing::info!(dut = %dut, disk = %d.spec.name, ?event, "disk reset"),
+                Err(e) => tracing::error!(dut = %dut, disk = %d.spec.name, error = %e, "disk reset failed"),
+            }
+        }
+    }
+
+    /// Removes disks no job asked for within their `expiration`: their overlays, and their base
+    /// if no other disk uses it. Returns how many disks went.
+    pub fn sweep(&self) -> usize {
+        let active: HashSet<PathBuf> = self
+            .jobs
+            .lock()
+            .values()
+            .flatten()
+            .map(|d| self.disk_dir(&d.owner, &d.spec.name))
+            .collect();
+        let now = unix_now();
+        let mut leases = Vec::new();
+        for owner in read_dir(&self.dir.join("overlays")) {
+            for disk in read_dir(&owner) {
+                if let Some(l) = read_lease(&disk) {
+                    leases.push((disk, l));
+                }
+            }
+        }
+        let mut removed = 0;
+        let mut freed_bases = Vec::new();
+        for (disk, (when, exp, key)) in &leases {
+            let Some(exp) = exp else { continue };
+            if active.contains(disk) || now < when.saturating_add(*exp) {
+                continue;
+            }
+            match std::fs::remove_dir_all(disk) {
+                Ok(()) => {
+                    tracing::info!(dir = %disk.display(), "expired disk removed");
+                    removed += 1;
+                    freed_bases.push(key.clone());
+                }
+                Err(e) => tracing::warn!(dir = %disk.display(), error = %e, "cannot remove expired disk"),
+            }
+        }
+        let jobs = self.jobs.lock();
+        for key in freed_bases {
+            let in_use = jobs.values().flatten().any(|d| d.base.key == key)
+                || leases.iter().any(|(dir, (_, _, k))| *k == key && dir.exists());
+            if !in_use {
+                let _ = std::fs::remove_file(self.dir.join("bases").join(format!("{key}.img")));
+            }
+        }
+        removed
+    }
+}
+
+fn read_dir(p: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(p).map(|r| r.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect()).unwrap_or_default()
+}
+
+fn remove_views(disk_dir: &Path) {
+    for v in read_dir(disk_dir) {
+        if let Err(e) = std::fs::remove_dir_all(&v) {
+            tracing::warn!(dir = %v.display(), error = %e, "cannot remove overlay");
+        }
+    }
+}
+
+fn write_lease(disk_dir: &Path, expiration: Option<Duration>, key: &str) {
+    let exp = expiration.map(|d| d.as_secs().to_string()).unwrap_or_else(|| "-".into());
+    let text = format!("{} {exp} {key}\n", unix_now());
+    let tmp = disk_dir.join("lease.tmp");
+    if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, disk_dir.join("lease"))) {
+        tracing::warn!(dir = %disk_dir.display(), error = %e, "cannot record the disk's lease; it will not expire");
+    }
+}
+
+type Lease = (u64, Option<u64>, String);
+
+fn read_lease(disk_dir: &Path) -> Option<Lease> {
+    let text = std::fs::read_to_string(disk_dir.join("lease")).ok()?;
+    let mut it = text.split_whitespace();
+    let when = it.next()?.parse().ok()?;
+    let exp = it.next()?.parse().ok();
+    let key = it.next()?.to_string();
+    Some((when, exp, key))
+}

@@ -1,0 +1,195 @@
+//! The transmission phase of one connection: requests in, replies out, several in flight.
+//!
+//! One task per connection. It parses whatever requests have arrived (`wire::parse_request`,
+//! incomplete is "wait for more"), checks each (range, read-only, size) before the device sees
+//! it, runs the I/O on the blocking pool and writes replies as they complete, in any order (the
+//! cookie matches them). While idle the connection holds no buffer: it waits for readability and
+//! only then allocates one.
+
+use std::io;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use citron_core::block::BlockDevice;
+use citron_core::serve::{Export, ServeError};
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::wire::{self, cflag, cmd, errno};
+use super::{nbd_error, MAX_PAYLOAD};
+
+/// Requests of one connection served at once.
+const MAX_IN_FLIGHT: usize = 16;
+/// How much a read from the socket asks for at least.
+const READ_CHUNK: usize = 64 * 1024;
+
+fn invalid(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
+/// What to do with one request.
+enum Step {
+    /// Answer now with these bytes.
+    Reply(Vec<u8>),
+    /// Answer when this I/O finishes.
+    Io(JoinHandle<Vec<u8>>),
+    /// `NBD_CMD_DISC`: finish what is in flight, then close.
+    Disconnect,
+}
+
+/// The complete reply to a request that failed with `error`.
+fn error_reply(structured: bool, cookie: u64, error: u32, message: &str) -> Vec<u8> {
+    if structured {
+        let mut v = Vec::with_capacity(32 + message.len());
+        wire::encode_structured_done(&mut v, cookie, error, message);
+        v
+    } else {
+        let mut v = vec![0u8; wire::SIMPLE_REPLY_LEN];
+        wire::put_simple_reply(&mut v, error, cookie);
+        v
+    }
+}
+
+fn done_reply(structured: bool, cookie: u64, result: Result<(), ServeError>) -> Vec<u8> {
+    match result {
+        Ok(()) => error_reply(structured, cookie, 0, ""),
+        Err(e) => error_reply(structured, cookie, nbd_error(&e).errno, &e.to_string()),
+    }
+}
+
+/// Refuses a request the device must not see: past the end, or a write to a read-only disk.
+fn check(dev: &dyn BlockDevice, name: &str, req: &wire::Request, writes: bool) -> Result<(), ServeError> {
+    if writes && dev.readonly() {
+        return Err(ServeError::ReadOnly(name.to_string()));
+    }
+    let size = dev.size();
+    if req.offset.checked_add(req.len as u64).is_none_or(|end| end > size) {
+        return Err(ServeError::OutOfRange { offset: req.offset, len: req.len as u64, size });
+    }
+    Ok(())
+}
+
+fn plan(export: &Export, structured: bool, req: wire::Request, payload: Bytes) -> Step {
+    let dev: Arc<dyn BlockDevice> = export.device.clone();
+    let name = export.info.name.as_str();
+    let cookie = req.cookie;
+    let fua = req.flags & cflag::FUA != 0;
+    let known = cflag::FUA | cflag::NO_HOLE | cflag::DF;
+    if req.flags & !known != 0 {
+        return Step::Reply(error_reply(structured, cookie, errno::EINVAL, "unknown command flags"));
+    }
+    let writes = matches!(req.kind, cmd::WRITE | cmd::TRIM | cmd::WRITE_ZEROES);
+    if matches!(req.kind, cmd::READ | cmd::WRITE | cmd::TRIM | cmd::WRITE_ZEROES) {
+        if let Err(e) = check(&*dev, name, &req, writes) {
+            return Step::Reply(done_reply(structured, cookie, Err(e)));
+        }
+    }
+    let (offset, len) = (req.offset, req.len);
+    let blocking = |f: Box<dyn FnOnce() -> Vec<u8> + Send>| Step::Io(tokio::task::spawn_blocking(f));
+    match req.kind {
+        cmd::READ if len > MAX_PAYLOAD => {
+            Step::Reply(error_reply(structured, cookie, errno::EINVAL, "read larger than the maximum block size"))
+        }
+        cmd::READ => {
+            let ticket_bytes = len as u64;
+            export.ticket.add_bytes(ticket_bytes);
+            blocking(Box::new(move || {
+                let hdr = if structured { wire::STRUCTURED_READ_LEN } else { wire::SIMPLE_REPLY_LEN };
+                let mut v = vec![0u8; hdr + len as usize];
+                match dev.read_at(&mut v[hdr..], offset) {
+                    Ok(()) => {
+                        if structured {
+                            wire::put_structured_read(&mut v, cookie, offset, len);
+                        } else {
+                            wire::put_simple_reply(&mut v, 0, cookie);
+                        }
+                        v
+                    }
+                    Err(e) => done_reply(structured, cookie, Err(e.into())),
+                }
+            }))
+        }
+        cmd::WRITE => blocking(Box::new(move || {
+            done_reply(structured, cookie, dev.write_at(&payload, offset, fua).map_err(Into::into))
+        })),
+        cmd::WRITE_ZEROES => blocking(Box::new(move || {
+            done_reply(structured, cookie, dev.write_zeroes(offset, len as u64, fua).map_err(Into::into))
+        })),
+        cmd::TRIM => blocking(Box::new(move || {
+            let r = dev.trim(offset, len as u64).and_then(|_| if fua { dev.flush() } else { Ok(()) });
+            done_reply(structured, cookie, r.map_err(Into::into))
+        })),
+        cmd::FLUSH => blocking(Box::new(move || done_reply(structured, cookie, dev.flush().map_err(Into::into)))),
+        cmd::DISC => Step::Disconnect,
+        other => Step::Reply(error_reply(structured, cookie, errno::EINVAL, &format!("unknown command {other}"))),
+    }
+}
+
+/// Serves requests on `stream` until the client disconnects or `shutdown` changes.
+pub(crate) async fn transmission(
+    mut stream: TcpStream,
+    export: Export,
+    structured: bool,
+    shutdown: &mut watch::Receiver<bool>,
+) -> io::Result<()> {
+    let mut buf = BytesMut::new();
+    let mut in_flight: FuturesUnordered<JoinHandle<Vec<u8>>> = FuturesUnordered::new();
+    let mut closing = false;
+    loop {
+        while !closing && in_flight.len() < MAX_IN_FLIGHT {
+            let Some(req) = wire::parse_request(&buf).map_err(invalid)? else { break };
+            if req.kind == cmd::WRITE && req.len > MAX_PAYLOAD {
+                // Its payload cannot be buffered and skipping it would be reading unbounded
+                // data for nothing: the protocol allows closing instead.
+                return Err(invalid(format!("write of {} bytes exceeds the maximum of {MAX_PAYLOAD}", req.len)));
+            }
+            let need = wire::REQUEST_LEN + req.payload_len();
+            if buf.len() < need {
+                buf.reserve(need - buf.len());
+                break;
+            }
+            let mut frame = buf.split_to(need);
+            let payload = frame.split_off(wire::REQUEST_LEN).freeze();
+            match plan(&export, structured, req, payload) {
+                Step::Reply(v) => stream.write_all(&v).await?,
+                Step::Io(h) => in_flight.push(h),
+                Step::Disconnect => closing = true,
+            }
+        }
+        if closing && in_flight.is_empty() {
+            export.ticket.complete();
+            return Ok(());
+        }
+        if buf.is_empty() && in_flight.is_empty() && buf.capacity() > 0 {
+            buf = BytesMut::new();
+        }
+        tokio::select! {
+            Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                let reply = done.map_err(io::Error::other)?;
+                stream.write_all(&reply).await?;
+            }
+            r = stream.readable(), if !closing && in_flight.len() < MAX_IN_FLIGHT => {
+                r?;
+                if buf.capacity() - buf.len() < 4096 {
+                    buf.reserve(READ_CHUNK);
+                }
+                match stream.try_read_buf(&mut buf) {
+                    Ok(0) => {
+                        if !buf.is_empty() {
+                            tracing::debug!(bytes = buf.len(), "NBD client closed mid-request");
+                        }
+                        buf.clear();
+                        closing = true;
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            _ = shutdown.changed() => return Ok(()),
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! The NBD backend against real clients (libnbd's nbdinfo, nbdcopy, nbdsh; qemu-img; e2fsck,
+//! debugfs) and raw sockets for what clients cannot do (another source address, broken input).
+//!
+//! Each test runs an in-process gateway and server on 127.0.0.1:0. DUT `local` (127.0.0.1) owns
+//! the job's disks so that libnbd clients, which cannot pick a source address, are that DUT;
+//! `dut2` (127.0.0.3, from the default lab) is reached with raw sockets bound to its address.
+
+mod nbd_util;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use citron_core::job::{DiskKind, FsContents, ResetOn, Source};
+use citron_core::lifetime::Event;
+use citron_protocols::nbd::wire::{self, cmd, errno, opt, rep};
+use nbd_util::*;
+
+#[test]
+fn image_export_lists_copies_and_compares() {
+    if !have("nbdinfo") || !have("nbdcopy") || !have("qemu-img") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src.img");
+    std::fs::write(&src, pattern(8 << 20)).unwrap();
+    let lab = Lab::start(vec![disk("disk", DiskKind::Image { source: Source::File(src.clone()), sha256: None }, ResetOn::JobStart)]);
+    let list = run(Command::new("nbdinfo").args(["--list", &lab.uri("")]));
+    assert!(list.contains("export=\"disk\""), "{list}");
+    assert!(list.contains("export-size: 8388608"), "{list}");
+    let out = t.path().join("out.img");
+    run(Command::new("nbdcopy").arg(lab.uri("disk")).arg(&out));
+    assert_eq!(sha256_file(&out), sha256_file(&src));
+    let out1 = t.path().join("out1.img");
+    run(Command::new("nbdcopy").args(["-C", "1", "--synchronous"]).arg(lab.uri("disk")).arg(&out1));
+    assert_eq!(sha256_file(&out1), sha256_file(&src));
+    let cmp = run(Command::new("qemu-img").args(["compare", "-f", "raw", "-F", "raw"]).arg(&src).arg(lab.uri("disk")));
+    assert!(cmp.contains("identical"), "{cmp}");
+}
+
+#[test]
+fn qcow2_image_is_served_as_raw() {
+    if !have("qemu-img") || !have("nbdcopy") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let raw = t.path().join("src.img");
+    std::fs::write(&raw, pattern(3 << 20)).unwrap();
+    let q = t.path().join("src.qcow2");
+    run(Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "qcow2"]).arg(&raw).arg(&q));
+    let lab = Lab::start(vec![disk("q", DiskKind::Image { source: Source::File(q), sha256: None }, ResetOn::JobStart)]);
+    let out = t.path().join("out.img");
+    run(Command::new("nbdcopy").arg(lab.uri("q")).arg(&out));
+    assert_eq!(sha256_file(&out), sha256_file(&raw));
+}
+
+#[test]
+fn boot_resets_boot_disks_and_never_keeps_writes() {
+    if !have_nbdsh() {
+        return;
+    }
+    let size = 4 << 20;
+    let lab = Lab::start(vec![
+        disk("b", DiskKind::Raw { size_bytes: size }, ResetOn::Boot),
+        disk("n", DiskKind::Raw { size_bytes: size }, ResetOn::Never),
+        disk("j", DiskKind::Raw { size_bytes: size }, ResetOn::JobStart),
+    ]);
+    for name in ["b", "n", "j"] {
+        nbdsh(&lab.uri(name), "h.pwrite(b'citron' * 1000, 12345); h.flush()");
+    }
+    let written = "assert h.pread(6000, 12345) == b'citron' * 1000, 'lost'";
+    let pristine = "assert h.pread(6000, 12345) == bytes(6000), 'not reset'";
+    lab.event(Event::Boot);
+    nbdsh(&lab.uri("b"), pristine);
+    nbdsh(&lab.uri("n"), written);
+    nbdsh(&lab.uri("j"), written);
+    lab.event(Event::JobStart);
+    nbdsh(&lab.uri("j"), pristine);
+    nbdsh(&lab.uri("n"), written);
+}
+
+#[test]
+fn never_disk_survives_gateway_restart_and_job_start_disk_does_not() {
+    if !have_nbdsh() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let disks = || {
+        vec![
+            disk("n", DiskKind::Raw { size_bytes: 1 << 20 }, ResetOn::Never),
+            disk("j", DiskKind::Raw { size_bytes: 1 << 20 }, ResetOn::JobStart),
+        ]
+    };
+    {
+        let lab = Lab::start_in(t.path(), disks());
+        nbdsh(&lab.uri("n"), "h.pwrite(b'kept', 4096); h.flush()");
+        nbdsh(&lab.uri("j"), "h.pwrite(b'gone', 4096); h.flush()");
+    }
+    let lab = Lab::start_in(t.path(), disks());
+    nbdsh(&lab.uri("n"), "assert h.pread(4, 4096) == b'kept'");
+    nbdsh(&lab.uri("j"), "assert h.pread(4, 4096) == bytes(4)");
+}
+
+#[test]
+fn flushed_writes_survive_kill_9() {
+    if !have_nbdsh() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    let mut server = Child::spawn(&data, "crash", "raw:16777216", "never");
+    let script = "import os\nfor i in range(64):\n    h.pwrite(bytes([i % 251 + 1]) * 65536, i * 65536)\nh.flush()\nh.pwrite(b'fua!', 8 << 20, nbd.CMD_FLAG_FUA)";
+    nbdsh(&server.uri(), script);
+    server.kill9();
+    let server = Child::spawn(&data, "crash", "raw:16777216", "never");
+    nbdsh(
+        &server.uri(),
+        "for i in range(64):\n    assert h.pread(65536, i * 65536) == bytes([i % 251 + 1]) * 65536, i\nassert h.pread(4, 8 << 20) == b'fua!'",
+    );
+}
+
+#[test]
+fn readonly_export_refuses_writes_with_eperm() {
+    if !have_nbdsh() {
+        return;
+    }
+    let mut d = disk("ro", DiskKind::Raw { size_bytes: 1 << 20 }, ResetOn::JobStart);
+    d.readonly = true;
+    let lab = Lab::start(vec![d]);
+    nbdsh(
+        &lab.uri("ro"),
+        "import errno\nassert h.is_read_only()\nh.set_strict_mode(0)\ntry:\n    h.pwrite(b'x', 0)\n    raise SystemExit('write accepted')\nexcept nbd.Error as e:\n    assert e.errnum == errno.EPERM, e",
+    );
+}
+
+#[test]
+fn requests_past_the_end_get_einval() {
+    if !have_nbdsh() {
+        return;
+    }
+    let lab = Lab::start(vec![disk("d", DiskKind::Raw { size_bytes: 1 << 20 }, ResetOn::JobStart)]);
+    nbdsh(
+        &lab.uri("d"),
+        "import errno\nh.set_strict_mode(0)\nfor f in (lambda: h.pread(10, (1 << 20) - 5), lambda: h.pwrite(b'x' * 10, (1 << 20) - 5), lambda: h.trim(4096, 1 << 20)):\n    try:\n        f()\n        raise SystemExit('accepted')\n    except nbd.Error as e:\n        assert e.errnum == errno.EINVAL, e\nassert h.pread(5, (1 << 20) - 5) == bytes(5)",
+    );
+}
+
+#[test]
+fn two_connections_share_one_overlay() {
+    if !have_nbdsh() {
+        return;
+    }
+    let lab = Lab::start(vec![disk("d", DiskKind::Raw { size_bytes: 1 << 20 }, ResetOn::JobStart)]);
+    let u = lab.uri("d");
+    nbdsh(
+        &u,
+        &format!(
+            "h2 = nbd.NBD()\nh2.connect_uri('{u}')\nassert h2.can_multi_conn()\nh.pwrite(b'one', 100)\nassert h2.pread(3, 100) == b'one'\nh2.zero(4096, 0)\nh2.pwrite(b'two', 5000)\nassert h.pread(3, 5000) == b'two'\nh2.zero(3, 5000)\nassert h.pread(3, 5000) == bytes(3)"
+        ),
+    );
+}
+
+#[test]
+fn filesystem_from_tarball_passes_e2fsck() {
+    if !have("mkfs.ext4") || !have("e2fsck") || !have("debugfs") || !have("nbdcopy") || !have("tar") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let tree = t.path().join("tree");
+    std::fs::create_dir_all(tree.join("etc")).unwrap();
+    std::fs::write(tree.join("hello.txt"), "hello from citron\n").unwrap();
+    std::fs::write(tree.join("etc/hostname"), "dut\n").unwrap();
+    let tgz = t.path().join("rootfs.tar.gz");
+    run(Command::new("tar").arg("czf").arg(&tgz).arg("-C").arg(&tree).arg("."));
+    let lab = Lab::start(vec![disk(
+        "rootfs",
+        DiskKind::Filesystem { fstype: "ext4".into(), size_bytes: 32 << 20, contents: Some(FsContents::Tarball(Source::File(tgz))) },
+        ResetOn::JobStart,
+    )]);
+    let img = t.path().join("fs.img");
+    run(Command::new("nbdcopy").arg(lab.uri("rootfs")).arg(&img));
+    run(Command::new("e2fsck").arg("-fn").arg(&img));
+    let ls = run(Command::new("debugfs").arg("-R").arg("ls -l /").arg(&img));
+    assert!(ls.contains("hello.txt") && ls.contains("etc"), "{ls}");
+    let cat = run(Command::new("debugfs").arg("-R").arg("cat /etc/hostname").arg(&img));
+    assert_eq!(cat, "dut\n");
+}
+
+#[test]
+fn second_dut_cannot_list_or_open_a_private_export_but_sees_shared_ones() {
+    let mut shared = disk("common", DiskKind::Raw { size_bytes: 1 << 20 }, ResetOn::JobStart);
+    shared.shared = true;
+    let lab = Lab::start(vec![disk("private", DiskKind::Raw { size_bytes: 1 << 20 }, ResetOn::JobStart), shared]);
+    let (owner, other) = lab.rt.block_on(async {
+        let mut a = Raw::connect(lab.addr, "127.0.0.1").await;
+        let mut b = Raw::connect(lab.addr, "127.0.0.3").await;
+        (a.list().await, b.list().await)
+    });
+    assert_eq!(owner, vec!["private".to_string(), "common".to_string()]);
+    assert_eq!(other, vec!["common".to_string()]);
+    lab.rt.block_on(async {
+        let mut b = Raw::connect(lab.addr, "127.0.0.3").await;
+        assert_eq!(b.go("private").await, rep::ERR_UNKNOWN);
+        assert_eq!(b.go("common").await, rep::ACK);
+        // dut2 writes to its own overlay of the shared disk; local's view stays zero.
+        let (e, _) = b.request(cmd::WRITE, 0, 0, 3, b"xyz").await;
+        assert_eq!(e, 0);
+        let (e, d) = b.request(cmd::READ, 0, 0, 3, b"").await;
+        assert_eq!((e, d.as_slice()), (0, &b"xyz"[..]));
+        let mut a = Raw::connect(lab.addr, "127.0.0.1").await;
+        assert_eq!(a.go("common").await, rep::ACK);
+        let (e, d) = a.request(cmd::READ, 0, 0, 3, b"").await;
+        assert_eq!((e, d), (0, vec![0u8; 3]));
+        // Unknown address: nothing.
+        let mut c = Raw::connect(lab.addr, "127.0.0.9").await;
+        assert!(c.list().await.is_empty());
+        assert_eq!(c.go("common").await, rep::ERR_UNKNOWN);
+    });
+}
+
+#[test]
+fn malformed_input_is_refused_without_harm() {
+    let lab = Lab::start(vec![disk("d", DiskKind::Raw { size_bytes: 1 << 20 }, ResetOn::JobStart)]);
+    lab.rt.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // Garbage instead of client flags and options: the server closes.
+        for junk in [&b"\xff\xff\xff\xff"[..], b"\0\0\0\x01GARBAGE-GARBAGE-GARBAGE", b"\0\0\0\x01IHAVEOPT\0\0\0\x07\xff\xff\xff\xff"] {
+            let mut s = Raw::connect_plain(lab.addr, "127.0.0.1").await;
+            s.write_all(junk).await.unwrap();
+            let mut rest = Vec::new();
+            let r = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
+            assert!(r.is_ok(), "server kept a malformed connection open");
+        }
+        // Truncated option then close.
+        let mut s = Raw::connect_plain(lab.addr, "127.0.0.1").await;
+        s.write_all(b"\0\0\0\x03IHAVEOPT\0\0\0\x07\0\0\0\x40ab").await.unwrap();
+        drop(s);
+        // Unknown option, malformed GO data, structured reply with data.
+        let mut r = Raw::connect(lab.addr, "127.0.0.1").await;
+        assert_eq!(r.option(99, b"").await.last().unwrap().0, rep::ERR_UNSUP);
+        assert_eq!(r.option(opt::GO, b"\0\0\xff\xffd").await.last().unwrap().0, rep::ERR_INVALID);
+        assert_eq!(r.option(opt::STRUCTURED_REPLY, b"x").await.last().unwrap().0, rep::ERR_INVALID);
+        assert_eq!(r.option(opt::LIST, b"x").await.last().unwrap().0, rep::ERR_INVALID);
+        assert_eq!(r.go("d").await, rep::ACK);
+        // Out of range, oversize, unknown command and flags: error replies, connection stays.
+        let size = 1u64 << 20;
+        assert_eq!(r.request(cmd::READ, 0, size - 1, 2, b"").await.0, errno::EINVAL);
+        assert_eq!(r.request(cmd::READ, 0, u64::MAX - 1, 4, b"").await.0, errno::EINVAL);
+        assert_eq!(r.request(cmd::WRITE, 0, size, 1, b"x").await.0, errno::EINVAL);
+        assert_eq!(r.request(cmd::READ, 0, 0, 64 << 20, b"").await.0, errno::EINVAL);
+        assert_eq!(r.request(42, 0, 0, 0, b"").await.0, errno::EINVAL);
+        assert_eq!(r.request(cmd::READ, 0x8000, 0, 1, b"").await.0, errno::EINVAL);
+        assert_eq!(r.request(cmd::READ, 0, size - 1, 1, b"").await, (0, vec![0]));
+        // A write larger than the maximum closes the connection.
+        let mut req = Vec::new();
+        wire::encode_request(&mut req, &wire::Request { flags: 0, kind: cmd::WRITE, cookie: 1, offset: 0, len: u32::MAX });
+        r.stream.write_all(&req).await.unwrap();
+        let mut rest = Vec::new();
+        let n = tokio::time::timeout(Duration::from_secs(10), r.stream.read_to_end(&mut rest)).await.expect("closed");
+        assert!(n.is_err() || rest.is_empty());
+        // Still serving.
+        let mut ok = Raw::connect(lab.addr, "127.0.0.1").await;
+        assert_eq!(ok.go("d").await, rep::ACK);
+    });
+}
+
+#[test]
+fn expired_disk_is_swept_after_the_job_ends() {
+    if !have_nbdsh() {
+        return;
+    }
+    let mut d = disk("tmp", DiskKind::Raw { size_bytes: 1 << 20 }, ResetOn::Never);
+    d.expiration = Some(Duration::from_secs(1));
+    let lab = Lab::start(vec![d.clone()]);
+    nbdsh(&lab.uri("tmp"), "h.pwrite(b'old', 0); h.flush()");
+    // While the job holds it, it never expires.
+    std::thread::sleep(Duration::from_millis(2100));
+    assert_eq!(lab.gw.sweep_disks(), 0);
+    lab.gw.clear_job(&"local".into()).unwrap();
+    let _sweeper = lab.rt.block_on(async { lab.gw.spawn_disk_sweeper(Duration::from_millis(100)) });
+    let overlays = lab.dir.join("disks/overlays");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count_files(&overlays) > 0 {
+        assert!(Instant::now() < deadline, "expired disk not swept");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    lab.set_disks(vec![d]);
+    nbdsh(&lab.uri("tmp"), "assert h.pread(3, 0) == bytes(3)");
+}
