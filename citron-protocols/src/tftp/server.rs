@@ -44,6 +44,10 @@ pub struct Config {
     /// Largest file sent in netascii mode (converted in memory); larger ones are refused with a
     /// message asking for octet mode.
     pub netascii_max_bytes: u64,
+    /// Run the server and all its transfers on a dedicated thread with a single-threaded tokio
+    /// runtime rather than on the caller's runtime. Lockstep transfers are bound by wake-up
+    /// latency, which one thread that owns every socket keeps lowest (see BENCHMARKS.md).
+    pub own_thread: bool,
 }
 
 impl Default for Config {
@@ -53,6 +57,7 @@ impl Default for Config {
             max_transfers: 1024,
             prefetch_bytes: 256 * 1024,
             netascii_max_bytes: 64 << 20,
+            own_thread: true,
         }
     }
 }
@@ -80,6 +85,40 @@ impl Drop for ActiveGuard {
 
 /// [`serve`](super::serve) with explicit settings.
 pub async fn serve_with(
+    socket: UdpSocket,
+    catalog: Arc<dyn Catalog>,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    if !config.own_thread {
+        return run(socket, catalog, config, shutdown).await;
+    }
+    let socket = socket.into_std()?;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new().name("citron-tftp".into()).spawn(move || {
+        let r = tokio::runtime::Builder::new_current_thread().enable_all().build().and_then(|rt| {
+            rt.block_on(async move {
+                let socket = UdpSocket::from_std(socket)?;
+                // Ends when `stop_tx` is used or dropped (the caller dropped `serve_with`).
+                run(socket, catalog, config, async move {
+                    let _ = stop_rx.await;
+                })
+                .await
+            })
+        });
+        let _ = done_tx.send(r);
+    })?;
+    let mut done_rx = done_rx;
+    tokio::select! {
+        r = &mut done_rx => return r.unwrap_or_else(|_| Err(io::Error::other("the TFTP thread panicked"))),
+        _ = shutdown => {}
+    }
+    let _ = stop_tx.send(());
+    done_rx.await.unwrap_or_else(|_| Err(io::Error::other("the TFTP thread panicked")))
+}
+
+async fn run(
     socket: UdpSocket,
     catalog: Arc<dyn Catalog>,
     config: Config,
