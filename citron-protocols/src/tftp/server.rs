@@ -7,6 +7,10 @@
 //! packets and timeouts of that socket. Reads are positioned reads on the cached file, done on
 //! the blocking pool a window ahead (`Config::prefetch_bytes`), so DATA is sent from memory.
 //!
+//! By default ([`Config::own_thread`]) all of this runs on one dedicated thread with its own
+//! single-threaded tokio runtime, so that HTTP or NBD load on the caller's runtime does not delay
+//! the ACK → DATA turnaround that lockstep TFTP clients wait on.
+//!
 //! # Cancel safety
 //! Dropping the future returned by [`serve_with`] (or [`serve`](super::serve)) aborts every
 //! transfer: their sockets close, their access-log entries are written as aborted. Completing
