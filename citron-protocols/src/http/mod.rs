@@ -183,11 +183,32 @@ async fn connection(
             // the server is stopping.
             return Ok(());
         }
+        tracing::trace!("http: idle connection parked");
         let parts = conn.into_parts();
+        release_freed_memory();
         let (old, unread) = parts.io.into_inner().into_parts();
         let mut pre = parts.read_buf.to_vec();
         pre.extend_from_slice(&unread);
         io = rewind::Rewind::new(Bytes::from(pre), old);
+    }
+}
+
+/// Hands the pages of freed buffers back to the system a second after connections parked (once
+/// per burst): glibc keeps freed memory for reuse, so without this a lab's RSS would stay at
+/// its busiest point however many connections sit idle.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        static SCHEDULED: AtomicBool = AtomicBool::new(false);
+        if !SCHEDULED.swap(true, Ordering::AcqRel) {
+            tokio::spawn(async {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                SCHEDULED.store(false, Ordering::Release);
+                // SAFETY: malloc_trim has no preconditions; it only returns free memory.
+                let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
+            });
+        }
     }
 }
 
