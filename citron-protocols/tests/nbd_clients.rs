@@ -276,7 +276,10 @@ fn expired_disk_is_swept_after_the_job_ends() {
     std::thread::sleep(Duration::from_millis(2100));
     assert_eq!(lab.gw.sweep_disks(), 0);
     lab.gw.clear_job(&"local".into()).unwrap();
-    let _sweeper = lab.rt.block_on(async { lab.gw.spawn_disk_sweeper(Duration::from_millis(100)) });
+    let _sweeper = {
+        let _rt = lab.rt.enter();
+        lab.gw.spawn_disk_sweeper(Duration::from_millis(100))
+    };
     let overlays = lab.dir.join("disks/overlays");
     let deadline = Instant::now() + Duration::from_secs(20);
     while count_files(&overlays) > 0 {

@@ -188,7 +188,7 @@ impl CowDisk {
         let last = (end - 1) / BLOCK;
         let block_end = |b: u64| ((b + 1) * BLOCK).min(self.size);
         let mut edges = Vec::with_capacity(2);
-        if offset % BLOCK != 0 || end < block_end(first) {
+        if offset & (BLOCK - 1) != 0 || end < block_end(first) {
             edges.push(first);
         }
         if last != first && end < block_end(last) {
