@@ -119,12 +119,14 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         jobs.push((id, PathBuf::from(path)));
     }
+    // Every argument is checked before anything is created on disk.
+    let (http, tftp, nbd, api) = (addr("http", &a.http)?, addr("tftp", &a.tftp)?, addr("nbd", &a.nbd)?, addr("api", &a.api)?);
     let gw = Gateway::new(lab, &a.data).with_context(|| format!("cannot use the data directory {}", a.data.display()))?;
     let server = ServerBuilder::new(gw.clone())
-        .http(addr("http", &a.http)?)
-        .tftp(addr("tftp", &a.tftp)?)
-        .nbd(addr("nbd", &a.nbd)?)
-        .api(addr("api", &a.api)?)
+        .http(http)
+        .tftp(tftp)
+        .nbd(nbd)
+        .api(api)
         .advertise(a.advertise)
         .start()
         .await?;

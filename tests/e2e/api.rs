@@ -107,3 +107,38 @@ fn dut_job_event_round_trip() {
     assert_eq!(call("GET", &c.api_url("/api/v1/duts/dut7"), None).0, 404);
     assert_eq!(call("GET", &c.api_url("/api/v1/duts/dut7/accesses"), None).0, 404);
 }
+
+/// With a token (as when the API listens beyond loopback), every route needs it.
+#[test]
+fn bearer_token_is_required_when_configured() {
+    if !require_tool("curl") {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = citron_core::Gateway::new(citron_core::lab::LabConfig::default_lab(), dir.path()).unwrap();
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = rt.spawn(citron_protocols::api::serve(listener, gw, Some("s3cr3t-t0ken".into()), async {
+        let _ = stop_rx.await;
+    }));
+    let url = format!("http://{addr}/api/v1/duts");
+    for (hdr, want) in [
+        (None, 401),
+        (Some("Authorization: Bearer wrong"), 401),
+        (Some("Authorization: Basic s3cr3t-t0ken"), 401),
+        (Some("Authorization: Bearer s3cr3t-t0ken"), 200),
+    ] {
+        let mut a = vec!["-o", "/dev/null", "-w", "%{http_code}"];
+        if let Some(h) = hdr {
+            a.extend_from_slice(&["-H", h]);
+        }
+        a.push(&url);
+        assert_eq!(curl(&a).stdout.trim(), want.to_string(), "{hdr:?}");
+    }
+    let m = curl(&["-w", "\n%{http_code}", &format!("http://{addr}/metrics")]).stdout;
+    assert!(m.ends_with("401") && m.contains("\"error\""), "{m}");
+    let _ = stop_tx.send(());
+    rt.block_on(task).unwrap().unwrap();
+}

@@ -1,5 +1,10 @@
 //! Response bodies: nothing, bytes already in memory, or a range of an artifact streamed from
 //! its cached file.
+//!
+//! Reads of the cached file are first tried without blocking (`preadv2(RWF_NOWAIT)`: the data is
+//! copied only if it is in the page cache, which it usually is for artifacts read often); when the
+//! kernel would have to wait for the disk, that chunk is read on the blocking pool instead. So a
+//! warm file costs no thread hand-off per chunk, and a cold one never stalls the async workers.
 
 use std::future::Future;
 use std::io;
@@ -8,29 +13,28 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
-use citron_core::serve::Artifact;
+use citron_core::serve::{Artifact, Content};
 use http_body::{Body, Frame, SizeHint};
 use tokio::task::JoinHandle;
 
-/// Bytes read per blocking call: large enough that thread hand-offs cost little next to the
-/// copy, small enough that a transfer holds at most two of them.
+/// The largest chunk read at once: large enough that per-chunk costs vanish next to the copy,
+/// small enough that a transfer holds little memory.
 pub(crate) const CHUNK_BYTES: usize = 1024 * 1024;
 
 /// The first chunk of a stream: smaller, so that the first bytes leave sooner; chunks then
 /// double up to [`CHUNK_BYTES`].
 pub(crate) const FIRST_CHUNK_BYTES: usize = 256 * 1024;
 
-/// Ranges up to this size are read inline on the async thread: a page-cache read this small is
-/// cheaper than a hand-off to the blocking pool.
+/// Ranges up to this size are sent as one buffer.
 pub(crate) const INLINE_BYTES: u64 = 64 * 1024;
 
 /// A response body.
 pub(crate) enum ResponseBody {
-    /// No body (HEAD, errors without text, 304).
+    /// No body (HEAD, 304).
     Empty,
     /// One buffer; the artifact, if any, is completed when it is taken.
     Full(Option<Bytes>, Option<Arc<Artifact>>),
-    /// `[pos, end)` of an artifact, read in chunks one ahead of the socket.
+    /// `[pos, end)` of an artifact, read chunk by chunk as hyper asks for more.
     Stream(FileStream),
 }
 
@@ -39,11 +43,10 @@ pub(crate) struct FileStream {
     /// Next offset to read.
     pos: u64,
     end: u64,
-    /// Length of the chunk being read.
-    pending_len: u64,
     /// Length of the next chunk to read.
     next_len: usize,
-    pending: Option<JoinHandle<io::Result<Bytes>>>,
+    /// A chunk being read on the blocking pool, and its length.
+    pending: Option<(JoinHandle<io::Result<Bytes>>, u64)>,
 }
 
 impl ResponseBody {
@@ -52,35 +55,99 @@ impl ResponseBody {
         ResponseBody::Full(Some(Bytes::from(s.into())), None)
     }
 
-    /// `[start, end)` of `artifact`: read now when small, streamed otherwise.
+    /// `[start, end)` of `artifact`: one buffer when small and at hand, streamed otherwise.
     pub(crate) fn range(artifact: Arc<Artifact>, start: u64, end: u64) -> io::Result<Self> {
-        if end - start <= INLINE_BYTES {
-            let b = artifact.read_chunk(start, (end - start) as usize)?;
-            return Ok(ResponseBody::Full(Some(b), Some(artifact)));
+        let len = end - start;
+        if len <= INLINE_BYTES {
+            if let Some(b) = read_nowait(&artifact, start, len as usize)? {
+                if b.len() as u64 == len {
+                    return Ok(ResponseBody::Full(Some(b), Some(artifact)));
+                }
+            }
         }
-        let mut s = FileStream { artifact, pos: start, end, pending_len: 0, next_len: FIRST_CHUNK_BYTES, pending: None };
-        s.start_read();
-        Ok(ResponseBody::Stream(s))
+        Ok(ResponseBody::Stream(FileStream { artifact, pos: start, end, next_len: FIRST_CHUNK_BYTES, pending: None }))
     }
 }
 
+/// Reads up to `len` bytes at `offset` if that needs no waiting: `Ok(None)` when it would block.
+/// May return fewer bytes (only part of the range is cached); never zero unless `len` is.
+fn read_nowait(a: &Artifact, offset: u64, len: usize) -> io::Result<Option<Bytes>> {
+    match &a.content {
+        Content::Memory(_) => a.read_chunk(offset, len).map(Some),
+        Content::File(f) => pread_nowait(f, offset, len),
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn pread_nowait(f: &std::fs::File, offset: u64, len: usize) -> io::Result<Option<Bytes>> {
+    use std::os::fd::AsRawFd;
+    if len == 0 {
+        return Ok(Some(Bytes::new()));
+    }
+    let Ok(off) = libc::off_t::try_from(offset) else { return Ok(None) };
+    let mut buf: Vec<u8> = Vec::with_capacity(len);
+    let iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: len };
+    // SAFETY: `iov` describes `len` bytes of `buf`'s allocation, which is writable and outlives
+    // the call; the file descriptor is open for as long as `f` is borrowed.
+    let n = unsafe { libc::preadv2(f.as_raw_fd(), &iov, 1, off, libc::RWF_NOWAIT) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            // Would wait for the disk; or the kernel or filesystem lacks RWF_NOWAIT.
+            Some(libc::EAGAIN) | Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) | Some(libc::EINVAL) => Ok(None),
+            Some(libc::EINTR) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    if n == 0 {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "cached file is shorter than recorded"));
+    }
+    // SAFETY: the kernel wrote exactly `n` (≤ `len` = capacity) bytes at the start of `buf`.
+    unsafe { buf.set_len(n as usize) };
+    Ok(Some(Bytes::from(buf)))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn pread_nowait(_f: &std::fs::File, _offset: u64, _len: usize) -> io::Result<Option<Bytes>> {
+    Ok(None)
+}
+
 impl FileStream {
-    fn start_read(&mut self) {
-        if self.pos >= self.end {
-            return;
-        }
-        let len = (self.end - self.pos).min(self.next_len as u64) as usize;
-        self.next_len = (self.next_len * 2).min(CHUNK_BYTES);
-        let (a, off) = (self.artifact.clone(), self.pos);
-        self.pos += len as u64;
-        self.pending_len = len as u64;
-        self.pending = Some(tokio::task::spawn_blocking(move || {
-            let b = a.read_chunk(off, len)?;
-            if b.len() != len {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "cached file is shorter than recorded"));
+    fn remaining(&self) -> u64 {
+        self.end - self.pos + self.pending.as_ref().map_or(0, |p| p.1)
+    }
+
+    /// The next chunk, read now if it is cached, else on the blocking pool.
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        if self.pending.is_none() {
+            if self.pos >= self.end {
+                return Poll::Ready(None);
             }
-            Ok(b)
-        }));
+            let len = (self.end - self.pos).min(self.next_len as u64) as usize;
+            self.next_len = (self.next_len * 2).min(CHUNK_BYTES);
+            match read_nowait(&self.artifact, self.pos, len) {
+                Ok(Some(b)) => {
+                    self.pos += b.len() as u64;
+                    return Poll::Ready(Some(Ok(b)));
+                }
+                Ok(None) => {}
+                Err(e) => return Poll::Ready(Some(Err(e))),
+            }
+            let (a, off) = (self.artifact.clone(), self.pos);
+            self.pos += len as u64;
+            let h = tokio::task::spawn_blocking(move || {
+                let b = a.read_chunk(off, len)?;
+                if b.len() != len {
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "cached file is shorter than recorded"));
+                }
+                Ok(b)
+            });
+            self.pending = Some((h, len as u64));
+        }
+        let (h, _) = self.pending.as_mut().expect("set above");
+        let res = ready!(Pin::new(h).poll(cx));
+        self.pending = None;
+        Poll::Ready(Some(res.unwrap_or_else(|e| Err(io::Error::other(e)))))
     }
 }
 
@@ -101,28 +168,20 @@ impl Body for ResponseBody {
                 }
                 None => Poll::Ready(None),
             },
-            ResponseBody::Stream(s) => {
-                let Some(h) = s.pending.as_mut() else { return Poll::Ready(None) };
-                let res = ready!(Pin::new(h).poll(cx));
-                s.pending = None;
-                s.pending_len = 0;
-                let chunk = match res {
-                    Ok(Ok(b)) => b,
-                    Ok(Err(e)) => {
-                        tracing::error!(artifact = %s.artifact.name, error = %e, "http: reading the cached file failed");
-                        return Poll::Ready(Some(Err(e)));
+            ResponseBody::Stream(s) => match ready!(s.poll_chunk(cx)) {
+                None => Poll::Ready(None),
+                Some(Ok(chunk)) => {
+                    s.artifact.sent(chunk.len() as u64);
+                    if s.remaining() == 0 {
+                        s.artifact.complete();
                     }
-                    Err(e) => return Poll::Ready(Some(Err(io::Error::other(e)))),
-                };
-                s.artifact.sent(chunk.len() as u64);
-                if s.pos >= s.end {
-                    s.artifact.complete();
-                } else {
-                    // Read the next chunk while hyper writes this one.
-                    s.start_read();
+                    Poll::Ready(Some(Ok(Frame::data(chunk))))
                 }
-                Poll::Ready(Some(Ok(Frame::data(chunk))))
-            }
+                Some(Err(e)) => {
+                    tracing::error!(artifact = %s.artifact.name, error = %e, "http: reading the cached file failed");
+                    Poll::Ready(Some(Err(e)))
+                }
+            },
         }
     }
 
@@ -130,7 +189,7 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Empty => true,
             ResponseBody::Full(b, _) => b.is_none(),
-            ResponseBody::Stream(s) => s.pending.is_none(),
+            ResponseBody::Stream(s) => s.remaining() == 0,
         }
     }
 
@@ -138,16 +197,34 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Empty => SizeHint::with_exact(0),
             ResponseBody::Full(b, _) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            // Bytes not yet handed to hyper: the unread rest plus the chunk being read.
-            ResponseBody::Stream(s) => SizeHint::with_exact(s.end - s.pos + s.pending_len),
+            ResponseBody::Stream(s) => SizeHint::with_exact(s.remaining()),
         }
     }
 }
 
 impl Drop for FileStream {
     fn drop(&mut self) {
-        if let Some(h) = self.pending.take() {
+        if let Some((h, _)) = self.pending.take() {
             h.abort();
         }
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    #[test]
+    fn nowait_reads_cached_bytes_and_reports_eof() {
+        let mut f = tempfile::tempfile().unwrap();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        f.write_all(&data).unwrap();
+        f.sync_all().unwrap();
+        // Just written: in the page cache.
+        let got = pread_nowait(&f, 1000, 200_000).unwrap().expect("cached");
+        assert!(!got.is_empty() && got.len() <= 200_000);
+        assert_eq!(&got[..], &data[1000..1000 + got.len()]);
+        assert!(pread_nowait(&f, 300_000, 10).is_err(), "reading past the end is an error");
     }
 }

@@ -6,6 +6,9 @@
 //! RFC 9110 §14.2 allows), `Content-Type` by extension, and the one mapping from
 //! [`ServeError`](citron_core::serve::ServeError) to a status code, [`status`].
 //!
+//! A GET answered with 304 counts as a read for `access_count` (the content was asked for);
+//! HEAD never does.
+//!
 //! Large files are streamed in 1 MiB chunks read on the blocking pool, one chunk ahead of the
 //! socket, so a transfer never holds more than two chunks and never the whole file.
 //!
@@ -35,6 +38,11 @@ pub use service::{content_type, percent_decode, status};
 /// The most connections served at once; more wait in the listen backlog.
 pub const MAX_CONNECTIONS: usize = 16 * 1024;
 
+/// How long a connection may wait for a complete request head: a client that trickles one is
+/// dropped, and so is a keep-alive connection idle this long (clients reconnect; nginx's
+/// default `keepalive_timeout` is 75 s).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// How long requests in flight may take to finish after shutdown was asked for.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -60,7 +68,13 @@ pub async fn serve(
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut builder = http1::Builder::new();
-    builder.keep_alive(true).half_close(false).max_buf_size(64 * 1024);
+    // Bounds both a client that trickles a request head and an idle keep-alive connection.
+    builder
+        .keep_alive(true)
+        .half_close(false)
+        .max_buf_size(64 * 1024)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
     let builder = Arc::new(builder);
 
     tokio::pin!(shutdown);

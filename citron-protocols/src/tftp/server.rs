@@ -48,7 +48,7 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { limits: Limits::default(), max_transfers: 1024, prefetch_bytes: 128 * 1024, netascii_max_bytes: 64 << 20 }
+        Config { limits: Limits::default(), max_transfers: 1024, prefetch_bytes: 256 * 1024, netascii_max_bytes: 64 << 20 }
     }
 }
 
