@@ -3,7 +3,7 @@
 #
 #   benches/tftp.sh            # as root (tftpd-hpa and atftpd are told to run as root)
 #
-# Serves the same 64 MiB file from citron (the tftp_serve example, release build), tftpd-hpa
+# Serves the same 64 MiB file from citron (`citron serve`, release build), tftpd-hpa
 # (in.tftpd) and atftpd, downloads it with curl at blksize 512, 1468 and 8192 (citron vs
 # tftpd-hpa, same options) and with atftp --option "windowsize 16" (citron vs atftpd), then runs
 # 200 concurrent 4 MiB downloads against citron and tftpd-hpa. Every download is checked by
@@ -36,8 +36,8 @@ cleanup() {
 trap cleanup EXIT
 
 echo "building citron (release)..." >&2
-(cd "$ROOT" && cargo build --release -q -p citron-protocols --example tftp_serve)
-BIN="$ROOT/target/release/examples/tftp_serve"
+(cd "$ROOT" && cargo build --release -q -p citron-cli)
+BIN="$ROOT/target/release/citron"
 
 mkdir -p "$WORK/srv" "$WORK/out" "$WORK/conc"
 chmod 755 "$WORK" "$WORK/srv"
@@ -47,15 +47,32 @@ chmod 644 "$WORK/srv/"*
 SUM_BIG=$(sha256sum < "$WORK/srv/big.bin" | cut -d' ' -f1)
 SUM_SMALL=$(sha256sum < "$WORK/srv/small.bin" | cut -d' ' -f1)
 
-"$BIN" "$WORK/srv" "127.0.0.1:$CITRON_PORT" > "$WORK/citron.log" 2>&1 &
+# citron: one DUT at 127.0.0.1 (where the clients send from) whose job serves both files.
+cat > "$WORK/lab.yaml" <<YAML
+duts:
+  - id: bench
+    ip: ["127.0.0.1"]
+YAML
+cat > "$WORK/srv/job.yaml" <<YAML
+deployment:
+  start:
+    storage:
+      tftp:
+        - path: /big.bin
+          file: big.bin
+        - path: /small.bin
+          file: small.bin
+YAML
+RUST_LOG=warn "$BIN" serve --lab "$WORK/lab.yaml" --job "bench=$WORK/srv/job.yaml" --data "$WORK/data" \
+    --tftp "127.0.0.1:$CITRON_PORT" --http off --nbd off --api off > "$WORK/citron.log" 2>&1 &
 PIDS+=($!)
 in.tftpd -L -u root -s "$WORK/srv" -a "127.0.0.1:$HPA_PORT" &
 PIDS+=($!)
 "$ATFTPD" --daemon --no-fork --user root --group root --logfile /dev/null --port "$ATFTPD_PORT" \
     --bind-address 127.0.0.1 "$WORK/srv" &
 PIDS+=($!)
-for _ in $(seq 100); do grep -q ready "$WORK/citron.log" && break; sleep 0.1; done
-grep -q ready "$WORK/citron.log" || { cat "$WORK/citron.log" >&2; exit 1; }
+for _ in $(seq 300); do grep -q listening "$WORK/citron.log" && break; sleep 0.1; done
+grep -q listening "$WORK/citron.log" || { cat "$WORK/citron.log" >&2; exit 1; }
 sleep 0.5
 
 # median_secs CMD...: runs CMD $REPS times (it writes $WORK/out/f), checks it, prints the median time.

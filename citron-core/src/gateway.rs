@@ -50,7 +50,7 @@ pub struct Endpoints {
 #[non_exhaustive]
 pub enum GatewayError {
     /// No such DUT.
-    #[error("no DUT {0:?}; list them with GET /api/v1/duts or add it to the lab file")]
+    #[error("no DUT '{0}'; list them with GET /api/v1/duts or add it to the lab file")]
     UnknownDut(DutId),
     /// The DUT could not be registered.
     #[error(transparent)]

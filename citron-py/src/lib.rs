@@ -26,9 +26,28 @@ mod server;
 
 use pyo3::prelude::*;
 
+/// The environment variable that turns on citron's log (Rust `tracing`) on stderr, with an
+/// `EnvFilter` value such as `info` or `citron_protocols=debug`.
+const LOG_ENV: &str = "CITRON_LOG";
+
+/// Backends report failures and refusals through `tracing`; an embedding Python process has no
+/// subscriber, so without this they would be invisible.
+fn init_logging() {
+    if let Ok(filter) = std::env::var(LOG_ENV) {
+        let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // Fails only if the process already has a subscriber: keep that one.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+}
+
 /// The native half of the `citron` package (import `citron`, not this).
 #[pymodule]
 fn _citron(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    init_logging();
     errors::register(m)?;
     m.add_class::<job::JobDescription>()?;
     m.add_class::<job::ResolvedJob>()?;

@@ -26,7 +26,7 @@ use crate::job::{JobDescription, ResolvedJob};
 use crate::lab::{dut_dict, make_dut, Lab};
 use citron_protocols::server::{RunningServer, ServerBuilder};
 
-/// A running citron: the lab's DUTs and jobs, and its HTTP, TFTP (and NBD) servers listening on
+/// A running citron: the lab's DUTs and jobs, and its HTTP, TFTP and NBD servers listening on
 /// the given addresses. Port 0 picks a free port; the ``*_address`` properties tell which.
 ///
 /// Use it as a context manager so that the servers stop (and free their ports) when the block
@@ -45,13 +45,13 @@ use citron_protocols::server::{RunningServer, ServerBuilder};
 /// ...     c.close()
 /// 200 b'hi'
 ///
-/// ``Server(lab=None, data_dir=None, *, http="127.0.0.1:0", tftp="127.0.0.1:0", nbd=None,
-/// api=None, advertise=None)`` creates the gateway for ``lab`` (a :class:`Lab`, a lab file
-/// path, or None for the default lab) with its state under ``data_dir``, and starts the
-/// backends: ``http``, ``tftp``,
-/// ``nbd`` and ``api`` (the lab's HTTP/JSON control API) are ``"host:port"`` (port 0 picks
-/// one) or None to leave them off. ``advertise`` is the IP address DUTs reach this machine
-/// at when listening on a wildcard address (it fills ``{{ http_artifact_base }}``…).
+/// ``Server(lab=None, data_dir=None, *, http="127.0.0.1:0", tftp="127.0.0.1:0",
+/// nbd="127.0.0.1:0", api=None, advertise=None)`` creates the gateway for ``lab`` (a
+/// :class:`Lab`, a lab file path, or None for the default lab) with its state under
+/// ``data_dir``, and starts the backends: ``http``, ``tftp``, ``nbd`` and ``api`` (the lab's
+/// HTTP/JSON control API) are ``"host:port"`` (port 0 picks one) or None to leave them off.
+/// ``advertise`` is the IP address DUTs reach this machine at when listening on a wildcard
+/// address (it fills ``{{ http_artifact_base }}``…).
 /// Raises :class:`citron.ServerError` if an address cannot be bound.
 ///
 /// >>> import citron
@@ -185,8 +185,8 @@ impl Server {
     // The constructor's documentation is in the class docstring (Python shows that one).
     #[new]
     #[pyo3(
-        signature = (lab = None, data_dir = None, *, http = Some("127.0.0.1:0"), tftp = Some("127.0.0.1:0"), nbd = None, api = None, advertise = None),
-        text_signature = "(lab=None, data_dir=None, *, http='127.0.0.1:0', tftp='127.0.0.1:0', nbd=None, api=None, advertise=None)"
+        signature = (lab = None, data_dir = None, *, http = Some("127.0.0.1:0"), tftp = Some("127.0.0.1:0"), nbd = Some("127.0.0.1:0"), api = None, advertise = None),
+        text_signature = "(lab=None, data_dir=None, *, http='127.0.0.1:0', tftp='127.0.0.1:0', nbd='127.0.0.1:0', api=None, advertise=None)"
     )]
     #[allow(clippy::too_many_arguments)]
     fn new(

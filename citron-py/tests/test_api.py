@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 from typing import Any
 
@@ -157,7 +158,10 @@ def test_repr_and_version() -> None:
     assert "dut1" in repr(citron.Lab.default())
     assert repr(citron.JobDescription.from_yaml("deployment: {start: {}}", filename="f.yaml")) == 'JobDescription(filename="f.yaml")'
     srv = citron.Server(http="127.0.0.1:0", tftp=None)
-    assert repr(srv) == f"Server(http='127.0.0.1:{srv.http_address[1] if srv.http_address else 0}', tftp=None, nbd=None, api=None, running=True)"
+    assert repr(srv) == (
+        f"Server(http='127.0.0.1:{srv.http_address[1] if srv.http_address else 0}', tftp=None, "
+        f"nbd='127.0.0.1:{srv.nbd_address[1] if srv.nbd_address else 0}', api=None, running=True)"
+    )
     srv.stop()
     assert repr(srv).endswith("running=False)")
 
@@ -189,3 +193,21 @@ def test_mangled_jobs_give_job_errors_never_a_panic() -> None:
             assert e.errors and all(d.line >= 1 and d.column >= 1 for d in e.errors), text
             outcomes["error"] += 1
     assert outcomes["error"] > 0
+
+
+def test_citron_log_shows_the_rust_log_on_stderr() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import citron\n"
+        "with citron.Server(http=None, tftp=None, nbd=None) as srv:\n"
+        "    srv.set_job('dut1', 'deployment:\\n  start:\\n    kernel: {data: k}\\n')\n"
+    )
+    env = dict(os.environ, CITRON_LOG="info")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "job loaded" in proc.stderr
+    env.pop("CITRON_LOG")
+    quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert (quiet.returncode, quiet.stderr) == (0, "")

@@ -175,4 +175,38 @@ def test_offline_rendering_uses_the_default_serve_addresses_like_the_cli() -> No
     assert job.render(dut="dut1").cmdline == "http://127.0.0.1:8080 tftp://127.0.0.1:6969 127.0.0.1:10809"
     lab = citron.Lab.default()
     with citron.Server(lab=lab, tftp=None) as srv:
-        assert job.render(dut="dut1", lab=srv).cmdline == f"{srv.http_url}  :"
+        assert srv.nbd_address is not None
+        host, port = srv.nbd_address
+        assert job.render(dut="dut1", lab=srv).cmdline == f"{srv.http_url}  {host}:{port}"
+
+
+def test_render_lists_disks() -> None:
+    job = citron.JobDescription.from_yaml(
+        "deployment:\n"
+        "  start:\n"
+        "    storage:\n"
+        "      nbd:\n"
+        "        - name: rootfs\n"
+        "          filesystem: {type: ext4, size: 2G, data: {url: 'http://127.0.0.1:9/rootfs.tar.gz'}}\n"
+        "        - name: scratch\n"
+        "          raw: {size: 20G}\n"
+        "          reset_on: boot\n"
+        "          shared: true\n"
+        "          expiration: 7 days\n"
+        "        - name: image\n"
+        "          url: http://127.0.0.1:9/disk.qcow2\n"
+        "          readonly: true\n"
+    )
+    rootfs, scratch, image = job.render(dut="dut1").artifacts
+    assert (rootfs.kind, rootfs.protocol, rootfs.path, rootfs.source, rootfs.size, rootfs.url) == (
+        "disk",
+        "nbd",
+        "rootfs",
+        "filesystem",
+        2 << 30,
+        "http://127.0.0.1:9/rootfs.tar.gz",
+    )
+    assert (rootfs.reset_on, rootfs.shared, rootfs.readonly) == ("job_start", False, False)
+    assert (scratch.source, scratch.size, scratch.reset_on, scratch.shared) == ("raw", 20 << 30, "boot", True)
+    assert scratch.expiration == datetime.timedelta(days=7)
+    assert (image.source, image.url, image.readonly, image.size) == ("url", "http://127.0.0.1:9/disk.qcow2", True, None)

@@ -243,3 +243,26 @@ def test_the_lab_api_shares_the_servers_state() -> None:
         status, body = call("PUT", "/api/v1/duts/dut1/job", "deployment:\n  start:\n    colour: red\n")
         assert status == 422
     assert srv.api_address == addr and not srv.running
+
+
+def test_nbd_export_with_nbdinfo() -> None:
+    nbdinfo = require_tool("nbdinfo")
+    with citron.Server(http=None, tftp=None, nbd="127.0.0.1:0") as srv:
+        # Like tftp-hpa, nbdinfo cannot choose its source address: 127.0.0.1 is this test's DUT.
+        srv.add_dut("local", ip=["127.0.0.1"])
+        srv.set_job("local", "deployment:\n  start:\n    storage:\n      nbd:\n        - {name: scratch, raw: {size: 1M}}\n")
+        srv.set_job("dut1", "deployment:\n  start:\n    storage:\n      nbd:\n        - {name: private, raw: {size: 2M}}\n")
+        addr = srv.nbd_address
+        assert addr is not None
+        uri = f"nbd://{addr[0]}:{addr[1]}"
+
+        def run(*args: str) -> "subprocess.CompletedProcess[str]":
+            return subprocess.run([nbdinfo, *args], capture_output=True, text=True, timeout=60)
+
+        size = run("--size", f"{uri}/scratch")
+        assert (size.returncode, size.stdout.strip()) == (0, str(1 << 20)), size.stderr
+        listing = run("--list", "--json", uri)
+        assert listing.returncode == 0, listing.stderr
+        names = [e["export-name"] for e in json.loads(listing.stdout)["exports"]]
+        assert names == ["scratch"]  # not dut1's "private"
+        assert run("--size", f"{uri}/private").returncode != 0

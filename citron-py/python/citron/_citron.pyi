@@ -161,7 +161,7 @@ class Server:
         *,
         http: Optional[str] = "127.0.0.1:0",
         tftp: Optional[str] = "127.0.0.1:0",
-        nbd: Optional[str] = None,
+        nbd: Optional[str] = "127.0.0.1:0",
         api: Optional[str] = None,
         advertise: Optional[str] = None,
     ) -> Server: ...
