@@ -12,6 +12,10 @@
 //! Large files are streamed in 1 MiB chunks read on the blocking pool, one chunk ahead of the
 //! socket, so a transfer never holds more than two chunks and never the whole file.
 //!
+//! Keep-alive connections idle for [`PARK_AFTER`] are *parked*: hyper's per-connection buffers
+//! are dropped and only the socket is kept until the client sends again, so thousands of idle
+//! DUT connections cost little; parked connections close after [`IDLE_TIMEOUT`].
+//!
 //! # Cancel safety
 //! Dropping the future returned by [`serve`] stops accepting and drops every connection task at
 //! once (their transfers end as "aborted" in the access log). Completing `shutdown` instead stops
