@@ -7,7 +7,8 @@
 # (in.tftpd) and atftpd, downloads it with curl at blksize 512, 1468 and 8192 (citron vs
 # tftpd-hpa, same options) and with atftp --option "windowsize 16" (citron vs atftpd), then runs
 # 200 concurrent 4 MiB downloads against citron and tftpd-hpa. Every download is checked by
-# sha256. Prints MB/s (10^6 bytes/s, median of $REPS runs) and citron's ratio to the peer.
+# sha256. Prints MB/s (10^6 bytes/s, median of $REPS runs alternating citron and the peer) and
+# citron's ratio to the peer. On a shared machine, `nice -n -10 benches/tftp.sh` cuts the noise.
 # Env: REPS (3), SIZE_MB (64), CONC (200), PORT_BASE (17069).
 set -euo pipefail
 
@@ -75,40 +76,49 @@ for _ in $(seq 300); do grep -q listening "$WORK/citron.log" && break; sleep 0.1
 grep -q listening "$WORK/citron.log" || { cat "$WORK/citron.log" >&2; exit 1; }
 sleep 0.5
 
-# median_secs CMD...: runs CMD $REPS times (it writes $WORK/out/f), checks it, prints the median time.
-median_secs() {
-    local times=()
+# once CMD...: runs CMD (it writes $WORK/out/f), checks the download, prints the seconds it took.
+once() {
+    rm -f "$WORK/out/f"
+    local t0 t1 sum
+    t0=$(date +%s.%N)
+    "$@" >/dev/null
+    t1=$(date +%s.%N)
+    sum=$(sha256sum < "$WORK/out/f" | cut -d' ' -f1)
+    [ "$sum" = "$SUM_BIG" ] || { echo "corrupt download: $*" >&2; exit 1; }
+    awk "BEGIN { print $t1 - $t0 }"
+}
+median() { sort -g | sed -n "$(( (REPS + 1) / 2 ))p"; }
+# pair CITRON_PORT PEER_PORT CMD...: runs CMD against citron then the peer, $REPS times, alternating
+# so that both see the same background load; prints the two median times.
+pair() {
+    local cp=$1 pp=$2 c=() p=()
+    shift 2
     for _ in $(seq "$REPS"); do
-        rm -f "$WORK/out/f"
-        local t0 t1
-        t0=$(date +%s.%N)
-        "$@" >/dev/null
-        t1=$(date +%s.%N)
-        local sum
-        sum=$(sha256sum < "$WORK/out/f" | cut -d' ' -f1)
-        [ "$sum" = "$SUM_BIG" ] || { echo "corrupt download: $*" >&2; exit 1; }
-        times+=("$(awk "BEGIN { print $t1 - $t0 }")")
+        c+=("$(once "$@" "$cp")")
+        p+=("$(once "$@" "$pp")")
     done
-    printf '%s\n' "${times[@]}" | sort -g | sed -n "$(( (REPS + 1) / 2 ))p"
+    echo "$(printf '%s\n' "${c[@]}" | median) $(printf '%s\n' "${p[@]}" | median)"
 }
 mbps() { awk "BEGIN { printf \"%.1f\", $SIZE_MB * 1.048576 / $1 }"; }
 ratio() { awk "BEGIN { printf \"%.2f\", $2 / $1 }"; }
 
-curl_get() { timeout 600 curl -sS --fail --tftp-blksize "$2" -o "$WORK/out/f" "tftp://127.0.0.1:$1/big.bin"; }
-atftp_get() { local port=$1; shift; timeout 600 atftp -g -r big.bin -l "$WORK/out/f" "$@" 127.0.0.1 "$port" 2>/dev/null; }
+# The server's port comes last.
+curl_get() { timeout 600 curl -sS --fail --tftp-blksize "$1" -o "$WORK/out/f" "tftp://127.0.0.1:$2/big.bin"; }
+atftp_get() {
+    local args=("$@") port=${!#}
+    timeout 600 atftp -g -r big.bin -l "$WORK/out/f" "${args[@]:0:$#-1}" 127.0.0.1 "$port" 2>/dev/null
+}
 
 printf '%-44s %10s %10s %7s\n' "${SIZE_MB} MiB file, loopback" "citron" "peer" "ratio"
 for bs in 512 1468 8192; do
-    c=$(median_secs curl_get "$CITRON_PORT" "$bs")
-    p=$(median_secs curl_get "$HPA_PORT" "$bs")
+    read -r c p < <(pair "$CITRON_PORT" "$HPA_PORT" curl_get "$bs")
     printf '%-44s %10s %10s %7s\n' "curl blksize $bs (peer: tftpd-hpa) MB/s" "$(mbps "$c")" "$(mbps "$p")" "$(ratio "$c" "$p")"
 done
 for opts in "windowsize 16" "blksize 1468|windowsize 16"; do
     IFS='|' read -ra o <<< "$opts"
     args=()
     for x in "${o[@]}"; do args+=(--option "$x"); done
-    c=$(median_secs atftp_get "$CITRON_PORT" "${args[@]}")
-    p=$(median_secs atftp_get "$ATFTPD_PORT" "${args[@]}")
+    read -r c p < <(pair "$CITRON_PORT" "$ATFTPD_PORT" atftp_get "${args[@]}")
     printf '%-44s %10s %10s %7s\n' "atftp ${opts//|/, } (peer: atftpd) MB/s" "$(mbps "$c")" "$(mbps "$p")" "$(ratio "$c" "$p")"
 done
 
