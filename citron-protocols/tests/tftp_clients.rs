@@ -30,10 +30,17 @@ use tokio::sync::oneshot;
 
 /// `true` if `tool` runs; otherwise skips (or panics under `CITRON_E2E_STRICT=1`).
 fn require_tool(tool: &str) -> bool {
-    let ok = std::process::Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map(|o| o.status.success()).unwrap_or(false);
+    let ok = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
     if !ok {
         if std::env::var("CITRON_E2E_STRICT").as_deref() == Ok("1") {
-            panic!("{tool} is required (CITRON_E2E_STRICT=1); install it with scripts/setup-debian.sh");
+            panic!(
+                "{tool} is required (CITRON_E2E_STRICT=1); install it with scripts/setup-debian.sh"
+            );
         }
         eprintln!("SKIP: {tool} not installed");
     }
@@ -59,11 +66,21 @@ fn file(path: &str, data: Vec<u8>, access_count: Option<u32>) -> FileSpec {
         path: path.into(),
         source: Source::Data(Bytes::from(data)),
         sha256: None,
-        lifetime: Lifetime { access_count, expiration: None },
+        lifetime: Lifetime {
+            access_count,
+            expiration: None,
+        },
     }
 }
 
-const SIZES: &[(&str, usize)] = &[("f0", 0), ("f511", 511), ("f512", 512), ("f513", 513), ("f1m", 1 << 20), ("f40m", 40 << 20)];
+const SIZES: &[(&str, usize)] = &[
+    ("f0", 0),
+    ("f511", 511),
+    ("f512", 512),
+    ("f513", 513),
+    ("f1m", 1 << 20),
+    ("f40m", 40 << 20),
+];
 
 struct Lab {
     gw: Gateway,
@@ -74,14 +91,25 @@ impl Lab {
     async fn new() -> Lab {
         let dir = tempfile::tempdir().unwrap();
         let mut lab = LabConfig::default_lab();
-        lab.duts.push(Dut::new("local", ["127.0.0.1".parse().unwrap()]));
+        lab.duts
+            .push(Dut::new("local", ["127.0.0.1".parse().unwrap()]));
         let gw = Gateway::new(lab, dir.path()).unwrap();
         Lab { gw, _dir: dir }
     }
 
     async fn job(&self, dut: &str, files: Vec<FileSpec>) {
-        let job = ResolvedJob { origin: format!("test-{dut}"), start: Step { tftp: files, ..Step::default() }, continue_: None };
-        self.gw.set_resolved_job(&DutId::from(dut), job).await.unwrap();
+        let job = ResolvedJob {
+            origin: format!("test-{dut}"),
+            start: Step {
+                tftp: files,
+                ..Step::default()
+            },
+            continue_: None,
+        };
+        self.gw
+            .set_resolved_job(&DutId::from(dut), job)
+            .await
+            .unwrap();
     }
 
     /// Loads the size ladder for `dut`, seeded by `seed`; returns (name, sha256).
@@ -105,7 +133,11 @@ impl Lab {
         let task = tokio::spawn(tftp::serve_with(socket, catalog, config, async move {
             let _ = rx.await;
         }));
-        Server { addr, stop: Some(tx), task }
+        Server {
+            addr,
+            stop: Some(tx),
+            task,
+        }
     }
 }
 
@@ -124,18 +156,33 @@ impl Server {
 
 async fn run(cmd: &mut tokio::process::Command) -> Output {
     cmd.kill_on_drop(true).stdin(std::process::Stdio::null());
-    tokio::time::timeout(Duration::from_secs(300), cmd.output()).await.expect("client did not finish within 300 s").unwrap()
+    tokio::time::timeout(Duration::from_secs(300), cmd.output())
+        .await
+        .expect("client did not finish within 300 s")
+        .unwrap()
 }
 
 fn assert_file(path: &Path, want: &Digest, what: &str) {
-    let got = std::fs::read(path).unwrap_or_else(|e| panic!("{what}: no output file {}: {e}", path.display()));
-    assert_eq!(&Digest::of(&got), want, "{what}: content differs ({} bytes received)", got.len());
+    let got = std::fs::read(path)
+        .unwrap_or_else(|e| panic!("{what}: no output file {}: {e}", path.display()));
+    assert_eq!(
+        &Digest::of(&got),
+        want,
+        "{what}: content differs ({} bytes received)",
+        got.len()
+    );
 }
 
 /// How many times `path` was logged as served to `dut`. The client exits after sending its final
 /// ACK, which the server may not have processed yet: wait (bounded) for `want`.
 async fn served(gw: &Gateway, dut: &str, path: &str, want: usize) -> usize {
-    let count = || gw.accesses(&DutId::from(dut)).unwrap().iter().filter(|r| r.path == path && r.outcome == AccessOutcome::Served).count();
+    let count = || {
+        gw.accesses(&DutId::from(dut))
+            .unwrap()
+            .iter()
+            .filter(|r| r.path == path && r.outcome == AccessOutcome::Served)
+            .count()
+    };
     for _ in 0..100 {
         if count() >= want {
             break;
@@ -157,12 +204,25 @@ async fn tftp_hpa_downloads_every_size() {
     for (name, sum) in &sums {
         let dest = out.path().join(name);
         let o = run(tokio::process::Command::new("tftp")
-            .args(["-4", "127.0.0.1", &srv.addr.port().to_string(), "-m", "binary", "-c", "get", name])
+            .args([
+                "-4",
+                "127.0.0.1",
+                &srv.addr.port().to_string(),
+                "-m",
+                "binary",
+                "-c",
+                "get",
+                name,
+            ])
             .arg(&dest))
         .await;
         assert!(o.status.success(), "tftp get {name}: {o:?}");
         assert_file(&dest, sum, &format!("tftp-hpa {name}"));
-        assert_eq!(served(&lab.gw, "local", name, 1).await, 1, "{name} logged as served once");
+        assert_eq!(
+            served(&lab.gw, "local", name, 1).await,
+            1,
+            "{name} logged as served once"
+        );
     }
     srv.stop().await;
 }
@@ -177,7 +237,10 @@ async fn atftp_with_windowsize_and_blksize_downloads_every_size() {
     let srv = lab.serve(Config::default()).await;
     let out = tempfile::tempdir().unwrap();
     // windowsize 8 at the default blksize 512 (the 40 MiB file wraps block numbers), then blksize 1468.
-    for opts in [&["--option", "windowsize 8"][..], &["--option", "blksize 1468", "--option", "windowsize 8"][..]] {
+    for opts in [
+        &["--option", "windowsize 8"][..],
+        &["--option", "blksize 1468", "--option", "windowsize 8"][..],
+    ] {
         for (name, sum) in &sums {
             let dest = out.path().join(format!("{name}-{}", opts.len()));
             let o = run(tokio::process::Command::new("atftp")
@@ -210,7 +273,15 @@ async fn curl_downloads_every_size_and_duts_are_isolated() {
         for (name, sum) in sums.iter().filter(|(n, _)| n != "f0") {
             let dest = out.path().join(format!("{name}-{iface}"));
             let o = run(tokio::process::Command::new("curl")
-                .args(["-sS", "--fail", "--tftp-blksize", blksize, "--interface", iface, "-o"])
+                .args([
+                    "-sS",
+                    "--fail",
+                    "--tftp-blksize",
+                    blksize,
+                    "--interface",
+                    iface,
+                    "-o",
+                ])
                 .arg(&dest)
                 .arg(format!("tftp://127.0.0.1:{}/{name}", srv.addr.port())))
             .await;
@@ -240,12 +311,22 @@ async fn tftp_hpa_netascii_mode() {
         text.extend_from_slice(format!("line {i}\tcolumns\rcarriage\n").as_bytes());
     }
     let sum = Digest::of(&text);
-    lab.job("local", vec![file("cmdline.txt", text, None)]).await;
+    lab.job("local", vec![file("cmdline.txt", text, None)])
+        .await;
     let srv = lab.serve(Config::default()).await;
     let out = tempfile::tempdir().unwrap();
     let dest = out.path().join("cmdline.txt");
     let o = run(tokio::process::Command::new("tftp")
-        .args(["-4", "127.0.0.1", &srv.addr.port().to_string(), "-m", "netascii", "-c", "get", "cmdline.txt"])
+        .args([
+            "-4",
+            "127.0.0.1",
+            &srv.addr.port().to_string(),
+            "-m",
+            "netascii",
+            "-c",
+            "get",
+            "cmdline.txt",
+        ])
         .arg(&dest))
     .await;
     assert!(o.status.success(), "{o:?}");
@@ -266,22 +347,36 @@ async fn access_count_refuses_the_second_read() {
     let out = tempfile::tempdir().unwrap();
     let url = format!("tftp://127.0.0.1:{}/once", srv.addr.port());
     let dest = out.path().join("once");
-    let o = run(tokio::process::Command::new("curl").args(["-sS", "--interface", "127.0.0.2", "-o"]).arg(&dest).arg(&url)).await;
+    let o = run(tokio::process::Command::new("curl")
+        .args(["-sS", "--interface", "127.0.0.2", "-o"])
+        .arg(&dest)
+        .arg(&url))
+    .await;
     assert!(o.status.success(), "{o:?}");
     assert_file(&dest, &sum, "first read");
     // Access violation (curl: exit 69, CURLE_TFTP_PERM).
-    let o = run(tokio::process::Command::new("curl").args(["-sS", "--interface", "127.0.0.2", "-o", "/dev/null"]).arg(&url)).await;
+    let o = run(tokio::process::Command::new("curl")
+        .args(["-sS", "--interface", "127.0.0.2", "-o", "/dev/null"])
+        .arg(&url))
+    .await;
     assert_eq!(o.status.code(), Some(69), "second read: {o:?}");
     srv.stop().await;
 }
 
 /// Sends one datagram from `from` and returns the decoded answer, if one comes within `wait`.
-async fn exchange(from: &str, to: SocketAddr, datagram: &[u8], wait: Duration) -> Option<tftp::packet::Packet> {
+async fn exchange(
+    from: &str,
+    to: SocketAddr,
+    datagram: &[u8],
+    wait: Duration,
+) -> Option<tftp::packet::Packet> {
     let sock = UdpSocket::bind((from, 0)).await.unwrap();
     sock.send_to(datagram, to).await.unwrap();
     let mut buf = vec![0u8; 70000];
     match tokio::time::timeout(wait, sock.recv_from(&mut buf)).await {
-        Ok(Ok((n, _))) => Some(tftp::packet::decode(&buf[..n]).expect("the server sent a malformed packet")),
+        Ok(Ok((n, _))) => {
+            Some(tftp::packet::decode(&buf[..n]).expect("the server sent a malformed packet"))
+        }
         _ => None,
     }
 }
@@ -295,7 +390,10 @@ fn error_code(p: &Option<tftp::packet::Packet>) -> Option<u16> {
 
 fn rrq(name: &str, opts: &[(&str, &str)]) -> Vec<u8> {
     let mut v = vec![0, 1];
-    for f in [name, "octet"].into_iter().chain(opts.iter().flat_map(|(a, b)| [*a, *b])) {
+    for f in [name, "octet"]
+        .into_iter()
+        .chain(opts.iter().flat_map(|(a, b)| [*a, *b]))
+    {
         v.extend_from_slice(f.as_bytes());
         v.push(0);
     }
@@ -305,7 +403,8 @@ fn rrq(name: &str, opts: &[(&str, &str)]) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traversal_and_writes_are_access_violations() {
     let lab = Lab::new().await;
-    lab.job("dut1", vec![file("x", b"inside".to_vec(), None)]).await;
+    lab.job("dut1", vec![file("x", b"inside".to_vec(), None)])
+        .await;
     let srv = lab.serve(Config::default()).await;
     let wait = Duration::from_secs(3);
     for name in ["../x", "/../../etc/passwd", "a/../../x"] {
@@ -314,21 +413,39 @@ async fn traversal_and_writes_are_access_violations() {
     }
     let mut wrq = rrq("x", &[]);
     wrq[1] = 2;
-    assert_eq!(error_code(&exchange("127.0.0.2", srv.addr, &wrq, wait).await), Some(2));
+    assert_eq!(
+        error_code(&exchange("127.0.0.2", srv.addr, &wrq, wait).await),
+        Some(2)
+    );
     // The same refusals seen by a real client.
     if require_tool("tftp") {
         let out = tempfile::tempdir().unwrap();
         let port = srv.addr.port().to_string();
         let o = run(tokio::process::Command::new("tftp")
-            .args(["-4", "127.0.0.1", &port, "-m", "binary", "-c", "get", "/../../etc/passwd"])
+            .args([
+                "-4",
+                "127.0.0.1",
+                &port,
+                "-m",
+                "binary",
+                "-c",
+                "get",
+                "/../../etc/passwd",
+            ])
             .arg(out.path().join("p")))
         .await;
-        let err = String::from_utf8_lossy(&o.stderr).to_string() + &String::from_utf8_lossy(&o.stdout);
+        let err =
+            String::from_utf8_lossy(&o.stderr).to_string() + &String::from_utf8_lossy(&o.stdout);
         assert!(err.contains("Error code 2"), "traversal: {err}");
         let src = out.path().join("up");
         std::fs::write(&src, b"data").unwrap();
-        let o = run(tokio::process::Command::new("tftp").args(["-4", "127.0.0.1", &port, "-m", "binary", "-c", "put"]).arg(&src).arg("up")).await;
-        let err = String::from_utf8_lossy(&o.stderr).to_string() + &String::from_utf8_lossy(&o.stdout);
+        let o = run(tokio::process::Command::new("tftp")
+            .args(["-4", "127.0.0.1", &port, "-m", "binary", "-c", "put"])
+            .arg(&src)
+            .arg("up"))
+        .await;
+        let err =
+            String::from_utf8_lossy(&o.stderr).to_string() + &String::from_utf8_lossy(&o.stdout);
         assert!(err.contains("Error code 2"), "write: {err}");
     }
     srv.stop().await;
@@ -337,19 +454,49 @@ async fn traversal_and_writes_are_access_violations() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn option_negotiation_on_the_wire() {
     let lab = Lab::new().await;
-    lab.job("dut1", vec![file("f", content(5, 5000), None)]).await;
+    lab.job("dut1", vec![file("f", content(5, 5000), None)])
+        .await;
     let srv = lab.serve(Config::default()).await;
     let wait = Duration::from_secs(3);
     use tftp::packet::Packet;
     // Only what was asked is acknowledged; unknown options are ignored; big values are lowered.
-    let p = exchange("127.0.0.2", srv.addr, &rrq("f", &[("tsize", "0"), ("foo", "bar"), ("blksize", "70000")]), wait).await;
-    assert_eq!(p, Some(Packet::Oack { options: vec![("tsize".into(), "5000".into()), ("blksize".into(), "65464".into())] }));
+    let p = exchange(
+        "127.0.0.2",
+        srv.addr,
+        &rrq("f", &[("tsize", "0"), ("foo", "bar"), ("blksize", "70000")]),
+        wait,
+    )
+    .await;
+    assert_eq!(
+        p,
+        Some(Packet::Oack {
+            options: vec![
+                ("tsize".into(), "5000".into()),
+                ("blksize".into(), "65464".into())
+            ]
+        })
+    );
     // No options: DATA 1 straight away, 512 bytes.
     let p = exchange("127.0.0.2", srv.addr, &rrq("f", &[]), wait).await;
-    assert!(matches!(p, Some(Packet::Data { block: 1, ref data }) if data.len() == 512), "{p:?}");
+    assert!(
+        matches!(p, Some(Packet::Data { block: 1, ref data }) if data.len() == 512),
+        "{p:?}"
+    );
     // Absurd values only: no OACK, plain RFC 1350.
-    let p = exchange("127.0.0.2", srv.addr, &rrq("f", &[("blksize", "2"), ("windowsize", "0"), ("timeout", "999")]), wait).await;
-    assert!(matches!(p, Some(Packet::Data { block: 1, ref data }) if data.len() == 512), "{p:?}");
+    let p = exchange(
+        "127.0.0.2",
+        srv.addr,
+        &rrq(
+            "f",
+            &[("blksize", "2"), ("windowsize", "0"), ("timeout", "999")],
+        ),
+        wait,
+    )
+    .await;
+    assert!(
+        matches!(p, Some(Packet::Data { block: 1, ref data }) if data.len() == 512),
+        "{p:?}"
+    );
     srv.stop().await;
 }
 
@@ -380,9 +527,16 @@ async fn malformed_packets_get_an_error_or_nothing_and_the_server_keeps_serving(
     ];
     for j in &junk {
         let p = exchange("127.0.0.2", srv.addr, j, Duration::from_millis(300)).await;
-        assert!(p.is_none() || error_code(&p).is_some(), "{j:?}: answered {p:?}");
+        assert!(
+            p.is_none() || error_code(&p).is_some(),
+            "{j:?}: answered {p:?}"
+        );
         if j.starts_with(&[0, 1]) && j.len() > 2 {
-            assert_eq!(error_code(&p), Some(4), "malformed request {j:?} gets 'illegal operation'");
+            assert_eq!(
+                error_code(&p),
+                Some(4),
+                "malformed request {j:?} gets 'illegal operation'"
+            );
         }
     }
     // Malformed packets inside a transfer are ignored too; then the server still serves.
@@ -402,7 +556,11 @@ async fn malformed_packets_get_an_error_or_nothing_and_the_server_keeps_serving(
 
 /// A relay between one client and the server that drops every packet for which a seeded
 /// xorshift generator says so (about 1 in `one_in`), in both directions.
-async fn lossy_relay(server: SocketAddr, seed: u64, one_in: u64) -> (SocketAddr, Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+async fn lossy_relay(
+    server: SocketAddr,
+    seed: u64,
+    one_in: u64,
+) -> (SocketAddr, Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
     let dropped = Arc::new(AtomicU64::new(0));
     let counter = dropped.clone();
     let front = UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -415,7 +573,7 @@ async fn lossy_relay(server: SocketAddr, seed: u64, one_in: u64) -> (SocketAddr,
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            let d = x % one_in == 0;
+            let d = x.checked_rem(one_in) == Some(0);
             if d {
                 counter.fetch_add(1, Ordering::Relaxed);
             }
@@ -475,12 +633,27 @@ async fn lossy_path_still_delivers_whole_files() {
             .unwrap();
         use tokio::io::AsyncWriteExt;
         let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(format!("mode octet\nrexmt 1\ntimeout 120\nget lossy {}\nquit\n", dest.display()).as_bytes()).await.unwrap();
+        stdin
+            .write_all(
+                format!(
+                    "mode octet\nrexmt 1\ntimeout 120\nget lossy {}\nquit\n",
+                    dest.display()
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
         drop(stdin);
-        let o = tokio::time::timeout(Duration::from_secs(240), child.wait_with_output()).await.expect("tftp under loss hung").unwrap();
+        let o = tokio::time::timeout(Duration::from_secs(240), child.wait_with_output())
+            .await
+            .expect("tftp under loss hung")
+            .unwrap();
         assert!(o.status.success(), "{o:?}");
         assert_file(&dest, &sum, &format!("lossy seed {seed}"));
-        assert!(dropped.load(Ordering::Relaxed) > 10, "the relay dropped packets");
+        assert!(
+            dropped.load(Ordering::Relaxed) > 10,
+            "the relay dropped packets"
+        );
         task.abort();
     }
     srv.stop().await;
@@ -497,7 +670,8 @@ async fn recv(sock: &UdpSocket, buf: &mut [u8], wait_ms: u64) -> Option<(usize, 
 async fn duplicate_acks_are_ignored_and_a_vanished_client_is_cleaned_up() {
     use tftp::packet::Packet;
     let lab = Lab::new().await;
-    lab.job("dut1", vec![file("f", content(8, 2000), None)]).await;
+    lab.job("dut1", vec![file("f", content(8, 2000), None)])
+        .await;
     let mut config = Config::default();
     config.limits.default_timeout = Duration::from_millis(200);
     config.limits.retries = 2;
@@ -508,22 +682,35 @@ async fn duplicate_acks_are_ignored_and_a_vanished_client_is_cleaned_up() {
     let (n, tid) = recv(&sock, &mut buf, 3000).await.expect("DATA 1");
     assert_ne!(tid, srv.addr, "the transfer runs on its own port");
     assert_eq!(tid.ip(), srv.addr.ip(), "bound to the listening address");
-    assert!(matches!(tftp::packet::decode(&buf[..n]), Ok(Packet::Data { block: 1, .. })));
+    assert!(matches!(
+        tftp::packet::decode(&buf[..n]),
+        Ok(Packet::Data { block: 1, .. })
+    ));
     // ACK 1 brings DATA 2; a duplicate ACK 1 brings nothing (only the timer resends DATA 2).
     sock.send_to(&[0, 4, 0, 1], tid).await.unwrap();
     let (n, _) = recv(&sock, &mut buf, 3000).await.expect("DATA 2");
-    assert!(matches!(tftp::packet::decode(&buf[..n]), Ok(Packet::Data { block: 2, .. })));
+    assert!(matches!(
+        tftp::packet::decode(&buf[..n]),
+        Ok(Packet::Data { block: 2, .. })
+    ));
     sock.send_to(&[0, 4, 0, 1], tid).await.unwrap();
     sock.send_to(&[0, 4, 0, 1], tid).await.unwrap();
     // Then the client vanishes. The server retransmits DATA 2 exactly `retries` times and gives
     // up; had it answered the duplicate ACKs, more copies would arrive.
     let mut retransmits = 0;
     while let Some((n, _)) = recv(&sock, &mut buf, 3000).await {
-        assert!(matches!(tftp::packet::decode(&buf[..n]), Ok(Packet::Data { block: 2, .. })));
+        assert!(matches!(
+            tftp::packet::decode(&buf[..n]),
+            Ok(Packet::Data { block: 2, .. })
+        ));
         retransmits += 1;
     }
     assert_eq!(retransmits, 2);
     let recs = lab.gw.accesses(&DutId::from("dut1")).unwrap();
-    assert!(recs.iter().any(|r| r.path == "f" && r.outcome == AccessOutcome::Aborted && r.bytes == 512), "{recs:?}");
+    assert!(
+        recs.iter()
+            .any(|r| r.path == "f" && r.outcome == AccessOutcome::Aborted && r.bytes == 512),
+        "{recs:?}"
+    );
     srv.stop().await;
 }

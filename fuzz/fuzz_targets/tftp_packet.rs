@@ -13,7 +13,11 @@ fuzz_target!(|data: &[u8]| {
     let Ok(pkt) = decode(data) else { return };
     let mut out = BytesMut::new();
     encode(&pkt, &mut out);
-    assert_eq!(decode(&out).as_ref(), Ok(&pkt), "re-encoding changed the packet");
+    assert_eq!(
+        decode(&out).as_ref(),
+        Ok(&pkt),
+        "re-encoding changed the packet"
+    );
     if let Packet::Rrq(req) = &pkt {
         let size = data.len() as u64 * 1000;
         let n = negotiate(req, size, &Limits::default());

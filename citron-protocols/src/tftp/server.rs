@@ -28,7 +28,7 @@ use tokio::task::JoinSet;
 
 use super::error::error_packet;
 use super::packet::{self, DecodeError, ErrorCode, Mode, Packet, Request};
-use super::session::{negotiate, Limits, DEFAULT_BLKSIZE, Outcome, Send as Out, Session, Step};
+use super::session::{negotiate, Limits, Outcome, Send as Out, Session, Step, DEFAULT_BLKSIZE};
 
 /// Server settings. `Config::default()` suits a lab; tests lower the timeout.
 #[derive(Debug, Clone)]
@@ -48,7 +48,12 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { limits: Limits::default(), max_transfers: 1024, prefetch_bytes: 256 * 1024, netascii_max_bytes: 64 << 20 }
+        Config {
+            limits: Limits::default(),
+            max_transfers: 1024,
+            prefetch_bytes: 256 * 1024,
+            netascii_max_bytes: 64 << 20,
+        }
     }
 }
 
@@ -86,7 +91,13 @@ pub async fn serve_with(
     // paths, which iPXE resolves against the URL it fetched the script from.
     let base_url: Option<String> = None;
     let limit = Arc::new(Semaphore::new(config.max_transfers.max(1)));
-    let shared = Arc::new(Shared { catalog, config, local_ip: local.ip(), base_url, active: Mutex::new(HashSet::new()) });
+    let shared = Arc::new(Shared {
+        catalog,
+        config,
+        local_ip: local.ip(),
+        base_url,
+        active: Mutex::new(HashSet::new()),
+    });
     let mut tasks = JoinSet::new();
     let mut buf = vec![0u8; 65536];
     let mut out = BytesMut::new();
@@ -130,7 +141,10 @@ pub async fn serve_with(
 fn on_malformed(buf: &[u8], e: DecodeError, peer: SocketAddr) -> Option<Packet> {
     tracing::warn!(%peer, error = %e, len = buf.len(), "malformed TFTP request");
     match buf.get(..2) {
-        Some([0, 1]) | Some([0, 2]) => Some(Packet::Error { code: ErrorCode::ILLEGAL_OPERATION, message: e.to_string() }),
+        Some([0, 1]) | Some([0, 2]) => Some(Packet::Error {
+            code: ErrorCode::ILLEGAL_OPERATION,
+            message: e.to_string(),
+        }),
         _ => None,
     }
 }
@@ -145,14 +159,20 @@ fn on_request(
     match pkt {
         Packet::Rrq(req) if req.mode == Mode::Mail => {
             tracing::info!(%peer, file = %req.filename, "mail mode refused");
-            Some(Packet::Error { code: ErrorCode::ILLEGAL_OPERATION, message: "mail mode is not supported".into() })
+            Some(Packet::Error {
+                code: ErrorCode::ILLEGAL_OPERATION,
+                message: "mail mode is not supported".into(),
+            })
         }
         Packet::Rrq(req) => {
             if !shared.active.lock().insert(peer) {
                 tracing::debug!(%peer, file = %req.filename, "retransmitted request for a running transfer ignored");
                 return None;
             }
-            let guard = ActiveGuard { shared: shared.clone(), peer };
+            let guard = ActiveGuard {
+                shared: shared.clone(),
+                peer,
+            };
             let Ok(permit) = limit.clone().try_acquire_owned() else {
                 tracing::warn!(%peer, file = %req.filename, "too many TFTP transfers; request dropped, the client will retry");
                 return None;
@@ -162,7 +182,10 @@ fn on_request(
         }
         Packet::Wrq(req) => {
             tracing::info!(%peer, file = %req.filename, "write request refused");
-            Some(Packet::Error { code: ErrorCode::ACCESS_VIOLATION, message: "citron is read-only: write requests are refused".into() })
+            Some(Packet::Error {
+                code: ErrorCode::ACCESS_VIOLATION,
+                message: "citron is read-only: write requests are refused".into(),
+            })
         }
         other => {
             tracing::debug!(%peer, packet = ?other, "non-request packet on the TFTP port ignored");
@@ -207,7 +230,13 @@ impl Chunks {
     fn new(art: Arc<Artifact>, prefetch: usize, blksize: u16) -> Chunks {
         let bs = blksize.max(1) as u64;
         let size = (prefetch as u64).max(bs) / bs * bs;
-        Chunks { art, size, prev: None, cur: None, next: None }
+        Chunks {
+            art,
+            size,
+            prev: None,
+            cur: None,
+            next: None,
+        }
     }
 
     fn read(&self, k: u64) -> tokio::task::JoinHandle<io::Result<Bytes>> {
@@ -235,7 +264,7 @@ impl Chunks {
                     }
                 };
                 let data = pending.await.map_err(io::Error::other)??;
-                self.prev = std::mem::replace(&mut self.cur, Some((k, data)));
+                self.prev = self.cur.replace((k, data));
             }
         }
         let want_next = (k + 1) * self.size < self.art.len;
@@ -245,7 +274,9 @@ impl Chunks {
             }
             self.next = Some((k + 1, self.read(k + 1)));
         }
-        let Some((_, data)) = &self.cur else { unreachable!("cur was just filled") };
+        let Some((_, data)) = &self.cur else {
+            unreachable!("cur was just filled")
+        };
         let s = ((off - k * self.size) as usize).min(data.len());
         Ok(data.slice(s..(s + len).min(data.len())))
     }
@@ -259,7 +290,13 @@ impl Drop for Chunks {
     }
 }
 
-async fn transfer(shared: Arc<Shared>, peer: SocketAddr, req: Request, _permit: OwnedSemaphorePermit, _guard: ActiveGuard) {
+async fn transfer(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    req: Request,
+    _permit: OwnedSemaphorePermit,
+    _guard: ActiveGuard,
+) {
     let sock = match UdpSocket::bind((shared.local_ip, 0)).await {
         Ok(s) => s,
         Err(e) => {
@@ -291,13 +328,27 @@ async fn transfer(shared: Arc<Shared>, peer: SocketAddr, req: Request, _permit: 
     let body = match req.mode {
         Mode::Netascii if art.len > shared.config.netascii_max_bytes => {
             tracing::info!(%peer, file = %req.filename, len = art.len, "file too large for netascii mode");
-            let message = format!("file too large for netascii mode ({} bytes); use octet mode", art.len);
-            send_packet(&sock, &mut out, &Packet::Error { code: ErrorCode::NOT_DEFINED, message }).await;
+            let message = format!(
+                "file too large for netascii mode ({} bytes); use octet mode",
+                art.len
+            );
+            send_packet(
+                &sock,
+                &mut out,
+                &Packet::Error {
+                    code: ErrorCode::NOT_DEFINED,
+                    message,
+                },
+            )
+            .await;
             return;
         }
         Mode::Netascii => {
             let a = art.clone();
-            let r = tokio::task::spawn_blocking(move || a.read_chunk(0, a.len as usize)).await.map_err(io::Error::other).and_then(|r| r);
+            let r = tokio::task::spawn_blocking(move || a.read_chunk(0, a.len as usize))
+                .await
+                .map_err(io::Error::other)
+                .and_then(|r| r);
             match r {
                 Ok(b) => Body::Memory(Bytes::from(packet::to_netascii(&b))),
                 Err(e) => {
@@ -307,7 +358,11 @@ async fn transfer(shared: Arc<Shared>, peer: SocketAddr, req: Request, _permit: 
                 }
             }
         }
-        Mode::Octet | Mode::Mail => Body::Artifact(Chunks::new(art.clone(), shared.config.prefetch_bytes, DEFAULT_BLKSIZE)),
+        Mode::Octet | Mode::Mail => Body::Artifact(Chunks::new(
+            art.clone(),
+            shared.config.prefetch_bytes,
+            DEFAULT_BLKSIZE,
+        )),
     };
     let len = match &body {
         Body::Memory(b) => b.len() as u64,
@@ -316,7 +371,11 @@ async fn transfer(shared: Arc<Shared>, peer: SocketAddr, req: Request, _permit: 
     let limits = &shared.config.limits;
     let neg = negotiate(&req, len, limits);
     let mut body = match body {
-        Body::Artifact(c) => Body::Artifact(Chunks::new(c.art.clone(), shared.config.prefetch_bytes, neg.blksize)),
+        Body::Artifact(c) => Body::Artifact(Chunks::new(
+            c.art.clone(),
+            shared.config.prefetch_bytes,
+            neg.blksize,
+        )),
         m => m,
     };
     tracing::debug!(%peer, file = %req.filename, len, blksize = neg.blksize, windowsize = neg.windowsize, "TFTP transfer starts");
@@ -324,7 +383,9 @@ async fn transfer(shared: Arc<Shared>, peer: SocketAddr, req: Request, _permit: 
     let (mut session, mut step) = Session::start(neg, len, limits.retries, started);
     let mut rbuf = vec![0u8; 2048];
     let mut retransmits = 0u32;
-    let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(step.wake_at.unwrap_or(started)));
+    let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(
+        step.wake_at.unwrap_or(started),
+    ));
     tokio::pin!(sleep);
     let outcome = loop {
         if step.delivered > 0 {
@@ -369,10 +430,17 @@ async fn transfer(shared: Arc<Shared>, peer: SocketAddr, req: Request, _permit: 
         if let Some(o) = step.done.take() {
             break Some(o);
         }
+        // Deadlines only move later while the client keeps up, so the timer is moved only when
+        // it must fire earlier; firing early is harmless (`on_timeout` before the deadline just
+        // returns the real one). This keeps timer-wheel updates off the per-packet path.
         if let Some(w) = step.wake_at {
-            sleep.as_mut().reset(tokio::time::Instant::from_std(w));
+            let w = tokio::time::Instant::from_std(w);
+            if w < sleep.deadline() || sleep.is_elapsed() {
+                sleep.as_mut().reset(w);
+            }
         }
         step = tokio::select! {
+            biased;
             r = sock.recv(&mut rbuf) => match r {
                 Ok(n) => match packet::decode(&rbuf[..n]) {
                     Ok(p) => session.on_packet(&p, Instant::now()),
@@ -404,11 +472,15 @@ async fn transfer(shared: Arc<Shared>, peer: SocketAddr, req: Request, _permit: 
             art.complete();
             tracing::info!(%peer, file = %req.filename, bytes = len, ?elapsed, retransmits, "TFTP transfer complete");
         }
-        Some(Outcome::TimedOut) => tracing::warn!(%peer, file = %req.filename, ?elapsed, "TFTP client stopped answering; transfer abandoned"),
+        Some(Outcome::TimedOut) => {
+            tracing::warn!(%peer, file = %req.filename, ?elapsed, "TFTP client stopped answering; transfer abandoned")
+        }
         Some(Outcome::ClientError { code, message }) => {
             tracing::info!(%peer, file = %req.filename, code = code.0, %message, "TFTP client aborted the transfer")
         }
-        None => tracing::info!(%peer, file = %req.filename, ?elapsed, "TFTP client went away (port unreachable)"),
+        None => {
+            tracing::info!(%peer, file = %req.filename, ?elapsed, "TFTP client went away (port unreachable)")
+        }
     }
 }
 

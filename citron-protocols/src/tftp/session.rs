@@ -49,7 +49,12 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_blksize: MAX_BLKSIZE, max_windowsize: 64, default_timeout: Duration::from_secs(1), retries: 6 }
+        Limits {
+            max_blksize: MAX_BLKSIZE,
+            max_windowsize: 64,
+            default_timeout: Duration::from_secs(1),
+            retries: 6,
+        }
     }
 }
 
@@ -80,7 +85,12 @@ pub struct Negotiated {
 /// assert_eq!(n.oack, vec![("BLKSIZE".to_string(), "65464".to_string()), ("tsize".to_string(), "1234".to_string())]);
 /// ```
 pub fn negotiate(req: &Request, size: u64, limits: &Limits) -> Negotiated {
-    let mut n = Negotiated { blksize: DEFAULT_BLKSIZE, windowsize: 1, timeout: limits.default_timeout, oack: Vec::new() };
+    let mut n = Negotiated {
+        blksize: DEFAULT_BLKSIZE,
+        windowsize: 1,
+        timeout: limits.default_timeout,
+        oack: Vec::new(),
+    };
     let mut seen: Vec<String> = Vec::new();
     for (name, value) in &req.options {
         let key = name.to_ascii_lowercase();
@@ -207,7 +217,13 @@ impl Session {
             s.state = State::Sending { acked: 0, sent: 0 };
             s.send_window(0, now)
         } else {
-            Step { send: vec![Send::Packet(Packet::Oack { options: s.oack.clone() })], wake_at: Some(s.deadline), ..Step::default() }
+            Step {
+                send: vec![Send::Packet(Packet::Oack {
+                    options: s.oack.clone(),
+                })],
+                wake_at: Some(s.deadline),
+                ..Step::default()
+            }
         };
         (s, step)
     }
@@ -229,7 +245,9 @@ impl Session {
 
     /// The byte range `(offset, len)` of the transfer that block `index` carries.
     pub fn block_range(&self, index: u64) -> (u64, usize) {
-        let off = (index.saturating_sub(1)).saturating_mul(self.blksize).min(self.len);
+        let off = (index.saturating_sub(1))
+            .saturating_mul(self.blksize)
+            .min(self.len);
         (off, (self.len - off).min(self.blksize) as usize)
     }
 
@@ -244,7 +262,13 @@ impl Session {
             (State::Done, _) => Step::default(),
             (_, Packet::Error { code, message }) => {
                 self.state = State::Done;
-                Step { done: Some(Outcome::ClientError { code: *code, message: message.clone() }), ..Step::default() }
+                Step {
+                    done: Some(Outcome::ClientError {
+                        code: *code,
+                        message: message.clone(),
+                    }),
+                    ..Step::default()
+                }
             }
             (State::Negotiating, Packet::Ack { block: 0 }) => {
                 self.state = State::Sending { acked: 0, sent: 0 };
@@ -257,10 +281,15 @@ impl Session {
                     return self.idle();
                 }
                 let now_acked = acked + ahead;
-                let delivered = (now_acked * self.blksize).min(self.len) - (acked * self.blksize).min(self.len);
+                let delivered =
+                    (now_acked * self.blksize).min(self.len) - (acked * self.blksize).min(self.len);
                 if now_acked == self.last {
                     self.state = State::Done;
-                    return Step { done: Some(Outcome::Complete), delivered, ..Step::default() };
+                    return Step {
+                        done: Some(Outcome::Complete),
+                        delivered,
+                        ..Step::default()
+                    };
                 }
                 let mut step = self.send_window(now_acked, now);
                 step.delivered = delivered;
@@ -280,21 +309,39 @@ impl Session {
         self.tries += 1;
         if self.tries > self.retries {
             self.state = State::Done;
-            return Step { done: Some(Outcome::TimedOut), ..Step::default() };
+            return Step {
+                done: Some(Outcome::TimedOut),
+                ..Step::default()
+            };
         }
         self.deadline = now + self.timeout;
         let send = match self.state {
-            State::Negotiating => vec![Send::Packet(Packet::Oack { options: self.oack.clone() })],
+            State::Negotiating => vec![Send::Packet(Packet::Oack {
+                options: self.oack.clone(),
+            })],
             // RFC 7440 §4: on timeout the whole unacknowledged window is sent again.
-            State::Sending { acked, sent } => (acked + 1..=sent).map(|index| Send::Data { index }).collect(),
+            State::Sending { acked, sent } => (acked + 1..=sent)
+                .map(|index| Send::Data { index })
+                .collect(),
             State::Done => Vec::new(),
         };
-        Step { send, wake_at: Some(self.deadline), ..Step::default() }
+        Step {
+            send,
+            wake_at: Some(self.deadline),
+            ..Step::default()
+        }
     }
 
     fn idle(&self) -> Step {
-        let wake_at = if self.state == State::Done { None } else { Some(self.deadline) };
-        Step { wake_at, ..Step::default() }
+        let wake_at = if self.state == State::Done {
+            None
+        } else {
+            Some(self.deadline)
+        };
+        Step {
+            wake_at,
+            ..Step::default()
+        }
     }
 
     /// Sends the window after block `acked`, resets the timer and the retry count.
@@ -303,7 +350,13 @@ impl Session {
         self.state = State::Sending { acked, sent };
         self.tries = 0;
         self.deadline = now + self.timeout;
-        Step { send: (acked + 1..=sent).map(|index| Send::Data { index }).collect(), wake_at: Some(self.deadline), ..Step::default() }
+        Step {
+            send: (acked + 1..=sent)
+                .map(|index| Send::Data { index })
+                .collect(),
+            wake_at: Some(self.deadline),
+            ..Step::default()
+        }
     }
 }
 
@@ -313,11 +366,23 @@ mod tests {
     use crate::tftp::packet::Mode;
 
     fn req(opts: &[(&str, &str)]) -> Request {
-        Request { filename: "f".into(), mode: Mode::Octet, options: opts.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect() }
+        Request {
+            filename: "f".into(),
+            mode: Mode::Octet,
+            options: opts
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+        }
     }
 
     fn plain(blksize: u16, windowsize: u16) -> Negotiated {
-        Negotiated { blksize, windowsize, timeout: Duration::from_secs(1), oack: vec![] }
+        Negotiated {
+            blksize,
+            windowsize,
+            timeout: Duration::from_secs(1),
+            oack: vec![],
+        }
     }
 
     fn data(step: &Step) -> Vec<u64> {
@@ -331,7 +396,9 @@ mod tests {
     }
 
     fn ack(b: u64) -> Packet {
-        Packet::Ack { block: Session::wire_block(b) }
+        Packet::Ack {
+            block: Session::wire_block(b),
+        }
     }
 
     #[test]
@@ -341,20 +408,55 @@ mod tests {
         let n = negotiate(&req(&[("tsize", "0")]), 10, &l);
         assert_eq!(n.oack, vec![("tsize".to_string(), "10".to_string())]);
         assert_eq!((n.blksize, n.windowsize), (512, 1));
-        let n = negotiate(&req(&[("unknown", "1"), ("multicast", ""), ("blksize", "1468")]), 10, &l);
+        let n = negotiate(
+            &req(&[("unknown", "1"), ("multicast", ""), ("blksize", "1468")]),
+            10,
+            &l,
+        );
         assert_eq!(n.oack, vec![("blksize".to_string(), "1468".to_string())]);
         assert_eq!(n.blksize, 1468);
     }
 
     #[test]
     fn absurd_values_are_ignored_or_clamped() {
-        let l = Limits { max_windowsize: 32, ..Limits::default() };
-        let n = negotiate(&req(&[("blksize", "7"), ("timeout", "0"), ("windowsize", "0"), ("tsize", "x")]), 10, &l);
+        let l = Limits {
+            max_windowsize: 32,
+            ..Limits::default()
+        };
+        let n = negotiate(
+            &req(&[
+                ("blksize", "7"),
+                ("timeout", "0"),
+                ("windowsize", "0"),
+                ("tsize", "x"),
+            ]),
+            10,
+            &l,
+        );
         assert!(n.oack.is_empty());
-        assert_eq!((n.blksize, n.windowsize, n.timeout), (512, 1, Duration::from_secs(1)));
-        let n = negotiate(&req(&[("blksize", "99999999999999999999999"), ("timeout", "256"), ("windowsize", "65536")]), 10, &l);
+        assert_eq!(
+            (n.blksize, n.windowsize, n.timeout),
+            (512, 1, Duration::from_secs(1))
+        );
+        let n = negotiate(
+            &req(&[
+                ("blksize", "99999999999999999999999"),
+                ("timeout", "256"),
+                ("windowsize", "65536"),
+            ]),
+            10,
+            &l,
+        );
         assert!(n.oack.is_empty());
-        let n = negotiate(&req(&[("blksize", "70000"), ("windowsize", "1000"), ("timeout", "3")]), 10, &l);
+        let n = negotiate(
+            &req(&[
+                ("blksize", "70000"),
+                ("windowsize", "1000"),
+                ("timeout", "3"),
+            ]),
+            10,
+            &l,
+        );
         assert_eq!(n.blksize, 65464);
         assert_eq!(n.windowsize, 32);
         assert_eq!(n.timeout, Duration::from_secs(3));
@@ -391,7 +493,11 @@ mod tests {
     #[test]
     fn oack_then_ack0_starts_data() {
         let t0 = Instant::now();
-        let n = negotiate(&req(&[("blksize", "1000"), ("tsize", "0")]), 1500, &Limits::default());
+        let n = negotiate(
+            &req(&[("blksize", "1000"), ("tsize", "0")]),
+            1500,
+            &Limits::default(),
+        );
         let (mut s, st) = Session::start(n, 1500, 3, t0);
         assert!(matches!(&st.send[..], [Send::Packet(Packet::Oack { .. })]));
         assert_eq!(s.state(), State::Negotiating);
@@ -410,7 +516,12 @@ mod tests {
         let n = negotiate(&req(&[("tsize", "0")]), 5, &Limits::default());
         let (mut s, st) = Session::start(n, 5, 3, t0);
         let wake = st.wake_at.unwrap();
-        assert!(s.on_timeout(wake - Duration::from_millis(1)).send.is_empty(), "early wake-up does nothing");
+        assert!(
+            s.on_timeout(wake - Duration::from_millis(1))
+                .send
+                .is_empty(),
+            "early wake-up does nothing"
+        );
         let st = s.on_timeout(wake);
         assert!(matches!(&st.send[..], [Send::Packet(Packet::Oack { .. })]));
     }
@@ -442,11 +553,19 @@ mod tests {
         assert_eq!(data(&st), vec![2]);
         wake = st.wake_at.unwrap().max(wake);
         let st = s.on_timeout(wake);
-        assert_eq!(data(&st), vec![2], "the unacknowledged block is resent after wake_at");
+        assert_eq!(
+            data(&st),
+            vec![2],
+            "the unacknowledged block is resent after wake_at"
+        );
         let st = s.on_timeout(st.wake_at.unwrap());
         assert_eq!(data(&st), vec![2]);
         let st = s.on_timeout(st.wake_at.unwrap());
-        assert_eq!(st.done, Some(Outcome::TimedOut), "a vanished client ends the transfer");
+        assert_eq!(
+            st.done,
+            Some(Outcome::TimedOut),
+            "a vanished client ends the transfer"
+        );
         assert_eq!(st.wake_at, None);
         assert_eq!(s.state(), State::Done);
     }
@@ -506,7 +625,11 @@ mod tests {
     #[test]
     fn windowsize_sends_a_window_and_restarts_after_partial_ack() {
         let t0 = Instant::now();
-        let n = negotiate(&req(&[("windowsize", "4")]), 512 * 10 + 1, &Limits::default());
+        let n = negotiate(
+            &req(&[("windowsize", "4")]),
+            512 * 10 + 1,
+            &Limits::default(),
+        );
         let (mut s, _) = Session::start(n, 512 * 10 + 1, 3, t0);
         assert_eq!(s.last_block(), 11);
         let st = s.on_packet(&ack(0), t0);
@@ -523,7 +646,11 @@ mod tests {
         let st = s.on_timeout(t0 + Duration::from_secs(1));
         assert_eq!(data(&st), vec![7, 8, 9, 10]);
         let st = s.on_packet(&ack(10), t0);
-        assert_eq!(data(&st), vec![11], "the last window is cut at the last block");
+        assert_eq!(
+            data(&st),
+            vec![11],
+            "the last window is cut at the last block"
+        );
         let st = s.on_packet(&ack(11), t0);
         assert_eq!(st.done, Some(Outcome::Complete));
         assert_eq!(st.delivered, 1);
@@ -532,9 +659,26 @@ mod tests {
     #[test]
     fn client_error_ends_the_transfer() {
         let t0 = Instant::now();
-        let (mut s, _) = Session::start(negotiate(&req(&[("tsize", "0")]), 1, &Limits::default()), 1, 3, t0);
-        let st = s.on_packet(&Packet::Error { code: ErrorCode::OPTION_REFUSED, message: "no".into() }, t0);
-        assert!(matches!(st.done, Some(Outcome::ClientError { code: ErrorCode::OPTION_REFUSED, .. })));
+        let (mut s, _) = Session::start(
+            negotiate(&req(&[("tsize", "0")]), 1, &Limits::default()),
+            1,
+            3,
+            t0,
+        );
+        let st = s.on_packet(
+            &Packet::Error {
+                code: ErrorCode::OPTION_REFUSED,
+                message: "no".into(),
+            },
+            t0,
+        );
+        assert!(matches!(
+            st.done,
+            Some(Outcome::ClientError {
+                code: ErrorCode::OPTION_REFUSED,
+                ..
+            })
+        ));
         assert!(s.on_packet(&ack(0), t0).send.is_empty());
         assert!(s.on_timeout(t0 + Duration::from_secs(100)).send.is_empty());
     }
@@ -543,8 +687,20 @@ mod tests {
     fn stray_packets_are_ignored() {
         let t0 = Instant::now();
         let (mut s, _) = Session::start(plain(512, 1), 2000, 3, t0);
-        assert!(s.on_packet(&Packet::Data { block: 1, data: bytes::Bytes::new() }, t0).send.is_empty());
-        assert!(s.on_packet(&Packet::Oack { options: vec![] }, t0).send.is_empty());
+        assert!(s
+            .on_packet(
+                &Packet::Data {
+                    block: 1,
+                    data: bytes::Bytes::new()
+                },
+                t0
+            )
+            .send
+            .is_empty());
+        assert!(s
+            .on_packet(&Packet::Oack { options: vec![] }, t0)
+            .send
+            .is_empty());
         assert_eq!(s.state(), State::Sending { acked: 0, sent: 1 });
     }
 }
