@@ -384,3 +384,25 @@ fn filesystem_from_container_image_flattens_layers() {
     assert_eq!(run(Command::new("debugfs").arg("-R").arg("cat /etc/b").arg(&img)), "lower b\n");
     assert_eq!(run(Command::new("debugfs").arg("-R").arg("cat /hello.txt").arg(&img)), "from the upper layer\n");
 }
+
+#[test]
+fn a_connection_that_outlives_its_job_shares_the_overlay_with_the_next_job() {
+    let spec = || vec![disk("keep", DiskKind::Raw { size_bytes: 1 << 20 }, ResetOn::Never)];
+    let lab = Lab::start(spec());
+    lab.rt.block_on(async {
+        let mut old = Raw::connect(lab.addr, "127.0.0.1").await;
+        assert_eq!(old.go("keep").await, rep::ACK);
+        lab.gw.set_resolved_job(&"local".into(), citron_core::job::ResolvedJob {
+            origin: "again".into(),
+            start: citron_core::job::Step { nbd: spec(), ..Default::default() },
+            continue_: None,
+        })
+        .await
+        .unwrap();
+        let mut new = Raw::connect(lab.addr, "127.0.0.1").await;
+        assert_eq!(new.go("keep").await, rep::ACK);
+        assert_eq!(old.request(cmd::WRITE, 0, 8192, 4, b"both").await.0, 0);
+        assert_eq!(new.request(cmd::READ, 0, 8192, 4, b"").await, (0, b"both".to_vec()));
+        assert_eq!(new.request(cmd::FLUSH, 0, 0, 0, b"").await.0, 0);
+    });
+}
