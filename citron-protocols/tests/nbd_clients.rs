@@ -276,7 +276,10 @@ fn expired_disk_is_swept_after_the_job_ends() {
     std::thread::sleep(Duration::from_millis(2100));
     assert_eq!(lab.gw.sweep_disks(), 0);
     lab.gw.clear_job(&"local".into()).unwrap();
-    let _sweeper = lab.rt.block_on(async { lab.gw.spawn_disk_sweeper(Duration::from_millis(100)) });
+    let _sweeper = {
+        let _rt = lab.rt.enter();
+        lab.gw.spawn_disk_sweeper(Duration::from_millis(100))
+    };
     let overlays = lab.dir.join("disks/overlays");
     let deadline = Instant::now() + Duration::from_secs(20);
     while count_files(&overlays) > 0 {
@@ -285,4 +288,121 @@ fn expired_disk_is_swept_after_the_job_ends() {
     }
     lab.set_disks(vec![d]);
     nbdsh(&lab.uri("tmp"), "assert h.pread(3, 0) == bytes(3)");
+}
+
+/// A Docker registry (Debian `docker-registry`) on a loopback port, pushed to with curl.
+struct Registry {
+    child: std::process::Child,
+    base: String,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Registry {
+    fn start(dir: &std::path::Path) -> Registry {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let cfg = dir.join("registry.yml");
+        std::fs::write(
+            &cfg,
+            format!("version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n", dir.join("storage").display()),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry").arg("serve").arg(&cfg).stdout(std::process::Stdio::null()).spawn().unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !Command::new("curl").args(["-sf", &format!("{base}/v2/")]).output().is_ok_and(|o| o.status.success()) {
+            assert!(Instant::now() < deadline, "docker-registry did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Registry { child, base }
+    }
+
+    /// Uploads a blob; returns its descriptor fields (digest, size).
+    fn push_blob(&self, repo: &str, file: &std::path::Path) -> (String, u64) {
+        let digest = format!("sha256:{}", sha256_file(file));
+        let head = run(Command::new("curl").args(["-sfi", "-X", "POST", &format!("{}/v2/{repo}/blobs/uploads/", self.base)]));
+        let loc = head.lines().find_map(|l| l.strip_prefix("Location: ").or_else(|| l.strip_prefix("location: "))).expect("Location").trim();
+        let loc = if loc.starts_with('/') { format!("{}{loc}", self.base) } else { loc.to_string() };
+        let sep = if loc.contains('?') { '&' } else { '?' };
+        run(Command::new("curl").args(["-sf", "-X", "PUT", "-H", "Content-Type: application/octet-stream", "--data-binary"]).arg(format!("@{}", file.display())).arg(format!("{loc}{sep}digest={digest}")));
+        (digest, std::fs::metadata(file).unwrap().len())
+    }
+}
+
+#[test]
+fn filesystem_from_container_image_flattens_layers() {
+    if !have("docker-registry") || !have("curl") || !have("tar") || !have("mkfs.ext4") || !have("debugfs") || !have("nbdcopy") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start(t.path());
+    let l1 = t.path().join("l1");
+    std::fs::create_dir_all(l1.join("etc")).unwrap();
+    std::fs::write(l1.join("etc/a"), "lower a\n").unwrap();
+    std::fs::write(l1.join("etc/b"), "lower b\n").unwrap();
+    let l2 = t.path().join("l2");
+    std::fs::create_dir_all(l2.join("etc")).unwrap();
+    std::fs::write(l2.join("etc/.wh.a"), "").unwrap();
+    std::fs::write(l2.join("hello.txt"), "from the upper layer\n").unwrap();
+    let mut layers = Vec::new();
+    for (i, dir) in [&l1, &l2].iter().enumerate() {
+        let tgz = t.path().join(format!("layer{i}.tar.gz"));
+        run(Command::new("tar").arg("czf").arg(&tgz).arg("-C").arg(dir).arg("."));
+        layers.push(reg.push_blob("test/img", &tgz));
+    }
+    let config = t.path().join("config.json");
+    std::fs::write(&config, r#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#).unwrap();
+    let (cd, cs) = reg.push_blob("test/img", &config);
+    let layer_json: Vec<String> = layers
+        .iter()
+        .map(|(d, s)| format!(r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{d}","size":{s}}}"#))
+        .collect();
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{cd}","size":{cs}}},"layers":[{}]}}"#,
+        layer_json.join(",")
+    );
+    run(Command::new("curl")
+        .args(["-sf", "-X", "PUT", "-H", "Content-Type: application/vnd.oci.image.manifest.v1+json", "--data-binary", &manifest])
+        .arg(format!("{}/v2/test/img/manifests/v1", reg.base)));
+    let reference = format!("docker://{}/test/img:v1", reg.base.trim_start_matches("http://"));
+    let lab = Lab::start(vec![disk(
+        "root",
+        DiskKind::Filesystem { fstype: "ext4".into(), size_bytes: 32 << 20, contents: Some(FsContents::Container(reference)) },
+        ResetOn::JobStart,
+    )]);
+    let img = t.path().join("fs.img");
+    run(Command::new("nbdcopy").arg(lab.uri("root")).arg(&img));
+    run(Command::new("e2fsck").arg("-fn").arg(&img));
+    let ls = run(Command::new("debugfs").arg("-R").arg("ls /etc").arg(&img));
+    assert!(ls.contains(" b ") || ls.contains(" b\n") || ls.contains("b  "), "{ls}");
+    assert!(!ls.contains(".wh.") && !ls.split_whitespace().any(|w| w == "a"), "whiteout not applied: {ls}");
+    assert_eq!(run(Command::new("debugfs").arg("-R").arg("cat /etc/b").arg(&img)), "lower b\n");
+    assert_eq!(run(Command::new("debugfs").arg("-R").arg("cat /hello.txt").arg(&img)), "from the upper layer\n");
+}
+
+#[test]
+fn a_connection_that_outlives_its_job_shares_the_overlay_with_the_next_job() {
+    let spec = || vec![disk("keep", DiskKind::Raw { size_bytes: 1 << 20 }, ResetOn::Never)];
+    let lab = Lab::start(spec());
+    lab.rt.block_on(async {
+        let mut old = Raw::connect(lab.addr, "127.0.0.1").await;
+        assert_eq!(old.go("keep").await, rep::ACK);
+        lab.gw.set_resolved_job(&"local".into(), citron_core::job::ResolvedJob {
+            origin: "again".into(),
+            start: citron_core::job::Step { nbd: spec(), ..Default::default() },
+            continue_: None,
+        })
+        .await
+        .unwrap();
+        let mut new = Raw::connect(lab.addr, "127.0.0.1").await;
+        assert_eq!(new.go("keep").await, rep::ACK);
+        assert_eq!(old.request(cmd::WRITE, 0, 8192, 4, b"both").await.0, 0);
+        assert_eq!(new.request(cmd::READ, 0, 8192, 4, b"").await, (0, b"both".to_vec()));
+        assert_eq!(new.request(cmd::FLUSH, 0, 0, 0, b"").await.0, 0);
+    });
 }

@@ -374,3 +374,63 @@ fn binary_serves_yaml_jobs_per_dut() {
     assert_eq!(fetch("127.0.0.2", &c2.http_url("/hello.txt")), (200, "hello from dut1's job\n".into()));
     assert_eq!(fetch("127.0.0.3", &c2.http_url("/hello.txt")), (200, "hello from dut2's job\n".into()));
 }
+
+/// Reads one HTTP/1.1 response with a Content-Length from `s`; returns (status line, body).
+fn read_response(s: &mut std::net::TcpStream, buf: &mut Vec<u8>) -> (String, Vec<u8>) {
+    use std::io::Read;
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                .unwrap_or(0);
+            while buf.len() < end + 4 + len {
+                let mut chunk = [0u8; 4096];
+                let n = s.read(&mut chunk).unwrap();
+                assert!(n > 0, "connection closed mid-body");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let body = buf[end + 4..end + 4 + len].to_vec();
+            buf.drain(..end + 4 + len);
+            return (head.lines().next().unwrap_or("").to_string(), body);
+        }
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "connection closed before a response");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Idle keep-alive connections drop their HTTP state after `PARK_AFTER` and keep working:
+/// a later request, a pipelined pair, and a request head split across the parking all get
+/// their answers on the same connection. Raw bytes, since curl cannot pause between requests.
+#[test]
+fn idle_keep_alive_connections_park_and_resume() {
+    use std::io::Write;
+    let lab = Lab::new();
+    lab.gw.add_dut(citron_core::namespace::Dut::new("local", ["127.0.0.1".parse().unwrap()])).unwrap();
+    lab.set("local", http_step(vec![data("small.txt", "0123456789")]));
+    let addr = lab.server.as_ref().unwrap().http_addr().unwrap();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let req = format!("GET /small.txt HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    let mut buf = Vec::new();
+    let park = citron_protocols::http::PARK_AFTER * 3;
+
+    s.write_all(req.as_bytes()).unwrap();
+    assert_eq!(read_response(&mut s, &mut buf), ("HTTP/1.1 200 OK".into(), b"0123456789".to_vec()));
+    std::thread::sleep(park);
+    s.write_all(format!("{req}{req}").as_bytes()).unwrap();
+    for _ in 0..2 {
+        assert_eq!(read_response(&mut s, &mut buf), ("HTTP/1.1 200 OK".into(), b"0123456789".to_vec()));
+    }
+    std::thread::sleep(park);
+    let (a, b) = req.split_at(20);
+    s.write_all(a.as_bytes()).unwrap();
+    std::thread::sleep(park);
+    s.write_all(b.as_bytes()).unwrap();
+    let (status, body) = read_response(&mut s, &mut buf);
+    assert_eq!((status.as_str(), body.as_slice()), ("HTTP/1.1 200 OK", &b"0123456789"[..]));
+    assert!(buf.is_empty());
+}

@@ -7,11 +7,12 @@
 //!   serves.
 //! - [`DiskStore`]: which job offers which disk to whom, resets on events, expiration.
 //! - `prepare`: raw, image (qcow2 converted with `qemu-img`) and filesystem (`mkfs.ext4 -d` from
-//!   a tarball) bases.
+//!   a tarball, or from a container image's layers pulled by `container`) bases.
 
 use std::io;
 use std::path::{Path, PathBuf};
 
+mod container;
 mod overlay;
 mod prepare;
 mod store;
@@ -81,6 +82,14 @@ pub enum DiskError {
         /// The cached tarball.
         path: PathBuf,
         /// What is wrong.
+        message: String,
+    },
+    /// A container image could not be pulled or flattened.
+    #[error("container {reference}: {message}")]
+    Container {
+        /// The `docker://` reference.
+        reference: String,
+        /// What went wrong.
         message: String,
     },
     /// The disk store's files.

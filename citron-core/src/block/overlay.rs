@@ -188,7 +188,7 @@ impl CowDisk {
         let last = (end - 1) / BLOCK;
         let block_end = |b: u64| ((b + 1) * BLOCK).min(self.size);
         let mut edges = Vec::with_capacity(2);
-        if offset % BLOCK != 0 || end < block_end(first) {
+        if offset & (BLOCK - 1) != 0 || end < block_end(first) {
             edges.push(first);
         }
         if last != first && end < block_end(last) {
@@ -438,6 +438,23 @@ mod tests {
         drop(d);
         let d = CowDisk::open(&ov, None, "other", size).unwrap();
         assert_eq!(read(&d, 65536, 10), vec![0u8; 10]);
+    }
+
+    #[test]
+    fn reset_of_a_20_gib_disk_frees_everything_without_copying() {
+        use std::os::unix::fs::MetadataExt;
+        let t = tempfile::tempdir().unwrap();
+        let size = 20u64 << 30;
+        let d = CowDisk::open(&t.path().join("ov"), None, "raw", size).unwrap();
+        d.write_at(&[1u8; 8192], size - 8192, false).unwrap();
+        d.write_at(&[2u8; 4096], 0, true).unwrap();
+        assert_eq!(d.written_blocks(), 3);
+        d.reset().unwrap();
+        assert_eq!(d.written_blocks(), 0);
+        let data = std::fs::metadata(t.path().join("ov/data")).unwrap();
+        assert_eq!((data.len(), data.blocks()), (size, 0));
+        assert_eq!(std::fs::metadata(t.path().join("ov/bitmap")).unwrap().len(), 0);
+        assert_eq!(read(&d, size - 4, 4), vec![0u8; 4]);
     }
 
     #[test]

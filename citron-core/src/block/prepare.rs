@@ -63,11 +63,12 @@ pub(crate) async fn prepare(dir: &Path, cache: &Cache, kind: &DiskKind) -> Resul
                     let what = format!("tar:{}", c.digest.hex());
                     (Some(c), what)
                 }
-                Some(FsContents::Container(r)) => {
-                    return Err(DiskError::Unsupported(format!(
-                        "container contents ({r}): not implemented yet; use a tarball (data: {{url: ...}})"
-                    )))
-                }
+                // Keyed by the manifest digest the tag points at now: a moved tag makes a new base.
+                Some(FsContents::Container(r)) => (None, format!("oci:{}", super::container::resolve(r).await?)),
+            };
+            let oci_digest = match contents {
+                Some(FsContents::Container(_)) => what.strip_prefix("oci:").map(str::to_string),
+                _ => None,
             };
             let mut h = Sha256::new();
             h.update(format!("fs\0{fstype}\0{size_bytes}\0{what}").as_bytes());
@@ -75,8 +76,24 @@ pub(crate) async fn prepare(dir: &Path, cache: &Cache, kind: &DiskKind) -> Resul
             let path = dir.join(format!("{key}.img"));
             if !path.exists() {
                 let (dst, fstype, size) = (path.clone(), fstype.clone(), *size_bytes);
-                let tar_path = tarball.as_ref().map(|t| t.path.clone());
-                blocking(move || build_filesystem(&dst, &fstype, size, tar_path.as_deref())).await?;
+                let layers = match (contents, &tarball) {
+                    (Some(FsContents::Container(r)), _) => {
+                        let pulled_dir = tmp_next_to(&path, "layers");
+                        let digest = oci_digest.as_deref().unwrap_or_default();
+                        let pulled = super::container::pull(r, digest, &pulled_dir).await;
+                        let pulled = match pulled {
+                            Ok(p) => p,
+                            Err(e) => {
+                                let _ = std::fs::remove_dir_all(&pulled_dir);
+                                return Err(e);
+                            }
+                        };
+                        Layers::Oci(pulled_dir, pulled.layers)
+                    }
+                    (_, Some(t)) => Layers::Tarball(t.path.clone()),
+                    _ => Layers::None,
+                };
+                blocking(move || build_filesystem(&dst, &fstype, size, layers)).await?;
             }
             Ok(BaseImage { key, path: Some(path), size: *size_bytes, description: format!("{fstype} filesystem ({what})") })
         }
@@ -114,13 +131,27 @@ fn build_image(src: &Path, dst: &Path) -> Result<(), DiskError> {
     publish(&tmp, dst)
 }
 
-fn build_filesystem(dst: &Path, fstype: &str, size: u64, tarball: Option<&Path>) -> Result<(), DiskError> {
+/// What a filesystem is filled from.
+enum Layers {
+    None,
+    Tarball(PathBuf),
+    /// Downloaded layers (bottom first) in a temporary directory, removed when done.
+    Oci(PathBuf, Vec<PathBuf>),
+}
+
+fn build_filesystem(dst: &Path, fstype: &str, size: u64, layers: Layers) -> Result<(), DiskError> {
     let tree = tmp_next_to(dst, "tree");
     let img = tmp_next_to(dst, "img");
     let result = (|| {
         std::fs::create_dir_all(&tree).map_err(|e| DiskError::io(&tree, e))?;
-        if let Some(t) = tarball {
-            unpack_tarball(t, &tree)?;
+        match &layers {
+            Layers::None => {}
+            Layers::Tarball(t) => unpack_tarball(t, &tree)?,
+            Layers::Oci(_, ls) => {
+                for l in ls {
+                    super::container::apply_layer(l, &tree)?;
+                }
+            }
         }
         File::create(&img).and_then(|f| f.set_len(size)).map_err(|e| DiskError::io(&img, e))?;
         let mut cmd = Command::new(format!("mkfs.{fstype}"));
@@ -129,6 +160,9 @@ fn build_filesystem(dst: &Path, fstype: &str, size: u64, tarball: Option<&Path>)
         publish(&img, dst)
     })();
     let _ = std::fs::remove_dir_all(&tree);
+    if let Layers::Oci(dir, _) = &layers {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     if result.is_err() {
         let _ = std::fs::remove_file(&img);
     }

@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
@@ -57,6 +57,9 @@ pub struct DiskStore {
     dir: PathBuf,
     preparing: tokio::sync::Mutex<()>,
     jobs: Mutex<HashMap<DutId, Vec<Arc<JobDisk>>>>,
+    /// Overlays still open somewhere (a connection that outlived its job), by directory and base
+    /// key: a new job naming the same disk shares the object instead of opening the files twice.
+    live: Mutex<HashMap<PathBuf, (String, Weak<CowDisk>)>>,
 }
 
 fn h(s: &str) -> String {
@@ -73,7 +76,7 @@ impl DiskStore {
     pub fn open(dir: &Path) -> io::Result<DiskStore> {
         std::fs::create_dir_all(dir.join("bases"))?;
         std::fs::create_dir_all(dir.join("overlays"))?;
-        Ok(DiskStore { dir: dir.to_path_buf(), preparing: tokio::sync::Mutex::new(()), jobs: Mutex::new(HashMap::new()) })
+        Ok(DiskStore { dir: dir.to_path_buf(), preparing: tokio::sync::Mutex::new(()), jobs: Mutex::new(HashMap::new()), live: Mutex::new(HashMap::new()) })
     }
 
     fn disk_dir(&self, owner: &DutId, name: &str) -> PathBuf {
@@ -105,6 +108,7 @@ impl DiskStore {
         for (spec, base, base_file) in prepared {
             let dir = self.disk_dir(owner, &spec.name);
             if spec.reset_on == ResetOn::JobStart {
+                self.forget_live(&dir);
                 remove_views(&dir);
             }
             std::fs::create_dir_all(&dir).map_err(|e| DiskError::io(&dir, e))?;
@@ -117,6 +121,12 @@ impl DiskStore {
         Ok(())
     }
 
+    /// Overlays under `dir` are being deleted: objects still open there keep their (unlinked)
+    /// files, and the next open starts afresh instead of sharing them.
+    fn forget_live(&self, dir: &Path) {
+        self.live.lock().retain(|p, _| !p.starts_with(dir));
+    }
+
     /// `owner`'s job ended: its disks stop being exported. Overlays of `reset_on: job_start`
     /// disks are deleted (the next job would reset them anyway); the others stay until their
     /// expiration, for a later job naming the same disk.
@@ -126,6 +136,7 @@ impl DiskStore {
             let dir = self.disk_dir(owner, &d.spec.name);
             d.views.lock().clear();
             if d.spec.reset_on == ResetOn::JobStart {
+                self.forget_live(&dir);
                 remove_views(&dir);
             }
             write_lease(&dir, d.spec.expiration, &d.base.key);
@@ -167,11 +178,20 @@ impl DiskStore {
             return Ok((d.info(), v.clone()));
         }
         let view = if d.spec.readonly {
-            CowDisk::readonly(d.base_file.clone(), d.base.size)?
+            Arc::new(CowDisk::readonly(d.base_file.clone(), d.base.size)?)
         } else {
-            CowDisk::open(&self.view_dir(&d.owner, name, dut), d.base_file.clone(), &d.base.key, d.base.size)?
+            let dir = self.view_dir(&d.owner, name, dut);
+            let mut live = self.live.lock();
+            live.retain(|_, (_, w)| w.strong_count() > 0);
+            match live.get(&dir).filter(|(k, _)| *k == d.base.key).and_then(|(_, w)| w.upgrade()) {
+                Some(v) => v,
+                None => {
+                    let v = Arc::new(CowDisk::open(&dir, d.base_file.clone(), &d.base.key, d.base.size)?);
+                    live.insert(dir, (d.base.key.clone(), Arc::downgrade(&v)));
+                    v
+                }
+            }
         };
-        let view = Arc::new(view);
         views.insert(dut.clone(), view.clone());
         Ok((d.info(), view))
     }
@@ -190,10 +210,14 @@ impl DiskStore {
             let view = d.views.lock().get(dut).cloned();
             let r = match view {
                 Some(v) => v.reset(),
-                None => match std::fs::remove_dir_all(self.view_dir(&d.owner, &d.spec.name, dut)) {
-                    Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-                    _ => Ok(()),
-                },
+                None => {
+                    let dir = self.view_dir(&d.owner, &d.spec.name, dut);
+                    self.forget_live(&dir);
+                    match std::fs::remove_dir_all(dir) {
+                        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                        _ => Ok(()),
+                    }
+                }
             };
             match r {
                 Ok(()) => tracing::info!(dut = %dut, disk = %d.spec.name, ?event, "disk reset"),
@@ -228,6 +252,7 @@ impl DiskStore {
             if active.contains(disk) || now < when.saturating_add(*exp) {
                 continue;
             }
+            self.forget_live(disk);
             match std::fs::remove_dir_all(disk) {
                 Ok(()) => {
                     tracing::info!(dir = %disk.display(), "expired disk removed");

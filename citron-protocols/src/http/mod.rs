@@ -12,6 +12,10 @@
 //! Large files are streamed in 1 MiB chunks read on the blocking pool, one chunk ahead of the
 //! socket, so a transfer never holds more than two chunks and never the whole file.
 //!
+//! Keep-alive connections idle for [`PARK_AFTER`] are *parked*: hyper's per-connection buffers
+//! are dropped and only the socket is kept until the client sends again, so thousands of idle
+//! DUT connections cost little; parked connections close after [`IDLE_TIMEOUT`].
+//!
 //! # Cancel safety
 //! Dropping the future returned by [`serve`] stops accepting and drops every connection task at
 //! once (their transfers end as "aborted" in the access log). Completing `shutdown` instead stops
@@ -19,6 +23,7 @@
 //! keep-alive connections.
 
 mod body;
+mod rewind;
 mod service;
 
 use std::future::Future;
@@ -30,7 +35,8 @@ use std::time::Duration;
 use citron_core::serve::Catalog;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use bytes::Bytes;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 pub use service::{content_type, percent_decode, status};
@@ -38,10 +44,15 @@ pub use service::{content_type, percent_decode, status};
 /// The most connections served at once; more wait in the listen backlog.
 pub const MAX_CONNECTIONS: usize = 16 * 1024;
 
-/// How long a connection may wait for a complete request head: a client that trickles one is
-/// dropped, and so is a keep-alive connection idle this long (clients reconnect; nginx's
-/// default `keepalive_timeout` is 75 s).
+/// How long a client may take to send a complete request head once it started one.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a keep-alive connection stays idle before its HTTP state is dropped (see
+/// [`serve`]'s connections: the socket stays open, the buffers go).
+pub const PARK_AFTER: Duration = Duration::from_secs(1);
+
+/// How long a parked connection may stay idle before it is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How long requests in flight may take to finish after shutdown was asked for.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -68,7 +79,6 @@ pub async fn serve(
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut builder = http1::Builder::new();
-    // Bounds both a client that trickles a request head and an idle keep-alive connection.
     builder
         .keep_alive(true)
         .half_close(false)
@@ -100,19 +110,10 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let svc = service::Handler::new(catalog.clone(), peer, local);
         let builder = builder.clone();
-        let mut stop = stop_rx.clone();
+        let stop = stop_rx.clone();
         let done = done_tx.clone();
         tokio::spawn(async move {
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            let res = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = async { let _ = stop.wait_for(|s| *s).await; } => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = res {
+            if let Err(e) = connection(stream, svc, &builder, stop).await {
                 tracing::debug!(%peer, error = %e, "http: connection ended with an error");
             }
             drop(permit);
@@ -125,6 +126,94 @@ pub async fn serve(
         tracing::warn!("http: transfers still running {SHUTDOWN_GRACE:?} after shutdown; dropping them");
     }
     Ok(())
+}
+
+/// One client connection. hyper serves it while requests come; once it has been idle for
+/// [`PARK_AFTER`], hyper is asked to stop (it does so at once when idle, with nothing sent) and
+/// hands the socket back: a parked connection keeps no buffers, only the socket, until the
+/// client sends again. Bytes hyper had already read are replayed to the next hyper connection.
+async fn connection(
+    stream: TcpStream,
+    svc: service::Handler,
+    builder: &http1::Builder,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), hyper::Error> {
+    let mut io = rewind::Rewind::new(Bytes::new(), stream);
+    loop {
+        if !io.has_buffered() {
+            // Parked: wait for the next request without any HTTP state.
+            tokio::select! {
+                r = io.get_ref().readable() => if r.is_err() { return Ok(()) },
+                _ = tokio::time::sleep(IDLE_TIMEOUT) => return Ok(()),
+                _ = stop.wait_for(|s| *s) => return Ok(()),
+            }
+        }
+        let mut conn = builder.serve_connection(TokioIo::new(io), svc.clone());
+        let (mut parking, mut stopping) = (false, false);
+        let mut seen = svc.activity.requests();
+        loop {
+            enum Ev {
+                Done(Result<(), hyper::Error>),
+                Tick,
+                Stop,
+            }
+            let ev = tokio::select! {
+                r = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => Ev::Done(r),
+                _ = tokio::time::sleep(PARK_AFTER), if !parking && !stopping => Ev::Tick,
+                _ = async { let _ = stop.wait_for(|s| *s).await; }, if !stopping => Ev::Stop,
+            };
+            match ev {
+                Ev::Done(r) => {
+                    r?;
+                    break;
+                }
+                Ev::Tick => {
+                    let now = svc.activity.requests();
+                    if now == seen && !svc.activity.busy() {
+                        parking = true;
+                        std::pin::Pin::new(&mut conn).graceful_shutdown();
+                    }
+                    seen = now;
+                }
+                Ev::Stop => {
+                    // Shutdown: finish what is in flight, then close.
+                    stopping = true;
+                    std::pin::Pin::new(&mut conn).graceful_shutdown();
+                }
+            }
+        }
+        if !parking || stopping {
+            // The client closed, hyper ended the connection (errors, `Connection: close`), or
+            // the server is stopping.
+            return Ok(());
+        }
+        tracing::trace!("http: idle connection parked");
+        let parts = conn.into_parts();
+        release_freed_memory();
+        let (old, unread) = parts.io.into_inner().into_parts();
+        let mut pre = parts.read_buf.to_vec();
+        pre.extend_from_slice(&unread);
+        io = rewind::Rewind::new(Bytes::from(pre), old);
+    }
+}
+
+/// Hands the pages of freed buffers back to the system a second after connections parked (once
+/// per burst): glibc keeps freed memory for reuse, so without this a lab's RSS would stay at
+/// its busiest point however many connections sit idle.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        static SCHEDULED: AtomicBool = AtomicBool::new(false);
+        if !SCHEDULED.swap(true, Ordering::AcqRel) {
+            tokio::spawn(async {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                SCHEDULED.store(false, Ordering::Release);
+                // SAFETY: malloc_trim has no preconditions; it only returns free memory.
+                let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
+            });
+        }
+    }
 }
 
 /// `addr` as it goes into a URL (`[::1]:80` for IPv6).

@@ -3,6 +3,7 @@
 use std::convert::Infallible;
 use std::future::{ready, Ready};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use citron_core::serve::{Artifact, Catalog, FileRequest, Intent, Protocol, ServeError, Space};
@@ -173,11 +174,59 @@ pub(crate) struct Handler {
     catalog: Arc<dyn Catalog>,
     peer: SocketAddr,
     local: SocketAddr,
+    /// What the connection is doing, for parking it when idle.
+    pub(crate) activity: Arc<Activity>,
+}
+
+/// Requests seen and responses not yet finished on one connection.
+#[derive(Debug, Default)]
+pub(crate) struct Activity {
+    requests: AtomicU64,
+    busy: AtomicU64,
+}
+
+impl Activity {
+    pub(crate) fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+    /// A response body is still being sent.
+    pub(crate) fn busy(&self) -> bool {
+        self.busy.load(Ordering::Relaxed) > 0
+    }
+}
+
+/// A response body that tells the connection when it is done (dropped by hyper).
+pub(crate) struct Tracked {
+    body: ResponseBody,
+    activity: Arc<Activity>,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.activity.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl http_body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, std::io::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 impl Handler {
     pub(crate) fn new(catalog: Arc<dyn Catalog>, peer: SocketAddr, local: SocketAddr) -> Self {
-        Handler { catalog, peer, local }
+        Handler { catalog, peer, local, activity: Arc::new(Activity::default()) }
     }
 
     fn handle(&self, req: &Request<Incoming>) -> Response<ResponseBody> {
@@ -294,12 +343,15 @@ fn refusal(e: &ServeError, path: &str, peer: SocketAddr, head: bool) -> Response
 }
 
 impl hyper::service::Service<Request<Incoming>> for Handler {
-    type Response = Response<ResponseBody>;
+    type Response = Response<Tracked>;
     type Error = Infallible;
-    type Future = Ready<Result<Response<ResponseBody>, Infallible>>;
+    type Future = Ready<Result<Response<Tracked>, Infallible>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        ready(Ok(self.handle(&req)))
+        self.activity.requests.fetch_add(1, Ordering::Relaxed);
+        self.activity.busy.fetch_add(1, Ordering::Relaxed);
+        let activity = self.activity.clone();
+        ready(Ok(self.handle(&req).map(|body| Tracked { body, activity })))
     }
 }
 

@@ -66,7 +66,7 @@ fn check(dev: &dyn BlockDevice, name: &str, req: &wire::Request, writes: bool) -
         return Err(ServeError::ReadOnly(name.to_string()));
     }
     let size = dev.size();
-    if req.offset.checked_add(req.len as u64).is_none_or(|end| end > size) {
+    if !matches!(req.offset.checked_add(req.len as u64), Some(end) if end <= size) {
         return Err(ServeError::OutOfRange { offset: req.offset, len: req.len as u64, size });
     }
     Ok(())
