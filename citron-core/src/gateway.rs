@@ -381,19 +381,20 @@ impl Gateway {
     async fn load_step(&self, dut: &Dut, step: &Step, now: Instant) -> Result<Files, GatewayError> {
         let mut files = Files { cmdline: step.cmdline.clone().unwrap_or_default(), ..Files::default() };
         // Fetch everything concurrently; the cache makes identical sources one download.
-        let all: Vec<(Option<Space>, &FileSpec)> = step
+        let all: Vec<(Space, &FileSpec)> = step
             .http
             .iter()
-            .map(|f| (Some(Space::Http), f))
-            .chain(step.tftp.iter().map(|f| (Some(Space::Tftp), f)))
+            .map(|f| (Space::Http, f))
+            .chain(step.tftp.iter().map(|f| (Space::Tftp, f)))
             .collect();
         let loaded = futures::future::try_join_all(all.iter().map(|(_, f)| self.load_entry(f, now))).await?;
+        let generated = generated_names(dut.machine_id());
         for ((space, spec), entry) in all.into_iter().zip(loaded) {
             let map = match space {
-                Some(Space::Http) => &mut files.http,
-                _ => &mut files.tftp,
+                Space::Http => &mut files.http,
+                Space::Tftp => &mut files.tftp,
             };
-            if generated_names(dut.machine_id()).iter().any(|g| *g == spec.path) {
+            if generated.contains(&spec.path) {
                 tracing::info!(dut = %dut.id, path = %spec.path, "the job's own file replaces citron's generated one");
             }
             map.insert(spec.path.clone(), entry);
