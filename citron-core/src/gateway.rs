@@ -526,3 +526,83 @@ impl Catalog for Gateway {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::Origin;
+
+    const DUT1: &str = "127.0.0.2";
+
+    async fn gateway_with(yaml: &str) -> (tempfile::TempDir, Gateway) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut lab = LabConfig::default_lab();
+        lab.duts[0].serial = Some("1234abcd".into());
+        let gw = Gateway::new(lab, dir.path()).unwrap();
+        let job = JobDescription::parse(yaml, Origin::named("job.yaml")).unwrap();
+        gw.set_job(&"dut1".into(), &job).await.unwrap();
+        (dir, gw)
+    }
+
+    fn read(gw: &Gateway, peer: &str, space: Space, path: &str) -> Result<String, ServeError> {
+        let req = FileRequest { peer: peer.parse().unwrap(), protocol: Protocol::HTTP, space, path, base_url: None, intent: Intent::Read };
+        let a = gw.open(&req)?;
+        let b = a.read_chunk(0, a.len as usize).unwrap();
+        a.complete();
+        Ok(String::from_utf8(b.to_vec()).unwrap())
+    }
+
+    const JOB: &str = "deployment:
+  start:
+    kernel: {data: KERNEL}
+    initramfs: {data: INITRD}
+    cmdline: [console=ttyS0, 'id={{ machine_id }}']
+    storage:
+      http:
+        - {path: /boot/dut1/boot.ipxe, data: MINE}
+        - {path: /once, data: secret, lifetime: {access_count: 1}}
+  continue:
+    cmdline: rescue
+";
+
+    #[tokio::test]
+    async fn the_jobs_own_file_wins_over_the_generated_one() {
+        let (_d, gw) = gateway_with(JOB).await;
+        assert_eq!(read(&gw, DUT1, Space::Http, "/boot/dut1/boot.ipxe").unwrap(), "MINE");
+        // Over TFTP the job defined nothing there: citron's script, pointing at the kernel.
+        let script = read(&gw, DUT1, Space::Tftp, "boot/dut1/boot.ipxe").unwrap();
+        assert!(script.contains("kernel /boot/dut1/kernel console=ttyS0 id=dut1\ninitrd /boot/dut1/initramfs\nboot"), "{script}");
+        assert_eq!(read(&gw, DUT1, Space::Http, "/boot/dut1/kernel").unwrap(), "KERNEL");
+        assert!(read(&gw, DUT1, Space::Tftp, "config.txt").unwrap().contains("kernel=boot/dut1/kernel"));
+        assert!(matches!(read(&gw, DUT1, Space::Http, "config.txt"), Err(ServeError::NotFound(_))));
+    }
+
+    #[tokio::test]
+    async fn continue_is_used_from_the_second_boot_and_counts_reset_on_boot() {
+        let (_d, gw) = gateway_with(JOB).await;
+        let id = DutId::from("dut1");
+        assert_eq!(read(&gw, DUT1, Space::Http, "once").unwrap(), "secret");
+        assert!(matches!(read(&gw, DUT1, Space::Http, "once"), Err(ServeError::Gone(_))));
+        gw.event(&id, Event::Boot).unwrap();
+        assert_eq!(read(&gw, DUT1, Space::Http, "once").unwrap(), "secret");
+        assert_eq!(read(&gw, DUT1, Space::Http, "boot/dut1/cmdline.txt").unwrap(), "console=ttyS0 id=dut1\n");
+        gw.event(&id, Event::Boot).unwrap();
+        assert_eq!(read(&gw, DUT1, Space::Http, "boot/dut1/cmdline.txt").unwrap(), "rescue\n");
+        gw.event(&id, Event::JobStart).unwrap();
+        assert_eq!(read(&gw, DUT1, Space::Http, "boot/dut1/cmdline.txt").unwrap(), "console=ttyS0 id=dut1\n");
+    }
+
+    #[tokio::test]
+    async fn firmware_prefixes_are_stripped_and_other_duts_see_nothing() {
+        let (_d, gw) = gateway_with(JOB).await;
+        assert_eq!(read(&gw, DUT1, Space::Tftp, "1234abcd/boot/dut1/kernel").unwrap(), "KERNEL");
+        assert_eq!(read(&gw, DUT1, Space::Tftp, "52-54-00-00-00-01/boot/dut1/kernel").unwrap(), "KERNEL");
+        assert!(matches!(read(&gw, DUT1, Space::Tftp, "ffffffff/boot/dut1/kernel"), Err(ServeError::NotFound(_))));
+        // dut2 has no job: nothing, not even dut1's generated files.
+        assert!(matches!(read(&gw, "127.0.0.3", Space::Http, "boot/dut1/kernel"), Err(ServeError::NotFound(_))));
+        assert!(matches!(read(&gw, "127.0.0.9", Space::Http, "once"), Err(ServeError::UnknownDut(_))));
+        assert!(matches!(read(&gw, DUT1, Space::Http, "a/../once"), Err(ServeError::BadPath(_))));
+        let log = gw.accesses(&"dut1".into()).unwrap();
+        assert!(log.iter().any(|r| r.path == "a/../once" && matches!(r.outcome, crate::access::Outcome::Refused(_))));
+    }
+}
