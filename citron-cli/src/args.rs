@@ -81,4 +81,11 @@ pub enum Command {
         #[arg(long, value_name = "DIR", default_value = "citron-data")]
         data: PathBuf,
     },
+    /// Boots a QEMU virtual DUT from an in-process citron and watches its serial console.
+    ///
+    /// The check to run on a job before it goes to real hardware: iPXE fetches the generated
+    /// boot script, kernel and initramfs over --proto, the console streams to stdout (and to
+    /// `boot-test-<DUT>.log`), and the command passes when --expect is seen.
+    #[command(name = "boot-test")]
+    BootTest(crate::boot_test::BootTestArgs),
 }

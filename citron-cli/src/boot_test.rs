@@ -55,6 +55,8 @@ Exit codes:
 const SLIRP_HOST: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
 /// The server's address inside the `--netns` bridge; DUTs get .11, .12, ...
 const NETNS_SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 77, 1);
+/// Under `--accel auto`, a QEMU with KVM that fails this early is retried with TCG.
+const KVM_PROBE: Duration = Duration::from_secs(5);
 /// How long a guest may take to power off by itself once the pattern was seen.
 const POWEROFF_GRACE: Duration = Duration::from_secs(10);
 
@@ -83,8 +85,9 @@ pub struct BootTestArgs {
     /// How many times each DUT boots; the lab sends a `boot` event before each.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
     pub boots: u32,
-    /// QEMU accelerator. KVM is faster where /dev/kvm works; TCG works everywhere.
-    #[arg(long, value_enum, default_value_t = Accel::Tcg)]
+    /// QEMU accelerator. `auto` uses KVM when /dev/kvm can be opened and falls back to TCG
+    /// (software emulation) when KVM cannot run the guest.
+    #[arg(long, value_enum, default_value_t = Accel::Auto)]
     pub accel: Accel,
     /// Give each DUT (and the servers) its own network namespace and address (needs root).
     /// Implied by more than one --job.
@@ -116,6 +119,8 @@ pub enum Proto {
 /// The QEMU accelerator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Accel {
+    /// KVM where /dev/kvm opens, TCG otherwise or when KVM fails ("KVM internal error").
+    Auto,
     /// Software emulation: slow (about 15 s of one core to a shell) but works everywhere.
     Tcg,
     /// Hardware virtualisation through /dev/kvm.
@@ -125,8 +130,17 @@ pub enum Accel {
 impl Accel {
     fn name(self) -> &'static str {
         match self {
-            Accel::Tcg => "tcg",
+            Accel::Tcg | Accel::Auto => "tcg",
             Accel::Kvm => "kvm",
+        }
+    }
+
+    /// What `auto` means on this host: KVM when /dev/kvm can be opened read-write.
+    fn resolve(self) -> Accel {
+        match self {
+            Accel::Auto if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok() => Accel::Kvm,
+            Accel::Auto => Accel::Tcg,
+            other => other,
         }
     }
 }
@@ -487,10 +501,12 @@ impl Plan<'_> {
 
     async fn boot_dut(&self, gw: &Gateway, t: &Target, log: &Log, bootfile: &str, ns: Option<String>, prefix: bool) -> Result<String, BootTestError> {
         let boots = self.args.boots;
-        for boot in 1..=boots {
-            gw.event(&t.id, Event::Boot).map_err(BootTestError::Gateway)?;
+        let mut accel = self.args.accel.resolve();
+        let mut boot = 1;
+        gw.event(&t.id, Event::Boot).map_err(BootTestError::Gateway)?;
+        while boot <= boots {
             let spec = QemuSpec {
-                accel: self.args.accel,
+                accel,
                 memory_mib: self.args.memory,
                 bootfile: bootfile.to_string(),
                 mac: t.mac.clone(),
@@ -511,11 +527,28 @@ impl Plan<'_> {
             for rec in gw.accesses(&t.id).map_err(BootTestError::Gateway)? {
                 log_line(log, &format!("=== citron: {} {} {} bytes {:?}", rec.protocol, rec.path, rec.bytes, rec.outcome));
             }
-            if let Err(failure) = r {
-                let path = log.lock().0.clone();
-                return Err(BootTestError::Boot { dut: t.id.clone(), boot, boots, failure, log: path });
+            match r {
+                // KVM was only a guess. Where /dev/kvm exists but cannot run a guest, QEMU
+                // reports "KVM internal error" or aborts at once ("failed to set MSR …"), before
+                // the firmware fetched anything: the same boot again under TCG.
+                Err(Failure::Kvm | Failure::Exited { .. })
+                    if self.args.accel == Accel::Auto && accel == Accel::Kvm && started.elapsed() < KVM_PROBE =>
+                {
+                    status(&format!("{}: KVM cannot run the guest here; booting again with TCG", t.id));
+                    accel = Accel::Tcg;
+                    continue;
+                }
+                Err(failure) => {
+                    let path = log.lock().0.clone();
+                    return Err(BootTestError::Boot { dut: t.id.clone(), boot, boots, failure, log: path });
+                }
+                Ok(()) => {}
             }
             status(&format!("{}: boot {boot} of {boots} passed in {:.1}s", t.id, started.elapsed().as_secs_f64()));
+            boot += 1;
+            if boot <= boots {
+                gw.event(&t.id, Event::Boot).map_err(BootTestError::Gateway)?;
+            }
         }
         let what = match &self.args.expect {
             Some(p) => format!("/{p}/ seen"),

@@ -1,6 +1,7 @@
 //! The `citron` command: validate, render and serve job descriptions.
 
 mod args;
+mod boot_test;
 mod render;
 
 use std::io::Write as _;
@@ -39,6 +40,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Validate { lab, jobs } => validate(lab.as_deref(), &jobs),
         Command::Render { job, dut, lab } => render::render(&load_lab(lab.as_deref())?, &job, &DutId(dut)),
+        Command::BootTest(args) => Ok(boot_test::run(args)),
         Command::Serve { lab, jobs, http, tftp, nbd, api, advertise, data } => {
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             rt.block_on(serve(ServeArgs { lab, jobs, http, tftp, nbd, api, advertise, data }))

@@ -5,3 +5,4 @@ mod api;
 mod cli;
 mod http;
 mod nbd;
+mod vdut;

@@ -110,7 +110,7 @@ fn full_job_boots_twice_over_http_and_sees_every_artifact_kind() {
     }
     let _one = serial();
     kit();
-    let r = boot_test(&["--job", &job("job-full.yaml"), "--dut", "vdut1", "--boots", "2", "--expect", "VDUT: done", "--timeout", "120s"]);
+    let r = boot_test(&["--job", &job("job-full.yaml"), "--dut", "vdut1", "--boots", "2", "--expect", "VDUT: done", "--timeout", "60s"]);
     assert_eq!(r.code(), Some(0), "{}", r.last_stderr_line());
     assert!(r.last_stderr_line().contains("PASS"), "{}", r.last_stderr_line());
     let b = boots(&r.vdut(""));
@@ -146,7 +146,7 @@ fn boots_over_tftp() {
     }
     let _one = serial();
     kit();
-    let r = boot_test(&["--job", &job("job-a.yaml"), "--dut", "vdut2", "--proto", "tftp", "--expect", "VDUT: done", "--timeout", "120s"]);
+    let r = boot_test(&["--job", &job("job-a.yaml"), "--dut", "vdut2", "--proto", "tftp", "--expect", "VDUT: done", "--timeout", "60s"]);
     assert_eq!(r.code(), Some(0), "{}", r.last_stderr_line());
     let b = boots(&r.vdut(""));
     assert_eq!(b.len(), 1);
@@ -172,7 +172,7 @@ fn two_duts_in_their_own_namespaces_see_only_their_own_jobs() {
     let r = boot_test(&[
         "--job", &job("job-a.yaml"), "--dut", "vdut1",
         "--job", &job("job-b.yaml"), "--dut", "vdut2",
-        "--netns", "--expect", "VDUT: done", "--timeout", "150s",
+        "--netns", "--expect", "VDUT: done", "--timeout", "60s",
     ]);
     assert_eq!(r.code(), Some(0), "{}", r.last_stderr_line());
     for (dut, mine, other) in [("vdut1", "a", "b"), ("vdut2", "b", "a")] {
@@ -202,7 +202,7 @@ fn a_kernel_panic_fails_with_its_reason() {
     }
     let _one = serial();
     kit();
-    let r = boot_test(&["--job", &job("job-panic.yaml"), "--expect", "VDUT: done", "--timeout", "120s"]);
+    let r = boot_test(&["--job", &job("job-panic.yaml"), "--expect", "VDUT: done", "--timeout", "60s"]);
     assert_eq!(r.code(), Some(1));
     let last = r.last_stderr_line();
     assert!(last.contains("FAIL") && last.contains("kernel panic"), "{last}");
@@ -215,7 +215,7 @@ fn a_pattern_never_seen_fails_when_the_guest_powers_off() {
     }
     let _one = serial();
     kit();
-    let r = boot_test(&["--job", &job("job-a.yaml"), "--expect", "this line is never printed", "--timeout", "120s"]);
+    let r = boot_test(&["--job", &job("job-a.yaml"), "--expect", "this line is never printed", "--timeout", "60s"]);
     assert_eq!(r.code(), Some(1));
     let last = r.last_stderr_line();
     assert!(last.contains("pattern never seen") && last.contains("this line is never printed"), "{last}");
