@@ -89,12 +89,36 @@ struct Lab {
 
 impl Lab {
     async fn new() -> Lab {
+        Lab::with_local(|_| {}).await
+    }
+
+    /// The default lab plus DUT `local` at 127.0.0.1, which `edit` may give a serial, a MAC...
+    async fn with_local(edit: impl FnOnce(&mut Dut)) -> Lab {
         let dir = tempfile::tempdir().unwrap();
         let mut lab = LabConfig::default_lab();
-        lab.duts
-            .push(Dut::new("local", ["127.0.0.1".parse().unwrap()]));
+        let mut local = Dut::new("local", ["127.0.0.1".parse().unwrap()]);
+        edit(&mut local);
+        lab.duts.push(local);
         let gw = Gateway::new(lab, dir.path()).unwrap();
         Lab { gw, _dir: dir }
+    }
+
+    /// Sets `dut`'s job to boot `kernel` with `initramfs` and `cmdline` (no other files).
+    async fn boot_job(&self, dut: &str, kernel: Vec<u8>, initramfs: Vec<u8>, cmdline: &str) {
+        let job = ResolvedJob {
+            origin: format!("boot-{dut}"),
+            start: Step {
+                kernel: Some(file("kernel", kernel, None)),
+                initramfs: Some(file("initramfs", initramfs, None)),
+                cmdline: Some(cmdline.into()),
+                ..Step::default()
+            },
+            continue_: None,
+        };
+        self.gw
+            .set_resolved_job(&DutId::from(dut), job)
+            .await
+            .unwrap();
     }
 
     async fn job(&self, dut: &str, files: Vec<FileSpec>) {
@@ -712,5 +736,221 @@ async fn duplicate_acks_are_ignored_and_a_vanished_client_is_cleaned_up() {
             .any(|r| r.path == "f" && r.outcome == AccessOutcome::Aborted && r.bytes == 512),
         "{recs:?}"
     );
+    srv.stop().await;
+}
+
+/// Downloads `path` from the server at `port` with curl from `iface` at blksize 1024 (what the
+/// Raspberry Pi firmware asks for); `Err(exit code)` on failure.
+async fn curl_rpi(iface: &str, port: u16, path: &str) -> Result<Vec<u8>, Option<i32>> {
+    let out = tempfile::tempdir().unwrap();
+    let dest = out.path().join("f");
+    let o = run(tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--fail",
+            "--tftp-blksize",
+            "1024",
+            "--interface",
+            iface,
+            "-o",
+        ])
+        .arg(&dest)
+        .arg(format!("tftp://127.0.0.1:{port}/{path}")))
+    .await;
+    if !o.status.success() {
+        return Err(o.status.code());
+    }
+    Ok(std::fs::read(&dest).unwrap())
+}
+
+/// Downloads `path` with tftp-hpa (from 127.0.0.1, octet mode).
+async fn tftp_hpa_get(port: u16, path: &str) -> Vec<u8> {
+    let out = tempfile::tempdir().unwrap();
+    let dest = out.path().join("f");
+    let o = run(tokio::process::Command::new("tftp")
+        .args([
+            "-4",
+            "127.0.0.1",
+            &port.to_string(),
+            "-m",
+            "binary",
+            "-c",
+            "get",
+            path,
+        ])
+        .arg(&dest))
+    .await;
+    assert!(o.status.success(), "tftp get {path}: {o:?}");
+    std::fs::read(&dest).unwrap()
+}
+
+/// The value of the first `key=value` line of a config.txt.
+fn config_value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .map(str::trim)
+}
+
+/// The first word after `cmd ` on a line of an iPXE script, and the rest of that line.
+fn ipxe_line<'a>(script: &'a str, cmd: &str) -> Option<(&'a str, &'a str)> {
+    let rest = script
+        .lines()
+        .find_map(|l| l.strip_prefix(cmd)?.strip_prefix(' '))?;
+    Some(rest.split_once(' ').unwrap_or((rest, "")))
+}
+
+/// The generated boot files, fetched as firmware does: a Raspberry Pi-style DUT (serial and MAC
+/// set, `machine_id` ≠ id) reads `<serial>/config.txt` with curl at blksize 1024, follows its
+/// `kernel=` and `cmdline=` lines; iPXE-style reads of `<mac>/boot.ipxe` (every MAC spelling the
+/// gateway accepts) and `boot.ipxe` whose kernel and initrd lines are followed too. Every
+/// followed file is compared with the job's source bytes. A second DUT with a job of its own
+/// gets nothing through the first one's serial, MAC or machine_id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_boot_files_over_real_clients_with_firmware_prefixes() {
+    if !require_tool("curl") || !require_tool("tftp") {
+        return;
+    }
+    const SERIAL: &str = "d9b3f19c";
+    const MAC: &str = "dc:a6:32:0a:0b:0c";
+    let lab = Lab::with_local(|d| {
+        d.serial = Some(SERIAL.into());
+        d.mac = Some(MAC.into());
+        d.machine_id = Some("rpi4-a".into());
+    })
+    .await;
+    // Sizes that cross blocks and the server's 256 KiB read chunks at blksize 1024 and 512.
+    let kernel = content(21, 3 * 1024 * 1024 + 123);
+    let initramfs = content(22, 700_001);
+    let cmdline = "console=ttyAMA0,115200 root=/dev/nfs ip=dhcp";
+    lab.boot_job("local", kernel.clone(), initramfs.clone(), cmdline)
+        .await;
+    // dut1 (127.0.0.2, MAC 52:54:00:00:00:01) boots something else.
+    let other_kernel = content(23, 5000);
+    lab.boot_job("dut1", other_kernel.clone(), content(24, 10), "other")
+        .await;
+    let srv = lab.serve(Config::default()).await;
+    let port = srv.addr.port();
+    let rpi = "127.0.0.1";
+
+    // Raspberry Pi: <serial>/config.txt, then what it names, under the same prefix.
+    let config = curl_rpi(rpi, port, &format!("{SERIAL}/config.txt"))
+        .await
+        .expect("curl <serial>/config.txt");
+    let config = String::from_utf8(config).unwrap();
+    assert_eq!(
+        config_value(&config, "kernel"),
+        Some("boot/rpi4-a/kernel"),
+        "{config}"
+    );
+    assert!(
+        config.contains("initramfs boot/rpi4-a/initramfs"),
+        "{config}"
+    );
+    let kpath = config_value(&config, "kernel").unwrap();
+    let got = curl_rpi(rpi, port, &format!("{SERIAL}/{kpath}"))
+        .await
+        .expect("curl <serial>/kernel");
+    assert_eq!(
+        Digest::of(&got),
+        Digest::of(&kernel),
+        "kernel via serial prefix"
+    );
+    let cpath = config_value(&config, "cmdline").expect("cmdline= line");
+    let got = curl_rpi(rpi, port, &format!("{SERIAL}/{cpath}"))
+        .await
+        .expect("curl cmdline.txt");
+    assert_eq!(String::from_utf8(got).unwrap().trim_end(), cmdline);
+    // The same config.txt without the prefix, from tftp-hpa (lockstep at blksize 512).
+    assert_eq!(
+        String::from_utf8(tftp_hpa_get(port, "config.txt").await).unwrap(),
+        config
+    );
+    // The serial prefix is matched without regard to case.
+    assert_eq!(
+        curl_rpi(rpi, port, &format!("{}/config.txt", SERIAL.to_uppercase())).await,
+        Ok(config.clone().into_bytes())
+    );
+
+    // iPXE: boot.ipxe and <mac>/boot.ipxe in every spelling; kernel and initrd lines followed.
+    let script = String::from_utf8(tftp_hpa_get(port, "boot.ipxe").await).unwrap();
+    assert!(script.starts_with("#!ipxe\n"), "{script}");
+    let (kurl, kargs) = ipxe_line(&script, "kernel").expect("kernel line");
+    assert_eq!(kurl, "/boot/rpi4-a/kernel", "{script}");
+    assert_eq!(kargs, cmdline, "{script}");
+    let (iurl, _) = ipxe_line(&script, "initrd").expect("initrd line");
+    assert_eq!(iurl, "/boot/rpi4-a/initramfs", "{script}");
+    assert!(script.lines().any(|l| l == "boot"), "{script}");
+    let mac_forms = [
+        MAC.replace(':', "-"),
+        MAC.replace(':', ""),
+        MAC.to_string(),
+        MAC.to_uppercase().replace(':', "-"),
+    ];
+    for m in &mac_forms {
+        assert_eq!(
+            curl_rpi(rpi, port, &format!("{m}/boot.ipxe")).await,
+            Ok(script.clone().into_bytes()),
+            "{m}/boot.ipxe"
+        );
+    }
+    // tftp-hpa too (no colon form: tftp-hpa reads `host:file` in a get argument).
+    assert_eq!(
+        String::from_utf8(tftp_hpa_get(port, &format!("{}/boot.ipxe", mac_forms[1])).await)
+            .unwrap(),
+        script
+    );
+    assert_eq!(
+        String::from_utf8(tftp_hpa_get(port, "boot/rpi4-a/boot.ipxe").await).unwrap(),
+        script
+    );
+    // The script's paths, as iPXE resolves them against a tftp:// URL.
+    let got = tftp_hpa_get(port, kurl).await;
+    assert_eq!(Digest::of(&got), Digest::of(&kernel), "kernel via tftp-hpa");
+    let got = curl_rpi(rpi, port, kurl.trim_start_matches('/'))
+        .await
+        .expect("curl kernel");
+    assert_eq!(Digest::of(&got), Digest::of(&kernel), "kernel via curl");
+    let got = curl_rpi(rpi, port, &format!("{}{iurl}", mac_forms[0]))
+        .await
+        .expect("curl <mac>/initramfs");
+    assert_eq!(Digest::of(&got), Digest::of(&initramfs), "initramfs");
+
+    // A prefix naming nobody, or a MAC form the gateway does not accept (pxelinux's "01-"
+    // ARP-type prefix): not found (curl: exit 68).
+    for bad in [
+        "ffffffff/config.txt".to_string(),
+        format!("01-{}/boot.ipxe", mac_forms[0]),
+    ] {
+        assert_eq!(curl_rpi(rpi, port, &bad).await, Err(Some(68)), "{bad}");
+    }
+
+    // dut1 has its own generated files, but none through the first DUT's serial, MAC or
+    // machine_id.
+    let own = String::from_utf8(curl_rpi("127.0.0.2", port, "boot.ipxe").await.unwrap()).unwrap();
+    assert!(own.contains("kernel /boot/dut1/kernel other"), "{own}");
+    let got = curl_rpi("127.0.0.2", port, "52-54-00-00-00-01/boot/dut1/kernel")
+        .await
+        .expect("dut1's own kernel through its own MAC");
+    assert_eq!(Digest::of(&got), Digest::of(&other_kernel));
+    for stolen in [
+        format!("{SERIAL}/config.txt"),
+        format!("{SERIAL}/boot/rpi4-a/kernel"),
+        format!("{SERIAL}/boot.ipxe"),
+        format!("{}/boot.ipxe", mac_forms[0]),
+        "boot/rpi4-a/kernel".to_string(),
+    ] {
+        assert_eq!(
+            curl_rpi("127.0.0.2", port, &stolen).await,
+            Err(Some(68)),
+            "dut1 asking for {stolen}"
+        );
+    }
+
+    // The access log names the first DUT's reads as served, under the path the client asked for.
+    assert_eq!(
+        served(&lab.gw, "local", &format!("{SERIAL}/config.txt"), 1).await,
+        1
+    );
+    assert_eq!(served(&lab.gw, "local", kurl, 1).await, 1);
     srv.stop().await;
 }
