@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
 use clap::Parser;
-use citron_core::job::{JobDescription, JobErrors, RenderContext};
+use citron_core::job::{JobDescription, RenderContext};
 use citron_core::lab::LabConfig;
 use citron_core::namespace::{Dut, DutId};
 use citron_core::{Gateway, GatewayError};
@@ -81,8 +81,8 @@ fn validate(lab: Option<&Path>, jobs: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let mut bad = false;
     let stderr = std::io::stderr();
     for path in jobs {
-        let r: Result<(), JobErrors> =
-            JobDescription::from_file(path).and_then(|j| j.validate(&offline_context(&lab, &dut, path)));
+        // Shape and render problems together: one run shows everything to fix.
+        let r = JobDescription::check_file(path, &offline_context(&lab, &dut, path)).map(|_| ());
         if let Err(e) = r {
             bad = true;
             let _ = writeln!(stderr.lock(), "{e}");

@@ -26,7 +26,7 @@ use crate::access::{AccessLog, AccessRecord, AccessTicket};
 use crate::artifact::{Cache, CachedArtifact, FetchError};
 use crate::block::{DiskError, DiskStore};
 use crate::digest::Digest;
-use crate::job::{FileSpec, JobDescription, JobErrors, RenderContext, ResolvedJob, Step};
+use crate::job::{FileSpec, JobDescription, JobErrors, Origin, RenderContext, ResolvedJob, Step};
 use crate::lab::LabConfig;
 use crate::lifetime::{Event, Policies};
 use crate::namespace::{normalize, Dut, DutId, DutRegistry, RegistryError};
@@ -297,6 +297,16 @@ impl Gateway {
         self.set_resolved_job(id, resolved).await
     }
 
+    /// [`set_job`](Self::set_job) from YAML text (the lab API): shape and render problems are
+    /// reported together ([`JobDescription::check`]); `file:` sources may read only the lab's
+    /// `artifact_roots`.
+    pub async fn set_job_yaml(&self, id: &DutId, text: &str, origin: Origin) -> Result<(), GatewayError> {
+        let dut = self.dut(id).ok_or_else(|| GatewayError::UnknownDut(id.clone()))?;
+        let ctx = self.render_context(&dut, None);
+        let resolved = JobDescription::check(text, origin, &ctx)?;
+        self.set_resolved_job(id, resolved).await
+    }
+
     /// Makes an already rendered job the DUT's active job: fetches its artifacts, replaces any
     /// other job. For tools that build jobs in code rather than YAML.
     pub async fn set_resolved_job(&self, id: &DutId, resolved: ResolvedJob) -> Result<(), GatewayError> {
@@ -333,7 +343,9 @@ impl Gateway {
     }
 
     /// A DUT event: resets what the lifetime policies say; `boot` moves a job to its `continue`
-    /// deployment from the second boot on.
+    /// deployment from the second boot on; `job_end` unloads the job (as
+    /// [`clear_job`](Self::clear_job)), so that its files, secrets included, are not served to
+    /// the DUT once the job is over.
     pub fn event(&self, id: &DutId, event: Event) -> Result<(), GatewayError> {
         if self.dut(id).is_none() {
             return Err(GatewayError::UnknownDut(id.clone()));
@@ -353,6 +365,9 @@ impl Gateway {
         }
         self.inner.disks.event(id, event);
         tracing::info!(dut = %id, ?event, "event");
+        if event == Event::JobEnd && self.clear_job(id)? {
+            tracing::info!(dut = %id, "job ended: its files are no longer served");
+        }
         Ok(())
     }
 
@@ -388,13 +403,13 @@ impl Gateway {
             .chain(step.tftp.iter().map(|f| (Space::Tftp, f)))
             .collect();
         let loaded = futures::future::try_join_all(all.iter().map(|(_, f)| self.load_entry(f, now))).await?;
-        let generated = generated_names(dut.machine_id());
+        let generated = [Space::Http, Space::Tftp].map(|sp| (sp, generated_names(dut.machine_id(), sp)));
         for ((space, spec), entry) in all.into_iter().zip(loaded) {
             let map = match space {
                 Space::Http => &mut files.http,
                 Space::Tftp => &mut files.tftp,
             };
-            if generated.contains(&spec.path) {
+            if generated.iter().any(|(sp, names)| *sp == space && names.contains(&spec.path)) {
                 tracing::info!(dut = %dut.id, path = %spec.path, "the job's own file replaces citron's generated one");
             }
             map.insert(spec.path.clone(), entry);
@@ -440,9 +455,14 @@ impl Gateway {
 /// How often [`Gateway::new`]'s sweeper looks for expired disks.
 const DISK_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
 
-/// The paths citron generates for `machine_id`.
-fn generated_names(mid: &str) -> Vec<String> {
-    let mut v: Vec<String> = ["boot.ipxe", "config.txt"].iter().map(|s| s.to_string()).collect();
+/// The paths citron generates for `machine_id` in `space` (`config.txt` only over TFTP, where
+/// Raspberry Pi firmware asks for it).
+fn generated_names(mid: &str, space: Space) -> Vec<String> {
+    let top: &[&str] = match space {
+        Space::Tftp => &["boot.ipxe", "config.txt"],
+        Space::Http => &["boot.ipxe"],
+    };
+    let mut v: Vec<String> = top.iter().map(|s| s.to_string()).collect();
     for f in ["boot.ipxe", "kernel", "initramfs", "cmdline.txt"] {
         v.push(format!("boot/{mid}/{f}"));
     }
@@ -590,6 +610,20 @@ mod tests {
         assert_eq!(read(&gw, DUT1, Space::Http, "boot/dut1/cmdline.txt").unwrap(), "rescue\n");
         gw.event(&id, Event::JobStart).unwrap();
         assert_eq!(read(&gw, DUT1, Space::Http, "boot/dut1/cmdline.txt").unwrap(), "console=ttyS0 id=dut1\n");
+    }
+
+    #[tokio::test]
+    async fn job_end_unloads_the_job() {
+        let (_d, gw) = gateway_with(JOB).await;
+        let id = DutId::from("dut1");
+        assert_eq!(read(&gw, DUT1, Space::Http, "once").unwrap(), "secret");
+        gw.event(&id, Event::Boot).unwrap();
+        gw.event(&id, Event::JobEnd).unwrap();
+        assert!(gw.job(&id).is_none());
+        assert!(matches!(read(&gw, DUT1, Space::Http, "once"), Err(ServeError::NotFound(_))), "no secret after the job");
+        assert!(matches!(read(&gw, DUT1, Space::Http, "boot.ipxe"), Err(ServeError::NotFound(_))));
+        // A second job_end, or one without a job, is harmless.
+        gw.event(&id, Event::JobEnd).unwrap();
     }
 
     #[tokio::test]

@@ -84,6 +84,21 @@ impl LabConfig {
             message: e.message,
         })?;
         lab.cache_config().map_err(|message| LabError { file: name.into(), line: 1, column: 1, message })?;
+        // `machine_id` is each DUT's own (its `machine_id:` or id); one value for the whole lab
+        // would give every DUT the same boot paths. The endpoint variables may be overridden.
+        if lab.variables.contains_key("machine_id") {
+            let (line, column) = text
+                .lines()
+                .enumerate()
+                .find_map(|(i, l)| l.find("machine_id:").filter(|_| l.trim_start().starts_with("machine_id")).map(|c| (i + 1, c + 1)))
+                .unwrap_or((1, 1));
+            return Err(LabError {
+                file: name.into(),
+                line,
+                column,
+                message: "variables.machine_id: `machine_id` is set per DUT (its `machine_id:` or `id:`), not in `variables`; remove it".into(),
+            });
+        }
         Ok(lab)
     }
 
@@ -129,6 +144,16 @@ mod tests {
     fn default_lab_parses() {
         let lab = LabConfig::default_lab();
         assert!(lab.duts.len() >= 2);
+    }
+
+    #[test]
+    fn machine_id_is_not_a_lab_variable() {
+        let e = LabConfig::from_yaml("duts: []\nvariables:\n  minio_url: x\n  machine_id: same-for-all\n", "l.yaml").unwrap_err();
+        assert_eq!((e.line, e.column), (4, 3));
+        assert!(e.message.contains("per DUT"), "{}", e.message);
+        // The endpoint variables may be overridden (DUTs that see citron under another name).
+        let lab = LabConfig::from_yaml("variables:\n  http_artifact_base: http://gw\n", "l.yaml").unwrap();
+        assert_eq!(lab.variables["http_artifact_base"], "http://gw");
     }
 
     #[test]

@@ -22,7 +22,9 @@ pub enum Event {
     Boot,
     /// A job started on the DUT.
     JobStart,
-    /// The DUT's job ended.
+    /// The DUT's job ended: the job is unloaded, so nothing of it (secrets included) stays
+    /// readable between jobs; its disks are released as `reset_on` says (`job_start` disks are
+    /// dropped, `never` disks are kept for the next job).
     JobEnd,
 }
 

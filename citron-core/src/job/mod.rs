@@ -147,15 +147,7 @@ impl JobDescription {
     /// Reads and parses a job file.
     pub fn from_file(path: &Path) -> Result<JobDescription, JobErrors> {
         let origin = Origin::file(path);
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            JobErrors(vec![JobError {
-                file: origin.name.clone(),
-                line: 1,
-                column: 1,
-                field: String::new(),
-                message: format!("cannot read the job file: {e}"),
-            }])
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|e| read_error(&origin, &e))?;
         Self::parse(&text, origin)
     }
 
@@ -187,8 +179,55 @@ impl JobDescription {
         render::render(&self.desc, &self.origin, ctx).map_err(|p| JobErrors::from_problems(&self.origin, p))
     }
 
+    /// Parses and renders in one go, and reports the problems of both stages together: a job
+    /// with an unknown field *and* an unknown template variable gets both errors, in document
+    /// order. This is what `citron validate` and the lab API use, so that one round of fixes is
+    /// enough.
+    ///
+    /// ```
+    /// use citron_core::job::{JobDescription, Origin, RenderContext};
+    /// let text = "deployment:\n  start:\n    kernel: { url: '{{ nope }}/k' }\n    storage:\n      http:\n        - path: /a\n          data: x\n          colour: red\n";
+    /// let errors = JobDescription::check(text, Origin::named("job.yaml"), &RenderContext::default()).unwrap_err();
+    /// let lines: Vec<String> = errors.0.iter().map(|e| e.to_string()).collect();
+    /// assert!(lines[0].starts_with("job.yaml:3:21: deployment.start.kernel.url: unknown template variable `nope`"), "{lines:?}");
+    /// assert!(lines[1].starts_with("job.yaml:8:11: deployment.start.storage.http[0].colour: unknown field"), "{lines:?}");
+    /// ```
+    pub fn check(text: &str, origin: Origin, ctx: &RenderContext) -> Result<ResolvedJob, JobErrors> {
+        let (desc, mut problems) = parse::parse_partial(text);
+        let Some(desc) = desc else { return Err(JobErrors::from_problems(&origin, problems)) };
+        match render::render(&desc, &origin, ctx) {
+            Ok(job) if problems.is_empty() => return Ok(job),
+            Ok(_) => {}
+            Err(more) => {
+                // A value already reported by the shape check is not reported twice.
+                let seen: Vec<(crate::yaml::Pos, String)> = problems.iter().map(|p| (p.pos, p.field.clone())).collect();
+                problems.extend(more.into_iter().filter(|p| !seen.contains(&(p.pos, p.field.clone()))));
+            }
+        }
+        parse::sort(&mut problems);
+        Err(JobErrors::from_problems(&origin, problems))
+    }
+
+    /// [`JobDescription::check`] on a job file.
+    pub fn check_file(path: &Path, ctx: &RenderContext) -> Result<ResolvedJob, JobErrors> {
+        let origin = Origin::file(path);
+        let text = std::fs::read_to_string(path).map_err(|e| read_error(&origin, &e))?;
+        Self::check(&text, origin, ctx)
+    }
+
     /// Checks everything `render` checks, without keeping the result.
     pub fn validate(&self, ctx: &RenderContext) -> Result<(), JobErrors> {
         self.render(ctx).map(|_| ())
     }
+}
+
+/// A job file that cannot be read, as a positioned error like the others.
+fn read_error(origin: &Origin, e: &std::io::Error) -> JobErrors {
+    JobErrors(vec![JobError {
+        file: origin.name.clone(),
+        line: 1,
+        column: 1,
+        field: "<document>".into(),
+        message: format!("cannot read the job file: {e}"),
+    }])
 }

@@ -113,22 +113,31 @@ pub(crate) struct Desc {
 
 /// Parses `text`; on failure, every problem found, in document order.
 pub(crate) fn parse(text: &str) -> Result<Desc, Vec<Problem>> {
+    match parse_partial(text) {
+        (Some(d), problems) if problems.is_empty() => Ok(d),
+        (_, problems) => Err(problems),
+    }
+}
+
+/// Parses `text` as far as it goes: the job without the entries that had problems (`None` when
+/// not even its outline could be read), and every problem found, in document order.
+pub(crate) fn parse_partial(text: &str) -> (Option<Desc>, Vec<Problem>) {
     let doc = match Document::parse(text) {
         Ok(d) => d,
         Err(e) => {
-            return Err(vec![Problem { pos: Pos { line: e.line, col: e.column }, field: String::new(), message: e.message }])
+            // A syntax error names no field; `<document>` says the whole text could not be read.
+            let field = "<document>".to_string();
+            return (None, vec![Problem { pos: Pos { line: e.line, col: e.column }, field, message: e.message }]);
         }
     };
     let mut w = Walker { doc: &doc, problems: Vec::new() };
     let desc = w.job();
     let mut problems = w.problems;
-    match desc {
-        Some(d) if problems.is_empty() => Ok(d),
-        _ => {
-            sort(&mut problems);
-            Err(problems)
-        }
+    if desc.is_none() && problems.is_empty() {
+        problems.push(Problem { pos: Pos { line: 1, col: 1 }, field: "deployment".into(), message: "the job could not be read".into() });
     }
+    sort(&mut problems);
+    (desc, problems)
 }
 
 /// Document order; stable, so problems at one position keep the order they were found in.
@@ -203,6 +212,8 @@ struct Walker<'d> {
 
 impl Walker<'_> {
     fn err(&mut self, pos: Pos, field: &str, message: impl Into<String>) {
+        // The document itself (empty, not a mapping) has no key to name.
+        let field = if field.is_empty() { "<document>" } else { field };
         self.problems.push(Problem { pos, field: field.to_string(), message: message.into() });
     }
 
@@ -366,7 +377,10 @@ impl Walker<'_> {
         if let Some(n) = f.get("storage") {
             ok &= self.storage(n, &child(field, "storage"), &mut step);
         }
-        ok.then_some(step)
+        // A step with errors is still returned, without the entries that failed (each has its
+        // problem recorded), so that `check` can render the rest and report both stages at once.
+        let _ = ok;
+        Some(step)
     }
 
     fn cmdline(&mut self, node: &Node, field: &str) -> Option<Vec<Str>> {
@@ -531,19 +545,21 @@ impl Walker<'_> {
             let field = child(field, "access_count");
             match &n.kind {
                 NodeKind::Scalar(s) if s.style == Style::Plain && !s.is_null() => match s.value.parse::<u32>() {
+                    // 0 is the seed's "no limit" default, written out.
+                    Ok(0) => out.access_count = None,
                     Ok(v) => out.access_count = Some(v),
                     Err(_) if s.value.bytes().all(|b| b.is_ascii_digit()) => {
                         self.err(s.pos, &field, format!("`{}` is too large; at most {} reads can be counted", s.value, u32::MAX));
                         ok = false;
                     }
                     Err(_) => {
-                        self.err(s.pos, &field, format!("`{}` is not a count; write a whole number ≥ 0 of reads allowed per boot, like 1", s.value));
+                        self.err(s.pos, &field, format!("`{}` is not a count; write a whole number of reads allowed per boot, like 1 (0: no limit)", s.value));
                         ok = false;
                     }
                 },
                 _ => {
                     let unquote = if matches!(&n.kind, NodeKind::Scalar(s) if s.style != Style::Plain) { " (remove the quotes)" } else { "" };
-                    self.err(n.pos, &field, format!("expected a whole number ≥ 0 of reads allowed per boot (like 1){unquote}, found {}", n.describe()));
+                    self.err(n.pos, &field, format!("expected a whole number of reads allowed per boot (like 1; 0: no limit){unquote}, found {}", n.describe()));
                     ok = false;
                 }
             }

@@ -183,9 +183,10 @@ fn validate_output(name: &str, path: &Path) -> String {
     let dir = path.parent().unwrap().to_path_buf();
     let origin = Origin { name: name.to_string(), base_dir: Some(dir.clone()) };
     let ctx = RenderContext { vars: builtin_vars(), file_roots: vec![dir] };
-    let result = JobDescription::parse(&text, origin).and_then(|j| j.validate(&ctx));
+    // What `citron validate` does: both stages, their problems together.
+    let result = JobDescription::check(&text, origin, &ctx);
     match result {
-        Ok(()) => panic!("{name} is valid; bad files must fail"),
+        Ok(_) => panic!("{name} is valid; bad files must fail"),
         Err(e) => format!("{e}\n"),
     }
 }
@@ -226,7 +227,7 @@ fn bad_files_match_their_golden_stderr() {
 
 #[test]
 fn yaml_syntax_error_position() {
-    one_error("deployment:\n  start:\n    kernel:\n      url: a\n     data: b\n", 5, 10, "", "YAML syntax error");
+    one_error("deployment:\n  start:\n    kernel:\n      url: a\n     data: b\n", 5, 10, "<document>", "YAML syntax error");
 }
 
 #[test]
@@ -272,7 +273,7 @@ fn missing_required_key() {
     one_error("deployment:\n  continue: {}\n", 2, 3, "deployment", "`start` is missing");
     let e = errors("other: 1\n");
     let got: Vec<(usize, usize, &str)> = e.iter().map(|e| (e.0, e.1, e.2.as_str())).collect();
-    assert_eq!(got, [(1, 1, "other"), (1, 1, "")], "{e:?}");
+    assert_eq!(got, [(1, 1, "other"), (1, 1, "<document>")], "{e:?}");
     assert!(e[1].3.contains("`deployment` is missing"));
 }
 
@@ -354,6 +355,15 @@ fn bad_reset_on() {
         "deployment.start.storage.nbd[0].reset_on",
         "write one of boot, job_start or never",
     );
+}
+
+#[test]
+fn access_count_zero_means_no_limit() {
+    // The seed: "stop being available after N accesses (0 by default)".
+    let text = format!("{HTTP_ENTRY}        - path: /a\n          data: x\n          lifetime: {{access_count: 0}}\n");
+    let job = JobDescription::parse(&text, Origin::named("j.yaml")).unwrap();
+    let r = job.render(&RenderContext { vars: builtin_vars(), file_roots: vec![] }).unwrap();
+    assert_eq!(r.start.http[0].lifetime, Lifetime { access_count: None, expiration: None });
 }
 
 #[test]
