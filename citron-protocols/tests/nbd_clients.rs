@@ -23,7 +23,14 @@ fn image_export_lists_copies_and_compares() {
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src.img");
     std::fs::write(&src, pattern(8 << 20)).unwrap();
-    let lab = Lab::start(vec![disk("disk", DiskKind::Image { source: Source::File(src.clone()), sha256: None }, ResetOn::JobStart)]);
+    let lab = Lab::start(vec![disk(
+        "disk",
+        DiskKind::Image {
+            source: Source::File(src.clone()),
+            sha256: None,
+        },
+        ResetOn::JobStart,
+    )]);
     let list = run(Command::new("nbdinfo").args(["--list", &lab.uri("")]));
     assert!(list.contains("export=\"disk\""), "{list}");
     assert!(list.contains("export-size: 8388608"), "{list}");
@@ -31,9 +38,15 @@ fn image_export_lists_copies_and_compares() {
     run(Command::new("nbdcopy").arg(lab.uri("disk")).arg(&out));
     assert_eq!(sha256_file(&out), sha256_file(&src));
     let out1 = t.path().join("out1.img");
-    run(Command::new("nbdcopy").args(["-C", "1", "--synchronous"]).arg(lab.uri("disk")).arg(&out1));
+    run(Command::new("nbdcopy")
+        .args(["-C", "1", "--synchronous"])
+        .arg(lab.uri("disk"))
+        .arg(&out1));
     assert_eq!(sha256_file(&out1), sha256_file(&src));
-    let cmp = run(Command::new("qemu-img").args(["compare", "-f", "raw", "-F", "raw"]).arg(&src).arg(lab.uri("disk")));
+    let cmp = run(Command::new("qemu-img")
+        .args(["compare", "-f", "raw", "-F", "raw"])
+        .arg(&src)
+        .arg(lab.uri("disk")));
     assert!(cmp.contains("identical"), "{cmp}");
 }
 
@@ -46,8 +59,18 @@ fn qcow2_image_is_served_as_raw() {
     let raw = t.path().join("src.img");
     std::fs::write(&raw, pattern(3 << 20)).unwrap();
     let q = t.path().join("src.qcow2");
-    run(Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "qcow2"]).arg(&raw).arg(&q));
-    let lab = Lab::start(vec![disk("q", DiskKind::Image { source: Source::File(q), sha256: None }, ResetOn::JobStart)]);
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&q));
+    let lab = Lab::start(vec![disk(
+        "q",
+        DiskKind::Image {
+            source: Source::File(q),
+            sha256: None,
+        },
+        ResetOn::JobStart,
+    )]);
     let out = t.path().join("out.img");
     run(Command::new("nbdcopy").arg(lab.uri("q")).arg(&out));
     assert_eq!(sha256_file(&out), sha256_file(&raw));
@@ -65,7 +88,10 @@ fn boot_resets_boot_disks_and_never_keeps_writes() {
         disk("j", DiskKind::Raw { size_bytes: size }, ResetOn::JobStart),
     ]);
     for name in ["b", "n", "j"] {
-        nbdsh(&lab.uri(name), "h.pwrite(b'citron' * 1000, 12345); h.flush()");
+        nbdsh(
+            &lab.uri(name),
+            "h.pwrite(b'citron' * 1000, 12345); h.flush()",
+        );
     }
     let written = "assert h.pread(6000, 12345) == b'citron' * 1000, 'lost'";
     let pristine = "assert h.pread(6000, 12345) == bytes(6000), 'not reset'";
@@ -86,8 +112,20 @@ fn never_disk_survives_gateway_restart_and_job_start_disk_does_not() {
     let t = tempfile::tempdir().unwrap();
     let disks = || {
         vec![
-            disk("n", DiskKind::Raw { size_bytes: 1 << 20 }, ResetOn::Never),
-            disk("j", DiskKind::Raw { size_bytes: 1 << 20 }, ResetOn::JobStart),
+            disk(
+                "n",
+                DiskKind::Raw {
+                    size_bytes: 1 << 20,
+                },
+                ResetOn::Never,
+            ),
+            disk(
+                "j",
+                DiskKind::Raw {
+                    size_bytes: 1 << 20,
+                },
+                ResetOn::JobStart,
+            ),
         ]
     };
     {
@@ -123,7 +161,13 @@ fn readonly_export_refuses_writes_with_eperm() {
     if !have_nbdsh() {
         return;
     }
-    let mut d = disk("ro", DiskKind::Raw { size_bytes: 1 << 20 }, ResetOn::JobStart);
+    let mut d = disk(
+        "ro",
+        DiskKind::Raw {
+            size_bytes: 1 << 20,
+        },
+        ResetOn::JobStart,
+    );
     d.readonly = true;
     let lab = Lab::start(vec![d]);
     nbdsh(
@@ -133,15 +177,163 @@ fn readonly_export_refuses_writes_with_eperm() {
 }
 
 #[test]
-fn requests_past_the_end_get_einval() {
+fn requests_past_the_end_get_einval_for_reads_and_enospc_for_writes() {
     if !have_nbdsh() {
         return;
     }
-    let lab = Lab::start(vec![disk("d", DiskKind::Raw { size_bytes: 1 << 20 }, ResetOn::JobStart)]);
+    let lab = Lab::start(vec![disk(
+        "d",
+        DiskKind::Raw {
+            size_bytes: 1 << 20,
+        },
+        ResetOn::JobStart,
+    )]);
     nbdsh(
         &lab.uri("d"),
-        "import errno\nh.set_strict_mode(0)\nfor f in (lambda: h.pread(10, (1 << 20) - 5), lambda: h.pwrite(b'x' * 10, (1 << 20) - 5), lambda: h.trim(4096, 1 << 20)):\n    try:\n        f()\n        raise SystemExit('accepted')\n    except nbd.Error as e:\n        assert e.errnum == errno.EINVAL, e\nassert h.pread(5, (1 << 20) - 5) == bytes(5)",
+        "import errno\nh.set_strict_mode(0)\nend = 1 << 20\nfor want, f in ((errno.EINVAL, lambda: h.pread(10, end - 5)), (errno.ENOSPC, lambda: h.pwrite(b'x' * 10, end - 5)), (errno.ENOSPC, lambda: h.trim(4096, end)), (errno.ENOSPC, lambda: h.zero(2, end - 1)), (errno.ENOSPC, lambda: h.pwrite(b'y', end))):\n    try:\n        f()\n        raise SystemExit('accepted')\n    except nbd.Error as e:\n        assert e.errnum == want, (want, e)\nassert h.pread(5, end - 5) == bytes(5)\nassert h.pread(4096, end - 4096) == bytes(4096)",
     );
+}
+
+#[test]
+fn trim_on_a_writable_export_reads_back_zeros() {
+    if !have_nbdsh() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src.img");
+    let data = pattern(1 << 20);
+    std::fs::write(&src, &data).unwrap();
+    let lab = Lab::start(vec![disk(
+        "img",
+        DiskKind::Image {
+            source: Source::File(src),
+            sha256: None,
+        },
+        ResetOn::JobStart,
+    )]);
+    // An aligned trim over the base image, an unaligned one over the DUT's own write, with FUA.
+    nbdsh(
+        &lab.uri("img"),
+        "import hashlib\nassert h.can_trim()\nbase = h.pread(1 << 20, 0)\nh.trim(65536, 131072)\nh.pwrite(b'w' * 9000, 600000)\nh.trim(5000, 601000, nbd.CMD_FLAG_FUA)\nassert h.pread(65536, 131072) == bytes(65536)\nassert h.pread(1000, 600000) == b'w' * 1000\nassert h.pread(5000, 601000) == bytes(5000)\nassert h.pread(3000, 606000) == b'w' * 3000\nassert h.pread(131072, 0) == base[:131072]\nassert h.pread(4096, 196608) == base[196608:200704]\nassert h.pread(1000, 609000) == base[609000:610000]",
+    );
+    // A second connection sees the trimmed ranges too.
+    nbdsh(&lab.uri("img"), "assert h.pread(65536, 131072) == bytes(65536)\nassert h.pread(5000, 601000) == bytes(5000)");
+    assert_ne!(
+        &data[131072..196608],
+        &[0u8; 65536][..],
+        "the pattern must not be zero where the trim is checked"
+    );
+}
+
+#[test]
+fn export_name_opens_a_known_export_and_closes_on_an_unknown_one() {
+    if !have_nbdsh() {
+        return;
+    }
+    let mut ro = disk(
+        "ro",
+        DiskKind::Raw {
+            size_bytes: 3 << 20,
+        },
+        ResetOn::JobStart,
+    );
+    ro.readonly = true;
+    let lab = Lab::start(vec![
+        disk(
+            "d",
+            DiskKind::Raw {
+                size_bytes: 2 << 20,
+            },
+            ResetOn::JobStart,
+        ),
+        ro,
+    ]);
+    // Written with a real client (NBD_OPT_GO), read back after NBD_OPT_EXPORT_NAME.
+    nbdsh(
+        &lab.uri("d"),
+        "h.pwrite(b'by export name', 4096); h.flush()",
+    );
+    lab.rt.block_on(async {
+        use citron_protocols::nbd::wire::tflag;
+        let mut r = Raw::connect(lab.addr, "127.0.0.1").await;
+        let (size, flags) = r.export_name("d").await.expect("known export refused");
+        assert_eq!(size, 2 << 20);
+        assert_eq!(
+            flags & (tflag::HAS_FLAGS | tflag::SEND_FLUSH | tflag::SEND_TRIM | tflag::READ_ONLY),
+            tflag::HAS_FLAGS | tflag::SEND_FLUSH | tflag::SEND_TRIM
+        );
+        assert_eq!(
+            r.request(cmd::READ, 0, 4096, 14, b"").await,
+            (0, b"by export name".to_vec())
+        );
+        assert_eq!(r.request(cmd::WRITE, 0, 0, 2, b"ok").await.0, 0);
+        assert_eq!(
+            r.request(cmd::READ, 0, 0, 2, b"").await,
+            (0, b"ok".to_vec())
+        );
+
+        // Without NBD_FLAG_C_NO_ZEROES the reply carries the 124 zero bytes; the read-only flag.
+        let mut z =
+            Raw::connect_with_flags(lab.addr, "127.0.0.1", wire::CLIENT_FIXED_NEWSTYLE).await;
+        let (size, flags) = z.export_name("ro").await.expect("read-only export refused");
+        assert_eq!(size, 3 << 20);
+        assert_ne!(flags & tflag::READ_ONLY, 0);
+        assert_eq!(z.request(cmd::READ, 0, 0, 4, b"").await, (0, vec![0; 4]));
+        assert_eq!(z.request(cmd::WRITE, 0, 0, 1, b"x").await.0, errno::EPERM);
+
+        // The empty name is the DUT's first export.
+        let mut e = Raw::connect(lab.addr, "127.0.0.1").await;
+        assert_eq!(e.export_name("").await.map(|(s, _)| s), Some(2 << 20));
+
+        // An unknown name: the connection is closed, with nothing sent.
+        let mut u = Raw::connect(lab.addr, "127.0.0.1").await;
+        assert_eq!(u.export_name("nope").await, None);
+    });
+    // And the server goes on serving.
+    nbdsh(&lab.uri("d"), "assert h.pread(2, 0) == b'ok'");
+}
+
+#[test]
+fn export_name_refuses_another_duts_private_export() {
+    let mut shared = disk(
+        "common",
+        DiskKind::Raw {
+            size_bytes: 1 << 20,
+        },
+        ResetOn::JobStart,
+    );
+    shared.shared = true;
+    let lab = Lab::start(vec![
+        disk(
+            "private",
+            DiskKind::Raw {
+                size_bytes: 1 << 20,
+            },
+            ResetOn::JobStart,
+        ),
+        shared,
+    ]);
+    lab.rt.block_on(async {
+        let mut owner = Raw::connect(lab.addr, "127.0.0.1").await;
+        assert!(owner.export_name("private").await.is_some());
+        assert_eq!(owner.request(cmd::WRITE, 0, 0, 6, b"secret").await.0, 0);
+        // dut2 (127.0.0.3) may not open local's private disk by NBD_OPT_EXPORT_NAME...
+        let mut other = Raw::connect(lab.addr, "127.0.0.3").await;
+        assert_eq!(other.export_name("private").await, None);
+        // ...nor reach it as its default export, which is the first one it may see.
+        let mut other = Raw::connect(lab.addr, "127.0.0.3").await;
+        let (size, _) = other.export_name("").await.expect("dut2's default export");
+        assert_eq!(size, 1 << 20);
+        assert_eq!(
+            other.request(cmd::READ, 0, 0, 6, b"").await,
+            (0, vec![0; 6])
+        );
+        // The shared disk it may open; an address no DUT has gets nothing.
+        let mut other = Raw::connect(lab.addr, "127.0.0.3").await;
+        assert!(other.export_name("common").await.is_some());
+        let mut stranger = Raw::connect(lab.addr, "127.0.0.9").await;
+        assert_eq!(stranger.export_name("common").await, None);
+    });
 }
 
 #[test]
@@ -149,7 +341,13 @@ fn two_connections_share_one_overlay() {
     if !have_nbdsh() {
         return;
     }
-    let lab = Lab::start(vec![disk("d", DiskKind::Raw { size_bytes: 1 << 20 }, ResetOn::JobStart)]);
+    let lab = Lab::start(vec![disk(
+        "d",
+        DiskKind::Raw {
+            size_bytes: 1 << 20,
+        },
+        ResetOn::JobStart,
+    )]);
     let u = lab.uri("d");
     nbdsh(
         &u,
@@ -161,7 +359,8 @@ fn two_connections_share_one_overlay() {
 
 #[test]
 fn filesystem_from_tarball_passes_e2fsck() {
-    if !have("mkfs.ext4") || !have("e2fsck") || !have("debugfs") || !have("nbdcopy") || !have("tar") {
+    if !have("mkfs.ext4") || !have("e2fsck") || !have("debugfs") || !have("nbdcopy") || !have("tar")
+    {
         return;
     }
     let t = tempfile::tempdir().unwrap();
@@ -170,10 +369,19 @@ fn filesystem_from_tarball_passes_e2fsck() {
     std::fs::write(tree.join("hello.txt"), "hello from citron\n").unwrap();
     std::fs::write(tree.join("etc/hostname"), "dut\n").unwrap();
     let tgz = t.path().join("rootfs.tar.gz");
-    run(Command::new("tar").arg("czf").arg(&tgz).arg("-C").arg(&tree).arg("."));
+    run(Command::new("tar")
+        .arg("czf")
+        .arg(&tgz)
+        .arg("-C")
+        .arg(&tree)
+        .arg("."));
     let lab = Lab::start(vec![disk(
         "rootfs",
-        DiskKind::Filesystem { fstype: "ext4".into(), size_bytes: 32 << 20, contents: Some(FsContents::Tarball(Source::File(tgz))) },
+        DiskKind::Filesystem {
+            fstype: "ext4".into(),
+            size_bytes: 32 << 20,
+            contents: Some(FsContents::Tarball(Source::File(tgz))),
+        },
         ResetOn::JobStart,
     )]);
     let img = t.path().join("fs.img");
@@ -181,15 +389,33 @@ fn filesystem_from_tarball_passes_e2fsck() {
     run(Command::new("e2fsck").arg("-fn").arg(&img));
     let ls = run(Command::new("debugfs").arg("-R").arg("ls -l /").arg(&img));
     assert!(ls.contains("hello.txt") && ls.contains("etc"), "{ls}");
-    let cat = run(Command::new("debugfs").arg("-R").arg("cat /etc/hostname").arg(&img));
+    let cat = run(Command::new("debugfs")
+        .arg("-R")
+        .arg("cat /etc/hostname")
+        .arg(&img));
     assert_eq!(cat, "dut\n");
 }
 
 #[test]
 fn second_dut_cannot_list_or_open_a_private_export_but_sees_shared_ones() {
-    let mut shared = disk("common", DiskKind::Raw { size_bytes: 1 << 20 }, ResetOn::JobStart);
+    let mut shared = disk(
+        "common",
+        DiskKind::Raw {
+            size_bytes: 1 << 20,
+        },
+        ResetOn::JobStart,
+    );
     shared.shared = true;
-    let lab = Lab::start(vec![disk("private", DiskKind::Raw { size_bytes: 1 << 20 }, ResetOn::JobStart), shared]);
+    let lab = Lab::start(vec![
+        disk(
+            "private",
+            DiskKind::Raw {
+                size_bytes: 1 << 20,
+            },
+            ResetOn::JobStart,
+        ),
+        shared,
+    ]);
     let (owner, other) = lab.rt.block_on(async {
         let mut a = Raw::connect(lab.addr, "127.0.0.1").await;
         let mut b = Raw::connect(lab.addr, "127.0.0.3").await;
@@ -219,11 +445,21 @@ fn second_dut_cannot_list_or_open_a_private_export_but_sees_shared_ones() {
 
 #[test]
 fn malformed_input_is_refused_without_harm() {
-    let lab = Lab::start(vec![disk("d", DiskKind::Raw { size_bytes: 1 << 20 }, ResetOn::JobStart)]);
+    let lab = Lab::start(vec![disk(
+        "d",
+        DiskKind::Raw {
+            size_bytes: 1 << 20,
+        },
+        ResetOn::JobStart,
+    )]);
     lab.rt.block_on(async {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         // Garbage instead of client flags and options: the server closes.
-        for junk in [&b"\xff\xff\xff\xff"[..], b"\0\0\0\x01GARBAGE-GARBAGE-GARBAGE", b"\0\0\0\x01IHAVEOPT\0\0\0\x07\xff\xff\xff\xff"] {
+        for junk in [
+            &b"\xff\xff\xff\xff"[..],
+            b"\0\0\0\x01GARBAGE-GARBAGE-GARBAGE",
+            b"\0\0\0\x01IHAVEOPT\0\0\0\x07\xff\xff\xff\xff",
+        ] {
             let mut s = Raw::connect_plain(lab.addr, "127.0.0.1").await;
             s.write_all(junk).await.unwrap();
             let mut rest = Vec::new();
@@ -232,30 +468,82 @@ fn malformed_input_is_refused_without_harm() {
         }
         // Truncated option then close.
         let mut s = Raw::connect_plain(lab.addr, "127.0.0.1").await;
-        s.write_all(b"\0\0\0\x03IHAVEOPT\0\0\0\x07\0\0\0\x40ab").await.unwrap();
+        s.write_all(b"\0\0\0\x03IHAVEOPT\0\0\0\x07\0\0\0\x40ab")
+            .await
+            .unwrap();
         drop(s);
         // Unknown option, malformed GO data, structured reply with data.
         let mut r = Raw::connect(lab.addr, "127.0.0.1").await;
         assert_eq!(r.option(99, b"").await.last().unwrap().0, rep::ERR_UNSUP);
-        assert_eq!(r.option(opt::GO, b"\0\0\xff\xffd").await.last().unwrap().0, rep::ERR_INVALID);
-        assert_eq!(r.option(opt::STRUCTURED_REPLY, b"x").await.last().unwrap().0, rep::ERR_INVALID);
-        assert_eq!(r.option(opt::LIST, b"x").await.last().unwrap().0, rep::ERR_INVALID);
+        assert_eq!(
+            r.option(opt::GO, b"\0\0\xff\xffd").await.last().unwrap().0,
+            rep::ERR_INVALID
+        );
+        assert_eq!(
+            r.option(opt::STRUCTURED_REPLY, b"x")
+                .await
+                .last()
+                .unwrap()
+                .0,
+            rep::ERR_INVALID
+        );
+        assert_eq!(
+            r.option(opt::LIST, b"x").await.last().unwrap().0,
+            rep::ERR_INVALID
+        );
         assert_eq!(r.go("d").await, rep::ACK);
         // Out of range, oversize, unknown command and flags: error replies, connection stays.
         let size = 1u64 << 20;
-        assert_eq!(r.request(cmd::READ, 0, size - 1, 2, b"").await.0, errno::EINVAL);
-        assert_eq!(r.request(cmd::READ, 0, u64::MAX - 1, 4, b"").await.0, errno::EINVAL);
-        assert_eq!(r.request(cmd::WRITE, 0, size, 1, b"x").await.0, errno::EINVAL);
-        assert_eq!(r.request(cmd::READ, 0, 0, 64 << 20, b"").await.0, errno::EINVAL);
+        assert_eq!(
+            r.request(cmd::READ, 0, size - 1, 2, b"").await.0,
+            errno::EINVAL
+        );
+        assert_eq!(
+            r.request(cmd::READ, 0, u64::MAX - 1, 4, b"").await.0,
+            errno::EINVAL
+        );
+        assert_eq!(
+            r.request(cmd::WRITE, 0, size, 1, b"x").await.0,
+            errno::ENOSPC
+        );
+        assert_eq!(
+            r.request(cmd::WRITE_ZEROES, 0, u64::MAX, 2, b"").await.0,
+            errno::ENOSPC
+        );
+        assert_eq!(
+            r.request(cmd::TRIM, 0, size - 1, 2, b"").await.0,
+            errno::ENOSPC
+        );
+        assert_eq!(
+            r.request(cmd::READ, 0, 0, 64 << 20, b"").await.0,
+            errno::EINVAL
+        );
         assert_eq!(r.request(42, 0, 0, 0, b"").await.0, errno::EINVAL);
-        assert_eq!(r.request(cmd::READ, 0x8000, 0, 1, b"").await.0, errno::EINVAL);
-        assert_eq!(r.request(cmd::READ, 0, size - 1, 1, b"").await, (0, vec![0]));
+        assert_eq!(
+            r.request(cmd::READ, 0x8000, 0, 1, b"").await.0,
+            errno::EINVAL
+        );
+        assert_eq!(
+            r.request(cmd::READ, 0, size - 1, 1, b"").await,
+            (0, vec![0])
+        );
         // A write larger than the maximum closes the connection.
         let mut req = Vec::new();
-        wire::encode_request(&mut req, &wire::Request { flags: 0, kind: cmd::WRITE, cookie: 1, offset: 0, len: u32::MAX });
+        wire::encode_request(
+            &mut req,
+            &wire::Request {
+                flags: 0,
+                kind: cmd::WRITE,
+                cookie: 1,
+                offset: 0,
+                len: u32::MAX,
+            },
+        );
         r.stream.write_all(&req).await.unwrap();
         let mut rest = Vec::new();
-        let n = tokio::time::timeout(Duration::from_secs(10), r.stream.read_to_end(&mut rest)).await.expect("closed");
+        let n = tokio::time::timeout(Duration::from_secs(10), r.stream.read_to_end(&mut rest))
+            .await
+            .expect("closed");
         assert!(n.is_err() || rest.is_empty());
         // Still serving.
         let mut ok = Raw::connect(lab.addr, "127.0.0.1").await;
@@ -268,7 +556,13 @@ fn expired_disk_is_swept_after_the_job_ends() {
     if !have_nbdsh() {
         return;
     }
-    let mut d = disk("tmp", DiskKind::Raw { size_bytes: 1 << 20 }, ResetOn::Never);
+    let mut d = disk(
+        "tmp",
+        DiskKind::Raw {
+            size_bytes: 1 << 20,
+        },
+        ResetOn::Never,
+    );
     d.expiration = Some(Duration::from_secs(1));
     let lab = Lab::start(vec![d.clone()]);
     nbdsh(&lab.uri("tmp"), "h.pwrite(b'old', 0); h.flush()");
@@ -305,17 +599,30 @@ impl Drop for Registry {
 
 impl Registry {
     fn start(dir: &std::path::Path) -> Registry {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let cfg = dir.join("registry.yml");
         std::fs::write(
             &cfg,
             format!("version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n", dir.join("storage").display()),
         )
         .unwrap();
-        let child = Command::new("docker-registry").arg("serve").arg(&cfg).stdout(std::process::Stdio::null()).spawn().unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&cfg)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
         let base = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !Command::new("curl").args(["-sf", &format!("{base}/v2/")]).output().is_ok_and(|o| o.status.success()) {
+        while !Command::new("curl")
+            .args(["-sf", &format!("{base}/v2/")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
             assert!(Instant::now() < deadline, "docker-registry did not start");
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -325,18 +632,50 @@ impl Registry {
     /// Uploads a blob; returns its descriptor fields (digest, size).
     fn push_blob(&self, repo: &str, file: &std::path::Path) -> (String, u64) {
         let digest = format!("sha256:{}", sha256_file(file));
-        let head = run(Command::new("curl").args(["-sfi", "-X", "POST", &format!("{}/v2/{repo}/blobs/uploads/", self.base)]));
-        let loc = head.lines().find_map(|l| l.strip_prefix("Location: ").or_else(|| l.strip_prefix("location: "))).expect("Location").trim();
-        let loc = if loc.starts_with('/') { format!("{}{loc}", self.base) } else { loc.to_string() };
+        let head = run(Command::new("curl").args([
+            "-sfi",
+            "-X",
+            "POST",
+            &format!("{}/v2/{repo}/blobs/uploads/", self.base),
+        ]));
+        let loc = head
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("Location: ")
+                    .or_else(|| l.strip_prefix("location: "))
+            })
+            .expect("Location")
+            .trim();
+        let loc = if loc.starts_with('/') {
+            format!("{}{loc}", self.base)
+        } else {
+            loc.to_string()
+        };
         let sep = if loc.contains('?') { '&' } else { '?' };
-        run(Command::new("curl").args(["-sf", "-X", "PUT", "-H", "Content-Type: application/octet-stream", "--data-binary"]).arg(format!("@{}", file.display())).arg(format!("{loc}{sep}digest={digest}")));
+        run(Command::new("curl")
+            .args([
+                "-sf",
+                "-X",
+                "PUT",
+                "-H",
+                "Content-Type: application/octet-stream",
+                "--data-binary",
+            ])
+            .arg(format!("@{}", file.display()))
+            .arg(format!("{loc}{sep}digest={digest}")));
         (digest, std::fs::metadata(file).unwrap().len())
     }
 }
 
 #[test]
 fn filesystem_from_container_image_flattens_layers() {
-    if !have("docker-registry") || !have("curl") || !have("tar") || !have("mkfs.ext4") || !have("debugfs") || !have("nbdcopy") {
+    if !have("docker-registry")
+        || !have("curl")
+        || !have("tar")
+        || !have("mkfs.ext4")
+        || !have("debugfs")
+        || !have("nbdcopy")
+    {
         return;
     }
     let t = tempfile::tempdir().unwrap();
@@ -352,11 +691,20 @@ fn filesystem_from_container_image_flattens_layers() {
     let mut layers = Vec::new();
     for (i, dir) in [&l1, &l2].iter().enumerate() {
         let tgz = t.path().join(format!("layer{i}.tar.gz"));
-        run(Command::new("tar").arg("czf").arg(&tgz).arg("-C").arg(dir).arg("."));
+        run(Command::new("tar")
+            .arg("czf")
+            .arg(&tgz)
+            .arg("-C")
+            .arg(dir)
+            .arg("."));
         layers.push(reg.push_blob("test/img", &tgz));
     }
     let config = t.path().join("config.json");
-    std::fs::write(&config, r#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#).unwrap();
+    std::fs::write(
+        &config,
+        r#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#,
+    )
+    .unwrap();
     let (cd, cs) = reg.push_blob("test/img", &config);
     let layer_json: Vec<String> = layers
         .iter()
@@ -367,42 +715,93 @@ fn filesystem_from_container_image_flattens_layers() {
         layer_json.join(",")
     );
     run(Command::new("curl")
-        .args(["-sf", "-X", "PUT", "-H", "Content-Type: application/vnd.oci.image.manifest.v1+json", "--data-binary", &manifest])
+        .args([
+            "-sf",
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/vnd.oci.image.manifest.v1+json",
+            "--data-binary",
+            &manifest,
+        ])
         .arg(format!("{}/v2/test/img/manifests/v1", reg.base)));
-    let reference = format!("docker://{}/test/img:v1", reg.base.trim_start_matches("http://"));
+    let reference = format!(
+        "docker://{}/test/img:v1",
+        reg.base.trim_start_matches("http://")
+    );
     let lab = Lab::start(vec![disk(
         "root",
-        DiskKind::Filesystem { fstype: "ext4".into(), size_bytes: 32 << 20, contents: Some(FsContents::Container(reference)) },
+        DiskKind::Filesystem {
+            fstype: "ext4".into(),
+            size_bytes: 32 << 20,
+            contents: Some(FsContents::Container(reference)),
+        },
         ResetOn::JobStart,
     )]);
     let img = t.path().join("fs.img");
     run(Command::new("nbdcopy").arg(lab.uri("root")).arg(&img));
     run(Command::new("e2fsck").arg("-fn").arg(&img));
     let ls = run(Command::new("debugfs").arg("-R").arg("ls /etc").arg(&img));
-    assert!(ls.contains(" b ") || ls.contains(" b\n") || ls.contains("b  "), "{ls}");
-    assert!(!ls.contains(".wh.") && !ls.split_whitespace().any(|w| w == "a"), "whiteout not applied: {ls}");
-    assert_eq!(run(Command::new("debugfs").arg("-R").arg("cat /etc/b").arg(&img)), "lower b\n");
-    assert_eq!(run(Command::new("debugfs").arg("-R").arg("cat /hello.txt").arg(&img)), "from the upper layer\n");
+    assert!(
+        ls.contains(" b ") || ls.contains(" b\n") || ls.contains("b  "),
+        "{ls}"
+    );
+    assert!(
+        !ls.contains(".wh.") && !ls.split_whitespace().any(|w| w == "a"),
+        "whiteout not applied: {ls}"
+    );
+    assert_eq!(
+        run(Command::new("debugfs")
+            .arg("-R")
+            .arg("cat /etc/b")
+            .arg(&img)),
+        "lower b\n"
+    );
+    assert_eq!(
+        run(Command::new("debugfs")
+            .arg("-R")
+            .arg("cat /hello.txt")
+            .arg(&img)),
+        "from the upper layer\n"
+    );
 }
 
 #[test]
 fn a_connection_that_outlives_its_job_shares_the_overlay_with_the_next_job() {
-    let spec = || vec![disk("keep", DiskKind::Raw { size_bytes: 1 << 20 }, ResetOn::Never)];
+    let spec = || {
+        vec![disk(
+            "keep",
+            DiskKind::Raw {
+                size_bytes: 1 << 20,
+            },
+            ResetOn::Never,
+        )]
+    };
     let lab = Lab::start(spec());
     lab.rt.block_on(async {
         let mut old = Raw::connect(lab.addr, "127.0.0.1").await;
         assert_eq!(old.go("keep").await, rep::ACK);
-        lab.gw.set_resolved_job(&"local".into(), citron_core::job::ResolvedJob {
-            origin: "again".into(),
-            start: citron_core::job::Step { nbd: spec(), ..Default::default() },
-            continue_: None,
-        })
-        .await
-        .unwrap();
+        lab.gw
+            .set_resolved_job(
+                &"local".into(),
+                citron_core::job::ResolvedJob {
+                    origin: "again".into(),
+                    start: citron_core::job::Step {
+                        nbd: spec(),
+                        ..Default::default()
+                    },
+                    continue_: None,
+                },
+            )
+            .await
+            .unwrap();
         let mut new = Raw::connect(lab.addr, "127.0.0.1").await;
         assert_eq!(new.go("keep").await, rep::ACK);
         assert_eq!(old.request(cmd::WRITE, 0, 8192, 4, b"both").await.0, 0);
-        assert_eq!(new.request(cmd::READ, 0, 8192, 4, b"").await, (0, b"both".to_vec()));
+        assert_eq!(
+            new.request(cmd::READ, 0, 8192, 4, b"").await,
+            (0, b"both".to_vec())
+        );
         assert_eq!(new.request(cmd::FLUSH, 0, 0, 0, b"").await.0, 0);
     });
 }

@@ -60,14 +60,32 @@ fn done_reply(structured: bool, cookie: u64, result: Result<(), ServeError>) -> 
     }
 }
 
-/// Refuses a request the device must not see: past the end, or a write to a read-only disk.
-fn check(dev: &dyn BlockDevice, name: &str, req: &wire::Request, writes: bool) -> Result<(), ServeError> {
+/// Refuses a request the device must not see: a write to a read-only disk (`NBD_EPERM`), or a
+/// range past the end: `NBD_ENOSPC` for WRITE, WRITE_ZEROES and TRIM, `NBD_EINVAL` for READ, as
+/// the protocol document asks. Returns the errno and the message.
+fn check(
+    dev: &dyn BlockDevice,
+    name: &str,
+    req: &wire::Request,
+    writes: bool,
+) -> Result<(), (u32, String)> {
     if writes && dev.readonly() {
-        return Err(ServeError::ReadOnly(name.to_string()));
+        let e = ServeError::ReadOnly(name.to_string());
+        return Err((nbd_error(&e).errno, e.to_string()));
     }
     let size = dev.size();
     if !matches!(req.offset.checked_add(req.len as u64), Some(end) if end <= size) {
-        return Err(ServeError::OutOfRange { offset: req.offset, len: req.len as u64, size });
+        let e = ServeError::OutOfRange {
+            offset: req.offset,
+            len: req.len as u64,
+            size,
+        };
+        let errno = if writes {
+            errno::ENOSPC
+        } else {
+            nbd_error(&e).errno
+        };
+        return Err((errno, e.to_string()));
     }
     Ok(())
 }
@@ -79,25 +97,41 @@ fn plan(export: &Export, structured: bool, req: wire::Request, payload: Bytes) -
     let fua = req.flags & cflag::FUA != 0;
     let known = cflag::FUA | cflag::NO_HOLE | cflag::DF;
     if req.flags & !known != 0 {
-        return Step::Reply(error_reply(structured, cookie, errno::EINVAL, "unknown command flags"));
+        return Step::Reply(error_reply(
+            structured,
+            cookie,
+            errno::EINVAL,
+            "unknown command flags",
+        ));
     }
     let writes = matches!(req.kind, cmd::WRITE | cmd::TRIM | cmd::WRITE_ZEROES);
-    if matches!(req.kind, cmd::READ | cmd::WRITE | cmd::TRIM | cmd::WRITE_ZEROES) {
-        if let Err(e) = check(&*dev, name, &req, writes) {
-            return Step::Reply(done_reply(structured, cookie, Err(e)));
+    if matches!(
+        req.kind,
+        cmd::READ | cmd::WRITE | cmd::TRIM | cmd::WRITE_ZEROES
+    ) {
+        if let Err((errno, message)) = check(&*dev, name, &req, writes) {
+            return Step::Reply(error_reply(structured, cookie, errno, &message));
         }
     }
     let (offset, len) = (req.offset, req.len);
-    let blocking = |f: Box<dyn FnOnce() -> Vec<u8> + Send>| Step::Io(tokio::task::spawn_blocking(f));
+    let blocking =
+        |f: Box<dyn FnOnce() -> Vec<u8> + Send>| Step::Io(tokio::task::spawn_blocking(f));
     match req.kind {
-        cmd::READ if len > MAX_PAYLOAD => {
-            Step::Reply(error_reply(structured, cookie, errno::EINVAL, "read larger than the maximum block size"))
-        }
+        cmd::READ if len > MAX_PAYLOAD => Step::Reply(error_reply(
+            structured,
+            cookie,
+            errno::EINVAL,
+            "read larger than the maximum block size",
+        )),
         cmd::READ => {
             let ticket_bytes = len as u64;
             export.ticket.add_bytes(ticket_bytes);
             blocking(Box::new(move || {
-                let hdr = if structured { wire::STRUCTURED_READ_LEN } else { wire::SIMPLE_REPLY_LEN };
+                let hdr = if structured {
+                    wire::STRUCTURED_READ_LEN
+                } else {
+                    wire::SIMPLE_REPLY_LEN
+                };
                 let mut v = vec![0u8; hdr + len as usize];
                 match dev.read_at(&mut v[hdr..], offset) {
                     Ok(()) => {
@@ -113,18 +147,36 @@ fn plan(export: &Export, structured: bool, req: wire::Request, payload: Bytes) -
             }))
         }
         cmd::WRITE => blocking(Box::new(move || {
-            done_reply(structured, cookie, dev.write_at(&payload, offset, fua).map_err(Into::into))
+            done_reply(
+                structured,
+                cookie,
+                dev.write_at(&payload, offset, fua).map_err(Into::into),
+            )
         })),
         cmd::WRITE_ZEROES => blocking(Box::new(move || {
-            done_reply(structured, cookie, dev.write_zeroes(offset, len as u64, fua).map_err(Into::into))
+            done_reply(
+                structured,
+                cookie,
+                dev.write_zeroes(offset, len as u64, fua)
+                    .map_err(Into::into),
+            )
         })),
         cmd::TRIM => blocking(Box::new(move || {
-            let r = dev.trim(offset, len as u64).and_then(|_| if fua { dev.flush() } else { Ok(()) });
+            let r = dev
+                .trim(offset, len as u64)
+                .and_then(|_| if fua { dev.flush() } else { Ok(()) });
             done_reply(structured, cookie, r.map_err(Into::into))
         })),
-        cmd::FLUSH => blocking(Box::new(move || done_reply(structured, cookie, dev.flush().map_err(Into::into)))),
+        cmd::FLUSH => blocking(Box::new(move || {
+            done_reply(structured, cookie, dev.flush().map_err(Into::into))
+        })),
         cmd::DISC => Step::Disconnect,
-        other => Step::Reply(error_reply(structured, cookie, errno::EINVAL, &format!("unknown command {other}"))),
+        other => Step::Reply(error_reply(
+            structured,
+            cookie,
+            errno::EINVAL,
+            &format!("unknown command {other}"),
+        )),
     }
 }
 
@@ -140,11 +192,16 @@ pub(crate) async fn transmission(
     let mut closing = false;
     loop {
         while !closing && in_flight.len() < MAX_IN_FLIGHT {
-            let Some(req) = wire::parse_request(&buf).map_err(invalid)? else { break };
+            let Some(req) = wire::parse_request(&buf).map_err(invalid)? else {
+                break;
+            };
             if req.kind == cmd::WRITE && req.len > MAX_PAYLOAD {
                 // Its payload cannot be buffered and skipping it would be reading unbounded
                 // data for nothing: the protocol allows closing instead.
-                return Err(invalid(format!("write of {} bytes exceeds the maximum of {MAX_PAYLOAD}", req.len)));
+                return Err(invalid(format!(
+                    "write of {} bytes exceeds the maximum of {MAX_PAYLOAD}",
+                    req.len
+                )));
             }
             let need = wire::REQUEST_LEN + req.payload_len();
             if buf.len() < need {
