@@ -28,7 +28,16 @@ export PATH="$venv/bin:$PATH"
 # already in the venv, and CI need not fetch it twice). The dev profile reuses most of the
 # workspace's debug build.
 export MATURIN_PEP517_ARGS="--profile ${CITRON_PY_PROFILE:-dev}"
-"$py" -m pip install -q --disable-pip-version-check --no-build-isolation --force-reinstall --no-deps ./citron-py
+# The wheel as a user's `pip install ./citron-py` builds it: PEP 517 in an isolated build
+# environment (pip fetches maturin itself); it must be one abi3 wheel for CPython >= 3.9.
+rm -rf "$root/target/wheels"
+"$py" -m pip wheel -q --disable-pip-version-check --no-deps -w "$root/target/wheels" ./citron-py
+whl=$(ls "$root"/target/wheels/citron-*.whl)
+case "$(basename "$whl")" in
+  *-cp39-abi3-*) echo "test-python.sh: built $(basename "$whl")" ;;
+  *) echo "test-python.sh: $(basename "$whl") is not a cp39-abi3 wheel" >&2; exit 1 ;;
+esac
+"$py" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps "$whl"
 
 cd "$root/citron-py"
 # Run from the tests' own directory so that `import citron` is the installed package.

@@ -78,9 +78,9 @@ def test_yaml_syntax_error_is_a_job_error() -> None:
     with pytest.raises(citron.JobError) as info:
         citron.JobDescription.from_yaml("deployment: [\n", filename="broken.yaml")
     [d] = info.value.errors
-    assert (d.file, d.line, d.column, d.field) == ("broken.yaml", 2, 1, "")
+    assert (d.file, d.line, d.column, d.field) == ("broken.yaml", 2, 1, "<document>")
     assert "YAML syntax error" in d.message
-    assert str(d) == f"broken.yaml:2:1: {d.message}"  # no field: no empty "field:" part
+    assert str(d) == f"broken.yaml:2:1: <document>: {d.message}"  # the document has no key to name
 
 
 def test_from_file_names_the_file_and_reads_relative_files(tmp_path: pathlib.Path) -> None:

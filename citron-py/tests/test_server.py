@@ -11,6 +11,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from typing import List, Tuple
 
 import pytest
@@ -42,6 +44,33 @@ def test_a_dut_gets_its_file_and_another_dut_does_not(http_server: citron.Server
     assert (rec["protocol"], rec["path"], rec["bytes"], rec["outcome"]) == ("http", "/hello.txt", 10, "served")
     [refused] = wait_for_accesses(http_server, "dut2", 1)
     assert refused["outcome"] == "refused" and refused["reason"]
+
+
+class _FromAddress(urllib.request.HTTPHandler):
+    """urllib with a chosen source address: how a lab script on a multi-homed host acts as a DUT."""
+
+    def __init__(self, source: str) -> None:
+        super().__init__()
+        self.source = source
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        def connect(host: str, timeout: float = 10.0) -> http.client.HTTPConnection:
+            return http.client.HTTPConnection(host, timeout=timeout, source_address=(self.source, 0))
+
+        return self.do_open(connect, req)  # type: ignore[arg-type]
+
+
+def test_urllib_from_a_dut_address(http_server: citron.Server) -> None:
+    http_server.set_job("dut1", HELLO_JOB)
+    addr = http_server.http_address
+    assert addr is not None
+    url = f"http://{addr[0]}:{addr[1]}/hello.txt"
+    with urllib.request.build_opener(_FromAddress(DUT1)).open(url, timeout=10) as r:
+        assert r.status == 200 and r.read() == b"hello dut1"
+    # The same URL from 127.0.0.1, which is no DUT of the lab: 404, never dut1's file.
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(url, timeout=10)
+    assert e.value.code == 404
 
 
 def test_access_count_is_reset_by_a_boot_event(http_server: citron.Server) -> None:
