@@ -13,12 +13,10 @@ fi
 if [ "${CI:-}" = true ]; then export CITRON_E2E_STRICT=1; fi
 
 scripts/setup-debian.sh --qemu
-[ -x scripts/setup-python.sh ] && scripts/setup-python.sh
+scripts/setup-python.sh
 
 # Build first so the end-to-end tests find the `citron` binary next to them.
 cargo build --locked --all-targets
 cargo test --locked --no-fail-fast
 
-if [ -x scripts/test-python.sh ]; then
-  scripts/test-python.sh
-fi
+scripts/test-python.sh
