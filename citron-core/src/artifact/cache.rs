@@ -106,6 +106,9 @@ struct Entry {
     len: u64,
     used: u64,
     pins: usize,
+    /// Whether this process has seen the file's bytes hash to its name (files found by `open`
+    /// have not, until their first use).
+    verified: bool,
 }
 
 #[derive(Default)]
@@ -243,7 +246,7 @@ impl Cache {
         for (_, d, len) in found {
             index.tick += 1;
             index.total += len;
-            index.entries.insert(d, Entry { len, used: index.tick, pins: 0 });
+            index.entries.insert(d, Entry { len, used: index.tick, pins: 0, verified: false });
         }
         let inner = Arc::new(Inner {
             dir: dir.to_path_buf(),
@@ -329,6 +332,7 @@ impl Cache {
     /// See [`Cache`] for when this needs no download.
     pub async fn get(&self, source: &Source, expected: Option<Digest>) -> Result<CachedArtifact, FetchError> {
         if let Some(d) = expected {
+            self.inner.check_on_disk(d).await;
             if let Some(a) = self.inner.pin(d) {
                 self.inner.hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(a);
@@ -342,6 +346,7 @@ impl Cache {
                 if let Some(e) = expected.filter(|e| *e != d) {
                     return Err(FetchError::DigestMismatch { source_name: "inline data".into(), expected: e, actual: d });
                 }
+                self.inner.check_on_disk(d).await;
                 if let Some(a) = self.inner.pin(d) {
                     self.inner.hits.fetch_add(1, Ordering::Relaxed);
                     return Ok(a);
@@ -438,6 +443,50 @@ impl Inner {
         let s = Arc::new(store_for(&self.s3, bucket)?);
         g.insert(bucket.to_string(), s.clone());
         Ok(s)
+    }
+
+    /// Hashes a file that was in the cache before this process opened it, once, before its
+    /// first use: one changed behind citron's back (disk corruption, a hand edit) is removed,
+    /// so it is fetched again rather than served under a digest it does not have.
+    async fn check_on_disk(&self, digest: Digest) {
+        let unverified = self.index.lock().entries.get(&digest).is_some_and(|e| !e.verified);
+        if !unverified {
+            return;
+        }
+        let path = self.path_of(&digest);
+        let p = path.clone();
+        let actual = tokio::task::spawn_blocking(move || -> std::io::Result<Digest> {
+            use std::io::Read as _;
+            let mut f = std::fs::File::open(&p)?;
+            let mut h = crate::digest::Hasher::new();
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                match f.read(&mut buf)? {
+                    0 => return Ok(h.finish()),
+                    n => h.update(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        let mut idx = self.index.lock();
+        let Some(e) = idx.entries.get_mut(&digest) else { return };
+        match actual {
+            Ok(Ok(d)) if d == digest => e.verified = true,
+            // Pinned meanwhile by another caller that raced this check: leave it to them.
+            _ if e.pins > 0 => {}
+            other => {
+                let why = match other {
+                    Ok(Ok(d)) => format!("its content hashes to {d}"),
+                    Ok(Err(err)) => err.to_string(),
+                    Err(err) => err.to_string(),
+                };
+                tracing::warn!(path = %path.display(), %why, "a cached file does not match its name; removing it");
+                let len = e.len;
+                idx.entries.remove(&digest);
+                idx.total -= len;
+                let _ = std::fs::remove_file(&path);
+            }
+        }
     }
 
     /// Pins `digest` if the cache holds it (and its file is still there) and marks it used.
@@ -537,7 +586,7 @@ impl Inner {
                     let _ = d.sync_all();
                 }
                 idx.total += len;
-                idx.entries.insert(digest, Entry { len, used: 0, pins: 0 });
+                idx.entries.insert(digest, Entry { len, used: 0, pins: 0, verified: true });
                 self.pin_locked(&mut idx, digest, dest)
             }
         };

@@ -600,3 +600,24 @@ async fn artifact_concurrent_gets_share_one_failure() {
     assert_eq!(srv.count("/slow-missing"), 1);
     assert!(files(dir.path()).is_empty());
 }
+
+#[tokio::test]
+async fn a_cached_file_changed_on_disk_is_fetched_again_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let digest = {
+        let cache = open(dir.path(), 1 << 20);
+        let a = cache.get(&data(KERNEL), None).await.unwrap();
+        a.digest
+    };
+    // Behind citron's back, while it is stopped.
+    let path = dir.path().join("sha256").join(digest.hex());
+    std::fs::write(&path, b"tampered").unwrap();
+
+    let cache = open(dir.path(), 1 << 20);
+    let a = cache.get(&data(KERNEL), Some(digest)).await.unwrap();
+    assert!(a.was_fetched(), "a file that no longer matches its name is not a cache hit");
+    assert_eq!(std::fs::read(&a.path).unwrap(), KERNEL);
+    // Once checked, later uses are plain hits.
+    drop(a);
+    assert!(!cache.get(&data(KERNEL), Some(digest)).await.unwrap().was_fetched());
+}
