@@ -294,6 +294,47 @@ fn export_name_opens_a_known_export_and_closes_on_an_unknown_one() {
 }
 
 #[test]
+fn info_describes_an_export_without_opening_it() {
+    if !have_nbdsh() {
+        return;
+    }
+    let lab = Lab::start(vec![disk(
+        "d",
+        DiskKind::Raw {
+            size_bytes: 1 << 20,
+        },
+        ResetOn::JobStart,
+    )]);
+    let overlays = lab.dir.join("disks/overlays");
+    let before = count_files(&overlays);
+    // libnbd in option mode: NBD_OPT_INFO only, then NBD_OPT_ABORT.
+    let script = "h.set_full_info(True)\nh.opt_info()\nassert h.get_size() == 1 << 20\nassert not h.is_read_only() and h.can_trim() and h.can_flush() and h.can_multi_conn()\nassert h.get_canonical_export_name() == 'd'\nassert h.get_block_size(nbd.SIZE_MAXIMUM) == 32 << 20\nh.set_export_name('missing')\ntry:\n    h.opt_info()\n    raise SystemExit('info on a missing export')\nexcept nbd.Error:\n    pass\nh.opt_abort()";
+    run(Command::new("nbdsh").args(["--opt-mode", "-u", &lab.uri("d"), "-c", script]));
+    lab.rt.block_on(async {
+        // Another DUT learns nothing about a private export, and the owner can still GO after INFO.
+        let mut other = Raw::connect(lab.addr, "127.0.0.3").await;
+        assert_eq!(
+            other.info("d", &[]).await.last().unwrap().0,
+            rep::ERR_UNKNOWN
+        );
+        let mut owner = Raw::connect(lab.addr, "127.0.0.1").await;
+        let replies = owner.info("d", &[wire::info::NAME]).await;
+        assert_eq!(replies.last().unwrap().0, rep::ACK);
+        assert!(replies.iter().any(|(k, d)| *k == rep::INFO
+            && d[..2] == wire::info::NAME.to_be_bytes()
+            && &d[2..] == b"d"));
+        assert_eq!(
+            count_files(&overlays),
+            before,
+            "NBD_OPT_INFO opened the export"
+        );
+        assert_eq!(owner.go("d").await, rep::ACK);
+    });
+    // NBD_OPT_GO does open it: the count above can tell.
+    assert!(count_files(&overlays) > before);
+}
+
+#[test]
 fn export_name_refuses_another_duts_private_export() {
     let mut shared = disk(
         "common",

@@ -4,7 +4,7 @@
 use std::io;
 use std::net::IpAddr;
 
-use citron_core::serve::{Catalog, Export, ExportInfo, Protocol};
+use citron_core::serve::{Catalog, Export, ExportInfo, Protocol, ServeError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -47,24 +47,38 @@ fn resolve_name(catalog: &dyn Catalog, peer: IpAddr, name: &str) -> String {
     name.to_string()
 }
 
+/// What `NBD_OPT_INFO` says about `name`: its entry in `peer`'s listing, which holds exactly the
+/// exports `peer` may open. Names it may not see answer like names that do not exist.
+fn describe(catalog: &dyn Catalog, peer: IpAddr, name: &str) -> Result<ExportInfo, ServeError> {
+    catalog.exports(peer).into_iter().find(|e| e.name == name).ok_or_else(|| {
+        tracing::info!(%peer, export = %name, "NBD_OPT_INFO for an export this peer may not see");
+        ServeError::NotFound(name.to_string())
+    })
+}
+
 /// Runs the negotiation. `Ok(None)`: the client ended it (abort, unknown export with
 /// `NBD_OPT_EXPORT_NAME`); `Err`: I/O error or a client breaking the protocol.
-pub(crate) async fn negotiate(s: &mut TcpStream, peer: IpAddr, catalog: &dyn Catalog) -> io::Result<Option<Negotiated>> {
+pub(crate) async fn negotiate(
+    s: &mut TcpStream,
+    peer: IpAddr,
+    catalog: &dyn Catalog,
+) -> io::Result<Option<Negotiated>> {
     let mut out = Vec::with_capacity(64);
     wire::encode_greeting(&mut out);
     s.write_all(&out).await?;
     let mut f = [0u8; 4];
     s.read_exact(&mut f).await?;
-    let flags = wire::parse_client_flags(&f).map_err(invalid)?.unwrap_or_default();
+    let flags = wire::parse_client_flags(&f)
+        .map_err(invalid)?
+        .unwrap_or_default();
     let zeroes = flags & wire::CLIENT_NO_ZEROES == 0;
     let mut structured = false;
     loop {
         let mut hdr = [0u8; wire::OPTION_HEADER_LEN];
         s.read_exact(&mut hdr).await?;
-        let h = wire::parse_option_header(&hdr, MAX_OPTION_LEN).map_err(invalid)?.unwrap_or(wire::OptionHeader {
-            option: 0,
-            len: 0,
-        });
+        let h = wire::parse_option_header(&hdr, MAX_OPTION_LEN)
+            .map_err(invalid)?
+            .unwrap_or(wire::OptionHeader { option: 0, len: 0 });
         let mut data = vec![0u8; h.len as usize];
         s.read_exact(&mut data).await?;
         out.clear();
@@ -74,7 +88,12 @@ pub(crate) async fn negotiate(s: &mut TcpStream, peer: IpAddr, catalog: &dyn Cat
                 let name = resolve_name(catalog, peer, name);
                 match catalog.open_export(peer, Protocol::NBD, &name) {
                     Ok(export) => {
-                        wire::encode_export_name_reply(&mut out, export.info.size, transmission_flags(&export.info), zeroes);
+                        wire::encode_export_name_reply(
+                            &mut out,
+                            export.info.size,
+                            transmission_flags(&export.info),
+                            zeroes,
+                        );
                         s.write_all(&out).await?;
                         return Ok(Some(Negotiated { export, structured }));
                     }
@@ -90,7 +109,12 @@ pub(crate) async fn negotiate(s: &mut TcpStream, peer: IpAddr, catalog: &dyn Cat
                 return Ok(None);
             }
             opt::LIST if !data.is_empty() => {
-                wire::encode_option_reply(&mut out, h.option, rep::ERR_INVALID, b"NBD_OPT_LIST takes no data");
+                wire::encode_option_reply(
+                    &mut out,
+                    h.option,
+                    rep::ERR_INVALID,
+                    b"NBD_OPT_LIST takes no data",
+                );
             }
             opt::LIST => {
                 for e in catalog.exports(peer) {
@@ -99,31 +123,66 @@ pub(crate) async fn negotiate(s: &mut TcpStream, peer: IpAddr, catalog: &dyn Cat
                 wire::encode_option_reply(&mut out, h.option, rep::ACK, &[]);
             }
             opt::INFO | opt::GO => match wire::parse_info_request(&data) {
-                None => wire::encode_option_reply(&mut out, h.option, rep::ERR_INVALID, b"malformed NBD_OPT_INFO/GO data"),
+                None => wire::encode_option_reply(
+                    &mut out,
+                    h.option,
+                    rep::ERR_INVALID,
+                    b"malformed NBD_OPT_INFO/GO data",
+                ),
                 Some(req) => {
                     let name = resolve_name(catalog, peer, &req.name);
-                    match catalog.open_export(peer, Protocol::NBD, &name) {
+                    // INFO only describes: the export is not opened (no overlay is created, no
+                    // access is logged). The listing applies the same rules as opening.
+                    let found = if h.option == opt::GO {
+                        catalog
+                            .open_export(peer, Protocol::NBD, &name)
+                            .map(|e| (e.info.clone(), Some(e)))
+                    } else {
+                        describe(catalog, peer, &name).map(|i| (i, None))
+                    };
+                    match found {
                         Err(e) => {
                             let msg = e.to_string();
-                            wire::encode_option_reply(&mut out, h.option, nbd_error(&e).rep, msg.as_bytes());
+                            wire::encode_option_reply(
+                                &mut out,
+                                h.option,
+                                nbd_error(&e).rep,
+                                msg.as_bytes(),
+                            );
                         }
-                        Ok(export) => {
-                            let i = &export.info;
-                            wire::encode_info_export(&mut out, h.option, i.size, transmission_flags(i));
+                        Ok((i, export)) => {
+                            wire::encode_info_export(
+                                &mut out,
+                                h.option,
+                                i.size,
+                                transmission_flags(&i),
+                            );
                             for r in &req.requests {
                                 match *r {
-                                    info::NAME => wire::encode_info_string(&mut out, h.option, info::NAME, &i.name),
-                                    info::DESCRIPTION => {
-                                        wire::encode_info_string(&mut out, h.option, info::DESCRIPTION, &i.description)
-                                    }
-                                    info::BLOCK_SIZE => {
-                                        wire::encode_info_block_size(&mut out, h.option, 1, 4096, MAX_PAYLOAD)
-                                    }
+                                    info::NAME => wire::encode_info_string(
+                                        &mut out,
+                                        h.option,
+                                        info::NAME,
+                                        &i.name,
+                                    ),
+                                    info::DESCRIPTION => wire::encode_info_string(
+                                        &mut out,
+                                        h.option,
+                                        info::DESCRIPTION,
+                                        &i.description,
+                                    ),
+                                    info::BLOCK_SIZE => wire::encode_info_block_size(
+                                        &mut out,
+                                        h.option,
+                                        1,
+                                        4096,
+                                        MAX_PAYLOAD,
+                                    ),
                                     _ => {}
                                 }
                             }
                             wire::encode_option_reply(&mut out, h.option, rep::ACK, &[]);
-                            if h.option == opt::GO {
+                            if let Some(export) = export {
                                 s.write_all(&out).await?;
                                 return Ok(Some(Negotiated { export, structured }));
                             }
@@ -132,7 +191,12 @@ pub(crate) async fn negotiate(s: &mut TcpStream, peer: IpAddr, catalog: &dyn Cat
                 }
             },
             opt::STRUCTURED_REPLY if !data.is_empty() => {
-                wire::encode_option_reply(&mut out, h.option, rep::ERR_INVALID, b"NBD_OPT_STRUCTURED_REPLY takes no data");
+                wire::encode_option_reply(
+                    &mut out,
+                    h.option,
+                    rep::ERR_INVALID,
+                    b"NBD_OPT_STRUCTURED_REPLY takes no data",
+                );
             }
             opt::STRUCTURED_REPLY => {
                 structured = true;

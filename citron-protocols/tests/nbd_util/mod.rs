@@ -340,6 +340,17 @@ impl Raw {
         self.option(opt::GO, &d).await.last().unwrap().0
     }
 
+    /// `NBD_OPT_INFO` asking for `requests` (`NBD_INFO_*`); returns every reply.
+    pub async fn info(&mut self, name: &str, requests: &[u16]) -> Vec<(u32, Vec<u8>)> {
+        let mut d = (name.len() as u32).to_be_bytes().to_vec();
+        d.extend_from_slice(name.as_bytes());
+        d.extend_from_slice(&(requests.len() as u16).to_be_bytes());
+        for r in requests {
+            d.extend_from_slice(&r.to_be_bytes());
+        }
+        self.option(opt::INFO, &d).await
+    }
+
     /// `NBD_OPT_EXPORT_NAME`: `Some((export size, transmission flags))` and the connection is in
     /// transmission, or `None`: the server closed the connection, its only way to refuse.
     pub async fn export_name(&mut self, name: &str) -> Option<(u64, u16)> {
