@@ -572,6 +572,42 @@ mod tests {
         Ok(String::from_utf8(b.to_vec()).unwrap())
     }
 
+    /// Random request paths (traversal pieces, encodings, control characters, unicode, the
+    /// other DUT's names) from dut1 and from an address that is no DUT: dut1 only ever gets
+    /// dut1's bytes, the stranger nothing, and nothing panics.
+    #[test]
+    fn no_request_path_reaches_another_duts_files() {
+        use proptest::prelude::*;
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let (_d, gw) = rt.block_on(async {
+            let (d, gw) = gateway_with(JOB).await;
+            let other = "deployment:\n  start:\n    kernel: {data: DUT2ONLY-kernel}\n    cmdline: DUT2ONLY\n    storage:\n      http:\n        - {path: /once, data: DUT2ONLY-secret}\n        - {path: /job/dut2.txt, data: DUT2ONLY-file}\n      tftp:\n        - {path: /job/dut2.txt, data: DUT2ONLY-tftp}\n";
+            let job = JobDescription::parse(other, Origin::named("other.yaml")).unwrap();
+            gw.set_job(&"dut2".into(), &job).await.unwrap();
+            (d, gw)
+        });
+        let piece = prop_oneof![
+            Just("..".to_string()), Just(".".to_string()), Just("%2e%2e".to_string()), Just("%2f".to_string()),
+            Just("job".to_string()), Just("boot".to_string()), Just("dut1".to_string()), Just("dut2".to_string()),
+            Just("once".to_string()), Just("dut2.txt".to_string()), Just("boot.ipxe".to_string()), Just("\0".to_string()),
+            Just("\\".to_string()), Just("".to_string()), Just("52-54-00-00-00-02".to_string()), "\\PC{0,4}",
+        ];
+        let path = (prop_oneof![Just(""), Just("/"), Just("//")], prop::collection::vec(piece, 0..6))
+            .prop_map(|(lead, parts)| format!("{lead}{}", parts.join("/")));
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig { cases: 2000, ..ProptestConfig::default() });
+        runner
+            .run(&(path, prop_oneof![Just(Space::Http), Just(Space::Tftp)]), |(p, space)| {
+                if let Ok(got) = read(&gw, DUT1, space, &p) {
+                    prop_assert!(!got.contains("DUT2ONLY"), "dut1 read dut2's bytes at {p:?}: {got:?}");
+                }
+                prop_assert!(read(&gw, "127.0.0.1", space, &p).is_err(), "a stranger read {p:?}");
+                Ok(())
+            })
+            .unwrap();
+        // And dut2 does get its own (the check above is not vacuous).
+        assert_eq!(read(&gw, "127.0.0.3", Space::Http, "job/dut2.txt").unwrap(), "DUT2ONLY-file");
+    }
+
     const JOB: &str = "deployment:
   start:
     kernel: {data: KERNEL}
