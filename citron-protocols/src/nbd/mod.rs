@@ -48,6 +48,7 @@ pub(crate) fn nbd_error(e: &ServeError) -> NbdError {
         ServeError::Forbidden(_) => (rep::ERR_UNKNOWN, errno::EPERM),
         ServeError::Gone(_) => (rep::ERR_UNKNOWN, errno::ESHUTDOWN),
         ServeError::ReadOnly(_) => (rep::ERR_POLICY, errno::EPERM),
+        // Writes past the end answer NBD_ENOSPC instead (`session::check`).
         ServeError::OutOfRange { .. } => (rep::ERR_INVALID, errno::EINVAL),
         ServeError::Io(io) => (
             rep::ERR_INVALID,
