@@ -316,6 +316,12 @@ impl ArtifactSource for DataSource {
 }
 
 /// A local file (`file:`), read in chunks.
+///
+/// An absolute path is taken to be canonical, as [`JobDescription::render`] makes it after
+/// checking it against the allowed roots: the file opened must be that very path, so a
+/// directory swapped for a symlink between the check and the read is refused.
+///
+/// [`JobDescription::render`]: crate::job::JobDescription::render
 #[derive(Debug, Clone)]
 pub struct FileSource {
     path: PathBuf,
@@ -336,6 +342,16 @@ impl ArtifactSource for FileSource {
     async fn fetch(&self, sink: &mut Sink<'_>) -> Result<(), FetchError> {
         let err = |source| FetchError::File { path: self.path.clone(), source };
         let mut f = tokio::fs::File::open(&self.path).await.map_err(err)?;
+        // The job was checked against the allowed roots with this path resolved (no symlinks
+        // left in it). If a directory on the way was swapped for a symlink since, the file
+        // opened is another one: refuse it rather than read outside the roots.
+        // (Absolute paths only: `render` gives canonical ones; a relative path was never checked.)
+        if let Ok(opened) = std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&f))) {
+            if self.path.is_absolute() && opened != self.path {
+                let msg = format!("the file changed since the job was checked (it now resolves to {})", opened.display());
+                return Err(err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, msg)));
+            }
+        }
         sink.set_total(Some(f.metadata().await.map_err(err)?.len()))?;
         let mut buf = vec![0u8; 1 << 20];
         loop {

@@ -621,3 +621,24 @@ async fn a_cached_file_changed_on_disk_is_fetched_again_after_a_restart() {
     drop(a);
     assert!(!cache.get(&data(KERNEL), Some(digest)).await.unwrap().was_fetched());
 }
+
+#[tokio::test]
+async fn a_file_source_swapped_for_a_symlink_after_the_check_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let root_path = std::fs::canonicalize(root.path()).unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::create_dir(root_path.join("job")).unwrap();
+    std::fs::write(root_path.join("job/kernel"), b"inside").unwrap();
+    std::fs::write(outside.path().join("kernel"), b"outside the root").unwrap();
+    // The path as `render` checked it: canonical, inside the root.
+    let checked = root_path.join("job/kernel");
+    // Then the directory is replaced by a symlink out of the root.
+    std::fs::remove_dir_all(root_path.join("job")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), root_path.join("job")).unwrap();
+
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = open(cache_dir.path(), 1 << 20);
+    let e = cache.get(&Source::File(checked), None).await.unwrap_err();
+    assert!(e.to_string().contains("changed since the job was checked"), "{e}");
+    assert_eq!(files(cache_dir.path()), Vec::<String>::new(), "nothing cached");
+}
