@@ -334,26 +334,18 @@ fn info_describes_an_export_without_opening_it() {
     assert!(count_files(&overlays) > before);
 }
 
+/// A job of the first DUT (127.0.0.1) with a private disk `private` and a `shared: true` disk
+/// `common`, 1 MiB each.
+fn private_and_shared_lab() -> Lab {
+    let raw = || DiskKind::Raw { size_bytes: 1 << 20 };
+    let mut shared = disk("common", raw(), ResetOn::JobStart);
+    shared.shared = true;
+    Lab::start(vec![disk("private", raw(), ResetOn::JobStart), shared])
+}
+
 #[test]
 fn export_name_refuses_another_duts_private_export() {
-    let mut shared = disk(
-        "common",
-        DiskKind::Raw {
-            size_bytes: 1 << 20,
-        },
-        ResetOn::JobStart,
-    );
-    shared.shared = true;
-    let lab = Lab::start(vec![
-        disk(
-            "private",
-            DiskKind::Raw {
-                size_bytes: 1 << 20,
-            },
-            ResetOn::JobStart,
-        ),
-        shared,
-    ]);
+    let lab = private_and_shared_lab();
     lab.rt.block_on(async {
         let mut owner = Raw::connect(lab.addr, "127.0.0.1").await;
         assert!(owner.export_name("private").await.is_some());
@@ -439,24 +431,7 @@ fn filesystem_from_tarball_passes_e2fsck() {
 
 #[test]
 fn second_dut_cannot_list_or_open_a_private_export_but_sees_shared_ones() {
-    let mut shared = disk(
-        "common",
-        DiskKind::Raw {
-            size_bytes: 1 << 20,
-        },
-        ResetOn::JobStart,
-    );
-    shared.shared = true;
-    let lab = Lab::start(vec![
-        disk(
-            "private",
-            DiskKind::Raw {
-                size_bytes: 1 << 20,
-            },
-            ResetOn::JobStart,
-        ),
-        shared,
-    ]);
+    let lab = private_and_shared_lab();
     let (owner, other) = lab.rt.block_on(async {
         let mut a = Raw::connect(lab.addr, "127.0.0.1").await;
         let mut b = Raw::connect(lab.addr, "127.0.0.3").await;
