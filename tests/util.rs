@@ -25,9 +25,8 @@ pub fn strict() -> bool {
 /// `true` if `tool` is on PATH. Otherwise prints why the test is skipped and returns `false`,
 /// or panics when `CITRON_E2E_STRICT=1` (a skipped test must not pass in CI).
 pub fn require_tool(tool: &str) -> bool {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| is_executable(&d.join(tool))))
-        .unwrap_or(false);
+    let found =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| is_executable(&d.join(tool)))).unwrap_or(false);
     if found {
         return true;
     }
@@ -81,8 +80,12 @@ pub struct Citron {
     /// API address, if enabled.
     pub api: Option<SocketAddr>,
     stderr: mpsc::Receiver<String>,
+    line: mpsc::Receiver<String>,
     /// Its data directory (a temporary one unless `--data` was given).
     pub data: tempfile::TempDir,
+    /// The `--data` it runs with (`data/state` unless given).
+    pub state: PathBuf,
+    exited: Option<std::process::ExitStatus>,
 }
 
 /// The outcome of starting `citron serve` that did not print its listening line.
@@ -106,6 +109,25 @@ impl Citron {
 
     /// Like [`start`](Self::start), but returns what went wrong instead of panicking.
     pub fn try_start(args: &[&str]) -> Result<Citron, StartFailure> {
+        let mut c = Self::spawn(args);
+        match c.wait_listening(START_TIMEOUT) {
+            true => Ok(c),
+            false => {
+                let _ = c.child.kill();
+                let status = c.child.wait().ok();
+                let mut stderr = String::new();
+                while let Ok(l) = c.stderr.recv_timeout(Duration::from_secs(2)) {
+                    stderr.push_str(&l);
+                }
+                Err(StartFailure { status, stderr })
+            }
+        }
+    }
+
+    /// Starts `citron serve` as [`start`](Self::start) does but returns at once, before it
+    /// printed its listening line (the addresses are not known yet: see
+    /// [`wait_listening`](Self::wait_listening)). For start-up itself, e.g. a long `--job`.
+    pub fn spawn(args: &[&str]) -> Citron {
         let data = tempfile::tempdir().expect("a temporary directory");
         let mut cmd = Command::new(citron_bin());
         cmd.arg("serve");
@@ -114,9 +136,14 @@ impl Citron {
                 cmd.args([flag, "127.0.0.1:0"]);
             }
         }
-        if !args.contains(&"--data") {
-            cmd.arg("--data").arg(data.path().join("state"));
-        }
+        let state = match args.iter().position(|a| *a == "--data") {
+            Some(i) => PathBuf::from(args.get(i + 1).copied().unwrap_or_default()),
+            None => {
+                let s = data.path().join("state");
+                cmd.arg("--data").arg(&s);
+                s
+            }
+        };
         cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
@@ -147,29 +174,26 @@ impl Citron {
                 }
             }
         });
-        let line = line_rx.recv_timeout(START_TIMEOUT).unwrap_or_default();
-        let Some(rest) = line.trim().strip_prefix("citron: listening ") else {
-            let _ = child.kill();
-            let status = child.wait().ok();
-            let mut stderr = String::new();
-            while let Ok(l) = err_rx.recv_timeout(Duration::from_secs(2)) {
-                stderr.push_str(&l);
-            }
-            return Err(StartFailure { status, stderr });
-        };
-        let mut c = Citron { child, http: None, tftp: None, nbd: None, api: None, stderr: err_rx, data };
+        Citron { child, http: None, tftp: None, nbd: None, api: None, stderr: err_rx, line: line_rx, data, state, exited: None }
+    }
+
+    /// Waits (at most `timeout`) for the listening line and fills in the addresses; `false` if
+    /// citron exited or printed something else first.
+    pub fn wait_listening(&mut self, timeout: Duration) -> bool {
+        let line = self.line.recv_timeout(timeout).unwrap_or_default();
+        let Some(rest) = line.trim().strip_prefix("citron: listening ") else { return false };
         for kv in rest.split_whitespace() {
             let (k, v) = kv.split_once('=').expect("key=value in the listening line");
             let a = if v == "off" { None } else { Some(v.parse().expect("an address in the listening line")) };
             match k {
-                "http" => c.http = a,
-                "tftp" => c.tftp = a,
-                "nbd" => c.nbd = a,
-                "api" => c.api = a,
+                "http" => self.http = a,
+                "tftp" => self.tftp = a,
+                "nbd" => self.nbd = a,
+                "api" => self.api = a,
                 other => panic!("unknown key {other} in the listening line"),
             }
         }
-        Ok(c)
+        true
     }
 
     /// `http://ADDR/path` of the HTTP server.
@@ -189,10 +213,25 @@ impl Citron {
 
     /// Sends SIGTERM and waits (at most `timeout`) for the exit status.
     pub fn terminate(mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        self.signal("TERM");
+        self.wait_exit(timeout)
+    }
+
+    /// Sends signal `name` (`INT`, `TERM`, ...) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let st = Command::new("kill").args([&format!("-{name}"), &self.child.id().to_string()]).status();
+        assert!(st.is_ok_and(|s| s.success()), "kill -{name} failed");
+    }
+
+    /// Waits (at most `timeout`) for citron to exit; `None` if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        if self.exited.is_some() {
+            return self.exited;
+        }
         let deadline = std::time::Instant::now() + timeout;
         while std::time::Instant::now() < deadline {
             if let Ok(Some(s)) = self.child.try_wait() {
+                self.exited = Some(s);
                 return Some(s);
             }
             std::thread::sleep(Duration::from_millis(20));

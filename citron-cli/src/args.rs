@@ -9,7 +9,8 @@ pub const EXIT_CODES: &str = "\
 Exit codes:
   0  success (validate: every job is valid; serve: stopped by SIGINT/SIGTERM)
   1  a job description is invalid (its errors are printed as file:line:col: message)
-  2  usage error, unreadable lab file, or a server that could not start";
+  2  usage error, unreadable lab file, or a server that could not start
+  130/143  serve: a second SIGINT/SIGTERM, which stops without waiting for transfers";
 
 /// citron: the artifact server of a CI test lab.
 #[derive(Debug, Parser)]
@@ -71,7 +72,8 @@ pub enum Command {
         /// NBD address, or `off`.
         #[arg(long, value_name = "ADDR", default_value = citron_protocols::server::DEFAULT_NBD)]
         nbd: String,
-        /// Lab API address, or `off`. Beyond loopback the lab file must set `api_token`.
+        /// Lab API address, or `off`. Beyond loopback the lab file must set `api_token`; once set,
+        /// it is required on every address, loopback included.
         #[arg(long, value_name = "ADDR", default_value = citron_protocols::server::DEFAULT_API)]
         api: String,
         /// The address DUTs reach citron at, when listening on 0.0.0.0 or [::].

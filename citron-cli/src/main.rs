@@ -10,12 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
-use clap::Parser;
 use citron_core::job::{JobDescription, RenderContext};
 use citron_core::lab::LabConfig;
 use citron_core::namespace::{Dut, DutId};
 use citron_core::{Gateway, GatewayError};
 use citron_protocols::server::ServerBuilder;
+use clap::Parser;
 
 use args::{Cli, Command};
 
@@ -111,6 +111,9 @@ fn addr(flag: &str, v: &str) -> anyhow::Result<Option<SocketAddr>> {
 }
 
 async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
+    // First of all, so that a signal during start-up (a long --job download) stops citron
+    // cleanly instead of killing it.
+    let mut signals = Signals::install()?;
     let lab = load_lab(a.lab.as_deref())?;
     let mut jobs = Vec::new();
     for j in &a.jobs {
@@ -124,31 +127,48 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     // Every argument is checked before anything is created on disk.
     let (http, tftp, nbd, api) = (addr("http", &a.http)?, addr("tftp", &a.tftp)?, addr("nbd", &a.nbd)?, addr("api", &a.api)?);
     let gw = Gateway::new(lab, &a.data).with_context(|| format!("cannot use the data directory {}", a.data.display()))?;
-    let server = ServerBuilder::new(gw.clone())
-        .http(http)
-        .tftp(tftp)
-        .nbd(nbd)
-        .api(api)
-        .advertise(a.advertise)
-        .start()
-        .await?;
+    let server = ServerBuilder::new(gw.clone()).http(http).tftp(tftp).nbd(nbd).api(api).advertise(a.advertise).start().await?;
     // Jobs are loaded once the servers are bound, so that their templates see the real ports.
-    for (id, path) in &jobs {
-        let loaded = match JobDescription::from_file(path) {
-            Ok(job) => gw.set_trusted_job(id, &job).await,
-            Err(e) => Err(GatewayError::Job(e)),
-        };
-        match loaded {
-            Ok(()) => {}
-            Err(GatewayError::Job(e)) => {
-                eprintln!("{e}");
-                server.shutdown().await;
-                return Ok(ExitCode::from(1));
+    // A signal meanwhile drops the loading: a download in flight stops and its temporary file
+    // is deleted (at the latest when the runtime shuts down, before the process exits).
+    let load = async {
+        for (id, path) in &jobs {
+            let loaded = match JobDescription::from_file(path) {
+                Ok(job) => gw.set_trusted_job(id, &job).await,
+                Err(e) => Err(GatewayError::Job(e)),
+            };
+            match loaded {
+                Ok(()) => {}
+                Err(GatewayError::Job(e)) => {
+                    eprintln!("{e}");
+                    return Ok(Some(ExitCode::from(1)));
+                }
+                Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot load {} for {id}", path.display()))),
             }
-            Err(e) => {
-                server.shutdown().await;
-                return Err(anyhow::Error::new(e).context(format!("cannot load {} for {id}", path.display())));
-            }
+        }
+        Ok::<_, anyhow::Error>(None)
+    };
+    let loaded = tokio::select! {
+        r = load => Some(r),
+        s = signals.recv() => {
+            tracing::info!("{s} during start-up: stopping before every job is loaded");
+            None
+        }
+    };
+    match loaded {
+        Some(Ok(None)) => {}
+        Some(Ok(Some(code))) => {
+            server.shutdown().await;
+            return Ok(code);
+        }
+        Some(Err(e)) => {
+            server.shutdown().await;
+            return Err(e);
+        }
+        None => {
+            signals.exit_on_next();
+            server.shutdown().await;
+            return Ok(ExitCode::SUCCESS);
         }
     }
     {
@@ -157,18 +177,47 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         out.flush()?;
     }
     tracing::info!("{}", server.listening_line());
-    wait_for_signal().await?;
-    tracing::info!("shutting down");
+    let s = signals.recv().await;
+    tracing::info!(
+        "{s}: shutting down (transfers in flight may finish for {:?}; a second signal stops at once)",
+        citron_protocols::http::SHUTDOWN_GRACE
+    );
+    signals.exit_on_next();
     server.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("cannot install the SIGINT handler")?,
-        _ = term.recv() => {}
+/// SIGINT and SIGTERM, handled from the start of `serve` on.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            int: signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?,
+            term: signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?,
+        })
     }
-    Ok(())
+
+    /// The next signal's name.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => "SIGTERM",
+        }
+    }
+
+    /// From now on a signal ends the process at once, without waiting for transfers: exit code
+    /// 130 (SIGINT) or 143 (SIGTERM), as a shell reports a process killed by them. Partial
+    /// downloads left in the cache's `tmp/` are deleted at the next start.
+    fn exit_on_next(mut self) {
+        tokio::spawn(async move {
+            let s = self.recv().await;
+            eprintln!("citron: {s} again: exiting without waiting for transfers");
+            std::process::exit(if s == "SIGINT" { 130 } else { 143 });
+        });
+    }
 }

@@ -11,8 +11,9 @@
 //! | `GET /api/v1/openapi.json` | the OpenAPI 3 description of all this |
 //!
 //! Errors are `{"error": "..."}` with a 4xx/5xx status; an invalid job is 422 with every error
-//! and its position in `errors`. When the API listens beyond loopback every request needs
-//! `Authorization: Bearer <api_token>` (the lab file's).
+//! and its position in `errors`. When the lab file sets `api_token`, every request needs
+//! `Authorization: Bearer <api_token>`, on whatever address the API listens (loopback included);
+//! without a token the API may only listen on loopback.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -21,7 +22,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use citron_core::job::{JobDescription, JobErrors, Origin};
+use citron_core::job::{JobErrors, Origin};
 use citron_core::lifetime::Event;
 use citron_core::namespace::{Dut, DutId, RegistryError};
 use citron_core::{Gateway, GatewayError};
@@ -33,6 +34,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 /// The largest request body accepted (a job description).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -50,8 +52,11 @@ pub async fn serve(
 ) -> io::Result<()> {
     let api = Arc::new(Api { gateway, token });
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Dropped (aborting what still runs) when this future is, or after the grace period.
+    let mut conns: JoinSet<()> = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
+        while conns.try_join_next().is_some() {}
         let (stream, peer) = tokio::select! {
             _ = &mut shutdown => break,
             r = listener.accept() => match r {
@@ -65,7 +70,7 @@ pub async fn serve(
         };
         let api = api.clone();
         let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
+        conns.spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let api = api.clone();
                 async move { Ok::<_, Infallible>(api.handle(req, peer).await) }
@@ -81,7 +86,15 @@ pub async fn serve(
             }
         });
     }
+    drop(listener);
     let _ = stop_tx.send(true);
+    // Requests in flight (a job being loaded) may finish, for as long as HTTP transfers may.
+    let grace = crate::http::SHUTDOWN_GRACE;
+    if tokio::time::timeout(grace, async { while conns.join_next().await.is_some() {} }).await.is_err() {
+        tracing::warn!(connections = conns.len(), "api: requests still running {grace:?} after shutdown; cutting them");
+        conns.abort_all();
+        while conns.join_next().await.is_some() {}
+    }
     Ok(())
 }
 
@@ -133,11 +146,10 @@ fn gateway_status(e: &GatewayError) -> StatusCode {
 }
 
 fn job_errors_json(e: &JobErrors) -> Value {
-    let list: Vec<Value> = e
-        .0
-        .iter()
-        .map(|e| json!({"file": e.file, "line": e.line, "column": e.column, "field": e.field, "message": e.message}))
-        .collect();
+    let list: Vec<Value> =
+        e.0.iter()
+            .map(|e| json!({"file": e.file, "line": e.line, "column": e.column, "field": e.field, "message": e.message}))
+            .collect();
     json!({"error": e.to_string(), "errors": list})
 }
 
@@ -177,10 +189,14 @@ impl Api {
 
     fn authorize(&self, req: &Request<Incoming>) -> Result<(), ApiError> {
         let Some(tok) = &self.token else { return Ok(()) };
-        let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        let given =
+            req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
         match given {
             Some(g) if token_eq(g.trim().as_bytes(), tok.as_bytes()) => Ok(()),
-            _ => Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token: send Authorization: Bearer <api_token from the lab file>")),
+            _ => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token: send Authorization: Bearer <api_token from the lab file>",
+            )),
         }
     }
 
@@ -190,7 +206,8 @@ impl Api {
         let m = req.method().clone();
         let gw = &self.gateway;
         let dut = |id: &str| -> Result<Dut, ApiError> {
-            gw.dut(&DutId::from(id)).ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, GatewayError::UnknownDut(DutId::from(id)).to_string()))
+            gw.dut(&DutId::from(id))
+                .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, GatewayError::UnknownDut(DutId::from(id)).to_string()))
         };
         let gwerr = |e: GatewayError| ApiError::new(gateway_status(&e), e.to_string());
         let not_allowed = || ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("{m} is not allowed on {path}"));
@@ -212,11 +229,17 @@ impl Api {
                 _ => Err(not_allowed()),
             },
             ["api", "v1", "duts"] => match m {
-                Method::GET => Ok(json_response(StatusCode::OK, &Value::Array(gw.duts().iter().map(|d| dut_json(gw, d)).collect()))),
+                Method::GET => {
+                    Ok(json_response(StatusCode::OK, &Value::Array(gw.duts().iter().map(|d| dut_json(gw, d)).collect())))
+                }
                 Method::POST => {
                     let body = read_body(req).await?;
-                    let d: Dut = serde_json::from_slice(&body)
-                        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("the body must be a DUT as JSON ({{\"id\": ..., \"ip\": [...]}}): {e}")))?;
+                    let d: Dut = serde_json::from_slice(&body).map_err(|e| {
+                        ApiError::new(
+                            StatusCode::BAD_REQUEST,
+                            format!("the body must be a DUT as JSON ({{\"id\": ..., \"ip\": [...]}}): {e}"),
+                        )
+                    })?;
                     gw.add_dut(d.clone()).map_err(gwerr)?;
                     tracing::info!(dut = %d.id, "api: DUT added");
                     Ok(json_response(StatusCode::CREATED, &dut_json(gw, &d)))
@@ -236,10 +259,10 @@ impl Api {
                 Method::PUT => {
                     let d = dut(id)?;
                     let body = read_body(req).await?;
-                    let text = String::from_utf8(body.to_vec()).map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "the job must be UTF-8 YAML"))?;
-                    let job = JobDescription::parse(&text, Origin::named(format!("api:{}", d.id)))
-                        .map_err(|e| ApiError::job(&e))?;
-                    match gw.set_job(&d.id, &job).await {
+                    let text = String::from_utf8(body.to_vec())
+                        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "the job must be UTF-8 YAML"))?;
+                    // Shape and render problems together, as `citron validate` reports them.
+                    match gw.set_job_yaml(&d.id, &text, Origin::named(format!("api:{}", d.id))).await {
                         Ok(()) => Ok(json_response(StatusCode::OK, &dut_json(gw, &d))),
                         Err(GatewayError::Job(e)) => Err(ApiError::job(&e)),
                         Err(e) => Err(gwerr(e)),
@@ -255,8 +278,13 @@ impl Api {
                 Method::POST => {
                     let d = dut(id)?;
                     let body = read_body(req).await?;
-                    let v: Value = serde_json::from_slice(&body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("the body must be JSON like {{\"event\": \"boot\"}}: {e}")))?;
-                    let name = v.get("event").and_then(Value::as_str).ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "missing \"event\": boot, job_start or job_end"))?;
+                    let v: Value = serde_json::from_slice(&body).map_err(|e| {
+                        ApiError::new(StatusCode::BAD_REQUEST, format!("the body must be JSON like {{\"event\": \"boot\"}}: {e}"))
+                    })?;
+                    let name = v
+                        .get("event")
+                        .and_then(Value::as_str)
+                        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "missing \"event\": boot, job_start or job_end"))?;
                     let ev: Event = name.parse().map_err(|e: String| ApiError::new(StatusCode::BAD_REQUEST, e))?;
                     gw.event(&d.id, ev).map_err(gwerr)?;
                     Ok(no_content())
@@ -278,7 +306,10 @@ impl Api {
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
     match Limited::new(req.into_body(), MAX_BODY_BYTES).collect().await {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) => Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("cannot read the body (at most {MAX_BODY_BYTES} bytes): {e}"))),
+        Err(e) => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("cannot read the body (at most {MAX_BODY_BYTES} bytes): {e}"),
+        )),
     }
 }
 

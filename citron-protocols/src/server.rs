@@ -43,7 +43,8 @@ pub const DEFAULT_HTTP: &str = "127.0.0.1:8080";
 pub const DEFAULT_TFTP: &str = "127.0.0.1:6969";
 /// Default NBD address: loopback, the IANA NBD port.
 pub const DEFAULT_NBD: &str = "127.0.0.1:10809";
-/// Default lab API address: loopback only, so no token is needed.
+/// Default lab API address: loopback only, so no token is needed (one set in the lab file is
+/// still required).
 pub const DEFAULT_API: &str = "127.0.0.1:8081";
 
 /// Why a server could not start.
@@ -61,7 +62,9 @@ pub enum ServerError {
         source: io::Error,
     },
     /// The API would be reachable beyond this machine without authentication.
-    #[error("the API listens on {0}, which is not a loopback address: set `api_token` in the lab file, or bind the API to 127.0.0.1")]
+    #[error(
+        "the API listens on {0}, which is not a loopback address: set `api_token` in the lab file, or bind the API to 127.0.0.1"
+    )]
     ApiTokenRequired(SocketAddr),
 }
 
@@ -123,6 +126,9 @@ impl ServerBuilder {
     }
 
     /// Binds every enabled backend, sets the gateway's endpoints and starts serving.
+    ///
+    /// The API requires the lab's `api_token` as a bearer token whenever the lab file sets
+    /// one, whatever the address; without one it refuses to listen beyond loopback.
     pub async fn start(self) -> Result<RunningServer, ServerError> {
         if let Some(a) = self.api {
             if !a.ip().is_loopback() && self.gateway.lab().api_token.is_none() {
@@ -182,7 +188,9 @@ impl ServerBuilder {
             tasks.push(spawn("nbd", crate::nbd::serve(l, catalog.clone(), stop())));
         }
         if let Some(l) = api {
-            let token = if addrs.api.is_some_and(|a| a.ip().is_loopback()) { None } else { self.gateway.lab().api_token.clone() };
+            // A token in the lab file is always required, loopback included: it is there
+            // because the admin wants the API closed, and local users may be others.
+            let token = self.gateway.lab().api_token.clone();
             tasks.push(spawn("api", crate::api::serve(l, self.gateway.clone(), token, stop())));
         }
         Ok(RunningServer { addrs, gateway: self.gateway, stop: stop_tx, tasks })
@@ -213,7 +221,10 @@ fn endpoints(a: &Addrs, advertise: Option<IpAddr>) -> Endpoints {
     }
 }
 
-fn spawn(name: &'static str, fut: impl Future<Output = io::Result<()>> + Send + 'static) -> (&'static str, JoinHandle<io::Result<()>>) {
+fn spawn(
+    name: &'static str,
+    fut: impl Future<Output = io::Result<()>> + Send + 'static,
+) -> (&'static str, JoinHandle<io::Result<()>>) {
     (
         name,
         tokio::spawn(async move {

@@ -108,7 +108,7 @@ fn dut_job_event_round_trip() {
     assert_eq!(call("GET", &c.api_url("/api/v1/duts/dut7/accesses"), None).0, 404);
 }
 
-/// With a token (as when the API listens beyond loopback), every route needs it.
+/// `api::serve` with a token: every route needs it.
 #[test]
 fn bearer_token_is_required_when_configured() {
     if !require_tool("curl") {
@@ -141,4 +141,93 @@ fn bearer_token_is_required_when_configured() {
     assert!(m.ends_with("401") && m.contains("\"error\""), "{m}");
     let _ = stop_tx.send(());
     rt.block_on(task).unwrap().unwrap();
+}
+
+/// The value of the Prometheus sample `name` (with its labels, e.g.
+/// `citron_bytes_total{protocol="http",dut="dut1"}`), 0 if absent.
+fn sample(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .map(|v| v.trim().parse().unwrap_or_else(|_| panic!("{name}: {v:?} is not a number")))
+        .unwrap_or(0)
+}
+
+/// The counters move as a DUT is served: requests and bytes by DUT after a read, cache misses
+/// when a job's artifact is new to the cache, hits when another job has the same bytes.
+#[test]
+fn metrics_count_bytes_and_cache_hits_and_misses() {
+    if !require_tool("curl") {
+        return;
+    }
+    let c = Citron::start(&["--tftp", "off", "--nbd", "off"]);
+    let metrics = || {
+        let o = curl(&["-f", &c.api_url("/metrics")]);
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        o.stdout
+    };
+    let (bytes1, req1) =
+        ("citron_bytes_total{protocol=\"http\",dut=\"dut1\"}", "citron_requests_total{protocol=\"http\",dut=\"dut1\"}");
+    let (hits, misses) = ("citron_cache_hits_total", "citron_cache_misses_total");
+    let m0 = metrics();
+    for n in [hits, misses] {
+        assert!(m0.contains(&format!("# TYPE {n} counter")), "{m0}");
+    }
+    let payload = "a payload of forty-two bytes for /metrics";
+    let job =
+        format!("deployment:\n  start:\n    storage:\n      http:\n        - path: /m.txt\n          data: \"{payload}\"\n");
+    assert_eq!(call("PUT", &c.api_url("/api/v1/duts/dut1/job"), Some(&job)).0, 200);
+    let m1 = metrics();
+    assert_eq!(sample(&m1, misses), sample(&m0, misses) + 1, "new bytes are a miss:\n{m1}");
+    assert_eq!(sample(&m1, hits), sample(&m0, hits), "{m1}");
+    // The same bytes for another DUT: found in the cache.
+    assert_eq!(call("PUT", &c.api_url("/api/v1/duts/dut2/job"), Some(&job)).0, 200);
+    let m2 = metrics();
+    assert_eq!(sample(&m2, hits), sample(&m1, hits) + 1, "the same bytes are a hit:\n{m2}");
+    assert_eq!(sample(&m2, misses), sample(&m1, misses), "{m2}");
+
+    assert_eq!(get_as("127.0.0.2", &c.http_url("/m.txt")), (200, payload.to_string()));
+    assert_eq!(get_as("127.0.0.2", &c.http_url("/m.txt")), (200, payload.to_string()));
+    let m3 = metrics();
+    assert_eq!(sample(&m3, bytes1), sample(&m2, bytes1) + 2 * payload.len() as u64, "{m3}");
+    assert_eq!(sample(&m3, req1), sample(&m2, req1) + 2, "{m3}");
+    let bytes2 = "citron_bytes_total{protocol=\"http\",dut=\"dut2\"}";
+    assert_eq!(sample(&m3, bytes2), sample(&m2, bytes2), "dut2 read nothing: {m3}");
+}
+
+/// A lab file with `api_token`, the API on loopback (as deployed, but only loopback in tests):
+/// the token is required on every route, loopback or not.
+#[test]
+fn binary_requires_the_lab_files_token_on_loopback_too() {
+    if !require_tool("curl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let lab = dir.path().join("lab.yaml");
+    std::fs::write(&lab, "duts:\n  - id: dut1\n    ip: [\"127.0.0.2\"]\napi_token: t0k3n-from-the-lab-file\n").unwrap();
+    let c = Citron::start(&["--lab", lab.to_str().unwrap(), "--api", "127.0.0.1:0", "--tftp", "off", "--nbd", "off"]);
+    assert!(c.api.unwrap().ip().is_loopback());
+    for path in ["/api/v1/duts", "/metrics", "/api/v1/openapi.json", "/api/v1/duts/dut1/accesses"] {
+        let u = c.api_url(path);
+        for (hdr, want) in [
+            (None, 401),
+            (Some("Authorization: Bearer wrong"), 401),
+            (Some("Authorization: t0k3n-from-the-lab-file"), 401),
+            (Some("Authorization: Bearer t0k3n-from-the-lab-file"), 200),
+        ] {
+            let mut a = vec!["-o", "/dev/null", "-w", "%{http_code}"];
+            if let Some(h) = hdr {
+                a.extend_from_slice(&["-H", h]);
+            }
+            a.push(&u);
+            assert_eq!(curl(&a).stdout.trim(), want.to_string(), "{path} with {hdr:?}");
+        }
+    }
+    let o = curl(&["-D", "-", &c.api_url("/api/v1/duts")]).stdout;
+    assert!(o.to_ascii_lowercase().contains("www-authenticate: bearer"), "{o}");
+    let o = curl(&["-H", "Authorization: Bearer t0k3n-from-the-lab-file", &c.api_url("/api/v1/duts")]).stdout;
+    let v: Value = serde_json::from_str(&o).unwrap();
+    assert_eq!(v[0]["id"], "dut1", "{v}");
+    // HTTP for the DUTs is not the API: no token there.
+    assert_eq!(get_as("127.0.0.2", &c.http_url("/nothing")).0, 404);
 }

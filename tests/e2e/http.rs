@@ -1,9 +1,10 @@
 //! The HTTP backend with real curl: DUT namespaces by source address, lifetimes, ranges,
 //! conditional requests, traversal attempts and the generated boot script.
 //!
-//! Most tests load jobs built in code into an in-process server (`ServerBuilder`, the code
-//! `citron serve` runs), so they exercise HTTP without depending on the YAML parser; the last
-//! ones start the real binary with YAML jobs.
+//! Each check runs twice: on an in-process server with jobs built in code (`ServerBuilder`, the
+//! code `citron serve` runs), which exercises HTTP without depending on the YAML parser, and on
+//! the real `citron` binary with YAML jobs (`--job` and `PUT /api/v1/duts/{id}/job`) and the
+//! API driven by curl (`binary_*`).
 
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use citron_core::job::{FileSpec, Lifetime, ResolvedJob, Source, Step};
 use citron_core::lab::LabConfig;
 use citron_core::lifetime::Event;
 use citron_core::Gateway;
-use citron_core::{Digest, namespace::DutId};
+use citron_core::{namespace::DutId, Digest};
 use citron_protocols::server::{RunningServer, ServerBuilder};
 use citron_tests::{curl, curl_status, require_tool, workspace_root, Citron};
 
@@ -118,15 +119,27 @@ fn access_count_admits_exactly_one_of_fifty_concurrent_reads_until_boot() {
     let mut secret = data("job/secret", "MYSECRET_KEY: s3cr3t");
     secret.lifetime.access_count = Some(1);
     lab.set("dut1", http_step(vec![secret]));
-    let u = lab.url("/job/secret");
-    // HEAD only looks: it uses up nothing.
-    let head = curl(&["--interface", "127.0.0.2", "-I", "-o", "/dev/null", "-w", "%{http_code}", &u]);
+    check_read_once(&lab.url("/job/secret"), "MYSECRET_KEY: s3cr3t", &|| {
+        lab.gw.event(&DutId::from("dut1"), Event::Boot).unwrap()
+    });
+}
+
+/// `secret` is dut1's (127.0.0.2) with `access_count: 1`: looking (HEAD) and a refused range
+/// (416) use up nothing; of 50 concurrent reads exactly one succeeds; `boot` resets it; a
+/// served range counts as a read.
+fn check_read_once(secret: &str, content: &str, boot: &dyn Fn()) {
+    let u = secret;
+    let head = curl(&["--interface", "127.0.0.2", "-I", "-o", "/dev/null", "-w", "%{http_code}", u]);
     assert_eq!(head.stdout.trim(), "200");
+    // Out of range: 416, and the read-once secret is still there.
+    let o = curl(&["--interface", "127.0.0.2", "-r", "100000-", "-D", "-", "-o", "/dev/null", u]);
+    assert!(o.stdout.starts_with("HTTP/1.1 416"), "{}", o.stdout);
+    assert!(o.stdout.to_ascii_lowercase().contains(&format!("content-range: bytes */{}", content.len())), "{}", o.stdout);
 
     let children: Vec<_> = (0..50)
         .map(|_| {
             std::process::Command::new("curl")
-                .args(["-s", "--max-time", "30", "--interface", "127.0.0.2", "-o", "/dev/null", "-w", "%{http_code}", &u])
+                .args(["-s", "--max-time", "30", "--interface", "127.0.0.2", "-o", "/dev/null", "-w", "%{http_code}", u])
                 .stdout(std::process::Stdio::piped())
                 .spawn()
                 .unwrap()
@@ -138,10 +151,15 @@ fn access_count_admits_exactly_one_of_fifty_concurrent_reads_until_boot() {
     let gone = codes.iter().filter(|c| c.as_str() == "410").count();
     assert_eq!((ok, gone), (1, 49), "{codes:?}");
 
-    assert_eq!(fetch("127.0.0.2", &u).0, 410);
-    lab.gw.event(&DutId::from("dut1"), Event::Boot).unwrap();
-    assert_eq!(fetch("127.0.0.2", &u), (200, "MYSECRET_KEY: s3cr3t".into()));
-    assert_eq!(fetch("127.0.0.2", &u).0, 410);
+    assert_eq!(fetch("127.0.0.2", u).0, 410);
+    boot();
+    // A range that is served is a read.
+    let o = curl(&["--interface", "127.0.0.2", "-r", "0-3", "-w", "\n%{http_code}", u]);
+    assert_eq!(o.stdout, format!("{}\n206", &content[..4]));
+    assert_eq!(fetch("127.0.0.2", u).0, 410);
+    boot();
+    assert_eq!(fetch("127.0.0.2", u), (200, content.into()));
+    assert_eq!(fetch("127.0.0.2", u).0, 410);
 }
 
 #[test]
@@ -150,15 +168,28 @@ fn ranges_etags_and_methods() {
         return;
     }
     let lab = Lab::new();
-    // Larger than one streaming chunk and than the inline limit, not a multiple of either.
-    let big = pattern(3 * 1024 * 1024 + 12345);
-    let digest = Digest::of(&big);
+    let big = big_file();
     lab.set("dut1", http_step(vec![data("img/big.bin", big.clone()), data("small.txt", "0123456789")]));
+    check_ranges_and_etags(&|p| lab.url(p), &big);
+    // The access log: every read of the big file ended as served, with its bytes.
+    let log = lab.gw.accesses(&DutId::from("dut1")).unwrap();
+    assert!(log.iter().any(|r| r.path == "/img/big.bin" && r.bytes == big.len() as u64), "{log:?}");
+}
+
+/// Larger than one streaming chunk and than the inline limit, not a multiple of either.
+fn big_file() -> Vec<u8> {
+    pattern(3 * 1024 * 1024 + 12345)
+}
+
+/// dut1 (127.0.0.2) has `big` at `/img/big.bin` and `0123456789` at `/small.txt`.
+fn check_ranges_and_etags(url: &dyn Fn(&str) -> String, big: &[u8]) {
+    let digest = Digest::of(big);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let outs = out.to_str().unwrap();
-    let u = lab.url("/img/big.bin");
+    let u = url("/img/big.bin");
     let dl = |extra: &[&str]| -> (u16, Vec<u8>) {
+        let _ = std::fs::remove_file(&out);
         let mut a = vec!["--interface", "127.0.0.2", "-o", outs, "-w", "%{http_code}"];
         a.extend_from_slice(extra);
         a.push(&u);
@@ -166,16 +197,28 @@ fn ranges_etags_and_methods() {
         (o.stdout.trim().parse().unwrap_or(0), std::fs::read(&out).unwrap_or_default())
     };
 
-    assert_eq!(dl(&[]), (200, big.clone()), "whole file");
-    assert_eq!(dl(&["-r", "100-199"]), (206, big[100..200].to_vec()));
-    assert_eq!(dl(&["-r", "1048000-2100000"]), (206, big[1048000..2100001].to_vec()));
-    assert_eq!(dl(&["-r", "-10"]), (206, big[big.len() - 10..].to_vec()));
-    assert_eq!(dl(&["-r", "3000000-"]), (206, big[3000000..].to_vec()));
+    let same = |got: (u16, Vec<u8>), want: (u16, &[u8]), what: &str| {
+        assert!(
+            got.0 == want.0 && got.1 == want.1,
+            "{what}: {} with {} bytes, want {} with {}",
+            got.0,
+            got.1.len(),
+            want.0,
+            want.1.len()
+        );
+    };
+    same(dl(&[]), (200, big), "whole file");
+    same(dl(&["-r", "100-199"]), (206, &big[100..200]), "100-199");
+    same(dl(&["-r", "1048000-2100000"]), (206, &big[1048000..2100001]), "across chunks");
+    same(dl(&["-r", "-10"]), (206, &big[big.len() - 10..]), "suffix");
+    same(dl(&["-r", "3000000-"]), (206, &big[3000000..]), "open-ended");
     // Several ranges: the whole file (allowed, and simpler for clients than multipart).
-    assert_eq!(dl(&["-r", "0-1,5-6"]), (200, big.clone()));
+    same(dl(&["-r", "0-1,5-6"]), (200, big), "several ranges");
     let o = curl(&["--interface", "127.0.0.2", "-r", "999999999-", "-D", "-", "-o", "/dev/null", &u]);
     assert!(o.stdout.starts_with("HTTP/1.1 416"), "{}", o.stdout);
     assert!(o.stdout.to_ascii_lowercase().contains(&format!("content-range: bytes */{}", big.len())), "{}", o.stdout);
+    let o = curl(&["--interface", "127.0.0.2", "-r", "10-19", "-D", "-", "-o", "/dev/null", &u]);
+    assert!(o.stdout.to_ascii_lowercase().contains(&format!("content-range: bytes 10-19/{}", big.len())), "{}", o.stdout);
 
     // HEAD: the headers of a GET, no body.
     let h = curl(&["--interface", "127.0.0.2", "-I", &u]).stdout.to_ascii_lowercase();
@@ -184,16 +227,17 @@ fn ranges_etags_and_methods() {
     assert!(h.contains(&format!("content-length: {}", big.len())), "{h}");
     assert!(h.contains("accept-ranges: bytes"), "{h}");
     assert!(h.contains("content-type: application/octet-stream"), "{h}");
-    let st = curl(&["--interface", "127.0.0.2", "-I", &lab.url("/small.txt")]).stdout.to_ascii_lowercase();
+    let st = curl(&["--interface", "127.0.0.2", "-I", &url("/small.txt")]).stdout.to_ascii_lowercase();
     assert!(st.contains("content-type: text/plain"), "{st}");
 
     // If-None-Match with the digest: 304, no body; another tag: the file.
     let inm = format!("If-None-Match: {etag}");
-    assert_eq!(dl(&["-H", &inm]).0, 304);
-    assert_eq!(dl(&["-H", "If-None-Match: \"0000\""]), (200, big.clone()));
+    same(dl(&["-H", &inm]), (304, &[]), "If-None-Match");
+    assert_eq!(dl(&["-H", &inm, "-r", "0-9"]).0, 304, "If-None-Match is checked before Range");
+    same(dl(&["-H", "If-None-Match: \"0000\""]), (200, big), "another tag");
     // If-Range with a stale tag: the whole file rather than a part of another version.
-    assert_eq!(dl(&["-r", "0-9", "-H", "If-Range: \"stale\""]), (200, big.clone()));
-    assert_eq!(dl(&["-r", "0-9", "-H", &format!("If-Range: {etag}")]), (206, big[..10].to_vec()));
+    same(dl(&["-r", "0-9", "-H", "If-Range: \"stale\""]), (200, big), "stale If-Range");
+    same(dl(&["-r", "0-9", "-H", &format!("If-Range: {etag}")]), (206, &big[..10]), "If-Range");
 
     // Only GET and HEAD.
     for m in ["POST", "PUT", "DELETE"] {
@@ -201,13 +245,33 @@ fn ranges_etags_and_methods() {
         assert!(o.stdout.starts_with("HTTP/1.1 405"), "{m}: {}", o.stdout);
         assert!(o.stdout.to_ascii_lowercase().contains("allow: get, head"), "{}", o.stdout);
     }
-    // Keep-alive: two URLs on one connection.
-    let two = curl(&["--interface", "127.0.0.2", "-v", &lab.url("/small.txt"), &lab.url("/small.txt")]);
+    // Keep-alive: several URLs on one connection, small and large, ranged or not.
+    let two = curl(&["--interface", "127.0.0.2", "-v", &url("/small.txt"), &url("/small.txt")]);
     assert_eq!(two.stdout, "01234567890123456789");
     assert!(two.stderr.contains("Re-using existing connection") || two.stderr.contains("Reusing existing"), "{}", two.stderr);
-    // The access log: every read of the big file ended as served, with its bytes.
-    let log = lab.gw.accesses(&DutId::from("dut1")).unwrap();
-    assert!(log.iter().any(|r| r.path == "/img/big.bin" && r.bytes == big.len() as u64), "{log:?}");
+    let (o1, o2) = (dir.path().join("k1"), dir.path().join("k2"));
+    let (o1s, o2s) = (o1.to_str().unwrap(), o2.to_str().unwrap());
+    let o = curl(&[
+        "--interface",
+        "127.0.0.2",
+        "-v",
+        "-o",
+        o1s,
+        &u,
+        "--next",
+        "--interface",
+        "127.0.0.2",
+        "-r",
+        "5-14",
+        "-o",
+        o2s,
+        &u,
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stderr.contains("Re-using existing connection") || o.stderr.contains("Reusing existing"), "{}", o.stderr);
+    let (g1, g2) = (std::fs::read(&o1).unwrap(), std::fs::read(&o2).unwrap());
+    assert!(g1 == big, "the whole file, then on the same connection a range: {} bytes", g1.len());
+    assert!(g2 == big[5..15], "{g2:?}");
 }
 
 #[test]
@@ -218,6 +282,12 @@ fn traversal_attempts_stay_inside_the_namespace() {
     let lab = Lab::new();
     lab.set("dut1", http_step(vec![data("etc/passwd", "the job's own etc/passwd\n"), data("a/b.txt", "b")]));
     lab.set("dut2", http_step(vec![data("secret.txt", "dut2 only")]));
+    check_traversal(&|p| lab.url(p));
+}
+
+/// dut1 (127.0.0.2) has `etc/passwd` (`the job's own etc/passwd\n`) and `a/b.txt` (`b`);
+/// dut2 (127.0.0.3) has `secret.txt` (`dut2 only`).
+fn check_traversal(url: &dyn Fn(&str) -> String) {
     for p in [
         "/../../../../etc/passwd",
         "/a/../../secret.txt",
@@ -227,17 +297,19 @@ fn traversal_attempts_stay_inside_the_namespace() {
         "/..%2f..%2fetc%2fhostname",
         "/a/b.txt%00.png",
         "/%00",
+        "/etc/passwd%00",
         "/a%5cb.txt",
         "/%zz",
     ] {
-        let (code, body) = fetch_as_is("127.0.0.2", &lab.url(p));
+        let (code, body) = fetch_as_is("127.0.0.2", &url(p));
         assert!(code == 400 || code == 404, "{p}: {code}");
         assert!(!body.contains("root:") && !body.contains("dut2 only"), "{p}: {body}");
     }
     // `//etc/passwd` is a name in the namespace: the job's file, never the host's.
-    assert_eq!(fetch_as_is("127.0.0.2", &lab.url("//etc/passwd")), (200, "the job's own etc/passwd\n".into()));
-    assert_eq!(fetch_as_is("127.0.0.3", &lab.url("//etc/passwd")).0, 404);
-    assert_eq!(fetch_as_is("127.0.0.2", &lab.url("/a/./b.txt")), (200, "b".into()));
+    assert_eq!(fetch_as_is("127.0.0.2", &url("//etc/passwd")), (200, "the job's own etc/passwd\n".into()));
+    assert_eq!(fetch_as_is("127.0.0.3", &url("//etc/passwd")).0, 404);
+    assert_eq!(fetch_as_is("127.0.0.2", &url("/a/./b.txt")), (200, "b".into()));
+    assert_eq!(fetch_as_is("127.0.0.3", &url("/secret.txt")), (200, "dut2 only".into()));
 }
 
 fn fetch_as_is(ip: &str, url: &str) -> (u16, String) {
@@ -304,7 +376,20 @@ fn shutdown_finishes_a_transfer_in_flight_and_stops_listening() {
     let out = dir.path().join("o");
     // A slow reader keeps the transfer running while the server shuts down.
     let child = std::process::Command::new("curl")
-        .args(["-s", "--max-time", "60", "--limit-rate", "4M", "--interface", "127.0.0.2", "-o", out.to_str().unwrap(), "-w", "%{http_code}", &u])
+        .args([
+            "-s",
+            "--max-time",
+            "60",
+            "--limit-rate",
+            "4M",
+            "--interface",
+            "127.0.0.2",
+            "-o",
+            out.to_str().unwrap(),
+            "-w",
+            "%{http_code}",
+            &u,
+        ])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -315,6 +400,53 @@ fn shutdown_finishes_a_transfer_in_flight_and_stops_listening() {
     assert_eq!(String::from_utf8_lossy(&o.stdout), "200");
     assert_eq!(std::fs::read(&out).unwrap(), big);
     assert_eq!(curl_status(&["--interface", "127.0.0.2", &u]), 0, "nothing listens any more");
+}
+
+/// After the grace period a transfer still running is cut, and `shutdown` leaves no
+/// connection task behind: the runtime keeps running here, so a task left over would go on
+/// sending until curl had the whole file.
+#[test]
+fn shutdown_cuts_a_transfer_still_running_after_the_grace_period() {
+    if !require_tool("curl") {
+        return;
+    }
+    let mut lab = Lab::new();
+    let big = pattern(64 * 1024 * 1024);
+    lab.set("dut1", http_step(vec![data("big", big.clone())]));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o");
+    // 1 MiB/s: a minute for the whole file, far beyond the grace period.
+    let mut child = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "120",
+            "--limit-rate",
+            "1M",
+            "--interface",
+            "127.0.0.2",
+            "-o",
+            out.to_str().unwrap(),
+            &lab.url("/big"),
+        ])
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::fs::metadata(&out).map_or(0, |m| m.len()) == 0 {
+        assert!(std::time::Instant::now() < deadline, "curl got no byte");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let server = lab.server.take().unwrap();
+    lab.rt.block_on(server.shutdown());
+    let st = child.wait().unwrap();
+    assert_eq!(st.code(), Some(18), "curl: transfer closed with bytes outstanding");
+    let got = std::fs::read(&out).unwrap();
+    assert!(got.len() < big.len() && got[..] == big[..got.len()], "{} bytes, a prefix", got.len());
+    let log = lab.gw.accesses(&DutId::from("dut1")).unwrap();
+    assert!(
+        log.iter().any(|r| r.path == "/big" && r.outcome == citron_core::access::Outcome::Aborted && r.bytes < big.len() as u64),
+        "{log:?}"
+    );
 }
 
 const JOB1: &str = "deployment:
@@ -373,6 +505,112 @@ fn binary_serves_yaml_jobs_per_dut() {
     ]);
     assert_eq!(fetch("127.0.0.2", &c2.http_url("/hello.txt")), (200, "hello from dut1's job\n".into()));
     assert_eq!(fetch("127.0.0.3", &c2.http_url("/hello.txt")), (200, "hello from dut2's job\n".into()));
+}
+
+/// dut1's and dut2's jobs for the binary: what the in-process tests build in code, as YAML
+/// (`big.bin` is a `file:` next to the job).
+const BIN_JOB1: &str = "deployment:
+  start:
+    storage:
+      http:
+        - path: /job/secret
+          data: \"MYSECRET_KEY: s3cr3t\"
+          lifetime:
+            access_count: 1
+        - path: /img/big.bin
+          file: big.bin
+        - path: /small.txt
+          data: \"0123456789\"
+        - path: /etc/passwd
+          data: |
+            the job's own etc/passwd
+        - path: /a/b.txt
+          data: b
+";
+
+const BIN_JOB2: &str = "deployment:
+  start:
+    storage:
+      http:
+        - path: /secret.txt
+          data: dut2 only
+";
+
+/// The real binary on the default lab with [`BIN_JOB1`] given by `--job` and [`BIN_JOB2`]
+/// sent with `PUT /api/v1/duts/dut2/job`.
+fn binary_lab(big: &[u8]) -> (Citron, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("big.bin"), big).unwrap();
+    let j1 = dir.path().join("job1.yaml");
+    std::fs::write(&j1, BIN_JOB1).unwrap();
+    let c = Citron::start(&["--tftp", "off", "--nbd", "off", "--job", &format!("dut1={}", j1.display())]);
+    let put = curl(&[
+        "-X",
+        "PUT",
+        "--data-binary",
+        BIN_JOB2,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &c.api_url("/api/v1/duts/dut2/job"),
+    ]);
+    assert_eq!(put.stdout.trim(), "200", "{}", put.stderr);
+    (c, dir)
+}
+
+/// [`check_read_once`] on the real binary; the boot event goes through the API, with curl.
+#[test]
+fn binary_access_count_admits_exactly_one_of_fifty_concurrent_reads_until_boot() {
+    if !require_tool("curl") {
+        return;
+    }
+    let (c, _dir) = binary_lab(b"x");
+    let boot = || {
+        let ev = &c.api_url("/api/v1/duts/dut1/events");
+        assert_eq!(
+            curl_status(&["-X", "POST", "-H", "Content-Type: application/json", "--data-binary", r#"{"event": "boot"}"#, ev]),
+            204
+        );
+    };
+    check_read_once(&c.http_url("/job/secret"), "MYSECRET_KEY: s3cr3t", &boot);
+    // dut2 never sees dut1's secret, and the access log shows the 416 spent nothing.
+    assert_eq!(fetch("127.0.0.3", &c.http_url("/job/secret")).0, 404);
+    let log: serde_json::Value = serde_json::from_str(&curl(&[&c.api_url("/api/v1/duts/dut1/accesses")]).stdout).unwrap();
+    let served =
+        log.as_array().unwrap().iter().filter(|r| r["outcome"]["kind"] == "served" && r["bytes"].as_u64() > Some(0)).count();
+    assert_eq!(served, 3, "one of the fifty, the range, the read after the second boot: {log}");
+}
+
+/// [`check_ranges_and_etags`] on the real binary, the big file coming from a `file:` source.
+#[test]
+fn binary_ranges_etags_and_methods() {
+    if !require_tool("curl") {
+        return;
+    }
+    let big = big_file();
+    let (c, _dir) = binary_lab(&big);
+    check_ranges_and_etags(&|p| c.http_url(p), &big);
+    let log: serde_json::Value = serde_json::from_str(&curl(&[&c.api_url("/api/v1/duts/dut1/accesses")]).stdout).unwrap();
+    let whole = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            r["path"] == "/img/big.bin" && r["bytes"].as_u64() == Some(big.len() as u64) && r["outcome"]["kind"] == "served"
+        })
+        .count();
+    assert!(whole >= 5, "every whole-file read is logged as served with its bytes: {log}");
+}
+
+/// [`check_traversal`] on the real binary.
+#[test]
+fn binary_traversal_attempts_stay_inside_the_namespace() {
+    if !require_tool("curl") {
+        return;
+    }
+    let (c, _dir) = binary_lab(b"x");
+    check_traversal(&|p| c.http_url(p));
 }
 
 /// Reads one HTTP/1.1 response with a Content-Length from `s`; returns (status line, body).

@@ -7,7 +7,9 @@
 //! [`ServeError`](citron_core::serve::ServeError) to a status code, [`status`].
 //!
 //! A GET answered with 304 counts as a read for `access_count` (the content was asked for);
-//! HEAD never does.
+//! HEAD never does, nor does a 416: a GET with a `Range` header is first looked up without
+//! reading (as a HEAD, logged as a 0-byte access), and opened for reading only if the range is
+//! satisfiable, so an out-of-range request cannot spend a read-once secret.
 //!
 //! Large files are streamed in 1 MiB chunks read on the blocking pool, one chunk ahead of the
 //! socket, so a transfer never holds more than two chunks and never the whole file.
@@ -17,10 +19,11 @@
 //! DUT connections cost little; parked connections close after [`IDLE_TIMEOUT`].
 //!
 //! # Cancel safety
-//! Dropping the future returned by [`serve`] stops accepting and drops every connection task at
+//! Dropping the future returned by [`serve`] stops accepting and aborts every connection task at
 //! once (their transfers end as "aborted" in the access log). Completing `shutdown` instead stops
-//! accepting, lets requests in flight finish (for up to [`SHUTDOWN_GRACE`]) and closes idle
-//! keep-alive connections.
+//! accepting, closes idle keep-alive connections and lets requests in flight finish for up to
+//! [`SHUTDOWN_GRACE`]; connections still transferring then are cut the same way, so `serve`
+//! returns within the grace period and leaves no task behind.
 
 mod body;
 mod rewind;
@@ -32,12 +35,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use citron_core::serve::Catalog;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
-use bytes::Bytes;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
 
 pub use service::{content_type, percent_decode, status};
 
@@ -75,8 +79,9 @@ pub async fn serve(
 ) -> io::Result<()> {
     let local = listener.local_addr()?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    // Every connection task holds a clone; when the last is dropped, all have finished.
-    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    // Every connection task: dropping the set (when this future is dropped, or after the grace
+    // period) aborts the ones still running.
+    let mut conns: JoinSet<()> = JoinSet::new();
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut builder = http1::Builder::new();
     builder
@@ -90,6 +95,8 @@ pub async fn serve(
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(5);
     loop {
+        // Finished connections leave the set here, so it holds only live ones.
+        while conns.try_join_next().is_some() {}
         let permit = tokio::select! {
             _ = &mut shutdown => break,
             p = limit.clone().acquire_owned() => p.expect("the semaphore is never closed"),
@@ -111,19 +118,24 @@ pub async fn serve(
         let svc = service::Handler::new(catalog.clone(), peer, local);
         let builder = builder.clone();
         let stop = stop_rx.clone();
-        let done = done_tx.clone();
-        tokio::spawn(async move {
+        conns.spawn(async move {
             if let Err(e) = connection(stream, svc, &builder, stop).await {
                 tracing::debug!(%peer, error = %e, "http: connection ended with an error");
             }
             drop(permit);
-            drop(done);
         });
     }
+    drop(listener);
     let _ = stop_tx.send(true);
-    drop(done_tx);
-    if tokio::time::timeout(SHUTDOWN_GRACE, done_rx.recv()).await.is_err() {
-        tracing::warn!("http: transfers still running {SHUTDOWN_GRACE:?} after shutdown; dropping them");
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async { while conns.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::warn!(
+            connections = conns.len(),
+            "http: transfers still running {SHUTDOWN_GRACE:?} after shutdown; cutting them"
+        );
+        conns.abort_all();
+        // Aborted tasks end at their next poll; their transfers are logged as aborted.
+        while conns.join_next().await.is_some() {}
     }
     Ok(())
 }
