@@ -954,3 +954,71 @@ async fn generated_boot_files_over_real_clients_with_firmware_prefixes() {
     assert_eq!(served(&lab.gw, "local", kurl, 1).await, 1);
     srv.stop().await;
 }
+
+/// A transfer whose last block went out but whose final ACK never arrived is logged as served
+/// with every byte (the client almost certainly has the file; see `Outcome::Unconfirmed`), both
+/// when the client stays silent and when it has closed its port; one that stops before the last
+/// block is sent stays aborted (`duplicate_acks_are_ignored_and_a_vanished_client_is_cleaned_up`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_final_ack_is_logged_as_served() {
+    use tftp::packet::Packet;
+    let lab = Lab::new().await;
+    lab.job(
+        "dut1",
+        vec![
+            file("silent", content(10, 1000), None),
+            file("closed", content(11, 1000), None),
+        ],
+    )
+    .await;
+    let mut config = Config::default();
+    config.limits.default_timeout = Duration::from_millis(200);
+    config.limits.retries = 2;
+    let srv = lab.serve(config).await;
+    let mut buf = vec![0u8; 2048];
+    for name in ["silent", "closed"] {
+        let sock = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+        sock.send_to(&rrq(name, &[]), srv.addr).await.unwrap();
+        let (n, tid) = recv(&sock, &mut buf, 3000).await.expect("DATA 1");
+        assert!(matches!(
+            tftp::packet::decode(&buf[..n]),
+            Ok(Packet::Data { block: 1, .. })
+        ));
+        sock.send_to(&[0, 4, 0, 1], tid).await.unwrap();
+        let (n, _) = recv(&sock, &mut buf, 3000).await.expect("DATA 2");
+        assert!(
+            matches!(tftp::packet::decode(&buf[..n]), Ok(Packet::Data { block: 2, ref data }) if data.len() == 488)
+        );
+        if name == "silent" {
+            // The last block is resent `retries` times, then the server gives up.
+            let mut resent = 0;
+            while recv(&sock, &mut buf, 3000).await.is_some() {
+                resent += 1;
+            }
+            assert_eq!(resent, 2);
+        } else {
+            // The client exits after the last block: the resend meets a closed port.
+            drop(sock);
+        }
+        let logged = || {
+            lab.gw
+                .accesses(&DutId::from("dut1"))
+                .unwrap()
+                .into_iter()
+                .filter(|r| r.path == name)
+                .collect::<Vec<_>>()
+        };
+        for _ in 0..100 {
+            if !logged().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let recs = logged();
+        assert!(
+            matches!(&recs[..], [r] if r.outcome == AccessOutcome::Served && r.bytes == 1000),
+            "{name}: {recs:?}"
+        );
+    }
+    srv.stop().await;
+}

@@ -10,6 +10,7 @@
 //! - [`session`]: one transfer as a pure state machine (negotiation, windows, retransmission,
 //!   block-number rollover).
 //! - `server`: sockets, timers and tasks ([`serve`], [`serve_with`], [`Config`]).
+//! - `sys`: the per-packet system calls (a transfer's socket, non-blocking file reads).
 //!
 //! # Example
 //! ```no_run
@@ -29,6 +30,7 @@ mod error;
 pub mod packet;
 mod server;
 pub mod session;
+mod sys;
 
 pub use error::error_packet;
 pub use server::{serve_with, Config};

@@ -4,8 +4,10 @@
 //! and its own ephemeral UDP socket (RFC 1350 §4: the server's transfer ID), bound to the
 //! listening socket's address and connected to the client, so the kernel drops datagrams from
 //! any other transfer ID. The task asks the [`Catalog`], then drives a [`Session`] with the
-//! packets and timeouts of that socket. Reads are positioned reads on the cached file, done on
-//! the blocking pool a window ahead (`Config::prefetch_bytes`), so DATA is sent from memory.
+//! packets and timeouts of that socket (see `sys` for how the socket keeps system calls per block
+//! low). The artifact is read in chunks of `Config::prefetch_bytes`, inline when the bytes are in
+//! the page cache (`preadv2(RWF_NOWAIT)`), else on the blocking pool one chunk ahead, so DATA is
+//! sent from memory.
 //!
 //! By default ([`Config::own_thread`]) all of this runs on one dedicated thread with its own
 //! single-threaded tokio runtime, so that HTTP or NBD load on the caller's runtime does not delay
@@ -33,6 +35,7 @@ use tokio::task::JoinSet;
 use super::error::error_packet;
 use super::packet::{self, DecodeError, ErrorCode, Mode, Packet, Request};
 use super::session::{negotiate, Limits, Outcome, Send as Out, Session, Step, DEFAULT_BLKSIZE};
+use super::sys::{read_nowait, TransferSocket};
 
 /// Server settings. `Config::default()` suits a lab; tests lower the timeout.
 #[derive(Debug, Clone)]
@@ -100,26 +103,33 @@ pub async fn serve_with(
     let socket = socket.into_std()?;
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    std::thread::Builder::new().name("citron-tftp".into()).spawn(move || {
-        let r = tokio::runtime::Builder::new_current_thread().enable_all().build().and_then(|rt| {
-            rt.block_on(async move {
-                let socket = UdpSocket::from_std(socket)?;
-                // Ends when `stop_tx` is used or dropped (the caller dropped `serve_with`).
-                run(socket, catalog, config, async move {
-                    let _ = stop_rx.await;
-                })
-                .await
-            })
-        });
-        let _ = done_tx.send(r);
-    })?;
+    std::thread::Builder::new()
+        .name("citron-tftp".into())
+        .spawn(move || {
+            let r = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .and_then(|rt| {
+                    rt.block_on(async move {
+                        let socket = UdpSocket::from_std(socket)?;
+                        // Ends when `stop_tx` is used or dropped (the caller dropped `serve_with`).
+                        run(socket, catalog, config, async move {
+                            let _ = stop_rx.await;
+                        })
+                        .await
+                    })
+                });
+            let _ = done_tx.send(r);
+        })?;
     let mut done_rx = done_rx;
     tokio::select! {
         r = &mut done_rx => return r.unwrap_or_else(|_| Err(io::Error::other("the TFTP thread panicked"))),
         _ = shutdown => {}
     }
     let _ = stop_tx.send(());
-    done_rx.await.unwrap_or_else(|_| Err(io::Error::other("the TFTP thread panicked")))
+    done_rx
+        .await
+        .unwrap_or_else(|_| Err(io::Error::other("the TFTP thread panicked")))
 }
 
 async fn run(
@@ -258,12 +268,15 @@ impl Body {
 }
 
 /// An artifact read in aligned chunks of `size` bytes (a multiple of blksize, so a block never
-/// spans two chunks). The chunk after the one being sent is read on the blocking pool while the
-/// transfer waits for ACKs, so DATA rarely waits for the disk or a thread hand-off; the previous
-/// chunk is kept for a window restarted across the boundary.
+/// spans two chunks). A chunk in the page cache is read inline when it is first needed (one
+/// `preadv2(RWF_NOWAIT)` per chunk, no thread hand-off); once a read would have waited for the
+/// disk, the transfer is `cold` and the chunk after the one being sent is read on the blocking
+/// pool while the transfer waits for ACKs. The previous chunk is kept for a window restarted
+/// across the boundary.
 struct Chunks {
     art: Arc<Artifact>,
     size: u64,
+    cold: bool,
     prev: Option<(u64, Bytes)>,
     cur: Option<(u64, Bytes)>,
     next: Option<(u64, tokio::task::JoinHandle<io::Result<Bytes>>)>,
@@ -276,6 +289,7 @@ impl Chunks {
         Chunks {
             art,
             size,
+            cold: false,
             prev: None,
             cur: None,
             next: None,
@@ -285,6 +299,13 @@ impl Chunks {
     fn read(&self, k: u64) -> tokio::task::JoinHandle<io::Result<Bytes>> {
         let (a, off, size) = (self.art.clone(), k * self.size, self.size as usize);
         tokio::task::spawn_blocking(move || a.read_chunk(off, size))
+    }
+
+    /// Chunk `k` if it is all in the page cache.
+    fn read_inline(&self, k: u64) -> io::Result<Option<Bytes>> {
+        let off = k * self.size;
+        let want = self.size.min(self.art.len.saturating_sub(off)) as usize;
+        Ok(read_nowait(&self.art, off, want)?.filter(|b| b.len() == want))
     }
 
     async fn get(&mut self, off: u64, len: usize) -> io::Result<Bytes> {
@@ -298,20 +319,29 @@ impl Chunks {
                 std::mem::swap(&mut self.prev, &mut self.cur);
             } else {
                 let pending = match self.next.take() {
-                    Some((nk, h)) if nk == k => h,
+                    Some((nk, h)) if nk == k => Err(h),
                     other => {
                         if let Some((_, h)) = other {
                             h.abort();
                         }
-                        self.read(k)
+                        match self.read_inline(k)? {
+                            Some(b) => Ok(b),
+                            None => {
+                                self.cold = true;
+                                Err(self.read(k))
+                            }
+                        }
                     }
                 };
-                let data = pending.await.map_err(io::Error::other)??;
+                let data = match pending {
+                    Ok(b) => b,
+                    Err(h) => h.await.map_err(io::Error::other)??,
+                };
                 self.prev = self.cur.replace((k, data));
             }
         }
         let want_next = (k + 1) * self.size < self.art.len;
-        if want_next && !matches!(self.next, Some((nk, _)) if nk == k + 1) {
+        if self.cold && want_next && !matches!(self.next, Some((nk, _)) if nk == k + 1) {
             if let Some((_, h)) = self.next.take() {
                 h.abort();
             }
@@ -340,17 +370,13 @@ async fn transfer(
     _permit: OwnedSemaphorePermit,
     _guard: ActiveGuard,
 ) {
-    let sock = match UdpSocket::bind((shared.local_ip, 0)).await {
+    let mut sock = match TransferSocket::open(shared.local_ip, peer) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(%peer, error = %e, "cannot open a TFTP transfer socket");
             return;
         }
     };
-    if let Err(e) = sock.connect(peer).await {
-        tracing::error!(%peer, error = %e, "cannot connect the TFTP transfer socket");
-        return;
-    }
     let mut out = BytesMut::new();
     let freq = FileRequest {
         peer: peer.ip().to_canonical(),
@@ -424,7 +450,6 @@ async fn transfer(
     tracing::debug!(%peer, file = %req.filename, len, blksize = neg.blksize, windowsize = neg.windowsize, "TFTP transfer starts");
     let started = Instant::now();
     let (mut session, mut step) = Session::start(neg, len, limits.retries, started);
-    let mut rbuf = vec![0u8; 2048];
     let mut retransmits = 0u32;
     let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(
         step.wake_at.unwrap_or(started),
@@ -484,8 +509,8 @@ async fn transfer(
         }
         step = tokio::select! {
             biased;
-            r = sock.recv(&mut rbuf) => match r {
-                Ok(n) => match packet::decode(&rbuf[..n]) {
+            r = sock.recv() => match r {
+                Ok(datagram) => match packet::decode(datagram) {
                     Ok(p) => session.on_packet(&p, Instant::now()),
                     Err(e) => {
                         tracing::debug!(%peer, error = %e, "malformed packet in a transfer ignored");
@@ -515,11 +540,23 @@ async fn transfer(
             art.complete();
             tracing::info!(%peer, file = %req.filename, bytes = len, ?elapsed, retransmits, "TFTP transfer complete");
         }
+        // Logged as served: see `Outcome::Unconfirmed`.
+        Some(Outcome::Unconfirmed) => {
+            art.complete();
+            tracing::info!(%peer, file = %req.filename, bytes = len, ?elapsed, retransmits, "TFTP transfer sent whole; the final ACK never came (logged as served)");
+        }
         Some(Outcome::TimedOut) => {
             tracing::warn!(%peer, file = %req.filename, ?elapsed, "TFTP client stopped answering; transfer abandoned")
         }
         Some(Outcome::ClientError { code, message }) => {
             tracing::info!(%peer, file = %req.filename, code = code.0, %message, "TFTP client aborted the transfer")
+        }
+        // The client closed its port after the last block went out: it had everything and its
+        // final ACK was lost, as for `Outcome::Unconfirmed`.
+        None if session.final_block_sent() => {
+            art.sent(session.unacknowledged_bytes());
+            art.complete();
+            tracing::info!(%peer, file = %req.filename, bytes = len, ?elapsed, retransmits, "TFTP transfer sent whole; the client closed its port without the final ACK (logged as served)");
         }
         None => {
             tracing::info!(%peer, file = %req.filename, ?elapsed, "TFTP client went away (port unreachable)")
@@ -527,7 +564,7 @@ async fn transfer(
     }
 }
 
-async fn send_packet(sock: &UdpSocket, out: &mut BytesMut, p: &Packet) {
+async fn send_packet(sock: &TransferSocket, out: &mut BytesMut, p: &Packet) {
     out.clear();
     packet::encode(p, out);
     if let Err(e) = sock.send(out).await {

@@ -21,7 +21,8 @@
 //!   Apprentice bug): only the retransmission timer resends.
 //! - Block numbers wrap 65535 → 0 (the convention of tftpd-hpa, U-Boot and most clients), so a
 //!   transfer has no size limit; internally blocks are counted with `u64` indexes from 1.
-//! - A client silent for `retries` timeouts in a row is gone: the transfer ends ([`Outcome::TimedOut`]).
+//! - A client silent for `retries` timeouts in a row is gone: the transfer ends
+//!   ([`Outcome::TimedOut`]), or [`Outcome::Unconfirmed`] if only the final ACK is missing.
 
 use std::time::{Duration, Instant};
 
@@ -157,8 +158,18 @@ pub enum Send {
 pub enum Outcome {
     /// The client acknowledged the last block.
     Complete,
-    /// The client stopped answering.
+    /// The client stopped answering before every block was sent.
     TimedOut,
+    /// Every block, the last one included, was sent (and resent `retries` times), but the final
+    /// ACK never came.
+    ///
+    /// Servers log this as **served**: a client that lost a block keeps acknowledging the block
+    /// before it and a client that gives up usually sends an ERROR, so silence after the last
+    /// block almost always means the client got everything and its final ACK was lost (RFC 1350
+    /// lets the receiver of the last block stop once it has sent that ACK). A lab admin reading
+    /// the access log wants to see that the DUT got its kernel, not a spurious abort; the TFTP
+    /// server's own log line still says that the final ACK was missing.
+    Unconfirmed,
     /// The client sent an ERROR (it gave up, or refused the OACK).
     ClientError {
         /// Its code.
@@ -177,7 +188,8 @@ pub struct Step {
     pub wake_at: Option<Instant>,
     /// Set when the transfer is over: stop, close the socket.
     pub done: Option<Outcome>,
-    /// Bytes newly acknowledged by this event (for the access log).
+    /// Bytes newly acknowledged by this event (for the access log); with
+    /// [`Outcome::Unconfirmed`], the bytes of the final window that was never acknowledged.
     pub delivered: u64,
 }
 
@@ -241,6 +253,23 @@ impl Session {
     /// The index of the final (short) block.
     pub fn last_block(&self) -> u64 {
         self.last
+    }
+
+    /// `true` while the last block has been sent but not acknowledged: the transfer's data is
+    /// all out, only the final ACK is awaited (see [`Outcome::Unconfirmed`]).
+    pub fn final_block_sent(&self) -> bool {
+        matches!(self.state, State::Sending { sent, .. } if sent == self.last)
+    }
+
+    /// Bytes of the transfer the client has not acknowledged yet.
+    pub fn unacknowledged_bytes(&self) -> u64 {
+        match self.state {
+            State::Negotiating => self.len,
+            State::Sending { acked, .. } => {
+                self.len - (acked.saturating_mul(self.blksize)).min(self.len)
+            }
+            State::Done => 0,
+        }
     }
 
     /// The byte range `(offset, len)` of the transfer that block `index` carries.
@@ -308,9 +337,16 @@ impl Session {
         }
         self.tries += 1;
         if self.tries > self.retries {
+            // Unconfirmed: the unacknowledged rest counts as delivered (see the variant).
+            let (outcome, delivered) = if self.final_block_sent() {
+                (Outcome::Unconfirmed, self.unacknowledged_bytes())
+            } else {
+                (Outcome::TimedOut, 0)
+            };
             self.state = State::Done;
             return Step {
-                done: Some(Outcome::TimedOut),
+                done: Some(outcome),
+                delivered,
                 ..Step::default()
             };
         }
@@ -568,6 +604,45 @@ mod tests {
         );
         assert_eq!(st.wake_at, None);
         assert_eq!(s.state(), State::Done);
+    }
+
+    #[test]
+    fn silence_after_the_last_block_is_unconfirmed_not_timed_out() {
+        let t0 = Instant::now();
+        // Lockstep: blocks 1 and 2 acknowledged, block 3 (the last) sent, its ACK never comes.
+        let (mut s, _) = Session::start(plain(512, 1), 1100, 1, t0);
+        assert!(!s.final_block_sent());
+        s.on_packet(&ack(1), t0);
+        let st = s.on_packet(&ack(2), t0);
+        assert_eq!(data(&st), vec![3]);
+        assert!(s.final_block_sent());
+        assert_eq!(s.unacknowledged_bytes(), 76);
+        let st = s.on_timeout(st.wake_at.unwrap());
+        assert_eq!(data(&st), vec![3]);
+        let st = s.on_timeout(st.wake_at.unwrap());
+        assert_eq!(st.done, Some(Outcome::Unconfirmed));
+        assert_eq!(st.delivered, 76, "the last block counts as delivered");
+        assert_eq!(s.unacknowledged_bytes(), 0);
+        // With a window: the final window (blocks 5..=7) out, the client silent.
+        let (mut s, _) = Session::start(plain(512, 4), 512 * 6 + 1, 0, t0);
+        let st = s.on_packet(&ack(4), t0);
+        assert_eq!(data(&st), vec![5, 6, 7]);
+        assert_eq!(s.unacknowledged_bytes(), 1025);
+        let st = s.on_timeout(st.wake_at.unwrap());
+        assert_eq!((st.done, st.delivered), (Some(Outcome::Unconfirmed), 1025));
+        // The client silent before the last block was sent: timed out.
+        let (mut s, st) = Session::start(plain(512, 4), 512 * 6 + 1, 0, t0);
+        assert!(!s.final_block_sent());
+        let st = s.on_timeout(st.wake_at.unwrap());
+        assert_eq!((st.done, st.delivered), (Some(Outcome::TimedOut), 0));
+        // Nothing acknowledged before an OACK is answered: timed out too.
+        let n = negotiate(&req(&[("tsize", "0")]), 5, &Limits::default());
+        let (mut s, st) = Session::start(n, 5, 0, t0);
+        assert_eq!(s.unacknowledged_bytes(), 5);
+        assert_eq!(
+            s.on_timeout(st.wake_at.unwrap()).done,
+            Some(Outcome::TimedOut)
+        );
     }
 
     #[test]

@@ -1,0 +1,222 @@
+//! The per-packet system calls of a transfer: its socket and its file reads.
+//!
+//! A lockstep transfer costs one ACK → DATA turnaround per block, so every system call and every
+//! wake-up on that path shows in the throughput (see BENCHMARKS.md). Compared with a
+//! `tokio::net::UdpSocket`:
+//! - the socket is registered for **readability only**: a tokio socket also asks for
+//!   writability, and since every UDP send frees send-buffer space the kernel then reports the
+//!   socket writable after each DATA, which costs the runtime an extra `epoll_wait` per block;
+//! - one `recvmmsg` both receives the ACK and tells whether another datagram is queued (it asks
+//!   for two without waiting); when none is, the readiness is cleared right away instead of being
+//!   found out by a `recv` failing with `EAGAIN` after the next send;
+//! - a send is one `send` on the connected socket; only when the send buffer is full (a large
+//!   window) is a second, writability-only registration made to wait on.
+//!
+//! File reads: [`read_nowait`] tries `preadv2(RWF_NOWAIT)`, which copies the bytes only if they
+//! are in the page cache, so a warm artifact is read inline with no blocking-pool hand-off.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+
+use bytes::Bytes;
+use citron_core::serve::{Artifact, Content};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+/// Bytes per receive slot; larger datagrams are truncated (a client sends only ACKs and ERRORs,
+/// whose messages are short).
+const SLOT: usize = 2048;
+
+/// A transfer's own UDP socket (its transfer ID), connected to the client.
+pub(super) struct TransferSocket {
+    fd: AsyncFd<std::net::UdpSocket>,
+    /// Two receive slots: a datagram received with the previous one waits in slot 1.
+    bufs: Box<[[u8; SLOT]; 2]>,
+    /// Length of the datagram waiting in slot 1.
+    queued: Option<usize>,
+}
+
+impl TransferSocket {
+    /// Binds an ephemeral port on `ip` and connects it to `peer`, so that the kernel drops
+    /// datagrams from any other address or port.
+    pub(super) fn open(ip: IpAddr, peer: SocketAddr) -> io::Result<TransferSocket> {
+        let sock = std::net::UdpSocket::bind((ip, 0))?;
+        sock.connect(peer)?;
+        sock.set_nonblocking(true)?;
+        Ok(TransferSocket {
+            // SAFETY: the `UdpSocket` owns its descriptor, which stays open and the same until
+            // the `AsyncFd` (its owner) drops it.
+            fd: unsafe { AsyncFd::register_with_interest(sock, Interest::READABLE)? },
+            bufs: Box::new([[0; SLOT]; 2]),
+            queued: None,
+        })
+    }
+
+    /// The next datagram from the client. Cancel safe: a datagram is only taken from the kernel
+    /// in the poll that returns it.
+    pub(super) async fn recv(&mut self) -> io::Result<&[u8]> {
+        if let Some(n) = self.queued.take() {
+            return Ok(&self.bufs[1][..n]);
+        }
+        loop {
+            let mut guard = self.fd.readable().await?;
+            match recv2(self.fd.get_ref(), &mut self.bufs) {
+                Ok((n, second)) => {
+                    match second {
+                        Some(m) => self.queued = Some(m),
+                        // The queue is empty: wait for the next readiness event rather than
+                        // learn it from a failing recv. A datagram that arrived since raises a
+                        // new event, so nothing is missed.
+                        None if DRAINS => guard.clear_ready(),
+                        None => {}
+                    }
+                    return Ok(&self.bufs[0][..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Sends one datagram; waits only if the send buffer is full.
+    pub(super) async fn send(&self, datagram: &[u8]) -> io::Result<()> {
+        match self.fd.get_ref().send(datagram) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            r => return r.map(drop),
+        }
+        // Rare (a window larger than the send buffer): wait on a duplicate descriptor registered
+        // for writability only, dropped (deregistered) once the datagram is out, so that the
+        // transfer's own registration never reports writability.
+        let dup = self.fd.get_ref().try_clone()?;
+        // SAFETY: as in `open`; `dup` is a descriptor of its own, owned by `w`.
+        let w = unsafe { AsyncFd::register_with_interest(dup, Interest::WRITABLE)? };
+        loop {
+            let mut guard = w.writable().await?;
+            match guard.try_io(|s| s.get_ref().send(datagram)) {
+                Ok(r) => return r.map(drop),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+/// Whether [`recv2`] tells that it drained the receive queue.
+const DRAINS: bool = cfg!(target_os = "linux");
+
+/// Receives up to two queued datagrams without waiting, into `bufs[0]` and `bufs[1]`: the first
+/// one's length and, if there was a second, its length. `WouldBlock` if none was queued.
+#[cfg(target_os = "linux")]
+fn recv2(
+    sock: &std::net::UdpSocket,
+    bufs: &mut [[u8; SLOT]; 2],
+) -> io::Result<(usize, Option<usize>)> {
+    use std::os::fd::AsRawFd;
+    let [a, b] = bufs;
+    let mut iov = [
+        libc::iovec {
+            iov_base: a.as_mut_ptr().cast(),
+            iov_len: SLOT,
+        },
+        libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: SLOT,
+        },
+    ];
+    // SAFETY: mmsghdr is plain data; all-zero is a valid value (no address, no control data).
+    let mut msgs: [libc::mmsghdr; 2] = unsafe { std::mem::zeroed() };
+    for (m, v) in msgs.iter_mut().zip(iov.iter_mut()) {
+        m.msg_hdr.msg_iov = v;
+        m.msg_hdr.msg_iovlen = 1;
+    }
+    loop {
+        // SAFETY: each header points at one iovec describing SLOT writable bytes of `bufs`, all
+        // of which outlive the call; the descriptor is open while `sock` is borrowed.
+        let r = unsafe {
+            libc::recvmmsg(
+                sock.as_raw_fd(),
+                msgs.as_mut_ptr(),
+                2,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        let first = msgs[0].msg_len as usize;
+        return Ok(match r {
+            0 => return Err(io::ErrorKind::WouldBlock.into()),
+            1 => (first, None),
+            _ => (first, Some(msgs[1].msg_len as usize)),
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn recv2(
+    sock: &std::net::UdpSocket,
+    bufs: &mut [[u8; SLOT]; 2],
+) -> io::Result<(usize, Option<usize>)> {
+    sock.recv(&mut bufs[0]).map(|n| (n, None))
+}
+
+/// Reads up to `len` bytes of `a` at `offset` if that needs no waiting for the disk: `Ok(None)`
+/// when it would (then read on the blocking pool). May return fewer bytes than asked when only
+/// part of the range is cached.
+///
+/// The same logic as the HTTP backend's reader (`http/body.rs`), which is private to that module.
+pub(super) fn read_nowait(a: &Artifact, offset: u64, len: usize) -> io::Result<Option<Bytes>> {
+    match &a.content {
+        Content::Memory(_) => a.read_chunk(offset, len).map(Some),
+        Content::File(f) => pread_nowait(f, offset, len.min(a.len.saturating_sub(offset) as usize)),
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn pread_nowait(f: &std::fs::File, offset: u64, len: usize) -> io::Result<Option<Bytes>> {
+    use std::os::fd::AsRawFd;
+    if len == 0 {
+        return Ok(Some(Bytes::new()));
+    }
+    let Ok(off) = libc::off_t::try_from(offset) else {
+        return Ok(None);
+    };
+    let mut buf: Vec<u8> = Vec::with_capacity(len);
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: len,
+    };
+    // SAFETY: `iov` describes `len` bytes of `buf`'s allocation, which is writable and outlives
+    // the call; the file descriptor is open for as long as `f` is borrowed.
+    let n = unsafe { libc::preadv2(f.as_raw_fd(), &iov, 1, off, libc::RWF_NOWAIT) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            // Would wait for the disk; or the kernel or filesystem lacks RWF_NOWAIT.
+            Some(libc::EAGAIN)
+            | Some(libc::EOPNOTSUPP)
+            | Some(libc::ENOSYS)
+            | Some(libc::EINVAL)
+            | Some(libc::EINTR) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    if n == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "cached file is shorter than recorded",
+        ));
+    }
+    // SAFETY: the kernel wrote exactly `n` (≤ `len` = capacity) bytes at the start of `buf`.
+    unsafe { buf.set_len(n as usize) };
+    Ok(Some(Bytes::from(buf)))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn pread_nowait(_f: &std::fs::File, _offset: u64, _len: usize) -> io::Result<Option<Bytes>> {
+    Ok(None)
+}
