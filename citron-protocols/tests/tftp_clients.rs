@@ -260,13 +260,18 @@ async fn atftp_with_windowsize_and_blksize_downloads_every_size() {
     let sums = lab.sized_files("local", 2).await;
     let srv = lab.serve(Config::default()).await;
     let out = tempfile::tempdir().unwrap();
-    // windowsize 8 at the default blksize 512 (the 40 MiB file wraps block numbers), then blksize 1468.
+    // windowsize 8 at the default blksize 512 (the 40 MiB file wraps block numbers), then blksize
+    // 1468, then blksize 8192 with windowsize 16 (answered with windowsize 8 to fit the window in
+    // the client's socket buffer: `Limits::max_window_bytes`).
     for opts in [
         &["--option", "windowsize 8"][..],
         &["--option", "blksize 1468", "--option", "windowsize 8"][..],
+        &["--option", "blksize 8192", "--option", "windowsize 16"][..],
     ] {
         for (name, sum) in &sums {
-            let dest = out.path().join(format!("{name}-{}", opts.len()));
+            let dest = out
+                .path()
+                .join(format!("{name}-{}", opts.join("-").replace(' ', "")));
             let o = run(tokio::process::Command::new("atftp")
                 .args(["-g", "-r", name, "-l"])
                 .arg(&dest)

@@ -12,7 +12,8 @@
 //!   s and `tsize`, RFC 7440 `windowsize` 1–65535. A value out of range is ignored (the option is
 //!   left out of the OACK and the default used) rather than refused, because refusing costs a
 //!   client like U-Boot one of its few allowed errors; a value larger than this server allows is
-//!   lowered, which RFC 2348 and RFC 7440 permit.
+//!   lowered, which RFC 2348 and RFC 7440 permit. `windowsize` is also lowered so that a window
+//!   carries at most [`Limits::max_window_bytes`].
 //! - Transfer: RFC 1350 §6 (a block shorter than blksize ends the transfer, so a size that is a
 //!   multiple of blksize ends with an empty block); with `windowsize` N, RFC 7440 §4: send N blocks,
 //!   the ACK of the last one opens the next window, the ACK of an earlier one restarts the window
@@ -42,6 +43,13 @@ pub struct Limits {
     pub max_blksize: u16,
     /// Largest `windowsize` accepted (≥ 1).
     pub max_windowsize: u16,
+    /// Largest window in payload bytes: `windowsize` is lowered to `max_window_bytes / blksize`
+    /// (at least 1). A window leaves as one burst, and a receiver drops what does not fit in its
+    /// socket buffer: Linux's default 208 KiB holds only 12 datagrams of 8 KiB (each costs
+    /// 16 KiB of buffer), so `blksize 8192` with `windowsize 16` would lose the tail of every
+    /// window and wait a retransmission timeout each time (atftpd stalls exactly so). Firmware
+    /// stacks have fewer receive buffers still (U-Boot: `PKTBUFSRX`).
+    pub max_window_bytes: u32,
     /// Retransmission timeout when the client does not send `timeout`.
     pub default_timeout: Duration,
     /// Consecutive timeouts after which the client is considered gone.
@@ -53,6 +61,7 @@ impl Default for Limits {
         Limits {
             max_blksize: MAX_BLKSIZE,
             max_windowsize: 64,
+            max_window_bytes: 64 * 1024,
             default_timeout: Duration::from_secs(1),
             retries: 6,
         }
@@ -86,6 +95,7 @@ pub struct Negotiated {
 /// assert_eq!(n.oack, vec![("BLKSIZE".to_string(), "65464".to_string()), ("tsize".to_string(), "1234".to_string())]);
 /// ```
 pub fn negotiate(req: &Request, size: u64, limits: &Limits) -> Negotiated {
+    let mut window = None;
     let mut n = Negotiated {
         blksize: DEFAULT_BLKSIZE,
         windowsize: 1,
@@ -106,9 +116,10 @@ pub fn negotiate(req: &Request, size: u64, limits: &Limits) -> Negotiated {
                 n.blksize = v.min(limits.max_blksize.clamp(MIN_BLKSIZE, MAX_BLKSIZE) as u64) as u16;
                 Some(n.blksize.to_string())
             }
+            // The value depends on blksize, which may come later: filled in below.
             ("windowsize", Some(v)) if (1..=65535).contains(&v) => {
-                n.windowsize = v.min(limits.max_windowsize.max(1) as u64) as u16;
-                Some(n.windowsize.to_string())
+                window = Some((n.oack.len(), v));
+                Some(String::new())
             }
             ("timeout", Some(v)) if (1..=255).contains(&v) => {
                 n.timeout = Duration::from_secs(v);
@@ -120,6 +131,11 @@ pub fn negotiate(req: &Request, size: u64, limits: &Limits) -> Negotiated {
         if let Some(v) = accepted {
             n.oack.push((name.clone(), v));
         }
+    }
+    if let Some((i, v)) = window {
+        let by_bytes = (limits.max_window_bytes as u64 / n.blksize as u64).max(1);
+        n.windowsize = v.min(limits.max_windowsize.max(1) as u64).min(by_bytes) as u16;
+        n.oack[i].1 = n.windowsize.to_string();
     }
     n
 }
@@ -457,6 +473,7 @@ mod tests {
     fn absurd_values_are_ignored_or_clamped() {
         let l = Limits {
             max_windowsize: 32,
+            max_window_bytes: u32::MAX,
             ..Limits::default()
         };
         let n = negotiate(
@@ -500,6 +517,28 @@ mod tests {
         let n = negotiate(&req(&[("blksize", "8"), ("BlkSize", "1024")]), 10, &l);
         assert_eq!(n.blksize, 8, "first of a repeated option counts");
         assert_eq!(n.oack.len(), 1);
+    }
+
+    #[test]
+    fn windowsize_is_lowered_to_fit_the_window_bytes() {
+        let l = Limits::default();
+        // Whatever the order of the options.
+        for opts in [
+            [("windowsize", "16"), ("blksize", "8192")],
+            [("blksize", "8192"), ("windowsize", "16")],
+        ] {
+            let n = negotiate(&req(&opts), 10, &l);
+            assert_eq!((n.blksize, n.windowsize), (8192, 8));
+            assert!(n
+                .oack
+                .contains(&("windowsize".to_string(), "8".to_string())));
+        }
+        let n = negotiate(&req(&[("blksize", "1468"), ("windowsize", "16")]), 10, &l);
+        assert_eq!(n.windowsize, 16, "16 x 1468 fits");
+        let n = negotiate(&req(&[("blksize", "65464"), ("windowsize", "4")]), 10, &l);
+        assert_eq!(n.windowsize, 1, "never below 1");
+        let n = negotiate(&req(&[("windowsize", "200")]), 10, &l);
+        assert_eq!(n.windowsize, 64, "max_windowsize at blksize 512");
     }
 
     #[test]
