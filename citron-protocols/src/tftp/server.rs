@@ -451,6 +451,7 @@ async fn transfer(
     let started = Instant::now();
     let (mut session, mut step) = Session::start(neg, len, limits.retries, started);
     let mut retransmits = 0u32;
+    let mut lens: Vec<usize> = Vec::new();
     let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(
         step.wake_at.unwrap_or(started),
     ));
@@ -459,14 +460,14 @@ async fn transfer(
         if step.delivered > 0 {
             art.sent(step.delivered);
         }
-        let mut gone = false;
+        // The step's packets (one in lockstep, a window otherwise) back to back in `out`, then
+        // sent in one system call.
+        out.clear();
+        lens.clear();
         for s in &step.send {
-            let r = match s {
-                Out::Packet(p) => {
-                    out.clear();
-                    packet::encode(p, &mut out);
-                    sock.send(&out).await
-                }
+            let start = out.len();
+            match s {
+                Out::Packet(p) => packet::encode(p, &mut out),
                 Out::Data { index } => {
                     let (off, n) = session.block_range(*index);
                     let data = match body.get(off, n).await {
@@ -477,23 +478,18 @@ async fn transfer(
                             return;
                         }
                     };
-                    out.clear();
                     packet::encode_data(Session::wire_block(*index), &data, &mut out);
-                    sock.send(&out).await
                 }
-            };
-            match r {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                    gone = true;
-                    break;
-                }
-                // Transient (buffers full): the retransmission timer covers it.
+            }
+            lens.push(out.len() - start);
+        }
+        if !lens.is_empty() {
+            match sock.send_many(&out, &lens).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => break None,
+                // Transient: the retransmission timer covers it.
                 Err(e) => tracing::debug!(%peer, error = %e, "TFTP send failed"),
             }
-        }
-        if gone {
-            break None;
         }
         if let Some(o) = step.done.take() {
             break Some(o);

@@ -9,8 +9,9 @@
 //! - one `recvmmsg` both receives the ACK and tells whether another datagram is queued (it asks
 //!   for two without waiting); when none is, the readiness is cleared right away instead of being
 //!   found out by a `recv` failing with `EAGAIN` after the next send;
-//! - a send is one `send` on the connected socket; only when the send buffer is full (a large
-//!   window) is a second, writability-only registration made to wait on.
+//! - a send is one `send` on the connected socket, a window of several blocks one `sendmmsg`;
+//!   only when the send buffer is full is a second, writability-only registration made to wait
+//!   on.
 //!
 //! File reads: [`read_nowait`] tries `preadv2(RWF_NOWAIT)`, which copies the bytes only if they
 //! are in the page cache, so a warm artifact is read inline with no blocking-pool hand-off.
@@ -80,24 +81,107 @@ impl TransferSocket {
 
     /// Sends one datagram; waits only if the send buffer is full.
     pub(super) async fn send(&self, datagram: &[u8]) -> io::Result<()> {
-        match self.fd.get_ref().send(datagram) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            r => return r.map(drop),
-        }
-        // Rare (a window larger than the send buffer): wait on a duplicate descriptor registered
-        // for writability only, dropped (deregistered) once the datagram is out, so that the
-        // transfer's own registration never reports writability.
-        let dup = self.fd.get_ref().try_clone()?;
-        // SAFETY: as in `open`; `dup` is a descriptor of its own, owned by `w`.
-        let w = unsafe { AsyncFd::register_with_interest(dup, Interest::WRITABLE)? };
-        loop {
-            let mut guard = w.writable().await?;
-            match guard.try_io(|s| s.get_ref().send(datagram)) {
-                Ok(r) => return r.map(drop),
-                Err(_would_block) => continue,
+        self.send_many(datagram, &[datagram.len()]).await
+    }
+
+    /// Sends the datagrams that `buf` holds back to back, of lengths `lens`, in as few system
+    /// calls as the kernel takes (one `sendmmsg` for a window); waits only if the send buffer is
+    /// full. On an error the rest is not sent (the retransmission timer covers it).
+    pub(super) async fn send_many(&self, buf: &[u8], lens: &[usize]) -> io::Result<()> {
+        let mut done = 0;
+        let mut off = 0;
+        let mut writable: Option<AsyncFd<std::net::UdpSocket>> = None;
+        while done < lens.len() {
+            match send_batch(self.fd.get_ref(), &buf[off..], &lens[done..]) {
+                Ok(k) => {
+                    off += lens[done..done + k].iter().sum::<usize>();
+                    done += k;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Rare (a window larger than the send buffer): wait on a duplicate descriptor
+                    // registered for writability only, dropped (deregistered) once the window is
+                    // out, so that the transfer's own registration never reports writability.
+                    let w = match &mut writable {
+                        Some(w) => w,
+                        None => {
+                            let dup = self.fd.get_ref().try_clone()?;
+                            // SAFETY: as in `open`; `dup` is a descriptor of its own, owned by
+                            // the `AsyncFd`.
+                            let fd = unsafe {
+                                AsyncFd::register_with_interest(dup, Interest::WRITABLE)?
+                            };
+                            writable.insert(fd)
+                        }
+                    };
+                    w.writable().await?.clear_ready();
+                }
+                Err(e) => return Err(e),
             }
         }
+        Ok(())
     }
+}
+
+/// Sends the first datagrams of `buf` (lengths `lens`, at least one) without waiting; returns
+/// how many left (≥ 1), or `WouldBlock`.
+#[cfg(target_os = "linux")]
+fn send_batch(sock: &std::net::UdpSocket, buf: &[u8], lens: &[usize]) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    if let [len] = lens {
+        let d = buf.get(..*len).ok_or(io::ErrorKind::InvalidInput)?;
+        return sock.send(d).map(|_| 1);
+    }
+    /// Datagrams per call (a window is at most 64 blocks by default).
+    const BATCH: usize = 64;
+    let n = lens.len().min(BATCH);
+    let mut iov: [libc::iovec; BATCH] = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; BATCH];
+    // SAFETY: mmsghdr is plain data; all-zero is a valid value (no address, no control data).
+    let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    let mut off = 0;
+    for i in 0..n {
+        let Some(d) = buf.get(off..off + lens[i]) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "datagram lengths beyond the buffer",
+            ));
+        };
+        iov[i] = libc::iovec {
+            iov_base: d.as_ptr() as *mut libc::c_void,
+            iov_len: d.len(),
+        };
+        off += d.len();
+        msgs[i].msg_hdr.msg_iov = &mut iov[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+    }
+    loop {
+        // SAFETY: the first `n` headers each point at one iovec describing bytes of `buf`
+        // (bounds checked above), which the kernel only reads; all outlive the call.
+        let r =
+            unsafe { libc::sendmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), n as libc::c_uint, 0) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if r == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        return Ok(r as usize);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn send_batch(sock: &std::net::UdpSocket, buf: &[u8], lens: &[usize]) -> io::Result<usize> {
+    let d = lens
+        .first()
+        .and_then(|n| buf.get(..*n))
+        .ok_or(io::ErrorKind::InvalidInput)?;
+    sock.send(d).map(|_| 1)
 }
 
 /// Whether [`recv2`] tells that it drained the receive queue.
