@@ -11,8 +11,9 @@
 //! reading (as a HEAD, logged as a 0-byte access), and opened for reading only if the range is
 //! satisfiable, so an out-of-range request cannot spend a read-once secret.
 //!
-//! Large files are streamed in 1 MiB chunks read on the blocking pool, one chunk ahead of the
-//! socket, so a transfer never holds more than two chunks and never the whole file.
+//! Large files are streamed in chunks of up to 1 MiB, read without blocking when the page cache
+//! holds them and on the blocking pool otherwise (see `body.rs`), so a transfer never holds more
+//! than a chunk or two and never the whole file.
 //!
 //! Keep-alive connections idle for [`PARK_AFTER`] are *parked*: hyper's per-connection buffers
 //! are dropped and only the socket is kept until the client sends again, so thousands of idle
