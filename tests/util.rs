@@ -239,6 +239,20 @@ impl Citron {
         None
     }
 
+    /// Everything citron logged on stderr, once it has exited (waits, at most `timeout`, for
+    /// the pipe to close).
+    pub fn stderr_to_end(&self, timeout: Duration) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut s = String::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(l) => s.push_str(&l),
+                Err(_) => return s,
+            }
+        }
+    }
+
     /// What citron logged on stderr so far.
     pub fn stderr_so_far(&self) -> String {
         let mut s = String::new();

@@ -216,8 +216,9 @@ fn sigterm_lets_transfers_finish_then_cuts_them() {
     let got = std::fs::read(&long_out).unwrap();
     assert!(got.len() < big.len() && got[..] == big[..got.len()], "{} bytes, a prefix of the file", got.len());
     let st = c.wait_exit(Duration::from_secs(60)).expect("citron exits");
-    assert_eq!(st.code(), Some(0), "{}", c.stderr_so_far());
-    assert!(c.stderr_so_far().contains("cutting them"), "the cut is logged");
+    let log = c.stderr_to_end(Duration::from_secs(10));
+    assert_eq!(st.code(), Some(0), "{log}");
+    assert!(log.contains("cutting them"), "the cut is logged: {log}");
 }
 
 /// A second signal stops at once, without waiting for the grace period: exit 130 (SIGINT).
@@ -267,7 +268,7 @@ fn trickle_server() -> (std::net::SocketAddr, std::thread::JoinHandle<bool>) {
         let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1073741824\r\nContent-Type: application/octet-stream\r\n\r\n");
         // At most 60 s of trickling; `true` once the client hung up.
         for _ in 0..3000 {
-            if s.write_all(&[b'x'; 4096]).is_err() {
+            if s.write_all(&[b'x'; 16 * 1024]).is_err() {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -301,8 +302,9 @@ fn sigint_during_a_slow_job_download_leaves_no_partial_file() {
     }
     c.signal("INT");
     let st = c.wait_exit(Duration::from_secs(30)).expect("citron exits after SIGINT");
-    let log = c.stderr_so_far();
+    let log = c.stderr_to_end(Duration::from_secs(10));
     assert_eq!(st.code(), Some(0), "{log}");
+    assert!(log.contains("SIGINT during start-up"), "{log}");
     assert!(!c.wait_listening(Duration::from_secs(1)), "it never printed its listening line");
     assert_eq!(partial(), Vec::new(), "partial files left in {}; log:\n{log}", tmp.display());
     assert!(server.join().unwrap(), "the download's connection was closed");
