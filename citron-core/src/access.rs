@@ -155,6 +155,15 @@ pub struct AccessTicket {
     time: f64,
     bytes: AtomicU64,
     done: AtomicBool,
+    /// Set by [`refuse`](AccessTicket::refuse) or [`discard`](AccessTicket::discard).
+    end: parking_lot::Mutex<Option<Ending>>,
+}
+
+/// How a ticket ends other than by its transfer.
+#[derive(Debug)]
+enum Ending {
+    Refused(String),
+    Discarded,
 }
 
 impl std::fmt::Debug for AccessTicket {
@@ -174,7 +183,18 @@ impl AccessTicket {
             time: now_secs(),
             bytes: AtomicU64::new(0),
             done: AtomicBool::new(false),
+            end: parking_lot::Mutex::new(None),
         }
+    }
+    /// The protocol answered the request with a refusal of its own after all (an HTTP range
+    /// that does not fit, say): logged as refused with `why`, not as a read.
+    pub fn refuse(&self, why: impl ToString) {
+        *self.end.lock() = Some(Ending::Refused(why.to_string()));
+    }
+    /// The artifact was only looked at to decide how to answer, and another ticket records the
+    /// request: nothing is logged for this one.
+    pub fn discard(&self) {
+        *self.end.lock() = Some(Ending::Discarded);
     }
     /// Adds delivered bytes.
     pub fn add_bytes(&self, n: u64) {
@@ -188,7 +208,12 @@ impl AccessTicket {
 
 impl Drop for AccessTicket {
     fn drop(&mut self) {
-        let outcome = if self.done.load(Ordering::Relaxed) { Outcome::Served } else { Outcome::Aborted };
+        let outcome = match self.end.lock().take() {
+            Some(Ending::Discarded) => return,
+            Some(Ending::Refused(why)) => Outcome::Refused(why),
+            None if self.done.load(Ordering::Relaxed) => Outcome::Served,
+            None => Outcome::Aborted,
+        };
         self.log.record(
             Some(&self.dut),
             AccessRecord {
@@ -217,12 +242,18 @@ mod tests {
         }
         drop(AccessTicket::new(log.clone(), d.clone(), Protocol::TFTP, "b"));
         log.refuse(Some(&d), Protocol::HTTP, "c", "nope");
+        AccessTicket::new(log.clone(), d.clone(), Protocol::HTTP, "looked at").discard();
+        let t = AccessTicket::new(log.clone(), d.clone(), Protocol::HTTP, "d");
+        t.complete();
+        t.refuse("range not satisfiable");
+        drop(t);
         let e = log.entries(&d);
-        assert_eq!(e.len(), 3);
+        assert_eq!(e.len(), 4, "{e:?}");
+        assert_eq!(e[3].outcome, Outcome::Refused("range not satisfiable".into()));
         assert_eq!((e[0].bytes, &e[0].outcome), (5, &Outcome::Served));
         assert_eq!(e[1].outcome, Outcome::Aborted);
         assert_eq!(e[2].outcome, Outcome::Refused("nope".into()));
         let m = log.prometheus();
-        assert!(m.contains("citron_refusals_total{protocol=\"http\",dut=\"d\"} 1"), "{m}");
+        assert!(m.contains("citron_refusals_total{protocol=\"http\",dut=\"d\"} 2"), "{m}");
     }
 }

@@ -513,9 +513,12 @@ impl Catalog for Gateway {
             }
         }
         let entry = entry.ok_or_else(|| refuse(ServeError::NotFound(path.clone())))?;
-        if req.intent == Intent::Read {
-            entry.policies.admit(Instant::now()).map_err(|e| refuse(e.into()))?;
+        // A look answers as a read would (410 for a used-up secret), but uses nothing up.
+        match req.intent {
+            Intent::Read => entry.policies.admit(Instant::now()),
+            Intent::Stat => entry.policies.check(Instant::now()),
         }
+        .map_err(|e| refuse(e.into()))?;
         Ok(Artifact {
             name: path,
             len: entry.len,

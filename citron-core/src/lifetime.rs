@@ -165,6 +165,11 @@ impl Policies {
         self.0.push(p);
     }
 
+    /// Would a read be allowed now? Uses up nothing (HTTP HEAD, a look before a range).
+    pub fn check(&self, now: Instant) -> Result<(), Refusal> {
+        self.0.iter().try_for_each(|p| p.check(now))
+    }
+
     /// Every policy checks, then every policy admits; an admission refused half-way is rolled
     /// back so that nothing is used up by a refused read.
     pub fn admit(&self, now: Instant) -> Result<(), Refusal> {

@@ -59,7 +59,8 @@ pub enum Space {
 pub enum Intent {
     /// Read the content: counts against `access_count`.
     Read,
-    /// Only look at its size and digest (HTTP HEAD): counts nothing.
+    /// Only look at its size and digest (HTTP HEAD): counts nothing, but is refused where a
+    /// read would be (a used-up or expired artifact).
     Stat,
 }
 

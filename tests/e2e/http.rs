@@ -580,6 +580,12 @@ fn binary_access_count_admits_exactly_one_of_fifty_concurrent_reads_until_boot()
     let served =
         log.as_array().unwrap().iter().filter(|r| r["outcome"]["kind"] == "served" && r["bytes"].as_u64() > Some(0)).count();
     assert_eq!(served, 3, "one of the fifty, the range, the read after the second boot: {log}");
+    // One record per request: HEAD, the 416 (a refusal, not a read), 50 concurrent GETs, the
+    // GET after them, the range and the GET after it, the last two GETs.
+    let records = log.as_array().unwrap();
+    assert_eq!(records.len(), 1 + 1 + 50 + 1 + 2 + 2, "{log}");
+    assert_eq!(records[1]["outcome"]["kind"], "refused", "{}", records[1]);
+    assert!(records[1].to_string().contains("range not satisfiable"), "{}", records[1]);
 }
 
 /// [`check_ranges_and_etags`] on the real binary, the big file coming from a `file:` source.

@@ -261,10 +261,11 @@ impl Handler {
                 Err(e) => return refusal(&e, &path, self.peer, false),
             };
             if plan(req.headers(), &etag_of(&look), look.len) == Plan::Unsatisfiable {
+                look.ticket.refuse("range not satisfiable");
                 return self.respond(req.headers(), Arc::new(look), false);
             }
-            // The look ends as a 0-byte record, like a HEAD; the read below is another.
-            look.complete();
+            // The read below is what the access log records.
+            look.ticket.discard();
             drop(look);
             freq.intent = Intent::Read;
         }
