@@ -120,6 +120,7 @@ pair() {
         case " ${c[*]} " in *" FAIL "*) ;; *) c+=("$(once "$@" "$cp")") ;; esac
         case " ${p[*]} " in *" FAIL "*) ;; *) p+=("$(once "$@" "$pp")") ;; esac
     done
+    echo "  $* (s): citron ${c[*]} / peer ${p[*]}" >&2
     echo "$(med "${c[@]}") $(med "${p[@]}")"
 }
 mbps() { [ "$1" = FAIL ] && echo FAIL || awk "BEGIN { printf \"%.1f\", $SIZE_MB * 1.048576 / $1 }"; }
