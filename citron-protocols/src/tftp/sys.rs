@@ -47,20 +47,25 @@ impl TransferSocket {
         Ok(TransferSocket {
             // SAFETY: the `UdpSocket` owns its descriptor, which stays open and the same until
             // the `AsyncFd` (its owner) drops it.
-            fd: unsafe { AsyncFd::register_with_interest(sock, Interest::READABLE)? },
+            fd: unsafe {
+                AsyncFd::register_with_interest(sock, Interest::READABLE | Interest::ERROR)?
+            },
             bufs: Box::new([[0; SLOT]; 2]),
             queued: None,
         })
     }
 
-    /// The next datagram from the client. Cancel safe: a datagram is only taken from the kernel
+    /// The next datagram from the client, or the error the socket holds (`ConnectionRefused` once
+    /// the client's port is closed). Cancel safe: a datagram is only taken from the kernel
     /// in the poll that returns it.
     pub(super) async fn recv(&mut self) -> io::Result<&[u8]> {
         if let Some(n) = self.queued.take() {
             return Ok(&self.bufs[1][..n]);
         }
         loop {
-            let mut guard = self.fd.readable().await?;
+            // ERROR too: an ICMP port unreachable (the client closed its socket) sets only the
+            // socket error, which `recvmmsg` then returns as `ConnectionRefused`.
+            let mut guard = self.fd.ready(Interest::READABLE | Interest::ERROR).await?;
             match recv2(self.fd.get_ref(), &mut self.bufs) {
                 Ok((n, second)) => {
                     match second {
