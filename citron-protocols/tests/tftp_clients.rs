@@ -865,7 +865,11 @@ async fn generated_boot_files_over_real_clients_with_firmware_prefixes() {
         .await
         .expect("curl cmdline.txt");
     assert_eq!(String::from_utf8(got).unwrap().trim_end(), cmdline);
-    // The same config.txt without the prefix, from tftp-hpa (lockstep at blksize 512).
+    // The same config.txt from tftp-hpa (lockstep at blksize 512), with and without the prefix.
+    assert_eq!(
+        String::from_utf8(tftp_hpa_get(port, &format!("{SERIAL}/config.txt")).await).unwrap(),
+        config
+    );
     assert_eq!(
         String::from_utf8(tftp_hpa_get(port, "config.txt").await).unwrap(),
         config
@@ -951,10 +955,11 @@ async fn generated_boot_files_over_real_clients_with_firmware_prefixes() {
         );
     }
 
-    // The access log names the first DUT's reads as served, under the path the client asked for.
+    // The access log names the first DUT's reads as served, under the path the client asked for
+    // (<serial>/config.txt: once by curl, once by tftp-hpa).
     assert_eq!(
-        served(&lab.gw, "local", &format!("{SERIAL}/config.txt"), 1).await,
-        1
+        served(&lab.gw, "local", &format!("{SERIAL}/config.txt"), 2).await,
+        2
     );
     assert_eq!(served(&lab.gw, "local", kurl, 1).await, 1);
     srv.stop().await;
