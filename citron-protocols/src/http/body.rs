@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
-use citron_core::serve::{Artifact, Content};
+use citron_core::serve::Artifact;
 use http_body::{Body, Frame, SizeHint};
 use tokio::task::JoinHandle;
 
@@ -59,7 +59,7 @@ impl ResponseBody {
     pub(crate) fn range(artifact: Arc<Artifact>, start: u64, end: u64) -> io::Result<Self> {
         let len = end - start;
         if len <= INLINE_BYTES {
-            if let Some(b) = read_nowait(&artifact, start, len as usize)? {
+            if let Some(b) = artifact.read_cached(start, len as usize)? {
                 if b.len() as u64 == len {
                     return Ok(ResponseBody::Full(Some(b), Some(artifact)));
                 }
@@ -69,48 +69,6 @@ impl ResponseBody {
     }
 }
 
-/// Reads up to `len` bytes at `offset` if that needs no waiting: `Ok(None)` when it would block.
-/// May return fewer bytes (only part of the range is cached); never zero unless `len` is.
-fn read_nowait(a: &Artifact, offset: u64, len: usize) -> io::Result<Option<Bytes>> {
-    match &a.content {
-        Content::Memory(_) => a.read_chunk(offset, len).map(Some),
-        Content::File(f) => pread_nowait(f, offset, len),
-    }
-}
-
-#[cfg(target_os = "linux")]
-fn pread_nowait(f: &std::fs::File, offset: u64, len: usize) -> io::Result<Option<Bytes>> {
-    use std::os::fd::AsRawFd;
-    if len == 0 {
-        return Ok(Some(Bytes::new()));
-    }
-    let Ok(off) = libc::off_t::try_from(offset) else { return Ok(None) };
-    let mut buf: Vec<u8> = Vec::with_capacity(len);
-    let iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: len };
-    // SAFETY: `iov` describes `len` bytes of `buf`'s allocation, which is writable and outlives
-    // the call; the file descriptor is open for as long as `f` is borrowed.
-    let n = unsafe { libc::preadv2(f.as_raw_fd(), &iov, 1, off, libc::RWF_NOWAIT) };
-    if n < 0 {
-        let e = io::Error::last_os_error();
-        return match e.raw_os_error() {
-            // Would wait for the disk; or the kernel or filesystem lacks RWF_NOWAIT.
-            Some(libc::EAGAIN) | Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) | Some(libc::EINVAL) => Ok(None),
-            Some(libc::EINTR) => Ok(None),
-            _ => Err(e),
-        };
-    }
-    if n == 0 {
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "cached file is shorter than recorded"));
-    }
-    // SAFETY: the kernel wrote exactly `n` (≤ `len` = capacity) bytes at the start of `buf`.
-    unsafe { buf.set_len(n as usize) };
-    Ok(Some(Bytes::from(buf)))
-}
-
-#[cfg(not(target_os = "linux"))]
-fn pread_nowait(_f: &std::fs::File, _offset: u64, _len: usize) -> io::Result<Option<Bytes>> {
-    Ok(None)
-}
 
 impl FileStream {
     fn remaining(&self) -> u64 {
@@ -125,7 +83,7 @@ impl FileStream {
             }
             let len = (self.end - self.pos).min(self.next_len as u64) as usize;
             self.next_len = (self.next_len * 2).min(CHUNK_BYTES);
-            match read_nowait(&self.artifact, self.pos, len) {
+            match self.artifact.read_cached(self.pos, len) {
                 Ok(Some(b)) => {
                     self.pos += b.len() as u64;
                     return Poll::Ready(Some(Ok(b)));
@@ -207,24 +165,5 @@ impl Drop for FileStream {
         if let Some((h, _)) = self.pending.take() {
             h.abort();
         }
-    }
-}
-
-#[cfg(all(test, target_os = "linux"))]
-mod tests {
-    use super::*;
-    use std::io::Write as _;
-
-    #[test]
-    fn nowait_reads_cached_bytes_and_reports_eof() {
-        let mut f = tempfile::tempfile().unwrap();
-        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-        f.write_all(&data).unwrap();
-        f.sync_all().unwrap();
-        // Just written: in the page cache.
-        let got = pread_nowait(&f, 1000, 200_000).unwrap().expect("cached");
-        assert!(!got.is_empty() && got.len() <= 200_000);
-        assert_eq!(&got[..], &data[1000..1000 + got.len()]);
-        assert!(pread_nowait(&f, 300_000, 10).is_err(), "reading past the end is an error");
     }
 }

@@ -35,7 +35,7 @@ use tokio::task::JoinSet;
 use super::error::error_packet;
 use super::packet::{self, DecodeError, ErrorCode, Mode, Packet, Request};
 use super::session::{negotiate, Limits, Outcome, Send as Out, Session, Step, DEFAULT_BLKSIZE};
-use super::sys::{read_nowait, TransferSocket};
+use super::sys::TransferSocket;
 
 /// Server settings. `Config::default()` suits a lab; tests lower the timeout.
 #[derive(Debug, Clone)]
@@ -305,7 +305,7 @@ impl Chunks {
     fn read_inline(&self, k: u64) -> io::Result<Option<Bytes>> {
         let off = k * self.size;
         let want = self.size.min(self.art.len.saturating_sub(off)) as usize;
-        Ok(read_nowait(&self.art, off, want)?.filter(|b| b.len() == want))
+        Ok(self.art.read_cached(off, want)?.filter(|b| b.len() == want))
     }
 
     async fn get(&mut self, off: u64, len: usize) -> io::Result<Bytes> {

@@ -13,14 +13,13 @@
 //!   only when the send buffer is full is a second, writability-only registration made to wait
 //!   on.
 //!
-//! File reads: [`read_nowait`] tries `preadv2(RWF_NOWAIT)`, which copies the bytes only if they
-//! are in the page cache, so a warm artifact is read inline with no blocking-pool hand-off.
+//! File reads go through `Artifact::read_cached` (`preadv2(RWF_NOWAIT)`, shared with the HTTP
+//! backend), which copies the bytes only if they are in the page cache, so a warm artifact is
+//! read inline with no blocking-pool hand-off.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 
-use bytes::Bytes;
-use citron_core::serve::{Artifact, Content};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
@@ -253,59 +252,3 @@ fn recv2(
     sock.recv(&mut bufs[0]).map(|n| (n, None))
 }
 
-/// Reads up to `len` bytes of `a` at `offset` if that needs no waiting for the disk: `Ok(None)`
-/// when it would (then read on the blocking pool). May return fewer bytes than asked when only
-/// part of the range is cached.
-///
-/// The same logic as the HTTP backend's reader (`http/body.rs`), which is private to that module.
-pub(super) fn read_nowait(a: &Artifact, offset: u64, len: usize) -> io::Result<Option<Bytes>> {
-    match &a.content {
-        Content::Memory(_) => a.read_chunk(offset, len).map(Some),
-        Content::File(f) => pread_nowait(f, offset, len.min(a.len.saturating_sub(offset) as usize)),
-    }
-}
-
-#[cfg(target_os = "linux")]
-fn pread_nowait(f: &std::fs::File, offset: u64, len: usize) -> io::Result<Option<Bytes>> {
-    use std::os::fd::AsRawFd;
-    if len == 0 {
-        return Ok(Some(Bytes::new()));
-    }
-    let Ok(off) = libc::off_t::try_from(offset) else {
-        return Ok(None);
-    };
-    let mut buf: Vec<u8> = Vec::with_capacity(len);
-    let iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: len,
-    };
-    // SAFETY: `iov` describes `len` bytes of `buf`'s allocation, which is writable and outlives
-    // the call; the file descriptor is open for as long as `f` is borrowed.
-    let n = unsafe { libc::preadv2(f.as_raw_fd(), &iov, 1, off, libc::RWF_NOWAIT) };
-    if n < 0 {
-        let e = io::Error::last_os_error();
-        return match e.raw_os_error() {
-            // Would wait for the disk; or the kernel or filesystem lacks RWF_NOWAIT.
-            Some(libc::EAGAIN)
-            | Some(libc::EOPNOTSUPP)
-            | Some(libc::ENOSYS)
-            | Some(libc::EINVAL)
-            | Some(libc::EINTR) => Ok(None),
-            _ => Err(e),
-        };
-    }
-    if n == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "cached file is shorter than recorded",
-        ));
-    }
-    // SAFETY: the kernel wrote exactly `n` (≤ `len` = capacity) bytes at the start of `buf`.
-    unsafe { buf.set_len(n as usize) };
-    Ok(Some(Bytes::from(buf)))
-}
-
-#[cfg(not(target_os = "linux"))]
-fn pread_nowait(_f: &std::fs::File, _offset: u64, _len: usize) -> io::Result<Option<Bytes>> {
-    Ok(None)
-}
