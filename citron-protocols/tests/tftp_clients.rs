@@ -103,37 +103,26 @@ impl Lab {
         Lab { gw, _dir: dir }
     }
 
-    /// Sets `dut`'s job to boot `kernel` with `initramfs` and `cmdline` (no other files).
-    async fn boot_job(&self, dut: &str, kernel: Vec<u8>, initramfs: Vec<u8>, cmdline: &str) {
-        let job = ResolvedJob {
-            origin: format!("boot-{dut}"),
-            start: Step {
-                kernel: Some(file("kernel", kernel, None)),
-                initramfs: Some(file("initramfs", initramfs, None)),
-                cmdline: Some(cmdline.into()),
-                ..Step::default()
-            },
-            continue_: None,
-        };
-        self.gw
-            .set_resolved_job(&DutId::from(dut), job)
-            .await
-            .unwrap();
+    /// Makes `step` `dut`'s whole job.
+    async fn step(&self, dut: &str, step: Step) {
+        let job = ResolvedJob { origin: format!("test-{dut}"), start: step, continue_: None };
+        self.gw.set_resolved_job(&DutId::from(dut), job).await.unwrap();
     }
 
-    async fn job(&self, dut: &str, files: Vec<FileSpec>) {
-        let job = ResolvedJob {
-            origin: format!("test-{dut}"),
-            start: Step {
-                tftp: files,
-                ..Step::default()
-            },
-            continue_: None,
+    /// Sets `dut`'s job to boot `kernel` with `initramfs` and `cmdline` (no other files).
+    async fn boot_job(&self, dut: &str, kernel: Vec<u8>, initramfs: Vec<u8>, cmdline: &str) {
+        let step = Step {
+            kernel: Some(file("kernel", kernel, None)),
+            initramfs: Some(file("initramfs", initramfs, None)),
+            cmdline: Some(cmdline.into()),
+            ..Step::default()
         };
-        self.gw
-            .set_resolved_job(&DutId::from(dut), job)
-            .await
-            .unwrap();
+        self.step(dut, step).await;
+    }
+
+    /// Sets `dut`'s job to serve `files` over TFTP.
+    async fn job(&self, dut: &str, files: Vec<FileSpec>) {
+        self.step(dut, Step { tftp: files, ..Step::default() }).await;
     }
 
     /// Loads the size ladder for `dut`, seeded by `seed`; returns (name, sha256).
