@@ -83,9 +83,9 @@ fn boot_resets_boot_disks_and_never_keeps_writes() {
     }
     let size = 4 << 20;
     let lab = Lab::start(vec![
-        disk("b", DiskKind::Raw { size_bytes: size }, ResetOn::Boot),
-        disk("n", DiskKind::Raw { size_bytes: size }, ResetOn::Never),
-        disk("j", DiskKind::Raw { size_bytes: size }, ResetOn::JobStart),
+        disk("b", raw(size), ResetOn::Boot),
+        disk("n", raw(size), ResetOn::Never),
+        disk("j", raw(size), ResetOn::JobStart),
     ]);
     for name in ["b", "n", "j"] {
         nbdsh(
@@ -112,20 +112,8 @@ fn never_disk_survives_gateway_restart_and_job_start_disk_does_not() {
     let t = tempfile::tempdir().unwrap();
     let disks = || {
         vec![
-            disk(
-                "n",
-                DiskKind::Raw {
-                    size_bytes: 1 << 20,
-                },
-                ResetOn::Never,
-            ),
-            disk(
-                "j",
-                DiskKind::Raw {
-                    size_bytes: 1 << 20,
-                },
-                ResetOn::JobStart,
-            ),
+            disk("n", raw(1 << 20), ResetOn::Never),
+            disk("j", raw(1 << 20), ResetOn::JobStart),
         ]
     };
     {
@@ -161,13 +149,7 @@ fn readonly_export_refuses_writes_with_eperm() {
     if !have_nbdsh() {
         return;
     }
-    let mut d = disk(
-        "ro",
-        DiskKind::Raw {
-            size_bytes: 1 << 20,
-        },
-        ResetOn::JobStart,
-    );
+    let mut d = disk("ro", raw(1 << 20), ResetOn::JobStart);
     d.readonly = true;
     let lab = Lab::start(vec![d]);
     nbdsh(
@@ -181,13 +163,7 @@ fn requests_past_the_end_get_einval_for_reads_and_enospc_for_writes() {
     if !have_nbdsh() {
         return;
     }
-    let lab = Lab::start(vec![disk(
-        "d",
-        DiskKind::Raw {
-            size_bytes: 1 << 20,
-        },
-        ResetOn::JobStart,
-    )]);
+    let lab = Lab::start(vec![disk("d", raw(1 << 20), ResetOn::JobStart)]);
     nbdsh(
         &lab.uri("d"),
         "import errno\nh.set_strict_mode(0)\nend = 1 << 20\nfor want, f in ((errno.EINVAL, lambda: h.pread(10, end - 5)), (errno.ENOSPC, lambda: h.pwrite(b'x' * 10, end - 5)), (errno.ENOSPC, lambda: h.trim(4096, end)), (errno.ENOSPC, lambda: h.zero(2, end - 1)), (errno.ENOSPC, lambda: h.pwrite(b'y', end))):\n    try:\n        f()\n        raise SystemExit('accepted')\n    except nbd.Error as e:\n        assert e.errnum == want, (want, e)\nassert h.pread(5, end - 5) == bytes(5)\nassert h.pread(4096, end - 4096) == bytes(4096)",
@@ -230,24 +206,9 @@ fn export_name_opens_a_known_export_and_closes_on_an_unknown_one() {
     if !have_nbdsh() {
         return;
     }
-    let mut ro = disk(
-        "ro",
-        DiskKind::Raw {
-            size_bytes: 3 << 20,
-        },
-        ResetOn::JobStart,
-    );
+    let mut ro = disk("ro", raw(3 << 20), ResetOn::JobStart);
     ro.readonly = true;
-    let lab = Lab::start(vec![
-        disk(
-            "d",
-            DiskKind::Raw {
-                size_bytes: 2 << 20,
-            },
-            ResetOn::JobStart,
-        ),
-        ro,
-    ]);
+    let lab = Lab::start(vec![disk("d", raw(2 << 20), ResetOn::JobStart), ro]);
     // Written with a real client (NBD_OPT_GO), read back after NBD_OPT_EXPORT_NAME.
     nbdsh(
         &lab.uri("d"),
@@ -298,13 +259,7 @@ fn info_describes_an_export_without_opening_it() {
     if !have_nbdsh() {
         return;
     }
-    let lab = Lab::start(vec![disk(
-        "d",
-        DiskKind::Raw {
-            size_bytes: 1 << 20,
-        },
-        ResetOn::JobStart,
-    )]);
+    let lab = Lab::start(vec![disk("d", raw(1 << 20), ResetOn::JobStart)]);
     let overlays = lab.dir.join("disks/overlays");
     let before = count_files(&overlays);
     // libnbd in option mode: NBD_OPT_INFO only, then NBD_OPT_ABORT.
@@ -334,10 +289,15 @@ fn info_describes_an_export_without_opening_it() {
     assert!(count_files(&overlays) > before);
 }
 
+/// A sparse `raw:` disk of `size_bytes`.
+fn raw(size_bytes: u64) -> DiskKind {
+    DiskKind::Raw { size_bytes }
+}
+
 /// A job of the first DUT (127.0.0.1) with a private disk `private` and a `shared: true` disk
 /// `common`, 1 MiB each.
 fn private_and_shared_lab() -> Lab {
-    let raw = || DiskKind::Raw { size_bytes: 1 << 20 };
+    let raw = || raw(1 << 20);
     let mut shared = disk("common", raw(), ResetOn::JobStart);
     shared.shared = true;
     Lab::start(vec![disk("private", raw(), ResetOn::JobStart), shared])
@@ -374,13 +334,7 @@ fn two_connections_share_one_overlay() {
     if !have_nbdsh() {
         return;
     }
-    let lab = Lab::start(vec![disk(
-        "d",
-        DiskKind::Raw {
-            size_bytes: 1 << 20,
-        },
-        ResetOn::JobStart,
-    )]);
+    let lab = Lab::start(vec![disk("d", raw(1 << 20), ResetOn::JobStart)]);
     let u = lab.uri("d");
     nbdsh(
         &u,
@@ -461,13 +415,7 @@ fn second_dut_cannot_list_or_open_a_private_export_but_sees_shared_ones() {
 
 #[test]
 fn malformed_input_is_refused_without_harm() {
-    let lab = Lab::start(vec![disk(
-        "d",
-        DiskKind::Raw {
-            size_bytes: 1 << 20,
-        },
-        ResetOn::JobStart,
-    )]);
+    let lab = Lab::start(vec![disk("d", raw(1 << 20), ResetOn::JobStart)]);
     lab.rt.block_on(async {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         // Garbage instead of client flags and options: the server closes.
@@ -572,13 +520,7 @@ fn expired_disk_is_swept_after_the_job_ends() {
     if !have_nbdsh() {
         return;
     }
-    let mut d = disk(
-        "tmp",
-        DiskKind::Raw {
-            size_bytes: 1 << 20,
-        },
-        ResetOn::Never,
-    );
+    let mut d = disk("tmp", raw(1 << 20), ResetOn::Never);
     d.expiration = Some(Duration::from_secs(1));
     let lab = Lab::start(vec![d.clone()]);
     nbdsh(&lab.uri("tmp"), "h.pwrite(b'old', 0); h.flush()");
@@ -784,15 +726,7 @@ fn filesystem_from_container_image_flattens_layers() {
 
 #[test]
 fn a_connection_that_outlives_its_job_shares_the_overlay_with_the_next_job() {
-    let spec = || {
-        vec![disk(
-            "keep",
-            DiskKind::Raw {
-                size_bytes: 1 << 20,
-            },
-            ResetOn::Never,
-        )]
-    };
+    let spec = || vec![disk("keep", raw(1 << 20), ResetOn::Never)];
     let lab = Lab::start(spec());
     lab.rt.block_on(async {
         let mut old = Raw::connect(lab.addr, "127.0.0.1").await;
