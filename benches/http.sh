@@ -6,8 +6,8 @@
 #
 # Measures, for both servers on 127.0.0.1 (the bench lab registers 127.0.0.1 as a DUT, since wrk
 # cannot pick a source address):
-#   - 1 GiB file, one curl: MB/s (best of RUNS);
-#   - 4 MiB file, one curl: MB/s (best of 10*RUNS), and wrk -c 64: req/s and MB/s;
+#   - 1 GiB file, one curl: MB/s (best and median of RUNS);
+#   - 4 MiB file, one curl: MB/s (best and median of 10*RUNS), and wrk -c 64: req/s and MB/s;
 #   - 1 KiB file, wrk -c 64: req/s;
 #   - 256 idle keep-alive connections (each after one request) to a freshly started citron:
 #     RSS growth per connection (after a warm-up batch of 32), 0.2 s and 3 s after the last.
@@ -115,15 +115,20 @@ for f in 1g.bin 4m.bin 1k.bin; do
   [ "$a" = "$b" ] || { echo "citron and nginx serve different $f" >&2; exit 1; }
 done
 
-# Best single-stream MB/s of each URL over $3 downloads, alternating between the two servers so
-# that both see the same background load. Prints "MBps1 MBps2".
+# Single-stream MB/s of each URL over $3 downloads, alternating between the two servers so that
+# both see the same background load. Prints "best1 best2 median1 median2": the best shows what
+# each can do, the median what a DUT usually gets on a noisy machine.
 curl_pair() {
-  local b1=0 b2=0 v
+  local a="" b=""
   for _ in $(seq "$3"); do
-    v=$(curl -s -o /dev/null -w '%{speed_download}' "$1"); b1=$(python3 -c "print(max($b1, $v/1e6))")
-    v=$(curl -s -o /dev/null -w '%{speed_download}' "$2"); b2=$(python3 -c "print(max($b2, $v/1e6))")
+    a+="$(curl -s -o /dev/null -w '%{speed_download}' "$1") "
+    b+="$(curl -s -o /dev/null -w '%{speed_download}' "$2") "
   done
-  printf '%.1f %.1f\n' "$b1" "$b2"
+  python3 - "$a" "$b" <<'PY'
+import statistics, sys
+a, b = ([float(v) / 1e6 for v in s.split()] for s in sys.argv[1:3])
+print(f"{max(a):.1f} {max(b):.1f} {statistics.median(a):.1f} {statistics.median(b):.1f}")
+PY
 }
 
 # wrk: "req/s MB/s"
@@ -194,10 +199,10 @@ PY
 
 nginx_pids() { echo "$(cat "$tmp/nginx.pid") $(pgrep -P "$(cat "$tmp/nginx.pid")" | tr '\n' ' ')"; }
 
-echo "== 1 GiB, curl (best of $RUNS)" >&2
-read -r c1g n1g < <(curl_pair "http://$CITRON/1g.bin" "http://$NGINX_ADDR/1g.bin" "$RUNS")
-echo "== 4 MiB, curl (best of $((RUNS * 10)))" >&2
-read -r c4c n4c < <(curl_pair "http://$CITRON/4m.bin" "http://$NGINX_ADDR/4m.bin" $((RUNS * 10)))
+echo "== 1 GiB, curl ($RUNS each)" >&2
+read -r c1g n1g c1gm n1gm < <(curl_pair "http://$CITRON/1g.bin" "http://$NGINX_ADDR/1g.bin" "$RUNS")
+echo "== 4 MiB, curl ($((RUNS * 10)) each)" >&2
+read -r c4c n4c c4cm n4cm < <(curl_pair "http://$CITRON/4m.bin" "http://$NGINX_ADDR/4m.bin" $((RUNS * 10)))
 echo "== 4 MiB, wrk -c $CONNS ${DURATION}s" >&2
 read -r c4r c4m < <(wrk_run "http://$CITRON/4m.bin"); read -r n4r n4m < <(wrk_run "http://$NGINX_ADDR/4m.bin")
 echo "== 1 KiB, wrk -c $CONNS ${DURATION}s" >&2
@@ -219,8 +224,10 @@ read -r cidle0 cidle < <(idle_per_conn "$IDLE_ADDR" "$ipid"); read -r nidle0 nid
 echo
 echo "HTTP benchmark: citron vs nginx $("$NGINX" -v 2>&1 | sed 's/.*\///'), $(nproc) CPUs, $(date -u +%Y-%m-%d)"
 printf '%-34s %12s %12s %8s\n' "measure" "citron" "nginx" "ratio"
-printf '%-34s %12s %12s %8s\n' "1 GiB curl MB/s" "$c1g" "$n1g" "$(ratio "$c1g" "$n1g")"
-printf '%-34s %12s %12s %8s\n' "4 MiB curl MB/s" "$c4c" "$n4c" "$(ratio "$c4c" "$n4c")"
+printf '%-34s %12s %12s %8s\n' "1 GiB curl MB/s, best" "$c1g" "$n1g" "$(ratio "$c1g" "$n1g")"
+printf '%-34s %12s %12s %8s\n' "1 GiB curl MB/s, median" "$c1gm" "$n1gm" "$(ratio "$c1gm" "$n1gm")"
+printf '%-34s %12s %12s %8s\n' "4 MiB curl MB/s, best" "$c4c" "$n4c" "$(ratio "$c4c" "$n4c")"
+printf '%-34s %12s %12s %8s\n' "4 MiB curl MB/s, median" "$c4cm" "$n4cm" "$(ratio "$c4cm" "$n4cm")"
 printf '%-34s %12s %12s %8s\n' "4 MiB wrk -c $CONNS req/s" "$c4r" "$n4r" "$(ratio "$c4r" "$n4r")"
 printf '%-34s %12s %12s %8s\n' "4 MiB wrk -c $CONNS MB/s" "$c4m" "$n4m" "$(ratio "$c4m" "$n4m")"
 printf '%-34s %12s %12s %8s\n' "1 KiB wrk -c $CONNS req/s" "$c1r" "$n1r" "$(ratio "$c1r" "$n1r")"
