@@ -32,6 +32,7 @@ pub mod job;
 pub mod lab;
 pub mod lifetime;
 pub mod namespace;
+mod nowait;
 pub mod serve;
 pub mod template;
 pub mod units;

@@ -193,7 +193,7 @@ impl Artifact {
     pub fn read_cached(&self, offset: u64, len: usize) -> io::Result<Option<Bytes>> {
         match &self.content {
             Content::Memory(_) => self.read_chunk(offset, len).map(Some),
-            Content::File(f) => pread_nowait(f, offset, len.min(self.len.saturating_sub(offset) as usize)),
+            Content::File(f) => crate::nowait::read_cached(f, offset, len.min(self.len.saturating_sub(offset) as usize)),
         }
     }
 
@@ -260,57 +260,4 @@ pub trait Catalog: Send + Sync + 'static {
     /// Opens export `name` for `peer`, or refuses (`NotFound` for names it may not know about,
     /// so that a DUT cannot probe another's disk names).
     fn open_export(&self, peer: IpAddr, protocol: Protocol, name: &str) -> Result<Export, ServeError>;
-}
-
-#[cfg(target_os = "linux")]
-fn pread_nowait(f: &std::fs::File, offset: u64, len: usize) -> io::Result<Option<Bytes>> {
-    use std::os::fd::AsRawFd;
-    if len == 0 {
-        return Ok(Some(Bytes::new()));
-    }
-    let Ok(off) = libc::off_t::try_from(offset) else { return Ok(None) };
-    let mut buf: Vec<u8> = Vec::with_capacity(len);
-    let iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: len };
-    // SAFETY: `iov` describes `len` bytes of `buf`'s allocation, which is writable and outlives
-    // the call; the file descriptor is open for as long as `f` is borrowed.
-    let n = unsafe { libc::preadv2(f.as_raw_fd(), &iov, 1, off, libc::RWF_NOWAIT) };
-    if n < 0 {
-        let e = io::Error::last_os_error();
-        return match e.raw_os_error() {
-            // Would wait for the disk; or the kernel or filesystem lacks RWF_NOWAIT.
-            Some(libc::EAGAIN) | Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) | Some(libc::EINVAL) => Ok(None),
-            Some(libc::EINTR) => Ok(None),
-            _ => Err(e),
-        };
-    }
-    if n == 0 {
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "cached file is shorter than recorded"));
-    }
-    // SAFETY: the kernel wrote exactly `n` (≤ `len` = capacity) bytes at the start of `buf`.
-    unsafe { buf.set_len(n as usize) };
-    Ok(Some(Bytes::from(buf)))
-}
-
-#[cfg(not(target_os = "linux"))]
-fn pread_nowait(_f: &std::fs::File, _offset: u64, _len: usize) -> io::Result<Option<Bytes>> {
-    Ok(None)
-}
-
-#[cfg(all(test, target_os = "linux"))]
-mod nowait_tests {
-    use super::*;
-    use std::io::Write as _;
-
-    #[test]
-    fn nowait_reads_cached_bytes_and_reports_eof() {
-        let mut f = tempfile::tempfile().unwrap();
-        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-        f.write_all(&data).unwrap();
-        f.sync_all().unwrap();
-        // Just written: in the page cache.
-        let got = pread_nowait(&f, 1000, 200_000).unwrap().expect("cached");
-        assert!(!got.is_empty() && got.len() <= 200_000);
-        assert_eq!(&got[..], &data[1000..1000 + got.len()]);
-        assert!(pread_nowait(&f, 300_000, 10).is_err(), "reading past the end is an error");
-    }
 }

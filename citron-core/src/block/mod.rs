@@ -48,6 +48,14 @@ pub trait BlockDevice: Send + Sync {
     fn readonly(&self) -> bool;
     /// Fills `buf` from `offset`.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Fills `buf` from `offset` only if that needs no waiting for the disk (everything is in
+    /// the page cache): `Ok(false)` when it would wait, and then `buf` is to be filled by
+    /// [`read_at`](Self::read_at) on a thread that may block. Lets a backend answer warm reads
+    /// without a thread hand-off. Default: always `Ok(false)`.
+    fn read_cached(&self, buf: &mut [u8], offset: u64) -> io::Result<bool> {
+        let _ = (buf, offset);
+        Ok(false)
+    }
     /// Writes `buf` at `offset`; with `fua` it is durable before this returns.
     fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> io::Result<()>;
     /// Makes `len` bytes at `offset` read as zeroes.

@@ -24,6 +24,15 @@ use super::BlockDevice;
 
 /// Bytes per bitmap bit: a partial write of one block copies that block from the base first.
 pub const BLOCK: u64 = 4096;
+
+/// How [`CowDisk::fill`] reads a file range: all of it (`Ok(true)`), or `Ok(false)` when it
+/// would have to wait for the disk.
+type ReadFn<'a> = &'a dyn Fn(&File, &mut [u8], u64) -> io::Result<bool>;
+
+/// A blocking read of the whole range.
+fn read_exact(f: &File, buf: &mut [u8], offset: u64) -> io::Result<bool> {
+    f.read_exact_at(buf, offset).map(|()| true)
+}
 /// Bitmap words per chunk: a chunk is one 4 KiB page of the bitmap file, 128 MiB of disk.
 const CHUNK_WORDS: usize = 512;
 const CHUNK_BYTES: u64 = (CHUNK_WORDS * 8) as u64;
@@ -170,15 +179,40 @@ impl CowDisk {
         Ok(())
     }
 
-    fn read_base(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    fn read_base(&self, buf: &mut [u8], offset: u64, read: ReadFn) -> io::Result<bool> {
         let (Some(f), true) = (&self.base, offset < self.base_len) else {
             buf.fill(0);
-            return Ok(());
+            return Ok(true);
         };
         let avail = ((self.base_len - offset).min(buf.len() as u64)) as usize;
-        f.read_exact_at(&mut buf[..avail], offset)?;
+        if !read(f, &mut buf[..avail], offset)? {
+            return Ok(false);
+        }
         buf[avail..].fill(0);
-        Ok(())
+        Ok(true)
+    }
+
+    /// Fills `buf` from the overlay where the DUT wrote and from the base elsewhere, each file
+    /// read with `read` (`Ok(false)`: it would wait; stop).
+    fn fill(&self, buf: &mut [u8], offset: u64, read: ReadFn) -> io::Result<bool> {
+        let Some(c) = &self.cow else { return self.read_base(buf, offset, read) };
+        let bm = c.bitmap.read();
+        let end = offset + buf.len() as u64;
+        let mut pos = offset;
+        while pos < end {
+            let in_overlay = bm.get(pos / BLOCK);
+            let mut run_end = ((pos / BLOCK + 1) * BLOCK).min(end);
+            while run_end < end && bm.get(run_end / BLOCK) == in_overlay {
+                run_end = (run_end + BLOCK).min(end);
+            }
+            let slice = &mut buf[(pos - offset) as usize..(run_end - offset) as usize];
+            let done = if in_overlay { read(&c.data, slice, pos)? } else { self.read_base(slice, pos, read)? };
+            if !done {
+                return Ok(false);
+            }
+            pos = run_end;
+        }
+        Ok(true)
     }
 
     /// Makes every block touched by `[offset, end)` but not fully covered by it an overlay block,
@@ -201,7 +235,7 @@ impl CowDisk {
             let start = b * BLOCK;
             let len = BLOCK.min(self.size - start) as usize;
             let mut block = vec![0u8; len];
-            self.read_base(&mut block, start)?;
+            self.read_base(&mut block, start, &read_exact)?;
             c.data.write_all_at(&block, start)?;
             c.bitmap.write().set_range(b, b + 1);
         }
@@ -315,25 +349,11 @@ impl BlockDevice for CowDisk {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let Some(c) = &self.cow else { return self.read_base(buf, offset) };
-        let bm = c.bitmap.read();
-        let end = offset + buf.len() as u64;
-        let mut pos = offset;
-        while pos < end {
-            let in_overlay = bm.get(pos / BLOCK);
-            let mut run_end = ((pos / BLOCK + 1) * BLOCK).min(end);
-            while run_end < end && bm.get(run_end / BLOCK) == in_overlay {
-                run_end = (run_end + BLOCK).min(end);
-            }
-            let slice = &mut buf[(pos - offset) as usize..(run_end - offset) as usize];
-            if in_overlay {
-                c.data.read_exact_at(slice, pos)?;
-            } else {
-                self.read_base(slice, pos)?;
-            }
-            pos = run_end;
-        }
-        Ok(())
+        self.fill(buf, offset, &read_exact).map(|_| ())
+    }
+
+    fn read_cached(&self, buf: &mut [u8], offset: u64) -> io::Result<bool> {
+        self.fill(buf, offset, &crate::nowait::read_exact_cached)
     }
 
     fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> io::Result<()> {
@@ -394,6 +414,23 @@ mod tests {
         let p = dir.join("base");
         std::fs::write(&p, content).unwrap();
         Arc::new(File::open(&p).unwrap())
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn cached_reads_see_what_blocking_reads_see() {
+        let dir = tempfile::tempdir().unwrap();
+        let base: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8 + 1).collect();
+        // Base shorter than the disk: its tail reads as zeroes.
+        let d = CowDisk::open(dir.path(), Some(base_file(dir.path(), &base)), "t", 64 * 1024).unwrap();
+        d.write_at(b"overlay bytes", 5000, false).unwrap();
+        d.write_at(&[7u8; 9000], 30_000, false).unwrap();
+        for (off, len) in [(0u64, 100usize), (4090, 20), (4096, 8192), (29_000, 12_000), (39_990, 30), (0, 65_536)] {
+            let mut cached = vec![0xeeu8; len];
+            // Just written or read: everything is in the page cache.
+            assert!(d.read_cached(&mut cached, off).unwrap(), "({off}, {len}) should be cached");
+            assert_eq!(cached, read(&d, off, len), "({off}, {len})");
+        }
     }
 
     fn read(d: &CowDisk, off: u64, len: usize) -> Vec<u8> {

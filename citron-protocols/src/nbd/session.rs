@@ -124,27 +124,30 @@ fn plan(export: &Export, structured: bool, req: wire::Request, payload: Bytes) -
             "read larger than the maximum block size",
         )),
         cmd::READ => {
-            let ticket_bytes = len as u64;
-            export.ticket.add_bytes(ticket_bytes);
-            blocking(Box::new(move || {
-                let hdr = if structured {
-                    wire::STRUCTURED_READ_LEN
+            export.ticket.add_bytes(len as u64);
+            let hdr = if structured {
+                wire::STRUCTURED_READ_LEN
+            } else {
+                wire::SIMPLE_REPLY_LEN
+            };
+            let mut v = vec![0u8; hdr + len as usize];
+            let head = move |mut v: Vec<u8>| {
+                if structured {
+                    wire::put_structured_read(&mut v, cookie, offset, len);
                 } else {
-                    wire::SIMPLE_REPLY_LEN
-                };
-                let mut v = vec![0u8; hdr + len as usize];
-                match dev.read_at(&mut v[hdr..], offset) {
-                    Ok(()) => {
-                        if structured {
-                            wire::put_structured_read(&mut v, cookie, offset, len);
-                        } else {
-                            wire::put_simple_reply(&mut v, 0, cookie);
-                        }
-                        v
-                    }
-                    Err(e) => done_reply(structured, cookie, Err(e.into())),
+                    wire::put_simple_reply(&mut v, 0, cookie);
                 }
-            }))
+                v
+            };
+            // Warm data (page cache) is answered on this task: no thread hand-off per request.
+            match dev.read_cached(&mut v[hdr..], offset) {
+                Ok(true) => Step::Reply(head(v)),
+                Err(e) => Step::Reply(done_reply(structured, cookie, Err(e.into()))),
+                Ok(false) => blocking(Box::new(move || match dev.read_at(&mut v[hdr..], offset) {
+                    Ok(()) => head(v),
+                    Err(e) => done_reply(structured, cookie, Err(e.into())),
+                })),
+            }
         }
         cmd::WRITE => blocking(Box::new(move || {
             done_reply(
@@ -190,6 +193,9 @@ pub(crate) async fn transmission(
     let mut buf = BytesMut::new();
     let mut in_flight: FuturesUnordered<JoinHandle<Vec<u8>>> = FuturesUnordered::new();
     let mut closing = false;
+    // Replies answered on this task, written together once the requests at hand are parsed:
+    // one write for a batch of warm reads.
+    let mut out: Vec<u8> = Vec::new();
     loop {
         while !closing && in_flight.len() < MAX_IN_FLIGHT {
             let Some(req) = wire::parse_request(&buf).map_err(invalid)? else {
@@ -211,10 +217,17 @@ pub(crate) async fn transmission(
             let mut frame = buf.split_to(need);
             let payload = frame.split_off(wire::REQUEST_LEN).freeze();
             match plan(&export, structured, req, payload) {
-                Step::Reply(v) => stream.write_all(&v).await?,
+                Step::Reply(v) if out.is_empty() => out = v,
+                Step::Reply(v) => out.extend_from_slice(&v),
                 Step::Io(h) => in_flight.push(h),
                 Step::Disconnect => closing = true,
             }
+            if out.len() >= READ_CHUNK {
+                stream.write_all(&std::mem::take(&mut out)).await?;
+            }
+        }
+        if !out.is_empty() {
+            stream.write_all(&std::mem::take(&mut out)).await?;
         }
         if closing && in_flight.is_empty() {
             export.ticket.complete();
