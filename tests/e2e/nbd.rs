@@ -243,11 +243,9 @@ fn assert_same(got: &[u8], want: &[u8], what: &str) {
     }
 }
 
-/// Connects from argv[3] to citron at argv[1]:argv[2] and performs writes `EXPORT,OFFSET,MODE,FILE`
-/// (MODE `flush`: write then NBD_CMD_FLUSH; `fua`: the write carries NBD_CMD_FLAG_FUA and no
-/// flush follows). Prints `durable` once every write is acknowledged, then keeps its connections
-/// open until stdin closes.
-const WRITER: &str = r#"
+/// What [`WRITER`] and [`READER`] share: argv[1..4] = citron's host, port and the DUT's source
+/// address; `disk(name)` is one libnbd handle per export, connected from that address.
+const DISKS: &str = r#"
 import sys, nbd
 host, port, src = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 handles = {}
@@ -256,10 +254,19 @@ def disk(name):
         h = nbd.NBD()
         h.set_export_name(name)
         h.connect_socket(dut_socket(src, host, port).detach())
-        assert h.can_flush() and h.can_fua() and not h.is_read_only(), name
         handles[name] = h
     return handles[name]
 CHUNK = 256 * 1024
+"#;
+
+/// Connects from argv[3] to citron at argv[1]:argv[2] and performs writes `EXPORT,OFFSET,MODE,FILE`
+/// (MODE `flush`: write then NBD_CMD_FLUSH; `fua`: the write carries NBD_CMD_FLAG_FUA and no
+/// flush follows). Prints `durable` once every write is acknowledged, then keeps its connections
+/// open until stdin closes.
+const WRITER: &str = r#"
+for name in {op.split(",", 1)[0] for op in sys.argv[4:]}:
+    h = disk(name)
+    assert h.can_flush() and h.can_fua() and not h.is_read_only(), name
 for op in sys.argv[4:]:
     name, off, mode, path = op.split(",", 3)
     h, off, data = disk(name), int(off), open(path, "rb").read()
@@ -273,17 +280,6 @@ sys.stdin.buffer.read()
 
 /// Connects from argv[3] to citron at argv[1]:argv[2] and performs reads `EXPORT,OFFSET,LEN,FILE`.
 const READER: &str = r#"
-import sys, nbd
-host, port, src = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-handles = {}
-def disk(name):
-    if name not in handles:
-        h = nbd.NBD()
-        h.set_export_name(name)
-        h.connect_socket(dut_socket(src, host, port).detach())
-        handles[name] = h
-    return handles[name]
-CHUNK = 256 * 1024
 for op in sys.argv[4:]:
     name, off, n, path = op.split(",", 3)
     h, off, n = disk(name), int(off), int(n)
@@ -309,7 +305,7 @@ fn read_regions(c: &Citron, dir: &Path, src: &str, regions: &[Region]) -> Vec<Ve
     for (r, f) in regions.iter().zip(&files) {
         args.push(format!("{},{},{},{}", r.export, r.offset, r.data.len(), f.display()));
     }
-    let script = py(READER);
+    let script = py(&format!("{DISKS}{READER}"));
     let mut a: Vec<&str> = vec!["-c", &script];
     a.extend(args.iter().map(String::as_str));
     let o = run(PY, &a, None, WAIT);
@@ -373,7 +369,7 @@ fn binary_keeps_flushed_writes_across_kill_9_and_resets_on_boot() {
         wargs.push(format!("{},{},{mode},{}", r.export, r.offset, f.display()));
     }
     let wargs: Vec<&str> = wargs.iter().map(String::as_str).collect();
-    let writer = Helper::spawn("writer", &py(WRITER), &wargs);
+    let writer = Helper::spawn("writer", &py(&format!("{DISKS}{WRITER}")), &wargs);
     writer.expect_line("durable");
     // Acknowledged and made durable; now citron dies without any chance to clean up, while the
     // writer still holds its connections.
