@@ -9,9 +9,11 @@
 //! the page cache (`preadv2(RWF_NOWAIT)`), else on the blocking pool one chunk ahead, so DATA is
 //! sent from memory.
 //!
-//! By default ([`Config::own_thread`]) all of this runs on one dedicated thread with its own
+//! By default ([`Config::own_thread`]) all of this runs on dedicated threads, each with its own
 //! single-threaded tokio runtime, so that HTTP or NBD load on the caller's runtime does not delay
-//! the ACK → DATA turnaround that lockstep TFTP clients wait on.
+//! the ACK → DATA turnaround that lockstep TFTP clients wait on: one thread takes requests (and
+//! transfers), and transfers are spread over one thread per CPU
+//! ([`Config::transfer_threads`]), each transfer staying on its thread.
 //!
 //! # Cancel safety
 //! Dropping the future returned by [`serve_with`] (or [`serve`](super::serve)) aborts every
@@ -55,6 +57,10 @@ pub struct Config {
     /// runtime rather than on the caller's runtime. Lockstep transfers are bound by wake-up
     /// latency, which one thread that owns every socket keeps lowest (see BENCHMARKS.md).
     pub own_thread: bool,
+    /// With `own_thread`: how many such threads the transfers are spread over (each with its
+    /// own single-threaded runtime; requests are taken on the first), so that many concurrent
+    /// transfers use every CPU while each stays on one thread. 0: one per CPU.
+    pub transfer_threads: usize,
 }
 
 impl Default for Config {
@@ -65,6 +71,7 @@ impl Default for Config {
             prefetch_bytes: 256 * 1024,
             netascii_max_bytes: 64 << 20,
             own_thread: true,
+            transfer_threads: 0,
         }
     }
 }
@@ -151,6 +158,7 @@ async fn run(
         base_url,
         active: Mutex::new(HashSet::new()),
     });
+    let workers = if shared.config.own_thread { Workers::start(shared.config.transfer_threads)? } else { Workers::none() };
     let mut tasks = JoinSet::new();
     let mut buf = vec![0u8; 65536];
     let mut out = BytesMut::new();
@@ -169,7 +177,7 @@ async fn run(
                     }
                 };
                 let reply = match packet::decode(&buf[..n]) {
-                    Ok(pkt) => on_request(&shared, &limit, &mut tasks, pkt, peer),
+                    Ok(pkt) => on_request(&shared, &limit, &mut tasks, &workers, pkt, peer),
                     Err(e) => on_malformed(&buf[..n], e, peer),
                 };
                 if let Some(p) = reply {
@@ -184,8 +192,65 @@ async fn run(
     }
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
+    drop(workers);
     tracing::info!(%local, "TFTP server stopped");
     Ok(())
+}
+
+/// The extra transfer threads of `Config::transfer_threads`, each running a single-threaded
+/// runtime until dropped. Transfers go to them and to the request thread in turn.
+struct Workers {
+    handles: Vec<tokio::runtime::Handle>,
+    next: std::sync::atomic::AtomicUsize,
+    stop: Vec<tokio::sync::oneshot::Sender<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Workers {
+    fn none() -> Workers {
+        Workers { handles: Vec::new(), next: Default::default(), stop: Vec::new(), threads: Vec::new() }
+    }
+
+    fn start(threads: usize) -> io::Result<Workers> {
+        let n = match threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let mut w = Workers::none();
+        // The request thread (this one) is the first; it keeps taking transfers too.
+        w.handles.push(tokio::runtime::Handle::current());
+        for i in 1..n {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            w.handles.push(rt.handle().clone());
+            w.stop.push(tx);
+            w.threads.push(std::thread::Builder::new().name(format!("citron-tftp-{i}")).spawn(move || {
+                rt.block_on(async move {
+                    let _ = rx.await;
+                });
+            })?);
+        }
+        Ok(w)
+    }
+
+    /// Runs `task` on the next thread in turn (on the caller's runtime without workers).
+    fn spawn(&self, tasks: &mut JoinSet<()>, task: impl Future<Output = ()> + Send + 'static) {
+        if self.handles.is_empty() {
+            tasks.spawn(task);
+            return;
+        }
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.handles.len();
+        tasks.spawn_on(task, &self.handles[i]);
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.stop.clear();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
 }
 
 /// A datagram that does not decode: answer requests with "illegal operation" so that the client
@@ -206,6 +271,7 @@ fn on_request(
     shared: &Arc<Shared>,
     limit: &Arc<Semaphore>,
     tasks: &mut JoinSet<()>,
+    workers: &Workers,
     pkt: Packet,
     peer: SocketAddr,
 ) -> Option<Packet> {
@@ -230,7 +296,7 @@ fn on_request(
                 tracing::warn!(%peer, file = %req.filename, "too many TFTP transfers; request dropped, the client will retry");
                 return None;
             };
-            tasks.spawn(transfer(shared.clone(), peer, req, permit, guard));
+            workers.spawn(tasks, transfer(shared.clone(), peer, req, permit, guard));
             None
         }
         Packet::Wrq(req) => {
