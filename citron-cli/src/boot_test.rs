@@ -531,8 +531,10 @@ impl Plan<'_> {
                 // KVM was only a guess. Where /dev/kvm exists but cannot run a guest, QEMU
                 // reports "KVM internal error" or aborts at once ("failed to set MSR …"), before
                 // the firmware fetched anything: the same boot again under TCG.
-                Err(Failure::Kvm | Failure::Exited { .. })
-                    if self.args.accel == Accel::Auto && accel == Accel::Kvm && started.elapsed() < KVM_PROBE =>
+                Err(f @ (Failure::Kvm | Failure::Exited { .. }))
+                    if self.args.accel == Accel::Auto
+                        && accel == Accel::Kvm
+                        && (f == Failure::Kvm || started.elapsed() < KVM_PROBE) =>
                 {
                     status(&format!("{}: KVM cannot run the guest here; booting again with TCG", t.id));
                     accel = Accel::Tcg;
