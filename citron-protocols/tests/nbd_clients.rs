@@ -708,20 +708,9 @@ fn filesystem_from_container_image_flattens_layers() {
         !ls.contains(".wh.") && !ls.split_whitespace().any(|w| w == "a"),
         "whiteout not applied: {ls}"
     );
-    assert_eq!(
-        run(Command::new("debugfs")
-            .arg("-R")
-            .arg("cat /etc/b")
-            .arg(&img)),
-        "lower b\n"
-    );
-    assert_eq!(
-        run(Command::new("debugfs")
-            .arg("-R")
-            .arg("cat /hello.txt")
-            .arg(&img)),
-        "from the upper layer\n"
-    );
+    let cat = |path: &str| run(Command::new("debugfs").arg("-R").arg(format!("cat {path}")).arg(&img));
+    assert_eq!(cat("/etc/b"), "lower b\n");
+    assert_eq!(cat("/hello.txt"), "from the upper layer\n");
 }
 
 #[test]

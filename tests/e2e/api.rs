@@ -123,20 +123,7 @@ fn bearer_token_is_required_when_configured() {
     let task = rt.spawn(citron_protocols::api::serve(listener, gw, Some("s3cr3t-t0ken".into()), async {
         let _ = stop_rx.await;
     }));
-    let url = format!("http://{addr}/api/v1/duts");
-    for (hdr, want) in [
-        (None, 401),
-        (Some("Authorization: Bearer wrong"), 401),
-        (Some("Authorization: Basic s3cr3t-t0ken"), 401),
-        (Some("Authorization: Bearer s3cr3t-t0ken"), 200),
-    ] {
-        let mut a = vec!["-o", "/dev/null", "-w", "%{http_code}"];
-        if let Some(h) = hdr {
-            a.extend_from_slice(&["-H", h]);
-        }
-        a.push(&url);
-        assert_eq!(curl(&a).stdout.trim(), want.to_string(), "{hdr:?}");
-    }
+    assert_token_required(&format!("http://{addr}/api/v1/duts"), "s3cr3t-t0ken");
     let m = curl(&["-w", "\n%{http_code}", &format!("http://{addr}/metrics")]).stdout;
     assert!(m.ends_with("401") && m.contains("\"error\""), "{m}");
     let _ = stop_tx.send(());
@@ -208,20 +195,7 @@ fn binary_requires_the_lab_files_token_on_loopback_too() {
     let c = Citron::start(&["--lab", lab.to_str().unwrap(), "--api", "127.0.0.1:0", "--tftp", "off", "--nbd", "off"]);
     assert!(c.api.unwrap().ip().is_loopback());
     for path in ["/api/v1/duts", "/metrics", "/api/v1/openapi.json", "/api/v1/duts/dut1/accesses"] {
-        let u = c.api_url(path);
-        for (hdr, want) in [
-            (None, 401),
-            (Some("Authorization: Bearer wrong"), 401),
-            (Some("Authorization: t0k3n-from-the-lab-file"), 401),
-            (Some("Authorization: Bearer t0k3n-from-the-lab-file"), 200),
-        ] {
-            let mut a = vec!["-o", "/dev/null", "-w", "%{http_code}"];
-            if let Some(h) = hdr {
-                a.extend_from_slice(&["-H", h]);
-            }
-            a.push(&u);
-            assert_eq!(curl(&a).stdout.trim(), want.to_string(), "{path} with {hdr:?}");
-        }
+        assert_token_required(&c.api_url(path), "t0k3n-from-the-lab-file");
     }
     let o = curl(&["-D", "-", &c.api_url("/api/v1/duts")]).stdout;
     assert!(o.to_ascii_lowercase().contains("www-authenticate: bearer"), "{o}");
@@ -230,4 +204,25 @@ fn binary_requires_the_lab_files_token_on_loopback_too() {
     assert_eq!(v[0]["id"], "dut1", "{v}");
     // HTTP for the DUTs is not the API: no token there.
     assert_eq!(get_as("127.0.0.2", &c.http_url("/nothing")).0, 404);
+}
+
+/// `url` answers 401 without the bearer token, with a wrong one, with the token in another
+/// scheme or none, and 200 with `Authorization: Bearer <token>`.
+fn assert_token_required(url: &str, token: &str) {
+    let (bearer, basic, bare) =
+        (format!("Authorization: Bearer {token}"), format!("Authorization: Basic {token}"), format!("Authorization: {token}"));
+    for (hdr, want) in [
+        (None, 401),
+        (Some("Authorization: Bearer wrong"), 401),
+        (Some(basic.as_str()), 401),
+        (Some(bare.as_str()), 401),
+        (Some(bearer.as_str()), 200),
+    ] {
+        let mut a = vec!["-o", "/dev/null", "-w", "%{http_code}"];
+        if let Some(h) = hdr {
+            a.extend_from_slice(&["-H", h]);
+        }
+        a.push(url);
+        assert_eq!(curl(&a).stdout.trim(), want.to_string(), "{url} with {hdr:?}");
+    }
 }
