@@ -133,11 +133,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     // is deleted (at the latest when the runtime shuts down, before the process exits).
     let load = async {
         for (id, path) in &jobs {
-            let loaded = match JobDescription::from_file(path) {
-                Ok(job) => gw.set_trusted_job(id, &job).await,
-                Err(e) => Err(GatewayError::Job(e)),
-            };
-            match loaded {
+            match gw.set_trusted_job_file(id, path).await {
                 Ok(()) => {}
                 Err(GatewayError::Job(e)) => {
                     eprintln!("{e}");

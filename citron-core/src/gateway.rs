@@ -307,6 +307,16 @@ impl Gateway {
         self.set_resolved_job(id, resolved).await
     }
 
+    /// [`set_trusted_job`](Self::set_trusted_job) from a job file the lab admin gave (`citron
+    /// serve --job`), its shape and render problems reported together as by `citron validate`.
+    pub async fn set_trusted_job_file(&self, id: &DutId, path: &Path) -> Result<(), GatewayError> {
+        let dut = self.dut(id).ok_or_else(|| GatewayError::UnknownDut(id.clone()))?;
+        let dir = Origin::file(path).base_dir;
+        let ctx = self.render_context(&dut, dir.as_deref());
+        let resolved = JobDescription::check_file(path, &ctx)?;
+        self.set_resolved_job(id, resolved).await
+    }
+
     /// Makes an already rendered job the DUT's active job: fetches its artifacts, replaces any
     /// other job. For tools that build jobs in code rather than YAML.
     pub async fn set_resolved_job(&self, id: &DutId, resolved: ResolvedJob) -> Result<(), GatewayError> {

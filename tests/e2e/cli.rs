@@ -146,6 +146,13 @@ fn serve_refuses_what_it_cannot_do() {
     let addr = taken.local_addr().unwrap().to_string();
     let f = Citron::try_start(&["--http", &addr]).err().expect("must not start");
     assert!(f.stderr.contains("cannot listen for http"), "{}", f.stderr);
+    // An invalid --job: exit 1 with every error, shape and render alike, as `validate` prints.
+    let bad = workspace_root().join("tests/data/bad/shape-and-render.yaml");
+    let f = Citron::try_start(&["--job", &format!("dut1={}", bad.display())]).err().expect("must not start");
+    assert_eq!(f.status.and_then(|s| s.code()), Some(1), "{}", f.stderr);
+    for what in ["unknown template variable `minio_url`", "unknown field `colour`", "outside the allowed artifact roots"] {
+        assert!(f.stderr.contains(what), "missing {what:?} in:\n{}", f.stderr);
+    }
 }
 
 /// A job with `big.bin` (`size` bytes) for dut1, as a `file:` next to it; returns its bytes.
