@@ -87,15 +87,14 @@ impl LabConfig {
         // `machine_id` is each DUT's own (its `machine_id:` or id); one value for the whole lab
         // would give every DUT the same boot paths. The endpoint variables may be overridden.
         if lab.variables.contains_key("machine_id") {
-            let (line, column) = text
-                .lines()
-                .enumerate()
-                .find_map(|(i, l)| l.find("machine_id:").filter(|_| l.trim_start().starts_with("machine_id")).map(|c| (i + 1, c + 1)))
-                .unwrap_or((1, 1));
+            let pos = crate::yaml::Document::parse(text)
+                .ok()
+                .and_then(|d| d.key_pos(&["variables", "machine_id"]))
+                .unwrap_or(crate::yaml::Pos { line: 1, col: 1 });
             return Err(LabError {
                 file: name.into(),
-                line,
-                column,
+                line: pos.line,
+                column: pos.col,
                 message: "variables.machine_id: `machine_id` is set per DUT (its `machine_id:` or `id:`), not in `variables`; remove it".into(),
             });
         }
@@ -150,6 +149,9 @@ mod tests {
     fn machine_id_is_not_a_lab_variable() {
         let e = LabConfig::from_yaml("duts: []\nvariables:\n  minio_url: x\n  machine_id: same-for-all\n", "l.yaml").unwrap_err();
         assert_eq!((e.line, e.column), (4, 3));
+        // A DUT's own `machine_id:` earlier in the file is not the one to point at.
+        let e = LabConfig::from_yaml("duts:\n  - id: a\n    machine_id: m\nvariables:\n  machine_id: x\n", "l.yaml").unwrap_err();
+        assert_eq!((e.line, e.column), (5, 3));
         assert!(e.message.contains("per DUT"), "{}", e.message);
         // The endpoint variables may be overridden (DUTs that see citron under another name).
         let lab = LabConfig::from_yaml("variables:\n  http_artifact_base: http://gw\n", "l.yaml").unwrap();

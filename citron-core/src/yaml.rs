@@ -278,6 +278,19 @@ impl Document {
         }
     }
 
+    /// Where the key at the end of `path` (mapping keys from the root) is written, if it is.
+    pub fn key_pos(&self, path: &[&str]) -> Option<Pos> {
+        let mut node = self.root.as_ref()?;
+        let mut found = None;
+        for key in path {
+            let NodeKind::Map(entries) = &node.kind else { return None };
+            let (k, v) = entries.iter().find(|(k, _)| k.value == *key)?;
+            found = Some(k.pos);
+            node = v;
+        }
+        found
+    }
+
     /// Where the `n`-th `{{` (0-based) of `scalar`'s value was written in the source. Counting
     /// `{{` rather than mapping every character keeps this right through quotes, escapes, folding
     /// and block indentation; when the source does not show it (an escape produced it) the
