@@ -290,30 +290,34 @@ impl Gateway {
     }
 
     async fn set_job_with_roots(&self, id: &DutId, job: &JobDescription, trusted: bool) -> Result<(), GatewayError> {
-        let dut = self.dut(id).ok_or_else(|| GatewayError::UnknownDut(id.clone()))?;
         let dir = if trusted { job.origin().base_dir.clone() } else { None };
-        let ctx = self.render_context(&dut, dir.as_deref());
-        let resolved = job.render(&ctx)?;
-        self.set_resolved_job(id, resolved).await
+        self.render_and_set(id, dir.as_deref(), |ctx| job.render(ctx)).await
     }
 
     /// [`set_job`](Self::set_job) from YAML text (the lab API): shape and render problems are
     /// reported together ([`JobDescription::check`]); `file:` sources may read only the lab's
     /// `artifact_roots`.
     pub async fn set_job_yaml(&self, id: &DutId, text: &str, origin: Origin) -> Result<(), GatewayError> {
-        let dut = self.dut(id).ok_or_else(|| GatewayError::UnknownDut(id.clone()))?;
-        let ctx = self.render_context(&dut, None);
-        let resolved = JobDescription::check(text, origin, &ctx)?;
-        self.set_resolved_job(id, resolved).await
+        self.render_and_set(id, None, |ctx| JobDescription::check(text, origin, ctx)).await
     }
 
     /// [`set_trusted_job`](Self::set_trusted_job) from a job file the lab admin gave (`citron
     /// serve --job`), its shape and render problems reported together as by `citron validate`.
     pub async fn set_trusted_job_file(&self, id: &DutId, path: &Path) -> Result<(), GatewayError> {
-        let dut = self.dut(id).ok_or_else(|| GatewayError::UnknownDut(id.clone()))?;
         let dir = Origin::file(path).base_dir;
-        let ctx = self.render_context(&dut, dir.as_deref());
-        let resolved = JobDescription::check_file(path, &ctx)?;
+        self.render_and_set(id, dir.as_deref(), |ctx| JobDescription::check_file(path, ctx)).await
+    }
+
+    /// The one way a job description becomes a DUT's job: rendered by `render` in the DUT's
+    /// context (`job_dir` an extra `file:` root), then loaded.
+    async fn render_and_set(
+        &self,
+        id: &DutId,
+        job_dir: Option<&Path>,
+        render: impl FnOnce(&RenderContext) -> Result<ResolvedJob, JobErrors>,
+    ) -> Result<(), GatewayError> {
+        let dut = self.dut(id).ok_or_else(|| GatewayError::UnknownDut(id.clone()))?;
+        let resolved = render(&self.render_context(&dut, job_dir))?;
         self.set_resolved_job(id, resolved).await
     }
 
