@@ -89,12 +89,7 @@ pub async fn serve(
     drop(listener);
     let _ = stop_tx.send(true);
     // Requests in flight (a job being loaded) may finish, for as long as HTTP transfers may.
-    let grace = crate::http::SHUTDOWN_GRACE;
-    if tokio::time::timeout(grace, async { while conns.join_next().await.is_some() {} }).await.is_err() {
-        tracing::warn!(connections = conns.len(), "api: requests still running {grace:?} after shutdown; cutting them");
-        conns.abort_all();
-        while conns.join_next().await.is_some() {}
-    }
+    crate::http::drain(&mut conns, "api").await;
     Ok(())
 }
 

@@ -8,8 +8,8 @@
 //!
 //! A GET answered with 304 counts as a read for `access_count` (the content was asked for);
 //! HEAD never does, nor does a 416: a GET with a `Range` header is first looked up without
-//! reading (as a HEAD, logged as a 0-byte access), and opened for reading only if the range is
-//! satisfiable, so an out-of-range request cannot spend a read-once secret.
+//! reading (as a HEAD, but not logged), and opened for reading only if the range is satisfiable,
+//! so an out-of-range request cannot spend a read-once secret; a 416 is logged as a refusal.
 //!
 //! Large files are streamed in chunks of up to 1 MiB, read without blocking when the page cache
 //! holds them and on the blocking pool otherwise (see `body.rs`), so a transfer never holds more
@@ -128,17 +128,21 @@ pub async fn serve(
     }
     drop(listener);
     let _ = stop_tx.send(true);
+    drain(&mut conns, "http").await;
+    Ok(())
+}
+
+/// After shutdown: lets the connections in `conns` finish for up to [`SHUTDOWN_GRACE`], then
+/// cuts the ones still running (their transfers are logged as aborted). Shared by every
+/// hyper-based listener (HTTP, the lab API).
+pub(crate) async fn drain(conns: &mut JoinSet<()>, what: &str) {
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async { while conns.join_next().await.is_some() {} }).await;
     if drained.is_err() {
-        tracing::warn!(
-            connections = conns.len(),
-            "http: transfers still running {SHUTDOWN_GRACE:?} after shutdown; cutting them"
-        );
+        tracing::warn!(connections = conns.len(), "{what}: requests still running {SHUTDOWN_GRACE:?} after shutdown; cutting them");
         conns.abort_all();
-        // Aborted tasks end at their next poll; their transfers are logged as aborted.
+        // Aborted tasks end at their next poll.
         while conns.join_next().await.is_some() {}
     }
-    Ok(())
 }
 
 /// One client connection. hyper serves it while requests come; once it has been idle for
