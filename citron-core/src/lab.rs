@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::artifact::{CacheConfig, S3Config};
+use crate::limits::Limits;
 use crate::namespace::Dut;
 
 /// The embedded default lab: two DUTs on loopback addresses, so that `citron serve` works with
@@ -49,6 +50,9 @@ pub struct LabConfig {
     /// Bearer token the API requires when it listens on a non-loopback address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_token: Option<String>,
+    /// Every bound against hostile or broken input (see [`crate::limits`]).
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 /// `cache:` in the lab file; `max_size` takes `20G`-style sizes.

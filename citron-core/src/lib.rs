@@ -13,6 +13,7 @@
 //! - [`block`]: block devices for NBD.
 //! - [`serve`]: the seam — [`serve::Catalog`], [`serve::Artifact`], [`serve::ServeError`].
 //! - [`gateway`]: [`Gateway`], the catalog a lab runs: DUTs, jobs, cache, access log.
+//! - [`limits`]: every bound against hostile input, the lab file's `limits:`.
 //! - [`lab`]: the lab file. [`access`]: access logs and metrics. [`units`]: `20G`, `7 days`.
 //!
 //! # Example
@@ -31,6 +32,7 @@ pub mod gateway;
 pub mod job;
 pub mod lab;
 pub mod lifetime;
+pub mod limits;
 pub mod namespace;
 mod nowait;
 pub mod serve;
