@@ -126,7 +126,8 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     // Every argument is checked before anything is created on disk.
     let (http, tftp, nbd, api) = (addr("http", &a.http)?, addr("tftp", &a.tftp)?, addr("nbd", &a.nbd)?, addr("api", &a.api)?);
-    let gw = Gateway::new(lab, &a.data).with_context(|| format!("cannot use the data directory {}", a.data.display()))?;
+    // Every GatewayError names the data directory or the job itself.
+    let gw = Gateway::new(lab, &a.data)?;
     let server = ServerBuilder::new(gw.clone()).http(http).tftp(tftp).nbd(nbd).api(api).advertise(a.advertise).start().await?;
     // Jobs are loaded once the servers are bound, so that their templates see the real ports.
     // A signal meanwhile drops the loading: a download in flight stops and its temporary file

@@ -25,6 +25,7 @@ use parking_lot::RwLock;
 use crate::access::{AccessLog, AccessRecord, AccessTicket};
 use crate::artifact::{Cache, CachedArtifact, FetchError};
 use crate::block::{DiskError, DiskStore};
+use crate::datadir::{DataDir, DataDirError};
 use crate::digest::Digest;
 use crate::job::{FileSpec, JobDescription, JobErrors, Origin, RenderContext, ResolvedJob, Step};
 use crate::lab::LabConfig;
@@ -64,6 +65,18 @@ pub enum GatewayError {
     /// A job's disk could not be prepared.
     #[error("{0}")]
     Disk(#[from] DiskError),
+    /// The data directory is held by another citron, or cannot be created.
+    #[error(transparent)]
+    DataDirLock(#[from] DataDirError),
+    /// The data directory is inside an artifact root, so a job's `file:` source could read the
+    /// cache and disks of every other job.
+    #[error("data directory {data} and artifact root {root} overlap: a job's `file:` source could read the cache and disks of other jobs; put --data outside every `artifact_roots` entry")]
+    DataDirInRoot {
+        /// The data directory.
+        data: PathBuf,
+        /// The root that contains it.
+        root: PathBuf,
+    },
     /// The data directory is unusable.
     #[error("data directory {path}: {source}")]
     DataDir {
@@ -72,6 +85,18 @@ pub enum GatewayError {
         /// The error.
         source: std::io::Error,
     },
+}
+
+/// Refuses a data directory inside (or equal to, or containing) an artifact root.
+fn refuse_data_dir_in_roots(data_dir: &Path, roots: &[PathBuf]) -> Result<(), GatewayError> {
+    let Ok(data) = data_dir.canonicalize() else { return Ok(()) };
+    for root in roots {
+        let Ok(r) = root.canonicalize() else { continue };
+        if data.starts_with(&r) || r.starts_with(&data) {
+            return Err(GatewayError::DataDirInRoot { data: data_dir.to_path_buf(), root: root.clone() });
+        }
+    }
+    Ok(())
 }
 
 /// A servable file of a loaded job.
@@ -131,6 +156,8 @@ struct Inner {
     endpoints: RwLock<Endpoints>,
     data_dir: PathBuf,
     disks: DiskStore,
+    /// Held for the gateway's life: no second citron on this data directory.
+    _data_lock: DataDir,
 }
 
 /// The running state of a lab. Cheap to clone; clones share everything.
@@ -162,7 +189,8 @@ impl Gateway {
     /// A gateway for `lab`, keeping its state (cache, disks) under `data_dir`.
     pub fn new(lab: LabConfig, data_dir: &Path) -> Result<Gateway, GatewayError> {
         let dd = |source| GatewayError::DataDir { path: data_dir.to_path_buf(), source };
-        std::fs::create_dir_all(data_dir).map_err(dd)?;
+        let data_lock = DataDir::open(data_dir)?;
+        refuse_data_dir_in_roots(data_dir, &lab.artifact_roots)?;
         let cache_cfg = lab.cache_config().map_err(|m| dd(std::io::Error::new(std::io::ErrorKind::InvalidInput, m)))?;
         let cache = Cache::open(&data_dir.join("cache"), cache_cfg, lab.s3.clone()).map_err(dd)?;
         let mut registry = DutRegistry::default();
@@ -179,6 +207,7 @@ impl Gateway {
                 endpoints: RwLock::new(Endpoints::default()),
                 data_dir: data_dir.to_path_buf(),
                 disks: DiskStore::open(&data_dir.join("disks")).map_err(dd)?,
+                _data_lock: data_lock,
             }),
         })
         .inspect(|gw| {

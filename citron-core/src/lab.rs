@@ -121,6 +121,22 @@ impl LabConfig {
                 *r = dir.join(&*r);
             }
         }
+        // The lab file holds the API token and the S3 secret: a `file:` source must not read it.
+        if let Some(root) = root_containing(&lab.artifact_roots, path) {
+            let pos = crate::yaml::Document::parse(&text)
+                .ok()
+                .and_then(|d| d.key_pos(&["artifact_roots"]))
+                .unwrap_or(crate::yaml::Pos { line: 1, col: 1 });
+            return Err(LabError {
+                file: name,
+                line: pos.line,
+                column: pos.col,
+                message: format!(
+                    "artifact_roots: {} contains this lab file, whose secrets any job's `file:` source could then read; list a directory that holds only artifacts",
+                    root.display()
+                ),
+            });
+        }
         Ok(lab)
     }
 
@@ -137,6 +153,12 @@ impl LabConfig {
         }
         Ok(c)
     }
+}
+
+/// The first of `roots` that contains `file` (both resolved, so `.` and symlinks count).
+fn root_containing<'a>(roots: &'a [PathBuf], file: &Path) -> Option<&'a PathBuf> {
+    let file = file.canonicalize().ok()?;
+    roots.iter().find(|r| r.canonicalize().is_ok_and(|r| file.starts_with(r)))
 }
 
 #[cfg(test)]
@@ -160,6 +182,19 @@ mod tests {
         // The endpoint variables may be overridden (DUTs that see citron under another name).
         let lab = LabConfig::from_yaml("variables:\n  http_artifact_base: http://gw\n", "l.yaml").unwrap();
         assert_eq!(lab.variables["http_artifact_base"], "http://gw");
+    }
+
+    #[test]
+    fn a_root_holding_the_lab_file_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir(t.path().join("arts")).unwrap();
+        let p = t.path().join("lab.yaml");
+        std::fs::write(&p, "duts: []\nartifact_roots: [.]\n").unwrap();
+        let e = LabConfig::from_file(&p).unwrap_err();
+        assert_eq!((e.line, e.column), (2, 1), "{e}");
+        assert!(e.message.contains("contains this lab file"), "{e}");
+        std::fs::write(&p, "duts: []\nartifact_roots: [arts]\n").unwrap();
+        assert_eq!(LabConfig::from_file(&p).unwrap().artifact_roots, vec![t.path().join("arts")]);
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! - [`serve`]: the seam — [`serve::Catalog`], [`serve::Artifact`], [`serve::ServeError`].
 //! - [`gateway`]: [`Gateway`], the catalog a lab runs: DUTs, jobs, cache, access log.
 //! - [`limits`]: every bound against hostile input, the lab file's `limits:`.
+//! - [`datadir`]: the `--data` directory, locked by one gateway at a time.
 //! - [`lab`]: the lab file. [`access`]: access logs and metrics. [`units`]: `20G`, `7 days`.
 //!
 //! # Example
@@ -27,6 +28,7 @@
 pub mod access;
 pub mod artifact;
 pub mod block;
+pub mod datadir;
 mod digest;
 pub mod gateway;
 pub mod job;
