@@ -186,12 +186,12 @@ async fn malformed_requests_get_errors_no_larger_than_themselves_and_short_log_l
     let lab = Lab::new().await;
     let srv = lab.serve(config(16, 4)).await;
     let mut huge = b"\0\x01f\0".to_vec();
-    huge.extend(std::iter::repeat(1u8).take(8000));
+    huge.extend(std::iter::repeat_n(1u8, 8000));
     huge.push(0);
     let mut small = b"\0\x01f\0".to_vec();
     small.extend([1u8, 1, 1, 0]);
     let mut long_name = b"\0\x01".to_vec();
-    long_name.extend(std::iter::repeat(b'x').take(60000));
+    long_name.extend(std::iter::repeat_n(b'x', 60000));
     long_name.extend(b"\0octet\0");
     for from in ["127.0.0.2", "127.0.0.8"] {
         for req in [&huge, &small, &long_name] {

@@ -525,7 +525,7 @@ mod tests {
     #[test]
     fn fields_in_errors_are_cut() {
         let mut req = b"\0\x01f\0".to_vec();
-        req.extend(std::iter::repeat(b'\x01').take(5000));
+        req.extend(std::iter::repeat_n(b'\x01', 5000));
         req.push(0);
         let e = decode(&req).unwrap_err();
         assert!(e.to_string().len() < 100, "{e}");
