@@ -56,11 +56,15 @@ chmod 644 "$WORK/srv/"*
 SUM_BIG=$(sha256sum < "$WORK/srv/big.bin" | cut -d' ' -f1)
 SUM_SMALL=$(sha256sum < "$WORK/srv/small.bin" | cut -d' ' -f1)
 
-# citron: one DUT at 127.0.0.1 (where the clients send from) whose job serves both files.
+# citron: one DUT at 127.0.0.1 (where the clients send from) whose job serves both files. The
+# $CONC concurrent downloads stand for $CONC DUTs but all come from 127.0.0.1, so that one DUT is
+# given the slots of many (limits.tftp_transfers_per_dut, 16 by default).
 cat > "$WORK/lab.yaml" <<YAML
 duts:
   - id: bench
     ip: ["127.0.0.1"]
+limits:
+  tftp_transfers_per_dut: $((CONC + 16))
 YAML
 cat > "$WORK/srv/job.yaml" <<YAML
 deployment:

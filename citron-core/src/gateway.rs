@@ -532,6 +532,10 @@ fn ipxe_script(mid: &str, files: &Files, base: Option<&str>) -> Option<String> {
 }
 
 impl Catalog for Gateway {
+    fn dut_of(&self, peer: IpAddr) -> Option<DutId> {
+        self.inner.registry.read().by_addr(peer).map(|d| d.id.clone())
+    }
+
     fn open(&self, req: &FileRequest<'_>) -> Result<Artifact, ServeError> {
         let log = &self.inner.log;
         let Some(dut) = self.inner.registry.read().by_addr(req.peer).cloned() else {

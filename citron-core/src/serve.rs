@@ -248,6 +248,11 @@ impl fmt::Debug for Export {
 /// Implemented by [`Gateway`](crate::gateway::Gateway); backends take `Arc<dyn Catalog>` so that
 /// tests and embedders can substitute their own.
 pub trait Catalog: Send + Sync + 'static {
+    /// The DUT that has source address `peer`, if any: for a backend's per-DUT bounds (transfer
+    /// slots, connections) and to treat sources that are no DUT more warily, before any request
+    /// is decided. Uses nothing up and logs nothing.
+    fn dut_of(&self, peer: IpAddr) -> Option<crate::namespace::DutId>;
+
     /// A file read or stat. Called once per request, before any byte is sent. `Err` is the
     /// answer to give (already logged and counted by the core). With [`Intent::Read`] a success
     /// uses up one read of the artifact's `access_count`.

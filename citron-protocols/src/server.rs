@@ -182,7 +182,8 @@ impl ServerBuilder {
             tasks.push(spawn("http", crate::http::serve(l, catalog.clone(), stop())));
         }
         if let Some(s) = tftp {
-            tasks.push(spawn("tftp", crate::tftp::serve(s, catalog.clone(), stop())));
+            let config = crate::tftp::Config::from_limits(&self.gateway.lab().limits);
+            tasks.push(spawn("tftp", crate::tftp::serve_with(s, catalog.clone(), config, stop())));
         }
         if let Some(l) = nbd {
             tasks.push(spawn("nbd", crate::nbd::serve(l, catalog.clone(), stop())));

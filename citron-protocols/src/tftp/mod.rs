@@ -7,9 +7,14 @@
 //!
 //! # Layout
 //! - [`packet`]: pure decoding/encoding of the wire format.
-//! - [`session`]: one transfer as a pure state machine (negotiation, windows, retransmission,
-//!   block-number rollover).
+//! - [`session`]: one transfer as a pure state machine (windows, retransmission, block-number
+//!   rollover); option negotiation in `negotiate`, re-exported there.
+//! - [`netascii`]: the netascii encoding as a streaming converter.
 //! - `server`: sockets, timers and tasks ([`serve`], [`serve_with`], [`Config`]).
+//! - `body`: a transfer's bytes, read in chunks ahead (octet) or converted as they stream
+//!   (netascii).
+//! - `admission`: transfer slots (global and per DUT), the answer budget for sources that are no
+//!   DUT, log lines once per source, ERRORs no larger than their request.
 //! - `sys`: the per-packet system calls (a transfer's socket, non-blocking file reads).
 //!
 //! # Example
@@ -26,7 +31,11 @@ use std::sync::Arc;
 
 use citron_core::serve::Catalog;
 
+mod admission;
+mod body;
 mod error;
+mod negotiate;
+pub mod netascii;
 pub mod packet;
 mod server;
 pub mod session;

@@ -117,6 +117,9 @@ pub enum Packet {
 }
 
 /// Why a datagram is not a TFTP packet.
+///
+/// Fields taken from the datagram are cut to [`ERROR_FIELD_MAX`] characters (see [`Clip`]): the
+/// message goes into a log line, and [`DecodeError::wire_message`] is what a client is told.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     /// Fewer bytes than the packet's fixed part.
@@ -132,14 +135,31 @@ pub enum DecodeError {
     #[error("{0} is not valid UTF-8")]
     NotUtf8(&'static str),
     /// A mode other than netascii, octet or mail.
-    #[error("unknown transfer mode {0:?}")]
+    #[error("unknown transfer mode `{0}`; use octet or netascii")]
     UnknownMode(String),
     /// An option name with no value after it (RFC 2347 §"Option Format").
-    #[error("option {0:?} has no value")]
+    #[error("option `{0}` has no value")]
     OptionWithoutValue(String),
     /// An empty file name.
     #[error("empty file name")]
     EmptyFilename,
+}
+
+impl DecodeError {
+    /// The message for the ERROR answering a malformed request: fixed text, no field of the
+    /// request, so the answer never grows with what was sent (and carries nothing back to a
+    /// spoofed source).
+    pub fn wire_message(&self) -> &'static str {
+        match self {
+            DecodeError::TooShort(_) => "packet too short",
+            DecodeError::UnknownOpcode(_) => "unknown opcode",
+            DecodeError::Unterminated(_) => "field not NUL-terminated",
+            DecodeError::NotUtf8(_) => "field is not UTF-8",
+            DecodeError::UnknownMode(_) => "unknown mode; use octet",
+            DecodeError::OptionWithoutValue(_) => "option without a value",
+            DecodeError::EmptyFilename => "empty file name",
+        }
+    }
 }
 
 /// Decodes one datagram.
@@ -188,7 +208,7 @@ pub fn decode(buf: &[u8]) -> Result<Packet, DecodeError> {
                 let name = fields.next("option name")?;
                 let value = fields
                     .next("option value")
-                    .map_err(|_| DecodeError::OptionWithoutValue(name.clone()))?;
+                    .map_err(|_| DecodeError::OptionWithoutValue(Clip(&name, ERROR_FIELD_MAX).to_string()))?;
                 options.push((name, value));
             }
             Ok(Packet::Oack { options })
@@ -234,7 +254,7 @@ fn decode_request(rest: &[u8]) -> Result<Request, DecodeError> {
         "netascii" => Mode::Netascii,
         "octet" => Mode::Octet,
         "mail" => Mode::Mail,
-        _ => return Err(DecodeError::UnknownMode(mode_s)),
+        _ => return Err(DecodeError::UnknownMode(Clip(&mode_s, ERROR_FIELD_MAX).to_string())),
     };
     let mut options = Vec::new();
     // Some old clients pad requests with NULs after the last field; trailing NULs are not options.
@@ -310,29 +330,34 @@ pub fn encode_data(block: u16, data: &[u8], out: &mut BytesMut) {
     out.extend_from_slice(data);
 }
 
-/// Converts bytes to netascii (RFC 1350 §1, RFC 764 "NVT"): LF becomes CR LF, a CR becomes CR NUL,
-/// except in an existing CR LF pair which is kept as is.
+pub use super::netascii::to_netascii;
+
+/// The longest request field a [`DecodeError`] keeps (for the log line; never sent back).
+pub const ERROR_FIELD_MAX: usize = 32;
+
+/// Displays at most `.1` characters of `.0`, control characters as `?`, and `…` if cut: how a
+/// field from the network goes into a log line (bounded, one line, no terminal escapes).
 ///
 /// ```
-/// use citron_protocols::tftp::packet::to_netascii;
-/// assert_eq!(to_netascii(b"a\nb\r\nc\rd"), b"a\r\nb\r\nc\r\0d");
+/// use citron_protocols::tftp::packet::Clip;
+/// assert_eq!(Clip("abcdef", 3).to_string(), "abc…");
+/// assert_eq!(Clip("a\nb", 10).to_string(), "a?b");
 /// ```
-pub fn to_netascii(src: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(src.len() + src.len() / 32);
-    let mut i = 0;
-    while i < src.len() {
-        match src[i] {
-            b'\n' => out.extend_from_slice(b"\r\n"),
-            b'\r' if src.get(i + 1) == Some(&b'\n') => {
-                out.extend_from_slice(b"\r\n");
-                i += 1;
-            }
-            b'\r' => out.extend_from_slice(b"\r\0"),
-            b => out.push(b),
+#[derive(Debug, Clone, Copy)]
+pub struct Clip<'a>(pub &'a str, pub usize);
+
+impl std::fmt::Display for Clip<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write;
+        let mut chars = self.0.chars();
+        for c in chars.by_ref().take(self.1) {
+            f.write_char(if c.is_control() { '?' } else { c })?;
         }
-        i += 1;
+        if chars.next().is_some() {
+            f.write_char('…')?;
+        }
+        Ok(())
     }
-    out
 }
 
 #[cfg(test)]
@@ -498,11 +523,13 @@ mod tests {
     }
 
     #[test]
-    fn netascii() {
-        assert_eq!(to_netascii(b""), b"");
-        assert_eq!(to_netascii(b"\r"), b"\r\0");
-        assert_eq!(to_netascii(b"\n\n"), b"\r\n\r\n");
-        assert_eq!(to_netascii(b"x\r\r\n"), b"x\r\0\r\n");
+    fn fields_in_errors_are_cut() {
+        let mut req = b"\0\x01f\0".to_vec();
+        req.extend(std::iter::repeat_n(b'\x01', 5000));
+        req.push(0);
+        let e = decode(&req).unwrap_err();
+        assert!(e.to_string().len() < 100, "{e}");
+        assert!(e.wire_message().len() < 30);
     }
 
     #[test]

@@ -20,39 +20,50 @@
 //! transfer: their sockets close, their access-log entries are written as aborted. Completing
 //! `shutdown` does the same, then returns `Ok(())`.
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
-use citron_core::serve::{Artifact, Catalog, Content, FileRequest, Intent, Protocol, Space};
-use parking_lot::Mutex;
+use bytes::BytesMut;
+use citron_core::limits::Limits as LabLimits;
+use citron_core::namespace::DutId;
+use citron_core::serve::{Catalog, FileRequest, Intent, Protocol, Space};
 use tokio::net::UdpSocket;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
+use super::admission::{no_larger, Budget, LogOnce, NoSlot, Slot, Slots};
+use super::body::{netascii_len, Body, Chunks, Netascii};
 use super::error::error_packet;
-use super::packet::{self, DecodeError, ErrorCode, Mode, Packet, Request};
-use super::session::{negotiate, Limits, Outcome, Send as Out, Session, Step, DEFAULT_BLKSIZE};
+use super::packet::{self, Clip, DecodeError, ErrorCode, Mode, Packet, Request};
+use super::session::{negotiate, Limits, Outcome, Send as Out, Session, Step};
 use super::sys::TransferSocket;
 
-/// Server settings. `Config::default()` suits a lab; tests lower the timeout.
+/// Server settings. `Config::default()` suits a lab ([`Config::from_limits`] with the default
+/// lab limits); tests lower the timeout.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Option limits, retransmission timeout and retry bound.
     pub limits: Limits,
-    /// Transfers running at once; further requests are dropped (the client retries) rather than
-    /// refused, so a busy server costs a client no error.
+    /// Transfers running at once, over every DUT (`limits.tftp_transfers`); further requests
+    /// are dropped (the client retries) rather than refused, so a busy server costs a client no
+    /// error.
     pub max_transfers: usize,
+    /// Transfers running at once for one DUT (`limits.tftp_transfers_per_dut`), so that one DUT,
+    /// or anyone sending from a silent DUT's address, cannot take every slot; further requests
+    /// from that DUT are dropped like those past `max_transfers`.
+    pub transfers_per_dut: usize,
+    /// ERROR packets per second answered to sources that are no DUT
+    /// (`limits.tftp_unknown_errors_per_sec`); the rest are dropped without a word, so spoofed
+    /// requests cannot aim a stream of answers at a victim. Such sources never get a transfer
+    /// (so never a retransmission), and each is logged once a minute, not once per packet.
+    pub unknown_errors_per_sec: u32,
+    /// Longest request field (file name) written to a log line (`limits.logged_path_max`).
+    pub logged_field_max: usize,
     /// Bytes per positioned read; a transfer holds up to three such chunks (the one being sent,
     /// the previous one and the next one, read ahead).
     pub prefetch_bytes: usize,
-    /// Largest file sent in netascii mode (converted in memory); larger ones are refused with a
-    /// message asking for octet mode.
-    pub netascii_max_bytes: u64,
     /// Run the server and all its transfers on a dedicated thread with a single-threaded tokio
     /// runtime rather than on the caller's runtime. Lockstep transfers are bound by wake-up
     /// latency, which one thread that owns every socket keeps lowest (see BENCHMARKS.md).
@@ -63,16 +74,27 @@ pub struct Config {
     pub transfer_threads: usize,
 }
 
-impl Default for Config {
-    fn default() -> Self {
+impl Config {
+    /// The settings a lab's `limits:` section asks for (`tftp_transfers`,
+    /// `tftp_transfers_per_dut`, `tftp_max_timeout`, `tftp_unknown_errors_per_sec`,
+    /// `logged_path_max`); the rest as in [`Config::default`].
+    pub fn from_limits(l: &LabLimits) -> Config {
         Config {
-            limits: Limits::default(),
-            max_transfers: 1024,
+            limits: Limits { max_timeout: l.tftp_max_timeout.get(), ..Limits::default() },
+            max_transfers: l.tftp_transfers,
+            transfers_per_dut: l.tftp_transfers_per_dut,
+            unknown_errors_per_sec: l.tftp_unknown_errors_per_sec,
+            logged_field_max: l.logged_path_max,
             prefetch_bytes: 256 * 1024,
-            netascii_max_bytes: 64 << 20,
             own_thread: true,
             transfer_threads: 0,
         }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::from_limits(&LabLimits::default())
     }
 }
 
@@ -81,20 +103,15 @@ struct Shared {
     config: Config,
     local_ip: IpAddr,
     base_url: Option<String>,
-    /// Client transfer IDs with a transfer running: a retransmitted RRQ must not start a second one.
-    active: Mutex<HashSet<SocketAddr>>,
 }
 
-/// Removes a client TID from `active` when its transfer task ends, however it ends.
-struct ActiveGuard {
-    shared: Arc<Shared>,
-    peer: SocketAddr,
-}
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.shared.active.lock().remove(&self.peer);
-    }
+/// What the request thread keeps between requests: slots, and the answer budget and log
+/// memory for sources that are no DUT.
+struct Gate {
+    slots: Arc<Slots>,
+    unknown: Budget,
+    unknown_logged: LogOnce<IpAddr>,
+    busy_logged: LogOnce<DutId>,
 }
 
 /// [`serve`](super::serve) with explicit settings.
@@ -150,14 +167,14 @@ async fn run(
     // user networking, 127.0.0.1 is 10.0.2.2 to the guest), so generated scripts use absolute
     // paths, which iPXE resolves against the URL it fetched the script from.
     let base_url: Option<String> = None;
-    let limit = Arc::new(Semaphore::new(config.max_transfers.max(1)));
-    let shared = Arc::new(Shared {
-        catalog,
-        config,
-        local_ip: local.ip(),
-        base_url,
-        active: Mutex::new(HashSet::new()),
-    });
+    let now = Instant::now();
+    let mut gate = Gate {
+        slots: Slots::new(config.max_transfers, config.transfers_per_dut),
+        unknown: Budget::new(config.unknown_errors_per_sec, now),
+        unknown_logged: LogOnce::new(now),
+        busy_logged: LogOnce::new(now),
+    };
+    let shared = Arc::new(Shared { catalog, config, local_ip: local.ip(), base_url });
     let workers = if shared.config.own_thread { Workers::start(shared.config.transfer_threads)? } else { Workers::none() };
     let mut tasks = JoinSet::new();
     let mut buf = vec![0u8; 65536];
@@ -176,11 +193,9 @@ async fn run(
                         continue;
                     }
                 };
-                let reply = match packet::decode(&buf[..n]) {
-                    Ok(pkt) => on_request(&shared, &limit, &mut tasks, &workers, pkt, peer),
-                    Err(e) => on_malformed(&buf[..n], e, peer),
-                };
-                if let Some(p) = reply {
+                let reply = on_datagram(&shared, &mut gate, &mut tasks, &workers, &buf[..n], peer);
+                // Never more bytes back than came in (a spoofed source is a victim, not a client).
+                if let Some(p) = reply.and_then(|p| no_larger(p, n)) {
                     out.clear();
                     packet::encode(&p, &mut out);
                     if let Err(e) = socket.send_to(&out, peer).await {
@@ -253,189 +268,135 @@ impl Drop for Workers {
     }
 }
 
+/// One datagram on the listening port: the answer to send back from it, if any.
+///
+/// A source that is no DUT never gets a transfer: its requests are answered "file not found"
+/// (what the catalog would say) within the `unknown_errors_per_sec` budget and dropped past it,
+/// and it is logged once per `LOG_PERIOD`, so a flood costs one log line per source.
+fn on_datagram(
+    shared: &Arc<Shared>,
+    gate: &mut Gate,
+    tasks: &mut JoinSet<()>,
+    workers: &Workers,
+    datagram: &[u8],
+    peer: SocketAddr,
+) -> Option<Packet> {
+    let max = shared.config.logged_field_max;
+    let decoded = packet::decode(datagram);
+    let Some(dut) = shared.catalog.dut_of(peer.ip().to_canonical()) else {
+        let now = Instant::now();
+        let note = gate.unknown_logged.note(peer.ip(), now);
+        if note.quiet_before > 0 {
+            tracing::warn!(packets = note.quiet_before, "TFTP packets from sources that are no DUT were not logged in the last minute");
+        }
+        let answer = match &decoded {
+            Ok(Packet::Rrq(_) | Packet::Wrq(_)) => {
+                Some(Packet::Error { code: ErrorCode::FILE_NOT_FOUND, message: "file not found".into() })
+            }
+            Ok(_) => None,
+            Err(e) => malformed_answer(datagram, e),
+        };
+        if note.log {
+            let file = match &decoded {
+                Ok(Packet::Rrq(r) | Packet::Wrq(r)) => Some(Clip(&r.filename, max)),
+                _ => None,
+            };
+            tracing::info!(%peer, file = file.map(tracing::field::display), len = datagram.len(), "TFTP packet from a source that is no DUT: answered at most {}/s, logged once a minute", shared.config.unknown_errors_per_sec);
+        }
+        return answer.filter(|_| gate.unknown.allow(now));
+    };
+    match decoded {
+        Ok(pkt) => on_request(shared, gate, tasks, workers, pkt, peer, dut, datagram.len()),
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, len = datagram.len(), "malformed TFTP request");
+            malformed_answer(datagram, &e)
+        }
+    }
+}
+
 /// A datagram that does not decode: answer requests with "illegal operation" so that the client
 /// stops waiting; drop anything else (never answer an ERROR or an unknown opcode with an ERROR:
-/// two servers could ping-pong).
-fn on_malformed(buf: &[u8], e: DecodeError, peer: SocketAddr) -> Option<Packet> {
-    tracing::warn!(%peer, error = %e, len = buf.len(), "malformed TFTP request");
+/// two servers could ping-pong). The message is fixed text, never a field of the request.
+fn malformed_answer(buf: &[u8], e: &DecodeError) -> Option<Packet> {
     match buf.get(..2) {
         Some([0, 1]) | Some([0, 2]) => Some(Packet::Error {
             code: ErrorCode::ILLEGAL_OPERATION,
-            message: e.to_string(),
+            message: e.wire_message().into(),
         }),
         _ => None,
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn on_request(
     shared: &Arc<Shared>,
-    limit: &Arc<Semaphore>,
+    gate: &mut Gate,
     tasks: &mut JoinSet<()>,
     workers: &Workers,
     pkt: Packet,
     peer: SocketAddr,
+    dut: DutId,
+    len: usize,
 ) -> Option<Packet> {
+    let max = shared.config.logged_field_max;
     match pkt {
         Packet::Rrq(req) if req.mode == Mode::Mail => {
-            tracing::info!(%peer, file = %req.filename, "mail mode refused");
+            tracing::info!(%peer, file = %Clip(&req.filename, max), "mail mode refused");
             Some(Packet::Error {
                 code: ErrorCode::ILLEGAL_OPERATION,
                 message: "mail mode is not supported".into(),
             })
         }
         Packet::Rrq(req) => {
-            if !shared.active.lock().insert(peer) {
-                tracing::debug!(%peer, file = %req.filename, "retransmitted request for a running transfer ignored");
-                return None;
-            }
-            let guard = ActiveGuard {
-                shared: shared.clone(),
-                peer,
+            let slot = match gate.slots.take(peer, dut.clone()) {
+                Ok(s) => s,
+                Err(NoSlot::Running) => {
+                    tracing::debug!(%peer, file = %Clip(&req.filename, max), "retransmitted request for a running transfer ignored");
+                    return None;
+                }
+                Err(why) => {
+                    let note = gate.busy_logged.note(dut.clone(), Instant::now());
+                    if note.log {
+                        let (what, n) = match why {
+                            NoSlot::DutFull => ("this DUT's", shared.config.transfers_per_dut),
+                            _ => ("the server's", shared.config.max_transfers),
+                        };
+                        tracing::warn!(%peer, %dut, file = %Clip(&req.filename, max), "{what} {n} TFTP transfer slots are taken; requests dropped (the client retries), logged once a minute");
+                    }
+                    return None;
+                }
             };
-            let Ok(permit) = limit.clone().try_acquire_owned() else {
-                tracing::warn!(%peer, file = %req.filename, "too many TFTP transfers; request dropped, the client will retry");
-                return None;
-            };
-            workers.spawn(tasks, transfer(shared.clone(), peer, req, permit, guard));
+            workers.spawn(tasks, transfer(shared.clone(), peer, req, len, slot));
             None
         }
         Packet::Wrq(req) => {
-            tracing::info!(%peer, file = %req.filename, "write request refused");
+            tracing::info!(%peer, file = %Clip(&req.filename, max), "write request refused");
             Some(Packet::Error {
                 code: ErrorCode::ACCESS_VIOLATION,
-                message: "citron is read-only: write requests are refused".into(),
+                message: "citron is read-only".into(),
             })
         }
         other => {
-            tracing::debug!(%peer, packet = ?other, "non-request packet on the TFTP port ignored");
+            tracing::debug!(%peer, opcode = opcode(&other), "non-request packet on the TFTP port ignored");
             None
         }
     }
 }
 
-/// The bytes a transfer carries.
-enum Body {
-    /// The artifact itself (octet mode), read in chunks ahead of the transfer.
-    Artifact(Chunks),
-    /// The whole transfer in memory (netascii after conversion).
-    Memory(Bytes),
-}
-
-impl Body {
-    async fn get(&mut self, off: u64, len: usize) -> io::Result<Bytes> {
-        match self {
-            Body::Memory(b) => {
-                let s = (off as usize).min(b.len());
-                Ok(b.slice(s..(s + len).min(b.len())))
-            }
-            Body::Artifact(c) => c.get(off, len).await,
-        }
+fn opcode(p: &Packet) -> &'static str {
+    match p {
+        Packet::Rrq(_) => "RRQ",
+        Packet::Wrq(_) => "WRQ",
+        Packet::Data { .. } => "DATA",
+        Packet::Ack { .. } => "ACK",
+        Packet::Error { .. } => "ERROR",
+        Packet::Oack { .. } => "OACK",
     }
 }
 
-/// An artifact read in aligned chunks of `size` bytes (a multiple of blksize, so a block never
-/// spans two chunks). A chunk in the page cache is read inline when it is first needed (one
-/// `preadv2(RWF_NOWAIT)` per chunk, no thread hand-off); once a read would have waited for the
-/// disk, the transfer is `cold` and the chunk after the one being sent is read on the blocking
-/// pool while the transfer waits for ACKs. The previous chunk is kept for a window restarted
-/// across the boundary.
-struct Chunks {
-    art: Arc<Artifact>,
-    size: u64,
-    cold: bool,
-    prev: Option<(u64, Bytes)>,
-    cur: Option<(u64, Bytes)>,
-    next: Option<(u64, tokio::task::JoinHandle<io::Result<Bytes>>)>,
-}
-
-impl Chunks {
-    fn new(art: Arc<Artifact>, prefetch: usize, blksize: u16) -> Chunks {
-        let bs = blksize.max(1) as u64;
-        let size = (prefetch as u64).max(bs) / bs * bs;
-        Chunks {
-            art,
-            size,
-            cold: false,
-            prev: None,
-            cur: None,
-            next: None,
-        }
-    }
-
-    fn read(&self, k: u64) -> tokio::task::JoinHandle<io::Result<Bytes>> {
-        let (a, off, size) = (self.art.clone(), k * self.size, self.size as usize);
-        tokio::task::spawn_blocking(move || a.read_chunk(off, size))
-    }
-
-    /// Chunk `k` if it is all in the page cache.
-    fn read_inline(&self, k: u64) -> io::Result<Option<Bytes>> {
-        let off = k * self.size;
-        let want = self.size.min(self.art.len.saturating_sub(off)) as usize;
-        Ok(self.art.read_cached(off, want)?.filter(|b| b.len() == want))
-    }
-
-    async fn get(&mut self, off: u64, len: usize) -> io::Result<Bytes> {
-        if let Content::Memory(_) = self.art.content {
-            return self.art.read_chunk(off, len);
-        }
-        let k = off / self.size;
-        let have = |c: &Option<(u64, Bytes)>| matches!(c, Some((ck, _)) if *ck == k);
-        if !have(&self.cur) {
-            if have(&self.prev) {
-                std::mem::swap(&mut self.prev, &mut self.cur);
-            } else {
-                let pending = match self.next.take() {
-                    Some((nk, h)) if nk == k => Err(h),
-                    other => {
-                        if let Some((_, h)) = other {
-                            h.abort();
-                        }
-                        match self.read_inline(k)? {
-                            Some(b) => Ok(b),
-                            None => {
-                                self.cold = true;
-                                Err(self.read(k))
-                            }
-                        }
-                    }
-                };
-                let data = match pending {
-                    Ok(b) => b,
-                    Err(h) => h.await.map_err(io::Error::other)??,
-                };
-                self.prev = self.cur.replace((k, data));
-            }
-        }
-        let want_next = (k + 1) * self.size < self.art.len;
-        if self.cold && want_next && !matches!(self.next, Some((nk, _)) if nk == k + 1) {
-            if let Some((_, h)) = self.next.take() {
-                h.abort();
-            }
-            self.next = Some((k + 1, self.read(k + 1)));
-        }
-        let Some((_, data)) = &self.cur else {
-            unreachable!("cur was just filled")
-        };
-        let s = ((off - k * self.size) as usize).min(data.len());
-        Ok(data.slice(s..(s + len).min(data.len())))
-    }
-}
-
-impl Drop for Chunks {
-    fn drop(&mut self) {
-        if let Some((_, h)) = self.next.take() {
-            h.abort();
-        }
-    }
-}
-
-async fn transfer(
-    shared: Arc<Shared>,
-    peer: SocketAddr,
-    req: Request,
-    _permit: OwnedSemaphorePermit,
-    _guard: ActiveGuard,
-) {
+/// One read transfer, on its own socket; `req_len` is the size of the request datagram (no
+/// ERROR sent in answer is larger).
+async fn transfer(shared: Arc<Shared>, peer: SocketAddr, req: Request, req_len: usize, _slot: Slot) {
     let mut sock = match TransferSocket::open(shared.local_ip, peer) {
         Ok(s) => s,
         Err(e) => {
@@ -443,6 +404,7 @@ async fn transfer(
             return;
         }
     };
+    let file = Clip(&req.filename, shared.config.logged_field_max);
     let mut out = BytesMut::new();
     let freq = FileRequest {
         peer: peer.ip().to_canonical(),
@@ -455,65 +417,32 @@ async fn transfer(
     let art = match shared.catalog.open(&freq) {
         Ok(a) => Arc::new(a),
         Err(e) => {
-            tracing::info!(%peer, file = %req.filename, error = %e, "TFTP read refused");
-            send_packet(&sock, &mut out, &error_packet(&e)).await;
+            tracing::info!(%peer, %file, error = %Clip(&e.to_string(), shared.config.logged_field_max), "TFTP read refused");
+            send_error(&sock, &mut out, error_packet(&e), req_len).await;
             return;
         }
     };
-    let body = match req.mode {
-        Mode::Netascii if art.len > shared.config.netascii_max_bytes => {
-            tracing::info!(%peer, file = %req.filename, len = art.len, "file too large for netascii mode");
-            let message = format!(
-                "file too large for netascii mode ({} bytes); use octet mode",
-                art.len
-            );
-            send_packet(
-                &sock,
-                &mut out,
-                &Packet::Error {
-                    code: ErrorCode::NOT_DEFINED,
-                    message,
-                },
-            )
-            .await;
-            return;
-        }
-        Mode::Netascii => {
-            let a = art.clone();
-            let r = tokio::task::spawn_blocking(move || a.read_chunk(0, a.len as usize))
-                .await
-                .map_err(io::Error::other)
-                .and_then(|r| r);
-            match r {
-                Ok(b) => Body::Memory(Bytes::from(packet::to_netascii(&b))),
-                Err(e) => {
-                    tracing::error!(%peer, file = %req.filename, error = %e, "cannot read artifact");
-                    send_packet(&sock, &mut out, &error_packet(&e.into())).await;
-                    return;
-                }
+    let prefetch = shared.config.prefetch_bytes;
+    let len = match req.mode {
+        // Converted as it streams; its size takes one pass first (for `tsize` and for where the
+        // transfer ends), which reads the file but keeps none of it.
+        Mode::Netascii => match netascii_len(art.clone(), prefetch).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(%peer, %file, error = %e, "cannot read artifact");
+                send_error(&sock, &mut out, error_packet(&e.into()), req_len).await;
+                return;
             }
-        }
-        Mode::Octet | Mode::Mail => Body::Artifact(Chunks::new(
-            art.clone(),
-            shared.config.prefetch_bytes,
-            DEFAULT_BLKSIZE,
-        )),
-    };
-    let len = match &body {
-        Body::Memory(b) => b.len() as u64,
-        Body::Artifact { .. } => art.len,
+        },
+        Mode::Octet | Mode::Mail => art.len,
     };
     let limits = &shared.config.limits;
     let neg = negotiate(&req, len, limits);
-    let mut body = match body {
-        Body::Artifact(c) => Body::Artifact(Chunks::new(
-            c.art.clone(),
-            shared.config.prefetch_bytes,
-            neg.blksize,
-        )),
-        m => m,
+    let mut body = match req.mode {
+        Mode::Netascii => Body::Netascii(Netascii::new(art.clone(), prefetch, neg.windowsize as u64 * neg.blksize as u64)),
+        Mode::Octet | Mode::Mail => Body::Octet(Chunks::new(art.clone(), prefetch, neg.blksize)),
     };
-    tracing::debug!(%peer, file = %req.filename, len, blksize = neg.blksize, windowsize = neg.windowsize, "TFTP transfer starts");
+    tracing::debug!(%peer, %file, len, blksize = neg.blksize, windowsize = neg.windowsize, "TFTP transfer starts");
     let started = Instant::now();
     let (mut session, mut step) = Session::start(neg, len, limits.retries, started);
     let mut retransmits = 0u32;
@@ -539,8 +468,8 @@ async fn transfer(
                     let data = match body.get(off, n).await {
                         Ok(d) => d,
                         Err(e) => {
-                            tracing::error!(%peer, file = %req.filename, error = %e, "cannot read artifact");
-                            send_packet(&sock, &mut out, &error_packet(&e.into())).await;
+                            tracing::error!(%peer, %file, error = %e, "cannot read artifact");
+                            send_error(&sock, &mut out, error_packet(&e.into()), req_len).await;
                             return;
                         }
                     };
@@ -590,7 +519,7 @@ async fn transfer(
                 let st = session.on_timeout(Instant::now());
                 if !st.send.is_empty() {
                     retransmits += 1;
-                    tracing::debug!(%peer, file = %req.filename, packets = st.send.len(), "TFTP timeout: retransmitting");
+                    tracing::debug!(%peer, %file, packets = st.send.len(), "TFTP timeout: retransmitting");
                 }
                 st
             }
@@ -600,35 +529,37 @@ async fn transfer(
     match outcome {
         Some(Outcome::Complete) => {
             art.complete();
-            tracing::info!(%peer, file = %req.filename, bytes = len, ?elapsed, retransmits, "TFTP transfer complete");
+            tracing::info!(%peer, %file, bytes = len, ?elapsed, retransmits, "TFTP transfer complete");
         }
         // Logged as served: see `Outcome::Unconfirmed`.
         Some(Outcome::Unconfirmed) => {
             art.complete();
-            tracing::info!(%peer, file = %req.filename, bytes = len, ?elapsed, retransmits, "TFTP transfer sent whole; the final ACK never came (logged as served)");
+            tracing::info!(%peer, %file, bytes = len, ?elapsed, retransmits, "TFTP transfer sent whole; the final ACK never came (logged as served)");
         }
         Some(Outcome::TimedOut) => {
-            tracing::warn!(%peer, file = %req.filename, ?elapsed, "TFTP client stopped answering; transfer abandoned")
+            tracing::warn!(%peer, %file, ?elapsed, "TFTP client stopped answering; transfer abandoned")
         }
         Some(Outcome::ClientError { code, message }) => {
-            tracing::info!(%peer, file = %req.filename, code = code.0, %message, "TFTP client aborted the transfer")
+            tracing::info!(%peer, %file, code = code.0, %message, "TFTP client aborted the transfer")
         }
         // The client closed its port after the last block went out: it had everything and its
         // final ACK was lost, as for `Outcome::Unconfirmed`.
         None if session.final_block_sent() => {
             art.sent(session.unacknowledged_bytes());
             art.complete();
-            tracing::info!(%peer, file = %req.filename, bytes = len, ?elapsed, retransmits, "TFTP transfer sent whole; the client closed its port without the final ACK (logged as served)");
+            tracing::info!(%peer, %file, bytes = len, ?elapsed, retransmits, "TFTP transfer sent whole; the client closed its port without the final ACK (logged as served)");
         }
         None => {
-            tracing::info!(%peer, file = %req.filename, ?elapsed, "TFTP client went away (port unreachable)")
+            tracing::info!(%peer, %file, ?elapsed, "TFTP client went away (port unreachable)")
         }
     }
 }
 
-async fn send_packet(sock: &TransferSocket, out: &mut BytesMut, p: &Packet) {
+/// Sends ERROR `p`, cut to no more than `req_len` bytes (see `no_larger`).
+async fn send_error(sock: &TransferSocket, out: &mut BytesMut, p: Packet, req_len: usize) {
+    let Some(p) = no_larger(p, req_len) else { return };
     out.clear();
-    packet::encode(p, out);
+    packet::encode(&p, out);
     if let Err(e) = sock.send(out).await {
         tracing::debug!(error = %e, "could not send TFTP error");
     }
