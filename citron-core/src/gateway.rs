@@ -421,7 +421,10 @@ impl Gateway {
         let per_job = self.inner.lab.limits.downloads_per_job.max(1);
         let loaded: Vec<Arc<Entry>> = {
             use futures::{StreamExt as _, TryStreamExt as _};
-            futures::stream::iter(all.iter().map(|(_, f)| self.load_entry(f, now))).buffered(per_job).try_collect().await?
+            // Collected first: a lazy `map` closure in the stream's type trips the `Send` check of
+            // the API's spawned futures (higher-ranked lifetimes).
+            let loads: Vec<_> = all.iter().map(|(_, f)| self.load_entry(f, now)).collect();
+            futures::stream::iter(loads).buffered(per_job).try_collect().await?
         };
         let generated = [Space::Http, Space::Tftp].map(|sp| (sp, generated_names(dut.machine_id(), sp)));
         for ((space, spec), entry) in all.into_iter().zip(loaded) {
