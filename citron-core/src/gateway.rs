@@ -192,7 +192,7 @@ impl Gateway {
         let data_lock = DataDir::open(data_dir)?;
         refuse_data_dir_in_roots(data_dir, &lab.artifact_roots)?;
         let cache_cfg = lab.cache_config().map_err(|m| dd(std::io::Error::new(std::io::ErrorKind::InvalidInput, m)))?;
-        let cache = Cache::open(&data_dir.join("cache"), cache_cfg, lab.s3.clone()).map_err(dd)?;
+        let cache = Cache::open_limited(&data_dir.join("cache"), cache_cfg, lab.s3.clone(), lab.limits.downloads_in_flight).map_err(dd)?;
         let mut registry = DutRegistry::default();
         for d in &lab.duts {
             registry.add(d.clone())?;
@@ -438,14 +438,23 @@ impl Gateway {
 
     async fn load_step(&self, dut: &Dut, step: &Step, now: Instant) -> Result<Files, GatewayError> {
         let mut files = Files { cmdline: step.cmdline.clone().unwrap_or_default(), ..Files::default() };
-        // Fetch everything concurrently; the cache makes identical sources one download.
+        // Fetch concurrently, at most `limits.downloads_per_job` at a time (a job listing
+        // 20,000 URLs must not open 20,000 connections); the cache makes identical sources one
+        // download and bounds the downloads of every job together (`downloads_in_flight`).
         let all: Vec<(Space, &FileSpec)> = step
             .http
             .iter()
             .map(|f| (Space::Http, f))
             .chain(step.tftp.iter().map(|f| (Space::Tftp, f)))
             .collect();
-        let loaded = futures::future::try_join_all(all.iter().map(|(_, f)| self.load_entry(f, now))).await?;
+        let per_job = self.inner.lab.limits.downloads_per_job.max(1);
+        let loaded: Vec<Arc<Entry>> = {
+            use futures::{StreamExt as _, TryStreamExt as _};
+            // Collected first: a lazy `map` closure in the stream's type trips the `Send` check of
+            // the API's spawned futures (higher-ranked lifetimes).
+            let loads: Vec<_> = all.iter().map(|(_, f)| self.load_entry(f, now)).collect();
+            futures::stream::iter(loads).buffered(per_job).try_collect().await?
+        };
         let generated = [Space::Http, Space::Tftp].map(|sp| (sp, generated_names(dut.machine_id(), sp)));
         for ((space, spec), entry) in all.into_iter().zip(loaded) {
             let map = match space {

@@ -28,7 +28,7 @@ use crate::namespace::Dut;
 pub const DEFAULT_LAB: &str = include_str!("default_lab.yaml");
 
 /// A lab file.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LabConfig {
     /// The DUTs.
@@ -53,6 +53,23 @@ pub struct LabConfig {
     /// Every bound against hostile or broken input (see [`crate::limits`]).
     #[serde(default)]
     pub limits: Limits,
+}
+
+/// Shows the fields that hold no secret: `api_token` only as whether it is set, the S3 secret
+/// key redacted (see [`S3Config`]'s `Debug`). Fields added later stay hidden until listed here
+/// (`..`), so a new credential cannot leak through a `{:?}` by default.
+impl std::fmt::Debug for LabConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LabConfig")
+            .field("duts", &self.duts)
+            .field("variables", &self.variables)
+            .field("cache", &self.cache)
+            .field("artifact_roots", &self.artifact_roots)
+            .field("s3", &self.s3)
+            .field("api_token", &self.api_token.as_ref().map(|_| "<redacted>"))
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `cache:` in the lab file; `max_size` takes `20G`-style sizes.
@@ -195,6 +212,18 @@ mod tests {
         assert!(e.message.contains("contains this lab file"), "{e}");
         std::fs::write(&p, "duts: []\nartifact_roots: [arts]\n").unwrap();
         assert_eq!(LabConfig::from_file(&p).unwrap().artifact_roots, vec![t.path().join("arts")]);
+    }
+
+    #[test]
+    fn debug_redacts_the_token_and_the_s3_secret() {
+        let text = "api_token: tok-SECRET-1\ns3:\n  access_key_id: AKIAVISIBLE\n  secret_access_key: s3-SECRET-2\n";
+        let lab = LabConfig::from_yaml(text, "l.yaml").unwrap();
+        let shown = format!("{lab:?} {:#?} {:?}", lab, lab.s3);
+        assert!(!shown.contains("SECRET"), "{shown}");
+        assert!(shown.contains("<redacted>") && shown.contains("AKIAVISIBLE"), "{shown}");
+        // serde still sees the real values.
+        assert_eq!(lab.api_token.as_deref(), Some("tok-SECRET-1"));
+        assert_eq!(LabConfig::from_yaml(&serde_yaml::to_string(&lab).unwrap(), "l.yaml").unwrap(), lab);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! real clients over loopback sockets.
 
 mod api;
+mod cache;
 mod cli;
 mod datadir;
 mod http;

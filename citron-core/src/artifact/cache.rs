@@ -12,11 +12,11 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use object_store::aws::AmazonS3;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWriteExt;
 
+use super::grants::Grants;
 use super::http::HttpSource;
 use super::s3::{split_url, store_for, S3Source};
-use super::source::{ArtifactSource, DataSource, FetchError, FileSource, S3Config, Sink};
+use super::source::{ArtifactSource, DataSource, FetchError, FileSource, S3Config};
 use crate::digest::Digest;
 use crate::job::Source;
 
@@ -100,46 +100,53 @@ pub struct CacheStats {
     pub hits: u64,
     /// Downloads (or file reads) that completed and verified.
     pub fetches: u64,
+    /// Bytes reserved by downloads in progress (counted against the cap).
+    pub downloading_bytes: u64,
 }
 
-struct Entry {
-    len: u64,
-    used: u64,
-    pins: usize,
+pub(super) struct Entry {
+    pub(super) len: u64,
+    pub(super) used: u64,
+    pub(super) pins: usize,
     /// Whether this process has seen the file's bytes hash to its name (files found by `open`
     /// have not, until their first use).
-    verified: bool,
+    pub(super) verified: bool,
 }
 
-#[derive(Default)]
-struct Index {
-    entries: HashMap<Digest, Entry>,
-    total: u64,
-    tick: u64,
+pub(super) struct Index {
+    pub(super) entries: HashMap<Digest, Entry>,
+    pub(super) total: u64,
+    pub(super) tick: u64,
+    /// Bytes held by downloads in progress ([`Reservation`]s), counted against the cap.
+    pub(super) reserved: u64,
+    /// Which network sources may reuse which digest.
+    pub(super) grants: Grants,
 }
 
 /// What a source name resolved to earlier in this process.
 #[derive(Clone, Copy)]
-struct Known {
-    digest: Digest,
+pub(super) struct Known {
+    pub(super) digest: Digest,
     /// For local files: size and mtime when read; a change means read again.
-    stamp: Option<(u64, SystemTime)>,
+    pub(super) stamp: Option<(u64, SystemTime)>,
 }
 
 type Flight = Shared<BoxFuture<'static, Result<CachedArtifact, Arc<FetchError>>>>;
 
-struct Inner {
-    dir: PathBuf,
-    config: CacheConfig,
+pub(super) struct Inner {
+    pub(super) dir: PathBuf,
+    pub(super) config: CacheConfig,
     s3: S3Config,
     http: Mutex<Option<reqwest::Client>>,
     stores: Mutex<HashMap<String, Arc<AmazonS3>>>,
-    index: Mutex<Index>,
+    pub(super) index: Mutex<Index>,
     flights: Mutex<HashMap<String, Flight>>,
-    known: Mutex<HashMap<String, Known>>,
+    pub(super) known: Mutex<HashMap<String, Known>>,
     hits: AtomicU64,
-    fetches: AtomicU64,
-    tmp_seq: AtomicU64,
+    pub(super) fetches: AtomicU64,
+    pub(super) tmp_seq: AtomicU64,
+    /// Downloads running at once over every job (`limits.downloads_in_flight`).
+    pub(super) downloads: tokio::sync::Semaphore,
 }
 
 /// The sha256-addressed artifact cache. Share it by reference; downloads it starts hold their
@@ -153,11 +160,15 @@ struct Inner {
 /// One citron process owns a cache directory: [`Cache::open`] deletes what `tmp/` holds.
 ///
 /// # When a `get` needs no fetch
-/// - The job gives a sha256 that is in the cache: a hit without any network, also after a
-///   restart (the directory is indexed on open).
+/// **Knowing a digest grants nothing**: content is stored once per sha256, but a job may use a
+/// cached copy only where it could have fetched the same content itself.
+/// - A URL with a sha256 that is in the cache *and that this very URL produced before* (see
+///   `grants.rs`): a hit without any network, also after a restart (the directory is indexed
+///   on open). The same digest under another URL is fetched from that URL (and deduplicated).
 /// - Inline data: its digest is computed in memory, so identical data is always a hit.
-/// - A local file without sha256: a hit while its size and modification time are those seen when
-///   it was last read by this process; otherwise it is read again.
+/// - A local file (with or without sha256): a hit while its size and modification time are
+///   those seen when this process last read it; otherwise it is read again (and checked
+///   against the sha256). Whether the job may read the path is checked when it is rendered.
 /// - A URL without sha256: **the first fetch in this process is remembered** (URL → digest) and
 ///   later loads of the same URL are hits, even if the server's content has changed since. After
 ///   citron restarts such URLs are fetched again. Give a `sha256:` to get hits across restarts
@@ -165,12 +176,15 @@ struct Inner {
 ///
 /// # Concurrency
 /// Concurrent `get`s of the same source (and expected digest) share one download, which runs
-/// as its own task: it completes and is cached even if every caller is cancelled.
+/// as its own task: it completes and is cached even if every caller is cancelled. At most
+/// `limits.downloads_in_flight` downloads run at once ([`Cache::open_limited`]); the rest wait.
 ///
 /// # Size
-/// The cache keeps at most [`CacheConfig::max_bytes`]. Committing a new artifact evicts the least
-/// recently used entries that no [`CachedArtifact`] pins; recency survives restarts through the
-/// files' modification times, which a hit refreshes.
+/// The cache keeps at most [`CacheConfig::max_bytes`], **downloads in progress included**: a
+/// download reserves its announced size (or its bytes as they arrive) before writing them,
+/// evicting the least recently used entries that no [`CachedArtifact`] pins, and fails with
+/// [`FetchError::CacheFull`] when active jobs and other downloads hold the rest. Recency
+/// survives restarts through the files' modification times, which a hit refreshes.
 ///
 /// # Example
 /// ```
@@ -197,18 +211,7 @@ impl std::fmt::Debug for Cache {
     }
 }
 
-/// Removes a temporary download unless it was moved into the cache.
-struct TempFile(Option<PathBuf>);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
-
-fn is_digest_name(name: &str) -> bool {
+pub(super) fn is_digest_name(name: &str) -> bool {
     name.len() == 64 && name.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
@@ -217,6 +220,12 @@ impl Cache {
     /// as recency), deletes leftovers of interrupted downloads, and evicts down to `max_bytes`
     /// if the limit shrank.
     pub fn open(dir: &Path, config: CacheConfig, s3: S3Config) -> std::io::Result<Cache> {
+        Self::open_limited(dir, config, s3, crate::limits::Limits::default().downloads_in_flight)
+    }
+
+    /// [`open`](Self::open), running at most `downloads_in_flight` downloads at once (0 counts
+    /// as 1).
+    pub fn open_limited(dir: &Path, config: CacheConfig, s3: S3Config, downloads_in_flight: usize) -> std::io::Result<Cache> {
         let store = dir.join("sha256");
         let tmp = dir.join("tmp");
         std::fs::create_dir_all(&store)?;
@@ -242,7 +251,9 @@ impl Cache {
             }
         }
         found.sort();
-        let mut index = Index::default();
+        let known: std::collections::HashSet<Digest> = found.iter().map(|(_, d, _)| *d).collect();
+        let grants = Grants::open(&dir.join("grants"), |d| known.contains(d))?;
+        let mut index = Index { entries: HashMap::new(), total: 0, tick: 0, reserved: 0, grants };
         for (_, d, len) in found {
             index.tick += 1;
             index.total += len;
@@ -260,6 +271,7 @@ impl Cache {
             hits: AtomicU64::new(0),
             fetches: AtomicU64::new(0),
             tmp_seq: AtomicU64::new(0),
+            downloads: tokio::sync::Semaphore::new(downloads_in_flight.max(1)),
         });
         {
             let mut idx = inner.index.lock();
@@ -300,6 +312,7 @@ impl Cache {
             pinned_bytes: idx.entries.values().filter(|e| e.pins > 0).map(|e| e.len).sum(),
             hits: self.inner.hits.load(Ordering::Relaxed),
             fetches: self.inner.fetches.load(Ordering::Relaxed),
+            downloading_bytes: idx.reserved,
         }
     }
 
@@ -307,7 +320,7 @@ impl Cache {
     /// digest fetches it again. The cached bytes stay until evicted.
     pub fn forget_source(&self, source: &Source) {
         if let Ok(src) = self.source_for(source) {
-            self.inner.known.lock().remove(&src.name());
+            self.inner.known.lock().remove(&src.identity());
         }
     }
 
@@ -322,7 +335,7 @@ impl Cache {
                     let (bucket, _) = split_url(u)?;
                     Arc::new(S3Source::new(u.clone(), self.inner.s3_store(&bucket)?)?)
                 }
-                _ => return Err(FetchError::UnsupportedScheme(u.to_string())),
+                _ => return Err(FetchError::UnsupportedScheme(super::redact_url(u))),
             },
         })
     }
@@ -331,24 +344,16 @@ impl Cache {
     ///
     /// See [`Cache`] for when this needs no download.
     pub async fn get(&self, source: &Source, expected: Option<Digest>) -> Result<CachedArtifact, FetchError> {
-        if let Some(d) = expected {
-            self.inner.check_on_disk(d).await;
-            if let Some(a) = self.inner.pin(d) {
-                self.inner.hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(a);
-            }
-        }
         let mut stamp = None;
         match source {
             Source::Data(b) => {
+                // The job holds the bytes: their own digest is the only one they can reach.
                 let ds = DataSource::new(b.clone());
                 let d = ds.digest();
                 if let Some(e) = expected.filter(|e| *e != d) {
                     return Err(FetchError::DigestMismatch { source_name: "inline data".into(), expected: e, actual: d });
                 }
-                self.inner.check_on_disk(d).await;
-                if let Some(a) = self.inner.pin(d) {
-                    self.inner.hits.fetch_add(1, Ordering::Relaxed);
+                if let Some(a) = self.hit(d).await {
                     return Ok(a);
                 }
                 return self.get_from(Arc::new(ds), Some(d), None).await;
@@ -360,17 +365,32 @@ impl Cache {
             Source::Url(_) => {}
         }
         let src = self.source_for(source)?;
-        let name = src.name();
-        if expected.is_none() {
-            let known = self.inner.known.lock().get(&name).copied();
-            if let Some(k) = known.filter(|k| k.stamp == stamp) {
-                if let Some(a) = self.inner.pin(k.digest) {
-                    self.inner.hits.fetch_add(1, Ordering::Relaxed);
+        let identity = src.identity();
+        // A URL that produced this digest before may reuse it; a digest alone reaches nothing.
+        if let Some(d) = expected.filter(|_| src.reusable()) {
+            if self.inner.index.lock().grants.allows(&d, &identity) {
+                if let Some(a) = self.hit(d).await {
                     return Ok(a);
                 }
             }
         }
+        // What this source gave earlier in this process (a local file: while unchanged).
+        let known = self.inner.known.lock().get(&identity).copied();
+        if let Some(k) = known.filter(|k| k.stamp == stamp && expected.is_none_or(|e| e == k.digest)) {
+            if let Some(a) = self.inner.pin(k.digest) {
+                self.inner.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(a);
+            }
+        }
         self.get_from(src, expected, stamp).await
+    }
+
+    /// Pins `digest` if the cache holds it intact, counting a hit.
+    async fn hit(&self, digest: Digest) -> Option<CachedArtifact> {
+        self.inner.check_on_disk(digest).await;
+        let a = self.inner.pin(digest)?;
+        self.inner.hits.fetch_add(1, Ordering::Relaxed);
+        Some(a)
     }
 
     /// Fetches from any [`ArtifactSource`], sharing one download among concurrent callers.
@@ -380,7 +400,7 @@ impl Cache {
         expected: Option<Digest>,
         stamp: Option<(u64, SystemTime)>,
     ) -> Result<CachedArtifact, FetchError> {
-        let key = format!("{}\n{:?}", src.name(), expected);
+        let key = format!("{}\n{:?}", src.identity(), expected);
         let (flight, leader) = {
             let mut flights = self.inner.flights.lock();
             match flights.get(&key) {
@@ -421,7 +441,7 @@ impl Cache {
 }
 
 impl Inner {
-    fn path_of(&self, digest: &Digest) -> PathBuf {
+    pub(super) fn path_of(&self, digest: &Digest) -> PathBuf {
         self.dir.join("sha256").join(digest.hex())
     }
 
@@ -430,7 +450,7 @@ impl Inner {
         if let Some(c) = &*g {
             return Ok(c.clone());
         }
-        let c = super::http::client().map_err(|message| FetchError::Network { url: url.to_string(), message })?;
+        let c = super::http::client().map_err(|message| FetchError::Network { url: super::redact_url(url), message })?;
         *g = Some(c.clone());
         Ok(c)
     }
@@ -484,6 +504,7 @@ impl Inner {
                 let len = e.len;
                 idx.entries.remove(&digest);
                 idx.total -= len;
+                idx.grants.remove(&digest);
                 let _ = std::fs::remove_file(&path);
             }
         }
@@ -498,12 +519,13 @@ impl Inner {
             tracing::warn!(path = %path.display(), "a cached file disappeared; fetching it again");
             idx.entries.remove(&digest);
             idx.total -= len;
+            idx.grants.remove(&digest);
             return None;
         }
         Some(self.pin_locked(&mut idx, digest, path))
     }
 
-    fn pin_locked(self: &Arc<Self>, idx: &mut Index, digest: Digest, path: PathBuf) -> CachedArtifact {
+    pub(super) fn pin_locked(self: &Arc<Self>, idx: &mut Index, digest: Digest, path: PathBuf) -> CachedArtifact {
         idx.tick += 1;
         let tick = idx.tick;
         let e = idx.entries.get_mut(&digest).expect("pinned entry is indexed");
@@ -516,83 +538,4 @@ impl Inner {
         }
         CachedArtifact { path, len, digest, fetched: false, _pin: Arc::new(Pin { digest, cache: Arc::downgrade(self) }) }
     }
-
-    /// Evicts unpinned entries, least recently used first, until `incoming` more bytes fit.
-    /// Returns the bytes still pinned if that is impossible.
-    fn evict(&self, idx: &mut Index, incoming: u64) -> Result<(), u64> {
-        while idx.total + incoming > self.config.max_bytes {
-            let victim = idx.entries.iter().filter(|(_, e)| e.pins == 0).min_by_key(|(_, e)| e.used).map(|(d, e)| (*d, e.len));
-            let Some((d, len)) = victim else {
-                return Err(idx.entries.values().filter(|e| e.pins > 0).map(|e| e.len).sum());
-            };
-            let path = self.path_of(&d);
-            if let Err(e) = std::fs::remove_file(&path) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot delete an evicted artifact");
-                }
-            }
-            idx.entries.remove(&d);
-            idx.total -= len;
-            tracing::info!(digest = %d, bytes = len, "evicted from the cache");
-        }
-        Ok(())
-    }
-
-    /// Streams `src` into a temporary file, verifies it and moves it into the cache.
-    async fn download(
-        self: &Arc<Self>,
-        src: Arc<dyn ArtifactSource>,
-        expected: Option<Digest>,
-        stamp: Option<(u64, SystemTime)>,
-    ) -> Result<CachedArtifact, FetchError> {
-        let name = src.name();
-        let tmp_path = self.dir.join("tmp").join(format!("{}-{}.part", std::process::id(), self.tmp_seq.fetch_add(1, Ordering::Relaxed)));
-        let mut guard = TempFile(Some(tmp_path.clone()));
-        let file = tokio::fs::File::create(&tmp_path).await.map_err(FetchError::Cache)?;
-        let mut w = tokio::io::BufWriter::with_capacity(1 << 20, file);
-        let (len, digest) = {
-            let mut sink = Sink::new(&mut w, name.clone()).with_limit(self.config.max_bytes);
-            src.fetch(&mut sink).await?;
-            sink.finish()
-        };
-        w.flush().await.map_err(FetchError::Cache)?;
-        let file = w.into_inner();
-        file.sync_all().await.map_err(FetchError::Cache)?;
-        drop(file);
-        if let Some(e) = expected.filter(|e| *e != digest) {
-            return Err(FetchError::DigestMismatch { source_name: name, expected: e, actual: digest });
-        }
-        self.fetches.fetch_add(1, Ordering::Relaxed);
-        let art = {
-            let mut idx = self.index.lock();
-            let dest = self.path_of(&digest);
-            if idx.entries.contains_key(&digest) && dest.is_file() {
-                // Same bytes under another name: keep the copy we have, drop the new one.
-                self.pin_locked(&mut idx, digest, dest)
-            } else {
-                if let Some(old) = idx.entries.remove(&digest) {
-                    idx.total -= old.len;
-                }
-                if len > self.config.max_bytes {
-                    return Err(FetchError::TooLarge { source_name: name, size: len, max: self.config.max_bytes });
-                }
-                if let Err(pinned) = self.evict(&mut idx, len) {
-                    return Err(FetchError::CacheFull { source_name: name, size: len, pinned, max: self.config.max_bytes });
-                }
-                std::fs::rename(&tmp_path, &dest).map_err(FetchError::Cache)?;
-                guard.0 = None;
-                // Make the rename itself durable; best effort (some file systems refuse).
-                if let Ok(d) = std::fs::File::open(self.dir.join("sha256")) {
-                    let _ = d.sync_all();
-                }
-                idx.total += len;
-                idx.entries.insert(digest, Entry { len, used: 0, pins: 0, verified: true });
-                self.pin_locked(&mut idx, digest, dest)
-            }
-        };
-        self.known.lock().insert(name.clone(), Known { digest, stamp });
-        tracing::debug!(source = %name, %digest, bytes = len, "cached");
-        Ok(art)
-    }
 }
-

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use url::Url;
 
+use super::redact::redact_url;
 use super::source::{ArtifactSource, FetchError, Sink};
 
 /// How long to wait for a TCP (and TLS) connection before telling the user the host is unreachable.
@@ -60,8 +61,10 @@ fn host_port(url: &Url) -> String {
     format!("{}:{}", url.host_str().unwrap_or("?"), url.port_or_known_default().unwrap_or(0))
 }
 
-/// Turns a reqwest error into a message saying what to check.
-fn network_error(url: &Url, e: &reqwest::Error) -> FetchError {
+/// Turns a reqwest error into a message saying what to check. reqwest's own message names the
+/// URL (perhaps a presigned one a redirect led to): it is dropped, the redacted URL is given.
+fn network_error(url: &Url, e: reqwest::Error) -> FetchError {
+    let e = &e.without_url();
     let io_kind = {
         let mut cur: Option<&(dyn std::error::Error + 'static)> = e.source();
         let mut kind = None;
@@ -87,7 +90,7 @@ fn network_error(url: &Url, e: &reqwest::Error) -> FetchError {
     } else {
         format!("download failed ({}); check the server and load the job again", chain(e))
     };
-    FetchError::Network { url: url.to_string(), message }
+    FetchError::Network { url: redact_url(url), message }
 }
 
 /// An artifact at an `http://` or `https://` URL.
@@ -107,26 +110,34 @@ impl HttpSource {
 #[async_trait]
 impl ArtifactSource for HttpSource {
     fn name(&self) -> String {
+        redact_url(&self.url)
+    }
+
+    fn identity(&self) -> String {
         self.url.to_string()
     }
 
+    fn reusable(&self) -> bool {
+        true
+    }
+
     async fn fetch(&self, sink: &mut Sink<'_>) -> Result<(), FetchError> {
-        let resp = self.client.get(self.url.clone()).send().await.map_err(|e| network_error(&self.url, &e))?;
+        let resp = self.client.get(self.url.clone()).send().await.map_err(|e| network_error(&self.url, e))?;
         let status = resp.status();
         if !status.is_success() {
-            return Err(FetchError::Status { url: self.url.to_string(), status: status.as_u16() });
+            return Err(FetchError::Status { url: redact_url(&self.url), status: status.as_u16() });
         }
         let total = resp.content_length();
         sink.set_total(total)?;
         let mut body = resp.bytes_stream();
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| network_error(&self.url, &e))?;
+            let chunk = chunk.map_err(|e| network_error(&self.url, e))?;
             sink.write(&chunk).await?;
         }
         if let Some(t) = total {
             if sink.written() != t {
                 return Err(FetchError::Network {
-                    url: self.url.to_string(),
+                    url: redact_url(&self.url),
                     message: format!("the server sent {} of {t} bytes; load the job again", sink.written()),
                 });
             }

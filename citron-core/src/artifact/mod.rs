@@ -4,20 +4,31 @@
 //! job is loaded every source is fetched into the [`Cache`], keyed by sha256, so that serving
 //! never touches the network and a hundred DUTs asking for one kernel cause one download.
 //!
+//! The cache stores content once per digest, but a job reaches cached content only where it
+//! could have fetched it itself (`grants.rs`), downloads count against the cache's cap while
+//! they run and at most `limits.downloads_in_flight` run at once (`download.rs`), and URLs are
+//! shown with their credentials redacted ([`redact_url`]).
+//!
 //! Each kind of source is an [`ArtifactSource`] writing into a [`Sink`] (which hashes, bounds
 //! and reports progress): [`DataSource`], [`FileSource`], [`HttpSource`] (reqwest, rustls) and
 //! [`S3Source`] (object_store, configured by [`S3Config`]). [`Cache`]'s documentation
 //! states when a load needs no download and how entries are evicted.
 
 mod cache;
+mod download;
+mod grants;
 mod http;
+mod redact;
 mod s3;
 mod source;
 
 pub use cache::{Cache, CacheConfig, CacheStats, CachedArtifact};
 pub use http::{install_crypto_provider, HttpSource, CONNECT_TIMEOUT, READ_TIMEOUT};
+pub use redact::{redact_str, redact_url};
 pub use s3::S3Source;
 pub use source::{ArtifactSource, DataSource, FetchError, FileSource, S3Config, Sink, PROGRESS_INTERVAL};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_security;

@@ -11,11 +11,12 @@ use object_store::{ClientOptions, ObjectStoreExt, RetryConfig};
 use url::Url;
 
 use super::http::{install_crypto_provider, CONNECT_TIMEOUT};
+use super::redact::redact_url;
 use super::source::{ArtifactSource, FetchError, S3Config, Sink};
 
 /// The bucket and key of an `s3://bucket/key` URL.
 pub(crate) fn split_url(url: &Url) -> Result<(String, ObjectPath), FetchError> {
-    let bad = |message: &str| FetchError::BadUrl { url: url.to_string(), message: message.to_string() };
+    let bad = |message: &str| FetchError::BadUrl { url: redact_url(url), message: message.to_string() };
     let bucket = url.host_str().filter(|b| !b.is_empty()).ok_or_else(|| bad("no bucket; write s3://bucket/key"))?;
     let key = url.path().trim_start_matches('/');
     if key.is_empty() || key.ends_with('/') {
@@ -75,9 +76,9 @@ impl S3Source {
 
     fn error(&self, e: object_store::Error) -> FetchError {
         match e {
-            object_store::Error::NotFound { .. } => FetchError::Status { url: self.url.to_string(), status: 404 },
+            object_store::Error::NotFound { .. } => FetchError::Status { url: redact_url(&self.url), status: 404 },
             e => FetchError::Network {
-                url: self.url.to_string(),
+                url: redact_url(&self.url),
                 message: format!("{e}; check the lab file's s3: endpoint, region and credentials, and that the bucket exists"),
             },
         }
@@ -87,7 +88,15 @@ impl S3Source {
 #[async_trait]
 impl ArtifactSource for S3Source {
     fn name(&self) -> String {
+        redact_url(&self.url)
+    }
+
+    fn identity(&self) -> String {
         self.url.to_string()
+    }
+
+    fn reusable(&self) -> bool {
+        true
     }
 
     async fn fetch(&self, sink: &mut Sink<'_>) -> Result<(), FetchError> {
@@ -100,7 +109,7 @@ impl ArtifactSource for S3Source {
         }
         if sink.written() != total {
             return Err(FetchError::Network {
-                url: self.url.to_string(),
+                url: redact_url(&self.url),
                 message: format!("the store sent {} of {total} bytes; load the job again", sink.written()),
             });
         }

@@ -17,7 +17,7 @@ use crate::digest::{Digest, Hasher};
 /// `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`). Requests use path-style
 /// addressing (`endpoint/bucket/key`), which MinIO, moto and Ceph accept without DNS tricks; an
 /// `http://` endpoint is allowed because the lab admin wrote it down explicitly.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct S3Config {
     /// Endpoint URL (`http://127.0.0.1:9000` for MinIO); AWS when absent.
@@ -32,6 +32,18 @@ pub struct S3Config {
     /// Secret access key.
     #[serde(default)]
     pub secret_access_key: Option<String>,
+}
+
+/// The secret key never appears in `Debug` output (lab dumps, panics, `tracing` fields).
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("endpoint", &self.endpoint.as_deref().map(super::redact_str))
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// Why an artifact could not be fetched.
@@ -96,18 +108,50 @@ pub enum FetchError {
         /// The cache's limit.
         max: u64,
     },
-    /// The artifact fits the cache, but artifacts of active jobs fill it.
-    #[error("{source_name}: {size} more bytes do not fit in the cache ({max} bytes, {pinned} of them held by active jobs); raise cache.max_size or clear jobs that are done")]
+    /// The artifact fits the cache, but artifacts of active jobs and downloads in progress fill it.
+    #[error("{source_name}: {size} more bytes do not fit in the cache ({max} bytes, {pinned} of them held by active jobs and downloads in progress); raise cache.max_size, clear jobs that are done or load this job later")]
     CacheFull {
         /// Which source.
         source_name: String,
         /// The artifact's size.
         size: u64,
-        /// Bytes held by entries that cannot be evicted now.
+        /// Bytes held by entries that cannot be evicted now and by other downloads.
         pinned: u64,
         /// The cache's limit.
         max: u64,
     },
+    /// The source sent more bytes than it announced.
+    #[error("{source_name}: the source sent more than the {announced} bytes it announced; check the server, then load the job again")]
+    LongerThanAnnounced {
+        /// Which source.
+        source_name: String,
+        /// The size it announced.
+        announced: u64,
+    },
+    /// The disk holding the cache is full (or the data directory's quota is used up).
+    #[error("{source_name}: the disk holding the cache is full after {written} bytes of this artifact; free space in the data directory or lower cache.max_size to fit it")]
+    DiskFull {
+        /// Which source.
+        source_name: String,
+        /// Bytes of it written when the disk filled.
+        written: u64,
+    },
+}
+
+/// An I/O error of the cache's own files while storing `source_name`: a full disk is named as
+/// such (it is this artifact's load that fails, nothing already cached is touched).
+pub(crate) fn disk_error(source_name: &str, written: u64, e: std::io::Error) -> FetchError {
+    match e.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => FetchError::DiskFull { source_name: source_name.to_string(), written },
+        _ => FetchError::Cache(e),
+    }
+}
+
+/// Where a download's bytes are accounted against the cache's cap: asked for the size the
+/// source announces and for the bytes written as they grow; an error stops the download.
+pub(crate) trait Budget: Send {
+    /// Holds `total` bytes (a no-op when that many are held already).
+    fn reserve(&mut self, total: u64) -> Result<(), FetchError>;
 }
 
 fn status_reason(status: &u16) -> String {
@@ -148,6 +192,10 @@ impl FetchError {
             FetchError::CacheFull { source_name, size, pinned, max } => {
                 FetchError::CacheFull { source_name: source_name.clone(), size: *size, pinned: *pinned, max: *max }
             }
+            FetchError::LongerThanAnnounced { source_name, announced } => {
+                FetchError::LongerThanAnnounced { source_name: source_name.clone(), announced: *announced }
+            }
+            FetchError::DiskFull { source_name, written } => FetchError::DiskFull { source_name: source_name.clone(), written: *written },
         }
     }
 }
@@ -178,6 +226,7 @@ pub struct Sink<'a> {
     written: u64,
     total: Option<u64>,
     limit: Option<u64>,
+    budget: Option<&'a mut dyn Budget>,
     interval: Duration,
     started: Instant,
     last_report: Instant,
@@ -193,12 +242,18 @@ impl<'a> Sink<'a> {
     /// A sink writing into `out`; `name` identifies the source in logs and errors.
     pub fn new(out: &'a mut (dyn AsyncWrite + Unpin + Send), name: impl Into<String>) -> Sink<'a> {
         let now = Instant::now();
-        Sink { out, name: name.into(), hasher: Hasher::new(), written: 0, total: None, limit: None, interval: PROGRESS_INTERVAL, started: now, last_report: now }
+        Sink { out, name: name.into(), hasher: Hasher::new(), written: 0, total: None, limit: None, budget: None, interval: PROGRESS_INTERVAL, started: now, last_report: now }
     }
 
     /// Refuses more than `max` bytes with [`FetchError::TooLarge`].
     pub fn with_limit(mut self, max: u64) -> Sink<'a> {
         self.limit = Some(max);
+        self
+    }
+
+    /// Accounts the bytes in `budget` (the cache's reservation) before they are written.
+    pub(crate) fn with_budget(mut self, budget: &'a mut dyn Budget) -> Sink<'a> {
+        self.budget = Some(budget);
         self
     }
 
@@ -216,6 +271,9 @@ impl<'a> Sink<'a> {
                 return Err(FetchError::TooLarge { source_name: self.name.clone(), size: t, max });
             }
         }
+        if let (Some(t), Some(b)) = (total, self.budget.as_mut()) {
+            b.reserve(t)?;
+        }
         self.total = total;
         Ok(())
     }
@@ -228,7 +286,13 @@ impl<'a> Sink<'a> {
                 return Err(FetchError::TooLarge { source_name: self.name.clone(), size: after, max });
             }
         }
-        self.out.write_all(chunk).await.map_err(FetchError::Cache)?;
+        if let Some(t) = self.total.filter(|t| after > *t) {
+            return Err(FetchError::LongerThanAnnounced { source_name: self.name.clone(), announced: t });
+        }
+        if let Some(b) = self.budget.as_mut() {
+            b.reserve(after)?;
+        }
+        self.out.write_all(chunk).await.map_err(|e| disk_error(&self.name, self.written, e))?;
         self.hasher.update(chunk);
         self.written = after;
         if self.last_report.elapsed() >= self.interval {
@@ -279,9 +343,20 @@ impl<'a> Sink<'a> {
 /// [`Sink::set_total`] as soon as they know it. Errors say what the user can do.
 #[async_trait]
 pub trait ArtifactSource: Send + Sync {
-    /// A stable identity, used to deduplicate concurrent fetches and to name the source in
-    /// messages (the URL, the path).
+    /// The source as shown in logs and errors: a URL's user info and query are redacted
+    /// ([`redact_url`](super::redact_url)).
     fn name(&self) -> String;
+    /// A stable identity (the whole URL, the path), to deduplicate concurrent fetches and to
+    /// remember what the source gave; never logged. The name by default.
+    fn identity(&self) -> String {
+        self.name()
+    }
+    /// Whether content this source gave may later be reused by anyone naming the same
+    /// identity and digest without fetching again (network sources: anyone naming the URL could
+    /// fetch it through citron). Inline data and local files say no: see `grants.rs`.
+    fn reusable(&self) -> bool {
+        false
+    }
     /// Streams the whole content into `sink`.
     async fn fetch(&self, sink: &mut Sink<'_>) -> Result<(), FetchError>;
 }

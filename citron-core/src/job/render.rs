@@ -147,7 +147,7 @@ impl Renderer<'_> {
         let hint = "write an absolute URL: http://host/path, https://host/path or s3://bucket/key (`{{ http_artifact_base }}` and the lab's variables help)";
         match Url::parse(v) {
             Err(e) => {
-                self.err(s, format!("`{v}` is not a URL ({e}); {hint}"));
+                self.err(s, format!("`{}` is not a URL ({e}); {hint}", crate::artifact::redact_str(v)));
                 None
             }
             Ok(u) if !SCHEMES.contains(&u.scheme()) => {
@@ -155,7 +155,7 @@ impl Renderer<'_> {
                 None
             }
             Ok(u) if u.host_str().is_none_or(str::is_empty) => {
-                self.err(s, format!("`{v}` has no host (or bucket); {hint}"));
+                self.err(s, format!("`{}` has no host (or bucket); {hint}", crate::artifact::redact_str(v)));
                 None
             }
             Ok(u) => Some(u),
