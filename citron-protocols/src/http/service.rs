@@ -195,25 +195,41 @@ impl Activity {
     }
 }
 
+impl Activity {
+    /// A request came: the connection is busy until the [`Tracked`] body of its response is
+    /// dropped.
+    pub(crate) fn begin(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.busy.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// A response body that tells the connection when it is done (dropped by hyper).
-pub(crate) struct Tracked {
-    body: ResponseBody,
+pub(crate) struct Tracked<B = ResponseBody> {
+    body: B,
     activity: Arc<Activity>,
 }
 
-impl Drop for Tracked {
+impl<B> Tracked<B> {
+    /// `body`, ending the request [`Activity::begin`] started when it is dropped.
+    pub(crate) fn new(body: B, activity: Arc<Activity>) -> Self {
+        Tracked { body, activity }
+    }
+}
+
+impl<B> Drop for Tracked<B> {
     fn drop(&mut self) {
         self.activity.busy.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-impl http_body::Body for Tracked {
+impl<B: http_body::Body<Data = bytes::Bytes> + Unpin> http_body::Body for Tracked<B> {
     type Data = bytes::Bytes;
-    type Error = std::io::Error;
+    type Error = B::Error;
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, std::io::Error>>> {
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, B::Error>>> {
         std::pin::Pin::new(&mut self.body).poll_frame(cx)
     }
     fn is_end_stream(&self) -> bool {
@@ -390,10 +406,9 @@ impl hyper::service::Service<Request<Incoming>> for Handler {
     type Future = Ready<Result<Response<Tracked>, Infallible>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        self.activity.requests.fetch_add(1, Ordering::Relaxed);
-        self.activity.busy.fetch_add(1, Ordering::Relaxed);
+        self.activity.begin();
         let activity = self.activity.clone();
-        ready(Ok(self.handle(&req).map(|body| Tracked { body, activity })))
+        ready(Ok(self.handle(&req).map(|body| Tracked::new(body, activity))))
     }
 }
 
