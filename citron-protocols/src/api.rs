@@ -6,14 +6,21 @@
 //! | `GET`, `DELETE /api/v1/duts/{id}` | one DUT (with its job's origin); remove it and its job |
 //! | `PUT`, `DELETE /api/v1/duts/{id}/job` | set the DUT's job (body: the YAML job); drop it |
 //! | `POST /api/v1/duts/{id}/events` | `{"event": "boot" \| "job_start" \| "job_end"}` |
-//! | `GET /api/v1/duts/{id}/accesses` | the DUT's access log |
+//! | `GET /api/v1/duts/{id}/accesses?after=SEQ&limit=N` | one page of the DUT's access log (`Link: rel="next"` when full) |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /api/v1/openapi.json` | the OpenAPI 3 description of all this |
 //!
 //! Errors are `{"error": "..."}` with a 4xx/5xx status; an invalid job is 422 with every error
-//! and its position in `errors`. When the lab file sets `api_token`, every request needs
-//! `Authorization: Bearer <api_token>`, on whatever address the API listens (loopback included);
-//! without a token the API may only listen on loopback.
+//! and its position in `errors`. When a token is set (`api_token`, `api_token_file` or
+//! `$CITRON_API_TOKEN`), every request needs `Authorization: Bearer <token>`, on whatever
+//! address the API listens (loopback included); without a token the API may only listen on
+//! loopback.
+//!
+//! A web page can make a browser send requests here, so: `Host` must name the API (else 421:
+//! a page whose name an attacker points at 127.0.0.1, DNS rebinding, is refused), and bodies
+//! must be `application/json` or, for a job, YAML (else 415: a browser sends a cross-site
+//! `text/plain` or form POST without asking, a JSON one only after a CORS preflight that is
+//! never granted). The token is compared as SHA-256 digests in constant time.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -124,6 +131,7 @@ impl hyper::service::Service<Request<Incoming>> for ApiService {
 type Resp = Response<Full<Bytes>>;
 
 /// An API answer that is not a success: its status and JSON body.
+#[derive(Debug)]
 struct ApiError(StatusCode, Value);
 
 impl ApiError {

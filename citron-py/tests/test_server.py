@@ -255,7 +255,9 @@ def test_the_lab_api_shares_the_servers_state() -> None:
             assert addr is not None
             conn = http.client.HTTPConnection(addr[0], addr[1], timeout=10)
             try:
-                conn.request(method, path, body=body.encode() or None)
+                # A job is YAML; the API refuses bodies of any other type (415).
+                headers = {"Content-Type": "application/yaml"} if body else {}
+                conn.request(method, path, body=body.encode() or None, headers=headers)
                 resp = conn.getresponse()
                 return resp.status, resp.read()
             finally:

@@ -3,6 +3,7 @@
 
 mod api;
 mod cli;
+mod conns;
 mod http;
 mod nbd;
 mod vdut;
