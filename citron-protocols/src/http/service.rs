@@ -255,7 +255,9 @@ impl Handler {
         let path = match percent_decode(req.uri().path()) {
             Ok(p) => p,
             Err(e) => {
-                tracing::debug!(peer = %self.peer, uri = %req.uri(), error = %e, "http: undecodable path");
+                let uri = req.uri().to_string();
+                let uri = citron_core::access::truncate_logged(&uri, citron_core::limits::Limits::default().logged_path_max);
+                tracing::debug!(peer = %self.peer, %uri, error = %e, "http: undecodable path");
                 return error_response(StatusCode::BAD_REQUEST, &format!("{e}\n"), head);
             }
         };
@@ -390,6 +392,8 @@ fn error_response(code: StatusCode, text: &str, head: bool) -> Response<Response
 
 fn refusal(e: &ServeError, path: &str, peer: SocketAddr, head: bool) -> Response<ResponseBody> {
     let code = status(e);
+    // Anyone may send a 64 KiB path: the log line keeps its start only.
+    let path = &*citron_core::access::truncate_logged(path, citron_core::limits::Limits::default().logged_path_max);
     tracing::debug!(%peer, path, status = code.as_u16(), error = %e, "http: refused");
     // The client learns the kind, not details such as other DUTs' names.
     let text = format!("{}\n", code.canonical_reason().unwrap_or("error"));
