@@ -240,7 +240,7 @@ fn valid_api_host(h: &str) -> bool {
         },
     };
     let host_ok = !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
-    host_ok && port.map_or(true, |p| p.parse::<u16>().is_ok())
+    host_ok && port.filter(|p| p.parse::<u16>().is_err()).is_none()
 }
 
 #[cfg(test)]

@@ -202,13 +202,13 @@ fn token_matches(given: &[u8], want: &[u8; 32]) -> bool {
 fn host_allowed(host: &str, local: SocketAddr, extra: &[String]) -> bool {
     let Ok(a) = host.parse::<http::uri::Authority>() else { return false };
     let name = a.host().trim_end_matches('.');
-    let port_ok = a.port_u16().map_or(true, |p| p == local.port());
+    let port_ok = a.port_u16().filter(|&p| p != local.port()).is_none();
     let ip = name.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().ok();
     if port_ok && (name.eq_ignore_ascii_case("localhost") || ip.is_some_and(|ip| ip.to_canonical() == local.ip().to_canonical())) {
         return true;
     }
     extra.iter().filter_map(|e| e.parse::<http::uri::Authority>().ok()).any(|e| {
-        e.host().trim_end_matches('.').eq_ignore_ascii_case(name) && e.port_u16().map_or(true, |p| Some(p) == a.port_u16())
+        e.host().trim_end_matches('.').eq_ignore_ascii_case(name) && e.port_u16().filter(|&p| Some(p) != a.port_u16()).is_none()
     })
 }
 

@@ -227,6 +227,8 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
                 l.rlim_cur = l.rlim_max;
             }
         }
+        // `rlim_t` is u64 on Linux but not everywhere.
+        #[allow(clippy::unnecessary_cast)]
         Ok(l.rlim_cur as u64)
     });
     r.map_err(io::Error::from_raw_os_error)
@@ -277,6 +279,6 @@ mod tests {
         // SAFETY: reads into the struct.
         assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) }, 0);
         assert_eq!(l.rlim_cur, l.rlim_max);
-        assert_eq!(n, l.rlim_cur as u64);
+        assert_eq!(n, l.rlim_cur);
     }
 }
