@@ -128,6 +128,28 @@ impl Citron {
     /// printed its listening line (the addresses are not known yet: see
     /// [`wait_listening`](Self::wait_listening)). For start-up itself, e.g. a long `--job`.
     pub fn spawn(args: &[&str]) -> Citron {
+        Self::spawn_with(args, |_| {})
+    }
+
+    /// [`start`](Self::start) with `tweak` applied to the command first (environment, limits).
+    pub fn start_with(args: &[&str], tweak: impl FnOnce(&mut Command)) -> Result<Citron, StartFailure> {
+        let mut c = Self::spawn_with(args, tweak);
+        match c.wait_listening(START_TIMEOUT) {
+            true => Ok(c),
+            false => {
+                let _ = c.child.kill();
+                let status = c.child.wait().ok();
+                let mut stderr = String::new();
+                while let Ok(l) = c.stderr.recv_timeout(Duration::from_secs(2)) {
+                    stderr.push_str(&l);
+                }
+                Err(StartFailure { status, stderr })
+            }
+        }
+    }
+
+    /// [`spawn`](Self::spawn) with `tweak` applied to the command first.
+    pub fn spawn_with(args: &[&str], tweak: impl FnOnce(&mut Command)) -> Citron {
         let data = tempfile::tempdir().expect("a temporary directory");
         let mut cmd = Command::new(citron_bin());
         cmd.arg("serve");
@@ -148,6 +170,7 @@ impl Citron {
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
+        tweak(&mut cmd);
         let mut child = cmd.spawn().expect("citron can be started");
         let stdout = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");

@@ -72,8 +72,9 @@ pub enum Command {
         /// NBD address, or `off`.
         #[arg(long, value_name = "ADDR", default_value = citron_protocols::server::DEFAULT_NBD)]
         nbd: String,
-        /// Lab API address, or `off`. Beyond loopback the lab file must set `api_token`; once set,
-        /// it is required on every address, loopback included.
+        /// Lab API address, or `off`. Beyond loopback a token is needed: one of the lab file's
+        /// `api_token` or `api_token_file`, or $CITRON_API_TOKEN (only one of them); once set, it
+        /// is required on every address, loopback included.
         #[arg(long, value_name = "ADDR", default_value = citron_protocols::server::DEFAULT_API)]
         api: String,
         /// The address DUTs reach citron at, when listening on 0.0.0.0 or [::].

@@ -31,6 +31,9 @@ pub enum Outcome {
 /// One line of a DUT's access log.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AccessRecord {
+    /// Position in the log: increases by one with every record of any DUT, never reused, so
+    /// `?after=SEQ` pages through a log that grows meanwhile without skipping or repeating.
+    pub seq: u64,
     /// When the request arrived, as seconds since the Unix epoch (fractional).
     pub time: f64,
     /// The protocol name.
@@ -43,8 +46,44 @@ pub struct AccessRecord {
     pub outcome: Outcome,
 }
 
-/// The most records kept per DUT; older ones are dropped first.
+/// The most records kept per DUT, whatever their size; older ones are dropped first. The
+/// byte bound (`limits.access_log_bytes_per_dut`) usually comes first.
 pub const LOG_CAPACITY: usize = 10_000;
+
+/// Bytes counted per record besides its strings (the fields, the queue slot), so that a log of
+/// empty paths is bounded by the byte limit too.
+const RECORD_OVERHEAD: usize = 96;
+
+impl AccessRecord {
+    /// What the record counts against `limits.access_log_bytes_per_dut`.
+    fn cost(&self) -> usize {
+        let reason = match &self.outcome {
+            Outcome::Refused(r) => r.len(),
+            _ => 0,
+        };
+        RECORD_OVERHEAD + self.protocol.len() + self.path.len() + reason
+    }
+}
+
+/// `s` cut to at most `max` bytes (at a character boundary), marked with how much was cut:
+/// request paths come from anyone and may be 64 KiB long.
+pub fn truncate_logged(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if s.len() <= max {
+        return s.into();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…[{} more bytes]", &s[..end], s.len() - end).into()
+}
+
+/// One DUT's records and their cost.
+#[derive(Default)]
+struct DutLog {
+    records: VecDeque<AccessRecord>,
+    bytes: usize,
+}
 
 #[derive(Default)]
 struct Counters {
@@ -54,9 +93,14 @@ struct Counters {
 }
 
 /// Access logs and counters, shared by every backend.
-#[derive(Default)]
 pub struct AccessLog {
-    logs: Mutex<BTreeMap<DutId, VecDeque<AccessRecord>>>,
+    logs: Mutex<BTreeMap<DutId, DutLog>>,
+    /// The last `seq` given.
+    seq: AtomicU64,
+    /// `limits.access_log_bytes_per_dut`.
+    bytes_per_dut: usize,
+    /// `limits.logged_path_max`.
+    path_max: usize,
     counters: Mutex<BTreeMap<(String, String), Counters>>,
     /// Artifacts found in the cache when a job was loaded.
     pub cache_hits: AtomicU64,
@@ -70,13 +114,34 @@ impl std::fmt::Debug for AccessLog {
     }
 }
 
+impl Default for AccessLog {
+    fn default() -> Self {
+        Self::new(&crate::limits::Limits::default())
+    }
+}
+
 fn now_secs() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
 impl AccessLog {
-    /// Appends a record to `dut`'s log (`None`: an unknown peer, counted under `unknown`).
-    pub fn record(&self, dut: Option<&DutId>, rec: AccessRecord) {
+    /// An empty log bounded by `limits` (`access_log_bytes_per_dut`, `logged_path_max`).
+    pub fn new(limits: &crate::limits::Limits) -> Self {
+        AccessLog {
+            logs: Mutex::default(),
+            counters: Mutex::default(),
+            seq: AtomicU64::new(0),
+            bytes_per_dut: usize::try_from(limits.access_log_bytes_per_dut.bytes()).unwrap_or(usize::MAX),
+            path_max: limits.logged_path_max,
+            cache_hits: AtomicU64::new(0),
+            cache_misses: AtomicU64::new(0),
+        }
+    }
+
+    /// Appends a record to `dut`'s log (`None`: an unknown peer, counted under `unknown`). Its
+    /// path and refusal reason are cut to `limits.logged_path_max` bytes, its `seq` is set, and
+    /// the DUT's oldest records go until the log fits `limits.access_log_bytes_per_dut`.
+    pub fn record(&self, dut: Option<&DutId>, mut rec: AccessRecord) {
         let key = (rec.protocol.clone(), dut.map(|d| d.0.clone()).unwrap_or_else(|| "unknown".into()));
         {
             let mut c = self.counters.lock();
@@ -87,14 +152,27 @@ impl AccessLog {
                 c.refusals += 1;
             }
         }
-        if let Some(dut) = dut {
-            let mut logs = self.logs.lock();
-            let log = logs.entry(dut.clone()).or_default();
-            if log.len() >= LOG_CAPACITY {
-                log.pop_front();
-            }
-            log.push_back(rec);
+        let Some(dut) = dut else { return };
+        if let std::borrow::Cow::Owned(p) = truncate_logged(&rec.path, self.path_max) {
+            rec.path = p;
         }
+        if let Outcome::Refused(why) = &mut rec.outcome {
+            if let std::borrow::Cow::Owned(w) = truncate_logged(why, self.path_max) {
+                *why = w;
+            }
+        }
+        let cost = rec.cost();
+        let mut logs = self.logs.lock();
+        // Under the lock, so that each DUT's records are in `seq` order.
+        rec.seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let log = logs.entry(dut.clone()).or_default();
+        while !log.records.is_empty() && (log.records.len() >= LOG_CAPACITY || log.bytes + cost > self.bytes_per_dut) {
+            if let Some(old) = log.records.pop_front() {
+                log.bytes -= old.cost();
+            }
+        }
+        log.bytes += cost;
+        log.records.push_back(rec);
     }
 
     /// Records a refusal made before any byte.
@@ -102,6 +180,7 @@ impl AccessLog {
         self.record(
             dut,
             AccessRecord {
+                seq: 0,
                 time: now_secs(),
                 protocol: protocol.0.to_string(),
                 path: path.to_string(),
@@ -113,7 +192,17 @@ impl AccessLog {
 
     /// A copy of `dut`'s log, oldest first.
     pub fn entries(&self, dut: &DutId) -> Vec<AccessRecord> {
-        self.logs.lock().get(dut).map(|l| l.iter().cloned().collect()).unwrap_or_default()
+        self.logs.lock().get(dut).map(|l| l.records.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    /// At most `limit` of `dut`'s records with a `seq` above `after`, oldest first: one page of
+    /// `GET /api/v1/duts/{id}/accesses?after=SEQ&limit=N`.
+    pub fn page(&self, dut: &DutId, after: u64, limit: usize) -> Vec<AccessRecord> {
+        let logs = self.logs.lock();
+        let Some(l) = logs.get(dut) else { return Vec::new() };
+        // Records are in `seq` order: find the first one after `after` by bisection.
+        let start = l.records.partition_point(|r| r.seq <= after);
+        l.records.range(start..).take(limit).cloned().collect()
     }
 
     /// Forgets `dut`'s log (when the DUT is removed).
@@ -217,6 +306,7 @@ impl Drop for AccessTicket {
         self.log.record(
             Some(&self.dut),
             AccessRecord {
+                seq: 0,
                 time: self.time,
                 protocol: self.protocol.0.to_string(),
                 path: std::mem::take(&mut self.path),
@@ -255,5 +345,49 @@ mod tests {
         assert_eq!(e[2].outcome, Outcome::Refused("nope".into()));
         let m = log.prometheus();
         assert!(m.contains("citron_refusals_total{protocol=\"http\",dut=\"d\"} 2"), "{m}");
+    }
+
+    #[test]
+    fn paths_are_cut_and_the_log_is_bounded_in_bytes() {
+        let limits = crate::limits::Limits {
+            access_log_bytes_per_dut: crate::limits::Size(64 << 10),
+            logged_path_max: 100,
+            ..Default::default()
+        };
+        let log = AccessLog::new(&limits);
+        let d = DutId::from("d");
+        let long = "/é".repeat(30_000);
+        for _ in 0..1000 {
+            log.refuse(Some(&d), Protocol::HTTP, &long, format!("no such file: {long}"));
+        }
+        let e = log.entries(&d);
+        assert!(e[0].path.len() < 140 && e[0].path.ends_with("more bytes]"), "{}", e[0].path);
+        let Outcome::Refused(why) = &e[0].outcome else { panic!() };
+        assert!(why.len() < 140, "{why}");
+        let bytes: usize = e.iter().map(AccessRecord::cost).sum();
+        assert!(bytes <= 64 << 10 && e.len() > 100, "{bytes} bytes in {} records", e.len());
+        // The newest stay, the oldest went.
+        assert_eq!(e.last().unwrap().seq, 1000);
+        assert!(e[0].seq > 1);
+    }
+
+    #[test]
+    fn pages_walk_every_record_once() {
+        let log = AccessLog::default();
+        let (a, b) = (DutId::from("a"), DutId::from("b"));
+        for i in 0..250 {
+            log.refuse(Some(if i % 3 == 0 { &a } else { &b }), Protocol::HTTP, &format!("/{i}"), "x");
+        }
+        let mut after = 0;
+        let mut seen = Vec::new();
+        loop {
+            let p = log.page(&b, after, 7);
+            let Some(last) = p.last() else { break };
+            after = last.seq;
+            seen.extend(p.into_iter().map(|r| r.path));
+        }
+        let want: Vec<String> = (0..250).filter(|i| i % 3 != 0).map(|i| format!("/{i}")).collect();
+        assert_eq!(seen, want);
+        assert!(log.page(&a, u64::MAX, 10).is_empty());
     }
 }

@@ -202,7 +202,7 @@ impl Gateway {
                 registry: RwLock::new(registry),
                 jobs: RwLock::new(HashMap::new()),
                 cache,
-                log: Arc::new(AccessLog::default()),
+                log: Arc::new(AccessLog::new(&lab.limits)),
                 lab,
                 endpoints: RwLock::new(Endpoints::default()),
                 data_dir: data_dir.to_path_buf(),
@@ -422,6 +422,14 @@ impl Gateway {
         Ok(self.inner.log.entries(id))
     }
 
+    /// One page of the DUT's access log: at most `limit` records with a `seq` above `after`.
+    pub fn accesses_page(&self, id: &DutId, after: u64, limit: usize) -> Result<Vec<AccessRecord>, GatewayError> {
+        if self.dut(id).is_none() {
+            return Err(GatewayError::UnknownDut(id.clone()));
+        }
+        Ok(self.inner.log.page(id, after, limit))
+    }
+
     async fn load_entry(&self, spec: &FileSpec, now: Instant) -> Result<Arc<Entry>, GatewayError> {
         let cached = self.inner.cache.get(&spec.source, spec.sha256).await?;
         let counter = if cached.was_fetched() { &self.inner.log.cache_misses } else { &self.inner.log.cache_hits };
@@ -543,6 +551,10 @@ fn ipxe_script(mid: &str, files: &Files, base: Option<&str>) -> Option<String> {
 impl Catalog for Gateway {
     fn dut_of(&self, peer: IpAddr) -> Option<DutId> {
         self.inner.registry.read().by_addr(peer).map(|d| d.id.clone())
+    }
+
+    fn limits(&self) -> crate::limits::Limits {
+        self.inner.lab.limits.clone()
     }
 
     fn open(&self, req: &FileRequest<'_>) -> Result<Artifact, ServeError> {

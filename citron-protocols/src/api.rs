@@ -6,22 +6,31 @@
 //! | `GET`, `DELETE /api/v1/duts/{id}` | one DUT (with its job's origin); remove it and its job |
 //! | `PUT`, `DELETE /api/v1/duts/{id}/job` | set the DUT's job (body: the YAML job); drop it |
 //! | `POST /api/v1/duts/{id}/events` | `{"event": "boot" \| "job_start" \| "job_end"}` |
-//! | `GET /api/v1/duts/{id}/accesses` | the DUT's access log |
+//! | `GET /api/v1/duts/{id}/accesses?after=SEQ&limit=N` | one page of the DUT's access log (`Link: rel="next"` when full) |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /api/v1/openapi.json` | the OpenAPI 3 description of all this |
 //!
 //! Errors are `{"error": "..."}` with a 4xx/5xx status; an invalid job is 422 with every error
-//! and its position in `errors`. When the lab file sets `api_token`, every request needs
-//! `Authorization: Bearer <api_token>`, on whatever address the API listens (loopback included);
-//! without a token the API may only listen on loopback.
+//! and its position in `errors`. When a token is set (`api_token`, `api_token_file` or
+//! `$CITRON_API_TOKEN`), every request needs `Authorization: Bearer <token>`, on whatever
+//! address the API listens (loopback included); without a token the API may only listen on
+//! loopback.
+//!
+//! A web page can make a browser send requests here, so: `Host` must name the API (else 421:
+//! a page whose name an attacker points at 127.0.0.1, DNS rebinding, is refused), and bodies
+//! must be `application/json` or, for a job, YAML (else 415: a browser sends a cross-site
+//! `text/plain` or form POST without asking, a JSON one only after a CORS preflight that is
+//! never granted). The token is compared as SHA-256 digests in constant time.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use citron_core::access::truncate_logged;
 use citron_core::job::{JobErrors, Origin};
 use citron_core::lifetime::Event;
 use citron_core::namespace::{Dut, DutId, RegistryError};
@@ -29,78 +38,100 @@ use citron_core::{Gateway, GatewayError};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
+use sha2::{Digest, Sha256};
 use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinSet;
 
-/// The largest request body accepted (a job description).
-pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+use crate::http::service::{Activity, Tracked};
 
 /// The OpenAPI 3 document served at `/api/v1/openapi.json`.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
+/// Records one page of `/accesses` holds when the request gives no `limit`.
+pub const ACCESSES_PAGE: usize = 1000;
+/// The largest `limit` one page of `/accesses` may ask for.
+pub const ACCESSES_PAGE_MAX: usize = 10_000;
+
 /// Serves the lab API on `listener` until `shutdown` completes. With `token`, every request
 /// must carry `Authorization: Bearer <token>`.
+///
+/// The lab's limits apply as on the HTTP listener (connection caps per listener and per peer,
+/// `header_timeout`, `idle_timeout`, `api_body_max`); `Host` must name the API (the address the
+/// connection reached, `localhost`, or one of the lab's `api_hosts`), and request bodies must
+/// say they are JSON (or YAML, for a job).
 pub async fn serve(
     listener: TcpListener,
     gateway: Gateway,
     token: Option<String>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let api = Arc::new(Api { gateway, token });
-    let (stop_tx, stop_rx) = watch::channel(false);
-    // Dropped (aborting what still runs) when this future is, or after the grace period.
-    let mut conns: JoinSet<()> = JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        while conns.try_join_next().is_some() {}
-        let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "api: accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let api = api.clone();
-        let mut stop = stop_rx.clone();
-        conns.spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let api = api.clone();
-                async move { Ok::<_, Infallible>(api.handle(req, peer).await) }
-            });
-            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            let r = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = async { let _ = stop.wait_for(|s| *s).await; } => { conn.as_mut().graceful_shutdown(); conn.await }
-            };
-            if let Err(e) = r {
+    let limits = gateway.lab().limits.clone();
+    let hosts = gateway.lab().api_hosts.clone();
+    let body_max = usize::try_from(limits.api_body_max.bytes()).unwrap_or(usize::MAX);
+    let token = token.map(|t| Sha256::digest(t.as_bytes()).into());
+    let api = Arc::new(Api { gateway, token, hosts, body_max });
+    let builder = Arc::new(crate::http::builder(&limits));
+    let idle = limits.idle_timeout.non_zero();
+    let caps = crate::listen::Caps::from_limits(&limits);
+    // Requests in flight (a job being loaded) may finish after shutdown, for as long as HTTP
+    // transfers may.
+    crate::listen::serve("api", listener, caps, shutdown, move |stream, peer, stop| {
+        let local = stream.local_addr().unwrap_or(peer);
+        let svc = ApiService { api: api.clone(), peer, local, activity: Arc::new(Activity::default()) };
+        let builder = builder.clone();
+        async move {
+            let activity = svc.activity.clone();
+            if let Err(e) = crate::http::connection(stream, svc, activity, &builder, idle, stop).await {
                 tracing::debug!(%peer, error = %e, "api: connection ended with an error");
             }
-        });
-    }
-    drop(listener);
-    let _ = stop_tx.send(true);
-    // Requests in flight (a job being loaded) may finish, for as long as HTTP transfers may.
-    crate::http::drain(&mut conns, "api").await;
-    Ok(())
+        }
+    })
+    .await
 }
 
 struct Api {
     gateway: Gateway,
-    token: Option<String>,
+    /// SHA-256 of the token: comparing digests takes the same time whatever the given token's
+    /// length or content.
+    token: Option<[u8; 32]>,
+    /// The lab's `api_hosts`.
+    hosts: Vec<String>,
+    /// `limits.api_body_max`.
+    body_max: usize,
+}
+
+/// The hyper service of one API connection.
+#[derive(Clone)]
+struct ApiService {
+    api: Arc<Api>,
+    peer: SocketAddr,
+    /// The address the connection reached: a `Host` naming it names the API.
+    local: SocketAddr,
+    activity: Arc<Activity>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl hyper::service::Service<Request<Incoming>> for ApiService {
+    type Response = Response<Tracked<Full<Bytes>>>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Self::Response, Infallible>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        self.activity.begin();
+        let s = self.clone();
+        Box::pin(async move {
+            let r = s.api.handle(req, s.peer, s.local).await;
+            Ok(r.map(|b| Tracked::new(b, s.activity)))
+        })
+    }
 }
 
 type Resp = Response<Full<Bytes>>;
 
 /// An API answer that is not a success: its status and JSON body.
+#[derive(Debug)]
 struct ApiError(StatusCode, Value);
 
 impl ApiError {
@@ -157,15 +188,53 @@ fn dut_json(gw: &Gateway, d: &Dut) -> Value {
     v
 }
 
-/// Compares without stopping at the first difference, so timing says nothing about the token.
-fn token_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Whether `given` is the token whose SHA-256 is `want`: the digests are compared in constant
+/// time, so neither the token's content nor its length shows in the timing.
+fn token_matches(given: &[u8], want: &[u8; 32]) -> bool {
+    let d: [u8; 32] = Sha256::digest(given).into();
+    d.ct_eq(want).into()
+}
+
+/// Whether `host` (a `Host` header) names the API: the address the connection reached, or
+/// `localhost`, with no port or the API's; or one of `extra` (the lab's `api_hosts`: `name`
+/// with any port, `name:port` with that one). Any other name may be a DNS rebinding: a web page
+/// whose name the attacker made resolve to this address.
+fn host_allowed(host: &str, local: SocketAddr, extra: &[String]) -> bool {
+    let Ok(a) = host.parse::<http::uri::Authority>() else { return false };
+    let name = a.host().trim_end_matches('.');
+    let port_ok = a.port_u16().filter(|&p| p != local.port()).is_none();
+    let ip = name.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().ok();
+    if port_ok && (name.eq_ignore_ascii_case("localhost") || ip.is_some_and(|ip| ip.to_canonical() == local.ip().to_canonical())) {
+        return true;
+    }
+    extra.iter().filter_map(|e| e.parse::<http::uri::Authority>().ok()).any(|e| {
+        e.host().trim_end_matches('.').eq_ignore_ascii_case(name) && e.port_u16().filter(|&p| Some(p) != a.port_u16()).is_none()
+    })
+}
+
+/// The body types a route accepts.
+const JSON: &[&str] = &["application/json"];
+const JSON_OR_YAML: &[&str] = &["application/json", "application/yaml", "application/x-yaml", "text/yaml"];
+
+/// Refuses a body whose `Content-Type` is not one of `types` (415). A browser sends a
+/// cross-site `text/plain` or form POST without asking first; a JSON one it asks (CORS
+/// preflight), and citron never allows it.
+fn require_type(req: &Request<Incoming>, types: &[&str]) -> Result<(), ApiError> {
+    let given = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mime = given.split(';').next().unwrap_or("").trim();
+    if types.iter().any(|t| t.eq_ignore_ascii_case(mime)) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        format!("the body's Content-Type is {given:?}: send it as {} (curl: -H 'Content-Type: {}')", types.join(" or "), types[0]),
+    ))
 }
 
 impl Api {
-    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Resp {
-        let (method, path) = (req.method().clone(), req.uri().path().to_string());
-        let r = match self.authorize(&req) {
+    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr, local: SocketAddr) -> Response<Full<Bytes>> {
+        let (method, path) = (req.method().clone(), truncate_logged(req.uri().path(), self.gateway.lab().limits.logged_path_max).into_owned());
+        let r = match self.check_host(&req, local).and_then(|()| self.authorize(&req)) {
             Ok(()) => self.route(req).await,
             Err(e) => Err(e),
         };
@@ -182,15 +251,28 @@ impl Api {
         }
     }
 
+    fn check_host(&self, req: &Request<Incoming>, local: SocketAddr) -> Result<(), ApiError> {
+        let host = req.uri().authority().map(|a| a.as_str()).or_else(|| req.headers().get(header::HOST).and_then(|v| v.to_str().ok()));
+        match host {
+            Some(h) if host_allowed(h, local, &self.hosts) => Ok(()),
+            _ => Err(ApiError::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                format!(
+                    "Host {:?} does not name this API: use {local}, localhost, or add the name to `api_hosts` in the lab file",
+                    truncate_logged(host.unwrap_or(""), 128)
+                ),
+            )),
+        }
+    }
+
     fn authorize(&self, req: &Request<Incoming>) -> Result<(), ApiError> {
         let Some(tok) = &self.token else { return Ok(()) };
-        let given =
-            req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
         match given {
-            Some(g) if token_eq(g.trim().as_bytes(), tok.as_bytes()) => Ok(()),
+            Some(g) if token_matches(g.trim_ascii(), tok) => Ok(()),
             _ => Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
-                "missing or wrong bearer token: send Authorization: Bearer <api_token from the lab file>",
+                "missing or wrong bearer token: send Authorization: Bearer <the lab's API token>",
             )),
         }
     }
@@ -228,7 +310,8 @@ impl Api {
                     Ok(json_response(StatusCode::OK, &Value::Array(gw.duts().iter().map(|d| dut_json(gw, d)).collect())))
                 }
                 Method::POST => {
-                    let body = read_body(req).await?;
+                    require_type(&req, JSON)?;
+                    let body = self.read_body(req).await?;
                     let d: Dut = serde_json::from_slice(&body).map_err(|e| {
                         ApiError::new(
                             StatusCode::BAD_REQUEST,
@@ -253,7 +336,8 @@ impl Api {
             ["api", "v1", "duts", id, "job"] => match m {
                 Method::PUT => {
                     let d = dut(id)?;
-                    let body = read_body(req).await?;
+                    require_type(&req, JSON_OR_YAML)?;
+                    let body = self.read_body(req).await?;
                     let text = String::from_utf8(body.to_vec())
                         .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "the job must be UTF-8 YAML"))?;
                     // Shape and render problems together, as `citron validate` reports them.
@@ -272,7 +356,8 @@ impl Api {
             ["api", "v1", "duts", id, "events"] => match m {
                 Method::POST => {
                     let d = dut(id)?;
-                    let body = read_body(req).await?;
+                    require_type(&req, JSON)?;
+                    let body = self.read_body(req).await?;
                     let v: Value = serde_json::from_slice(&body).map_err(|e| {
                         ApiError::new(StatusCode::BAD_REQUEST, format!("the body must be JSON like {{\"event\": \"boot\"}}: {e}"))
                     })?;
@@ -288,8 +373,18 @@ impl Api {
             },
             ["api", "v1", "duts", id, "accesses"] => match m {
                 Method::GET => {
-                    let log = gw.accesses(&DutId::from(*id)).map_err(gwerr)?;
-                    Ok(json_response(StatusCode::OK, &serde_json::to_value(log).unwrap_or(Value::Null)))
+                    let (after, limit) = page_query(req.uri().query())?;
+                    let log = gw.accesses_page(&DutId::from(*id), after, limit).map_err(gwerr)?;
+                    let next = (log.len() == limit).then(|| log.last().map(|r| r.seq)).flatten();
+                    let mut r = json_response(StatusCode::OK, &serde_json::to_value(log).unwrap_or(Value::Null));
+                    if let Some(last) = next {
+                        // RFC 8288: the page after this one (which may come out empty).
+                        let link = format!("</api/v1/duts/{id}/accesses?after={last}&limit={limit}>; rel=\"next\"");
+                        if let Ok(v) = HeaderValue::from_str(&link) {
+                            r.headers_mut().insert(header::LINK, v);
+                        }
+                    }
+                    Ok(r)
                 }
                 _ => Err(not_allowed()),
             },
@@ -298,14 +393,32 @@ impl Api {
     }
 }
 
-async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
-    match Limited::new(req.into_body(), MAX_BODY_BYTES).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) => Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("cannot read the body (at most {MAX_BODY_BYTES} bytes): {e}"),
-        )),
+impl Api {
+    async fn read_body(&self, req: Request<Incoming>) -> Result<Bytes, ApiError> {
+        let max = self.body_max;
+        match Limited::new(req.into_body(), max).collect().await {
+            Ok(c) => Ok(c.to_bytes()),
+            Err(e) => Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("cannot read the body (at most {max} bytes, limits.api_body_max): {e}"),
+            )),
+        }
     }
+}
+
+/// `?after=SEQ&limit=N` of a paginated list: records after `SEQ` (0: from the start), at most
+/// `N` ([`ACCESSES_PAGE`] by default, [`ACCESSES_PAGE_MAX`] at most).
+fn page_query(q: Option<&str>) -> Result<(u64, usize), ApiError> {
+    let (mut after, mut limit) = (0u64, ACCESSES_PAGE);
+    let bad = |k: &str| ApiError::new(StatusCode::BAD_REQUEST, format!("`{k}` must be a whole number (?after=SEQ&limit=N, N from 1 to {ACCESSES_PAGE_MAX})"));
+    for kv in q.unwrap_or("").split('&').filter(|s| !s.is_empty()) {
+        match kv.split_once('=').unwrap_or((kv, "")) {
+            ("after", v) => after = v.parse().map_err(|_| bad("after"))?,
+            ("limit", v) => limit = v.parse().ok().filter(|n| (1..=ACCESSES_PAGE_MAX).contains(n)).ok_or_else(|| bad("limit"))?,
+            _ => {}
+        }
+    }
+    Ok((after, limit))
 }
 
 #[cfg(test)]
@@ -331,8 +444,34 @@ mod tests {
 
     #[test]
     fn token_comparison() {
-        assert!(token_eq(b"abc", b"abc"));
-        assert!(!token_eq(b"abc", b"abd"));
-        assert!(!token_eq(b"abc", b"abcd"));
+        let want: [u8; 32] = Sha256::digest(b"abc").into();
+        assert!(token_matches(b"abc", &want));
+        assert!(!token_matches(b"abd", &want));
+        assert!(!token_matches(b"abcd", &want));
+        assert!(!token_matches(b"", &want));
+    }
+
+    #[test]
+    fn hosts_naming_the_api() {
+        let local: SocketAddr = "127.0.0.1:8081".parse().unwrap();
+        let extra = vec!["citron.lab".to_string(), "api.lab:443".to_string()];
+        for ok in ["127.0.0.1:8081", "127.0.0.1", "localhost:8081", "LOCALHOST", "citron.lab:9999", "citron.lab", "api.lab:443"] {
+            assert!(host_allowed(ok, local, &extra), "{ok}");
+        }
+        for bad in ["evil.example", "evil.example:8081", "127.0.0.1:80", "127.0.0.2:8081", "localhost:1", "api.lab", "api.lab:80", "", "a b"] {
+            assert!(!host_allowed(bad, local, &extra), "{bad}");
+        }
+        let v6: SocketAddr = "[::1]:8081".parse().unwrap();
+        assert!(host_allowed("[::1]:8081", v6, &[]));
+        assert!(!host_allowed("[::2]:8081", v6, &[]));
+    }
+
+    #[test]
+    fn page_queries() {
+        assert_eq!(page_query(None).unwrap(), (0, ACCESSES_PAGE));
+        assert_eq!(page_query(Some("after=5&limit=2")).unwrap(), (5, 2));
+        assert!(page_query(Some("limit=0")).is_err());
+        assert!(page_query(Some("limit=100000")).is_err());
+        assert!(page_query(Some("after=-1")).is_err());
     }
 }

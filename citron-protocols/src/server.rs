@@ -63,9 +63,12 @@ pub enum ServerError {
     },
     /// The API would be reachable beyond this machine without authentication.
     #[error(
-        "the API listens on {0}, which is not a loopback address: set `api_token` in the lab file, or bind the API to 127.0.0.1"
+        "the API listens on {0}, which is not a loopback address: set `api_token_file` (or `api_token`) in the lab file or $CITRON_API_TOKEN, or bind the API to 127.0.0.1"
     )]
     ApiTokenRequired(SocketAddr),
+    /// The API token's sources conflict or cannot be read.
+    #[error(transparent)]
+    ApiToken(#[from] citron_core::lab::ApiTokenError),
 }
 
 /// Which backends to run, and where.
@@ -130,10 +133,23 @@ impl ServerBuilder {
     /// The API requires the lab's `api_token` as a bearer token whenever the lab file sets
     /// one, whatever the address; without one it refuses to listen beyond loopback.
     pub async fn start(self) -> Result<RunningServer, ServerError> {
-        if let Some(a) = self.api {
-            if !a.ip().is_loopback() && self.gateway.lab().api_token.is_none() {
-                return Err(ServerError::ApiTokenRequired(a));
+        // The token comes from exactly one of `api_token`, `api_token_file` or
+        // $CITRON_API_TOKEN (two at once are refused).
+        let token = match self.api {
+            Some(a) => {
+                let env = std::env::var(citron_core::lab::API_TOKEN_ENV).ok();
+                let t = self.gateway.lab().resolve_api_token(env.as_deref())?;
+                if !a.ip().is_loopback() && t.is_none() {
+                    return Err(ServerError::ApiTokenRequired(a));
+                }
+                t
             }
+            None => None,
+        };
+        // Connection caps, not the soft descriptor limit (often 1024), should bound the sockets.
+        match crate::listen::raise_nofile_limit() {
+            Ok(n) => tracing::info!(nofile = n, "open file limit (RLIMIT_NOFILE) raised to its hard limit"),
+            Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit (RLIMIT_NOFILE)"),
         }
         let bind_err = |service, addr| move |source| ServerError::Bind { service, addr, source };
         let http = match self.http {
@@ -189,9 +205,8 @@ impl ServerBuilder {
             tasks.push(spawn("nbd", crate::nbd::serve(l, catalog.clone(), stop())));
         }
         if let Some(l) = api {
-            // A token in the lab file is always required, loopback included: it is there
-            // because the admin wants the API closed, and local users may be others.
-            let token = self.gateway.lab().api_token.clone();
+            // A token, once set, is always required, loopback included: it is there because
+            // the admin wants the API closed, and local users may be others.
             tasks.push(spawn("api", crate::api::serve(l, self.gateway.clone(), token, stop())));
         }
         Ok(RunningServer { addrs, gateway: self.gateway, stop: stop_tx, tasks })

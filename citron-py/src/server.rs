@@ -456,22 +456,26 @@ impl Server {
         Ok(())
     }
 
-    /// ``dut``'s access log, oldest first: dicts with ``time`` (Unix seconds), ``protocol``,
-    /// ``path``, ``bytes``, ``outcome`` (``"served"``, ``"aborted"``, ``"refused"``) and
-    /// ``reason`` (why it was refused, else None).
+    /// ``dut``'s access log, oldest first: dicts with ``seq`` (increasing, never reused),
+    /// ``time`` (Unix seconds), ``protocol``, ``path`` (cut to ``limits.logged_path_max``),
+    /// ``bytes``, ``outcome`` (``"served"``, ``"aborted"``, ``"refused"``) and ``reason`` (why it
+    /// was refused, else None). With ``after`` and ``limit``, one page: at most ``limit``
+    /// records whose ``seq`` is above ``after`` (as ``GET /api/v1/duts/{id}/accesses``).
     ///
     /// >>> import citron
     /// >>> with citron.Server(http=None, tftp=None) as srv:
     /// ...     srv.accesses("dut1")
     /// []
-    fn accesses<'py>(&self, py: Python<'py>, dut: &str) -> PyResult<Bound<'py, PyList>> {
+    #[pyo3(signature = (dut, after = 0, limit = None))]
+    fn accesses<'py>(&self, py: Python<'py>, dut: &str, after: u64, limit: Option<usize>) -> PyResult<Bound<'py, PyList>> {
         let recs = self
             .gateway
-            .accesses(&DutId::from(dut))
+            .accesses_page(&DutId::from(dut), after, limit.unwrap_or(usize::MAX))
             .map_err(Error::from)?;
         let l = PyList::empty(py);
         for r in recs {
             let d = PyDict::new(py);
+            d.set_item("seq", r.seq)?;
             d.set_item("time", r.time)?;
             d.set_item("protocol", &r.protocol)?;
             d.set_item("path", &r.path)?;

@@ -79,7 +79,13 @@ def test_access_count_is_reset_by_a_boot_event(http_server: citron.Server) -> No
     assert http_get(http_server, "/job/secret", DUT1)[0] == 410
     http_server.event("dut1", "boot")
     assert http_get(http_server, "/job/secret", DUT1) == (200, b"s3cr3t")
-    assert [a["outcome"] for a in wait_for_accesses(http_server, "dut1", 3)] == ["served", "refused", "served"]
+    recs = wait_for_accesses(http_server, "dut1", 3)
+    assert [a["outcome"] for a in recs] == ["served", "refused", "served"]
+    # Pages of the log: records after a `seq`, at most `limit` of them.
+    seqs = [a["seq"] for a in recs]
+    assert seqs == sorted(seqs)
+    assert [a["seq"] for a in http_server.accesses("dut1", after=seqs[0], limit=1)] == [seqs[1]]
+    assert http_server.accesses("dut1", after=seqs[-1]) == []
 
 
 def test_each_dut_has_its_own_namespace(http_server: citron.Server) -> None:
@@ -255,7 +261,9 @@ def test_the_lab_api_shares_the_servers_state() -> None:
             assert addr is not None
             conn = http.client.HTTPConnection(addr[0], addr[1], timeout=10)
             try:
-                conn.request(method, path, body=body.encode() or None)
+                # A job is YAML; the API refuses bodies of any other type (415).
+                headers = {"Content-Type": "application/yaml"} if body else {}
+                conn.request(method, path, body=body.encode() or None, headers=headers)
                 resp = conn.getresponse()
                 return resp.status, resp.read()
             finally:

@@ -7,7 +7,9 @@ use serde_json::Value;
 fn call(method: &str, url: &str, body: Option<&str>) -> (u16, Value) {
     let mut a = vec!["-X", method, "-w", "\n%{http_code}"];
     if let Some(b) = body {
-        a.extend_from_slice(&["--data-binary", b]);
+        // A job is YAML; every other body JSON.
+        let ty = if url.ends_with("/job") { "Content-Type: application/yaml" } else { "Content-Type: application/json" };
+        a.extend_from_slice(&["-H", ty, "--data-binary", b]);
     }
     a.push(url);
     let o = curl(&a);

@@ -547,6 +547,8 @@ fn binary_lab(big: &[u8]) -> (Citron, tempfile::TempDir) {
     let put = curl(&[
         "-X",
         "PUT",
+        "-H",
+        "Content-Type: application/yaml",
         "--data-binary",
         BIN_JOB2,
         "-o",

@@ -5,6 +5,7 @@ mod api;
 mod cache;
 mod cli;
 mod datadir;
+mod conns;
 mod http;
 mod nbd;
 mod vdut;

@@ -17,7 +17,10 @@
 //!
 //! Keep-alive connections idle for [`PARK_AFTER`] are *parked*: hyper's per-connection buffers
 //! are dropped and only the socket is kept until the client sends again, so thousands of idle
-//! DUT connections cost little; parked connections close after [`IDLE_TIMEOUT`].
+//! DUT connections cost little; parked connections close after `limits.idle_timeout`.
+//!
+//! Connections are accepted by the shared loop in `listen` (caps per listener and per peer,
+//! backoff on `EMFILE`, drain on shutdown).
 //!
 //! # Cancel safety
 //! Dropping the future returned by [`serve`] stops accepting and aborts every connection task at
@@ -28,7 +31,7 @@
 
 mod body;
 mod rewind;
-mod service;
+pub(crate) mod service;
 
 use std::future::Future;
 use std::io;
@@ -41,31 +44,23 @@ use citron_core::serve::Catalog;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
-use tokio::task::JoinSet;
+use tokio::sync::watch;
 
 pub use service::{content_type, percent_decode, status};
-
-/// The most connections served at once; more wait in the listen backlog.
-pub const MAX_CONNECTIONS: usize = 16 * 1024;
-
-/// How long a client may take to send a complete request head once it started one.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long a keep-alive connection stays idle before its HTTP state is dropped (see
 /// [`serve`]'s connections: the socket stays open, the buffers go).
 pub const PARK_AFTER: Duration = Duration::from_secs(1);
 
-/// How long a parked connection may stay idle before it is closed.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
-
 /// How long requests in flight may take to finish after shutdown was asked for.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+pub const SHUTDOWN_GRACE: Duration = crate::listen::SHUTDOWN_GRACE;
 
 /// Serves HTTP GET and HEAD on `listener` until `shutdown` completes.
 ///
 /// The DUT is the connection's source address; `Host` (or the listener's own address) becomes
-/// the `base_url` generated files such as `boot.ipxe` point back at.
+/// the `base_url` generated files such as `boot.ipxe` point back at. The catalog's
+/// [`limits`](Catalog::limits) cap connections (`connections`, `connections_per_peer`) and time
+/// out request heads (`header_timeout`) and idle keep-alive connections (`idle_timeout`).
 ///
 /// ```no_run
 /// # async fn f(catalog: std::sync::Arc<dyn citron_core::serve::Catalog>) -> std::io::Result<()> {
@@ -79,95 +74,73 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let local = listener.local_addr()?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    // Every connection task: dropping the set (when this future is dropped, or after the grace
-    // period) aborts the ones still running.
-    let mut conns: JoinSet<()> = JoinSet::new();
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut builder = http1::Builder::new();
-    builder
-        .keep_alive(true)
-        .half_close(false)
-        .max_buf_size(64 * 1024)
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT);
-    let builder = Arc::new(builder);
-
-    tokio::pin!(shutdown);
-    let mut backoff = Duration::from_millis(5);
-    loop {
-        // Finished connections leave the set here, so it holds only live ones.
-        while conns.try_join_next().is_some() {}
-        let permit = tokio::select! {
-            _ = &mut shutdown => break,
-            p = limit.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-        };
-        let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => break,
-            r = listener.accept() => match r {
-                Ok(x) => { backoff = Duration::from_millis(5); x }
-                Err(e) => {
-                    // EMFILE and friends: wait for connections to close rather than spin.
-                    tracing::warn!(error = %e, "http: accept failed; retrying in {backoff:?}");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                    continue;
-                }
-            },
-        };
+    let limits = catalog.limits();
+    let builder = Arc::new(builder(&limits));
+    let idle = limits.idle_timeout.non_zero();
+    crate::listen::serve("http", listener, crate::listen::Caps::from_limits(&limits), shutdown, move |stream, peer, stop| {
         let _ = stream.set_nodelay(true);
         let svc = service::Handler::new(catalog.clone(), peer, local);
         let builder = builder.clone();
-        let stop = stop_rx.clone();
-        conns.spawn(async move {
-            if let Err(e) = connection(stream, svc, &builder, stop).await {
+        async move {
+            let activity = svc.activity.clone();
+            if let Err(e) = connection(stream, svc, activity, &builder, idle, stop).await {
                 tracing::debug!(%peer, error = %e, "http: connection ended with an error");
             }
-            drop(permit);
-        });
-    }
-    drop(listener);
-    let _ = stop_tx.send(true);
-    drain(&mut conns, "http").await;
-    Ok(())
+        }
+    })
+    .await
 }
 
-/// After shutdown: lets the connections in `conns` finish for up to [`SHUTDOWN_GRACE`], then
-/// cuts the ones still running (their transfers are logged as aborted). Shared by every
-/// hyper-based listener (HTTP, the lab API).
-pub(crate) async fn drain(conns: &mut JoinSet<()>, what: &str) {
-    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async { while conns.join_next().await.is_some() {} }).await;
-    if drained.is_err() {
-        tracing::warn!(connections = conns.len(), "{what}: requests still running {SHUTDOWN_GRACE:?} after shutdown; cutting them");
-        conns.abort_all();
-        // Aborted tasks end at their next poll.
-        while conns.join_next().await.is_some() {}
-    }
+/// The hyper settings of citron's HTTP listeners (HTTP and the lab API): keep-alive, no half
+/// close, bounded buffers, and `limits.header_timeout` to send a request head once one began.
+pub(crate) fn builder(limits: &citron_core::limits::Limits) -> http1::Builder {
+    let mut b = http1::Builder::new();
+    b.keep_alive(true).half_close(false).max_buf_size(64 * 1024).timer(hyper_util::rt::TokioTimer::new());
+    // Without a value hyper would apply its own default once a timer is set.
+    b.header_read_timeout(limits.header_timeout.non_zero());
+    b
 }
 
 /// One client connection. hyper serves it while requests come; once it has been idle for
 /// [`PARK_AFTER`], hyper is asked to stop (it does so at once when idle, with nothing sent) and
 /// hands the socket back: a parked connection keeps no buffers, only the socket, until the
 /// client sends again. Bytes hyper had already read are replayed to the next hyper connection.
-async fn connection(
+///
+/// Shared by HTTP and the lab API: `activity` is what `svc` reports its requests to, `idle`
+/// (`limits.idle_timeout`, `None` for never) how long a parked connection may wait for its next
+/// request. hyper's header timeout runs from the first byte of a request head, since a parked
+/// connection has no hyper state.
+pub(crate) async fn connection<S, B>(
     stream: TcpStream,
-    svc: service::Handler,
+    svc: S,
+    activity: Arc<service::Activity>,
     builder: &http1::Builder,
+    idle: Option<Duration>,
     mut stop: watch::Receiver<bool>,
-) -> Result<(), hyper::Error> {
+) -> Result<(), hyper::Error>
+where
+    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>> + Clone + Unpin,
+    S::Future: Unpin,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let mut io = rewind::Rewind::new(Bytes::new(), stream);
     loop {
         if !io.has_buffered() {
             // Parked: wait for the next request without any HTTP state.
             tokio::select! {
                 r = io.get_ref().readable() => if r.is_err() { return Ok(()) },
-                _ = tokio::time::sleep(IDLE_TIMEOUT) => return Ok(()),
+                _ = async { match idle { Some(d) => tokio::time::sleep(d).await, None => std::future::pending().await } } => {
+                    tracing::debug!("http: idle connection closed (limits.idle_timeout)");
+                    return Ok(())
+                }
                 _ = stop.wait_for(|s| *s) => return Ok(()),
             }
         }
         let mut conn = builder.serve_connection(TokioIo::new(io), svc.clone());
         let (mut parking, mut stopping) = (false, false);
-        let mut seen = svc.activity.requests();
+        let mut seen = activity.requests();
         loop {
             enum Ev {
                 Done(Result<(), hyper::Error>),
@@ -185,8 +158,8 @@ async fn connection(
                     break;
                 }
                 Ev::Tick => {
-                    let now = svc.activity.requests();
-                    if now == seen && !svc.activity.busy() {
+                    let now = activity.requests();
+                    if now == seen && !activity.busy() {
                         parking = true;
                         std::pin::Pin::new(&mut conn).graceful_shutdown();
                     }

@@ -195,25 +195,41 @@ impl Activity {
     }
 }
 
+impl Activity {
+    /// A request came: the connection is busy until the [`Tracked`] body of its response is
+    /// dropped.
+    pub(crate) fn begin(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.busy.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// A response body that tells the connection when it is done (dropped by hyper).
-pub(crate) struct Tracked {
-    body: ResponseBody,
+pub(crate) struct Tracked<B = ResponseBody> {
+    body: B,
     activity: Arc<Activity>,
 }
 
-impl Drop for Tracked {
+impl<B> Tracked<B> {
+    /// `body`, ending the request [`Activity::begin`] started when it is dropped.
+    pub(crate) fn new(body: B, activity: Arc<Activity>) -> Self {
+        Tracked { body, activity }
+    }
+}
+
+impl<B> Drop for Tracked<B> {
     fn drop(&mut self) {
         self.activity.busy.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-impl http_body::Body for Tracked {
+impl<B: http_body::Body<Data = bytes::Bytes> + Unpin> http_body::Body for Tracked<B> {
     type Data = bytes::Bytes;
-    type Error = std::io::Error;
+    type Error = B::Error;
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, std::io::Error>>> {
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, B::Error>>> {
         std::pin::Pin::new(&mut self.body).poll_frame(cx)
     }
     fn is_end_stream(&self) -> bool {
@@ -239,7 +255,9 @@ impl Handler {
         let path = match percent_decode(req.uri().path()) {
             Ok(p) => p,
             Err(e) => {
-                tracing::debug!(peer = %self.peer, uri = %req.uri(), error = %e, "http: undecodable path");
+                let uri = req.uri().to_string();
+                let uri = citron_core::access::truncate_logged(&uri, citron_core::limits::Limits::default().logged_path_max);
+                tracing::debug!(peer = %self.peer, %uri, error = %e, "http: undecodable path");
                 return error_response(StatusCode::BAD_REQUEST, &format!("{e}\n"), head);
             }
         };
@@ -374,6 +392,8 @@ fn error_response(code: StatusCode, text: &str, head: bool) -> Response<Response
 
 fn refusal(e: &ServeError, path: &str, peer: SocketAddr, head: bool) -> Response<ResponseBody> {
     let code = status(e);
+    // Anyone may send a 64 KiB path: the log line keeps its start only.
+    let path = &*citron_core::access::truncate_logged(path, citron_core::limits::Limits::default().logged_path_max);
     tracing::debug!(%peer, path, status = code.as_u16(), error = %e, "http: refused");
     // The client learns the kind, not details such as other DUTs' names.
     let text = format!("{}\n", code.canonical_reason().unwrap_or("error"));
@@ -390,10 +410,9 @@ impl hyper::service::Service<Request<Incoming>> for Handler {
     type Future = Ready<Result<Response<Tracked>, Infallible>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        self.activity.requests.fetch_add(1, Ordering::Relaxed);
-        self.activity.busy.fetch_add(1, Ordering::Relaxed);
+        self.activity.begin();
         let activity = self.activity.clone();
-        ready(Ok(self.handle(&req).map(|body| Tracked { body, activity })))
+        ready(Ok(self.handle(&req).map(|body| Tracked::new(body, activity))))
     }
 }
 

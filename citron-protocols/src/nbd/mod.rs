@@ -15,7 +15,6 @@
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
 
 use citron_core::serve::{Catalog, ServeError};
 use tokio::sync::watch;
@@ -64,6 +63,7 @@ pub(crate) fn nbd_error(e: &ServeError) -> NbdError {
 }
 
 /// Serves NBD clients on `listener` until `shutdown` completes; open connections are closed then.
+/// The catalog's [`limits`](Catalog::limits) cap connections per listener and per peer.
 ///
 /// ```no_run
 /// # async fn run(catalog: std::sync::Arc<dyn citron_core::serve::Catalog>) -> std::io::Result<()> {
@@ -77,30 +77,13 @@ pub async fn serve(
     catalog: Arc<dyn Catalog>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::pin!(shutdown);
-    let mut backoff = Duration::from_millis(10);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            r = listener.accept() => match r {
-                Ok((stream, addr)) => {
-                    backoff = Duration::from_millis(10);
-                    let _ = stream.set_nodelay(true);
-                    let catalog = catalog.clone();
-                    let stop = stop_rx.clone();
-                    tokio::spawn(connection(stream, addr.ip().to_canonical(), catalog, stop));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "NBD accept failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                }
-            }
-        }
-    }
-    let _ = stop_tx.send(true);
-    Ok(())
+    // The shared accept loop: connection caps, backoff on EMFILE, drain on shutdown.
+    let caps = crate::listen::Caps::from_limits(&catalog.limits());
+    crate::listen::serve("nbd", listener, caps, shutdown, move |stream, addr, stop| {
+        let _ = stream.set_nodelay(true);
+        connection(stream, addr.ip().to_canonical(), catalog.clone(), stop)
+    })
+    .await
 }
 
 async fn connection(

@@ -24,6 +24,7 @@ class DutInfo(TypedDict):
 class AccessRecord(TypedDict):
     """One line of a DUT's access log (``Server.accesses``)."""
 
+    seq: int
     time: float
     protocol: str
     path: str
