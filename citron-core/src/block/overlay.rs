@@ -11,11 +11,12 @@
 //! always names data that is on disk: after a crash, a block reads either what was acknowledged by a
 //! flush (or written with FUA) or the base, never garbage.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -38,38 +39,59 @@ const CHUNK_WORDS: usize = 512;
 const CHUNK_BYTES: u64 = (CHUNK_WORDS * 8) as u64;
 const BLOCKS_PER_CHUNK: u64 = (CHUNK_WORDS * 64) as u64;
 
-/// Which blocks the overlay holds. Chunks are allocated on first write, so a fresh 20 GiB disk
-/// costs a few hundred bytes and a reset frees everything at once.
+/// Which blocks the overlay holds. Chunks are allocated on first write and kept in a map, so a
+/// fresh disk costs nothing whatever its declared size (a job's size is untrusted input), and a
+/// reset frees everything at once.
 #[derive(Debug, Default)]
 struct Bitmap {
-    chunks: Vec<Option<Box<[u64; CHUNK_WORDS]>>>,
-    dirty: BTreeSet<usize>,
+    /// Chunk index → its words; absent chunks hold no written block.
+    chunks: BTreeMap<u64, Box<[u64; CHUNK_WORDS]>>,
+    /// Chunks changed since the last successful sync.
+    dirty: BTreeSet<u64>,
 }
 
 impl Bitmap {
-    fn with_blocks(blocks: u64) -> Bitmap {
-        let n = blocks.div_ceil(BLOCKS_PER_CHUNK) as usize;
-        let mut chunks = Vec::with_capacity(n);
-        chunks.resize_with(n, || None);
-        Bitmap { chunks, dirty: BTreeSet::new() }
+    fn get(&self, block: u64) -> bool {
+        let within = block % BLOCKS_PER_CHUNK;
+        match self.chunks.get(&(block / BLOCKS_PER_CHUNK)) {
+            Some(words) => words[(within / 64) as usize] & (1 << (within % 64)) != 0,
+            None => false,
+        }
     }
 
-    fn get(&self, block: u64) -> bool {
-        let c = (block / BLOCKS_PER_CHUNK) as usize;
-        let within = block % BLOCKS_PER_CHUNK;
-        match self.chunks.get(c) {
-            Some(Some(words)) => words[(within / 64) as usize] & (1 << (within % 64)) != 0,
-            _ => false,
+    /// Whether `block` is written, and the first block in `(block, limit]` that differs from it
+    /// (or `limit`), looked up within `block`'s chunk only: one map lookup per chunk.
+    fn run(&self, block: u64, limit: u64) -> (bool, u64) {
+        let c = block / BLOCKS_PER_CHUNK;
+        let chunk_end = ((c + 1) * BLOCKS_PER_CHUNK).min(limit);
+        let Some(words) = self.chunks.get(&c) else { return (false, chunk_end) };
+        let bit = |b: u64| {
+            let within = b % BLOCKS_PER_CHUNK;
+            words[(within / 64) as usize] & (1 << (within % 64)) != 0
+        };
+        let value = bit(block);
+        let full = if value { u64::MAX } else { 0 };
+        let mut b = block + 1;
+        while b < chunk_end {
+            let within = b % BLOCKS_PER_CHUNK;
+            if within % 64 == 0 && chunk_end - b >= 64 && words[(within / 64) as usize] == full {
+                b += 64;
+            } else if bit(b) == value {
+                b += 1;
+            } else {
+                break;
+            }
         }
+        (value, b)
     }
 
     fn set_range(&mut self, first: u64, end: u64) {
         let mut b = first;
         while b < end {
-            let c = (b / BLOCKS_PER_CHUNK) as usize;
-            let chunk = self.chunks[c].get_or_insert_with(|| Box::new([0u64; CHUNK_WORDS]));
+            let c = b / BLOCKS_PER_CHUNK;
+            let chunk = self.chunks.entry(c).or_insert_with(|| Box::new([0u64; CHUNK_WORDS]));
             self.dirty.insert(c);
-            let chunk_end = ((c as u64 + 1) * BLOCKS_PER_CHUNK).min(end);
+            let chunk_end = ((c + 1) * BLOCKS_PER_CHUNK).min(end);
             while b < chunk_end {
                 let within = b % BLOCKS_PER_CHUNK;
                 let w = (within / 64) as usize;
@@ -86,9 +108,7 @@ impl Bitmap {
     }
 
     fn clear(&mut self) {
-        for c in self.chunks.iter_mut() {
-            *c = None;
-        }
+        self.chunks.clear();
         self.dirty.clear();
     }
 }
@@ -101,6 +121,12 @@ struct Cow {
     bitmap: RwLock<Bitmap>,
     /// Serialises writers: a partial-block copy-in and the write that follows are one step.
     write: Mutex<()>,
+    /// Serialises syncs: a flush returns only once the bitmap chunks another flush is writing
+    /// are on disk too.
+    sync: Mutex<()>,
+    /// A data sync failed: acknowledged writes may be gone, so no flush may succeed until a reset.
+    lost: AtomicBool,
+    faults: Faults,
 }
 
 /// One DUT's view of one disk: a shared base plus, unless read-only, its own overlay.
@@ -130,10 +156,9 @@ impl CowDisk {
         let open = |name: &str| OpenOptions::new().read(true).write(true).create(true).truncate(false).open(dir.join(name));
         let data = open("data")?;
         let bitmap_file = open("bitmap")?;
-        let blocks = size.div_ceil(BLOCK);
-        let mut bitmap = Bitmap::with_blocks(blocks);
+        let mut bitmap = Bitmap::default();
         if reuse {
-            load_bitmap(&bitmap_file, &mut bitmap)?;
+            load_bitmap(&bitmap_file, &mut bitmap, size.div_ceil(BLOCK).div_ceil(BLOCKS_PER_CHUNK))?;
         } else {
             bitmap_file.set_len(0)?;
             bitmap_file.sync_all()?;
@@ -149,7 +174,15 @@ impl CowDisk {
             size,
             base,
             base_len,
-            cow: Some(Cow { data, bitmap_file, bitmap: RwLock::new(bitmap), write: Mutex::new(()) }),
+            cow: Some(Cow {
+                data,
+                bitmap_file,
+                bitmap: RwLock::new(bitmap),
+                write: Mutex::new(()),
+                sync: Mutex::new(()),
+                lost: AtomicBool::new(false),
+                faults: Faults::default(),
+            }),
             dir: Some(dir.to_path_buf()),
         })
     }
@@ -163,19 +196,22 @@ impl CowDisk {
     pub fn written_blocks(&self) -> u64 {
         let Some(c) = &self.cow else { return 0 };
         let bm = c.bitmap.read();
-        bm.chunks.iter().flatten().map(|w| w.iter().map(|x| x.count_ones() as u64).sum::<u64>()).sum()
+        bm.chunks.values().map(|w| w.iter().map(|x| x.count_ones() as u64).sum::<u64>()).sum()
     }
 
     /// Drops every write: the disk reads as its base again. Costs two truncations, not a copy.
     pub fn reset(&self) -> io::Result<()> {
         let Some(c) = &self.cow else { return Ok(()) };
         let _w = c.write.lock();
+        let _s = c.sync.lock();
         let mut bm = c.bitmap.write();
         bm.clear();
         c.bitmap_file.set_len(0)?;
         c.bitmap_file.sync_all()?;
         c.data.set_len(0)?;
         c.data.set_len(self.size)?;
+        // Nothing is left that a failed sync could have lost.
+        c.lost.store(false, Ordering::Release);
         Ok(())
     }
 
@@ -198,13 +234,19 @@ impl CowDisk {
         let Some(c) = &self.cow else { return self.read_base(buf, offset, read) };
         let bm = c.bitmap.read();
         let end = offset + buf.len() as u64;
+        let end_block = end.div_ceil(BLOCK);
         let mut pos = offset;
         while pos < end {
-            let in_overlay = bm.get(pos / BLOCK);
-            let mut run_end = ((pos / BLOCK + 1) * BLOCK).min(end);
-            while run_end < end && bm.get(run_end / BLOCK) == in_overlay {
-                run_end = (run_end + BLOCK).min(end);
+            // The longest run of blocks on the same side, one map lookup per chunk crossed.
+            let (in_overlay, mut run_end_block) = bm.run(pos / BLOCK, end_block);
+            while run_end_block < end_block {
+                let (v, next) = bm.run(run_end_block, end_block);
+                if v != in_overlay {
+                    break;
+                }
+                run_end_block = next;
             }
+            let run_end = (run_end_block * BLOCK).min(end);
             let slice = &mut buf[(pos - offset) as usize..(run_end - offset) as usize];
             let done = if in_overlay { read(&c.data, slice, pos)? } else { self.read_base(slice, pos, read)? };
             if !done {
@@ -246,14 +288,23 @@ impl CowDisk {
         self.cow.as_ref().ok_or_else(|| io::Error::new(io::ErrorKind::PermissionDenied, "the disk is read-only"))
     }
 
+    /// Makes every acknowledged write durable: data first, then the bitmap chunks changed since
+    /// the last successful sync. On failure the changed chunks stay listed, so a later sync
+    /// writes them again; a failed *data* sync cannot be retried (the kernel may have dropped the
+    /// pages and reports the error only once), so the overlay is marked lost and every later
+    /// sync fails too, until a reset empties it.
     fn sync(&self, c: &Cow) -> io::Result<()> {
-        let snapshot: Vec<(usize, Vec<u8>)> = {
+        let _s = c.sync.lock();
+        if c.lost.load(Ordering::Acquire) {
+            return Err(lost_error());
+        }
+        let snapshot: Vec<(u64, Vec<u8>)> = {
             let mut bm = c.bitmap.write();
             let dirty = std::mem::take(&mut bm.dirty);
             dirty
                 .into_iter()
                 .map(|i| {
-                    let bytes = match &bm.chunks[i] {
+                    let bytes = match bm.chunks.get(&i) {
                         Some(w) => w.iter().flat_map(|x| x.to_le_bytes()).collect(),
                         None => vec![0u8; CHUNK_BYTES as usize],
                     };
@@ -261,17 +312,61 @@ impl CowDisk {
                 })
                 .collect()
         };
-        c.data.sync_data()?;
+        let keep_dirty = |e: io::Error| {
+            c.bitmap.write().dirty.extend(snapshot.iter().map(|(i, _)| *i));
+            e
+        };
+        if let Err(e) = c.faults.check(Fault::DataSync).and_then(|()| c.data.sync_data()) {
+            c.lost.store(true, Ordering::Release);
+            tracing::error!(overlay = ?self.dir, error = %e, "overlay data sync failed: its recent writes may be lost; every flush fails until the disk is reset");
+            return Err(keep_dirty(e));
+        }
         if snapshot.is_empty() {
             return Ok(());
         }
         for (i, bytes) in &snapshot {
-            if let Err(e) = c.bitmap_file.write_all_at(bytes, *i as u64 * CHUNK_BYTES) {
-                c.bitmap.write().dirty.extend(snapshot.iter().map(|(i, _)| *i));
-                return Err(e);
-            }
+            let r = c.faults.check(Fault::BitmapWrite).and_then(|()| c.bitmap_file.write_all_at(bytes, i * CHUNK_BYTES));
+            r.map_err(keep_dirty)?;
         }
-        c.bitmap_file.sync_data()
+        c.bitmap_file.sync_data().map_err(keep_dirty)
+    }
+}
+
+/// What every sync answers once a data sync failed.
+fn lost_error() -> io::Error {
+    io::Error::other("an earlier sync of this overlay failed, so writes since the last good flush may be lost; reset the disk")
+}
+
+/// Failures a test can make the next sync meet (nothing in a release build).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    DataSync,
+    BitmapWrite,
+}
+
+#[derive(Debug, Default)]
+struct Faults {
+    #[cfg(test)]
+    next: Mutex<Vec<Fault>>,
+}
+
+impl Faults {
+    #[cfg(test)]
+    fn check(&self, f: Fault) -> io::Result<()> {
+        let mut next = self.next.lock();
+        match next.iter().position(|x| *x == f) {
+            Some(i) => {
+                next.remove(i);
+                Err(io::Error::from_raw_os_error(libc::EIO))
+            }
+            None => Ok(()),
+        }
+    }
+
+    #[cfg(not(test))]
+    #[inline(always)]
+    fn check(&self, _f: Fault) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -282,14 +377,12 @@ fn base_len(base: &Option<Arc<File>>) -> io::Result<u64> {
     })
 }
 
-fn load_bitmap(f: &File, bm: &mut Bitmap) -> io::Result<()> {
+/// Reads the chunks saved in `f`, at most `chunks` of them (the disk's size bounds the index).
+fn load_bitmap(f: &File, bm: &mut Bitmap, chunks: u64) -> io::Result<()> {
     let len = f.metadata()?.len();
     let mut page = [0u8; CHUNK_BYTES as usize];
-    for (i, slot) in bm.chunks.iter_mut().enumerate() {
-        let off = i as u64 * CHUNK_BYTES;
-        if off >= len {
-            break;
-        }
+    for i in 0..chunks.min(len.div_ceil(CHUNK_BYTES)) {
+        let off = i * CHUNK_BYTES;
         let n = ((len - off).min(CHUNK_BYTES)) as usize;
         page[n..].fill(0);
         f.read_exact_at(&mut page[..n], off)?;
@@ -298,7 +391,7 @@ fn load_bitmap(f: &File, bm: &mut Bitmap) -> io::Result<()> {
             for (w, bytes) in words.iter_mut().zip(page.chunks_exact(8)) {
                 *w = u64::from_le_bytes(bytes.try_into().expect("8 bytes"));
             }
-            *slot = Some(words);
+            bm.chunks.insert(i, words);
         }
     }
     Ok(())
@@ -492,6 +585,90 @@ mod tests {
         assert_eq!((data.len(), data.blocks()), (size, 0));
         assert_eq!(std::fs::metadata(t.path().join("ov/bitmap")).unwrap().len(), 0);
         assert_eq!(read(&d, size - 4, 4), vec![0u8; 4]);
+    }
+
+    fn inject(d: &CowDisk, f: Fault) {
+        d.cow.as_ref().unwrap().faults.next.lock().push(f);
+    }
+
+    #[test]
+    fn a_failed_data_sync_fails_every_flush_until_reset() {
+        let t = tempfile::tempdir().unwrap();
+        let d = CowDisk::open(&t.path().join("ov"), None, "raw", 1 << 20).unwrap();
+        d.write_at(&[1u8; 4096], 0, false).unwrap();
+        d.flush().unwrap();
+        d.write_at(&[2u8; 4096], 8192, false).unwrap();
+        inject(&d, Fault::DataSync);
+        assert!(d.flush().is_err());
+        // The kernel reports a writeback error once; citron must not turn the next fsync's
+        // success into a promise about data that may be gone.
+        for _ in 0..3 {
+            let e = d.flush().unwrap_err();
+            assert!(e.to_string().contains("reset the disk"), "{e}");
+        }
+        let e = d.write_at(&[3u8; 4096], 0, true).unwrap_err();
+        assert!(e.to_string().contains("earlier sync"), "{e}");
+        // The dirty chunk is still listed: nothing claims it was saved.
+        assert!(!d.cow.as_ref().unwrap().bitmap.read().dirty.is_empty());
+        d.reset().unwrap();
+        d.write_at(&[4u8; 4096], 0, true).unwrap();
+        d.flush().unwrap();
+    }
+
+    #[test]
+    fn a_failed_bitmap_write_is_written_again_by_the_next_flush() {
+        let t = tempfile::tempdir().unwrap();
+        let ov = t.path().join("ov");
+        {
+            let d = CowDisk::open(&ov, None, "raw", 1 << 30).unwrap();
+            d.write_at(&[5u8; 4096], 200 << 20, false).unwrap();
+            inject(&d, Fault::BitmapWrite);
+            assert!(d.flush().is_err());
+            // The data is synced and the bitmap is rewritten from memory: a retry is honest.
+            d.flush().unwrap();
+        }
+        let d = CowDisk::open(&ov, None, "raw", 1 << 30).unwrap();
+        assert_eq!(read(&d, 200 << 20, 4096), vec![5u8; 4096]);
+    }
+
+    #[test]
+    fn a_4_tib_disk_costs_nothing_until_written() {
+        let t = tempfile::tempdir().unwrap();
+        let size = 4u64 << 40;
+        let d = match CowDisk::open(&t.path().join("ov"), None, "raw", size) {
+            Ok(d) => d,
+            // A file system that cannot hold a sparse 4 TiB file: nothing to test here.
+            Err(e) if e.raw_os_error() == Some(libc::EFBIG) => return,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(d.cow.as_ref().unwrap().bitmap.read().chunks.len(), 0);
+        d.write_at(&[9u8; 8192], size - 8192, false).unwrap();
+        d.write_at(&[8u8; 100], 1 << 40, false).unwrap();
+        assert_eq!(d.cow.as_ref().unwrap().bitmap.read().chunks.len(), 2);
+        assert_eq!(read(&d, size - 12288, 12288), [vec![0u8; 4096], vec![9u8; 8192]].concat());
+        assert_eq!(read(&d, (1 << 40) - 4, 104), [vec![0u8; 4], vec![8u8; 100]].concat());
+        d.flush().unwrap();
+        drop(d);
+        let d = CowDisk::open(&t.path().join("ov"), None, "raw", size).unwrap();
+        assert_eq!(d.written_blocks(), 3);
+    }
+
+    #[test]
+    fn runs_agree_with_single_bits() {
+        let mut bm = Bitmap::default();
+        // Written ranges across chunk and word edges.
+        for (a, b) in [(3u64, 70u64), (BLOCKS_PER_CHUNK - 5, BLOCKS_PER_CHUNK + 130), (3 * BLOCKS_PER_CHUNK, 3 * BLOCKS_PER_CHUNK + 1)] {
+            bm.set_range(a, b);
+        }
+        let limit = 4 * BLOCKS_PER_CHUNK;
+        let mut b = 0;
+        while b < limit {
+            let (v, end) = bm.run(b, limit);
+            assert!(end > b && end <= limit);
+            assert!((b..end).all(|x| bm.get(x) == v), "run {b}..{end}");
+            assert!(end == limit || end % BLOCKS_PER_CHUNK == 0 || bm.get(end) != v, "run {b}..{end} stops early");
+            b = end;
+        }
     }
 
     #[test]
