@@ -165,6 +165,7 @@ impl Gateway {
         std::fs::create_dir_all(data_dir).map_err(dd)?;
         let cache_cfg = lab.cache_config().map_err(|m| dd(std::io::Error::new(std::io::ErrorKind::InvalidInput, m)))?;
         let cache = Cache::open(&data_dir.join("cache"), cache_cfg, lab.s3.clone()).map_err(dd)?;
+        let disks = DiskStore::open(&data_dir.join("disks")).map_err(dd)?.with_max_disk_size(lab.limits.max_disk_size.bytes());
         let mut registry = DutRegistry::default();
         for d in &lab.duts {
             registry.add(d.clone())?;
@@ -178,7 +179,7 @@ impl Gateway {
                 lab,
                 endpoints: RwLock::new(Endpoints::default()),
                 data_dir: data_dir.to_path_buf(),
-                disks: DiskStore::open(&data_dir.join("disks")).map_err(dd)?,
+                disks,
             }),
         })
         .inspect(|gw| {
@@ -274,7 +275,7 @@ impl Gateway {
         if let Some(d) = job_dir {
             roots.push(d.to_path_buf());
         }
-        RenderContext { vars: self.variables(dut), file_roots: roots }
+        RenderContext { vars: self.variables(dut), file_roots: roots, limits: self.inner.lab.limits.clone() }
     }
 
     /// Renders `job` for `dut`, fetches every artifact into the cache and makes it the DUT's
