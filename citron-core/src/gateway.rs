@@ -548,6 +548,10 @@ impl Catalog for Gateway {
         dut.map(|d| self.inner.disks.exports(&d)).unwrap_or_default()
     }
 
+    fn limits(&self) -> crate::limits::Limits {
+        self.inner.lab.limits.clone()
+    }
+
     fn open_export(&self, peer: IpAddr, protocol: Protocol, name: &str) -> Result<Export, ServeError> {
         let Some(dut) = self.inner.registry.read().by_addr(peer).map(|d| d.id.clone()) else {
             self.inner.log.refuse(None, protocol, name, "unknown DUT");

@@ -260,4 +260,10 @@ pub trait Catalog: Send + Sync + 'static {
     /// Opens export `name` for `peer`, or refuses (`NotFound` for names it may not know about,
     /// so that a DUT cannot probe another's disk names).
     fn open_export(&self, peer: IpAddr, protocol: Protocol, name: &str) -> Result<Export, ServeError>;
+
+    /// The lab's `limits:`, which backends apply to connections (timeouts, caps, buffers).
+    /// Default: [`Limits::default`](crate::limits::Limits::default).
+    fn limits(&self) -> crate::limits::Limits {
+        crate::limits::Limits::default()
+    }
 }
