@@ -5,4 +5,5 @@ mod api;
 mod cli;
 mod http;
 mod nbd;
+mod nbd_limits;
 mod vdut;
