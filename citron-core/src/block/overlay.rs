@@ -74,7 +74,7 @@ impl Bitmap {
         let mut b = block + 1;
         while b < chunk_end {
             let within = b % BLOCKS_PER_CHUNK;
-            if within % 64 == 0 && chunk_end - b >= 64 && words[(within / 64) as usize] == full {
+            if within.is_multiple_of(64) && chunk_end - b >= 64 && words[(within / 64) as usize] == full {
                 b += 64;
             } else if bit(b) == value {
                 b += 1;
