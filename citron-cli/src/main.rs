@@ -72,7 +72,7 @@ pub(crate) fn offline_context(lab: &LabConfig, dut: &Dut, job: &Path) -> RenderC
     }
     let mut roots = lab.artifact_roots.clone();
     roots.push(job.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf());
-    RenderContext { vars, file_roots: roots }
+    RenderContext { vars, file_roots: roots, limits: lab.limits.clone() }
 }
 
 fn validate(lab: Option<&Path>, jobs: &[PathBuf]) -> anyhow::Result<ExitCode> {

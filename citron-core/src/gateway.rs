@@ -193,6 +193,7 @@ impl Gateway {
         refuse_data_dir_in_roots(data_dir, &lab.artifact_roots)?;
         let cache_cfg = lab.cache_config().map_err(|m| dd(std::io::Error::new(std::io::ErrorKind::InvalidInput, m)))?;
         let cache = Cache::open_limited(&data_dir.join("cache"), cache_cfg, lab.s3.clone(), lab.limits.downloads_in_flight).map_err(dd)?;
+        let disks = DiskStore::open(&data_dir.join("disks")).map_err(dd)?.with_max_disk_size(lab.limits.max_disk_size.bytes());
         let mut registry = DutRegistry::default();
         for d in &lab.duts {
             registry.add(d.clone())?;
@@ -206,7 +207,7 @@ impl Gateway {
                 lab,
                 endpoints: RwLock::new(Endpoints::default()),
                 data_dir: data_dir.to_path_buf(),
-                disks: DiskStore::open(&data_dir.join("disks")).map_err(dd)?,
+                disks,
                 _data_lock: data_lock,
             }),
         })
@@ -303,7 +304,7 @@ impl Gateway {
         if let Some(d) = job_dir {
             roots.push(d.to_path_buf());
         }
-        RenderContext { vars: self.variables(dut), file_roots: roots }
+        RenderContext { vars: self.variables(dut), file_roots: roots, limits: self.inner.lab.limits.clone() }
     }
 
     /// Renders `job` for `dut`, fetches every artifact into the cache and makes it the DUT's

@@ -266,8 +266,8 @@ pub trait Catalog: Send + Sync + 'static {
     /// so that a DUT cannot probe another's disk names).
     fn open_export(&self, peer: IpAddr, protocol: Protocol, name: &str) -> Result<Export, ServeError>;
 
-    /// The lab's bounds (connection caps, timeouts...) the backends apply; the defaults for a
-    /// catalog that has no lab file.
+    /// The lab's `limits:`, which backends apply to connections (timeouts, caps, buffers).
+    /// Default: [`Limits::default`](crate::limits::Limits::default).
     fn limits(&self) -> crate::limits::Limits {
         crate::limits::Limits::default()
     }

@@ -120,6 +120,7 @@ pub(crate) fn offline_context(lab: &LabConfig, dut: &Dut, job_dir: Option<&Path>
     RenderContext {
         vars,
         file_roots: roots,
+        limits: lab.limits.clone(),
     }
 }
 

@@ -8,4 +8,5 @@ mod datadir;
 mod conns;
 mod http;
 mod nbd;
+mod nbd_limits;
 mod vdut;

@@ -100,6 +100,25 @@ pub enum DiskError {
         /// What went wrong.
         message: String,
     },
+    /// The disk (a qcow2 image's virtual size, or a size given in code) is larger than the lab
+    /// allows.
+    #[error("{what} is {} bytes, larger than this lab allows ({max} bytes, `limits.max_disk_size` in the lab file); use a smaller disk", .size)]
+    TooLarge {
+        /// The disk, e.g. `image sha256:…`.
+        what: String,
+        /// Its size in bytes.
+        size: u64,
+        /// The lab's limit.
+        max: u64,
+    },
+    /// A disk image citron refuses to convert.
+    #[error("image {what}: {message}")]
+    BadImage {
+        /// The image, `sha256:…`.
+        what: String,
+        /// What is wrong with it.
+        message: String,
+    },
     /// The disk store's files.
     #[error("{path}: {source}")]
     Io {

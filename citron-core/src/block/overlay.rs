@@ -11,11 +11,12 @@
 //! always names data that is on disk: after a crash, a block reads either what was acknowledged by a
 //! flush (or written with FUA) or the base, never garbage.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -38,38 +39,59 @@ const CHUNK_WORDS: usize = 512;
 const CHUNK_BYTES: u64 = (CHUNK_WORDS * 8) as u64;
 const BLOCKS_PER_CHUNK: u64 = (CHUNK_WORDS * 64) as u64;
 
-/// Which blocks the overlay holds. Chunks are allocated on first write, so a fresh 20 GiB disk
-/// costs a few hundred bytes and a reset frees everything at once.
+/// Which blocks the overlay holds. Chunks are allocated on first write and kept in a map, so a
+/// fresh disk costs nothing whatever its declared size (a job's size is untrusted input), and a
+/// reset frees everything at once.
 #[derive(Debug, Default)]
 struct Bitmap {
-    chunks: Vec<Option<Box<[u64; CHUNK_WORDS]>>>,
-    dirty: BTreeSet<usize>,
+    /// Chunk index → its words; absent chunks hold no written block.
+    chunks: BTreeMap<u64, Box<[u64; CHUNK_WORDS]>>,
+    /// Chunks changed since the last successful sync.
+    dirty: BTreeSet<u64>,
 }
 
 impl Bitmap {
-    fn with_blocks(blocks: u64) -> Bitmap {
-        let n = blocks.div_ceil(BLOCKS_PER_CHUNK) as usize;
-        let mut chunks = Vec::with_capacity(n);
-        chunks.resize_with(n, || None);
-        Bitmap { chunks, dirty: BTreeSet::new() }
+    fn get(&self, block: u64) -> bool {
+        let within = block % BLOCKS_PER_CHUNK;
+        match self.chunks.get(&(block / BLOCKS_PER_CHUNK)) {
+            Some(words) => words[(within / 64) as usize] & (1 << (within % 64)) != 0,
+            None => false,
+        }
     }
 
-    fn get(&self, block: u64) -> bool {
-        let c = (block / BLOCKS_PER_CHUNK) as usize;
-        let within = block % BLOCKS_PER_CHUNK;
-        match self.chunks.get(c) {
-            Some(Some(words)) => words[(within / 64) as usize] & (1 << (within % 64)) != 0,
-            _ => false,
+    /// Whether `block` is written, and the first block in `(block, limit]` that differs from it
+    /// (or `limit`), looked up within `block`'s chunk only: one map lookup per chunk.
+    fn run(&self, block: u64, limit: u64) -> (bool, u64) {
+        let c = block / BLOCKS_PER_CHUNK;
+        let chunk_end = ((c + 1) * BLOCKS_PER_CHUNK).min(limit);
+        let Some(words) = self.chunks.get(&c) else { return (false, chunk_end) };
+        let bit = |b: u64| {
+            let within = b % BLOCKS_PER_CHUNK;
+            words[(within / 64) as usize] & (1 << (within % 64)) != 0
+        };
+        let value = bit(block);
+        let full = if value { u64::MAX } else { 0 };
+        let mut b = block + 1;
+        while b < chunk_end {
+            let within = b % BLOCKS_PER_CHUNK;
+            if within.is_multiple_of(64) && chunk_end - b >= 64 && words[(within / 64) as usize] == full {
+                b += 64;
+            } else if bit(b) == value {
+                b += 1;
+            } else {
+                break;
+            }
         }
+        (value, b)
     }
 
     fn set_range(&mut self, first: u64, end: u64) {
         let mut b = first;
         while b < end {
-            let c = (b / BLOCKS_PER_CHUNK) as usize;
-            let chunk = self.chunks[c].get_or_insert_with(|| Box::new([0u64; CHUNK_WORDS]));
+            let c = b / BLOCKS_PER_CHUNK;
+            let chunk = self.chunks.entry(c).or_insert_with(|| Box::new([0u64; CHUNK_WORDS]));
             self.dirty.insert(c);
-            let chunk_end = ((c as u64 + 1) * BLOCKS_PER_CHUNK).min(end);
+            let chunk_end = ((c + 1) * BLOCKS_PER_CHUNK).min(end);
             while b < chunk_end {
                 let within = b % BLOCKS_PER_CHUNK;
                 let w = (within / 64) as usize;
@@ -86,9 +108,7 @@ impl Bitmap {
     }
 
     fn clear(&mut self) {
-        for c in self.chunks.iter_mut() {
-            *c = None;
-        }
+        self.chunks.clear();
         self.dirty.clear();
     }
 }
@@ -101,6 +121,12 @@ struct Cow {
     bitmap: RwLock<Bitmap>,
     /// Serialises writers: a partial-block copy-in and the write that follows are one step.
     write: Mutex<()>,
+    /// Serialises syncs: a flush returns only once the bitmap chunks another flush is writing
+    /// are on disk too.
+    sync: Mutex<()>,
+    /// A data sync failed: acknowledged writes may be gone, so no flush may succeed until a reset.
+    lost: AtomicBool,
+    faults: Faults,
 }
 
 /// One DUT's view of one disk: a shared base plus, unless read-only, its own overlay.
@@ -130,10 +156,9 @@ impl CowDisk {
         let open = |name: &str| OpenOptions::new().read(true).write(true).create(true).truncate(false).open(dir.join(name));
         let data = open("data")?;
         let bitmap_file = open("bitmap")?;
-        let blocks = size.div_ceil(BLOCK);
-        let mut bitmap = Bitmap::with_blocks(blocks);
+        let mut bitmap = Bitmap::default();
         if reuse {
-            load_bitmap(&bitmap_file, &mut bitmap)?;
+            load_bitmap(&bitmap_file, &mut bitmap, size.div_ceil(BLOCK).div_ceil(BLOCKS_PER_CHUNK))?;
         } else {
             bitmap_file.set_len(0)?;
             bitmap_file.sync_all()?;
@@ -149,7 +174,15 @@ impl CowDisk {
             size,
             base,
             base_len,
-            cow: Some(Cow { data, bitmap_file, bitmap: RwLock::new(bitmap), write: Mutex::new(()) }),
+            cow: Some(Cow {
+                data,
+                bitmap_file,
+                bitmap: RwLock::new(bitmap),
+                write: Mutex::new(()),
+                sync: Mutex::new(()),
+                lost: AtomicBool::new(false),
+                faults: Faults::default(),
+            }),
             dir: Some(dir.to_path_buf()),
         })
     }
@@ -163,19 +196,22 @@ impl CowDisk {
     pub fn written_blocks(&self) -> u64 {
         let Some(c) = &self.cow else { return 0 };
         let bm = c.bitmap.read();
-        bm.chunks.iter().flatten().map(|w| w.iter().map(|x| x.count_ones() as u64).sum::<u64>()).sum()
+        bm.chunks.values().map(|w| w.iter().map(|x| x.count_ones() as u64).sum::<u64>()).sum()
     }
 
     /// Drops every write: the disk reads as its base again. Costs two truncations, not a copy.
     pub fn reset(&self) -> io::Result<()> {
         let Some(c) = &self.cow else { return Ok(()) };
         let _w = c.write.lock();
+        let _s = c.sync.lock();
         let mut bm = c.bitmap.write();
         bm.clear();
         c.bitmap_file.set_len(0)?;
         c.bitmap_file.sync_all()?;
         c.data.set_len(0)?;
         c.data.set_len(self.size)?;
+        // Nothing is left that a failed sync could have lost.
+        c.lost.store(false, Ordering::Release);
         Ok(())
     }
 
@@ -198,13 +234,19 @@ impl CowDisk {
         let Some(c) = &self.cow else { return self.read_base(buf, offset, read) };
         let bm = c.bitmap.read();
         let end = offset + buf.len() as u64;
+        let end_block = end.div_ceil(BLOCK);
         let mut pos = offset;
         while pos < end {
-            let in_overlay = bm.get(pos / BLOCK);
-            let mut run_end = ((pos / BLOCK + 1) * BLOCK).min(end);
-            while run_end < end && bm.get(run_end / BLOCK) == in_overlay {
-                run_end = (run_end + BLOCK).min(end);
+            // The longest run of blocks on the same side, one map lookup per chunk crossed.
+            let (in_overlay, mut run_end_block) = bm.run(pos / BLOCK, end_block);
+            while run_end_block < end_block {
+                let (v, next) = bm.run(run_end_block, end_block);
+                if v != in_overlay {
+                    break;
+                }
+                run_end_block = next;
             }
+            let run_end = (run_end_block * BLOCK).min(end);
             let slice = &mut buf[(pos - offset) as usize..(run_end - offset) as usize];
             let done = if in_overlay { read(&c.data, slice, pos)? } else { self.read_base(slice, pos, read)? };
             if !done {
@@ -246,14 +288,23 @@ impl CowDisk {
         self.cow.as_ref().ok_or_else(|| io::Error::new(io::ErrorKind::PermissionDenied, "the disk is read-only"))
     }
 
+    /// Makes every acknowledged write durable: data first, then the bitmap chunks changed since
+    /// the last successful sync. On failure the changed chunks stay listed, so a later sync
+    /// writes them again; a failed *data* sync cannot be retried (the kernel may have dropped the
+    /// pages and reports the error only once), so the overlay is marked lost and every later
+    /// sync fails too, until a reset empties it.
     fn sync(&self, c: &Cow) -> io::Result<()> {
-        let snapshot: Vec<(usize, Vec<u8>)> = {
+        let _s = c.sync.lock();
+        if c.lost.load(Ordering::Acquire) {
+            return Err(lost_error());
+        }
+        let snapshot: Vec<(u64, Vec<u8>)> = {
             let mut bm = c.bitmap.write();
             let dirty = std::mem::take(&mut bm.dirty);
             dirty
                 .into_iter()
                 .map(|i| {
-                    let bytes = match &bm.chunks[i] {
+                    let bytes = match bm.chunks.get(&i) {
                         Some(w) => w.iter().flat_map(|x| x.to_le_bytes()).collect(),
                         None => vec![0u8; CHUNK_BYTES as usize],
                     };
@@ -261,17 +312,61 @@ impl CowDisk {
                 })
                 .collect()
         };
-        c.data.sync_data()?;
+        let keep_dirty = |e: io::Error| {
+            c.bitmap.write().dirty.extend(snapshot.iter().map(|(i, _)| *i));
+            e
+        };
+        if let Err(e) = c.faults.check(Fault::DataSync).and_then(|()| c.data.sync_data()) {
+            c.lost.store(true, Ordering::Release);
+            tracing::error!(overlay = ?self.dir, error = %e, "overlay data sync failed: its recent writes may be lost; every flush fails until the disk is reset");
+            return Err(keep_dirty(e));
+        }
         if snapshot.is_empty() {
             return Ok(());
         }
         for (i, bytes) in &snapshot {
-            if let Err(e) = c.bitmap_file.write_all_at(bytes, *i as u64 * CHUNK_BYTES) {
-                c.bitmap.write().dirty.extend(snapshot.iter().map(|(i, _)| *i));
-                return Err(e);
-            }
+            let r = c.faults.check(Fault::BitmapWrite).and_then(|()| c.bitmap_file.write_all_at(bytes, i * CHUNK_BYTES));
+            r.map_err(keep_dirty)?;
         }
-        c.bitmap_file.sync_data()
+        c.bitmap_file.sync_data().map_err(keep_dirty)
+    }
+}
+
+/// What every sync answers once a data sync failed.
+fn lost_error() -> io::Error {
+    io::Error::other("an earlier sync of this overlay failed, so writes since the last good flush may be lost; reset the disk")
+}
+
+/// Failures a test can make the next sync meet (nothing in a release build).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    DataSync,
+    BitmapWrite,
+}
+
+#[derive(Debug, Default)]
+struct Faults {
+    #[cfg(test)]
+    next: Mutex<Vec<Fault>>,
+}
+
+impl Faults {
+    #[cfg(test)]
+    fn check(&self, f: Fault) -> io::Result<()> {
+        let mut next = self.next.lock();
+        match next.iter().position(|x| *x == f) {
+            Some(i) => {
+                next.remove(i);
+                Err(io::Error::from_raw_os_error(libc::EIO))
+            }
+            None => Ok(()),
+        }
+    }
+
+    #[cfg(not(test))]
+    #[inline(always)]
+    fn check(&self, _f: Fault) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -282,14 +377,12 @@ fn base_len(base: &Option<Arc<File>>) -> io::Result<u64> {
     })
 }
 
-fn load_bitmap(f: &File, bm: &mut Bitmap) -> io::Result<()> {
+/// Reads the chunks saved in `f`, at most `chunks` of them (the disk's size bounds the index).
+fn load_bitmap(f: &File, bm: &mut Bitmap, chunks: u64) -> io::Result<()> {
     let len = f.metadata()?.len();
     let mut page = [0u8; CHUNK_BYTES as usize];
-    for (i, slot) in bm.chunks.iter_mut().enumerate() {
-        let off = i as u64 * CHUNK_BYTES;
-        if off >= len {
-            break;
-        }
+    for i in 0..chunks.min(len.div_ceil(CHUNK_BYTES)) {
+        let off = i * CHUNK_BYTES;
         let n = ((len - off).min(CHUNK_BYTES)) as usize;
         page[n..].fill(0);
         f.read_exact_at(&mut page[..n], off)?;
@@ -298,7 +391,7 @@ fn load_bitmap(f: &File, bm: &mut Bitmap) -> io::Result<()> {
             for (w, bytes) in words.iter_mut().zip(page.chunks_exact(8)) {
                 *w = u64::from_le_bytes(bytes.try_into().expect("8 bytes"));
             }
-            *slot = Some(words);
+            bm.chunks.insert(i, words);
         }
     }
     Ok(())
@@ -407,98 +500,5 @@ impl BlockDevice for CowDisk {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn base_file(dir: &Path, content: &[u8]) -> Arc<File> {
-        let p = dir.join("base");
-        std::fs::write(&p, content).unwrap();
-        Arc::new(File::open(&p).unwrap())
-    }
-
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn cached_reads_see_what_blocking_reads_see() {
-        let dir = tempfile::tempdir().unwrap();
-        let base: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8 + 1).collect();
-        // Base shorter than the disk: its tail reads as zeroes.
-        let d = CowDisk::open(dir.path(), Some(base_file(dir.path(), &base)), "t", 64 * 1024).unwrap();
-        d.write_at(b"overlay bytes", 5000, false).unwrap();
-        d.write_at(&[7u8; 9000], 30_000, false).unwrap();
-        for (off, len) in [(0u64, 100usize), (4090, 20), (4096, 8192), (29_000, 12_000), (39_990, 30), (0, 65_536)] {
-            let mut cached = vec![0xeeu8; len];
-            // Just written or read: everything is in the page cache.
-            assert!(d.read_cached(&mut cached, off).unwrap(), "({off}, {len}) should be cached");
-            assert_eq!(cached, read(&d, off, len), "({off}, {len})");
-        }
-    }
-
-    fn read(d: &CowDisk, off: u64, len: usize) -> Vec<u8> {
-        let mut v = vec![0u8; len];
-        d.read_at(&mut v, off).unwrap();
-        v
-    }
-
-    #[test]
-    fn partial_writes_keep_base_bytes_around_them() {
-        let t = tempfile::tempdir().unwrap();
-        let content: Vec<u8> = (0..3 * BLOCK + 100).map(|i| (i % 251) as u8).collect();
-        let base = base_file(t.path(), &content);
-        let d = CowDisk::open(&t.path().join("ov"), Some(base), "k", content.len() as u64).unwrap();
-        d.write_at(b"hello", 4090, false).unwrap();
-        d.write_at(b"end", content.len() as u64 - 3, false).unwrap();
-        let mut want = content.clone();
-        want[4090..4095].copy_from_slice(b"hello");
-        let n = want.len();
-        want[n - 3..].copy_from_slice(b"end");
-        assert_eq!(read(&d, 0, n), want);
-        d.write_zeroes(10, 5000, false).unwrap();
-        want[10..5010].fill(0);
-        assert_eq!(read(&d, 0, n), want);
-        d.reset().unwrap();
-        assert_eq!(read(&d, 0, n), content);
-        assert_eq!(d.written_blocks(), 0);
-    }
-
-    #[test]
-    fn flushed_writes_survive_reopen_and_other_base_starts_fresh() {
-        let t = tempfile::tempdir().unwrap();
-        let ov = t.path().join("ov");
-        let size = 1 << 20;
-        {
-            let d = CowDisk::open(&ov, None, "raw", size).unwrap();
-            d.write_at(&[7u8; 8192], 65536, false).unwrap();
-            d.flush().unwrap();
-        }
-        let d = CowDisk::open(&ov, None, "raw", size).unwrap();
-        assert_eq!(read(&d, 65536 - 1, 8194), [&[0u8][..], &[7u8; 8192], &[0u8]].concat());
-        drop(d);
-        let d = CowDisk::open(&ov, None, "other", size).unwrap();
-        assert_eq!(read(&d, 65536, 10), vec![0u8; 10]);
-    }
-
-    #[test]
-    fn reset_of_a_20_gib_disk_frees_everything_without_copying() {
-        use std::os::unix::fs::MetadataExt;
-        let t = tempfile::tempdir().unwrap();
-        let size = 20u64 << 30;
-        let d = CowDisk::open(&t.path().join("ov"), None, "raw", size).unwrap();
-        d.write_at(&[1u8; 8192], size - 8192, false).unwrap();
-        d.write_at(&[2u8; 4096], 0, true).unwrap();
-        assert_eq!(d.written_blocks(), 3);
-        d.reset().unwrap();
-        assert_eq!(d.written_blocks(), 0);
-        let data = std::fs::metadata(t.path().join("ov/data")).unwrap();
-        assert_eq!((data.len(), data.blocks()), (size, 0));
-        assert_eq!(std::fs::metadata(t.path().join("ov/bitmap")).unwrap().len(), 0);
-        assert_eq!(read(&d, size - 4, 4), vec![0u8; 4]);
-    }
-
-    #[test]
-    fn readonly_refuses_writes() {
-        let d = CowDisk::readonly(None, 4096).unwrap();
-        assert!(d.readonly());
-        assert!(d.write_at(b"x", 0, false).is_err());
-        assert_eq!(read(&d, 0, 4096), vec![0u8; 4096]);
-    }
-}
+#[path = "overlay_tests.rs"]
+mod tests;

@@ -30,9 +30,15 @@ pub struct BaseImage {
 
 const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
 
-/// Prepares (or finds already prepared) the base of `kind` in `dir`.
-pub(crate) async fn prepare(dir: &Path, cache: &Cache, kind: &DiskKind) -> Result<BaseImage, DiskError> {
+/// Prepares (or finds already prepared) the base of `kind` in `dir`; no disk larger than
+/// `max_size` is made (sizes are checked at validation too, but an image's virtual size is only
+/// known once it is fetched, and jobs built in code skip validation).
+pub(crate) async fn prepare(dir: &Path, cache: &Cache, kind: &DiskKind, max_size: u64) -> Result<BaseImage, DiskError> {
+    let too_large = |what: String, size: u64| DiskError::TooLarge { what, size, max: max_size };
     match kind {
+        DiskKind::Raw { size_bytes } | DiskKind::Filesystem { size_bytes, .. } if *size_bytes > max_size => {
+            Err(too_large("the disk".into(), *size_bytes))
+        }
         DiskKind::Raw { size_bytes } => Ok(BaseImage {
             key: format!("raw-{size_bytes}"),
             path: None,
@@ -43,11 +49,15 @@ pub(crate) async fn prepare(dir: &Path, cache: &Cache, kind: &DiskKind) -> Resul
             let cached = cache.get(source, *sha256).await?;
             let key = format!("image-{}", cached.digest.hex());
             let path = dir.join(format!("{key}.img"));
+            let what = format!("sha256:{}", cached.digest.hex());
             if !path.exists() {
                 let (src, dst) = (cached.path.clone(), path.clone());
-                blocking(move || build_image(&src, &dst)).await?;
+                blocking(move || build_image(&src, &dst, &what, max_size)).await?;
             }
             let size = std::fs::metadata(&path).map_err(|e| DiskError::io(&path, e))?.len();
+            if size > max_size {
+                return Err(too_large(format!("image sha256:{}", cached.digest.hex()), size));
+            }
             Ok(BaseImage { key, path: Some(path), size, description: format!("image sha256:{}", cached.digest.hex()) })
         }
         DiskKind::Filesystem { fstype, size_bytes, contents } => {
@@ -119,11 +129,43 @@ fn publish(tmp: &Path, dst: &Path) -> Result<(), DiskError> {
     std::fs::rename(tmp, dst).map_err(|e| DiskError::io(dst, e))
 }
 
-fn build_image(src: &Path, dst: &Path) -> Result<(), DiskError> {
-    let mut magic = [0u8; 4];
-    let is_qcow2 = File::open(src).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && &magic == QCOW2_MAGIC;
+/// The parts of a qcow2 header that decide whether citron converts it.
+struct Qcow2Header {
+    /// Bytes 8..16: where the backing file's name is, 0 for none.
+    backing_file_offset: u64,
+    /// Bytes 24..32: the virtual size.
+    size: u64,
+    /// Bytes 72..80 (version 3): features a reader must understand; bit 2 is an external data
+    /// file, named by the image.
+    incompatible_features: u64,
+}
+
+fn qcow2_header(h: &[u8; 104]) -> Qcow2Header {
+    let be = |at: usize| u64::from_be_bytes(h[at..at + 8].try_into().expect("8 bytes"));
+    let version = u32::from_be_bytes(h[4..8].try_into().expect("4 bytes"));
+    Qcow2Header { backing_file_offset: be(8), size: be(24), incompatible_features: if version >= 3 { be(72) } else { 0 } }
+}
+
+/// Converts `src` (raw, or qcow2 turned raw) into the base `dst`. A qcow2's header is checked
+/// first: its virtual size against `max_size` (the raw file would be that long), and it may not
+/// name other files (a backing file or an external data file would be read from this host).
+fn build_image(src: &Path, dst: &Path, what: &str, max_size: u64) -> Result<(), DiskError> {
+    let mut header = [0u8; 104];
+    let read = File::open(src).and_then(|mut f| f.read(&mut header)).map_err(|e| DiskError::io(src, e))?;
+    let is_qcow2 = read >= 32 && &header[..4] == QCOW2_MAGIC;
     let tmp = tmp_next_to(dst, "img");
     if is_qcow2 {
+        let h = qcow2_header(&header);
+        let bad = |message: &str| DiskError::BadImage { what: what.to_string(), message: message.to_string() };
+        if h.size > max_size {
+            return Err(DiskError::TooLarge { what: format!("image {what} (qcow2 virtual size)"), size: h.size, max: max_size });
+        }
+        if h.backing_file_offset != 0 {
+            return Err(bad("a qcow2 image with a backing file; flatten it first (`qemu-img convert -O qcow2`)"));
+        }
+        if h.incompatible_features & 0b100 != 0 {
+            return Err(bad("a qcow2 image with an external data file; flatten it first (`qemu-img convert -O qcow2`)"));
+        }
         run(Command::new("qemu-img").args(["convert", "-q", "-f", "qcow2", "-O", "raw"]).arg(src).arg(&tmp))?;
     } else if std::fs::hard_link(src, &tmp).is_err() {
         std::fs::copy(src, &tmp).map_err(|e| DiskError::io(&tmp, e))?;
@@ -246,5 +288,35 @@ mod tests {
         assert!(err.to_string().contains("leaves the archive"), "{err}");
         assert!(!t.path().join("escaped.txt").exists());
         assert_eq!(std::fs::read(root.join("ok.txt")).unwrap(), b"fine");
+    }
+}
+
+#[cfg(test)]
+mod image_tests {
+    use super::*;
+
+    fn qemu_img(args: &[&str]) {
+        let ok = Command::new("qemu-img").args(args).output().map(|o| o.status.success());
+        assert!(matches!(ok, Ok(true)), "qemu-img {args:?} (qemu-utils installed?)");
+    }
+
+    #[test]
+    fn qcow2_headers_are_checked_before_conversion() {
+        let t = tempfile::tempdir().unwrap();
+        let p = |n: &str| t.path().join(n);
+        let s = |n: &str| p(n).to_str().unwrap().to_string();
+        qemu_img(&["create", "-q", "-f", "qcow2", &s("huge.qcow2"), "8T"]);
+        let e = build_image(&p("huge.qcow2"), &p("huge.img"), "sha256:x", 4 << 40).unwrap_err();
+        assert!(matches!(e, DiskError::TooLarge { size, .. } if size == 8 << 40), "{e}");
+        assert!(!p("huge.img").exists());
+        // A backing file would be read from this host and served to the DUT.
+        std::fs::write(p("secret"), b"host secret").unwrap();
+        qemu_img(&["create", "-q", "-f", "qcow2", "-F", "raw", "-b", &s("secret"), &s("overlay.qcow2"), "1M"]);
+        let e = build_image(&p("overlay.qcow2"), &p("overlay.img"), "sha256:y", 4 << 40).unwrap_err();
+        assert!(e.to_string().contains("backing file"), "{e}");
+        // A plain one converts.
+        qemu_img(&["create", "-q", "-f", "qcow2", &s("ok.qcow2"), "1M"]);
+        build_image(&p("ok.qcow2"), &p("ok.img"), "sha256:z", 4 << 40).unwrap();
+        assert_eq!(std::fs::metadata(p("ok.img")).unwrap().len(), 1 << 20);
     }
 }

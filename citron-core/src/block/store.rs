@@ -60,6 +60,8 @@ pub struct DiskStore {
     /// Overlays still open somewhere (a connection that outlived its job), by directory and base
     /// key: a new job naming the same disk shares the object instead of opening the files twice.
     live: Mutex<HashMap<PathBuf, (String, Weak<CowDisk>)>>,
+    /// The lab's `limits.max_disk_size`: no base larger is prepared.
+    max_disk_size: u64,
 }
 
 fn h(s: &str) -> String {
@@ -76,7 +78,13 @@ impl DiskStore {
     pub fn open(dir: &Path) -> io::Result<DiskStore> {
         std::fs::create_dir_all(dir.join("bases"))?;
         std::fs::create_dir_all(dir.join("overlays"))?;
-        Ok(DiskStore { dir: dir.to_path_buf(), preparing: tokio::sync::Mutex::new(()), jobs: Mutex::new(HashMap::new()), live: Mutex::new(HashMap::new()) })
+        Ok(DiskStore { dir: dir.to_path_buf(), preparing: tokio::sync::Mutex::new(()), jobs: Mutex::new(HashMap::new()), live: Mutex::new(HashMap::new()), max_disk_size: crate::limits::Limits::default().max_disk_size.bytes() })
+    }
+
+    /// Refuses to prepare disks larger than `max` bytes (the lab's `limits.max_disk_size`).
+    pub fn with_max_disk_size(mut self, max: u64) -> DiskStore {
+        self.max_disk_size = max;
+        self
     }
 
     fn disk_dir(&self, owner: &DutId, name: &str) -> PathBuf {
@@ -95,7 +103,7 @@ impl DiskStore {
             // One preparation at a time: two jobs asking for the same base build it once.
             let _g = self.preparing.lock().await;
             for spec in disks {
-                let base = prepare(&self.dir.join("bases"), cache, &spec.kind).await?;
+                let base = prepare(&self.dir.join("bases"), cache, &spec.kind, self.max_disk_size).await?;
                 let base_file = match &base.path {
                     Some(p) => Some(Arc::new(File::open(p).map_err(|e| DiskError::io(p, e))?)),
                     None => None,

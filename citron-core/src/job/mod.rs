@@ -53,14 +53,17 @@ impl Origin {
     }
 }
 
-/// What rendering a job for one DUT needs: the template variables and the roots `file:` sources
-/// must stay inside.
+/// What rendering a job for one DUT needs: the template variables, the roots `file:` sources
+/// must stay inside and the lab's limits.
 #[derive(Debug, Clone, Default)]
 pub struct RenderContext {
     /// Template variables: `machine_id`, `http_artifact_base`, ..., and the lab's own.
     pub vars: BTreeMap<String, String>,
     /// Directories a `file:` source may read from (after resolving symlinks).
     pub file_roots: Vec<PathBuf>,
+    /// The lab's `limits:` (disk sizes are checked against `max_disk_size`); the defaults when
+    /// no lab is given.
+    pub limits: crate::limits::Limits,
 }
 
 /// One thing wrong with a job description.

@@ -74,12 +74,21 @@ pub(crate) enum FsDesc {
     Container(Str),
 }
 
+/// A disk size with where it was written (checked against the lab's `max_disk_size` at render
+/// time). `bytes` is 0 for a container filesystem without `size:` (sized to fit its contents).
+#[derive(Debug, Clone)]
+pub(crate) struct SizeDesc {
+    pub bytes: u64,
+    pub pos: Pos,
+    pub field: String,
+}
+
 /// What a disk is made from.
 #[derive(Debug, Clone)]
 pub(crate) enum DiskKindDesc {
     Image { source: SrcDesc, sha256: Option<Sha> },
-    Filesystem { fstype: Option<Str>, size_bytes: u64, contents: Option<FsDesc> },
-    Raw { size_bytes: u64 },
+    Filesystem { fstype: Option<Str>, size: SizeDesc, contents: Option<FsDesc> },
+    Raw { size: SizeDesc },
 }
 
 /// A `storage.nbd[]` entry.
@@ -316,14 +325,14 @@ impl Walker<'_> {
         }
     }
 
-    fn size(&mut self, node: &Node, field: &str) -> Option<u64> {
+    fn size(&mut self, node: &Node, field: &str) -> Option<SizeDesc> {
         let s = self.scalar(node, field, "a size like 20G")?;
         match parse_size(&s.value) {
             Ok(0) => {
                 self.err(s.pos, field, "a disk of size 0 is useless; give a size like 512M or 20G");
                 None
             }
-            Ok(n) => Some(n),
+            Ok(n) => Some(SizeDesc { bytes: n, pos: s.pos, field: field.to_string() }),
             Err(m) => {
                 self.err(s.pos, field, m);
                 None
@@ -604,7 +613,7 @@ impl Walker<'_> {
                 "raw" => {
                     let r = self.mapping(v, &kf, &["size"])?;
                     let size = self.required(&r, "size", &kf, "20G")?;
-                    Some(DiskKindDesc::Raw { size_bytes: self.size(size, &child(&kf, "size"))? })
+                    Some(DiskKindDesc::Raw { size: self.size(size, &child(&kf, "size"))? })
                 }
                 _ => self.filesystem(v, &kf),
             }
@@ -657,7 +666,9 @@ impl Walker<'_> {
         };
         let size = match f.get("size") {
             Some(n) => self.size(n, &child(field, "size")),
-            None if matches!(contents, Some(Some(FsDesc::Container(_)))) => Some(0),
+            None if matches!(contents, Some(Some(FsDesc::Container(_)))) => {
+                Some(SizeDesc { bytes: 0, pos: f.pos, field: child(field, "size") })
+            }
             None => {
                 self.err(f.pos, field, "`size` is missing; add it, like `size: 20G`");
                 None
@@ -668,7 +679,7 @@ impl Walker<'_> {
                 Some(t) => Some(t?),
                 None => None,
             },
-            size_bytes: size?,
+            size: size?,
             contents: contents?,
         })
     }

@@ -12,7 +12,7 @@ use crate::namespace::normalize_declared;
 use crate::template;
 
 use super::model::{DiskKind, DiskSpec, FileSpec, FsContents, ResolvedJob, Source, Step};
-use super::parse::{path_message, Desc, DiskDesc, DiskKindDesc, FileDesc, FsDesc, Problem, Sha, SrcDesc, StepDesc, Str};
+use super::parse::{path_message, Desc, DiskDesc, DiskKindDesc, FileDesc, FsDesc, Problem, Sha, SizeDesc, SrcDesc, StepDesc, Str};
 use super::{Origin, RenderContext};
 
 /// URL schemes a job may fetch from (the cache knows how to download these).
@@ -213,6 +213,21 @@ impl Renderer<'_> {
         Some(canonical)
     }
 
+    /// A disk size within the lab's `limits.max_disk_size`: a larger one would be refused when
+    /// the disk is served, or worse, so it is refused here, where its position is known.
+    fn disk_size(&mut self, s: &SizeDesc) -> Option<u64> {
+        let max = self.ctx.limits.max_disk_size;
+        if s.bytes > max.bytes() {
+            let message = format!(
+                "a disk of {} is larger than this lab allows ({max}, `limits.max_disk_size` in the lab file); ask for a smaller disk",
+                crate::limits::Size(s.bytes)
+            );
+            self.problems.push(Problem { pos: s.pos, field: s.field.clone(), message });
+            return None;
+        }
+        Some(s.bytes)
+    }
+
     fn disk(&mut self, d: &DiskDesc) -> Option<DiskSpec> {
         let name = self.text(&d.name).and_then(|n| {
             let bad = n.is_empty()
@@ -230,8 +245,9 @@ impl Renderer<'_> {
             DiskKindDesc::Image { source, sha256 } => {
                 self.source(source).map(|source| DiskKind::Image { source, sha256: sha256.as_ref().map(|s| s.digest) })
             }
-            DiskKindDesc::Raw { size_bytes } => Some(DiskKind::Raw { size_bytes: *size_bytes }),
-            DiskKindDesc::Filesystem { fstype, size_bytes, contents } => {
+            DiskKindDesc::Raw { size } => self.disk_size(size).map(|size_bytes| DiskKind::Raw { size_bytes }),
+            DiskKindDesc::Filesystem { fstype, size, contents } => {
+                let size_bytes = self.disk_size(size);
                 let fstype = match fstype {
                     None => Some("ext4".to_string()),
                     Some(t) => self.text(t).and_then(|v| {
@@ -256,8 +272,8 @@ impl Renderer<'_> {
                         }
                     }),
                 };
-                match (fstype, contents) {
-                    (Some(fstype), Some(contents)) => Some(DiskKind::Filesystem { fstype, size_bytes: *size_bytes, contents }),
+                match (fstype, contents, size_bytes) {
+                    (Some(fstype), Some(contents), Some(size_bytes)) => Some(DiskKind::Filesystem { fstype, size_bytes, contents }),
                     _ => None,
                 }
             }

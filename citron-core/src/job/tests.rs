@@ -35,7 +35,7 @@ fn lab_ctx(root: &Path) -> RenderContext {
     ] {
         vars.insert(k.into(), v.into());
     }
-    RenderContext { vars, file_roots: vec![root.to_path_buf()] }
+    RenderContext { vars, file_roots: vec![root.to_path_buf()], ..Default::default() }
 }
 
 /// `(line, column, field, message)` of every parse error of `text`.
@@ -182,7 +182,7 @@ fn validate_output(name: &str, path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap();
     let dir = path.parent().unwrap().to_path_buf();
     let origin = Origin { name: name.to_string(), base_dir: Some(dir.clone()) };
-    let ctx = RenderContext { vars: builtin_vars(), file_roots: vec![dir] };
+    let ctx = RenderContext { vars: builtin_vars(), file_roots: vec![dir], ..Default::default() };
     // What `citron validate` does: both stages, their problems together.
     let result = JobDescription::check(&text, origin, &ctx);
     match result {
@@ -362,7 +362,7 @@ fn access_count_zero_means_no_limit() {
     // The seed: "stop being available after N accesses (0 by default)".
     let text = format!("{HTTP_ENTRY}        - path: /a\n          data: x\n          lifetime: {{access_count: 0}}\n");
     let job = JobDescription::parse(&text, Origin::named("j.yaml")).unwrap();
-    let r = job.render(&RenderContext { vars: builtin_vars(), file_roots: vec![] }).unwrap();
+    let r = job.render(&RenderContext { vars: builtin_vars(), file_roots: vec![], ..Default::default() }).unwrap();
     assert_eq!(r.start.http[0].lifetime, Lifetime { access_count: None, expiration: None });
 }
 
@@ -424,7 +424,7 @@ fn all_errors_are_reported_at_once_in_document_order() {
 
 #[test]
 fn unknown_variable_position_in_every_scalar_style() {
-    let ctx = RenderContext { vars: builtin_vars(), file_roots: vec![] };
+    let ctx = RenderContext { vars: builtin_vars(), file_roots: vec![], ..Default::default() };
     let text = "deployment:\n  start:\n    kernel:\n      url: \"{{ http_artifact_base }}/{{ nope }}\"\n    cmdline:\n      - a={{ machine_id }} b={{x}}\n    storage:\n      http:\n        - path: /a\n          data: |\n            one {{ machine_id }}\n              two {{ secret }}\n        - path: '/{{ machine-id }}/b'\n          data: >\n            folded\n            {{ y }}\n";
     let e = render_errors(text, &ctx, Origin::named("job.yaml"));
     let got: Vec<(usize, usize, &str)> = e.iter().map(|e| (e.0, e.1, e.2.as_str())).collect();
@@ -445,7 +445,7 @@ fn unknown_variable_position_in_every_scalar_style() {
 
 #[test]
 fn a_variable_cannot_smuggle_a_bad_path() {
-    let mut ctx = RenderContext { vars: builtin_vars(), file_roots: vec![] };
+    let mut ctx = RenderContext { vars: builtin_vars(), file_roots: vec![], ..Default::default() };
     ctx.vars.insert("evil".into(), "../../etc".into());
     ctx.vars.insert("api".into(), "api".into());
     let text = format!("{HTTP_ENTRY}        - path: /{{{{ evil }}}}/passwd\n          data: x\n        - path: '{{{{api}}}}/x'\n          data: x\n");
@@ -458,7 +458,7 @@ fn a_variable_cannot_smuggle_a_bad_path() {
 
 #[test]
 fn templated_paths_that_collide_after_rendering() {
-    let ctx = RenderContext { vars: builtin_vars(), file_roots: vec![] };
+    let ctx = RenderContext { vars: builtin_vars(), file_roots: vec![], ..Default::default() };
     let text = format!("{HTTP_ENTRY}        - path: /dut1/a\n          data: x\n        - path: /{{{{ machine_id }}}}/a\n          data: y\n");
     let e = render_errors(&text, &ctx, Origin::named("job.yaml"));
     assert_eq!(e.len(), 1, "{e:?}");
@@ -468,7 +468,7 @@ fn templated_paths_that_collide_after_rendering() {
 
 #[test]
 fn url_schemes() {
-    let ctx = RenderContext { vars: builtin_vars(), file_roots: vec![] };
+    let ctx = RenderContext { vars: builtin_vars(), file_roots: vec![], ..Default::default() };
     for (url, ok) in [
         ("https://e.com/k", true),
         ("http://127.0.0.1:8080/k", true),
@@ -491,7 +491,7 @@ fn url_schemes() {
 
 #[test]
 fn data_is_checked_against_its_sha256() {
-    let ctx = RenderContext { vars: builtin_vars(), file_roots: vec![] };
+    let ctx = RenderContext { vars: builtin_vars(), file_roots: vec![], ..Default::default() };
     let good = format!("deployment:\n  start:\n    kernel:\n      data: hello\n      sha256: {}\n", crate::Digest::of(b"hello"));
     assert!(JobDescription::parse(&good, Origin::named("j.yaml")).unwrap().validate(&ctx).is_ok());
     let bad = good.replace("data: hello", "data: hullo");
@@ -529,7 +529,7 @@ fn file_job(path: &str) -> String {
 
 fn render_file(r: &Roots, path: &str) -> Result<ResolvedJob, JobErrors> {
     let origin = Origin { name: "j.yaml".into(), base_dir: Some(r.root.clone()) };
-    let ctx = RenderContext { vars: builtin_vars(), file_roots: vec![r.root.clone()] };
+    let ctx = RenderContext { vars: builtin_vars(), file_roots: vec![r.root.clone()], ..Default::default() };
     JobDescription::parse(&file_job(path), origin).unwrap().render(&ctx)
 }
 
@@ -584,7 +584,7 @@ fn missing_file_and_directory_are_refused() {
 #[test]
 fn relative_file_without_base_dir_is_refused() {
     let r = roots();
-    let ctx = RenderContext { vars: builtin_vars(), file_roots: vec![r.root.clone()] };
+    let ctx = RenderContext { vars: builtin_vars(), file_roots: vec![r.root.clone()], ..Default::default() };
     let e = JobDescription::parse(&file_job("sub/kernel.img"), Origin::named("api")).unwrap().render(&ctx).unwrap_err();
     assert!(e.0[0].message.contains("not read from a file"), "{e}");
 }
@@ -593,7 +593,7 @@ fn relative_file_without_base_dir_is_refused() {
 fn no_roots_means_no_files() {
     let r = roots();
     let origin = Origin { name: "j.yaml".into(), base_dir: Some(r.root.clone()) };
-    let ctx = RenderContext { vars: builtin_vars(), file_roots: vec![] };
+    let ctx = RenderContext { vars: builtin_vars(), file_roots: vec![], ..Default::default() };
     let e = JobDescription::parse(&file_job("sub/kernel.img"), origin).unwrap().render(&ctx).unwrap_err();
     assert!(e.0[0].message.contains("outside the allowed artifact roots"), "{e}");
 }
@@ -621,7 +621,7 @@ fn check_no_panic(text: &str) {
     let lines = text.lines().count().max(1) + 1;
     match JobDescription::parse(text, Origin::named("fuzz.yaml")) {
         Ok(job) => {
-            let _ = job.render(&RenderContext { vars: builtin_vars(), file_roots: vec![] });
+            let _ = job.render(&RenderContext { vars: builtin_vars(), file_roots: vec![], ..Default::default() });
         }
         Err(e) => {
             assert!(!e.0.is_empty());
@@ -634,4 +634,17 @@ fn check_no_panic(text: &str) {
             assert_eq!(order, sorted);
         }
     }
+}
+
+#[test]
+fn disk_sizes_are_bounded_by_the_lab_limit() {
+    let text = "deployment:\n  start:\n    storage:\n      nbd:\n        - name: a\n          raw: { size: 2T }\n        - name: b\n          filesystem: { size: 3G }\n";
+    let mut ctx = RenderContext { vars: builtin_vars(), ..Default::default() };
+    assert!(JobDescription::check(text, Origin::named("j.yaml"), &ctx).is_ok());
+    ctx.limits.max_disk_size = crate::limits::Size(1 << 30);
+    let e = render_errors(text, &ctx, Origin::named("j.yaml"));
+    assert_eq!(e.len(), 2, "{e:#?}");
+    assert_eq!((e[0].0, e[0].1, e[0].2.as_str()), (6, 24, "deployment.start.storage.nbd[0].raw.size"));
+    assert!(e[0].3.contains("a disk of 2T is larger than this lab allows (1G, `limits.max_disk_size`"), "{}", e[0].3);
+    assert_eq!((e[1].0, e[1].1, e[1].2.as_str()), (8, 31, "deployment.start.storage.nbd[1].filesystem.size"));
 }

@@ -3,12 +3,14 @@
 
 use std::io;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use citron_core::serve::{Catalog, Export, ExportInfo, Protocol, ServeError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::wire::{self, info, opt, rep, tflag};
+use super::slots::{DutSlots, Slot};
 use super::{nbd_error, MAX_PAYLOAD};
 
 /// Longest option data citron reads: a 4096-byte name plus a few information requests.
@@ -20,7 +22,12 @@ pub(crate) struct Negotiated {
     pub export: Export,
     /// `NBD_OPT_STRUCTURED_REPLY` was acknowledged: reads answer with structured chunks.
     pub structured: bool,
+    /// This connection's place among its DUT's (`limits.nbd_connections_per_dut`).
+    pub slot: Slot,
 }
+
+/// The option reply's text when a DUT has all its connections open.
+const TOO_MANY: &str = "too many NBD connections from this DUT (limits.nbd_connections_per_dut); close one first";
 
 /// The transmission flags for an export.
 pub(crate) fn transmission_flags(info: &ExportInfo) -> u16 {
@@ -62,6 +69,7 @@ pub(crate) async fn negotiate(
     s: &mut TcpStream,
     peer: IpAddr,
     catalog: &dyn Catalog,
+    slots: &Arc<DutSlots>,
 ) -> io::Result<Option<Negotiated>> {
     let mut out = Vec::with_capacity(64);
     wire::encode_greeting(&mut out);
@@ -86,6 +94,8 @@ pub(crate) async fn negotiate(
             opt::EXPORT_NAME => {
                 let name = std::str::from_utf8(&data).map_err(invalid)?;
                 let name = resolve_name(catalog, peer, name);
+                // This option has no error reply: a refusal closes the connection.
+                let Some(slot) = slots.take(peer) else { return Ok(None) };
                 match catalog.open_export(peer, Protocol::NBD, &name) {
                     Ok(export) => {
                         wire::encode_export_name_reply(
@@ -95,7 +105,7 @@ pub(crate) async fn negotiate(
                             zeroes,
                         );
                         s.write_all(&out).await?;
-                        return Ok(Some(Negotiated { export, structured }));
+                        return Ok(Some(Negotiated { export, structured, slot }));
                     }
                     Err(e) => {
                         tracing::info!(%peer, export = %name, error = %e, "NBD_OPT_EXPORT_NAME refused; closing");
@@ -133,10 +143,17 @@ pub(crate) async fn negotiate(
                     let name = resolve_name(catalog, peer, &req.name);
                     // INFO only describes: the export is not opened (no overlay is created, no
                     // access is logged). The listing applies the same rules as opening.
+                    let mut slot = None;
                     let found = if h.option == opt::GO {
-                        catalog
-                            .open_export(peer, Protocol::NBD, &name)
-                            .map(|e| (e.info.clone(), Some(e)))
+                        slot = slots.take(peer);
+                        match slot {
+                            Some(_) => catalog.open_export(peer, Protocol::NBD, &name).map(|e| (e.info.clone(), Some(e))),
+                            None => {
+                                wire::encode_option_reply(&mut out, h.option, rep::ERR_POLICY, TOO_MANY.as_bytes());
+                                s.write_all(&out).await?;
+                                continue;
+                            }
+                        }
                     } else {
                         describe(catalog, peer, &name).map(|i| (i, None))
                     };
@@ -182,9 +199,9 @@ pub(crate) async fn negotiate(
                                 }
                             }
                             wire::encode_option_reply(&mut out, h.option, rep::ACK, &[]);
-                            if let Some(export) = export {
+                            if let (Some(export), Some(slot)) = (export, slot) {
                                 s.write_all(&out).await?;
-                                return Ok(Some(Negotiated { export, structured }));
+                                return Ok(Some(Negotiated { export, structured, slot }));
                             }
                         }
                     }

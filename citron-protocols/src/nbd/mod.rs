@@ -6,7 +6,14 @@
 //! - `wire`: bytes to messages and back, no I/O.
 //! - `handshake`: the negotiation, asking the catalog for exports.
 //! - `session`: the transmission phase of one connection.
+//! - `slots`: connections per DUT.
 //! - [`serve`]: the accept loop.
+//!
+//! # Bounds (the lab's `limits:`)
+//! Negotiation must finish within `header_timeout`; a DUT may hold `nbd_connections_per_dut`
+//! open exports; a connection holds at most `nbd_bytes_in_flight` of read data not yet written
+//! to its socket (larger reads are sent in pieces), and is closed after `nbd_idle_timeout`
+//! without requests when that is set.
 //!
 //! Each DUT (by source address) lists and opens only its own exports and the lab's shared ones;
 //! all its connections to one export share one device (its copy-on-write overlay), so writes on
@@ -14,6 +21,7 @@
 
 use std::future::Future;
 use std::io;
+use std::time::Duration;
 use std::sync::Arc;
 
 use citron_core::serve::{Catalog, ServeError};
@@ -21,6 +29,7 @@ use tokio::sync::watch;
 
 mod handshake;
 mod session;
+mod slots;
 pub mod wire;
 
 /// The largest read or write citron accepts (and advertises as maximum block size).
@@ -78,10 +87,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     // The shared accept loop: connection caps, backoff on EMFILE, drain on shutdown.
-    let caps = crate::listen::Caps::from_limits(&catalog.limits());
+    let limits = catalog.limits();
+    let caps = crate::listen::Caps::from_limits(&limits);
+    let slots = slots::DutSlots::new(limits.nbd_connections_per_dut);
     crate::listen::serve("nbd", listener, caps, shutdown, move |stream, addr, stop| {
         let _ = stream.set_nodelay(true);
-        connection(stream, addr.ip().to_canonical(), catalog.clone(), stop)
+        connection(stream, addr.ip().to_canonical(), catalog.clone(), slots.clone(), stop)
     })
     .await
 }
@@ -90,10 +101,20 @@ async fn connection(
     mut stream: tokio::net::TcpStream,
     peer: std::net::IpAddr,
     catalog: Arc<dyn Catalog>,
+    slots: Arc<slots::DutSlots>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let limits = catalog.limits();
+    // A peer that connects and says nothing (or dribbles) would hold a descriptor forever.
+    let deadline = limits.header_timeout.non_zero().unwrap_or(Duration::MAX);
     let negotiated = tokio::select! {
-        r = handshake::negotiate(&mut stream, peer, &*catalog) => r,
+        r = tokio::time::timeout(deadline, handshake::negotiate(&mut stream, peer, &*catalog, &slots)) => match r {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::debug!(%peer, timeout = ?deadline, "NBD negotiation not finished in time (limits.header_timeout); closing");
+                return;
+            }
+        },
         _ = stop.changed() => return,
     };
     drop(catalog);
@@ -106,7 +127,10 @@ async fn connection(
         }
     };
     tracing::debug!(%peer, export = %n.export.info.name, structured = n.structured, "NBD transmission");
-    if let Err(e) = session::transmission(stream, n.export, n.structured, &mut stop).await {
+    let bounds = session::Bounds::new(&limits);
+    let result = session::transmission(stream, n.export, n.structured, bounds, &mut stop).await;
+    drop(n.slot);
+    if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "NBD connection ended");
     }
 }

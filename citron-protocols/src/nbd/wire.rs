@@ -383,7 +383,13 @@ fn put_chunk_header(out: &mut [u8], flags: u16, kind: u16, cookie: u64, len: u32
 /// Writes a final `NBD_REPLY_TYPE_OFFSET_DATA` header for `data_len` bytes at `offset` into the
 /// first [`STRUCTURED_READ_LEN`] bytes of `out`.
 pub fn put_structured_read(out: &mut [u8], cookie: u64, offset: u64, data_len: u32) {
-    put_chunk_header(out, chunk::FLAG_DONE, chunk::OFFSET_DATA, cookie, data_len + 8);
+    put_structured_read_chunk(out, cookie, offset, data_len, true);
+}
+
+/// [`put_structured_read`] for one of several chunks of a read: `done` only on the last one.
+pub fn put_structured_read_chunk(out: &mut [u8], cookie: u64, offset: u64, data_len: u32, done: bool) {
+    let flags = if done { chunk::FLAG_DONE } else { 0 };
+    put_chunk_header(out, flags, chunk::OFFSET_DATA, cookie, data_len + 8);
     out[20..28].copy_from_slice(&offset.to_be_bytes());
 }
 
