@@ -335,7 +335,7 @@ impl Gateway {
             Some(c) => c.over(&resolved.start).nbd,
             None => resolved.start.nbd.clone(),
         };
-        self.inner.disks.attach(&self.inner.cache, id, &disks).await?;
+        self.inner.disks.attach(&self.inner.cache, &self.lab().limits, id, &disks).await?;
         let active = Arc::new(ActiveJob { job: resolved, start, cont, boots: AtomicU32::new(0) });
         tracing::info!(dut = %id, job = %active.job.origin, "job loaded");
         self.inner.jobs.write().insert(id.clone(), active);
