@@ -3,6 +3,7 @@
 
 mod api;
 mod cli;
+mod extract;
 mod http;
 mod nbd;
 mod vdut;

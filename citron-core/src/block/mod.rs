@@ -122,6 +122,13 @@ pub enum DiskError {
 }
 
 impl DiskError {
+    /// The job's tarball or image is at fault (hostile entries, over a limit, not a tar
+    /// archive), not citron or the lab: the job's author must fix it.
+    pub fn is_content_fault(&self) -> bool {
+        use extract::ExtractError as X;
+        matches!(self, DiskError::Unpack { error: X::Escape { .. } | X::Parent { .. } | X::TooBig { .. } | X::TooMany { .. } | X::Unsupported { .. } | X::Archive(_), .. })
+    }
+
     pub(crate) fn io(path: &Path, source: io::Error) -> DiskError {
         if matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
             return DiskError::NoSpace { path: path.to_path_buf() };
