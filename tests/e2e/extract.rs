@@ -155,9 +155,9 @@ fn hostile_container_layers_leave_other_jobs_disks_alone() {
         let upper = raw_tar(&t.path().join(format!("{tag}.tar")), entries);
         let reference = reg.push_image("evil/img", tag, &[&lower, &upper]);
         let (code, body) = put_job(&c, "dut2", &fs_job(&format!("container: \"{reference}\"")));
+        victim.check(&c, tag);
         assert_eq!(code, 422, "{tag}: {body}");
         assert!(body.contains(want) && body.contains("layer 1"), "{tag}: {body}");
-        victim.check(&c, tag);
     }
     // A well-formed image with whiteouts still works after all that.
     let ok = raw_tar(&t.path().join("ok.tar"), &[E::File("etc/.wh.a", b""), E::Symlink("abs", "/etc/passwd"), E::File("hello", b"hi")]);
@@ -190,9 +190,9 @@ fn hostile_tarballs_are_refused_with_the_entry_named() {
         let (digest, _) = reg.push_blob("tarballs/t", &tb);
         let url = format!("{}/v2/tarballs/t/blobs/{digest}", reg.base);
         let (code, body) = put_job(&c, "dut2", &fs_job(&format!("data: {{ url: \"{url}\" }}")));
+        victim.check(&c, name);
         assert_eq!(code, 422, "{name}: {body}");
         assert!(body.contains(want) && body.contains("tarball http://127.0.0.1"), "{name}: {body}");
-        victim.check(&c, name);
     }
 }
 
