@@ -133,6 +133,9 @@ fn io_err(entry: &str, e: io::Error) -> ExtractError {
     }
 }
 
+/// Longest entry name (Linux's `PATH_MAX`): resolving a name costs a system call per component.
+const MAX_NAME: usize = 4096;
+
 /// Longest GNU long name / long link, and PAX header, read into memory.
 const MAX_EXTENSION: u64 = 1 << 20;
 
@@ -166,7 +169,7 @@ pub struct Tree {
     entries: u64,
     root_mode: Option<u32>,
     /// Directories whose mode would stop citron writing into them, set at the end.
-    late_modes: Vec<(PathBuf, u32)>,
+    late_modes: std::collections::BTreeMap<PathBuf, u32>,
 }
 
 /// What a finished tree holds.
@@ -187,7 +190,7 @@ impl Tree {
 
     /// A tree rooted at an already open directory.
     pub fn open(root: Dir, limits: UnpackLimits) -> Tree {
-        Tree { root, limits, bytes: 0, entries: 0, root_mode: None, late_modes: Vec::new() }
+        Tree { root, limits, bytes: 0, entries: 0, root_mode: None, late_modes: Default::default() }
     }
 
     /// Unpacks one archive (plain tar) over the tree; `layer` applies OCI whiteouts. Stops at the
@@ -260,6 +263,9 @@ impl Tree {
     fn entry(&mut self, data: &mut impl Read, kind: tar::EntryType, meta: Meta, raw: &[u8], link: Option<&[u8]>, layer: bool) -> Result<(), ExtractError> {
         use tar::EntryType as T;
         let entry = shown(raw);
+        if raw.len() > MAX_NAME {
+            return Err(ExtractError::Unsupported { entry, what: format!("a name over {MAX_NAME} bytes") });
+        }
         let parts = components(raw).map_err(|why| ExtractError::Escape { entry: entry.clone(), why: why.into() })?;
         let Some((last, dirs)) = parts.split_last() else {
             // The root itself (`./`): only its mode matters.
@@ -301,7 +307,9 @@ impl Tree {
                 // (0555 /proc, say) is set at the end.
                 parent.open_dir_nofollow(last).and_then(|d| chmod_dir(&d, mode | 0o700)).map_err(|e| io_err(&entry, e))?;
                 if mode & 0o700 != 0o700 {
-                    self.late_modes.push((dir_path.join(last), mode));
+                    self.late_modes.insert(dir_path.join(last), mode);
+                } else {
+                    self.late_modes.remove(&dir_path.join(last));
                 }
             }
             T::Symlink => {
@@ -371,9 +379,13 @@ impl Tree {
 
     /// Sets the modes left for the end and the root's; returns what the tree holds.
     pub fn finish(self) -> Result<TreeStats, ExtractError> {
-        for (p, mode) in self.late_modes.iter().rev() {
+        // The last entry's mode wins; deepest first, so that a parent losing its search bit
+        // does not hide its children.
+        let mut modes: Vec<(&PathBuf, u32)> = self.late_modes.iter().map(|(p, m)| (p, *m)).collect();
+        modes.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
+        for (p, mode) in modes {
             if let Some(d) = self.root.open_dir_nofollow_checked(p) {
-                chmod_dir(&d, *mode).map_err(|e| io_err(&p.to_string_lossy(), e))?;
+                chmod_dir(&d, mode).map_err(|e| io_err(&p.to_string_lossy(), e))?;
             }
         }
         chmod_dir(&self.root, self.root_mode.unwrap_or(0o755)).map_err(|e| io_err(".", e))?;
