@@ -81,7 +81,7 @@ fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
             let t = e.file_type().unwrap();
             if t.is_dir() {
                 stack.push(e.path());
-            } else if t.is_file() && !e.path().extension().is_some_and(|x| x == "tmp") {
+            } else if t.is_file() && e.path().extension() != Some("tmp".as_ref()) {
                 out.push((e.path(), std::fs::read(e.path()).unwrap()));
             }
         }
