@@ -14,6 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+pub mod registry;
+
 /// How long `citron serve` may take to print its listening line.
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 

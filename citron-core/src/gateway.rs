@@ -193,7 +193,7 @@ impl Gateway {
         refuse_data_dir_in_roots(data_dir, &lab.artifact_roots)?;
         let cache_cfg = lab.cache_config().map_err(|m| dd(std::io::Error::new(std::io::ErrorKind::InvalidInput, m)))?;
         let cache = Cache::open_limited(&data_dir.join("cache"), cache_cfg, lab.s3.clone(), lab.limits.downloads_in_flight).map_err(dd)?;
-        let disks = DiskStore::open(&data_dir.join("disks")).map_err(dd)?.with_max_disk_size(lab.limits.max_disk_size.bytes());
+        let disks = DiskStore::open(&data_dir.join("disks")).map_err(dd)?;
         let mut registry = DutRegistry::default();
         for d in &lab.duts {
             registry.add(d.clone())?;
@@ -365,7 +365,7 @@ impl Gateway {
             Some(c) => c.over(&resolved.start).nbd,
             None => resolved.start.nbd.clone(),
         };
-        self.inner.disks.attach(&self.inner.cache, id, &disks).await?;
+        self.inner.disks.attach(&self.inner.cache, &self.lab().limits, id, &disks).await?;
         let active = Arc::new(ActiveJob { job: resolved, start, cont, boots: AtomicU32::new(0) });
         tracing::info!(dut = %id, job = %active.job.origin, "job loaded");
         self.inner.jobs.write().insert(id.clone(), active);

@@ -167,6 +167,9 @@ fn gateway_status(e: &GatewayError) -> StatusCode {
         GatewayError::Job(_) => StatusCode::UNPROCESSABLE_ENTITY,
         // The job is fine but an artifact could not be fetched or does not match its digest.
         GatewayError::Fetch(_) => StatusCode::BAD_GATEWAY,
+        // A hostile or oversized tarball or image: the job's fault, as a bad job is.
+        GatewayError::Disk(d) if d.is_content_fault() => StatusCode::UNPROCESSABLE_ENTITY,
+        GatewayError::Disk(citron_core::block::DiskError::NoSpace { .. }) => StatusCode::INSUFFICIENT_STORAGE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

@@ -6,6 +6,8 @@
 //! `dut2` (127.0.0.3, from the default lab) is reached with raw sockets bound to its address.
 
 mod nbd_util;
+#[path = "../../tests/registry.rs"]
+mod registry;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -14,6 +16,7 @@ use citron_core::job::{DiskKind, FsContents, ResetOn, Source};
 use citron_core::lifetime::Event;
 use citron_protocols::nbd::wire::{self, cmd, errno, opt, rep};
 use nbd_util::*;
+use registry::Registry;
 
 #[test]
 fn image_export_lists_copies_and_compares() {
@@ -542,89 +545,6 @@ fn expired_disk_is_swept_after_the_job_ends() {
     nbdsh(&lab.uri("tmp"), "assert h.pread(3, 0) == bytes(3)");
 }
 
-/// A Docker registry (Debian `docker-registry`) on a loopback port, pushed to with curl.
-struct Registry {
-    child: std::process::Child,
-    base: String,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Registry {
-    fn start(dir: &std::path::Path) -> Registry {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let cfg = dir.join("registry.yml");
-        std::fs::write(
-            &cfg,
-            format!("version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n", dir.join("storage").display()),
-        )
-        .unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&cfg)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let base = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !Command::new("curl")
-            .args(["-sf", &format!("{base}/v2/")])
-            .output()
-            .is_ok_and(|o| o.status.success())
-        {
-            assert!(Instant::now() < deadline, "docker-registry did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Registry { child, base }
-    }
-
-    /// Uploads a blob; returns its descriptor fields (digest, size).
-    fn push_blob(&self, repo: &str, file: &std::path::Path) -> (String, u64) {
-        let digest = format!("sha256:{}", sha256_file(file));
-        let head = run(Command::new("curl").args([
-            "-sfi",
-            "-X",
-            "POST",
-            &format!("{}/v2/{repo}/blobs/uploads/", self.base),
-        ]));
-        let loc = head
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("Location: ")
-                    .or_else(|| l.strip_prefix("location: "))
-            })
-            .expect("Location")
-            .trim();
-        let loc = if loc.starts_with('/') {
-            format!("{}{loc}", self.base)
-        } else {
-            loc.to_string()
-        };
-        let sep = if loc.contains('?') { '&' } else { '?' };
-        run(Command::new("curl")
-            .args([
-                "-sf",
-                "-X",
-                "PUT",
-                "-H",
-                "Content-Type: application/octet-stream",
-                "--data-binary",
-            ])
-            .arg(format!("@{}", file.display()))
-            .arg(format!("{loc}{sep}digest={digest}")));
-        (digest, std::fs::metadata(file).unwrap().len())
-    }
-}
-
 #[test]
 fn filesystem_from_container_image_flattens_layers() {
     if !have("docker-registry")
@@ -655,38 +575,10 @@ fn filesystem_from_container_image_flattens_layers() {
             .arg("-C")
             .arg(dir)
             .arg("."));
-        layers.push(reg.push_blob("test/img", &tgz));
+        layers.push(tgz);
     }
-    let config = t.path().join("config.json");
-    std::fs::write(
-        &config,
-        r#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#,
-    )
-    .unwrap();
-    let (cd, cs) = reg.push_blob("test/img", &config);
-    let layer_json: Vec<String> = layers
-        .iter()
-        .map(|(d, s)| format!(r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{d}","size":{s}}}"#))
-        .collect();
-    let manifest = format!(
-        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{cd}","size":{cs}}},"layers":[{}]}}"#,
-        layer_json.join(",")
-    );
-    run(Command::new("curl")
-        .args([
-            "-sf",
-            "-X",
-            "PUT",
-            "-H",
-            "Content-Type: application/vnd.oci.image.manifest.v1+json",
-            "--data-binary",
-            &manifest,
-        ])
-        .arg(format!("{}/v2/test/img/manifests/v1", reg.base)));
-    let reference = format!(
-        "docker://{}/test/img:v1",
-        reg.base.trim_start_matches("http://")
-    );
+    let layers: Vec<&std::path::Path> = layers.iter().map(|p| p.as_path()).collect();
+    let reference = reg.push_image("test/img", "v1", &layers);
     let lab = Lab::start(vec![disk(
         "root",
         DiskKind::Filesystem {

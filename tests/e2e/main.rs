@@ -6,6 +6,7 @@ mod cache;
 mod cli;
 mod datadir;
 mod conns;
+mod extract;
 mod http;
 mod nbd;
 mod nbd_limits;

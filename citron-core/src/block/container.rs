@@ -5,12 +5,11 @@
 //! (`alpine` is `docker.io/library/alpine:latest`), manifests (OCI and Docker schema 2, indexes
 //! resolved to this machine's OS and architecture), digest checks, and anonymous bearer tokens
 //! (Docker Hub). citron adds a sha256 of its own over every blob as it is written, plain HTTP for
-//! registries on loopback (HTTPS for all others), and the flattening below: whiteouts, and no
-//! entry that leaves the image's root.
+//! registries on loopback (HTTPS for all others); the layers are flattened by
+//! [`extract`](super::extract), which applies whiteouts and lets no entry leave the image's root.
 
-use std::fs::File;
-use std::io::{self, Read};
-use std::path::{Component, Path, PathBuf};
+use std::io;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -173,117 +172,6 @@ impl AsyncWrite for Sha256Writer {
     }
 }
 
-/// The canonical form of `p` must lie inside `root` (no symlink leads out).
-fn inside(root: &Path, p: &Path) -> bool {
-    match (root.canonicalize(), p.canonicalize()) {
-        (Ok(r), Ok(c)) => c.starts_with(r),
-        _ => false,
-    }
-}
-
-/// Applies one layer (tar or tar+gzip) on `root`: `.wh.NAME` deletes NAME from lower layers,
-/// `.wh..wh..opq` empties its directory, anything else is unpacked as in a tarball.
-pub(crate) fn apply_layer(layer: &Path, root: &Path) -> Result<(), DiskError> {
-    let badl = |m: String| DiskError::Tarball {
-        path: layer.to_path_buf(),
-        message: m,
-    };
-    let mut magic = [0u8; 2];
-    let gz = File::open(layer)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .is_ok()
-        && magic == [0x1f, 0x8b];
-    let f = File::open(layer).map_err(|e| DiskError::io(layer, e))?;
-    let reader: Box<dyn Read> = if gz {
-        Box::new(flate2::read::GzDecoder::new(f))
-    } else {
-        Box::new(f)
-    };
-    let mut archive = tar::Archive::new(reader);
-    archive.set_preserve_permissions(true);
-    archive.set_overwrite(true);
-    for entry in archive.entries().map_err(|e| badl(e.to_string()))? {
-        let mut entry = entry.map_err(|e| badl(e.to_string()))?;
-        let path = entry.path().map_err(|e| badl(e.to_string()))?.into_owned();
-        if path.components().any(|c| matches!(c, Component::ParentDir)) {
-            return Err(badl(format!(
-                "entry {} leaves the image's root",
-                path.display()
-            )));
-        }
-        let rel: PathBuf = path
-            .components()
-            .filter(|c| matches!(c, Component::Normal(_)))
-            .collect();
-        let file_name = rel
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        if let Some(hidden) = file_name.strip_prefix(".wh.") {
-            let parent = root.join(rel.parent().unwrap_or(Path::new("")));
-            if !parent.exists() {
-                continue;
-            }
-            if !inside(root, &parent) {
-                return Err(badl(format!(
-                    "whiteout {} leaves the image's root",
-                    path.display()
-                )));
-            }
-            if hidden == ".wh..opq" {
-                for e in std::fs::read_dir(&parent)
-                    .map_err(|e| DiskError::io(&parent, e))?
-                    .flatten()
-                {
-                    remove_any(&e.path()).map_err(|e| DiskError::io(&parent, e))?;
-                }
-            } else {
-                let victim = parent.join(hidden);
-                remove_any(&victim).map_err(|e| DiskError::io(&victim, e))?;
-            }
-            continue;
-        }
-        use tar::EntryType as T;
-        let kind = entry.header().entry_type();
-        match kind {
-            T::Regular | T::Directory | T::Symlink | T::Link | T::GNUSparse | T::Continuous => {}
-            other => {
-                tracing::warn!(entry = %path.display(), kind = ?other, "skipping layer entry citron cannot create without root");
-                continue;
-            }
-        }
-        // A directory replacing a file or the reverse: the upper layer wins.
-        let target = root.join(&rel);
-        if let Ok(meta) = std::fs::symlink_metadata(&target) {
-            if meta.is_dir() != (kind == T::Directory)
-                && inside(root, target.parent().unwrap_or(root))
-            {
-                remove_any(&target).map_err(|e| DiskError::io(&target, e))?;
-            }
-        }
-        match entry.unpack_in(root) {
-            Ok(true) => {}
-            Ok(false) => {
-                return Err(badl(format!(
-                    "entry {} leaves the image's root",
-                    path.display()
-                )))
-            }
-            Err(e) => return Err(badl(format!("{}: {e}", path.display()))),
-        }
-    }
-    Ok(())
-}
-
-fn remove_any(p: &Path) -> io::Result<()> {
-    match std::fs::symlink_metadata(p) {
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(p),
-        Ok(_) => std::fs::remove_file(p),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,63 +216,5 @@ mod tests {
         assert!(ImageRef::parse("docker://host.io/../x").is_err());
         assert!(ImageRef::parse("docker://").is_err());
         assert!(ImageRef::parse("docker://quay.io/Upper/case").is_err());
-    }
-
-    fn layer(entries: &[(&str, Option<&[u8]>)]) -> Vec<u8> {
-        let mut b = tar::Builder::new(Vec::new());
-        for (name, data) in entries {
-            let mut h = tar::Header::new_gnu();
-            match data {
-                Some(d) => {
-                    h.set_size(d.len() as u64);
-                    h.set_mode(0o644);
-                    h.set_entry_type(tar::EntryType::Regular);
-                    b.append_data(&mut h, name, *d).unwrap();
-                }
-                None => {
-                    h.set_size(0);
-                    h.set_mode(0o755);
-                    h.set_entry_type(tar::EntryType::Directory);
-                    b.append_data(&mut h, name, &[][..]).unwrap();
-                }
-            }
-        }
-        b.into_inner().unwrap()
-    }
-
-    #[test]
-    fn whiteouts_remove_lower_files() {
-        let t = tempfile::tempdir().unwrap();
-        let root = t.path().join("root");
-        std::fs::create_dir(&root).unwrap();
-        let l1 = t.path().join("l1");
-        std::fs::write(
-            &l1,
-            layer(&[
-                ("etc", None),
-                ("etc/a", Some(b"a")),
-                ("etc/b", Some(b"b")),
-                ("var", None),
-                ("var/x", Some(b"x")),
-            ]),
-        )
-        .unwrap();
-        let l2 = t.path().join("l2");
-        std::fs::write(
-            &l2,
-            layer(&[
-                ("etc/.wh.a", Some(b"")),
-                ("var/.wh..wh..opq", Some(b"")),
-                ("var/y", Some(b"y")),
-            ]),
-        )
-        .unwrap();
-        apply_layer(&l1, &root).unwrap();
-        apply_layer(&l2, &root).unwrap();
-        assert!(!root.join("etc/a").exists());
-        assert_eq!(std::fs::read(root.join("etc/b")).unwrap(), b"b");
-        assert!(!root.join("var/x").exists());
-        assert_eq!(std::fs::read(root.join("var/y")).unwrap(), b"y");
-        assert!(!root.join("etc/.wh.a").exists());
     }
 }

@@ -7,12 +7,14 @@
 //!   serves.
 //! - [`DiskStore`]: which job offers which disk to whom, resets on events, expiration.
 //! - `prepare`: raw, image (qcow2 converted with `qemu-img`) and filesystem (`mkfs.ext4 -d` from
-//!   a tarball, or from a container image's layers pulled by `container`) bases.
+//!   a tarball, or from a container image's layers pulled by `container`) bases, unpacked by
+//!   [`extract`] beneath the tree's directory handle.
 
 use std::io;
 use std::path::{Path, PathBuf};
 
 mod container;
+pub mod extract;
 mod overlay;
 mod prepare;
 mod store;
@@ -84,13 +86,15 @@ pub enum DiskError {
         /// Its exit status and error output.
         message: String,
     },
-    /// The tarball is unreadable or hostile.
-    #[error("tarball {path}: {message}; fix the archive")]
-    Tarball {
-        /// The cached tarball.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
+    /// A tarball or an image's layers could not be unpacked: a hostile or oversized archive, or
+    /// a full data directory.
+    #[error("{what}: {error}")]
+    Unpack {
+        /// The tarball's source or the `docker://` reference.
+        what: String,
+        /// What went wrong, naming the entry or the limit.
+        #[source]
+        error: extract::ExtractError,
     },
     /// A container image could not be pulled or flattened.
     #[error("container {reference}: {message}")]
@@ -119,6 +123,13 @@ pub enum DiskError {
         /// What is wrong with it.
         message: String,
     },
+    /// The data directory's filesystem is full: this job's disk is not made (nothing else is
+    /// touched).
+    #[error("no space left in citron's data directory writing {path}; the lab admin must free space there")]
+    NoSpace {
+        /// The file being written.
+        path: PathBuf,
+    },
     /// The disk store's files.
     #[error("{path}: {source}")]
     Io {
@@ -130,7 +141,17 @@ pub enum DiskError {
 }
 
 impl DiskError {
+    /// The job's tarball or image is at fault (hostile entries, over a limit, not a tar
+    /// archive), not citron or the lab: the job's author must fix it.
+    pub fn is_content_fault(&self) -> bool {
+        use extract::ExtractError as X;
+        matches!(self, DiskError::Unpack { error: X::Escape { .. } | X::Parent { .. } | X::TooBig { .. } | X::TooMany { .. } | X::Unsupported { .. } | X::Archive(_), .. })
+    }
+
     pub(crate) fn io(path: &Path, source: io::Error) -> DiskError {
+        if matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
+            return DiskError::NoSpace { path: path.to_path_buf() };
+        }
         DiskError::Io { path: path.to_path_buf(), source }
     }
 }

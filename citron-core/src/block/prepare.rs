@@ -6,14 +6,18 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::path::{Component, Path, PathBuf};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
 use std::process::Command;
 
 use sha2::{Digest as _, Sha256};
 
+use super::extract::{open_archive, Tree, TreeStats, UnpackLimits};
 use super::DiskError;
 use crate::artifact::Cache;
-use crate::job::{DiskKind, FsContents};
+use crate::job::{DiskKind, FsContents, Source};
+use crate::limits::Limits;
 
 /// A prepared base image.
 #[derive(Debug, Clone)]
@@ -30,10 +34,50 @@ pub struct BaseImage {
 
 const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
 
-/// Prepares (or finds already prepared) the base of `kind` in `dir`; no disk larger than
-/// `max_size` is made (sizes are checked at validation too, but an image's virtual size is only
-/// known once it is fetched, and jobs built in code skip validation).
-pub(crate) async fn prepare(dir: &Path, cache: &Cache, kind: &DiskKind, max_size: u64) -> Result<BaseImage, DiskError> {
+/// One lock per base key: two jobs asking for the same base build it once, and a job never
+/// waits for another job's different base (its download or its `mkfs`).
+#[derive(Debug, Default)]
+pub(crate) struct KeyLocks(parking_lot::Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>);
+
+impl KeyLocks {
+    /// Waits for, then holds, the lock of `key`.
+    pub(crate) async fn lock(&self, key: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = {
+            let mut map = self.0.lock();
+            map.retain(|_, w| w.strong_count() > 0);
+            match map.get(key).and_then(Weak::upgrade) {
+                Some(m) => m,
+                None => {
+                    let m = Arc::new(tokio::sync::Mutex::new(()));
+                    map.insert(key.to_string(), Arc::downgrade(&m));
+                    m
+                }
+            }
+        };
+        m.lock_owned().await
+    }
+}
+
+/// How a tarball source is named in messages: no query string or user info (they may hold
+/// credentials).
+fn tarball_name(src: &Source) -> String {
+    match src {
+        Source::Data(_) => "inline tarball".into(),
+        Source::File(p) => format!("tarball {}", p.display()),
+        Source::Url(u) => {
+            let mut u = u.clone();
+            u.set_query(None);
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            format!("tarball {u}")
+        }
+    }
+}
+
+/// Prepares (or finds already prepared) the base of `kind` in `dir`. Downloads and registry
+/// look-ups run before any lock is taken; only the build of one base key is serialised.
+pub(crate) async fn prepare(dir: &Path, cache: &Cache, locks: &KeyLocks, limits: &Limits, kind: &DiskKind) -> Result<BaseImage, DiskError> {
+    let max_size = limits.max_disk_size.bytes();
     let too_large = |what: String, size: u64| DiskError::TooLarge { what, size, max: max_size };
     match kind {
         DiskKind::Raw { size_bytes } | DiskKind::Filesystem { size_bytes, .. } if *size_bytes > max_size => {
@@ -50,6 +94,7 @@ pub(crate) async fn prepare(dir: &Path, cache: &Cache, kind: &DiskKind, max_size
             let key = format!("image-{}", cached.digest.hex());
             let path = dir.join(format!("{key}.img"));
             let what = format!("sha256:{}", cached.digest.hex());
+            let _g = locks.lock(&key).await;
             if !path.exists() {
                 let (src, dst) = (cached.path.clone(), path.clone());
                 blocking(move || build_image(&src, &dst, &what, max_size)).await?;
@@ -71,7 +116,7 @@ pub(crate) async fn prepare(dir: &Path, cache: &Cache, kind: &DiskKind, max_size
                 Some(FsContents::Tarball(src)) => {
                     let c = cache.get(src, None).await?;
                     let what = format!("tar:{}", c.digest.hex());
-                    (Some(c), what)
+                    (Some((c, tarball_name(src))), what)
                 }
                 // Keyed by the manifest digest the tag points at now: a moved tag makes a new base.
                 Some(FsContents::Container(r)) => (None, format!("oci:{}", super::container::resolve(r).await?)),
@@ -84,6 +129,7 @@ pub(crate) async fn prepare(dir: &Path, cache: &Cache, kind: &DiskKind, max_size
             h.update(format!("fs\0{fstype}\0{size_bytes}\0{what}").as_bytes());
             let key = format!("fs-{}", &hex::encode(h.finalize())[..32]);
             let path = dir.join(format!("{key}.img"));
+            let _g = locks.lock(&key).await;
             if !path.exists() {
                 let (dst, fstype, size) = (path.clone(), fstype.clone(), *size_bytes);
                 let layers = match (contents, &tarball) {
@@ -98,14 +144,16 @@ pub(crate) async fn prepare(dir: &Path, cache: &Cache, kind: &DiskKind, max_size
                                 return Err(e);
                             }
                         };
-                        Layers::Oci(pulled_dir, pulled.layers)
+                        Layers::Oci(r.clone(), pulled_dir, pulled.layers)
                     }
-                    (_, Some(t)) => Layers::Tarball(t.path.clone()),
+                    (_, Some((t, name))) => Layers::Tarball(name.clone(), t.path.clone()),
                     _ => Layers::None,
                 };
-                blocking(move || build_filesystem(&dst, &fstype, size, layers)).await?;
+                let limits = UnpackLimits::new(limits, size);
+                blocking(move || build_filesystem(&dst, &fstype, size, limits, layers)).await?;
             }
-            Ok(BaseImage { key, path: Some(path), size: *size_bytes, description: format!("{fstype} filesystem ({what})") })
+            let size = std::fs::metadata(&path).map_err(|e| DiskError::io(&path, e))?.len();
+            Ok(BaseImage { key, path: Some(path), size, description: format!("{fstype} filesystem ({what})") })
         }
     }
 }
@@ -176,33 +224,58 @@ fn build_image(src: &Path, dst: &Path, what: &str, max_size: u64) -> Result<(), 
 /// What a filesystem is filled from.
 enum Layers {
     None,
-    Tarball(PathBuf),
-    /// Downloaded layers (bottom first) in a temporary directory, removed when done.
-    Oci(PathBuf, Vec<PathBuf>),
+    /// A tarball: its name for messages, its cached file.
+    Tarball(String, PathBuf),
+    /// An image's reference and its downloaded layers (bottom first) in a temporary directory,
+    /// removed when done.
+    Oci(String, PathBuf, Vec<PathBuf>),
 }
 
-fn build_filesystem(dst: &Path, fstype: &str, size: u64, layers: Layers) -> Result<(), DiskError> {
-    let tree = tmp_next_to(dst, "tree");
+/// The size of a filesystem declared without one (`container:` and no `size:`): the unpacked
+/// bytes, an inode's worth per entry, a quarter more for ext4's own metadata and 16 MiB of
+/// room, rounded up to a MiB.
+fn auto_size(stats: TreeStats) -> u64 {
+    let need = stats.bytes.saturating_add(stats.entries.saturating_mul(4096));
+    let total = need.saturating_add(need / 4).saturating_add(16 << 20);
+    total.div_ceil(1 << 20).saturating_mul(1 << 20)
+}
+
+fn build_filesystem(dst: &Path, fstype: &str, size: u64, limits: UnpackLimits, layers: Layers) -> Result<(), DiskError> {
+    let tree_path = tmp_next_to(dst, "tree");
     let img = tmp_next_to(dst, "img");
     let result = (|| {
-        std::fs::create_dir_all(&tree).map_err(|e| DiskError::io(&tree, e))?;
+        let unpack = |what: &str, e| DiskError::Unpack { what: what.to_string(), error: e };
+        let mut tree = Tree::create(&tree_path, limits).map_err(|e| DiskError::io(&tree_path, e))?;
         match &layers {
             Layers::None => {}
-            Layers::Tarball(t) => unpack_tarball(t, &tree)?,
-            Layers::Oci(_, ls) => {
-                for l in ls {
-                    super::container::apply_layer(l, &tree)?;
+            Layers::Tarball(name, t) => {
+                let r = open_archive(t).map_err(|e| DiskError::io(t, e))?;
+                tree.unpack(r, false).map_err(|e| unpack(name, e))?;
+            }
+            Layers::Oci(reference, _, ls) => {
+                for (i, l) in ls.iter().enumerate() {
+                    let r = open_archive(l).map_err(|e| DiskError::io(l, e))?;
+                    tree.unpack(r, true).map_err(|e| unpack(&format!("container {reference}, layer {i}"), e))?;
                 }
             }
         }
+        let what = match &layers {
+            Layers::Oci(r, ..) => format!("container {r}"),
+            Layers::Tarball(n, _) => n.clone(),
+            Layers::None => "filesystem".into(),
+        };
+        let stats = tree.finish().map_err(|e| unpack(&what, e))?;
+        let size = if size == 0 { auto_size(stats) } else { size };
         File::create(&img).and_then(|f| f.set_len(size)).map_err(|e| DiskError::io(&img, e))?;
         let mut cmd = Command::new(format!("mkfs.{fstype}"));
-        cmd.args(["-F", "-q", "-b", "4096", "-E", "root_owner=0:0", "-d"]).arg(&tree).arg(&img);
+        cmd.args(["-F", "-q", "-b", "4096", "-E", "root_owner=0:0", "-d"]).arg(&tree_path).arg(&img);
         run(&mut cmd)?;
         publish(&img, dst)
     })();
-    let _ = std::fs::remove_dir_all(&tree);
-    if let Layers::Oci(dir, _) = &layers {
+    if let Err(e) = remove_tree(&tree_path) {
+        tracing::warn!(dir = %tree_path.display(), error = %e, "cannot remove an unpacked tree");
+    }
+    if let Layers::Oci(_, dir, _) = &layers {
         let _ = std::fs::remove_dir_all(dir);
     }
     if result.is_err() {
@@ -211,40 +284,26 @@ fn build_filesystem(dst: &Path, fstype: &str, size: u64, layers: Layers) -> Resu
     result
 }
 
-/// Unpacks a (gzipped or plain) tarball into `root`. Entries that would land outside `root`
-/// (absolute paths, `..`, through a symlink) are refused, device nodes skipped: citron runs
-/// without root.
-pub(crate) fn unpack_tarball(tarball: &Path, root: &Path) -> Result<(), DiskError> {
-    let bad = |m: String| DiskError::Tarball { path: tarball.to_path_buf(), message: m };
-    let mut f = File::open(tarball).map_err(|e| DiskError::io(tarball, e))?;
-    let mut magic = [0u8; 2];
-    let gz = f.read_exact(&mut magic).is_ok() && magic == [0x1f, 0x8b];
-    let f = File::open(tarball).map_err(|e| DiskError::io(tarball, e))?;
-    let reader: Box<dyn Read> = if gz { Box::new(flate2::read::GzDecoder::new(f)) } else { Box::new(f) };
-    let mut archive = tar::Archive::new(reader);
-    archive.set_preserve_permissions(true);
-    archive.set_overwrite(true);
-    for entry in archive.entries().map_err(|e| bad(e.to_string()))? {
-        let mut entry = entry.map_err(|e| bad(e.to_string()))?;
-        let path = entry.path().map_err(|e| bad(e.to_string()))?.into_owned();
-        if path.components().any(|c| matches!(c, Component::ParentDir)) {
-            return Err(bad(format!("entry {} leaves the archive's root", path.display())));
-        }
-        use tar::EntryType as T;
-        match entry.header().entry_type() {
-            T::Regular | T::Directory | T::Symlink | T::Link | T::GNUSparse | T::Continuous => {}
-            other => {
-                tracing::warn!(entry = %path.display(), kind = ?other, "skipping tar entry citron cannot create without root");
-                continue;
+/// Removes an unpacked tree (whose directories may have lost their write bits) without
+/// following anything in it.
+fn remove_tree(p: &Path) -> io::Result<()> {
+    match std::fs::remove_dir_all(p) {
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            let mut stack = vec![p.to_path_buf()];
+            while let Some(d) = stack.pop() {
+                use std::os::unix::fs::PermissionsExt;
+                let _ = std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700));
+                for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        stack.push(e.path());
+                    }
+                }
             }
+            std::fs::remove_dir_all(p)
         }
-        match entry.unpack_in(root) {
-            Ok(true) => {}
-            Ok(false) => return Err(bad(format!("entry {} leaves the archive's root", path.display()))),
-            Err(e) => return Err(bad(format!("{}: {e}", path.display()))),
-        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        r => r,
     }
-    Ok(())
 }
 
 fn run(cmd: &mut Command) -> Result<(), DiskError> {
@@ -261,33 +320,21 @@ fn run(cmd: &mut Command) -> Result<(), DiskError> {
 mod tests {
     use super::*;
 
-    fn tarball(entries: &[(&str, &[u8])]) -> Vec<u8> {
-        let mut b = tar::Builder::new(Vec::new());
-        for (name, data) in entries {
-            let mut h = tar::Header::new_gnu();
-            h.set_size(data.len() as u64);
-            h.set_mode(0o644);
-            h.set_entry_type(tar::EntryType::Regular);
-            // set_path refuses "..", so write the raw name as a hostile archive would.
-            let raw = &mut h.as_old_mut().name;
-            raw[..name.len()].copy_from_slice(name.as_bytes());
-            h.set_cksum();
-            b.append(&h, *data).unwrap();
-        }
-        b.into_inner().unwrap()
+    #[test]
+    fn auto_size_leaves_room() {
+        let s = auto_size(TreeStats { bytes: 100 << 20, entries: 1000 });
+        assert!(s >= (100 << 20) + 1000 * 4096 && s & ((1 << 20) - 1) == 0, "{s}");
+        assert_eq!(auto_size(TreeStats::default()), 16 << 20);
     }
 
-    #[test]
-    fn tar_entries_cannot_escape() {
-        let t = tempfile::tempdir().unwrap();
-        let tb = t.path().join("evil.tar");
-        std::fs::write(&tb, tarball(&[("ok.txt", b"fine"), ("../escaped.txt", b"bad")])).unwrap();
-        let root = t.path().join("root");
-        std::fs::create_dir(&root).unwrap();
-        let err = unpack_tarball(&tb, &root).unwrap_err();
-        assert!(err.to_string().contains("leaves the archive"), "{err}");
-        assert!(!t.path().join("escaped.txt").exists());
-        assert_eq!(std::fs::read(root.join("ok.txt")).unwrap(), b"fine");
+    #[tokio::test]
+    async fn different_keys_do_not_wait_for_each_other() {
+        let locks = KeyLocks::default();
+        let _a = locks.lock("a").await;
+        let b = tokio::time::timeout(std::time::Duration::from_secs(10), locks.lock("b")).await;
+        assert!(b.is_ok(), "key b waited for key a");
+        let a2 = tokio::time::timeout(std::time::Duration::from_millis(50), locks.lock("a")).await;
+        assert!(a2.is_err(), "key a is held");
     }
 }
 

@@ -20,11 +20,12 @@ use parking_lot::Mutex;
 use sha2::{Digest as _, Sha256};
 
 use super::overlay::CowDisk;
-use super::prepare::{prepare, BaseImage};
+use super::prepare::{prepare, BaseImage, KeyLocks};
 use super::{BlockDevice, DiskError};
 use crate::artifact::Cache;
 use crate::job::{DiskSpec, ResetOn};
 use crate::lifetime::Event;
+use crate::limits::Limits;
 use crate::namespace::DutId;
 use crate::serve::{ExportInfo, ServeError};
 
@@ -55,13 +56,12 @@ impl JobDisk {
 #[derive(Debug)]
 pub struct DiskStore {
     dir: PathBuf,
-    preparing: tokio::sync::Mutex<()>,
+    /// One lock per base being built (see [`KeyLocks`]).
+    preparing: KeyLocks,
     jobs: Mutex<HashMap<DutId, Vec<Arc<JobDisk>>>>,
     /// Overlays still open somewhere (a connection that outlived its job), by directory and base
     /// key: a new job naming the same disk shares the object instead of opening the files twice.
     live: Mutex<HashMap<PathBuf, (String, Weak<CowDisk>)>>,
-    /// The lab's `limits.max_disk_size`: no base larger is prepared.
-    max_disk_size: u64,
 }
 
 fn h(s: &str) -> String {
@@ -78,13 +78,7 @@ impl DiskStore {
     pub fn open(dir: &Path) -> io::Result<DiskStore> {
         std::fs::create_dir_all(dir.join("bases"))?;
         std::fs::create_dir_all(dir.join("overlays"))?;
-        Ok(DiskStore { dir: dir.to_path_buf(), preparing: tokio::sync::Mutex::new(()), jobs: Mutex::new(HashMap::new()), live: Mutex::new(HashMap::new()), max_disk_size: crate::limits::Limits::default().max_disk_size.bytes() })
-    }
-
-    /// Refuses to prepare disks larger than `max` bytes (the lab's `limits.max_disk_size`).
-    pub fn with_max_disk_size(mut self, max: u64) -> DiskStore {
-        self.max_disk_size = max;
-        self
+        Ok(DiskStore { dir: dir.to_path_buf(), preparing: KeyLocks::default(), jobs: Mutex::new(HashMap::new()), live: Mutex::new(HashMap::new()) })
     }
 
     fn disk_dir(&self, owner: &DutId, name: &str) -> PathBuf {
@@ -97,19 +91,17 @@ impl DiskStore {
 
     /// Prepares `disks` and makes them `owner`'s job disks, replacing its previous job's. This is
     /// a job start: `reset_on: job_start` disks start from their base.
-    pub async fn attach(&self, cache: &Cache, owner: &DutId, disks: &[DiskSpec]) -> Result<(), DiskError> {
+    /// Downloads run unlocked; only building one base key is serialised (two jobs asking for
+    /// the same base build it once), so no job waits for another job's different disk.
+    pub async fn attach(&self, cache: &Cache, limits: &Limits, owner: &DutId, disks: &[DiskSpec]) -> Result<(), DiskError> {
         let mut prepared = Vec::with_capacity(disks.len());
-        {
-            // One preparation at a time: two jobs asking for the same base build it once.
-            let _g = self.preparing.lock().await;
-            for spec in disks {
-                let base = prepare(&self.dir.join("bases"), cache, &spec.kind, self.max_disk_size).await?;
-                let base_file = match &base.path {
-                    Some(p) => Some(Arc::new(File::open(p).map_err(|e| DiskError::io(p, e))?)),
-                    None => None,
-                };
-                prepared.push((spec.clone(), base, base_file));
-            }
+        for spec in disks {
+            let base = prepare(&self.dir.join("bases"), cache, &self.preparing, limits, &spec.kind).await?;
+            let base_file = match &base.path {
+                Some(p) => Some(Arc::new(File::open(p).map_err(|e| DiskError::io(p, e))?)),
+                None => None,
+            };
+            prepared.push((spec.clone(), base, base_file));
         }
         self.release(owner);
         let mut out = Vec::with_capacity(prepared.len());
