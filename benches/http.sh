@@ -57,6 +57,8 @@ cat > "$tmp/lab.yaml" <<EOF
 duts:
   - id: bench
     ip: ["127.0.0.1"]
+# Every client here is one address (wrk cannot pick one): the per-peer cap must not count.
+limits: { connections_per_peer: 4096 }
 EOF
 cat > "$tmp/www/job.yaml" <<EOF
 deployment:

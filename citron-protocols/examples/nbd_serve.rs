@@ -28,7 +28,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         _ => ResetOn::JobStart,
     };
     let readonly = args.get(6).is_some_and(|a| a == "ro");
-    let gw = Gateway::new(LabConfig::default_lab(), std::path::Path::new(&args[1]))?;
+    // Every client of this server is one address (127.0.0.1): the idle-connection test and the
+    // benchmark open hundreds of connections from it, which a lab's per-DUT caps would refuse.
+    let mut lab = LabConfig::default_lab();
+    lab.limits.nbd_connections_per_dut = 4096;
+    lab.limits.connections_per_peer = 4096;
+    let gw = Gateway::new(lab, std::path::Path::new(&args[1]))?;
     gw.add_dut(Dut::new("local", ["127.0.0.1".parse()?]))?;
     let disk = DiskSpec { name: args[3].clone(), readonly, kind, reset_on, shared: false, expiration: None };
     let job = ResolvedJob { origin: "nbd_serve".into(), start: Step { nbd: vec![disk], ..Step::default() }, continue_: None };
