@@ -111,19 +111,7 @@ impl Citron {
 
     /// Like [`start`](Self::start), but returns what went wrong instead of panicking.
     pub fn try_start(args: &[&str]) -> Result<Citron, StartFailure> {
-        let mut c = Self::spawn(args);
-        match c.wait_listening(START_TIMEOUT) {
-            true => Ok(c),
-            false => {
-                let _ = c.child.kill();
-                let status = c.child.wait().ok();
-                let mut stderr = String::new();
-                while let Ok(l) = c.stderr.recv_timeout(Duration::from_secs(2)) {
-                    stderr.push_str(&l);
-                }
-                Err(StartFailure { status, stderr })
-            }
-        }
+        Self::start_with(args, |_| {})
     }
 
     /// Starts `citron serve` as [`start`](Self::start) does but returns at once, before it

@@ -135,11 +135,12 @@ pub fn negotiate(req: &Request, size: u64, limits: &Limits) -> Negotiated {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::tftp::packet::Mode;
 
-    fn req(opts: &[(&str, &str)]) -> Request {
+    /// An octet-mode RRQ of `f` with these options (the session tests use it too).
+    pub(crate) fn req(opts: &[(&str, &str)]) -> Request {
         Request {
             filename: "f".into(),
             mode: Mode::Octet,

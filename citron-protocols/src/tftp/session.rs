@@ -299,18 +299,9 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tftp::negotiate::tests::req;
     use crate::tftp::packet::{Mode, Request};
 
-    fn req(opts: &[(&str, &str)]) -> Request {
-        Request {
-            filename: "f".into(),
-            mode: Mode::Octet,
-            options: opts
-                .iter()
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .collect(),
-        }
-    }
 
     fn plain(blksize: u16, windowsize: u16) -> Negotiated {
         Negotiated {
