@@ -31,6 +31,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use citron_core::access::truncate_logged;
+use citron_core::artifact::FetchError;
 use citron_core::job::{JobErrors, Origin};
 use citron_core::lifetime::Event;
 use citron_core::namespace::{Dut, DutId, RegistryError};
@@ -165,11 +166,13 @@ fn gateway_status(e: &GatewayError) -> StatusCode {
         GatewayError::Registry(RegistryError::BadId(_)) => StatusCode::BAD_REQUEST,
         GatewayError::Registry(_) => StatusCode::CONFLICT,
         GatewayError::Job(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        // citron's own storage is full: neither the job's fault nor the source's.
+        GatewayError::Fetch(FetchError::DiskFull { .. } | FetchError::CacheFull { .. }) => StatusCode::INSUFFICIENT_STORAGE,
         // The job is fine but an artifact could not be fetched or does not match its digest.
         GatewayError::Fetch(_) => StatusCode::BAD_GATEWAY,
         // A hostile or oversized tarball or image: the job's fault, as a bad job is.
         GatewayError::Disk(d) if d.is_content_fault() => StatusCode::UNPROCESSABLE_ENTITY,
-        GatewayError::Disk(citron_core::block::DiskError::NoSpace { .. }) => StatusCode::INSUFFICIENT_STORAGE,
+        GatewayError::Disk(d) if d.is_no_space() => StatusCode::INSUFFICIENT_STORAGE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

@@ -7,6 +7,7 @@ mod cli;
 mod datadir;
 mod conns;
 mod extract;
+mod fulldisk;
 mod http;
 mod nbd;
 mod nbd_limits;

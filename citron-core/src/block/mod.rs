@@ -148,6 +148,12 @@ impl DiskError {
         matches!(self, DiskError::Unpack { error: X::Escape { .. } | X::Parent { .. } | X::TooBig { .. } | X::TooMany { .. } | X::Unsupported { .. } | X::Archive(_), .. })
     }
 
+    /// citron's data directory is full: the lab admin must free space (HTTP 507, not the job's
+    /// fault and not citron's bug).
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, DiskError::NoSpace { .. } | DiskError::Unpack { error: extract::ExtractError::NoSpace { .. }, .. })
+    }
+
     pub(crate) fn io(path: &Path, source: io::Error) -> DiskError {
         if matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
             return DiskError::NoSpace { path: path.to_path_buf() };
