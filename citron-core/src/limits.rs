@@ -116,7 +116,7 @@ impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0;
         for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
-            if n != 0 && n % (1 << shift) == 0 {
+            if n != 0 && n & ((1u64 << shift) - 1) == 0 {
                 return write!(f, "{}{unit}", n >> shift);
             }
         }

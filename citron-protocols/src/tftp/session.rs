@@ -300,7 +300,6 @@ impl Session {
 mod tests {
     use super::*;
     use crate::tftp::negotiate::tests::req;
-    use crate::tftp::packet::{Mode, Request};
 
 
     fn plain(blksize: u16, windowsize: u16) -> Negotiated {
