@@ -15,6 +15,13 @@ if [ "${CI:-}" = true ]; then export CITRON_E2E_STRICT=1; fi
 scripts/setup-debian.sh --qemu
 scripts/setup-python.sh
 
+# Style and lints first: they take seconds and name the line to fix.
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  rustup component add rustfmt clippy >&2 || { echo "test.sh: cargo fmt / cargo clippy are missing; rustup component add rustfmt clippy" >&2; exit 2; }
+fi
+cargo fmt --all -- --check
+cargo clippy --locked --workspace --all-targets -- -D warnings
+
 # Build first so the end-to-end tests find the `citron` binary next to them.
 cargo build --locked --all-targets
 cargo test --locked --no-fail-fast

@@ -60,11 +60,8 @@ impl Registry {
     pub fn push_blob(&self, repo: &str, file: &Path) -> (String, u64) {
         let digest = format!("sha256:{}", sha256_hex(file));
         let head = sh(Command::new("curl").args(["-sfi", "-X", "POST", &format!("{}/v2/{repo}/blobs/uploads/", self.base)]));
-        let loc = head
-            .lines()
-            .find_map(|l| l.strip_prefix("Location: ").or_else(|| l.strip_prefix("location: ")))
-            .expect("Location")
-            .trim();
+        let loc =
+            head.lines().find_map(|l| l.strip_prefix("Location: ").or_else(|| l.strip_prefix("location: "))).expect("Location").trim();
         let loc = if loc.starts_with('/') { format!("{}{loc}", self.base) } else { loc.to_string() };
         let sep = if loc.contains('?') { '&' } else { '?' };
         sh(Command::new("curl")

@@ -27,8 +27,7 @@ pub fn strict() -> bool {
 /// `true` if `tool` is on PATH. Otherwise prints why the test is skipped and returns `false`,
 /// or panics when `CITRON_E2E_STRICT=1` (a skipped test must not pass in CI).
 pub fn require_tool(tool: &str) -> bool {
-    let found =
-        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| is_executable(&d.join(tool)))).unwrap_or(false);
+    let found = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| is_executable(&d.join(tool)))).unwrap_or(false);
     if found {
         return true;
     }

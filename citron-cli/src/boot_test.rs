@@ -30,13 +30,13 @@ use std::process::{ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
 use citron_core::job::{JobDescription, JobErrors};
 use citron_core::lab::LabConfig;
 use citron_core::lifetime::Event;
 use citron_core::namespace::DutId;
 use citron_core::{Endpoints, Gateway, GatewayError};
 use citron_protocols::server::ServerBuilder;
+use clap::{Args, ValueEnum};
 use parking_lot::Mutex;
 use regex::Regex;
 use tokio::io::AsyncReadExt as _;
@@ -499,18 +499,21 @@ impl Plan<'_> {
         Ok(done.join("; "))
     }
 
-    async fn boot_dut(&self, gw: &Gateway, t: &Target, log: &Log, bootfile: &str, ns: Option<String>, prefix: bool) -> Result<String, BootTestError> {
+    async fn boot_dut(
+        &self,
+        gw: &Gateway,
+        t: &Target,
+        log: &Log,
+        bootfile: &str,
+        ns: Option<String>,
+        prefix: bool,
+    ) -> Result<String, BootTestError> {
         let boots = self.args.boots;
         let mut accel = self.args.accel.resolve();
         let mut boot = 1;
         gw.event(&t.id, Event::Boot).map_err(BootTestError::Gateway)?;
         while boot <= boots {
-            let spec = QemuSpec {
-                accel,
-                memory_mib: self.args.memory,
-                bootfile: bootfile.to_string(),
-                mac: t.mac.clone(),
-            };
+            let spec = QemuSpec { accel, memory_mib: self.args.memory, bootfile: bootfile.to_string(), mac: t.mac.clone() };
             let mut argv: Vec<String> = Vec::new();
             if let Some(ns) = &ns {
                 argv.extend(["ip", "netns", "exec", ns].map(String::from));
@@ -532,9 +535,7 @@ impl Plan<'_> {
                 // reports "KVM internal error" or aborts at once ("failed to set MSR …"), before
                 // the firmware fetched anything: the same boot again under TCG.
                 Err(f @ (Failure::Kvm | Failure::Exited { .. }))
-                    if self.args.accel == Accel::Auto
-                        && accel == Accel::Kvm
-                        && (f == Failure::Kvm || started.elapsed() < KVM_PROBE) =>
+                    if self.args.accel == Accel::Auto && accel == Accel::Kvm && (f == Failure::Kvm || started.elapsed() < KVM_PROBE) =>
                 {
                     status(&format!("{}: KVM cannot run the guest here; booting again with TCG", t.id));
                     accel = Accel::Tcg;
@@ -931,11 +932,7 @@ fn ip(args: &[&str]) -> Result<(), BootTestError> {
         .output()
         .map_err(|e| BootTestError::Netns(format!("ip {}: {e}", args.join(" "))))?;
     if !out.status.success() {
-        return Err(BootTestError::Netns(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        return Err(BootTestError::Netns(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim())));
     }
     Ok(())
 }
@@ -977,7 +974,9 @@ mod tests {
         assert_eq!(w.at_exit(true, "exit status: 0"), Ok(()));
 
         let mut w = Watch::new(Some(Regex::new("login:").unwrap()));
-        assert!(matches!(w.line("[    1.2] Kernel panic - not syncing: VFS: Unable to mount root fs"), Seen::Failed(Failure::Panic(l)) if l.contains("VFS")));
+        assert!(
+            matches!(w.line("[    1.2] Kernel panic - not syncing: VFS: Unable to mount root fs"), Seen::Failed(Failure::Panic(l)) if l.contains("VFS"))
+        );
 
         let mut w = Watch::new(None);
         w.line("http://10.0.2.2:1/boot.ipxe... Connection refused (https://ipxe.org/4c0a6035)");
@@ -1032,8 +1031,13 @@ mod tests {
         assert_eq!(lab.duts.iter().find(|d| d.id.0 == "dut1").unwrap().ip[0].to_string(), "198.18.77.12");
 
         let mut lab = LabConfig::default_lab();
-        assert!(matches!(pick_targets(&mut lab, &["a.yaml".into(), "b.yaml".into()], &["dut1".into()], true), Err(BootTestError::Usage(_))));
-        assert!(matches!(pick_targets(&mut lab, &["a.yaml".into()], &["nope".into()], false), Err(BootTestError::Usage(m)) if m.contains("dut1")));
+        assert!(matches!(
+            pick_targets(&mut lab, &["a.yaml".into(), "b.yaml".into()], &["dut1".into()], true),
+            Err(BootTestError::Usage(_))
+        ));
+        assert!(
+            matches!(pick_targets(&mut lab, &["a.yaml".into()], &["nope".into()], false), Err(BootTestError::Usage(m)) if m.contains("dut1"))
+        );
     }
 
     #[test]

@@ -108,7 +108,15 @@ fn rows(step: &Step, mid: &str, http: &str, tftp: &str, nbd: &str) -> Vec<Row> {
         if d.shared {
             lt.push_str(",shared");
         }
-        out.push(Row { protocol: "nbd", path: d.name.clone(), source, size, sha256: sha, lifetime: lt, url: format!("nbd://{nbd}/{}", d.name) });
+        out.push(Row {
+            protocol: "nbd",
+            path: d.name.clone(),
+            source,
+            size,
+            sha256: sha,
+            lifetime: lt,
+            url: format!("nbd://{nbd}/{}", d.name),
+        });
     }
     out
 }

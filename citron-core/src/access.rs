@@ -349,11 +349,8 @@ mod tests {
 
     #[test]
     fn paths_are_cut_and_the_log_is_bounded_in_bytes() {
-        let limits = crate::limits::Limits {
-            access_log_bytes_per_dut: crate::limits::Size(64 << 10),
-            logged_path_max: 100,
-            ..Default::default()
-        };
+        let limits =
+            crate::limits::Limits { access_log_bytes_per_dut: crate::limits::Size(64 << 10), logged_path_max: 100, ..Default::default() };
         let log = AccessLog::new(&limits);
         let d = DutId::from("d");
         let long = "/é".repeat(30_000);

@@ -450,12 +450,8 @@ impl Gateway {
         // Fetch concurrently, at most `limits.downloads_per_job` at a time (a job listing
         // 20,000 URLs must not open 20,000 connections); the cache makes identical sources one
         // download and bounds the downloads of every job together (`downloads_in_flight`).
-        let all: Vec<(Space, &FileSpec)> = step
-            .http
-            .iter()
-            .map(|f| (Space::Http, f))
-            .chain(step.tftp.iter().map(|f| (Space::Tftp, f)))
-            .collect();
+        let all: Vec<(Space, &FileSpec)> =
+            step.http.iter().map(|f| (Space::Http, f)).chain(step.tftp.iter().map(|f| (Space::Tftp, f))).collect();
         let per_job = self.inner.lab.limits.downloads_per_job.max(1);
         let loaded: Vec<Arc<Entry>> = {
             use futures::{StreamExt as _, TryStreamExt as _};
@@ -504,7 +500,13 @@ impl Gateway {
             _ => return None,
         };
         let b = Bytes::from(text);
-        Some(Arc::new(Entry { len: b.len() as u64, digest: Digest::of(&b), content: Content::Memory(b), policies: Policies::default(), _pin: None }))
+        Some(Arc::new(Entry {
+            len: b.len() as u64,
+            digest: Digest::of(&b),
+            content: Content::Memory(b),
+            policies: Policies::default(),
+            _pin: None,
+        }))
     }
 
     fn find(&self, dut: &Dut, job: &ActiveJob, req: &FileRequest<'_>, path: &str) -> Option<Arc<Entry>> {
@@ -608,9 +610,7 @@ impl Catalog for Gateway {
             return Err(ServeError::UnknownDut(peer));
         };
         match self.inner.disks.open_export(&dut, name) {
-            Ok((info, device)) => {
-                Ok(Export { info, device, ticket: AccessTicket::new(self.inner.log.clone(), dut, protocol, name) })
-            }
+            Ok((info, device)) => Ok(Export { info, device, ticket: AccessTicket::new(self.inner.log.clone(), dut, protocol, name) }),
             Err(e) => {
                 self.inner.log.refuse(Some(&dut), protocol, name, &e);
                 Err(e)
@@ -659,10 +659,22 @@ mod tests {
             (d, gw)
         });
         let piece = prop_oneof![
-            Just("..".to_string()), Just(".".to_string()), Just("%2e%2e".to_string()), Just("%2f".to_string()),
-            Just("job".to_string()), Just("boot".to_string()), Just("dut1".to_string()), Just("dut2".to_string()),
-            Just("once".to_string()), Just("dut2.txt".to_string()), Just("boot.ipxe".to_string()), Just("\0".to_string()),
-            Just("\\".to_string()), Just("".to_string()), Just("52-54-00-00-00-02".to_string()), "\\PC{0,4}",
+            Just("..".to_string()),
+            Just(".".to_string()),
+            Just("%2e%2e".to_string()),
+            Just("%2f".to_string()),
+            Just("job".to_string()),
+            Just("boot".to_string()),
+            Just("dut1".to_string()),
+            Just("dut2".to_string()),
+            Just("once".to_string()),
+            Just("dut2.txt".to_string()),
+            Just("boot.ipxe".to_string()),
+            Just("\0".to_string()),
+            Just("\\".to_string()),
+            Just("".to_string()),
+            Just("52-54-00-00-00-02".to_string()),
+            "\\PC{0,4}",
         ];
         let path = (prop_oneof![Just(""), Just("/"), Just("//")], prop::collection::vec(piece, 0..6))
             .prop_map(|(lead, parts)| format!("{lead}{}", parts.join("/")));

@@ -131,12 +131,8 @@ pub struct LabError {
 impl LabConfig {
     /// Parses a lab file's text; `name` is used in errors.
     pub fn from_yaml(text: &str, name: &str) -> Result<LabConfig, LabError> {
-        let lab: LabConfig = crate::yaml::from_str(text).map_err(|e| LabError {
-            file: name.into(),
-            line: e.line,
-            column: e.column,
-            message: e.message,
-        })?;
+        let lab: LabConfig =
+            crate::yaml::from_str(text).map_err(|e| LabError { file: name.into(), line: e.line, column: e.column, message: e.message })?;
         lab.cache_config().map_err(|message| LabError { file: name.into(), line: 1, column: 1, message })?;
         // `machine_id` is each DUT's own (its `machine_id:` or id); one value for the whole lab
         // would give every DUT the same boot paths. The endpoint variables may be overridden.
@@ -149,7 +145,8 @@ impl LabConfig {
                 file: name.into(),
                 line: pos.line,
                 column: pos.col,
-                message: "variables.machine_id: `machine_id` is set per DUT (its `machine_id:` or `id:`), not in `variables`; remove it".into(),
+                message: "variables.machine_id: `machine_id` is set per DUT (its `machine_id:` or `id:`), not in `variables`; remove it"
+                    .into(),
             });
         }
         for (i, h) in lab.api_hosts.iter().enumerate() {

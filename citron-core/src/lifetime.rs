@@ -203,10 +203,7 @@ mod tests {
     #[test]
     fn access_count_is_exact_under_50_racing_readers() {
         for limit in [0u32, 1, 7] {
-            let p = Arc::new(Policies::from_spec(
-                &Lifetime { access_count: Some(limit), expiration: None },
-                Instant::now(),
-            ));
+            let p = Arc::new(Policies::from_spec(&Lifetime { access_count: Some(limit), expiration: None }, Instant::now()));
             let barrier = Arc::new(std::sync::Barrier::new(50));
             let ok: u32 = (0..50)
                 .map(|_| {
@@ -229,10 +226,7 @@ mod tests {
     #[test]
     fn expiration_refuses_after_and_restarts_on_job_start() {
         let t0 = Instant::now();
-        let p = Policies::from_spec(
-            &Lifetime { access_count: Some(1), expiration: Some(Duration::from_secs(10)) },
-            t0,
-        );
+        let p = Policies::from_spec(&Lifetime { access_count: Some(1), expiration: Some(Duration::from_secs(10)) }, t0);
         let late = t0 + Duration::from_secs(11);
         assert_eq!(p.admit(late), Err(Refusal::Expired(Duration::from_secs(10))));
         // The refused read did not use up the access count.

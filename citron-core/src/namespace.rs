@@ -247,10 +247,7 @@ mod tests {
         let mut r = DutRegistry::default();
         r.add(Dut::new("a", ["127.0.0.2".parse().unwrap()])).unwrap();
         assert!(matches!(r.add(Dut::new("a", [])), Err(RegistryError::DuplicateId(_))));
-        assert!(matches!(
-            r.add(Dut::new("b", ["127.0.0.2".parse().unwrap()])),
-            Err(RegistryError::DuplicateAddress { .. })
-        ));
+        assert!(matches!(r.add(Dut::new("b", ["127.0.0.2".parse().unwrap()])), Err(RegistryError::DuplicateAddress { .. })));
         assert!(matches!(r.add(Dut::new("../x", [])), Err(RegistryError::BadId(_))));
         assert_eq!(r.by_addr("::ffff:127.0.0.2".parse().unwrap()).unwrap().id.0, "a");
         assert!(r.by_addr("127.0.0.3".parse().unwrap()).is_none());

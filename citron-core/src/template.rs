@@ -41,9 +41,9 @@ impl TemplateError {
     /// Byte offset of the `{{` at fault.
     pub fn offset(&self) -> usize {
         match self {
-            TemplateError::UnknownVariable { offset, .. }
-            | TemplateError::Unclosed { offset }
-            | TemplateError::BadName { offset, .. } => *offset,
+            TemplateError::UnknownVariable { offset, .. } | TemplateError::Unclosed { offset } | TemplateError::BadName { offset, .. } => {
+                *offset
+            }
         }
     }
 
@@ -77,8 +77,7 @@ fn scan(template: &str) -> (Vec<Piece<'_>>, Vec<TemplateError>) {
             return (pieces, errors);
         };
         let name = template[inner_start..inner_start + len].trim_matches([' ', '\t']);
-        let valid = !name.is_empty()
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
         if valid {
             pieces.push(Piece::Var { offset: open, name });
         } else {
@@ -137,11 +136,7 @@ pub fn render_all(template: &str, vars: &BTreeMap<String, String>) -> Result<Str
             Piece::Text(t) => out.push_str(t),
             Piece::Var { offset, name } => match vars.get(name) {
                 Some(v) => out.push_str(v),
-                None => errors.push(TemplateError::UnknownVariable {
-                    offset,
-                    name: name.to_string(),
-                    hint: hint(name, vars),
-                }),
+                None => errors.push(TemplateError::UnknownVariable { offset, name: name.to_string(), hint: hint(name, vars) }),
             },
         }
     }
@@ -184,7 +179,10 @@ mod tests {
 
     #[test]
     fn known_variables_with_and_without_spaces() {
-        assert_eq!(render("{{http_artifact_base}}/a/{{ machine_id }}/{{\tmachine_id\t}}", &vars()).unwrap(), "http://127.0.0.1:8080/a/dut1/dut1");
+        assert_eq!(
+            render("{{http_artifact_base}}/a/{{ machine_id }}/{{\tmachine_id\t}}", &vars()).unwrap(),
+            "http://127.0.0.1:8080/a/dut1/dut1"
+        );
     }
 
     #[test]
@@ -212,10 +210,7 @@ mod tests {
     #[test]
     fn unclosed_and_bad_names() {
         assert_eq!(render("ok {{ machine_id }} {{ oops", &vars()), Err(TemplateError::Unclosed { offset: 20 }));
-        assert_eq!(
-            render("{{ a | upper }}", &vars()),
-            Err(TemplateError::BadName { offset: 0, name: "a | upper".into() })
-        );
+        assert_eq!(render("{{ a | upper }}", &vars()), Err(TemplateError::BadName { offset: 0, name: "a | upper".into() }));
         assert_eq!(render("{{}}", &vars()), Err(TemplateError::BadName { offset: 0, name: String::new() }));
     }
 

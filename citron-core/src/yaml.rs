@@ -147,16 +147,8 @@ impl Document {
                 Err(e) => {
                     let m = e.marker();
                     let line = m.line().max(1);
-                    let hint = if doc.unquoted_template_near(line) {
-                        QUOTE_HINT
-                    } else {
-                        "check the indentation and quoting here"
-                    };
-                    return Err(YamlError {
-                        line,
-                        column: m.col() + 1,
-                        message: format!("YAML syntax error: {}; {hint}", e.info()),
-                    });
+                    let hint = if doc.unquoted_template_near(line) { QUOTE_HINT } else { "check the indentation and quoting here" };
+                    return Err(YamlError { line, column: m.col() + 1, message: format!("YAML syntax error: {}; {hint}", e.info()) });
                 }
             }
         }
@@ -167,7 +159,10 @@ impl Document {
                 Event::DocumentStart => {
                     documents += 1;
                     if documents > 1 {
-                        return Err(doc.error_at(events[i].1.index(), "a job description is one YAML document; remove the second `---` and what follows"));
+                        return Err(doc.error_at(
+                            events[i].1.index(),
+                            "a job description is one YAML document; remove the second `---` and what follows",
+                        ));
                     }
                     i += 1;
                     if !matches!(events.get(i).map(|e| &e.0), Some(Event::DocumentEnd) | None) {
@@ -212,7 +207,9 @@ impl Document {
         let (ev, mark) = &events[*i];
         if depth > MAX_DEPTH {
             // Bounded so that a hostile job cannot exhaust the stack.
-            return Err(self.error_at(mark.index(), &format!("nested more than {MAX_DEPTH} levels deep; a job description needs far fewer")));
+            return Err(
+                self.error_at(mark.index(), &format!("nested more than {MAX_DEPTH} levels deep; a job description needs far fewer"))
+            );
         }
         let pos = self.pos(mark.index());
         *i += 1;
@@ -270,10 +267,9 @@ impl Document {
                 let pos = entries.first().map_or(pos, |(k, _)| pos.min(k.pos));
                 Ok(Node { pos, kind: NodeKind::Map(entries) })
             }
-            Event::Alias(_) => Err(self.error_at(
-                mark.index(),
-                "aliases (`*name`) are not supported in job descriptions; write the value out",
-            )),
+            Event::Alias(_) => {
+                Err(self.error_at(mark.index(), "aliases (`*name`) are not supported in job descriptions; write the value out"))
+            }
             other => Err(self.error_at(mark.index(), &format!("unexpected YAML event {other:?}"))),
         }
     }

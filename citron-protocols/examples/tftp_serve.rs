@@ -19,9 +19,7 @@ use citron_core::Gateway;
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .init();
     let mut args = std::env::args().skip(1);
     let usage = "usage: tftp_serve DIR ADDR [CLIENT_IP]";
@@ -37,33 +35,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for e in std::fs::read_dir(&dir)? {
         let e = e?;
         if e.file_type()?.is_file() {
-            let name = e
-                .file_name()
-                .into_string()
-                .map_err(|n| format!("file name {n:?} is not UTF-8"))?;
-            files.push(FileSpec {
-                path: name,
-                source: Source::File(e.path()),
-                sha256: None,
-                lifetime: Lifetime::default(),
-            });
+            let name = e.file_name().into_string().map_err(|n| format!("file name {n:?} is not UTF-8"))?;
+            files.push(FileSpec { path: name, source: Source::File(e.path()), sha256: None, lifetime: Lifetime::default() });
         }
     }
-    let job = ResolvedJob {
-        origin: dir.display().to_string(),
-        start: Step {
-            tftp: files,
-            ..Step::default()
-        },
-        continue_: None,
-    };
+    let job = ResolvedJob { origin: dir.display().to_string(), start: Step { tftp: files, ..Step::default() }, continue_: None };
     gw.set_resolved_job(&DutId::from("dut1"), job).await?;
 
     let socket = tokio::net::UdpSocket::bind(&addr).await?;
     println!("ready {}", socket.local_addr()?);
     let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}

@@ -39,8 +39,8 @@ use citron_core::{Gateway, GatewayError};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use sha2::{Digest, Sha256};
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 
@@ -179,9 +179,7 @@ fn gateway_status(e: &GatewayError) -> StatusCode {
 
 fn job_errors_json(e: &JobErrors) -> Value {
     let list: Vec<Value> =
-        e.0.iter()
-            .map(|e| json!({"file": e.file, "line": e.line, "column": e.column, "field": e.field, "message": e.message}))
-            .collect();
+        e.0.iter().map(|e| json!({"file": e.file, "line": e.line, "column": e.column, "field": e.field, "message": e.message})).collect();
     json!({"error": e.to_string(), "errors": list})
 }
 
@@ -213,9 +211,10 @@ fn host_allowed(host: &str, local: SocketAddr, extra: &[String]) -> bool {
     if port_ok && (name.eq_ignore_ascii_case("localhost") || ip.is_some_and(|ip| ip.to_canonical() == local.ip().to_canonical())) {
         return true;
     }
-    extra.iter().filter_map(|e| e.parse::<http::uri::Authority>().ok()).any(|e| {
-        e.host().trim_end_matches('.').eq_ignore_ascii_case(name) && e.port_u16().filter(|&p| Some(p) != a.port_u16()).is_none()
-    })
+    extra
+        .iter()
+        .filter_map(|e| e.parse::<http::uri::Authority>().ok())
+        .any(|e| e.host().trim_end_matches('.').eq_ignore_ascii_case(name) && e.port_u16().filter(|&p| Some(p) != a.port_u16()).is_none())
 }
 
 /// The body types a route accepts.
@@ -239,7 +238,8 @@ fn require_type(req: &Request<Incoming>, types: &[&str]) -> Result<(), ApiError>
 
 impl Api {
     async fn handle(&self, req: Request<Incoming>, peer: SocketAddr, local: SocketAddr) -> Response<Full<Bytes>> {
-        let (method, path) = (req.method().clone(), truncate_logged(req.uri().path(), self.gateway.lab().limits.logged_path_max).into_owned());
+        let (method, path) =
+            (req.method().clone(), truncate_logged(req.uri().path(), self.gateway.lab().limits.logged_path_max).into_owned());
         let r = match self.check_host(&req, local).and_then(|()| self.authorize(&req)) {
             Ok(()) => self.route(req).await,
             Err(e) => Err(e),
@@ -312,9 +312,7 @@ impl Api {
                 _ => Err(not_allowed()),
             },
             ["api", "v1", "duts"] => match m {
-                Method::GET => {
-                    Ok(json_response(StatusCode::OK, &Value::Array(gw.duts().iter().map(|d| dut_json(gw, d)).collect())))
-                }
+                Method::GET => Ok(json_response(StatusCode::OK, &Value::Array(gw.duts().iter().map(|d| dut_json(gw, d)).collect()))),
                 Method::POST => {
                     require_type(&req, JSON)?;
                     let body = self.read_body(req).await?;
@@ -416,7 +414,12 @@ impl Api {
 /// `N` ([`ACCESSES_PAGE`] by default, [`ACCESSES_PAGE_MAX`] at most).
 fn page_query(q: Option<&str>) -> Result<(u64, usize), ApiError> {
     let (mut after, mut limit) = (0u64, ACCESSES_PAGE);
-    let bad = |k: &str| ApiError::new(StatusCode::BAD_REQUEST, format!("`{k}` must be a whole number (?after=SEQ&limit=N, N from 1 to {ACCESSES_PAGE_MAX})"));
+    let bad = |k: &str| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("`{k}` must be a whole number (?after=SEQ&limit=N, N from 1 to {ACCESSES_PAGE_MAX})"),
+        )
+    };
     for kv in q.unwrap_or("").split('&').filter(|s| !s.is_empty()) {
         match kv.split_once('=').unwrap_or((kv, "")) {
             ("after", v) => after = v.parse().map_err(|_| bad("after"))?,
@@ -464,7 +467,9 @@ mod tests {
         for ok in ["127.0.0.1:8081", "127.0.0.1", "localhost:8081", "LOCALHOST", "citron.lab:9999", "citron.lab", "api.lab:443"] {
             assert!(host_allowed(ok, local, &extra), "{ok}");
         }
-        for bad in ["evil.example", "evil.example:8081", "127.0.0.1:80", "127.0.0.2:8081", "localhost:1", "api.lab", "api.lab:80", "", "a b"] {
+        for bad in
+            ["evil.example", "evil.example:8081", "127.0.0.1:80", "127.0.0.2:8081", "localhost:1", "api.lab", "api.lab:80", "", "a b"]
+        {
             assert!(!host_allowed(bad, local, &extra), "{bad}");
         }
         let v6: SocketAddr = "[::1]:8081".parse().unwrap();

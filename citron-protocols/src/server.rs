@@ -86,14 +86,7 @@ impl ServerBuilder {
     /// Every backend on its default address ([`DEFAULT_HTTP`], ...).
     pub fn new(gateway: Gateway) -> Self {
         let p = |s: &str| Some(s.parse().expect("default addresses parse"));
-        ServerBuilder {
-            gateway,
-            http: p(DEFAULT_HTTP),
-            tftp: p(DEFAULT_TFTP),
-            nbd: p(DEFAULT_NBD),
-            api: p(DEFAULT_API),
-            advertise: None,
-        }
+        ServerBuilder { gateway, http: p(DEFAULT_HTTP), tftp: p(DEFAULT_TFTP), nbd: p(DEFAULT_NBD), api: p(DEFAULT_API), advertise: None }
     }
 
     /// The HTTP address, or `None` to run no HTTP server.
@@ -237,10 +230,7 @@ fn endpoints(a: &Addrs, advertise: Option<IpAddr>) -> Endpoints {
     }
 }
 
-fn spawn(
-    name: &'static str,
-    fut: impl Future<Output = io::Result<()>> + Send + 'static,
-) -> (&'static str, JoinHandle<io::Result<()>>) {
+fn spawn(name: &'static str, fut: impl Future<Output = io::Result<()>> + Send + 'static) -> (&'static str, JoinHandle<io::Result<()>>) {
     (
         name,
         tokio::spawn(async move {

@@ -26,14 +26,7 @@ fn image_export_lists_copies_and_compares() {
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src.img");
     std::fs::write(&src, pattern(8 << 20)).unwrap();
-    let lab = Lab::start(vec![disk(
-        "disk",
-        DiskKind::Image {
-            source: Source::File(src.clone()),
-            sha256: None,
-        },
-        ResetOn::JobStart,
-    )]);
+    let lab = Lab::start(vec![disk("disk", DiskKind::Image { source: Source::File(src.clone()), sha256: None }, ResetOn::JobStart)]);
     let list = run(Command::new("nbdinfo").args(["--list", &lab.uri("")]));
     assert!(list.contains("export=\"disk\""), "{list}");
     assert!(list.contains("export-size: 8388608"), "{list}");
@@ -41,15 +34,9 @@ fn image_export_lists_copies_and_compares() {
     run(Command::new("nbdcopy").arg(lab.uri("disk")).arg(&out));
     assert_eq!(sha256_file(&out), sha256_file(&src));
     let out1 = t.path().join("out1.img");
-    run(Command::new("nbdcopy")
-        .args(["-C", "1", "--synchronous"])
-        .arg(lab.uri("disk"))
-        .arg(&out1));
+    run(Command::new("nbdcopy").args(["-C", "1", "--synchronous"]).arg(lab.uri("disk")).arg(&out1));
     assert_eq!(sha256_file(&out1), sha256_file(&src));
-    let cmp = run(Command::new("qemu-img")
-        .args(["compare", "-f", "raw", "-F", "raw"])
-        .arg(&src)
-        .arg(lab.uri("disk")));
+    let cmp = run(Command::new("qemu-img").args(["compare", "-f", "raw", "-F", "raw"]).arg(&src).arg(lab.uri("disk")));
     assert!(cmp.contains("identical"), "{cmp}");
 }
 
@@ -62,18 +49,8 @@ fn qcow2_image_is_served_as_raw() {
     let raw = t.path().join("src.img");
     std::fs::write(&raw, pattern(3 << 20)).unwrap();
     let q = t.path().join("src.qcow2");
-    run(Command::new("qemu-img")
-        .args(["convert", "-f", "raw", "-O", "qcow2"])
-        .arg(&raw)
-        .arg(&q));
-    let lab = Lab::start(vec![disk(
-        "q",
-        DiskKind::Image {
-            source: Source::File(q),
-            sha256: None,
-        },
-        ResetOn::JobStart,
-    )]);
+    run(Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "qcow2"]).arg(&raw).arg(&q));
+    let lab = Lab::start(vec![disk("q", DiskKind::Image { source: Source::File(q), sha256: None }, ResetOn::JobStart)]);
     let out = t.path().join("out.img");
     run(Command::new("nbdcopy").arg(lab.uri("q")).arg(&out));
     assert_eq!(sha256_file(&out), sha256_file(&raw));
@@ -91,10 +68,7 @@ fn boot_resets_boot_disks_and_never_keeps_writes() {
         disk("j", raw(size), ResetOn::JobStart),
     ]);
     for name in ["b", "n", "j"] {
-        nbdsh(
-            &lab.uri(name),
-            "h.pwrite(b'citron' * 1000, 12345); h.flush()",
-        );
+        nbdsh(&lab.uri(name), "h.pwrite(b'citron' * 1000, 12345); h.flush()");
     }
     let written = "assert h.pread(6000, 12345) == b'citron' * 1000, 'lost'";
     let pristine = "assert h.pread(6000, 12345) == bytes(6000), 'not reset'";
@@ -113,12 +87,7 @@ fn never_disk_survives_gateway_restart_and_job_start_disk_does_not() {
         return;
     }
     let t = tempfile::tempdir().unwrap();
-    let disks = || {
-        vec![
-            disk("n", raw(1 << 20), ResetOn::Never),
-            disk("j", raw(1 << 20), ResetOn::JobStart),
-        ]
-    };
+    let disks = || vec![disk("n", raw(1 << 20), ResetOn::Never), disk("j", raw(1 << 20), ResetOn::JobStart)];
     {
         let lab = Lab::start_in(t.path(), disks());
         nbdsh(&lab.uri("n"), "h.pwrite(b'kept', 4096); h.flush()");
@@ -182,14 +151,7 @@ fn trim_on_a_writable_export_reads_back_zeros() {
     let src = t.path().join("src.img");
     let data = pattern(1 << 20);
     std::fs::write(&src, &data).unwrap();
-    let lab = Lab::start(vec![disk(
-        "img",
-        DiskKind::Image {
-            source: Source::File(src),
-            sha256: None,
-        },
-        ResetOn::JobStart,
-    )]);
+    let lab = Lab::start(vec![disk("img", DiskKind::Image { source: Source::File(src), sha256: None }, ResetOn::JobStart)]);
     // An aligned trim over the base image, an unaligned one over the DUT's own write, with FUA.
     nbdsh(
         &lab.uri("img"),
@@ -197,11 +159,7 @@ fn trim_on_a_writable_export_reads_back_zeros() {
     );
     // A second connection sees the trimmed ranges too.
     nbdsh(&lab.uri("img"), "assert h.pread(65536, 131072) == bytes(65536)\nassert h.pread(5000, 601000) == bytes(5000)");
-    assert_ne!(
-        &data[131072..196608],
-        &[0u8; 65536][..],
-        "the pattern must not be zero where the trim is checked"
-    );
+    assert_ne!(&data[131072..196608], &[0u8; 65536][..], "the pattern must not be zero where the trim is checked");
 }
 
 #[test]
@@ -213,10 +171,7 @@ fn export_name_opens_a_known_export_and_closes_on_an_unknown_one() {
     ro.readonly = true;
     let lab = Lab::start(vec![disk("d", raw(2 << 20), ResetOn::JobStart), ro]);
     // Written with a real client (NBD_OPT_GO), read back after NBD_OPT_EXPORT_NAME.
-    nbdsh(
-        &lab.uri("d"),
-        "h.pwrite(b'by export name', 4096); h.flush()",
-    );
+    nbdsh(&lab.uri("d"), "h.pwrite(b'by export name', 4096); h.flush()");
     lab.rt.block_on(async {
         use citron_protocols::nbd::wire::tflag;
         let mut r = Raw::connect(lab.addr, "127.0.0.1").await;
@@ -226,19 +181,12 @@ fn export_name_opens_a_known_export_and_closes_on_an_unknown_one() {
             flags & (tflag::HAS_FLAGS | tflag::SEND_FLUSH | tflag::SEND_TRIM | tflag::READ_ONLY),
             tflag::HAS_FLAGS | tflag::SEND_FLUSH | tflag::SEND_TRIM
         );
-        assert_eq!(
-            r.request(cmd::READ, 0, 4096, 14, b"").await,
-            (0, b"by export name".to_vec())
-        );
+        assert_eq!(r.request(cmd::READ, 0, 4096, 14, b"").await, (0, b"by export name".to_vec()));
         assert_eq!(r.request(cmd::WRITE, 0, 0, 2, b"ok").await.0, 0);
-        assert_eq!(
-            r.request(cmd::READ, 0, 0, 2, b"").await,
-            (0, b"ok".to_vec())
-        );
+        assert_eq!(r.request(cmd::READ, 0, 0, 2, b"").await, (0, b"ok".to_vec()));
 
         // Without NBD_FLAG_C_NO_ZEROES the reply carries the 124 zero bytes; the read-only flag.
-        let mut z =
-            Raw::connect_with_flags(lab.addr, "127.0.0.1", wire::CLIENT_FIXED_NEWSTYLE).await;
+        let mut z = Raw::connect_with_flags(lab.addr, "127.0.0.1", wire::CLIENT_FIXED_NEWSTYLE).await;
         let (size, flags) = z.export_name("ro").await.expect("read-only export refused");
         assert_eq!(size, 3 << 20);
         assert_ne!(flags & tflag::READ_ONLY, 0);
@@ -271,21 +219,12 @@ fn info_describes_an_export_without_opening_it() {
     lab.rt.block_on(async {
         // Another DUT learns nothing about a private export, and the owner can still GO after INFO.
         let mut other = Raw::connect(lab.addr, "127.0.0.3").await;
-        assert_eq!(
-            other.info("d", &[]).await.last().unwrap().0,
-            rep::ERR_UNKNOWN
-        );
+        assert_eq!(other.info("d", &[]).await.last().unwrap().0, rep::ERR_UNKNOWN);
         let mut owner = Raw::connect(lab.addr, "127.0.0.1").await;
         let replies = owner.info("d", &[wire::info::NAME]).await;
         assert_eq!(replies.last().unwrap().0, rep::ACK);
-        assert!(replies.iter().any(|(k, d)| *k == rep::INFO
-            && d[..2] == wire::info::NAME.to_be_bytes()
-            && &d[2..] == b"d"));
-        assert_eq!(
-            count_files(&overlays),
-            before,
-            "NBD_OPT_INFO opened the export"
-        );
+        assert!(replies.iter().any(|(k, d)| *k == rep::INFO && d[..2] == wire::info::NAME.to_be_bytes() && &d[2..] == b"d"));
+        assert_eq!(count_files(&overlays), before, "NBD_OPT_INFO opened the export");
         assert_eq!(owner.go("d").await, rep::ACK);
     });
     // NBD_OPT_GO does open it: the count above can tell.
@@ -320,10 +259,7 @@ fn export_name_refuses_another_duts_private_export() {
         let mut other = Raw::connect(lab.addr, "127.0.0.3").await;
         let (size, _) = other.export_name("").await.expect("dut2's default export");
         assert_eq!(size, 1 << 20);
-        assert_eq!(
-            other.request(cmd::READ, 0, 0, 6, b"").await,
-            (0, vec![0; 6])
-        );
+        assert_eq!(other.request(cmd::READ, 0, 0, 6, b"").await, (0, vec![0; 6]));
         // The shared disk it may open; an address no DUT has gets nothing.
         let mut other = Raw::connect(lab.addr, "127.0.0.3").await;
         assert!(other.export_name("common").await.is_some());
@@ -349,8 +285,7 @@ fn two_connections_share_one_overlay() {
 
 #[test]
 fn filesystem_from_tarball_passes_e2fsck() {
-    if !have("mkfs.ext4") || !have("e2fsck") || !have("debugfs") || !have("nbdcopy") || !have("tar")
-    {
+    if !have("mkfs.ext4") || !have("e2fsck") || !have("debugfs") || !have("nbdcopy") || !have("tar") {
         return;
     }
     let t = tempfile::tempdir().unwrap();
@@ -359,19 +294,10 @@ fn filesystem_from_tarball_passes_e2fsck() {
     std::fs::write(tree.join("hello.txt"), "hello from citron\n").unwrap();
     std::fs::write(tree.join("etc/hostname"), "dut\n").unwrap();
     let tgz = t.path().join("rootfs.tar.gz");
-    run(Command::new("tar")
-        .arg("czf")
-        .arg(&tgz)
-        .arg("-C")
-        .arg(&tree)
-        .arg("."));
+    run(Command::new("tar").arg("czf").arg(&tgz).arg("-C").arg(&tree).arg("."));
     let lab = Lab::start(vec![disk(
         "rootfs",
-        DiskKind::Filesystem {
-            fstype: "ext4".into(),
-            size_bytes: 32 << 20,
-            contents: Some(FsContents::Tarball(Source::File(tgz))),
-        },
+        DiskKind::Filesystem { fstype: "ext4".into(), size_bytes: 32 << 20, contents: Some(FsContents::Tarball(Source::File(tgz))) },
         ResetOn::JobStart,
     )]);
     let img = t.path().join("fs.img");
@@ -379,10 +305,7 @@ fn filesystem_from_tarball_passes_e2fsck() {
     run(Command::new("e2fsck").arg("-fn").arg(&img));
     let ls = run(Command::new("debugfs").arg("-R").arg("ls -l /").arg(&img));
     assert!(ls.contains("hello.txt") && ls.contains("etc"), "{ls}");
-    let cat = run(Command::new("debugfs")
-        .arg("-R")
-        .arg("cat /etc/hostname")
-        .arg(&img));
+    let cat = run(Command::new("debugfs").arg("-R").arg("cat /etc/hostname").arg(&img));
     assert_eq!(cat, "dut\n");
 }
 
@@ -422,11 +345,7 @@ fn malformed_input_is_refused_without_harm() {
     lab.rt.block_on(async {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         // Garbage instead of client flags and options: the server closes.
-        for junk in [
-            &b"\xff\xff\xff\xff"[..],
-            b"\0\0\0\x01GARBAGE-GARBAGE-GARBAGE",
-            b"\0\0\0\x01IHAVEOPT\0\0\0\x07\xff\xff\xff\xff",
-        ] {
+        for junk in [&b"\xff\xff\xff\xff"[..], b"\0\0\0\x01GARBAGE-GARBAGE-GARBAGE", b"\0\0\0\x01IHAVEOPT\0\0\0\x07\xff\xff\xff\xff"] {
             let mut s = Raw::connect_plain(lab.addr, "127.0.0.1").await;
             s.write_all(junk).await.unwrap();
             let mut rest = Vec::new();
@@ -435,82 +354,32 @@ fn malformed_input_is_refused_without_harm() {
         }
         // Truncated option then close.
         let mut s = Raw::connect_plain(lab.addr, "127.0.0.1").await;
-        s.write_all(b"\0\0\0\x03IHAVEOPT\0\0\0\x07\0\0\0\x40ab")
-            .await
-            .unwrap();
+        s.write_all(b"\0\0\0\x03IHAVEOPT\0\0\0\x07\0\0\0\x40ab").await.unwrap();
         drop(s);
         // Unknown option, malformed GO data, structured reply with data.
         let mut r = Raw::connect(lab.addr, "127.0.0.1").await;
         assert_eq!(r.option(99, b"").await.last().unwrap().0, rep::ERR_UNSUP);
-        assert_eq!(
-            r.option(opt::GO, b"\0\0\xff\xffd").await.last().unwrap().0,
-            rep::ERR_INVALID
-        );
-        assert_eq!(
-            r.option(opt::STRUCTURED_REPLY, b"x")
-                .await
-                .last()
-                .unwrap()
-                .0,
-            rep::ERR_INVALID
-        );
-        assert_eq!(
-            r.option(opt::LIST, b"x").await.last().unwrap().0,
-            rep::ERR_INVALID
-        );
+        assert_eq!(r.option(opt::GO, b"\0\0\xff\xffd").await.last().unwrap().0, rep::ERR_INVALID);
+        assert_eq!(r.option(opt::STRUCTURED_REPLY, b"x").await.last().unwrap().0, rep::ERR_INVALID);
+        assert_eq!(r.option(opt::LIST, b"x").await.last().unwrap().0, rep::ERR_INVALID);
         assert_eq!(r.go("d").await, rep::ACK);
         // Out of range, oversize, unknown command and flags: error replies, connection stays.
         let size = 1u64 << 20;
-        assert_eq!(
-            r.request(cmd::READ, 0, size - 1, 2, b"").await.0,
-            errno::EINVAL
-        );
-        assert_eq!(
-            r.request(cmd::READ, 0, u64::MAX - 1, 4, b"").await.0,
-            errno::EINVAL
-        );
-        assert_eq!(
-            r.request(cmd::WRITE, 0, size, 1, b"x").await.0,
-            errno::ENOSPC
-        );
-        assert_eq!(
-            r.request(cmd::WRITE_ZEROES, 0, u64::MAX, 2, b"").await.0,
-            errno::ENOSPC
-        );
-        assert_eq!(
-            r.request(cmd::TRIM, 0, size - 1, 2, b"").await.0,
-            errno::ENOSPC
-        );
-        assert_eq!(
-            r.request(cmd::READ, 0, 0, 64 << 20, b"").await.0,
-            errno::EINVAL
-        );
+        assert_eq!(r.request(cmd::READ, 0, size - 1, 2, b"").await.0, errno::EINVAL);
+        assert_eq!(r.request(cmd::READ, 0, u64::MAX - 1, 4, b"").await.0, errno::EINVAL);
+        assert_eq!(r.request(cmd::WRITE, 0, size, 1, b"x").await.0, errno::ENOSPC);
+        assert_eq!(r.request(cmd::WRITE_ZEROES, 0, u64::MAX, 2, b"").await.0, errno::ENOSPC);
+        assert_eq!(r.request(cmd::TRIM, 0, size - 1, 2, b"").await.0, errno::ENOSPC);
+        assert_eq!(r.request(cmd::READ, 0, 0, 64 << 20, b"").await.0, errno::EINVAL);
         assert_eq!(r.request(42, 0, 0, 0, b"").await.0, errno::EINVAL);
-        assert_eq!(
-            r.request(cmd::READ, 0x8000, 0, 1, b"").await.0,
-            errno::EINVAL
-        );
-        assert_eq!(
-            r.request(cmd::READ, 0, size - 1, 1, b"").await,
-            (0, vec![0])
-        );
+        assert_eq!(r.request(cmd::READ, 0x8000, 0, 1, b"").await.0, errno::EINVAL);
+        assert_eq!(r.request(cmd::READ, 0, size - 1, 1, b"").await, (0, vec![0]));
         // A write larger than the maximum closes the connection.
         let mut req = Vec::new();
-        wire::encode_request(
-            &mut req,
-            &wire::Request {
-                flags: 0,
-                kind: cmd::WRITE,
-                cookie: 1,
-                offset: 0,
-                len: u32::MAX,
-            },
-        );
+        wire::encode_request(&mut req, &wire::Request { flags: 0, kind: cmd::WRITE, cookie: 1, offset: 0, len: u32::MAX });
         r.stream.write_all(&req).await.unwrap();
         let mut rest = Vec::new();
-        let n = tokio::time::timeout(Duration::from_secs(10), r.stream.read_to_end(&mut rest))
-            .await
-            .expect("closed");
+        let n = tokio::time::timeout(Duration::from_secs(10), r.stream.read_to_end(&mut rest)).await.expect("closed");
         assert!(n.is_err() || rest.is_empty());
         // Still serving.
         let mut ok = Raw::connect(lab.addr, "127.0.0.1").await;
@@ -547,13 +416,7 @@ fn expired_disk_is_swept_after_the_job_ends() {
 
 #[test]
 fn filesystem_from_container_image_flattens_layers() {
-    if !have("docker-registry")
-        || !have("curl")
-        || !have("tar")
-        || !have("mkfs.ext4")
-        || !have("debugfs")
-        || !have("nbdcopy")
-    {
+    if !have("docker-registry") || !have("curl") || !have("tar") || !have("mkfs.ext4") || !have("debugfs") || !have("nbdcopy") {
         return;
     }
     let t = tempfile::tempdir().unwrap();
@@ -569,37 +432,22 @@ fn filesystem_from_container_image_flattens_layers() {
     let mut layers = Vec::new();
     for (i, dir) in [&l1, &l2].iter().enumerate() {
         let tgz = t.path().join(format!("layer{i}.tar.gz"));
-        run(Command::new("tar")
-            .arg("czf")
-            .arg(&tgz)
-            .arg("-C")
-            .arg(dir)
-            .arg("."));
+        run(Command::new("tar").arg("czf").arg(&tgz).arg("-C").arg(dir).arg("."));
         layers.push(tgz);
     }
     let layers: Vec<&std::path::Path> = layers.iter().map(|p| p.as_path()).collect();
     let reference = reg.push_image("test/img", "v1", &layers);
     let lab = Lab::start(vec![disk(
         "root",
-        DiskKind::Filesystem {
-            fstype: "ext4".into(),
-            size_bytes: 32 << 20,
-            contents: Some(FsContents::Container(reference)),
-        },
+        DiskKind::Filesystem { fstype: "ext4".into(), size_bytes: 32 << 20, contents: Some(FsContents::Container(reference)) },
         ResetOn::JobStart,
     )]);
     let img = t.path().join("fs.img");
     run(Command::new("nbdcopy").arg(lab.uri("root")).arg(&img));
     run(Command::new("e2fsck").arg("-fn").arg(&img));
     let ls = run(Command::new("debugfs").arg("-R").arg("ls /etc").arg(&img));
-    assert!(
-        ls.contains(" b ") || ls.contains(" b\n") || ls.contains("b  "),
-        "{ls}"
-    );
-    assert!(
-        !ls.contains(".wh.") && !ls.split_whitespace().any(|w| w == "a"),
-        "whiteout not applied: {ls}"
-    );
+    assert!(ls.contains(" b ") || ls.contains(" b\n") || ls.contains("b  "), "{ls}");
+    assert!(!ls.contains(".wh.") && !ls.split_whitespace().any(|w| w == "a"), "whiteout not applied: {ls}");
     let cat = |path: &str| run(Command::new("debugfs").arg("-R").arg(format!("cat {path}")).arg(&img));
     assert_eq!(cat("/etc/b"), "lower b\n");
     assert_eq!(cat("/hello.txt"), "from the upper layer\n");
@@ -617,10 +465,7 @@ fn a_connection_that_outlives_its_job_shares_the_overlay_with_the_next_job() {
                 &"local".into(),
                 citron_core::job::ResolvedJob {
                     origin: "again".into(),
-                    start: citron_core::job::Step {
-                        nbd: spec(),
-                        ..Default::default()
-                    },
+                    start: citron_core::job::Step { nbd: spec(), ..Default::default() },
                     continue_: None,
                 },
             )
@@ -629,10 +474,7 @@ fn a_connection_that_outlives_its_job_shares_the_overlay_with_the_next_job() {
         let mut new = Raw::connect(lab.addr, "127.0.0.1").await;
         assert_eq!(new.go("keep").await, rep::ACK);
         assert_eq!(old.request(cmd::WRITE, 0, 8192, 4, b"both").await.0, 0);
-        assert_eq!(
-            new.request(cmd::READ, 0, 8192, 4, b"").await,
-            (0, b"both".to_vec())
-        );
+        assert_eq!(new.request(cmd::READ, 0, 8192, 4, b"").await, (0, b"both".to_vec()));
         assert_eq!(new.request(cmd::FLUSH, 0, 0, 0, b"").await.0, 0);
     });
 }

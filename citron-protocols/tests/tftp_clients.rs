@@ -26,26 +26,14 @@ use tftp_util::*;
 use tokio::net::UdpSocket;
 
 fn assert_file(path: &Path, want: &Digest, what: &str) {
-    let got = std::fs::read(path)
-        .unwrap_or_else(|e| panic!("{what}: no output file {}: {e}", path.display()));
-    assert_eq!(
-        &Digest::of(&got),
-        want,
-        "{what}: content differs ({} bytes received)",
-        got.len()
-    );
+    let got = std::fs::read(path).unwrap_or_else(|e| panic!("{what}: no output file {}: {e}", path.display()));
+    assert_eq!(&Digest::of(&got), want, "{what}: content differs ({} bytes received)", got.len());
 }
 
 /// How many times `path` was logged as served to `dut`. The client exits after sending its final
 /// ACK, which the server may not have processed yet: wait (bounded) for `want`.
 async fn served(gw: &Gateway, dut: &str, path: &str, want: usize) -> usize {
-    let count = || {
-        gw.accesses(&DutId::from(dut))
-            .unwrap()
-            .iter()
-            .filter(|r| r.path == path && r.outcome == AccessOutcome::Served)
-            .count()
-    };
+    let count = || gw.accesses(&DutId::from(dut)).unwrap().iter().filter(|r| r.path == path && r.outcome == AccessOutcome::Served).count();
     for _ in 0..100 {
         if count() >= want {
             break;
@@ -67,25 +55,12 @@ async fn tftp_hpa_downloads_every_size() {
     for (name, sum) in &sums {
         let dest = out.path().join(name);
         let o = run(tokio::process::Command::new("tftp")
-            .args([
-                "-4",
-                "127.0.0.1",
-                &srv.addr.port().to_string(),
-                "-m",
-                "binary",
-                "-c",
-                "get",
-                name,
-            ])
+            .args(["-4", "127.0.0.1", &srv.addr.port().to_string(), "-m", "binary", "-c", "get", name])
             .arg(&dest))
         .await;
         assert!(o.status.success(), "tftp get {name}: {o:?}");
         assert_file(&dest, sum, &format!("tftp-hpa {name}"));
-        assert_eq!(
-            served(&lab.gw, "local", name, 1).await,
-            1,
-            "{name} logged as served once"
-        );
+        assert_eq!(served(&lab.gw, "local", name, 1).await, 1, "{name} logged as served once");
     }
     srv.stop().await;
 }
@@ -108,9 +83,7 @@ async fn atftp_with_windowsize_and_blksize_downloads_every_size() {
         &["--option", "blksize 8192", "--option", "windowsize 16"][..],
     ] {
         for (name, sum) in &sums {
-            let dest = out
-                .path()
-                .join(format!("{name}-{}", opts.join("-").replace(' ', "")));
+            let dest = out.path().join(format!("{name}-{}", opts.join("-").replace(' ', "")));
             let o = run(tokio::process::Command::new("atftp")
                 .args(["-g", "-r", name, "-l"])
                 .arg(&dest)
@@ -141,15 +114,7 @@ async fn curl_downloads_every_size_and_duts_are_isolated() {
         for (name, sum) in sums.iter().filter(|(n, _)| n != "f0") {
             let dest = out.path().join(format!("{name}-{iface}"));
             let o = run(tokio::process::Command::new("curl")
-                .args([
-                    "-sS",
-                    "--fail",
-                    "--tftp-blksize",
-                    blksize,
-                    "--interface",
-                    iface,
-                    "-o",
-                ])
+                .args(["-sS", "--fail", "--tftp-blksize", blksize, "--interface", iface, "-o"])
                 .arg(&dest)
                 .arg(format!("tftp://127.0.0.1:{}/{name}", srv.addr.port())))
             .await;
@@ -179,22 +144,12 @@ async fn tftp_hpa_netascii_mode() {
         text.extend_from_slice(format!("line {i}\tcolumns\rcarriage\n").as_bytes());
     }
     let sum = Digest::of(&text);
-    lab.job("local", vec![file("cmdline.txt", text, None)])
-        .await;
+    lab.job("local", vec![file("cmdline.txt", text, None)]).await;
     let srv = lab.serve(Config::default()).await;
     let out = tempfile::tempdir().unwrap();
     let dest = out.path().join("cmdline.txt");
     let o = run(tokio::process::Command::new("tftp")
-        .args([
-            "-4",
-            "127.0.0.1",
-            &srv.addr.port().to_string(),
-            "-m",
-            "netascii",
-            "-c",
-            "get",
-            "cmdline.txt",
-        ])
+        .args(["-4", "127.0.0.1", &srv.addr.port().to_string(), "-m", "netascii", "-c", "get", "cmdline.txt"])
         .arg(&dest))
     .await;
     assert!(o.status.success(), "{o:?}");
@@ -215,18 +170,11 @@ async fn access_count_refuses_the_second_read() {
     let out = tempfile::tempdir().unwrap();
     let url = format!("tftp://127.0.0.1:{}/once", srv.addr.port());
     let dest = out.path().join("once");
-    let o = run(tokio::process::Command::new("curl")
-        .args(["-sS", "--interface", "127.0.0.2", "-o"])
-        .arg(&dest)
-        .arg(&url))
-    .await;
+    let o = run(tokio::process::Command::new("curl").args(["-sS", "--interface", "127.0.0.2", "-o"]).arg(&dest).arg(&url)).await;
     assert!(o.status.success(), "{o:?}");
     assert_file(&dest, &sum, "first read");
     // Access violation (curl: exit 69, CURLE_TFTP_PERM).
-    let o = run(tokio::process::Command::new("curl")
-        .args(["-sS", "--interface", "127.0.0.2", "-o", "/dev/null"])
-        .arg(&url))
-    .await;
+    let o = run(tokio::process::Command::new("curl").args(["-sS", "--interface", "127.0.0.2", "-o", "/dev/null"]).arg(&url)).await;
     assert_eq!(o.status.code(), Some(69), "second read: {o:?}");
     srv.stop().await;
 }
@@ -234,8 +182,7 @@ async fn access_count_refuses_the_second_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traversal_and_writes_are_access_violations() {
     let lab = Lab::new().await;
-    lab.job("dut1", vec![file("x", b"inside".to_vec(), None)])
-        .await;
+    lab.job("dut1", vec![file("x", b"inside".to_vec(), None)]).await;
     let srv = lab.serve(Config::default()).await;
     let wait = Duration::from_secs(3);
     for name in ["../x", "/../../etc/passwd", "a/../../x"] {
@@ -244,39 +191,22 @@ async fn traversal_and_writes_are_access_violations() {
     }
     let mut wrq = rrq("x", &[]);
     wrq[1] = 2;
-    assert_eq!(
-        error_code(&exchange("127.0.0.2", srv.addr, &wrq, wait).await),
-        Some(2)
-    );
+    assert_eq!(error_code(&exchange("127.0.0.2", srv.addr, &wrq, wait).await), Some(2));
     // The same refusals seen by a real client.
     if require_tool("tftp") {
         let out = tempfile::tempdir().unwrap();
         let port = srv.addr.port().to_string();
         let o = run(tokio::process::Command::new("tftp")
-            .args([
-                "-4",
-                "127.0.0.1",
-                &port,
-                "-m",
-                "binary",
-                "-c",
-                "get",
-                "/../../etc/passwd",
-            ])
+            .args(["-4", "127.0.0.1", &port, "-m", "binary", "-c", "get", "/../../etc/passwd"])
             .arg(out.path().join("p")))
         .await;
-        let err =
-            String::from_utf8_lossy(&o.stderr).to_string() + &String::from_utf8_lossy(&o.stdout);
+        let err = String::from_utf8_lossy(&o.stderr).to_string() + &String::from_utf8_lossy(&o.stdout);
         assert!(err.contains("Error code 2"), "traversal: {err}");
         let src = out.path().join("up");
         std::fs::write(&src, b"data").unwrap();
-        let o = run(tokio::process::Command::new("tftp")
-            .args(["-4", "127.0.0.1", &port, "-m", "binary", "-c", "put"])
-            .arg(&src)
-            .arg("up"))
-        .await;
-        let err =
-            String::from_utf8_lossy(&o.stderr).to_string() + &String::from_utf8_lossy(&o.stdout);
+        let o = run(tokio::process::Command::new("tftp").args(["-4", "127.0.0.1", &port, "-m", "binary", "-c", "put"]).arg(&src).arg("up"))
+            .await;
+        let err = String::from_utf8_lossy(&o.stderr).to_string() + &String::from_utf8_lossy(&o.stdout);
         assert!(err.contains("Error code 2"), "write: {err}");
     }
     srv.stop().await;
@@ -285,49 +215,19 @@ async fn traversal_and_writes_are_access_violations() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn option_negotiation_on_the_wire() {
     let lab = Lab::new().await;
-    lab.job("dut1", vec![file("f", content(5, 5000), None)])
-        .await;
+    lab.job("dut1", vec![file("f", content(5, 5000), None)]).await;
     let srv = lab.serve(Config::default()).await;
     let wait = Duration::from_secs(3);
     use tftp::packet::Packet;
     // Only what was asked is acknowledged; unknown options are ignored; big values are lowered.
-    let p = exchange(
-        "127.0.0.2",
-        srv.addr,
-        &rrq("f", &[("tsize", "0"), ("foo", "bar"), ("blksize", "70000")]),
-        wait,
-    )
-    .await;
-    assert_eq!(
-        p,
-        Some(Packet::Oack {
-            options: vec![
-                ("tsize".into(), "5000".into()),
-                ("blksize".into(), "65464".into())
-            ]
-        })
-    );
+    let p = exchange("127.0.0.2", srv.addr, &rrq("f", &[("tsize", "0"), ("foo", "bar"), ("blksize", "70000")]), wait).await;
+    assert_eq!(p, Some(Packet::Oack { options: vec![("tsize".into(), "5000".into()), ("blksize".into(), "65464".into())] }));
     // No options: DATA 1 straight away, 512 bytes.
     let p = exchange("127.0.0.2", srv.addr, &rrq("f", &[]), wait).await;
-    assert!(
-        matches!(p, Some(Packet::Data { block: 1, ref data }) if data.len() == 512),
-        "{p:?}"
-    );
+    assert!(matches!(p, Some(Packet::Data { block: 1, ref data }) if data.len() == 512), "{p:?}");
     // Absurd values only: no OACK, plain RFC 1350.
-    let p = exchange(
-        "127.0.0.2",
-        srv.addr,
-        &rrq(
-            "f",
-            &[("blksize", "2"), ("windowsize", "0"), ("timeout", "999")],
-        ),
-        wait,
-    )
-    .await;
-    assert!(
-        matches!(p, Some(Packet::Data { block: 1, ref data }) if data.len() == 512),
-        "{p:?}"
-    );
+    let p = exchange("127.0.0.2", srv.addr, &rrq("f", &[("blksize", "2"), ("windowsize", "0"), ("timeout", "999")]), wait).await;
+    assert!(matches!(p, Some(Packet::Data { block: 1, ref data }) if data.len() == 512), "{p:?}");
     srv.stop().await;
 }
 
@@ -358,16 +258,9 @@ async fn malformed_packets_get_an_error_or_nothing_and_the_server_keeps_serving(
     ];
     for j in &junk {
         let p = exchange("127.0.0.2", srv.addr, j, Duration::from_millis(300)).await;
-        assert!(
-            p.is_none() || error_code(&p).is_some(),
-            "{j:?}: answered {p:?}"
-        );
+        assert!(p.is_none() || error_code(&p).is_some(), "{j:?}: answered {p:?}");
         if j.starts_with(&[0, 1]) && j.len() > 2 {
-            assert_eq!(
-                error_code(&p),
-                Some(4),
-                "malformed request {j:?} gets 'illegal operation'"
-            );
+            assert_eq!(error_code(&p), Some(4), "malformed request {j:?} gets 'illegal operation'");
         }
     }
     // Malformed packets inside a transfer are ignored too; then the server still serves.
@@ -387,11 +280,7 @@ async fn malformed_packets_get_an_error_or_nothing_and_the_server_keeps_serving(
 
 /// A relay between one client and the server that drops every packet for which a seeded
 /// xorshift generator says so (about 1 in `one_in`), in both directions.
-async fn lossy_relay(
-    server: SocketAddr,
-    seed: u64,
-    one_in: u64,
-) -> (SocketAddr, Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+async fn lossy_relay(server: SocketAddr, seed: u64, one_in: u64) -> (SocketAddr, Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
     let dropped = Arc::new(AtomicU64::new(0));
     let counter = dropped.clone();
     let front = UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -464,27 +353,12 @@ async fn lossy_path_still_delivers_whole_files() {
             .unwrap();
         use tokio::io::AsyncWriteExt;
         let mut stdin = child.stdin.take().unwrap();
-        stdin
-            .write_all(
-                format!(
-                    "mode octet\nrexmt 1\ntimeout 120\nget lossy {}\nquit\n",
-                    dest.display()
-                )
-                .as_bytes(),
-            )
-            .await
-            .unwrap();
+        stdin.write_all(format!("mode octet\nrexmt 1\ntimeout 120\nget lossy {}\nquit\n", dest.display()).as_bytes()).await.unwrap();
         drop(stdin);
-        let o = tokio::time::timeout(Duration::from_secs(240), child.wait_with_output())
-            .await
-            .expect("tftp under loss hung")
-            .unwrap();
+        let o = tokio::time::timeout(Duration::from_secs(240), child.wait_with_output()).await.expect("tftp under loss hung").unwrap();
         assert!(o.status.success(), "{o:?}");
         assert_file(&dest, &sum, &format!("lossy seed {seed}"));
-        assert!(
-            dropped.load(Ordering::Relaxed) > 10,
-            "the relay dropped packets"
-        );
+        assert!(dropped.load(Ordering::Relaxed) > 10, "the relay dropped packets");
         task.abort();
     }
     srv.stop().await;
@@ -494,8 +368,7 @@ async fn lossy_path_still_delivers_whole_files() {
 async fn duplicate_acks_are_ignored_and_a_vanished_client_is_cleaned_up() {
     use tftp::packet::Packet;
     let lab = Lab::new().await;
-    lab.job("dut1", vec![file("f", content(8, 2000), None)])
-        .await;
+    lab.job("dut1", vec![file("f", content(8, 2000), None)]).await;
     let mut config = Config::default();
     config.limits.default_timeout = Duration::from_millis(200);
     config.limits.retries = 2;
@@ -506,36 +379,23 @@ async fn duplicate_acks_are_ignored_and_a_vanished_client_is_cleaned_up() {
     let (n, tid) = recv(&sock, &mut buf, 3000).await.expect("DATA 1");
     assert_ne!(tid, srv.addr, "the transfer runs on its own port");
     assert_eq!(tid.ip(), srv.addr.ip(), "bound to the listening address");
-    assert!(matches!(
-        tftp::packet::decode(&buf[..n]),
-        Ok(Packet::Data { block: 1, .. })
-    ));
+    assert!(matches!(tftp::packet::decode(&buf[..n]), Ok(Packet::Data { block: 1, .. })));
     // ACK 1 brings DATA 2; a duplicate ACK 1 brings nothing (only the timer resends DATA 2).
     sock.send_to(&[0, 4, 0, 1], tid).await.unwrap();
     let (n, _) = recv(&sock, &mut buf, 3000).await.expect("DATA 2");
-    assert!(matches!(
-        tftp::packet::decode(&buf[..n]),
-        Ok(Packet::Data { block: 2, .. })
-    ));
+    assert!(matches!(tftp::packet::decode(&buf[..n]), Ok(Packet::Data { block: 2, .. })));
     sock.send_to(&[0, 4, 0, 1], tid).await.unwrap();
     sock.send_to(&[0, 4, 0, 1], tid).await.unwrap();
     // Then the client vanishes. The server retransmits DATA 2 exactly `retries` times and gives
     // up; had it answered the duplicate ACKs, more copies would arrive.
     let mut retransmits = 0;
     while let Some((n, _)) = recv(&sock, &mut buf, 3000).await {
-        assert!(matches!(
-            tftp::packet::decode(&buf[..n]),
-            Ok(Packet::Data { block: 2, .. })
-        ));
+        assert!(matches!(tftp::packet::decode(&buf[..n]), Ok(Packet::Data { block: 2, .. })));
         retransmits += 1;
     }
     assert_eq!(retransmits, 2);
     let recs = lab.gw.accesses(&DutId::from("dut1")).unwrap();
-    assert!(
-        recs.iter()
-            .any(|r| r.path == "f" && r.outcome == AccessOutcome::Aborted && r.bytes == 512),
-        "{recs:?}"
-    );
+    assert!(recs.iter().any(|r| r.path == "f" && r.outcome == AccessOutcome::Aborted && r.bytes == 512), "{recs:?}");
     srv.stop().await;
 }
 
@@ -545,15 +405,7 @@ async fn curl_rpi(iface: &str, port: u16, path: &str) -> Result<Vec<u8>, Option<
     let out = tempfile::tempdir().unwrap();
     let dest = out.path().join("f");
     let o = run(tokio::process::Command::new("curl")
-        .args([
-            "-sS",
-            "--fail",
-            "--tftp-blksize",
-            "1024",
-            "--interface",
-            iface,
-            "-o",
-        ])
+        .args(["-sS", "--fail", "--tftp-blksize", "1024", "--interface", iface, "-o"])
         .arg(&dest)
         .arg(format!("tftp://127.0.0.1:{port}/{path}")))
     .await;
@@ -568,16 +420,7 @@ async fn tftp_hpa_get(port: u16, path: &str) -> Vec<u8> {
     let out = tempfile::tempdir().unwrap();
     let dest = out.path().join("f");
     let o = run(tokio::process::Command::new("tftp")
-        .args([
-            "-4",
-            "127.0.0.1",
-            &port.to_string(),
-            "-m",
-            "binary",
-            "-c",
-            "get",
-            path,
-        ])
+        .args(["-4", "127.0.0.1", &port.to_string(), "-m", "binary", "-c", "get", path])
         .arg(&dest))
     .await;
     assert!(o.status.success(), "tftp get {path}: {o:?}");
@@ -586,16 +429,12 @@ async fn tftp_hpa_get(port: u16, path: &str) -> Vec<u8> {
 
 /// The value of the first `key=value` line of a config.txt.
 fn config_value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-        .map(str::trim)
+    text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('=')).map(str::trim)
 }
 
 /// The first word after `cmd ` on a line of an iPXE script, and the rest of that line.
 fn ipxe_line<'a>(script: &'a str, cmd: &str) -> Option<(&'a str, &'a str)> {
-    let rest = script
-        .lines()
-        .find_map(|l| l.strip_prefix(cmd)?.strip_prefix(' '))?;
+    let rest = script.lines().find_map(|l| l.strip_prefix(cmd)?.strip_prefix(' '))?;
     Some(rest.split_once(' ').unwrap_or((rest, "")))
 }
 
@@ -622,58 +461,30 @@ async fn generated_boot_files_over_real_clients_with_firmware_prefixes() {
     let kernel = content(21, 3 * 1024 * 1024 + 123);
     let initramfs = content(22, 700_001);
     let cmdline = "console=ttyAMA0,115200 root=/dev/nfs ip=dhcp";
-    lab.boot_job("local", kernel.clone(), initramfs.clone(), cmdline)
-        .await;
+    lab.boot_job("local", kernel.clone(), initramfs.clone(), cmdline).await;
     // dut1 (127.0.0.2, MAC 52:54:00:00:00:01) boots something else.
     let other_kernel = content(23, 5000);
-    lab.boot_job("dut1", other_kernel.clone(), content(24, 10), "other")
-        .await;
+    lab.boot_job("dut1", other_kernel.clone(), content(24, 10), "other").await;
     let srv = lab.serve(Config::default()).await;
     let port = srv.addr.port();
     let rpi = "127.0.0.1";
 
     // Raspberry Pi: <serial>/config.txt, then what it names, under the same prefix.
-    let config = curl_rpi(rpi, port, &format!("{SERIAL}/config.txt"))
-        .await
-        .expect("curl <serial>/config.txt");
+    let config = curl_rpi(rpi, port, &format!("{SERIAL}/config.txt")).await.expect("curl <serial>/config.txt");
     let config = String::from_utf8(config).unwrap();
-    assert_eq!(
-        config_value(&config, "kernel"),
-        Some("boot/rpi4-a/kernel"),
-        "{config}"
-    );
-    assert!(
-        config.contains("initramfs boot/rpi4-a/initramfs"),
-        "{config}"
-    );
+    assert_eq!(config_value(&config, "kernel"), Some("boot/rpi4-a/kernel"), "{config}");
+    assert!(config.contains("initramfs boot/rpi4-a/initramfs"), "{config}");
     let kpath = config_value(&config, "kernel").unwrap();
-    let got = curl_rpi(rpi, port, &format!("{SERIAL}/{kpath}"))
-        .await
-        .expect("curl <serial>/kernel");
-    assert_eq!(
-        Digest::of(&got),
-        Digest::of(&kernel),
-        "kernel via serial prefix"
-    );
+    let got = curl_rpi(rpi, port, &format!("{SERIAL}/{kpath}")).await.expect("curl <serial>/kernel");
+    assert_eq!(Digest::of(&got), Digest::of(&kernel), "kernel via serial prefix");
     let cpath = config_value(&config, "cmdline").expect("cmdline= line");
-    let got = curl_rpi(rpi, port, &format!("{SERIAL}/{cpath}"))
-        .await
-        .expect("curl cmdline.txt");
+    let got = curl_rpi(rpi, port, &format!("{SERIAL}/{cpath}")).await.expect("curl cmdline.txt");
     assert_eq!(String::from_utf8(got).unwrap().trim_end(), cmdline);
     // The same config.txt from tftp-hpa (lockstep at blksize 512), with and without the prefix.
-    assert_eq!(
-        String::from_utf8(tftp_hpa_get(port, &format!("{SERIAL}/config.txt")).await).unwrap(),
-        config
-    );
-    assert_eq!(
-        String::from_utf8(tftp_hpa_get(port, "config.txt").await).unwrap(),
-        config
-    );
+    assert_eq!(String::from_utf8(tftp_hpa_get(port, &format!("{SERIAL}/config.txt")).await).unwrap(), config);
+    assert_eq!(String::from_utf8(tftp_hpa_get(port, "config.txt").await).unwrap(), config);
     // The serial prefix is matched without regard to case.
-    assert_eq!(
-        curl_rpi(rpi, port, &format!("{}/config.txt", SERIAL.to_uppercase())).await,
-        Ok(config.clone().into_bytes())
-    );
+    assert_eq!(curl_rpi(rpi, port, &format!("{}/config.txt", SERIAL.to_uppercase())).await, Ok(config.clone().into_bytes()));
 
     // iPXE: boot.ipxe and <mac>/boot.ipxe in every spelling; kernel and initrd lines followed.
     let script = String::from_utf8(tftp_hpa_get(port, "boot.ipxe").await).unwrap();
@@ -684,47 +495,24 @@ async fn generated_boot_files_over_real_clients_with_firmware_prefixes() {
     let (iurl, _) = ipxe_line(&script, "initrd").expect("initrd line");
     assert_eq!(iurl, "/boot/rpi4-a/initramfs", "{script}");
     assert!(script.lines().any(|l| l == "boot"), "{script}");
-    let mac_forms = [
-        MAC.replace(':', "-"),
-        MAC.replace(':', ""),
-        MAC.to_string(),
-        MAC.to_uppercase().replace(':', "-"),
-    ];
+    let mac_forms = [MAC.replace(':', "-"), MAC.replace(':', ""), MAC.to_string(), MAC.to_uppercase().replace(':', "-")];
     for m in &mac_forms {
-        assert_eq!(
-            curl_rpi(rpi, port, &format!("{m}/boot.ipxe")).await,
-            Ok(script.clone().into_bytes()),
-            "{m}/boot.ipxe"
-        );
+        assert_eq!(curl_rpi(rpi, port, &format!("{m}/boot.ipxe")).await, Ok(script.clone().into_bytes()), "{m}/boot.ipxe");
     }
     // tftp-hpa too (no colon form: tftp-hpa reads `host:file` in a get argument).
-    assert_eq!(
-        String::from_utf8(tftp_hpa_get(port, &format!("{}/boot.ipxe", mac_forms[1])).await)
-            .unwrap(),
-        script
-    );
-    assert_eq!(
-        String::from_utf8(tftp_hpa_get(port, "boot/rpi4-a/boot.ipxe").await).unwrap(),
-        script
-    );
+    assert_eq!(String::from_utf8(tftp_hpa_get(port, &format!("{}/boot.ipxe", mac_forms[1])).await).unwrap(), script);
+    assert_eq!(String::from_utf8(tftp_hpa_get(port, "boot/rpi4-a/boot.ipxe").await).unwrap(), script);
     // The script's paths, as iPXE resolves them against a tftp:// URL.
     let got = tftp_hpa_get(port, kurl).await;
     assert_eq!(Digest::of(&got), Digest::of(&kernel), "kernel via tftp-hpa");
-    let got = curl_rpi(rpi, port, kurl.trim_start_matches('/'))
-        .await
-        .expect("curl kernel");
+    let got = curl_rpi(rpi, port, kurl.trim_start_matches('/')).await.expect("curl kernel");
     assert_eq!(Digest::of(&got), Digest::of(&kernel), "kernel via curl");
-    let got = curl_rpi(rpi, port, &format!("{}{iurl}", mac_forms[0]))
-        .await
-        .expect("curl <mac>/initramfs");
+    let got = curl_rpi(rpi, port, &format!("{}{iurl}", mac_forms[0])).await.expect("curl <mac>/initramfs");
     assert_eq!(Digest::of(&got), Digest::of(&initramfs), "initramfs");
 
     // A prefix naming nobody, or a MAC form the gateway does not accept (pxelinux's "01-"
     // ARP-type prefix): not found (curl: exit 68).
-    for bad in [
-        "ffffffff/config.txt".to_string(),
-        format!("01-{}/boot.ipxe", mac_forms[0]),
-    ] {
+    for bad in ["ffffffff/config.txt".to_string(), format!("01-{}/boot.ipxe", mac_forms[0])] {
         assert_eq!(curl_rpi(rpi, port, &bad).await, Err(Some(68)), "{bad}");
     }
 
@@ -732,9 +520,7 @@ async fn generated_boot_files_over_real_clients_with_firmware_prefixes() {
     // machine_id.
     let own = String::from_utf8(curl_rpi("127.0.0.2", port, "boot.ipxe").await.unwrap()).unwrap();
     assert!(own.contains("kernel /boot/dut1/kernel other"), "{own}");
-    let got = curl_rpi("127.0.0.2", port, "52-54-00-00-00-01/boot/dut1/kernel")
-        .await
-        .expect("dut1's own kernel through its own MAC");
+    let got = curl_rpi("127.0.0.2", port, "52-54-00-00-00-01/boot/dut1/kernel").await.expect("dut1's own kernel through its own MAC");
     assert_eq!(Digest::of(&got), Digest::of(&other_kernel));
     for stolen in [
         format!("{SERIAL}/config.txt"),
@@ -743,19 +529,12 @@ async fn generated_boot_files_over_real_clients_with_firmware_prefixes() {
         format!("{}/boot.ipxe", mac_forms[0]),
         "boot/rpi4-a/kernel".to_string(),
     ] {
-        assert_eq!(
-            curl_rpi("127.0.0.2", port, &stolen).await,
-            Err(Some(68)),
-            "dut1 asking for {stolen}"
-        );
+        assert_eq!(curl_rpi("127.0.0.2", port, &stolen).await, Err(Some(68)), "dut1 asking for {stolen}");
     }
 
     // The access log names the first DUT's reads as served, under the path the client asked for
     // (<serial>/config.txt: once by curl, once by tftp-hpa).
-    assert_eq!(
-        served(&lab.gw, "local", &format!("{SERIAL}/config.txt"), 2).await,
-        2
-    );
+    assert_eq!(served(&lab.gw, "local", &format!("{SERIAL}/config.txt"), 2).await, 2);
     assert_eq!(served(&lab.gw, "local", kurl, 1).await, 1);
     srv.stop().await;
 }
@@ -768,14 +547,7 @@ async fn generated_boot_files_over_real_clients_with_firmware_prefixes() {
 async fn a_lost_final_ack_is_logged_as_served() {
     use tftp::packet::Packet;
     let lab = Lab::new().await;
-    lab.job(
-        "dut1",
-        vec![
-            file("silent", content(10, 1000), None),
-            file("closed", content(11, 1000), None),
-        ],
-    )
-    .await;
+    lab.job("dut1", vec![file("silent", content(10, 1000), None), file("closed", content(11, 1000), None)]).await;
     let mut config = Config::default();
     config.limits.default_timeout = Duration::from_millis(200);
     config.limits.retries = 2;
@@ -785,15 +557,10 @@ async fn a_lost_final_ack_is_logged_as_served() {
         let sock = UdpSocket::bind("127.0.0.2:0").await.unwrap();
         sock.send_to(&rrq(name, &[]), srv.addr).await.unwrap();
         let (n, tid) = recv(&sock, &mut buf, 3000).await.expect("DATA 1");
-        assert!(matches!(
-            tftp::packet::decode(&buf[..n]),
-            Ok(Packet::Data { block: 1, .. })
-        ));
+        assert!(matches!(tftp::packet::decode(&buf[..n]), Ok(Packet::Data { block: 1, .. })));
         sock.send_to(&[0, 4, 0, 1], tid).await.unwrap();
         let (n, _) = recv(&sock, &mut buf, 3000).await.expect("DATA 2");
-        assert!(
-            matches!(tftp::packet::decode(&buf[..n]), Ok(Packet::Data { block: 2, ref data }) if data.len() == 488)
-        );
+        assert!(matches!(tftp::packet::decode(&buf[..n]), Ok(Packet::Data { block: 2, ref data }) if data.len() == 488));
         if name == "silent" {
             // The last block is resent `retries` times, then the server gives up.
             let mut resent = 0;
@@ -805,14 +572,7 @@ async fn a_lost_final_ack_is_logged_as_served() {
             // The client exits after the last block: the resend meets a closed port.
             drop(sock);
         }
-        let logged = || {
-            lab.gw
-                .accesses(&DutId::from("dut1"))
-                .unwrap()
-                .into_iter()
-                .filter(|r| r.path == name)
-                .collect::<Vec<_>>()
-        };
+        let logged = || lab.gw.accesses(&DutId::from("dut1")).unwrap().into_iter().filter(|r| r.path == name).collect::<Vec<_>>();
         for _ in 0..100 {
             if !logged().is_empty() {
                 break;
@@ -820,10 +580,7 @@ async fn a_lost_final_ack_is_logged_as_served() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let recs = logged();
-        assert!(
-            matches!(&recs[..], [r] if r.outcome == AccessOutcome::Served && r.bytes == 1000),
-            "{name}: {recs:?}"
-        );
+        assert!(matches!(&recs[..], [r] if r.outcome == AccessOutcome::Served && r.bytes == 1000), "{name}: {recs:?}");
     }
     srv.stop().await;
 }

@@ -172,7 +172,9 @@ async fn a_netascii_read_of_a_large_file_does_not_hold_the_file() {
     let grown = peak.saturating_sub(before);
     assert!(grown < 32 << 10, "RSS grew by {grown} KiB during a netascii read of a 64 MiB file");
     // Abort: the client gives up.
-    sock.send_to(&datagram(&Packet::Error { code: citron_protocols::tftp::packet::ErrorCode(0), message: "bye".into() }), tid).await.unwrap();
+    sock.send_to(&datagram(&Packet::Error { code: citron_protocols::tftp::packet::ErrorCode(0), message: "bye".into() }), tid)
+        .await
+        .unwrap();
     srv.stop().await;
 }
 

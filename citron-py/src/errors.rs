@@ -133,9 +133,7 @@ static CLASSES: PyOnceLock<Classes> = PyOnceLock::new();
 pub(crate) fn classes(py: Python<'_>) -> PyResult<&'static Classes> {
     CLASSES.get_or_try_init(py, || {
         let m = PyModule::from_code(py, ERRORS_PY, c"citron/_errors.py", c"citron._errors")?;
-        let get = |name: &str| -> PyResult<Py<PyType>> {
-            Ok(m.getattr(name)?.cast_into::<PyType>()?.unbind())
-        };
+        let get = |name: &str| -> PyResult<Py<PyType>> { Ok(m.getattr(name)?.cast_into::<PyType>()?.unbind()) };
         Ok::<_, PyErr>(Classes {
             citron: get("CitronError")?,
             job: get("JobError")?,
@@ -175,13 +173,7 @@ pub struct JobErrorDetail {
 
 impl From<&CoreJobError> for JobErrorDetail {
     fn from(e: &CoreJobError) -> Self {
-        JobErrorDetail {
-            file: e.file.clone(),
-            line: e.line,
-            column: e.column,
-            field: e.field.clone(),
-            message: e.message.clone(),
-        }
+        JobErrorDetail { file: e.file.clone(), line: e.line, column: e.column, field: e.field.clone(), message: e.message.clone() }
     }
 }
 
@@ -333,8 +325,7 @@ impl From<Error> for PyErr {
             let fallback = format!("{e:?}");
             // Building the exception can only fail if the interpreter is in trouble (memory);
             // raise something rather than nothing.
-            e.into_pyerr(py)
-                .unwrap_or_else(|inner| PyRuntimeError::new_err(format!("{fallback} ({inner})")))
+            e.into_pyerr(py).unwrap_or_else(|inner| PyRuntimeError::new_err(format!("{fallback} ({inner})")))
         })
     }
 }

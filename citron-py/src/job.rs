@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use citron_core::job::{
-    DiskKind, DiskSpec, FileSpec, FsContents, JobDescription as CoreJob, JobError as CoreJobError,
-    JobErrors, Origin, RenderContext, ResetOn, ResolvedJob as CoreResolved, Source, Step,
+    DiskKind, DiskSpec, FileSpec, FsContents, JobDescription as CoreJob, JobError as CoreJobError, JobErrors, Origin, RenderContext,
+    ResetOn, ResolvedJob as CoreResolved, Source, Step,
 };
 use citron_core::namespace::Dut;
 use citron_core::Digest;
@@ -56,10 +56,7 @@ impl JobDescription {
 
     pub(crate) fn parse(text: &str, filename: Option<&str>) -> Result<JobDescription, Error> {
         let origin = Origin::named(filename.unwrap_or("<job>"));
-        Ok(JobDescription {
-            inner: CoreJob::parse(text, origin)?,
-            from_file: false,
-        })
+        Ok(JobDescription { inner: CoreJob::parse(text, origin)?, from_file: false })
     }
 }
 
@@ -72,18 +69,12 @@ pub(crate) enum LabRef<'py> {
 }
 
 /// The render context for `dut` under `lab`, and the DUTs a lab has.
-fn context(
-    lab: Option<&LabRef<'_>>,
-    dut: &str,
-    job_dir: Option<&Path>,
-) -> Result<RenderContext, Error> {
+fn context(lab: Option<&LabRef<'_>>, dut: &str, job_dir: Option<&Path>) -> Result<RenderContext, Error> {
     match lab {
         Some(LabRef::Server(s)) => s.render_context(dut, job_dir),
         Some(LabRef::Lab(l)) => Ok(offline_context(&l.config, &l.dut(dut)?, job_dir)),
         None => {
-            let l = Lab {
-                config: citron_core::lab::LabConfig::default_lab(),
-            };
+            let l = Lab { config: citron_core::lab::LabConfig::default_lab() };
             Ok(offline_context(&l.config, &l.dut(dut)?, job_dir))
         }
     }
@@ -127,10 +118,7 @@ impl JobDescription {
     #[staticmethod]
     fn from_file(path: PathBuf) -> PyResult<JobDescription> {
         let inner = CoreJob::from_file(&path).map_err(Error::from)?;
-        Ok(JobDescription {
-            inner,
-            from_file: true,
-        })
+        Ok(JobDescription { inner, from_file: true })
     }
 
     /// The name errors use: the path for :meth:`from_file`, ``filename`` for :meth:`from_yaml`.
@@ -167,9 +155,7 @@ impl JobDescription {
                         _ => citron_core::lab::LabConfig::default(),
                     };
                     let ctx = offline_context(&l, &Dut::new("dut", []), dir.as_deref());
-                    return py
-                        .detach(|| self.inner.validate(&ctx))
-                        .map_err(|e| Error::from(e).into());
+                    return py.detach(|| self.inner.validate(&ctx)).map_err(|e| Error::from(e).into());
                 }
                 ids
             }
@@ -216,11 +202,7 @@ impl JobDescription {
     fn render(&self, py: Python<'_>, dut: &str, lab: Option<LabRef<'_>>) -> PyResult<ResolvedJob> {
         let dir = self.job_dir();
         let ctx = context(lab.as_ref(), dut, dir.as_deref())?;
-        let machine_id = ctx
-            .vars
-            .get("machine_id")
-            .cloned()
-            .unwrap_or_else(|| dut.to_string());
+        let machine_id = ctx.vars.get("machine_id").cloned().unwrap_or_else(|| dut.to_string());
         let resolved = py.detach(|| self.inner.render(&ctx)).map_err(Error::from)?;
         Ok(ResolvedJob::from_core(&resolved, &machine_id))
     }
@@ -300,22 +282,10 @@ pub struct Artifact {
 
 fn source_fields(s: &Source) -> (String, Option<String>, Option<u64>, Option<Digest>) {
     match s {
-        Source::Data(b) => (
-            "data".into(),
-            None,
-            Some(b.len() as u64),
-            Some(Digest::of(b)),
-        ),
+        Source::Data(b) => ("data".into(), None, Some(b.len() as u64), Some(Digest::of(b))),
         Source::File(p) => {
-            let url = url::Url::from_file_path(p)
-                .map(|u| u.to_string())
-                .unwrap_or_else(|_| p.display().to_string());
-            (
-                "file".into(),
-                Some(url),
-                std::fs::metadata(p).ok().map(|m| m.len()),
-                None,
-            )
+            let url = url::Url::from_file_path(p).map(|u| u.to_string()).unwrap_or_else(|_| p.display().to_string());
+            ("file".into(), Some(url), std::fs::metadata(p).ok().map(|m| m.len()), None)
         }
         Source::Url(u) => ("url".into(), Some(u.to_string()), None, None),
     }
@@ -346,11 +316,7 @@ fn disk_artifact(step: &str, d: &DiskSpec) -> Artifact {
             let (s, u, size, computed) = source_fields(source);
             (s, u, size, sha256.or(computed))
         }
-        DiskKind::Filesystem {
-            size_bytes,
-            contents,
-            ..
-        } => {
+        DiskKind::Filesystem { size_bytes, contents, .. } => {
             let url = match contents {
                 Some(FsContents::Tarball(src)) => source_fields(src).1,
                 Some(FsContents::Container(c)) => Some(c.clone()),
@@ -386,22 +352,10 @@ fn disk_artifact(step: &str, d: &DiskSpec) -> Artifact {
 
 fn step_artifacts(name: &str, s: &Step, machine_id: &str, out: &mut Vec<Artifact>) {
     if let Some(k) = &s.kernel {
-        out.push(file_artifact(
-            name,
-            "kernel",
-            "boot",
-            format!("boot/{machine_id}/kernel"),
-            k,
-        ));
+        out.push(file_artifact(name, "kernel", "boot", format!("boot/{machine_id}/kernel"), k));
     }
     if let Some(i) = &s.initramfs {
-        out.push(file_artifact(
-            name,
-            "initramfs",
-            "boot",
-            format!("boot/{machine_id}/initramfs"),
-            i,
-        ));
+        out.push(file_artifact(name, "initramfs", "boot", format!("boot/{machine_id}/initramfs"), i));
     }
     for f in &s.http {
         out.push(file_artifact(name, "file", "http", f.path.clone(), f));
@@ -423,12 +377,7 @@ impl ResolvedJob {
             step_artifacts("continue", c, machine_id, &mut artifacts);
             continue_cmdline = c.over(&r.start).cmdline;
         }
-        ResolvedJob {
-            origin: r.origin.clone(),
-            cmdline: r.start.cmdline.clone(),
-            continue_cmdline,
-            artifacts,
-        }
+        ResolvedJob { origin: r.origin.clone(), cmdline: r.start.cmdline.clone(), continue_cmdline, artifacts }
     }
 }
 
@@ -488,11 +437,6 @@ impl ResolvedJob {
     }
 
     fn __repr__(&self) -> String {
-        format!(
-            "ResolvedJob(origin={:?}, cmdline={:?}, artifacts={})",
-            self.origin,
-            self.cmdline,
-            self.artifacts.len()
-        )
+        format!("ResolvedJob(origin={:?}, cmdline={:?}, artifacts={})", self.origin, self.cmdline, self.artifacts.len())
     }
 }

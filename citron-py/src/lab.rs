@@ -60,32 +60,19 @@ pub(crate) fn make_dut(
 ) -> Result<Dut, Error> {
     let mut addrs = Vec::with_capacity(ip.len());
     for a in &ip {
-        let parsed: IpAddr = a.trim().parse().map_err(|_| {
-            Error::LabMessage(format!(
-                "DUT {id:?}: ip {a:?} is not an IP address (write e.g. \"127.0.0.2\" or \"::1\")"
-            ))
-        })?;
+        let parsed: IpAddr = a
+            .trim()
+            .parse()
+            .map_err(|_| Error::LabMessage(format!("DUT {id:?}: ip {a:?} is not an IP address (write e.g. \"127.0.0.2\" or \"::1\")")))?;
         addrs.push(parsed);
     }
-    Ok(Dut {
-        id: DutId(id.to_string()),
-        machine_id,
-        mac,
-        serial,
-        ip: addrs,
-        tags,
-    })
+    Ok(Dut { id: DutId(id.to_string()), machine_id, mac, serial, ip: addrs, tags })
 }
 
 impl Lab {
     /// The DUT with this id.
     pub(crate) fn dut(&self, id: &str) -> Result<Dut, Error> {
-        self.config
-            .duts
-            .iter()
-            .find(|d| d.id.0 == id)
-            .cloned()
-            .ok_or_else(|| Error::UnknownDut(id.to_string()))
+        self.config.duts.iter().find(|d| d.id.0 == id).cloned().ok_or_else(|| Error::UnknownDut(id.to_string()))
     }
 }
 
@@ -96,14 +83,8 @@ pub(crate) fn offline_context(lab: &LabConfig, dut: &Dut, job_dir: Option<&Path>
     use citron_protocols::server::{DEFAULT_HTTP, DEFAULT_NBD, DEFAULT_TFTP};
     let mut vars = BTreeMap::new();
     vars.insert("machine_id".to_string(), dut.machine_id().to_string());
-    vars.insert(
-        "http_artifact_base".to_string(),
-        format!("http://{DEFAULT_HTTP}"),
-    );
-    vars.insert(
-        "tftp_artifact_base".to_string(),
-        format!("tftp://{DEFAULT_TFTP}"),
-    );
+    vars.insert("http_artifact_base".to_string(), format!("http://{DEFAULT_HTTP}"));
+    vars.insert("tftp_artifact_base".to_string(), format!("tftp://{DEFAULT_TFTP}"));
     let (nbd_host, nbd_port) = match DEFAULT_NBD.parse::<std::net::SocketAddr>() {
         Ok(a) => (a.ip().to_string(), a.port().to_string()),
         Err(_) => (String::new(), String::new()),
@@ -117,11 +98,7 @@ pub(crate) fn offline_context(lab: &LabConfig, dut: &Dut, job_dir: Option<&Path>
     if let Some(d) = job_dir {
         roots.push(d.to_path_buf());
     }
-    RenderContext {
-        vars,
-        file_roots: roots,
-        limits: lab.limits.clone(),
-    }
+    RenderContext { vars, file_roots: roots, limits: lab.limits.clone() }
 }
 
 #[pymethods]
@@ -129,10 +106,7 @@ impl Lab {
     // The constructor's documentation is in the class docstring (Python shows that one).
     #[new]
     #[pyo3(signature = (variables = None, artifact_roots = None))]
-    fn new(
-        variables: Option<BTreeMap<String, String>>,
-        artifact_roots: Option<Vec<PathBuf>>,
-    ) -> Lab {
+    fn new(variables: Option<BTreeMap<String, String>>, artifact_roots: Option<Vec<PathBuf>>) -> Lab {
         Lab {
             config: LabConfig {
                 variables: variables.unwrap_or_default(),
@@ -149,9 +123,7 @@ impl Lab {
     /// [('dut1', ['127.0.0.2']), ('dut2', ['127.0.0.3'])]
     #[staticmethod]
     fn default() -> Lab {
-        Lab {
-            config: LabConfig::default_lab(),
-        }
+        Lab { config: LabConfig::default_lab() }
     }
 
     /// Parses a lab file's text; ``filename`` is used in error messages. Raises
@@ -164,8 +136,7 @@ impl Lab {
     #[staticmethod]
     #[pyo3(signature = (text, filename = None))]
     fn from_yaml(text: &str, filename: Option<&str>) -> PyResult<Lab> {
-        let config =
-            LabConfig::from_yaml(text, filename.unwrap_or("<lab>")).map_err(Error::from)?;
+        let config = LabConfig::from_yaml(text, filename.unwrap_or("<lab>")).map_err(Error::from)?;
         check_registry(&config)?;
         Ok(Lab { config })
     }
@@ -230,11 +201,7 @@ impl Lab {
     /// Directories ``file:`` sources of jobs may read.
     #[getter]
     fn artifact_roots(&self) -> Vec<String> {
-        self.config
-            .artifact_roots
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect()
+        self.config.artifact_roots.iter().map(|p| p.display().to_string()).collect()
     }
 
     fn __repr__(&self) -> String {
@@ -248,8 +215,7 @@ impl Lab {
 fn check_registry(config: &LabConfig) -> Result<(), Error> {
     let mut r = DutRegistry::default();
     for d in &config.duts {
-        r.add(d.clone())
-            .map_err(|e| Error::LabMessage(e.to_string()))?;
+        r.add(d.clone()).map_err(|e| Error::LabMessage(e.to_string()))?;
     }
     Ok(())
 }

@@ -34,13 +34,9 @@ const LOG_ENV: &str = "CITRON_LOG";
 /// subscriber, so without this they would be invisible.
 fn init_logging() {
     if let Ok(filter) = std::env::var(LOG_ENV) {
-        let filter = tracing_subscriber::EnvFilter::try_new(&filter)
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
         // Fails only if the process already has a subscriber: keep that one.
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .try_init();
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
     }
 }
 

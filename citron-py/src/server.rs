@@ -105,20 +105,8 @@ fn parse_listen(what: &str, a: Option<&str>) -> Result<Option<SocketAddr>, Error
     }
 }
 
-fn addr_tuple<'py>(
-    py: Python<'py>,
-    a: Option<SocketAddr>,
-) -> PyResult<Option<Bound<'py, PyTuple>>> {
-    a.map(|a| {
-        PyTuple::new(
-            py,
-            [
-                a.ip().to_string().into_pyobject(py)?.into_any(),
-                a.port().into_pyobject(py)?.into_any(),
-            ],
-        )
-    })
-    .transpose()
+fn addr_tuple<'py>(py: Python<'py>, a: Option<SocketAddr>) -> PyResult<Option<Bound<'py, PyTuple>>> {
+    a.map(|a| PyTuple::new(py, [a.ip().to_string().into_pyobject(py)?.into_any(), a.port().into_pyobject(py)?.into_any()])).transpose()
 }
 
 /// How often a long call looks for Ctrl-C (`KeyboardInterrupt`) while it waits.
@@ -149,9 +137,7 @@ where
 
 impl Server {
     fn rt(&self) -> Result<&Runtime, Error> {
-        self.rt
-            .as_ref()
-            .ok_or_else(|| Error::Server("the server is being dropped".into()))
+        self.rt.as_ref().ok_or_else(|| Error::Server("the server is being dropped".into()))
     }
 
     fn known(&self, dut: &str) -> Result<DutId, Error> {
@@ -162,16 +148,9 @@ impl Server {
         Ok(id)
     }
 
-    pub(crate) fn render_context(
-        &self,
-        dut: &str,
-        job_dir: Option<&Path>,
-    ) -> Result<RenderContext, Error> {
+    pub(crate) fn render_context(&self, dut: &str, job_dir: Option<&Path>) -> Result<RenderContext, Error> {
         let id = self.known(dut)?;
-        let d = self
-            .gateway
-            .dut(&id)
-            .ok_or_else(|| Error::UnknownDut(dut.to_string()))?;
+        let d = self.gateway.dut(&id).ok_or_else(|| Error::UnknownDut(dut.to_string()))?;
         Ok(self.gateway.render_context(&d, job_dir))
     }
 
@@ -211,7 +190,9 @@ impl Server {
         let advertise: Option<IpAddr> = match advertise {
             None => None,
             Some(a) => Some(a.trim().parse().map_err(|_| {
-                Error::Server(format!("advertise={a:?} is not an IP address; write the address DUTs reach this machine at, like \"10.0.2.2\""))
+                Error::Server(format!(
+                    "advertise={a:?} is not an IP address; write the address DUTs reach this machine at, like \"10.0.2.2\""
+                ))
             })?),
         };
         let (data_dir, tmp) = match data_dir {
@@ -220,9 +201,7 @@ impl Server {
                 let t = tempfile::Builder::new()
                     .prefix("citron-py-")
                     .tempdir()
-                    .map_err(|e| {
-                        Error::Server(format!("cannot create a temporary data directory: {e}"))
-                    })?;
+                    .map_err(|e| Error::Server(format!("cannot create a temporary data directory: {e}")))?;
                 (t.path().to_path_buf(), Some(t))
             }
         };
@@ -233,29 +212,10 @@ impl Server {
             .enable_all()
             .build()
             .map_err(|e| Error::Server(format!("cannot start the tokio runtime: {e}")))?;
-        let builder = ServerBuilder::new(gateway.clone())
-            .http(http)
-            .tftp(tftp)
-            .nbd(nbd)
-            .api(api)
-            .advertise(advertise);
-        let running = py
-            .detach(|| rt.block_on(builder.start()))
-            .map_err(Error::from)?;
-        let bound = BoundAddrs {
-            http: running.http_addr(),
-            tftp: running.tftp_addr(),
-            nbd: running.nbd_addr(),
-            api: running.api_addr(),
-        };
-        Ok(Server {
-            gateway,
-            rt: Some(rt),
-            running: Mutex::new(Some(running)),
-            bound,
-            data_dir,
-            tmp,
-        })
+        let builder = ServerBuilder::new(gateway.clone()).http(http).tftp(tftp).nbd(nbd).api(api).advertise(advertise);
+        let running = py.detach(|| rt.block_on(builder.start())).map_err(Error::from)?;
+        let bound = BoundAddrs { http: running.http_addr(), tftp: running.tftp_addr(), nbd: running.nbd_addr(), api: running.api_addr() };
+        Ok(Server { gateway, rt: Some(rt), running: Mutex::new(Some(running)), bound, data_dir, tmp })
     }
 
     /// ``(host, port)`` the HTTP server listens on, or None if it was not started.
@@ -294,9 +254,7 @@ impl Server {
         self.bound.http?;
         // The value jobs get: the bound address, or what the lab's variables or `advertise` say.
         let vars = self.gateway.variables(&Dut::new("_", []));
-        vars.get("http_artifact_base")
-            .filter(|v| !v.is_empty())
-            .cloned()
+        vars.get("http_artifact_base").filter(|v| !v.is_empty()).cloned()
     }
 
     /// Where the cache and disks live.
@@ -356,9 +314,7 @@ impl Server {
     /// ...     [d["id"] for d in srv.duts()]
     /// ['dut1']
     fn remove_dut(&self, id: &str) -> PyResult<()> {
-        self.gateway
-            .remove_dut(&DutId::from(id))
-            .map_err(Error::from)?;
+        self.gateway.remove_dut(&DutId::from(id)).map_err(Error::from)?;
         Ok(())
     }
 
@@ -375,13 +331,7 @@ impl Server {
     /// ...     r.artifacts[0].path
     /// 'boot/dut1/kernel'
     #[pyo3(signature = (dut, job, filename = None))]
-    fn set_job(
-        &self,
-        py: Python<'_>,
-        dut: &str,
-        job: JobArg<'_>,
-        filename: Option<&str>,
-    ) -> PyResult<ResolvedJob> {
+    fn set_job(&self, py: Python<'_>, dut: &str, job: JobArg<'_>, filename: Option<&str>) -> PyResult<ResolvedJob> {
         let id = self.known(dut)?;
         let job: JobDescription = match job {
             JobArg::Job(j) => j.clone(),
@@ -397,15 +347,8 @@ impl Server {
             }
         };
         interruptible(py, rt, load)?.map_err(Error::from)?;
-        let resolved = self
-            .gateway
-            .job(&id)
-            .ok_or_else(|| Error::UnknownDut(dut.to_string()))?;
-        let mid = self
-            .gateway
-            .dut(&id)
-            .map(|d| d.machine_id().to_string())
-            .unwrap_or_else(|| dut.to_string());
+        let resolved = self.gateway.job(&id).ok_or_else(|| Error::UnknownDut(dut.to_string()))?;
+        let mid = self.gateway.dut(&id).map(|d| d.machine_id().to_string()).unwrap_or_else(|| dut.to_string());
         Ok(ResolvedJob::from_core(&resolved, &mid))
     }
 
@@ -417,15 +360,8 @@ impl Server {
     /// True
     fn job(&self, dut: &str) -> PyResult<Option<ResolvedJob>> {
         let id = self.known(dut)?;
-        let mid = self
-            .gateway
-            .dut(&id)
-            .map(|d| d.machine_id().to_string())
-            .unwrap_or_else(|| dut.to_string());
-        Ok(self
-            .gateway
-            .job(&id)
-            .map(|r| ResolvedJob::from_core(&r, &mid)))
+        let mid = self.gateway.dut(&id).map(|d| d.machine_id().to_string()).unwrap_or_else(|| dut.to_string());
+        Ok(self.gateway.job(&id).map(|r| ResolvedJob::from_core(&r, &mid)))
     }
 
     /// Drops ``dut``'s job: its files disappear from its namespace. Returns whether it had one.
@@ -435,10 +371,7 @@ impl Server {
     /// ...     srv.clear_job("dut1")
     /// False
     fn clear_job(&self, dut: &str) -> PyResult<bool> {
-        Ok(self
-            .gateway
-            .clear_job(&DutId::from(dut))
-            .map_err(Error::from)?)
+        Ok(self.gateway.clear_job(&DutId::from(dut)).map_err(Error::from)?)
     }
 
     /// Tells citron something happened to ``dut``: ``"boot"`` (resets ``access_count``; from the
@@ -450,9 +383,7 @@ impl Server {
     #[pyo3(signature = (dut, event = "boot"))]
     fn event(&self, dut: &str, event: &str) -> PyResult<()> {
         let ev: Event = event.parse().map_err(PyValueError::new_err)?;
-        self.gateway
-            .event(&DutId::from(dut), ev)
-            .map_err(Error::from)?;
+        self.gateway.event(&DutId::from(dut), ev).map_err(Error::from)?;
         Ok(())
     }
 
@@ -468,10 +399,7 @@ impl Server {
     /// []
     #[pyo3(signature = (dut, after = 0, limit = None))]
     fn accesses<'py>(&self, py: Python<'py>, dut: &str, after: u64, limit: Option<usize>) -> PyResult<Bound<'py, PyList>> {
-        let recs = self
-            .gateway
-            .accesses_page(&DutId::from(dut), after, limit.unwrap_or(usize::MAX))
-            .map_err(Error::from)?;
+        let recs = self.gateway.accesses_page(&DutId::from(dut), after, limit.unwrap_or(usize::MAX)).map_err(Error::from)?;
         let l = PyList::empty(py);
         for r in recs {
             let d = PyDict::new(py);
@@ -536,8 +464,7 @@ impl Server {
     }
 
     fn __repr__(&self) -> String {
-        let f =
-            |a: Option<SocketAddr>| a.map(|a| format!("'{a}'")).unwrap_or_else(|| "None".into());
+        let f = |a: Option<SocketAddr>| a.map(|a| format!("'{a}'")).unwrap_or_else(|| "None".into());
         format!(
             "Server(http={}, tftp={}, nbd={}, api={}, running={})",
             f(self.bound.http),

@@ -155,16 +155,14 @@ fn metrics_count_bytes_and_cache_hits_and_misses() {
         assert_eq!(o.code, 0, "{}", o.stderr);
         o.stdout
     };
-    let (bytes1, req1) =
-        ("citron_bytes_total{protocol=\"http\",dut=\"dut1\"}", "citron_requests_total{protocol=\"http\",dut=\"dut1\"}");
+    let (bytes1, req1) = ("citron_bytes_total{protocol=\"http\",dut=\"dut1\"}", "citron_requests_total{protocol=\"http\",dut=\"dut1\"}");
     let (hits, misses) = ("citron_cache_hits_total", "citron_cache_misses_total");
     let m0 = metrics();
     for n in [hits, misses] {
         assert!(m0.contains(&format!("# TYPE {n} counter")), "{m0}");
     }
     let payload = "a payload of forty-two bytes for /metrics";
-    let job =
-        format!("deployment:\n  start:\n    storage:\n      http:\n        - path: /m.txt\n          data: \"{payload}\"\n");
+    let job = format!("deployment:\n  start:\n    storage:\n      http:\n        - path: /m.txt\n          data: \"{payload}\"\n");
     assert_eq!(call("PUT", &c.api_url("/api/v1/duts/dut1/job"), Some(&job)).0, 200);
     let m1 = metrics();
     assert_eq!(sample(&m1, misses), sample(&m0, misses) + 1, "new bytes are a miss:\n{m1}");

@@ -85,7 +85,8 @@ fn a_digest_alone_does_not_read_a_file_outside_the_jobs_roots() {
     assert_eq!(get_as("127.0.0.2", &c.http_url("/key.pem")), (200, secret.to_string()));
 
     let path = std::fs::canonicalize(dir.path().join("key.pem")).unwrap();
-    let (code, body) = call("PUT", &c.api_url("/api/v1/duts/dut2/job"), Some(&job("/key.pem", &format!("file: {}", path.display()), Some(&d))));
+    let (code, body) =
+        call("PUT", &c.api_url("/api/v1/duts/dut2/job"), Some(&job("/key.pem", &format!("file: {}", path.display()), Some(&d))));
     assert_eq!(code, 422, "{body}");
     assert!(body.contains("outside the allowed artifact roots"), "{body}");
     let b = job("/key.pem", &format!("url: http://127.0.0.1:{}/key.pem", closed_port()), Some(&d));

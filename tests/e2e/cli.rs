@@ -23,8 +23,8 @@ fn validate_matches_golden_errors() {
     let yamls: Vec<_> = entries.iter().filter(|p| p.extension().is_some_and(|e| e == "yaml")).collect();
     for yaml in &yamls {
         let golden = yaml.with_extension("stderr");
-        let want = std::fs::read_to_string(&golden)
-            .unwrap_or_else(|e| panic!("{} has no golden file {}: {e}", yaml.display(), golden.display()));
+        let want =
+            std::fs::read_to_string(&golden).unwrap_or_else(|e| panic!("{} has no golden file {}: {e}", yaml.display(), golden.display()));
         let name = yaml.file_name().unwrap().to_str().unwrap();
         // The golden files name the job as they were run: from the workspace root
         // (`tests/data/bad/x.yaml`) or from their own directory (`x.yaml`).
@@ -53,8 +53,7 @@ fn validate_accepts_the_examples_and_reports_unreadable_files() {
     let o = run(citron_bin(), &["validate", "examples/job-hello.yaml", "examples/job-other.yaml"], Some(&root), T);
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert!(o.stderr.is_empty(), "{}", o.stderr);
-    let args =
-        ["validate", "--lab", "examples/lab.yaml", "examples/job-hello.yaml", "examples/job-other.yaml", "examples/job-rpi.yaml"];
+    let args = ["validate", "--lab", "examples/lab.yaml", "examples/job-hello.yaml", "examples/job-other.yaml", "examples/job-rpi.yaml"];
     let o = run(citron_bin(), &args, Some(&root), T);
     assert_eq!(o.code, 0, "{}", o.stderr);
     let o = run(citron_bin(), &["validate", "examples/job-hello.yaml", "no/such/job.yaml"], Some(&root), T);
@@ -103,8 +102,7 @@ fn render_prints_artifacts_and_urls() {
     ] {
         assert!(s.contains(want), "missing {want:?} in:\n{s}");
     }
-    let o =
-        run(citron_bin(), &["render", "examples/job-rpi.yaml", "--dut", "rpi1", "--lab", "examples/lab.yaml"], Some(&root), T);
+    let o = run(citron_bin(), &["render", "examples/job-rpi.yaml", "--dut", "rpi1", "--lab", "examples/lab.yaml"], Some(&root), T);
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert!(o.stdout.contains("machine=rpi-kitchen") && o.stdout.contains("deployment.continue"), "{}", o.stdout);
     let o2 = run(citron_bin(), &["render", "examples/job-hello.yaml", "--dut", "nope"], Some(&root), T);
@@ -168,8 +166,7 @@ fn big_job(dir: &Path, size: usize) -> (PathBuf, Vec<u8>) {
         .collect();
     std::fs::write(dir.join("big.bin"), &big).unwrap();
     let job = dir.join("job.yaml");
-    std::fs::write(&job, "deployment:\n  start:\n    storage:\n      http:\n        - path: /big.bin\n          file: big.bin\n")
-        .unwrap();
+    std::fs::write(&job, "deployment:\n  start:\n    storage:\n      http:\n        - path: /big.bin\n          file: big.bin\n").unwrap();
     (job, big)
 }
 
@@ -292,7 +289,11 @@ fn sigint_during_a_slow_job_download_leaves_no_partial_file() {
     let (addr, server) = trickle_server();
     let dir = tempfile::tempdir().unwrap();
     let job = dir.path().join("job.yaml");
-    std::fs::write(&job, format!("deployment:\n  start:\n    storage:\n      http:\n        - path: /slow.bin\n          url: http://{addr}/slow.bin\n")).unwrap();
+    std::fs::write(
+        &job,
+        format!("deployment:\n  start:\n    storage:\n      http:\n        - path: /slow.bin\n          url: http://{addr}/slow.bin\n"),
+    )
+    .unwrap();
     let mut c = Citron::spawn(&["--tftp", "off", "--nbd", "off", "--job", &format!("dut1={}", job.display())]);
     let tmp = c.state.join("cache/tmp");
     let partial = || -> Vec<(PathBuf, u64)> {

@@ -65,11 +65,7 @@ fn read_response(s: &mut TcpStream) -> (u16, Vec<u8>) {
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
     let status = head[9..12].parse().unwrap();
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .map(|v| v.trim().parse().unwrap())
-        .unwrap_or(0);
+    let len: usize = head.lines().find_map(|l| l.strip_prefix("content-length:")).map(|v| v.trim().parse().unwrap()).unwrap_or(0);
     while buf.len() < head_end + len {
         let n = s.read(&mut b).unwrap();
         assert!(n > 0);
@@ -312,7 +308,9 @@ fn access_log_is_bounded_and_paginated() {
         }
         let next = o.stderr.lines().find_map(|l| {
             let l = l.trim();
-            l.to_ascii_lowercase().starts_with("link:").then(|| l[5..].trim().trim_start_matches('<').split('>').next().unwrap().to_string())
+            l.to_ascii_lowercase()
+                .starts_with("link:")
+                .then(|| l[5..].trim().trim_start_matches('<').split('>').next().unwrap().to_string())
         });
         match next {
             Some(n) => url = c.api_url(&n),
@@ -326,6 +324,8 @@ fn access_log_is_bounded_and_paginated() {
     let all: Value = serde_json::from_str(&curl(&["-sS", &c.api_url("/api/v1/duts/dut1/accesses")]).stdout).unwrap();
     let all: Vec<u64> = all.as_array().unwrap().iter().map(|r| r["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, all);
-    let last: Value = serde_json::from_str(&curl(&["-sS", &c.api_url(&format!("/api/v1/duts/dut1/accesses?after={}", seqs[seqs.len() - 2]))]).stdout).unwrap();
+    let last: Value =
+        serde_json::from_str(&curl(&["-sS", &c.api_url(&format!("/api/v1/duts/dut1/accesses?after={}", seqs[seqs.len() - 2]))]).stdout)
+            .unwrap();
     assert!(last[0]["path"].as_str().unwrap().starts_with("/999/"), "the newest record is kept: {last}");
 }

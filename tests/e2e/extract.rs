@@ -113,11 +113,14 @@ impl Victim {
     fn check(&self, c: &Citron, after: &str) {
         assert!(self.bases.is_dir(), "{after}: {} was removed", self.bases.display());
         let now = files(&c.state);
-        let extra: Vec<_> = now.iter().filter(|(p, _)| !self.before.iter().any(|(q, _)| q == p) && !p.starts_with(c.state.join("cache"))).collect();
+        let extra: Vec<_> =
+            now.iter().filter(|(p, _)| !self.before.iter().any(|(q, _)| q == p) && !p.starts_with(c.state.join("cache"))).collect();
         let gone: Vec<_> = self.before.iter().filter(|f| !now.contains(f)).map(|(p, _)| p).collect();
         assert!(gone.is_empty(), "{after}: changed or removed: {gone:?}");
         // New overlays and leases, and a base for a job that succeeded, may appear.
-        let allowed = |p: &Path| p.starts_with(c.state.join("disks/overlays")) || (p.parent() == Some(&self.bases) && p.extension().is_some_and(|x| x == "img"));
+        let allowed = |p: &Path| {
+            p.starts_with(c.state.join("disks/overlays")) || (p.parent() == Some(&self.bases) && p.extension().is_some_and(|x| x == "img"))
+        };
         assert!(extra.iter().all(|(p, _)| allowed(p)), "{after}: created: {extra:?}");
         // The victim's job still stands and offers its disk.
         let o = curl(&[&c.api_url("/api/v1/duts/dut1")]);
@@ -147,8 +150,16 @@ fn hostile_container_layers_leave_other_jobs_disks_alone() {
         ("wh-dot", vec![E::File(".wh..", b"")], "`.wh..` is a whiteout of `.`"),
         ("dotdot", vec![E::File("../../sentinel", b"overwritten")], "`../../sentinel` has a `..` component"),
         ("absolute", vec![E::File(&abs, b"x")], "is an absolute path"),
-        ("symlink-out", vec![E::Symlink("l", ".."), E::File("l/sentinel", b"overwritten")], "`l/sentinel`: its directory cannot be opened beneath"),
-        ("symlink-wh", vec![E::Symlink("l", "../.."), E::File("l/.wh.bases", b"")], "`l/.wh.bases`: its directory cannot be opened beneath"),
+        (
+            "symlink-out",
+            vec![E::Symlink("l", ".."), E::File("l/sentinel", b"overwritten")],
+            "`l/sentinel`: its directory cannot be opened beneath",
+        ),
+        (
+            "symlink-wh",
+            vec![E::Symlink("l", "../.."), E::File("l/.wh.bases", b"")],
+            "`l/.wh.bases`: its directory cannot be opened beneath",
+        ),
         ("hardlink-out", vec![E::Hardlink("h", "../sentinel")], "`h` is a hard link whose target has a `..` component"),
     ];
     for (tag, entries, want) in &cases {
@@ -181,7 +192,11 @@ fn hostile_tarballs_are_refused_with_the_entry_named() {
     let cases: Vec<(&str, Vec<E>, &str)> = vec![
         ("dotdot", vec![E::File("ok", b"fine"), E::File("../escaped", b"x")], "`../escaped` has a `..` component"),
         ("absolute", vec![E::File(&abs, b"x")], "is an absolute path"),
-        ("symlink-then-write", vec![E::Symlink("out", "../"), E::File("out/sentinel", b"overwritten")], "`out/sentinel`: its directory cannot be opened beneath"),
+        (
+            "symlink-then-write",
+            vec![E::Symlink("out", "../"), E::File("out/sentinel", b"overwritten")],
+            "`out/sentinel`: its directory cannot be opened beneath",
+        ),
         ("many", many.iter().map(|n| E::File(n, b"")).collect(), "limits.unpack_max_entries"),
         ("big", vec![E::File("big", &[7u8; 9 << 20])], "the filesystem's `size: 8M`"),
     ];
@@ -218,7 +233,19 @@ fn a_slow_download_does_not_hold_up_another_jobs_disk() {
     let slow = {
         let (api, job) = (c.api_url("/api/v1/duts/dut1/job"), fs_job(&format!("data: {{ url: \"{url}\" }}")));
         std::thread::spawn(move || {
-            let o = curl(&["-X", "PUT", "-H", "Content-Type: application/yaml", "--data-binary", &job, "-o", "/dev/null", "-w", "%{http_code}", &api]);
+            let o = curl(&[
+                "-X",
+                "PUT",
+                "-H",
+                "Content-Type: application/yaml",
+                "--data-binary",
+                &job,
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &api,
+            ]);
             let _ = tx.send(o.stdout);
         })
     };

@@ -30,9 +30,8 @@ impl Lab {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let gw = Gateway::new(LabConfig::default_lab(), dir.path()).unwrap();
-        let server = rt.block_on(
-            ServerBuilder::new(gw.clone()).http(Some("127.0.0.1:0".parse().unwrap())).tftp(None).nbd(None).api(None).start(),
-        );
+        let server =
+            rt.block_on(ServerBuilder::new(gw.clone()).http(Some("127.0.0.1:0".parse().unwrap())).tftp(None).nbd(None).api(None).start());
         Lab { server: Some(server.unwrap()), gw, rt, _dir: dir }
     }
 
@@ -119,9 +118,7 @@ fn access_count_admits_exactly_one_of_fifty_concurrent_reads_until_boot() {
     let mut secret = data("job/secret", "MYSECRET_KEY: s3cr3t");
     secret.lifetime.access_count = Some(1);
     lab.set("dut1", http_step(vec![secret]));
-    check_read_once(&lab.url("/job/secret"), "MYSECRET_KEY: s3cr3t", &|| {
-        lab.gw.event(&DutId::from("dut1"), Event::Boot).unwrap()
-    });
+    check_read_once(&lab.url("/job/secret"), "MYSECRET_KEY: s3cr3t", &|| lab.gw.event(&DutId::from("dut1"), Event::Boot).unwrap());
 }
 
 /// `secret` is dut1's (127.0.0.2) with `access_count: 1`: looking (HEAD) and a refused range
@@ -145,8 +142,7 @@ fn check_read_once(secret: &str, content: &str, boot: &dyn Fn()) {
                 .unwrap()
         })
         .collect();
-    let codes: Vec<String> =
-        children.into_iter().map(|c| String::from_utf8(c.wait_with_output().unwrap().stdout).unwrap()).collect();
+    let codes: Vec<String> = children.into_iter().map(|c| String::from_utf8(c.wait_with_output().unwrap().stdout).unwrap()).collect();
     let ok = codes.iter().filter(|c| c.as_str() == "200").count();
     let gone = codes.iter().filter(|c| c.as_str() == "410").count();
     assert_eq!((ok, gone), (1, 49), "{codes:?}");
@@ -198,14 +194,7 @@ fn check_ranges_and_etags(url: &dyn Fn(&str) -> String, big: &[u8]) {
     };
 
     let same = |got: (u16, Vec<u8>), want: (u16, &[u8]), what: &str| {
-        assert!(
-            got.0 == want.0 && got.1 == want.1,
-            "{what}: {} with {} bytes, want {} with {}",
-            got.0,
-            got.1.len(),
-            want.0,
-            want.1.len()
-        );
+        assert!(got.0 == want.0 && got.1 == want.1, "{what}: {} with {} bytes, want {} with {}", got.0, got.1.len(), want.0, want.1.len());
     };
     same(dl(&[]), (200, big), "whole file");
     same(dl(&["-r", "100-199"]), (206, &big[100..200]), "100-199");
@@ -251,22 +240,7 @@ fn check_ranges_and_etags(url: &dyn Fn(&str) -> String, big: &[u8]) {
     assert!(two.stderr.contains("Re-using existing connection") || two.stderr.contains("Reusing existing"), "{}", two.stderr);
     let (o1, o2) = (dir.path().join("k1"), dir.path().join("k2"));
     let (o1s, o2s) = (o1.to_str().unwrap(), o2.to_str().unwrap());
-    let o = curl(&[
-        "--interface",
-        "127.0.0.2",
-        "-v",
-        "-o",
-        o1s,
-        &u,
-        "--next",
-        "--interface",
-        "127.0.0.2",
-        "-r",
-        "5-14",
-        "-o",
-        o2s,
-        &u,
-    ]);
+    let o = curl(&["--interface", "127.0.0.2", "-v", "-o", o1s, &u, "--next", "--interface", "127.0.0.2", "-r", "5-14", "-o", o2s, &u]);
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert!(o.stderr.contains("Re-using existing connection") || o.stderr.contains("Reusing existing"), "{}", o.stderr);
     let (g1, g2) = (std::fs::read(&o1).unwrap(), std::fs::read(&o2).unwrap());
@@ -417,18 +391,7 @@ fn shutdown_cuts_a_transfer_still_running_after_the_grace_period() {
     let out = dir.path().join("o");
     // 1 MiB/s: a minute for the whole file, far beyond the grace period.
     let mut child = std::process::Command::new("curl")
-        .args([
-            "-s",
-            "--max-time",
-            "120",
-            "--limit-rate",
-            "1M",
-            "--interface",
-            "127.0.0.2",
-            "-o",
-            out.to_str().unwrap(),
-            &lab.url("/big"),
-        ])
+        .args(["-s", "--max-time", "120", "--limit-rate", "1M", "--interface", "127.0.0.2", "-o", out.to_str().unwrap(), &lab.url("/big")])
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -570,17 +533,13 @@ fn binary_access_count_admits_exactly_one_of_fifty_concurrent_reads_until_boot()
     let (c, _dir) = binary_lab(b"x");
     let boot = || {
         let ev = &c.api_url("/api/v1/duts/dut1/events");
-        assert_eq!(
-            curl_status(&["-X", "POST", "-H", "Content-Type: application/json", "--data-binary", r#"{"event": "boot"}"#, ev]),
-            204
-        );
+        assert_eq!(curl_status(&["-X", "POST", "-H", "Content-Type: application/json", "--data-binary", r#"{"event": "boot"}"#, ev]), 204);
     };
     check_read_once(&c.http_url("/job/secret"), "MYSECRET_KEY: s3cr3t", &boot);
     // dut2 never sees dut1's secret, and the access log shows the 416 spent nothing.
     assert_eq!(fetch("127.0.0.3", &c.http_url("/job/secret")).0, 404);
     let log: serde_json::Value = serde_json::from_str(&curl(&[&c.api_url("/api/v1/duts/dut1/accesses")]).stdout).unwrap();
-    let served =
-        log.as_array().unwrap().iter().filter(|r| r["outcome"]["kind"] == "served" && r["bytes"].as_u64() > Some(0)).count();
+    let served = log.as_array().unwrap().iter().filter(|r| r["outcome"]["kind"] == "served" && r["bytes"].as_u64() > Some(0)).count();
     assert_eq!(served, 3, "one of the fifty, the range, the read after the second boot: {log}");
     // One record per request: HEAD, the 416 (a refusal, not a read), 50 concurrent GETs, the
     // GET after them, the range and the GET after it, the last two GETs.
@@ -604,9 +563,7 @@ fn binary_ranges_etags_and_methods() {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|r| {
-            r["path"] == "/img/big.bin" && r["bytes"].as_u64() == Some(big.len() as u64) && r["outcome"]["kind"] == "served"
-        })
+        .filter(|r| r["path"] == "/img/big.bin" && r["bytes"].as_u64() == Some(big.len() as u64) && r["outcome"]["kind"] == "served")
         .count();
     assert!(whole >= 5, "every whole-file read is logged as served with its bytes: {log}");
 }

@@ -4,8 +4,8 @@
 mod api;
 mod cache;
 mod cli;
-mod datadir;
 mod conns;
+mod datadir;
 mod extract;
 mod fulldisk;
 mod http;

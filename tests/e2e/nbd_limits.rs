@@ -119,7 +119,12 @@ fn oversize_disks_are_refused_at_validation_with_their_position() {
     let lab = dir.path().join("lab.yaml");
     std::fs::write(&lab, format!("{LAB}limits:\n  max_disk_size: 1G\n")).unwrap();
     std::fs::write(&job, raw_job("2G")).unwrap();
-    let o = run(citron_tests::citron_bin(), &["validate", "--lab", lab.to_str().unwrap(), job.to_str().unwrap()], None, Duration::from_secs(30));
+    let o = run(
+        citron_tests::citron_bin(),
+        &["validate", "--lab", lab.to_str().unwrap(), job.to_str().unwrap()],
+        None,
+        Duration::from_secs(30),
+    );
     assert_eq!(o.code, 1, "{}", o.stderr);
     assert!(o.stderr.contains("(1G, `limits.max_disk_size` in the lab file)"), "{}", o.stderr);
 
@@ -134,7 +139,19 @@ fn oversize_disks_are_refused_at_validation_with_their_position() {
     let e = &v["errors"][0];
     assert_eq!((e["line"].as_u64(), e["column"].as_u64()), (Some(6), Some(24)), "{v}");
     assert!(e["message"].as_str().unwrap().contains("max_disk_size"), "{v}");
-    let o = curl(&["-X", "PUT", "-H", "Content-Type: application/yaml", "--data-binary", &raw_job("4T"), "-w", "%{http_code}", "-o", "/dev/null", &url]);
+    let o = curl(&[
+        "-X",
+        "PUT",
+        "-H",
+        "Content-Type: application/yaml",
+        "--data-binary",
+        &raw_job("4T"),
+        "-w",
+        "%{http_code}",
+        "-o",
+        "/dev/null",
+        &url,
+    ]);
     assert_eq!(o.stdout.trim(), "200");
 }
 
@@ -147,7 +164,11 @@ fn huge_disks_cost_no_memory_until_written() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let c = start(dir.path(), "limits:\n  max_disk_size: 16000000T\n", Some(&format!("{}        - name: big\n          raw: {{ size: 4T }}\n", raw_job("16000000T"))));
+    let c = start(
+        dir.path(),
+        "limits:\n  max_disk_size: 16000000T\n",
+        Some(&format!("{}        - name: big\n          raw: {{ size: 4T }}\n", raw_job("16000000T"))),
+    );
     let script = r#"
 pid, port = int(sys.argv[1]), int(sys.argv[2])
 before = rss_kib(pid)
@@ -292,7 +313,8 @@ fn connections_per_dut_are_capped() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let job = "deployment:\n  start:\n    storage:\n      nbd:\n        - name: disk\n          raw: { size: 4M }\n          shared: true\n";
+    let job =
+        "deployment:\n  start:\n    storage:\n      nbd:\n        - name: disk\n          raw: { size: 4M }\n          shared: true\n";
     let c = start(dir.path(), "limits:\n  nbd_connections_per_dut: 2\n", Some(job));
     let script = r#"
 port = int(sys.argv[1])

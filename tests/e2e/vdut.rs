@@ -47,11 +47,7 @@ impl Run {
     }
     /// The `VDUT: ` lines of one DUT (all of them without a prefix), marker removed.
     fn vdut(&self, prefix: &str) -> Vec<String> {
-        self.stdout
-            .lines()
-            .filter(|l| l.starts_with(prefix))
-            .filter_map(|l| l.split_once("VDUT: ").map(|(_, r)| r.to_string()))
-            .collect()
+        self.stdout.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.split_once("VDUT: ").map(|(_, r)| r.to_string())).collect()
     }
     fn last_stderr_line(&self) -> &str {
         self.stderr.lines().last().unwrap_or("")
@@ -170,9 +166,19 @@ fn two_duts_in_their_own_namespaces_see_only_their_own_jobs() {
     let _one = serial();
     kit();
     let r = boot_test(&[
-        "--job", &job("job-a.yaml"), "--dut", "vdut1",
-        "--job", &job("job-b.yaml"), "--dut", "vdut2",
-        "--netns", "--expect", "VDUT: done", "--timeout", "60s",
+        "--job",
+        &job("job-a.yaml"),
+        "--dut",
+        "vdut1",
+        "--job",
+        &job("job-b.yaml"),
+        "--dut",
+        "vdut2",
+        "--netns",
+        "--expect",
+        "VDUT: done",
+        "--timeout",
+        "60s",
     ]);
     assert_eq!(r.code(), Some(0), "{}", r.last_stderr_line());
     for (dut, mine, other) in [("vdut1", "a", "b"), ("vdut2", "b", "a")] {

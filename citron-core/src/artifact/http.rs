@@ -80,7 +80,10 @@ fn network_error(url: &Url, e: reqwest::Error) -> FetchError {
     let message = if io_kind == Some(std::io::ErrorKind::ConnectionRefused) {
         format!("cannot connect to {hp}: connection refused; check that the server is running and the URL's host and port")
     } else if e.is_connect() && e.is_timeout() {
-        format!("cannot connect to {hp} within {}s; check that the host is reachable from citron (routes, firewall, proxy)", CONNECT_TIMEOUT.as_secs())
+        format!(
+            "cannot connect to {hp} within {}s; check that the host is reachable from citron (routes, firewall, proxy)",
+            CONNECT_TIMEOUT.as_secs()
+        )
     } else if e.is_connect() {
         format!("cannot connect to {hp} ({}); check the host name and that it is reachable from citron", chain(e))
     } else if e.is_timeout() {

@@ -155,11 +155,7 @@ pub(crate) trait Budget: Send {
 }
 
 fn status_reason(status: &u16) -> String {
-    reqwest::StatusCode::from_u16(*status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .map(|r| format!(" {r}"))
-        .unwrap_or_default()
+    reqwest::StatusCode::from_u16(*status).ok().and_then(|s| s.canonical_reason()).map(|r| format!(" {r}")).unwrap_or_default()
 }
 
 fn status_hint(status: &u16) -> &'static str {
@@ -242,7 +238,18 @@ impl<'a> Sink<'a> {
     /// A sink writing into `out`; `name` identifies the source in logs and errors.
     pub fn new(out: &'a mut (dyn AsyncWrite + Unpin + Send), name: impl Into<String>) -> Sink<'a> {
         let now = Instant::now();
-        Sink { out, name: name.into(), hasher: Hasher::new(), written: 0, total: None, limit: None, budget: None, interval: PROGRESS_INTERVAL, started: now, last_report: now }
+        Sink {
+            out,
+            name: name.into(),
+            hasher: Hasher::new(),
+            written: 0,
+            total: None,
+            limit: None,
+            budget: None,
+            interval: PROGRESS_INTERVAL,
+            started: now,
+            last_report: now,
+        }
     }
 
     /// Refuses more than `max` bytes with [`FetchError::TooLarge`].

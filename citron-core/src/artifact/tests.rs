@@ -489,9 +489,7 @@ async fn artifact_s3_object_from_moto() {
     assert!(r.status().is_success(), "create bucket: {}", r.status());
     let store = super::s3::store_for(&s3, "lab-artifacts").unwrap();
     let body = big_body();
-    object_store::ObjectStoreExt::put(&store, &"boards/rpi4/kernel8.img".into(), Bytes::from(body.clone()).into())
-        .await
-        .unwrap();
+    object_store::ObjectStoreExt::put(&store, &"boards/rpi4/kernel8.img".into(), Bytes::from(body.clone()).into()).await.unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let cache = Cache::open(dir.path(), CacheConfig { max_bytes: 16 << 20 }, s3).unwrap();

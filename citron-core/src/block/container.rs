@@ -30,28 +30,17 @@ pub(crate) struct ImageRef {
 }
 
 fn bad(r: &str, why: impl std::fmt::Display) -> DiskError {
-    DiskError::Container {
-        reference: r.to_string(),
-        message: why.to_string(),
-    }
+    DiskError::Container { reference: r.to_string(), message: why.to_string() }
 }
 
 impl ImageRef {
     pub(crate) fn parse(r: &str) -> Result<ImageRef, DiskError> {
-        let rest = r
-            .strip_prefix("docker://")
-            .ok_or_else(|| bad(r, "expected docker://[registry/]repository[:tag]"))?;
-        let reference: Reference = rest
-            .parse()
-            .map_err(|e| bad(r, format!("not an image reference: {e}")))?;
+        let rest = r.strip_prefix("docker://").ok_or_else(|| bad(r, "expected docker://[registry/]repository[:tag]"))?;
+        let reference: Reference = rest.parse().map_err(|e| bad(r, format!("not an image reference: {e}")))?;
         let host = reference.registry();
         let name = host.split(':').next().unwrap_or("");
-        let plain_http =
-            name.starts_with("127.") || name == "localhost" || host.starts_with("[::1]");
-        Ok(ImageRef {
-            reference,
-            plain_http,
-        })
+        let plain_http = name.starts_with("127.") || name == "localhost" || host.starts_with("[::1]");
+        Ok(ImageRef { reference, plain_http })
     }
 
     fn client(&self, name: &str) -> Result<Client, DiskError> {
@@ -82,10 +71,7 @@ pub(crate) struct Pulled {
 pub(crate) async fn resolve(reference: &str) -> Result<String, DiskError> {
     let image = ImageRef::parse(reference)?;
     let client = image.client(reference)?;
-    let (_, digest) = client
-        .pull_image_manifest(&image.reference, &RegistryAuth::Anonymous)
-        .await
-        .map_err(|e| bad(reference, e))?;
+    let (_, digest) = client.pull_image_manifest(&image.reference, &RegistryAuth::Anonymous).await.map_err(|e| bad(reference, e))?;
     Ok(digest)
 }
 
@@ -95,49 +81,23 @@ pub(crate) async fn pull(reference: &str, digest: &str, dir: &Path) -> Result<Pu
     let image = ImageRef::parse(reference)?;
     let client = image.client(reference)?;
     let pinned = image.reference.clone_with_digest(digest.to_string());
-    let (manifest, _) = client
-        .pull_image_manifest(&pinned, &RegistryAuth::Anonymous)
-        .await
-        .map_err(|e| bad(reference, e))?;
-    tokio::fs::create_dir_all(dir)
-        .await
-        .map_err(|e| DiskError::io(dir, e))?;
+    let (manifest, _) = client.pull_image_manifest(&pinned, &RegistryAuth::Anonymous).await.map_err(|e| bad(reference, e))?;
+    tokio::fs::create_dir_all(dir).await.map_err(|e| DiskError::io(dir, e))?;
     let mut out = Vec::with_capacity(manifest.layers.len());
     for (i, layer) in manifest.layers.iter().enumerate() {
         if layer.media_type.contains("zstd") {
-            return Err(bad(
-                reference,
-                format!(
-                    "layer {} is zstd-compressed; citron reads tar and tar+gzip layers",
-                    layer.digest
-                ),
-            ));
+            return Err(bad(reference, format!("layer {} is zstd-compressed; citron reads tar and tar+gzip layers", layer.digest)));
         }
-        let want = layer.digest.strip_prefix("sha256:").ok_or_else(|| {
-            bad(
-                reference,
-                format!("layer digest {} is not sha256", layer.digest),
-            )
-        })?;
+        let want =
+            layer.digest.strip_prefix("sha256:").ok_or_else(|| bad(reference, format!("layer digest {} is not sha256", layer.digest)))?;
         let p = dir.join(format!("layer-{i}"));
-        let file = tokio::fs::File::create(&p)
-            .await
-            .map_err(|e| DiskError::io(&p, e))?;
-        let mut w = Sha256Writer {
-            inner: file,
-            hash: Sha256::new(),
-        };
-        client
-            .pull_blob(&pinned, layer, &mut w)
-            .await
-            .map_err(|e| bad(reference, format!("blob {}: {e}", layer.digest)))?;
+        let file = tokio::fs::File::create(&p).await.map_err(|e| DiskError::io(&p, e))?;
+        let mut w = Sha256Writer { inner: file, hash: Sha256::new() };
+        client.pull_blob(&pinned, layer, &mut w).await.map_err(|e| bad(reference, format!("blob {}: {e}", layer.digest)))?;
         w.inner.sync_all().await.map_err(|e| DiskError::io(&p, e))?;
         let got = hex::encode(w.hash.finalize());
         if got != want {
-            return Err(bad(
-                reference,
-                format!("blob {} arrived with sha256 {got}", layer.digest),
-            ));
+            return Err(bad(reference, format!("blob {} arrived with sha256 {got}", layer.digest)));
         }
         out.push(p);
     }
@@ -151,11 +111,7 @@ struct Sha256Writer {
 }
 
 impl AsyncWrite for Sha256Writer {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = r {
             self.hash.update(&buf[..n]);
@@ -179,35 +135,13 @@ mod tests {
     #[test]
     fn references_parse() {
         let r = ImageRef::parse("docker://alpine").unwrap();
-        assert_eq!(
-            (
-                r.reference.registry(),
-                r.reference.repository(),
-                r.reference.tag()
-            ),
-            ("docker.io", "library/alpine", Some("latest"))
-        );
+        assert_eq!((r.reference.registry(), r.reference.repository(), r.reference.tag()), ("docker.io", "library/alpine", Some("latest")));
         assert!(!r.plain_http);
         let r = ImageRef::parse("docker://127.0.0.1:5000/test/img:v1").unwrap();
-        assert_eq!(
-            (
-                r.reference.registry(),
-                r.reference.repository(),
-                r.reference.tag()
-            ),
-            ("127.0.0.1:5000", "test/img", Some("v1"))
-        );
+        assert_eq!((r.reference.registry(), r.reference.repository(), r.reference.tag()), ("127.0.0.1:5000", "test/img", Some("v1")));
         assert!(r.plain_http);
-        assert!(
-            ImageRef::parse("docker://localhost:5000/x")
-                .unwrap()
-                .plain_http
-        );
-        assert!(
-            !ImageRef::parse("docker://localhost.example.com/x")
-                .unwrap()
-                .plain_http
-        );
+        assert!(ImageRef::parse("docker://localhost:5000/x").unwrap().plain_http);
+        assert!(!ImageRef::parse("docker://localhost.example.com/x").unwrap().plain_http);
         let d = format!("sha256:{}", "0".repeat(64));
         let r = ImageRef::parse(&format!("docker://quay.io/a/b@{d}")).unwrap();
         assert_eq!(r.reference.digest(), Some(d.as_str()));

@@ -260,7 +260,15 @@ impl Tree {
         Ok(())
     }
 
-    fn entry(&mut self, data: &mut impl Read, kind: tar::EntryType, meta: Meta, raw: &[u8], link: Option<&[u8]>, layer: bool) -> Result<(), ExtractError> {
+    fn entry(
+        &mut self,
+        data: &mut impl Read,
+        kind: tar::EntryType,
+        meta: Meta,
+        raw: &[u8],
+        link: Option<&[u8]>,
+        layer: bool,
+    ) -> Result<(), ExtractError> {
         use tar::EntryType as T;
         let entry = shown(raw);
         if raw.len() > MAX_NAME {
@@ -313,12 +321,15 @@ impl Tree {
                 }
             }
             T::Symlink => {
-                let target = link.filter(|l| !l.is_empty()).ok_or_else(|| ExtractError::Escape { entry: entry.clone(), why: "is a symlink without a target".into() })?;
+                let target = link
+                    .filter(|l| !l.is_empty())
+                    .ok_or_else(|| ExtractError::Escape { entry: entry.clone(), why: "is a symlink without a target".into() })?;
                 parent.symlink_contents(OsStr::from_bytes(target), last).map_err(|e| io_err(&entry, e))?;
             }
             T::Link => {
                 let target = link.unwrap_or_default();
-                let tparts = components(target).map_err(|why| ExtractError::Escape { entry: entry.clone(), why: format!("is a hard link whose target {why}") })?;
+                let tparts = components(target)
+                    .map_err(|why| ExtractError::Escape { entry: entry.clone(), why: format!("is a hard link whose target {why}") })?;
                 if tparts.is_empty() {
                     return Err(ExtractError::Escape { entry, why: "is a hard link to the root directory".into() });
                 }

@@ -145,7 +145,13 @@ impl DiskError {
     /// archive), not citron or the lab: the job's author must fix it.
     pub fn is_content_fault(&self) -> bool {
         use extract::ExtractError as X;
-        matches!(self, DiskError::Unpack { error: X::Escape { .. } | X::Parent { .. } | X::TooBig { .. } | X::TooMany { .. } | X::Unsupported { .. } | X::Archive(_), .. })
+        matches!(
+            self,
+            DiskError::Unpack {
+                error: X::Escape { .. } | X::Parent { .. } | X::TooBig { .. } | X::TooMany { .. } | X::Unsupported { .. } | X::Archive(_),
+                ..
+            }
+        )
     }
 
     /// citron's data directory is full: the lab admin must free space (HTTP 507, not the job's

@@ -4,12 +4,12 @@
 //! so two jobs asking for the same disk share one file, and a prepared base is never written again:
 //! DUT writes go to their overlays.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
 use std::process::Command;
+use std::sync::{Arc, Weak};
 
 use sha2::{Digest as _, Sha256};
 

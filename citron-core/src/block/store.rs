@@ -78,7 +78,12 @@ impl DiskStore {
     pub fn open(dir: &Path) -> io::Result<DiskStore> {
         std::fs::create_dir_all(dir.join("bases"))?;
         std::fs::create_dir_all(dir.join("overlays"))?;
-        Ok(DiskStore { dir: dir.to_path_buf(), preparing: KeyLocks::default(), jobs: Mutex::new(HashMap::new()), live: Mutex::new(HashMap::new()) })
+        Ok(DiskStore {
+            dir: dir.to_path_buf(),
+            preparing: KeyLocks::default(),
+            jobs: Mutex::new(HashMap::new()),
+            live: Mutex::new(HashMap::new()),
+        })
     }
 
     fn disk_dir(&self, owner: &DutId, name: &str) -> PathBuf {
@@ -200,10 +205,7 @@ impl DiskStore {
     pub fn event(&self, dut: &DutId, event: Event) {
         let disks: Vec<Arc<JobDisk>> = self.jobs.lock().values().flatten().cloned().collect();
         for d in disks {
-            let hit = matches!(
-                (d.spec.reset_on, event),
-                (ResetOn::Boot, Event::Boot) | (ResetOn::JobStart, Event::JobStart)
-            );
+            let hit = matches!((d.spec.reset_on, event), (ResetOn::Boot, Event::Boot) | (ResetOn::JobStart, Event::JobStart));
             if !hit || d.spec.readonly {
                 continue;
             }
@@ -229,13 +231,7 @@ impl DiskStore {
     /// Removes disks no job asked for within their `expiration`: their overlays, and their base
     /// if no other disk uses it. Returns how many disks went.
     pub fn sweep(&self) -> usize {
-        let active: HashSet<PathBuf> = self
-            .jobs
-            .lock()
-            .values()
-            .flatten()
-            .map(|d| self.disk_dir(&d.owner, &d.spec.name))
-            .collect();
+        let active: HashSet<PathBuf> = self.jobs.lock().values().flatten().map(|d| self.disk_dir(&d.owner, &d.spec.name)).collect();
         let now = unix_now();
         let mut leases = Vec::new();
         for owner in read_dir(&self.dir.join("overlays")) {
@@ -264,8 +260,8 @@ impl DiskStore {
         }
         let jobs = self.jobs.lock();
         for key in freed_bases {
-            let in_use = jobs.values().flatten().any(|d| d.base.key == key)
-                || leases.iter().any(|(dir, (_, _, k))| *k == key && dir.exists());
+            let in_use =
+                jobs.values().flatten().any(|d| d.base.key == key) || leases.iter().any(|(dir, (_, _, k))| *k == key && dir.exists());
             if !in_use {
                 let _ = std::fs::remove_file(self.dir.join("bases").join(format!("{key}.img")));
             }

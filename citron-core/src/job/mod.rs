@@ -14,9 +14,7 @@ mod render;
 #[cfg(test)]
 mod tests;
 
-pub use model::{
-    DiskKind, DiskSpec, FileSpec, FsContents, Lifetime, ResetOn, ResolvedJob, Source, Step,
-};
+pub use model::{DiskKind, DiskSpec, FileSpec, FsContents, Lifetime, ResetOn, ResolvedJob, Source, Step};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -38,13 +36,7 @@ impl Origin {
     pub fn file(path: &Path) -> Origin {
         Origin {
             name: path.display().to_string(),
-            base_dir: path.parent().map(|p| {
-                if p.as_os_str().is_empty() {
-                    PathBuf::from(".")
-                } else {
-                    p.to_path_buf()
-                }
-            }),
+            base_dir: path.parent().map(|p| if p.as_os_str().is_empty() { PathBuf::from(".") } else { p.to_path_buf() }),
         }
     }
     /// The origin of a job given as text (API, Python).

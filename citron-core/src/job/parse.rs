@@ -363,10 +363,13 @@ impl Walker<'_> {
         let start = self.required(&dep, "start", "deployment", "{kernel: ..., storage: ...}");
         let start = start.and_then(|n| self.step(n, "deployment.start"));
         let cont = dep.get("continue").map(|n| self.step(n, "deployment.continue"));
-        Some(Desc { start: start?, cont: match cont {
-            None => None,
-            Some(c) => Some(c?),
-        } })
+        Some(Desc {
+            start: start?,
+            cont: match cont {
+                None => None,
+                Some(c) => Some(c?),
+            },
+        })
     }
 
     fn step(&mut self, node: &Node, field: &str) -> Option<StepDesc> {
@@ -414,7 +417,11 @@ impl Walker<'_> {
                 ok.then_some(out)
             }
             _ => {
-                self.err(node.pos, field, format!("expected a string or a list of strings (joined with spaces), found {}", node.describe()));
+                self.err(
+                    node.pos,
+                    field,
+                    format!("expected a string or a list of strings (joined with spaces), found {}", node.describe()),
+                );
                 None
             }
         }
@@ -425,7 +432,11 @@ impl Walker<'_> {
         let mut ok = true;
         for key in ["s3", "nfs"] {
             if let Some(k) = f.key(key) {
-                self.err(k.pos, &child(field, key), format!("`{key}` storage is not supported yet; serve the files over `http` or `tftp`, or disks over `nbd`"));
+                self.err(
+                    k.pos,
+                    &child(field, key),
+                    format!("`{key}` storage is not supported yet; serve the files over `http` or `tftp`, or disks over `nbd`"),
+                );
                 ok = false;
             }
         }
@@ -465,7 +476,10 @@ impl Walker<'_> {
                         continue;
                     };
                     if let Some(first) = seen.get(&disk.name.value) {
-                        let msg = format!("a disk named `{}` is already defined at line {}; give each disk its own name", disk.name.value, first.line);
+                        let msg = format!(
+                            "a disk named `{}` is already defined at line {}; give each disk its own name",
+                            disk.name.value, first.line
+                        );
                         self.err(disk.name.pos, &disk.name.field, msg);
                         ok = false;
                     } else {
@@ -562,13 +576,22 @@ impl Walker<'_> {
                         ok = false;
                     }
                     Err(_) => {
-                        self.err(s.pos, &field, format!("`{}` is not a count; write a whole number of reads allowed per boot, like 1 (0: no limit)", s.value));
+                        self.err(
+                            s.pos,
+                            &field,
+                            format!("`{}` is not a count; write a whole number of reads allowed per boot, like 1 (0: no limit)", s.value),
+                        );
                         ok = false;
                     }
                 },
                 _ => {
-                    let unquote = if matches!(&n.kind, NodeKind::Scalar(s) if s.style != Style::Plain) { " (remove the quotes)" } else { "" };
-                    self.err(n.pos, &field, format!("expected a whole number of reads allowed per boot (like 1; 0: no limit){unquote}, found {}", n.describe()));
+                    let unquote =
+                        if matches!(&n.kind, NodeKind::Scalar(s) if s.style != Style::Plain) { " (remove the quotes)" } else { "" };
+                    self.err(
+                        n.pos,
+                        &field,
+                        format!("expected a whole number of reads allowed per boot (like 1; 0: no limit){unquote}, found {}", n.describe()),
+                    );
                     ok = false;
                 }
             }
@@ -592,15 +615,17 @@ impl Walker<'_> {
         let shared = get_bool(self, "shared");
         let reset_on = match f.get("reset_on") {
             None => Some(ResetOn::default()),
-            Some(n) => self.scalar(n, &child(field, "reset_on"), "boot, job_start or never").and_then(|s| {
-                match s.value.as_str() {
-                    "boot" => Some(ResetOn::Boot),
-                    "job_start" => Some(ResetOn::JobStart),
-                    "never" => Some(ResetOn::Never),
-                    v => {
-                        self.err(s.pos, &child(field, "reset_on"), format!("`{v}` is not a reset point; write one of boot, job_start or never"));
-                        None
-                    }
+            Some(n) => self.scalar(n, &child(field, "reset_on"), "boot, job_start or never").and_then(|s| match s.value.as_str() {
+                "boot" => Some(ResetOn::Boot),
+                "job_start" => Some(ResetOn::JobStart),
+                "never" => Some(ResetOn::Never),
+                v => {
+                    self.err(
+                        s.pos,
+                        &child(field, "reset_on"),
+                        format!("`{v}` is not a reset point; write one of boot, job_start or never"),
+                    );
+                    None
                 }
             }),
         };
@@ -633,14 +658,7 @@ impl Walker<'_> {
         if !(ok && sha_ok && exp_ok) {
             return None;
         }
-        Some(DiskDesc {
-            name: name?,
-            readonly: readonly?,
-            kind,
-            reset_on: reset_on?,
-            shared: shared?,
-            expiration: expiration.flatten(),
-        })
+        Some(DiskDesc { name: name?, readonly: readonly?, kind, reset_on: reset_on?, shared: shared?, expiration: expiration.flatten() })
     }
 
     fn filesystem(&mut self, node: &Node, field: &str) -> Option<DiskKindDesc> {

@@ -176,12 +176,16 @@ impl Renderer<'_> {
         } else if let Some(base) = &self.origin.base_dir {
             base.join(given)
         } else {
-            self.err(s, format!("`{v}` is relative, but this job was not read from a file; give an absolute path inside the allowed artifact roots"));
+            self.err(
+                s,
+                format!(
+                    "`{v}` is relative, but this job was not read from a file; give an absolute path inside the allowed artifact roots"
+                ),
+            );
             return None;
         };
-        let outside = || {
-            format!("`{v}` is outside the allowed artifact roots; put the file under one of them (the lab file's `artifact_roots`)")
-        };
+        let outside =
+            || format!("`{v}` is outside the allowed artifact roots; put the file under one of them (the lab file's `artifact_roots`)");
         // First without touching the file system, so that nothing is revealed about files
         // outside the roots (not even whether they exist).
         let lexical = lexical_absolute(&joined);
@@ -230,11 +234,7 @@ impl Renderer<'_> {
 
     fn disk(&mut self, d: &DiskDesc) -> Option<DiskSpec> {
         let name = self.text(&d.name).and_then(|n| {
-            let bad = n.is_empty()
-                || n.len() > 255
-                || n == "."
-                || n == ".."
-                || n.chars().any(|c| c.is_control() || c == '/' || c == '\\');
+            let bad = n.is_empty() || n.len() > 255 || n == "." || n == ".." || n.chars().any(|c| c.is_control() || c == '/' || c == '\\');
             if bad {
                 self.err(&d.name, format!("disk name {n:?} is not usable; use 1-255 characters without '/', '\\' or control characters"));
                 return None;
@@ -263,9 +263,7 @@ impl Renderer<'_> {
                     None => Some(None),
                     Some(FsDesc::Tarball(src)) => self.source(src).map(|s| Some(FsContents::Tarball(s))),
                     Some(FsDesc::Container(c)) => self.text(c).and_then(|v| match v.strip_prefix("docker://") {
-                        Some(rest) if !rest.is_empty() && !rest.chars().any(char::is_whitespace) => {
-                            Some(Some(FsContents::Container(v)))
-                        }
+                        Some(rest) if !rest.is_empty() && !rest.chars().any(char::is_whitespace) => Some(Some(FsContents::Container(v))),
                         _ => {
                             self.err(c, format!("`{v}` is not a container reference; write one like docker://registry.example/image:tag"));
                             None
@@ -278,14 +276,7 @@ impl Renderer<'_> {
                 }
             }
         };
-        Some(DiskSpec {
-            name: name?,
-            readonly: d.readonly,
-            kind: kind?,
-            reset_on: d.reset_on,
-            shared: d.shared,
-            expiration: d.expiration,
-        })
+        Some(DiskSpec { name: name?, readonly: d.readonly, kind: kind?, reset_on: d.reset_on, shared: d.shared, expiration: d.expiration })
     }
 }
 

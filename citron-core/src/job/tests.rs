@@ -70,11 +70,8 @@ const HTTP_ENTRY: &str = "deployment:\n  start:\n    storage:\n      http:\n";
 // Good files
 
 fn yaml_files(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
+    let mut v: Vec<PathBuf> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "yaml")).collect();
     v.sort();
     v
 }
@@ -165,7 +162,9 @@ fn templates_everywhere_are_expanded() {
     assert_eq!(s.tftp[0].source, Source::Url("http://127.0.0.1:8080/cmdline.txt".parse().unwrap()));
     assert_eq!(s.tftp[0].sha256, Some(crate::Digest::of(b"hello")));
     assert_eq!(s.nbd[0].name, "dut1-root");
-    assert!(matches!(&s.nbd[0].kind, DiskKind::Filesystem { contents: Some(FsContents::Container(c)), .. } if c == "docker://127.0.0.1:8002/mesa:latest"));
+    assert!(
+        matches!(&s.nbd[0].kind, DiskKind::Filesystem { contents: Some(FsContents::Container(c)), .. } if c == "docker://127.0.0.1:8002/mesa:latest")
+    );
     let c = r.continue_.as_ref().unwrap();
     assert_eq!(c.cmdline.as_deref(), Some("console=ttyS0 rescue"));
     let merged = c.over(&r.start);
@@ -207,7 +206,8 @@ fn bad_files_match_their_golden_stderr() {
             std::fs::write(&golden, &got).unwrap();
             continue;
         }
-        let want = std::fs::read_to_string(&golden).unwrap_or_else(|_| panic!("{} is missing (CITRON_BLESS=1 writes it)", golden.display()));
+        let want =
+            std::fs::read_to_string(&golden).unwrap_or_else(|_| panic!("{} is missing (CITRON_BLESS=1 writes it)", golden.display()));
         if got != want {
             failures.push(format!("{name}:\n--- want\n{want}--- got\n{got}"));
         }
@@ -264,7 +264,13 @@ fn wrong_type() {
     one_error(&format!("{HTTP_ENTRY}        path: /a\n"), 5, 9, "deployment.start.storage.http", "expected a list of entries");
     one_error("deployment:\n  start:\n    cmdline: {a: b}\n", 3, 14, "deployment.start.cmdline", "expected a string or a list of strings");
     one_error("deployment:\n  start:\n    cmdline: [a, [b]]\n", 3, 18, "deployment.start.cmdline[1]", "expected a string");
-    one_error(&format!("{HTTP_ENTRY}        - path:\n          data: x\n"), 5, 11, "deployment.start.storage.http[0].path", "expected a string, found nothing");
+    one_error(
+        &format!("{HTTP_ENTRY}        - path:\n          data: x\n"),
+        5,
+        11,
+        "deployment.start.storage.http[0].path",
+        "expected a string, found nothing",
+    );
 }
 
 #[test]
@@ -290,7 +296,13 @@ fn two_sources_in_one_entry() {
 
 #[test]
 fn no_source() {
-    one_error(&format!("{HTTP_ENTRY}        - path: /a\n"), 5, 11, "deployment.start.storage.http[0]", "no source; give exactly one of `data`, `url`, `file`");
+    one_error(
+        &format!("{HTTP_ENTRY}        - path: /a\n"),
+        5,
+        11,
+        "deployment.start.storage.http[0]",
+        "no source; give exactly one of `data`, `url`, `file`",
+    );
 }
 
 #[test]
@@ -325,18 +337,36 @@ fn bad_paths() {
         ("'a\\b'", 17, "'\\' is not allowed"),
         ("/", 17, "the path is empty"),
     ] {
-        one_error(&format!("{HTTP_ENTRY}        - path: {path}\n          data: x\n"), 5, col, "deployment.start.storage.http[0].path", needle);
+        one_error(
+            &format!("{HTTP_ENTRY}        - path: {path}\n          data: x\n"),
+            5,
+            col,
+            "deployment.start.storage.http[0].path",
+            needle,
+        );
     }
 }
 
 #[test]
 fn bad_sha256() {
-    one_error("deployment:\n  start:\n    kernel: {data: x, sha256: abc}\n", 3, 31, "deployment.start.kernel.sha256", "expected 64 hex digits");
+    one_error(
+        "deployment:\n  start:\n    kernel: {data: x, sha256: abc}\n",
+        3,
+        31,
+        "deployment.start.kernel.sha256",
+        "expected 64 hex digits",
+    );
 }
 
 #[test]
 fn bad_size_and_duration() {
-    one_error("deployment:\n  start:\n    storage:\n      nbd:\n        - name: d\n          raw: {size: 2X}\n", 6, 23, "deployment.start.storage.nbd[0].raw.size", "unknown size unit");
+    one_error(
+        "deployment:\n  start:\n    storage:\n      nbd:\n        - name: d\n          raw: {size: 2X}\n",
+        6,
+        23,
+        "deployment.start.storage.nbd[0].raw.size",
+        "unknown size unit",
+    );
     one_error(
         "deployment:\n  start:\n    storage:\n      nbd:\n        - name: d\n          raw: {size: 1G}\n          expiration: later\n",
         7,
@@ -401,7 +431,13 @@ fn s3_and_nfs_are_not_supported_yet() {
 #[test]
 fn template_syntax_errors_at_parse_time() {
     one_error("deployment:\n  start:\n    cmdline: 'a {{ b'\n", 3, 17, "deployment.start.cmdline", "is not closed");
-    one_error("deployment:\n  start:\n    kernel:\n      data: |\n        x\n          {{ a b }}\n", 6, 11, "deployment.start.kernel.data", "`a b` is not a variable name");
+    one_error(
+        "deployment:\n  start:\n    kernel:\n      data: |\n        x\n          {{ a b }}\n",
+        6,
+        11,
+        "deployment.start.kernel.data",
+        "`a b` is not a variable name",
+    );
 }
 
 #[test]
@@ -448,7 +484,9 @@ fn a_variable_cannot_smuggle_a_bad_path() {
     let mut ctx = RenderContext { vars: builtin_vars(), file_roots: vec![], ..Default::default() };
     ctx.vars.insert("evil".into(), "../../etc".into());
     ctx.vars.insert("api".into(), "api".into());
-    let text = format!("{HTTP_ENTRY}        - path: /{{{{ evil }}}}/passwd\n          data: x\n        - path: '{{{{api}}}}/x'\n          data: x\n");
+    let text = format!(
+        "{HTTP_ENTRY}        - path: /{{{{ evil }}}}/passwd\n          data: x\n        - path: '{{{{api}}}}/x'\n          data: x\n"
+    );
     let e = render_errors(&text, &ctx, Origin::named("job.yaml"));
     assert_eq!(e.len(), 2, "{e:?}");
     assert_eq!((e[0].0, e[0].1), (5, 17));
@@ -459,7 +497,8 @@ fn a_variable_cannot_smuggle_a_bad_path() {
 #[test]
 fn templated_paths_that_collide_after_rendering() {
     let ctx = RenderContext { vars: builtin_vars(), file_roots: vec![], ..Default::default() };
-    let text = format!("{HTTP_ENTRY}        - path: /dut1/a\n          data: x\n        - path: /{{{{ machine_id }}}}/a\n          data: y\n");
+    let text =
+        format!("{HTTP_ENTRY}        - path: /dut1/a\n          data: x\n        - path: /{{{{ machine_id }}}}/a\n          data: y\n");
     let e = render_errors(&text, &ctx, Origin::named("job.yaml"));
     assert_eq!(e.len(), 1, "{e:?}");
     assert_eq!((e[0].0, e[0].1), (7, 17));
@@ -478,7 +517,8 @@ fn url_schemes() {
         ("blabla", false),
         ("http://", false),
     ] {
-        let job = JobDescription::parse(&format!("deployment:\n  start:\n    kernel:\n      url: '{url}'\n"), Origin::named("j.yaml")).unwrap();
+        let job =
+            JobDescription::parse(&format!("deployment:\n  start:\n    kernel:\n      url: '{url}'\n"), Origin::named("j.yaml")).unwrap();
         match job.render(&ctx) {
             Ok(r) => assert!(ok, "{url} accepted: {r:?}"),
             Err(e) => {

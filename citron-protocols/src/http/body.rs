@@ -69,7 +69,6 @@ impl ResponseBody {
     }
 }
 
-
 impl FileStream {
     fn remaining(&self) -> u64 {
         self.end - self.pos + self.pending.as_ref().map_or(0, |p| p.1)

@@ -9,8 +9,8 @@ use citron_core::serve::{Catalog, Export, ExportInfo, Protocol, ServeError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::wire::{self, info, opt, rep, tflag};
 use super::slots::{DutSlots, Slot};
+use super::wire::{self, info, opt, rep, tflag};
 use super::{nbd_error, MAX_PAYLOAD};
 
 /// Longest option data citron reads: a 4096-byte name plus a few information requests.
@@ -76,17 +76,13 @@ pub(crate) async fn negotiate(
     s.write_all(&out).await?;
     let mut f = [0u8; 4];
     s.read_exact(&mut f).await?;
-    let flags = wire::parse_client_flags(&f)
-        .map_err(invalid)?
-        .unwrap_or_default();
+    let flags = wire::parse_client_flags(&f).map_err(invalid)?.unwrap_or_default();
     let zeroes = flags & wire::CLIENT_NO_ZEROES == 0;
     let mut structured = false;
     loop {
         let mut hdr = [0u8; wire::OPTION_HEADER_LEN];
         s.read_exact(&mut hdr).await?;
-        let h = wire::parse_option_header(&hdr, MAX_OPTION_LEN)
-            .map_err(invalid)?
-            .unwrap_or(wire::OptionHeader { option: 0, len: 0 });
+        let h = wire::parse_option_header(&hdr, MAX_OPTION_LEN).map_err(invalid)?.unwrap_or(wire::OptionHeader { option: 0, len: 0 });
         let mut data = vec![0u8; h.len as usize];
         s.read_exact(&mut data).await?;
         out.clear();
@@ -98,12 +94,7 @@ pub(crate) async fn negotiate(
                 let Some(slot) = slots.take(peer) else { return Ok(None) };
                 match catalog.open_export(peer, Protocol::NBD, &name) {
                     Ok(export) => {
-                        wire::encode_export_name_reply(
-                            &mut out,
-                            export.info.size,
-                            transmission_flags(&export.info),
-                            zeroes,
-                        );
+                        wire::encode_export_name_reply(&mut out, export.info.size, transmission_flags(&export.info), zeroes);
                         s.write_all(&out).await?;
                         return Ok(Some(Negotiated { export, structured, slot }));
                     }
@@ -119,12 +110,7 @@ pub(crate) async fn negotiate(
                 return Ok(None);
             }
             opt::LIST if !data.is_empty() => {
-                wire::encode_option_reply(
-                    &mut out,
-                    h.option,
-                    rep::ERR_INVALID,
-                    b"NBD_OPT_LIST takes no data",
-                );
+                wire::encode_option_reply(&mut out, h.option, rep::ERR_INVALID, b"NBD_OPT_LIST takes no data");
             }
             opt::LIST => {
                 for e in catalog.exports(peer) {
@@ -133,12 +119,7 @@ pub(crate) async fn negotiate(
                 wire::encode_option_reply(&mut out, h.option, rep::ACK, &[]);
             }
             opt::INFO | opt::GO => match wire::parse_info_request(&data) {
-                None => wire::encode_option_reply(
-                    &mut out,
-                    h.option,
-                    rep::ERR_INVALID,
-                    b"malformed NBD_OPT_INFO/GO data",
-                ),
+                None => wire::encode_option_reply(&mut out, h.option, rep::ERR_INVALID, b"malformed NBD_OPT_INFO/GO data"),
                 Some(req) => {
                     let name = resolve_name(catalog, peer, &req.name);
                     // INFO only describes: the export is not opened (no overlay is created, no
@@ -160,41 +141,15 @@ pub(crate) async fn negotiate(
                     match found {
                         Err(e) => {
                             let msg = e.to_string();
-                            wire::encode_option_reply(
-                                &mut out,
-                                h.option,
-                                nbd_error(&e).rep,
-                                msg.as_bytes(),
-                            );
+                            wire::encode_option_reply(&mut out, h.option, nbd_error(&e).rep, msg.as_bytes());
                         }
                         Ok((i, export)) => {
-                            wire::encode_info_export(
-                                &mut out,
-                                h.option,
-                                i.size,
-                                transmission_flags(&i),
-                            );
+                            wire::encode_info_export(&mut out, h.option, i.size, transmission_flags(&i));
                             for r in &req.requests {
                                 match *r {
-                                    info::NAME => wire::encode_info_string(
-                                        &mut out,
-                                        h.option,
-                                        info::NAME,
-                                        &i.name,
-                                    ),
-                                    info::DESCRIPTION => wire::encode_info_string(
-                                        &mut out,
-                                        h.option,
-                                        info::DESCRIPTION,
-                                        &i.description,
-                                    ),
-                                    info::BLOCK_SIZE => wire::encode_info_block_size(
-                                        &mut out,
-                                        h.option,
-                                        1,
-                                        4096,
-                                        MAX_PAYLOAD,
-                                    ),
+                                    info::NAME => wire::encode_info_string(&mut out, h.option, info::NAME, &i.name),
+                                    info::DESCRIPTION => wire::encode_info_string(&mut out, h.option, info::DESCRIPTION, &i.description),
+                                    info::BLOCK_SIZE => wire::encode_info_block_size(&mut out, h.option, 1, 4096, MAX_PAYLOAD),
                                     _ => {}
                                 }
                             }
@@ -208,12 +163,7 @@ pub(crate) async fn negotiate(
                 }
             },
             opt::STRUCTURED_REPLY if !data.is_empty() => {
-                wire::encode_option_reply(
-                    &mut out,
-                    h.option,
-                    rep::ERR_INVALID,
-                    b"NBD_OPT_STRUCTURED_REPLY takes no data",
-                );
+                wire::encode_option_reply(&mut out, h.option, rep::ERR_INVALID, b"NBD_OPT_STRUCTURED_REPLY takes no data");
             }
             opt::STRUCTURED_REPLY => {
                 structured = true;

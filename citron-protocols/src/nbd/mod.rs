@@ -21,8 +21,8 @@
 
 use std::future::Future;
 use std::io;
-use std::time::Duration;
 use std::sync::Arc;
+use std::time::Duration;
 
 use citron_core::serve::{Catalog, ServeError};
 use tokio::sync::watch;

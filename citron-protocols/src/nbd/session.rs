@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use citron_core::block::BlockDevice;
-use citron_core::serve::{Export, ServeError};
 use citron_core::limits::Limits;
+use citron_core::serve::{Export, ServeError};
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
 use tokio::io::AsyncWriteExt;
@@ -98,28 +98,15 @@ fn done_reply(structured: bool, cookie: u64, result: Result<(), ServeError>) -> 
 /// Refuses a request the device must not see: a write to a read-only disk (`NBD_EPERM`), or a
 /// range past the end: `NBD_ENOSPC` for WRITE, WRITE_ZEROES and TRIM, `NBD_EINVAL` for READ, as
 /// the protocol document asks. Returns the errno and the message.
-fn check(
-    dev: &dyn BlockDevice,
-    name: &str,
-    req: &wire::Request,
-    writes: bool,
-) -> Result<(), (u32, String)> {
+fn check(dev: &dyn BlockDevice, name: &str, req: &wire::Request, writes: bool) -> Result<(), (u32, String)> {
     if writes && dev.readonly() {
         let e = ServeError::ReadOnly(name.to_string());
         return Err((nbd_error(&e).errno, e.to_string()));
     }
     let size = dev.size();
     if !matches!(req.offset.checked_add(req.len as u64), Some(end) if end <= size) {
-        let e = ServeError::OutOfRange {
-            offset: req.offset,
-            len: req.len as u64,
-            size,
-        };
-        let errno = if writes {
-            errno::ENOSPC
-        } else {
-            nbd_error(&e).errno
-        };
+        let e = ServeError::OutOfRange { offset: req.offset, len: req.len as u64, size };
+        let errno = if writes { errno::ENOSPC } else { nbd_error(&e).errno };
         return Err((errno, e.to_string()));
     }
     Ok(())
@@ -132,40 +119,24 @@ fn plan(export: &Export, structured: bool, bounds: Bounds, req: wire::Request, p
     let fua = req.flags & cflag::FUA != 0;
     let known = cflag::FUA | cflag::NO_HOLE | cflag::DF;
     if req.flags & !known != 0 {
-        return Step::Reply(error_reply(
-            structured,
-            cookie,
-            errno::EINVAL,
-            "unknown command flags",
-        ));
+        return Step::Reply(error_reply(structured, cookie, errno::EINVAL, "unknown command flags"));
     }
     let writes = matches!(req.kind, cmd::WRITE | cmd::TRIM | cmd::WRITE_ZEROES);
-    if matches!(
-        req.kind,
-        cmd::READ | cmd::WRITE | cmd::TRIM | cmd::WRITE_ZEROES
-    ) {
+    if matches!(req.kind, cmd::READ | cmd::WRITE | cmd::TRIM | cmd::WRITE_ZEROES) {
         if let Err((errno, message)) = check(&*dev, name, &req, writes) {
             return Step::Reply(error_reply(structured, cookie, errno, &message));
         }
     }
     let (offset, len) = (req.offset, req.len);
-    let blocking =
-        |f: Box<dyn FnOnce() -> Vec<u8> + Send>| Step::Io(tokio::task::spawn_blocking(f));
+    let blocking = |f: Box<dyn FnOnce() -> Vec<u8> + Send>| Step::Io(tokio::task::spawn_blocking(f));
     match req.kind {
-        cmd::READ if len > MAX_PAYLOAD => Step::Reply(error_reply(
-            structured,
-            cookie,
-            errno::EINVAL,
-            "read larger than the maximum block size",
-        )),
+        cmd::READ if len > MAX_PAYLOAD => {
+            Step::Reply(error_reply(structured, cookie, errno::EINVAL, "read larger than the maximum block size"))
+        }
         cmd::READ if len as usize > bounds.budget => Step::LargeRead(req),
         cmd::READ => {
             export.ticket.add_bytes(len as u64);
-            let hdr = if structured {
-                wire::STRUCTURED_READ_LEN
-            } else {
-                wire::SIMPLE_REPLY_LEN
-            };
+            let hdr = if structured { wire::STRUCTURED_READ_LEN } else { wire::SIMPLE_REPLY_LEN };
             let mut v = vec![0u8; hdr + len as usize];
             let head = move |mut v: Vec<u8>| {
                 if structured {
@@ -185,37 +156,17 @@ fn plan(export: &Export, structured: bool, bounds: Bounds, req: wire::Request, p
                 })),
             }
         }
-        cmd::WRITE => blocking(Box::new(move || {
-            done_reply(
-                structured,
-                cookie,
-                dev.write_at(&payload, offset, fua).map_err(Into::into),
-            )
-        })),
-        cmd::WRITE_ZEROES => blocking(Box::new(move || {
-            done_reply(
-                structured,
-                cookie,
-                dev.write_zeroes(offset, len as u64, fua)
-                    .map_err(Into::into),
-            )
-        })),
+        cmd::WRITE => blocking(Box::new(move || done_reply(structured, cookie, dev.write_at(&payload, offset, fua).map_err(Into::into)))),
+        cmd::WRITE_ZEROES => {
+            blocking(Box::new(move || done_reply(structured, cookie, dev.write_zeroes(offset, len as u64, fua).map_err(Into::into))))
+        }
         cmd::TRIM => blocking(Box::new(move || {
-            let r = dev
-                .trim(offset, len as u64)
-                .and_then(|_| if fua { dev.flush() } else { Ok(()) });
+            let r = dev.trim(offset, len as u64).and_then(|_| if fua { dev.flush() } else { Ok(()) });
             done_reply(structured, cookie, r.map_err(Into::into))
         })),
-        cmd::FLUSH => blocking(Box::new(move || {
-            done_reply(structured, cookie, dev.flush().map_err(Into::into))
-        })),
+        cmd::FLUSH => blocking(Box::new(move || done_reply(structured, cookie, dev.flush().map_err(Into::into)))),
         cmd::DISC => Step::Disconnect,
-        other => Step::Reply(error_reply(
-            structured,
-            cookie,
-            errno::EINVAL,
-            &format!("unknown command {other}"),
-        )),
+        other => Step::Reply(error_reply(structured, cookie, errno::EINVAL, &format!("unknown command {other}"))),
     }
 }
 
@@ -258,10 +209,7 @@ pub(crate) async fn transmission(
             if req.kind == cmd::WRITE && req.len > MAX_PAYLOAD {
                 // Its payload cannot be buffered and skipping it would be reading unbounded
                 // data for nothing: the protocol allows closing instead.
-                return Err(invalid(format!(
-                    "write of {} bytes exceeds the maximum of {MAX_PAYLOAD}",
-                    req.len
-                )));
+                return Err(invalid(format!("write of {} bytes exceeds the maximum of {MAX_PAYLOAD}", req.len)));
             }
             let c = if req.kind == cmd::READ && req.len as usize > bounds.budget { 0 } else { cost(&req) };
             if c > 0 && held + out.len() > 0 && held + out.len() + c > bounds.budget {
@@ -361,13 +309,7 @@ pub(crate) async fn transmission(
 /// held. Structured replies send one `OFFSET_DATA` chunk per piece; a simple reply is its header
 /// and the pieces back to back, and a failure after its header was sent can only close the
 /// connection, as the protocol says.
-async fn stream_read(
-    stream: &mut TcpStream,
-    export: &Export,
-    structured: bool,
-    bounds: Bounds,
-    req: wire::Request,
-) -> io::Result<()> {
+async fn stream_read(stream: &mut TcpStream, export: &Export, structured: bool, bounds: Bounds, req: wire::Request) -> io::Result<()> {
     export.ticket.add_bytes(req.len as u64);
     let end = req.offset + req.len as u64;
     let piece = bounds.piece() as u64;

@@ -121,14 +121,7 @@ impl Chunks {
     pub(super) fn new(art: Arc<Artifact>, prefetch: usize, blksize: u16) -> Chunks {
         let bs = blksize.max(1) as u64;
         let size = (prefetch as u64).max(bs) / bs * bs;
-        Chunks {
-            art,
-            size,
-            cold: false,
-            prev: None,
-            cur: None,
-            next: None,
-        }
+        Chunks { art, size, cold: false, prev: None, cur: None, next: None }
     }
 
     fn read(&self, k: u64) -> tokio::task::JoinHandle<io::Result<Bytes>> {
@@ -182,9 +175,7 @@ impl Chunks {
             }
             self.next = Some((k + 1, self.read(k + 1)));
         }
-        let Some((_, data)) = &self.cur else {
-            unreachable!("cur was just filled")
-        };
+        let Some((_, data)) = &self.cur else { unreachable!("cur was just filled") };
         let s = ((off - k * self.size) as usize).min(data.len());
         Ok(data.slice(s..(s + len).min(data.len())))
     }
@@ -197,7 +188,6 @@ impl Drop for Chunks {
         }
     }
 }
-
 
 #[cfg(test)]
 mod tests {

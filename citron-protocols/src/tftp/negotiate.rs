@@ -90,12 +90,7 @@ pub struct Negotiated {
 /// ```
 pub fn negotiate(req: &Request, size: u64, limits: &Limits) -> Negotiated {
     let mut window = None;
-    let mut n = Negotiated {
-        blksize: DEFAULT_BLKSIZE,
-        windowsize: 1,
-        timeout: limits.default_timeout,
-        oack: Vec::new(),
-    };
+    let mut n = Negotiated { blksize: DEFAULT_BLKSIZE, windowsize: 1, timeout: limits.default_timeout, oack: Vec::new() };
     let mut seen: Vec<String> = Vec::new();
     for (name, value) in &req.options {
         let key = name.to_ascii_lowercase();
@@ -141,16 +136,8 @@ pub(crate) mod tests {
 
     /// An octet-mode RRQ of `f` with these options (the session tests use it too).
     pub(crate) fn req(opts: &[(&str, &str)]) -> Request {
-        Request {
-            filename: "f".into(),
-            mode: Mode::Octet,
-            options: opts
-                .iter()
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .collect(),
-        }
+        Request { filename: "f".into(), mode: Mode::Octet, options: opts.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect() }
     }
-
 
     #[test]
     fn negotiation_answers_only_what_was_asked() {
@@ -159,56 +146,20 @@ pub(crate) mod tests {
         let n = negotiate(&req(&[("tsize", "0")]), 10, &l);
         assert_eq!(n.oack, vec![("tsize".to_string(), "10".to_string())]);
         assert_eq!((n.blksize, n.windowsize), (512, 1));
-        let n = negotiate(
-            &req(&[("unknown", "1"), ("multicast", ""), ("blksize", "1468")]),
-            10,
-            &l,
-        );
+        let n = negotiate(&req(&[("unknown", "1"), ("multicast", ""), ("blksize", "1468")]), 10, &l);
         assert_eq!(n.oack, vec![("blksize".to_string(), "1468".to_string())]);
         assert_eq!(n.blksize, 1468);
     }
 
     #[test]
     fn absurd_values_are_ignored_or_clamped() {
-        let l = Limits {
-            max_windowsize: 32,
-            max_window_bytes: u32::MAX,
-            ..Limits::default()
-        };
-        let n = negotiate(
-            &req(&[
-                ("blksize", "7"),
-                ("timeout", "0"),
-                ("windowsize", "0"),
-                ("tsize", "x"),
-            ]),
-            10,
-            &l,
-        );
+        let l = Limits { max_windowsize: 32, max_window_bytes: u32::MAX, ..Limits::default() };
+        let n = negotiate(&req(&[("blksize", "7"), ("timeout", "0"), ("windowsize", "0"), ("tsize", "x")]), 10, &l);
         assert!(n.oack.is_empty());
-        assert_eq!(
-            (n.blksize, n.windowsize, n.timeout),
-            (512, 1, Duration::from_secs(1))
-        );
-        let n = negotiate(
-            &req(&[
-                ("blksize", "99999999999999999999999"),
-                ("timeout", "256"),
-                ("windowsize", "65536"),
-            ]),
-            10,
-            &l,
-        );
+        assert_eq!((n.blksize, n.windowsize, n.timeout), (512, 1, Duration::from_secs(1)));
+        let n = negotiate(&req(&[("blksize", "99999999999999999999999"), ("timeout", "256"), ("windowsize", "65536")]), 10, &l);
         assert!(n.oack.is_empty());
-        let n = negotiate(
-            &req(&[
-                ("blksize", "70000"),
-                ("windowsize", "1000"),
-                ("timeout", "3"),
-            ]),
-            10,
-            &l,
-        );
+        let n = negotiate(&req(&[("blksize", "70000"), ("windowsize", "1000"), ("timeout", "3")]), 10, &l);
         assert_eq!(n.blksize, 65464);
         assert_eq!(n.windowsize, 32);
         assert_eq!(n.timeout, Duration::from_secs(3));
@@ -227,15 +178,10 @@ pub(crate) mod tests {
     fn windowsize_is_lowered_to_fit_the_window_bytes() {
         let l = Limits::default();
         // Whatever the order of the options.
-        for opts in [
-            [("windowsize", "16"), ("blksize", "8192")],
-            [("blksize", "8192"), ("windowsize", "16")],
-        ] {
+        for opts in [[("windowsize", "16"), ("blksize", "8192")], [("blksize", "8192"), ("windowsize", "16")]] {
             let n = negotiate(&req(&opts), 10, &l);
             assert_eq!((n.blksize, n.windowsize), (8192, 8));
-            assert!(n
-                .oack
-                .contains(&("windowsize".to_string(), "8".to_string())));
+            assert!(n.oack.contains(&("windowsize".to_string(), "8".to_string())));
         }
         let n = negotiate(&req(&[("blksize", "1468"), ("windowsize", "16")]), 10, &l);
         assert_eq!(n.windowsize, 16, "16 x 1468 fits");

@@ -180,14 +180,9 @@ pub fn decode(buf: &[u8]) -> Result<Packet, DecodeError> {
         2 => decode_request(rest).map(Packet::Wrq),
         3 => {
             let block = read_u16(rest, buf.len())?;
-            Ok(Packet::Data {
-                block,
-                data: Bytes::copy_from_slice(&rest[2..]),
-            })
+            Ok(Packet::Data { block, data: Bytes::copy_from_slice(&rest[2..]) })
         }
-        4 => Ok(Packet::Ack {
-            block: read_u16(rest, buf.len())?,
-        }),
+        4 => Ok(Packet::Ack { block: read_u16(rest, buf.len())? }),
         5 => {
             let code = ErrorCode(read_u16(rest, buf.len())?);
             // Some clients omit the final NUL of the message; accept it, the message is only logged.
@@ -196,19 +191,15 @@ pub fn decode(buf: &[u8]) -> Result<Packet, DecodeError> {
                 Some(i) => &msg[..i],
                 None => msg,
             };
-            Ok(Packet::Error {
-                code,
-                message: String::from_utf8_lossy(msg).into_owned(),
-            })
+            Ok(Packet::Error { code, message: String::from_utf8_lossy(msg).into_owned() })
         }
         6 => {
             let mut fields = Fields(rest);
             let mut options = Vec::new();
             while !fields.0.is_empty() {
                 let name = fields.next("option name")?;
-                let value = fields
-                    .next("option value")
-                    .map_err(|_| DecodeError::OptionWithoutValue(Clip(&name, ERROR_FIELD_MAX).to_string()))?;
+                let value =
+                    fields.next("option value").map_err(|_| DecodeError::OptionWithoutValue(Clip(&name, ERROR_FIELD_MAX).to_string()))?;
                 options.push((name, value));
             }
             Ok(Packet::Oack { options })
@@ -229,14 +220,8 @@ struct Fields<'a>(&'a [u8]);
 
 impl Fields<'_> {
     fn next(&mut self, what: &'static str) -> Result<String, DecodeError> {
-        let end = self
-            .0
-            .iter()
-            .position(|&b| b == 0)
-            .ok_or(DecodeError::Unterminated(what))?;
-        let s = std::str::from_utf8(&self.0[..end])
-            .map_err(|_| DecodeError::NotUtf8(what))?
-            .to_string();
+        let end = self.0.iter().position(|&b| b == 0).ok_or(DecodeError::Unterminated(what))?;
+        let s = std::str::from_utf8(&self.0[..end]).map_err(|_| DecodeError::NotUtf8(what))?.to_string();
         self.0 = &self.0[end + 1..];
         Ok(s)
     }
@@ -260,19 +245,13 @@ fn decode_request(rest: &[u8]) -> Result<Request, DecodeError> {
     // Some old clients pad requests with NULs after the last field; trailing NULs are not options.
     while fields.0.iter().any(|&b| b != 0) {
         let name = fields.next("option name")?;
-        let value = fields
-            .next("option value")
-            .map_err(|_| DecodeError::OptionWithoutValue(name.clone()))?;
+        let value = fields.next("option value").map_err(|_| DecodeError::OptionWithoutValue(name.clone()))?;
         // An option with no name means nothing (RFC 2347 names are non-empty); skip it.
         if !name.is_empty() {
             options.push((name, value));
         }
     }
-    Ok(Request {
-        filename,
-        mode,
-        options,
-    })
+    Ok(Request { filename, mode, options })
 }
 
 /// Appends the wire form of `pkt` to `out`.
@@ -372,87 +351,46 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        roundtrip(Packet::Rrq(Request {
-            filename: "boot/pxelinux.0".into(),
-            mode: Mode::Octet,
-            options: vec![],
-        }));
+        roundtrip(Packet::Rrq(Request { filename: "boot/pxelinux.0".into(), mode: Mode::Octet, options: vec![] }));
         roundtrip(Packet::Rrq(Request {
             filename: "a".into(),
             mode: Mode::Netascii,
-            options: vec![
-                ("blksize".into(), "1468".into()),
-                ("tsize".into(), "0".into()),
-            ],
+            options: vec![("blksize".into(), "1468".into()), ("tsize".into(), "0".into())],
         }));
-        roundtrip(Packet::Wrq(Request {
-            filename: "x".into(),
-            mode: Mode::Octet,
-            options: vec![],
-        }));
-        roundtrip(Packet::Data {
-            block: 65535,
-            data: Bytes::from_static(b"hello"),
-        });
-        roundtrip(Packet::Data {
-            block: 0,
-            data: Bytes::new(),
-        });
+        roundtrip(Packet::Wrq(Request { filename: "x".into(), mode: Mode::Octet, options: vec![] }));
+        roundtrip(Packet::Data { block: 65535, data: Bytes::from_static(b"hello") });
+        roundtrip(Packet::Data { block: 0, data: Bytes::new() });
         roundtrip(Packet::Ack { block: 0 });
-        roundtrip(Packet::Error {
-            code: ErrorCode::ACCESS_VIOLATION,
-            message: "no".into(),
-        });
-        roundtrip(Packet::Oack {
-            options: vec![("windowsize".into(), "16".into())],
-        });
+        roundtrip(Packet::Error { code: ErrorCode::ACCESS_VIOLATION, message: "no".into() });
+        roundtrip(Packet::Oack { options: vec![("windowsize".into(), "16".into())] });
         roundtrip(Packet::Oack { options: vec![] });
     }
 
     #[test]
     fn wire_layout_matches_rfc1350() {
         let mut b = BytesMut::new();
-        encode(
-            &Packet::Rrq(Request {
-                filename: "f".into(),
-                mode: Mode::Octet,
-                options: vec![("tsize".into(), "0".into())],
-            }),
-            &mut b,
-        );
+        encode(&Packet::Rrq(Request { filename: "f".into(), mode: Mode::Octet, options: vec![("tsize".into(), "0".into())] }), &mut b);
         assert_eq!(&b[..], b"\0\x01f\0octet\0tsize\x000\0");
         let mut b = BytesMut::new();
-        encode(
-            &Packet::Error {
-                code: ErrorCode::FILE_NOT_FOUND,
-                message: "nope".into(),
-            },
-            &mut b,
-        );
+        encode(&Packet::Error { code: ErrorCode::FILE_NOT_FOUND, message: "nope".into() }, &mut b);
         assert_eq!(&b[..], b"\0\x05\0\x01nope\0");
     }
 
     #[test]
     fn mode_is_case_insensitive() {
-        let Packet::Rrq(r) = decode(b"\0\x01f\0OcTeT\0").unwrap() else {
-            panic!()
-        };
+        let Packet::Rrq(r) = decode(b"\0\x01f\0OcTeT\0").unwrap() else { panic!() };
         assert_eq!(r.mode, Mode::Octet);
     }
 
     #[test]
     fn trailing_nul_padding_is_not_an_option() {
-        let Packet::Rrq(r) = decode(b"\0\x01f\0octet\0\0\0").unwrap() else {
-            panic!()
-        };
+        let Packet::Rrq(r) = decode(b"\0\x01f\0octet\0\0\0").unwrap() else { panic!() };
         assert!(r.options.is_empty());
     }
 
     #[test]
     fn nameless_options_are_skipped() {
-        let Packet::Rrq(r) = decode(b"\0\x01f\0octet\0\0x\0tsize\x000\0").unwrap() else {
-            panic!()
-        };
+        let Packet::Rrq(r) = decode(b"\0\x01f\0octet\0\0x\0tsize\x000\0").unwrap() else { panic!() };
         assert_eq!(r.options, vec![("tsize".to_string(), "0".to_string())]);
     }
 
@@ -463,62 +401,26 @@ mod tests {
         assert_eq!(decode(b"\0\x04\0"), Err(DecodeError::TooShort(3)));
         assert_eq!(decode(b"\0\x03"), Err(DecodeError::TooShort(2)));
         assert_eq!(decode(b"\0\x07"), Err(DecodeError::UnknownOpcode(7)));
-        assert_eq!(
-            decode(b"\xff\xff\0\0"),
-            Err(DecodeError::UnknownOpcode(65535))
-        );
-        assert_eq!(
-            decode(b"\0\x01file"),
-            Err(DecodeError::Unterminated("file name"))
-        );
-        assert_eq!(
-            decode(b"\0\x01file\0octet"),
-            Err(DecodeError::Unterminated("mode"))
-        );
+        assert_eq!(decode(b"\xff\xff\0\0"), Err(DecodeError::UnknownOpcode(65535)));
+        assert_eq!(decode(b"\0\x01file"), Err(DecodeError::Unterminated("file name")));
+        assert_eq!(decode(b"\0\x01file\0octet"), Err(DecodeError::Unterminated("mode")));
         assert_eq!(decode(b"\0\x01\0octet\0"), Err(DecodeError::EmptyFilename));
-        assert_eq!(
-            decode(b"\0\x01f\0binary\0"),
-            Err(DecodeError::UnknownMode("binary".into()))
-        );
-        assert_eq!(
-            decode(b"\0\x01f\0octet\0blksize\0"),
-            Err(DecodeError::OptionWithoutValue("blksize".into()))
-        );
-        assert_eq!(
-            decode(b"\0\x01f\0octet\0blksize\x001468"),
-            Err(DecodeError::OptionWithoutValue("blksize".into()))
-        );
-        assert_eq!(
-            decode(b"\0\x01\xff\xfe\0octet\0"),
-            Err(DecodeError::NotUtf8("file name"))
-        );
-        assert_eq!(
-            decode(b"\0\x06tsize\0"),
-            Err(DecodeError::OptionWithoutValue("tsize".into()))
-        );
+        assert_eq!(decode(b"\0\x01f\0binary\0"), Err(DecodeError::UnknownMode("binary".into())));
+        assert_eq!(decode(b"\0\x01f\0octet\0blksize\0"), Err(DecodeError::OptionWithoutValue("blksize".into())));
+        assert_eq!(decode(b"\0\x01f\0octet\0blksize\x001468"), Err(DecodeError::OptionWithoutValue("blksize".into())));
+        assert_eq!(decode(b"\0\x01\xff\xfe\0octet\0"), Err(DecodeError::NotUtf8("file name")));
+        assert_eq!(decode(b"\0\x06tsize\0"), Err(DecodeError::OptionWithoutValue("tsize".into())));
     }
 
     #[test]
     fn error_without_final_nul_is_accepted() {
-        assert_eq!(
-            decode(b"\0\x05\0\x08bad").unwrap(),
-            Packet::Error {
-                code: ErrorCode::OPTION_REFUSED,
-                message: "bad".into()
-            }
-        );
+        assert_eq!(decode(b"\0\x05\0\x08bad").unwrap(), Packet::Error { code: ErrorCode::OPTION_REFUSED, message: "bad".into() });
     }
 
     #[test]
     fn nul_inside_a_field_is_not_sent() {
         let mut b = BytesMut::new();
-        encode(
-            &Packet::Error {
-                code: ErrorCode(0),
-                message: "a\0b".into(),
-            },
-            &mut b,
-        );
+        encode(&Packet::Error { code: ErrorCode(0), message: "a\0b".into() }, &mut b);
         assert_eq!(&b[..], b"\0\x05\0\0ab\0");
     }
 
@@ -535,14 +437,7 @@ mod tests {
     #[test]
     fn decode_never_panics_on_short_prefixes() {
         let mut b = BytesMut::new();
-        encode(
-            &Packet::Rrq(Request {
-                filename: "f".into(),
-                mode: Mode::Octet,
-                options: vec![("blksize".into(), "8".into())],
-            }),
-            &mut b,
-        );
+        encode(&Packet::Rrq(Request { filename: "f".into(), mode: Mode::Octet, options: vec![("blksize".into(), "8".into())] }), &mut b);
         for n in 0..b.len() {
             let _ = decode(&b[..n]);
         }

@@ -127,33 +127,26 @@ pub async fn serve_with(
     let socket = socket.into_std()?;
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    std::thread::Builder::new()
-        .name("citron-tftp".into())
-        .spawn(move || {
-            let r = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .and_then(|rt| {
-                    rt.block_on(async move {
-                        let socket = UdpSocket::from_std(socket)?;
-                        // Ends when `stop_tx` is used or dropped (the caller dropped `serve_with`).
-                        run(socket, catalog, config, async move {
-                            let _ = stop_rx.await;
-                        })
-                        .await
-                    })
-                });
-            let _ = done_tx.send(r);
-        })?;
+    std::thread::Builder::new().name("citron-tftp".into()).spawn(move || {
+        let r = tokio::runtime::Builder::new_current_thread().enable_all().build().and_then(|rt| {
+            rt.block_on(async move {
+                let socket = UdpSocket::from_std(socket)?;
+                // Ends when `stop_tx` is used or dropped (the caller dropped `serve_with`).
+                run(socket, catalog, config, async move {
+                    let _ = stop_rx.await;
+                })
+                .await
+            })
+        });
+        let _ = done_tx.send(r);
+    })?;
     let mut done_rx = done_rx;
     tokio::select! {
         r = &mut done_rx => return r.unwrap_or_else(|_| Err(io::Error::other("the TFTP thread panicked"))),
         _ = shutdown => {}
     }
     let _ = stop_tx.send(());
-    done_rx
-        .await
-        .unwrap_or_else(|_| Err(io::Error::other("the TFTP thread panicked")))
+    done_rx.await.unwrap_or_else(|_| Err(io::Error::other("the TFTP thread panicked")))
 }
 
 async fn run(
@@ -319,10 +312,7 @@ fn on_datagram(
 /// two servers could ping-pong). The message is fixed text, never a field of the request.
 fn malformed_answer(buf: &[u8], e: &DecodeError) -> Option<Packet> {
     match buf.get(..2) {
-        Some([0, 1]) | Some([0, 2]) => Some(Packet::Error {
-            code: ErrorCode::ILLEGAL_OPERATION,
-            message: e.wire_message().into(),
-        }),
+        Some([0, 1]) | Some([0, 2]) => Some(Packet::Error { code: ErrorCode::ILLEGAL_OPERATION, message: e.wire_message().into() }),
         _ => None,
     }
 }
@@ -342,10 +332,7 @@ fn on_request(
     match pkt {
         Packet::Rrq(req) if req.mode == Mode::Mail => {
             tracing::info!(%peer, file = %Clip(&req.filename, max), "mail mode refused");
-            Some(Packet::Error {
-                code: ErrorCode::ILLEGAL_OPERATION,
-                message: "mail mode is not supported".into(),
-            })
+            Some(Packet::Error { code: ErrorCode::ILLEGAL_OPERATION, message: "mail mode is not supported".into() })
         }
         Packet::Rrq(req) => {
             let slot = match gate.slots.take(peer, dut.clone()) {
@@ -371,10 +358,7 @@ fn on_request(
         }
         Packet::Wrq(req) => {
             tracing::info!(%peer, file = %Clip(&req.filename, max), "write request refused");
-            Some(Packet::Error {
-                code: ErrorCode::ACCESS_VIOLATION,
-                message: "citron is read-only".into(),
-            })
+            Some(Packet::Error { code: ErrorCode::ACCESS_VIOLATION, message: "citron is read-only".into() })
         }
         other => {
             tracing::debug!(%peer, opcode = opcode(&other), "non-request packet on the TFTP port ignored");
@@ -447,9 +431,7 @@ async fn transfer(shared: Arc<Shared>, peer: SocketAddr, req: Request, req_len: 
     let (mut session, mut step) = Session::start(neg, len, limits.retries, started);
     let mut retransmits = 0u32;
     let mut lens: Vec<usize> = Vec::new();
-    let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(
-        step.wake_at.unwrap_or(started),
-    ));
+    let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(step.wake_at.unwrap_or(started)));
     tokio::pin!(sleep);
     let outcome = loop {
         if step.delivered > 0 {

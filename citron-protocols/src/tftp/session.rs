@@ -21,8 +21,8 @@
 
 use std::time::{Duration, Instant};
 
-use super::packet::{ErrorCode, Packet};
 pub use super::negotiate::{negotiate, Limits, Negotiated, DEFAULT_BLKSIZE, MAX_BLKSIZE, MIN_BLKSIZE};
+use super::packet::{ErrorCode, Packet};
 
 /// Where a transfer is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,13 +129,7 @@ impl Session {
             s.state = State::Sending { acked: 0, sent: 0 };
             s.send_window(0, now)
         } else {
-            Step {
-                send: vec![Send::Packet(Packet::Oack {
-                    options: s.oack.clone(),
-                })],
-                wake_at: Some(s.deadline),
-                ..Step::default()
-            }
+            Step { send: vec![Send::Packet(Packet::Oack { options: s.oack.clone() })], wake_at: Some(s.deadline), ..Step::default() }
         };
         (s, step)
     }
@@ -165,18 +159,14 @@ impl Session {
     pub fn unacknowledged_bytes(&self) -> u64 {
         match self.state {
             State::Negotiating => self.len,
-            State::Sending { acked, .. } => {
-                self.len - (acked.saturating_mul(self.blksize)).min(self.len)
-            }
+            State::Sending { acked, .. } => self.len - (acked.saturating_mul(self.blksize)).min(self.len),
             State::Done => 0,
         }
     }
 
     /// The byte range `(offset, len)` of the transfer that block `index` carries.
     pub fn block_range(&self, index: u64) -> (u64, usize) {
-        let off = (index.saturating_sub(1))
-            .saturating_mul(self.blksize)
-            .min(self.len);
+        let off = (index.saturating_sub(1)).saturating_mul(self.blksize).min(self.len);
         (off, (self.len - off).min(self.blksize) as usize)
     }
 
@@ -191,13 +181,7 @@ impl Session {
             (State::Done, _) => Step::default(),
             (_, Packet::Error { code, message }) => {
                 self.state = State::Done;
-                Step {
-                    done: Some(Outcome::ClientError {
-                        code: *code,
-                        message: message.clone(),
-                    }),
-                    ..Step::default()
-                }
+                Step { done: Some(Outcome::ClientError { code: *code, message: message.clone() }), ..Step::default() }
             }
             (State::Negotiating, Packet::Ack { block: 0 }) => {
                 self.state = State::Sending { acked: 0, sent: 0 };
@@ -210,15 +194,10 @@ impl Session {
                     return self.idle();
                 }
                 let now_acked = acked + ahead;
-                let delivered =
-                    (now_acked * self.blksize).min(self.len) - (acked * self.blksize).min(self.len);
+                let delivered = (now_acked * self.blksize).min(self.len) - (acked * self.blksize).min(self.len);
                 if now_acked == self.last {
                     self.state = State::Done;
-                    return Step {
-                        done: Some(Outcome::Complete),
-                        delivered,
-                        ..Step::default()
-                    };
+                    return Step { done: Some(Outcome::Complete), delivered, ..Step::default() };
                 }
                 let mut step = self.send_window(now_acked, now);
                 step.delivered = delivered;
@@ -238,46 +217,24 @@ impl Session {
         self.tries += 1;
         if self.tries > self.retries {
             // Unconfirmed: the unacknowledged rest counts as delivered (see the variant).
-            let (outcome, delivered) = if self.final_block_sent() {
-                (Outcome::Unconfirmed, self.unacknowledged_bytes())
-            } else {
-                (Outcome::TimedOut, 0)
-            };
+            let (outcome, delivered) =
+                if self.final_block_sent() { (Outcome::Unconfirmed, self.unacknowledged_bytes()) } else { (Outcome::TimedOut, 0) };
             self.state = State::Done;
-            return Step {
-                done: Some(outcome),
-                delivered,
-                ..Step::default()
-            };
+            return Step { done: Some(outcome), delivered, ..Step::default() };
         }
         self.deadline = now + self.timeout;
         let send = match self.state {
-            State::Negotiating => vec![Send::Packet(Packet::Oack {
-                options: self.oack.clone(),
-            })],
+            State::Negotiating => vec![Send::Packet(Packet::Oack { options: self.oack.clone() })],
             // RFC 7440 §4: on timeout the whole unacknowledged window is sent again.
-            State::Sending { acked, sent } => (acked + 1..=sent)
-                .map(|index| Send::Data { index })
-                .collect(),
+            State::Sending { acked, sent } => (acked + 1..=sent).map(|index| Send::Data { index }).collect(),
             State::Done => Vec::new(),
         };
-        Step {
-            send,
-            wake_at: Some(self.deadline),
-            ..Step::default()
-        }
+        Step { send, wake_at: Some(self.deadline), ..Step::default() }
     }
 
     fn idle(&self) -> Step {
-        let wake_at = if self.state == State::Done {
-            None
-        } else {
-            Some(self.deadline)
-        };
-        Step {
-            wake_at,
-            ..Step::default()
-        }
+        let wake_at = if self.state == State::Done { None } else { Some(self.deadline) };
+        Step { wake_at, ..Step::default() }
     }
 
     /// Sends the window after block `acked`, resets the timer and the retry count.
@@ -286,13 +243,7 @@ impl Session {
         self.state = State::Sending { acked, sent };
         self.tries = 0;
         self.deadline = now + self.timeout;
-        Step {
-            send: (acked + 1..=sent)
-                .map(|index| Send::Data { index })
-                .collect(),
-            wake_at: Some(self.deadline),
-            ..Step::default()
-        }
+        Step { send: (acked + 1..=sent).map(|index| Send::Data { index }).collect(), wake_at: Some(self.deadline), ..Step::default() }
     }
 }
 
@@ -301,14 +252,8 @@ mod tests {
     use super::*;
     use crate::tftp::negotiate::tests::req;
 
-
     fn plain(blksize: u16, windowsize: u16) -> Negotiated {
-        Negotiated {
-            blksize,
-            windowsize,
-            timeout: Duration::from_secs(1),
-            oack: vec![],
-        }
+        Negotiated { blksize, windowsize, timeout: Duration::from_secs(1), oack: vec![] }
     }
 
     fn data(step: &Step) -> Vec<u64> {
@@ -322,9 +267,7 @@ mod tests {
     }
 
     fn ack(b: u64) -> Packet {
-        Packet::Ack {
-            block: Session::wire_block(b),
-        }
+        Packet::Ack { block: Session::wire_block(b) }
     }
 
     #[test]
@@ -354,11 +297,7 @@ mod tests {
     #[test]
     fn oack_then_ack0_starts_data() {
         let t0 = Instant::now();
-        let n = negotiate(
-            &req(&[("blksize", "1000"), ("tsize", "0")]),
-            1500,
-            &Limits::default(),
-        );
+        let n = negotiate(&req(&[("blksize", "1000"), ("tsize", "0")]), 1500, &Limits::default());
         let (mut s, st) = Session::start(n, 1500, 3, t0);
         assert!(matches!(&st.send[..], [Send::Packet(Packet::Oack { .. })]));
         assert_eq!(s.state(), State::Negotiating);
@@ -377,12 +316,7 @@ mod tests {
         let n = negotiate(&req(&[("tsize", "0")]), 5, &Limits::default());
         let (mut s, st) = Session::start(n, 5, 3, t0);
         let wake = st.wake_at.unwrap();
-        assert!(
-            s.on_timeout(wake - Duration::from_millis(1))
-                .send
-                .is_empty(),
-            "early wake-up does nothing"
-        );
+        assert!(s.on_timeout(wake - Duration::from_millis(1)).send.is_empty(), "early wake-up does nothing");
         let st = s.on_timeout(wake);
         assert!(matches!(&st.send[..], [Send::Packet(Packet::Oack { .. })]));
     }
@@ -414,19 +348,11 @@ mod tests {
         assert_eq!(data(&st), vec![2]);
         wake = st.wake_at.unwrap().max(wake);
         let st = s.on_timeout(wake);
-        assert_eq!(
-            data(&st),
-            vec![2],
-            "the unacknowledged block is resent after wake_at"
-        );
+        assert_eq!(data(&st), vec![2], "the unacknowledged block is resent after wake_at");
         let st = s.on_timeout(st.wake_at.unwrap());
         assert_eq!(data(&st), vec![2]);
         let st = s.on_timeout(st.wake_at.unwrap());
-        assert_eq!(
-            st.done,
-            Some(Outcome::TimedOut),
-            "a vanished client ends the transfer"
-        );
+        assert_eq!(st.done, Some(Outcome::TimedOut), "a vanished client ends the transfer");
         assert_eq!(st.wake_at, None);
         assert_eq!(s.state(), State::Done);
     }
@@ -464,10 +390,7 @@ mod tests {
         let n = negotiate(&req(&[("tsize", "0")]), 5, &Limits::default());
         let (mut s, st) = Session::start(n, 5, 0, t0);
         assert_eq!(s.unacknowledged_bytes(), 5);
-        assert_eq!(
-            s.on_timeout(st.wake_at.unwrap()).done,
-            Some(Outcome::TimedOut)
-        );
+        assert_eq!(s.on_timeout(st.wake_at.unwrap()).done, Some(Outcome::TimedOut));
     }
 
     #[test]
@@ -525,11 +448,7 @@ mod tests {
     #[test]
     fn windowsize_sends_a_window_and_restarts_after_partial_ack() {
         let t0 = Instant::now();
-        let n = negotiate(
-            &req(&[("windowsize", "4")]),
-            512 * 10 + 1,
-            &Limits::default(),
-        );
+        let n = negotiate(&req(&[("windowsize", "4")]), 512 * 10 + 1, &Limits::default());
         let (mut s, _) = Session::start(n, 512 * 10 + 1, 3, t0);
         assert_eq!(s.last_block(), 11);
         let st = s.on_packet(&ack(0), t0);
@@ -546,11 +465,7 @@ mod tests {
         let st = s.on_timeout(t0 + Duration::from_secs(1));
         assert_eq!(data(&st), vec![7, 8, 9, 10]);
         let st = s.on_packet(&ack(10), t0);
-        assert_eq!(
-            data(&st),
-            vec![11],
-            "the last window is cut at the last block"
-        );
+        assert_eq!(data(&st), vec![11], "the last window is cut at the last block");
         let st = s.on_packet(&ack(11), t0);
         assert_eq!(st.done, Some(Outcome::Complete));
         assert_eq!(st.delivered, 1);
@@ -559,26 +474,9 @@ mod tests {
     #[test]
     fn client_error_ends_the_transfer() {
         let t0 = Instant::now();
-        let (mut s, _) = Session::start(
-            negotiate(&req(&[("tsize", "0")]), 1, &Limits::default()),
-            1,
-            3,
-            t0,
-        );
-        let st = s.on_packet(
-            &Packet::Error {
-                code: ErrorCode::OPTION_REFUSED,
-                message: "no".into(),
-            },
-            t0,
-        );
-        assert!(matches!(
-            st.done,
-            Some(Outcome::ClientError {
-                code: ErrorCode::OPTION_REFUSED,
-                ..
-            })
-        ));
+        let (mut s, _) = Session::start(negotiate(&req(&[("tsize", "0")]), 1, &Limits::default()), 1, 3, t0);
+        let st = s.on_packet(&Packet::Error { code: ErrorCode::OPTION_REFUSED, message: "no".into() }, t0);
+        assert!(matches!(st.done, Some(Outcome::ClientError { code: ErrorCode::OPTION_REFUSED, .. })));
         assert!(s.on_packet(&ack(0), t0).send.is_empty());
         assert!(s.on_timeout(t0 + Duration::from_secs(100)).send.is_empty());
     }
@@ -587,20 +485,8 @@ mod tests {
     fn stray_packets_are_ignored() {
         let t0 = Instant::now();
         let (mut s, _) = Session::start(plain(512, 1), 2000, 3, t0);
-        assert!(s
-            .on_packet(
-                &Packet::Data {
-                    block: 1,
-                    data: bytes::Bytes::new()
-                },
-                t0
-            )
-            .send
-            .is_empty());
-        assert!(s
-            .on_packet(&Packet::Oack { options: vec![] }, t0)
-            .send
-            .is_empty());
+        assert!(s.on_packet(&Packet::Data { block: 1, data: bytes::Bytes::new() }, t0).send.is_empty());
+        assert!(s.on_packet(&Packet::Oack { options: vec![] }, t0).send.is_empty());
         assert_eq!(s.state(), State::Sending { acked: 0, sent: 1 });
     }
 }

@@ -46,9 +46,7 @@ impl TransferSocket {
         Ok(TransferSocket {
             // SAFETY: the `UdpSocket` owns its descriptor, which stays open and the same until
             // the `AsyncFd` (its owner) drops it.
-            fd: unsafe {
-                AsyncFd::register_with_interest(sock, Interest::READABLE | Interest::ERROR)?
-            },
+            fd: unsafe { AsyncFd::register_with_interest(sock, Interest::READABLE | Interest::ERROR)? },
             bufs: Box::new([[0; SLOT]; 2]),
             queued: None,
         })
@@ -111,9 +109,7 @@ impl TransferSocket {
                             let dup = self.fd.get_ref().try_clone()?;
                             // SAFETY: as in `open`; `dup` is a descriptor of its own, owned by
                             // the `AsyncFd`.
-                            let fd = unsafe {
-                                AsyncFd::register_with_interest(dup, Interest::WRITABLE)?
-                            };
+                            let fd = unsafe { AsyncFd::register_with_interest(dup, Interest::WRITABLE)? };
                             writable.insert(fd)
                         }
                     };
@@ -138,24 +134,15 @@ fn send_batch(sock: &std::net::UdpSocket, buf: &[u8], lens: &[usize]) -> io::Res
     /// Datagrams per call (a window is at most 64 blocks by default).
     const BATCH: usize = 64;
     let n = lens.len().min(BATCH);
-    let mut iov: [libc::iovec; BATCH] = [libc::iovec {
-        iov_base: std::ptr::null_mut(),
-        iov_len: 0,
-    }; BATCH];
+    let mut iov: [libc::iovec; BATCH] = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; BATCH];
     // SAFETY: mmsghdr is plain data; all-zero is a valid value (no address, no control data).
     let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
     let mut off = 0;
     for i in 0..n {
         let Some(d) = buf.get(off..off + lens[i]) else {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "datagram lengths beyond the buffer",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "datagram lengths beyond the buffer"));
         };
-        iov[i] = libc::iovec {
-            iov_base: d.as_ptr() as *mut libc::c_void,
-            iov_len: d.len(),
-        };
+        iov[i] = libc::iovec { iov_base: d.as_ptr() as *mut libc::c_void, iov_len: d.len() };
         off += d.len();
         msgs[i].msg_hdr.msg_iov = &mut iov[i];
         msgs[i].msg_hdr.msg_iovlen = 1;
@@ -163,8 +150,7 @@ fn send_batch(sock: &std::net::UdpSocket, buf: &[u8], lens: &[usize]) -> io::Res
     loop {
         // SAFETY: the first `n` headers each point at one iovec describing bytes of `buf`
         // (bounds checked above), which the kernel only reads; all outlive the call.
-        let r =
-            unsafe { libc::sendmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), n as libc::c_uint, 0) };
+        let r = unsafe { libc::sendmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), n as libc::c_uint, 0) };
         if r < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -181,10 +167,7 @@ fn send_batch(sock: &std::net::UdpSocket, buf: &[u8], lens: &[usize]) -> io::Res
 
 #[cfg(not(target_os = "linux"))]
 fn send_batch(sock: &std::net::UdpSocket, buf: &[u8], lens: &[usize]) -> io::Result<usize> {
-    let d = lens
-        .first()
-        .and_then(|n| buf.get(..*n))
-        .ok_or(io::ErrorKind::InvalidInput)?;
+    let d = lens.first().and_then(|n| buf.get(..*n)).ok_or(io::ErrorKind::InvalidInput)?;
     sock.send(d).map(|_| 1)
 }
 
@@ -194,22 +177,11 @@ const DRAINS: bool = cfg!(target_os = "linux");
 /// Receives up to two queued datagrams without waiting, into `bufs[0]` and `bufs[1]`: the first
 /// one's length and, if there was a second, its length. `WouldBlock` if none was queued.
 #[cfg(target_os = "linux")]
-fn recv2(
-    sock: &std::net::UdpSocket,
-    bufs: &mut [[u8; SLOT]; 2],
-) -> io::Result<(usize, Option<usize>)> {
+fn recv2(sock: &std::net::UdpSocket, bufs: &mut [[u8; SLOT]; 2]) -> io::Result<(usize, Option<usize>)> {
     use std::os::fd::AsRawFd;
     let [a, b] = bufs;
-    let mut iov = [
-        libc::iovec {
-            iov_base: a.as_mut_ptr().cast(),
-            iov_len: SLOT,
-        },
-        libc::iovec {
-            iov_base: b.as_mut_ptr().cast(),
-            iov_len: SLOT,
-        },
-    ];
+    let mut iov =
+        [libc::iovec { iov_base: a.as_mut_ptr().cast(), iov_len: SLOT }, libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: SLOT }];
     // SAFETY: mmsghdr is plain data; all-zero is a valid value (no address, no control data).
     let mut msgs: [libc::mmsghdr; 2] = unsafe { std::mem::zeroed() };
     for (m, v) in msgs.iter_mut().zip(iov.iter_mut()) {
@@ -219,15 +191,7 @@ fn recv2(
     loop {
         // SAFETY: each header points at one iovec describing SLOT writable bytes of `bufs`, all
         // of which outlive the call; the descriptor is open while `sock` is borrowed.
-        let r = unsafe {
-            libc::recvmmsg(
-                sock.as_raw_fd(),
-                msgs.as_mut_ptr(),
-                2,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
-        };
+        let r = unsafe { libc::recvmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), 2, libc::MSG_DONTWAIT, std::ptr::null_mut()) };
         if r < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -245,10 +209,6 @@ fn recv2(
 }
 
 #[cfg(not(target_os = "linux"))]
-fn recv2(
-    sock: &std::net::UdpSocket,
-    bufs: &mut [[u8; SLOT]; 2],
-) -> io::Result<(usize, Option<usize>)> {
+fn recv2(sock: &std::net::UdpSocket, bufs: &mut [[u8; SLOT]; 2]) -> io::Result<(usize, Option<usize>)> {
     sock.recv(&mut bufs[0]).map(|n| (n, None))
 }
-

@@ -20,10 +20,7 @@ use tokio::net::TcpStream;
 /// PATH with the system directories first: libnbd's Python module is installed for the system
 /// interpreter, not for one a developer may have in front.
 pub fn path() -> String {
-    format!(
-        "/usr/bin:/bin:/usr/sbin:/sbin:{}",
-        std::env::var("PATH").unwrap_or_default()
-    )
+    format!("/usr/bin:/bin:/usr/sbin:/sbin:{}", std::env::var("PATH").unwrap_or_default())
 }
 
 fn strict() -> bool {
@@ -31,10 +28,7 @@ fn strict() -> bool {
 }
 
 fn skip(what: &str) -> bool {
-    assert!(
-        !strict(),
-        "{what} is missing and CITRON_E2E_STRICT=1; run scripts/setup-debian.sh"
-    );
+    assert!(!strict(), "{what} is missing and CITRON_E2E_STRICT=1; run scripts/setup-debian.sh");
     eprintln!("skipping: {what} is not installed (scripts/setup-debian.sh installs it)");
     false
 }
@@ -53,26 +47,14 @@ pub fn have(tool: &str) -> bool {
 
 /// nbdsh and its Python module.
 pub fn have_nbdsh() -> bool {
-    let ok = Command::new("nbdsh")
-        .args(["-c", "pass"])
-        .env("PATH", path())
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let ok = Command::new("nbdsh").args(["-c", "pass"]).env("PATH", path()).output().is_ok_and(|o| o.status.success());
     ok || skip("nbdsh (python3-libnbd)")
 }
 
 /// Runs `cmd`, fails the test with its output unless it succeeds; returns stdout.
 pub fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .env("PATH", path())
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = cmd.env("PATH", path()).output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -102,26 +84,11 @@ pub fn count_files(p: &Path) -> usize {
     let Ok(rd) = std::fs::read_dir(p) else {
         return 0;
     };
-    rd.flatten()
-        .map(|e| {
-            if e.path().is_dir() {
-                count_files(&e.path())
-            } else {
-                1
-            }
-        })
-        .sum()
+    rd.flatten().map(|e| if e.path().is_dir() { count_files(&e.path()) } else { 1 }).sum()
 }
 
 pub fn disk(name: &str, kind: DiskKind, reset_on: ResetOn) -> DiskSpec {
-    DiskSpec {
-        name: name.into(),
-        readonly: false,
-        kind,
-        reset_on,
-        shared: false,
-        expiration: None,
-    }
+    DiskSpec { name: name.into(), readonly: false, kind, reset_on, shared: false, expiration: None }
 }
 
 /// A gateway (default lab + DUT `local` at 127.0.0.1 owning `disks`) and an NBD server.
@@ -142,47 +109,23 @@ impl Lab {
     }
 
     pub fn start_in(dir: &Path, disks: Vec<DiskSpec>) -> Lab {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let (gw, addr) = rt.block_on(async {
             let gw = Gateway::new(LabConfig::default_lab(), dir).unwrap();
-            gw.add_dut(Dut::new("local", ["127.0.0.1".parse().unwrap()]))
-                .unwrap();
+            gw.add_dut(Dut::new("local", ["127.0.0.1".parse().unwrap()])).unwrap();
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
-            tokio::spawn(citron_protocols::nbd::serve(
-                listener,
-                Arc::new(gw.clone()),
-                std::future::pending(),
-            ));
+            tokio::spawn(citron_protocols::nbd::serve(listener, Arc::new(gw.clone()), std::future::pending()));
             (gw, addr)
         });
-        let lab = Lab {
-            rt,
-            gw,
-            addr,
-            dir: dir.to_path_buf(),
-            _tmp: None,
-        };
+        let lab = Lab { rt, gw, addr, dir: dir.to_path_buf(), _tmp: None };
         lab.set_disks(disks);
         lab
     }
 
     pub fn set_disks(&self, disks: Vec<DiskSpec>) {
-        let job = ResolvedJob {
-            origin: "test".into(),
-            start: Step {
-                nbd: disks,
-                ..Step::default()
-            },
-            continue_: None,
-        };
-        self.rt
-            .block_on(self.gw.set_resolved_job(&"local".into(), job))
-            .unwrap();
+        let job = ResolvedJob { origin: "test".into(), start: Step { nbd: disks, ..Step::default() }, continue_: None };
+        self.rt.block_on(self.gw.set_resolved_job(&"local".into(), job)).unwrap();
     }
 
     pub fn uri(&self, name: &str) -> String {
@@ -204,11 +147,7 @@ pub fn example_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap();
     let p = dir.join("examples").join(name);
-    assert!(
-        p.exists(),
-        "{} missing: cargo test builds examples; run `cargo build -p citron-protocols --examples`",
-        p.display()
-    );
+    assert!(p.exists(), "{} missing: cargo test builds examples; run `cargo build -p citron-protocols --examples`", p.display());
     p
 }
 
@@ -223,18 +162,9 @@ impl Child {
             .spawn()
             .unwrap();
         let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected {line:?}"))
-            .to_string();
-        Child {
-            child,
-            addr: format!("{addr}/{name}"),
-        }
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected {line:?}")).to_string();
+        Child { child, addr: format!("{addr}/{name}") }
     }
 
     pub fn uri(&self) -> String {
@@ -269,8 +199,7 @@ impl Raw {
     /// Connected from `src` (a loopback address), greeting not read.
     pub async fn connect_plain(addr: SocketAddr, src: &str) -> TcpStream {
         let sock = tokio::net::TcpSocket::new_v4().unwrap();
-        sock.bind(SocketAddr::new(src.parse::<IpAddr>().unwrap(), 0))
-            .unwrap();
+        sock.bind(SocketAddr::new(src.parse::<IpAddr>().unwrap(), 0)).unwrap();
         let mut s = sock.connect(addr).await.unwrap();
         let mut greet = [0u8; wire::SERVER_GREETING_LEN];
         s.read_exact(&mut greet).await.unwrap();
@@ -287,10 +216,7 @@ impl Raw {
     pub async fn connect_with_flags(addr: SocketAddr, src: &str, flags: u32) -> Raw {
         let mut stream = Raw::connect_plain(addr, src).await;
         stream.write_all(&flags.to_be_bytes()).await.unwrap();
-        Raw {
-            stream,
-            zeroes: flags & wire::CLIENT_NO_ZEROES == 0,
-        }
+        Raw { stream, zeroes: flags & wire::CLIENT_NO_ZEROES == 0 }
     }
 
     /// Sends an option; returns every reply up to the final one.
@@ -304,10 +230,7 @@ impl Raw {
         loop {
             let mut h = [0u8; 20];
             self.stream.read_exact(&mut h).await.unwrap();
-            assert_eq!(
-                u64::from_be_bytes(h[..8].try_into().unwrap()),
-                wire::REPLY_MAGIC
-            );
+            assert_eq!(u64::from_be_bytes(h[..8].try_into().unwrap()), wire::REPLY_MAGIC);
             let kind = u32::from_be_bytes(h[12..16].try_into().unwrap());
             let len = u32::from_be_bytes(h[16..20].try_into().unwrap());
             let mut d = vec![0u8; len as usize];
@@ -364,57 +287,27 @@ impl Raw {
         while got < r.len() {
             match self.stream.read(&mut r[got..]).await {
                 Ok(0) => {
-                    assert_eq!(
-                        got, 0,
-                        "the server closed in the middle of its NBD_OPT_EXPORT_NAME reply"
-                    );
+                    assert_eq!(got, 0, "the server closed in the middle of its NBD_OPT_EXPORT_NAME reply");
                     return None;
                 }
                 Ok(n) => got += n,
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && got == 0 => {
-                    return None
-                }
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && got == 0 => return None,
                 Err(e) => panic!("NBD_OPT_EXPORT_NAME reply: {e}"),
             }
         }
-        assert!(
-            r[10..].iter().all(|&b| b == 0),
-            "the 124 bytes after size and flags must be zero"
-        );
-        Some((
-            u64::from_be_bytes(r[..8].try_into().unwrap()),
-            u16::from_be_bytes(r[8..10].try_into().unwrap()),
-        ))
+        assert!(r[10..].iter().all(|&b| b == 0), "the 124 bytes after size and flags must be zero");
+        Some((u64::from_be_bytes(r[..8].try_into().unwrap()), u16::from_be_bytes(r[8..10].try_into().unwrap())))
     }
 
     /// One request; returns (error, data read).
-    pub async fn request(
-        &mut self,
-        kind: u16,
-        flags: u16,
-        offset: u64,
-        len: u32,
-        payload: &[u8],
-    ) -> (u32, Vec<u8>) {
+    pub async fn request(&mut self, kind: u16, flags: u16, offset: u64, len: u32, payload: &[u8]) -> (u32, Vec<u8>) {
         let mut m = Vec::new();
-        wire::encode_request(
-            &mut m,
-            &wire::Request {
-                flags,
-                kind,
-                cookie: 0x1234,
-                offset,
-                len,
-            },
-        );
+        wire::encode_request(&mut m, &wire::Request { flags, kind, cookie: 0x1234, offset, len });
         m.extend_from_slice(payload);
         self.stream.write_all(&m).await.unwrap();
         let mut h = [0u8; wire::SIMPLE_REPLY_LEN];
         self.stream.read_exact(&mut h).await.unwrap();
-        assert_eq!(
-            u32::from_be_bytes(h[..4].try_into().unwrap()),
-            wire::SIMPLE_REPLY_MAGIC
-        );
+        assert_eq!(u32::from_be_bytes(h[..4].try_into().unwrap()), wire::SIMPLE_REPLY_MAGIC);
         assert_eq!(u64::from_be_bytes(h[8..16].try_into().unwrap()), 0x1234);
         let e = u32::from_be_bytes(h[4..8].try_into().unwrap());
         let mut data = Vec::new();

@@ -19,17 +19,11 @@ use tokio::sync::oneshot;
 
 /// `true` if `tool` runs; otherwise skips (or panics under `CITRON_E2E_STRICT=1`).
 pub fn require_tool(tool: &str) -> bool {
-    let ok = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
+    let ok =
+        std::process::Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map(|o| o.status.success()).unwrap_or(false);
     if !ok {
         if std::env::var("CITRON_E2E_STRICT").as_deref() == Ok("1") {
-            panic!(
-                "{tool} is required (CITRON_E2E_STRICT=1); install it with scripts/setup-debian.sh"
-            );
+            panic!("{tool} is required (CITRON_E2E_STRICT=1); install it with scripts/setup-debian.sh");
         }
         eprintln!("SKIP: {tool} not installed");
     }
@@ -55,21 +49,11 @@ pub fn file(path: &str, data: Vec<u8>, access_count: Option<u32>) -> FileSpec {
         path: path.into(),
         source: Source::Data(Bytes::from(data)),
         sha256: None,
-        lifetime: Lifetime {
-            access_count,
-            expiration: None,
-        },
+        lifetime: Lifetime { access_count, expiration: None },
     }
 }
 
-pub const SIZES: &[(&str, usize)] = &[
-    ("f0", 0),
-    ("f511", 511),
-    ("f512", 512),
-    ("f513", 513),
-    ("f1m", 1 << 20),
-    ("f40m", 40 << 20),
-];
+pub const SIZES: &[(&str, usize)] = &[("f0", 0), ("f511", 511), ("f512", 512), ("f513", 513), ("f1m", 1 << 20), ("f40m", 40 << 20)];
 
 pub struct Lab {
     pub gw: Gateway,
@@ -135,11 +119,7 @@ impl Lab {
         let task = tokio::spawn(tftp::serve_with(socket, catalog, config, async move {
             let _ = rx.await;
         }));
-        Server {
-            addr,
-            stop: Some(tx),
-            task,
-        }
+        Server { addr, stop: Some(tx), task }
     }
 }
 
@@ -158,26 +138,16 @@ impl Server {
 
 pub async fn run(cmd: &mut tokio::process::Command) -> Output {
     cmd.kill_on_drop(true).stdin(std::process::Stdio::null());
-    tokio::time::timeout(Duration::from_secs(300), cmd.output())
-        .await
-        .expect("client did not finish within 300 s")
-        .unwrap()
+    tokio::time::timeout(Duration::from_secs(300), cmd.output()).await.expect("client did not finish within 300 s").unwrap()
 }
 
 /// Sends one datagram from `from` and returns the decoded answer, if one comes within `wait`.
-pub async fn exchange(
-    from: &str,
-    to: SocketAddr,
-    datagram: &[u8],
-    wait: Duration,
-) -> Option<tftp::packet::Packet> {
+pub async fn exchange(from: &str, to: SocketAddr, datagram: &[u8], wait: Duration) -> Option<tftp::packet::Packet> {
     let sock = UdpSocket::bind((from, 0)).await.unwrap();
     sock.send_to(datagram, to).await.unwrap();
     let mut buf = vec![0u8; 70000];
     match tokio::time::timeout(wait, sock.recv_from(&mut buf)).await {
-        Ok(Ok((n, _))) => {
-            Some(tftp::packet::decode(&buf[..n]).expect("the server sent a malformed packet"))
-        }
+        Ok(Ok((n, _))) => Some(tftp::packet::decode(&buf[..n]).expect("the server sent a malformed packet")),
         _ => None,
     }
 }
@@ -191,10 +161,7 @@ pub fn error_code(p: &Option<tftp::packet::Packet>) -> Option<u16> {
 
 pub fn rrq(name: &str, opts: &[(&str, &str)]) -> Vec<u8> {
     let mut v = vec![0, 1];
-    for f in [name, "octet"]
-        .into_iter()
-        .chain(opts.iter().flat_map(|(a, b)| [*a, *b]))
-    {
+    for f in [name, "octet"].into_iter().chain(opts.iter().flat_map(|(a, b)| [*a, *b])) {
         v.extend_from_slice(f.as_bytes());
         v.push(0);
     }
@@ -207,4 +174,3 @@ pub async fn recv(sock: &UdpSocket, buf: &mut [u8], wait_ms: u64) -> Option<(usi
         _ => None,
     }
 }
-
