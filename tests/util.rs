@@ -218,6 +218,14 @@ impl Citron {
         format!("http://{}{}", self.api.expect("the API is enabled"), path)
     }
 
+    /// PUTs a YAML job for `dut` through the API (curl, `application/yaml`); `(status, body)`.
+    pub fn put_job(&self, dut: &str, yaml: &str) -> (u16, String) {
+        let url = self.api_url(&format!("/api/v1/duts/{dut}/job"));
+        let o = curl(&["-X", "PUT", "-H", "Content-Type: application/yaml", "--data-binary", yaml, "-w", "\n%{http_code}", &url]);
+        let (body, code) = o.stdout.rsplit_once('\n').unwrap_or(("", &o.stdout));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
     /// The process id (to send signals).
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -60,14 +60,6 @@ fn raw_tar(path: &Path, entries: &[E]) -> PathBuf {
     path.to_path_buf()
 }
 
-/// PUTs a YAML job; `(status, body)`.
-fn put_job(c: &Citron, dut: &str, yaml: &str) -> (u16, String) {
-    let url = c.api_url(&format!("/api/v1/duts/{dut}/job"));
-    let o = curl(&["-X", "PUT", "-H", "Content-Type: application/yaml", "--data-binary", yaml, "-w", "\n%{http_code}", &url]);
-    let (body, code) = o.stdout.rsplit_once('\n').unwrap_or(("", &o.stdout));
-    (code.trim().parse().unwrap_or(0), body.to_string())
-}
-
 fn fs_job(contents: &str) -> String {
     format!("deployment:\n  start:\n    storage:\n      nbd:\n        - name: root\n          filesystem: {{ type: ext4, size: 8M, {contents} }}\n")
 }
@@ -99,7 +91,7 @@ struct Victim {
 impl Victim {
     fn prepare(c: &Citron) -> Victim {
         let job = "deployment:\n  start:\n    storage:\n      nbd:\n        - name: base\n          filesystem: { type: ext4, size: 8M }\n";
-        let (code, body) = put_job(c, "dut1", job);
+        let (code, body) = c.put_job("dut1", job);
         assert_eq!(code, 200, "{body}");
         let bases = c.state.join("disks/bases");
         assert!(files(&bases).iter().any(|(p, _)| p.extension().is_some_and(|x| x == "img")), "no base disk was prepared");
@@ -165,7 +157,7 @@ fn hostile_container_layers_leave_other_jobs_disks_alone() {
     for (tag, entries, want) in &cases {
         let upper = raw_tar(&t.path().join(format!("{tag}.tar")), entries);
         let reference = reg.push_image("evil/img", tag, &[&lower, &upper]);
-        let (code, body) = put_job(&c, "dut2", &fs_job(&format!("container: \"{reference}\"")));
+        let (code, body) = c.put_job("dut2", &fs_job(&format!("container: \"{reference}\"")));
         victim.check(&c, tag);
         assert_eq!(code, 422, "{tag}: {body}");
         assert!(body.contains(want) && body.contains("layer 1"), "{tag}: {body}");
@@ -173,7 +165,7 @@ fn hostile_container_layers_leave_other_jobs_disks_alone() {
     // A well-formed image with whiteouts still works after all that.
     let ok = raw_tar(&t.path().join("ok.tar"), &[E::File("etc/.wh.a", b""), E::Symlink("abs", "/etc/passwd"), E::File("hello", b"hi")]);
     let reference = reg.push_image("good/img", "v1", &[&lower, &ok]);
-    let (code, body) = put_job(&c, "dut2", &fs_job(&format!("container: \"{reference}\"")));
+    let (code, body) = c.put_job("dut2", &fs_job(&format!("container: \"{reference}\"")));
     assert_eq!(code, 200, "{body}");
     victim.check(&c, "a good image");
 }
@@ -204,7 +196,7 @@ fn hostile_tarballs_are_refused_with_the_entry_named() {
         let tb = raw_tar(&t.path().join(format!("{name}.tar")), entries);
         let (digest, _) = reg.push_blob("tarballs/t", &tb);
         let url = format!("{}/v2/tarballs/t/blobs/{digest}", reg.base);
-        let (code, body) = put_job(&c, "dut2", &fs_job(&format!("data: {{ url: \"{url}\" }}")));
+        let (code, body) = c.put_job("dut2", &fs_job(&format!("data: {{ url: \"{url}\" }}")));
         victim.check(&c, name);
         assert_eq!(code, 422, "{name}: {body}");
         assert!(body.contains(want) && body.contains("tarball http://127.0.0.1"), "{name}: {body}");
@@ -262,7 +254,7 @@ fn a_slow_download_does_not_hold_up_another_jobs_disk() {
         }
     };
     let job2 = "deployment:\n  start:\n    storage:\n      nbd:\n        - name: scratch\n          raw: { size: 4M }\n        - name: root\n          filesystem: { type: ext4, size: 8M }\n";
-    let (code, body) = put_job(&c, "dut2", job2);
+    let (code, body) = c.put_job("dut2", job2);
     assert_eq!(code, 200, "job 2 waited for job 1's download: {body}");
     assert!(rx.try_recv().is_err(), "job 1 finished first: the test proved nothing");
     drop(_held);

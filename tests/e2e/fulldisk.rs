@@ -44,13 +44,6 @@ impl Drop for Files {
     }
 }
 
-fn put_job(c: &Citron, dut: &str, yaml: &str) -> (u16, String) {
-    let url = c.api_url(&format!("/api/v1/duts/{dut}/job"));
-    let o = curl(&["-X", "PUT", "-H", "Content-Type: application/yaml", "--data-binary", yaml, "-w", "\n%{http_code}", &url]);
-    let (body, code) = o.stdout.rsplit_once('\n').unwrap_or(("", &o.stdout));
-    (code.trim().parse().unwrap_or(0), body.to_string())
-}
-
 /// Whatever is under `dir` whose name ends in `.tmp` (a leftover of a failed write).
 fn leftovers(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
@@ -124,12 +117,12 @@ fn a_full_data_directory_fails_only_the_job_that_filled_it() {
 
     // A victim with a small job, loaded first.
     let victim = "deployment:\n  start:\n    storage:\n      http:\n        - path: /keep.txt\n          data: still here\n";
-    assert_eq!(put_job(&c, "dut1", victim).0, 200);
+    assert_eq!(c.put_job("dut1", victim).0, 200);
 
     // A download larger than the free space: the job that asked gets the error, by name.
     let url = format!("http://127.0.0.1:{}/big.bin", files.port);
     let job = format!("deployment:\n  start:\n    storage:\n      http:\n        - path: /big.bin\n          url: {url}\n");
-    let (code, body) = put_job(&c, "dut2", &job);
+    let (code, body) = c.put_job("dut2", &job);
     assert_eq!(code, 507, "a download that cannot fit: {body}");
     assert!(body.contains("full") || body.contains("do not fit"), "{code} {body}");
 
@@ -138,7 +131,7 @@ fn a_full_data_directory_fails_only_the_job_that_filled_it() {
     let job = format!(
         "deployment:\n  start:\n    storage:\n      nbd:\n        - name: root\n          filesystem: {{ type: ext4, size: 64M, data: {{ url: \"{url}\" }} }}\n"
     );
-    let (code, body) = put_job(&c, "dut2", &job);
+    let (code, body) = c.put_job("dut2", &job);
     assert_eq!(code, 507, "{body}");
     assert!(body.contains("no space left"), "{body}");
     assert_eq!(leftovers(&seen), Vec::<String>::new(), "temporary files left on the full disk");
