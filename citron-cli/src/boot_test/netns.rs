@@ -1,0 +1,98 @@
+//! `--netns`: a private network namespace for the servers (a bridge) and one per DUT joined to
+//! it by a veth pair, so that each DUT has its own address; deleted at the end, and those of a
+//! killed boot-test at the next start.
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::Stdio;
+
+use super::BootTestError;
+
+/// The server's address inside the `--netns` bridge; DUTs get .11, .12, ...
+pub(super) const NETNS_SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 77, 1);
+
+pub(super) fn dut_netns_addr(i: usize) -> Ipv4Addr {
+    let o = NETNS_SERVER.octets();
+    Ipv4Addr::new(o[0], o[1], o[2], 11 + i as u8)
+}
+
+/// The `--netns` topology; deleting the namespaces removes every interface in them.
+pub(super) struct Netns {
+    server: String,
+    pub(super) duts: Vec<String>,
+}
+
+impl Netns {
+    pub(super) fn create(n: usize) -> Result<Netns, BootTestError> {
+        reap_stale_namespaces();
+        let base = format!("citron-bt-{}", std::process::id());
+        let ns = Netns { server: format!("{base}-srv"), duts: (0..n).map(|i| format!("{base}-dut{i}")).collect() };
+        // From here on, Drop deletes whatever was created.
+        let srv = ns.server.clone();
+        let server_cidr = format!("{NETNS_SERVER}/24");
+        ip(&["netns", "add", &srv])?;
+        ip(&["-n", &srv, "link", "set", "lo", "up"])?;
+        ip(&["-n", &srv, "link", "add", "br0", "type", "bridge", "forward_delay", "0"])?;
+        ip(&["-n", &srv, "addr", "add", &server_cidr, "dev", "br0"])?;
+        ip(&["-n", &srv, "link", "set", "br0", "up"])?;
+        for (i, d) in ns.duts.iter().enumerate() {
+            let host_end = format!("v{i}");
+            let cidr = format!("{}/24", dut_netns_addr(i));
+            ip(&["netns", "add", d])?;
+            ip(&["-n", d, "link", "set", "lo", "up"])?;
+            ip(&["-n", &srv, "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", d])?;
+            ip(&["-n", &srv, "link", "set", &host_end, "master", "br0"])?;
+            ip(&["-n", &srv, "link", "set", &host_end, "up"])?;
+            ip(&["-n", d, "addr", "add", &cidr, "dev", "eth0"])?;
+            ip(&["-n", d, "link", "set", "eth0", "up"])?;
+        }
+        Ok(ns)
+    }
+
+    /// Moves the calling thread into the servers' namespace.
+    pub(super) fn enter_server(&self) -> Result<(), BootTestError> {
+        use std::os::fd::AsRawFd as _;
+        let path = format!("/run/netns/{}", self.server);
+        let f = std::fs::File::open(&path).map_err(|e| BootTestError::Netns(format!("{path}: {e}")))?;
+        // SAFETY: setns only reads the descriptor, which `f` keeps open for the call.
+        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+        if rc != 0 {
+            return Err(BootTestError::Netns(format!("setns {path}: {}", io::Error::last_os_error())));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for n in self.duts.iter().chain(std::iter::once(&self.server)) {
+            let _ = std::process::Command::new("ip").args(["netns", "del", n]).stderr(Stdio::null()).status();
+        }
+    }
+}
+
+fn ip(args: &[&str]) -> Result<(), BootTestError> {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| BootTestError::Netns(format!("ip {}: {e}", args.join(" "))))?;
+    if !out.status.success() {
+        return Err(BootTestError::Netns(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim())));
+    }
+    Ok(())
+}
+
+/// Deletes namespaces left by a boot-test that was killed (`citron-bt-<pid>-*` of a dead pid).
+fn reap_stale_namespaces() {
+    let Ok(entries) = std::fs::read_dir("/run/netns") else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(rest) = name.strip_prefix("citron-bt-") else { continue };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::process::Command::new("ip").args(["netns", "del", &name]).stderr(Stdio::null()).status();
+        }
+    }
+}

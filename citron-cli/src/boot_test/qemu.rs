@@ -1,0 +1,148 @@
+//! The QEMU side: the accelerator (and when `auto` falls back from KVM to TCG), the command
+//! line of a network boot, and starting QEMU with its console piped to [`console::verdict`].
+
+use std::net::Ipv4Addr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use clap::ValueEnum;
+use regex::Regex;
+use tokio::io::AsyncReadExt as _;
+use tokio::sync::mpsc;
+
+use super::console::{self, Console, Failure};
+
+/// Where the guest finds the host's loopback under QEMU user networking.
+pub(super) const SLIRP_HOST: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+
+/// Under `--accel auto`, a QEMU with KVM that fails this early is retried with TCG.
+const KVM_PROBE: Duration = Duration::from_secs(5);
+
+/// The QEMU accelerator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Accel {
+    /// KVM where /dev/kvm opens, TCG otherwise or when KVM fails ("KVM internal error").
+    Auto,
+    /// Software emulation: slow (about 15 s of one core to a shell) but works everywhere.
+    Tcg,
+    /// Hardware virtualisation through /dev/kvm.
+    Kvm,
+}
+
+impl Accel {
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Accel::Tcg | Accel::Auto => "tcg",
+            Accel::Kvm => "kvm",
+        }
+    }
+
+    /// What `auto` means on this host: KVM when /dev/kvm can be opened read-write.
+    pub(super) fn resolve(self) -> Accel {
+        match self {
+            Accel::Auto if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok() => Accel::Kvm,
+            Accel::Auto => Accel::Tcg,
+            other => other,
+        }
+    }
+}
+
+/// Whether a failed boot is booted again under TCG. KVM was only a guess under `--accel auto`:
+/// where /dev/kvm exists but cannot run a guest, QEMU reports "KVM internal error" or aborts at
+/// once ("failed to set MSR …"), before the firmware fetched anything.
+pub(super) fn retry_with_tcg(asked: Accel, used: Accel, failure: &Failure, elapsed: Duration) -> bool {
+    asked == Accel::Auto
+        && used == Accel::Kvm
+        && match failure {
+            Failure::Kvm => true,
+            Failure::Exited { .. } => elapsed < KVM_PROBE,
+            _ => false,
+        }
+}
+
+/// What QEMU is started with.
+#[derive(Debug, Clone)]
+pub(super) struct QemuSpec {
+    pub(super) accel: Accel,
+    pub(super) memory_mib: u32,
+    pub(super) bootfile: String,
+    pub(super) mac: Option<String>,
+}
+
+/// The QEMU command line: a network boot through iPXE with the console on the serial port.
+/// `-vga none` sends iPXE's own output to the serial port too; `-no-reboot` turns a reboot
+/// (a panic with `panic=-1`) into QEMU exiting.
+pub(super) fn qemu_args(s: &QemuSpec) -> Vec<String> {
+    let mut nic = "virtio-net-pci,netdev=n0".to_string();
+    if let Some(mac) = s.mac.as_deref().filter(|m| valid_mac(m)) {
+        nic.push_str(",mac=");
+        nic.push_str(mac);
+    }
+    let mut v: Vec<String> = vec!["-accel".into(), s.accel.name().into()];
+    if s.accel == Accel::Kvm {
+        v.extend(["-cpu".into(), "host".into()]);
+    }
+    v.extend(
+        [
+            "-m",
+            &s.memory_mib.to_string(),
+            "-smp",
+            "1",
+            "-no-reboot",
+            "-nographic",
+            "-vga",
+            "none",
+            "-serial",
+            "stdio",
+            "-monitor",
+            "none",
+            "-netdev",
+            &format!("user,id=n0,bootfile={}", s.bootfile),
+            "-device",
+            &nic,
+            "-boot",
+            "n",
+        ]
+        .map(String::from),
+    );
+    v
+}
+
+fn valid_mac(m: &str) -> bool {
+    let parts: Vec<&str> = m.split(':').collect();
+    parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// Boots QEMU once and watches its console until a verdict.
+pub(super) async fn boot_once(argv: &[String], console: &Console, expect: Option<&Regex>, timeout: Duration) -> Result<(), Failure> {
+    let mut child = tokio::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| Failure::Spawn(format!("{}: {e}", argv[0])))?;
+    let (tx, rx) = mpsc::channel::<(bool, Vec<u8>)>(64);
+    for (is_err, stream) in [
+        (false, child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>)),
+        (true, child.stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>)),
+    ] {
+        let Some(mut stream) = stream else { continue };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 8192];
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if tx.send((is_err, buf[..n].to_vec())).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+    }
+    console::verdict(&mut child, rx, console, expect, timeout).await
+}
