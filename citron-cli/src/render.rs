@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use citron_core::bootfiles;
 use citron_core::job::{DiskKind, FileSpec, JobDescription, Lifetime, Source, Step};
 use citron_core::lab::LabConfig;
 use citron_core::namespace::DutId;
@@ -80,9 +81,8 @@ fn file_row(protocol: &'static str, path: String, f: &FileSpec, url: String) -> 
 
 fn rows(step: &Step, mid: &str, http: &str, tftp: &str, nbd: &str) -> Vec<Row> {
     let mut out = Vec::new();
-    for (name, f) in [("kernel", &step.kernel), ("initramfs", &step.initramfs)] {
+    for (p, f) in [(bootfiles::kernel_path(mid), &step.kernel), (bootfiles::initramfs_path(mid), &step.initramfs)] {
         if let Some(f) = f {
-            let p = format!("boot/{mid}/{name}");
             out.push(file_row("boot", p.clone(), f, format!("{http}/{p}")));
         }
     }
@@ -177,7 +177,8 @@ pub fn render(lab: &LabConfig, job: &Path, dut: &DutId) -> anyhow::Result<ExitCo
     let start = rows(&resolved.start, mid, &http, &tftp, &nbd);
     print_table("deployment.start:", &start, resolved.start.cmdline.as_deref());
     if resolved.start.kernel.is_some() {
-        println!("  boot script: {http}/boot/{mid}/boot.ipxe (also {http}/boot.ipxe, {tftp}/boot.ipxe)");
+        let (script, top) = (bootfiles::script_path(mid), bootfiles::TOP_SCRIPT);
+        println!("  boot script: {http}/{script} (also {http}/{top}, {tftp}/{top})");
     }
     if let Some(c) = &resolved.continue_ {
         let merged = c.over(&resolved.start);

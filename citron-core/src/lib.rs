@@ -13,6 +13,8 @@
 //! - [`block`]: block devices for NBD.
 //! - [`serve`]: the seam — [`serve::Catalog`], [`serve::Artifact`], [`serve::ServeError`].
 //! - [`gateway`]: [`Gateway`], the catalog a lab runs: DUTs, jobs, cache, access log.
+//! - [`bootfiles`]: the boot files generated per DUT (`boot.ipxe`, `boot/<machine_id>/…`),
+//!   names and contents, pure.
 //! - [`limits`]: every bound against hostile input, the lab file's `limits:`.
 //! - [`datadir`]: the `--data` directory, locked by one gateway at a time.
 //! - [`lab`]: the lab file. [`access`]: access logs and metrics. [`units`]: `20G`, `7 days`.
@@ -28,6 +30,7 @@
 pub mod access;
 pub mod artifact;
 pub mod block;
+pub mod bootfiles;
 pub mod datadir;
 mod digest;
 pub mod gateway;

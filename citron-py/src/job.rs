@@ -352,10 +352,10 @@ fn disk_artifact(step: &str, d: &DiskSpec) -> Artifact {
 
 fn step_artifacts(name: &str, s: &Step, machine_id: &str, out: &mut Vec<Artifact>) {
     if let Some(k) = &s.kernel {
-        out.push(file_artifact(name, "kernel", "boot", format!("boot/{machine_id}/kernel"), k));
+        out.push(file_artifact(name, "kernel", "boot", citron_core::bootfiles::kernel_path(machine_id), k));
     }
     if let Some(i) = &s.initramfs {
-        out.push(file_artifact(name, "initramfs", "boot", format!("boot/{machine_id}/initramfs"), i));
+        out.push(file_artifact(name, "initramfs", "boot", citron_core::bootfiles::initramfs_path(machine_id), i));
     }
     for f in &s.http {
         out.push(file_artifact(name, "file", "http", f.path.clone(), f));

@@ -1,0 +1,140 @@
+//! The gateway's unit tests: what a DUT may read, generated files against the job's own, events.
+
+use super::*;
+use crate::job::Origin;
+
+const DUT1: &str = "127.0.0.2";
+
+async fn gateway_with(yaml: &str) -> (tempfile::TempDir, Gateway) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lab = LabConfig::default_lab();
+    lab.duts[0].serial = Some("1234abcd".into());
+    let gw = Gateway::new(lab, dir.path()).unwrap();
+    let job = JobDescription::parse(yaml, Origin::named("job.yaml")).unwrap();
+    gw.set_job(&"dut1".into(), &job).await.unwrap();
+    (dir, gw)
+}
+
+fn read(gw: &Gateway, peer: &str, space: Space, path: &str) -> Result<String, ServeError> {
+    let req = FileRequest { peer: peer.parse().unwrap(), protocol: Protocol::HTTP, space, path, base_url: None, intent: Intent::Read };
+    let a = gw.open(&req)?;
+    let b = a.read_chunk(0, a.len as usize).unwrap();
+    a.complete();
+    Ok(String::from_utf8(b.to_vec()).unwrap())
+}
+
+/// Random request paths (traversal pieces, encodings, control characters, unicode, the
+/// other DUT's names) from dut1 and from an address that is no DUT: dut1 only ever gets
+/// dut1's bytes, the stranger nothing, and nothing panics.
+#[test]
+fn no_request_path_reaches_another_duts_files() {
+    use proptest::prelude::*;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (_d, gw) = rt.block_on(async {
+        let (d, gw) = gateway_with(JOB).await;
+        let other = "deployment:\n  start:\n    kernel: {data: DUT2ONLY-kernel}\n    cmdline: DUT2ONLY\n    storage:\n      http:\n        - {path: /once, data: DUT2ONLY-secret}\n        - {path: /job/dut2.txt, data: DUT2ONLY-file}\n      tftp:\n        - {path: /job/dut2.txt, data: DUT2ONLY-tftp}\n";
+        let job = JobDescription::parse(other, Origin::named("other.yaml")).unwrap();
+        gw.set_job(&"dut2".into(), &job).await.unwrap();
+        (d, gw)
+    });
+    let piece = prop_oneof![
+        Just("..".to_string()),
+        Just(".".to_string()),
+        Just("%2e%2e".to_string()),
+        Just("%2f".to_string()),
+        Just("job".to_string()),
+        Just("boot".to_string()),
+        Just("dut1".to_string()),
+        Just("dut2".to_string()),
+        Just("once".to_string()),
+        Just("dut2.txt".to_string()),
+        Just("boot.ipxe".to_string()),
+        Just("\0".to_string()),
+        Just("\\".to_string()),
+        Just("".to_string()),
+        Just("52-54-00-00-00-02".to_string()),
+        "\\PC{0,4}",
+    ];
+    let path = (prop_oneof![Just(""), Just("/"), Just("//")], prop::collection::vec(piece, 0..6))
+        .prop_map(|(lead, parts)| format!("{lead}{}", parts.join("/")));
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig { cases: 2000, ..ProptestConfig::default() });
+    runner
+        .run(&(path, prop_oneof![Just(Space::Http), Just(Space::Tftp)]), |(p, space)| {
+            if let Ok(got) = read(&gw, DUT1, space, &p) {
+                prop_assert!(!got.contains("DUT2ONLY"), "dut1 read dut2's bytes at {p:?}: {got:?}");
+            }
+            prop_assert!(read(&gw, "127.0.0.1", space, &p).is_err(), "a stranger read {p:?}");
+            Ok(())
+        })
+        .unwrap();
+    // And dut2 does get its own (the check above is not vacuous).
+    assert_eq!(read(&gw, "127.0.0.3", Space::Http, "job/dut2.txt").unwrap(), "DUT2ONLY-file");
+}
+
+const JOB: &str = "deployment:
+  start:
+    kernel: {data: KERNEL}
+    initramfs: {data: INITRD}
+    cmdline: [console=ttyS0, 'id={{ machine_id }}']
+    storage:
+      http:
+        - {path: /boot/dut1/boot.ipxe, data: MINE}
+        - {path: /once, data: secret, lifetime: {access_count: 1}}
+  continue:
+    cmdline: rescue
+";
+
+#[tokio::test]
+async fn the_jobs_own_file_wins_over_the_generated_one() {
+    let (_d, gw) = gateway_with(JOB).await;
+    assert_eq!(read(&gw, DUT1, Space::Http, "/boot/dut1/boot.ipxe").unwrap(), "MINE");
+    // Over TFTP the job defined nothing there: citron's script, pointing at the kernel.
+    let script = read(&gw, DUT1, Space::Tftp, "boot/dut1/boot.ipxe").unwrap();
+    assert!(script.contains("kernel /boot/dut1/kernel console=ttyS0 id=dut1\ninitrd /boot/dut1/initramfs\nboot"), "{script}");
+    assert_eq!(read(&gw, DUT1, Space::Http, "/boot/dut1/kernel").unwrap(), "KERNEL");
+    assert!(read(&gw, DUT1, Space::Tftp, "config.txt").unwrap().contains("kernel=boot/dut1/kernel"));
+    assert!(matches!(read(&gw, DUT1, Space::Http, "config.txt"), Err(ServeError::NotFound(_))));
+}
+
+#[tokio::test]
+async fn continue_is_used_from_the_second_boot_and_counts_reset_on_boot() {
+    let (_d, gw) = gateway_with(JOB).await;
+    let id = DutId::from("dut1");
+    assert_eq!(read(&gw, DUT1, Space::Http, "once").unwrap(), "secret");
+    assert!(matches!(read(&gw, DUT1, Space::Http, "once"), Err(ServeError::Gone(_))));
+    gw.event(&id, Event::Boot).unwrap();
+    assert_eq!(read(&gw, DUT1, Space::Http, "once").unwrap(), "secret");
+    assert_eq!(read(&gw, DUT1, Space::Http, "boot/dut1/cmdline.txt").unwrap(), "console=ttyS0 id=dut1\n");
+    gw.event(&id, Event::Boot).unwrap();
+    assert_eq!(read(&gw, DUT1, Space::Http, "boot/dut1/cmdline.txt").unwrap(), "rescue\n");
+    gw.event(&id, Event::JobStart).unwrap();
+    assert_eq!(read(&gw, DUT1, Space::Http, "boot/dut1/cmdline.txt").unwrap(), "console=ttyS0 id=dut1\n");
+}
+
+#[tokio::test]
+async fn job_end_unloads_the_job() {
+    let (_d, gw) = gateway_with(JOB).await;
+    let id = DutId::from("dut1");
+    assert_eq!(read(&gw, DUT1, Space::Http, "once").unwrap(), "secret");
+    gw.event(&id, Event::Boot).unwrap();
+    gw.event(&id, Event::JobEnd).unwrap();
+    assert!(gw.job(&id).is_none());
+    assert!(matches!(read(&gw, DUT1, Space::Http, "once"), Err(ServeError::NotFound(_))), "no secret after the job");
+    assert!(matches!(read(&gw, DUT1, Space::Http, "boot.ipxe"), Err(ServeError::NotFound(_))));
+    // A second job_end, or one without a job, is harmless.
+    gw.event(&id, Event::JobEnd).unwrap();
+}
+
+#[tokio::test]
+async fn firmware_prefixes_are_stripped_and_other_duts_see_nothing() {
+    let (_d, gw) = gateway_with(JOB).await;
+    assert_eq!(read(&gw, DUT1, Space::Tftp, "1234abcd/boot/dut1/kernel").unwrap(), "KERNEL");
+    assert_eq!(read(&gw, DUT1, Space::Tftp, "52-54-00-00-00-01/boot/dut1/kernel").unwrap(), "KERNEL");
+    assert!(matches!(read(&gw, DUT1, Space::Tftp, "ffffffff/boot/dut1/kernel"), Err(ServeError::NotFound(_))));
+    // dut2 has no job: nothing, not even dut1's generated files.
+    assert!(matches!(read(&gw, "127.0.0.3", Space::Http, "boot/dut1/kernel"), Err(ServeError::NotFound(_))));
+    assert!(matches!(read(&gw, "127.0.0.9", Space::Http, "once"), Err(ServeError::UnknownDut(_))));
+    assert!(matches!(read(&gw, DUT1, Space::Http, "a/../once"), Err(ServeError::BadPath(_))));
+    let log = gw.accesses(&"dut1".into()).unwrap();
+    assert!(log.iter().any(|r| r.path == "a/../once" && matches!(r.outcome, crate::access::Outcome::Refused(_))));
+}
