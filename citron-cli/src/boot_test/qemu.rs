@@ -144,5 +144,7 @@ pub(super) async fn boot_once(argv: &[String], console: &Console, expect: Option
             }
         });
     }
+    // Only the readers hold senders now: the channel closes when QEMU's streams end.
+    drop(tx);
     console::verdict(&mut child, rx, console, expect, timeout).await
 }
