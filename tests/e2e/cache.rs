@@ -50,13 +50,13 @@ fn a_digest_alone_does_not_read_another_jobs_inline_secret() {
     let c = Citron::start(&["--tftp", "off", "--nbd", "off"]);
     let secret = "job A's inline secret: 7f3c-not-for-dut2";
     let d = Digest::of(secret.as_bytes());
-    let (code, body) = call("PUT", &c.api_url("/api/v1/duts/dut1/job"), Some(&job("/secret", &format!("data: \"{secret}\""), None)));
+    let (code, body) = c.put_job("dut1", &job("/secret", &format!("data: \"{secret}\""), None));
     assert_eq!(code, 200, "{body}");
     assert_eq!(get_as("127.0.0.2", &c.http_url("/secret")), (200, secret.to_string()));
 
     let port = closed_port();
     let b = job("/secret", &format!("url: http://127.0.0.1:{port}/x"), Some(&d));
-    let (code, body) = call("PUT", &c.api_url("/api/v1/duts/dut2/job"), Some(&b));
+    let (code, body) = c.put_job("dut2", &b);
     assert_eq!(code, 502, "B's load must fail, not hit A's cache entry: {body}");
     assert!(body.contains("connection refused") && body.contains(&format!("127.0.0.1:{port}")), "a clear error: {body}");
     let (code, body) = get_as("127.0.0.3", &c.http_url("/secret"));
@@ -85,12 +85,11 @@ fn a_digest_alone_does_not_read_a_file_outside_the_jobs_roots() {
     assert_eq!(get_as("127.0.0.2", &c.http_url("/key.pem")), (200, secret.to_string()));
 
     let path = std::fs::canonicalize(dir.path().join("key.pem")).unwrap();
-    let (code, body) =
-        call("PUT", &c.api_url("/api/v1/duts/dut2/job"), Some(&job("/key.pem", &format!("file: {}", path.display()), Some(&d))));
+    let (code, body) = c.put_job("dut2", &job("/key.pem", &format!("file: {}", path.display()), Some(&d)));
     assert_eq!(code, 422, "{body}");
     assert!(body.contains("outside the allowed artifact roots"), "{body}");
     let b = job("/key.pem", &format!("url: http://127.0.0.1:{}/key.pem", closed_port()), Some(&d));
-    let (code, body) = call("PUT", &c.api_url("/api/v1/duts/dut2/job"), Some(&b));
+    let (code, body) = c.put_job("dut2", &b);
     assert_eq!(code, 502, "{body}");
     assert!(body.contains("connection refused"), "{body}");
     let (code, body) = get_as("127.0.0.3", &c.http_url("/key.pem"));

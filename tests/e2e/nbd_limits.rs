@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use citron_tests::{curl, require_tool, run, strict, Citron, Out};
+use citron_tests::{require_tool, run, strict, Citron, Out};
 
 /// The system Python (it has python3-libnbd; a pyenv shim on PATH may not).
 const PY: &str = "/usr/bin/python3";
@@ -130,29 +130,14 @@ fn oversize_disks_are_refused_at_validation_with_their_position() {
 
     // Through the API: 422 with the position, and the server stays up.
     let c = start(dir.path(), "", None);
-    let url = c.api_url("/api/v1/duts/dut1/job");
-    let body = raw_job("16000000T");
-    let o = curl(&["-X", "PUT", "-H", "Content-Type: application/yaml", "--data-binary", &body, "-w", "\n%{http_code}", &url]);
-    let (b, code) = o.stdout.rsplit_once('\n').unwrap();
-    assert_eq!(code.trim(), "422", "{b}");
-    let v: serde_json::Value = serde_json::from_str(b).unwrap();
+    let (code, b) = c.put_job("dut1", &raw_job("16000000T"));
+    assert_eq!(code, 422, "{b}");
+    let v: serde_json::Value = serde_json::from_str(&b).unwrap();
     let e = &v["errors"][0];
     assert_eq!((e["line"].as_u64(), e["column"].as_u64()), (Some(6), Some(24)), "{v}");
     assert!(e["message"].as_str().unwrap().contains("max_disk_size"), "{v}");
-    let o = curl(&[
-        "-X",
-        "PUT",
-        "-H",
-        "Content-Type: application/yaml",
-        "--data-binary",
-        &raw_job("4T"),
-        "-w",
-        "%{http_code}",
-        "-o",
-        "/dev/null",
-        &url,
-    ]);
-    assert_eq!(o.stdout.trim(), "200");
+    let (code, b) = c.put_job("dut1", &raw_job("4T"));
+    assert_eq!(code, 200, "{b}");
 }
 
 /// A lab that raised `max_disk_size` to the absurd still serves the disk's first NBD_OPT_GO

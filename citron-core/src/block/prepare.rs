@@ -58,19 +58,13 @@ impl KeyLocks {
     }
 }
 
-/// How a tarball source is named in messages: no query string or user info (they may hold
-/// credentials).
+/// How a tarball source is named in messages: URLs through the one redaction every fetch error
+/// and log line uses (user info and query may hold credentials).
 fn tarball_name(src: &Source) -> String {
     match src {
         Source::Data(_) => "inline tarball".into(),
         Source::File(p) => format!("tarball {}", p.display()),
-        Source::Url(u) => {
-            let mut u = u.clone();
-            u.set_query(None);
-            let _ = u.set_username("");
-            let _ = u.set_password(None);
-            format!("tarball {u}")
-        }
+        Source::Url(u) => format!("tarball {}", crate::artifact::redact_url(u)),
     }
 }
 
