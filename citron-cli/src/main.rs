@@ -13,7 +13,7 @@ use anyhow::{bail, Context as _};
 use citron_core::job::{JobDescription, RenderContext};
 use citron_core::lab::LabConfig;
 use citron_core::namespace::{Dut, DutId};
-use citron_core::{Gateway, GatewayError};
+use citron_core::GatewayError;
 use citron_protocols::server::ServerBuilder;
 use clap::Parser;
 
@@ -127,7 +127,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     // Every argument is checked before anything is created on disk.
     let (http, tftp, nbd, api) = (addr("http", &a.http)?, addr("tftp", &a.tftp)?, addr("nbd", &a.nbd)?, addr("api", &a.api)?);
     // Every GatewayError names the data directory or the job itself.
-    let gw = Gateway::new(lab, &a.data)?;
+    let gw = citron_fetch::gateway(lab, &a.data)?;
     let server = ServerBuilder::new(gw.clone()).http(http).tftp(tftp).nbd(nbd).api(api).advertise(a.advertise).start().await?;
     // Jobs are loaded once the servers are bound, so that their templates see the real ports.
     // A signal meanwhile drops the loading: a download in flight stops and its temporary file

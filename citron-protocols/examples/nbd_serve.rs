@@ -9,7 +9,6 @@ use std::sync::Arc;
 use citron_core::job::{DiskKind, DiskSpec, ResetOn, ResolvedJob, Source, Step};
 use citron_core::lab::LabConfig;
 use citron_core::namespace::Dut;
-use citron_core::Gateway;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -33,7 +32,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut lab = LabConfig::default_lab();
     lab.limits.nbd_connections_per_dut = 4096;
     lab.limits.connections_per_peer = 4096;
-    let gw = Gateway::new(lab, std::path::Path::new(&args[1]))?;
+    let gw = citron_fetch::gateway(lab, std::path::Path::new(&args[1]))?;
     gw.add_dut(Dut::new("local", ["127.0.0.1".parse()?]))?;
     let disk = DiskSpec { name: args[3].clone(), readonly, kind, reset_on, shared: false, expiration: None };
     let job = ResolvedJob { origin: "nbd_serve".into(), start: Step { nbd: vec![disk], ..Step::default() }, continue_: None };

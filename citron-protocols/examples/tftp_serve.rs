@@ -14,7 +14,6 @@ use std::sync::Arc;
 use citron_core::job::{FileSpec, Lifetime, ResolvedJob, Source, Step};
 use citron_core::lab::LabConfig;
 use citron_core::namespace::{Dut, DutId};
-use citron_core::Gateway;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -30,7 +29,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let state = tempfile::tempdir()?;
     let mut lab = LabConfig::default_lab();
     lab.duts = vec![Dut::new("dut1", [client])];
-    let gw = Gateway::new(lab, state.path())?;
+    let gw = citron_fetch::gateway(lab, state.path())?;
     let mut files = Vec::new();
     for e in std::fs::read_dir(&dir)? {
         let e = e?;

@@ -205,7 +205,7 @@ impl Server {
                 (t.path().to_path_buf(), Some(t))
             }
         };
-        let gateway = Gateway::new(config, &data_dir).map_err(Error::from)?;
+        let gateway = citron_fetch::gateway(config, &data_dir).map_err(Error::from)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("citron-py")

@@ -118,7 +118,7 @@ fn bearer_token_is_required_when_configured() {
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let gw = citron_core::Gateway::new(citron_core::lab::LabConfig::default_lab(), dir.path()).unwrap();
+    let gw = citron_fetch::gateway(citron_core::lab::LabConfig::default_lab(), dir.path()).unwrap();
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

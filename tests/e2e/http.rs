@@ -29,7 +29,7 @@ impl Lab {
     fn new() -> Lab {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let gw = Gateway::new(LabConfig::default_lab(), dir.path()).unwrap();
+        let gw = citron_fetch::gateway(LabConfig::default_lab(), dir.path()).unwrap();
         let server =
             rt.block_on(ServerBuilder::new(gw.clone()).http(Some("127.0.0.1:0".parse().unwrap())).tftp(None).nbd(None).api(None).start());
         Lab { server: Some(server.unwrap()), gw, rt, _dir: dir }

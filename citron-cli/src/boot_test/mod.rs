@@ -216,7 +216,7 @@ impl Plan<'_> {
                 tmp.path().to_path_buf()
             }
         };
-        let gw = Gateway::new(self.lab.clone(), &data).map_err(BootTestError::Gateway)?;
+        let gw = citron_fetch::gateway(self.lab.clone(), &data).map_err(BootTestError::Gateway)?;
 
         let (bind, seen_as) = match self.netns {
             Some(_) => (IpAddr::V4(NETNS_SERVER), IpAddr::V4(NETNS_SERVER)),

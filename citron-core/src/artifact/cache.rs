@@ -9,14 +9,12 @@ use std::sync::{Arc, Weak};
 use std::time::SystemTime;
 
 use futures::future::{BoxFuture, FutureExt, Shared};
-use object_store::aws::AmazonS3;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+use super::fetchers::Fetchers;
 use super::grants::Grants;
-use super::http::HttpSource;
-use super::s3::{split_url, store_for, S3Source};
-use super::source::{ArtifactSource, DataSource, FetchError, FileSource, S3Config};
+use super::source::{ArtifactSource, DataSource, FetchError, FileSource};
 use crate::digest::Digest;
 use crate::job::Source;
 
@@ -136,9 +134,7 @@ type Flight = Shared<BoxFuture<'static, Result<CachedArtifact, Arc<FetchError>>>
 pub(super) struct Inner {
     pub(super) dir: PathBuf,
     pub(super) config: CacheConfig,
-    s3: S3Config,
-    http: Mutex<Option<reqwest::Client>>,
-    stores: Mutex<HashMap<String, Arc<AmazonS3>>>,
+    fetchers: Arc<dyn Fetchers>,
     pub(super) index: Mutex<Index>,
     flights: Mutex<HashMap<String, Flight>>,
     pub(super) known: Mutex<HashMap<String, Known>>,
@@ -188,11 +184,13 @@ pub(super) struct Inner {
 ///
 /// # Example
 /// ```
-/// use citron_core::artifact::{Cache, CacheConfig, S3Config};
+/// use std::sync::Arc;
+/// use citron_core::artifact::{Cache, CacheConfig, NoNetwork};
 /// use citron_core::job::Source;
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// let dir = tempfile::tempdir().unwrap();
-/// let cache = Cache::open(dir.path(), CacheConfig::default(), S3Config::default()).unwrap();
+/// // `citron_fetch::Network` instead of `NoNetwork` fetches http(s) and s3 URLs too.
+/// let cache = Cache::open(dir.path(), CacheConfig::default(), Arc::new(NoNetwork)).unwrap();
 /// let src = Source::Data(bytes::Bytes::from_static(b"hello"));
 /// let a = cache.get(&src, None).await.unwrap();
 /// assert_eq!(std::fs::read(&a.path).unwrap(), b"hello");
@@ -218,14 +216,19 @@ pub(super) fn is_digest_name(name: &str) -> bool {
 impl Cache {
     /// Opens (creating) a cache under `dir`: indexes the artifacts already there (size, and mtime
     /// as recency), deletes leftovers of interrupted downloads, and evicts down to `max_bytes`
-    /// if the limit shrank.
-    pub fn open(dir: &Path, config: CacheConfig, s3: S3Config) -> std::io::Result<Cache> {
-        Self::open_limited(dir, config, s3, crate::limits::Limits::default().downloads_in_flight)
+    /// if the limit shrank. Sources named by URL are made by `fetchers` (see [`Fetchers`]).
+    pub fn open(dir: &Path, config: CacheConfig, fetchers: Arc<dyn Fetchers>) -> std::io::Result<Cache> {
+        Self::open_limited(dir, config, fetchers, crate::limits::Limits::default().downloads_in_flight)
     }
 
     /// [`open`](Self::open), running at most `downloads_in_flight` downloads at once (0 counts
     /// as 1).
-    pub fn open_limited(dir: &Path, config: CacheConfig, s3: S3Config, downloads_in_flight: usize) -> std::io::Result<Cache> {
+    pub fn open_limited(
+        dir: &Path,
+        config: CacheConfig,
+        fetchers: Arc<dyn Fetchers>,
+        downloads_in_flight: usize,
+    ) -> std::io::Result<Cache> {
         let store = dir.join("sha256");
         let tmp = dir.join("tmp");
         std::fs::create_dir_all(&store)?;
@@ -262,9 +265,7 @@ impl Cache {
         let inner = Arc::new(Inner {
             dir: dir.to_path_buf(),
             config,
-            s3,
-            http: Mutex::new(None),
-            stores: Mutex::new(HashMap::new()),
+            fetchers,
             index: Mutex::new(index),
             flights: Mutex::new(HashMap::new()),
             known: Mutex::new(HashMap::new()),
@@ -291,6 +292,12 @@ impl Cache {
     /// The settings it was opened with.
     pub fn config(&self) -> &CacheConfig {
         &self.inner.config
+    }
+
+    /// The fetchers it was opened with; disk preparation pulls container images through their
+    /// [`images`](Fetchers::images) client.
+    pub fn fetchers(&self) -> &dyn Fetchers {
+        &*self.inner.fetchers
     }
 
     /// Where the artifact with `digest` lives (or would live).
@@ -324,19 +331,17 @@ impl Cache {
         }
     }
 
-    /// The [`ArtifactSource`] that fetches `source` with this cache's HTTP client and S3 settings.
+    /// The [`ArtifactSource`] that fetches `source`: inline data and local files here, URLs
+    /// from the fetcher handling their scheme.
     pub fn source_for(&self, source: &Source) -> Result<Arc<dyn ArtifactSource>, FetchError> {
         Ok(match source {
             Source::Data(b) => Arc::new(DataSource::new(b.clone())),
             Source::File(p) => Arc::new(FileSource::new(p.clone())),
-            Source::Url(u) => match u.scheme() {
-                "http" | "https" => Arc::new(HttpSource::new(u.clone(), self.inner.http_client(u)?)),
-                "s3" => {
-                    let (bucket, _) = split_url(u)?;
-                    Arc::new(S3Source::new(u.clone(), self.inner.s3_store(&bucket)?)?)
-                }
-                _ => return Err(FetchError::UnsupportedScheme(super::redact_url(u))),
-            },
+            Source::Url(u) if self.inner.fetchers.handles(u) => self.inner.fetchers.source(u)?,
+            Source::Url(u) => {
+                let handled = self.inner.fetchers.schemes().iter().map(|s| s.to_string()).collect();
+                return Err(FetchError::UnsupportedScheme { url: super::redact_url(u), handled });
+            }
         })
     }
 
@@ -443,26 +448,6 @@ impl Cache {
 impl Inner {
     pub(super) fn path_of(&self, digest: &Digest) -> PathBuf {
         self.dir.join("sha256").join(digest.hex())
-    }
-
-    fn http_client(&self, url: &url::Url) -> Result<reqwest::Client, FetchError> {
-        let mut g = self.http.lock();
-        if let Some(c) = &*g {
-            return Ok(c.clone());
-        }
-        let c = super::http::client().map_err(|message| FetchError::Network { url: super::redact_url(url), message })?;
-        *g = Some(c.clone());
-        Ok(c)
-    }
-
-    fn s3_store(&self, bucket: &str) -> Result<Arc<AmazonS3>, FetchError> {
-        let mut g = self.stores.lock();
-        if let Some(s) = g.get(bucket) {
-            return Ok(s.clone());
-        }
-        let s = Arc::new(store_for(&self.s3, bucket)?);
-        g.insert(bucket.to_string(), s.clone());
-        Ok(s)
     }
 
     /// Hashes a file that was in the cache before this process opened it, once, before its

@@ -10,25 +10,23 @@
 //! shown with their credentials redacted ([`redact_url`]).
 //!
 //! Each kind of source is an [`ArtifactSource`] writing into a [`Sink`] (which hashes, bounds
-//! and reports progress): [`DataSource`], [`FileSource`], [`HttpSource`] (reqwest, rustls) and
-//! [`S3Source`] (object_store, configured by [`S3Config`]). [`Cache`]'s documentation
-//! states when a load needs no download and how entries are evicted.
+//! and reports progress). The core has the sources that need no network, [`DataSource`] and
+//! [`FileSource`]; sources named by URL come from the [`Fetchers`] the cache is opened with
+//! (`citron-fetch` implements http, https and s3 with reqwest and object_store, configured by
+//! [`S3Config`]; [`NoNetwork`] fetches nothing). [`Cache`]'s documentation states when a load
+//! needs no download and how entries are evicted.
 
 mod cache;
 mod download;
+mod fetchers;
 mod grants;
-mod http;
 mod redact;
-mod s3;
 mod source;
 
 pub use cache::{Cache, CacheConfig, CacheStats, CachedArtifact};
-pub use http::{install_crypto_provider, HttpSource, CONNECT_TIMEOUT, READ_TIMEOUT};
+pub use fetchers::{Fetchers, NoNetwork};
 pub use redact::{redact_str, redact_url};
-pub use s3::S3Source;
 pub use source::{ArtifactSource, DataSource, FetchError, FileSource, S3Config, Sink, PROGRESS_INTERVAL};
 
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod tests_security;

@@ -84,9 +84,14 @@ pub enum FetchError {
         /// The error.
         source: std::io::Error,
     },
-    /// The URL scheme is not one citron fetches.
-    #[error("{0}: unsupported URL scheme; use http, https, s3 or file")]
-    UnsupportedScheme(String),
+    /// No fetcher given to the cache handles the URL's scheme.
+    #[error("{url}: unsupported URL scheme; {}", scheme_hint(.handled))]
+    UnsupportedScheme {
+        /// The URL, redacted.
+        url: String,
+        /// The schemes the cache's [`Fetchers`](super::Fetchers) handle.
+        handled: Vec<String>,
+    },
     /// The URL has the right scheme but cannot name an artifact.
     #[error("{url}: {message}")]
     BadUrl {
@@ -154,8 +159,15 @@ pub(crate) trait Budget: Send {
     fn reserve(&mut self, total: u64) -> Result<(), FetchError>;
 }
 
+fn scheme_hint(handled: &[String]) -> String {
+    if handled.is_empty() {
+        return "this citron fetches nothing over the network (it was started without fetchers); use data: or file: sources".into();
+    }
+    format!("use {} or file", handled.join(", "))
+}
+
 fn status_reason(status: &u16) -> String {
-    reqwest::StatusCode::from_u16(*status).ok().and_then(|s| s.canonical_reason()).map(|r| format!(" {r}")).unwrap_or_default()
+    http::StatusCode::from_u16(*status).ok().and_then(|s| s.canonical_reason()).map(|r| format!(" {r}")).unwrap_or_default()
 }
 
 fn status_hint(status: &u16) -> &'static str {
@@ -179,7 +191,7 @@ impl FetchError {
             FetchError::Status { url, status } => FetchError::Status { url: url.clone(), status: *status },
             FetchError::Network { url, message } => FetchError::Network { url: url.clone(), message: message.clone() },
             FetchError::File { path, source } => FetchError::File { path: path.clone(), source: io(source) },
-            FetchError::UnsupportedScheme(u) => FetchError::UnsupportedScheme(u.clone()),
+            FetchError::UnsupportedScheme { url, handled } => FetchError::UnsupportedScheme { url: url.clone(), handled: handled.clone() },
             FetchError::BadUrl { url, message } => FetchError::BadUrl { url: url.clone(), message: message.clone() },
             FetchError::Cache(e) => FetchError::Cache(io(e)),
             FetchError::TooLarge { source_name, size, max } => {

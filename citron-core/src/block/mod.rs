@@ -19,6 +19,7 @@ mod overlay;
 mod prepare;
 mod store;
 
+pub use container::ImageRegistry;
 pub use overlay::{CowDisk, BLOCK};
 pub use prepare::BaseImage;
 pub use store::DiskStore;

@@ -113,7 +113,7 @@ pub(crate) async fn prepare(dir: &Path, cache: &Cache, locks: &KeyLocks, limits:
                     (Some((c, tarball_name(src))), what)
                 }
                 // Keyed by the manifest digest the tag points at now: a moved tag makes a new base.
-                Some(FsContents::Container(r)) => (None, format!("oci:{}", super::container::resolve(r).await?)),
+                Some(FsContents::Container(r)) => (None, format!("oci:{}", super::container::registry(cache, r)?.resolve(r).await?)),
             };
             let oci_digest = match contents {
                 Some(FsContents::Container(_)) => what.strip_prefix("oci:").map(str::to_string),
@@ -130,7 +130,10 @@ pub(crate) async fn prepare(dir: &Path, cache: &Cache, locks: &KeyLocks, limits:
                     (Some(FsContents::Container(r)), _) => {
                         let pulled_dir = tmp_next_to(&path, "layers");
                         let digest = oci_digest.as_deref().unwrap_or_default();
-                        let pulled = super::container::pull(r, digest, &pulled_dir).await;
+                        let pulled = match super::container::registry(cache, r) {
+                            Ok(registry) => registry.pull(r, digest, &pulled_dir).await,
+                            Err(e) => Err(e),
+                        };
                         let pulled = match pulled {
                             Ok(p) => p,
                             Err(e) => {
@@ -138,7 +141,7 @@ pub(crate) async fn prepare(dir: &Path, cache: &Cache, locks: &KeyLocks, limits:
                                 return Err(e);
                             }
                         };
-                        Layers::Oci(r.clone(), pulled_dir, pulled.layers)
+                        Layers::Oci(r.clone(), pulled_dir, pulled)
                     }
                     (_, Some((t, name))) => Layers::Tarball(name.clone(), t.path.clone()),
                     _ => Layers::None,

@@ -188,13 +188,21 @@ impl std::fmt::Debug for Gateway {
 }
 
 impl Gateway {
-    /// A gateway for `lab`, keeping its state (cache, disks) under `data_dir`.
+    /// A gateway for `lab`, keeping its state (cache, disks) under `data_dir`, that fetches
+    /// nothing over the network ([`NoNetwork`](crate::artifact::NoNetwork): `data:` and `file:`
+    /// sources only). A running lab uses [`with_fetchers`](Self::with_fetchers) with
+    /// `citron_fetch::Network` (or `citron_fetch::gateway`, which does both).
     pub fn new(lab: LabConfig, data_dir: &Path) -> Result<Gateway, GatewayError> {
+        Self::with_fetchers(lab, data_dir, Arc::new(crate::artifact::NoNetwork))
+    }
+
+    /// A gateway for `lab` whose cache fetches URLs and container images with `fetchers`.
+    pub fn with_fetchers(lab: LabConfig, data_dir: &Path, fetchers: Arc<dyn crate::artifact::Fetchers>) -> Result<Gateway, GatewayError> {
         let dd = |source| GatewayError::DataDir { path: data_dir.to_path_buf(), source };
         let data_lock = DataDir::open(data_dir)?;
         refuse_data_dir_in_roots(data_dir, &lab.artifact_roots)?;
         let cache_cfg = lab.cache_config().map_err(|m| dd(std::io::Error::new(std::io::ErrorKind::InvalidInput, m)))?;
-        let cache = Cache::open_limited(&data_dir.join("cache"), cache_cfg, lab.s3.clone(), lab.limits.downloads_in_flight).map_err(dd)?;
+        let cache = Cache::open_limited(&data_dir.join("cache"), cache_cfg, fetchers, lab.limits.downloads_in_flight).map_err(dd)?;
         let disks = DiskStore::open(&data_dir.join("disks")).map_err(dd)?;
         let mut registry = DutRegistry::default();
         for d in &lab.duts {

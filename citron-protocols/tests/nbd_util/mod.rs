@@ -111,7 +111,7 @@ impl Lab {
     pub fn start_in(dir: &Path, disks: Vec<DiskSpec>) -> Lab {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let (gw, addr) = rt.block_on(async {
-            let gw = Gateway::new(LabConfig::default_lab(), dir).unwrap();
+            let gw = citron_fetch::gateway(LabConfig::default_lab(), dir).unwrap();
             gw.add_dut(Dut::new("local", ["127.0.0.1".parse().unwrap()])).unwrap();
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();

@@ -72,7 +72,7 @@ impl Lab {
         let mut local = Dut::new("local", ["127.0.0.1".parse().unwrap()]);
         edit(&mut local);
         lab.duts.push(local);
-        let gw = Gateway::new(lab, dir.path()).unwrap();
+        let gw = citron_fetch::gateway(lab, dir.path()).unwrap();
         Lab { gw, _dir: dir }
     }
 

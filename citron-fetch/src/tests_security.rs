@@ -9,9 +9,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use super::tests::{closed_port, data, files, open, url, TestServer, KERNEL};
-use super::*;
-use crate::digest::Digest;
-use crate::job::Source;
+use citron_core::artifact::FetchError;
+use citron_core::job::Source;
+use citron_core::Digest;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_digest_alone_reads_nothing() {
@@ -50,21 +50,6 @@ async fn a_digest_alone_reads_nothing() {
     assert!(!cache.get(&srv.url("/other-name-same-bytes"), Some(k)).await.unwrap().was_fetched());
     assert_eq!((srv.count("/kernel"), srv.count("/other-name-same-bytes")), (2, 1));
     assert_eq!(cache.stats().entries, 2);
-}
-
-#[tokio::test]
-async fn a_changed_local_file_is_read_again_even_with_the_old_digest() {
-    let dir = tempfile::tempdir().unwrap();
-    let src_dir = tempfile::tempdir().unwrap();
-    let f = src_dir.path().join("secret");
-    std::fs::write(&f, b"what the file held yesterday").unwrap();
-    let cache = open(dir.path(), 1 << 20);
-    let old = cache.get(&Source::File(f.clone()), None).await.unwrap().digest;
-    assert!(!cache.get(&Source::File(f.clone()), Some(old)).await.unwrap().was_fetched());
-    // The file now holds something else: its old content is not this path's any more.
-    std::fs::write(&f, b"what it holds today, longer").unwrap();
-    let e = cache.get(&Source::File(f.clone()), Some(old)).await.unwrap_err();
-    assert!(matches!(e, FetchError::DigestMismatch { .. }), "{e}");
 }
 
 /// A server sending `len` bytes of `b'x'` (with a Content-Length, or chunked without one):
@@ -150,34 +135,6 @@ async fn an_announced_size_over_the_cap_is_refused_before_the_body() {
     assert!(matches!(e, FetchError::TooLarge { size, .. } if size == 2 << 20), "{e}");
     assert!(files(dir.path()).is_empty());
     assert_eq!(cache.stats().downloading_bytes, 0);
-}
-
-#[tokio::test]
-async fn a_sink_refuses_more_than_announced_and_names_a_full_disk() {
-    let mut out = Vec::new();
-    let mut sink = Sink::new(&mut out, "http://h/x");
-    sink.set_total(Some(4)).unwrap();
-    sink.write(b"1234").await.unwrap();
-    let e = sink.write(b"5").await.unwrap_err();
-    assert!(matches!(e, FetchError::LongerThanAnnounced { announced: 4, .. }), "{e}");
-    // A writer answering as a full file system does (ENOSPC).
-    struct Full;
-    impl tokio::io::AsyncWrite for Full {
-        fn poll_write(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>, _: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
-            std::task::Poll::Ready(Err(std::io::Error::from_raw_os_error(libc::ENOSPC)))
-        }
-        fn poll_flush(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-        fn poll_shutdown(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-    }
-    let mut full = Full;
-    let mut sink = Sink::new(&mut full, "http://h/kernel");
-    let e = sink.write(b"bytes").await.unwrap_err();
-    assert!(matches!(e, FetchError::DiskFull { .. }), "{e}");
-    assert!(e.to_string().contains("http://h/kernel") && e.to_string().contains("disk holding the cache is full"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

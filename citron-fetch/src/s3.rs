@@ -10,9 +10,9 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ClientOptions, ObjectStoreExt, RetryConfig};
 use url::Url;
 
-use super::http::{install_crypto_provider, CONNECT_TIMEOUT};
-use super::redact::redact_url;
-use super::source::{ArtifactSource, FetchError, S3Config, Sink};
+use citron_core::artifact::{redact_url, ArtifactSource, FetchError, S3Config, Sink};
+
+use crate::http::{install_crypto_provider, CONNECT_TIMEOUT};
 
 /// The bucket and key of an `s3://bucket/key` URL.
 pub(crate) fn split_url(url: &Url) -> Result<(String, ObjectPath), FetchError> {

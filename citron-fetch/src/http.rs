@@ -8,8 +8,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use url::Url;
 
-use super::redact::redact_url;
-use super::source::{ArtifactSource, FetchError, Sink};
+use citron_core::artifact::{redact_url, ArtifactSource, FetchError, Sink};
 
 /// How long to wait for a TCP (and TLS) connection before telling the user the host is unreachable.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -19,10 +18,10 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Installs ring as rustls' process-wide crypto provider. reqwest and object_store are built
 /// without one so that aws-lc-rs (a long C build) stays out of the tree; code elsewhere in the
 /// workspace that builds its own `reqwest::Client` must call this first or reqwest panics.
-/// Harmless when a provider is already installed; the cache calls it itself.
+/// Harmless when a provider is already installed; every client this crate builds calls it.
 ///
 /// ```
-/// citron_core::artifact::install_crypto_provider();
+/// citron_fetch::install_crypto_provider();
 /// ```
 pub fn install_crypto_provider() {
     static ONCE: Once = Once::new();
@@ -32,7 +31,7 @@ pub fn install_crypto_provider() {
 }
 
 /// A reqwest client with citron's timeouts; redirects are followed (up to 10).
-pub(crate) fn client() -> Result<reqwest::Client, String> {
+pub fn client() -> Result<reqwest::Client, String> {
     install_crypto_provider();
     reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
