@@ -1,5 +1,10 @@
 //! The lab file: DUTs, template variables, cache settings and the roots `file:` sources may use.
 //!
+//! Read like a job file (`parse.rs`): through the positioned YAML reader, every error at once,
+//! each as `file:line:col: key: message`, unknown keys with the key probably meant. The keys and
+//! their values are the serde types below ([`LabConfig`], [`Dut`], [`Limits`], [`S3Config`]):
+//! adding a key to one of them is all it takes for the reader to accept and check it.
+//!
 //! ```
 //! use citron_core::lab::LabConfig;
 //! let lab = LabConfig::from_yaml(r#"
@@ -15,6 +20,7 @@
 //! ```
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -22,6 +28,10 @@ use serde::{Deserialize, Serialize};
 use crate::artifact::{CacheConfig, S3Config};
 use crate::limits::Limits;
 use crate::namespace::Dut;
+use crate::yaml::de::Problem;
+use crate::yaml::Pos;
+
+mod parse;
 
 /// The embedded default lab: two DUTs on loopback addresses, so that `citron serve` works with
 /// no file at all and two DUTs can be told apart from one machine.
@@ -114,9 +124,8 @@ pub enum ApiTokenError {
     Empty(String),
 }
 
-/// Why a lab file is unusable.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{file}:{line}:{column}: {message}")]
+/// One thing wrong with a lab file.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LabError {
     /// The file name.
     pub file: String,
@@ -124,46 +133,65 @@ pub struct LabError {
     pub line: usize,
     /// 1-based column.
     pub column: usize,
-    /// What is wrong.
+    /// The key path, e.g. `duts[1].ip` or `limits.idle_timeout`; empty when the whole file is
+    /// concerned.
+    pub field: String,
+    /// What is wrong, said so that the admin knows what to change.
     pub message: String,
 }
 
-impl LabConfig {
-    /// Parses a lab file's text; `name` is used in errors.
-    pub fn from_yaml(text: &str, name: &str) -> Result<LabConfig, LabError> {
-        let lab: LabConfig =
-            crate::yaml::from_str(text).map_err(|e| LabError { file: name.into(), line: e.line, column: e.column, message: e.message })?;
-        lab.cache_config().map_err(|message| LabError { file: name.into(), line: 1, column: 1, message })?;
-        // `machine_id` is each DUT's own (its `machine_id:` or id); one value for the whole lab
-        // would give every DUT the same boot paths. The endpoint variables may be overridden.
-        if lab.variables.contains_key("machine_id") {
-            let pos = crate::yaml::Document::parse(text)
-                .ok()
-                .and_then(|d| d.key_pos(&["variables", "machine_id"]))
-                .unwrap_or(crate::yaml::Pos { line: 1, col: 1 });
-            return Err(LabError {
-                file: name.into(),
-                line: pos.line,
-                column: pos.col,
-                message: "variables.machine_id: `machine_id` is set per DUT (its `machine_id:` or `id:`), not in `variables`; remove it"
-                    .into(),
-            });
+impl fmt::Display for LabError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)
+        } else {
+            write!(f, "{}:{}:{}: {}: {}", self.file, self.line, self.column, self.field, self.message)
         }
-        for (i, h) in lab.api_hosts.iter().enumerate() {
-            if !valid_api_host(h) {
-                let pos = crate::yaml::Document::parse(text)
-                    .ok()
-                    .and_then(|d| d.key_pos(&["api_hosts"]))
-                    .unwrap_or(crate::yaml::Pos { line: 1, col: 1 });
-                return Err(LabError {
-                    file: name.into(),
-                    line: pos.line,
-                    column: pos.col,
-                    message: format!("api_hosts[{i}]: {h:?} is not a host name or host:port"),
-                });
+    }
+}
+
+/// Every error found in a lab file, in document order (one per line when displayed, like
+/// [`JobErrors`](crate::job::JobErrors)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabErrors(pub Vec<LabError>);
+
+impl fmt::Display for LabErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
             }
+            write!(f, "{e}")?;
         }
-        Ok(lab)
+        Ok(())
+    }
+}
+
+impl std::error::Error for LabErrors {}
+
+impl LabErrors {
+    fn one(file: &str, pos: Pos, field: &str, message: String) -> LabErrors {
+        LabErrors(vec![LabError { file: file.into(), line: pos.line, column: pos.col, field: field.into(), message }])
+    }
+
+    fn from_problems(file: &str, problems: Vec<Problem>) -> LabErrors {
+        let field = |f: String| if f == "<document>" { String::new() } else { f };
+        LabErrors(
+            problems
+                .into_iter()
+                .map(|p| LabError { file: file.into(), line: p.pos.line, column: p.pos.col, field: field(p.field), message: p.message })
+                .collect(),
+        )
+    }
+}
+
+impl LabConfig {
+    /// Parses a lab file's text; `name` is used in errors. Every problem is reported, each with
+    /// its line and column: unknown keys (with the key probably meant), values a key does not
+    /// take, missing keys, and the lab's own rules (no `machine_id` variable, valid `api_hosts`,
+    /// one DUT per id and per address).
+    pub fn from_yaml(text: &str, name: &str) -> Result<LabConfig, LabErrors> {
+        parse::parse(text).map_err(|problems| LabErrors::from_problems(name, problems))
     }
 
     /// The API token from the one source that sets it: the lab file's `api_token` or
@@ -204,14 +232,10 @@ impl LabConfig {
 
     /// Reads a lab file; relative `artifact_roots` and `api_token_file` are taken from the
     /// file's directory.
-    pub fn from_file(path: &Path) -> Result<LabConfig, LabError> {
+    pub fn from_file(path: &Path) -> Result<LabConfig, LabErrors> {
         let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| LabError {
-            file: name.clone(),
-            line: 1,
-            column: 1,
-            message: format!("cannot read the lab file: {e}"),
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| LabErrors::one(&name, Pos { line: 1, col: 1 }, "", format!("cannot read the lab file: {e}")))?;
         let mut lab = Self::from_yaml(&text, &name)?;
         let dir = path.parent().unwrap_or(Path::new("."));
         for r in lab.artifact_roots.iter_mut().chain(lab.api_token_file.as_mut()) {
@@ -221,19 +245,13 @@ impl LabConfig {
         }
         // The lab file holds the API token and the S3 secret: a `file:` source must not read it.
         if let Some(root) = root_containing(&lab.artifact_roots, path) {
-            let pos = crate::yaml::Document::parse(&text)
-                .ok()
-                .and_then(|d| d.key_pos(&["artifact_roots"]))
-                .unwrap_or(crate::yaml::Pos { line: 1, col: 1 });
-            return Err(LabError {
-                file: name,
-                line: pos.line,
-                column: pos.col,
-                message: format!(
-                    "artifact_roots: {} contains this lab file, whose secrets any job's `file:` source could then read; list a directory that holds only artifacts",
-                    root.display()
-                ),
-            });
+            let pos =
+                crate::yaml::Document::parse(&text).ok().and_then(|d| d.key_pos(&["artifact_roots"])).unwrap_or(Pos { line: 1, col: 1 });
+            let message = format!(
+                "{} contains this lab file, whose secrets any job's `file:` source could then read; list a directory that holds only artifacts",
+                root.display()
+            );
+            return Err(LabErrors::one(&name, pos, "artifact_roots", message));
         }
         Ok(lab)
     }
@@ -260,7 +278,7 @@ fn root_containing<'a>(roots: &'a [PathBuf], file: &Path) -> Option<&'a PathBuf>
 }
 
 /// `host`, `host:port`, `[v6]` or `[v6]:port`, as a `Host` header names the API.
-fn valid_api_host(h: &str) -> bool {
+pub(crate) fn valid_api_host(h: &str) -> bool {
     let (host, port) = match h.strip_prefix('[') {
         Some(rest) => match rest.split_once(']') {
             Some((v6, "")) if v6.parse::<std::net::Ipv6Addr>().is_ok() => ("v6", None),
@@ -280,79 +298,4 @@ fn valid_api_host(h: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn default_lab_parses() {
-        let lab = LabConfig::default_lab();
-        assert!(lab.duts.len() >= 2);
-    }
-
-    #[test]
-    fn machine_id_is_not_a_lab_variable() {
-        let e = LabConfig::from_yaml("duts: []\nvariables:\n  minio_url: x\n  machine_id: same-for-all\n", "l.yaml").unwrap_err();
-        assert_eq!((e.line, e.column), (4, 3));
-        // A DUT's own `machine_id:` earlier in the file is not the one to point at.
-        let e = LabConfig::from_yaml("duts:\n  - id: a\n    machine_id: m\nvariables:\n  machine_id: x\n", "l.yaml").unwrap_err();
-        assert_eq!((e.line, e.column), (5, 3));
-        assert!(e.message.contains("per DUT"), "{}", e.message);
-        // The endpoint variables may be overridden (DUTs that see citron under another name).
-        let lab = LabConfig::from_yaml("variables:\n  http_artifact_base: http://gw\n", "l.yaml").unwrap();
-        assert_eq!(lab.variables["http_artifact_base"], "http://gw");
-    }
-
-    #[test]
-    fn a_root_holding_the_lab_file_is_refused() {
-        let t = tempfile::tempdir().unwrap();
-        std::fs::create_dir(t.path().join("arts")).unwrap();
-        let p = t.path().join("lab.yaml");
-        std::fs::write(&p, "duts: []\nartifact_roots: [.]\n").unwrap();
-        let e = LabConfig::from_file(&p).unwrap_err();
-        assert_eq!((e.line, e.column), (2, 1), "{e}");
-        assert!(e.message.contains("contains this lab file"), "{e}");
-        std::fs::write(&p, "duts: []\nartifact_roots: [arts]\n").unwrap();
-        assert_eq!(LabConfig::from_file(&p).unwrap().artifact_roots, vec![t.path().join("arts")]);
-    }
-
-    #[test]
-    fn debug_redacts_the_token_and_the_s3_secret() {
-        let text = "api_token: tok-SECRET-1\ns3:\n  access_key_id: AKIAVISIBLE\n  secret_access_key: s3-SECRET-2\n";
-        let lab = LabConfig::from_yaml(text, "l.yaml").unwrap();
-        let shown = format!("{lab:?} {:#?} {:?}", lab, lab.s3);
-        assert!(!shown.contains("SECRET"), "{shown}");
-        assert!(shown.contains("<redacted>") && shown.contains("AKIAVISIBLE"), "{shown}");
-        // serde still sees the real values.
-        assert_eq!(lab.api_token.as_deref(), Some("tok-SECRET-1"));
-        assert_eq!(LabConfig::from_yaml(&serde_yaml::to_string(&lab).unwrap(), "l.yaml").unwrap(), lab);
-    }
-
-    #[test]
-    fn api_token_has_one_source() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("tok"), "from-file\n").unwrap();
-        std::fs::write(dir.path().join("lab.yaml"), "api_token_file: tok\napi_hosts: [citron.lab, \"api.lab:8081\"]\n").unwrap();
-        let lab = LabConfig::from_file(&dir.path().join("lab.yaml")).unwrap();
-        assert_eq!(lab.resolve_api_token(None).unwrap().as_deref(), Some("from-file"));
-        assert!(matches!(lab.resolve_api_token(Some("env")), Err(ApiTokenError::Several(_))));
-        let none = LabConfig::default();
-        assert_eq!(none.resolve_api_token(Some("from-env")).unwrap().as_deref(), Some("from-env"));
-        assert_eq!(none.resolve_api_token(Some("")).unwrap(), None);
-        let both = LabConfig::from_yaml("api_token: a\napi_token_file: /x\n", "l.yaml").unwrap();
-        let e = both.resolve_api_token(None).unwrap_err().to_string();
-        assert!(e.contains("api_token_file") && e.contains("exactly one"), "{e}");
-        let e = LabConfig::from_yaml("api_token: \" \"\n", "l.yaml").unwrap().resolve_api_token(None).unwrap_err();
-        assert!(matches!(e, ApiTokenError::Empty(_)), "{e}");
-        let missing = LabConfig::from_yaml("api_token_file: /nonexistent/tok\n", "l.yaml").unwrap();
-        assert!(matches!(missing.resolve_api_token(None), Err(ApiTokenError::Read { .. })));
-        let e = LabConfig::from_yaml("duts: []\napi_hosts: [\"a b\"]\n", "l.yaml").unwrap_err();
-        assert_eq!((e.line, e.column), (2, 1), "{e}");
-    }
-
-    #[test]
-    fn unknown_keys_are_errors_with_positions() {
-        let e = LabConfig::from_yaml("duts: []\nvariablez: {}\n", "l.yaml").unwrap_err();
-        assert_eq!((e.line, e.column), (2, 1));
-        assert!(e.message.contains("variablez"), "{}", e.message);
-    }
-}
+pub(crate) mod tests;

@@ -199,12 +199,12 @@ mod tests {
 
     #[test]
     fn bad_values_have_positions() {
-        let e = LabConfig::from_yaml("limits:\n  max_disk_size: 12 parsecs\n", "l.yaml").unwrap_err();
+        let e = crate::lab::tests::only(LabConfig::from_yaml("limits:\n  max_disk_size: 12 parsecs\n", "l.yaml").unwrap_err());
         assert_eq!(e.line, 2, "{e}");
         assert!(e.message.contains("size unit"), "{e}");
-        let e = LabConfig::from_yaml("limits:\n  max_disk_sise: 1T\n", "l.yaml").unwrap_err();
+        let e = crate::lab::tests::only(LabConfig::from_yaml("limits:\n  max_disk_sise: 1T\n", "l.yaml").unwrap_err());
         assert_eq!((e.line, e.column), (2, 3), "{e}");
-        let e = LabConfig::from_yaml("limits:\n  idle_timeout: soon\n", "l.yaml").unwrap_err();
+        let e = crate::lab::tests::only(LabConfig::from_yaml("limits:\n  idle_timeout: soon\n", "l.yaml").unwrap_err());
         assert!(e.message.contains("not a duration"), "{e}");
     }
 

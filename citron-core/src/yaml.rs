@@ -1,7 +1,9 @@
-//! All YAML reading lives here, so that the parser (serde_yaml, archived upstream) can be swapped
-//! by changing this one module.
+//! All YAML reading lives here, so that the parser (yaml-rust2) can be swapped by changing this
+//! one module: a positioned tree ([`Document`]) that job descriptions are walked over, and serde
+//! over that tree ([`de::Reader`]) that lab files are read with, both reporting every problem
+//! with its line and column.
 
-use serde::de::DeserializeOwned;
+pub(crate) mod de;
 
 /// A YAML error with its position.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,23 +16,10 @@ pub struct YamlError {
     pub message: String,
 }
 
-/// Deserialises a whole document into `T` (used for lab files, whose first error is enough).
-pub fn from_str<T: DeserializeOwned>(text: &str) -> Result<T, YamlError> {
-    serde_yaml::from_str(text).map_err(|e| {
-        let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
-        let mut message = e.to_string();
-        // serde_yaml appends " at line L column C"; the position is printed in front instead.
-        if let Some(i) = message.find(" at line ") {
-            message.truncate(i);
-        }
-        YamlError { line, column, message }
-    })
-}
-
 // ---------------------------------------------------------------------------------------------
-// The positioned tree job descriptions are read into.
+// The positioned tree job descriptions and lab files are read into.
 //
-// Job descriptions need every error at once, each with a position (of the value, of the key, or of
+// They need every error at once, each with a position (of the value, of the key, or of
 // a `{{` inside a string), which serde's first-error model cannot give. yaml-rust2's event parser
 // gives a marker per event; the tree below keeps them.
 

@@ -14,7 +14,7 @@ use std::ffi::CStr;
 
 use citron_core::gateway::GatewayError;
 use citron_core::job::{JobError as CoreJobError, JobErrors};
-use citron_core::lab::LabError as CoreLabError;
+use citron_core::lab::LabErrors as CoreLabError;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;

@@ -69,6 +69,30 @@ fn validate_accepts_the_examples_and_reports_unreadable_files() {
 }
 
 #[test]
+fn a_bad_lab_file_prints_every_error_with_its_position() {
+    let root = workspace_root();
+    let dir = tempfile::tempdir().unwrap();
+    let lab = dir.path().join("bad-lab.yaml");
+    std::fs::write(&lab, "duts:\n  - id: a\n    ip: [127.0.0.2, nope]\nvariablez: {}\nlimits:\n  idle_timeout: soon\n").unwrap();
+    let lab_s = lab.to_str().unwrap();
+    let want = [
+        format!("{lab_s}:3:21: duts[0].ip: invalid IP address syntax"),
+        format!("{lab_s}:4:1: variablez: unknown field `variablez`; did you mean `variables`?"),
+        format!("{lab_s}:6:17: limits.idle_timeout: \"soon\" is not a duration"),
+    ];
+    let o = run(citron_bin(), &["validate", "--lab", lab_s, "examples/job-hello.yaml"], Some(&root), T);
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    for w in &want {
+        assert!(o.stderr.contains(w.as_str()), "missing {w:?} in:\n{}", o.stderr);
+    }
+    let f = Citron::try_start(&["--lab", lab_s]).err().expect("must not start");
+    assert_eq!(f.status.and_then(|s| s.code()), Some(2), "{}", f.stderr);
+    for w in &want {
+        assert!(f.stderr.contains(w.as_str()), "missing {w:?} in:\n{}", f.stderr);
+    }
+}
+
+#[test]
 fn help_documents_exit_codes() {
     let o = run(citron_bin(), &["--help"], None, T);
     assert_eq!(o.code, 0);

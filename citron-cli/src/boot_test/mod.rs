@@ -86,7 +86,7 @@ pub enum BootTestError {
     },
     /// The lab file.
     #[error(transparent)]
-    Lab(#[from] citron_core::lab::LabError),
+    Lab(#[from] citron_core::lab::LabErrors),
     /// A job description is invalid.
     #[error("{0}")]
     Job(JobErrors),

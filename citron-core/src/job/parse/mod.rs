@@ -148,20 +148,6 @@ pub(crate) fn path_message(e: &PathError) -> String {
     }
 }
 
-/// Levenshtein distance, for "did you mean" on unknown keys.
-fn distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur.push((prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
 /// The accepted keys of a mapping, each with its key scalar and value.
 struct Fields<'n> {
     pos: Pos,
@@ -205,7 +191,7 @@ impl Walker<'_> {
         for (k, v) in entries {
             let key = k.value.as_str();
             if !allowed.contains(&key) {
-                let near = allowed.iter().filter(|a| distance(a, key) <= 2).min_by_key(|a| distance(a, key));
+                let near = crate::yaml::de::suggest(key, allowed);
                 let hint = near.map(|n| format!("did you mean `{n}`? ")).unwrap_or_default();
                 out.misspelt.extend(near.map(|n| n.to_string()));
                 self.err(k.pos, &child(field, key), format!("unknown field `{key}`; {hint}allowed here: {}", allowed.join(", ")));

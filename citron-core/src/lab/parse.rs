@@ -1,0 +1,130 @@
+//! Lab file text → [`LabConfig`], through the positioned reader job files use.
+//!
+//! Each top-level key is read on its own, and the sections that are structs themselves
+//! (`duts[]`, `cache`, `s3`, `limits`) key by key, so that one run reports every problem. Then
+//! the lab's own rules, which serde cannot state, are checked on the same nodes.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::artifact::S3Config;
+use crate::limits::Limits;
+use crate::namespace::Dut;
+use crate::yaml::de::{child, fields_of, Problem, Reader};
+use crate::yaml::{Document, Node, NodeKind, Pos, Scalar};
+
+use super::{valid_api_host, CacheSettings, LabConfig};
+
+/// Parses a lab file; on failure, every problem found, in document order.
+pub(super) fn parse(text: &str) -> Result<LabConfig, Vec<Problem>> {
+    let doc = match Document::parse(text) {
+        Ok(d) => d,
+        Err(e) => {
+            let pos = Pos { line: e.line, col: e.column };
+            return Err(vec![Problem { pos, field: "<document>".into(), message: e.message }]);
+        }
+    };
+    // An empty file (or one with only comments) is a lab with every default.
+    let Some(root) = doc.root.as_ref() else { return Ok(LabConfig::default()) };
+    let mut r = Reader::default();
+    let Some(entries) = r.entries(root, "", fields_of::<LabConfig>()) else { return Err(r.problems) };
+    for &(k, v) in &entries {
+        match k.value.as_str() {
+            "duts" => duts(&mut r, v),
+            "cache" => cache(&mut r, v),
+            "s3" => {
+                let _ = r.fields::<S3Config>(v, "s3");
+            }
+            "limits" => {
+                let _ = r.fields::<Limits>(v, "limits");
+            }
+            "variables" => variables(&mut r, v),
+            "api_hosts" => api_hosts(&mut r, v),
+            _ => r.field_alone::<LabConfig>(k, v, ""),
+        }
+    }
+    let lab = if r.problems.is_empty() { r.whole::<LabConfig>(root.pos, entries, "") } else { None };
+    let mut problems = r.problems;
+    match lab {
+        Some(lab) if problems.is_empty() => Ok(lab),
+        _ => {
+            problems.sort_by_key(|p| p.pos);
+            Err(problems)
+        }
+    }
+}
+
+/// The value of `key` in the mapping `node`, with its key.
+fn entry<'n>(node: &'n Node, key: &str) -> Option<(&'n Scalar, &'n Node)> {
+    let NodeKind::Map(entries) = &node.kind else { return None };
+    entries.iter().find(|(k, _)| k.value == key).map(|(k, v)| (k, v))
+}
+
+/// `duts:`: each DUT key by key, then one DUT per id and per address (requests are told apart
+/// by their source address).
+fn duts(r: &mut Reader, node: &Node) {
+    let NodeKind::Seq(items) = &node.kind else {
+        r.err(node.pos, "duts", format!("expected a list of DUTs (each starting with `- id: ...`), found {}", node.describe()));
+        return;
+    };
+    let mut ids: HashMap<String, Pos> = HashMap::new();
+    let mut addrs: HashMap<std::net::IpAddr, (Pos, String)> = HashMap::new();
+    for (i, item) in items.iter().enumerate() {
+        let field = format!("duts[{i}]");
+        let Some(dut) = r.fields::<Dut>(item, &field) else { continue };
+        let id_pos = entry(item, "id").map_or(item.pos, |(_, v)| v.pos);
+        if let Some(first) = ids.get(&dut.id.0) {
+            let msg = format!("a DUT with id `{}` is already defined at line {}; give each DUT its own id", dut.id.0, first.line);
+            r.err(id_pos, &child(&field, "id"), msg);
+        } else {
+            ids.insert(dut.id.0.clone(), id_pos);
+        }
+        let ip_nodes: &[Node] = match entry(item, "ip").map(|(_, v)| &v.kind) {
+            Some(NodeKind::Seq(n)) => n,
+            _ => &[],
+        };
+        for (j, ip) in dut.ip.iter().enumerate() {
+            let pos = ip_nodes.get(j).map_or(item.pos, |n| n.pos);
+            if let Some((first, owner)) = addrs.get(ip) {
+                let msg =
+                    format!("address {ip} already belongs to DUT `{owner}` (line {}); every DUT needs its own source address", first.line);
+                r.err(pos, &format!("{field}.ip[{j}]"), msg);
+            } else {
+                addrs.insert(*ip, (pos, dut.id.0.clone()));
+            }
+        }
+    }
+}
+
+/// `cache:`, whose `max_size` takes `20G`-style sizes.
+fn cache(r: &mut Reader, node: &Node) {
+    let Some(c) = r.fields::<CacheSettings>(node, "cache") else { return };
+    if let (Some(s), Some((_, v))) = (&c.max_size, entry(node, "max_size")) {
+        if let Err(e) = crate::units::parse_size(s) {
+            r.err(v.pos, "cache.max_size", e);
+        }
+    }
+}
+
+/// `variables:`: strings by name; `machine_id` is each DUT's own, so it is refused here (one
+/// value for the whole lab would give every DUT the same boot paths). The endpoint variables
+/// may be overridden.
+fn variables(r: &mut Reader, node: &Node) {
+    if r.value::<BTreeMap<String, String>>(node, "variables").is_none() {
+        return;
+    }
+    if let Some((k, _)) = entry(node, "machine_id") {
+        let msg = "`machine_id` is set per DUT (its `machine_id:` or `id:`), not in `variables`; remove it";
+        r.err(k.pos, "variables.machine_id", msg);
+    }
+}
+
+/// `api_hosts:`: each a host name or `host:port`, as a `Host` header names the API.
+fn api_hosts(r: &mut Reader, node: &Node) {
+    let Some(hosts) = r.value::<Vec<String>>(node, "api_hosts") else { return };
+    let NodeKind::Seq(items) = &node.kind else { return };
+    for (i, (h, n)) in hosts.iter().zip(items).enumerate() {
+        if !valid_api_host(h) {
+            r.err(n.pos, &format!("api_hosts[{i}]"), format!("{h:?} is not a host name or host:port"));
+        }
+    }
+}
