@@ -127,7 +127,8 @@ impl Lab {
     }
 
     /// Parses a lab file's text; ``filename`` is used in error messages. Raises
-    /// :class:`citron.LabError` with ``file:line:col: message``.
+    /// :class:`citron.LabError` listing every problem, one per line, as
+    /// ``file:line:col: key: message``.
     ///
     /// >>> import citron
     /// >>> lab = citron.Lab.from_yaml("duts:\n  - id: rpi\n    ip: [127.0.0.4]\n")
