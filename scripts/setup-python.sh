@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Python tools citron's tests start as peers: moto's S3-compatible server
-# (`moto_server`, used by the s3:// artifact test in citron-core). Idempotent.
+# (`moto_server`, used by the s3:// artifact test in citron-fetch). Idempotent.
 # Usage: scripts/setup-python.sh
 # It uses the first python3 on PATH; if that interpreter refuses system-wide installs
 # (Debian's "externally managed" python), it creates a venv in ~/.local/share/citron-venv and
