@@ -26,7 +26,7 @@ pub struct YamlError {
 use yaml_rust2::parser::{Event, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 
-/// Nesting deeper than this is refused (job descriptions need about 8 levels).
+/// Nesting deeper than this is refused (job descriptions need about 8 levels, lab files 4).
 const MAX_DEPTH: usize = 64;
 
 /// What to do about an unquoted `{{` (a flow mapping to YAML).
@@ -150,7 +150,7 @@ impl Document {
                     if documents > 1 {
                         return Err(doc.error_at(
                             events[i].1.index(),
-                            "a job description is one YAML document; remove the second `---` and what follows",
+                            "a job or lab file is one YAML document; remove the second `---` and what follows",
                         ));
                     }
                     i += 1;
@@ -196,9 +196,7 @@ impl Document {
         let (ev, mark) = &events[*i];
         if depth > MAX_DEPTH {
             // Bounded so that a hostile job cannot exhaust the stack.
-            return Err(
-                self.error_at(mark.index(), &format!("nested more than {MAX_DEPTH} levels deep; a job description needs far fewer"))
-            );
+            return Err(self.error_at(mark.index(), &format!("nested more than {MAX_DEPTH} levels deep; job and lab files need far fewer")));
         }
         let pos = self.pos(mark.index());
         *i += 1;
@@ -257,7 +255,7 @@ impl Document {
                 Ok(Node { pos, kind: NodeKind::Map(entries) })
             }
             Event::Alias(_) => {
-                Err(self.error_at(mark.index(), "aliases (`*name`) are not supported in job descriptions; write the value out"))
+                Err(self.error_at(mark.index(), "aliases (`*name`) are not supported in job and lab files; write the value out"))
             }
             other => Err(self.error_at(mark.index(), &format!("unexpected YAML event {other:?}"))),
         }

@@ -268,3 +268,18 @@ async fn a_url_no_fetcher_handles_is_refused_naming_the_handled_schemes() {
     assert!(msg.contains("without fetchers") && msg.contains("https://***@example.com/kernel") && !msg.contains("u:p"), "{msg}");
     assert!(files(dir.path()).is_empty());
 }
+
+#[tokio::test]
+async fn a_gateway_without_fetchers_refuses_urls_and_containers_clearly() {
+    use crate::job::{JobDescription, Origin};
+    let dir = tempfile::tempdir().unwrap();
+    let gw = crate::Gateway::new(crate::lab::LabConfig::default_lab(), dir.path()).unwrap();
+    let url_job = "deployment:\n  start:\n    storage:\n      http:\n        - path: /k\n          url: http://127.0.0.1:1/k\n";
+    let job = JobDescription::parse(url_job, Origin::named("job.yaml")).unwrap();
+    let e = gw.set_job(&"dut1".into(), &job).await.unwrap_err().to_string();
+    assert!(e.contains("http://127.0.0.1:1/k") && e.contains("without fetchers"), "{e}");
+    let container_job = "deployment:\n  start:\n    storage:\n      nbd:\n        - name: root\n          filesystem:\n            type: ext4\n            size: 16M\n            container: docker://127.0.0.1:1/x:y\n";
+    let job = JobDescription::parse(container_job, Origin::named("job.yaml")).unwrap();
+    let e = gw.set_job(&"dut1".into(), &job).await.unwrap_err().to_string();
+    assert!(e.contains("docker://127.0.0.1:1/x:y") && e.contains("without a container registry client"), "{e}");
+}
