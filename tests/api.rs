@@ -66,10 +66,7 @@ fn parse(out: &str) -> Reply {
             rest = body;
             continue;
         }
-        let headers = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-            .collect();
+        let headers = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string())).collect();
         return Reply { status, headers, body: body.to_string() };
     }
 }
@@ -148,11 +145,8 @@ mod tests {
         assert_eq!(template("/api/v1/duts/x/job"), Some("/api/v1/duts/{id}/job"));
         assert_eq!(template("/api/v1/duts"), Some("/api/v1/duts"));
         assert_eq!(template("/api/v1/duts//job"), None);
-        let ok = |status, ctype: &str, body: &str| Reply {
-            status,
-            headers: vec![("content-type".into(), ctype.into())],
-            body: body.into(),
-        };
+        let ok =
+            |status, ctype: &str, body: &str| Reply { status, headers: vec![("content-type".into(), ctype.into())], body: body.into() };
         check("GET", "/api/v1/duts/x/job", &ok(200, "application/json", r#"{"yaml": null, "origin": "a", "set_at": 1.0}"#));
         let bad = std::panic::catch_unwind(|| check("GET", "/api/v1/duts/x/job", &ok(200, "application/json", r#"{"yaml": 1}"#)));
         assert!(bad.is_err(), "a body off its schema must fail");

@@ -393,7 +393,13 @@ mod tests {
         assert_eq!(e[1].outcome, Outcome::Aborted);
         assert_eq!(e[2].outcome, Outcome::Refused("nope".into()));
         let c = log.request_counts();
-        assert_eq!(c, [RequestCounts { protocol: "http".into(), dut: "d".into(), requests: 3, bytes: 5, refusals: 2 }, RequestCounts { protocol: "tftp".into(), dut: "d".into(), requests: 1, bytes: 0, refusals: 0 }]);
+        assert_eq!(
+            c,
+            [
+                RequestCounts { protocol: "http".into(), dut: "d".into(), requests: 3, bytes: 5, refusals: 2 },
+                RequestCounts { protocol: "tftp".into(), dut: "d".into(), requests: 1, bytes: 0, refusals: 0 }
+            ]
+        );
     }
 
     #[test]

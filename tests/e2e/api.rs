@@ -1,7 +1,7 @@
 //! The lab API of the real binary, with curl: DUTs, jobs, events, access logs, metrics, OpenAPI.
 
-use citron_tests::{curl, require_tool, Citron};
 use citron_tests::api::Reply;
+use citron_tests::{curl, require_tool, Citron};
 use serde_json::Value;
 
 /// `(status, body as JSON or Null)`, the answer checked against the OpenAPI document. A job is

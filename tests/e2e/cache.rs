@@ -180,7 +180,12 @@ fn downloads_run_with_bounded_concurrency() {
         .map(|(dut, g)| {
             let (api, body) = (c.api.unwrap(), many(g));
             std::thread::spawn(move || {
-                let r = citron_tests::api::call(api, "PUT", &format!("/api/v1/duts/{dut}/job"), &["-H", "Content-Type: application/yaml", "--data-binary", &body]);
+                let r = citron_tests::api::call(
+                    api,
+                    "PUT",
+                    &format!("/api/v1/duts/{dut}/job"),
+                    &["-H", "Content-Type: application/yaml", "--data-binary", &body],
+                );
                 (r.status, r.body)
             })
         })

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use citron_tests::{curl, require_tool, Citron};
 
-
 /// A TCP connection to `to` from `from` (a 127.0.0.x address), blocking.
 fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

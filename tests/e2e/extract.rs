@@ -225,7 +225,12 @@ fn a_slow_download_does_not_hold_up_another_jobs_disk() {
     let slow = {
         let (api, job) = (c.api.unwrap(), fs_job(&format!("data: {{ url: \"{url}\" }}")));
         std::thread::spawn(move || {
-            let o = citron_tests::api::call(api, "PUT", "/api/v1/duts/dut1/job", &["-H", "Content-Type: application/yaml", "--data-binary", &job]);
+            let o = citron_tests::api::call(
+                api,
+                "PUT",
+                "/api/v1/duts/dut1/job",
+                &["-H", "Content-Type: application/yaml", "--data-binary", &job],
+            );
             let _ = tx.send(o.status);
         })
     };

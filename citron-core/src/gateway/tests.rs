@@ -162,7 +162,10 @@ async fn job_record_keeps_what_was_set() {
     let file = dir.path().join("job.yaml");
     std::fs::write(&file, yaml).unwrap();
     gw.set_trusted_job_file(&id, &file).await.unwrap();
-    assert_eq!(gw.job_record(&id).unwrap(), JobRecord { yaml: Some(yaml.into()), origin: Origin::file(&file), ..gw.job_record(&id).unwrap() });
+    assert_eq!(
+        gw.job_record(&id).unwrap(),
+        JobRecord { yaml: Some(yaml.into()), origin: Origin::file(&file), ..gw.job_record(&id).unwrap() }
+    );
     gw.clear_job(&id).unwrap();
     assert_eq!(gw.job_record(&id), None);
 }

@@ -70,7 +70,7 @@ struct ApiDoc;
 
 /// What every operation shares: the bearer token (optional: only when the lab sets one), and
 /// the answers any request may get (401 without the token, 421 for a `Host` that does not
-/// name the API, 500).
+/// name the API, 500; 400 for an undecodable `{id}`).
 struct Common;
 
 impl Modify for Common {
@@ -88,6 +88,10 @@ impl Modify for Common {
                 r.entry("401".into()).or_insert_with(|| error("The lab has an API token and the request does not carry it"));
                 r.entry("421".into()).or_insert_with(|| error("`Host` does not name the API (add it to `api_hosts`)"));
                 r.entry("500".into()).or_insert_with(|| error("citron failed (its log says why)"));
+                let has_id = op.parameters.iter().flatten().any(|p| p.parameter_in == utoipa::openapi::path::ParameterIn::Path);
+                if has_id {
+                    r.entry("400".into()).or_insert_with(|| error("The `{id}` in the path cannot be decoded"));
+                }
             }
         }
     }

@@ -271,7 +271,10 @@ async fn list_accesses(State(api): S, Id(id): Id, RawQuery(q): RawQuery) -> Resu
 fn page_query(q: Option<&str>) -> Result<(u64, usize), ApiError> {
     let (mut after, mut limit) = (0u64, ACCESSES_PAGE);
     let bad = |k: &str| {
-        ApiError::new(StatusCode::BAD_REQUEST, format!("`{k}` must be a whole number (?after=SEQ&limit=N, N from 1 to {ACCESSES_PAGE_MAX})"))
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("`{k}` must be a whole number (?after=SEQ&limit=N, N from 1 to {ACCESSES_PAGE_MAX})"),
+        )
     };
     for kv in q.unwrap_or("").split('&').filter(|s| !s.is_empty()) {
         match kv.split_once('=').unwrap_or((kv, "")) {

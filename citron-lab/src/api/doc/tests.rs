@@ -59,7 +59,8 @@ fn duts_and_jobs_match_their_schemas() {
         assert!(view.get(k).is_some(), "{k} missing from {view}");
     }
     assert!(!errors("NewDut", &json!({"id": "x", "colour": "red"})).is_empty(), "unknown keys are refused, as the core does");
-    let rec = JobRecord { yaml: Some("a: 1\n".into()), origin: citron_core::job::Origin::named("api:x"), set_at: std::time::SystemTime::now() };
+    let rec =
+        JobRecord { yaml: Some("a: 1\n".into()), origin: citron_core::job::Origin::named("api:x"), set_at: std::time::SystemTime::now() };
     let job = serde_json::to_value(JobView::from(rec)).unwrap();
     assert_eq!(errors("Job", &job), Vec::<String>::new(), "{job}");
     assert!(job["set_at"].as_f64().unwrap() > 1.7e9, "{job}");
