@@ -27,9 +27,14 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
 /// [`openapi`] as pretty JSON: what `/api/v1/openapi.json` answers and `citron openapi` prints.
 pub fn openapi_json() -> String {
-    let mut s = openapi().to_pretty_json().unwrap_or_default();
-    s.push('\n');
-    s
+    // Built once: it depends on nothing but the code.
+    static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DOC.get_or_init(|| {
+        let mut s = openapi().to_pretty_json().unwrap_or_default();
+        s.push('\n');
+        s
+    })
+    .clone()
 }
 
 #[derive(OpenApi)]

@@ -144,7 +144,7 @@ impl hyper::service::Service<Request<Incoming>> for ApiService {
             let method = req.method().clone();
             let path = truncate_logged(req.uri().path(), s.api.gateway.lab().limits.logged_path_max).into_owned();
             let r = match s.api.check_host(req.headers(), req.uri(), s.local).and_then(|()| s.api.authorize(req.headers())) {
-                Ok(()) => match s.router.oneshot(req.map(Body::new)).await {
+                Ok(()) => match s.router.oneshot(without_trailing_slash(req).map(Body::new)).await {
                     Ok(r) => r,
                     Err(never) => match never {},
                 },
@@ -156,6 +156,27 @@ impl hyper::service::Service<Request<Incoming>> for ApiService {
             Ok(r)
         })
     }
+}
+
+/// `req` with its path's trailing `/` dropped (`/api/v1/duts/` is `/api/v1/duts`), as the
+/// API has always answered.
+fn without_trailing_slash<B>(mut req: Request<B>) -> Request<B> {
+    let path = req.uri().path();
+    if path.len() > 1 && path.ends_with('/') {
+        let trimmed = path.trim_end_matches('/');
+        let pq = match req.uri().query() {
+            Some(q) => format!("{trimmed}?{q}"),
+            None => trimmed.to_string(),
+        };
+        let mut parts = req.uri().clone().into_parts();
+        if let Ok(p) = pq.parse() {
+            parts.path_and_query = Some(p);
+            if let Ok(u) = http::Uri::from_parts(parts) {
+                *req.uri_mut() = u;
+            }
+        }
+    }
+    req
 }
 
 /// Set on an error response, for the request log.
@@ -286,6 +307,15 @@ impl Api {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trailing_slashes_are_dropped() {
+        let p = |u: &str| without_trailing_slash(Request::get(u).body(()).unwrap()).uri().to_string();
+        assert_eq!(p("/api/v1/duts/"), "/api/v1/duts");
+        assert_eq!(p("/api/v1/duts/d1/accesses/?after=3"), "/api/v1/duts/d1/accesses?after=3");
+        assert_eq!(p("/"), "/");
+        assert_eq!(p("/metrics"), "/metrics");
+    }
 
     #[test]
     fn token_comparison() {
