@@ -93,7 +93,9 @@ pub fn check(method: &str, path: &str, reply: &Reply) {
         return; // no answer: nothing to check
     }
     let what = format!("{method} {path} answered {}: {}", reply.status, reply.body);
+    // The API drops a trailing `/` before routing.
     let bare = path.split('?').next().unwrap_or(path);
+    let bare = if bare.len() > 1 { bare.trim_end_matches('/') } else { bare };
     let op = template(bare).and_then(|t| document()["paths"][t].get(method.to_ascii_lowercase()));
     let Some(op) = op else {
         // The guards (token, Host) come before routing.

@@ -36,6 +36,7 @@ fn openapi_metrics_and_errors_without_jobs() {
     assert_eq!(code, 200);
     let ids: Vec<&str> = list.as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["dut1", "dut2"]);
+    assert_eq!(call(&c, "GET", "/api/v1/duts/", None), (200, list), "a trailing / names the same route");
     // Errors: JSON with a message and the right status.
     let (code, e) = call(&c, "GET", "/api/v1/duts/nope", None);
     assert_eq!(code, 404);
