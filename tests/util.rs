@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+pub mod api;
 pub mod registry;
 
 /// How long `citron serve` may take to print its listening line.
@@ -213,17 +214,24 @@ impl Citron {
         format!("http://{}{}", self.http.expect("HTTP is enabled"), path)
     }
 
-    /// `http://ADDR/path` of the API.
-    pub fn api_url(&self, path: &str) -> String {
-        format!("http://{}{}", self.api.expect("the API is enabled"), path)
+    /// Sends `method path` to the API with curl and `args` (headers, `--data-binary`...), and
+    /// returns the answer once [`api::check`] found it matches the OpenAPI document.
+    pub fn api(&self, method: &str, path: &str, args: &[&str]) -> api::Reply {
+        api::call(self.api.expect("the API is enabled"), method, path, args)
+    }
+
+    /// [`api`](Self::api) with a JSON body (`None`: no body).
+    pub fn api_json(&self, method: &str, path: &str, body: Option<&str>) -> api::Reply {
+        match body {
+            Some(b) => self.api(method, path, &["-H", "Content-Type: application/json", "--data-binary", b]),
+            None => self.api(method, path, &[]),
+        }
     }
 
     /// PUTs a YAML job for `dut` through the API (curl, `application/yaml`); `(status, body)`.
     pub fn put_job(&self, dut: &str, yaml: &str) -> (u16, String) {
-        let url = self.api_url(&format!("/api/v1/duts/{dut}/job"));
-        let o = curl(&["-X", "PUT", "-H", "Content-Type: application/yaml", "--data-binary", yaml, "-w", "\n%{http_code}", &url]);
-        let (body, code) = o.stdout.rsplit_once('\n').unwrap_or(("", &o.stdout));
-        (code.trim().parse().unwrap_or(0), body.to_string())
+        let r = self.api("PUT", &format!("/api/v1/duts/{dut}/job"), &["-H", "Content-Type: application/yaml", "--data-binary", yaml]);
+        (r.status, r.body)
     }
 
     /// The process id (to send signals).

@@ -50,6 +50,9 @@ pub enum Command {
         #[arg(long, value_name = "LAB.yaml")]
         lab: Option<PathBuf>,
     },
+    /// Prints the control API's OpenAPI 3.1 document (JSON), as `GET /api/v1/openapi.json`
+    /// answers it.
+    Openapi,
     /// Serves the lab: HTTP, TFTP, NBD and the control API, until SIGINT or SIGTERM.
     ///
     /// Prints `citron: listening http=ADDR tftp=ADDR nbd=ADDR api=ADDR` on stdout once every
@@ -64,18 +67,18 @@ pub enum Command {
         #[arg(long = "job", value_name = "DUT=JOB.yaml")]
         jobs: Vec<String>,
         /// HTTP address, or `off`.
-        #[arg(long, value_name = "ADDR", default_value = citron_protocols::server::DEFAULT_HTTP)]
+        #[arg(long, value_name = "ADDR", default_value = citron_lab::server::DEFAULT_HTTP)]
         http: String,
         /// TFTP address, or `off`.
-        #[arg(long, value_name = "ADDR", default_value = citron_protocols::server::DEFAULT_TFTP)]
+        #[arg(long, value_name = "ADDR", default_value = citron_lab::server::DEFAULT_TFTP)]
         tftp: String,
         /// NBD address, or `off`.
-        #[arg(long, value_name = "ADDR", default_value = citron_protocols::server::DEFAULT_NBD)]
+        #[arg(long, value_name = "ADDR", default_value = citron_lab::server::DEFAULT_NBD)]
         nbd: String,
         /// Lab API address, or `off`. Beyond loopback a token is needed: one of the lab file's
         /// `api_token` or `api_token_file`, or $CITRON_API_TOKEN (only one of them); once set, it
         /// is required on every address, loopback included.
-        #[arg(long, value_name = "ADDR", default_value = citron_protocols::server::DEFAULT_API)]
+        #[arg(long, value_name = "ADDR", default_value = citron_lab::server::DEFAULT_API)]
         api: String,
         /// The address DUTs reach citron at, when listening on 0.0.0.0 or [::].
         #[arg(long, value_name = "IP")]

@@ -14,7 +14,7 @@ use citron_core::job::{JobDescription, RenderContext};
 use citron_core::lab::LabConfig;
 use citron_core::namespace::{Dut, DutId};
 use citron_core::GatewayError;
-use citron_protocols::server::ServerBuilder;
+use citron_lab::server::ServerBuilder;
 use clap::Parser;
 
 use args::{Cli, Command};
@@ -41,6 +41,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Validate { lab, jobs } => validate(lab.as_deref(), &jobs),
         Command::Render { job, dut, lab } => render::render(&load_lab(lab.as_deref())?, &job, &DutId(dut)),
         Command::BootTest(args) => Ok(boot_test::run(args)),
+        Command::Openapi => {
+            std::io::stdout().lock().write_all(citron_lab::api::openapi_json().as_bytes()).context("cannot write the document")?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Serve { lab, jobs, http, tftp, nbd, api, advertise, data } => {
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             rt.block_on(serve(ServeArgs { lab, jobs, http, tftp, nbd, api, advertise, data }))
@@ -59,7 +63,7 @@ fn load_lab(path: Option<&Path>) -> anyhow::Result<LabConfig> {
 /// its default addresses, the lab's variables, and the job's own directory as a `file:` root
 /// (jobs given on the command line are trusted, as with `serve --job`).
 pub(crate) fn offline_context(lab: &LabConfig, dut: &Dut, job: &Path) -> RenderContext {
-    use citron_protocols::server::{DEFAULT_HTTP, DEFAULT_NBD, DEFAULT_TFTP};
+    use citron_lab::server::{DEFAULT_HTTP, DEFAULT_NBD, DEFAULT_TFTP};
     let nbd: SocketAddr = DEFAULT_NBD.parse().expect("default address parses");
     let mut vars = std::collections::BTreeMap::new();
     vars.insert("machine_id".to_string(), dut.machine_id().to_string());

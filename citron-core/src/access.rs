@@ -5,7 +5,6 @@
 //! or drops it. Backends therefore cannot forget to log.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -17,8 +16,7 @@ use crate::namespace::DutId;
 use crate::serve::Protocol;
 
 /// How a read ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", content = "reason", rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Everything was delivered.
     Served,
@@ -29,7 +27,18 @@ pub enum Outcome {
 }
 
 /// One line of a DUT's access log.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+///
+/// Its JSON (the REST API's `/accesses` and Python's `Server.accesses`, which converts this
+/// same JSON) is flat: `{"seq", "time", "protocol", "path", "bytes", "outcome": "served" |
+/// "aborted" | "refused", "reason": why it was refused or null}`.
+///
+/// ```
+/// use citron_core::access::{AccessRecord, Outcome};
+/// let r = AccessRecord { seq: 1, time: 2.5, protocol: "http".into(), path: "/a".into(), bytes: 0, outcome: Outcome::Refused("gone".into()) };
+/// let v = serde_json::to_value(&r).unwrap();
+/// assert_eq!((&v["outcome"], &v["reason"]), (&serde_json::json!("refused"), &serde_json::json!("gone")));
+/// ```
+#[derive(Debug, Clone, PartialEq)]
 pub struct AccessRecord {
     /// Position in the log: increases by one with every record of any DUT, never reused, so
     /// `?after=SEQ` pages through a log that grows meanwhile without skipping or repeating.
@@ -44,6 +53,39 @@ pub struct AccessRecord {
     pub bytes: u64,
     /// How it ended.
     pub outcome: Outcome,
+}
+
+impl Outcome {
+    /// `served`, `aborted` or `refused`: the `outcome` of the record's JSON.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Outcome::Served => "served",
+            Outcome::Aborted => "aborted",
+            Outcome::Refused(_) => "refused",
+        }
+    }
+    /// Why it was refused (`None` unless refused).
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Outcome::Refused(why) => Some(why),
+            _ => None,
+        }
+    }
+}
+
+impl Serialize for AccessRecord {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let mut st = s.serialize_struct("AccessRecord", 7)?;
+        st.serialize_field("seq", &self.seq)?;
+        st.serialize_field("time", &self.time)?;
+        st.serialize_field("protocol", &self.protocol)?;
+        st.serialize_field("path", &self.path)?;
+        st.serialize_field("bytes", &self.bytes)?;
+        st.serialize_field("outcome", self.outcome.kind())?;
+        st.serialize_field("reason", &self.outcome.reason())?;
+        st.end()
+    }
 }
 
 /// The most records kept per DUT, whatever their size; older ones are dropped first. The
@@ -210,29 +252,36 @@ impl AccessLog {
         self.logs.lock().remove(dut);
     }
 
-    /// The counters in Prometheus' text format.
-    pub fn prometheus(&self) -> String {
-        let mut out = String::new();
-        let c = self.counters.lock();
-        for (name, help, get) in [
-            ("citron_requests_total", "Requests by protocol and DUT.", (|c: &Counters| c.requests) as fn(&Counters) -> u64),
-            ("citron_bytes_total", "Bytes delivered by protocol and DUT.", |c| c.bytes),
-            ("citron_refusals_total", "Refused requests by protocol and DUT.", |c| c.refusals),
-        ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for ((proto, dut), v) in c.iter() {
-                let _ = writeln!(out, "{name}{{protocol=\"{}\",dut=\"{}\"}} {}", esc(proto), esc(dut), get(v));
-            }
-        }
-        for (name, v) in [("citron_cache_hits_total", &self.cache_hits), ("citron_cache_misses_total", &self.cache_misses)] {
-            let _ = writeln!(out, "# TYPE {name} counter\n{name} {}", v.load(Ordering::Relaxed));
-        }
-        out
+    /// The request counters, by protocol and DUT (sorted): what `/metrics` exports. The core
+    /// only counts; the lab crate registers these with its Prometheus registry.
+    pub fn request_counts(&self) -> Vec<RequestCounts> {
+        self.counters
+            .lock()
+            .iter()
+            .map(|((protocol, dut), c)| RequestCounts {
+                protocol: protocol.clone(),
+                dut: dut.clone(),
+                requests: c.requests,
+                bytes: c.bytes,
+                refusals: c.refusals,
+            })
+            .collect()
     }
 }
 
-fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+/// The counters of one protocol and DUT since start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestCounts {
+    /// The protocol name.
+    pub protocol: String,
+    /// The DUT id, or `unknown` for a peer that is no DUT.
+    pub dut: String,
+    /// Requests, whatever their outcome.
+    pub requests: u64,
+    /// Bytes delivered.
+    pub bytes: u64,
+    /// Requests refused.
+    pub refusals: u64,
 }
 
 /// An open read: becomes one [`AccessRecord`] when dropped.
@@ -343,8 +392,14 @@ mod tests {
         assert_eq!((e[0].bytes, &e[0].outcome), (5, &Outcome::Served));
         assert_eq!(e[1].outcome, Outcome::Aborted);
         assert_eq!(e[2].outcome, Outcome::Refused("nope".into()));
-        let m = log.prometheus();
-        assert!(m.contains("citron_refusals_total{protocol=\"http\",dut=\"d\"} 2"), "{m}");
+        let c = log.request_counts();
+        assert_eq!(
+            c,
+            [
+                RequestCounts { protocol: "http".into(), dut: "d".into(), requests: 3, bytes: 5, refusals: 2 },
+                RequestCounts { protocol: "tftp".into(), dut: "d".into(), requests: 1, bytes: 0, refusals: 0 }
+            ]
+        );
     }
 
     #[test]

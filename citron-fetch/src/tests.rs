@@ -433,7 +433,6 @@ async fn artifact_gateway_counts_hits_and_misses_and_pins_active_jobs() {
     assert_eq!(counts(), (4, 2));
     assert!(gw.clear_job(&"dut1".into()).unwrap() && gw.clear_job(&"dut2".into()).unwrap());
     assert_eq!(gw.cache().stats().pinned_bytes, 0);
-    assert!(log.prometheus().contains("citron_cache_misses_total 2"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

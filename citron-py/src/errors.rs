@@ -233,11 +233,11 @@ pub(crate) enum Error {
     /// Bad server arguments, or the runtime could not start.
     Server(String),
     /// A backend could not start (address taken, API without token).
-    Start(citron_protocols::server::ServerError),
+    Start(citron_lab::server::ServerError),
 }
 
-impl From<citron_protocols::server::ServerError> for Error {
-    fn from(e: citron_protocols::server::ServerError) -> Self {
+impl From<citron_lab::server::ServerError> for Error {
+    fn from(e: citron_lab::server::ServerError) -> Self {
         Error::Start(e)
     }
 }

@@ -80,7 +80,7 @@ impl Lab {
 /// `citron render` build it: the endpoints `citron serve` has with its default addresses
 /// (`http://127.0.0.1:8080`, ...), then the lab's variables, and the `file:` roots.
 pub(crate) fn offline_context(lab: &LabConfig, dut: &Dut, job_dir: Option<&Path>) -> RenderContext {
-    use citron_protocols::server::{DEFAULT_HTTP, DEFAULT_NBD, DEFAULT_TFTP};
+    use citron_lab::server::{DEFAULT_HTTP, DEFAULT_NBD, DEFAULT_TFTP};
     let mut vars = BTreeMap::new();
     vars.insert("machine_id".to_string(), dut.machine_id().to_string());
     vars.insert("http_artifact_base".to_string(), format!("http://{DEFAULT_HTTP}"));

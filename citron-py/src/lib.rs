@@ -9,7 +9,7 @@
 //! - `job`: `JobDescription`, and what rendering gives (`ResolvedJob`, `Artifact`).
 //! - `lab`: `Lab`, the DUTs and variables of a lab that is not running.
 //! - `server`: `Server`, a gateway and its backends (started by
-//!   `citron_protocols::server::ServerBuilder`) in the Python process, on its own tokio runtime.
+//!   `citron_lab::server::ServerBuilder`) in the Python process, on its own tokio runtime.
 //!
 //! ```python
 //! import citron
@@ -27,7 +27,7 @@ mod server;
 use pyo3::prelude::*;
 
 /// The environment variable that turns on citron's log (Rust `tracing`) on stderr, with an
-/// `EnvFilter` value such as `info` or `citron_protocols=debug`.
+/// `EnvFilter` value such as `info` or `citron_protocols=debug,citron_lab=debug`.
 const LOG_ENV: &str = "CITRON_LOG";
 
 /// Backends report failures and refusals through `tracing`; an embedding Python process has no

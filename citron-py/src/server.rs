@@ -9,7 +9,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use citron_core::access::Outcome;
 use citron_core::job::RenderContext;
 use citron_core::lab::LabConfig;
 use citron_core::lifetime::Event;
@@ -18,13 +17,13 @@ use citron_core::Gateway;
 use parking_lot::Mutex;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyTuple};
+use pyo3::types::{PyList, PyTuple};
 use tokio::runtime::Runtime;
 
 use crate::errors::Error;
 use crate::job::{JobDescription, ResolvedJob};
 use crate::lab::{dut_dict, make_dut, Lab};
-use citron_protocols::server::{RunningServer, ServerBuilder};
+use citron_lab::server::{RunningServer, ServerBuilder};
 
 /// A running citron: the lab's DUTs and jobs, and its HTTP, TFTP and NBD servers listening on
 /// the given addresses. Port 0 picks a free port; the ``*_address`` properties tell which.
@@ -390,44 +389,31 @@ impl Server {
     /// ``dut``'s access log, oldest first: dicts with ``seq`` (increasing, never reused),
     /// ``time`` (Unix seconds), ``protocol``, ``path`` (cut to ``limits.logged_path_max``),
     /// ``bytes``, ``outcome`` (``"served"``, ``"aborted"``, ``"refused"``) and ``reason`` (why it
-    /// was refused, else None). With ``after`` and ``limit``, one page: at most ``limit``
-    /// records whose ``seq`` is above ``after`` (as ``GET /api/v1/duts/{id}/accesses``).
+    /// was refused, else None): the same keys and values as the records of
+    /// ``GET /api/v1/duts/{id}/accesses`` (they are made from the same JSON). With ``after`` and
+    /// ``limit``, one page: at most ``limit`` records whose ``seq`` is above ``after``.
     ///
     /// >>> import citron
     /// >>> with citron.Server(http=None, tftp=None) as srv:
     /// ...     srv.accesses("dut1")
     /// []
     #[pyo3(signature = (dut, after = 0, limit = None))]
-    fn accesses<'py>(&self, py: Python<'py>, dut: &str, after: u64, limit: Option<usize>) -> PyResult<Bound<'py, PyList>> {
+    fn accesses<'py>(&self, py: Python<'py>, dut: &str, after: u64, limit: Option<usize>) -> PyResult<Bound<'py, PyAny>> {
         let recs = self.gateway.accesses_page(&DutId::from(dut), after, limit.unwrap_or(usize::MAX)).map_err(Error::from)?;
-        let l = PyList::empty(py);
-        for r in recs {
-            let d = PyDict::new(py);
-            d.set_item("seq", r.seq)?;
-            d.set_item("time", r.time)?;
-            d.set_item("protocol", &r.protocol)?;
-            d.set_item("path", &r.path)?;
-            d.set_item("bytes", r.bytes)?;
-            let (outcome, reason) = match &r.outcome {
-                Outcome::Served => ("served", None),
-                Outcome::Aborted => ("aborted", None),
-                Outcome::Refused(why) => ("refused", Some(why.as_str())),
-            };
-            d.set_item("outcome", outcome)?;
-            d.set_item("reason", reason)?;
-            l.append(d)?;
-        }
-        Ok(l)
+        // The REST API's JSON, parsed by Python: one shape for both, by construction.
+        let text = serde_json::to_string(&recs).map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))?;
+        py.import("json")?.call_method1("loads", (text,))
     }
 
-    /// Request, byte and refusal counters in Prometheus' text format.
+    /// Every metric of the lab in the OpenMetrics text format, as ``GET /metrics`` answers:
+    /// requests, bytes and refusals by protocol and DUT, cache hits and misses.
     ///
     /// >>> import citron
     /// >>> with citron.Server(http=None, tftp=None) as srv:
     /// ...     "citron_cache_hits_total" in srv.metrics()
     /// True
     fn metrics(&self) -> String {
-        self.gateway.access_log().prometheus()
+        citron_lab::metrics::Metrics::new(&self.gateway).encode()
     }
 
     /// Stops the backends: they stop accepting, let transfers in flight finish (bounded grace

@@ -303,3 +303,21 @@ def test_nbd_export_with_nbdinfo() -> None:
         names = [e["export-name"] for e in json.loads(listing.stdout)["exports"]]
         assert names == ["scratch"]  # not dut1's "private"
         assert run("--size", f"{uri}/private").returncode != 0
+
+
+def test_access_records_have_one_shape_in_python_and_rest() -> None:
+    """``Server.accesses`` and ``GET /api/v1/duts/{id}/accesses`` give the same records."""
+    with citron.Server(http="127.0.0.1:0", tftp=None, api="127.0.0.1:0") as srv:
+        srv.set_job("dut1", HELLO_JOB, filename="hello.yaml")
+        assert http_get(srv, "/hello.txt", DUT1)[0] == 200
+        assert http_get(srv, "/nothing", DUT1)[0] == 404
+        py = wait_for_accesses(srv, "dut1", 2)
+        api_address = srv.api_address
+        assert api_address is not None
+        host, port = api_address
+        with urllib.request.urlopen(f"http://{host}:{port}/api/v1/duts/dut1/accesses", timeout=10) as r:
+            rest = json.loads(r.read())
+    assert [r["outcome"] for r in py] == ["served", "refused"]
+    assert py[0]["reason"] is None and py[1]["reason"]
+    assert rest == py
+    assert set(rest[0]) == {"seq", "time", "protocol", "path", "bytes", "outcome", "reason"}

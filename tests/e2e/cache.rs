@@ -8,18 +8,6 @@ use std::process::{Child, Command, Stdio};
 use citron_core::Digest;
 use citron_tests::{curl, require_tool, Citron};
 
-/// `(status, body)` of an API call; YAML bodies are sent as `application/yaml`.
-fn call(method: &str, url: &str, yaml: Option<&str>) -> (u16, String) {
-    let mut a = vec!["-X", method, "-w", "\n%{http_code}"];
-    if let Some(b) = yaml {
-        a.extend_from_slice(&["-H", "Content-Type: application/yaml", "--data-binary", b]);
-    }
-    a.push(url);
-    let o = curl(&a);
-    let (b, code) = o.stdout.rsplit_once('\n').unwrap_or(("", &o.stdout));
-    (code.trim().parse().unwrap_or(0), b.to_string())
-}
-
 fn get_as(ip: &str, url: &str) -> (u16, String) {
     let o = curl(&["--interface", ip, "-w", "\n%{http_code}", url]);
     let (b, code) = o.stdout.rsplit_once('\n').unwrap_or(("", &o.stdout));
@@ -190,8 +178,16 @@ fn downloads_run_with_bounded_concurrency() {
     let puts: Vec<_> = [("dut1", "a"), ("dut2", "b")]
         .into_iter()
         .map(|(dut, g)| {
-            let (url, body) = (c.api_url(&format!("/api/v1/duts/{dut}/job")), many(g));
-            std::thread::spawn(move || call("PUT", &url, Some(&body)))
+            let (api, body) = (c.api.unwrap(), many(g));
+            std::thread::spawn(move || {
+                let r = citron_tests::api::call(
+                    api,
+                    "PUT",
+                    &format!("/api/v1/duts/{dut}/job"),
+                    &["-H", "Content-Type: application/yaml", "--data-binary", &body],
+                );
+                (r.status, r.body)
+            })
         })
         .collect();
     for p in puts {

@@ -142,11 +142,11 @@ fn serve_prints_addresses_and_stops_on_sigterm() {
     let c = Citron::start(&["--tftp", "off", "--nbd", "off"]);
     assert!(c.http.unwrap().port() != 0 && c.api.unwrap().port() != 0);
     assert!(c.tftp.is_none() && c.nbd.is_none());
-    assert_eq!(citron_tests::curl_status(&[&c.api_url("/api/v1/duts")]), 200);
+    assert_eq!(c.api("GET", "/api/v1/duts", &[]).status, 200);
     let status = c.terminate(Duration::from_secs(20)).expect("citron exits after SIGTERM");
     assert_eq!(status.code(), Some(0));
     let mut c = Citron::start(&["--tftp", "off", "--nbd", "off"]);
-    assert_eq!(citron_tests::curl_status(&[&c.api_url("/api/v1/duts")]), 200);
+    assert_eq!(c.api("GET", "/api/v1/duts", &[]).status, 200);
     c.signal("INT");
     let status = c.wait_exit(Duration::from_secs(20)).expect("citron exits after SIGINT");
     assert_eq!(status.code(), Some(0));

@@ -8,7 +8,6 @@ use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
 use citron_tests::{curl, require_tool, Citron};
-use serde_json::Value;
 
 /// A TCP connection to `to` from `from` (a 127.0.0.x address), blocking.
 fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
@@ -52,6 +51,12 @@ fn closed_within(s: &mut TcpStream, within: Duration) -> Option<Vec<u8>> {
 
 /// Reads one HTTP response (head and a `Content-Length` body) from a keep-alive connection.
 fn read_response(s: &mut TcpStream) -> (u16, Vec<u8>) {
+    let r = read_reply(s);
+    (r.status, r.body.into_bytes())
+}
+
+/// One HTTP/1.1 response (with a `Content-Length`) read from `s`, as the API helpers see it.
+fn read_reply(s: &mut TcpStream) -> citron_tests::api::Reply {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut buf = Vec::new();
     let mut b = [0u8; 8192];
@@ -71,7 +76,8 @@ fn read_response(s: &mut TcpStream) -> (u16, Vec<u8>) {
         assert!(n > 0);
         buf.extend_from_slice(&b[..n]);
     }
-    (status, buf[head_end..head_end + len].to_vec())
+    let headers = head.lines().skip(1).filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().into(), v.trim().into())).collect();
+    citron_tests::api::Reply { status, headers, body: String::from_utf8_lossy(&buf[head_end..head_end + len]).into_owned() }
 }
 
 fn lab_with(dir: &std::path::Path, extra: &str) -> String {
@@ -140,8 +146,8 @@ fn one_peer_cannot_use_up_descriptors() {
     let o = curl(&["--interface", "127.0.0.2", "--max-time", "10", "-sS", &c.http_url("/hello.txt")]);
     assert_eq!(o.stdout, "hello dut1", "{}", o.stderr);
     // And another peer still reaches the API.
-    let o = curl(&["--max-time", "10", "-sS", "-o", "/dev/null", "-w", "%{http_code}", &c.api_url("/api/v1/duts")]);
-    assert_eq!(o.stdout, "200", "{}", o.stderr);
+    let r = c.api("GET", "/api/v1/duts", &["--max-time", "10"]);
+    assert_eq!(r.status, 200, "{r:?}");
     let log = c.stderr_so_far();
     for l in ["nbd", "api"] {
         let n = log.lines().filter(|x| x.contains(&format!("{l}: per-peer connection cap reached"))).count();
@@ -168,21 +174,21 @@ fn half_sent_headers_and_idle_keep_alives_are_closed() {
     }
     for (to, path) in [(http, "/hello.txt"), (api, "/api/v1/duts")] {
         let mut s = connect_from("127.0.0.2", to);
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {to}\r\n\r\n").as_bytes()).unwrap();
-        assert_eq!(read_response(&mut s).0, 200, "{to}");
+        // The API's answers are checked against its OpenAPI document as every other one.
+        let mut get = || {
+            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {to}\r\n\r\n").as_bytes()).unwrap();
+            let r = read_reply(&mut s);
+            if to == api {
+                citron_tests::api::check("GET", path, &r);
+            }
+            r.status
+        };
+        assert_eq!(get(), 200, "{to}");
         // Still usable right after (keep-alive)...
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {to}\r\n\r\n").as_bytes()).unwrap();
-        assert_eq!(read_response(&mut s).0, 200, "{to}");
+        assert_eq!(get(), 200, "{to}");
         // ...and closed once idle.
         assert_eq!(closed_within(&mut s, Duration::from_secs(15)), Some(vec![]), "{to}: an idle keep-alive stays open");
     }
-}
-
-/// Status of `curl args... url`.
-fn status(args: &[&str]) -> u16 {
-    let mut a = vec!["-sS", "-o", "/dev/null", "-w", "%{http_code}"];
-    a.extend_from_slice(args);
-    curl(&a).stdout.trim().parse().unwrap_or(0)
 }
 
 /// A web page cannot drive the API: a cross-site `text/plain` POST (what a browser sends
@@ -197,36 +203,37 @@ fn api_refuses_cross_site_requests() {
     let lab = lab_with(dir.path(), "");
     let job = format!("dut1={}", dir.path().join("job.yaml").display());
     let c = Citron::start(&["--lab", &lab, "--job", &job, "--tftp", "off", "--nbd", "off"]);
-    let ev = c.api_url("/api/v1/duts/dut1/events");
+    let ev = "/api/v1/duts/dut1/events";
     let end = r#"{"event": "job_end"}"#;
-    let evil = ["-H", "Origin: http://evil.example", "-X", "POST", "--data-binary", end];
-    assert_eq!(status(&[&evil[..], &["-H", "Content-Type: text/plain", &ev]].concat()), 415);
-    assert_eq!(status(&[&evil[..], &["-H", "Content-Type: application/x-www-form-urlencoded", &ev]].concat()), 415);
-    assert_eq!(status(&[&evil[..], &[&ev[..]]].concat()), 415, "curl -d's default type");
+    let evil = ["-H", "Origin: http://evil.example", "--data-binary", end];
+    let status = |method: &str, path: &str, args: &[&str]| c.api(method, path, args).status;
+    assert_eq!(status("POST", ev, &[&evil[..], &["-H", "Content-Type: text/plain"]].concat()), 415);
+    assert_eq!(status("POST", ev, &[&evil[..], &["-H", "Content-Type: application/x-www-form-urlencoded"]].concat()), 415);
+    assert_eq!(status("POST", ev, &evil), 415, "curl -d's default type");
     // The job is still there.
     assert_eq!(curl(&["--interface", "127.0.0.2", "-sS", &c.http_url("/hello.txt")]).stdout, "hello dut1");
     // DNS rebinding: the page's own name in Host.
     for host in ["evil.example", "evil.example:80", "127.0.0.1:1"] {
-        assert_eq!(status(&["-H", &format!("Host: {host}"), &c.api_url("/api/v1/duts")]), 421, "{host}");
+        assert_eq!(status("GET", "/api/v1/duts", &["-H", &format!("Host: {host}")]), 421, "{host}");
     }
     for host in ["localhost", &c.api.unwrap().to_string()] {
-        assert_eq!(status(&["-H", &format!("Host: {host}"), &c.api_url("/api/v1/duts")]), 200, "{host}");
+        assert_eq!(status("GET", "/api/v1/duts", &["-H", &format!("Host: {host}")]), 200, "{host}");
     }
     // The right types work.
     let yaml = "deployment:\n  start:\n    storage:\n      http:\n        - {path: /y.txt, data: y}\n";
     for ty in ["application/yaml", "application/x-yaml", "text/yaml; charset=utf-8"] {
         let h = format!("Content-Type: {ty}");
-        assert_eq!(status(&["-X", "PUT", "-H", &h, "--data-binary", yaml, &c.api_url("/api/v1/duts/dut1/job")]), 200, "{ty}");
+        assert_eq!(status("PUT", "/api/v1/duts/dut1/job", &["-H", &h, "--data-binary", yaml]), 200, "{ty}");
     }
-    assert_eq!(status(&["-X", "PUT", "-H", "Content-Type: text/plain", "--data-binary", yaml, &c.api_url("/api/v1/duts/dut1/job")]), 415);
-    assert_eq!(status(&["-X", "POST", "-H", "Content-Type: application/json", "--data-binary", end, &ev]), 204);
+    assert_eq!(status("PUT", "/api/v1/duts/dut1/job", &["-H", "Content-Type: text/plain", "--data-binary", yaml]), 415);
+    assert_eq!(status("POST", ev, &["-H", "Content-Type: application/json", "--data-binary", end]), 204);
     assert_eq!(curl(&["--interface", "127.0.0.2", "-s", "-o", "/dev/null", "-w", "%{http_code}", &c.http_url("/y.txt")]).stdout, "404");
     drop(c);
     // A name the lab lists (a reverse proxy, a DNS name for the lab host) is the API's too.
     let lab = lab_with(dir.path(), "api_hosts: [citron.lab.example]\n");
     let c = Citron::start(&["--lab", &lab, "--tftp", "off", "--nbd", "off", "--http", "off"]);
     for (host, want) in [("citron.lab.example:8443", 200), ("citron.lab.example", 200), ("other.lab.example", 421)] {
-        assert_eq!(status(&["-H", &format!("Host: {host}"), &c.api_url("/api/v1/duts")]), want, "{host}");
+        assert_eq!(c.api("GET", "/api/v1/duts", &["-H", &format!("Host: {host}")]).status, want, "{host}");
     }
 }
 
@@ -243,9 +250,9 @@ fn api_token_from_a_file_or_the_environment() {
         cmd.env("CITRON_API_TOKEN", "from-env");
     })
     .unwrap_or_else(|f| panic!("{}", f.stderr));
-    let url = c.api_url("/api/v1/duts");
-    assert_eq!(status(&[&url]), 401, "$CITRON_API_TOKEN is required");
-    assert_eq!(status(&["-H", "Authorization: Bearer from-env", &url]), 200);
+    let status = |args: &[&str]| c.api("GET", "/api/v1/duts", args).status;
+    assert_eq!(status(&[]), 401, "$CITRON_API_TOKEN is required");
+    assert_eq!(status(&["-H", "Authorization: Bearer from-env"]), 200);
     drop(c);
     std::fs::write(dir.path().join("token"), "t0k3n-in-a-file\n").unwrap();
     let lab = lab_with(dir.path(), "api_token_file: token\n");
@@ -254,10 +261,10 @@ fn api_token_from_a_file_or_the_environment() {
         cmd.env_remove("CITRON_API_TOKEN");
     })
     .unwrap_or_else(|f| panic!("{}", f.stderr));
-    let url = c.api_url("/api/v1/duts");
-    assert_eq!(status(&[&url]), 401);
-    assert_eq!(status(&["-H", "Authorization: Bearer t0k3n-in-a-fil", &url]), 401);
-    assert_eq!(status(&["-H", "Authorization: Bearer t0k3n-in-a-file", &url]), 200);
+    let status = |args: &[&str]| c.api("GET", "/api/v1/duts", args).status;
+    assert_eq!(status(&[]), 401);
+    assert_eq!(status(&["-H", "Authorization: Bearer t0k3n-in-a-fil"]), 401);
+    assert_eq!(status(&["-H", "Authorization: Bearer t0k3n-in-a-file"]), 200);
     drop(c);
     let f = Citron::start_with(&args, |cmd| {
         cmd.env("CITRON_API_TOKEN", "from-env");
@@ -293,27 +300,25 @@ fn access_log_is_bounded_and_paginated() {
     let grown = rss_kib(c.pid()).saturating_sub(before);
     assert!(grown < 16 * 1024, "RSS grew by {grown} KiB");
     // Every page, following the Link headers.
-    let mut url = c.api_url("/api/v1/duts/dut1/accesses?limit=97");
+    let mut url = "/api/v1/duts/dut1/accesses?limit=97".to_string();
     let (mut seqs, mut bytes, mut pages) = (Vec::new(), 0usize, 0);
     loop {
         pages += 1;
         assert!(pages < 200, "pagination does not end");
-        let o = curl(&["-sS", "-D", "/dev/stderr", &url]);
-        bytes += o.stdout.len();
-        let page: Value = serde_json::from_str(&o.stdout).unwrap();
+        let o = c.api("GET", &url, &[]);
+        bytes += o.body.len();
+        let page = o.json();
         for r in page.as_array().unwrap() {
             seqs.push(r["seq"].as_u64().unwrap());
             let p = r["path"].as_str().unwrap();
             assert!(p.len() <= 600 && p.ends_with("more bytes]"), "{p}");
         }
-        let next = o.stderr.lines().find_map(|l| {
-            let l = l.trim();
-            l.to_ascii_lowercase()
-                .starts_with("link:")
-                .then(|| l[5..].trim().trim_start_matches('<').split('>').next().unwrap().to_string())
-        });
+        let next = o.header("link").map(|l| l.trim_start_matches('<').split('>').next().unwrap().to_string());
+        if let Some(l) = o.header("link") {
+            assert!(l.ends_with("; rel=\"next\""), "{l}");
+        }
         match next {
-            Some(n) => url = c.api_url(&n),
+            Some(n) => url = n,
             None => break,
         }
     }
@@ -321,11 +326,9 @@ fn access_log_is_bounded_and_paginated() {
     assert!(seqs.len() > 100, "{} records kept", seqs.len());
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "each record once, in order");
     // The default page holds them all (they fit the byte bound); the walk saw the same.
-    let all: Value = serde_json::from_str(&curl(&["-sS", &c.api_url("/api/v1/duts/dut1/accesses")]).stdout).unwrap();
+    let all = c.api("GET", "/api/v1/duts/dut1/accesses", &[]).json();
     let all: Vec<u64> = all.as_array().unwrap().iter().map(|r| r["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, all);
-    let last: Value =
-        serde_json::from_str(&curl(&["-sS", &c.api_url(&format!("/api/v1/duts/dut1/accesses?after={}", seqs[seqs.len() - 2]))]).stdout)
-            .unwrap();
+    let last = c.api("GET", &format!("/api/v1/duts/dut1/accesses?after={}", seqs[seqs.len() - 2]), &[]).json();
     assert!(last[0]["path"].as_str().unwrap().starts_with("/999/"), "the newest record is kept: {last}");
 }

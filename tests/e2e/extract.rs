@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use citron_tests::registry::Registry;
-use citron_tests::{curl, require_tool, Citron};
+use citron_tests::{require_tool, Citron};
 
 /// One member of a crafted archive, written with raw header fields (the `tar` crate's setters
 /// refuse `..` and absolute names; a hostile archive does not).
@@ -115,8 +115,8 @@ impl Victim {
         };
         assert!(extra.iter().all(|(p, _)| allowed(p)), "{after}: created: {extra:?}");
         // The victim's job still stands and offers its disk.
-        let o = curl(&[&c.api_url("/api/v1/duts/dut1")]);
-        assert!(o.stdout.contains("\"job\":\"") || o.stdout.contains("\"job\": \""), "{after}: dut1 lost its job: {}", o.stdout);
+        let o = c.api("GET", "/api/v1/duts/dut1", &[]);
+        assert!(o.json()["job"].is_string(), "{after}: dut1 lost its job: {}", o.body);
     }
 }
 
@@ -223,22 +223,15 @@ fn a_slow_download_does_not_hold_up_another_jobs_disk() {
     let c = Citron::start(&[]);
     let (tx, rx) = std::sync::mpsc::channel();
     let slow = {
-        let (api, job) = (c.api_url("/api/v1/duts/dut1/job"), fs_job(&format!("data: {{ url: \"{url}\" }}")));
+        let (api, job) = (c.api.unwrap(), fs_job(&format!("data: {{ url: \"{url}\" }}")));
         std::thread::spawn(move || {
-            let o = curl(&[
-                "-X",
+            let o = citron_tests::api::call(
+                api,
                 "PUT",
-                "-H",
-                "Content-Type: application/yaml",
-                "--data-binary",
-                &job,
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                &api,
-            ]);
-            let _ = tx.send(o.stdout);
+                "/api/v1/duts/dut1/job",
+                &["-H", "Content-Type: application/yaml", "--data-binary", &job],
+            );
+            let _ = tx.send(o.status);
         })
     };
     // Job 1 is inside disk preparation once citron has connected to the silent source.

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use citron_tests::{curl_status, require_tool, run, strict, Citron};
+use citron_tests::{require_tool, run, strict, Citron};
 
 /// The system Python, which has python3-libnbd (a pyenv shim on PATH may not).
 const PY: &str = "/usr/bin/python3";
@@ -314,10 +314,9 @@ fn read_regions(c: &Citron, dir: &Path, src: &str, regions: &[Region]) -> Vec<Ve
 }
 
 fn post_event(c: &Citron, dut: &str, event: &str) {
-    let url = c.api_url(&format!("/api/v1/duts/{dut}/events"));
     let body = format!("{{\"event\": \"{event}\"}}");
-    let st = curl_status(&["-X", "POST", "-H", "Content-Type: application/json", "-d", &body, &url]);
-    assert_eq!(st, 204, "POST {url} {body}");
+    let r = c.api_json("POST", &format!("/api/v1/duts/{dut}/events"), Some(&body));
+    assert_eq!(r.status, 204, "POST {dut} {body}: {r:?}");
 }
 
 const PERSIST_JOB: &str = "\

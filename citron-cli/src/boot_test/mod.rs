@@ -50,7 +50,7 @@ use citron_core::lab::LabConfig;
 use citron_core::lifetime::Event;
 use citron_core::namespace::DutId;
 use citron_core::{Endpoints, Gateway, GatewayError};
-use citron_protocols::server::ServerBuilder;
+use citron_lab::server::ServerBuilder;
 use regex::Regex;
 
 use console::{log_line, open_logs, Console, Failure, Log};

@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use parking_lot::RwLock;
@@ -132,11 +132,24 @@ impl Files {
     }
 }
 
+/// What was set as a DUT's job: its text, where it came from and when it became active
+/// (`GET /api/v1/duts/{id}/job`). The rendered job says what is served; this says what was asked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRecord {
+    /// The YAML as it was set (`None` for a job built in code or given as a parsed description).
+    pub yaml: Option<String>,
+    /// Where it came from: the job file, `api:<dut>`, or what the caller named it.
+    pub origin: Origin,
+    /// When it became the DUT's active job (its artifacts fetched).
+    pub set_at: SystemTime,
+}
+
 struct ActiveJob {
     job: ResolvedJob,
     start: Files,
     cont: Option<Files>,
     boots: AtomicU32,
+    record: JobRecord,
 }
 
 impl ActiveJob {
@@ -331,39 +344,55 @@ impl Gateway {
 
     async fn set_job_with_roots(&self, id: &DutId, job: &JobDescription, trusted: bool) -> Result<(), GatewayError> {
         let dir = if trusted { job.origin().base_dir.clone() } else { None };
-        self.render_and_set(id, dir.as_deref(), |ctx| job.render(ctx)).await
+        self.render_and_set(id, dir.as_deref(), (None, job.origin().clone()), |ctx| job.render(ctx)).await
     }
 
     /// [`set_job`](Self::set_job) from YAML text (the lab API): shape and render problems are
     /// reported together ([`JobDescription::check`]); `file:` sources may read only the lab's
     /// `artifact_roots`.
     pub async fn set_job_yaml(&self, id: &DutId, text: &str, origin: Origin) -> Result<(), GatewayError> {
-        self.render_and_set(id, None, |ctx| JobDescription::check(text, origin, ctx)).await
+        let asked = (Some(text.to_string()), origin.clone());
+        self.render_and_set(id, None, asked, |ctx| JobDescription::check(text, origin, ctx)).await
     }
 
     /// [`set_trusted_job`](Self::set_trusted_job) from a job file the lab admin gave (`citron
     /// serve --job`), its shape and render problems reported together as by `citron validate`.
     pub async fn set_trusted_job_file(&self, id: &DutId, path: &Path) -> Result<(), GatewayError> {
-        let dir = Origin::file(path).base_dir;
-        self.render_and_set(id, dir.as_deref(), |ctx| JobDescription::check_file(path, ctx)).await
+        let origin = Origin::file(path);
+        let dir = origin.base_dir.clone();
+        // Read once and kept as set; a file that cannot be read is reported by `check_file`.
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let asked = (Some(text.clone()), origin.clone());
+                self.render_and_set(id, dir.as_deref(), asked, |ctx| JobDescription::check(&text, origin, ctx)).await
+            }
+            Err(_) => self.render_and_set(id, dir.as_deref(), (None, origin), |ctx| JobDescription::check_file(path, ctx)).await,
+        }
     }
 
     /// The one way a job description becomes a DUT's job: rendered by `render` in the DUT's
-    /// context (`job_dir` an extra `file:` root), then loaded.
+    /// context (`job_dir` an extra `file:` root), then loaded; `asked` is its YAML (if any) and
+    /// origin, for [`job_record`](Self::job_record).
     async fn render_and_set(
         &self,
         id: &DutId,
         job_dir: Option<&Path>,
+        asked: (Option<String>, Origin),
         render: impl FnOnce(&RenderContext) -> Result<ResolvedJob, JobErrors>,
     ) -> Result<(), GatewayError> {
         let dut = self.dut(id).ok_or_else(|| GatewayError::UnknownDut(id.clone()))?;
         let resolved = render(&self.render_context(&dut, job_dir))?;
-        self.set_resolved_job(id, resolved).await
+        self.load_job(id, resolved, asked).await
     }
 
     /// Makes an already rendered job the DUT's active job: fetches its artifacts, replaces any
     /// other job. For tools that build jobs in code rather than YAML.
     pub async fn set_resolved_job(&self, id: &DutId, resolved: ResolvedJob) -> Result<(), GatewayError> {
+        let origin = Origin::named(resolved.origin.clone());
+        self.load_job(id, resolved, (None, origin)).await
+    }
+
+    async fn load_job(&self, id: &DutId, resolved: ResolvedJob, (yaml, origin): (Option<String>, Origin)) -> Result<(), GatewayError> {
         let dut = self.dut(id).ok_or_else(|| GatewayError::UnknownDut(id.clone()))?;
         let now = Instant::now();
         let start = self.load_step(&dut, &resolved.start, now).await?;
@@ -376,7 +405,8 @@ impl Gateway {
             None => resolved.start.nbd.clone(),
         };
         self.inner.disks.attach(&self.inner.cache, &self.lab().limits, id, &disks).await?;
-        let active = Arc::new(ActiveJob { job: resolved, start, cont, boots: AtomicU32::new(0) });
+        let record = JobRecord { yaml, origin, set_at: SystemTime::now() };
+        let active = Arc::new(ActiveJob { job: resolved, start, cont, boots: AtomicU32::new(0), record });
         tracing::info!(dut = %id, job = %active.job.origin, "job loaded");
         self.inner.jobs.write().insert(id.clone(), active);
         Ok(())
@@ -394,6 +424,11 @@ impl Gateway {
     /// The DUT's active job, rendered.
     pub fn job(&self, id: &DutId) -> Option<ResolvedJob> {
         self.inner.jobs.read().get(id).map(|j| j.job.clone())
+    }
+
+    /// What was set as the DUT's active job (its YAML, origin and time), or `None` without one.
+    pub fn job_record(&self, id: &DutId) -> Option<JobRecord> {
+        self.inner.jobs.read().get(id).map(|j| j.record.clone())
     }
 
     /// A DUT event: resets what the lifetime policies say; `boot` moves a job to its `continue`

@@ -138,3 +138,34 @@ async fn firmware_prefixes_are_stripped_and_other_duts_see_nothing() {
     let log = gw.accesses(&"dut1".into()).unwrap();
     assert!(log.iter().any(|r| r.path == "a/../once" && matches!(r.outcome, crate::access::Outcome::Refused(_))));
 }
+
+/// The job record keeps the YAML as set, its origin and when: for text from the API, for a
+/// parsed description (no text), and none once the job is dropped.
+#[tokio::test]
+async fn job_record_keeps_what_was_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::new(LabConfig::default_lab(), dir.path()).unwrap();
+    let id = DutId::from("dut1");
+    assert_eq!(gw.job_record(&id), None);
+    let yaml = "deployment:\n  start:\n    storage:\n      http:\n        - {path: /a, data: x}\n";
+    let before = std::time::SystemTime::now();
+    gw.set_job_yaml(&id, yaml, Origin::named("api:dut1")).await.unwrap();
+    let r = gw.job_record(&id).unwrap();
+    assert_eq!((r.yaml.as_deref(), r.origin.name.as_str()), (Some(yaml), "api:dut1"));
+    assert!(r.set_at >= before && r.set_at <= std::time::SystemTime::now(), "{r:?}");
+    // A bad job leaves the record of the good one.
+    assert!(gw.set_job_yaml(&id, "deployment: 1\n", Origin::named("api:dut1")).await.is_err());
+    assert_eq!(gw.job_record(&id).unwrap().yaml.as_deref(), Some(yaml));
+    gw.set_job(&id, &JobDescription::parse(yaml, Origin::named("parsed.yaml")).unwrap()).await.unwrap();
+    let r = gw.job_record(&id).unwrap();
+    assert_eq!((r.yaml, r.origin.name.as_str()), (None, "parsed.yaml"));
+    let file = dir.path().join("job.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    gw.set_trusted_job_file(&id, &file).await.unwrap();
+    assert_eq!(
+        gw.job_record(&id).unwrap(),
+        JobRecord { yaml: Some(yaml.into()), origin: Origin::file(&file), ..gw.job_record(&id).unwrap() }
+    );
+    gw.clear_job(&id).unwrap();
+    assert_eq!(gw.job_record(&id), None);
+}

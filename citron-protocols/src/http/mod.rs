@@ -91,6 +91,81 @@ pub async fn serve(
     .await
 }
 
+/// Serves any hyper service on `listener` with everything [`serve`] gives its connections: the
+/// shared accept loop (`limits.connections`, `connections_per_peer`, backoff, drain on
+/// `shutdown`), `header_timeout`, keep-alive parking and `idle_timeout`. `make(peer, local)`
+/// builds the service of one connection (`local`: the address it reached). The lab API serves
+/// its router this way, so that it is bounded exactly as the DUTs' HTTP is.
+///
+/// ```no_run
+/// # async fn f(limits: citron_core::limits::Limits) -> std::io::Result<()> {
+/// use std::convert::Infallible;
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// let hello = hyper::service::service_fn(|_req| async {
+///     Ok::<_, Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from("hi\n"))))
+/// });
+/// citron_protocols::http::serve_service("hello", listener, &limits, std::future::pending(), move |_peer, _local| hello.clone()).await
+/// # }
+/// ```
+pub async fn serve_service<M, S, B>(
+    what: &'static str,
+    listener: TcpListener,
+    limits: &citron_core::limits::Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    make: M,
+) -> io::Result<()>
+where
+    M: Fn(SocketAddr, SocketAddr) -> S + Send + 'static,
+    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>> + Clone + Unpin + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let builder = Arc::new(builder(limits));
+    let idle = limits.idle_timeout.non_zero();
+    crate::listen::serve(what, listener, crate::listen::Caps::from_limits(limits), shutdown, move |stream, peer, stop| {
+        let local = stream.local_addr().unwrap_or(peer);
+        let activity = Arc::new(service::Activity::default());
+        let svc = Counted { inner: make(peer, local), activity: activity.clone() };
+        let builder = builder.clone();
+        async move {
+            if let Err(e) = connection(stream, svc, activity, &builder, idle, stop).await {
+                tracing::debug!(%peer, error = %e, "{what}: connection ended with an error");
+            }
+        }
+    })
+    .await
+}
+
+/// A service whose requests and response bodies are reported to the connection's
+/// [`Activity`](service::Activity), so that an idle connection can be parked.
+#[derive(Clone)]
+struct Counted<S> {
+    inner: S,
+    activity: Arc<service::Activity>,
+}
+
+impl<S, B> hyper::service::Service<http::Request<hyper::body::Incoming>> for Counted<S>
+where
+    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+    S::Error: 'static,
+{
+    type Response = http::Response<service::Tracked<B>>;
+    type Error = S::Error;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        self.activity.begin();
+        let fut = self.inner.call(req);
+        let activity = self.activity.clone();
+        // A failed service ends the connection, and its activity with it.
+        Box::pin(async move { Ok(fut.await?.map(|b| service::Tracked::new(b, activity))) })
+    }
+}
+
 /// The hyper settings of citron's HTTP listeners (HTTP and the lab API): keep-alive, no half
 /// close, bounded buffers, and `limits.header_timeout` to send a request head once one began.
 pub(crate) fn builder(limits: &citron_core::limits::Limits) -> http1::Builder {

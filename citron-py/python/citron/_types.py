@@ -22,7 +22,8 @@ class DutInfo(TypedDict):
 
 
 class AccessRecord(TypedDict):
-    """One line of a DUT's access log (``Server.accesses``)."""
+    """One line of a DUT's access log (``Server.accesses``): the same keys and values as a record of
+    the REST API's ``GET /api/v1/duts/{id}/accesses`` (its ``AccessRecord`` schema)."""
 
     seq: int
     time: float

@@ -7,7 +7,7 @@
 //!
 //! ```
 //! use citron_core::{Gateway, lab::LabConfig};
-//! use citron_protocols::server::ServerBuilder;
+//! use citron_lab::server::ServerBuilder;
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
 //! let dir = tempfile::tempdir().unwrap();
 //! let gw = Gateway::new(LabConfig::default_lab(), dir.path()).unwrap();
@@ -140,7 +140,7 @@ impl ServerBuilder {
             None => None,
         };
         // Connection caps, not the soft descriptor limit (often 1024), should bound the sockets.
-        match crate::listen::raise_nofile_limit() {
+        match citron_protocols::listen::raise_nofile_limit() {
             Ok(n) => tracing::info!(nofile = n, "open file limit (RLIMIT_NOFILE) raised to its hard limit"),
             Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit (RLIMIT_NOFILE)"),
         }
@@ -188,14 +188,14 @@ impl ServerBuilder {
         let catalog: Arc<dyn Catalog> = Arc::new(self.gateway.clone());
         let mut tasks = Vec::new();
         if let Some(l) = http {
-            tasks.push(spawn("http", crate::http::serve(l, catalog.clone(), stop())));
+            tasks.push(spawn("http", citron_protocols::http::serve(l, catalog.clone(), stop())));
         }
         if let Some(s) = tftp {
-            let config = crate::tftp::Config::from_limits(&self.gateway.lab().limits);
-            tasks.push(spawn("tftp", crate::tftp::serve_with(s, catalog.clone(), config, stop())));
+            let config = citron_protocols::tftp::Config::from_limits(&self.gateway.lab().limits);
+            tasks.push(spawn("tftp", citron_protocols::tftp::serve_with(s, catalog.clone(), config, stop())));
         }
         if let Some(l) = nbd {
-            tasks.push(spawn("nbd", crate::nbd::serve(l, catalog.clone(), stop())));
+            tasks.push(spawn("nbd", citron_protocols::nbd::serve(l, catalog.clone(), stop())));
         }
         if let Some(l) = api {
             // A token, once set, is always required, loopback included: it is there because
@@ -301,7 +301,7 @@ impl RunningServer {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         for (name, t) in self.tasks {
-            match tokio::time::timeout(crate::http::SHUTDOWN_GRACE + Duration::from_secs(2), t).await {
+            match tokio::time::timeout(citron_protocols::http::SHUTDOWN_GRACE + Duration::from_secs(2), t).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::error!(error = %e, "{name}: the backend task failed"),
                 Err(_) => tracing::warn!("{name}: did not stop in time"),

@@ -1,0 +1,345 @@
+//! The lab control API: JSON over HTTP on its own listener, routed by axum, described by the
+//! OpenAPI document [`openapi`] generates from the handlers and types (served at
+//! `/api/v1/openapi.json`, printed by `citron openapi`).
+//!
+//! | Route | operationId | What |
+//! |---|---|---|
+//! | `GET /api/v1/duts` | `listDuts` | every DUT, with its job's origin |
+//! | `POST /api/v1/duts` | `addDut` | add one (body: a lab-file DUT as JSON) |
+//! | `GET /api/v1/duts/{id}` | `getDut` | one DUT |
+//! | `DELETE /api/v1/duts/{id}` | `removeDut` | remove it and its job |
+//! | `GET /api/v1/duts/{id}/job` | `getJob` | the job's YAML as set, its origin and when it was set |
+//! | `PUT /api/v1/duts/{id}/job` | `setJob` | set the DUT's job (body: the YAML job) |
+//! | `DELETE /api/v1/duts/{id}/job` | `clearJob` | drop it |
+//! | `POST /api/v1/duts/{id}/events` | `postEvent` | `{"event": "boot" \| "job_start" \| "job_end"}` |
+//! | `GET /api/v1/duts/{id}/accesses?after=SEQ&limit=N` | `listAccesses` | one page of the DUT's access log (`Link: rel="next"` when full) |
+//! | `GET /metrics` | `getMetrics` | OpenMetrics text ([`crate::metrics`]) |
+//! | `GET /api/v1/openapi.json` | `getOpenApi` | the OpenAPI 3.1 document |
+//!
+//! Errors are `{"error": "..."}` with a 4xx/5xx status (a method a route does not have: 405
+//! with `Allow`); an invalid job is 422 with every error and its position in `errors`. When a
+//! token is set (`api_token`, `api_token_file` or `$CITRON_API_TOKEN`), every request needs
+//! `Authorization: Bearer <token>`, on whatever address the API listens (loopback included);
+//! without a token the API may only listen on loopback.
+//!
+//! A web page can make a browser send requests here, so: `Host` must name the API (else 421:
+//! a page whose name an attacker points at 127.0.0.1, DNS rebinding, is refused), and bodies
+//! must be `application/json` or, for a job, YAML (else 415: a browser sends a cross-site
+//! `text/plain` or form POST without asking, a JSON one only after a CORS preflight that is
+//! never granted). The token is compared as SHA-256 digests in constant time.
+//!
+//! Connections are accepted and bounded exactly as the DUTs' HTTP ones
+//! ([`citron_protocols::http::serve_service`]): the router is a hyper service there, not a
+//! server of its own.
+
+mod doc;
+mod routes;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use bytes::Bytes;
+use citron_core::access::truncate_logged;
+use citron_core::Gateway;
+use http::{header, HeaderMap, HeaderValue, Request, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tower::ServiceExt as _;
+
+pub use doc::{openapi, openapi_json};
+pub use routes::{ACCESSES_PAGE, ACCESSES_PAGE_MAX};
+
+use crate::metrics::Metrics;
+
+/// Serves the lab API on `listener` until `shutdown` completes. With `token`, every request
+/// must carry `Authorization: Bearer <token>`.
+///
+/// The lab's limits apply as on the HTTP listener (connection caps per listener and per peer,
+/// `header_timeout`, `idle_timeout`, `api_body_max`); `Host` must name the API (the address the
+/// connection reached, `localhost`, or one of the lab's `api_hosts`), and request bodies must
+/// say they are JSON (or YAML, for a job). Requests in flight (a job being loaded) may finish
+/// after shutdown, for as long as HTTP transfers may.
+pub async fn serve(
+    listener: TcpListener,
+    gateway: Gateway,
+    token: Option<String>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let limits = gateway.lab().limits.clone();
+    let api = Arc::new(Api::new(gateway, token));
+    let router = router(api.clone());
+    citron_protocols::http::serve_service("api", listener, &limits, shutdown, move |peer, local| ApiService {
+        api: api.clone(),
+        router: router.clone(),
+        peer,
+        local,
+    })
+    .await
+}
+
+/// What every handler shares.
+pub(crate) struct Api {
+    pub(crate) gateway: Gateway,
+    pub(crate) metrics: Metrics,
+    /// SHA-256 of the token: comparing digests takes the same time whatever the given token's
+    /// length or content.
+    token: Option<[u8; 32]>,
+    /// The lab's `api_hosts`.
+    hosts: Vec<String>,
+    /// `limits.api_body_max`.
+    body_max: usize,
+}
+
+impl Api {
+    fn new(gateway: Gateway, token: Option<String>) -> Self {
+        let body_max = usize::try_from(gateway.lab().limits.api_body_max.bytes()).unwrap_or(usize::MAX);
+        let hosts = gateway.lab().api_hosts.clone();
+        let token = token.map(|t| Sha256::digest(t.as_bytes()).into());
+        Api { metrics: Metrics::new(&gateway), gateway, token, hosts, body_max }
+    }
+}
+
+/// The router: every route of [`routes`], JSON errors for unknown paths (404) and methods
+/// (405, with the `Allow` axum fills in).
+fn router(api: Arc<Api>) -> Router {
+    routes::routes()
+        .fallback(|uri: http::Uri| async move {
+            ApiError::new(StatusCode::NOT_FOUND, format!("no such route: {}; see /api/v1/openapi.json", truncate_logged(uri.path(), 256)))
+        })
+        .method_not_allowed_fallback(|method: http::Method, uri: http::Uri| async move {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {}", uri.path()))
+        })
+        .with_state(api)
+}
+
+/// The hyper service of one API connection: the `Host` and token checks, then the router.
+#[derive(Clone)]
+struct ApiService {
+    api: Arc<Api>,
+    router: Router,
+    peer: SocketAddr,
+    /// The address the connection reached: a `Host` naming it names the API.
+    local: SocketAddr,
+}
+
+impl hyper::service::Service<Request<Incoming>> for ApiService {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let s = self.clone();
+        Box::pin(async move {
+            let method = req.method().clone();
+            let path = truncate_logged(req.uri().path(), s.api.gateway.lab().limits.logged_path_max).into_owned();
+            let r = match s.api.check_host(req.headers(), req.uri(), s.local).and_then(|()| s.api.authorize(req.headers())) {
+                Ok(()) => match s.router.oneshot(without_trailing_slash(req).map(Body::new)).await {
+                    Ok(r) => r,
+                    Err(never) => match never {},
+                },
+                Err(e) => e.into_response(),
+            };
+            if let Some(Refused(why)) = r.extensions().get::<Refused>() {
+                tracing::info!(peer = %s.peer, %method, %path, status = r.status().as_u16(), error = %why, "api: request refused");
+            }
+            Ok(r)
+        })
+    }
+}
+
+/// `req` with its path's trailing `/` dropped (`/api/v1/duts/` is `/api/v1/duts`), as the
+/// API has always answered.
+fn without_trailing_slash<B>(mut req: Request<B>) -> Request<B> {
+    let path = req.uri().path();
+    if path.len() > 1 && path.ends_with('/') {
+        let trimmed = path.trim_end_matches('/');
+        let pq = match req.uri().query() {
+            Some(q) => format!("{trimmed}?{q}"),
+            None => trimmed.to_string(),
+        };
+        let mut parts = req.uri().clone().into_parts();
+        if let Ok(p) = pq.parse() {
+            parts.path_and_query = Some(p);
+            if let Ok(u) = http::Uri::from_parts(parts) {
+                *req.uri_mut() = u;
+            }
+        }
+    }
+    req
+}
+
+/// Set on an error response, for the request log.
+#[derive(Clone)]
+struct Refused(String);
+
+/// An API answer that is not a success: its status and JSON body (`{"error": ...}`, plus
+/// `errors` for a bad job).
+#[derive(Debug)]
+pub(crate) struct ApiError(StatusCode, Value);
+
+impl ApiError {
+    pub(crate) fn new(code: StatusCode, msg: impl Into<String>) -> Self {
+        ApiError(code, json!({"error": msg.into()}))
+    }
+    pub(crate) fn with_body(code: StatusCode, body: Value) -> Self {
+        ApiError(code, body)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let ApiError(code, body) = self;
+        let mut r = json_response(code, &body);
+        if code == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        let why = body["error"].as_str().unwrap_or_default().to_string();
+        r.extensions_mut().insert(Refused(why));
+        r
+    }
+}
+
+/// `v` as pretty JSON with a final newline (what curl users read).
+pub(crate) fn json_response(code: StatusCode, v: &impl serde::Serialize) -> Response {
+    let mut body = serde_json::to_vec_pretty(v).unwrap_or_default();
+    body.push(b'\n');
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = code;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// Whether `given` is the token whose SHA-256 is `want`: the digests are compared in constant
+/// time, so neither the token's content nor its length shows in the timing.
+fn token_matches(given: &[u8], want: &[u8; 32]) -> bool {
+    let d: [u8; 32] = Sha256::digest(given).into();
+    d.ct_eq(want).into()
+}
+
+/// Whether `host` (a `Host` header) names the API: the address the connection reached, or
+/// `localhost`, with no port or the API's; or one of `extra` (the lab's `api_hosts`: `name`
+/// with any port, `name:port` with that one). Any other name may be a DNS rebinding: a web page
+/// whose name the attacker made resolve to this address.
+fn host_allowed(host: &str, local: SocketAddr, extra: &[String]) -> bool {
+    let Ok(a) = host.parse::<http::uri::Authority>() else { return false };
+    let name = a.host().trim_end_matches('.');
+    let port_ok = a.port_u16().filter(|&p| p != local.port()).is_none();
+    let ip = name.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().ok();
+    if port_ok && (name.eq_ignore_ascii_case("localhost") || ip.is_some_and(|ip| ip.to_canonical() == local.ip().to_canonical())) {
+        return true;
+    }
+    extra
+        .iter()
+        .filter_map(|e| e.parse::<http::uri::Authority>().ok())
+        .any(|e| e.host().trim_end_matches('.').eq_ignore_ascii_case(name) && e.port_u16().filter(|&p| Some(p) != a.port_u16()).is_none())
+}
+
+/// The body types a route accepts.
+pub(crate) const JSON: &[&str] = &["application/json"];
+pub(crate) const JSON_OR_YAML: &[&str] = &["application/json", "application/yaml", "application/x-yaml", "text/yaml"];
+
+/// Refuses a body whose `Content-Type` is not one of `types` (415). A browser sends a
+/// cross-site `text/plain` or form POST without asking first; a JSON one it asks (CORS
+/// preflight), and citron never allows it.
+pub(crate) fn require_type(headers: &HeaderMap, types: &[&str]) -> Result<(), ApiError> {
+    let given = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mime = given.split(';').next().unwrap_or("").trim();
+    if types.iter().any(|t| t.eq_ignore_ascii_case(mime)) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        format!("the body's Content-Type is {given:?}: send it as {} (curl: -H 'Content-Type: {}')", types.join(" or "), types[0]),
+    ))
+}
+
+impl Api {
+    fn check_host(&self, headers: &HeaderMap, uri: &http::Uri, local: SocketAddr) -> Result<(), ApiError> {
+        let host = uri.authority().map(|a| a.as_str()).or_else(|| headers.get(header::HOST).and_then(|v| v.to_str().ok()));
+        match host {
+            Some(h) if host_allowed(h, local, &self.hosts) => Ok(()),
+            _ => Err(ApiError::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                format!(
+                    "Host {:?} does not name this API: use {local}, localhost, or add the name to `api_hosts` in the lab file",
+                    truncate_logged(host.unwrap_or(""), 128)
+                ),
+            )),
+        }
+    }
+
+    fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(tok) = &self.token else { return Ok(()) };
+        let given = headers.get(header::AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        match given {
+            Some(g) if token_matches(g.trim_ascii(), tok) => Ok(()),
+            _ => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token: send Authorization: Bearer <the lab's API token>",
+            )),
+        }
+    }
+
+    /// The request body, at most `limits.api_body_max` bytes (413 beyond).
+    pub(crate) async fn read_body(&self, body: Body) -> Result<Bytes, ApiError> {
+        let max = self.body_max;
+        match Limited::new(body, max).collect().await {
+            Ok(c) => Ok(c.to_bytes()),
+            Err(e) => Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("cannot read the body (at most {max} bytes, limits.api_body_max): {e}"),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trailing_slashes_are_dropped() {
+        let p = |u: &str| without_trailing_slash(Request::get(u).body(()).unwrap()).uri().to_string();
+        assert_eq!(p("/api/v1/duts/"), "/api/v1/duts");
+        assert_eq!(p("/api/v1/duts/d1/accesses/?after=3"), "/api/v1/duts/d1/accesses?after=3");
+        assert_eq!(p("/"), "/");
+        assert_eq!(p("/metrics"), "/metrics");
+    }
+
+    #[test]
+    fn token_comparison() {
+        let want: [u8; 32] = Sha256::digest(b"abc").into();
+        assert!(token_matches(b"abc", &want));
+        assert!(!token_matches(b"abd", &want));
+        assert!(!token_matches(b"abcd", &want));
+        assert!(!token_matches(b"", &want));
+    }
+
+    #[test]
+    fn hosts_naming_the_api() {
+        let local: SocketAddr = "127.0.0.1:8081".parse().unwrap();
+        let extra = vec!["citron.lab".to_string(), "api.lab:443".to_string()];
+        for ok in ["127.0.0.1:8081", "127.0.0.1", "localhost:8081", "LOCALHOST", "citron.lab:9999", "citron.lab", "api.lab:443"] {
+            assert!(host_allowed(ok, local, &extra), "{ok}");
+        }
+        for bad in
+            ["evil.example", "evil.example:8081", "127.0.0.1:80", "127.0.0.2:8081", "localhost:1", "api.lab", "api.lab:80", "", "a b"]
+        {
+            assert!(!host_allowed(bad, local, &extra), "{bad}");
+        }
+        let v6: SocketAddr = "[::1]:8081".parse().unwrap();
+        assert!(host_allowed("[::1]:8081", v6, &[]));
+        assert!(!host_allowed("[::2]:8081", v6, &[]));
+    }
+}

@@ -1,0 +1,36 @@
+//! # citron-lab
+//!
+//! What a running lab is: the home of everything above the protocol backends. The core
+//! (`citron-core`) decides, the backends (`citron-protocols`) speak; this crate starts them
+//! together, lets people and tools steer the lab, and counts.
+//!
+//! # Layout
+//! - [`server`]: [`ServerBuilder`] binds every enabled backend (HTTP, TFTP, NBD, the API),
+//!   tells the gateway how DUTs reach them, and stops them together ([`RunningServer`]).
+//! - [`api`]: the control API (axum), its OpenAPI document generated from the code
+//!   ([`api::openapi`]).
+//! - [`metrics`]: `/metrics`, one Prometheus registry where every feature registers its
+//!   collectors.
+//!
+//! Still to come here: the durable state store (DUTs, jobs, lifetime counters, the access
+//! log), results with upload tokens, the DUT pool.
+//!
+//! ```
+//! use citron_core::{Gateway, lab::LabConfig};
+//! use citron_lab::ServerBuilder;
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let dir = tempfile::tempdir().unwrap();
+//! let gw = Gateway::new(LabConfig::default_lab(), dir.path()).unwrap();
+//! let any = Some("127.0.0.1:0".parse().unwrap());
+//! let server = ServerBuilder::new(gw).http(None).tftp(None).nbd(None).api(any).start().await.unwrap();
+//! assert!(server.api_addr().is_some());
+//! server.shutdown().await;
+//! # });
+//! ```
+#![deny(missing_docs)]
+
+pub mod api;
+pub mod metrics;
+pub mod server;
+
+pub use server::{RunningServer, ServerBuilder, ServerError};

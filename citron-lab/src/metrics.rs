@@ -1,0 +1,170 @@
+//! `/metrics`: the lab's one Prometheus registry.
+//!
+//! The core only counts (the access log's [`request_counts`](AccessLog::request_counts), its
+//! cache hit and miss counters, the cache's [`stats`](citron_core::artifact::Cache::stats)); it
+//! knows nothing of Prometheus. The lab owns a [`Registry`] and registers, for each thing that
+//! counts, either a metric it updates itself or a [`Collector`] that reads its counters at each
+//! scrape. Every name starts with `citron_`; a counter's samples get `_total` from the encoder.
+//!
+//! # How a feature registers its metrics
+//! Add one line to [`Metrics::new`] (the one place a lab's metrics are listed):
+//!
+//! - a feature that owns its counters registers them once and updates them itself:
+//!   `registry.register("citron_results_uploaded", "Results uploaded.", feature.uploaded.clone())`
+//!   with a [`Counter`](prometheus_client::metrics::counter::Counter) (or `Family`, `Gauge`...)
+//!   kept in the feature;
+//! - a feature whose counters live in the core (or anywhere without a registry) exposes a
+//!   snapshot there and registers a [`Collector`] here that turns the snapshot into samples,
+//!   as [`AccessCollector`] does for the access log.
+//!
+//! ```
+//! use citron_core::{Gateway, lab::LabConfig};
+//! let dir = tempfile::tempdir().unwrap();
+//! let gw = Gateway::new(LabConfig::default_lab(), dir.path()).unwrap();
+//! let text = citron_lab::metrics::Metrics::new(&gw).encode();
+//! assert!(text.contains("# TYPE citron_cache_hits counter\n"));
+//! assert!(text.contains("citron_cache_hits_total 0\n"));
+//! assert!(text.ends_with("# EOF\n"));
+//! ```
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use citron_core::access::AccessLog;
+use citron_core::artifact::Cache;
+use citron_core::Gateway;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+/// What `/metrics` answers with: the OpenMetrics text format.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A lab's metrics: every collector of the lab, in one registry.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+}
+
+impl Metrics {
+    /// The registry of a lab running `gateway`: the access log's request, byte and refusal
+    /// counters by protocol and DUT, and the artifact cache's counters and sizes.
+    pub fn new(gateway: &Gateway) -> Self {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(AccessCollector { log: gateway.access_log().clone() }));
+        registry.register_collector(Box::new(CacheCollector { gateway: gateway.clone() }));
+        Metrics { registry }
+    }
+
+    /// The registry, for a feature to register its metrics in (see the module docs).
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
+    /// Every metric in the OpenMetrics text format ([`CONTENT_TYPE`]), ending with `# EOF`.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail; a collector that fails leaves what it wrote.
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::warn!(error = %e, "metrics: encoding failed");
+        }
+        out
+    }
+}
+
+/// The access log's counters, read at each scrape: `citron_requests_total`,
+/// `citron_bytes_total` and `citron_refusals_total` labelled by `protocol` and `dut`, and
+/// `citron_cache_hits_total` / `citron_cache_misses_total` (artifacts found in the cache or
+/// fetched when a job was loaded).
+#[derive(Debug)]
+pub struct AccessCollector {
+    log: Arc<AccessLog>,
+}
+
+impl Collector for AccessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let counts = self.log.request_counts();
+        type Get = fn(&citron_core::access::RequestCounts) -> u64;
+        let families: [(&str, &str, Get); 3] = [
+            ("citron_requests", "Requests by protocol and DUT (`unknown`: a peer that is no DUT).", |c| c.requests),
+            ("citron_bytes", "Bytes delivered by protocol and DUT.", |c| c.bytes),
+            ("citron_refusals", "Refused requests by protocol and DUT.", |c| c.refusals),
+        ];
+        for (name, help, get) in families {
+            let mut family = encoder.encode_descriptor(name, help, None, prometheus_client::metrics::MetricType::Counter)?;
+            for c in &counts {
+                let labels = [("protocol", c.protocol.as_str()), ("dut", c.dut.as_str())];
+                ConstCounter::new(get(c)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        for (name, help, v) in [
+            ("citron_cache_hits", "Artifacts found in the cache when a job was loaded.", &self.log.cache_hits),
+            ("citron_cache_misses", "Artifacts that had to be fetched when a job was loaded.", &self.log.cache_misses),
+        ] {
+            let c = ConstCounter::new(v.load(Ordering::Relaxed));
+            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
+
+/// The artifact cache's size, read at each scrape: `citron_cache_entries`,
+/// `citron_cache_bytes` and `citron_cache_pinned_bytes` (gauges).
+#[derive(Debug)]
+struct CacheCollector {
+    gateway: Gateway,
+}
+
+impl Collector for CacheCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let cache: &Cache = self.gateway.cache();
+        let s = cache.stats();
+        for (name, help, v) in [
+            ("citron_cache_entries", "Artifacts in the cache.", s.entries as i64),
+            ("citron_cache_bytes", "Bytes of the artifacts in the cache.", i64::try_from(s.bytes).unwrap_or(i64::MAX)),
+            (
+                "citron_cache_pinned_bytes",
+                "Bytes of cached artifacts held by loaded jobs.",
+                i64::try_from(s.pinned_bytes).unwrap_or(i64::MAX),
+            ),
+        ] {
+            let g = ConstGauge::new(v);
+            g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use citron_core::namespace::DutId;
+    use citron_core::serve::Protocol;
+
+    #[test]
+    fn counters_keep_their_names_and_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let gw = Gateway::new(citron_core::lab::LabConfig::default_lab(), dir.path()).unwrap();
+        let log = gw.access_log();
+        log.refuse(None, Protocol::HTTP, "/x", "unknown DUT");
+        log.refuse(Some(&DutId::from("dut1")), Protocol::TFTP, "/y", "nope");
+        log.cache_misses.fetch_add(2, Ordering::Relaxed);
+        let m = Metrics::new(&gw).encode();
+        for want in [
+            "# HELP citron_requests Requests by protocol and DUT",
+            "# TYPE citron_requests counter\n",
+            "citron_requests_total{protocol=\"http\",dut=\"unknown\"} 1\n",
+            "citron_refusals_total{protocol=\"tftp\",dut=\"dut1\"} 1\n",
+            "citron_bytes_total{protocol=\"tftp\",dut=\"dut1\"} 0\n",
+            "# HELP citron_cache_misses Artifacts that had to be fetched",
+            "citron_cache_misses_total 2\n",
+            "citron_cache_hits_total 0\n",
+            "# TYPE citron_cache_entries gauge\ncitron_cache_entries 0\n",
+        ] {
+            assert!(m.contains(want), "{want:?} missing from:\n{m}");
+        }
+        assert!(m.ends_with("# EOF\n"), "{m}");
+    }
+}
