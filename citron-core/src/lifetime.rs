@@ -360,9 +360,11 @@ mod tests {
     #[test]
     fn disk_lifetimes_reset_on_the_events_they_name() {
         use Event::*;
-        for (reset_on, events, with_job) in
-            [(ResetOn::Boot, [true, false, false], false), (ResetOn::JobStart, [false, true, false], true), (ResetOn::Never, [false; 3], false)]
-        {
+        for (reset_on, events, with_job) in [
+            (ResetOn::Boot, [true, false, false], false),
+            (ResetOn::JobStart, [false, true, false], true),
+            (ResetOn::Never, [false; 3], false),
+        ] {
             let l = DiskLifetime::new(reset_on, None);
             assert_eq!([Boot, JobStart, JobEnd].map(|e| l.resets_on(e)), events, "{reset_on:?}");
             assert_eq!(l.resets_with_job(), with_job, "{reset_on:?}");

@@ -297,8 +297,7 @@ impl DiskStore {
         }
         let jobs = self.jobs.lock();
         for key in freed_bases {
-            let in_use =
-                jobs.values().flatten().any(|d| d.base.key == key) || leases.iter().any(|(dir, (_, k))| *k == key && dir.exists());
+            let in_use = jobs.values().flatten().any(|d| d.base.key == key) || leases.iter().any(|(dir, (_, k))| *k == key && dir.exists());
             if !in_use {
                 let _ = std::fs::remove_file(self.dir.join("bases").join(format!("{key}.img")));
             }

@@ -294,10 +294,6 @@ fn start(export: &Arc<Export>, structured: bool, cmd: Command) -> Started {
     if let Some(Err(e)) = access.map(|a| export.check(a, offset, len as u64)) {
         return Started::Reply(transmit::done_reply(structured, cookie, Err(e)));
     }
-    let blocking = |f: Box<dyn FnOnce(&Export) -> Vec<u8> + Send>| {
-        let export = export.clone();
-        Started::Io(tokio::task::spawn_blocking(move || f(&export)))
-    };
     match op {
         Op::Read => {
             export.sent(len as u64);
@@ -310,22 +306,31 @@ fn start(export: &Arc<Export>, structured: bool, cmd: Command) -> Started {
                     Started::Reply(v)
                 }
                 Err(e) => Started::Reply(transmit::done_reply(structured, cookie, Err(e))),
-                Ok(false) => blocking(Box::new(move |export| match export.read(&mut v[hdr..], offset) {
+                Ok(false) => blocking(export, move |export| match export.read(&mut v[hdr..], offset) {
                     Ok(()) => {
                         transmit::put_read_header(&mut v, structured, cookie, offset, len);
                         v
                     }
                     Err(e) => transmit::done_reply(structured, cookie, Err(e)),
-                })),
+                }),
             }
         }
-        Op::Write(payload) => blocking(Box::new(move |export| transmit::done_reply(structured, cookie, export.write(&payload, offset, fua)))),
+        Op::Write(payload) => blocking(export, move |export| transmit::done_reply(structured, cookie, export.write(&payload, offset, fua))),
         Op::WriteZeroes => {
-            blocking(Box::new(move |export| transmit::done_reply(structured, cookie, export.write_zeroes(offset, len as u64, fua))))
+            blocking(export, move |export| transmit::done_reply(structured, cookie, export.write_zeroes(offset, len as u64, fua)))
         }
-        Op::Trim => blocking(Box::new(move |export| transmit::done_reply(structured, cookie, export.trim(offset, len as u64, fua)))),
-        Op::Flush => blocking(Box::new(move |export| transmit::done_reply(structured, cookie, export.flush()))),
+        Op::Trim => blocking(export, move |export| transmit::done_reply(structured, cookie, export.trim(offset, len as u64, fua))),
+        Op::Flush => blocking(export, move |export| transmit::done_reply(structured, cookie, export.flush())),
     }
+}
+
+/// Runs `f` on the export on the blocking pool; its result is the reply.
+fn blocking<F>(export: &Arc<Export>, f: F) -> Started
+where
+    F: FnOnce(&Export) -> Vec<u8> + Send + 'static,
+{
+    let export = export.clone();
+    Started::Io(tokio::task::spawn_blocking(move || f(&export)))
 }
 
 /// Answers a read longer than the connection's budget in pieces of `piece` bytes: one piece is

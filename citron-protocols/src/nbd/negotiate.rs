@@ -150,7 +150,13 @@ impl Negotiation {
     }
 
     /// Answers one option.
-    fn option<X: Exports>(&mut self, option: u32, data: &[u8], exports: &mut X, out: &mut Vec<u8>) -> Result<Progress<X::Open>, NegotiationError> {
+    fn option<X: Exports>(
+        &mut self,
+        option: u32,
+        data: &[u8],
+        exports: &mut X,
+        out: &mut Vec<u8>,
+    ) -> Result<Progress<X::Open>, NegotiationError> {
         match option {
             opt::EXPORT_NAME => {
                 let name = std::str::from_utf8(data).map_err(|_| NegotiationError::NameNotUtf8)?;
