@@ -249,3 +249,48 @@ impl Export {
         self.ticket.complete();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access::AccessLog;
+    use crate::block::CowDisk;
+    use crate::serve::Protocol;
+
+    fn export(dir: &std::path::Path, readonly: bool) -> (Export, Arc<CowDisk>) {
+        let disk = Arc::new(if readonly { CowDisk::readonly(None, 8192).unwrap() } else { CowDisk::open(dir, None, "raw", 8192).unwrap() });
+        let info = ExportInfo { name: "d".into(), description: "raw".into(), size: 8192, readonly };
+        let ticket = AccessTicket::new(Arc::new(AccessLog::default()), "dut".into(), Protocol::NBD, "d");
+        (Export::new(info, disk.clone(), ticket), disk)
+    }
+
+    #[test]
+    fn every_request_is_checked_before_the_device_sees_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (e, disk) = export(dir.path(), false);
+        e.write(b"abc", 8189, false).unwrap();
+        assert!(matches!(e.write(b"abcd", 8189, false), Err(BlockError::NoSpace(_))));
+        assert!(matches!(e.write_zeroes(u64::MAX, 2, false), Err(BlockError::NoSpace(_))), "no overflow");
+        assert!(matches!(e.trim(0, 8193, true), Err(BlockError::NoSpace(_))));
+        assert!(matches!(e.read(&mut [0u8; 4], 8189), Err(BlockError::OutOfRange { offset: 8189, len: 4, size: 8192 })));
+        assert_eq!(disk.written_blocks(), 1, "refused writes touched nothing");
+        e.flush().unwrap();
+        disk.withdraw("reset for a new job");
+        disk.withdraw("a later reason does not replace the first");
+        for r in [e.write(b"x", 0, false), e.read(&mut [0u8; 1], 0), e.flush(), e.check(Access::Read, 0, 0)] {
+            assert!(matches!(r, Err(BlockError::Gone(ref why)) if why == "reset for a new job"), "{r:?}");
+        }
+    }
+
+    #[test]
+    fn read_only_exports_refuse_changes_but_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let (e, _) = export(dir.path(), true);
+        assert!(matches!(e.write_zeroes(0, 1, false), Err(BlockError::ReadOnly(ref n)) if n == "d"));
+        assert!(matches!(e.trim(0, 1, false), Err(BlockError::ReadOnly(_))));
+        assert!(matches!(e.write(b"x", 9000, false), Err(BlockError::ReadOnly(_))), "read-only is said before the range");
+        e.flush().unwrap();
+        let mut buf = [1u8; 16];
+        assert!(e.read_cached(&mut buf, 0).is_ok());
+    }
+}

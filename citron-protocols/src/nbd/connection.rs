@@ -153,10 +153,12 @@ impl Connection {
         }
     }
 
+    /// Writes the replies waiting in `out`. The buffer goes with them (a read reply can be as
+    /// large as the budget; an idle connection keeps none).
     async fn flush_out(&mut self) -> io::Result<()> {
         if !self.out.is_empty() {
-            self.stream.write_all(&self.out).await?;
-            self.out.clear();
+            let out = std::mem::take(&mut self.out);
+            self.stream.write_all(&out).await?;
         }
         Ok(())
     }
