@@ -521,3 +521,29 @@ fn the_empty_name_is_the_duts_first_export() {
         assert_eq!(stranger.go("").await, rep::ERR_UNKNOWN);
     });
 }
+
+#[test]
+fn a_connection_whose_disk_got_other_content_answers_eshutdown() {
+    let lab = Lab::start(vec![disk("keep", raw(1 << 20), ResetOn::Never)]);
+    lab.rt.block_on(async {
+        let mut old = Raw::connect(lab.addr, "127.0.0.1").await;
+        assert_eq!(old.go("keep").await, rep::ACK);
+        lab.gw
+            .set_resolved_job(
+                &"local".into(),
+                citron_core::job::ResolvedJob {
+                    origin: "bigger".into(),
+                    start: citron_core::job::Step { nbd: vec![disk("keep", raw(2 << 20), ResetOn::Never)], ..Default::default() },
+                    continue_: None,
+                },
+            )
+            .await
+            .unwrap();
+        let mut new = Raw::connect(lab.addr, "127.0.0.1").await;
+        assert_eq!(new.go("keep").await, rep::ACK);
+        assert_eq!(new.request(cmd::WRITE, 0, (2 << 20) - 4, 4, b"tail").await.0, 0);
+        // The old connection's overlay was emptied for the new content: it may not write into it.
+        assert_eq!(old.request(cmd::WRITE, 0, 0, 3, b"old").await.0, errno::ESHUTDOWN);
+        assert_eq!(new.request(cmd::READ, 0, 0, 3, b"").await, (0, vec![0u8; 3]));
+    });
+}

@@ -76,6 +76,7 @@ pub struct DiskStore {
 const NEW_JOB: &str = "a new job started on this DUT and this disk resets on job_start; reconnect for the new job's disk";
 const JOB_ENDED: &str = "this DUT's job ended and this disk resets on job_start; its writes are dropped";
 const RESET_UNSEEN: &str = "the disk was reset by an event (reset_on); reconnect";
+const NEW_CONTENT: &str = "a new job gave this disk other content; reconnect for it";
 const EXPIRED: &str = "the disk expired (no job asked for it within its expiration) and was removed";
 
 fn h(s: &str) -> String {
@@ -230,6 +231,11 @@ impl DiskStore {
             match live.get(&dir).filter(|(k, _)| *k == d.base.key).and_then(|(_, w)| w.upgrade()) {
                 Some(v) => v,
                 None => {
+                    // An overlay still open over another base (a new job named other content
+                    // under the same disk name) is about to be emptied under its connections.
+                    if let Some(old) = live.get(&dir).and_then(|(_, w)| w.upgrade()) {
+                        old.withdraw(NEW_CONTENT);
+                    }
                     let v = Arc::new(CowDisk::open(&dir, d.base_file.clone(), &d.base.key, d.base.size)?);
                     live.insert(dir, (d.base.key.clone(), Arc::downgrade(&v)));
                     v
