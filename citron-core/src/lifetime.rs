@@ -1,9 +1,14 @@
-//! Lifetime policies: how often and how long a DUT may read an artifact, and what resets that.
+//! Lifetimes: how often and how long a DUT may read an artifact, how long a job's disk keeps
+//! its writes, and which events reset them.
 //!
-//! A policy is asked before every read ([`LifetimePolicy::admit`]) and told of every DUT event
-//! ([`LifetimePolicy::on_event`]). The seed's rule is that `access_count` "gets reset after every
-//! reboot", so the counting policies reset on `boot` and `job_start`; expiration restarts at
-//! `job_start`.
+//! One rule says "on this event, this thing resets": [`Resets`]. Files and disks both use it.
+//! - Files: a [`LifetimePolicy`] is asked before every read ([`LifetimePolicy::admit`]) and told
+//!   of every DUT event ([`LifetimePolicy::on_event`]). The seed's rule is that `access_count`
+//!   "gets reset after every reboot", so the counting policies reset on `boot` and `job_start`;
+//!   expiration restarts at `job_start`.
+//! - Disks: a [`DiskLifetime`] (the job's `reset_on` and `expiration`) says on which events a
+//!   DUT's writes are dropped and, through a [`DiskLease`], when a disk no job asks for any more
+//!   is removed. The disk store asks it and only carries the decision out.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -12,7 +17,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use crate::job::Lifetime;
+use crate::job::{DiskSpec, Lifetime, ResetOn};
 
 /// Something that happened to a DUT, sent by the lab (API, Python, `boot-test`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -36,6 +41,123 @@ impl std::str::FromStr for Event {
             "job_start" => Ok(Event::JobStart),
             "job_end" => Ok(Event::JobEnd),
             other => Err(format!("unknown event {other:?}; expected boot, job_start or job_end")),
+        }
+    }
+}
+
+/// The events that reset something. Every lifetime rule, a file's read count, its expiration
+/// clock or a disk's writes, names its events with this one type, so "on this event, this
+/// resets" is decided in one place ([`Resets::on`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resets {
+    boot: bool,
+    job_start: bool,
+}
+
+impl Resets {
+    /// Nothing resets it.
+    pub const NEVER: Resets = Resets { boot: false, job_start: false };
+    /// Every `boot` event.
+    pub const BOOT: Resets = Resets { boot: true, job_start: false };
+    /// Every `job_start` event (and a new job being set, which is a job start).
+    pub const JOB_START: Resets = Resets { boot: false, job_start: true };
+    /// Both.
+    pub const BOOT_OR_JOB_START: Resets = Resets { boot: true, job_start: true };
+
+    /// Does `event` reset it? `job_end` resets nothing: what a job end drops is decided by the
+    /// job being unloaded, not by a reset.
+    pub fn on(self, event: Event) -> bool {
+        match event {
+            Event::Boot => self.boot,
+            Event::JobStart => self.job_start,
+            Event::JobEnd => false,
+        }
+    }
+}
+
+impl From<ResetOn> for Resets {
+    fn from(r: ResetOn) -> Resets {
+        match r {
+            ResetOn::Boot => Resets::BOOT,
+            ResetOn::JobStart => Resets::JOB_START,
+            ResetOn::Never => Resets::NEVER,
+        }
+    }
+}
+
+/// What resets an `access_count`: the seed says it "gets reset after every reboot", and a new
+/// job starts from zero too.
+const ACCESS_COUNT_RESETS: Resets = Resets::BOOT_OR_JOB_START;
+/// What restarts an `expiration` clock: the job's start.
+const EXPIRATION_RESTARTS: Resets = Resets::JOB_START;
+
+/// A job disk's lifetime (`reset_on` and `expiration` in `storage.nbd[]`): when a DUT's writes
+/// to it are dropped, and how long an unused disk is kept.
+///
+/// ```
+/// use std::time::Duration;
+/// use citron_core::job::ResetOn;
+/// use citron_core::lifetime::{DiskLifetime, Event};
+/// let l = DiskLifetime::new(ResetOn::Boot, Some(Duration::from_secs(60)));
+/// assert!(l.resets_on(Event::Boot));
+/// assert!(!l.resets_on(Event::JobStart));
+/// assert!(!l.resets_with_job());
+/// let lease = l.lease(1_000);
+/// assert!(!lease.expired(1_059) && lease.expired(1_060));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskLifetime {
+    resets: Resets,
+    expiration: Option<Duration>,
+}
+
+impl DiskLifetime {
+    /// Writes are dropped on the events `reset_on` names; a disk no job asked for in
+    /// `expiration` is removed (never, without one).
+    pub fn new(reset_on: ResetOn, expiration: Option<Duration>) -> DiskLifetime {
+        DiskLifetime { resets: reset_on.into(), expiration }
+    }
+
+    /// The lifetime a job's disk asks for.
+    pub fn of(spec: &DiskSpec) -> DiskLifetime {
+        DiskLifetime::new(spec.reset_on, spec.expiration)
+    }
+
+    /// Does `event` drop the DUT's writes to this disk?
+    pub fn resets_on(&self, event: Event) -> bool {
+        self.resets.on(event)
+    }
+
+    /// When the disk's job changes (it ends, or a new job replaces it): are its overlays dropped?
+    /// A new job is a job start, so disks that reset on `job_start` start from their base; when
+    /// their job ends they are dropped at once, as the next job would reset them anyway. Other
+    /// disks keep their writes for a later job naming them, until they expire.
+    pub fn resets_with_job(&self) -> bool {
+        self.resets.on(Event::JobStart)
+    }
+
+    /// The lease a job asking for the disk at `now_unix` (seconds) gives it.
+    pub fn lease(&self, now_unix: u64) -> DiskLease {
+        DiskLease { since_unix: now_unix, expiration: self.expiration }
+    }
+}
+
+/// When a job last asked for a disk and how long the disk outlives that: kept on disk next to the
+/// overlays, so expirations hold across restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskLease {
+    /// When a job last asked for the disk (or released it), seconds since the epoch.
+    pub since_unix: u64,
+    /// How long after that it is removed; `None`: kept.
+    pub expiration: Option<Duration>,
+}
+
+impl DiskLease {
+    /// Has the disk expired at `now_unix`, if no job holds it? Never without an expiration.
+    pub fn expired(&self, now_unix: u64) -> bool {
+        match self.expiration {
+            Some(e) => now_unix >= self.since_unix.saturating_add(e.as_secs()),
+            None => false,
         }
     }
 }
@@ -108,7 +230,7 @@ impl LifetimePolicy for AccessCount {
         let _ = self.used.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| u.checked_sub(1));
     }
     fn on_event(&self, event: Event, _now: Instant) {
-        if matches!(event, Event::Boot | Event::JobStart) {
+        if ACCESS_COUNT_RESETS.on(event) {
             self.used.store(0, Ordering::SeqCst);
         }
     }
@@ -137,7 +259,7 @@ impl LifetimePolicy for Expiration {
         }
     }
     fn on_event(&self, event: Event, now: Instant) {
-        if event == Event::JobStart {
+        if EXPIRATION_RESTARTS.on(event) {
             *self.since.lock() = now;
         }
     }
@@ -233,6 +355,23 @@ mod tests {
         assert!(p.admit(t0).is_ok());
         p.on_event(Event::JobStart, late);
         assert_eq!(p.admit(late), Ok(()));
+    }
+
+    #[test]
+    fn disk_lifetimes_reset_on_the_events_they_name() {
+        use Event::*;
+        for (reset_on, events, with_job) in [
+            (ResetOn::Boot, [true, false, false], false),
+            (ResetOn::JobStart, [false, true, false], true),
+            (ResetOn::Never, [false; 3], false),
+        ] {
+            let l = DiskLifetime::new(reset_on, None);
+            assert_eq!([Boot, JobStart, JobEnd].map(|e| l.resets_on(e)), events, "{reset_on:?}");
+            assert_eq!(l.resets_with_job(), with_job, "{reset_on:?}");
+            assert!(!l.lease(0).expired(u64::MAX), "no expiration: kept");
+        }
+        let lease = DiskLease { since_unix: u64::MAX - 1, expiration: Some(Duration::from_secs(10)) };
+        assert!(!lease.expired(u64::MAX - 1), "no overflow");
     }
 
     #[test]

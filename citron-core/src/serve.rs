@@ -20,9 +20,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::access::AccessTicket;
-use crate::block::BlockDevice;
 use crate::digest::Digest;
 use crate::namespace::PathError;
+
+mod disk;
+pub use disk::{Access, BlockDevice, BlockError, Export, ExportInfo};
 
 /// The name of a protocol, for logs, metrics and the access log. Backends define their own; the
 /// core needs no list of them.
@@ -214,35 +216,6 @@ fn read_at(f: &File, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
     f.read_at(buf, offset)
 }
 
-/// An NBD export a DUT may see.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExportInfo {
-    /// The name clients ask for.
-    pub name: String,
-    /// A human description (the job disk's kind).
-    pub description: String,
-    /// Size in bytes.
-    pub size: u64,
-    /// Writes are refused.
-    pub readonly: bool,
-}
-
-/// A block device opened for one connection.
-pub struct Export {
-    /// What it is.
-    pub info: ExportInfo,
-    /// The DUT's view of the disk (its own overlay over the shared base).
-    pub device: Arc<dyn BlockDevice>,
-    /// The access-log entry for the whole connection.
-    pub ticket: AccessTicket,
-}
-
-impl fmt::Debug for Export {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Export").field("info", &self.info).finish_non_exhaustive()
-    }
-}
-
 /// Everything a protocol backend asks the core.
 ///
 /// Implemented by [`Gateway`](crate::gateway::Gateway); backends take `Arc<dyn Catalog>` so that
@@ -263,8 +236,19 @@ pub trait Catalog: Send + Sync + 'static {
     fn exports(&self, peer: IpAddr) -> Vec<ExportInfo>;
 
     /// Opens export `name` for `peer`, or refuses (`NotFound` for names it may not know about,
-    /// so that a DUT cannot probe another's disk names).
+    /// so that a DUT cannot probe another's disk names). The empty name is the default export:
+    /// the first of [`exports`](Catalog::exports).
     fn open_export(&self, peer: IpAddr, protocol: Protocol, name: &str) -> Result<Export, ServeError>;
+
+    /// What export `name` is, without opening it (NBD's `NBD_OPT_INFO`: no overlay is made, no
+    /// access is logged). Answers exactly as [`open_export`](Catalog::open_export) would decide:
+    /// names `peer` may not open are `NotFound`, the empty name is the default export. Default:
+    /// the entry of [`exports`](Catalog::exports) with that name, the first one for `""`.
+    fn describe_export(&self, peer: IpAddr, name: &str) -> Result<ExportInfo, ServeError> {
+        let list = self.exports(peer);
+        let found = if name.is_empty() { list.into_iter().next() } else { list.into_iter().find(|e| e.name == name) };
+        found.ok_or_else(|| ServeError::NotFound(name.to_string()))
+    }
 
     /// The lab's `limits:`, which backends apply to connections (timeouts, caps, buffers).
     /// Default: [`Limits::default`](crate::limits::Limits::default).

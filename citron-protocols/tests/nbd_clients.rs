@@ -478,3 +478,72 @@ fn a_connection_that_outlives_its_job_shares_the_overlay_with_the_next_job() {
         assert_eq!(new.request(cmd::FLUSH, 0, 0, 0, b"").await.0, 0);
     });
 }
+
+#[test]
+fn a_connection_whose_disk_reset_for_a_new_job_answers_eshutdown() {
+    let spec = || vec![disk("fresh", raw(1 << 20), ResetOn::JobStart)];
+    let lab = Lab::start(spec());
+    lab.rt.block_on(async {
+        let mut old = Raw::connect(lab.addr, "127.0.0.1").await;
+        assert_eq!(old.go("fresh").await, rep::ACK);
+        assert_eq!(old.request(cmd::WRITE, 0, 0, 3, b"old").await.0, 0);
+        lab.gw
+            .set_resolved_job(
+                &"local".into(),
+                citron_core::job::ResolvedJob {
+                    origin: "next".into(),
+                    start: citron_core::job::Step { nbd: spec(), ..Default::default() },
+                    continue_: None,
+                },
+            )
+            .await
+            .unwrap();
+        // Its overlay was dropped: writes would land nowhere, so every request says so.
+        assert_eq!(old.request(cmd::WRITE, 0, 0, 3, b"new").await.0, errno::ESHUTDOWN);
+        assert_eq!(old.request(cmd::READ, 0, 0, 3, b"").await.0, errno::ESHUTDOWN);
+        assert_eq!(old.request(cmd::FLUSH, 0, 0, 0, b"").await.0, errno::ESHUTDOWN);
+        let mut new = Raw::connect(lab.addr, "127.0.0.1").await;
+        assert_eq!(new.go("fresh").await, rep::ACK);
+        assert_eq!(new.request(cmd::READ, 0, 0, 3, b"").await, (0, vec![0u8; 3]), "the new job's disk starts from its base");
+    });
+}
+
+#[test]
+fn the_empty_name_is_the_duts_first_export() {
+    let lab = Lab::start(vec![disk("first", raw(1 << 20), ResetOn::JobStart), disk("second", raw(2 << 20), ResetOn::JobStart)]);
+    lab.rt.block_on(async {
+        let mut r = Raw::connect(lab.addr, "127.0.0.1").await;
+        let info = r.info("", &[wire::info::NAME]).await;
+        assert!(info.iter().any(|(t, d)| *t == rep::INFO && d[..2] == wire::info::NAME.to_be_bytes() && &d[2..] == b"first"), "{info:?}");
+        assert_eq!(r.export_name("").await, Some((1 << 20, 0x16d)));
+        // A source address that is no DUT has no default export.
+        let mut stranger = Raw::connect(lab.addr, "127.0.0.9").await;
+        assert_eq!(stranger.go("").await, rep::ERR_UNKNOWN);
+    });
+}
+
+#[test]
+fn a_connection_whose_disk_got_other_content_answers_eshutdown() {
+    let lab = Lab::start(vec![disk("keep", raw(1 << 20), ResetOn::Never)]);
+    lab.rt.block_on(async {
+        let mut old = Raw::connect(lab.addr, "127.0.0.1").await;
+        assert_eq!(old.go("keep").await, rep::ACK);
+        lab.gw
+            .set_resolved_job(
+                &"local".into(),
+                citron_core::job::ResolvedJob {
+                    origin: "bigger".into(),
+                    start: citron_core::job::Step { nbd: vec![disk("keep", raw(2 << 20), ResetOn::Never)], ..Default::default() },
+                    continue_: None,
+                },
+            )
+            .await
+            .unwrap();
+        let mut new = Raw::connect(lab.addr, "127.0.0.1").await;
+        assert_eq!(new.go("keep").await, rep::ACK);
+        assert_eq!(new.request(cmd::WRITE, 0, (2 << 20) - 4, 4, b"tail").await.0, 0);
+        // The old connection's overlay was emptied for the new content: it may not write into it.
+        assert_eq!(old.request(cmd::WRITE, 0, 0, 3, b"old").await.0, errno::ESHUTDOWN);
+        assert_eq!(new.request(cmd::READ, 0, 0, 3, b"").await, (0, vec![0u8; 3]));
+    });
+}

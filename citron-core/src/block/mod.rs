@@ -2,10 +2,12 @@
 //! copy-on-write overlay per DUT so that a reset is dropping a file, not copying a disk.
 //!
 //! # Layout
-//! - [`BlockDevice`]: what a protocol backend reads and writes.
-//! - [`CowDisk`]: one DUT's view of one disk (base + overlay + bitmap), the `BlockDevice` citron
-//!   serves.
-//! - [`DiskStore`]: which job offers which disk to whom, resets on events, expiration.
+//! - [`CowDisk`]: one DUT's view of one disk (base + overlay + bitmap), the [`BlockDevice`]
+//!   citron serves. The trait is the seam's ([`crate::serve`]): backends reach a device only
+//!   through a checked [`Export`](crate::serve::Export).
+//! - [`DiskStore`]: which job offers which disk to whom, each DUT's overlay, and when overlays
+//!   go: on the events and expirations that the disk's
+//!   [`DiskLifetime`](crate::lifetime::DiskLifetime) names.
 //! - `prepare`: raw, image (qcow2 converted with `qemu-img`) and filesystem (`mkfs.ext4 -d` from
 //!   a tarball, or from a container image's layers pulled by `container`) bases, unpacked by
 //!   [`extract`] beneath the tree's directory handle.
@@ -24,50 +26,9 @@ pub use overlay::{CowDisk, BLOCK};
 pub use prepare::BaseImage;
 pub use store::DiskStore;
 
-use crate::artifact::FetchError;
+pub use crate::serve::BlockDevice;
 
-/// A disk as one DUT sees it. Offsets and lengths are checked by the caller against
-/// [`size`](BlockDevice::size) before any method is called (the core checks, the device trusts).
-///
-/// One value serves every connection of its DUT, concurrently: a write acknowledged on one
-/// connection is seen by reads on all of them, and `flush` on any makes all of them durable.
-///
-/// ```
-/// use citron_core::block::{BlockDevice, CowDisk};
-/// let dir = tempfile::tempdir().unwrap();
-/// let disk = CowDisk::open(dir.path(), None, "raw-8192", 8192).unwrap();
-/// disk.write_at(b"citron", 100, true).unwrap();
-/// let mut buf = [0u8; 6];
-/// disk.read_at(&mut buf, 100).unwrap();
-/// assert_eq!(&buf, b"citron");
-/// disk.reset().unwrap();
-/// disk.read_at(&mut buf, 100).unwrap();
-/// assert_eq!(buf, [0u8; 6]);
-/// ```
-pub trait BlockDevice: Send + Sync {
-    /// Size in bytes.
-    fn size(&self) -> u64;
-    /// Writes are refused.
-    fn readonly(&self) -> bool;
-    /// Fills `buf` from `offset`.
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
-    /// Fills `buf` from `offset` only if that needs no waiting for the disk (everything is in
-    /// the page cache): `Ok(false)` when it would wait, and then `buf` is to be filled by
-    /// [`read_at`](Self::read_at) on a thread that may block. Lets a backend answer warm reads
-    /// without a thread hand-off. Default: always `Ok(false)`.
-    fn read_cached(&self, buf: &mut [u8], offset: u64) -> io::Result<bool> {
-        let _ = (buf, offset);
-        Ok(false)
-    }
-    /// Writes `buf` at `offset`; with `fua` it is durable before this returns.
-    fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> io::Result<()>;
-    /// Makes `len` bytes at `offset` read as zeroes.
-    fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> io::Result<()>;
-    /// The DUT no longer needs these bytes; they may read back as anything (zeroes here).
-    fn trim(&self, offset: u64, len: u64) -> io::Result<()>;
-    /// Makes every acknowledged write durable.
-    fn flush(&self) -> io::Result<()>;
-}
+use crate::artifact::FetchError;
 
 /// Why a job's disk could not be prepared.
 #[derive(Debug, thiserror::Error)]

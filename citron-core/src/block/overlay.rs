@@ -17,7 +17,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::{Mutex, RwLock};
 
@@ -137,13 +137,15 @@ pub struct CowDisk {
     base_len: u64,
     cow: Option<Cow>,
     dir: Option<PathBuf>,
+    /// Why the store withdrew this view ([`CowDisk::withdraw`]); set at most once.
+    gone: OnceLock<String>,
 }
 
 impl CowDisk {
     /// A read-only view of `base` (zeroes when `None`), `size` bytes long.
     pub fn readonly(base: Option<Arc<File>>, size: u64) -> io::Result<CowDisk> {
         let base_len = base_len(&base)?;
-        Ok(CowDisk { size, base, base_len, cow: None, dir: None })
+        Ok(CowDisk { size, base, base_len, cow: None, dir: None, gone: OnceLock::new() })
     }
 
     /// A writable view whose overlay lives in `dir`: reopened with its writes if `dir` holds an
@@ -184,7 +186,17 @@ impl CowDisk {
                 faults: Faults::default(),
             }),
             dir: Some(dir.to_path_buf()),
+            gone: OnceLock::new(),
         })
+    }
+
+    /// The store is deleting this view's overlay (a reset by deletion, an expiration) while
+    /// connections may still hold it: from now on every request through an
+    /// [`Export`](crate::serve::Export) answers [`BlockError::Gone`](crate::serve::BlockError)
+    /// with `why`, instead of writes landing in files nobody will read again. The first reason
+    /// stays.
+    pub fn withdraw(&self, why: &str) {
+        let _ = self.gone.set(why.to_string());
     }
 
     /// Where the overlay lives (`None` for a read-only view).
@@ -434,6 +446,10 @@ impl BlockDevice for CowDisk {
 
     fn readonly(&self) -> bool {
         self.cow.is_none()
+    }
+
+    fn gone(&self) -> Option<&str> {
+        self.gone.get().map(String::as_str)
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {

@@ -8,6 +8,12 @@
 //! - `overlays/<owner>/<disk>/lease`: when a job last asked for the disk and its `expiration`;
 //!   the sweeper removes the disk's overlays (and its base, if nothing else uses it) once that
 //!   time has passed with no job asking again.
+//!
+//! # Who decides
+//! When writes are dropped and when a disk expires is the disk's
+//! [`DiskLifetime`](crate::lifetime::DiskLifetime), beside the file policies; this store only
+//! carries it out. An overlay deleted while a connection still holds it is withdrawn
+//! ([`CowDisk::withdraw`]): that connection's requests answer `Gone` with the reason.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -23,8 +29,8 @@ use super::overlay::CowDisk;
 use super::prepare::{prepare, BaseImage, KeyLocks};
 use super::{BlockDevice, DiskError};
 use crate::artifact::Cache;
-use crate::job::{DiskSpec, ResetOn};
-use crate::lifetime::Event;
+use crate::job::DiskSpec;
+use crate::lifetime::{DiskLease, DiskLifetime, Event};
 use crate::limits::Limits;
 use crate::namespace::DutId;
 use crate::serve::{ExportInfo, ServeError};
@@ -34,6 +40,8 @@ use crate::serve::{ExportInfo, ServeError};
 struct JobDisk {
     owner: DutId,
     spec: DiskSpec,
+    /// When the DUTs' writes go (`reset_on`, `expiration`).
+    lifetime: DiskLifetime,
     base: BaseImage,
     base_file: Option<Arc<File>>,
     /// The view of each DUT that attached it, shared by all its connections.
@@ -63,6 +71,13 @@ pub struct DiskStore {
     /// key: a new job naming the same disk shares the object instead of opening the files twice.
     live: Mutex<HashMap<PathBuf, (String, Weak<CowDisk>)>>,
 }
+
+/// Why a connection's disk went, as its requests answer (`Gone`).
+const NEW_JOB: &str = "a new job started on this DUT and this disk resets on job_start; reconnect for the new job's disk";
+const JOB_ENDED: &str = "this DUT's job ended and this disk resets on job_start; its writes are dropped";
+const RESET_UNSEEN: &str = "the disk was reset by an event (reset_on); reconnect";
+const NEW_CONTENT: &str = "a new job gave this disk other content; reconnect for it";
+const EXPIRED: &str = "the disk expired (no job asked for it within its expiration) and was removed";
 
 fn h(s: &str) -> String {
     hex::encode(&Sha256::digest(s.as_bytes())[..16])
@@ -108,17 +123,18 @@ impl DiskStore {
             };
             prepared.push((spec.clone(), base, base_file));
         }
-        self.release(owner);
+        self.release_because(owner, NEW_JOB);
         let mut out = Vec::with_capacity(prepared.len());
         for (spec, base, base_file) in prepared {
             let dir = self.disk_dir(owner, &spec.name);
-            if spec.reset_on == ResetOn::JobStart {
-                self.forget_live(&dir);
+            let lifetime = DiskLifetime::of(&spec);
+            if lifetime.resets_with_job() {
+                self.withdraw_live(&dir, NEW_JOB);
                 remove_views(&dir);
             }
             std::fs::create_dir_all(&dir).map_err(|e| DiskError::io(&dir, e))?;
-            write_lease(&dir, spec.expiration, &base.key);
-            out.push(Arc::new(JobDisk { owner: owner.clone(), spec, base, base_file, views: Mutex::new(HashMap::new()) }));
+            write_lease(&dir, lifetime.lease(unix_now()), &base.key);
+            out.push(Arc::new(JobDisk { owner: owner.clone(), spec, lifetime, base, base_file, views: Mutex::new(HashMap::new()) }));
         }
         if !out.is_empty() {
             self.jobs.lock().insert(owner.clone(), out);
@@ -126,25 +142,39 @@ impl DiskStore {
         Ok(())
     }
 
-    /// Overlays under `dir` are being deleted: objects still open there keep their (unlinked)
-    /// files, and the next open starts afresh instead of sharing them.
-    fn forget_live(&self, dir: &Path) {
-        self.live.lock().retain(|p, _| !p.starts_with(dir));
+    /// Overlays under `dir` are being deleted: objects still open there are withdrawn (their
+    /// connections answer `Gone` with `why` instead of writing to unlinked files), and the next
+    /// open starts afresh instead of sharing them.
+    fn withdraw_live(&self, dir: &Path, why: &str) {
+        self.live.lock().retain(|p, (_, w)| {
+            if !p.starts_with(dir) {
+                return true;
+            }
+            if let Some(v) = w.upgrade() {
+                v.withdraw(why);
+            }
+            false
+        });
     }
 
     /// `owner`'s job ended: its disks stop being exported. Overlays of `reset_on: job_start`
     /// disks are deleted (the next job would reset them anyway); the others stay until their
     /// expiration, for a later job naming the same disk.
     pub fn release(&self, owner: &DutId) {
+        self.release_because(owner, JOB_ENDED);
+    }
+
+    /// [`release`](DiskStore::release), withdrawing open overlays with `why`.
+    fn release_because(&self, owner: &DutId, why: &str) {
         let Some(old) = self.jobs.lock().remove(owner) else { return };
         for d in old {
             let dir = self.disk_dir(owner, &d.spec.name);
             d.views.lock().clear();
-            if d.spec.reset_on == ResetOn::JobStart {
-                self.forget_live(&dir);
+            if d.lifetime.resets_with_job() {
+                self.withdraw_live(&dir, why);
                 remove_views(&dir);
             }
-            write_lease(&dir, d.spec.expiration, &d.base.key);
+            write_lease(&dir, d.lifetime.lease(unix_now()), &d.base.key);
         }
     }
 
@@ -163,7 +193,16 @@ impl DiskStore {
         out
     }
 
+    /// The disk `dut` opens as `name`; the empty name is the default export, the first of
+    /// [`exports`](DiskStore::exports).
     fn find(&self, dut: &DutId, name: &str) -> Option<Arc<JobDisk>> {
+        let default;
+        let name = if name.is_empty() {
+            default = self.exports(dut).into_iter().next()?.name;
+            default.as_str()
+        } else {
+            name
+        };
         let jobs = self.jobs.lock();
         if let Some(d) = jobs.get(dut).into_iter().flatten().find(|d| d.spec.name == name) {
             return Some(d.clone());
@@ -175,7 +214,8 @@ impl DiskStore {
     }
 
     /// `dut`'s view of disk `name`: its own overlay (shared by all its connections) over the base,
-    /// or the base alone for a read-only disk. Disks `dut` may not attach are `NotFound`.
+    /// or the base alone for a read-only disk. Disks `dut` may not attach are `NotFound`; the
+    /// empty name is the default export (the first `dut` lists), and the answer names the disk.
     pub fn open_export(&self, dut: &DutId, name: &str) -> Result<(ExportInfo, Arc<dyn BlockDevice>), ServeError> {
         let d = self.find(dut, name).ok_or_else(|| ServeError::NotFound(name.to_string()))?;
         let mut views = d.views.lock();
@@ -191,6 +231,11 @@ impl DiskStore {
             match live.get(&dir).filter(|(k, _)| *k == d.base.key).and_then(|(_, w)| w.upgrade()) {
                 Some(v) => v,
                 None => {
+                    // An overlay still open over another base (a new job named other content
+                    // under the same disk name) is about to be emptied under its connections.
+                    if let Some(old) = live.get(&dir).and_then(|(_, w)| w.upgrade()) {
+                        old.withdraw(NEW_CONTENT);
+                    }
                     let v = Arc::new(CowDisk::open(&dir, d.base_file.clone(), &d.base.key, d.base.size)?);
                     live.insert(dir, (d.base.key.clone(), Arc::downgrade(&v)));
                     v
@@ -205,8 +250,7 @@ impl DiskStore {
     pub fn event(&self, dut: &DutId, event: Event) {
         let disks: Vec<Arc<JobDisk>> = self.jobs.lock().values().flatten().cloned().collect();
         for d in disks {
-            let hit = matches!((d.spec.reset_on, event), (ResetOn::Boot, Event::Boot) | (ResetOn::JobStart, Event::JobStart));
-            if !hit || d.spec.readonly {
+            if !d.lifetime.resets_on(event) || d.spec.readonly {
                 continue;
             }
             let view = d.views.lock().get(dut).cloned();
@@ -214,7 +258,7 @@ impl DiskStore {
                 Some(v) => v.reset(),
                 None => {
                     let dir = self.view_dir(&d.owner, &d.spec.name, dut);
-                    self.forget_live(&dir);
+                    self.withdraw_live(&dir, RESET_UNSEEN);
                     match std::fs::remove_dir_all(dir) {
                         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
                         _ => Ok(()),
@@ -243,12 +287,11 @@ impl DiskStore {
         }
         let mut removed = 0;
         let mut freed_bases = Vec::new();
-        for (disk, (when, exp, key)) in &leases {
-            let Some(exp) = exp else { continue };
-            if active.contains(disk) || now < when.saturating_add(*exp) {
+        for (disk, (lease, key)) in &leases {
+            if active.contains(disk) || !lease.expired(now) {
                 continue;
             }
-            self.forget_live(disk);
+            self.withdraw_live(disk, EXPIRED);
             match std::fs::remove_dir_all(disk) {
                 Ok(()) => {
                     tracing::info!(dir = %disk.display(), "expired disk removed");
@@ -260,8 +303,7 @@ impl DiskStore {
         }
         let jobs = self.jobs.lock();
         for key in freed_bases {
-            let in_use =
-                jobs.values().flatten().any(|d| d.base.key == key) || leases.iter().any(|(dir, (_, _, k))| *k == key && dir.exists());
+            let in_use = jobs.values().flatten().any(|d| d.base.key == key) || leases.iter().any(|(dir, (_, k))| *k == key && dir.exists());
             if !in_use {
                 let _ = std::fs::remove_file(self.dir.join("bases").join(format!("{key}.img")));
             }
@@ -282,22 +324,21 @@ fn remove_views(disk_dir: &Path) {
     }
 }
 
-fn write_lease(disk_dir: &Path, expiration: Option<Duration>, key: &str) {
-    let exp = expiration.map(|d| d.as_secs().to_string()).unwrap_or_else(|| "-".into());
-    let text = format!("{} {exp} {key}\n", unix_now());
+fn write_lease(disk_dir: &Path, lease: DiskLease, key: &str) {
+    let exp = lease.expiration.map(|d| d.as_secs().to_string()).unwrap_or_else(|| "-".into());
+    let text = format!("{} {exp} {key}\n", lease.since_unix);
     let tmp = disk_dir.join("lease.tmp");
     if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, disk_dir.join("lease"))) {
         tracing::warn!(dir = %disk_dir.display(), error = %e, "cannot record the disk's lease; it will not expire");
     }
 }
 
-type Lease = (u64, Option<u64>, String);
-
-fn read_lease(disk_dir: &Path) -> Option<Lease> {
+/// A disk's lease and its base's key, as `write_lease` recorded them.
+fn read_lease(disk_dir: &Path) -> Option<(DiskLease, String)> {
     let text = std::fs::read_to_string(disk_dir.join("lease")).ok()?;
     let mut it = text.split_whitespace();
-    let when = it.next()?.parse().ok()?;
-    let exp = it.next()?.parse().ok();
+    let since_unix = it.next()?.parse().ok()?;
+    let expiration = it.next()?.parse().ok().map(Duration::from_secs);
     let key = it.next()?.to_string();
-    Some((when, exp, key))
+    Some((DiskLease { since_unix, expiration }, key))
 }

@@ -612,7 +612,11 @@ impl Catalog for Gateway {
             return Err(ServeError::UnknownDut(peer));
         };
         match self.inner.disks.open_export(&dut, name) {
-            Ok((info, device)) => Ok(Export { info, device, ticket: AccessTicket::new(self.inner.log.clone(), dut, protocol, name) }),
+            Ok((info, device)) => {
+                // The access log names the disk opened, also when the client asked for the default.
+                let ticket = AccessTicket::new(self.inner.log.clone(), dut, protocol, &info.name);
+                Ok(Export::new(info, device, ticket))
+            }
             Err(e) => {
                 self.inner.log.refuse(Some(&dut), protocol, name, &e);
                 Err(e)

@@ -2,12 +2,26 @@
 //! `ABORT`, `STRUCTURED_REPLY`) and the transmission commands `READ`, `WRITE`, `FLUSH`, `TRIM`,
 //! `WRITE_ZEROES` and `DISC`, with `FUA`.
 //!
+//! Shaped like the TFTP backend: pure codec, pure state machines, I/O in one place.
+//!
 //! # Layout
-//! - `wire`: bytes to messages and back, no I/O.
-//! - `handshake`: the negotiation, asking the catalog for exports.
-//! - `session`: the transmission phase of one connection.
+//! - [`wire`]: bytes to messages and back, no I/O.
+//! - `negotiate`: the negotiation as a pure state machine (bytes in, replies out); what a DUT
+//!   may list, describe or open is asked of the core through a small trait.
+//! - `transmit`: the transmission phase as a pure state machine (requests in, commands and
+//!   protocol refusals out, the bytes-in-flight budget, large reads, disconnect).
+//! - `connection`: the one type that owns a connection's socket and buffers and drives both
+//!   machines, carrying commands out on the core's checked
+//!   [`Export`](citron_core::serve::Export).
+//! - `error`: the one mapping from the core's refusals to option replies and errnos.
 //! - `slots`: connections per DUT.
-//! - [`serve`]: the accept loop.
+//! - [`serve`]: the shared accept loop (`crate::listen`).
+//!
+//! # Who decides
+//! The core: what a DUT may list and open, the default export (the empty name), and for every
+//! request its range, write permission and whether the disk is still there (the export answers
+//! `OutOfRange`, `NoSpace`, `ReadOnly` or `Gone`). This backend only bounds what the protocol
+//! itself bounds: option and payload sizes, the commands and flags it knows.
 //!
 //! # Bounds (the lab's `limits:`)
 //! Negotiation must finish within `header_timeout`; a DUT may hold `nbd_connections_per_dut`
@@ -22,54 +36,18 @@
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
 
-use citron_core::serve::{Catalog, ServeError};
-use tokio::sync::watch;
+use citron_core::serve::Catalog;
 
-mod handshake;
-mod session;
+mod connection;
+mod error;
+mod negotiate;
 mod slots;
+mod transmit;
 pub mod wire;
 
 /// The largest read or write citron accepts (and advertises as maximum block size).
 pub const MAX_PAYLOAD: u32 = 32 << 20;
-
-/// How a [`ServeError`] is answered: the option reply during negotiation, the errno during
-/// transmission.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct NbdError {
-    /// `NBD_REP_ERR_*`.
-    pub rep: u32,
-    /// `NBD_E*`.
-    pub errno: u32,
-}
-
-/// The one mapping from the core's refusals to NBD. Names a DUT may not see answer like names
-/// that do not exist.
-pub(crate) fn nbd_error(e: &ServeError) -> NbdError {
-    use wire::{errno, rep};
-    let (rep, errno) = match e {
-        ServeError::UnknownDut(_) => (rep::ERR_UNKNOWN, errno::EPERM),
-        ServeError::NotFound(_) => (rep::ERR_UNKNOWN, errno::EINVAL),
-        ServeError::BadPath(_) => (rep::ERR_INVALID, errno::EINVAL),
-        ServeError::Forbidden(_) => (rep::ERR_UNKNOWN, errno::EPERM),
-        ServeError::Gone(_) => (rep::ERR_UNKNOWN, errno::ESHUTDOWN),
-        ServeError::ReadOnly(_) => (rep::ERR_POLICY, errno::EPERM),
-        // Writes past the end answer NBD_ENOSPC instead (`session::check`).
-        ServeError::OutOfRange { .. } => (rep::ERR_INVALID, errno::EINVAL),
-        ServeError::Io(io) => (
-            rep::ERR_INVALID,
-            match io.kind() {
-                io::ErrorKind::StorageFull => errno::ENOSPC,
-                io::ErrorKind::OutOfMemory => errno::ENOMEM,
-                io::ErrorKind::PermissionDenied => errno::EPERM,
-                _ => errno::EIO,
-            },
-        ),
-    };
-    NbdError { rep, errno }
-}
 
 /// Serves NBD clients on `listener` until `shutdown` completes; open connections are closed then.
 /// The catalog's [`limits`](Catalog::limits) cap connections per listener and per peer.
@@ -92,45 +70,7 @@ pub async fn serve(
     let slots = slots::DutSlots::new(limits.nbd_connections_per_dut);
     crate::listen::serve("nbd", listener, caps, shutdown, move |stream, addr, stop| {
         let _ = stream.set_nodelay(true);
-        connection(stream, addr.ip().to_canonical(), catalog.clone(), slots.clone(), stop)
+        connection::Connection::run(stream, addr.ip().to_canonical(), catalog.clone(), slots.clone(), stop)
     })
     .await
-}
-
-async fn connection(
-    mut stream: tokio::net::TcpStream,
-    peer: std::net::IpAddr,
-    catalog: Arc<dyn Catalog>,
-    slots: Arc<slots::DutSlots>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let limits = catalog.limits();
-    // A peer that connects and says nothing (or dribbles) would hold a descriptor forever.
-    let deadline = limits.header_timeout.non_zero().unwrap_or(Duration::MAX);
-    let negotiated = tokio::select! {
-        r = tokio::time::timeout(deadline, handshake::negotiate(&mut stream, peer, &*catalog, &slots)) => match r {
-            Ok(r) => r,
-            Err(_) => {
-                tracing::debug!(%peer, timeout = ?deadline, "NBD negotiation not finished in time (limits.header_timeout); closing");
-                return;
-            }
-        },
-        _ = stop.changed() => return,
-    };
-    drop(catalog);
-    let n = match negotiated {
-        Ok(Some(n)) => n,
-        Ok(None) => return,
-        Err(e) => {
-            tracing::debug!(%peer, error = %e, "NBD negotiation ended");
-            return;
-        }
-    };
-    tracing::debug!(%peer, export = %n.export.info.name, structured = n.structured, "NBD transmission");
-    let bounds = session::Bounds::new(&limits);
-    let result = session::transmission(stream, n.export, n.structured, bounds, &mut stop).await;
-    drop(n.slot);
-    if let Err(e) = result {
-        tracing::debug!(%peer, error = %e, "NBD connection ended");
-    }
 }
