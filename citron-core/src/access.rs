@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::namespace::DutId;
 use crate::serve::Protocol;
+use crate::store::StoreError;
 
 /// How a read ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -78,11 +79,78 @@ pub fn truncate_logged(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
     format!("{}…[{} more bytes]", &s[..end], s.len() - end).into()
 }
 
+/// Where access records are kept. See [`crate::store`] for why it is synchronous.
+///
+/// Records are appended when a transfer ends or is refused, after the answer: an implementation
+/// may buffer and write them later, as long as it gives each its `seq` at once and
+/// [`page`](Self::page) returns a DUT's records in `seq` order.
+pub trait AccessStore: Send + Sync + 'static {
+    /// Appends `rec` to `dut`'s log and returns the `seq` it gave it: one sequence over every
+    /// DUT, increasing with each record, never reused.
+    fn append(&self, dut: &DutId, rec: AccessRecord) -> Result<u64, StoreError>;
+    /// At most `limit` of `dut`'s records with a `seq` above `after`, oldest first.
+    fn page(&self, dut: &DutId, after: u64, limit: usize) -> Vec<AccessRecord>;
+    /// Forgets `dut`'s log (the DUT was removed).
+    fn forget(&self, dut: &DutId);
+}
+
 /// One DUT's records and their cost.
 #[derive(Default)]
 struct DutLog {
     records: VecDeque<AccessRecord>,
     bytes: usize,
+}
+
+/// Access records in memory: today's store, at most [`LOG_CAPACITY`] records and
+/// `limits.access_log_bytes_per_dut` bytes per DUT, the oldest dropped first.
+pub struct MemoryAccess {
+    logs: Mutex<BTreeMap<DutId, DutLog>>,
+    /// The last `seq` given.
+    seq: AtomicU64,
+    /// `limits.access_log_bytes_per_dut`.
+    bytes_per_dut: usize,
+}
+
+impl MemoryAccess {
+    /// An empty store bounded by `limits.access_log_bytes_per_dut`.
+    pub fn new(limits: &crate::limits::Limits) -> Self {
+        MemoryAccess {
+            logs: Mutex::default(),
+            seq: AtomicU64::new(0),
+            bytes_per_dut: usize::try_from(limits.access_log_bytes_per_dut.bytes()).unwrap_or(usize::MAX),
+        }
+    }
+}
+
+impl AccessStore for MemoryAccess {
+    fn append(&self, dut: &DutId, mut rec: AccessRecord) -> Result<u64, StoreError> {
+        let cost = rec.cost();
+        let mut logs = self.logs.lock();
+        // Under the lock, so that each DUT's records are in `seq` order.
+        rec.seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let seq = rec.seq;
+        let log = logs.entry(dut.clone()).or_default();
+        while !log.records.is_empty() && (log.records.len() >= LOG_CAPACITY || log.bytes + cost > self.bytes_per_dut) {
+            if let Some(old) = log.records.pop_front() {
+                log.bytes -= old.cost();
+            }
+        }
+        log.bytes += cost;
+        log.records.push_back(rec);
+        Ok(seq)
+    }
+
+    fn page(&self, dut: &DutId, after: u64, limit: usize) -> Vec<AccessRecord> {
+        let logs = self.logs.lock();
+        let Some(l) = logs.get(dut) else { return Vec::new() };
+        // Records are in `seq` order: find the first one after `after` by bisection.
+        let start = l.records.partition_point(|r| r.seq <= after);
+        l.records.range(start..).take(limit).cloned().collect()
+    }
+
+    fn forget(&self, dut: &DutId) {
+        self.logs.lock().remove(dut);
+    }
 }
 
 #[derive(Default)]
@@ -92,13 +160,10 @@ struct Counters {
     refusals: u64,
 }
 
-/// Access logs and counters, shared by every backend.
+/// Access logs and counters, shared by every backend: bounds what is logged, counts for
+/// `/metrics`, and keeps the records in an [`AccessStore`].
 pub struct AccessLog {
-    logs: Mutex<BTreeMap<DutId, DutLog>>,
-    /// The last `seq` given.
-    seq: AtomicU64,
-    /// `limits.access_log_bytes_per_dut`.
-    bytes_per_dut: usize,
+    store: Box<dyn AccessStore>,
     /// `limits.logged_path_max`.
     path_max: usize,
     counters: Mutex<BTreeMap<(String, String), Counters>>,
@@ -125,13 +190,16 @@ fn now_secs() -> f64 {
 }
 
 impl AccessLog {
-    /// An empty log bounded by `limits` (`access_log_bytes_per_dut`, `logged_path_max`).
+    /// An empty log in memory bounded by `limits` (`access_log_bytes_per_dut`, `logged_path_max`).
     pub fn new(limits: &crate::limits::Limits) -> Self {
+        Self::with_store(limits, Box::new(MemoryAccess::new(limits)))
+    }
+
+    /// A log keeping its records in `store`, paths cut to `limits.logged_path_max`.
+    pub fn with_store(limits: &crate::limits::Limits, store: Box<dyn AccessStore>) -> Self {
         AccessLog {
-            logs: Mutex::default(),
+            store,
             counters: Mutex::default(),
-            seq: AtomicU64::new(0),
-            bytes_per_dut: usize::try_from(limits.access_log_bytes_per_dut.bytes()).unwrap_or(usize::MAX),
             path_max: limits.logged_path_max,
             cache_hits: AtomicU64::new(0),
             cache_misses: AtomicU64::new(0),
@@ -139,8 +207,8 @@ impl AccessLog {
     }
 
     /// Appends a record to `dut`'s log (`None`: an unknown peer, counted under `unknown`). Its
-    /// path and refusal reason are cut to `limits.logged_path_max` bytes, its `seq` is set, and
-    /// the DUT's oldest records go until the log fits `limits.access_log_bytes_per_dut`.
+    /// path and refusal reason are cut to `limits.logged_path_max` bytes and the store gives it
+    /// its `seq`.
     pub fn record(&self, dut: Option<&DutId>, mut rec: AccessRecord) {
         let key = (rec.protocol.clone(), dut.map(|d| d.0.clone()).unwrap_or_else(|| "unknown".into()));
         {
@@ -161,18 +229,9 @@ impl AccessLog {
                 *why = w;
             }
         }
-        let cost = rec.cost();
-        let mut logs = self.logs.lock();
-        // Under the lock, so that each DUT's records are in `seq` order.
-        rec.seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let log = logs.entry(dut.clone()).or_default();
-        while !log.records.is_empty() && (log.records.len() >= LOG_CAPACITY || log.bytes + cost > self.bytes_per_dut) {
-            if let Some(old) = log.records.pop_front() {
-                log.bytes -= old.cost();
-            }
+        if let Err(e) = self.store.append(dut, rec) {
+            tracing::error!(%dut, error = %e, "an access record could not be stored");
         }
-        log.bytes += cost;
-        log.records.push_back(rec);
     }
 
     /// Records a refusal made before any byte.
@@ -192,22 +251,18 @@ impl AccessLog {
 
     /// A copy of `dut`'s log, oldest first.
     pub fn entries(&self, dut: &DutId) -> Vec<AccessRecord> {
-        self.logs.lock().get(dut).map(|l| l.records.iter().cloned().collect()).unwrap_or_default()
+        self.store.page(dut, 0, usize::MAX)
     }
 
     /// At most `limit` of `dut`'s records with a `seq` above `after`, oldest first: one page of
     /// `GET /api/v1/duts/{id}/accesses?after=SEQ&limit=N`.
     pub fn page(&self, dut: &DutId, after: u64, limit: usize) -> Vec<AccessRecord> {
-        let logs = self.logs.lock();
-        let Some(l) = logs.get(dut) else { return Vec::new() };
-        // Records are in `seq` order: find the first one after `after` by bisection.
-        let start = l.records.partition_point(|r| r.seq <= after);
-        l.records.range(start..).take(limit).cloned().collect()
+        self.store.page(dut, after, limit)
     }
 
     /// Forgets `dut`'s log (when the DUT is removed).
     pub fn forget(&self, dut: &DutId) {
-        self.logs.lock().remove(dut);
+        self.store.forget(dut);
     }
 
     /// The counters in Prometheus' text format.

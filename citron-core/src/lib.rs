@@ -12,7 +12,8 @@
 //! - [`namespace`]: DUTs, the registry that finds them by address, path normalisation.
 //! - [`block`]: block devices for NBD.
 //! - [`serve`]: the seam — [`serve::Catalog`], [`serve::Artifact`], [`serve::ServeError`].
-//! - [`gateway`]: [`Gateway`], the catalog a lab runs: DUTs, jobs, cache, access log.
+//! - [`gateway`]: [`Gateway`], the catalog a lab runs, composed of pieces (DUTs, jobs, files,
+//!   lifetime counters, events, access log) whose state lives behind the traits of [`store`].
 //! - [`bootfiles`]: the boot files generated per DUT (`boot.ipxe`, `boot/<machine_id>/…`),
 //!   names and contents, pure.
 //! - [`limits`]: every bound against hostile input, the lab file's `limits:`.
@@ -41,6 +42,7 @@ pub mod limits;
 pub mod namespace;
 mod nowait;
 pub mod serve;
+pub mod store;
 pub mod template;
 pub mod units;
 mod yaml;

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::job::Origin;
+use crate::serve::{Intent, Space};
 
 const DUT1: &str = "127.0.0.2";
 
@@ -137,4 +138,76 @@ async fn firmware_prefixes_are_stripped_and_other_duts_see_nothing() {
     assert!(matches!(read(&gw, DUT1, Space::Http, "a/../once"), Err(ServeError::BadPath(_))));
     let log = gw.accesses(&"dut1".into()).unwrap();
     assert!(log.iter().any(|r| r.path == "a/../once" && matches!(r.outcome, crate::access::Outcome::Refused(_))));
+}
+
+#[tokio::test]
+async fn the_job_is_recorded_as_set_and_events_are_kept() {
+    let (_d, gw) = gateway_with(JOB).await;
+    let id = DutId::from("dut1");
+    let rec = gw.job_record(&id).unwrap();
+    assert_eq!((rec.yaml.as_deref(), rec.origin.name.as_str()), (Some(JOB), "job.yaml"));
+    assert!(rec.set_at <= std::time::SystemTime::now());
+    gw.event(&id, Event::Boot).unwrap();
+    gw.event(&id, Event::JobEnd).unwrap();
+    assert!(gw.job_record(&id).is_none(), "job_end clears the record with the job");
+    assert_eq!(gw.events(&id, 10).unwrap().iter().map(|e| e.event).collect::<Vec<_>>(), [Event::Boot, Event::JobEnd]);
+    assert!(gw.last_event(&id, Event::Boot).is_some() && gw.last_event(&id, Event::JobStart).is_none());
+}
+
+/// A lifetime store that counts what it is told and fails when asked to.
+#[derive(Default)]
+struct Flaky {
+    inner: MemoryLifetimes,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+impl LifetimeStore for Flaky {
+    fn count_read(&self, dut: &DutId, file: &FileKey) -> Result<(), crate::store::StoreError> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(crate::store::StoreError::backend("the database is gone"));
+        }
+        self.inner.count_read(dut, file)
+    }
+    fn reads(&self, dut: &DutId, file: &FileKey) -> u32 {
+        self.inner.reads(dut, file)
+    }
+    fn event(&self, dut: &DutId, event: Event, at: std::time::SystemTime) -> Result<(), crate::store::StoreError> {
+        self.inner.event(dut, event, at)
+    }
+    fn last_event(&self, dut: &DutId, event: Event) -> Option<std::time::SystemTime> {
+        self.inner.last_event(dut, event)
+    }
+    fn reset(&self, dut: &DutId) -> Result<(), crate::store::StoreError> {
+        self.inner.reset(dut)
+    }
+}
+
+#[tokio::test]
+async fn a_counted_read_is_in_the_store_when_open_returns_and_a_failed_store_refuses_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = LabConfig::default_lab();
+    let flaky = Arc::new(Flaky::default());
+    let stores = Stores { lifetimes: Box::new(flaky.clone()), ..Stores::memory(&lab.limits) };
+    let gw = Gateway::with_stores(lab, dir.path(), stores).unwrap();
+    let job = JobDescription::parse(JOB, Origin::named("job.yaml")).unwrap();
+    gw.set_job(&"dut1".into(), &job).await.unwrap();
+    let key = FileKey { step: "start", space: Space::Http, path: "once".into() };
+    let id = DutId::from("dut1");
+    let req = FileRequest {
+        peer: DUT1.parse().unwrap(),
+        protocol: Protocol::HTTP,
+        space: Space::Http,
+        path: "once",
+        base_url: None,
+        intent: Intent::Read,
+    };
+    let a = gw.open(&req).unwrap();
+    assert_eq!(flaky.reads(&id, &key), 1, "recorded before the artifact (and its bytes) is handed out");
+    drop(a);
+    gw.event(&id, Event::Boot).unwrap();
+    assert_eq!(flaky.reads(&id, &key), 0, "a boot resets the stored count as it resets the policy");
+    flaky.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(matches!(gw.open(&req), Err(ServeError::Io(_))), "not recorded, not served");
+    let log = gw.accesses(&id).unwrap();
+    assert!(matches!(&log.last().unwrap().outcome, crate::access::Outcome::Refused(why) if why.contains("database is gone")), "{log:?}");
 }

@@ -116,6 +116,8 @@ impl JobErrors {
 #[derive(Debug, Clone)]
 pub struct JobDescription {
     origin: Origin,
+    /// The text as given, for the job's record ([`crate::gateway::JobRecord`]).
+    text: String,
     desc: parse::Desc,
 }
 
@@ -134,21 +136,30 @@ impl JobDescription {
     /// ```
     pub fn parse(text: &str, origin: Origin) -> Result<JobDescription, JobErrors> {
         match parse::parse(text) {
-            Ok(desc) => Ok(JobDescription { origin, desc }),
+            Ok(desc) => Ok(JobDescription { origin, text: text.to_string(), desc }),
             Err(problems) => Err(JobErrors::from_problems(&origin, problems)),
         }
     }
 
     /// Reads and parses a job file.
     pub fn from_file(path: &Path) -> Result<JobDescription, JobErrors> {
-        let origin = Origin::file(path);
-        let text = std::fs::read_to_string(path).map_err(|e| read_error(&origin, &e))?;
-        Self::parse(&text, origin)
+        let text = Self::read_text(path)?;
+        Self::parse(&text, Origin::file(path))
+    }
+
+    /// A job file's text; a file that cannot be read is a positioned error like the others.
+    pub fn read_text(path: &Path) -> Result<String, JobErrors> {
+        std::fs::read_to_string(path).map_err(|e| read_error(&Origin::file(path), &e))
     }
 
     /// Where it came from.
     pub fn origin(&self) -> &Origin {
         &self.origin
+    }
+
+    /// The text it was parsed from.
+    pub fn text(&self) -> &str {
+        &self.text
     }
 
     /// Renders the job for one DUT: expands templates (an unknown variable is reported at its
@@ -205,9 +216,8 @@ impl JobDescription {
 
     /// [`JobDescription::check`] on a job file.
     pub fn check_file(path: &Path, ctx: &RenderContext) -> Result<ResolvedJob, JobErrors> {
-        let origin = Origin::file(path);
-        let text = std::fs::read_to_string(path).map_err(|e| read_error(&origin, &e))?;
-        Self::check(&text, origin, ctx)
+        let text = Self::read_text(path)?;
+        Self::check(&text, Origin::file(path), ctx)
     }
 
     /// Checks everything `render` checks, without keeping the result.
