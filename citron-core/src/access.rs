@@ -1,8 +1,8 @@
 //! The per-DUT access log and the counters behind `/metrics`.
 //!
 //! Every read a DUT makes ends as one [`AccessRecord`]: refusals are written by the core when it
-//! refuses, served reads by the [`AccessTicket`] an artifact carries, when the backend completes
-//! or drops it. Backends therefore cannot forget to log.
+//! refuses, served reads by the [`AccessTicket`] an artifact carries ([`AccessLog::ticket`]), when
+//! the backend completes or drops it. Backends therefore cannot forget to log.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use crate::namespace::DutId;
-use crate::serve::Protocol;
+use crate::serve::{AccessReport, AccessTicket, Protocol};
 use crate::store::StoreError;
 
 /// How a read ended.
@@ -290,8 +290,24 @@ fn esc(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
+impl AccessLog {
+    /// The ticket of a read (or NBD connection) of `path` by `dut` that starts now: one
+    /// [`AccessRecord`] when the backend drops it.
+    pub fn ticket(self: &Arc<Self>, dut: DutId, protocol: Protocol, path: &str) -> AccessTicket {
+        AccessTicket::new(LogTicket {
+            log: self.clone(),
+            dut,
+            protocol,
+            path: path.to_string(),
+            time: now_secs(),
+            bytes: AtomicU64::new(0),
+            done: AtomicBool::new(false),
+        })
+    }
+}
+
 /// An open read: becomes one [`AccessRecord`] when dropped.
-pub struct AccessTicket {
+struct LogTicket {
     log: Arc<AccessLog>,
     dut: DutId,
     protocol: Protocol,
@@ -299,65 +315,20 @@ pub struct AccessTicket {
     time: f64,
     bytes: AtomicU64,
     done: AtomicBool,
-    /// Set by [`refuse`](AccessTicket::refuse) or [`discard`](AccessTicket::discard).
-    end: parking_lot::Mutex<Option<Ending>>,
 }
 
-/// How a ticket ends other than by its transfer.
-#[derive(Debug)]
-enum Ending {
-    Refused(String),
-    Discarded,
-}
-
-impl std::fmt::Debug for AccessTicket {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AccessTicket").field("dut", &self.dut).field("path", &self.path).finish()
-    }
-}
-
-impl AccessTicket {
-    /// Opens a ticket for `dut` reading `path`.
-    pub fn new(log: Arc<AccessLog>, dut: DutId, protocol: Protocol, path: &str) -> Self {
-        AccessTicket {
-            log,
-            dut,
-            protocol,
-            path: path.to_string(),
-            time: now_secs(),
-            bytes: AtomicU64::new(0),
-            done: AtomicBool::new(false),
-            end: parking_lot::Mutex::new(None),
-        }
-    }
-    /// The protocol answered the request with a refusal of its own after all (an HTTP range
-    /// that does not fit, say): logged as refused with `why`, not as a read.
-    pub fn refuse(&self, why: impl ToString) {
-        *self.end.lock() = Some(Ending::Refused(why.to_string()));
-    }
-    /// The artifact was only looked at to decide how to answer, and another ticket records the
-    /// request: nothing is logged for this one.
-    pub fn discard(&self) {
-        *self.end.lock() = Some(Ending::Discarded);
-    }
-    /// Adds delivered bytes.
-    pub fn add_bytes(&self, n: u64) {
+impl AccessReport for LogTicket {
+    fn add_bytes(&self, n: u64) {
         self.bytes.fetch_add(n, Ordering::Relaxed);
     }
-    /// Marks the read as complete.
-    pub fn complete(&self) {
+    fn complete(&self) {
         self.done.store(true, Ordering::Relaxed);
     }
 }
 
-impl Drop for AccessTicket {
+impl Drop for LogTicket {
     fn drop(&mut self) {
-        let outcome = match self.end.lock().take() {
-            Some(Ending::Discarded) => return,
-            Some(Ending::Refused(why)) => Outcome::Refused(why),
-            None if self.done.load(Ordering::Relaxed) => Outcome::Served,
-            None => Outcome::Aborted,
-        };
+        let outcome = if self.done.load(Ordering::Relaxed) { Outcome::Served } else { Outcome::Aborted };
         self.log.record(
             Some(&self.dut),
             AccessRecord {
@@ -381,17 +352,13 @@ mod tests {
         let log = Arc::new(AccessLog::default());
         let d = DutId::from("d");
         {
-            let t = AccessTicket::new(log.clone(), d.clone(), Protocol::HTTP, "a");
+            let t = log.ticket(d.clone(), Protocol::HTTP, "a");
             t.add_bytes(5);
             t.complete();
         }
-        drop(AccessTicket::new(log.clone(), d.clone(), Protocol::TFTP, "b"));
+        drop(log.ticket(d.clone(), Protocol::TFTP, "b"));
         log.refuse(Some(&d), Protocol::HTTP, "c", "nope");
-        AccessTicket::new(log.clone(), d.clone(), Protocol::HTTP, "looked at").discard();
-        let t = AccessTicket::new(log.clone(), d.clone(), Protocol::HTTP, "d");
-        t.complete();
-        t.refuse("range not satisfiable");
-        drop(t);
+        log.refuse(Some(&d), Protocol::HTTP, "d", "range not satisfiable");
         let e = log.entries(&d);
         assert_eq!(e.len(), 4, "{e:?}");
         assert_eq!(e[3].outcome, Outcome::Refused("range not satisfiable".into()));

@@ -19,7 +19,7 @@ use crate::digest::Digest;
 use crate::job::{FileSpec, Step};
 use crate::lifetime::Policies;
 use crate::namespace::Dut;
-use crate::serve::{Content, Intent, ServeError, Space};
+use crate::serve::{Content, Intent, RangeRequest, ServeError, Space};
 use crate::store::StoreError;
 
 use super::lifetimes::FileKey;
@@ -36,6 +36,7 @@ pub(super) struct Entry {
 }
 
 /// What [`Entry::open`] hands out.
+#[derive(Debug)]
 pub(super) struct Opened {
     pub content: Content,
     pub len: u64,
@@ -57,17 +58,22 @@ impl Entry {
     }
 
     /// The one way to an entry's bytes. In this order: the lifetime policies check (a used-up or
-    /// expired file is refused for a look as for a read); for a read they admit (using up one
-    /// read); a counted read is then recorded by `record` — **before** this returns, so that no
-    /// byte of it can leave unrecorded (a record that fails refuses the read, and the admission
-    /// stays used: the lab fails closed).
+    /// expired file is refused for a look as for a read); a `range` that misses the content is
+    /// refused (nothing used up); for a read the policies admit (using up one read); a counted
+    /// read is then recorded by `record` — **before** this returns, so that no byte of it can
+    /// leave unrecorded (a record that fails refuses the read, and the admission stays used: the
+    /// lab fails closed).
     pub(super) fn open(
         &self,
         intent: Intent,
+        range: Option<&RangeRequest<'_>>,
         now: Instant,
         record: impl FnOnce(&FileKey) -> Result<(), StoreError>,
     ) -> Result<Opened, ServeError> {
         self.policies.check(now)?;
+        if let Some(r) = range {
+            r.check(self.len, &self.digest)?;
+        }
         if intent == Intent::Read {
             self.policies.admit(now)?;
             if let Some(key) = &self.counted {
@@ -123,8 +129,7 @@ impl Loader<'_> {
         // Fetch concurrently, at most `limits.downloads_per_job` at a time (a job listing
         // 20,000 URLs must not open 20,000 connections); the cache makes identical sources one
         // download and bounds the downloads of every job together (`downloads_in_flight`).
-        let all: Vec<(Space, &FileSpec)> =
-            step.http.iter().map(|f| (Space::Http, f)).chain(step.tftp.iter().map(|f| (Space::Tftp, f))).collect();
+        let all: Vec<(Space, &FileSpec)> = step.files.iter().flat_map(|(space, list)| list.iter().map(|f| (*space, f))).collect();
         let loaded: Vec<Arc<Entry>> = {
             use futures::{StreamExt as _, TryStreamExt as _};
             // Collected first: a lazy `map` closure in the stream's type trips the `Send` check of
@@ -205,7 +210,8 @@ mod tests {
         let (hits, misses) = (AtomicU64::new(0), AtomicU64::new(0));
         let loader = Loader { cache: &cache, hits: &hits, misses: &misses, per_job: 2 };
         let files = loader.step(&Dut::new("dut1", []), "start", step, Instant::now()).await.unwrap();
-        assert_eq!(misses.load(Ordering::Relaxed), step.http.len() as u64 + step.tftp.len() as u64 + step.kernel.is_some() as u64);
+        let listed: usize = step.files.values().map(Vec::len).sum();
+        assert_eq!(misses.load(Ordering::Relaxed), listed as u64 + step.kernel.is_some() as u64);
         (dir, files)
     }
 
@@ -219,7 +225,7 @@ mod tests {
     }
 
     fn text(e: &Entry, intent: Intent) -> Result<String, ServeError> {
-        let o = e.open(intent, Instant::now(), |_| Ok(()))?;
+        let o = e.open(intent, None, Instant::now(), |_| Ok(()))?;
         let bytes = match o.content {
             Content::Memory(b) => b.to_vec(),
             Content::File(f) => {
@@ -233,26 +239,47 @@ mod tests {
 
     #[tokio::test]
     async fn a_counted_read_is_recorded_before_it_is_handed_out_and_a_failed_record_refuses_it() {
-        let step = Step { http: vec![file("once", "secret", Some(2)), file("free", "x", None)], ..Step::default() };
+        let step =
+            Step { files: [(Space::HTTP, vec![file("once", "secret", Some(2)), file("free", "x", None)])].into(), ..Step::default() };
         let (_d, files) = load(&step).await;
         let dut = Dut::new("dut1", []);
-        let once = files.find(&dut, Space::Http, "once", None).unwrap();
+        let once = files.find(&dut, Space::HTTP, "once", None).unwrap();
         let mut recorded = Vec::new();
-        once.open(Intent::Read, Instant::now(), |k| {
+        once.open(Intent::Read, None, Instant::now(), |k| {
             recorded.push(k.clone());
             Ok(())
         })
         .unwrap();
-        assert_eq!(recorded, [FileKey { step: "start", space: Space::Http, path: "once".into() }]);
+        assert_eq!(recorded, [FileKey { step: "start", space: Space::HTTP, path: "once".into() }]);
         // A look records nothing; an uncounted file records nothing.
-        once.open(Intent::Stat, Instant::now(), |_| panic!("a look is not recorded")).unwrap();
-        let free = files.find(&dut, Space::Http, "free", None).unwrap();
-        free.open(Intent::Read, Instant::now(), |_| panic!("not counted")).unwrap();
+        once.open(Intent::Stat, None, Instant::now(), |_| panic!("a look is not recorded")).unwrap();
+        let free = files.find(&dut, Space::HTTP, "free", None).unwrap();
+        free.open(Intent::Read, None, Instant::now(), |_| panic!("not counted")).unwrap();
         // The store fails: no bytes.
-        let failed = once.open(Intent::Read, Instant::now(), |_| Err(StoreError::backend("disk full")));
+        let failed = once.open(Intent::Read, None, Instant::now(), |_| Err(StoreError::backend("disk full")));
         assert!(matches!(failed, Err(ServeError::Io(_))));
         // ...and the admission stays used (fail closed): the count of 2 is spent.
         assert!(matches!(text(&once, Intent::Read), Err(ServeError::Gone(_))));
+    }
+
+    #[tokio::test]
+    async fn a_range_that_misses_is_refused_before_a_read_is_used_up() {
+        use crate::serve::ByteRange;
+        let (_d, files) = load(&Step { files: [(Space::HTTP, vec![file("once", "secret", Some(1))])].into(), ..Step::default() }).await;
+        let once = files.find(&Dut::new("dut1", []), Space::HTTP, "once", None).unwrap();
+        let miss = RangeRequest { bytes: ByteRange::From(6), if_version: None, unless_versions: &[] };
+        let refused = once.open(Intent::Read, Some(&miss), Instant::now(), |_| panic!("nothing is recorded"));
+        assert!(matches!(refused, Err(ServeError::OutOfRange { offset: 6, len: 0, size: 6 })), "{refused:?}");
+        // For another version (If-Range) or one the client holds (If-None-Match) it is not checked.
+        let digest = Digest::of(b"secret");
+        let other = RangeRequest { if_version: Some(Digest::of(b"other")), ..miss };
+        let held = [digest];
+        let cached = RangeRequest { unless_versions: &held, ..miss };
+        for r in [other, cached] {
+            once.open(Intent::Stat, Some(&r), Instant::now(), |_| Ok(())).unwrap();
+        }
+        let fits = RangeRequest { bytes: ByteRange::FromTo(0, 1), ..miss };
+        assert_eq!(once.open(Intent::Read, Some(&fits), Instant::now(), |_| Ok(())).unwrap().len, 6, "the read is still there");
     }
 
     #[tokio::test]
@@ -260,18 +287,18 @@ mod tests {
         let step = Step {
             kernel: Some(file("kernel", "KERNEL", None)),
             cmdline: Some("quiet".into()),
-            http: vec![file("boot/dut1/boot.ipxe", "MINE", None)],
+            files: [(Space::HTTP, vec![file("boot/dut1/boot.ipxe", "MINE", None)])].into(),
             ..Step::default()
         };
         let (_d, files) = load(&step).await;
         let mut dut = Dut::new("dut1", []);
         dut.serial = Some("1234ABCD".into());
         let get = |space, path: &str| files.find(&dut, space, path, None).map(|e| text(&e, Intent::Read).unwrap());
-        assert_eq!(get(Space::Http, "boot/dut1/boot.ipxe").as_deref(), Some("MINE"));
-        assert!(get(Space::Tftp, "boot/dut1/boot.ipxe").unwrap().contains("kernel /boot/dut1/kernel quiet"));
-        assert_eq!(get(Space::Tftp, "1234abcd/boot/dut1/kernel").as_deref(), Some("KERNEL"));
-        assert_eq!(get(Space::Tftp, "ffff/boot/dut1/kernel"), None);
-        assert_eq!(get(Space::Tftp, "boot/dut1/cmdline.txt").as_deref(), Some("quiet\n"));
-        assert_eq!(get(Space::Http, "config.txt"), None);
+        assert_eq!(get(Space::HTTP, "boot/dut1/boot.ipxe").as_deref(), Some("MINE"));
+        assert!(get(Space::TFTP, "boot/dut1/boot.ipxe").unwrap().contains("kernel /boot/dut1/kernel quiet"));
+        assert_eq!(get(Space::TFTP, "1234abcd/boot/dut1/kernel").as_deref(), Some("KERNEL"));
+        assert_eq!(get(Space::TFTP, "ffff/boot/dut1/kernel"), None);
+        assert_eq!(get(Space::TFTP, "boot/dut1/cmdline.txt").as_deref(), Some("quiet\n"));
+        assert_eq!(get(Space::HTTP, "config.txt"), None);
     }
 }

@@ -118,7 +118,7 @@ mod tests {
     fn counts_reset_on_boot_and_job_start_not_on_job_end() {
         let s = MemoryLifetimes::default();
         let d = DutId::from("d");
-        let k = FileKey { step: "start", space: Space::Http, path: "once".into() };
+        let k = FileKey { step: "start", space: Space::HTTP, path: "once".into() };
         s.count_read(&d, &k).unwrap();
         s.count_read(&d, &k).unwrap();
         assert_eq!(s.reads(&d, &k), 2);

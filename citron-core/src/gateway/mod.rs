@@ -39,7 +39,7 @@ use std::time::{Instant, SystemTime};
 
 use parking_lot::RwLock;
 
-use crate::access::{AccessLog, AccessRecord, AccessStore, AccessTicket, MemoryAccess};
+use crate::access::{AccessLog, AccessRecord, AccessStore, MemoryAccess};
 use crate::artifact::Cache;
 use crate::block::DiskStore;
 use crate::datadir::DataDir;
@@ -117,7 +117,7 @@ struct Inner {
 /// let gw = Gateway::new(LabConfig::default_lab(), dir.path()).unwrap();
 /// let job = JobDescription::parse("deployment:\n  start:\n    storage:\n      http:\n        - path: /hello\n          data: hi\n", Origin::named("job.yaml")).unwrap();
 /// gw.set_job(&"dut1".into(), &job).await.unwrap();
-/// let req = FileRequest { peer: "127.0.0.2".parse().unwrap(), protocol: Protocol::HTTP, space: Space::Http, path: "/hello", base_url: None, intent: Intent::Read };
+/// let req = FileRequest { peer: "127.0.0.2".parse().unwrap(), protocol: Protocol::HTTP, space: Space::HTTP, path: "/hello", base_url: None, intent: Intent::Read, range: None };
 /// assert_eq!(gw.open(&req).unwrap().len, 2);
 /// assert_eq!(gw.job_record(&"dut1".into()).unwrap().origin.name, "job.yaml");
 /// # });
@@ -447,13 +447,22 @@ impl Catalog for Gateway {
             return Err(refuse(ServeError::NotFound(path)));
         };
         let entry = job.files().find(&dut, req.space, &path, req.base_url).ok_or_else(|| refuse(ServeError::NotFound(path.clone())))?;
-        let opened = entry.open(req.intent, Instant::now(), |key| self.inner.lifetimes.count_read(&dut.id, key)).map_err(refuse)?;
+        let opened = entry
+            .open(req.intent, req.range.as_ref(), Instant::now(), |key| self.inner.lifetimes.count_read(&dut.id, key))
+            .map_err(|e| match e {
+                // The log says what the client was told (HTTP 416).
+                e @ ServeError::OutOfRange { .. } => {
+                    log.refuse(Some(&dut.id), req.protocol, req.path, format!("range not satisfiable: {e}"));
+                    e
+                }
+                e => refuse(e),
+            })?;
         Ok(Artifact {
             name: path,
             len: opened.len,
             digest: opened.digest,
             content: opened.content,
-            ticket: AccessTicket::new(log.clone(), dut.id.clone(), req.protocol, req.path),
+            ticket: log.ticket(dut.id.clone(), req.protocol, req.path),
         })
     }
 
@@ -468,7 +477,7 @@ impl Catalog for Gateway {
             return Err(ServeError::UnknownDut(peer));
         };
         match self.inner.disks.open_export(&dut, name) {
-            Ok((info, device)) => Ok(Export { info, device, ticket: AccessTicket::new(self.inner.log.clone(), dut, protocol, name) }),
+            Ok((info, device)) => Ok(Export { info, device, ticket: self.inner.log.ticket(dut, protocol, name) }),
             Err(e) => {
                 self.inner.log.refuse(Some(&dut), protocol, name, &e);
                 Err(e)

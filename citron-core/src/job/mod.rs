@@ -8,6 +8,7 @@
 //!
 //! Both stages report *all* errors at once ([`JobErrors`]), not only the first.
 
+pub mod listing;
 mod model;
 mod parse;
 mod render;
