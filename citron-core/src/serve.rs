@@ -94,7 +94,7 @@ pub enum GoneReason {
 
 /// The name of a protocol, for logs, metrics and the access log. Backends define their own; the
 /// core needs no list of them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Protocol(pub &'static str);
 
 impl Protocol {

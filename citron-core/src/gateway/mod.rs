@@ -10,6 +10,7 @@
 //!   is logged),
 //! - [`lifetimes`]: the counted reads and last events ([`LifetimeStore`]),
 //! - [`events`]: the DUTs' event history ([`EventLog`]),
+//! - [`endpoints`]: how DUTs reach the servers, and the template variables that say so,
 //! - the access log ([`AccessLog`] over an [`AccessStore`](crate::access::AccessStore)), the
 //!   artifact [`Cache`] and the NBD [`DiskStore`].
 //!
@@ -19,6 +20,7 @@
 //! before it serves, and a counted read is recorded before [`Catalog::open`] returns it.
 
 mod duts;
+mod endpoints;
 mod error;
 mod events;
 mod files;
@@ -26,6 +28,7 @@ mod jobs;
 mod lifetimes;
 
 pub use duts::{DutStore, MemoryDuts};
+pub use endpoints::{Endpoint, Endpoints, DISK_PROTOCOLS};
 pub use error::GatewayError;
 pub use events::{EventLog, EventRecord, MemoryEvents, MEMORY_EVENTS_PER_DUT};
 pub use jobs::{JobRecord, JobStore, MemoryJobs};
@@ -51,19 +54,6 @@ use crate::serve::{Artifact, Catalog, Export, ExportInfo, FileRequest, Protocol,
 
 use files::Loader;
 use jobs::{ActiveJob, Jobs};
-
-/// How DUTs reach citron's servers; fills `http_artifact_base` and friends.
-#[derive(Debug, Clone, Default)]
-pub struct Endpoints {
-    /// `http://host:port` as DUTs see the HTTP server.
-    pub http: Option<String>,
-    /// `tftp://host:port` as DUTs see the TFTP server.
-    pub tftp: Option<String>,
-    /// NBD host as DUTs see it.
-    pub nbd_host: Option<String>,
-    /// NBD port.
-    pub nbd_port: Option<u16>,
-}
 
 /// The state stores a gateway keeps its pieces in.
 pub struct Stores {
@@ -244,29 +234,16 @@ impl Gateway {
         Ok(d)
     }
 
-    /// The template variables a job for `dut` sees.
+    /// The template variables a job for `dut` sees ([`RenderContext::for_dut`]).
     pub fn variables(&self, dut: &Dut) -> BTreeMap<String, String> {
-        let mut v = BTreeMap::new();
-        let e = self.inner.endpoints.read().clone();
-        v.insert("machine_id".into(), dut.machine_id().to_string());
-        v.insert("http_artifact_base".into(), e.http.unwrap_or_default());
-        v.insert("tftp_artifact_base".into(), e.tftp.unwrap_or_default());
-        v.insert("nbd_host".into(), e.nbd_host.unwrap_or_default());
-        v.insert("nbd_port".into(), e.nbd_port.map(|p| p.to_string()).unwrap_or_default());
-        for (k, val) in &self.inner.lab.variables {
-            v.insert(k.clone(), val.clone());
-        }
-        v
+        self.render_context(dut, None).vars
     }
 
-    /// The render context of a job for `dut`. `job_dir` is the job file's directory, allowed as
-    /// a `file:` root for jobs given on the command line.
+    /// The render context of a job for `dut` ([`RenderContext::for_dut`] with the endpoints the
+    /// servers set). `job_dir` is the job file's directory, allowed as a `file:` root for jobs
+    /// given on the command line.
     pub fn render_context(&self, dut: &Dut, job_dir: Option<&Path>) -> RenderContext {
-        let mut roots = self.inner.lab.artifact_roots.clone();
-        if let Some(d) = job_dir {
-            roots.push(d.to_path_buf());
-        }
-        RenderContext { vars: self.variables(dut), file_roots: roots, limits: self.inner.lab.limits.clone() }
+        RenderContext::for_dut(&self.inner.lab, dut, &self.inner.endpoints.read(), job_dir)
     }
 
     /// Renders `job` for `dut`, fetches every artifact into the cache and makes it the DUT's

@@ -59,6 +59,36 @@ pub struct RenderContext {
     pub limits: crate::limits::Limits,
 }
 
+impl RenderContext {
+    /// The one way a job's render context is built: by the gateway for a running lab, by
+    /// `citron validate`/`render` and Python for one that is not running (with the endpoints it
+    /// would have). Variables: `machine_id`, those of `endpoints`
+    /// ([`Endpoints::variables`](crate::Endpoints::variables): `http_artifact_base`, ...), then
+    /// the lab's own `variables:`, which win; `file:` roots: the lab's `artifact_roots`, then
+    /// `job_dir` (the job file's directory, for jobs the lab admin gave); the lab's limits.
+    ///
+    /// ```
+    /// use citron_core::{job::RenderContext, lab::LabConfig, namespace::Dut, Endpoints};
+    /// let lab = LabConfig::default_lab();
+    /// let ctx = RenderContext::for_dut(&lab, &lab.duts[0], &Endpoints::default(), None);
+    /// assert_eq!(ctx.vars["machine_id"], "dut1");
+    /// assert_eq!(ctx.vars["http_artifact_base"], "");
+    /// ```
+    pub fn for_dut(
+        lab: &crate::lab::LabConfig,
+        dut: &crate::namespace::Dut,
+        endpoints: &crate::Endpoints,
+        job_dir: Option<&Path>,
+    ) -> RenderContext {
+        let mut vars = endpoints.variables();
+        vars.insert("machine_id".into(), dut.machine_id().to_string());
+        vars.extend(lab.variables.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let mut file_roots = lab.artifact_roots.clone();
+        file_roots.extend(job_dir.map(Path::to_path_buf));
+        RenderContext { vars, file_roots, limits: lab.limits.clone() }
+    }
+}
+
 /// One thing wrong with a job description.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobError {
