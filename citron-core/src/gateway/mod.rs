@@ -131,7 +131,9 @@ impl Gateway {
         Self::with_stores(lab, data_dir, stores)
     }
 
-    /// A gateway for `lab` over `stores`. The lab file's DUTs are added to `stores.duts`.
+    /// A gateway for `lab` over `stores`. The lab file's DUTs are added to `stores.duts`, which
+    /// refuses one it already holds (`DuplicateId`): reconciling a durable store with the lab
+    /// file is for the durable lab to decide before calling this.
     pub fn with_stores(lab: LabConfig, data_dir: &Path, stores: Stores) -> Result<Gateway, GatewayError> {
         let dd = |source| GatewayError::DataDir { path: data_dir.to_path_buf(), source };
         let data_lock = DataDir::open(data_dir)?;
