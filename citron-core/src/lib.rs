@@ -40,15 +40,14 @@ pub mod gateway;
 pub mod job;
 pub mod lab;
 pub mod lifetime;
-pub mod limits;
 pub mod namespace;
 pub mod serve;
 pub mod store;
 pub mod template;
-pub mod units;
 mod yaml;
 
-pub use serve::digest::{Digest, DigestParseError, Hasher};
-// The seam's children, under the names the rest of the core uses.
 pub use gateway::{Endpoints, Gateway, GatewayError};
+pub use serve::digest::{Digest, DigestParseError, Hasher};
+// The seam's children, under the names the rest of the core (and its users) know them by.
 use serve::{digest, nowait};
+pub use serve::{limits, units};

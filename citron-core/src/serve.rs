@@ -13,13 +13,17 @@
 //!
 //! # A leaf
 //! The seam names nothing of the core's other modules: every type a backend sees is defined here
-//! (or in its children, [`digest`] and the page-cache reads), and the core's decisions reach it
-//! as values ([`GoneReason`], [`PathError`]) or as a small trait the core implements
+//! or in its children (the [`Digest`], the page-cache reads, and the bounds backends apply,
+//! [`limits`], with the [`units`] they are written in). The core's decisions reach it as values
+//! ([`GoneReason`], [`PathError`]) or through a small trait the core implements
 //! ([`AccessReport`]). Sibling modules depend on the seam, never the other way, so the seam can
-//! become a crate of its own without moving anything else.
+//! become a crate of its own without moving anything else. (The NBD half, [`Export`], still
+//! names `block::BlockDevice`.)
 
 pub(crate) mod digest;
+pub mod limits;
 pub(crate) mod nowait;
+pub mod units;
 
 use std::fmt;
 use std::fs::File;
@@ -471,8 +475,8 @@ pub trait Catalog: Send + Sync + 'static {
     fn open_export(&self, peer: IpAddr, protocol: Protocol, name: &str) -> Result<Export, ServeError>;
 
     /// The lab's `limits:`, which backends apply to connections (timeouts, caps, buffers).
-    /// Default: [`Limits::default`](crate::limits::Limits::default).
-    fn limits(&self) -> crate::limits::Limits {
-        crate::limits::Limits::default()
+    /// Default: [`Limits::default`](limits::Limits::default).
+    fn limits(&self) -> limits::Limits {
+        limits::Limits::default()
     }
 }

@@ -10,11 +10,11 @@
 //! (SQLite, PostgreSQL) implements the same traits in the lab crate.
 //!
 //! # Synchronous, on purpose
-//! Every store method is a plain `fn`. The serving path is synchronous: [`Catalog::open`]
-//! (crate::serve::Catalog::open) decides and answers in one call, and a counted read must be in
-//! the store **before** its bytes leave, so the write cannot be deferred to a task. An `async`
-//! trait would not help there (the caller could not `.await`) and would force every other caller
-//! to carry futures for what are, in memory, map operations. So:
+//! Every store method is a plain `fn`. The serving path is synchronous:
+//! [`Catalog::open`](crate::serve::Catalog::open) decides and answers in one call, and a counted
+//! read must be in the store **before** its bytes leave, so the write cannot be deferred to a
+//! task. An `async` trait would not help there (the caller could not `.await`) and would force
+//! every other caller to carry futures for what are, in memory, map operations. So:
 //! - A durable implementation does its own blocking (a local SQLite write in WAL mode costs tens of
 //!   microseconds; a remote database should keep a local write-ahead journal or pool of
 //!   connections). Writes that **must** be durable before the answer are called synchronously:

@@ -3,15 +3,15 @@
 //! Backends hold it as `Arc<dyn Catalog>`; the control API, the CLI and the Python bindings call
 //! its methods to add DUTs, set jobs and send events. It decides nothing of its own: it wires
 //!
-//! - [`duts`]: the DUTs and their source addresses ([`DutStore`]),
-//! - [`jobs`]: every DUT's job, recorded ([`JobStore`]) and loaded,
-//! - [`files`]: what a loaded job serves, its own files and the generated boot files of
+//! - `duts.rs`: the DUTs and their source addresses ([`DutStore`]),
+//! - `jobs.rs`: every DUT's job, recorded ([`JobStore`]) and loaded,
+//! - `files.rs`: what a loaded job serves, its own files and the generated boot files of
 //!   [`crate::bootfiles`] (**a file the job defines at a generated path wins**, and the override
 //!   is logged),
-//! - [`lifetimes`]: the counted reads and last events ([`LifetimeStore`]),
-//! - [`events`]: the DUTs' event history ([`EventLog`]),
-//! - [`endpoints`]: how DUTs reach the servers, and the template variables that say so,
-//! - the access log ([`AccessLog`] over an [`AccessStore`](crate::access::AccessStore)), the
+//! - `lifetimes.rs`: the counted reads and last events ([`LifetimeStore`]),
+//! - `events.rs`: the DUTs' event history ([`EventLog`]),
+//! - `endpoints.rs`: how DUTs reach the servers, and the template variables that say so,
+//! - the access log ([`AccessLog`] over an [`AccessStore`]), the
 //!   artifact [`Cache`] and the NBD [`DiskStore`].
 //!
 //! The stores are traits so that a durable lab replaces today's in-memory maps
@@ -409,7 +409,7 @@ impl Catalog for Gateway {
     }
 
     /// Who asks ([`DutStore`]), the path normalised, the DUT's loaded job finds the file
-    /// ([`files`]), and the file opens ([`files`]' `Entry::open`: policies, then the counted read
+    /// (`files.rs`), and the file opens (`files.rs`' `Entry::open`: policies, then the counted read
     /// recorded in the [`LifetimeStore`]) — every refusal logged on the way.
     fn open(&self, req: &FileRequest<'_>) -> Result<Artifact, ServeError> {
         let log = &self.inner.log;
