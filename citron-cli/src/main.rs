@@ -63,20 +63,8 @@ fn load_lab(path: Option<&Path>) -> anyhow::Result<LabConfig> {
 /// its default addresses, the lab's variables, and the job's own directory as a `file:` root
 /// (jobs given on the command line are trusted, as with `serve --job`).
 pub(crate) fn offline_context(lab: &LabConfig, dut: &Dut, job: &Path) -> RenderContext {
-    use citron_lab::server::{DEFAULT_HTTP, DEFAULT_NBD, DEFAULT_TFTP};
-    let nbd: SocketAddr = DEFAULT_NBD.parse().expect("default address parses");
-    let mut vars = std::collections::BTreeMap::new();
-    vars.insert("machine_id".to_string(), dut.machine_id().to_string());
-    vars.insert("http_artifact_base".into(), format!("http://{DEFAULT_HTTP}"));
-    vars.insert("tftp_artifact_base".into(), format!("tftp://{DEFAULT_TFTP}"));
-    vars.insert("nbd_host".into(), nbd.ip().to_string());
-    vars.insert("nbd_port".into(), nbd.port().to_string());
-    for (k, v) in &lab.variables {
-        vars.insert(k.clone(), v.clone());
-    }
-    let mut roots = lab.artifact_roots.clone();
-    roots.push(job.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf());
-    RenderContext { vars, file_roots: roots, limits: lab.limits.clone() }
+    let job_dir = job.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    RenderContext::for_dut(lab, dut, &citron_lab::server::default_endpoints(), Some(job_dir))
 }
 
 fn validate(lab: Option<&Path>, jobs: &[PathBuf]) -> anyhow::Result<ExitCode> {

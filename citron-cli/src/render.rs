@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use citron_core::bootfiles;
-use citron_core::job::{DiskKind, FileSpec, JobDescription, Lifetime, Source, Step};
+use citron_core::job::listing::{self, Listed};
+use citron_core::job::{DiskKind, DiskSpec, FileSpec, JobDescription, Lifetime, Source, Step};
 use citron_core::lab::LabConfig;
 use citron_core::namespace::DutId;
 use citron_core::{Digest, Hasher};
@@ -79,46 +80,37 @@ fn file_row(protocol: &'static str, path: String, f: &FileSpec, url: String) -> 
     Row { protocol, path, source: describe(&f.source), size, sha256, lifetime: lifetime(&f.lifetime), url }
 }
 
-fn rows(step: &Step, mid: &str, http: &str, tftp: &str, nbd: &str) -> Vec<Row> {
-    let mut out = Vec::new();
-    for (p, f) in [(bootfiles::kernel_path(mid), &step.kernel), (bootfiles::initramfs_path(mid), &step.initramfs)] {
-        if let Some(f) = f {
-            out.push(file_row("boot", p.clone(), f, format!("{http}/{p}")));
+fn disk_row(d: &DiskSpec, url: String) -> Row {
+    let (source, size, sha) = match &d.kind {
+        DiskKind::Image { source, sha256 } => {
+            let (sz, sh) = measure(source, *sha256);
+            (format!("image {}", describe(source)), sz, sh)
         }
+        DiskKind::Filesystem { fstype, size_bytes, .. } => (format!("filesystem {fstype}"), size_bytes.to_string(), "-".into()),
+        DiskKind::Raw { size_bytes } => ("raw".into(), size_bytes.to_string(), "-".into()),
+    };
+    let mut lt = format!("reset_on={:?}", d.reset_on).to_lowercase();
+    if d.readonly {
+        lt.push_str(",readonly");
     }
-    for f in &step.http {
-        out.push(file_row("http", f.path.clone(), f, format!("{http}/{}", f.path)));
+    if d.shared {
+        lt.push_str(",shared");
     }
-    for f in &step.tftp {
-        out.push(file_row("tftp", f.path.clone(), f, format!("{tftp}/{}", f.path)));
-    }
-    for d in &step.nbd {
-        let (source, size, sha) = match &d.kind {
-            DiskKind::Image { source, sha256 } => {
-                let (sz, sh) = measure(source, *sha256);
-                (format!("image {}", describe(source)), sz, sh)
-            }
-            DiskKind::Filesystem { fstype, size_bytes, .. } => (format!("filesystem {fstype}"), size_bytes.to_string(), "-".into()),
-            DiskKind::Raw { size_bytes } => ("raw".into(), size_bytes.to_string(), "-".into()),
-        };
-        let mut lt = format!("reset_on={:?}", d.reset_on).to_lowercase();
-        if d.readonly {
-            lt.push_str(",readonly");
-        }
-        if d.shared {
-            lt.push_str(",shared");
-        }
-        out.push(Row {
-            protocol: "nbd",
-            path: d.name.clone(),
-            source,
-            size,
-            sha256: sha,
-            lifetime: lt,
-            url: format!("nbd://{nbd}/{}", d.name),
-        });
-    }
-    out
+    Row { protocol: "nbd", path: d.name.clone(), source, size, sha256: sha, lifetime: lt, url }
+}
+
+/// The rows of `step` ([`listing::artifacts`]), with the URLs DUTs would use: `base(space)` is
+/// a file space's `<space>_artifact_base` (boot files are shown over HTTP), `nbd` the NBD
+/// `host:port`.
+fn rows(step: &Step, mid: &str, base: &dyn Fn(&str) -> String, nbd: &str) -> Vec<Row> {
+    listing::artifacts(step, mid)
+        .into_iter()
+        .map(|a| match a.what {
+            Listed::Kernel(f) | Listed::Initramfs(f) => file_row("boot", a.path.clone(), f, format!("{}/{}", base("http"), a.path)),
+            Listed::File(space, f) => file_row(space.0, a.path.clone(), f, format!("{}/{}", base(space.0), a.path)),
+            Listed::Disk(d) => disk_row(d, format!("nbd://{nbd}/{}", d.name)),
+        })
+        .collect()
 }
 
 fn print_table(title: &str, rows: &[Row], cmdline: Option<&str>) {
@@ -170,11 +162,12 @@ pub fn render(lab: &LabConfig, job: &Path, dut: &DutId) -> anyhow::Result<ExitCo
         }
     };
     let var = |k: &str| ctx.vars.get(k).cloned().unwrap_or_default();
-    let (http, tftp) = (var("http_artifact_base"), var("tftp_artifact_base"));
+    let base = |space: &str| var(&format!("{space}_artifact_base"));
+    let (http, tftp) = (base("http"), base("tftp"));
     let nbd = format!("{}:{}", var("nbd_host"), var("nbd_port"));
     let mid = d.machine_id();
     println!("job {} for DUT {} (machine_id {mid}, addresses {:?})", resolved.origin, d.id, d.ip);
-    let start = rows(&resolved.start, mid, &http, &tftp, &nbd);
+    let start = rows(&resolved.start, mid, &base, &nbd);
     print_table("deployment.start:", &start, resolved.start.cmdline.as_deref());
     if resolved.start.kernel.is_some() {
         let (script, top) = (bootfiles::script_path(mid), bootfiles::TOP_SCRIPT);
@@ -182,7 +175,7 @@ pub fn render(lab: &LabConfig, job: &Path, dut: &DutId) -> anyhow::Result<ExitCo
     }
     if let Some(c) = &resolved.continue_ {
         let merged = c.over(&resolved.start);
-        print_table("deployment.continue (from the second boot):", &rows(&merged, mid, &http, &tftp, &nbd), merged.cmdline.as_deref());
+        print_table("deployment.continue (from the second boot):", &rows(&merged, mid, &base, &nbd), merged.cmdline.as_deref());
     }
     std::io::Write::flush(&mut std::io::stdout()).context("cannot write to stdout")?;
     Ok(ExitCode::SUCCESS)

@@ -1,8 +1,8 @@
 //! The per-DUT access log and the counters behind `/metrics`.
 //!
 //! Every read a DUT makes ends as one [`AccessRecord`]: refusals are written by the core when it
-//! refuses, served reads by the [`AccessTicket`] an artifact carries, when the backend completes
-//! or drops it. Backends therefore cannot forget to log.
+//! refuses, served reads by the [`AccessTicket`] an artifact carries ([`AccessLog::ticket`]), when
+//! the backend completes or drops it. Backends therefore cannot forget to log.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -13,7 +13,8 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use crate::namespace::DutId;
-use crate::serve::Protocol;
+use crate::serve::{AccessReport, AccessTicket, Protocol};
+use crate::store::StoreError;
 
 /// How a read ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,11 +121,78 @@ pub fn truncate_logged(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
     format!("{}…[{} more bytes]", &s[..end], s.len() - end).into()
 }
 
+/// Where access records are kept. See [`crate::store`] for why it is synchronous.
+///
+/// Records are appended when a transfer ends or is refused, after the answer: an implementation
+/// may buffer and write them later, as long as it gives each its `seq` at once and
+/// [`page`](Self::page) returns a DUT's records in `seq` order.
+pub trait AccessStore: Send + Sync + 'static {
+    /// Appends `rec` to `dut`'s log and returns the `seq` it gave it: one sequence over every
+    /// DUT, increasing with each record, never reused.
+    fn append(&self, dut: &DutId, rec: AccessRecord) -> Result<u64, StoreError>;
+    /// At most `limit` of `dut`'s records with a `seq` above `after`, oldest first.
+    fn page(&self, dut: &DutId, after: u64, limit: usize) -> Vec<AccessRecord>;
+    /// Forgets `dut`'s log (the DUT was removed).
+    fn forget(&self, dut: &DutId);
+}
+
 /// One DUT's records and their cost.
 #[derive(Default)]
 struct DutLog {
     records: VecDeque<AccessRecord>,
     bytes: usize,
+}
+
+/// Access records in memory: today's store, at most [`LOG_CAPACITY`] records and
+/// `limits.access_log_bytes_per_dut` bytes per DUT, the oldest dropped first.
+pub struct MemoryAccess {
+    logs: Mutex<BTreeMap<DutId, DutLog>>,
+    /// The last `seq` given.
+    seq: AtomicU64,
+    /// `limits.access_log_bytes_per_dut`.
+    bytes_per_dut: usize,
+}
+
+impl MemoryAccess {
+    /// An empty store bounded by `limits.access_log_bytes_per_dut`.
+    pub fn new(limits: &crate::limits::Limits) -> Self {
+        MemoryAccess {
+            logs: Mutex::default(),
+            seq: AtomicU64::new(0),
+            bytes_per_dut: usize::try_from(limits.access_log_bytes_per_dut.bytes()).unwrap_or(usize::MAX),
+        }
+    }
+}
+
+impl AccessStore for MemoryAccess {
+    fn append(&self, dut: &DutId, mut rec: AccessRecord) -> Result<u64, StoreError> {
+        let cost = rec.cost();
+        let mut logs = self.logs.lock();
+        // Under the lock, so that each DUT's records are in `seq` order.
+        rec.seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let seq = rec.seq;
+        let log = logs.entry(dut.clone()).or_default();
+        while !log.records.is_empty() && (log.records.len() >= LOG_CAPACITY || log.bytes + cost > self.bytes_per_dut) {
+            if let Some(old) = log.records.pop_front() {
+                log.bytes -= old.cost();
+            }
+        }
+        log.bytes += cost;
+        log.records.push_back(rec);
+        Ok(seq)
+    }
+
+    fn page(&self, dut: &DutId, after: u64, limit: usize) -> Vec<AccessRecord> {
+        let logs = self.logs.lock();
+        let Some(l) = logs.get(dut) else { return Vec::new() };
+        // Records are in `seq` order: find the first one after `after` by bisection.
+        let start = l.records.partition_point(|r| r.seq <= after);
+        l.records.range(start..).take(limit).cloned().collect()
+    }
+
+    fn forget(&self, dut: &DutId) {
+        self.logs.lock().remove(dut);
+    }
 }
 
 #[derive(Default)]
@@ -134,13 +202,10 @@ struct Counters {
     refusals: u64,
 }
 
-/// Access logs and counters, shared by every backend.
+/// Access logs and counters, shared by every backend: bounds what is logged, counts for
+/// `/metrics`, and keeps the records in an [`AccessStore`].
 pub struct AccessLog {
-    logs: Mutex<BTreeMap<DutId, DutLog>>,
-    /// The last `seq` given.
-    seq: AtomicU64,
-    /// `limits.access_log_bytes_per_dut`.
-    bytes_per_dut: usize,
+    store: Box<dyn AccessStore>,
     /// `limits.logged_path_max`.
     path_max: usize,
     counters: Mutex<BTreeMap<(String, String), Counters>>,
@@ -167,13 +232,16 @@ fn now_secs() -> f64 {
 }
 
 impl AccessLog {
-    /// An empty log bounded by `limits` (`access_log_bytes_per_dut`, `logged_path_max`).
+    /// An empty log in memory bounded by `limits` (`access_log_bytes_per_dut`, `logged_path_max`).
     pub fn new(limits: &crate::limits::Limits) -> Self {
+        Self::with_store(limits, Box::new(MemoryAccess::new(limits)))
+    }
+
+    /// A log keeping its records in `store`, paths cut to `limits.logged_path_max`.
+    pub fn with_store(limits: &crate::limits::Limits, store: Box<dyn AccessStore>) -> Self {
         AccessLog {
-            logs: Mutex::default(),
+            store,
             counters: Mutex::default(),
-            seq: AtomicU64::new(0),
-            bytes_per_dut: usize::try_from(limits.access_log_bytes_per_dut.bytes()).unwrap_or(usize::MAX),
             path_max: limits.logged_path_max,
             cache_hits: AtomicU64::new(0),
             cache_misses: AtomicU64::new(0),
@@ -181,8 +249,8 @@ impl AccessLog {
     }
 
     /// Appends a record to `dut`'s log (`None`: an unknown peer, counted under `unknown`). Its
-    /// path and refusal reason are cut to `limits.logged_path_max` bytes, its `seq` is set, and
-    /// the DUT's oldest records go until the log fits `limits.access_log_bytes_per_dut`.
+    /// path and refusal reason are cut to `limits.logged_path_max` bytes and the store gives it
+    /// its `seq`.
     pub fn record(&self, dut: Option<&DutId>, mut rec: AccessRecord) {
         let key = (rec.protocol.clone(), dut.map(|d| d.0.clone()).unwrap_or_else(|| "unknown".into()));
         {
@@ -203,18 +271,9 @@ impl AccessLog {
                 *why = w;
             }
         }
-        let cost = rec.cost();
-        let mut logs = self.logs.lock();
-        // Under the lock, so that each DUT's records are in `seq` order.
-        rec.seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let log = logs.entry(dut.clone()).or_default();
-        while !log.records.is_empty() && (log.records.len() >= LOG_CAPACITY || log.bytes + cost > self.bytes_per_dut) {
-            if let Some(old) = log.records.pop_front() {
-                log.bytes -= old.cost();
-            }
+        if let Err(e) = self.store.append(dut, rec) {
+            tracing::error!(%dut, error = %e, "an access record could not be stored");
         }
-        log.bytes += cost;
-        log.records.push_back(rec);
     }
 
     /// Records a refusal made before any byte.
@@ -234,22 +293,18 @@ impl AccessLog {
 
     /// A copy of `dut`'s log, oldest first.
     pub fn entries(&self, dut: &DutId) -> Vec<AccessRecord> {
-        self.logs.lock().get(dut).map(|l| l.records.iter().cloned().collect()).unwrap_or_default()
+        self.store.page(dut, 0, usize::MAX)
     }
 
     /// At most `limit` of `dut`'s records with a `seq` above `after`, oldest first: one page of
     /// `GET /api/v1/duts/{id}/accesses?after=SEQ&limit=N`.
     pub fn page(&self, dut: &DutId, after: u64, limit: usize) -> Vec<AccessRecord> {
-        let logs = self.logs.lock();
-        let Some(l) = logs.get(dut) else { return Vec::new() };
-        // Records are in `seq` order: find the first one after `after` by bisection.
-        let start = l.records.partition_point(|r| r.seq <= after);
-        l.records.range(start..).take(limit).cloned().collect()
+        self.store.page(dut, after, limit)
     }
 
     /// Forgets `dut`'s log (when the DUT is removed).
     pub fn forget(&self, dut: &DutId) {
-        self.logs.lock().remove(dut);
+        self.store.forget(dut);
     }
 
     /// The request counters, by protocol and DUT (sorted): what `/metrics` exports. The core
@@ -284,8 +339,24 @@ pub struct RequestCounts {
     pub refusals: u64,
 }
 
+impl AccessLog {
+    /// The ticket of a read (or NBD connection) of `path` by `dut` that starts now: one
+    /// [`AccessRecord`] when the backend drops it.
+    pub fn ticket(self: &Arc<Self>, dut: DutId, protocol: Protocol, path: &str) -> AccessTicket {
+        AccessTicket::new(LogTicket {
+            log: self.clone(),
+            dut,
+            protocol,
+            path: path.to_string(),
+            time: now_secs(),
+            bytes: AtomicU64::new(0),
+            done: AtomicBool::new(false),
+        })
+    }
+}
+
 /// An open read: becomes one [`AccessRecord`] when dropped.
-pub struct AccessTicket {
+struct LogTicket {
     log: Arc<AccessLog>,
     dut: DutId,
     protocol: Protocol,
@@ -293,65 +364,20 @@ pub struct AccessTicket {
     time: f64,
     bytes: AtomicU64,
     done: AtomicBool,
-    /// Set by [`refuse`](AccessTicket::refuse) or [`discard`](AccessTicket::discard).
-    end: parking_lot::Mutex<Option<Ending>>,
 }
 
-/// How a ticket ends other than by its transfer.
-#[derive(Debug)]
-enum Ending {
-    Refused(String),
-    Discarded,
-}
-
-impl std::fmt::Debug for AccessTicket {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AccessTicket").field("dut", &self.dut).field("path", &self.path).finish()
-    }
-}
-
-impl AccessTicket {
-    /// Opens a ticket for `dut` reading `path`.
-    pub fn new(log: Arc<AccessLog>, dut: DutId, protocol: Protocol, path: &str) -> Self {
-        AccessTicket {
-            log,
-            dut,
-            protocol,
-            path: path.to_string(),
-            time: now_secs(),
-            bytes: AtomicU64::new(0),
-            done: AtomicBool::new(false),
-            end: parking_lot::Mutex::new(None),
-        }
-    }
-    /// The protocol answered the request with a refusal of its own after all (an HTTP range
-    /// that does not fit, say): logged as refused with `why`, not as a read.
-    pub fn refuse(&self, why: impl ToString) {
-        *self.end.lock() = Some(Ending::Refused(why.to_string()));
-    }
-    /// The artifact was only looked at to decide how to answer, and another ticket records the
-    /// request: nothing is logged for this one.
-    pub fn discard(&self) {
-        *self.end.lock() = Some(Ending::Discarded);
-    }
-    /// Adds delivered bytes.
-    pub fn add_bytes(&self, n: u64) {
+impl AccessReport for LogTicket {
+    fn add_bytes(&self, n: u64) {
         self.bytes.fetch_add(n, Ordering::Relaxed);
     }
-    /// Marks the read as complete.
-    pub fn complete(&self) {
+    fn complete(&self) {
         self.done.store(true, Ordering::Relaxed);
     }
 }
 
-impl Drop for AccessTicket {
+impl Drop for LogTicket {
     fn drop(&mut self) {
-        let outcome = match self.end.lock().take() {
-            Some(Ending::Discarded) => return,
-            Some(Ending::Refused(why)) => Outcome::Refused(why),
-            None if self.done.load(Ordering::Relaxed) => Outcome::Served,
-            None => Outcome::Aborted,
-        };
+        let outcome = if self.done.load(Ordering::Relaxed) { Outcome::Served } else { Outcome::Aborted };
         self.log.record(
             Some(&self.dut),
             AccessRecord {
@@ -375,17 +401,13 @@ mod tests {
         let log = Arc::new(AccessLog::default());
         let d = DutId::from("d");
         {
-            let t = AccessTicket::new(log.clone(), d.clone(), Protocol::HTTP, "a");
+            let t = log.ticket(d.clone(), Protocol::HTTP, "a");
             t.add_bytes(5);
             t.complete();
         }
-        drop(AccessTicket::new(log.clone(), d.clone(), Protocol::TFTP, "b"));
+        drop(log.ticket(d.clone(), Protocol::TFTP, "b"));
         log.refuse(Some(&d), Protocol::HTTP, "c", "nope");
-        AccessTicket::new(log.clone(), d.clone(), Protocol::HTTP, "looked at").discard();
-        let t = AccessTicket::new(log.clone(), d.clone(), Protocol::HTTP, "d");
-        t.complete();
-        t.refuse("range not satisfiable");
-        drop(t);
+        log.refuse(Some(&d), Protocol::HTTP, "d", "range not satisfiable");
         let e = log.entries(&d);
         assert_eq!(e.len(), 4, "{e:?}");
         assert_eq!(e[3].outcome, Outcome::Refused("range not satisfiable".into()));

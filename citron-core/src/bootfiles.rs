@@ -66,12 +66,9 @@ pub fn cmdline_path(machine_id: &str) -> String {
 }
 
 /// The paths citron generates for `machine_id` in `space` (`config.txt` only over TFTP, where
-/// Raspberry Pi firmware asks for it).
+/// Raspberry Pi firmware asks for it; every other space, a new one included, gets the rest).
 pub fn generated_names(machine_id: &str, space: Space) -> Vec<String> {
-    let top: &[&str] = match space {
-        Space::Tftp => &[TOP_SCRIPT, PI_CONFIG],
-        Space::Http => &[TOP_SCRIPT],
-    };
+    let top: &[&str] = if space == Space::TFTP { &[TOP_SCRIPT, PI_CONFIG] } else { &[TOP_SCRIPT] };
     let mut v: Vec<String> = top.iter().map(|s| s.to_string()).collect();
     let d = dir(machine_id);
     for (f, _) in IN_DIR {
@@ -88,7 +85,7 @@ pub fn lookup(machine_id: &str, space: Space, path: &str) -> Option<Generated> {
     if let Some(rest) = path.strip_prefix(&dir(machine_id)) {
         return IN_DIR.iter().find(|(f, _)| *f == rest).map(|(_, g)| *g);
     }
-    (path == PI_CONFIG && space == Space::Tftp).then_some(Generated::PiConfig)
+    (path == PI_CONFIG && space == Space::TFTP).then_some(Generated::PiConfig)
 }
 
 /// What of a deployment step the generated text files describe.
@@ -150,20 +147,20 @@ mod tests {
 
     #[test]
     fn names_and_lookup_agree() {
-        for space in [Space::Http, Space::Tftp] {
+        for space in [Space::HTTP, Space::TFTP] {
             for name in generated_names("dut1", space) {
                 assert!(lookup("dut1", space, &name).is_some(), "{name} over {space:?}");
             }
         }
         assert_eq!(
-            generated_names("dut1", Space::Http),
+            generated_names("dut1", Space::HTTP),
             ["boot.ipxe", "boot/dut1/boot.ipxe", "boot/dut1/kernel", "boot/dut1/initramfs", "boot/dut1/cmdline.txt"]
         );
-        assert!(generated_names("dut1", Space::Tftp).contains(&"config.txt".to_string()));
-        assert_eq!(lookup("dut1", Space::Http, "config.txt"), None, "config.txt is TFTP only");
-        assert_eq!(lookup("dut1", Space::Tftp, "boot/dut1/config.txt"), None);
-        assert_eq!(lookup("dut1", Space::Http, "boot/dut2/kernel"), None, "another DUT's directory");
-        assert_eq!(lookup("dut1", Space::Http, "boot/dut1/kernel"), Some(Generated::Kernel));
+        assert!(generated_names("dut1", Space::TFTP).contains(&"config.txt".to_string()));
+        assert_eq!(lookup("dut1", Space::HTTP, "config.txt"), None, "config.txt is TFTP only");
+        assert_eq!(lookup("dut1", Space::TFTP, "boot/dut1/config.txt"), None);
+        assert_eq!(lookup("dut1", Space::HTTP, "boot/dut2/kernel"), None, "another DUT's directory");
+        assert_eq!(lookup("dut1", Space::HTTP, "boot/dut1/kernel"), Some(Generated::Kernel));
         assert_eq!(kernel_path("m"), "boot/m/kernel");
         assert_eq!(initramfs_path("m"), "boot/m/initramfs");
         assert_eq!(script_path("m"), "boot/m/boot.ipxe");

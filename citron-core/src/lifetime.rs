@@ -162,19 +162,9 @@ impl DiskLease {
     }
 }
 
-/// Why a policy refused a read.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
-    /// `access_count` reads were already served since the last reset.
-    #[error("already read {limit} time(s), the job's access_count; a boot event resets it")]
-    Exhausted {
-        /// The limit.
-        limit: u32,
-    },
-    /// The artifact's expiration passed.
-    #[error("expired {0:?} after the job started")]
-    Expired(Duration),
-}
+/// Why a policy refused a read: the seam's [`GoneReason`](crate::serve::GoneReason), which
+/// backends receive in [`ServeError::Gone`](crate::serve::ServeError::Gone).
+pub use crate::serve::GoneReason as Refusal;
 
 /// A rule deciding whether one more read is allowed.
 ///

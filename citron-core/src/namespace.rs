@@ -6,27 +6,11 @@
 //! namespaces are maps from normalised names to artifacts, never directories on disk.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-/// A DUT's identifier (`id:` in the lab file); also its default `machine_id`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct DutId(pub String);
-
-impl fmt::Display for DutId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl From<&str> for DutId {
-    fn from(s: &str) -> Self {
-        DutId(s.to_string())
-    }
-}
+pub use crate::serve::DutId;
 
 /// A device under test as the lab knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,31 +150,7 @@ fn canonical(ip: IpAddr) -> IpAddr {
 /// Paths that belong to citron: a job may not define files under them.
 pub const RESERVED_PREFIXES: &[&str] = &["api/", "_citron/"];
 
-/// The longest path accepted, in bytes.
-pub const MAX_PATH_BYTES: usize = 1024;
-
-/// Why a path is refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PathError {
-    /// A `..` component.
-    #[error("'..' is not allowed in paths")]
-    ParentDir,
-    /// A NUL or other control character.
-    #[error("control characters (NUL, newline, ...) are not allowed in paths")]
-    ControlChar,
-    /// A backslash (ambiguous between firmware conventions).
-    #[error("'\\' is not allowed in paths; use '/'")]
-    Backslash,
-    /// Nothing left after normalisation.
-    #[error("the path is empty")]
-    Empty,
-    /// Longer than [`MAX_PATH_BYTES`].
-    #[error("the path is longer than {MAX_PATH_BYTES} bytes")]
-    TooLong,
-    /// Under a [`RESERVED_PREFIXES`] entry.
-    #[error("paths under '{0}' are reserved for citron")]
-    Reserved(&'static str),
-}
+pub use crate::serve::{PathError, MAX_PATH_BYTES};
 
 /// Normalises a requested or declared path: leading and repeated `/` and `.` components are
 /// dropped; `..`, control characters and backslashes are refused (never resolved, so that a

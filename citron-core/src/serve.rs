@@ -10,25 +10,97 @@
 //! `open` is synchronous: artifacts are fetched into the cache when a job is loaded, so serving
 //! never waits for the network. Reads are `pread`s on the cached file; backends run them on a
 //! blocking-capable thread when they are large.
+//!
+//! # A leaf
+//! The seam names nothing of the core's other modules: every type a backend sees is defined here
+//! or in its children (the [`Digest`], the page-cache reads, and the bounds backends apply,
+//! [`limits`], with the [`units`] they are written in). The core's decisions reach it as values
+//! ([`GoneReason`], [`PathError`]) or through a small trait the core implements
+//! ([`AccessReport`]). Sibling modules depend on the seam, never the other way, so the seam can
+//! become a crate of its own without moving anything else. (The NBD half, [`Export`], still
+//! names `block::BlockDevice`.)
+
+pub(crate) mod digest;
+pub mod limits;
+pub(crate) mod nowait;
+pub mod units;
 
 use std::fmt;
 use std::fs::File;
 use std::io;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 
-use crate::access::AccessTicket;
-use crate::digest::Digest;
-use crate::namespace::PathError;
+use digest::Digest;
+
+/// A DUT's identifier (`id:` in the lab file); also its default `machine_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DutId(pub String);
+
+impl fmt::Display for DutId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for DutId {
+    fn from(s: &str) -> Self {
+        DutId(s.to_string())
+    }
+}
+
+/// The longest path accepted, in bytes.
+pub const MAX_PATH_BYTES: usize = 1024;
+
+/// Why a path is refused (see [`crate::namespace::normalize`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// A `..` component.
+    #[error("'..' is not allowed in paths")]
+    ParentDir,
+    /// A NUL or other control character.
+    #[error("control characters (NUL, newline, ...) are not allowed in paths")]
+    ControlChar,
+    /// A backslash (ambiguous between firmware conventions).
+    #[error("'\\' is not allowed in paths; use '/'")]
+    Backslash,
+    /// Nothing left after normalisation.
+    #[error("the path is empty")]
+    Empty,
+    /// Longer than [`MAX_PATH_BYTES`].
+    #[error("the path is longer than {MAX_PATH_BYTES} bytes")]
+    TooLong,
+    /// Under a prefix reserved for citron (`namespace::RESERVED_PREFIXES`).
+    #[error("paths under '{0}' are reserved for citron")]
+    Reserved(&'static str),
+}
+
+/// Why an artifact that exists is no longer served ([`ServeError::Gone`]): what the job's
+/// lifetime policies decided.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GoneReason {
+    /// `access_count` reads were already served since the last reset.
+    #[error("already read {limit} time(s), the job's access_count; a boot event resets it")]
+    Exhausted {
+        /// The limit.
+        limit: u32,
+    },
+    /// The artifact's expiration passed.
+    #[error("expired {0:?} after the job started")]
+    Expired(Duration),
+}
 
 mod disk;
 pub use disk::{Access, BlockDevice, BlockError, Export, ExportInfo};
 
 /// The name of a protocol, for logs, metrics and the access log. Backends define their own; the
 /// core needs no list of them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Protocol(pub &'static str);
 
 impl Protocol {
@@ -46,14 +118,41 @@ impl fmt::Display for Protocol {
     }
 }
 
-/// Which of a job's file lists a request is answered from (`storage.http` or `storage.tftp`). A new
-/// file protocol picks the space whose files it serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Space {
+/// A file space: which of a job's file lists (`storage.<name>`) a request is answered from. A
+/// name, like [`Protocol`]: usually the protocol's own (`storage.http` for HTTP), but a backend
+/// may serve another's (a second HTTP port serving `storage.http`).
+///
+/// The spaces a job may fill are [`Space::ALL`]: the one list a protocol with its own files
+/// extends. From that line on, `storage.<name>:` is accepted in jobs (and an unknown key gets a
+/// did-you-mean among them), its files are loaded and served, `citron render` and Python list
+/// them, and the generated boot files are offered in it; nothing else in the core names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Space(pub &'static str);
+
+impl Space {
     /// `storage.http`.
-    Http,
+    pub const HTTP: Space = Space("http");
     /// `storage.tftp`.
-    Tftp,
+    pub const TFTP: Space = Space("tftp");
+    /// Every file space a job may fill, in the order listings show them.
+    pub const ALL: &'static [Space] = &[Space::HTTP, Space::TFTP];
+
+    /// The known space called `name`.
+    ///
+    /// ```
+    /// use citron_core::serve::Space;
+    /// assert_eq!(Space::named("tftp"), Some(Space::TFTP));
+    /// assert_eq!(Space::named("nfs"), None);
+    /// ```
+    pub fn named(name: &str) -> Option<Space> {
+        Space::ALL.iter().copied().find(|s| s.0 == name)
+    }
+}
+
+impl fmt::Display for Space {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
 }
 
 /// What the reader will do with the artifact.
@@ -82,6 +181,79 @@ pub struct FileRequest<'a> {
     pub base_url: Option<&'a str>,
     /// Content or only metadata.
     pub intent: Intent,
+    /// The part of the content asked for, if not all of it: a range that misses the content is
+    /// refused by the core ([`ServeError::OutOfRange`]) before anything is used up.
+    pub range: Option<RangeRequest<'a>>,
+}
+
+/// A byte range as a client wrote it (HTTP `Range: bytes=…`); the core resolves it against the
+/// artifact's length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByteRange {
+    /// Bytes `first..=last` (`bytes=first-last`, `first <= last`).
+    FromTo(u64, u64),
+    /// From `first` to the end (`bytes=first-`).
+    From(u64),
+    /// The last `n` bytes (`bytes=-n`).
+    Last(u64),
+}
+
+impl ByteRange {
+    /// `[start, end)` within content of `len` bytes (a range reaching past the end is cut at
+    /// it), or `None` if the range misses the content entirely: unsatisfiable (RFC 9110 §14.1.1).
+    ///
+    /// ```
+    /// use citron_core::serve::ByteRange;
+    /// assert_eq!(ByteRange::FromTo(50, 1000).resolve(100), Some((50, 100)));
+    /// assert_eq!(ByteRange::Last(10).resolve(100), Some((90, 100)));
+    /// assert_eq!(ByteRange::From(100).resolve(100), None);
+    /// assert_eq!(ByteRange::Last(0).resolve(100), None);
+    /// ```
+    pub fn resolve(self, len: u64) -> Option<(u64, u64)> {
+        match self {
+            ByteRange::Last(0) => None,
+            ByteRange::Last(_) if len == 0 => None,
+            ByteRange::Last(n) => Some((len.saturating_sub(n), len)),
+            ByteRange::From(a) | ByteRange::FromTo(a, _) if a >= len => None,
+            ByteRange::From(a) => Some((a, len)),
+            ByteRange::FromTo(a, b) => Some((a, b.saturating_add(1).min(len))),
+        }
+    }
+
+    /// Where the range starts and how long it is, for [`ServeError::OutOfRange`].
+    fn offset_and_len(self, size: u64) -> (u64, u64) {
+        match self {
+            ByteRange::FromTo(a, b) => (a, (b - a).saturating_add(1)),
+            ByteRange::From(a) => (a, 0),
+            ByteRange::Last(n) => (size.saturating_sub(n), n),
+        }
+    }
+}
+
+/// A range and when it applies, from the request's conditions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RangeRequest<'a> {
+    /// The bytes asked for.
+    pub bytes: ByteRange,
+    /// The range applies only to this version of the artifact (HTTP `If-Range`); another version
+    /// is answered whole, so the range is not checked against it.
+    pub if_version: Option<Digest>,
+    /// Versions the client already holds (HTTP `If-None-Match`, which comes before `Range`): it
+    /// will be told so rather than sent a part, so the range is not checked against them.
+    pub unless_versions: &'a [Digest],
+}
+
+impl RangeRequest<'_> {
+    /// The core's check, before a read is used up: `Err` when the range applies to the artifact
+    /// (`len` bytes, `digest`) and misses it entirely.
+    pub fn check(&self, len: u64, digest: &Digest) -> Result<(), ServeError> {
+        let applies = self.if_version.is_none_or(|v| v == *digest) && !self.unless_versions.contains(digest);
+        if applies && self.bytes.resolve(len).is_none() {
+            let (offset, want) = self.bytes.offset_and_len(len);
+            return Err(ServeError::OutOfRange { offset, len: want, size: len });
+        }
+        Ok(())
+    }
 }
 
 /// Why a request is refused. Exhaustive on purpose: every backend maps every variant in one
@@ -102,11 +274,11 @@ pub enum ServeError {
     Forbidden(String),
     /// The lifetime policy refused: read too often or expired.
     #[error("gone: {0}")]
-    Gone(#[from] crate::lifetime::Refusal),
+    Gone(#[from] GoneReason),
     /// A write to something read-only.
     #[error("read-only: {0}")]
     ReadOnly(String),
-    /// A range outside the artifact or disk.
+    /// A range outside the artifact or disk (for a file, one that misses it entirely: HTTP 416).
     #[error("out of range: offset {offset} + {len} bytes is past the end ({size} bytes)")]
     OutOfRange {
         /// Where the request started.
@@ -119,6 +291,42 @@ pub enum ServeError {
     /// The disk or cache failed.
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),
+}
+
+/// What the core records of one read (or NBD connection): the backend reports bytes and
+/// completion, the core writes the access log when the report is dropped. Implemented by the
+/// core's access log; a backend only holds it inside an [`AccessTicket`].
+pub trait AccessReport: Send + Sync + 'static {
+    /// `n` more bytes were delivered (read or written).
+    fn add_bytes(&self, n: u64);
+    /// The client received everything it asked for.
+    fn complete(&self);
+}
+
+/// The access-log entry of one read, open while this lives: dropping it writes the entry, as
+/// served if [`complete`](Self::complete) was called, else as aborted. Backends therefore cannot
+/// forget to log.
+pub struct AccessTicket(Box<dyn AccessReport>);
+
+impl AccessTicket {
+    /// A ticket reporting to `report`.
+    pub fn new(report: impl AccessReport) -> Self {
+        AccessTicket(Box::new(report))
+    }
+    /// Adds delivered bytes.
+    pub fn add_bytes(&self, n: u64) {
+        self.0.add_bytes(n);
+    }
+    /// Marks the read as complete.
+    pub fn complete(&self) {
+        self.0.complete();
+    }
+}
+
+impl fmt::Debug for AccessTicket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccessTicket").finish_non_exhaustive()
+    }
 }
 
 /// Where an artifact's bytes are.
@@ -195,7 +403,7 @@ impl Artifact {
     pub fn read_cached(&self, offset: u64, len: usize) -> io::Result<Option<Bytes>> {
         match &self.content {
             Content::Memory(_) => self.read_chunk(offset, len).map(Some),
-            Content::File(f) => crate::nowait::read_cached(f, offset, len.min(self.len.saturating_sub(offset) as usize)),
+            Content::File(f) => nowait::read_cached(f, offset, len.min(self.len.saturating_sub(offset) as usize)),
         }
     }
 
@@ -224,7 +432,7 @@ pub trait Catalog: Send + Sync + 'static {
     /// The DUT that has source address `peer`, if any: for a backend's per-DUT bounds (transfer
     /// slots, connections) and to treat sources that are no DUT more warily, before any request
     /// is decided. Uses nothing up and logs nothing.
-    fn dut_of(&self, peer: IpAddr) -> Option<crate::namespace::DutId>;
+    fn dut_of(&self, peer: IpAddr) -> Option<DutId>;
 
     /// A file read or stat. Called once per request, before any byte is sent. `Err` is the
     /// answer to give (already logged and counted by the core). With [`Intent::Read`] a success
@@ -251,8 +459,8 @@ pub trait Catalog: Send + Sync + 'static {
     }
 
     /// The lab's `limits:`, which backends apply to connections (timeouts, caps, buffers).
-    /// Default: [`Limits::default`](crate::limits::Limits::default).
-    fn limits(&self) -> crate::limits::Limits {
-        crate::limits::Limits::default()
+    /// Default: [`Limits::default`](limits::Limits::default).
+    fn limits(&self) -> limits::Limits {
+        limits::Limits::default()
     }
 }

@@ -417,7 +417,7 @@ async fn artifact_gateway_counts_hits_and_misses_and_pins_active_jobs() {
         origin: "test".into(),
         start: Step {
             kernel: Some(spec("kernel", srv.url("/kernel"))),
-            http: vec![spec("a", srv.url("/kernel")), spec("b", data(b"inline"))],
+            files: [(citron_core::serve::Space::HTTP, vec![spec("a", srv.url("/kernel")), spec("b", data(b"inline"))])].into(),
             ..Step::default()
         },
         continue_: None,

@@ -31,7 +31,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use citron_core::serve::Catalog;
+use citron_core::serve::{Catalog, Protocol};
 use citron_core::{Endpoints, Gateway};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
@@ -206,28 +206,17 @@ impl ServerBuilder {
     }
 }
 
-/// How DUTs see the bound addresses.
+/// How DUTs see the bound addresses ([`Endpoints::seen`]).
 fn endpoints(a: &Addrs, advertise: Option<IpAddr>) -> Endpoints {
-    let host = |s: SocketAddr| -> Option<IpAddr> {
-        match (s.ip().is_unspecified(), advertise) {
-            (false, _) => Some(s.ip()),
-            (true, Some(ip)) => Some(ip),
-            (true, None) => {
-                tracing::warn!(addr = %s, "listening on a wildcard address: set --advertise (or the lab's *_artifact_base variables) so that jobs know how DUTs reach citron");
-                None
-            }
-        }
-    };
-    let url = |scheme: &str, s: SocketAddr| host(s).map(|ip| format!("{scheme}://{}", SocketAddr::new(ip, s.port())));
-    Endpoints {
-        http: a.http.and_then(|s| url("http", s)),
-        tftp: a.tftp.and_then(|s| url("tftp", s)),
-        nbd_host: a.nbd.and_then(host).map(|ip| match ip {
-            IpAddr::V6(v6) => format!("[{v6}]"),
-            v4 => v4.to_string(),
-        }),
-        nbd_port: a.nbd.map(|s| s.port()),
-    }
+    let bound = [(Protocol::HTTP, a.http), (Protocol::TFTP, a.tftp), (Protocol::NBD, a.nbd)];
+    Endpoints::seen(bound.into_iter().filter_map(|(p, s)| Some((p, s?))), advertise)
+}
+
+/// The endpoints a lab has with every backend on its default address: what `citron validate`,
+/// `citron render` and Python fill a job's variables with when no server runs.
+pub fn default_endpoints() -> Endpoints {
+    let p = |s: &str| s.parse::<SocketAddr>().expect("default addresses parse");
+    Endpoints::seen([(Protocol::HTTP, p(DEFAULT_HTTP)), (Protocol::TFTP, p(DEFAULT_TFTP)), (Protocol::NBD, p(DEFAULT_NBD))], None)
 }
 
 fn spawn(name: &'static str, fut: impl Future<Output = io::Result<()>> + Send + 'static) -> (&'static str, JoinHandle<io::Result<()>>) {
@@ -322,12 +311,11 @@ mod tests {
             nbd: Some("[::1]:10809".parse().unwrap()),
             api: None,
         };
-        let e = endpoints(&a, None);
-        assert_eq!(e.http.as_deref(), Some("http://127.0.0.1:8080"));
-        assert_eq!(e.tftp, None);
-        assert_eq!(e.nbd_host.as_deref(), Some("[::1]"));
-        assert_eq!(e.nbd_port, Some(10809));
+        let v = endpoints(&a, None).variables();
+        assert_eq!(v["http_artifact_base"], "http://127.0.0.1:8080");
+        assert_eq!(v["tftp_artifact_base"], "");
+        assert_eq!((v["nbd_host"].as_str(), v["nbd_port"].as_str()), ("[::1]", "10809"));
         let e = endpoints(&a, Some("10.0.2.2".parse().unwrap()));
-        assert_eq!(e.tftp.as_deref(), Some("tftp://10.0.2.2:69"));
+        assert_eq!(e.variables()["tftp_artifact_base"], "tftp://10.0.2.2:69");
     }
 }

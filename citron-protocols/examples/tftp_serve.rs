@@ -38,7 +38,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             files.push(FileSpec { path: name, source: Source::File(e.path()), sha256: None, lifetime: Lifetime::default() });
         }
     }
-    let job = ResolvedJob { origin: dir.display().to_string(), start: Step { tftp: files, ..Step::default() }, continue_: None };
+    let job = ResolvedJob {
+        origin: dir.display().to_string(),
+        start: Step { files: [(citron_core::serve::Space::TFTP, files)].into(), ..Step::default() },
+        continue_: None,
+    };
     gw.set_resolved_job(&DutId::from("dut1"), job).await?;
 
     let socket = tokio::net::UdpSocket::bind(&addr).await?;

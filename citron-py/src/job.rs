@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use citron_core::job::listing::Listed;
 use citron_core::job::{
     DiskKind, DiskSpec, FileSpec, FsContents, JobDescription as CoreJob, JobError as CoreJobError, JobErrors, Origin, RenderContext,
     ResetOn, ResolvedJob as CoreResolved, Source, Step,
@@ -351,20 +352,11 @@ fn disk_artifact(step: &str, d: &DiskSpec) -> Artifact {
 }
 
 fn step_artifacts(name: &str, s: &Step, machine_id: &str, out: &mut Vec<Artifact>) {
-    if let Some(k) = &s.kernel {
-        out.push(file_artifact(name, "kernel", "boot", citron_core::bootfiles::kernel_path(machine_id), k));
-    }
-    if let Some(i) = &s.initramfs {
-        out.push(file_artifact(name, "initramfs", "boot", citron_core::bootfiles::initramfs_path(machine_id), i));
-    }
-    for f in &s.http {
-        out.push(file_artifact(name, "file", "http", f.path.clone(), f));
-    }
-    for f in &s.tftp {
-        out.push(file_artifact(name, "file", "tftp", f.path.clone(), f));
-    }
-    for d in &s.nbd {
-        out.push(disk_artifact(name, d));
+    for a in citron_core::job::listing::artifacts(s, machine_id) {
+        out.push(match a.what {
+            Listed::Disk(d) => disk_artifact(name, d),
+            Listed::Kernel(f) | Listed::Initramfs(f) | Listed::File(_, f) => file_artifact(name, a.kind(), a.served(), a.path.clone(), f),
+        });
     }
 }
 

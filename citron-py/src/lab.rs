@@ -80,25 +80,7 @@ impl Lab {
 /// `citron render` build it: the endpoints `citron serve` has with its default addresses
 /// (`http://127.0.0.1:8080`, ...), then the lab's variables, and the `file:` roots.
 pub(crate) fn offline_context(lab: &LabConfig, dut: &Dut, job_dir: Option<&Path>) -> RenderContext {
-    use citron_lab::server::{DEFAULT_HTTP, DEFAULT_NBD, DEFAULT_TFTP};
-    let mut vars = BTreeMap::new();
-    vars.insert("machine_id".to_string(), dut.machine_id().to_string());
-    vars.insert("http_artifact_base".to_string(), format!("http://{DEFAULT_HTTP}"));
-    vars.insert("tftp_artifact_base".to_string(), format!("tftp://{DEFAULT_TFTP}"));
-    let (nbd_host, nbd_port) = match DEFAULT_NBD.parse::<std::net::SocketAddr>() {
-        Ok(a) => (a.ip().to_string(), a.port().to_string()),
-        Err(_) => (String::new(), String::new()),
-    };
-    vars.insert("nbd_host".to_string(), nbd_host);
-    vars.insert("nbd_port".to_string(), nbd_port);
-    for (k, v) in &lab.variables {
-        vars.insert(k.clone(), v.clone());
-    }
-    let mut roots = lab.artifact_roots.clone();
-    if let Some(d) = job_dir {
-        roots.push(d.to_path_buf());
-    }
-    RenderContext { vars, file_roots: roots, limits: lab.limits.clone() }
+    RenderContext::for_dut(lab, dut, &citron_lab::server::default_endpoints(), job_dir)
 }
 
 #[pymethods]

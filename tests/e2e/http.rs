@@ -12,6 +12,7 @@ use bytes::Bytes;
 use citron_core::job::{FileSpec, Lifetime, ResolvedJob, Source, Step};
 use citron_core::lab::LabConfig;
 use citron_core::lifetime::Event;
+use citron_core::serve::Space;
 use citron_core::Gateway;
 use citron_core::{namespace::DutId, Digest};
 use citron_lab::server::{RunningServer, ServerBuilder};
@@ -58,7 +59,7 @@ fn data(path: &str, bytes: impl Into<Bytes>) -> FileSpec {
 }
 
 fn http_step(files: Vec<FileSpec>) -> Step {
-    Step { http: files, ..Step::default() }
+    Step { files: [(Space::HTTP, files)].into(), ..Step::default() }
 }
 
 /// Deterministic incompressible-looking bytes.

@@ -49,6 +49,7 @@ use citron_core::job::{JobDescription, JobErrors};
 use citron_core::lab::LabConfig;
 use citron_core::lifetime::Event;
 use citron_core::namespace::DutId;
+use citron_core::serve::Protocol;
 use citron_core::{Endpoints, Gateway, GatewayError};
 use citron_lab::server::ServerBuilder;
 use regex::Regex;
@@ -236,12 +237,8 @@ impl Plan<'_> {
             _ => return Err(BootTestError::Server("a backend did not report its address".into())),
         };
         // What the guest sees, not where we listen: 10.0.2.2 under slirp.
-        gw.set_endpoints(Endpoints {
-            http: Some(format!("http://{seen_as}:{http}")),
-            tftp: Some(format!("tftp://{seen_as}:{tftp}")),
-            nbd_host: Some(seen_as.to_string()),
-            nbd_port: Some(nbd),
-        });
+        let seen = |p, port| (p, SocketAddr::new(seen_as, port));
+        gw.set_endpoints(Endpoints::seen([seen(Protocol::HTTP, http), seen(Protocol::TFTP, tftp), seen(Protocol::NBD, nbd)], None));
         status(&format!("{} (DUTs reach it as {seen_as})", server.listening_line()));
 
         for t in self.targets {

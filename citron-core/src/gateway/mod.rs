@@ -1,170 +1,92 @@
-//! The gateway: the lab's DUTs, their active jobs and the cache, answering backends' requests.
+//! The gateway: the [`Catalog`] a lab runs, composed of pieces that each keep one thing.
 //!
-//! It is the one [`Catalog`] implementation: backends hold it as `Arc<dyn Catalog>`, the control
-//! API, the CLI and the Python bindings call its methods to add DUTs, set jobs and send events.
+//! Backends hold it as `Arc<dyn Catalog>`; the control API, the CLI and the Python bindings call
+//! its methods to add DUTs, set jobs and send events. It decides nothing of its own: it wires
 //!
-//! # Generated files
-//! For every DUT with a job the gateway also serves the boot files of [`crate::bootfiles`]
-//! (`boot.ipxe`, `boot/<machine_id>/kernel`, ...), whose names and contents are decided there.
-//! **A file the job defines at one of these paths wins** and the override is logged.
+//! - `duts.rs`: the DUTs and their source addresses ([`DutStore`]),
+//! - `jobs.rs`: every DUT's job, recorded ([`JobStore`]) and loaded,
+//! - `files.rs`: what a loaded job serves, its own files and the generated boot files of
+//!   [`crate::bootfiles`] (**a file the job defines at a generated path wins**, and the override
+//!   is logged),
+//! - `lifetimes.rs`: the counted reads and last events ([`LifetimeStore`]),
+//! - `events.rs`: the DUTs' event history ([`EventLog`]),
+//! - `endpoints.rs`: how DUTs reach the servers, and the template variables that say so,
+//! - the access log ([`AccessLog`] over an [`AccessStore`]), the
+//!   artifact [`Cache`] and the NBD [`DiskStore`].
+//!
+//! The stores are traits so that a durable lab replaces today's in-memory maps
+//! ([`Stores::memory`]) without touching the pieces; [`crate::store`] says when each is called
+//! and why they are synchronous. The order that matters is enforced here: a job is recorded
+//! before it serves, and a counted read is recorded before [`Catalog::open`] returns it.
 
-use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
+mod duts;
+mod endpoints;
+mod error;
+mod events;
+mod files;
+mod jobs;
+mod lifetimes;
+
+pub use duts::{DutStore, MemoryDuts};
+pub use endpoints::{Endpoint, Endpoints, DISK_PROTOCOLS};
+pub use error::GatewayError;
+pub use events::{EventLog, EventRecord, MemoryEvents, MEMORY_EVENTS_PER_DUT};
+pub use jobs::{JobRecord, JobStore, MemoryJobs};
+pub use lifetimes::{resets_counts, FileKey, LifetimeStore, MemoryLifetimes};
+
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use bytes::Bytes;
 use parking_lot::RwLock;
 
-use crate::access::{AccessLog, AccessRecord, AccessTicket};
-use crate::artifact::{Cache, CachedArtifact, FetchError};
-use crate::block::{DiskError, DiskStore};
-use crate::bootfiles::{self, BootStep, Generated};
-use crate::datadir::{DataDir, DataDirError};
-use crate::digest::Digest;
-use crate::job::{FileSpec, JobDescription, JobErrors, Origin, RenderContext, ResolvedJob, Step};
+use crate::access::{AccessLog, AccessRecord, AccessStore, MemoryAccess};
+use crate::artifact::Cache;
+use crate::block::DiskStore;
+use crate::datadir::DataDir;
+use crate::job::{JobDescription, JobErrors, Origin, RenderContext, ResolvedJob};
 use crate::lab::LabConfig;
-use crate::lifetime::{Event, Policies};
-use crate::namespace::{normalize, Dut, DutId, DutRegistry, RegistryError};
-use crate::serve::{Artifact, Catalog, Content, Export, ExportInfo, FileRequest, Intent, Protocol, ServeError, Space};
+use crate::lifetime::Event;
+use crate::namespace::{normalize, Dut, DutId};
+use crate::serve::{Artifact, Catalog, Export, ExportInfo, FileRequest, Protocol, ServeError};
 
-/// How DUTs reach citron's servers; fills `http_artifact_base` and friends.
-#[derive(Debug, Clone, Default)]
-pub struct Endpoints {
-    /// `http://host:port` as DUTs see the HTTP server.
-    pub http: Option<String>,
-    /// `tftp://host:port` as DUTs see the TFTP server.
-    pub tftp: Option<String>,
-    /// NBD host as DUTs see it.
-    pub nbd_host: Option<String>,
-    /// NBD port.
-    pub nbd_port: Option<u16>,
+use files::Loader;
+use jobs::{ActiveJob, Jobs};
+
+/// The state stores a gateway keeps its pieces in.
+pub struct Stores {
+    /// The DUTs.
+    pub duts: Box<dyn DutStore>,
+    /// The job records.
+    pub jobs: Box<dyn JobStore>,
+    /// Counted reads and last events.
+    pub lifetimes: Box<dyn LifetimeStore>,
+    /// The access log's records.
+    pub access: Box<dyn AccessStore>,
+    /// The event history.
+    pub events: Box<dyn EventLog>,
 }
 
-/// Why a gateway call failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum GatewayError {
-    /// No such DUT.
-    #[error("no DUT '{0}'; list them with GET /api/v1/duts or add it to the lab file")]
-    UnknownDut(DutId),
-    /// The DUT could not be registered.
-    #[error(transparent)]
-    Registry(#[from] RegistryError),
-    /// The job description is invalid.
-    #[error("{0}")]
-    Job(#[from] JobErrors),
-    /// An artifact could not be fetched.
-    #[error("{0}")]
-    Fetch(#[from] FetchError),
-    /// A job's disk could not be prepared.
-    #[error("{0}")]
-    Disk(#[from] DiskError),
-    /// The data directory is held by another citron, or cannot be created.
-    #[error(transparent)]
-    DataDirLock(#[from] DataDirError),
-    /// The data directory is inside an artifact root, so a job's `file:` source could read the
-    /// cache and disks of every other job.
-    #[error("data directory {data} and artifact root {root} overlap: a job's `file:` source could read the cache and disks of other jobs; put --data outside every `artifact_roots` entry")]
-    DataDirInRoot {
-        /// The data directory.
-        data: PathBuf,
-        /// The root that contains it.
-        root: PathBuf,
-    },
-    /// The data directory is unusable.
-    #[error("data directory {path}: {source}")]
-    DataDir {
-        /// The directory.
-        path: PathBuf,
-        /// The error.
-        source: std::io::Error,
-    },
-}
-
-/// Refuses a data directory inside (or equal to, or containing) an artifact root.
-fn refuse_data_dir_in_roots(data_dir: &Path, roots: &[PathBuf]) -> Result<(), GatewayError> {
-    let Ok(data) = data_dir.canonicalize() else { return Ok(()) };
-    for root in roots {
-        let Ok(r) = root.canonicalize() else { continue };
-        if data.starts_with(&r) || r.starts_with(&data) {
-            return Err(GatewayError::DataDirInRoot { data: data_dir.to_path_buf(), root: root.clone() });
-        }
-    }
-    Ok(())
-}
-
-/// A servable file of a loaded job.
-struct Entry {
-    content: Content,
-    len: u64,
-    digest: Digest,
-    policies: Policies,
-    _pin: Option<CachedArtifact>,
-}
-
-/// What one step of a job serves, by space and normalised path.
-#[derive(Default)]
-struct Files {
-    http: HashMap<String, Arc<Entry>>,
-    tftp: HashMap<String, Arc<Entry>>,
-    kernel: Option<Arc<Entry>>,
-    initramfs: Option<Arc<Entry>>,
-    cmdline: String,
-}
-
-impl Files {
-    fn space(&self, s: Space) -> &HashMap<String, Arc<Entry>> {
-        match s {
-            Space::Http => &self.http,
-            Space::Tftp => &self.tftp,
-        }
-    }
-    fn entries(&self) -> impl Iterator<Item = &Arc<Entry>> {
-        self.http.values().chain(self.tftp.values()).chain(self.kernel.iter()).chain(self.initramfs.iter())
-    }
-    /// What the generated boot files say about this step.
-    fn boot_step(&self) -> BootStep<'_> {
-        BootStep { kernel: self.kernel.is_some(), initramfs: self.initramfs.is_some(), cmdline: &self.cmdline }
-    }
-}
-
-/// What was set as a DUT's job: its text, where it came from and when it became active
-/// (`GET /api/v1/duts/{id}/job`). The rendered job says what is served; this says what was asked.
-#[derive(Debug, Clone, PartialEq)]
-pub struct JobRecord {
-    /// The YAML as it was set (`None` for a job built in code or given as a parsed description).
-    pub yaml: Option<String>,
-    /// Where it came from: the job file, `api:<dut>`, or what the caller named it.
-    pub origin: Origin,
-    /// When it became the DUT's active job (its artifacts fetched).
-    pub set_at: SystemTime,
-}
-
-struct ActiveJob {
-    job: ResolvedJob,
-    start: Files,
-    cont: Option<Files>,
-    boots: AtomicU32,
-    record: JobRecord,
-}
-
-impl ActiveJob {
-    /// `continue` is used from the second boot after the job started.
-    fn files(&self) -> &Files {
-        match &self.cont {
-            Some(c) if self.boots.load(Ordering::SeqCst) >= 2 => c,
-            _ => &self.start,
+impl Stores {
+    /// Everything in memory (today's lab): lost when citron stops.
+    pub fn memory(limits: &crate::limits::Limits) -> Stores {
+        Stores {
+            duts: Box::new(MemoryDuts::default()),
+            jobs: Box::new(MemoryJobs::default()),
+            lifetimes: Box::new(MemoryLifetimes::default()),
+            access: Box::new(MemoryAccess::new(limits)),
+            events: Box::new(MemoryEvents::default()),
         }
     }
 }
 
 struct Inner {
-    registry: RwLock<DutRegistry>,
-    jobs: RwLock<HashMap<DutId, Arc<ActiveJob>>>,
+    duts: Box<dyn DutStore>,
+    jobs: Jobs,
+    lifetimes: Box<dyn LifetimeStore>,
+    events: Box<dyn EventLog>,
     cache: Cache,
     log: Arc<AccessLog>,
     lab: LabConfig,
@@ -185,8 +107,9 @@ struct Inner {
 /// let gw = Gateway::new(LabConfig::default_lab(), dir.path()).unwrap();
 /// let job = JobDescription::parse("deployment:\n  start:\n    storage:\n      http:\n        - path: /hello\n          data: hi\n", Origin::named("job.yaml")).unwrap();
 /// gw.set_job(&"dut1".into(), &job).await.unwrap();
-/// let req = FileRequest { peer: "127.0.0.2".parse().unwrap(), protocol: Protocol::HTTP, space: Space::Http, path: "/hello", base_url: None, intent: Intent::Read };
+/// let req = FileRequest { peer: "127.0.0.2".parse().unwrap(), protocol: Protocol::HTTP, space: Space::HTTP, path: "/hello", base_url: None, intent: Intent::Read, range: None };
 /// assert_eq!(gw.open(&req).unwrap().len, 2);
+/// assert_eq!(gw.job_record(&"dut1".into()).unwrap().origin.name, "job.yaml");
 /// # });
 /// ```
 #[derive(Clone)]
@@ -201,32 +124,47 @@ impl std::fmt::Debug for Gateway {
 }
 
 impl Gateway {
-    /// A gateway for `lab`, keeping its state (cache, disks) under `data_dir`, that fetches
-    /// nothing over the network ([`NoNetwork`](crate::artifact::NoNetwork): `data:` and `file:`
-    /// sources only). A running lab uses [`with_fetchers`](Self::with_fetchers) with
-    /// `citron_fetch::Network` (or `citron_fetch::gateway`, which does both).
+    /// A gateway for `lab`, keeping its state (cache, disks) under `data_dir` and everything else
+    /// in memory, that fetches nothing over the network ([`NoNetwork`](crate::artifact::NoNetwork):
+    /// `data:` and `file:` sources only). A running lab uses [`with_fetchers`](Self::with_fetchers)
+    /// with `citron_fetch::Network` (or `citron_fetch::gateway`, which does both).
     pub fn new(lab: LabConfig, data_dir: &Path) -> Result<Gateway, GatewayError> {
         Self::with_fetchers(lab, data_dir, Arc::new(crate::artifact::NoNetwork))
     }
 
-    /// A gateway for `lab` whose cache fetches URLs and container images with `fetchers`.
+    /// A gateway for `lab` whose cache fetches URLs and container images with `fetchers`, with
+    /// everything but the cache and disks in memory.
     pub fn with_fetchers(lab: LabConfig, data_dir: &Path, fetchers: Arc<dyn crate::artifact::Fetchers>) -> Result<Gateway, GatewayError> {
+        let stores = Stores::memory(&lab.limits);
+        Self::with_stores(lab, data_dir, fetchers, stores)
+    }
+
+    /// A gateway for `lab` fetching with `fetchers` over `stores`. The lab file's DUTs are added
+    /// to `stores.duts`, which refuses one it already holds (`DuplicateId`): reconciling a durable
+    /// store with the lab file is for the durable lab to decide before calling this.
+    pub fn with_stores(
+        lab: LabConfig,
+        data_dir: &Path,
+        fetchers: Arc<dyn crate::artifact::Fetchers>,
+        stores: Stores,
+    ) -> Result<Gateway, GatewayError> {
         let dd = |source| GatewayError::DataDir { path: data_dir.to_path_buf(), source };
         let data_lock = DataDir::open(data_dir)?;
-        refuse_data_dir_in_roots(data_dir, &lab.artifact_roots)?;
+        error::refuse_data_dir_in_roots(data_dir, &lab.artifact_roots)?;
         let cache_cfg = lab.cache_config().map_err(|m| dd(std::io::Error::new(std::io::ErrorKind::InvalidInput, m)))?;
         let cache = Cache::open_limited(&data_dir.join("cache"), cache_cfg, fetchers, lab.limits.downloads_in_flight).map_err(dd)?;
         let disks = DiskStore::open(&data_dir.join("disks")).map_err(dd)?;
-        let mut registry = DutRegistry::default();
         for d in &lab.duts {
-            registry.add(d.clone())?;
+            stores.duts.add(d.clone())?;
         }
         Ok(Gateway {
             inner: Arc::new(Inner {
-                registry: RwLock::new(registry),
-                jobs: RwLock::new(HashMap::new()),
+                duts: stores.duts,
+                jobs: Jobs::new(stores.jobs),
+                lifetimes: stores.lifetimes,
+                events: stores.events,
                 cache,
-                log: Arc::new(AccessLog::new(&lab.limits)),
+                log: Arc::new(AccessLog::with_store(&lab.limits, stores.access)),
                 lab,
                 endpoints: RwLock::new(Endpoints::default()),
                 data_dir: data_dir.to_path_buf(),
@@ -283,51 +221,44 @@ impl Gateway {
 
     /// All DUTs.
     pub fn duts(&self) -> Vec<Dut> {
-        self.inner.registry.read().iter().cloned().collect()
+        self.inner.duts.list()
     }
 
     /// One DUT.
     pub fn dut(&self, id: &DutId) -> Option<Dut> {
-        self.inner.registry.read().get(id).cloned()
+        self.inner.duts.get(id)
+    }
+
+    fn known(&self, id: &DutId) -> Result<Dut, GatewayError> {
+        self.dut(id).ok_or_else(|| GatewayError::UnknownDut(id.clone()))
     }
 
     /// Adds a DUT.
     pub fn add_dut(&self, dut: Dut) -> Result<(), GatewayError> {
-        Ok(self.inner.registry.write().add(dut)?)
+        Ok(self.inner.duts.add(dut)?)
     }
 
-    /// Removes a DUT and its job.
+    /// Removes a DUT and its job, disks, counters, events and access log.
     pub fn remove_dut(&self, id: &DutId) -> Result<Dut, GatewayError> {
-        let d = self.inner.registry.write().remove(id).ok_or_else(|| GatewayError::UnknownDut(id.clone()))?;
-        self.inner.jobs.write().remove(id);
+        let d = self.inner.duts.remove(id)?.ok_or_else(|| GatewayError::UnknownDut(id.clone()))?;
+        self.inner.jobs.clear(id)?;
         self.inner.disks.release(id);
+        self.inner.lifetimes.reset(id)?;
+        self.inner.events.forget(id);
         self.inner.log.forget(id);
         Ok(d)
     }
 
-    /// The template variables a job for `dut` sees.
+    /// The template variables a job for `dut` sees ([`RenderContext::for_dut`]).
     pub fn variables(&self, dut: &Dut) -> BTreeMap<String, String> {
-        let mut v = BTreeMap::new();
-        let e = self.inner.endpoints.read().clone();
-        v.insert("machine_id".into(), dut.machine_id().to_string());
-        v.insert("http_artifact_base".into(), e.http.unwrap_or_default());
-        v.insert("tftp_artifact_base".into(), e.tftp.unwrap_or_default());
-        v.insert("nbd_host".into(), e.nbd_host.unwrap_or_default());
-        v.insert("nbd_port".into(), e.nbd_port.map(|p| p.to_string()).unwrap_or_default());
-        for (k, val) in &self.inner.lab.variables {
-            v.insert(k.clone(), val.clone());
-        }
-        v
+        self.render_context(dut, None).vars
     }
 
-    /// The render context of a job for `dut`. `job_dir` is the job file's directory, allowed as
-    /// a `file:` root for jobs given on the command line.
+    /// The render context of a job for `dut` ([`RenderContext::for_dut`] with the endpoints the
+    /// servers set). `job_dir` is the job file's directory, allowed as a `file:` root for jobs
+    /// given on the command line.
     pub fn render_context(&self, dut: &Dut, job_dir: Option<&Path>) -> RenderContext {
-        let mut roots = self.inner.lab.artifact_roots.clone();
-        if let Some(d) = job_dir {
-            roots.push(d.to_path_buf());
-        }
-        RenderContext { vars: self.variables(dut), file_roots: roots, limits: self.inner.lab.limits.clone() }
+        RenderContext::for_dut(&self.inner.lab, dut, &self.inner.endpoints.read(), job_dir)
     }
 
     /// Renders `job` for `dut`, fetches every artifact into the cache and makes it the DUT's
@@ -344,115 +275,109 @@ impl Gateway {
 
     async fn set_job_with_roots(&self, id: &DutId, job: &JobDescription, trusted: bool) -> Result<(), GatewayError> {
         let dir = if trusted { job.origin().base_dir.clone() } else { None };
-        self.render_and_set(id, dir.as_deref(), (None, job.origin().clone()), |ctx| job.render(ctx)).await
+        let record = (Some(job.text().to_string()), job.origin().clone());
+        self.render_and_set(id, dir.as_deref(), record, |ctx| job.render(ctx)).await
     }
 
     /// [`set_job`](Self::set_job) from YAML text (the lab API): shape and render problems are
     /// reported together ([`JobDescription::check`]); `file:` sources may read only the lab's
     /// `artifact_roots`.
     pub async fn set_job_yaml(&self, id: &DutId, text: &str, origin: Origin) -> Result<(), GatewayError> {
-        let asked = (Some(text.to_string()), origin.clone());
-        self.render_and_set(id, None, asked, |ctx| JobDescription::check(text, origin, ctx)).await
+        let record = (Some(text.to_string()), origin.clone());
+        self.render_and_set(id, None, record, |ctx| JobDescription::check(text, origin, ctx)).await
     }
 
     /// [`set_trusted_job`](Self::set_trusted_job) from a job file the lab admin gave (`citron
     /// serve --job`), its shape and render problems reported together as by `citron validate`.
     pub async fn set_trusted_job_file(&self, id: &DutId, path: &Path) -> Result<(), GatewayError> {
         let origin = Origin::file(path);
+        let text = JobDescription::read_text(path)?;
         let dir = origin.base_dir.clone();
-        // Read once and kept as set; a file that cannot be read is reported by `check_file`.
-        match std::fs::read_to_string(path) {
-            Ok(text) => {
-                let asked = (Some(text.clone()), origin.clone());
-                self.render_and_set(id, dir.as_deref(), asked, |ctx| JobDescription::check(&text, origin, ctx)).await
-            }
-            Err(_) => self.render_and_set(id, dir.as_deref(), (None, origin), |ctx| JobDescription::check_file(path, ctx)).await,
-        }
+        let record = (Some(text.clone()), origin.clone());
+        self.render_and_set(id, dir.as_deref(), record, |ctx| JobDescription::check(&text, origin, ctx)).await
     }
 
     /// The one way a job description becomes a DUT's job: rendered by `render` in the DUT's
-    /// context (`job_dir` an extra `file:` root), then loaded; `asked` is its YAML (if any) and
-    /// origin, for [`job_record`](Self::job_record).
+    /// context (`job_dir` an extra `file:` root), then loaded and recorded as `(yaml, origin)`.
     async fn render_and_set(
         &self,
         id: &DutId,
         job_dir: Option<&Path>,
-        asked: (Option<String>, Origin),
+        (yaml, origin): (Option<String>, Origin),
         render: impl FnOnce(&RenderContext) -> Result<ResolvedJob, JobErrors>,
     ) -> Result<(), GatewayError> {
-        let dut = self.dut(id).ok_or_else(|| GatewayError::UnknownDut(id.clone()))?;
+        let dut = self.known(id)?;
         let resolved = render(&self.render_context(&dut, job_dir))?;
-        self.load_job(id, resolved, asked).await
+        self.load(&dut, resolved, JobRecord { yaml, origin, set_at: SystemTime::now() }).await
     }
 
     /// Makes an already rendered job the DUT's active job: fetches its artifacts, replaces any
-    /// other job. For tools that build jobs in code rather than YAML.
+    /// other job. For tools that build jobs in code rather than YAML (its record has no YAML).
     pub async fn set_resolved_job(&self, id: &DutId, resolved: ResolvedJob) -> Result<(), GatewayError> {
-        let origin = Origin::named(resolved.origin.clone());
-        self.load_job(id, resolved, (None, origin)).await
+        let dut = self.known(id)?;
+        let record = JobRecord { yaml: None, origin: Origin::named(resolved.origin.clone()), set_at: SystemTime::now() };
+        self.load(&dut, resolved, record).await
     }
 
-    async fn load_job(&self, id: &DutId, resolved: ResolvedJob, (yaml, origin): (Option<String>, Origin)) -> Result<(), GatewayError> {
-        let dut = self.dut(id).ok_or_else(|| GatewayError::UnknownDut(id.clone()))?;
+    /// Fetches, attaches the disks, then records and activates the job (a job serves only once
+    /// it is recorded), with its counts from zero.
+    async fn load(&self, dut: &Dut, resolved: ResolvedJob, record: JobRecord) -> Result<(), GatewayError> {
         let now = Instant::now();
-        let start = self.load_step(&dut, &resolved.start, now).await?;
+        let log = &self.inner.log;
+        let loader = Loader {
+            cache: &self.inner.cache,
+            hits: &log.cache_hits,
+            misses: &log.cache_misses,
+            per_job: self.inner.lab.limits.downloads_per_job,
+        };
+        let start = loader.step(dut, "start", &resolved.start, now).await?;
         let cont = match &resolved.continue_ {
-            Some(c) => Some(self.load_step(&dut, &c.over(&resolved.start), now).await?),
+            Some(c) => Some(loader.step(dut, "continue", &c.over(&resolved.start), now).await?),
             None => None,
         };
         let disks = match &resolved.continue_ {
             Some(c) => c.over(&resolved.start).nbd,
             None => resolved.start.nbd.clone(),
         };
-        self.inner.disks.attach(&self.inner.cache, &self.lab().limits, id, &disks).await?;
-        let record = JobRecord { yaml, origin, set_at: SystemTime::now() };
-        let active = Arc::new(ActiveJob { job: resolved, start, cont, boots: AtomicU32::new(0), record });
-        tracing::info!(dut = %id, job = %active.job.origin, "job loaded");
-        self.inner.jobs.write().insert(id.clone(), active);
+        self.inner.disks.attach(&self.inner.cache, &self.lab().limits, &dut.id, &disks).await?;
+        tracing::info!(dut = %dut.id, job = %resolved.origin, "job loaded");
+        self.inner.lifetimes.reset(&dut.id)?;
+        self.inner.jobs.set(&dut.id, record, ActiveJob::new(resolved, start, cont))?;
         Ok(())
     }
 
     /// Drops the DUT's job: its files disappear from its namespace.
     pub fn clear_job(&self, id: &DutId) -> Result<bool, GatewayError> {
-        if self.dut(id).is_none() {
-            return Err(GatewayError::UnknownDut(id.clone()));
-        }
+        self.known(id)?;
         self.inner.disks.release(id);
-        Ok(self.inner.jobs.write().remove(id).is_some())
+        Ok(self.inner.jobs.clear(id)?)
     }
 
     /// The DUT's active job, rendered.
     pub fn job(&self, id: &DutId) -> Option<ResolvedJob> {
-        self.inner.jobs.read().get(id).map(|j| j.job.clone())
+        self.inner.jobs.active(id).map(|j| j.job.clone())
     }
 
-    /// What was set as the DUT's active job (its YAML, origin and time), or `None` without one.
+    /// The DUT's job as it was set: its YAML, origin and when.
     pub fn job_record(&self, id: &DutId) -> Option<JobRecord> {
-        self.inner.jobs.read().get(id).map(|j| j.record.clone())
+        self.inner.jobs.record(id)
     }
 
     /// A DUT event: resets what the lifetime policies say; `boot` moves a job to its `continue`
     /// deployment from the second boot on; `job_end` unloads the job (as
     /// [`clear_job`](Self::clear_job)), so that its files, secrets included, are not served to
-    /// the DUT once the job is over.
+    /// the DUT once the job is over. Recorded in the lifetime store and the event log.
     pub fn event(&self, id: &DutId, event: Event) -> Result<(), GatewayError> {
-        if self.dut(id).is_none() {
-            return Err(GatewayError::UnknownDut(id.clone()));
-        }
-        let now = Instant::now();
-        if let Some(job) = self.inner.jobs.read().get(id).cloned() {
-            match event {
-                Event::Boot => {
-                    job.boots.fetch_add(1, Ordering::SeqCst);
-                }
-                Event::JobStart => job.boots.store(0, Ordering::SeqCst),
-                Event::JobEnd => {}
-            }
-            for e in job.start.entries().chain(job.cont.iter().flat_map(|c| c.entries())) {
-                e.policies.on_event(event, now);
-            }
+        self.known(id)?;
+        let (now, at) = (Instant::now(), SystemTime::now());
+        self.inner.lifetimes.event(id, event, at)?;
+        if let Some(job) = self.inner.jobs.active(id) {
+            job.on_event(event, now);
         }
         self.inner.disks.event(id, event);
+        if let Err(e) = self.inner.events.append(id, EventRecord { time: at, event }) {
+            tracing::error!(dut = %id, error = %e, "an event could not be stored");
+        }
         tracing::info!(dut = %id, ?event, "event");
         if event == Event::JobEnd && self.clear_job(id)? {
             tracing::info!(dut = %id, "job ended: its files are no longer served");
@@ -460,93 +385,27 @@ impl Gateway {
         Ok(())
     }
 
+    /// The DUT's last `limit` events, oldest first.
+    pub fn events(&self, id: &DutId, limit: usize) -> Result<Vec<EventRecord>, GatewayError> {
+        self.known(id)?;
+        Ok(self.inner.events.recent(id, limit))
+    }
+
+    /// When `event` last happened to the DUT.
+    pub fn last_event(&self, id: &DutId, event: Event) -> Option<SystemTime> {
+        self.inner.lifetimes.last_event(id, event)
+    }
+
     /// The DUT's access log, oldest first.
     pub fn accesses(&self, id: &DutId) -> Result<Vec<AccessRecord>, GatewayError> {
-        if self.dut(id).is_none() {
-            return Err(GatewayError::UnknownDut(id.clone()));
-        }
+        self.known(id)?;
         Ok(self.inner.log.entries(id))
     }
 
     /// One page of the DUT's access log: at most `limit` records with a `seq` above `after`.
     pub fn accesses_page(&self, id: &DutId, after: u64, limit: usize) -> Result<Vec<AccessRecord>, GatewayError> {
-        if self.dut(id).is_none() {
-            return Err(GatewayError::UnknownDut(id.clone()));
-        }
+        self.known(id)?;
         Ok(self.inner.log.page(id, after, limit))
-    }
-
-    async fn load_entry(&self, spec: &FileSpec, now: Instant) -> Result<Arc<Entry>, GatewayError> {
-        let cached = self.inner.cache.get(&spec.source, spec.sha256).await?;
-        let counter = if cached.was_fetched() { &self.inner.log.cache_misses } else { &self.inner.log.cache_hits };
-        counter.fetch_add(1, Ordering::Relaxed);
-        let file = File::open(&cached.path).map_err(|e| GatewayError::Fetch(FetchError::Cache(e)))?;
-        Ok(Arc::new(Entry {
-            content: Content::File(Arc::new(file)),
-            len: cached.len,
-            digest: cached.digest,
-            policies: Policies::from_spec(&spec.lifetime, now),
-            _pin: Some(cached),
-        }))
-    }
-
-    async fn load_step(&self, dut: &Dut, step: &Step, now: Instant) -> Result<Files, GatewayError> {
-        let mut files = Files { cmdline: step.cmdline.clone().unwrap_or_default(), ..Files::default() };
-        // Fetch concurrently, at most `limits.downloads_per_job` at a time (a job listing
-        // 20,000 URLs must not open 20,000 connections); the cache makes identical sources one
-        // download and bounds the downloads of every job together (`downloads_in_flight`).
-        let all: Vec<(Space, &FileSpec)> =
-            step.http.iter().map(|f| (Space::Http, f)).chain(step.tftp.iter().map(|f| (Space::Tftp, f))).collect();
-        let per_job = self.inner.lab.limits.downloads_per_job.max(1);
-        let loaded: Vec<Arc<Entry>> = {
-            use futures::{StreamExt as _, TryStreamExt as _};
-            // Collected first: a lazy `map` closure in the stream's type trips the `Send` check of
-            // the API's spawned futures (higher-ranked lifetimes).
-            let loads: Vec<_> = all.iter().map(|(_, f)| self.load_entry(f, now)).collect();
-            futures::stream::iter(loads).buffered(per_job).try_collect().await?
-        };
-        let generated = [Space::Http, Space::Tftp].map(|sp| (sp, bootfiles::generated_names(dut.machine_id(), sp)));
-        for ((space, spec), entry) in all.into_iter().zip(loaded) {
-            let map = match space {
-                Space::Http => &mut files.http,
-                Space::Tftp => &mut files.tftp,
-            };
-            if generated.iter().any(|(sp, names)| *sp == space && names.contains(&spec.path)) {
-                tracing::info!(dut = %dut.id, path = %spec.path, "the job's own file replaces citron's generated one");
-            }
-            map.insert(spec.path.clone(), entry);
-        }
-        if let Some(k) = &step.kernel {
-            files.kernel = Some(self.load_entry(k, now).await?);
-        }
-        if let Some(i) = &step.initramfs {
-            files.initramfs = Some(self.load_entry(i, now).await?);
-        }
-        Ok(files)
-    }
-
-    fn generated(&self, dut: &Dut, files: &Files, space: Space, path: &str, base: Option<&str>) -> Option<Arc<Entry>> {
-        let mid = dut.machine_id();
-        let text = match bootfiles::lookup(mid, space, path)? {
-            Generated::Script => bootfiles::ipxe_script(mid, files.boot_step(), base)?,
-            Generated::Kernel => return files.kernel.clone(),
-            Generated::Initramfs => return files.initramfs.clone(),
-            Generated::Cmdline => bootfiles::cmdline_txt(files.boot_step()),
-            Generated::PiConfig => bootfiles::config_txt(mid, files.boot_step())?,
-        };
-        let b = Bytes::from(text);
-        Some(Arc::new(Entry {
-            len: b.len() as u64,
-            digest: Digest::of(&b),
-            content: Content::Memory(b),
-            policies: Policies::default(),
-            _pin: None,
-        }))
-    }
-
-    fn find(&self, dut: &Dut, job: &ActiveJob, req: &FileRequest<'_>, path: &str) -> Option<Arc<Entry>> {
-        let files = job.files();
-        files.space(req.space).get(path).cloned().or_else(|| self.generated(dut, files, req.space, path, req.base_url))
     }
 }
 
@@ -555,16 +414,19 @@ const DISK_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(
 
 impl Catalog for Gateway {
     fn dut_of(&self, peer: IpAddr) -> Option<DutId> {
-        self.inner.registry.read().by_addr(peer).map(|d| d.id.clone())
+        self.inner.duts.by_addr(peer).map(|d| d.id)
     }
 
     fn limits(&self) -> crate::limits::Limits {
         self.inner.lab.limits.clone()
     }
 
+    /// Who asks ([`DutStore`]), the path normalised, the DUT's loaded job finds the file
+    /// (`files.rs`), and the file opens (`files.rs`' `Entry::open`: policies, then the counted read
+    /// recorded in the [`LifetimeStore`]) — every refusal logged on the way.
     fn open(&self, req: &FileRequest<'_>) -> Result<Artifact, ServeError> {
         let log = &self.inner.log;
-        let Some(dut) = self.inner.registry.read().by_addr(req.peer).cloned() else {
+        let Some(dut) = self.inner.duts.by_addr(req.peer) else {
             log.refuse(None, req.protocol, req.path, "unknown DUT");
             return Err(ServeError::UnknownDut(req.peer));
         };
@@ -573,48 +435,43 @@ impl Catalog for Gateway {
             e
         };
         let path = normalize(req.path).map_err(|e| refuse(e.into()))?;
-        let Some(job) = self.inner.jobs.read().get(&dut.id).cloned() else {
+        let Some(job) = self.inner.jobs.active(&dut.id) else {
             return Err(refuse(ServeError::NotFound(path)));
         };
-        let mut entry = self.find(&dut, &job, req, &path);
-        if entry.is_none() {
-            // Firmware quirk (Raspberry Pi, some PXE ROMs): a first component naming the DUT.
-            if let Some((first, rest)) = path.split_once('/') {
-                if dut.path_prefixes().iter().any(|p| p.eq_ignore_ascii_case(first)) {
-                    entry = self.find(&dut, &job, req, rest);
+        let entry = job.files().find(&dut, req.space, &path, req.base_url).ok_or_else(|| refuse(ServeError::NotFound(path.clone())))?;
+        let opened = entry
+            .open(req.intent, req.range.as_ref(), Instant::now(), |key| self.inner.lifetimes.count_read(&dut.id, key))
+            .map_err(|e| match e {
+                // The log says what the client was told (HTTP 416).
+                e @ ServeError::OutOfRange { .. } => {
+                    log.refuse(Some(&dut.id), req.protocol, req.path, format!("range not satisfiable: {e}"));
+                    e
                 }
-            }
-        }
-        let entry = entry.ok_or_else(|| refuse(ServeError::NotFound(path.clone())))?;
-        // A look answers as a read would (410 for a used-up secret), but uses nothing up.
-        match req.intent {
-            Intent::Read => entry.policies.admit(Instant::now()),
-            Intent::Stat => entry.policies.check(Instant::now()),
-        }
-        .map_err(|e| refuse(e.into()))?;
+                e => refuse(e),
+            })?;
         Ok(Artifact {
             name: path,
-            len: entry.len,
-            digest: entry.digest,
-            content: entry.content.clone(),
-            ticket: AccessTicket::new(log.clone(), dut.id.clone(), req.protocol, req.path),
+            len: opened.len,
+            digest: opened.digest,
+            content: opened.content,
+            ticket: log.ticket(dut.id.clone(), req.protocol, req.path),
         })
     }
 
     fn exports(&self, peer: IpAddr) -> Vec<ExportInfo> {
-        let dut = self.inner.registry.read().by_addr(peer).map(|d| d.id.clone());
+        let dut = self.inner.duts.by_addr(peer).map(|d| d.id);
         dut.map(|d| self.inner.disks.exports(&d)).unwrap_or_default()
     }
 
     fn open_export(&self, peer: IpAddr, protocol: Protocol, name: &str) -> Result<Export, ServeError> {
-        let Some(dut) = self.inner.registry.read().by_addr(peer).map(|d| d.id.clone()) else {
+        let Some(dut) = self.inner.duts.by_addr(peer).map(|d| d.id) else {
             self.inner.log.refuse(None, protocol, name, "unknown DUT");
             return Err(ServeError::UnknownDut(peer));
         };
         match self.inner.disks.open_export(&dut, name) {
             Ok((info, device)) => {
                 // The access log names the disk opened, also when the client asked for the default.
-                let ticket = AccessTicket::new(self.inner.log.clone(), dut, protocol, &info.name);
+                let ticket = self.inner.log.ticket(dut, protocol, &info.name);
                 Ok(Export::new(info, device, ticket))
             }
             Err(e) => {

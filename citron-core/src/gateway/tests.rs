@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::job::Origin;
+use crate::serve::{Intent, Space};
 
 const DUT1: &str = "127.0.0.2";
 
@@ -16,7 +17,15 @@ async fn gateway_with(yaml: &str) -> (tempfile::TempDir, Gateway) {
 }
 
 fn read(gw: &Gateway, peer: &str, space: Space, path: &str) -> Result<String, ServeError> {
-    let req = FileRequest { peer: peer.parse().unwrap(), protocol: Protocol::HTTP, space, path, base_url: None, intent: Intent::Read };
+    let req = FileRequest {
+        peer: peer.parse().unwrap(),
+        protocol: Protocol::HTTP,
+        space,
+        path,
+        base_url: None,
+        intent: Intent::Read,
+        range: None,
+    };
     let a = gw.open(&req)?;
     let b = a.read_chunk(0, a.len as usize).unwrap();
     a.complete();
@@ -59,7 +68,7 @@ fn no_request_path_reaches_another_duts_files() {
         .prop_map(|(lead, parts)| format!("{lead}{}", parts.join("/")));
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig { cases: 2000, ..ProptestConfig::default() });
     runner
-        .run(&(path, prop_oneof![Just(Space::Http), Just(Space::Tftp)]), |(p, space)| {
+        .run(&(path, prop_oneof![Just(Space::HTTP), Just(Space::TFTP)]), |(p, space)| {
             if let Ok(got) = read(&gw, DUT1, space, &p) {
                 prop_assert!(!got.contains("DUT2ONLY"), "dut1 read dut2's bytes at {p:?}: {got:?}");
             }
@@ -68,7 +77,7 @@ fn no_request_path_reaches_another_duts_files() {
         })
         .unwrap();
     // And dut2 does get its own (the check above is not vacuous).
-    assert_eq!(read(&gw, "127.0.0.3", Space::Http, "job/dut2.txt").unwrap(), "DUT2ONLY-file");
+    assert_eq!(read(&gw, "127.0.0.3", Space::HTTP, "job/dut2.txt").unwrap(), "DUT2ONLY-file");
 }
 
 const JOB: &str = "deployment:
@@ -87,40 +96,40 @@ const JOB: &str = "deployment:
 #[tokio::test]
 async fn the_jobs_own_file_wins_over_the_generated_one() {
     let (_d, gw) = gateway_with(JOB).await;
-    assert_eq!(read(&gw, DUT1, Space::Http, "/boot/dut1/boot.ipxe").unwrap(), "MINE");
+    assert_eq!(read(&gw, DUT1, Space::HTTP, "/boot/dut1/boot.ipxe").unwrap(), "MINE");
     // Over TFTP the job defined nothing there: citron's script, pointing at the kernel.
-    let script = read(&gw, DUT1, Space::Tftp, "boot/dut1/boot.ipxe").unwrap();
+    let script = read(&gw, DUT1, Space::TFTP, "boot/dut1/boot.ipxe").unwrap();
     assert!(script.contains("kernel /boot/dut1/kernel console=ttyS0 id=dut1\ninitrd /boot/dut1/initramfs\nboot"), "{script}");
-    assert_eq!(read(&gw, DUT1, Space::Http, "/boot/dut1/kernel").unwrap(), "KERNEL");
-    assert!(read(&gw, DUT1, Space::Tftp, "config.txt").unwrap().contains("kernel=boot/dut1/kernel"));
-    assert!(matches!(read(&gw, DUT1, Space::Http, "config.txt"), Err(ServeError::NotFound(_))));
+    assert_eq!(read(&gw, DUT1, Space::HTTP, "/boot/dut1/kernel").unwrap(), "KERNEL");
+    assert!(read(&gw, DUT1, Space::TFTP, "config.txt").unwrap().contains("kernel=boot/dut1/kernel"));
+    assert!(matches!(read(&gw, DUT1, Space::HTTP, "config.txt"), Err(ServeError::NotFound(_))));
 }
 
 #[tokio::test]
 async fn continue_is_used_from_the_second_boot_and_counts_reset_on_boot() {
     let (_d, gw) = gateway_with(JOB).await;
     let id = DutId::from("dut1");
-    assert_eq!(read(&gw, DUT1, Space::Http, "once").unwrap(), "secret");
-    assert!(matches!(read(&gw, DUT1, Space::Http, "once"), Err(ServeError::Gone(_))));
+    assert_eq!(read(&gw, DUT1, Space::HTTP, "once").unwrap(), "secret");
+    assert!(matches!(read(&gw, DUT1, Space::HTTP, "once"), Err(ServeError::Gone(_))));
     gw.event(&id, Event::Boot).unwrap();
-    assert_eq!(read(&gw, DUT1, Space::Http, "once").unwrap(), "secret");
-    assert_eq!(read(&gw, DUT1, Space::Http, "boot/dut1/cmdline.txt").unwrap(), "console=ttyS0 id=dut1\n");
+    assert_eq!(read(&gw, DUT1, Space::HTTP, "once").unwrap(), "secret");
+    assert_eq!(read(&gw, DUT1, Space::HTTP, "boot/dut1/cmdline.txt").unwrap(), "console=ttyS0 id=dut1\n");
     gw.event(&id, Event::Boot).unwrap();
-    assert_eq!(read(&gw, DUT1, Space::Http, "boot/dut1/cmdline.txt").unwrap(), "rescue\n");
+    assert_eq!(read(&gw, DUT1, Space::HTTP, "boot/dut1/cmdline.txt").unwrap(), "rescue\n");
     gw.event(&id, Event::JobStart).unwrap();
-    assert_eq!(read(&gw, DUT1, Space::Http, "boot/dut1/cmdline.txt").unwrap(), "console=ttyS0 id=dut1\n");
+    assert_eq!(read(&gw, DUT1, Space::HTTP, "boot/dut1/cmdline.txt").unwrap(), "console=ttyS0 id=dut1\n");
 }
 
 #[tokio::test]
 async fn job_end_unloads_the_job() {
     let (_d, gw) = gateway_with(JOB).await;
     let id = DutId::from("dut1");
-    assert_eq!(read(&gw, DUT1, Space::Http, "once").unwrap(), "secret");
+    assert_eq!(read(&gw, DUT1, Space::HTTP, "once").unwrap(), "secret");
     gw.event(&id, Event::Boot).unwrap();
     gw.event(&id, Event::JobEnd).unwrap();
     assert!(gw.job(&id).is_none());
-    assert!(matches!(read(&gw, DUT1, Space::Http, "once"), Err(ServeError::NotFound(_))), "no secret after the job");
-    assert!(matches!(read(&gw, DUT1, Space::Http, "boot.ipxe"), Err(ServeError::NotFound(_))));
+    assert!(matches!(read(&gw, DUT1, Space::HTTP, "once"), Err(ServeError::NotFound(_))), "no secret after the job");
+    assert!(matches!(read(&gw, DUT1, Space::HTTP, "boot.ipxe"), Err(ServeError::NotFound(_))));
     // A second job_end, or one without a job, is harmless.
     gw.event(&id, Event::JobEnd).unwrap();
 }
@@ -128,13 +137,13 @@ async fn job_end_unloads_the_job() {
 #[tokio::test]
 async fn firmware_prefixes_are_stripped_and_other_duts_see_nothing() {
     let (_d, gw) = gateway_with(JOB).await;
-    assert_eq!(read(&gw, DUT1, Space::Tftp, "1234abcd/boot/dut1/kernel").unwrap(), "KERNEL");
-    assert_eq!(read(&gw, DUT1, Space::Tftp, "52-54-00-00-00-01/boot/dut1/kernel").unwrap(), "KERNEL");
-    assert!(matches!(read(&gw, DUT1, Space::Tftp, "ffffffff/boot/dut1/kernel"), Err(ServeError::NotFound(_))));
+    assert_eq!(read(&gw, DUT1, Space::TFTP, "1234abcd/boot/dut1/kernel").unwrap(), "KERNEL");
+    assert_eq!(read(&gw, DUT1, Space::TFTP, "52-54-00-00-00-01/boot/dut1/kernel").unwrap(), "KERNEL");
+    assert!(matches!(read(&gw, DUT1, Space::TFTP, "ffffffff/boot/dut1/kernel"), Err(ServeError::NotFound(_))));
     // dut2 has no job: nothing, not even dut1's generated files.
-    assert!(matches!(read(&gw, "127.0.0.3", Space::Http, "boot/dut1/kernel"), Err(ServeError::NotFound(_))));
-    assert!(matches!(read(&gw, "127.0.0.9", Space::Http, "once"), Err(ServeError::UnknownDut(_))));
-    assert!(matches!(read(&gw, DUT1, Space::Http, "a/../once"), Err(ServeError::BadPath(_))));
+    assert!(matches!(read(&gw, "127.0.0.3", Space::HTTP, "boot/dut1/kernel"), Err(ServeError::NotFound(_))));
+    assert!(matches!(read(&gw, "127.0.0.9", Space::HTTP, "once"), Err(ServeError::UnknownDut(_))));
+    assert!(matches!(read(&gw, DUT1, Space::HTTP, "a/../once"), Err(ServeError::BadPath(_))));
     let log = gw.accesses(&"dut1".into()).unwrap();
     assert!(log.iter().any(|r| r.path == "a/../once" && matches!(r.outcome, crate::access::Outcome::Refused(_))));
 }
@@ -168,4 +177,77 @@ async fn job_record_keeps_what_was_set() {
     );
     gw.clear_job(&id).unwrap();
     assert_eq!(gw.job_record(&id), None);
+}
+
+#[tokio::test]
+async fn the_job_is_recorded_as_set_and_events_are_kept() {
+    let (_d, gw) = gateway_with(JOB).await;
+    let id = DutId::from("dut1");
+    let rec = gw.job_record(&id).unwrap();
+    assert_eq!((rec.yaml.as_deref(), rec.origin.name.as_str()), (Some(JOB), "job.yaml"));
+    assert!(rec.set_at <= std::time::SystemTime::now());
+    gw.event(&id, Event::Boot).unwrap();
+    gw.event(&id, Event::JobEnd).unwrap();
+    assert!(gw.job_record(&id).is_none(), "job_end clears the record with the job");
+    assert_eq!(gw.events(&id, 10).unwrap().iter().map(|e| e.event).collect::<Vec<_>>(), [Event::Boot, Event::JobEnd]);
+    assert!(gw.last_event(&id, Event::Boot).is_some() && gw.last_event(&id, Event::JobStart).is_none());
+}
+
+/// A lifetime store that counts what it is told and fails when asked to.
+#[derive(Default)]
+struct Flaky {
+    inner: MemoryLifetimes,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+impl LifetimeStore for Flaky {
+    fn count_read(&self, dut: &DutId, file: &FileKey) -> Result<(), crate::store::StoreError> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(crate::store::StoreError::backend("the database is gone"));
+        }
+        self.inner.count_read(dut, file)
+    }
+    fn reads(&self, dut: &DutId, file: &FileKey) -> u32 {
+        self.inner.reads(dut, file)
+    }
+    fn event(&self, dut: &DutId, event: Event, at: std::time::SystemTime) -> Result<(), crate::store::StoreError> {
+        self.inner.event(dut, event, at)
+    }
+    fn last_event(&self, dut: &DutId, event: Event) -> Option<std::time::SystemTime> {
+        self.inner.last_event(dut, event)
+    }
+    fn reset(&self, dut: &DutId) -> Result<(), crate::store::StoreError> {
+        self.inner.reset(dut)
+    }
+}
+
+#[tokio::test]
+async fn a_counted_read_is_in_the_store_when_open_returns_and_a_failed_store_refuses_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = LabConfig::default_lab();
+    let flaky = Arc::new(Flaky::default());
+    let stores = Stores { lifetimes: Box::new(flaky.clone()), ..Stores::memory(&lab.limits) };
+    let gw = Gateway::with_stores(lab, dir.path(), Arc::new(crate::artifact::NoNetwork), stores).unwrap();
+    let job = JobDescription::parse(JOB, Origin::named("job.yaml")).unwrap();
+    gw.set_job(&"dut1".into(), &job).await.unwrap();
+    let key = FileKey { step: "start", space: Space::HTTP, path: "once".into() };
+    let id = DutId::from("dut1");
+    let req = FileRequest {
+        peer: DUT1.parse().unwrap(),
+        protocol: Protocol::HTTP,
+        space: Space::HTTP,
+        path: "once",
+        base_url: None,
+        intent: Intent::Read,
+        range: None,
+    };
+    let a = gw.open(&req).unwrap();
+    assert_eq!(flaky.reads(&id, &key), 1, "recorded before the artifact (and its bytes) is handed out");
+    drop(a);
+    gw.event(&id, Event::Boot).unwrap();
+    assert_eq!(flaky.reads(&id, &key), 0, "a boot resets the stored count as it resets the policy");
+    flaky.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(matches!(gw.open(&req), Err(ServeError::Io(_))), "not recorded, not served");
+    let log = gw.accesses(&id).unwrap();
+    assert!(matches!(&log.last().unwrap().outcome, crate::access::Outcome::Refused(why) if why.contains("database is gone")), "{log:?}");
 }

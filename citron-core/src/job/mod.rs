@@ -8,6 +8,7 @@
 //!
 //! Both stages report *all* errors at once ([`JobErrors`]), not only the first.
 
+pub mod listing;
 mod model;
 mod parse;
 mod render;
@@ -56,6 +57,36 @@ pub struct RenderContext {
     /// The lab's `limits:` (disk sizes are checked against `max_disk_size`); the defaults when
     /// no lab is given.
     pub limits: crate::limits::Limits,
+}
+
+impl RenderContext {
+    /// The one way a job's render context is built: by the gateway for a running lab, by
+    /// `citron validate`/`render` and Python for one that is not running (with the endpoints it
+    /// would have). Variables: `machine_id`, those of `endpoints`
+    /// ([`Endpoints::variables`](crate::Endpoints::variables): `http_artifact_base`, ...), then
+    /// the lab's own `variables:`, which win; `file:` roots: the lab's `artifact_roots`, then
+    /// `job_dir` (the job file's directory, for jobs the lab admin gave); the lab's limits.
+    ///
+    /// ```
+    /// use citron_core::{job::RenderContext, lab::LabConfig, namespace::Dut, Endpoints};
+    /// let lab = LabConfig::default_lab();
+    /// let ctx = RenderContext::for_dut(&lab, &lab.duts[0], &Endpoints::default(), None);
+    /// assert_eq!(ctx.vars["machine_id"], "dut1");
+    /// assert_eq!(ctx.vars["http_artifact_base"], "");
+    /// ```
+    pub fn for_dut(
+        lab: &crate::lab::LabConfig,
+        dut: &crate::namespace::Dut,
+        endpoints: &crate::Endpoints,
+        job_dir: Option<&Path>,
+    ) -> RenderContext {
+        let mut vars = endpoints.variables();
+        vars.insert("machine_id".into(), dut.machine_id().to_string());
+        vars.extend(lab.variables.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let mut file_roots = lab.artifact_roots.clone();
+        file_roots.extend(job_dir.map(Path::to_path_buf));
+        RenderContext { vars, file_roots, limits: lab.limits.clone() }
+    }
 }
 
 /// One thing wrong with a job description.
@@ -116,6 +147,8 @@ impl JobErrors {
 #[derive(Debug, Clone)]
 pub struct JobDescription {
     origin: Origin,
+    /// The text as given, for the job's record ([`crate::gateway::JobRecord`]).
+    text: String,
     desc: parse::Desc,
 }
 
@@ -134,21 +167,30 @@ impl JobDescription {
     /// ```
     pub fn parse(text: &str, origin: Origin) -> Result<JobDescription, JobErrors> {
         match parse::parse(text) {
-            Ok(desc) => Ok(JobDescription { origin, desc }),
+            Ok(desc) => Ok(JobDescription { origin, text: text.to_string(), desc }),
             Err(problems) => Err(JobErrors::from_problems(&origin, problems)),
         }
     }
 
     /// Reads and parses a job file.
     pub fn from_file(path: &Path) -> Result<JobDescription, JobErrors> {
-        let origin = Origin::file(path);
-        let text = std::fs::read_to_string(path).map_err(|e| read_error(&origin, &e))?;
-        Self::parse(&text, origin)
+        let text = Self::read_text(path)?;
+        Self::parse(&text, Origin::file(path))
+    }
+
+    /// A job file's text; a file that cannot be read is a positioned error like the others.
+    pub fn read_text(path: &Path) -> Result<String, JobErrors> {
+        std::fs::read_to_string(path).map_err(|e| read_error(&Origin::file(path), &e))
     }
 
     /// Where it came from.
     pub fn origin(&self) -> &Origin {
         &self.origin
+    }
+
+    /// The text it was parsed from.
+    pub fn text(&self) -> &str {
+        &self.text
     }
 
     /// Renders the job for one DUT: expands templates (an unknown variable is reported at its
@@ -205,9 +247,8 @@ impl JobDescription {
 
     /// [`JobDescription::check`] on a job file.
     pub fn check_file(path: &Path, ctx: &RenderContext) -> Result<ResolvedJob, JobErrors> {
-        let origin = Origin::file(path);
-        let text = std::fs::read_to_string(path).map_err(|e| read_error(&origin, &e))?;
-        Self::check(&text, origin, ctx)
+        let text = Self::read_text(path)?;
+        Self::check(&text, Origin::file(path), ctx)
     }
 
     /// Checks everything `render` checks, without keeping the result.

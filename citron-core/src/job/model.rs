@@ -4,6 +4,7 @@
 //! template is expanded, every path normalised and every source checked, so these types carry plain
 //! values and no positions.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use bytes::Bytes;
 use url::Url;
 
 use crate::digest::Digest;
+use crate::serve::Space;
 
 /// A job rendered for one DUT: the `start` deployment and, optionally, the `continue` one.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,10 +34,9 @@ pub struct Step {
     pub initramfs: Option<FileSpec>,
     /// The kernel command line, list items joined with spaces.
     pub cmdline: Option<String>,
-    /// Files served over TFTP.
-    pub tftp: Vec<FileSpec>,
-    /// Files served over HTTP.
-    pub http: Vec<FileSpec>,
+    /// `storage.<space>`: the files of each file space ([`Space::ALL`]), by space; a space the
+    /// job leaves empty has no entry.
+    pub files: BTreeMap<Space, Vec<FileSpec>>,
     /// Block devices served over NBD.
     pub nbd: Vec<DiskSpec>,
 }
@@ -139,6 +140,11 @@ pub enum ResetOn {
 }
 
 impl Step {
+    /// The files of `space` (none if the job gives none).
+    pub fn files_in(&self, space: Space) -> &[FileSpec] {
+        self.files.get(&space).map(Vec::as_slice).unwrap_or_default()
+    }
+
     /// `self` with every field it leaves empty taken from `base` (how `continue` extends `start`).
     /// Storage entries are merged by path (name for disks); `self`'s win.
     pub fn over(&self, base: &Step) -> Step {
@@ -155,8 +161,11 @@ impl Step {
             kernel: self.kernel.clone().or_else(|| base.kernel.clone()),
             initramfs: self.initramfs.clone().or_else(|| base.initramfs.clone()),
             cmdline: self.cmdline.clone().or_else(|| base.cmdline.clone()),
-            tftp: merge(&self.tftp, &base.tftp, |f| &f.path),
-            http: merge(&self.http, &base.http, |f| &f.path),
+            files: Space::ALL
+                .iter()
+                .map(|s| (*s, merge(self.files_in(*s), base.files_in(*s), |f| &f.path)))
+                .filter(|(_, v)| !v.is_empty())
+                .collect(),
             nbd: merge(&self.nbd, &base.nbd, |d| &d.name),
         }
     }

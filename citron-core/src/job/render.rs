@@ -64,8 +64,7 @@ impl Renderer<'_> {
             let parts: Vec<String> = items.iter().filter_map(|s| self.text(s)).collect();
             parts.join(" ")
         });
-        let tftp = self.files(&d.tftp, "tftp");
-        let http = self.files(&d.http, "http");
+        let files = d.files.iter().map(|(space, entries)| (*space, self.files(entries, space.0))).collect();
         let mut nbd = Vec::new();
         let mut names: HashMap<String, usize> = HashMap::new();
         for disk in &d.nbd {
@@ -79,7 +78,7 @@ impl Renderer<'_> {
                 nbd.push(spec);
             }
         }
-        (self.problems.len() == before).then_some(Step { kernel, initramfs, cmdline, tftp, http, nbd })
+        (self.problems.len() == before).then_some(Step { kernel, initramfs, cmdline, files, nbd })
     }
 
     fn files(&mut self, entries: &[FileDesc], proto: &str) -> Vec<FileSpec> {

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::*;
+use crate::serve::Space;
 
 fn data_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data")
@@ -119,11 +120,14 @@ fn seed_example_keeps_every_value() {
     );
     let k = s.kernel.as_ref().unwrap();
     assert_eq!(k.source, Source::Url("http://127.0.0.1:9000/artifacts/test-kernel".parse().unwrap()));
-    assert_eq!(s.tftp.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["job/config.txt", "job/dtbs/blabla"]);
-    assert_eq!(s.tftp[0].source, Source::Data("blabla\nblabla\nblabla\n".into()));
-    assert_eq!(s.http.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["config.txt", "job/dtbs/blabla", "job/secrets"]);
-    assert_eq!(s.http[2].lifetime, Lifetime { access_count: Some(1), expiration: None });
-    assert_eq!(s.http[2].source, Source::Data("MYSECRET_KEY: blabla\n".into()));
+    assert_eq!(s.files_in(Space::TFTP).iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["job/config.txt", "job/dtbs/blabla"]);
+    assert_eq!(s.files_in(Space::TFTP)[0].source, Source::Data("blabla\nblabla\nblabla\n".into()));
+    assert_eq!(
+        s.files_in(Space::HTTP).iter().map(|f| f.path.as_str()).collect::<Vec<_>>(),
+        ["config.txt", "job/dtbs/blabla", "job/secrets"]
+    );
+    assert_eq!(s.files_in(Space::HTTP)[2].lifetime, Lifetime { access_count: Some(1), expiration: None });
+    assert_eq!(s.files_in(Space::HTTP)[2].source, Source::Data("MYSECRET_KEY: blabla\n".into()));
     let d = &s.nbd[0];
     assert_eq!((d.name.as_str(), d.readonly, d.reset_on, d.shared), ("block name", false, ResetOn::Boot, false));
     assert_eq!(d.expiration, Some(std::time::Duration::from_secs(7 * 86400)));
@@ -154,13 +158,16 @@ fn templates_everywhere_are_expanded() {
     let s = &r.start;
     assert_eq!(s.kernel.as_ref().unwrap().source, Source::File(good.join("initrd.cpio.gz")));
     assert_eq!(s.cmdline.as_deref(), Some("console=ttyS0 root=/dev/nbd0 nbd=127.0.0.1:10809"));
-    assert_eq!(s.http[0].path, "boot/dut1/extra.txt");
-    assert_eq!(s.http[0].source, Source::Data("machine: dut1\nkernel from: http://127.0.0.1:8080/boot/dut1/kernel\n".into()));
-    assert_eq!(s.http[1].path, "job/dut1.cfg");
-    assert_eq!(s.http[1].lifetime.expiration, Some(std::time::Duration::from_secs(5400)));
-    assert_eq!(s.tftp[0].path, "dut1/cmdline.txt");
-    assert_eq!(s.tftp[0].source, Source::Url("http://127.0.0.1:8080/cmdline.txt".parse().unwrap()));
-    assert_eq!(s.tftp[0].sha256, Some(crate::Digest::of(b"hello")));
+    assert_eq!(s.files_in(Space::HTTP)[0].path, "boot/dut1/extra.txt");
+    assert_eq!(
+        s.files_in(Space::HTTP)[0].source,
+        Source::Data("machine: dut1\nkernel from: http://127.0.0.1:8080/boot/dut1/kernel\n".into())
+    );
+    assert_eq!(s.files_in(Space::HTTP)[1].path, "job/dut1.cfg");
+    assert_eq!(s.files_in(Space::HTTP)[1].lifetime.expiration, Some(std::time::Duration::from_secs(5400)));
+    assert_eq!(s.files_in(Space::TFTP)[0].path, "dut1/cmdline.txt");
+    assert_eq!(s.files_in(Space::TFTP)[0].source, Source::Url("http://127.0.0.1:8080/cmdline.txt".parse().unwrap()));
+    assert_eq!(s.files_in(Space::TFTP)[0].sha256, Some(crate::Digest::of(b"hello")));
     assert_eq!(s.nbd[0].name, "dut1-root");
     assert!(
         matches!(&s.nbd[0].kind, DiskKind::Filesystem { contents: Some(FsContents::Container(c)), .. } if c == "docker://127.0.0.1:8002/mesa:latest")
@@ -168,8 +175,8 @@ fn templates_everywhere_are_expanded() {
     let c = r.continue_.as_ref().unwrap();
     assert_eq!(c.cmdline.as_deref(), Some("console=ttyS0 rescue"));
     let merged = c.over(&r.start);
-    assert_eq!(merged.http[0].source, Source::Data("second boot".into()));
-    assert_eq!(merged.http.len(), 2);
+    assert_eq!(merged.files_in(Space::HTTP)[0].source, Source::Data("second boot".into()));
+    assert_eq!(merged.files_in(Space::HTTP).len(), 2);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -393,7 +400,7 @@ fn access_count_zero_means_no_limit() {
     let text = format!("{HTTP_ENTRY}        - path: /a\n          data: x\n          lifetime: {{access_count: 0}}\n");
     let job = JobDescription::parse(&text, Origin::named("j.yaml")).unwrap();
     let r = job.render(&RenderContext { vars: builtin_vars(), file_roots: vec![], ..Default::default() }).unwrap();
-    assert_eq!(r.start.http[0].lifetime, Lifetime { access_count: None, expiration: None });
+    assert_eq!(r.start.files_in(Space::HTTP)[0].lifetime, Lifetime { access_count: None, expiration: None });
 }
 
 #[test]

@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use citron_core::serve::{Artifact, Catalog, FileRequest, Intent, Protocol, ServeError, Space};
+use citron_core::serve::{Artifact, ByteRange, Catalog, FileRequest, Intent, Protocol, RangeRequest, ServeError, Space};
+use citron_core::Digest;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -109,49 +110,57 @@ pub fn content_type(name: &str) -> &'static str {
     }
 }
 
-/// What a `Range` header asks for, once the length is known.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum RangeAsk {
-    /// No usable single range: the whole content (also for several ranges and syntax errors,
-    /// which RFC 9110 §14.2 says to ignore).
-    Full,
-    /// `[start, end)`.
-    Part(u64, u64),
-    /// A syntactically valid range that misses the content entirely: 416.
-    Unsatisfiable,
-}
-
-/// Parses `bytes=a-b`, `bytes=a-`, `bytes=-n` against a length of `len` bytes.
-pub(crate) fn parse_range(h: &str, len: u64) -> RangeAsk {
-    let Some(spec) = h.trim().strip_prefix("bytes=") else { return RangeAsk::Full };
+/// Parses `bytes=a-b`, `bytes=a-`, `bytes=-n`; `None` for anything else (several ranges and
+/// syntax errors, which RFC 9110 §14.2 says to ignore: the whole content is sent). The core
+/// resolves the range against the length ([`ByteRange::resolve`]).
+pub(crate) fn parse_range(h: &str) -> Option<ByteRange> {
+    let spec = h.trim().strip_prefix("bytes=")?;
     if spec.contains(',') {
-        return RangeAsk::Full;
+        return None;
     }
-    let Some((a, b)) = spec.trim().split_once('-') else { return RangeAsk::Full };
+    let (a, b) = spec.trim().split_once('-')?;
     let num = |s: &str| if !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()) { s.parse::<u64>().ok() } else { None };
     match (a.trim(), b.trim()) {
-        ("", n) => match num(n) {
-            Some(0) => RangeAsk::Unsatisfiable,
-            Some(_) if len == 0 => RangeAsk::Unsatisfiable,
-            Some(n) => RangeAsk::Part(len.saturating_sub(n), len),
-            None => RangeAsk::Full,
-        },
-        (a, "") => match num(a) {
-            Some(a) if a >= len => RangeAsk::Unsatisfiable,
-            Some(a) => RangeAsk::Part(a, len),
-            None => RangeAsk::Full,
-        },
+        ("", n) => num(n).map(ByteRange::Last),
+        (a, "") => num(a).map(ByteRange::From),
         (a, b) => match (num(a), num(b)) {
-            (Some(a), Some(b)) if a <= b => {
-                if a >= len {
-                    RangeAsk::Unsatisfiable
-                } else {
-                    RangeAsk::Part(a, b.saturating_add(1).min(len))
-                }
-            }
-            _ => RangeAsk::Full,
+            (Some(a), Some(b)) if a <= b => Some(ByteRange::FromTo(a, b)),
+            _ => None,
         },
     }
+}
+
+/// The most `If-None-Match` tags passed to the core; a longer list (no client sends one) is
+/// cut, so at worst a 416 is answered where a 304 was due.
+const MAX_TAGS: usize = 16;
+
+/// The request's range and the versions that decide whether it applies, for the core to check
+/// (`None`: no range applies, the whole content is answered). `held` receives the digests of
+/// `If-None-Match`.
+fn range_request<'a>(h: &HeaderMap, held: &'a mut Vec<Digest>) -> Option<RangeRequest<'a>> {
+    let bytes = parse_range(h.get(header::RANGE)?.to_str().ok()?)?;
+    let if_version = match h.get(header::IF_RANGE) {
+        None => None,
+        // A validator that is no digest of ours never matches: the whole content, no range.
+        Some(v) => Some(digest_of_etag(v.to_str().ok()?)?),
+    };
+    if let Some(inm) = h.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
+        for tag in inm.split(',').map(str::trim) {
+            if tag == "*" {
+                // Every version is held: a 304, never a part.
+                return None;
+            }
+            if held.len() < MAX_TAGS {
+                held.extend(digest_of_etag(tag.trim_start_matches("W/")));
+            }
+        }
+    }
+    Some(RangeRequest { bytes, if_version, unless_versions: held })
+}
+
+/// The digest an `ETag` of ours names (`"<sha256 hex>"`).
+fn digest_of_etag(tag: &str) -> Option<Digest> {
+    tag.trim().strip_prefix('"')?.strip_suffix('"')?.parse().ok()
 }
 
 /// `Host` if it is a plain `host[:port]`, for URLs in generated files; anything else (missing,
@@ -262,31 +271,17 @@ impl Handler {
             }
         };
         let base = format!("http://{}", authority(req.headers(), self.local));
-        let mut freq = FileRequest {
+        // The core checks the range before using up a read: a 416 spends no `access_count`.
+        let mut held = Vec::new();
+        let freq = FileRequest {
             peer: self.peer.ip(),
             protocol: Protocol::HTTP,
-            space: Space::Http,
+            space: Space::HTTP,
             path: &path,
             base_url: Some(&base),
             intent: if head { Intent::Stat } else { Intent::Read },
+            range: range_request(req.headers(), &mut held),
         };
-        if !head && req.headers().contains_key(header::RANGE) {
-            // Whether the range is satisfiable depends on the length: look first (as HEAD
-            // does, using up nothing), so that a 416 does not spend an `access_count` read.
-            freq.intent = Intent::Stat;
-            let look = match self.catalog.open(&freq) {
-                Ok(a) => a,
-                Err(e) => return refusal(&e, &path, self.peer, false),
-            };
-            if plan(req.headers(), &etag_of(&look), look.len) == Plan::Unsatisfiable {
-                look.ticket.refuse("range not satisfiable");
-                return self.respond(req.headers(), Arc::new(look), false);
-            }
-            // The read below is what the access log records.
-            look.ticket.discard();
-            drop(look);
-            freq.intent = Intent::Read;
-        }
         match self.catalog.open(&freq) {
             Ok(a) => self.respond(req.headers(), Arc::new(a), head),
             Err(e) => refusal(&e, &path, self.peer, head),
@@ -317,12 +312,9 @@ impl Handler {
                 (s, e)
             }
             Plan::Unsatisfiable => {
-                let e = ServeError::OutOfRange { offset: a.len, len: 0, size: a.len };
-                let mut r = error_response(status(&e), "the range is outside the file\n", head);
-                let cr = format!("bytes */{}", a.len);
-                r.headers_mut().insert(header::CONTENT_RANGE, HeaderValue::from_str(&cr).expect("digits are valid"));
+                // The core refuses these before opening; answered the same way should one pass.
                 a.complete();
-                return r;
+                return refusal(&ServeError::OutOfRange { offset: a.len, len: 0, size: a.len }, &a.name, self.peer, head);
             }
         };
         r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
@@ -374,10 +366,10 @@ pub(crate) fn plan(h: &HeaderMap, etag: &str, len: u64) -> Plan {
             return Plan::Full;
         }
     }
-    match parse_range(range, len) {
-        RangeAsk::Full => Plan::Full,
-        RangeAsk::Part(s, e) => Plan::Part(s, e),
-        RangeAsk::Unsatisfiable => Plan::Unsatisfiable,
+    match parse_range(range).map(|r| r.resolve(len)) {
+        None => Plan::Full,
+        Some(Some((s, e))) => Plan::Part(s, e),
+        Some(None) => Plan::Unsatisfiable,
     }
 }
 
@@ -401,6 +393,10 @@ fn refusal(e: &ServeError, path: &str, peer: SocketAddr, head: bool) -> Response
     if code == StatusCode::METHOD_NOT_ALLOWED {
         r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
     }
+    if let ServeError::OutOfRange { size, .. } = e {
+        let cr = format!("bytes */{size}");
+        r.headers_mut().insert(header::CONTENT_RANGE, HeaderValue::from_str(&cr).expect("digits are valid"));
+    }
     r
 }
 
@@ -420,21 +416,48 @@ impl hyper::service::Service<Request<Incoming>> for Handler {
 mod tests {
     use super::*;
 
+    /// What a `Range` header asks of `len` bytes: `None` the whole content, `Some(None)`
+    /// unsatisfiable, `Some(Some(part))`.
+    fn ask(h: &str, len: u64) -> Option<Option<(u64, u64)>> {
+        parse_range(h).map(|r| r.resolve(len))
+    }
+
     #[test]
     fn ranges() {
-        assert_eq!(parse_range("bytes=0-9", 100), RangeAsk::Part(0, 10));
-        assert_eq!(parse_range("bytes=90-", 100), RangeAsk::Part(90, 100));
-        assert_eq!(parse_range("bytes=-10", 100), RangeAsk::Part(90, 100));
-        assert_eq!(parse_range("bytes=-1000", 100), RangeAsk::Part(0, 100));
-        assert_eq!(parse_range("bytes=50-1000", 100), RangeAsk::Part(50, 100));
-        assert_eq!(parse_range("bytes=100-", 100), RangeAsk::Unsatisfiable);
-        assert_eq!(parse_range("bytes=200-300", 100), RangeAsk::Unsatisfiable);
-        assert_eq!(parse_range("bytes=-0", 100), RangeAsk::Unsatisfiable);
-        assert_eq!(parse_range("bytes=0-1,5-6", 100), RangeAsk::Full);
-        assert_eq!(parse_range("bytes=9-1", 100), RangeAsk::Full);
-        assert_eq!(parse_range("items=0-1", 100), RangeAsk::Full);
-        assert_eq!(parse_range("bytes=a-b", 100), RangeAsk::Full);
-        assert_eq!(parse_range("bytes=0-0", 0), RangeAsk::Unsatisfiable);
+        assert_eq!(ask("bytes=0-9", 100), Some(Some((0, 10))));
+        assert_eq!(ask("bytes=90-", 100), Some(Some((90, 100))));
+        assert_eq!(ask("bytes=-10", 100), Some(Some((90, 100))));
+        assert_eq!(ask("bytes=-1000", 100), Some(Some((0, 100))));
+        assert_eq!(ask("bytes=50-1000", 100), Some(Some((50, 100))));
+        assert_eq!(ask("bytes=100-", 100), Some(None));
+        assert_eq!(ask("bytes=200-300", 100), Some(None));
+        assert_eq!(ask("bytes=-0", 100), Some(None));
+        assert_eq!(ask("bytes=0-1,5-6", 100), None);
+        assert_eq!(ask("bytes=9-1", 100), None);
+        assert_eq!(ask("items=0-1", 100), None);
+        assert_eq!(ask("bytes=a-b", 100), None);
+        assert_eq!(ask("bytes=0-0", 0), Some(None));
+    }
+
+    #[test]
+    fn the_range_request_carries_the_conditions() {
+        let d = Digest::of(b"x");
+        let tag = format!("\"{d}\"");
+        let mut h = HeaderMap::new();
+        let mut held = Vec::new();
+        assert_eq!(range_request(&h, &mut held), None, "no Range");
+        h.insert(header::RANGE, HeaderValue::from_static("bytes=5-"));
+        let want = RangeRequest { bytes: ByteRange::From(5), if_version: None, unless_versions: &[] };
+        assert_eq!(range_request(&h, &mut held), Some(want));
+        h.insert(header::IF_RANGE, HeaderValue::from_str(&tag).unwrap());
+        assert_eq!(range_request(&h, &mut Vec::new()).unwrap().if_version, Some(d));
+        h.insert(header::IF_RANGE, HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"));
+        assert_eq!(range_request(&h, &mut Vec::new()), None, "a validator of another kind never matches");
+        h.remove(header::IF_RANGE);
+        h.insert(header::IF_NONE_MATCH, HeaderValue::from_str(&format!("\"0000\", W/{tag}")).unwrap());
+        assert_eq!(range_request(&h, &mut Vec::new()).unwrap().unless_versions, &[d]);
+        h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("*"));
+        assert_eq!(range_request(&h, &mut Vec::new()), None);
     }
 
     #[test]

@@ -195,7 +195,7 @@ mod tests {
     use crate::tftp::netascii::to_netascii;
     use crate::tftp::packet::Packet;
     use crate::tftp::session::{Negotiated, Send, Session};
-    use citron_core::access::{AccessLog, AccessTicket};
+    use citron_core::access::AccessLog;
     use citron_core::serve::Protocol;
     use std::time::{Duration, Instant};
 
@@ -205,7 +205,7 @@ mod tests {
             len: data.len() as u64,
             digest: citron_core::Digest::of(data),
             content: Content::Memory(Bytes::copy_from_slice(data)),
-            ticket: AccessTicket::new(Arc::new(AccessLog::default()), "d".into(), Protocol::TFTP, "t"),
+            ticket: Arc::new(AccessLog::default()).ticket("d".into(), Protocol::TFTP, "t"),
         })
     }
 

@@ -393,10 +393,11 @@ async fn transfer(shared: Arc<Shared>, peer: SocketAddr, req: Request, req_len: 
     let freq = FileRequest {
         peer: peer.ip().to_canonical(),
         protocol: Protocol::TFTP,
-        space: Space::Tftp,
+        space: Space::TFTP,
         path: &req.filename,
         base_url: shared.base_url.as_deref(),
         intent: Intent::Read,
+        range: None,
     };
     let art = match shared.catalog.open(&freq) {
         Ok(a) => Arc::new(a),

@@ -95,7 +95,7 @@ impl Lab {
 
     /// Sets `dut`'s job to serve `files` over TFTP.
     pub async fn job(&self, dut: &str, files: Vec<FileSpec>) {
-        self.step(dut, Step { tftp: files, ..Step::default() }).await;
+        self.step(dut, Step { files: [(citron_core::serve::Space::TFTP, files)].into(), ..Step::default() }).await;
     }
 
     /// Loads the size ladder for `dut`, seeded by `seed`; returns (name, sha256).

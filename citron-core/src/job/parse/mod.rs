@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use crate::digest::Digest;
 use crate::namespace::{normalize_declared, PathError};
+use crate::serve::Space;
 use crate::template;
 use crate::units::parse_duration;
 use crate::yaml::{open_braces, Document, Node, NodeKind, Pos, Scalar, Style};
@@ -63,7 +64,7 @@ pub(crate) struct Sha {
     pub field: String,
 }
 
-/// A file entry (`kernel`, `initramfs`, `storage.{tftp,http}[]`).
+/// A file entry (`kernel`, `initramfs`, `storage.<space>[]`).
 #[derive(Debug, Clone)]
 pub(crate) struct FileDesc {
     /// `None` for `kernel` and `initramfs`, whose paths citron generates.
@@ -79,8 +80,8 @@ pub(crate) struct StepDesc {
     pub kernel: Option<FileDesc>,
     pub initramfs: Option<FileDesc>,
     pub cmdline: Option<Vec<Str>>,
-    pub tftp: Vec<FileDesc>,
-    pub http: Vec<FileDesc>,
+    /// `storage.<space>` lists, in the order written.
+    pub files: Vec<(Space, Vec<FileDesc>)>,
     pub nbd: Vec<DiskDesc>,
 }
 
@@ -367,26 +368,33 @@ impl Walker<'_> {
         }
     }
 
+    /// `storage:`: a list of files per file space ([`Space::ALL`]), `nbd` disks; the keys
+    /// accepted (and suggested for a misspelt one) follow that list.
     fn storage(&mut self, node: &Node, field: &str, step: &mut StepDesc) -> bool {
-        let Some(f) = self.mapping(node, field, &["tftp", "http", "nbd", "s3", "nfs"]) else { return false };
+        let mut keys: Vec<&str> = Space::ALL.iter().map(|s| s.0).collect();
+        keys.extend(["nbd", "s3", "nfs"]);
+        let Some(f) = self.mapping(node, field, &keys) else { return false };
         let mut ok = true;
+        let spaces = Space::ALL.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(" or ");
         for key in ["s3", "nfs"] {
             if let Some(k) = f.key(key) {
                 self.err(
                     k.pos,
                     &child(field, key),
-                    format!("`{key}` storage is not supported yet; serve the files over `http` or `tftp`, or disks over `nbd`"),
+                    format!("`{key}` storage is not supported yet; serve the files over {spaces}, or disks over `nbd`"),
                 );
                 ok = false;
             }
         }
-        for (proto, list) in [("tftp", &mut step.tftp), ("http", &mut step.http)] {
-            let Some(n) = f.get(proto) else { continue };
-            let field = child(field, proto);
+        // In the order written, so that problems come in document order.
+        for (k, n) in &f.entries {
+            let Some(space) = Space::named(&k.value) else { continue };
+            let field = child(field, space.0);
             let Some(items) = self.list(n, &field) else {
                 ok = false;
                 continue;
             };
+            let mut list = Vec::new();
             let mut seen: HashMap<String, Pos> = HashMap::new();
             for (i, item) in items.iter().enumerate() {
                 let entry_field = format!("{field}[{i}]");
@@ -397,7 +405,7 @@ impl Walker<'_> {
                 let path = entry.path.as_ref().expect("storage entries have paths");
                 let norm = normalize_declared(&path.value).expect("checked by path()");
                 if let Some(first) = seen.get(&norm) {
-                    let msg = format!("`{norm}` is already defined at line {} (paths are compared without leading '/'); give each {proto} file its own path", first.line);
+                    let msg = format!("`{norm}` is already defined at line {} (paths are compared without leading '/'); give each {space} file its own path", first.line);
                     self.err(path.pos, &path.field, msg);
                     ok = false;
                 } else {
@@ -405,6 +413,7 @@ impl Walker<'_> {
                 }
                 list.push(entry);
             }
+            step.files.push((space, list));
         }
         if let Some(n) = f.get("nbd") {
             let field = child(field, "nbd");
