@@ -17,8 +17,8 @@
 //! [`limits`], with the [`units`] they are written in). The core's decisions reach it as values
 //! ([`GoneReason`], [`PathError`]) or through a small trait the core implements
 //! ([`AccessReport`]). Sibling modules depend on the seam, never the other way, so the seam can
-//! become a crate of its own without moving anything else. (The NBD half, [`Export`], still
-//! names `block::BlockDevice`.)
+//! become a crate of its own without moving anything else. Disks too: [`BlockDevice`] is defined
+//! here, and [`Export`] checks every request before the device sees it.
 
 pub(crate) mod digest;
 pub mod limits;
@@ -275,9 +275,6 @@ pub enum ServeError {
     /// The lifetime policy refused: read too often or expired.
     #[error("gone: {0}")]
     Gone(#[from] GoneReason),
-    /// A write to something read-only.
-    #[error("read-only: {0}")]
-    ReadOnly(String),
     /// A range outside the artifact or disk (for a file, one that misses it entirely: HTTP 416).
     #[error("out of range: offset {offset} + {len} bytes is past the end ({size} bytes)")]
     OutOfRange {

@@ -149,7 +149,7 @@ async fn firmware_prefixes_are_stripped_and_other_duts_see_nothing() {
 }
 
 /// The job record keeps the YAML as set, its origin and when: for text from the API, for a
-/// parsed description (no text), and none once the job is dropped.
+/// parsed description (which keeps its text), for a file, and none once the job is dropped.
 #[tokio::test]
 async fn job_record_keeps_what_was_set() {
     let dir = tempfile::tempdir().unwrap();
@@ -167,7 +167,7 @@ async fn job_record_keeps_what_was_set() {
     assert_eq!(gw.job_record(&id).unwrap().yaml.as_deref(), Some(yaml));
     gw.set_job(&id, &JobDescription::parse(yaml, Origin::named("parsed.yaml")).unwrap()).await.unwrap();
     let r = gw.job_record(&id).unwrap();
-    assert_eq!((r.yaml, r.origin.name.as_str()), (None, "parsed.yaml"));
+    assert_eq!((r.yaml.as_deref(), r.origin.name.as_str()), (Some(yaml), "parsed.yaml"));
     let file = dir.path().join("job.yaml");
     std::fs::write(&file, yaml).unwrap();
     gw.set_trusted_job_file(&id, &file).await.unwrap();

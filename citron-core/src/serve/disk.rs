@@ -133,7 +133,7 @@ pub enum Access {
 ///
 /// ```
 /// use std::sync::Arc;
-/// use citron_core::access::{AccessLog, AccessTicket};
+/// use citron_core::access::AccessLog;
 /// use citron_core::block::CowDisk;
 /// use citron_core::serve::{BlockError, Export, ExportInfo, Protocol};
 /// let disk = Arc::new(CowDisk::readonly(None, 4096).unwrap());

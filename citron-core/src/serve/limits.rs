@@ -140,7 +140,7 @@ impl<'de> Deserialize<'de> for Size {
         }
         match Raw::deserialize(d)? {
             Raw::N(n) => Ok(Size(n)),
-            Raw::S(s) => crate::units::parse_size(&s).map(Size).map_err(serde::de::Error::custom),
+            Raw::S(s) => super::units::parse_size(&s).map(Size).map_err(serde::de::Error::custom),
         }
     }
 }
@@ -179,7 +179,7 @@ impl<'de> Deserialize<'de> for Dur {
         if s.trim() == "0" {
             return Ok(Dur(Duration::ZERO));
         }
-        crate::units::parse_duration(&s).map(Dur).map_err(serde::de::Error::custom)
+        super::units::parse_duration(&s).map(Dur).map_err(serde::de::Error::custom)
     }
 }
 

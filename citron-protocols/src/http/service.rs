@@ -31,7 +31,6 @@ pub fn status(e: &ServeError) -> StatusCode {
         ServeError::Forbidden(_) => StatusCode::FORBIDDEN,
         ServeError::Gone(_) => StatusCode::GONE,
         ServeError::OutOfRange { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
-        ServeError::ReadOnly(_) => StatusCode::METHOD_NOT_ALLOWED,
         ServeError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -487,6 +486,5 @@ mod tests {
         let io = ServeError::Io(std::io::Error::other("x"));
         assert_eq!(status(&io), StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(status(&ServeError::UnknownDut("127.0.0.9".parse().unwrap())), StatusCode::NOT_FOUND);
-        assert_eq!(status(&ServeError::ReadOnly("d".into())), StatusCode::METHOD_NOT_ALLOWED);
     }
 }

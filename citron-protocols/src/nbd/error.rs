@@ -15,7 +15,6 @@ pub(crate) fn option_reply(e: &ServeError) -> u32 {
         ServeError::BadPath(_) => rep::ERR_INVALID,
         ServeError::Forbidden(_) => rep::ERR_UNKNOWN,
         ServeError::Gone(_) => rep::ERR_UNKNOWN,
-        ServeError::ReadOnly(_) => rep::ERR_POLICY,
         ServeError::OutOfRange { .. } => rep::ERR_INVALID,
         ServeError::Io(_) => rep::ERR_INVALID,
     }

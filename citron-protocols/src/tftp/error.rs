@@ -24,7 +24,6 @@ pub fn error_packet(e: &ServeError) -> Packet {
         ServeError::BadPath(p) => (ErrorCode::ACCESS_VIOLATION, format!("access violation: {p}")),
         ServeError::Forbidden(_) => (ErrorCode::ACCESS_VIOLATION, "access violation".to_string()),
         ServeError::Gone(r) => (ErrorCode::ACCESS_VIOLATION, format!("no longer available: {r}")),
-        ServeError::ReadOnly(_) => (ErrorCode::ACCESS_VIOLATION, "read-only".to_string()),
         ServeError::OutOfRange { .. } => (ErrorCode::NOT_DEFINED, "request out of range".to_string()),
         ServeError::Io(_) => (ErrorCode::NOT_DEFINED, "server I/O error".to_string()),
     };
@@ -47,7 +46,6 @@ mod tests {
         assert_eq!(code(ServeError::UnknownDut("127.0.0.9".parse().unwrap())), 1);
         assert_eq!(code(ServeError::NotFound("a".into())), 1);
         assert_eq!(code(ServeError::Forbidden("a".into())), 2);
-        assert_eq!(code(ServeError::ReadOnly("a".into())), 2);
         assert_eq!(code(ServeError::OutOfRange { offset: 1, len: 1, size: 1 }), 0);
         assert_eq!(code(ServeError::Io(std::io::Error::other("x"))), 0);
     }
