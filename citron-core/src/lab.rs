@@ -124,31 +124,8 @@ pub enum ApiTokenError {
     Empty(String),
 }
 
-/// One thing wrong with a lab file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LabError {
-    /// The file name.
-    pub file: String,
-    /// 1-based line.
-    pub line: usize,
-    /// 1-based column.
-    pub column: usize,
-    /// The key path, e.g. `duts[1].ip` or `limits.idle_timeout`; empty when the whole file is
-    /// concerned.
-    pub field: String,
-    /// What is wrong, said so that the admin knows what to change.
-    pub message: String,
-}
-
-impl fmt::Display for LabError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.field.is_empty() {
-            write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)
-        } else {
-            write!(f, "{}:{}:{}: {}: {}", self.file, self.line, self.column, self.field, self.message)
-        }
-    }
-}
+/// One thing wrong with a lab file: where, and what to change.
+pub type LabError = crate::diag::FileError;
 
 /// Every error found in a lab file, in document order (one per line when displayed, like
 /// [`JobErrors`](crate::job::JobErrors)).
@@ -157,13 +134,7 @@ pub struct LabErrors(pub Vec<LabError>);
 
 impl fmt::Display for LabErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
+        crate::diag::write_lines(f, &self.0)
     }
 }
 

@@ -21,6 +21,7 @@
 //!   names and contents, pure.
 //! - [`limits`]: every bound against hostile input, the lab file's `limits:`.
 //! - [`datadir`]: the `--data` directory, locked by one gateway at a time.
+//! - [`diag`]: a positioned problem in a job or lab file, said one way for both.
 //! - [`lab`]: the lab file. [`access`]: access logs and metrics. [`units`]: `20G`, `7 days`.
 //!
 //! # Example
@@ -36,6 +37,7 @@ pub mod artifact;
 pub mod block;
 pub mod bootfiles;
 pub mod datadir;
+pub mod diag;
 pub mod gateway;
 pub mod job;
 pub mod lab;

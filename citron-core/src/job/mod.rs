@@ -89,30 +89,8 @@ impl RenderContext {
     }
 }
 
-/// One thing wrong with a job description.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JobError {
-    /// The origin's name.
-    pub file: String,
-    /// 1-based line.
-    pub line: usize,
-    /// 1-based column.
-    pub column: usize,
-    /// The field path, e.g. `deployment.start.storage.http[2].url`.
-    pub field: String,
-    /// What is wrong, said so that the user knows what to change.
-    pub message: String,
-}
-
-impl fmt::Display for JobError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.field.is_empty() {
-            write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)
-        } else {
-            write!(f, "{}:{}:{}: {}: {}", self.file, self.line, self.column, self.field, self.message)
-        }
-    }
-}
+/// One thing wrong with a job description: where, and what to change.
+pub type JobError = crate::diag::FileError;
 
 /// Every error found in a job description, in document order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,13 +98,7 @@ pub struct JobErrors(pub Vec<JobError>);
 
 impl fmt::Display for JobErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
+        crate::diag::write_lines(f, &self.0)
     }
 }
 
