@@ -32,5 +32,6 @@
 pub mod api;
 pub mod metrics;
 pub mod server;
+pub mod state;
 
 pub use server::{RunningServer, ServerBuilder, ServerError};
