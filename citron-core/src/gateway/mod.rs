@@ -315,10 +315,11 @@ impl Gateway {
     /// renders it in its context (a job from a file the admin gave keeps its directory as a
     /// `file:` root), fetches it (from the cache, normally) and serves it with the counted reads
     /// of the [`LifetimeStore`] resumed, not reset: not a `job_start`. Returns, per DUT whose
-    /// job could not be loaded again, why (it then has no job; its record is kept).
-    pub async fn restore_jobs(&self) -> Vec<(DutId, GatewayError)> {
+    /// job could not be loaded again, why (it then has no job; its record is kept). DUTs in
+    /// `skip` are left alone (`serve --job` is about to give them a new job).
+    pub async fn restore_jobs(&self, skip: &[DutId]) -> Vec<(DutId, GatewayError)> {
         let mut failed = Vec::new();
-        for dut in self.duts() {
+        for dut in self.duts().into_iter().filter(|d| !skip.contains(&d.id)) {
             let Some(record) = self.inner.jobs.record(&dut.id) else { continue };
             let Some(text) = record.yaml.clone() else {
                 tracing::warn!(dut = %dut.id, "its stored job was built in code (no YAML): not loaded again");

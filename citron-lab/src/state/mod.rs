@@ -168,6 +168,15 @@ pub enum StateError {
     Load(#[from] citron_core::store::StoreError),
 }
 
+/// What the API and `/metrics` say of the state: its engine and schema version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateInfo {
+    /// `sqlite` or `postgres`.
+    pub engine: &'static str,
+    /// The schema version in use.
+    pub schema_version: i64,
+}
+
 /// An open, migrated state database.
 pub struct State {
     db: Arc<Db>,
@@ -199,6 +208,15 @@ impl State {
     /// The schema version in use.
     pub fn schema_version(&self) -> i64 {
         self.db.version
+    }
+
+    /// What the API and `/metrics` show of it.
+    pub fn info(&self) -> StateInfo {
+        let engine = match self.url.engine() {
+            Engine::Sqlite => "sqlite",
+            Engine::Postgres => "postgres",
+        };
+        StateInfo { engine, schema_version: self.db.version }
     }
 
     /// Where the state is (without password).
