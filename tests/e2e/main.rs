@@ -11,4 +11,6 @@ mod fulldisk;
 mod http;
 mod nbd;
 mod nbd_limits;
+mod state_pg;
+mod state_store;
 mod vdut;

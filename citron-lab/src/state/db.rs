@@ -20,7 +20,7 @@ use std::time::Duration;
 use citron_core::store::StoreError;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::{MigrateError, Migrator};
-use sqlx::{AnyPool, Executor as _, Row as _};
+use sqlx::{AnyPool, Connection as _, Executor as _, Row as _};
 
 use super::{Engine, StateError, StateUrl};
 
@@ -146,7 +146,11 @@ async fn connect_and_migrate(url: &StateUrl) -> Result<(AnyPool, i64, i64), Stat
                 Ok(())
             })
         });
-    let pool = options.connect(&url.connect_string()).await.map_err(|e| StateError::Connect { url: url.redacted(), source: e })?;
+    let connect_err = |e| StateError::Connect { url: url.redacted(), source: e };
+    // One connection first: an unreachable server fails at once (the pool would retry until
+    // its acquire timeout).
+    sqlx::AnyConnection::connect(&url.connect_string()).await.map_err(connect_err)?.close().await.map_err(connect_err)?;
+    let pool = options.connect(&url.connect_string()).await.map_err(connect_err)?;
     let found: i64 = match sqlx::query("SELECT MAX(version) FROM _sqlx_migrations WHERE success").fetch_one(&pool).await {
         Ok(row) => row.try_get::<Option<i64>, _>(0).ok().flatten().unwrap_or(0),
         Err(_) => 0, // no table yet: a new database
