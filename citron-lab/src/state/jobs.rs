@@ -39,7 +39,9 @@ impl SqlJobs {
 }
 
 impl JobStore for SqlJobs {
-    fn put(&self, dut: &DutId, record: JobRecord) -> Result<(), StoreError> {
+    fn put(&self, dut: &DutId, mut record: JobRecord) -> Result<(), StoreError> {
+        // Kept to the microsecond, as stored: the API answers the same before and after a restart.
+        record.set_at = from_micros(to_micros(record.set_at));
         let (key, yaml, name) = (dut.0.clone(), record.yaml.clone(), record.origin.name.clone());
         let dir = match &record.origin.base_dir {
             Some(d) => Some(d.to_str().ok_or_else(|| StoreError::backend(format!("the job's directory {} is not UTF-8", d.display())))?.to_string()),
