@@ -136,7 +136,7 @@ fn kill_9_around_a_read_once_read_never_serves_it_twice() {
         let secret = format!("secret-{round}-{}", rng.below(1 << 40));
         let (code, body) = c.put_job("dut1", &secret_job(&secret));
         assert_eq!(code, 200, "{body}");
-        let delay = Duration::from_micros(rng.below(20_000));
+        let delay = Duration::from_micros(rng.below(40_000));
         let reader = std::thread::spawn(move || get_as("127.0.0.2", &url));
         std::thread::sleep(delay);
         drop(c); // kill -9, somewhere around the read
@@ -235,4 +235,36 @@ fn an_unreachable_postgres_exits_2_naming_it_without_password() {
     assert_eq!(f.status.and_then(|s| s.code()), Some(2), "{}", f.stderr);
     assert!(f.stderr.contains(&format!("127.0.0.1:{port}/lab")), "{}", f.stderr);
     assert!(!f.stderr.contains("hunter2"), "{}", f.stderr);
+}
+
+/// A job given with `serve --job` is stored like any other (its directory stays a `file:` root
+/// when it is loaded again); a later `--job` for the same DUT replaces it, as a `job_start`.
+#[test]
+fn serve_job_is_kept_and_a_new_one_replaces_it() {
+    if !require_tool("curl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    std::fs::write(dir.path().join("a.txt"), "from file a").unwrap();
+    let job = |name: &str, file: &str| {
+        let p = dir.path().join(name);
+        let y = format!("deployment:\n  start:\n    storage:\n      http:\n        - path: /f\n          file: {file}\n        - path: /once\n          data: once\n          lifetime:\n            access_count: 1\n");
+        std::fs::write(&p, y).unwrap();
+        format!("dut1={}", p.display())
+    };
+    let (a, b) = (job("a.yaml", "a.txt"), job("b.yaml", "a.txt"));
+    let c = start(data, &["--job", &a]);
+    assert_eq!(get_as("127.0.0.2", &c.http_url("/f")), (200, "from file a".into()));
+    assert_eq!(get_as("127.0.0.2", &c.http_url("/once")).0, 200);
+    drop(c);
+    let c = start(data, &[]);
+    assert_eq!(get_as("127.0.0.2", &c.http_url("/f")), (200, "from file a".into()), "loaded again, its directory a file: root");
+    assert_eq!(get_as("127.0.0.2", &c.http_url("/once")).0, 410);
+    assert!(c.api("GET", "/api/v1/duts/dut1/job", &[]).json()["origin"].as_str().unwrap().ends_with("a.yaml"));
+    drop(c);
+    let c = start(data, &["--job", &b]);
+    assert!(c.api("GET", "/api/v1/duts/dut1/job", &[]).json()["origin"].as_str().unwrap().ends_with("b.yaml"));
+    assert_eq!(get_as("127.0.0.2", &c.http_url("/once")).0, 200, "a new job starts its counts from zero");
 }
