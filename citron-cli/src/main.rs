@@ -132,8 +132,15 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     // Every GatewayError names the data directory or the job itself.
     let network = std::sync::Arc::new(citron_fetch::Network::new(lab.s3.clone()));
     let gw = citron_core::Gateway::with_stores(lab, &a.data, network, stores)?;
-    let server =
-        ServerBuilder::new(gw.clone()).http(http).tftp(tftp).nbd(nbd).api(api).advertise(a.advertise).state(Some(state.info())).start().await?;
+    let server = ServerBuilder::new(gw.clone())
+        .http(http)
+        .tftp(tftp)
+        .nbd(nbd)
+        .api(api)
+        .advertise(a.advertise)
+        .state(Some(state.info()))
+        .start()
+        .await?;
     // Jobs are loaded once the servers are bound, so that their templates see the real ports.
     // A signal meanwhile drops the loading: a download in flight stops and its temporary file
     // is deleted (at the latest when the runtime shuts down, before the process exits).

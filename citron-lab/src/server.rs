@@ -87,7 +87,15 @@ impl ServerBuilder {
     /// Every backend on its default address ([`DEFAULT_HTTP`], ...).
     pub fn new(gateway: Gateway) -> Self {
         let p = |s: &str| Some(s.parse().expect("default addresses parse"));
-        ServerBuilder { gateway, http: p(DEFAULT_HTTP), tftp: p(DEFAULT_TFTP), nbd: p(DEFAULT_NBD), api: p(DEFAULT_API), advertise: None, state: None }
+        ServerBuilder {
+            gateway,
+            http: p(DEFAULT_HTTP),
+            tftp: p(DEFAULT_TFTP),
+            nbd: p(DEFAULT_NBD),
+            api: p(DEFAULT_API),
+            advertise: None,
+            state: None,
+        }
     }
 
     /// The HTTP address, or `None` to run no HTTP server.

@@ -174,7 +174,19 @@ fn kill_9_during_a_put_leaves_the_job_whole_or_absent() {
         let body = job.clone();
         let put = std::thread::spawn(move || {
             let url = format!("http://{api}/api/v1/duts/dut1/job");
-            let o = curl(&["-X", "PUT", "-H", "Content-Type: application/yaml", "--data-binary", &body, "-o", "/dev/null", "-w", "%{http_code}", &url]);
+            let o = curl(&[
+                "-X",
+                "PUT",
+                "-H",
+                "Content-Type: application/yaml",
+                "--data-binary",
+                &body,
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &url,
+            ]);
             o.stdout.trim().parse::<u16>().unwrap_or(0)
         });
         std::thread::sleep(Duration::from_micros(rng.below(30_000)));
@@ -187,7 +199,10 @@ fn kill_9_during_a_put_leaves_the_job_whole_or_absent() {
         if (200..300).contains(&code) {
             assert_eq!(stored.as_deref(), Some(job.as_str()), "round {round}: an acknowledged job was lost");
         } else {
-            assert!(stored == current || stored.as_deref() == Some(job.as_str()), "round {round}: a job neither whole nor absent: {stored:?}");
+            assert!(
+                stored == current || stored.as_deref() == Some(job.as_str()),
+                "round {round}: a job neither whole nor absent: {stored:?}"
+            );
         }
         match &stored {
             Some(y) => {

@@ -69,7 +69,8 @@ impl Postgres {
         }
         let data = dir.path().join("data");
         let d = data.to_str().expect("a UTF-8 path");
-        let out = pg_cmd(&bin, "initdb", &["-D", d, "-U", "citron", "--auth=trust", "-E", "UTF8", "--no-sync"]).output().expect("initdb runs");
+        let out =
+            pg_cmd(&bin, "initdb", &["-D", d, "-U", "citron", "--auth=trust", "-E", "UTF8", "--no-sync"]).output().expect("initdb runs");
         assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
         // A few tries: another test may take the port between our probe and the server's bind.
         for _ in 0..5 {
@@ -92,7 +93,8 @@ impl Postgres {
     pub fn psql(&self, sql: &str) -> String {
         let port = self.port.to_string();
         let psql = self.bin.join("psql");
-        let out = run(psql, &["-h", "127.0.0.1", "-p", &port, "-U", "citron", "-d", "postgres", "-tAc", sql], None, Duration::from_secs(30));
+        let out =
+            run(psql, &["-h", "127.0.0.1", "-p", &port, "-U", "citron", "-d", "postgres", "-tAc", sql], None, Duration::from_secs(30));
         assert_eq!(out.code, 0, "psql {sql}: {}", out.stderr);
         out.stdout
     }

@@ -168,7 +168,9 @@ fn postgres_store_suite() {
     pg.psql("DROP SCHEMA public CASCADE; CREATE SCHEMA public");
     concurrent(&url);
     // A newer schema than this citron knows: refused, never downgraded.
-    pg.psql("INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (9999, 'future', true, '\\x00', 0)");
+    pg.psql(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (9999, 'future', true, '\\x00', 0)",
+    );
     match State::open(&url) {
         Err(e @ StateError::NewerSchema { found: 9999, .. }) => {
             assert!(!e.to_string().contains("hunter2"), "{e}");

@@ -30,7 +30,13 @@ impl EventLog for SqlEvents {
     fn append(&self, dut: &DutId, record: EventRecord) -> Result<(), StoreError> {
         let (d, name, at) = (dut.0.clone(), event_name(record.event), to_micros(record.time));
         self.db.spawn("an event", move |pool| async move {
-            sqlx::query("INSERT INTO events (dut, event, at) VALUES ($1, $2, $3)").bind(d).bind(name).bind(at).execute(&pool).await.map(|_| ())
+            sqlx::query("INSERT INTO events (dut, event, at) VALUES ($1, $2, $3)")
+                .bind(d)
+                .bind(name)
+                .bind(at)
+                .execute(&pool)
+                .await
+                .map(|_| ())
         });
         Ok(())
     }

@@ -44,7 +44,9 @@ impl JobStore for SqlJobs {
         record.set_at = from_micros(to_micros(record.set_at));
         let (key, yaml, name) = (dut.0.clone(), record.yaml.clone(), record.origin.name.clone());
         let dir = match &record.origin.base_dir {
-            Some(d) => Some(d.to_str().ok_or_else(|| StoreError::backend(format!("the job's directory {} is not UTF-8", d.display())))?.to_string()),
+            Some(d) => Some(
+                d.to_str().ok_or_else(|| StoreError::backend(format!("the job's directory {} is not UTF-8", d.display())))?.to_string(),
+            ),
             None => None,
         };
         let at = to_micros(record.set_at);

@@ -95,12 +95,14 @@ impl LifetimeStore for SqlLifetimes {
         let (d, name, us, reset) = (dut.0.clone(), event_name(event), to_micros(at), resets_counts(event));
         self.db.call(move |pool| async move {
             let mut tx = pool.begin().await?;
-            sqlx::query("INSERT INTO last_events (dut, event, at) VALUES ($1, $2, $3) ON CONFLICT (dut, event) DO UPDATE SET at = excluded.at")
-                .bind(&d)
-                .bind(name)
-                .bind(us)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO last_events (dut, event, at) VALUES ($1, $2, $3) ON CONFLICT (dut, event) DO UPDATE SET at = excluded.at",
+            )
+            .bind(&d)
+            .bind(name)
+            .bind(us)
+            .execute(&mut *tx)
+            .await?;
             if reset {
                 sqlx::query("DELETE FROM reads WHERE dut = $1").bind(&d).execute(&mut *tx).await?;
             }
