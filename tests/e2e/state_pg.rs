@@ -56,6 +56,16 @@ impl Postgres {
     /// Starts one, or `None` (with SKIPPED printed) when PostgreSQL is not installed; panics
     /// instead under `CITRON_E2E_STRICT=1`.
     pub fn start() -> Option<Postgres> {
+        Self::start_with(false)
+    }
+
+    /// [`start`](Self::start) with TLS on (a self-signed certificate made by `openssl`), for
+    /// `sslmode=require`.
+    pub fn start_tls() -> Option<Postgres> {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Option<Postgres> {
         let Some(bin) = bin_dir() else {
             let msg = "PostgreSQL (initdb, pg_ctl) is not installed (scripts/setup-debian.sh installs it)";
             assert!(!strict(), "{msg}; CITRON_E2E_STRICT=1 forbids skipping");
@@ -63,6 +73,16 @@ impl Postgres {
             return None;
         };
         let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut ssl = String::new();
+        if tls {
+            let (crt, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+            let (c, k) = (crt.to_str().unwrap(), key.to_str().unwrap());
+            let args = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", k, "-out", c, "-subj", "/CN=localhost", "-days", "1"];
+            let o = run("openssl", &args, None, Duration::from_secs(60));
+            assert_eq!(o.code, 0, "openssl: {}", o.stderr);
+            std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+            ssl = format!(" -c ssl=on -c ssl_cert_file={c} -c ssl_key_file={k}");
+        }
         if as_root() {
             let st = Command::new("chown").args(["-R", "nobody"]).arg(dir.path()).status().expect("chown runs");
             assert!(st.success(), "chown nobody {}", dir.path().display());
@@ -75,7 +95,7 @@ impl Postgres {
         // A few tries: another test may take the port between our probe and the server's bind.
         for _ in 0..5 {
             let port = free_port();
-            let opts = format!("-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off", dir.path().display());
+            let opts = format!("-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off{ssl}", dir.path().display());
             let log = dir.path().join("log");
             let st = pg_cmd(&bin, "pg_ctl", &["-D", d, "-o", &opts, "-l", log.to_str().unwrap(), "-w", "-t", "30", "start"])
                 .output()

@@ -179,6 +179,33 @@ fn postgres_store_suite() {
     }
 }
 
+/// `sslmode` is honoured: `require` connects over TLS (rustls with ring), `disable` does not.
+#[test]
+fn postgres_over_tls_with_sslmode() {
+    if !citron_tests::require_tool("openssl") {
+        return;
+    }
+    let Some(pg) = Postgres::start_tls() else { return };
+    // The client connections other than psql's own, by whether they use TLS.
+    let conns = |ssl: bool| {
+        let q = format!(
+            "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+             WHERE ssl = {ssl} AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+        );
+        pg.psql(&q).trim().parse::<u32>().unwrap()
+    };
+    for (mode, tls) in [("require", true), ("disable", false)] {
+        let url = StateUrl::parse(Some(&format!("{}?sslmode={mode}", pg.url)), std::path::Path::new("x")).unwrap();
+        let (s, st) = open(&url, &LabConfig::default_lab());
+        st.jobs.put(&"dut1".into(), JobRecord { yaml: None, origin: Origin::named(mode), set_at: t(1) }).unwrap();
+        assert!(conns(tls) >= 1, "sslmode={mode}: no connection with ssl = {tls}");
+        if tls {
+            assert_eq!(conns(false), 0, "sslmode=require: a connection without TLS");
+        }
+        drop((s, st));
+    }
+}
+
 #[test]
 fn an_unreachable_postgres_is_named_without_its_password() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
