@@ -62,6 +62,8 @@ fn dut_and_job_survive(extra: &[&str]) {
     assert_eq!(code, 200, "{body}");
     assert_eq!(get_as("127.0.0.7", &c.http_url("/secret")), (200, "s3cr3t".into()));
     let before = c.api("GET", "/api/v1/duts/dut7/job", &[]).json();
+    // Access records are written in batches; reading a page writes what is queued.
+    assert_eq!(c.api("GET", "/api/v1/duts/dut7/accesses", &[]).json().as_array().map(Vec::len), Some(1));
     drop(c); // kill -9
 
     let c = start(data, extra);
@@ -69,6 +71,9 @@ fn dut_and_job_survive(extra: &[&str]) {
     assert_eq!(d["tags"], serde_json::json!(["arm64"]), "{d}");
     assert_eq!(c.api("GET", "/api/v1/duts/dut7/job", &[]).json(), before, "the job record as it was set");
     assert_eq!(get_as("127.0.0.7", &c.http_url("/hello")), (200, "hello dut7".into()));
+    let log = c.api("GET", "/api/v1/duts/dut7/accesses", &[]).json();
+    let first = &log.as_array().expect("a list")[0];
+    assert_eq!((&first["path"], &first["outcome"]), (&"/secret".into(), &"served".into()), "the access log survives: {log}");
     assert_eq!(get_as("127.0.0.7", &c.http_url("/secret")).0, 410, "a read-once secret read before the restart");
     assert_eq!(c.api_json("POST", "/api/v1/duts/dut7/events", Some(r#"{"event": "boot"}"#)).status, 204);
     assert_eq!(get_as("127.0.0.7", &c.http_url("/secret")), (200, "s3cr3t".into()), "a boot resets it");
@@ -76,7 +81,8 @@ fn dut_and_job_survive(extra: &[&str]) {
     assert_eq!(v["state"]["schema_version"], citron_lab::state::known_version(), "{v}");
     let m = c.api("GET", "/metrics", &[]).body;
     let engine = v["state"]["engine"].as_str().unwrap();
-    assert!(m.contains(&format!("citron_state_schema_version{{engine=\"{engine}\"}} 1")), "{m}");
+    let version = citron_lab::state::known_version();
+    assert!(m.contains(&format!("citron_state_schema_version{{engine=\"{engine}\"}} {version}")), "{m}");
     // Deleted through the API: gone after the next restart too.
     assert_eq!(c.api("DELETE", "/api/v1/duts/dut7", &[]).status, 204);
     drop(c);
@@ -229,15 +235,16 @@ fn migrate_and_a_newer_schema_is_refused() {
     let d = data.to_str().unwrap();
     let o = run(citron_bin(), &["state", "migrate", "--data", d], None, T);
     assert_eq!(o.code, 0, "{}", o.stderr);
-    assert!(o.stdout.contains("schema version 1"), "{}", o.stdout);
-    assert!(o.stderr.contains("migrated from version 0 to 1"), "{}", o.stderr);
+    let known = citron_lab::state::known_version();
+    assert!(o.stdout.contains(&format!("schema version {known}")), "{}", o.stdout);
+    assert!(o.stderr.contains(&format!("migrated from version 0 to {known}")), "{}", o.stderr);
     let db = data.join("state.sqlite");
     let db = db.to_str().unwrap();
     let sql = "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (9999, 'future', 1, x'00', 0)";
     assert_eq!(run("sqlite3", &[db, sql], None, T).code, 0);
     let Err(f) = Citron::try_start(&["--data", d]) else { panic!("a newer schema must be refused") };
     assert_eq!(f.status.and_then(|s| s.code()), Some(2), "{}", f.stderr);
-    assert!(f.stderr.contains("schema version 9999, newer than this citron knows (1)"), "{}", f.stderr);
+    assert!(f.stderr.contains(&format!("schema version 9999, newer than this citron knows ({known})")), "{}", f.stderr);
     let o = run("sqlite3", &[db, "SELECT MAX(version) FROM _sqlx_migrations"], None, T);
     assert_eq!(o.stdout.trim(), "9999");
 }

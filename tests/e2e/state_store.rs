@@ -3,6 +3,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use citron_core::access::{AccessRecord, Outcome};
 use citron_core::gateway::{EventRecord, FileKey, JobRecord, Stores};
 use citron_core::job::Origin;
 use citron_core::lab::LabConfig;
@@ -23,6 +24,10 @@ fn open(url: &StateUrl, lab: &LabConfig) -> (State, Stores) {
 /// A time the stores keep exactly (microseconds).
 fn t(secs: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_micros(secs * 1_000_000 + 123_456)
+}
+
+fn rec(path: &str, outcome: Outcome) -> AccessRecord {
+    AccessRecord { seq: 0, time: 1_700_000_000.25, protocol: "http".into(), path: path.into(), bytes: 42, outcome }
 }
 
 fn ip(s: &str) -> std::net::IpAddr {
@@ -79,6 +84,16 @@ fn suite(url: &StateUrl) {
         st.events.append(&d7, EventRecord { time: t(8), event: Event::JobStart }).unwrap();
         st.events.append(&d1, EventRecord { time: t(9), event: Event::JobEnd }).unwrap();
         assert_eq!(st.events.recent(&d7, 1), [EventRecord { time: t(8), event: Event::JobStart }]);
+        // Access records: a seq at once, pages in order.
+        let s1 = st.access.append(&d7, rec("/a", Outcome::Served)).unwrap();
+        let s2 = st.access.append(&d1, rec("/b", Outcome::Aborted)).unwrap();
+        let s3 = st.access.append(&d7, rec("/c", Outcome::Refused("gone".into()))).unwrap();
+        assert!(s1 < s2 && s2 < s3);
+        let page = st.access.page(&d7, 0, 10);
+        assert_eq!(page.iter().map(|r| (r.seq, r.path.as_str())).collect::<Vec<_>>(), [(s1, "/a"), (s3, "/c")]);
+        assert_eq!(page[1], AccessRecord { seq: s3, ..rec("/c", Outcome::Refused("gone".into())) });
+        assert_eq!(st.access.page(&d7, s1, 10).len(), 1);
+        assert_eq!(st.access.page(&d7, 0, 1).len(), 1);
     }
     // A restart: everything acknowledged is there.
     {
@@ -95,6 +110,13 @@ fn suite(url: &StateUrl) {
         assert_eq!(st.lifetimes.last_event(&d7, Event::JobEnd), Some(t(5)));
         assert_eq!(st.lifetimes.last_event(&d1, Event::Boot), Some(t(6)));
         assert_eq!(st.lifetimes.last_event(&d1, Event::JobEnd), None);
+        let log = st.access.page(&d7, 0, 10);
+        assert_eq!(log.iter().map(|r| r.path.as_str()).collect::<Vec<_>>(), ["/a", "/c"], "the access log survives");
+        let next = st.access.append(&d7, rec("/d", Outcome::Served)).unwrap();
+        assert!(next > log[1].seq, "a seq is never reused after a restart");
+        st.access.forget(&d7);
+        assert!(st.access.page(&d7, 0, 10).is_empty());
+        assert_eq!(st.access.page(&d1, 0, 10).len(), 1);
         let ev = st.events.recent(&d7, 10);
         assert_eq!(ev, [EventRecord { time: t(7), event: Event::Boot }, EventRecord { time: t(8), event: Event::JobStart }]);
         // A job_start resets; reset() (a new job) too; forgetting and removing.

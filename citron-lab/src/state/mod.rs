@@ -9,10 +9,10 @@
 //! - `jobs.rs`: every DUT's job (YAML, origin, when), loaded again at start by
 //!   [`Gateway::restore_jobs`](citron_core::Gateway::restore_jobs),
 //! - `lifetimes.rs`: reads counted against `access_count` and each DUT's last events,
-//! - `events.rs`: the DUTs' event history (written off the serving path).
+//! - `events.rs`: the DUTs' event history (written off the serving path),
+//! - `access.rs`: the DUTs' access logs (written in batches off the serving path, bounded).
 //!
-//! `db.rs` owns the connection pool on a thread of its own (why: see there). The access log is
-//! not stored yet: it stays in memory ([`citron_core::access::MemoryAccess`]).
+//! `db.rs` owns the connection pool on a thread of its own (why: see there).
 //!
 //! ```
 //! use citron_lab::state::{State, StateUrl};
@@ -21,6 +21,7 @@
 //! assert_eq!(state.schema_version(), citron_lab::state::known_version());
 //! ```
 
+mod access;
 mod db;
 mod duts;
 mod events;
@@ -31,7 +32,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use citron_core::access::MemoryAccess;
 use citron_core::gateway::Stores;
 use citron_core::lab::LabConfig;
 
@@ -233,7 +233,7 @@ impl State {
             duts: Box::new(duts::SqlDuts::load(self.db.clone(), &lab.duts)?),
             jobs: Box::new(jobs::SqlJobs::load(self.db.clone())?),
             lifetimes: Box::new(lifetimes::SqlLifetimes::load(self.db.clone())?),
-            access: Box::new(MemoryAccess::new(&lab.limits)),
+            access: Box::new(access::SqlAccess::load(self.db.clone())?),
             events: Box::new(events::SqlEvents::new(self.db.clone())),
         })
     }
