@@ -15,6 +15,8 @@ pub struct Postgres {
     /// `postgres://citron:PASSWORD@127.0.0.1:PORT/postgres` (trust auth: the password is there
     /// to check it never shows).
     pub url: String,
+    /// The server's options (`pg_ctl -o`), to start it again.
+    opts: String,
     /// The port.
     pub port: u16,
 }
@@ -102,11 +104,28 @@ impl Postgres {
                 .expect("pg_ctl runs");
             if st.status.success() {
                 let url = format!("postgres://citron:hunter2@127.0.0.1:{port}/postgres");
-                return Some(Postgres { dir, bin, url, port });
+                return Some(Postgres { dir, bin, url, port, opts });
             }
             eprintln!("pg_ctl start: {}", std::fs::read_to_string(&log).unwrap_or_default());
         }
         panic!("PostgreSQL did not start");
+    }
+
+    /// Stops the server at once (`-m immediate`, as a crash).
+    pub fn stop(&self) {
+        let data = self.dir.path().join("data");
+        let o =
+            pg_cmd(&self.bin, "pg_ctl", &["-D", data.to_str().unwrap(), "-m", "immediate", "-w", "stop"]).output().expect("pg_ctl runs");
+        assert!(o.status.success(), "pg_ctl stop: {}", String::from_utf8_lossy(&o.stderr));
+    }
+
+    /// Starts it again after [`stop`](Self::stop), on the same port.
+    pub fn start_again(&self) {
+        let data = self.dir.path().join("data");
+        let log = self.dir.path().join("log");
+        let args = ["-D", data.to_str().unwrap(), "-o", &self.opts, "-l", log.to_str().unwrap(), "-w", "-t", "30", "start"];
+        let o = pg_cmd(&self.bin, "pg_ctl", &args).output().expect("pg_ctl runs");
+        assert!(o.status.success(), "pg_ctl start: {}", std::fs::read_to_string(&log).unwrap_or_default());
     }
 
     /// `psql -c sql` on the database; its stdout.

@@ -228,6 +228,30 @@ fn postgres_over_tls_with_sslmode() {
     }
 }
 
+/// PostgreSQL lost during service: a counted read that cannot be recorded is refused (the lab
+/// fails closed), what is known is still answered from memory, and once the server is back the
+/// store reconnects by itself.
+#[test]
+fn postgres_lost_during_service_fails_closed_then_reconnects() {
+    let Some(pg) = Postgres::start() else { return };
+    let url = StateUrl::parse(Some(pg.url.as_str()), std::path::Path::new("x")).unwrap();
+    let lab = LabConfig::default_lab();
+    let (d, key) = (DutId::from("dut1"), FileKey { step: "start", space: Space::HTTP, path: "/s".into() });
+    let (s, st) = open(&url, &lab);
+    st.duts.add(Dut::new("dut7", [ip("127.0.0.7")])).unwrap();
+    st.lifetimes.count_read(&d, &key).unwrap();
+    pg.stop();
+    let e = st.lifetimes.count_read(&d, &key).expect_err("a read that cannot be recorded is refused");
+    assert!(e.to_string().contains("state store failed"), "{e}");
+    assert_eq!(st.lifetimes.reads(&d, &key), 1, "the refused read is not counted");
+    assert_eq!(st.duts.by_addr(ip("127.0.0.7")).unwrap().id, DutId::from("dut7"), "DUTs are still known");
+    pg.start_again();
+    st.lifetimes.count_read(&d, &key).expect("reconnected");
+    drop((s, st));
+    let (_s, st) = open(&url, &lab);
+    assert_eq!(st.lifetimes.reads(&d, &key), 2);
+}
+
 #[test]
 fn an_unreachable_postgres_is_named_without_its_password() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();

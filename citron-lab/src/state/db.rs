@@ -130,7 +130,9 @@ async fn connect_and_migrate(url: &StateUrl) -> Result<(AnyPool, i64, i64), Stat
     let engine = url.engine();
     let options = AnyPoolOptions::new()
         .max_connections(if engine == Engine::Sqlite { 1 } else { 4 })
-        .acquire_timeout(Duration::from_secs(10))
+        // Work is carried out one job at a time, so a connection is never waited for: this only
+        // bounds how long a write waits for a database that went away before it is refused.
+        .acquire_timeout(Duration::from_secs(3))
         .after_connect(move |conn, _| {
             Box::pin(async move {
                 if engine == Engine::Sqlite {
