@@ -16,7 +16,7 @@ done
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 export DEBIAN_FRONTEND=noninteractive
 
-pkgs=(curl tftp-hpa atftp libnbd-bin python3-libnbd nbdkit qemu-utils e2fsprogs docker-registry iproute2 python3-venv xz-utils zstd)
+pkgs=(curl tftp-hpa atftp libnbd-bin python3-libnbd nbdkit qemu-utils e2fsprogs docker-registry iproute2 python3-venv xz-utils zstd postgresql sqlite3 openssl)
 [ "$want_bench" = 1 ] && pkgs+=(nginx-light wrk tftpd-hpa fio)
 qemu_pkgs=(qemu-system-x86 qemu-system-common qemu-block-extra ipxe-qemu linux-image-amd64 busybox-static cpio nbd-client kmod)
 

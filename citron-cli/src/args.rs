@@ -21,6 +21,21 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// `citron state …`.
+#[derive(Debug, Subcommand)]
+pub enum StateCommand {
+    /// Creates or migrates the state to this citron's schema (`serve` also does it at start);
+    /// refuses a state migrated by a newer citron. Prints the schema version.
+    Migrate {
+        /// As `serve --state` (default: DIR/state.sqlite in --data).
+        #[arg(long, value_name = "URL", env = "CITRON_STATE")]
+        state: Option<String>,
+        /// As `serve --data`.
+        #[arg(long, value_name = "DIR", default_value = "citron-data")]
+        data: PathBuf,
+    },
+}
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -86,7 +101,15 @@ pub enum Command {
         /// Where the cache and disks are kept.
         #[arg(long, value_name = "DIR", default_value = "citron-data")]
         data: PathBuf,
+        /// Where the lab's state (DUTs added through the API, jobs, counted reads) is kept:
+        /// `postgres://USER:PASS@HOST:PORT/DB[?sslmode=require]`, or `sqlite://PATH`
+        /// (default: DIR/state.sqlite in --data). Migrated at start.
+        #[arg(long, value_name = "URL", env = "CITRON_STATE")]
+        state: Option<String>,
     },
+    /// The lab's state store.
+    #[command(subcommand, after_help = EXIT_CODES)]
+    State(StateCommand),
     /// Boots a QEMU virtual DUT from an in-process citron and watches its serial console.
     ///
     /// The check to run on a job before it goes to real hardware: iPXE fetches the generated

@@ -17,7 +17,8 @@ use citron_core::GatewayError;
 use citron_lab::server::ServerBuilder;
 use clap::Parser;
 
-use args::{Cli, Command};
+use args::{Cli, Command, StateCommand};
+use citron_lab::state::{State, StateUrl};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -45,9 +46,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             std::io::stdout().lock().write_all(citron_lab::api::openapi_json().as_bytes()).context("cannot write the document")?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Serve { lab, jobs, http, tftp, nbd, api, advertise, data } => {
+        Command::Serve { lab, jobs, http, tftp, nbd, api, advertise, data, state } => {
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            rt.block_on(serve(ServeArgs { lab, jobs, http, tftp, nbd, api, advertise, data }))
+            rt.block_on(serve(ServeArgs { lab, jobs, http, tftp, nbd, api, advertise, data, state }))
+        }
+        Command::State(StateCommand::Migrate { state, data }) => {
+            let s = State::open(&StateUrl::parse(state.as_deref(), &data)?)?;
+            println!("citron: state {} at schema version {}", s.url(), s.schema_version());
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
@@ -92,6 +98,7 @@ struct ServeArgs {
     api: String,
     advertise: Option<std::net::IpAddr>,
     data: PathBuf,
+    state: Option<String>,
 }
 
 /// `off` or an address.
@@ -118,13 +125,32 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     // Every argument is checked before anything is created on disk.
     let (http, tftp, nbd, api) = (addr("http", &a.http)?, addr("tftp", &a.tftp)?, addr("nbd", &a.nbd)?, addr("api", &a.api)?);
+    let state_url = StateUrl::parse(a.state.as_deref(), &a.data)?;
+    // Connecting and migrating (a blocking call, once, before anything serves).
+    let state = State::open(&state_url)?;
+    let stores = state.stores(&lab)?;
     // Every GatewayError names the data directory or the job itself.
-    let gw = citron_fetch::gateway(lab, &a.data)?;
-    let server = ServerBuilder::new(gw.clone()).http(http).tftp(tftp).nbd(nbd).api(api).advertise(a.advertise).start().await?;
+    let network = std::sync::Arc::new(citron_fetch::Network::new(lab.s3.clone()));
+    let gw = citron_core::Gateway::with_stores(lab, &a.data, network, stores)?;
+    let server = ServerBuilder::new(gw.clone())
+        .http(http)
+        .tftp(tftp)
+        .nbd(nbd)
+        .api(api)
+        .advertise(a.advertise)
+        .state(Some(state.info()))
+        .start()
+        .await?;
     // Jobs are loaded once the servers are bound, so that their templates see the real ports.
     // A signal meanwhile drops the loading: a download in flight stops and its temporary file
     // is deleted (at the latest when the runtime shuts down, before the process exits).
     let load = async {
+        // Every stored job first (the DUTs given a --job get theirs below instead), so that
+        // each DUT serves what it served before the restart.
+        let skip: Vec<DutId> = jobs.iter().map(|(id, _)| id.clone()).collect();
+        for (id, e) in gw.restore_jobs(&skip).await {
+            tracing::error!(dut = %id, error = %e, "its stored job could not be loaded again: it has no job until one is set");
+        }
         for (id, path) in &jobs {
             match gw.set_trusted_job_file(id, path).await {
                 Ok(()) => {}

@@ -182,6 +182,9 @@ pub trait LifetimePolicy: Send + Sync + fmt::Debug {
     fn release(&self) {}
     /// A DUT event happened.
     fn on_event(&self, event: Event, now: Instant);
+    /// `reads` reads were counted before a restart (from the lifetime store): a job loaded
+    /// again resumes its counts instead of starting from zero. Default: nothing to resume.
+    fn resume_reads(&self, _reads: u32) {}
 }
 
 /// At most `limit` reads between resets (`lifetime: {access_count: N}`).
@@ -223,6 +226,9 @@ impl LifetimePolicy for AccessCount {
         if ACCESS_COUNT_RESETS.on(event) {
             self.used.store(0, Ordering::SeqCst);
         }
+    }
+    fn resume_reads(&self, reads: u32) {
+        self.used.store(reads, Ordering::SeqCst);
     }
 }
 
@@ -297,6 +303,13 @@ impl Policies {
             }
         }
         Ok(())
+    }
+
+    /// Resumes counts stored before a restart ([`LifetimePolicy::resume_reads`]).
+    pub fn resume_reads(&self, reads: u32) {
+        for p in &self.0 {
+            p.resume_reads(reads);
+        }
     }
 
     /// Passes an event to every policy.

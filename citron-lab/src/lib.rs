@@ -12,8 +12,11 @@
 //! - [`metrics`]: `/metrics`, one Prometheus registry where every feature registers its
 //!   collectors.
 //!
-//! Still to come here: the durable state store (DUTs, jobs, lifetime counters, the access
-//! log), results with upload tokens, the DUT pool.
+//! - [`state`]: the lab's durable state (SQLite by default, PostgreSQL), the stores the gateway
+//!   keeps DUTs, jobs, counted reads and events in, so that a restart keeps them.
+//!
+//! Still to come here: the access log in the state store, results with upload tokens, the DUT
+//! pool.
 //!
 //! ```
 //! use citron_core::{Gateway, lab::LabConfig};
@@ -32,5 +35,6 @@
 pub mod api;
 pub mod metrics;
 pub mod server;
+pub mod state;
 
 pub use server::{RunningServer, ServerBuilder, ServerError};

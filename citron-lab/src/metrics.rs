@@ -74,6 +74,15 @@ impl Metrics {
     }
 }
 
+/// `citron_state_schema_version{engine="sqlite"}`: the schema version of the lab's state store.
+pub fn register_state(metrics: &mut Metrics, state: crate::state::StateInfo) {
+    use prometheus_client::metrics::family::Family;
+    use prometheus_client::metrics::gauge::Gauge;
+    let g: Family<Vec<(&'static str, &'static str)>, Gauge> = Family::default();
+    g.get_or_create(&vec![("engine", state.engine)]).set(state.schema_version);
+    metrics.registry_mut().register("citron_state_schema_version", "The schema version of the lab's state store", g);
+}
+
 /// The access log's counters, read at each scrape: `citron_requests_total`,
 /// `citron_bytes_total` and `citron_refusals_total` labelled by `protocol` and `dut`, and
 /// `citron_cache_hits_total` / `citron_cache_misses_total` (artifacts found in the cache or

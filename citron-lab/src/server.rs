@@ -80,13 +80,22 @@ pub struct ServerBuilder {
     nbd: Option<SocketAddr>,
     api: Option<SocketAddr>,
     advertise: Option<IpAddr>,
+    state: Option<crate::state::StateInfo>,
 }
 
 impl ServerBuilder {
     /// Every backend on its default address ([`DEFAULT_HTTP`], ...).
     pub fn new(gateway: Gateway) -> Self {
         let p = |s: &str| Some(s.parse().expect("default addresses parse"));
-        ServerBuilder { gateway, http: p(DEFAULT_HTTP), tftp: p(DEFAULT_TFTP), nbd: p(DEFAULT_NBD), api: p(DEFAULT_API), advertise: None }
+        ServerBuilder {
+            gateway,
+            http: p(DEFAULT_HTTP),
+            tftp: p(DEFAULT_TFTP),
+            nbd: p(DEFAULT_NBD),
+            api: p(DEFAULT_API),
+            advertise: None,
+            state: None,
+        }
     }
 
     /// The HTTP address, or `None` to run no HTTP server.
@@ -118,6 +127,13 @@ impl ServerBuilder {
     /// still win.
     pub fn advertise(mut self, ip: Option<IpAddr>) -> Self {
         self.advertise = ip;
+        self
+    }
+
+    /// The state store the gateway was built on ([`crate::state::State::info`]), for
+    /// `GET /api/v1/version` and `/metrics`; `None` (the default) says the state is in memory.
+    pub fn state(mut self, state: Option<crate::state::StateInfo>) -> Self {
+        self.state = state;
         self
     }
 
@@ -200,7 +216,7 @@ impl ServerBuilder {
         if let Some(l) = api {
             // A token, once set, is always required, loopback included: it is there because
             // the admin wants the API closed, and local users may be others.
-            tasks.push(spawn("api", crate::api::serve(l, self.gateway.clone(), token, stop())));
+            tasks.push(spawn("api", crate::api::serve(l, self.gateway.clone(), token, self.state, stop())));
         }
         Ok(RunningServer { addrs, gateway: self.gateway, stop: stop_tx, tasks })
     }

@@ -83,6 +83,14 @@ impl Entry {
         Ok(Opened { content: self.content.clone(), len: self.len, digest: self.digest })
     }
 
+    /// Resumes the counted reads stored for this entry before a restart (`reads` asked of the
+    /// lifetime store by its key); an uncounted entry has nothing to resume.
+    pub(super) fn resume_reads(&self, reads: impl FnOnce(&FileKey) -> u32) {
+        if let Some(key) = &self.counted {
+            self.policies.resume_reads(reads(key));
+        }
+    }
+
     /// Tells the entry's policies of a DUT event.
     pub(super) fn on_event(&self, event: crate::lifetime::Event, now: Instant) {
         self.policies.on_event(event, now);

@@ -78,6 +78,14 @@ impl ActiveJob {
         }
     }
 
+    /// Resumes every counted file's reads from the lifetime store (a job loaded again after a
+    /// restart serves a read-once secret no more than it did before).
+    pub(super) fn resume_reads(&self, reads: impl Fn(&super::FileKey) -> u32) {
+        for e in self.start.entries().chain(self.cont.iter().flat_map(|c| c.entries())) {
+            e.resume_reads(&reads);
+        }
+    }
+
     /// A DUT event: counts boots (`job_start` starts again) and tells every file's policies.
     pub(super) fn on_event(&self, event: Event, now: Instant) {
         match event {

@@ -308,7 +308,34 @@ impl Gateway {
     ) -> Result<(), GatewayError> {
         let dut = self.known(id)?;
         let resolved = render(&self.render_context(&dut, job_dir))?;
-        self.load(&dut, resolved, JobRecord { yaml, origin, set_at: SystemTime::now() }).await
+        self.load(&dut, resolved, JobRecord { yaml, origin, set_at: SystemTime::now() }, Load::New).await
+    }
+
+    /// Loads every stored job again (a durable lab at start): each DUT with a recorded job
+    /// renders it in its context (a job from a file the admin gave keeps its directory as a
+    /// `file:` root), fetches it (from the cache, normally) and serves it with the counted reads
+    /// of the [`LifetimeStore`] resumed, not reset: not a `job_start`. Returns, per DUT whose
+    /// job could not be loaded again, why (it then has no job; its record is kept). DUTs in
+    /// `skip` are left alone (`serve --job` is about to give them a new job).
+    pub async fn restore_jobs(&self, skip: &[DutId]) -> Vec<(DutId, GatewayError)> {
+        let mut failed = Vec::new();
+        for dut in self.duts().into_iter().filter(|d| !skip.contains(&d.id)) {
+            let Some(record) = self.inner.jobs.record(&dut.id) else { continue };
+            let Some(text) = record.yaml.clone() else {
+                tracing::warn!(dut = %dut.id, "its stored job was built in code (no YAML): not loaded again");
+                continue;
+            };
+            let ctx = self.render_context(&dut, record.origin.base_dir.as_deref());
+            let r = match JobDescription::check(&text, record.origin.clone(), &ctx) {
+                Ok(resolved) => self.load(&dut, resolved, record, Load::Resume).await,
+                Err(e) => Err(e.into()),
+            };
+            match r {
+                Ok(()) => tracing::info!(dut = %dut.id, "stored job loaded again"),
+                Err(e) => failed.push((dut.id.clone(), e)),
+            }
+        }
+        failed
     }
 
     /// Makes an already rendered job the DUT's active job: fetches its artifacts, replaces any
@@ -316,12 +343,12 @@ impl Gateway {
     pub async fn set_resolved_job(&self, id: &DutId, resolved: ResolvedJob) -> Result<(), GatewayError> {
         let dut = self.known(id)?;
         let record = JobRecord { yaml: None, origin: Origin::named(resolved.origin.clone()), set_at: SystemTime::now() };
-        self.load(&dut, resolved, record).await
+        self.load(&dut, resolved, record, Load::New).await
     }
 
     /// Fetches, attaches the disks, then records and activates the job (a job serves only once
     /// it is recorded), with its counts from zero.
-    async fn load(&self, dut: &Dut, resolved: ResolvedJob, record: JobRecord) -> Result<(), GatewayError> {
+    async fn load(&self, dut: &Dut, resolved: ResolvedJob, record: JobRecord, how: Load) -> Result<(), GatewayError> {
         let now = Instant::now();
         let log = &self.inner.log;
         let loader = Loader {
@@ -341,8 +368,12 @@ impl Gateway {
         };
         self.inner.disks.attach(&self.inner.cache, &self.lab().limits, &dut.id, &disks).await?;
         tracing::info!(dut = %dut.id, job = %resolved.origin, "job loaded");
-        self.inner.lifetimes.reset(&dut.id)?;
-        self.inner.jobs.set(&dut.id, record, ActiveJob::new(resolved, start, cont))?;
+        let active = ActiveJob::new(resolved, start, cont);
+        match how {
+            Load::New => self.inner.lifetimes.reset(&dut.id)?,
+            Load::Resume => active.resume_reads(|key| self.inner.lifetimes.reads(&dut.id, key)),
+        }
+        self.inner.jobs.set(&dut.id, record, active)?;
         Ok(())
     }
 
@@ -407,6 +438,14 @@ impl Gateway {
         self.known(id)?;
         Ok(self.inner.log.page(id, after, limit))
     }
+}
+
+/// Whether a job being loaded is new (its counts start from zero) or a stored one loaded again
+/// (its counts resume from the lifetime store).
+#[derive(Clone, Copy)]
+enum Load {
+    New,
+    Resume,
 }
 
 /// How often [`Gateway::new`]'s sweeper looks for expired disks.

@@ -251,3 +251,48 @@ async fn a_counted_read_is_in_the_store_when_open_returns_and_a_failed_store_ref
     let log = gw.accesses(&id).unwrap();
     assert!(matches!(&log.last().unwrap().outcome, crate::access::Outcome::Refused(why) if why.contains("database is gone")), "{log:?}");
 }
+
+/// A job loaded again from its record (a restarted durable lab) resumes its counted reads from
+/// the lifetime store instead of starting from zero; a `boot` still resets them.
+#[tokio::test]
+async fn restored_jobs_resume_counted_reads() {
+    let yaml = "deployment:\n  start:\n    storage:\n      http:\n        - {path: /once, data: \"secret {{ machine_id }}\", lifetime: {access_count: 1}}\n        - {path: /free, data: free}\n";
+    let dir = tempfile::tempdir().unwrap();
+    let lifetimes = Arc::new(MemoryLifetimes::default());
+    let stores = |jobs: MemoryJobs| Stores {
+        lifetimes: Box::new(lifetimes.clone()),
+        jobs: Box::new(jobs),
+        ..Stores::memory(&LabConfig::default_lab().limits)
+    };
+    let record = {
+        let gw =
+            Gateway::with_stores(LabConfig::default_lab(), dir.path(), Arc::new(crate::artifact::NoNetwork), stores(MemoryJobs::default()))
+                .unwrap();
+        gw.set_job_yaml(&"dut1".into(), yaml, Origin::named("api:dut1")).await.unwrap();
+        assert_eq!(read(&gw, DUT1, Space::HTTP, "/once").unwrap(), "secret dut1");
+        gw.job_record(&"dut1".into()).unwrap()
+    };
+    // "Restart": the job record and the counts are all that is left.
+    let jobs = MemoryJobs::default();
+    jobs.put(&"dut1".into(), record.clone()).unwrap();
+    let gw = Gateway::with_stores(LabConfig::default_lab(), dir.path(), Arc::new(crate::artifact::NoNetwork), stores(jobs)).unwrap();
+    assert!(gw.restore_jobs(&[]).await.is_empty());
+    assert_eq!(gw.job_record(&"dut1".into()), Some(record), "loading again is not a new job");
+    assert_eq!(read(&gw, DUT1, Space::HTTP, "/free").unwrap(), "free");
+    assert!(matches!(read(&gw, DUT1, Space::HTTP, "/once"), Err(ServeError::Gone(_))));
+    gw.event(&"dut1".into(), Event::Boot).unwrap();
+    assert_eq!(read(&gw, DUT1, Space::HTTP, "/once").unwrap(), "secret dut1");
+    // A DUT skipped (serve --job is about to replace its job) gets nothing loaded.
+    let dir2 = tempfile::tempdir().unwrap();
+    let jobs = MemoryJobs::default();
+    jobs.put(&"dut1".into(), gw.job_record(&"dut1".into()).unwrap()).unwrap();
+    let gw2 = Gateway::with_stores(
+        LabConfig::default_lab(),
+        dir2.path(),
+        Arc::new(crate::artifact::NoNetwork),
+        Stores { jobs: Box::new(jobs), ..Stores::memory(&LabConfig::default_lab().limits) },
+    )
+    .unwrap();
+    assert!(gw2.restore_jobs(&["dut1".into()]).await.is_empty());
+    assert!(gw2.job(&"dut1".into()).is_none());
+}

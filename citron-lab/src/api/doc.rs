@@ -60,10 +60,11 @@ Lists that can grow are paginated with `?after=SEQ&limit=N`; a full page answers
         routes::clear_job,
         routes::post_event,
         routes::list_accesses,
+        routes::get_version,
         routes::get_metrics,
         routes::get_openapi,
     ),
-    components(schemas(ErrorBody, JobErrorsBody, JobErrorDoc, NewDut, DutView, JobView, EventBody, EventKind, AccessRecordDoc, OutcomeKind)),
+    components(schemas(ErrorBody, JobErrorsBody, JobErrorDoc, NewDut, DutView, JobView, EventBody, EventKind, AccessRecordDoc, OutcomeKind, VersionView, StateView)),
     modifiers(&Common),
     tags(
         (name = "duts", description = "The lab's devices under test"),
@@ -100,6 +101,27 @@ impl Modify for Common {
             }
         }
     }
+}
+
+/// citron's version and its state's.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Version)]
+pub(super) struct VersionView {
+    /// citron's version (`0.1.0`).
+    pub version: String,
+    /// The state store; `null` when the lab keeps its state in memory only.
+    pub state: Option<StateView>,
+}
+
+/// The lab's state store.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = StateVersion)]
+pub(super) struct StateView {
+    /// `sqlite` or `postgres`.
+    pub engine: String,
+    /// The schema version in use (the newest migration applied).
+    #[schema(minimum = 0)]
+    pub schema_version: i64,
 }
 
 /// What went wrong, and what to do about it.

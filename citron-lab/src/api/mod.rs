@@ -13,6 +13,7 @@
 //! | `DELETE /api/v1/duts/{id}/job` | `clearJob` | drop it |
 //! | `POST /api/v1/duts/{id}/events` | `postEvent` | `{"event": "boot" \| "job_start" \| "job_end"}` |
 //! | `GET /api/v1/duts/{id}/accesses?after=SEQ&limit=N` | `listAccesses` | one page of the DUT's access log (`Link: rel="next"` when full) |
+//! | `GET /api/v1/version` | `getVersion` | citron's version, the state's engine and schema version |
 //! | `GET /metrics` | `getMetrics` | OpenMetrics text ([`crate::metrics`]) |
 //! | `GET /api/v1/openapi.json` | `getOpenApi` | the OpenAPI 3.1 document |
 //!
@@ -61,9 +62,11 @@ pub use doc::{openapi, openapi_json};
 pub use routes::{ACCESSES_PAGE, ACCESSES_PAGE_MAX};
 
 use crate::metrics::Metrics;
+use crate::state::StateInfo;
 
 /// Serves the lab API on `listener` until `shutdown` completes. With `token`, every request
-/// must carry `Authorization: Bearer <token>`.
+/// must carry `Authorization: Bearer <token>`. `state` is what `GET /api/v1/version` and
+/// `/metrics` say of the lab's state store (`None`: in memory).
 ///
 /// The lab's limits apply as on the HTTP listener (connection caps per listener and per peer,
 /// `header_timeout`, `idle_timeout`, `api_body_max`); `Host` must name the API (the address the
@@ -74,10 +77,11 @@ pub async fn serve(
     listener: TcpListener,
     gateway: Gateway,
     token: Option<String>,
+    state: Option<StateInfo>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let limits = gateway.lab().limits.clone();
-    let api = Arc::new(Api::new(gateway, token));
+    let api = Arc::new(Api::new(gateway, token, state));
     let router = router(api.clone());
     citron_protocols::http::serve_service("api", listener, &limits, shutdown, move |peer, local| ApiService {
         api: api.clone(),
@@ -92,6 +96,8 @@ pub async fn serve(
 pub(crate) struct Api {
     pub(crate) gateway: Gateway,
     pub(crate) metrics: Metrics,
+    /// The state store's engine and schema version (`None`: in memory).
+    pub(crate) state: Option<StateInfo>,
     /// SHA-256 of the token: comparing digests takes the same time whatever the given token's
     /// length or content.
     token: Option<[u8; 32]>,
@@ -102,11 +108,15 @@ pub(crate) struct Api {
 }
 
 impl Api {
-    fn new(gateway: Gateway, token: Option<String>) -> Self {
+    fn new(gateway: Gateway, token: Option<String>, state: Option<StateInfo>) -> Self {
         let body_max = usize::try_from(gateway.lab().limits.api_body_max.bytes()).unwrap_or(usize::MAX);
         let hosts = gateway.lab().api_hosts.clone();
         let token = token.map(|t| Sha256::digest(t.as_bytes()).into());
-        Api { metrics: Metrics::new(&gateway), gateway, token, hosts, body_max }
+        let mut metrics = Metrics::new(&gateway);
+        if let Some(s) = state {
+            crate::metrics::register_state(&mut metrics, s);
+        }
+        Api { metrics, state, gateway, token, hosts, body_max }
     }
 }
 

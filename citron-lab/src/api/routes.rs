@@ -16,7 +16,7 @@ use citron_core::GatewayError;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use serde_json::{json, Value};
 
-use super::doc::{AccessRecordDoc, DutView, ErrorBody, EventBody, JobErrorsBody, JobView, NewDut};
+use super::doc::{AccessRecordDoc, DutView, ErrorBody, EventBody, JobErrorsBody, JobView, NewDut, StateView, VersionView};
 use super::{json_response, require_type, Api, ApiError, JSON, JSON_OR_YAML};
 
 /// Records one page of `/accesses` holds when the request gives no `limit`.
@@ -30,6 +30,7 @@ type S = State<Arc<Api>>;
 pub(super) fn routes() -> Router<Arc<Api>> {
     Router::new()
         .route("/metrics", get(get_metrics))
+        .route("/api/v1/version", get(get_version))
         .route("/api/v1/openapi.json", get(get_openapi))
         .route("/api/v1/duts", get(list_duts).post(add_dut))
         .route("/api/v1/duts/{id}", get(get_dut).delete(remove_dut))
@@ -104,6 +105,14 @@ async fn get_metrics(State(api): S) -> Response {
     let mut r = Response::new(Body::from(api.metrics.encode()));
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
     r
+}
+
+/// citron's version and the state store's engine and schema version.
+#[utoipa::path(get, path = "/api/v1/version", operation_id = "getVersion", tag = "lab",
+    responses((status = 200, description = "The version of citron and of its state", body = VersionView)))]
+async fn get_version(State(api): S) -> Response {
+    let state = api.state.map(|s| StateView { engine: s.engine.to_string(), schema_version: s.schema_version });
+    json_response(StatusCode::OK, &VersionView { version: env!("CARGO_PKG_VERSION").to_string(), state })
 }
 
 /// This document.
