@@ -125,13 +125,9 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     // Every argument is checked before anything is created on disk.
     let (http, tftp, nbd, api) = (addr("http", &a.http)?, addr("tftp", &a.tftp)?, addr("nbd", &a.nbd)?, addr("api", &a.api)?);
-    let state_url = StateUrl::parse(a.state.as_deref(), &a.data)?;
-    // Connecting and migrating (a blocking call, once, before anything serves).
-    let state = State::open(&state_url)?;
-    let stores = state.stores(&lab)?;
-    // Every GatewayError names the data directory or the job itself.
-    let network = std::sync::Arc::new(citron_fetch::Network::new(lab.s3.clone()));
-    let gw = citron_core::Gateway::with_stores(lab, &a.data, network, stores)?;
+    // Connecting and migrating (a blocking call, once, before anything serves). Every error
+    // names the state's URL (without password), the data directory or the job itself.
+    let (gw, state) = citron_lab::state::open_gateway(lab, &a.data, a.state.as_deref())?;
     let server = ServerBuilder::new(gw.clone())
         .http(http)
         .tftp(tftp)

@@ -45,12 +45,14 @@ use citron_lab::server::{RunningServer, ServerBuilder};
 /// 200 b'hi'
 ///
 /// ``Server(lab=None, data_dir=None, *, http="127.0.0.1:0", tftp="127.0.0.1:0",
-/// nbd="127.0.0.1:0", api=None, advertise=None)`` creates the gateway for ``lab`` (a
+/// nbd="127.0.0.1:0", api=None, advertise=None, state=None)`` creates the gateway for ``lab`` (a
 /// :class:`Lab`, a lab file path, or None for the default lab) with its state under
 /// ``data_dir``, and starts the backends: ``http``, ``tftp``, ``nbd`` and ``api`` (the lab's
 /// HTTP/JSON control API) are ``"host:port"`` (port 0 picks one) or None to leave them off.
 /// ``advertise`` is the IP address DUTs reach this machine at when listening on a wildcard
-/// address (it fills ``{{ http_artifact_base }}``…).
+/// address (it fills ``{{ http_artifact_base }}``…). ``state`` is where the lab's state (DUTs
+/// added, jobs set, counted reads, the access log) is kept: None for SQLite in ``data_dir``,
+/// or ``"postgres://…"``; a Server started again on the same state serves what it served.
 /// Raises :class:`citron.ServerError` if an address cannot be bound.
 ///
 /// >>> import citron
@@ -163,8 +165,8 @@ impl Server {
     // The constructor's documentation is in the class docstring (Python shows that one).
     #[new]
     #[pyo3(
-        signature = (lab = None, data_dir = None, *, http = Some("127.0.0.1:0"), tftp = Some("127.0.0.1:0"), nbd = Some("127.0.0.1:0"), api = None, advertise = None),
-        text_signature = "(lab=None, data_dir=None, *, http='127.0.0.1:0', tftp='127.0.0.1:0', nbd='127.0.0.1:0', api=None, advertise=None)"
+        signature = (lab = None, data_dir = None, *, http = Some("127.0.0.1:0"), tftp = Some("127.0.0.1:0"), nbd = Some("127.0.0.1:0"), api = None, advertise = None, state = None),
+        text_signature = "(lab=None, data_dir=None, *, http='127.0.0.1:0', tftp='127.0.0.1:0', nbd='127.0.0.1:0', api=None, advertise=None, state=None)"
     )]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -176,6 +178,7 @@ impl Server {
         nbd: Option<&str>,
         api: Option<&str>,
         advertise: Option<&str>,
+        state: Option<&str>,
     ) -> PyResult<Server> {
         let config = match lab {
             None => LabConfig::default_lab(),
@@ -204,15 +207,24 @@ impl Server {
                 (t.path().to_path_buf(), Some(t))
             }
         };
-        let gateway = citron_fetch::gateway(config, &data_dir).map_err(Error::from)?;
+        let (gateway, state) = py.detach(|| citron_lab::state::open_gateway(config, &data_dir, state)).map_err(|e| match e {
+            citron_lab::state::OpenError::Gateway(g) => Error::from(g),
+            s => Error::Server(s.to_string()),
+        })?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("citron-py")
             .enable_all()
             .build()
             .map_err(|e| Error::Server(format!("cannot start the tokio runtime: {e}")))?;
-        let builder = ServerBuilder::new(gateway.clone()).http(http).tftp(tftp).nbd(nbd).api(api).advertise(advertise);
+        let builder =
+            ServerBuilder::new(gateway.clone()).http(http).tftp(tftp).nbd(nbd).api(api).advertise(advertise).state(Some(state.info()));
         let running = py.detach(|| rt.block_on(builder.start())).map_err(Error::from)?;
+        // Every stored job again (a restart on the same state serves what it served before),
+        // once the servers are bound so that templates see the real ports.
+        for (id, e) in py.detach(|| rt.block_on(gateway.restore_jobs(&[]))) {
+            tracing::error!(dut = %id, error = %e, "its stored job could not be loaded again: it has no job until one is set");
+        }
         let bound = BoundAddrs { http: running.http_addr(), tftp: running.tftp_addr(), nbd: running.nbd_addr(), api: running.api_addr() };
         Ok(Server { gateway, rt: Some(rt), running: Mutex::new(Some(running)), bound, data_dir, tmp })
     }

@@ -88,6 +88,29 @@ def test_access_count_is_reset_by_a_boot_event(http_server: citron.Server) -> No
     assert http_server.accesses("dut1", after=seqs[-1]) == []
 
 
+def test_a_server_started_again_on_its_state_serves_what_it_served(tmp_path: pathlib.Path) -> None:
+    """The lab's state (SQLite in ``data_dir`` by default) outlives the Server: the job comes
+    back, and a read-once secret read before the stop stays read until a boot."""
+    data = tmp_path / "data"
+    with citron.Server(data_dir=data, tftp=None, nbd=None) as srv:
+        srv.set_job("dut1", HELLO_JOB)
+        assert http_get(srv, "/job/secret", DUT1) == (200, b"s3cr3t")
+    assert (data / "state.sqlite").stat().st_mode & 0o777 == 0o600
+    # The data directory is held (locked) by the Server object until it is gone.
+    del srv
+    gc.collect()
+    with citron.Server(data_dir=data, tftp=None, nbd=None) as srv:
+        assert http_get(srv, "/hello.txt", DUT1) == (200, b"hello dut1")
+        assert http_get(srv, "/job/secret", DUT1)[0] == 410
+        srv.event("dut1", "boot")
+        assert http_get(srv, "/job/secret", DUT1) == (200, b"s3cr3t")
+
+
+def test_a_bad_state_url_is_a_server_error(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(citron.ServerError, match="--state"):
+        citron.Server(data_dir=tmp_path / "data", tftp=None, nbd=None, state="mysql://nowhere/db")
+
+
 def test_each_dut_has_its_own_namespace(http_server: citron.Server) -> None:
     http_server.set_job("dut1", HELLO_JOB)
     other = citron.JobDescription.from_yaml(

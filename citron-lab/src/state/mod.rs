@@ -239,6 +239,38 @@ impl State {
     }
 }
 
+/// Why a lab's gateway could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The state database.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The data directory, the cache or the lab's DUTs.
+    #[error(transparent)]
+    Gateway(#[from] citron_core::GatewayError),
+}
+
+/// The gateway of a running lab, as `citron serve` and Python's `Server` start it: the state
+/// opened at `state` (`None`: SQLite in `data_dir`; `postgres://…`), migrated, and filled into
+/// the gateway's stores; network sources from `citron_fetch`. Stored jobs are not loaded yet:
+/// call [`Gateway::restore_jobs`](citron_core::Gateway::restore_jobs) once the servers are bound,
+/// so that their templates see the real ports.
+///
+/// ```
+/// use citron_core::lab::LabConfig;
+/// let dir = tempfile::tempdir().unwrap();
+/// let (gw, state) = citron_lab::state::open_gateway(LabConfig::default_lab(), dir.path(), None).unwrap();
+/// assert_eq!(state.info().engine, "sqlite");
+/// assert!(gw.dut(&"dut1".into()).is_some());
+/// ```
+pub fn open_gateway(lab: LabConfig, data_dir: &Path, state: Option<&str>) -> Result<(citron_core::Gateway, State), OpenError> {
+    let state = State::open(&StateUrl::parse(state, data_dir)?)?;
+    let stores = state.stores(&lab)?;
+    let network = Arc::new(citron_fetch::Network::new(lab.s3.clone()));
+    let gateway = citron_core::Gateway::with_stores(lab, data_dir, network, stores)?;
+    Ok((gateway, state))
+}
+
 /// Creates the SQLite file with mode 0600 (or sets it): it holds every job's secrets.
 fn secure_file(path: &Path) -> Result<(), StateError> {
     use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};

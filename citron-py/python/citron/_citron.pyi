@@ -164,6 +164,7 @@ class Server:
         nbd: Optional[str] = "127.0.0.1:0",
         api: Optional[str] = None,
         advertise: Optional[str] = None,
+        state: Optional[str] = None,
     ) -> Server: ...
     @property
     def http_address(self) -> Optional[Tuple[str, int]]: ...
