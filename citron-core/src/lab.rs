@@ -73,6 +73,29 @@ pub struct LabConfig {
     /// Every bound against hostile or broken input (see [`crate::limits`]).
     #[serde(default)]
     pub limits: Limits,
+    /// The lab's gateways (`citron serve --gateway NAME` on one state store).
+    #[serde(default)]
+    pub gateways: GatewaySettings,
+}
+
+/// `gateways:` in the lab file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySettings {
+    /// A gateway silent (no heartbeat in the state store) for longer than this has its DUTs
+    /// marked offline; default `30s`. Each gateway heartbeats three times per timeout.
+    #[serde(default = "default_heartbeat_timeout")]
+    pub heartbeat_timeout: crate::limits::Dur,
+}
+
+fn default_heartbeat_timeout() -> crate::limits::Dur {
+    crate::limits::Dur(std::time::Duration::from_secs(30))
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        GatewaySettings { heartbeat_timeout: default_heartbeat_timeout() }
+    }
 }
 
 /// Shows the fields that hold no secret: `api_token` only as whether it is set, the S3 secret
@@ -88,6 +111,7 @@ impl std::fmt::Debug for LabConfig {
             .field("s3", &self.s3)
             .field("api_token", &self.api_token.as_ref().map(|_| "<redacted>"))
             .field("limits", &self.limits)
+            .field("gateways", &self.gateways)
             .finish_non_exhaustive()
     }
 }

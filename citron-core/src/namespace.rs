@@ -33,12 +33,16 @@ pub struct Dut {
     /// Free-form tags (`x86_64`, `vm`), for pools and affinity.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// The gateway that serves it (`citron serve --gateway NAME`), in a lab of several; `None`:
+    /// the gateway that reads the lab file (or registered it through the API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
 }
 
 impl Dut {
     /// A DUT with only an id and addresses.
     pub fn new(id: &str, ips: impl IntoIterator<Item = IpAddr>) -> Dut {
-        Dut { id: DutId(id.into()), machine_id: None, mac: None, serial: None, ip: ips.into_iter().collect(), tags: vec![] }
+        Dut { id: DutId(id.into()), machine_id: None, mac: None, serial: None, ip: ips.into_iter().collect(), tags: vec![], gateway: None }
     }
 
     /// `machine_id`, or the id.
@@ -80,6 +84,16 @@ pub enum RegistryError {
     /// An id that cannot be used in paths.
     #[error("DUT id {0:?} must be 1-64 characters of letters, digits, '-', '_' or '.'")]
     BadId(String),
+    /// Another gateway of the lab already serves a DUT with this id.
+    #[error("DUT {dut:?} is claimed by two gateways, {owner:?} and {claimant:?}: a DUT belongs to one gateway; set `gateway: NAME` on it in the lab file, or remove it from {owner:?} first")]
+    ClaimedElsewhere {
+        /// The DUT.
+        dut: DutId,
+        /// The gateway that serves it.
+        owner: String,
+        /// The gateway that claimed it too.
+        claimant: String,
+    },
 }
 
 /// The lab's DUTs, found by id or by source address.

@@ -66,7 +66,7 @@ pub(crate) fn make_dut(
             .map_err(|_| Error::LabMessage(format!("DUT {id:?}: ip {a:?} is not an IP address (write e.g. \"127.0.0.2\" or \"::1\")")))?;
         addrs.push(parsed);
     }
-    Ok(Dut { id: DutId(id.to_string()), machine_id, mac, serial, ip: addrs, tags })
+    Ok(Dut { id: DutId(id.to_string()), machine_id, mac, serial, ip: addrs, tags, gateway: None })
 }
 
 impl Lab {

@@ -12,7 +12,7 @@ use crate::namespace::Dut;
 use crate::yaml::de::{child, fields_of, Problem, Reader};
 use crate::yaml::{Document, Node, NodeKind, Pos, Scalar};
 
-use super::{valid_api_host, CacheSettings, LabConfig};
+use super::{valid_api_host, CacheSettings, GatewaySettings, LabConfig};
 
 /// Parses a lab file; on failure, every problem found, in document order.
 pub(super) fn parse(text: &str) -> Result<LabConfig, Vec<Problem>> {
@@ -37,6 +37,7 @@ pub(super) fn parse(text: &str) -> Result<LabConfig, Vec<Problem>> {
             "limits" => {
                 let _ = r.fields::<Limits>(v, "limits");
             }
+            "gateways" => gateways(&mut r, v),
             "variables" => variables(&mut r, v),
             "api_hosts" => api_hosts(&mut r, v),
             _ => r.field_alone::<LabConfig>(k, v, ""),
@@ -126,5 +127,13 @@ fn api_hosts(r: &mut Reader, node: &Node) {
         if !valid_api_host(h) {
             r.err(n.pos, &format!("api_hosts[{i}]"), format!("{h:?} is not a host name or host:port"));
         }
+    }
+}
+
+/// `gateways:`: a `heartbeat_timeout` of zero would mark every gateway offline at once.
+fn gateways(r: &mut Reader, node: &Node) {
+    let Some(g) = r.fields::<GatewaySettings>(node, "gateways") else { return };
+    if let (true, Some((_, v))) = (g.heartbeat_timeout.get().is_zero(), entry(node, "heartbeat_timeout")) {
+        r.err(v.pos, "gateways.heartbeat_timeout", "must be more than 0s (a gateway heartbeats three times per timeout)");
     }
 }

@@ -18,6 +18,7 @@ use citron_core::store::StoreError;
 use parking_lot::Mutex;
 use sqlx::{AnyPool, Row as _};
 
+use super::feed::{Feed, NewEvent};
 use super::Db;
 
 /// The most records waiting for the database; older ones are dropped first.
@@ -28,16 +29,18 @@ type Queue = Arc<Mutex<VecDeque<(DutId, AccessRecord)>>>;
 /// Access logs in the database.
 pub struct SqlAccess {
     db: Arc<Db>,
+    /// Where refused requests are told too.
+    feed: Arc<Feed>,
     seq: AtomicU64,
     queue: Queue,
 }
 
 impl SqlAccess {
     /// Continues the stored sequence.
-    pub fn load(db: Arc<Db>) -> Result<SqlAccess, StoreError> {
+    pub fn load(db: Arc<Db>, feed: Arc<Feed>) -> Result<SqlAccess, StoreError> {
         let row = db.rows("SELECT MAX(seq) FROM accesses")?;
         let last: i64 = row.first().and_then(|r| r.try_get::<Option<i64>, _>(0).ok().flatten()).unwrap_or(0);
-        Ok(SqlAccess { db, seq: AtomicU64::new(u64::try_from(last).unwrap_or(0)), queue: Arc::default() })
+        Ok(SqlAccess { db, feed, seq: AtomicU64::new(u64::try_from(last).unwrap_or(0)), queue: Arc::default() })
     }
 }
 
@@ -82,6 +85,10 @@ async fn flush(pool: &AnyPool, queue: &Queue) -> Result<(), sqlx::Error> {
 
 impl AccessStore for SqlAccess {
     fn append(&self, dut: &DutId, mut rec: AccessRecord) -> Result<u64, StoreError> {
+        if let Outcome::Refused(reason) = &rec.outcome {
+            let detail = serde_json::json!({"protocol": rec.protocol, "path": rec.path, "reason": reason});
+            self.feed.emit(NewEvent::new("request_refused").dut(dut.0.clone()).detail(detail));
+        }
         let first = {
             let mut q = self.queue.lock();
             // Under the lock, so that the queue is in `seq` order.

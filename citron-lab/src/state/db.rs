@@ -45,6 +45,8 @@ pub struct Db {
     pub version: i64,
     /// The schema version found before migrating (0: a new database).
     pub found: i64,
+    /// Which engine.
+    pub engine: Engine,
 }
 
 impl Db {
@@ -54,6 +56,7 @@ impl Db {
         sqlx::any::install_default_drivers();
         let (tx, rx) = mpsc::channel::<Work>();
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+        let engine = url.engine();
         let url = url.clone();
         std::thread::Builder::new()
             .name("citron-state".into())
@@ -82,7 +85,7 @@ impl Db {
             })
             .map_err(StateError::Runtime)?;
         let (found, version) = ready_rx.recv().map_err(|_| StateError::ThreadGone)??;
-        Ok(Db { tx, version, found })
+        Ok(Db { tx, version, found, engine })
     }
 
     /// Runs `f` on the database thread and waits for its answer.

@@ -1,4 +1,5 @@
-//! The DUTs' event history, stored off the serving path.
+//! The DUTs' `boot`/`job_start`/`job_end` history: the lifecycle events of the lab's
+//! [`Feed`], read back per DUT.
 
 use std::sync::Arc;
 
@@ -7,19 +8,21 @@ use citron_core::namespace::DutId;
 use citron_core::store::StoreError;
 use sqlx::Row as _;
 
+use super::feed::{Feed, NewEvent};
 use super::lifetimes::{event_name, event_named};
-use super::{from_micros, to_micros, Db};
+use super::{from_micros, Db};
 
-/// The event history in the database. An event has been applied (and its lifetime effects
-/// stored) before it is appended, so [`append`](EventLog::append) does not wait for the write.
+/// The event history in the feed. An event has been applied (and its lifetime effects
+/// stored) before it is appended, so [`append`](EventLog::append) only queues it.
 pub struct SqlEvents {
     db: Arc<Db>,
+    feed: Arc<Feed>,
 }
 
 impl SqlEvents {
-    /// Over `db`.
-    pub fn new(db: Arc<Db>) -> SqlEvents {
-        SqlEvents { db }
+    /// Over `feed`, in `db`.
+    pub fn new(db: Arc<Db>, feed: Arc<Feed>) -> SqlEvents {
+        SqlEvents { db, feed }
     }
 }
 
@@ -28,23 +31,27 @@ const MAX_RECENT: usize = 10_000;
 
 impl EventLog for SqlEvents {
     fn append(&self, dut: &DutId, record: EventRecord) -> Result<(), StoreError> {
-        let (d, name, at) = (dut.0.clone(), event_name(record.event), to_micros(record.time));
-        self.db.spawn("an event", move |pool| async move {
-            sqlx::query("INSERT INTO events (dut, event, at) VALUES ($1, $2, $3)")
-                .bind(d)
-                .bind(name)
-                .bind(at)
-                .execute(&pool)
-                .await
-                .map(|_| ())
-        });
+        self.feed.emit(NewEvent::new(event_name(record.event)).dut(dut.0.clone()).at(record.time));
         Ok(())
     }
 
+    /// The DUT's lifecycle events since it was last removed (a DUT added again with the same id
+    /// starts a new history; the feed keeps the old one).
     fn recent(&self, dut: &DutId, limit: usize) -> Vec<EventRecord> {
+        if let Err(e) = self.feed.flush() {
+            tracing::error!(dut = %dut, error = %e, "cannot write the event feed");
+        }
         let (d, limit) = (dut.0.clone(), i64::try_from(limit.min(MAX_RECENT)).unwrap_or(0));
         let rows = self.db.call(move |pool| async move {
-            sqlx::query("SELECT event, at FROM events WHERE dut = $1 ORDER BY seq DESC LIMIT $2").bind(d).bind(limit).fetch_all(&pool).await
+            sqlx::query(
+                "SELECT event, at FROM events WHERE dut = $1 AND event IN ('boot', 'job_start', 'job_end') \
+                 AND seq > COALESCE((SELECT MAX(seq) FROM events WHERE dut = $1 AND event = 'dut_removed'), 0) \
+                 ORDER BY seq DESC LIMIT $2",
+            )
+            .bind(d)
+            .bind(limit)
+            .fetch_all(&pool)
+            .await
         });
         let rows = match rows {
             Ok(r) => r,
@@ -64,10 +71,7 @@ impl EventLog for SqlEvents {
         out
     }
 
-    fn forget(&self, dut: &DutId) {
-        let d = dut.0.clone();
-        self.db.spawn("the removal of a DUT's events", move |pool| async move {
-            sqlx::query("DELETE FROM events WHERE dut = $1").bind(d).execute(&pool).await.map(|_| ())
-        });
-    }
+    /// Nothing is deleted: the feed is the lab's audit trail. The `dut_removed` event the
+    /// removal records ends the DUT's history for [`recent`](EventLog::recent).
+    fn forget(&self, _dut: &DutId) {}
 }

@@ -9,7 +9,9 @@
 //! - `jobs.rs`: every DUT's job (YAML, origin, when), loaded again at start by
 //!   [`Gateway::restore_jobs`](citron_core::Gateway::restore_jobs),
 //! - `lifetimes.rs`: reads counted against `access_count` and each DUT's last events,
-//! - `events.rs`: the DUTs' event history (written off the serving path),
+//! - `feed.rs`: the lab's event feed ([`Feed`]: every change and notable happening, with a
+//!   durable increasing `seq`, written in batches off the serving path), which
+//! - `events.rs` reads back as each DUT's `boot`/`job_start`/`job_end` history,
 //! - `access.rs`: the DUTs' access logs (written in batches off the serving path, bounded).
 //!
 //! `db.rs` owns the connection pool on a thread of its own (why: see there).
@@ -25,6 +27,7 @@ mod access;
 mod db;
 mod duts;
 mod events;
+pub mod feed;
 mod jobs;
 mod lifetimes;
 
@@ -37,6 +40,7 @@ use citron_core::lab::LabConfig;
 
 pub use db::known_version;
 use db::Db;
+pub use feed::Feed;
 
 /// The file the default SQLite state lives in, under `--data`.
 pub const SQLITE_FILE: &str = "state.sqlite";
@@ -95,7 +99,7 @@ impl StateUrl {
         }
     }
 
-    fn connect_string(&self) -> String {
+    pub(crate) fn connect_string(&self) -> String {
         match self {
             // rwc: create the file if missing (its mode is set first, see `State::open`).
             StateUrl::Sqlite(p) => format!("sqlite://{}?mode=rwc", p.display()),
@@ -181,6 +185,7 @@ pub struct StateInfo {
 pub struct State {
     db: Arc<Db>,
     url: StateUrl,
+    feed: Arc<Feed>,
 }
 
 impl std::fmt::Debug for State {
@@ -202,7 +207,8 @@ impl State {
         } else {
             tracing::info!(state = %u, version = db.version, "state: schema version {} is current", db.version);
         }
-        Ok(State { db: Arc::new(db), url: url.clone() })
+        let db = Arc::new(db);
+        Ok(State { feed: Arc::new(Feed::new(db.clone())), db, url: url.clone() })
     }
 
     /// The schema version in use.
@@ -224,17 +230,38 @@ impl State {
         self.url.redacted()
     }
 
+    /// Where the state is.
+    pub fn state_url(&self) -> &StateUrl {
+        &self.url
+    }
+
+    /// The lab's event feed.
+    pub fn feed(&self) -> &Arc<Feed> {
+        &self.feed
+    }
+
+    pub(crate) fn db(&self) -> &Arc<Db> {
+        &self.db
+    }
+
     /// The gateway's stores for `lab`, filled from the database. The lab file's DUTs are left
     /// out of the stored ones (a stored DUT with the id or an address of one of them is
     /// ignored, with a warning): `Gateway::with_stores` adds them, and they are kept in memory
     /// only.
     pub fn stores(&self, lab: &LabConfig) -> Result<Stores, StateError> {
+        self.stores_of(lab, None)
+    }
+
+    /// [`stores`](Self::stores) for the gateway `gateway` of a lab of several: only its own
+    /// stored DUTs are loaded, and a DUT it adds is claimed for it (refused when another
+    /// gateway has one with that id).
+    pub fn stores_of(&self, lab: &LabConfig, gateway: Option<&str>) -> Result<Stores, StateError> {
         Ok(Stores {
-            duts: Box::new(duts::SqlDuts::load(self.db.clone(), &lab.duts)?),
+            duts: Box::new(duts::SqlDuts::load(self.db.clone(), &lab.duts, gateway)?),
             jobs: Box::new(jobs::SqlJobs::load(self.db.clone())?),
             lifetimes: Box::new(lifetimes::SqlLifetimes::load(self.db.clone())?),
-            access: Box::new(access::SqlAccess::load(self.db.clone())?),
-            events: Box::new(events::SqlEvents::new(self.db.clone())),
+            access: Box::new(access::SqlAccess::load(self.db.clone(), self.feed.clone())?),
+            events: Box::new(events::SqlEvents::new(self.db.clone(), self.feed.clone())),
         })
     }
 }
