@@ -106,6 +106,11 @@ pub enum Command {
         /// (default: DIR/state.sqlite in --data). Migrated at start.
         #[arg(long, value_name = "URL", env = "CITRON_STATE")]
         state: Option<String>,
+        /// This gateway's name, in a lab of several gateways sharing one --state (PostgreSQL):
+        /// it serves the lab file's DUTs marked `gateway: NAME` (and unmarked ones no other
+        /// gateway serves) and the DUTs added through its API (default: the host name).
+        #[arg(long, value_name = "NAME", env = "CITRON_GATEWAY")]
+        gateway: Option<String>,
     },
     /// The lab's state store.
     #[command(subcommand, after_help = EXIT_CODES)]

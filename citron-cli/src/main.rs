@@ -18,6 +18,7 @@ use citron_lab::server::ServerBuilder;
 use clap::Parser;
 
 use args::{Cli, Command, StateCommand};
+use citron_lab::state::feed::NewEvent;
 use citron_lab::state::{State, StateUrl};
 
 fn main() -> ExitCode {
@@ -46,9 +47,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             std::io::stdout().lock().write_all(citron_lab::api::openapi_json().as_bytes()).context("cannot write the document")?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Serve { lab, jobs, http, tftp, nbd, api, advertise, data, state } => {
+        Command::Serve { lab, jobs, http, tftp, nbd, api, advertise, data, state, gateway } => {
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            rt.block_on(serve(ServeArgs { lab, jobs, http, tftp, nbd, api, advertise, data, state }))
+            rt.block_on(serve(ServeArgs { lab, jobs, http, tftp, nbd, api, advertise, data, state, gateway }))
         }
         Command::State(StateCommand::Migrate { state, data }) => {
             let s = State::open(&StateUrl::parse(state.as_deref(), &data)?)?;
@@ -99,6 +100,7 @@ struct ServeArgs {
     advertise: Option<std::net::IpAddr>,
     data: PathBuf,
     state: Option<String>,
+    gateway: Option<String>,
 }
 
 /// `off` or an address.
@@ -127,8 +129,15 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let (http, tftp, nbd, api) = (addr("http", &a.http)?, addr("tftp", &a.tftp)?, addr("nbd", &a.nbd)?, addr("api", &a.api)?);
     // Connecting and migrating (a blocking call, once, before anything serves). Every error
     // names the state's URL (without password), the data directory or the job itself.
-    let (gw, state) = citron_lab::state::open_gateway(lab, &a.data, a.state.as_deref())?;
+    let name = a.gateway.clone().unwrap_or_else(citron_lab::gateways::default_name);
+    let (gw, state, membership) = citron_lab::state::open_lab_gateway(lab, &a.data, a.state.as_deref(), &name)?;
+    if let Some((id, _)) = jobs.iter().find(|(id, _)| gw.dut(id).is_none()) {
+        bail!("--job {id}=…: DUT {id:?} is served by another gateway (its `gateway:` in the lab file), not by {name:?}");
+    }
+    let feed = state.feed().clone();
     let server = ServerBuilder::new(gw.clone())
+        .feed(Some(feed.clone()))
+        .membership(Some(membership.clone()))
         .http(http)
         .tftp(tftp)
         .nbd(nbd)
@@ -149,7 +158,10 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         for (id, path) in &jobs {
             match gw.set_trusted_job_file(id, path).await {
-                Ok(()) => {}
+                Ok(()) => {
+                    let job = gw.job_record(id).map(|r| r.origin.name);
+                    feed.emit(NewEvent::new("job_set").dut(id.0.clone()).job(job).actor("serve --job"));
+                }
                 Err(GatewayError::Job(e)) => {
                     eprintln!("{e}");
                     return Ok(Some(ExitCode::from(1)));
@@ -158,6 +170,12 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
             }
         }
         Ok::<_, anyhow::Error>(None)
+    };
+    let leave = || {
+        let m = membership.clone();
+        async move {
+            let _ = tokio::task::spawn_blocking(move || m.leave()).await;
+        }
     };
     let loaded = tokio::select! {
         r = load => Some(r),
@@ -170,15 +188,18 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         Some(Ok(None)) => {}
         Some(Ok(Some(code))) => {
             server.shutdown().await;
+            leave().await;
             return Ok(code);
         }
         Some(Err(e)) => {
             server.shutdown().await;
+            leave().await;
             return Err(e);
         }
         None => {
             signals.exit_on_next();
             server.shutdown().await;
+            leave().await;
             return Ok(ExitCode::SUCCESS);
         }
     }
@@ -195,6 +216,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     );
     signals.exit_on_next();
     server.shutdown().await;
+    leave().await;
     Ok(ExitCode::SUCCESS)
 }
 

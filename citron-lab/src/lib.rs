@@ -12,6 +12,8 @@
 //! - [`metrics`]: `/metrics`, one Prometheus registry where every feature registers its
 //!   collectors.
 //!
+//! - [`gateways`]: several gateways, one lab: DUT ownership, heartbeats, requests carried out
+//!   by the DUT's gateway.
 //! - [`state`]: the lab's durable state (SQLite by default, PostgreSQL), the stores the gateway
 //!   keeps DUTs, jobs, counted reads and events in, so that a restart keeps them.
 //!
@@ -33,6 +35,7 @@
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod gateways;
 pub mod metrics;
 pub mod server;
 pub mod state;

@@ -81,6 +81,8 @@ pub struct ServerBuilder {
     api: Option<SocketAddr>,
     advertise: Option<IpAddr>,
     state: Option<crate::state::StateInfo>,
+    feed: Option<Arc<crate::state::Feed>>,
+    membership: Option<Arc<crate::gateways::Membership>>,
 }
 
 impl ServerBuilder {
@@ -95,6 +97,8 @@ impl ServerBuilder {
             api: p(DEFAULT_API),
             advertise: None,
             state: None,
+            feed: None,
+            membership: None,
         }
     }
 
@@ -134,6 +138,21 @@ impl ServerBuilder {
     /// `GET /api/v1/version` and `/metrics`; `None` (the default) says the state is in memory.
     pub fn state(mut self, state: Option<crate::state::StateInfo>) -> Self {
         self.state = state;
+        self
+    }
+
+    /// The lab's event feed, which `GET /api/v1/events` serves and the API records changes
+    /// in ([`crate::state::State::feed`]); `None` (the default): no feed.
+    pub fn feed(mut self, feed: Option<Arc<crate::state::Feed>>) -> Self {
+        self.feed = feed;
+        self
+    }
+
+    /// This gateway's place in a lab of several ([`crate::gateways::Membership::join`]): its
+    /// heartbeat starts with the servers, the API shows the whole lab and forwards requests
+    /// about other gateways' DUTs, and requests forwarded to this gateway are carried out.
+    pub fn membership(mut self, m: Option<Arc<crate::gateways::Membership>>) -> Self {
+        self.membership = m;
         self
     }
 
@@ -213,10 +232,19 @@ impl ServerBuilder {
         if let Some(l) = nbd {
             tasks.push(spawn("nbd", citron_protocols::nbd::serve(l, catalog.clone(), stop())));
         }
+        let handlers = Arc::new(crate::api::Api::new(self.gateway.clone(), token, self.state, self.feed.clone(), self.membership.clone()));
+        if let Some(m) = &self.membership {
+            m.start();
+            let work = m.clone().serve_forwarded(crate::api::router(handlers.clone()), stop());
+            tasks.push(spawn("forwarded", async move {
+                work.await;
+                Ok(())
+            }));
+        }
         if let Some(l) = api {
             // A token, once set, is always required, loopback included: it is there because
             // the admin wants the API closed, and local users may be others.
-            tasks.push(spawn("api", crate::api::serve(l, self.gateway.clone(), token, self.state, stop())));
+            tasks.push(spawn("api", crate::api::serve_api(l, handlers, stop())));
         }
         Ok(RunningServer { addrs, gateway: self.gateway, stop: stop_tx, tasks })
     }

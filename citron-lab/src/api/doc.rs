@@ -60,11 +60,12 @@ Lists that can grow are paginated with `?after=SEQ&limit=N`; a full page answers
         routes::clear_job,
         routes::post_event,
         routes::list_accesses,
+        super::events::stream_events,
         routes::get_version,
         routes::get_metrics,
         routes::get_openapi,
     ),
-    components(schemas(ErrorBody, JobErrorsBody, JobErrorDoc, NewDut, DutView, JobView, EventBody, EventKind, AccessRecordDoc, OutcomeKind, VersionView, StateView)),
+    components(schemas(ErrorBody, JobErrorsBody, JobErrorDoc, NewDut, DutView, JobView, EventBody, EventKind, AccessRecordDoc, OutcomeKind, VersionView, StateView, crate::state::feed::FeedEvent)),
     modifiers(&Common),
     tags(
         (name = "duts", description = "The lab's devices under test"),
@@ -175,13 +176,16 @@ pub(super) struct NewDut {
     ip: Vec<String>,
     #[serde(default)]
     tags: Vec<String>,
+    /// The gateway that serves it; it must be the gateway whose API is asked (the default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gateway: Option<String>,
 }
 
 /// A DUT as the lab knows it, with its job's origin.
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(as = Dut)]
 pub(super) struct DutView {
-    id: String,
+    pub(super) id: String,
     /// The `machine_id` templates see and boot paths use (the id unless set).
     machine_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -194,11 +198,41 @@ pub(super) struct DutView {
     /// The origin of the active job (`GET .../job` has the rest), or null without one.
     #[schema(required = true)]
     job: Option<String>,
+    /// The gateway that serves it (`citron serve --gateway`); null for a lab without a state
+    /// store.
+    #[schema(required = true)]
+    gateway: Option<String>,
+    /// Whether its gateway heartbeats; a DUT whose gateway went silent for longer than
+    /// `gateways.heartbeat_timeout` is offline (not served, still in the lab).
+    online: bool,
 }
 
 impl DutView {
+    /// This gateway's DUT `d`, served by gateway `me`.
+    pub(super) fn own(gw: &Gateway, d: &Dut, me: Option<&str>) -> Self {
+        DutView { gateway: me.map(str::to_string).or_else(|| d.gateway.clone()), ..Self::of(gw, d) }
+    }
+
+    /// Another gateway's DUT.
+    pub(super) fn remote(r: &crate::gateways::RemoteDut) -> Self {
+        let d = &r.dut;
+        DutView {
+            id: d.id.0.clone(),
+            machine_id: d.machine_id().to_string(),
+            mac: d.mac.clone(),
+            serial: d.serial.clone(),
+            ip: d.ip.iter().map(|ip| ip.to_string()).collect(),
+            tags: d.tags.clone(),
+            job: r.job.clone(),
+            gateway: Some(r.gateway.clone()),
+            online: r.online,
+        }
+    }
+
     pub(super) fn of(gw: &Gateway, d: &Dut) -> Self {
         DutView {
+            gateway: d.gateway.clone(),
+            online: true,
             id: d.id.0.clone(),
             machine_id: d.machine_id().to_string(),
             mac: d.mac.clone(),

@@ -13,6 +13,7 @@
 //! | `DELETE /api/v1/duts/{id}/job` | `clearJob` | drop it |
 //! | `POST /api/v1/duts/{id}/events` | `postEvent` | `{"event": "boot" \| "job_start" \| "job_end"}` |
 //! | `GET /api/v1/duts/{id}/accesses?after=SEQ&limit=N` | `listAccesses` | one page of the DUT's access log (`Link: rel="next"` when full) |
+//! | `GET /api/v1/events?dut=&job=&type=` | `streamEvents` | the lab's event feed, Server-Sent Events, resumable with `Last-Event-ID` |
 //! | `GET /api/v1/version` | `getVersion` | citron's version, the state's engine and schema version |
 //! | `GET /metrics` | `getMetrics` | OpenMetrics text ([`crate::metrics`]) |
 //! | `GET /api/v1/openapi.json` | `getOpenApi` | the OpenAPI 3.1 document |
@@ -29,11 +30,18 @@
 //! `text/plain` or form POST without asking, a JSON one only after a CORS preflight that is
 //! never granted). The token is compared as SHA-256 digests in constant time.
 //!
+//! In a lab of several gateways, a request about a DUT another gateway serves
+//! (`/api/v1/duts/{id}` and below) is carried out by that gateway ([`crate::gateways`]) and
+//! answered with its status and body. Every change and every refused request is an event of
+//! the feed, with its actor (`api`; `api via <gateway>` when forwarded).
+//!
 //! Connections are accepted and bounded exactly as the DUTs' HTTP ones
 //! ([`citron_protocols::http::serve_service`]): the router is a hyper service there, not a
 //! server of its own.
 
 mod doc;
+mod events;
+mod remote;
 mod routes;
 
 use std::convert::Infallible;
@@ -61,7 +69,9 @@ use tower::ServiceExt as _;
 pub use doc::{openapi, openapi_json};
 pub use routes::{ACCESSES_PAGE, ACCESSES_PAGE_MAX};
 
+use crate::gateways::Membership;
 use crate::metrics::Metrics;
+use crate::state::feed::{Feed, NewEvent};
 use crate::state::StateInfo;
 
 /// Serves the lab API on `listener` until `shutdown` completes. With `token`, every request
@@ -80,8 +90,13 @@ pub async fn serve(
     state: Option<StateInfo>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let limits = gateway.lab().limits.clone();
-    let api = Arc::new(Api::new(gateway, token, state));
+    serve_api(listener, Arc::new(Api::new(gateway, token, state, None, None)), shutdown).await
+}
+
+/// [`serve`] with the handlers' shared state built by the caller (the feed, the lab's other
+/// gateways).
+pub(crate) async fn serve_api(listener: TcpListener, api: Arc<Api>, shutdown: impl Future<Output = ()> + Send + 'static) -> io::Result<()> {
+    let limits = api.gateway.lab().limits.clone();
     let router = router(api.clone());
     citron_protocols::http::serve_service("api", listener, &limits, shutdown, move |peer, local| ApiService {
         api: api.clone(),
@@ -92,12 +107,21 @@ pub async fn serve(
     .await
 }
 
+/// Who asks: `api` for a request that came to this API, `api via <gateway>` for one another
+/// gateway forwarded. Set on every request the router sees; recorded with each event.
+#[derive(Debug, Clone)]
+pub(crate) struct Actor(pub String);
+
 /// What every handler shares.
 pub(crate) struct Api {
     pub(crate) gateway: Gateway,
     pub(crate) metrics: Metrics,
     /// The state store's engine and schema version (`None`: in memory).
     pub(crate) state: Option<StateInfo>,
+    /// The lab's event feed (`None`: a lab without a state store).
+    pub(crate) feed: Option<Arc<Feed>>,
+    /// This gateway's place among the lab's gateways (`None`: a lab of one, in-process).
+    pub(crate) membership: Option<Arc<Membership>>,
     /// SHA-256 of the token: comparing digests takes the same time whatever the given token's
     /// length or content.
     token: Option<[u8; 32]>,
@@ -108,7 +132,13 @@ pub(crate) struct Api {
 }
 
 impl Api {
-    fn new(gateway: Gateway, token: Option<String>, state: Option<StateInfo>) -> Self {
+    pub(crate) fn new(
+        gateway: Gateway,
+        token: Option<String>,
+        state: Option<StateInfo>,
+        feed: Option<Arc<Feed>>,
+        membership: Option<Arc<Membership>>,
+    ) -> Self {
         let body_max = usize::try_from(gateway.lab().limits.api_body_max.bytes()).unwrap_or(usize::MAX);
         let hosts = gateway.lab().api_hosts.clone();
         let token = token.map(|t| Sha256::digest(t.as_bytes()).into());
@@ -116,13 +146,25 @@ impl Api {
         if let Some(s) = state {
             crate::metrics::register_state(&mut metrics, s);
         }
-        Api { metrics, state, gateway, token, hosts, body_max }
+        Api { metrics, state, gateway, token, hosts, body_max, feed, membership }
+    }
+
+    /// Records `ev` in the feed (if the lab has one).
+    pub(crate) fn record(&self, ev: NewEvent) {
+        if let Some(f) = &self.feed {
+            f.emit(ev);
+        }
+    }
+
+    /// This gateway's name, in a lab of several.
+    pub(crate) fn me(&self) -> Option<&str> {
+        self.membership.as_deref().map(Membership::name)
     }
 }
 
 /// The router: every route of [`routes`], JSON errors for unknown paths (404) and methods
 /// (405, with the `Allow` axum fills in).
-fn router(api: Arc<Api>) -> Router {
+pub(crate) fn router(api: Arc<Api>) -> Router {
     routes::routes()
         .fallback(|uri: http::Uri| async move {
             ApiError::new(StatusCode::NOT_FOUND, format!("no such route: {}; see /api/v1/openapi.json", truncate_logged(uri.path(), 256)))
@@ -153,15 +195,25 @@ impl hyper::service::Service<Request<Incoming>> for ApiService {
         Box::pin(async move {
             let method = req.method().clone();
             let path = truncate_logged(req.uri().path(), s.api.gateway.lab().limits.logged_path_max).into_owned();
+            let actor = Actor("api".into());
             let r = match s.api.check_host(req.headers(), req.uri(), s.local).and_then(|()| s.api.authorize(req.headers())) {
-                Ok(()) => match s.router.oneshot(without_trailing_slash(req).map(Body::new)).await {
-                    Ok(r) => r,
-                    Err(never) => match never {},
-                },
+                Ok(()) => {
+                    let mut req = without_trailing_slash(req);
+                    req.extensions_mut().insert(actor.clone());
+                    match s.api.remote_owner(req.uri().path()).await {
+                        Some((id, owner)) => s.api.forward(req.map(Body::new), &id, owner, &actor).await.unwrap_or_else(|e| e.into_response()),
+                        None => match s.router.oneshot(req.map(Body::new)).await {
+                            Ok(r) => r,
+                            Err(never) => match never {},
+                        },
+                    }
+                }
                 Err(e) => e.into_response(),
             };
             if let Some(Refused(why)) = r.extensions().get::<Refused>() {
                 tracing::info!(peer = %s.peer, %method, %path, status = r.status().as_u16(), error = %why, "api: request refused");
+                let detail = json!({"method": method.as_str(), "path": path, "status": r.status().as_u16(), "error": why, "peer": s.peer.ip().to_string()});
+                s.api.record(NewEvent::new("request_refused").actor(actor.0).detail(detail));
             }
             Ok(r)
         })

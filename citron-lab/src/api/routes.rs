@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Path, RawQuery, State};
+use axum::Extension;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -17,7 +18,8 @@ use http::{header, HeaderMap, HeaderValue, StatusCode};
 use serde_json::{json, Value};
 
 use super::doc::{AccessRecordDoc, DutView, ErrorBody, EventBody, JobErrorsBody, JobView, NewDut, StateView, VersionView};
-use super::{json_response, require_type, Api, ApiError, JSON, JSON_OR_YAML};
+use super::{json_response, require_type, Actor, Api, ApiError, JSON, JSON_OR_YAML};
+use crate::state::feed::NewEvent;
 
 /// Records one page of `/accesses` holds when the request gives no `limit`.
 pub const ACCESSES_PAGE: usize = 1000;
@@ -37,7 +39,9 @@ pub(super) fn routes() -> Router<Arc<Api>> {
         .route("/api/v1/duts/{id}/job", get(get_job).put(set_job).delete(clear_job))
         .route("/api/v1/duts/{id}/events", axum::routing::post(post_event))
         .route("/api/v1/duts/{id}/accesses", get(list_accesses))
+        .route("/api/v1/events", get(super::events::stream_events))
 }
+
 
 /// The `{id}` of a route, as a [`DutId`]; an undecodable one is a 400 with a JSON body.
 pub(super) struct Id(DutId);
@@ -127,9 +131,17 @@ async fn get_openapi() -> Response {
 /// List DUTs.
 #[utoipa::path(get, path = "/api/v1/duts", operation_id = "listDuts", tag = "duts",
     responses((status = 200, description = "Every DUT of the lab", body = [DutView])))]
-async fn list_duts(State(api): S) -> Response {
-    let list: Vec<DutView> = api.gateway.duts().iter().map(|d| DutView::of(&api.gateway, d)).collect();
-    json_response(StatusCode::OK, &list)
+async fn list_duts(State(api): S) -> Result<Response, ApiError> {
+    let mut list: Vec<DutView> = api.gateway.duts().iter().map(|d| DutView::own(&api.gateway, d, api.me())).collect();
+    if let Some(m) = api.membership.clone() {
+        let others = tokio::task::spawn_blocking(move || m.others())
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        list.extend(others.iter().map(DutView::remote));
+        list.sort_by(|a, b| a.id.cmp(&b.id));
+    }
+    Ok(json_response(StatusCode::OK, &list))
 }
 
 /// Add a DUT.
@@ -142,15 +154,23 @@ async fn list_duts(State(api): S) -> Response {
         (status = 413, description = "Body over `limits.api_body_max`", body = ErrorBody),
         (status = 415, description = "Body not `application/json`", body = ErrorBody),
     ))]
-async fn add_dut(State(api): S, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn add_dut(State(api): S, Extension(actor): Extension<Actor>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     require_type(&headers, JSON)?;
     let body = api.read_body(body).await?;
-    let d: Dut = serde_json::from_slice(&body).map_err(|e| {
+    let mut d: Dut = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(StatusCode::BAD_REQUEST, format!("the body must be a DUT as JSON ({{\"id\": ..., \"ip\": [...]}}): {e}"))
     })?;
+    if let (Some(g), Some(me)) = (&d.gateway, api.me()) {
+        if g != me {
+            let msg = format!("this is gateway {me:?}: a DUT added here is served by it; add a DUT of gateway {g:?} through its API (or its lab file)");
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, msg));
+        }
+    }
+    d.gateway = None;
     api.gateway.add_dut(d.clone())?;
     tracing::info!(dut = %d.id, "api: DUT added");
-    Ok(json_response(StatusCode::CREATED, &DutView::of(&api.gateway, &d)))
+    api.record(NewEvent::new("dut_added").dut(d.id.0.clone()).actor(actor.0));
+    Ok(json_response(StatusCode::CREATED, &DutView::own(&api.gateway, &d, api.me())))
 }
 
 /// One DUT.
@@ -158,16 +178,18 @@ async fn add_dut(State(api): S, headers: HeaderMap, body: Body) -> Result<Respon
     params(("id" = String, Path, description = "The DUT id")),
     responses((status = 200, description = "The DUT", body = DutView), (status = 404, description = "No such DUT", body = ErrorBody)))]
 async fn get_dut(State(api): S, Id(id): Id) -> Result<Response, ApiError> {
-    Ok(json_response(StatusCode::OK, &DutView::of(&api.gateway, &dut(&api, &id)?)))
+    Ok(json_response(StatusCode::OK, &DutView::own(&api.gateway, &dut(&api, &id)?, api.me())))
 }
 
 /// Remove a DUT and its job.
 #[utoipa::path(delete, path = "/api/v1/duts/{id}", operation_id = "removeDut", tag = "duts",
     params(("id" = String, Path, description = "The DUT id")),
     responses((status = 204, description = "Removed"), (status = 404, description = "No such DUT", body = ErrorBody)))]
-async fn remove_dut(State(api): S, Id(id): Id) -> Result<Response, ApiError> {
+async fn remove_dut(State(api): S, Extension(actor): Extension<Actor>, Id(id): Id) -> Result<Response, ApiError> {
+    let job = api.gateway.job_record(&id).map(|r| r.origin.name);
     api.gateway.remove_dut(&id)?;
     tracing::info!(dut = %id, "api: DUT removed");
+    api.record(NewEvent::new("dut_removed").dut(id.0.clone()).job(job).actor(actor.0));
     Ok(no_content())
 }
 
@@ -203,21 +225,26 @@ async fn get_job(State(api): S, Id(id): Id) -> Result<Response, ApiError> {
         (status = 502, description = "An artifact could not be fetched or does not match its digest", body = ErrorBody),
         (status = 507, description = "citron's data directory or cache is full", body = ErrorBody),
     ))]
-async fn set_job(State(api): S, Id(id): Id, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn set_job(State(api): S, Extension(actor): Extension<Actor>, Id(id): Id, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let d = dut(&api, &id)?;
     require_type(&headers, JSON_OR_YAML)?;
     let body = api.read_body(body).await?;
     let text = String::from_utf8(body.to_vec()).map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "the job must be UTF-8 YAML"))?;
-    api.gateway.set_job_yaml(&d.id, &text, Origin::named(format!("api:{}", d.id))).await?;
-    Ok(json_response(StatusCode::OK, &DutView::of(&api.gateway, &d)))
+    let origin = format!("api:{}", d.id);
+    api.gateway.set_job_yaml(&d.id, &text, Origin::named(origin.clone())).await?;
+    api.record(NewEvent::new("job_set").dut(d.id.0.clone()).job(Some(origin)).actor(actor.0));
+    Ok(json_response(StatusCode::OK, &DutView::own(&api.gateway, &d, api.me())))
 }
 
 /// Drop the DUT's job.
 #[utoipa::path(delete, path = "/api/v1/duts/{id}/job", operation_id = "clearJob", tag = "jobs",
     params(("id" = String, Path, description = "The DUT id")),
     responses((status = 204, description = "Dropped (or there was none)"), (status = 404, description = "No such DUT", body = ErrorBody)))]
-async fn clear_job(State(api): S, Id(id): Id) -> Result<Response, ApiError> {
-    api.gateway.clear_job(&id)?;
+async fn clear_job(State(api): S, Extension(actor): Extension<Actor>, Id(id): Id) -> Result<Response, ApiError> {
+    let job = api.gateway.job_record(&id).map(|r| r.origin.name);
+    if api.gateway.clear_job(&id)? {
+        api.record(NewEvent::new("job_dropped").dut(id.0.clone()).job(job).actor(actor.0));
+    }
     Ok(no_content())
 }
 

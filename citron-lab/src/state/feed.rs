@@ -143,6 +143,12 @@ pub struct Feed {
     gateway: Arc<OnceLock<String>>,
 }
 
+impl std::fmt::Debug for Feed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Feed").field("queued", &self.queue.lock().len()).finish_non_exhaustive()
+    }
+}
+
 impl Feed {
     pub(super) fn new(db: Arc<Db>) -> Feed {
         Feed { db, queue: Arc::default(), changed: Arc::new(watch::channel(0).0), gateway: Arc::default() }

@@ -39,7 +39,7 @@ use citron_core::gateway::Stores;
 use citron_core::lab::LabConfig;
 
 pub use db::known_version;
-use db::Db;
+pub(crate) use db::Db;
 pub use feed::Feed;
 
 /// The file the default SQLite state lives in, under `--data`.
@@ -275,6 +275,9 @@ pub enum OpenError {
     /// The data directory, the cache or the lab's DUTs.
     #[error(transparent)]
     Gateway(#[from] citron_core::GatewayError),
+    /// The lab's other gateways refuse this one.
+    #[error(transparent)]
+    Join(#[from] crate::gateways::JoinError),
 }
 
 /// The gateway of a running lab, as `citron serve` and Python's `Server` start it: the state
@@ -298,6 +301,23 @@ pub fn open_gateway(lab: LabConfig, data_dir: &Path, state: Option<&str>) -> Res
     Ok((gateway, state))
 }
 
+/// [`open_gateway`] for the gateway `name` of a lab of several (`citron serve --gateway`):
+/// joins the lab ([`Membership::join`](crate::gateways::Membership::join): its lab-file DUTs
+/// claimed, a clash refused) and builds the gateway over its own DUTs only.
+pub fn open_lab_gateway(
+    lab: LabConfig,
+    data_dir: &Path,
+    state: Option<&str>,
+    name: &str,
+) -> Result<(citron_core::Gateway, State, Arc<crate::gateways::Membership>), OpenError> {
+    let state = State::open(&StateUrl::parse(state, data_dir)?)?;
+    let (membership, own) = crate::gateways::Membership::join(&state, name, &lab)?;
+    let stores = state.stores_of(&own, Some(name))?;
+    let network = Arc::new(citron_fetch::Network::new(own.s3.clone()));
+    let gateway = citron_core::Gateway::with_stores(own, data_dir, network, stores)?;
+    Ok((gateway, state, membership))
+}
+
 /// Creates the SQLite file with mode 0600 (or sets it): it holds every job's secrets.
 fn secure_file(path: &Path) -> Result<(), StateError> {
     use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
@@ -310,7 +330,7 @@ fn secure_file(path: &Path) -> Result<(), StateError> {
 }
 
 /// A time as stored: microseconds since the Unix epoch.
-fn to_micros(t: SystemTime) -> i64 {
+pub(crate) fn to_micros(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX)).unwrap_or(0)
 }
 

@@ -1,0 +1,138 @@
+//! `GET /api/v1/events`: the lab's event feed as Server-Sent Events.
+//!
+//! The stream first sends every stored event after the client's position (`Last-Event-ID`,
+//! else `?after=`, else 0: from the start), then waits on the feed's watch (bumped by this
+//! gateway's commits and by the other gateways' NOTIFYs) and sends what was added. Each event is
+//! `id: SEQ`, `event: TYPE`, `data: {FeedEvent as JSON}`; a comment line every 15 s keeps
+//! idle connections open through proxies.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{RawQuery, State};
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, StatusCode};
+
+use super::{Api, ApiError};
+use crate::state::feed::{Feed, FeedEvent, Filter};
+
+/// How many events one read of the feed brings.
+const BATCH: usize = 256;
+
+/// Idle connections get a comment this often.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// The lab's event feed, as Server-Sent Events.
+#[utoipa::path(get, path = "/api/v1/events", operation_id = "streamEvents", tag = "lab",
+    params(
+        ("dut" = Option<String>, Query, description = "Only this DUT's events"),
+        ("job" = Option<String>, Query, description = "Only this job's events (its origin, e.g. `api:dut1`)"),
+        ("type" = Option<String>, Query, description = "Only events of this type (`job_set`, `boot`, `dut_offline`, ...)"),
+        ("after" = Option<u64>, Query, description = "Events after this `seq` (default 0: every stored event); `Last-Event-ID` wins"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "The `id` of the last event received: the stream resumes after it, on any gateway, after a restart too"),
+    ),
+    responses(
+        (status = 200, description = "`text/event-stream`: each event has `id:` (its `seq`), `event:` (its type) and `data:` (the event as JSON)",
+            body = FeedEvent, content_type = "text/event-stream"),
+        (status = 400, description = "`after`, `Last-Event-ID` or a filter is not valid", body = super::doc::ErrorBody),
+        (status = 503, description = "This lab keeps no state store, hence no feed", body = super::doc::ErrorBody),
+    ))]
+pub(super) async fn stream_events(State(api): State<Arc<Api>>, headers: HeaderMap, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+    let Some(feed) = api.feed.clone() else {
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "this lab keeps no state store, hence no event feed"));
+    };
+    let (filter, mut after) = query(q.as_deref())?;
+    if let Some(v) = headers.get("last-event-id") {
+        after = v.to_str().ok().and_then(|s| s.trim().parse().ok()).ok_or_else(|| {
+            ApiError::new(StatusCode::BAD_REQUEST, "Last-Event-ID must be the `id` of an event (a whole number)")
+        })?;
+    }
+    let reader = Reader { rx: feed.subscribe(), feed, filter, after, buf: VecDeque::new() };
+    let stream = futures::stream::unfold(reader, |mut r| async move {
+        let ev = r.next().await;
+        Some((Ok::<_, Infallible>(ev), r))
+    });
+    Ok(Sse::new(stream).into_response())
+}
+
+struct Reader {
+    feed: Arc<Feed>,
+    rx: tokio::sync::watch::Receiver<u64>,
+    filter: Filter,
+    after: u64,
+    buf: VecDeque<FeedEvent>,
+}
+
+impl Reader {
+    /// The next SSE event: a feed event, or a keep-alive comment.
+    async fn next(&mut self) -> Event {
+        loop {
+            if let Some(e) = self.buf.pop_front() {
+                self.after = e.seq;
+                let data = serde_json::to_string(&e).unwrap_or_default();
+                return Event::default().id(e.seq.to_string()).event(e.kind.clone()).data(data);
+            }
+            // Marked seen before reading: a commit after the read bumps it again.
+            self.rx.borrow_and_update();
+            let (feed, filter, after) = (self.feed.clone(), self.filter.clone(), self.after);
+            match tokio::task::spawn_blocking(move || feed.page(&filter, after, BATCH)).await {
+                Ok(Ok(page)) if !page.is_empty() => {
+                    self.buf.extend(page);
+                    continue;
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "events: cannot read the feed; trying again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                Err(e) => tracing::error!(error = %e, "events: the reader failed"),
+            }
+            match tokio::time::timeout(KEEP_ALIVE, self.rx.changed()).await {
+                Ok(Ok(())) => continue,
+                // The feed is gone (the lab stops): wait for the connection to be closed.
+                Ok(Err(_)) => std::future::pending::<()>().await,
+                Err(_) => return Event::default().comment("keep-alive"),
+            }
+        }
+    }
+}
+
+/// `?dut=&job=&type=&after=`.
+fn query(q: Option<&str>) -> Result<(Filter, u64), ApiError> {
+    let mut f = Filter::default();
+    let mut after = 0;
+    for (k, v) in url::form_urlencoded::parse(q.unwrap_or("").as_bytes()) {
+        let v = v.into_owned();
+        if v.len() > 256 {
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("`{k}` is longer than 256 bytes")));
+        }
+        match &*k {
+            "dut" => f.dut = Some(v),
+            "job" => f.job = Some(v),
+            "type" => f.kind = Some(v),
+            "after" => {
+                after = v.parse().map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "`after` must be a whole number (an event's `seq`)"))?
+            }
+            _ => {}
+        }
+    }
+    Ok((f, after))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_queries() {
+        let (f, after) = query(Some("dut=dut1&type=job_set&after=7&job=api%3Adut1")).unwrap();
+        assert_eq!(f, Filter { dut: Some("dut1".into()), job: Some("api:dut1".into()), kind: Some("job_set".into()) });
+        assert_eq!(after, 7);
+        assert_eq!(query(None).unwrap(), (Filter::default(), 0));
+        assert!(query(Some("after=x")).is_err());
+    }
+}
