@@ -8,6 +8,7 @@ mod conns;
 mod datadir;
 mod extract;
 mod fulldisk;
+mod gateways;
 mod http;
 mod nbd;
 mod nbd_limits;

@@ -1,5 +1,6 @@
 //! One suite for the durable state stores, run against SQLite and against a real PostgreSQL:
-//! every trait method, a restart (drop and reopen), two pools writing at once.
+//! every trait method, a restart (drop and reopen), two pools writing at once, two processes
+//! writing at once (counted reads and the event feed).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -11,6 +12,7 @@ use citron_core::lifetime::Event;
 use citron_core::namespace::{Dut, DutId};
 use citron_core::serve::Space;
 use citron_core::store::StoreError;
+use citron_lab::state::feed::{Filter, NewEvent};
 use citron_lab::state::{State, StateError, StateUrl};
 
 use super::state_pg::Postgres;
@@ -97,7 +99,7 @@ fn suite(url: &StateUrl) {
     }
     // A restart: everything acknowledged is there.
     {
-        let (_s, st) = open(url, &lab);
+        let (s, st) = open(url, &lab);
         let ids: Vec<String> = st.duts.list().into_iter().map(|d| d.id.0).collect();
         assert_eq!(ids, ["dut7"], "only the API's DUTs are stored (the lab file adds its own)");
         assert_eq!(st.duts.by_addr(ip("127.0.0.7")).unwrap().id, d7);
@@ -124,10 +126,18 @@ fn suite(url: &StateUrl) {
         assert_eq!(st.lifetimes.reads(&d7, &secret), 0);
         st.lifetimes.count_read(&d1, &other).unwrap();
         st.lifetimes.reset(&d1).unwrap();
+        // The feed keeps a removed DUT's events (the audit trail); its history ends with the
+        // `dut_removed` its removal records.
         st.events.forget(&d7);
+        s.feed().emit(NewEvent::new("dut_removed").dut("dut7").actor("api"));
         st.duts.remove(&d7).unwrap();
         st.jobs.remove(&d7).unwrap();
-        assert!(st.events.recent(&d7, 10).is_empty(), "forget is applied before a later read");
+        assert!(st.events.recent(&d7, 10).is_empty(), "the removal is applied before a later read");
+        let feed = s.feed().page(&Filter { dut: Some("dut7".into()), ..Filter::default() }, 0, 100).unwrap();
+        let kinds: Vec<&str> = feed.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds, ["boot", "job_start", "request_refused", "dut_removed"], "{feed:?}");
+        assert!(feed.windows(2).all(|w| w[0].seq < w[1].seq));
+        assert_eq!(feed[3].actor.as_deref(), Some("api"));
     }
     {
         let (_s, st) = open(url, &lab);
@@ -171,6 +181,60 @@ fn concurrent(url: &StateUrl) {
     assert_eq!(st.lifetimes.reads(&d, &key), 100);
 }
 
+/// The state a [`writer_process`] writes to.
+const WRITER: &str = "CITRON_STORE_WRITER";
+
+/// The body of the processes [`two_processes`] starts (this test binary again, filtered to
+/// this test); without [`WRITER`] set it does nothing.
+#[test]
+fn writer_process() {
+    let Ok(arg) = std::env::var(WRITER) else { return };
+    let url = StateUrl::parse(Some(&arg), std::path::Path::new("x")).unwrap();
+    let (s, st) = open(&url, &LabConfig::default_lab());
+    let key = FileKey { step: "start", space: Space::HTTP, path: "/p".into() };
+    for i in 0..50 {
+        st.lifetimes.count_read(&"dut1".into(), &key).unwrap();
+        s.feed().emit(NewEvent::new("test").dut("dut1").detail(serde_json::json!({"pid": std::process::id(), "i": i})));
+    }
+    s.feed().flush().unwrap();
+}
+
+/// Two processes counting reads and writing events at once: no count lost, every event
+/// stored once, `seq` increasing in each process's order.
+fn two_processes(arg: &str) {
+    let url = StateUrl::parse(Some(arg), std::path::Path::new("x")).unwrap();
+    drop(open(&url, &LabConfig::default_lab())); // migrated before the writers start
+    let exe = std::env::current_exe().unwrap();
+    let spawn = || {
+        std::process::Command::new(&exe)
+            .args(["--exact", "state_store::writer_process", "--test-threads", "1", "--nocapture"])
+            .env(WRITER, arg)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (p1, p2) = (spawn(), spawn());
+    for p in [p1, p2] {
+        let o = p.wait_with_output().unwrap();
+        assert!(o.status.success(), "a writer failed: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    }
+    let (s, st) = open(&url, &LabConfig::default_lab());
+    let key = FileKey { step: "start", space: Space::HTTP, path: "/p".into() };
+    assert_eq!(st.lifetimes.reads(&"dut1".into(), &key), 100);
+    let ev = s.feed().page(&Filter { kind: Some("test".into()), ..Filter::default() }, 0, 1000).unwrap();
+    assert_eq!(ev.len(), 100);
+    let mut by_pid: std::collections::BTreeMap<u64, Vec<u64>> = Default::default();
+    for e in &ev {
+        let d = e.detail.as_ref().unwrap();
+        by_pid.entry(d["pid"].as_u64().unwrap()).or_default().push(d["i"].as_u64().unwrap());
+    }
+    assert_eq!(by_pid.len(), 2, "two writers");
+    for (_, is) in by_pid {
+        assert_eq!(is, (0..50).collect::<Vec<u64>>(), "each process's events in its order");
+    }
+}
+
 #[test]
 fn sqlite_store_suite() {
     let dir = tempfile::tempdir().unwrap();
@@ -180,6 +244,7 @@ fn sqlite_store_suite() {
     let mode = std::fs::metadata(dir.path().join("state.sqlite")).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "the state holds every job's secrets");
     concurrent(&StateUrl::default_in(&dir.path().join("c")));
+    two_processes(&format!("sqlite://{}", dir.path().join("p.sqlite").display()));
 }
 
 #[test]
@@ -189,6 +254,7 @@ fn postgres_store_suite() {
     suite(&url);
     pg.psql("DROP SCHEMA public CASCADE; CREATE SCHEMA public");
     concurrent(&url);
+    two_processes(&pg.url);
     // A newer schema than this citron knows: refused, never downgraded.
     pg.psql(
         "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (9999, 'future', true, '\\x00', 0)",

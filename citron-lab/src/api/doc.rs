@@ -98,6 +98,8 @@ impl Modify for Common {
                 let has_id = op.parameters.iter().flatten().any(|p| p.parameter_in == utoipa::openapi::path::ParameterIn::Path);
                 if has_id {
                     r.entry("400".into()).or_insert_with(|| error("The `{id}` in the path cannot be decoded"));
+                    r.entry("503".into()).or_insert_with(|| error("The DUT's gateway (another one of the lab) is offline"));
+                    r.entry("504".into()).or_insert_with(|| error("The DUT's gateway (another one of the lab) did not answer in time"));
                 }
             }
         }

@@ -46,9 +46,11 @@ pub(super) async fn stream_events(State(api): State<Arc<Api>>, headers: HeaderMa
     };
     let (filter, mut after) = query(q.as_deref())?;
     if let Some(v) = headers.get("last-event-id") {
-        after = v.to_str().ok().and_then(|s| s.trim().parse().ok()).ok_or_else(|| {
-            ApiError::new(StatusCode::BAD_REQUEST, "Last-Event-ID must be the `id` of an event (a whole number)")
-        })?;
+        after = v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "Last-Event-ID must be the `id` of an event (a whole number)"))?;
     }
     let reader = Reader { rx: feed.subscribe(), feed, filter, after, buf: VecDeque::new() };
     let stream = futures::stream::unfold(reader, |mut r| async move {
@@ -115,7 +117,8 @@ fn query(q: Option<&str>) -> Result<(Filter, u64), ApiError> {
             "job" => f.job = Some(v),
             "type" => f.kind = Some(v),
             "after" => {
-                after = v.parse().map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "`after` must be a whole number (an event's `seq`)"))?
+                after =
+                    v.parse().map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "`after` must be a whole number (an event's `seq`)"))?
             }
             _ => {}
         }

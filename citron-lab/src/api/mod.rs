@@ -201,7 +201,9 @@ impl hyper::service::Service<Request<Incoming>> for ApiService {
                     let mut req = without_trailing_slash(req);
                     req.extensions_mut().insert(actor.clone());
                     match s.api.remote_owner(req.uri().path()).await {
-                        Some((id, owner)) => s.api.forward(req.map(Body::new), &id, owner, &actor).await.unwrap_or_else(|e| e.into_response()),
+                        Some((id, owner)) => {
+                            s.api.forward(req.map(Body::new), &id, owner, &actor).await.unwrap_or_else(|e| e.into_response())
+                        }
                         None => match s.router.oneshot(req.map(Body::new)).await {
                             Ok(r) => r,
                             Err(never) => match never {},

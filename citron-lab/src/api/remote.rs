@@ -59,7 +59,8 @@ impl Api {
         let body = String::from_utf8(body.to_vec()).map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "the body must be UTF-8"))?;
         let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
         let uri = parts.uri.path_and_query().map_or(parts.uri.path(), |p| p.as_str()).to_string();
-        let req = ForwardRequest { method: parts.method.to_string(), uri, content_type, body, actor: format!("{} via {}", actor.0, m.name()) };
+        let req =
+            ForwardRequest { method: parts.method.to_string(), uri, content_type, body, actor: format!("{} via {}", actor.0, m.name()) };
         match m.forward(&owner.gateway, id, req).await {
             Ok(f) => {
                 let status = StatusCode::from_u16(f.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

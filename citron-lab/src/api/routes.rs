@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Path, RawQuery, State};
-use axum::Extension;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::Extension;
 use axum::Router;
 use citron_core::artifact::FetchError;
 use citron_core::job::{JobErrors, Origin};
@@ -41,7 +41,6 @@ pub(super) fn routes() -> Router<Arc<Api>> {
         .route("/api/v1/duts/{id}/accesses", get(list_accesses))
         .route("/api/v1/events", get(super::events::stream_events))
 }
-
 
 /// The `{id}` of a route, as a [`DutId`]; an undecodable one is a 400 with a JSON body.
 pub(super) struct Id(DutId);
@@ -162,7 +161,9 @@ async fn add_dut(State(api): S, Extension(actor): Extension<Actor>, headers: Hea
     })?;
     if let (Some(g), Some(me)) = (&d.gateway, api.me()) {
         if g != me {
-            let msg = format!("this is gateway {me:?}: a DUT added here is served by it; add a DUT of gateway {g:?} through its API (or its lab file)");
+            let msg = format!(
+                "this is gateway {me:?}: a DUT added here is served by it; add a DUT of gateway {g:?} through its API (or its lab file)"
+            );
             return Err(ApiError::new(StatusCode::BAD_REQUEST, msg));
         }
     }
@@ -225,7 +226,13 @@ async fn get_job(State(api): S, Id(id): Id) -> Result<Response, ApiError> {
         (status = 502, description = "An artifact could not be fetched or does not match its digest", body = ErrorBody),
         (status = 507, description = "citron's data directory or cache is full", body = ErrorBody),
     ))]
-async fn set_job(State(api): S, Extension(actor): Extension<Actor>, Id(id): Id, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn set_job(
+    State(api): S,
+    Extension(actor): Extension<Actor>,
+    Id(id): Id,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let d = dut(&api, &id)?;
     require_type(&headers, JSON_OR_YAML)?;
     let body = api.read_body(body).await?;

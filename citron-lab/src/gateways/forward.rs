@@ -191,7 +191,13 @@ impl Membership {
         let get = |r: &sqlx::any::AnyRow| -> Result<(i64, Request), sqlx::Error> {
             Ok((
                 r.try_get(0)?,
-                Request { method: r.try_get(1)?, uri: r.try_get(2)?, content_type: r.try_get(3)?, body: r.try_get(4)?, actor: r.try_get(5)? },
+                Request {
+                    method: r.try_get(1)?,
+                    uri: r.try_get(2)?,
+                    content_type: r.try_get(3)?,
+                    body: r.try_get(4)?,
+                    actor: r.try_get(5)?,
+                },
             ))
         };
         rows.iter().map(get).collect::<Result<_, _>>().map_err(StoreError::backend)

@@ -78,7 +78,9 @@ impl Membership {
 
     fn own_ids(&self) -> Vec<String> {
         let me = self.name.clone();
-        let rows = self.db.call(move |pool| async move { sqlx::query("SELECT id FROM lab_duts WHERE gateway = $1 ORDER BY id").bind(me).fetch_all(&pool).await });
+        let rows = self.db.call(move |pool| async move {
+            sqlx::query("SELECT id FROM lab_duts WHERE gateway = $1 ORDER BY id").bind(me).fetch_all(&pool).await
+        });
         rows.unwrap_or_default().iter().filter_map(|r| r.try_get::<String, _>(0).ok()).collect()
     }
 }

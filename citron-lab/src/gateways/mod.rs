@@ -107,7 +107,11 @@ impl std::fmt::Debug for Membership {
 
 /// The default gateway name: the host name.
 pub fn default_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "citron".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "citron".into())
 }
 
 fn valid_name(s: &str) -> bool {
@@ -133,8 +137,7 @@ impl Membership {
         let cutoff = now - i64::try_from(timeout.as_micros()).unwrap_or(i64::MAX);
         let engine = state.state_url().engine();
         let mine: Vec<Dut> = lab.duts.iter().filter(|d| owner_in_file(d, name) == name).cloned().collect();
-        let specs: Vec<(String, String)> =
-            mine.iter().map(|d| (d.id.0.clone(), serde_json::to_string(d).unwrap_or_default())).collect();
+        let specs: Vec<(String, String)> = mine.iter().map(|d| (d.id.0.clone(), serde_json::to_string(d).unwrap_or_default())).collect();
         let me = name.to_string();
         let outcome = state.db().call(move |pool| async move {
             let mut tx = pool.begin().await?;
@@ -334,7 +337,9 @@ impl Membership {
         let g = gateway.to_string();
         let ids = self
             .db
-            .call(move |pool| async move { sqlx::query("SELECT id FROM lab_duts WHERE gateway = $1 ORDER BY id").bind(g).fetch_all(&pool).await })
+            .call(move |pool| async move {
+                sqlx::query("SELECT id FROM lab_duts WHERE gateway = $1 ORDER BY id").bind(g).fetch_all(&pool).await
+            })
             .unwrap_or_default();
         let actor = format!("gateway:{}", self.name);
         let detail = serde_json::json!({"gateway": gateway, "why": why});

@@ -75,7 +75,12 @@ impl DutStore for SqlDuts {
                     .execute(&mut *tx)
                     .await?;
             }
-            sqlx::query("INSERT INTO duts (id, spec, added_at) VALUES ($1, $2, $3)").bind(&id).bind(&spec).bind(now).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO duts (id, spec, added_at) VALUES ($1, $2, $3)")
+                .bind(&id)
+                .bind(&spec)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await?;
             Ok(None)
         });

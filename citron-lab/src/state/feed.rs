@@ -242,7 +242,13 @@ fn row_event(r: &sqlx::any::AnyRow) -> Option<FeedEvent> {
 
 /// Writes everything queued in one transaction (see the module doc for the lock), then bumps
 /// the local watch.
-async fn flush(pool: &AnyPool, engine: Engine, queue: &Queue, changed: &watch::Sender<u64>, gateway: Option<&str>) -> Result<(), sqlx::Error> {
+async fn flush(
+    pool: &AnyPool,
+    engine: Engine,
+    queue: &Queue,
+    changed: &watch::Sender<u64>,
+    gateway: Option<&str>,
+) -> Result<(), sqlx::Error> {
     let batch = std::mem::take(&mut *queue.lock());
     if batch.is_empty() {
         return Ok(());
