@@ -216,3 +216,14 @@ fn yaml_syntax_errors_have_positions() {
     let e = only(LabConfig::from_yaml("- just\n- a list\n", "l.yaml").unwrap_err());
     assert!(e.message.contains("expected a mapping with keys duts, variables"), "{e}");
 }
+
+#[test]
+fn gateways_and_a_dut_s_gateway() {
+    let lab = LabConfig::from_yaml("duts:\n  - id: a\n    gateway: rack1\ngateways:\n  heartbeat_timeout: 5s\n", "l.yaml").unwrap();
+    assert_eq!((lab.duts[0].gateway.as_deref(), lab.gateways.heartbeat_timeout.get().as_secs()), (Some("rack1"), 5));
+    assert_eq!(LabConfig::default_lab().gateways.heartbeat_timeout.get().as_secs(), 30);
+    let e = only(LabConfig::from_yaml("gateways:\n  heartbeat_timeout: 0s\n", "l.yaml").unwrap_err());
+    assert_eq!((e.line, e.column, e.field.as_str()), (2, 22, "gateways.heartbeat_timeout"));
+    let e = only(LabConfig::from_yaml("gateways:\n  heartbeat: 5s\n", "l.yaml").unwrap_err());
+    assert!(e.message.contains("heartbeat_timeout"), "{e}");
+}
