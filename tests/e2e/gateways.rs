@@ -37,7 +37,12 @@ fn get_as(ip: &str, url: &str) -> (u16, String) {
 /// The SSE events `GET /api/v1/events?{query}` sends within `secs` seconds (from `last`, the
 /// `Last-Event-ID`), as `(id, type, data)`.
 fn sse(c: &Citron, query: &str, last: Option<u64>, secs: u32) -> Vec<(u64, String, Value)> {
-    let url = format!("http://{}/api/v1/events?{query}", c.api.unwrap());
+    sse_at(c.api.unwrap(), query, last, secs)
+}
+
+/// [`sse`] from the API at `api`.
+fn sse_at(api: std::net::SocketAddr, query: &str, last: Option<u64>, secs: u32) -> Vec<(u64, String, Value)> {
+    let url = format!("http://{api}/api/v1/events?{query}");
     let max = secs.to_string();
     let mut args = vec!["-sN", "--max-time", &max];
     let h;
@@ -160,12 +165,24 @@ fn a_job_set_through_one_gateway_is_served_by_the_dut_s_own() {
     let on_a = sse(&a, "dut=dut2", Some(last), 2);
     let on_b = sse(&b, "dut=dut2", Some(last), 2);
     let types = |v: &[(u64, String, Value)]| v.iter().map(|e| e.1.clone()).collect::<Vec<_>>();
-    assert_eq!(types(&on_a), ["job_end", "boot", "job_start"], "{on_a:?}");
+    assert_eq!(types(&on_a), ["job_end", "job_dropped", "boot", "job_start"], "{on_a:?}");
     assert_eq!(on_a, on_b, "every gateway serves the same feed");
     assert!(on_a.windows(2).all(|w| w[0].0 < w[1].0) && on_a[0].0 > last);
     // A type filter, from the start.
     let sets = sse(&b, "type=job_set&dut=dut2", None, 2);
     assert_eq!(sets.len(), 1, "{sets:?}");
+
+    // Live across gateways: a reader on a sees an event b records while it reads.
+    let from = on_a.last().unwrap().0;
+    let live = std::thread::scope(|s| {
+        let api = a.api.unwrap();
+        let reader = s.spawn(move || sse_at(api, "dut=dut2", Some(from), 4));
+        std::thread::sleep(Duration::from_millis(1500));
+        assert_eq!(b.api_json("POST", "/api/v1/duts/dut2/events", Some(r#"{"event": "boot"}"#)).status, 204);
+        reader.join().unwrap()
+    });
+    assert_eq!(types(&live), ["boot"], "{live:?}");
+    assert_eq!(live[0].2["gateway"], "b");
 }
 
 /// A gateway killed with -9 stops heartbeating: after `gateways.heartbeat_timeout` the other

@@ -266,7 +266,13 @@ async fn clear_job(State(api): S, Extension(actor): Extension<Actor>, Id(id): Id
         (status = 413, description = "Body over `limits.api_body_max`", body = ErrorBody),
         (status = 415, description = "Body not `application/json`", body = ErrorBody),
     ))]
-async fn post_event(State(api): S, Id(id): Id, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn post_event(
+    State(api): S,
+    Extension(actor): Extension<Actor>,
+    Id(id): Id,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let d = dut(&api, &id)?;
     require_type(&headers, JSON)?;
     let body = api.read_body(body).await?;
@@ -277,7 +283,12 @@ async fn post_event(State(api): S, Id(id): Id, headers: HeaderMap, body: Body) -
         .and_then(Value::as_str)
         .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "missing \"event\": boot, job_start or job_end"))?;
     let ev: Event = name.parse().map_err(|e: String| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    let job = api.gateway.job_record(&d.id).map(|r| r.origin.name);
     api.gateway.event(&d.id, ev)?;
+    // The event itself is in the feed (the DUT's history); `job_end` also drops the job.
+    if ev == Event::JobEnd && job.is_some() {
+        api.record(NewEvent::new("job_dropped").dut(d.id.0.clone()).job(job).actor(actor.0).detail(json!({"by": "job_end"})));
+    }
     Ok(no_content())
 }
 
