@@ -144,6 +144,15 @@ fn a_job_set_through_one_gateway_is_served_by_the_dut_s_own() {
     assert!(f.stderr.contains("\"dut1\"") && f.stderr.contains("\"a\"") && f.stderr.contains("\"c\""), "{}", f.stderr);
     assert_eq!(f.status.and_then(|s| s.code()), Some(2), "{}", f.stderr);
 
+    // Through the API too: b cannot add a DUT with a's dut1's id; a DUT added through b is
+    // b's, and a lists it.
+    let r = b.api_json("POST", "/api/v1/duts", Some(r#"{"id": "dut1", "ip": ["127.0.0.9"]}"#));
+    let msg = r.json()["error"].as_str().unwrap_or_default().to_string();
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(msg.contains("\"a\"") && msg.contains("\"b\""), "{msg}");
+    assert_eq!(b.api_json("POST", "/api/v1/duts", Some(r#"{"id": "dut9", "ip": ["127.0.0.9"]}"#)).status, 201);
+    assert_eq!(dut(&a, "dut9")["gateway"], "b");
+
     // The feed: the job set by a's API, recorded by b, with its actor.
     let events = sse(&a, "dut=dut2", Some(feed_start), 2);
     let set = events.iter().find(|e| e.1 == "job_set").unwrap_or_else(|| panic!("no job_set in {events:?}"));
