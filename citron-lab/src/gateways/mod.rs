@@ -138,6 +138,12 @@ impl Membership {
         let engine = state.state_url().engine();
         let mine: Vec<Dut> = lab.duts.iter().filter(|d| owner_in_file(d, name) == name).cloned().collect();
         let specs: Vec<(String, String)> = mine.iter().map(|d| (d.id.0.clone(), serde_json::to_string(d).unwrap_or_default())).collect();
+        let theirs: Vec<(String, String, String)> = lab
+            .duts
+            .iter()
+            .filter(|d| owner_in_file(d, name) != name)
+            .map(|d| (d.id.0.clone(), owner_in_file(d, name).to_string(), serde_json::to_string(d).unwrap_or_default()))
+            .collect();
         let me = name.to_string();
         let outcome = state.db().call(move |pool| async move {
             let mut tx = pool.begin().await?;
@@ -153,8 +159,9 @@ impl Membership {
                 if let Some((other, at)) = live.first() {
                     return Ok(Err(JoinRefusal::Sqlite(other.clone(), now - at)));
                 }
-                // One gateway per file: whatever another name left is this one's now.
-                sqlx::query("UPDATE lab_duts SET gateway = $1").bind(&me).execute(&mut *tx).await?;
+                // One gateway per file: the DUTs another name added through its API are this
+                // one's now (the lab file's go to whom it names).
+                sqlx::query("UPDATE lab_duts SET gateway = $1 WHERE source = 'api'").bind(&me).execute(&mut *tx).await?;
             }
             let mut clashes = Vec::new();
             let mut added = Vec::new();
@@ -187,6 +194,16 @@ impl Membership {
             }
             if !clashes.is_empty() {
                 return Ok(Err(JoinRefusal::Claimed(clashes)));
+            }
+            // The lab file's DUTs of gateways that never started are in the lab too (offline
+            // until their gateway claims them).
+            for (id, gw, spec) in &theirs {
+                sqlx::query("INSERT INTO lab_duts (id, gateway, spec, source) VALUES ($1, $2, $3, 'lab-file') ON CONFLICT (id) DO NOTHING")
+                    .bind(id)
+                    .bind(gw)
+                    .bind(spec)
+                    .execute(&mut *tx)
+                    .await?;
             }
             // DUTs gone from the lab file are gone from the directory.
             let listed: BTreeSet<&String> = specs.iter().map(|(id, _)| id).collect();
