@@ -171,8 +171,8 @@ fn a_job_set_through_one_gateway_is_served_by_the_dut_s_own() {
         assert_eq!(b.api_json("POST", "/api/v1/duts/dut2/events", Some(&format!("{{\"event\": \"{ev}\"}}"))).status, 204);
     }
     let a = Citron::start(&["--gateway", "a", "--lab", &lab, "--state", &pg.url, "--nbd", "off", "--data", data_a.to_str().unwrap()]);
-    let on_a = sse(&a, "dut=dut2", Some(last), 2);
-    let on_b = sse(&b, "dut=dut2", Some(last), 2);
+    let on_a = sse(&a, "dut=dut2", Some(last), 3);
+    let on_b = sse(&b, "dut=dut2", Some(last), 3);
     let types = |v: &[(u64, String, Value)]| v.iter().map(|e| e.1.clone()).collect::<Vec<_>>();
     assert_eq!(types(&on_a), ["job_end", "job_dropped", "boot", "job_start"], "{on_a:?}");
     assert_eq!(on_a, on_b, "every gateway serves the same feed");
@@ -185,8 +185,8 @@ fn a_job_set_through_one_gateway_is_served_by_the_dut_s_own() {
     let from = on_a.last().unwrap().0;
     let live = std::thread::scope(|s| {
         let api = a.api.unwrap();
-        let reader = s.spawn(move || sse_at(api, "dut=dut2", Some(from), 4));
-        std::thread::sleep(Duration::from_millis(1500));
+        let reader = s.spawn(move || sse_at(api, "dut=dut2", Some(from), 6));
+        std::thread::sleep(Duration::from_millis(1000));
         assert_eq!(b.api_json("POST", "/api/v1/duts/dut2/events", Some(r#"{"event": "boot"}"#)).status, 204);
         reader.join().unwrap()
     });
