@@ -10,7 +10,9 @@
 //!   [`Gateway::restore_jobs`](citron_core::Gateway::restore_jobs),
 //! - `lifetimes.rs`: reads counted against `access_count` and each DUT's last events,
 //! - `events.rs`: the DUTs' event history (written off the serving path),
-//! - `access.rs`: the DUTs' access logs (written in batches off the serving path, bounded).
+//! - `access.rs`: the DUTs' access logs (written in batches off the serving path, bounded),
+//! - `disks.rs`: the job disks' records (lifetime, last use, overlays), so that a disk expires
+//!   on schedule across restarts.
 //!
 //! `db.rs` owns the connection pool on a thread of its own (why: see there).
 //!
@@ -23,6 +25,7 @@
 
 mod access;
 mod db;
+mod disks;
 mod duts;
 mod events;
 mod jobs;
@@ -235,6 +238,7 @@ impl State {
             lifetimes: Box::new(lifetimes::SqlLifetimes::load(self.db.clone())?),
             access: Box::new(access::SqlAccess::load(self.db.clone())?),
             events: Box::new(events::SqlEvents::new(self.db.clone())),
+            disks: Box::new(disks::SqlDisks::load(self.db.clone())?),
         })
     }
 }
@@ -266,7 +270,7 @@ pub enum OpenError {
 pub fn open_gateway(lab: LabConfig, data_dir: &Path, state: Option<&str>) -> Result<(citron_core::Gateway, State), OpenError> {
     let state = State::open(&StateUrl::parse(state, data_dir)?)?;
     let stores = state.stores(&lab)?;
-    let network = Arc::new(citron_fetch::Network::new(lab.s3.clone()));
+    let network = Arc::new(citron_fetch::Network::for_lab(&lab).map_err(citron_core::GatewayError::from)?);
     let gateway = citron_core::Gateway::with_stores(lab, data_dir, network, stores)?;
     Ok((gateway, state))
 }
