@@ -147,3 +147,5 @@ impl Fetchers for Network {
 mod tests;
 #[cfg(test)]
 mod tests_security;
+#[cfg(test)]
+mod tests_shared;

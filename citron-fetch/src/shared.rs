@@ -39,9 +39,15 @@ impl SharedStore {
     /// The store the lab file's `store:` names: an S3 bucket (credentials from the `AWS_*`
     /// environment), its objects under the URL's prefix.
     pub fn from_config(config: &StoreConfig) -> Result<SharedStore, FetchError> {
+        Self::s3(config, S3Config::default())
+    }
+
+    /// [`from_config`](Self::from_config) with the credentials in `keys` (tests) instead of
+    /// the environment's.
+    pub(crate) fn s3(config: &StoreConfig, keys: S3Config) -> Result<SharedStore, FetchError> {
         let (bucket, prefix) =
             config.bucket_and_prefix().map_err(|message| FetchError::BadUrl { url: config.url.clone(), message })?;
-        let s3 = S3Config { endpoint: config.endpoint.clone(), region: config.region.clone(), ..S3Config::default() };
+        let s3 = S3Config { endpoint: config.endpoint.clone(), region: config.region.clone(), ..keys };
         let bucket_store: Arc<dyn ObjectStore> = Arc::new(crate::s3::store_for(&s3, &bucket)?);
         let store: Arc<dyn ObjectStore> =
             if prefix.is_empty() { bucket_store } else { Arc::new(PrefixStore::new(bucket_store, prefix.as_str())) };
