@@ -461,3 +461,7 @@ fn read_lease(disk_dir: &Path) -> Option<(DiskLease, String)> {
     let key = it.next()?.to_string();
     Some((DiskLease { since_unix, expiration }, key))
 }
+
+#[cfg(test)]
+#[path = "store_tests.rs"]
+mod tests;
