@@ -45,8 +45,7 @@ impl SharedStore {
     /// [`from_config`](Self::from_config) with the credentials in `keys` (tests) instead of
     /// the environment's.
     pub(crate) fn s3(config: &StoreConfig, keys: S3Config) -> Result<SharedStore, FetchError> {
-        let (bucket, prefix) =
-            config.bucket_and_prefix().map_err(|message| FetchError::BadUrl { url: config.url.clone(), message })?;
+        let (bucket, prefix) = config.bucket_and_prefix().map_err(|message| FetchError::BadUrl { url: config.url.clone(), message })?;
         let s3 = S3Config { endpoint: config.endpoint.clone(), region: config.region.clone(), ..keys };
         let bucket_store: Arc<dyn ObjectStore> = Arc::new(crate::s3::store_for(&s3, &bucket)?);
         let store: Arc<dyn ObjectStore> =
@@ -61,7 +60,9 @@ impl SharedStore {
     fn error(&self, key: &BlobKey, e: object_store::Error) -> FetchError {
         FetchError::Network {
             url: format!("{}/{key}", self.describe),
-            message: format!("{e}; check the lab file's store: URL, endpoint and region, the AWS_* credentials, and that the bucket exists"),
+            message: format!(
+                "{e}; check the lab file's store: URL, endpoint and region, the AWS_* credentials, and that the bucket exists"
+            ),
         }
     }
 }

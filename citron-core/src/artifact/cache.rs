@@ -505,7 +505,9 @@ impl Inner {
         .await;
         match r {
             Ok(()) => tracing::debug!(source = %src.name(), digest = %a.digest, "left in the shared store"),
-            Err(e) => tracing::warn!(source = %src.name(), error = %e, "cannot leave it in the shared store; other gateways will fetch it from its origin"),
+            Err(e) => {
+                tracing::warn!(source = %src.name(), error = %e, "cannot leave it in the shared store; other gateways will fetch it from its origin")
+            }
         }
     }
 

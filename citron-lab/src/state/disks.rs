@@ -57,7 +57,8 @@ impl DiskRecordStore for SqlDisks {
         let mut record = record.clone();
         // Kept to the microsecond, as stored: the same before and after a restart.
         record.last_use = from_micros(to_micros(record.last_use));
-        let overlays = serde_json::to_string(&record.overlays.iter().map(|d| d.0.as_str()).collect::<Vec<_>>()).map_err(StoreError::backend)?;
+        let overlays =
+            serde_json::to_string(&record.overlays.iter().map(|d| d.0.as_str()).collect::<Vec<_>>()).map_err(StoreError::backend)?;
         let expiration = record.expiration.map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
         let (owner, disk, key, reset_on) = (record.owner.0.clone(), record.disk.clone(), record.base_key.clone(), record.reset_on.name());
         let (last_use, held) = (to_micros(record.last_use), i64::from(record.held));
