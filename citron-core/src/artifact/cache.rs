@@ -394,7 +394,7 @@ impl Cache {
         }
         // Another gateway may have fetched it: the shared store, by digest, under the same rule.
         if let Some(d) = expected.filter(|_| src.reusable()) {
-            if let Some(a) = self.from_shared(&*src, d).await {
+            if let Some(a) = self.shared_copy(&*src, d).await {
                 return Ok(a);
             }
         }
@@ -404,7 +404,7 @@ impl Cache {
     /// The shared store's copy of what `src` produced as `digest`, if some gateway recorded
     /// that `src` did (its grant) and the copy's bytes hash to `digest`; `None` (logged) sends
     /// the caller to the origin.
-    async fn from_shared(&self, src: &dyn ArtifactSource, digest: Digest) -> Option<CachedArtifact> {
+    async fn shared_copy(&self, src: &dyn ArtifactSource, digest: Digest) -> Option<CachedArtifact> {
         let store = self.inner.fetchers.blobs()?;
         let identity = src.identity();
         match store.exists(&BlobKey::grant(&digest, &Grants::id(&identity))).await {
