@@ -6,8 +6,7 @@
 //!   object_store, configured by the lab file's [`S3Config`]) and container images
 //!   ([`OciRegistry`], the OCI distribution API through oci-client).
 //! - [`SharedStore`]: the lab's shared artifact store (`store:` in the lab file), the core's
-//!   [`BlobStore`](citron_core::artifact::BlobStore) on object_store, through which gateways
-//!   find what another gateway fetched.
+//!   [`BlobStore`] on object_store, through which gateways find what another gateway fetched.
 //! - [`gateway`]: a [`Gateway`] for a lab with [`Network`]: what `citron serve`, the Python
 //!   bindings and the end-to-end tests start.
 //!
