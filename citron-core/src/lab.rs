@@ -2,7 +2,8 @@
 //!
 //! Read like a job file (`parse.rs`): through the positioned YAML reader, every error at once,
 //! each as `file:line:col: key: message`, unknown keys with the key probably meant. The keys and
-//! their values are the serde types below ([`LabConfig`], [`Dut`], [`Limits`], [`S3Config`]):
+//! their values are the serde types below ([`LabConfig`], [`Dut`], [`Limits`], [`S3Config`],
+//! [`StoreConfig`]):
 //! adding a key to one of them is all it takes for the reader to accept and check it.
 //!
 //! ```
@@ -25,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::artifact::{CacheConfig, S3Config};
+use crate::artifact::{CacheConfig, S3Config, StoreConfig};
 use crate::limits::Limits;
 use crate::namespace::Dut;
 use crate::yaml::de::Problem;
@@ -57,6 +58,10 @@ pub struct LabConfig {
     /// The S3-compatible store for `s3://` URLs.
     #[serde(default)]
     pub s3: S3Config,
+    /// The shared artifact store of a lab with several gateways (`store: {url: s3://bucket/prefix}`);
+    /// none: each gateway's cache is in its `--data` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreConfig>,
     /// Bearer token the API requires (on every address once set; a non-loopback API needs
     /// one). At most one of `api_token`, `api_token_file` and `$CITRON_API_TOKEN` may be set;
     /// see [`LabConfig::resolve_api_token`].
@@ -109,6 +114,7 @@ impl std::fmt::Debug for LabConfig {
             .field("cache", &self.cache)
             .field("artifact_roots", &self.artifact_roots)
             .field("s3", &self.s3)
+            .field("store", &self.store)
             .field("api_token", &self.api_token.as_ref().map(|_| "<redacted>"))
             .field("limits", &self.limits)
             .field("gateways", &self.gateways)

@@ -4,8 +4,9 @@
 //! [`DutStore`](crate::gateway::DutStore) (the DUTs), [`JobStore`](crate::gateway::JobStore)
 //! (every DUT's job as it was set), [`LifetimeStore`](crate::gateway::LifetimeStore) (reads
 //! counted against `access_count`, when the last `boot`/`job_start`/`job_end` happened),
-//! [`EventLog`](crate::gateway::EventLog) (the DUTs' events) and
-//! [`AccessStore`](crate::access::AccessStore) (the access log). Today's implementations keep
+//! [`EventLog`](crate::gateway::EventLog) (the DUTs' events),
+//! [`AccessStore`](crate::access::AccessStore) (the access log) and
+//! [`DiskRecordStore`](crate::block::DiskRecordStore) (job disks' lifetimes and last use). Today's implementations keep
 //! everything in memory ([`Stores::memory`](crate::gateway::Stores::memory)); a durable lab
 //! (SQLite, PostgreSQL) implements the same traits in the lab crate.
 //!

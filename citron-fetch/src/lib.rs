@@ -5,6 +5,8 @@
 //!   URLs ([`HttpSource`], reqwest with rustls and ring), `s3://bucket/key` ([`S3Source`],
 //!   object_store, configured by the lab file's [`S3Config`]) and container images
 //!   ([`OciRegistry`], the OCI distribution API through oci-client).
+//! - [`SharedStore`]: the lab's shared artifact store (`store:` in the lab file), the core's
+//!   [`BlobStore`] on object_store, through which gateways find what another gateway fetched.
 //! - [`gateway`]: a [`Gateway`] for a lab with [`Network`]: what `citron serve`, the Python
 //!   bindings and the end-to-end tests start.
 //!
@@ -25,7 +27,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use citron_core::artifact::{ArtifactSource, FetchError, Fetchers, S3Config};
+use citron_core::artifact::{ArtifactSource, BlobStore, FetchError, Fetchers, S3Config};
 use citron_core::block::ImageRegistry;
 use citron_core::lab::LabConfig;
 use citron_core::{Gateway, GatewayError};
@@ -36,15 +38,17 @@ use url::Url;
 mod http;
 mod oci;
 mod s3;
+mod shared;
 
 pub use http::{client as http_client, install_crypto_provider, HttpSource, CONNECT_TIMEOUT, READ_TIMEOUT};
 pub use oci::OciRegistry;
 pub use s3::S3Source;
+pub use shared::SharedStore;
 
 /// A gateway for `lab` whose cache fetches over the network with [`Network`] (configured by the
-/// lab's `s3:` section); state under `data_dir`.
+/// lab's `s3:` and `store:` sections); state under `data_dir`.
 pub fn gateway(lab: LabConfig, data_dir: &Path) -> Result<Gateway, GatewayError> {
-    let network = Arc::new(Network::new(lab.s3.clone()));
+    let network = Arc::new(Network::for_lab(&lab)?);
     Gateway::with_fetchers(lab, data_dir, network)
 }
 
@@ -57,6 +61,7 @@ pub struct Network {
     http: Mutex<Option<reqwest::Client>>,
     stores: Mutex<HashMap<String, Arc<AmazonS3>>>,
     registry: OciRegistry,
+    shared: Option<Arc<dyn BlobStore>>,
 }
 
 impl std::fmt::Debug for Network {
@@ -68,7 +73,24 @@ impl std::fmt::Debug for Network {
 impl Network {
     /// Network sources reaching S3 as `s3` says (fields left out: the `AWS_*` environment).
     pub fn new(s3: S3Config) -> Network {
-        Network { s3, http: Mutex::new(None), stores: Mutex::new(HashMap::new()), registry: OciRegistry }
+        Network { s3, http: Mutex::new(None), stores: Mutex::new(HashMap::new()), registry: OciRegistry, shared: None }
+    }
+
+    /// The network sources a lab file asks for: its `s3:` section, and its shared artifact
+    /// store (`store:`), if any. Errors are the `store:` section's.
+    pub fn for_lab(lab: &LabConfig) -> Result<Network, FetchError> {
+        let network = Network::new(lab.s3.clone());
+        Ok(match &lab.store {
+            Some(store) => network.with_shared(Arc::new(SharedStore::from_config(store)?)),
+            None => network,
+        })
+    }
+
+    /// Looks for network sources' content in `store` (by digest, under the core's rules) before
+    /// asking their origin, and leaves it there after.
+    pub fn with_shared(mut self, store: Arc<dyn BlobStore>) -> Network {
+        self.shared = Some(store);
+        self
     }
 
     fn http_client(&self, url: &Url) -> Result<reqwest::Client, FetchError> {
@@ -114,9 +136,15 @@ impl Fetchers for Network {
     fn images(&self) -> Option<&dyn ImageRegistry> {
         Some(&self.registry)
     }
+
+    fn blobs(&self) -> Option<Arc<dyn BlobStore>> {
+        self.shared.clone()
+    }
 }
 
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_security;
+#[cfg(test)]
+mod tests_shared;

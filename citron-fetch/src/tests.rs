@@ -314,7 +314,7 @@ async fn artifact_unsupported_and_malformed_urls_are_refused() {
 
 /// Where `tool` is: on PATH, or in the venv scripts/setup-python.sh falls back to. When it is
 /// nowhere, skips (prints why) or, with CITRON_E2E_STRICT=1, fails.
-fn require_tool(tool: &str) -> Option<std::path::PathBuf> {
+pub(super) fn require_tool(tool: &str) -> Option<std::path::PathBuf> {
     let venv = std::env::var_os("HOME").map(|h| Path::new(&h).join(".local/share/citron-venv/bin"));
     let found = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
@@ -333,13 +333,13 @@ fn require_tool(tool: &str) -> Option<std::path::PathBuf> {
 }
 
 /// moto's S3 server on a free loopback port, killed when dropped.
-struct Moto {
+pub(super) struct Moto {
     child: tokio::process::Child,
-    endpoint: String,
+    pub(super) endpoint: String,
 }
 
 impl Moto {
-    async fn start(program: &Path) -> Moto {
+    pub(super) async fn start(program: &Path) -> Moto {
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()

@@ -406,6 +406,44 @@ fn binary_keeps_flushed_writes_across_kill_9_and_resets_on_boot() {
     check(&c, "after dut1's boot", true);
 }
 
+/// A job set through the API is loaded again after `kill -9` and restart, and that is not a job
+/// start: its `reset_on: job_start` disk keeps the DUT's flushed writes (a new job resets it).
+#[test]
+fn binary_keeps_a_stored_jobs_disk_writes_across_kill_9() {
+    if !have_libnbd_python() || !require_tool("curl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (lab, data) = (dir.path().join("lab.yaml"), dir.path().join("data"));
+    std::fs::write(&lab, LAB).unwrap();
+    let (lab, data) = (lab.display().to_string(), data.display().to_string());
+    let args = ["--lab", lab.as_str(), "--data", data.as_str()];
+    let job =
+        "deployment:\n  start:\n    storage:\n      nbd:\n        - name: root\n          raw: {size: 8M}\n          reset_on: job_start\n";
+    let written = Region { export: "root", offset: 4096 + 3, data: pattern(5, 10_000) };
+    let c = Citron::start(&args);
+    let (code, body) = c.put_job("dut1", job);
+    assert_eq!(code, 200, "{body}");
+    let nbd = c.nbd.expect("citron serve reports its NBD address");
+    let f = dir.path().join("write.bin");
+    std::fs::write(&f, &written.data).unwrap();
+    let wargs =
+        [nbd.ip().to_string(), nbd.port().to_string(), "127.0.0.2".into(), format!("root,{},flush,{}", written.offset, f.display())];
+    let wargs: Vec<&str> = wargs.iter().map(String::as_str).collect();
+    let writer = Helper::spawn("writer", &py(&format!("{DISKS}{WRITER}")), &wargs);
+    writer.expect_line("durable");
+    drop(c); // kill -9
+    drop(writer);
+
+    let c = Citron::start(&args);
+    let got = read_regions(&c, dir.path(), "127.0.0.2", std::slice::from_ref(&written));
+    assert_same(&got[0], &written.data, "the stored job's disk after kill -9 and restart");
+    let (code, body) = c.put_job("dut1", job);
+    assert_eq!(code, 200, "{body}");
+    let got = read_regions(&c, dir.path(), "127.0.0.2", std::slice::from_ref(&written));
+    assert_same(&got[0], &vec![0; written.data.len()], "a new job is a job start");
+}
+
 /// Python: serves directory argv[1] over HTTP on 127.0.0.1 (a free port, printed), logging each
 /// request on stderr.
 const HTTP_SERVER: &str = r#"

@@ -5,8 +5,9 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use citron_core::access::{AccessRecord, Outcome};
+use citron_core::block::DiskRecord;
 use citron_core::gateway::{EventRecord, FileKey, JobRecord, Stores};
-use citron_core::job::Origin;
+use citron_core::job::{Origin, ResetOn};
 use citron_core::lab::LabConfig;
 use citron_core::lifetime::Event;
 use citron_core::namespace::{Dut, DutId};
@@ -30,6 +31,20 @@ fn t(secs: u64) -> SystemTime {
 
 fn rec(path: &str, outcome: Outcome) -> AccessRecord {
     AccessRecord { seq: 0, time: 1_700_000_000.25, protocol: "http".into(), path: path.into(), bytes: 42, outcome }
+}
+
+/// A disk record of dut7: `held` by a job (no expiration) or released (expiring after a day).
+fn disk(name: &str, held: bool) -> DiskRecord {
+    DiskRecord {
+        owner: "dut7".into(),
+        disk: name.into(),
+        base_key: format!("raw-{name}"),
+        reset_on: if held { ResetOn::JobStart } else { ResetOn::Never },
+        expiration: (!held).then_some(Duration::from_secs(86_400)),
+        last_use: t(1_700_000_200),
+        held,
+        overlays: if held { Default::default() } else { ["dut1".into(), "dut7".into()].into_iter().collect() },
+    }
 }
 
 fn ip(s: &str) -> std::net::IpAddr {
@@ -96,6 +111,15 @@ fn suite(url: &StateUrl) {
         assert_eq!(page[1], AccessRecord { seq: s3, ..rec("/c", Outcome::Refused("gone".into())) });
         assert_eq!(st.access.page(&d7, s1, 10).len(), 1);
         assert_eq!(st.access.page(&d7, 0, 1).len(), 1);
+        // Disk records.
+        st.disks.put(&disk("scratch", false)).unwrap();
+        st.disks.put(&disk("root", true)).unwrap();
+        st.disks.put(&DiskRecord { base_key: "other".into(), ..disk("root", true) }).unwrap(); // replaces
+        st.disks.put(&disk("gone", true)).unwrap();
+        st.disks.remove(&d7, "gone").unwrap();
+        assert_eq!(st.disks.get(&d7, "scratch"), Some(disk("scratch", false)));
+        assert_eq!(st.disks.get(&d7, "gone"), None);
+        assert_eq!(st.disks.list().len(), 2);
     }
     // A restart: everything acknowledged is there.
     {
@@ -121,6 +145,12 @@ fn suite(url: &StateUrl) {
         assert_eq!(st.access.page(&d1, 0, 10).len(), 1);
         let ev = st.events.recent(&d7, 10);
         assert_eq!(ev, [EventRecord { time: t(7), event: Event::Boot }, EventRecord { time: t(8), event: Event::JobStart }]);
+        // Disk records: lifetime, last use (to the microsecond), held and overlays survive.
+        assert_eq!(st.disks.get(&d7, "scratch"), Some(disk("scratch", false)));
+        assert_eq!(st.disks.get(&d7, "root"), Some(DiskRecord { base_key: "other".into(), ..disk("root", true) }));
+        assert_eq!(st.disks.list().len(), 2);
+        st.disks.remove(&d7, "root").unwrap();
+        st.disks.remove(&d7, "scratch").unwrap();
         // A job_start resets; reset() (a new job) too; forgetting and removing.
         st.lifetimes.event(&d7, Event::JobStart, t(10)).unwrap();
         assert_eq!(st.lifetimes.reads(&d7, &secret), 0);
@@ -148,6 +178,7 @@ fn suite(url: &StateUrl) {
         assert!(st.events.recent(&d7, 10).is_empty());
         assert_eq!(st.events.recent(&d1, 10).len(), 1);
         assert_eq!(st.lifetimes.last_event(&d7, Event::JobEnd), None, "a removed DUT's last events go with it");
+        assert!(st.disks.list().is_empty());
     }
     // A lab file that now lists an API DUT's id or address wins over the stored DUT.
     {

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::fetchers::Fetchers;
 use super::grants::Grants;
+use super::shared::{BlobKey, SharedCopy};
 use super::source::{ArtifactSource, DataSource, FetchError, FileSource};
 use crate::digest::Digest;
 use crate::job::Source;
@@ -161,6 +162,10 @@ pub(super) struct Inner {
 /// - A URL with a sha256 that is in the cache *and that this very URL produced before* (see
 ///   `grants.rs`): a hit without any network, also after a restart (the directory is indexed
 ///   on open). The same digest under another URL is fetched from that URL (and deduplicated).
+/// - The same, when another gateway of the lab produced it (a shared store, [`Fetchers::blobs`]):
+///   the store's copy is downloaded instead of the origin, checked against the sha256 and
+///   renamed into the cache like any download; a copy that does not match is refused and the
+///   origin fetched. Whatever a network source produces is left in the shared store.
 /// - Inline data: its digest is computed in memory, so identical data is always a hit.
 /// - A local file (with or without sha256): a hit while its size and modification time are
 ///   those seen when this process last read it; otherwise it is read again (and checked
@@ -361,7 +366,7 @@ impl Cache {
                 if let Some(a) = self.hit(d).await {
                     return Ok(a);
                 }
-                return self.get_from(Arc::new(ds), Some(d), None).await;
+                return self.get_from(Arc::new(ds), Some(d), None, false).await;
             }
             Source::File(p) => {
                 let meta = tokio::fs::metadata(p).await.map_err(|e| FetchError::File { path: p.clone(), source: e })?;
@@ -387,7 +392,40 @@ impl Cache {
                 return Ok(a);
             }
         }
-        self.get_from(src, expected, stamp).await
+        // Another gateway may have fetched it: the shared store, by digest, under the same rule.
+        if let Some(d) = expected.filter(|_| src.reusable()) {
+            if let Some(a) = self.shared_copy(&*src, d).await {
+                return Ok(a);
+            }
+        }
+        self.get_from(src, expected, stamp, true).await
+    }
+
+    /// The shared store's copy of what `src` produced as `digest`, if some gateway recorded
+    /// that `src` did (its grant) and the copy's bytes hash to `digest`; `None` (logged) sends
+    /// the caller to the origin.
+    async fn shared_copy(&self, src: &dyn ArtifactSource, digest: Digest) -> Option<CachedArtifact> {
+        let store = self.inner.fetchers.blobs()?;
+        let identity = src.identity();
+        match store.exists(&BlobKey::grant(&digest, &Grants::id(&identity))).await {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                tracing::warn!(source = %src.name(), error = %e, "the shared store cannot be asked; fetching from the origin");
+                return None;
+            }
+        }
+        let copy = SharedCopy { store, digest, name: src.name(), identity };
+        match self.get_from(Arc::new(copy), Some(digest), None, false).await {
+            Ok(a) => {
+                tracing::info!(source = %src.name(), %digest, "taken from the shared store");
+                Some(a)
+            }
+            Err(e) => {
+                tracing::warn!(source = %src.name(), error = %e, "the shared store's copy was refused; fetching from the origin");
+                None
+            }
+        }
     }
 
     /// Pins `digest` if the cache holds it intact, counting a hit.
@@ -404,8 +442,9 @@ impl Cache {
         src: Arc<dyn ArtifactSource>,
         expected: Option<Digest>,
         stamp: Option<(u64, SystemTime)>,
+        publish: bool,
     ) -> Result<CachedArtifact, FetchError> {
-        let key = format!("{}\n{:?}", src.identity(), expected);
+        let key = format!("{}\n{:?}\n{publish}", src.identity(), expected);
         let (flight, leader) = {
             let mut flights = self.inner.flights.lock();
             match flights.get(&key) {
@@ -416,7 +455,10 @@ impl Cache {
                     // Inserted before the task can finish: the task removes its own key, under
                     // this same lock, so a finished flight never lingers in the map.
                     let task = tokio::spawn(async move {
-                        let r = inner.download(src, expected, stamp).await;
+                        let r = inner.download(src.clone(), expected, stamp).await;
+                        if let (Ok(a), true) = (&r, publish) {
+                            inner.publish(&*src, a).await;
+                        }
                         inner.flights.lock().remove(&k);
                         r.map_err(Arc::new)
                     });
@@ -448,6 +490,25 @@ impl Cache {
 impl Inner {
     pub(super) fn path_of(&self, digest: &Digest) -> PathBuf {
         self.dir.join("sha256").join(digest.hex())
+    }
+
+    /// Leaves what a network source just produced in the shared store, with its grant (the
+    /// bytes first: a grant never names a missing object), so that other gateways need not ask
+    /// the origin. Replaces a copy there (a corrupted one is how the origin got asked).
+    /// Best effort: a failure is logged and costs the other gateways a fetch.
+    async fn publish(&self, src: &dyn ArtifactSource, a: &CachedArtifact) {
+        let Some(store) = self.fetchers.blobs().filter(|_| src.reusable()) else { return };
+        let r = async {
+            store.put_file(&BlobKey::input(&a.digest), &a.path).await?;
+            store.put_marker(&BlobKey::grant(&a.digest, &Grants::id(&src.identity()))).await
+        }
+        .await;
+        match r {
+            Ok(()) => tracing::debug!(source = %src.name(), digest = %a.digest, "left in the shared store"),
+            Err(e) => {
+                tracing::warn!(source = %src.name(), error = %e, "cannot leave it in the shared store; other gateways will fetch it from its origin")
+            }
+        }
     }
 
     /// Hashes a file that was in the cache before this process opened it, once, before its

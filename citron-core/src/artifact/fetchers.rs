@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use url::Url;
 
+use super::shared::BlobStore;
 use super::source::{ArtifactSource, FetchError};
 use crate::block::ImageRegistry;
 
@@ -50,6 +51,14 @@ pub trait Fetchers: Send + Sync {
     /// The client `container: docker://` disk contents are pulled with; `None` (the default)
     /// refuses such disks.
     fn images(&self) -> Option<&dyn ImageRegistry> {
+        None
+    }
+
+    /// The lab's shared artifact store (`store:` in the lab file), where network sources'
+    /// content is looked for by digest before the origin is asked, and left after the origin
+    /// gave it; `None` (the default): this gateway's cache only. It belongs with the fetchers
+    /// because it is the other way bytes reach the cache from the network.
+    fn blobs(&self) -> Option<Arc<dyn BlobStore>> {
         None
     }
 

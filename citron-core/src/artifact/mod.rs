@@ -15,17 +15,23 @@
 //! (`citron-fetch` implements http, https and s3 with reqwest and object_store, configured by
 //! [`S3Config`]; [`NoNetwork`] fetches nothing). [`Cache`]'s documentation states when a load
 //! needs no download and how entries are evicted.
+//!
+//! A lab with several gateways shares what they fetched through a [`BlobStore`] (`store:` in
+//! the lab file, [`StoreConfig`]): `shared.rs` says what goes there, under which names, and
+//! why a digest alone still reaches nothing.
 
 mod cache;
 mod download;
 mod fetchers;
 mod grants;
 mod redact;
+mod shared;
 mod source;
 
 pub use cache::{Cache, CacheConfig, CacheStats, CachedArtifact};
 pub use fetchers::{Fetchers, NoNetwork};
 pub use redact::{redact_str, redact_url};
+pub use shared::{BlobKey, BlobStore, StoreConfig, INPUTS_PREFIX, RESULTS_PREFIX};
 pub use source::{ArtifactSource, DataSource, FetchError, FileSource, S3Config, Sink, PROGRESS_INTERVAL};
 
 #[cfg(test)]

@@ -7,7 +7,8 @@
 //!   through a checked [`Export`](crate::serve::Export).
 //! - [`DiskStore`]: which job offers which disk to whom, each DUT's overlay, and when overlays
 //!   go: on the events and expirations that the disk's
-//!   [`DiskLifetime`](crate::lifetime::DiskLifetime) names.
+//!   [`DiskLifetime`](crate::lifetime::DiskLifetime) names, counted from the times its
+//!   [`DiskRecord`] keeps in a [`DiskRecordStore`].
 //! - `prepare`: raw, image (qcow2 converted with `qemu-img`) and filesystem (`mkfs.ext4 -d` from
 //!   a tarball, or from a container image's layers pulled by `container`) bases, unpacked by
 //!   [`extract`] beneath the tree's directory handle.
@@ -19,11 +20,13 @@ mod container;
 pub mod extract;
 mod overlay;
 mod prepare;
+mod records;
 mod store;
 
 pub use container::ImageRegistry;
 pub use overlay::{CowDisk, BLOCK};
 pub use prepare::BaseImage;
+pub use records::{DiskRecord, DiskRecordStore, MemoryDiskRecords};
 pub use store::DiskStore;
 
 pub use crate::serve::BlockDevice;

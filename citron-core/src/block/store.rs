@@ -5,9 +5,13 @@
 //! - `bases/<key>.img`: prepared, read-only base images, shared by content.
 //! - `overlays/<owner>/<disk>/<dut>/{data,bitmap,meta}`: one DUT's writes to one job disk
 //!   (components are hashes of the owner DUT id, the disk name and the attaching DUT id).
-//! - `overlays/<owner>/<disk>/lease`: when a job last asked for the disk and its `expiration`;
-//!   the sweeper removes the disk's overlays (and its base, if nothing else uses it) once that
-//!   time has passed with no job asking again.
+//!
+//! What the lab knows of each disk (its `reset_on` and `expiration`, when a job last asked for
+//! it, whether one holds it, which DUTs wrote to it) is a [`DiskRecord`] in the lab's
+//! [`DiskRecordStore`] (`records.rs`), written whenever one of these changes. The sweeper
+//! removes a disk's overlays (and its base, if nothing else uses it) once its `expiration`
+//! passed, counted from the stored time, with no job holding it. A disk of an older citron
+//! (an `overlays/<owner>/<disk>/lease` file and no record) expires as its file says.
 //!
 //! # Who decides
 //! When writes are dropped and when a disk expires is the disk's
@@ -27,6 +31,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::overlay::CowDisk;
 use super::prepare::{prepare, BaseImage, KeyLocks};
+use super::records::{DiskRecord, DiskRecordStore};
 use super::{BlockDevice, DiskError};
 use crate::artifact::Cache;
 use crate::job::DiskSpec;
@@ -49,6 +54,20 @@ struct JobDisk {
 }
 
 impl JobDisk {
+    /// Its record as a job holding it from now on, with no overlays yet.
+    fn record(&self) -> DiskRecord {
+        DiskRecord {
+            owner: self.owner.clone(),
+            disk: self.spec.name.clone(),
+            base_key: self.base.key.clone(),
+            reset_on: self.spec.reset_on,
+            expiration: self.spec.expiration,
+            last_use: SystemTime::now(),
+            held: true,
+            overlays: Default::default(),
+        }
+    }
+
     fn info(&self) -> ExportInfo {
         ExportInfo {
             name: self.spec.name.clone(),
@@ -61,7 +80,6 @@ impl JobDisk {
 
 /// Every job's disks. Owned by the [`Gateway`](crate::Gateway), which calls it when jobs are set,
 /// cleared and get events.
-#[derive(Debug)]
 pub struct DiskStore {
     dir: PathBuf,
     /// One lock per base being built (see [`KeyLocks`]).
@@ -70,6 +88,11 @@ pub struct DiskStore {
     /// Overlays still open somewhere (a connection that outlived its job), by directory and base
     /// key: a new job naming the same disk shares the object instead of opening the files twice.
     live: Mutex<HashMap<PathBuf, (String, Weak<CowDisk>)>>,
+    /// Every disk's record (lifetime, last use, overlays).
+    records: Box<dyn DiskRecordStore>,
+    /// Told when a disk's lease starts running (its job released it), so that a sweeper
+    /// sleeping until the next expiry wakes for an earlier one.
+    released: Arc<tokio::sync::Notify>,
 }
 
 /// Why a connection's disk went, as its requests answer (`Gone`).
@@ -87,10 +110,17 @@ fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+impl std::fmt::Debug for DiskStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskStore").field("dir", &self.dir).field("jobs", &self.jobs).finish_non_exhaustive()
+    }
+}
+
 impl DiskStore {
-    /// Opens (creating) the store under `dir`; overlays left there by an earlier run are picked
-    /// up when a job names the same disk again.
-    pub fn open(dir: &Path) -> io::Result<DiskStore> {
+    /// Opens (creating) the store under `dir`, its disks recorded in `records`; overlays left
+    /// there by an earlier run are picked up when a job names the same disk again, and expire
+    /// as their records say.
+    pub fn open(dir: &Path, records: Box<dyn DiskRecordStore>) -> io::Result<DiskStore> {
         std::fs::create_dir_all(dir.join("bases"))?;
         std::fs::create_dir_all(dir.join("overlays"))?;
         Ok(DiskStore {
@@ -98,7 +128,32 @@ impl DiskStore {
             preparing: KeyLocks::default(),
             jobs: Mutex::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),
+            records,
+            released: Arc::default(),
         })
+    }
+
+    /// Writes a disk's record. A record that cannot be written is logged: the disk is then kept
+    /// longer than its expiration (the sweeper removes only what it has a record of), never
+    /// served differently.
+    fn record(&self, r: &DiskRecord) {
+        match self.records.put(r) {
+            // The record replaces an older citron's lease file.
+            Ok(()) => {
+                let _ = std::fs::remove_file(self.disk_dir(&r.owner, &r.disk).join("lease"));
+            }
+            Err(e) => tracing::error!(dut = %r.owner, disk = %r.disk, error = %e, "cannot record the disk; it may outlive its expiration"),
+        }
+    }
+
+    /// The record of a job's disk: the stored one, or a new one if none was stored.
+    fn record_of(&self, d: &JobDisk) -> DiskRecord {
+        self.records.get(&d.owner, &d.spec.name).unwrap_or_else(|| d.record())
+    }
+
+    /// Every disk's record, as stored.
+    pub fn records(&self) -> Vec<DiskRecord> {
+        self.records.list()
     }
 
     fn disk_dir(&self, owner: &DutId, name: &str) -> PathBuf {
@@ -110,10 +165,11 @@ impl DiskStore {
     }
 
     /// Prepares `disks` and makes them `owner`'s job disks, replacing its previous job's. This is
-    /// a job start: `reset_on: job_start` disks start from their base.
+    /// a job start: `reset_on: job_start` disks start from their base, unless `resume` (the
+    /// stored job loaded again after a restart: the DUT keeps its writes).
     /// Downloads run unlocked; only building one base key is serialised (two jobs asking for
     /// the same base build it once), so no job waits for another job's different disk.
-    pub async fn attach(&self, cache: &Cache, limits: &Limits, owner: &DutId, disks: &[DiskSpec]) -> Result<(), DiskError> {
+    pub async fn attach(&self, cache: &Cache, limits: &Limits, owner: &DutId, disks: &[DiskSpec], resume: bool) -> Result<(), DiskError> {
         let mut prepared = Vec::with_capacity(disks.len());
         for spec in disks {
             let base = prepare(&self.dir.join("bases"), cache, &self.preparing, limits, &spec.kind).await?;
@@ -128,13 +184,21 @@ impl DiskStore {
         for (spec, base, base_file) in prepared {
             let dir = self.disk_dir(owner, &spec.name);
             let lifetime = DiskLifetime::of(&spec);
-            if lifetime.resets_with_job() {
+            let disk = JobDisk { owner: owner.clone(), spec, lifetime, base, base_file, views: Mutex::new(HashMap::new()) };
+            let stored = self.records.get(owner, &disk.spec.name);
+            let mut record = disk.record();
+            // The DUTs that wrote to it, while it has the same content.
+            record.overlays = stored.as_ref().filter(|r| r.base_key == record.base_key).map(|r| r.overlays.clone()).unwrap_or_default();
+            if resume {
+                record.last_use = stored.map_or(record.last_use, |r| r.last_use);
+            } else if lifetime.resets_with_job() {
                 self.withdraw_live(&dir, NEW_JOB);
                 remove_views(&dir);
+                record.overlays.clear();
             }
             std::fs::create_dir_all(&dir).map_err(|e| DiskError::io(&dir, e))?;
-            write_lease(&dir, lifetime.lease(unix_now()), &base.key);
-            out.push(Arc::new(JobDisk { owner: owner.clone(), spec, lifetime, base, base_file, views: Mutex::new(HashMap::new()) }));
+            self.record(&record);
+            out.push(Arc::new(disk));
         }
         if !out.is_empty() {
             self.jobs.lock().insert(owner.clone(), out);
@@ -170,12 +234,18 @@ impl DiskStore {
         for d in old {
             let dir = self.disk_dir(owner, &d.spec.name);
             d.views.lock().clear();
+            let mut record = self.record_of(&d);
             if d.lifetime.resets_with_job() {
                 self.withdraw_live(&dir, why);
                 remove_views(&dir);
+                record.overlays.clear();
             }
-            write_lease(&dir, d.lifetime.lease(unix_now()), &d.base.key);
+            // The lease starts running now.
+            record.held = false;
+            record.last_use = SystemTime::now();
+            self.record(&record);
         }
+        self.released.notify_one();
     }
 
     /// The disks `dut` may list: its job's, then other jobs' shared ones.
@@ -243,6 +313,13 @@ impl DiskStore {
             }
         };
         views.insert(dut.clone(), view.clone());
+        drop(views);
+        if !d.spec.readonly {
+            let mut record = self.record_of(&d);
+            if record.overlays.insert(dut.clone()) {
+                self.record(&record);
+            }
+        }
         Ok((d.info(), view))
     }
 
@@ -259,6 +336,10 @@ impl DiskStore {
                 None => {
                     let dir = self.view_dir(&d.owner, &d.spec.name, dut);
                     self.withdraw_live(&dir, RESET_UNSEEN);
+                    let mut record = self.record_of(&d);
+                    if record.overlays.remove(dut) {
+                        self.record(&record);
+                    }
                     match std::fs::remove_dir_all(dir) {
                         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
                         _ => Ok(()),
@@ -272,43 +353,90 @@ impl DiskStore {
         }
     }
 
-    /// Removes disks no job asked for within their `expiration`: their overlays, and their base
-    /// if no other disk uses it. Returns how many disks went.
+    /// Removes disks no job holds whose `expiration` passed since a job last asked for them
+    /// (as recorded): their overlays, their record, and their base if no other disk uses it.
+    /// Returns how many disks went. Records of disks not in this data directory (another
+    /// gateway's, with a shared state store) are left alone.
     pub fn sweep(&self) -> usize {
         let active: HashSet<PathBuf> = self.jobs.lock().values().flatten().map(|d| self.disk_dir(&d.owner, &d.spec.name)).collect();
         let now = unix_now();
-        let mut leases = Vec::new();
+        let records = self.records.list();
+        let mut removed = 0;
+        let mut freed_bases = Vec::new();
+        let mut recorded = HashSet::new();
+        for r in &records {
+            let dir = self.disk_dir(&r.owner, &r.disk);
+            recorded.insert(dir.clone());
+            if r.held || active.contains(&dir) || !dir.is_dir() || !r.lease().expired(now) {
+                continue;
+            }
+            if self.remove_disk(&dir) {
+                if let Err(e) = self.records.remove(&r.owner, &r.disk) {
+                    tracing::warn!(dut = %r.owner, disk = %r.disk, error = %e, "cannot forget the removed disk's record");
+                }
+                removed += 1;
+                freed_bases.push(r.base_key.clone());
+            }
+        }
+        // An older citron's disks: a lease file and no record.
+        let mut legacy = Vec::new();
         for owner in read_dir(&self.dir.join("overlays")) {
-            for disk in read_dir(&owner) {
+            for disk in read_dir(&owner).into_iter().filter(|d| !recorded.contains(d)) {
                 if let Some(l) = read_lease(&disk) {
-                    leases.push((disk, l));
+                    legacy.push((disk, l));
                 }
             }
         }
-        let mut removed = 0;
-        let mut freed_bases = Vec::new();
-        for (disk, (lease, key)) in &leases {
-            if active.contains(disk) || !lease.expired(now) {
-                continue;
-            }
-            self.withdraw_live(disk, EXPIRED);
-            match std::fs::remove_dir_all(disk) {
-                Ok(()) => {
-                    tracing::info!(dir = %disk.display(), "expired disk removed");
-                    removed += 1;
-                    freed_bases.push(key.clone());
-                }
-                Err(e) => tracing::warn!(dir = %disk.display(), error = %e, "cannot remove expired disk"),
+        for (disk, (lease, key)) in &legacy {
+            if !active.contains(disk) && lease.expired(now) && self.remove_disk(disk) {
+                removed += 1;
+                freed_bases.push(key.clone());
             }
         }
         let jobs = self.jobs.lock();
         for key in freed_bases {
-            let in_use = jobs.values().flatten().any(|d| d.base.key == key) || leases.iter().any(|(dir, (_, k))| *k == key && dir.exists());
+            let in_use = jobs.values().flatten().any(|d| d.base.key == key)
+                || records.iter().any(|r| r.base_key == key && self.disk_dir(&r.owner, &r.disk).exists())
+                || legacy.iter().any(|(dir, (_, k))| *k == key && dir.exists());
             if !in_use {
                 let _ = std::fs::remove_file(self.dir.join("bases").join(format!("{key}.img")));
             }
         }
         removed
+    }
+
+    /// Removes an expired disk's directory (withdrawing its open overlays); whether it went.
+    fn remove_disk(&self, disk: &Path) -> bool {
+        self.withdraw_live(disk, EXPIRED);
+        match std::fs::remove_dir_all(disk) {
+            Ok(()) => {
+                tracing::info!(dir = %disk.display(), "expired disk removed");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(dir = %disk.display(), error = %e, "cannot remove expired disk");
+                false
+            }
+        }
+    }
+
+    /// When the next disk of this data directory expires, if one will (none is held by a job
+    /// and has an expiration): the sweeper sleeps until then.
+    pub fn next_expiry(&self) -> Option<SystemTime> {
+        self.records
+            .list()
+            .into_iter()
+            .filter(|r| !r.held && self.disk_dir(&r.owner, &r.disk).is_dir())
+            .filter_map(|r| {
+                let l = r.lease();
+                Some(UNIX_EPOCH + Duration::from_secs(l.since_unix.saturating_add(l.expiration?.as_secs())))
+            })
+            .min()
+    }
+
+    /// Notified each time a disk's lease starts running (see [`next_expiry`](Self::next_expiry)).
+    pub fn released(&self) -> Arc<tokio::sync::Notify> {
+        self.released.clone()
     }
 }
 
@@ -324,16 +452,7 @@ fn remove_views(disk_dir: &Path) {
     }
 }
 
-fn write_lease(disk_dir: &Path, lease: DiskLease, key: &str) {
-    let exp = lease.expiration.map(|d| d.as_secs().to_string()).unwrap_or_else(|| "-".into());
-    let text = format!("{} {exp} {key}\n", lease.since_unix);
-    let tmp = disk_dir.join("lease.tmp");
-    if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, disk_dir.join("lease"))) {
-        tracing::warn!(dir = %disk_dir.display(), error = %e, "cannot record the disk's lease; it will not expire");
-    }
-}
-
-/// A disk's lease and its base's key, as `write_lease` recorded them.
+/// A disk's lease and its base's key, as an older citron recorded them (`<since> <expiration|-> <key>`).
 fn read_lease(disk_dir: &Path) -> Option<(DiskLease, String)> {
     let text = std::fs::read_to_string(disk_dir.join("lease")).ok()?;
     let mut it = text.split_whitespace();
@@ -342,3 +461,7 @@ fn read_lease(disk_dir: &Path) -> Option<(DiskLease, String)> {
     let key = it.next()?.to_string();
     Some((DiskLease { since_unix, expiration }, key))
 }
+
+#[cfg(test)]
+#[path = "store_tests.rs"]
+mod tests;

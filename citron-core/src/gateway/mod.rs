@@ -12,7 +12,7 @@
 //! - `events.rs`: the DUTs' event history ([`EventLog`]),
 //! - `endpoints.rs`: how DUTs reach the servers, and the template variables that say so,
 //! - the access log ([`AccessLog`] over an [`AccessStore`]), the
-//!   artifact [`Cache`] and the NBD [`DiskStore`].
+//!   artifact [`Cache`] and the NBD [`DiskStore`] (its disks recorded in a [`DiskRecordStore`]).
 //!
 //! The stores are traits so that a durable lab replaces today's in-memory maps
 //! ([`Stores::memory`]) without touching the pieces; [`crate::store`] says when each is called
@@ -44,7 +44,7 @@ use parking_lot::RwLock;
 
 use crate::access::{AccessLog, AccessRecord, AccessStore, MemoryAccess};
 use crate::artifact::Cache;
-use crate::block::DiskStore;
+use crate::block::{DiskRecordStore, DiskStore, MemoryDiskRecords};
 use crate::datadir::DataDir;
 use crate::job::{JobDescription, JobErrors, Origin, RenderContext, ResolvedJob};
 use crate::lab::LabConfig;
@@ -67,6 +67,8 @@ pub struct Stores {
     pub access: Box<dyn AccessStore>,
     /// The event history.
     pub events: Box<dyn EventLog>,
+    /// The job disks' records (lifetimes, last use, overlays).
+    pub disks: Box<dyn DiskRecordStore>,
 }
 
 impl Stores {
@@ -78,6 +80,7 @@ impl Stores {
             lifetimes: Box::new(MemoryLifetimes::default()),
             access: Box::new(MemoryAccess::new(limits)),
             events: Box::new(MemoryEvents::default()),
+            disks: Box::new(MemoryDiskRecords::default()),
         }
     }
 }
@@ -153,7 +156,9 @@ impl Gateway {
         error::refuse_data_dir_in_roots(data_dir, &lab.artifact_roots)?;
         let cache_cfg = lab.cache_config().map_err(|m| dd(std::io::Error::new(std::io::ErrorKind::InvalidInput, m)))?;
         let cache = Cache::open_limited(&data_dir.join("cache"), cache_cfg, fetchers, lab.limits.downloads_in_flight).map_err(dd)?;
-        let disks = DiskStore::open(&data_dir.join("disks")).map_err(dd)?;
+        let disks = DiskStore::open(&data_dir.join("disks"), stores.disks).map_err(dd)?;
+        // Disks whose expiration passed while citron was stopped go before anything is served.
+        disks.sweep();
         for d in &lab.duts {
             stores.duts.add(d.clone())?;
         }
@@ -184,17 +189,32 @@ impl Gateway {
         self.inner.disks.sweep()
     }
 
-    /// Sweeps expired disks every `every` until the gateway is dropped. [`Gateway::new`] starts
-    /// one every 10 minutes when called inside a tokio runtime; tests start faster ones.
+    /// Sweeps expired disks until the gateway is dropped: when the next recorded expiration
+    /// falls due (so a disk goes on schedule), when a job releases a disk, and at least every
+    /// `every`. [`Gateway::new`] starts one (every 10 minutes at least) when called inside a
+    /// tokio runtime.
     pub fn spawn_disk_sweeper(&self, every: std::time::Duration) -> tokio::task::JoinHandle<()> {
         let weak = Arc::downgrade(&self.inner);
+        let released = self.inner.disks.released();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
-                let _ = tokio::task::spawn_blocking(move || inner.disks.sweep()).await;
+                let next = tokio::task::spawn_blocking(move || {
+                    inner.disks.sweep();
+                    inner.disks.next_expiry()
+                })
+                .await
+                .ok()
+                .flatten();
+                // A disk that could not be removed is not retried more than once a second.
+                let wait = next
+                    .map(|t| t.duration_since(SystemTime::now()).unwrap_or_default().min(every))
+                    .unwrap_or(every)
+                    .max(std::time::Duration::from_secs(1));
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = released.notified() => {}
+                }
             }
         })
     }
@@ -366,7 +386,7 @@ impl Gateway {
             Some(c) => c.over(&resolved.start).nbd,
             None => resolved.start.nbd.clone(),
         };
-        self.inner.disks.attach(&self.inner.cache, &self.lab().limits, &dut.id, &disks).await?;
+        self.inner.disks.attach(&self.inner.cache, &self.lab().limits, &dut.id, &disks, matches!(how, Load::Resume)).await?;
         tracing::info!(dut = %dut.id, job = %resolved.origin, "job loaded");
         let active = ActiveJob::new(resolved, start, cont);
         match how {

@@ -139,6 +139,22 @@ pub enum ResetOn {
     Never,
 }
 
+impl ResetOn {
+    /// As the job file spells it (`boot`, `job_start`, `never`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ResetOn::Boot => "boot",
+            ResetOn::JobStart => "job_start",
+            ResetOn::Never => "never",
+        }
+    }
+
+    /// The value the job file spells `name`.
+    pub fn named(name: &str) -> Option<ResetOn> {
+        [ResetOn::Boot, ResetOn::JobStart, ResetOn::Never].into_iter().find(|r| r.name() == name)
+    }
+}
+
 impl Step {
     /// The files of `space` (none if the job gives none).
     pub fn files_in(&self, space: Space) -> &[FileSpec] {

@@ -1,12 +1,12 @@
 //! Lab file text → [`LabConfig`], through the positioned reader job files use.
 //!
 //! Each top-level key is read on its own, and the sections that are structs themselves
-//! (`duts[]`, `cache`, `s3`, `limits`) key by key, so that one run reports every problem. Then
+//! (`duts[]`, `cache`, `s3`, `store`, `limits`) key by key, so that one run reports every problem. Then
 //! the lab's own rules, which serde cannot state, are checked on the same nodes.
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::artifact::S3Config;
+use crate::artifact::{S3Config, StoreConfig};
 use crate::limits::Limits;
 use crate::namespace::Dut;
 use crate::yaml::de::{child, fields_of, Problem, Reader};
@@ -34,6 +34,7 @@ pub(super) fn parse(text: &str) -> Result<LabConfig, Vec<Problem>> {
             "s3" => {
                 let _ = r.fields::<S3Config>(v, "s3");
             }
+            "store" => store(&mut r, v),
             "limits" => {
                 let _ = r.fields::<Limits>(v, "limits");
             }
@@ -135,5 +136,14 @@ fn gateways(r: &mut Reader, node: &Node) {
     let Some(g) = r.fields::<GatewaySettings>(node, "gateways") else { return };
     if let (true, Some((_, v))) = (g.heartbeat_timeout.get().is_zero(), entry(node, "heartbeat_timeout")) {
         r.err(v.pos, "gateways.heartbeat_timeout", "must be more than 0s (a gateway heartbeats three times per timeout)");
+    }
+}
+
+/// `store:`: its keys, then its URL (`s3://bucket/prefix`, no credentials in it).
+fn store(r: &mut Reader, node: &Node) {
+    let Some(store) = r.fields::<StoreConfig>(node, "store") else { return };
+    if let Err(message) = store.bucket_and_prefix() {
+        let pos = entry(node, "url").map_or(node.pos, |(_, v)| v.pos);
+        r.err(pos, "store.url", message);
     }
 }

@@ -155,6 +155,7 @@ variables: {minio_url: http://minio:9000, build: 42}
 cache: {max_size: 2G}
 artifact_roots: [/srv/artifacts]
 s3: {endpoint: http://minio:9000, region: eu-1, access_key_id: AK, secret_access_key: SK}
+store: {url: s3://lab-cache/citron, endpoint: http://minio:9000, region: eu-1}
 api_token: t0ken
 api_hosts: [citron.lab, \"[::1]:8081\"]
 limits:
@@ -190,6 +191,9 @@ limits:
     assert_eq!(lab.artifact_roots, [PathBuf::from("/srv/artifacts")]);
     assert_eq!((lab.s3.region.as_deref(), lab.s3.secret_access_key.as_deref()), (Some("eu-1"), Some("SK")));
     assert_eq!((lab.api_token.as_deref(), lab.api_hosts.len()), (Some("t0ken"), 2));
+    let store = lab.store.as_ref().unwrap();
+    assert_eq!(store.bucket_and_prefix().unwrap(), ("lab-cache".into(), "citron".into()));
+    assert_eq!((store.endpoint.as_deref(), store.region.as_deref()), (Some("http://minio:9000"), Some("eu-1")));
     let l = &lab.limits;
     use std::time::Duration;
     assert_eq!((l.max_disk_size.bytes(), l.unpack_max_bytes.bytes(), l.unpack_max_entries), (1 << 40, 10 << 30, 1000));
@@ -226,4 +230,21 @@ fn gateways_and_a_dut_s_gateway() {
     assert_eq!((e.line, e.column, e.field.as_str()), (2, 22, "gateways.heartbeat_timeout"));
     let e = only(LabConfig::from_yaml("gateways:\n  heartbeat: 5s\n", "l.yaml").unwrap_err());
     assert!(e.message.contains("heartbeat_timeout"), "{e}");
+}
+
+#[test]
+fn store_url_is_checked_with_its_position() {
+    for (text, field, says) in [
+        ("store:\n  url: http://minio/bucket\n", "2:8 store.url", "S3"),
+        ("store:\n  url: s3://AK:SECRET@bucket/p\n", "2:8 store.url", "credentials"),
+        ("store:\n  url: s3://bucket/a//b\n", "2:8 store.url", "empty"),
+        ("store:\n  url: s3://bucket\n  secret_access_key: x\n", "3:3 store.secret_access_key", "unknown field"),
+        ("store: {endpoint: http://minio:9000}\n", "1:8 store", "`url` is missing"),
+    ] {
+        let e = only(LabConfig::from_yaml(text, "l.yaml").unwrap_err());
+        assert_eq!(format!("{}:{} {}", e.line, e.column, e.field), field, "{text}: {e}");
+        assert!(e.message.contains(says), "{text}: {e}");
+    }
+    let lab = LabConfig::from_yaml("store: {url: s3://bucket}\n", "l.yaml").unwrap();
+    assert_eq!(lab.store.unwrap().bucket_and_prefix().unwrap(), ("bucket".into(), String::new()));
 }

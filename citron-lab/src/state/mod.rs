@@ -12,7 +12,9 @@
 //! - `feed.rs`: the lab's event feed ([`Feed`]: every change and notable happening, with a
 //!   durable increasing `seq`, written in batches off the serving path), which
 //! - `events.rs` reads back as each DUT's `boot`/`job_start`/`job_end` history,
-//! - `access.rs`: the DUTs' access logs (written in batches off the serving path, bounded).
+//! - `access.rs`: the DUTs' access logs (written in batches off the serving path, bounded),
+//! - `disks.rs`: the job disks' records (lifetime, last use, overlays), so that a disk expires
+//!   on schedule across restarts.
 //!
 //! `db.rs` owns the connection pool on a thread of its own (why: see there).
 //!
@@ -25,6 +27,7 @@
 
 mod access;
 mod db;
+mod disks;
 mod duts;
 mod events;
 pub mod feed;
@@ -262,6 +265,7 @@ impl State {
             lifetimes: Box::new(lifetimes::SqlLifetimes::load(self.db.clone())?),
             access: Box::new(access::SqlAccess::load(self.db.clone(), self.feed.clone())?),
             events: Box::new(events::SqlEvents::new(self.db.clone(), self.feed.clone())),
+            disks: Box::new(disks::SqlDisks::load(self.db.clone())?),
         })
     }
 }
@@ -296,7 +300,7 @@ pub enum OpenError {
 pub fn open_gateway(lab: LabConfig, data_dir: &Path, state: Option<&str>) -> Result<(citron_core::Gateway, State), OpenError> {
     let state = State::open(&StateUrl::parse(state, data_dir)?)?;
     let stores = state.stores(&lab)?;
-    let network = Arc::new(citron_fetch::Network::new(lab.s3.clone()));
+    let network = Arc::new(citron_fetch::Network::for_lab(&lab).map_err(citron_core::GatewayError::from)?);
     let gateway = citron_core::Gateway::with_stores(lab, data_dir, network, stores)?;
     Ok((gateway, state))
 }
