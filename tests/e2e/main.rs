@@ -9,6 +9,7 @@ mod datadir;
 mod extract;
 mod fulldisk;
 mod http;
+mod image;
 mod nbd;
 mod nbd_limits;
 mod state;

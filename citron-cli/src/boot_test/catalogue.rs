@@ -46,7 +46,7 @@ const FAILURES: &[Rule] = &[
     },
     Rule {
         reason: "no bootloader",
-        pattern: r"Boot failed: not a bootable disk|Boot failed: could not read the boot disk|No bootable option or device was found|No bootable device",
+        pattern: r#"Boot failed: not a bootable disk|Boot failed: could not read the boot disk|No bootable option or device was found|No bootable device|BdsDxe: starting Boot\d+ "EFI Internal Shell"|UEFI Interactive Shell"#,
         before_kernel: true,
     },
 ];

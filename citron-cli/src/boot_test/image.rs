@@ -117,6 +117,19 @@ impl ImageSource {
     }
 }
 
+/// `--image` as given: `FIRMWARE:PATH|URL` (`uefi:disk.img`) pins the image to one firmware;
+/// without a prefix it boots under every `--firmware`.
+pub(super) fn split_firmware(given: &str) -> (Option<Firmware>, &str) {
+    for f in [Firmware::Bios, Firmware::Uefi] {
+        if let Some(rest) = given.strip_prefix(f.name()).and_then(|r| r.strip_prefix(':')) {
+            if !rest.starts_with("//") {
+                return (Some(f), rest);
+            }
+        }
+    }
+    (None, given)
+}
+
 /// One run of the matrix: an image under a firmware.
 #[derive(Debug, Clone)]
 pub(super) struct ImageRun {

@@ -191,13 +191,15 @@ fn run_inner(args: BootTestArgs) -> Result<String, BootTestError> {
             return Err(BootTestError::Usage("--dut goes with --job; an --image boots as a DUT of its own".into()));
         }
         let firmwares = if args.firmwares.is_empty() { vec![Firmware::Bios] } else { args.firmwares.clone() };
-        if firmwares.contains(&Firmware::Uefi) {
-            image::ovmf()?;
-        }
         let mut runs = Vec::new();
         for given in &args.images {
-            let source = ImageSource::parse(given, args.image_format)?;
-            runs.extend(firmwares.iter().map(|f| ImageRun { source: source.clone(), firmware: *f }));
+            let (pinned, image) = image::split_firmware(given);
+            let source = ImageSource::parse(image, args.image_format)?;
+            let under = pinned.map(|f| vec![f]).unwrap_or_else(|| firmwares.clone());
+            runs.extend(under.into_iter().map(|f| ImageRun { source: source.clone(), firmware: f }));
+        }
+        if runs.iter().any(|r| r.firmware == Firmware::Uefi) {
+            image::ovmf()?;
         }
         let netns = args.netns || runs.len() > 1;
         (image::image_targets(&mut lab, runs, netns)?, netns)

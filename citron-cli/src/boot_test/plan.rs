@@ -32,6 +32,7 @@ pub struct BootTestArgs {
     /// URL). citron serves it as the DUT's NBD disk with a copy-on-write overlay (the image is
     /// never written); QEMU's firmware boots it. Repeat it (and --firmware) for a matrix: each
     /// image under each firmware is its own DUT in its own network namespace (needs root).
+    /// `uefi:PATH` (or `bios:PATH`) boots that image under that firmware only.
     #[arg(long = "image", value_name = "PATH|URL")]
     pub images: Vec<String>,
     /// What the images are.
