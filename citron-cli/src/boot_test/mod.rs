@@ -1,5 +1,6 @@
 //! `citron boot-test`: boots a QEMU virtual DUT from an in-process citron, the way a real DUT
-//! would boot from the lab, before the job goes to real hardware.
+//! would boot from the lab, before the job goes to real hardware; or boots whole disk images
+//! with citron as their disk, as an image build's test.
 //!
 //! # How a DUT reaches the in-process server
 //! - Default: QEMU's user-mode network (slirp). The servers listen on 127.0.0.1 (free ports); the
@@ -14,21 +15,32 @@
 //!   namespaces, which are deleted at the end (also on errors and Ctrl-C).
 //!
 //! # One boot
-//! The lab sends the DUT a `boot` event (lifetimes reset, `continue` is used from the second
-//! boot), then QEMU network-boots from `boot.ipxe` over `--proto` (iPXE ROM via DHCP
-//! `bootfile`). The serial console is streamed to stdout and to a log file. The boot passes when
-//! `--expect` matches a console line (without `--expect`: when the guest powers off by itself);
-//! it fails on a kernel panic, "No bootable device", a KVM internal error, QEMU exiting first,
-//! or `--timeout`.
+//! The lab sends the DUT a `boot` event (lifetimes and `reset_on: boot` disks reset, `continue`
+//! is used from the second boot), then QEMU boots:
+//! - a `--job`: from the network, `boot.ipxe` over `--proto` (iPXE ROM via DHCP `bootfile`);
+//! - an `--image` ([`image`]): from its disk, the image served by citron over NBD with a
+//!   copy-on-write overlay, through SeaBIOS or OVMF.
+//!
+//! The serial console is streamed to stdout and to a log file and fed to a [`watch::Watch`].
+//! A boot passes when `--expect` matches a console line; without it, an image when the real
+//! system reached userspace and a job when the guest powers off by itself; with `--ready
+//! phone-home`, when the system read `_citron/ready` from citron. It fails at once on a line of
+//! the [`catalogue`] (kernel panic, Oops, emergency shell, an initramfs giving up, bootloader
+//! errors, …), on a KVM internal error, on QEMU exiting first, or on `--timeout`.
 //!
 //! # The pieces
 //! - [`plan`]: what to boot: the options, the DUTs chosen for the jobs and their addresses.
+//! - [`image`]: `--image`: firmware, formats, the job an image becomes, one DUT per run.
 //! - [`qemu`]: the accelerator and its KVM → TCG fallback, the QEMU command line, starting QEMU.
-//! - [`console`]: console lines, the log files, and the verdict of a boot.
-//! - [`netns`]: the network namespaces of `--netns`.
+//! - [`console`]: console lines, the log files, the loop that reads QEMU until a verdict.
+//! - [`watch`]: the verdict of a boot and its stage timeline (pure).
+//! - [`catalogue`]: what console lines mean: failures, warnings, userspace, stage markers (pure).
+//! - [`report`]: stage timings, the summary table, JUnit and `boot-test-results.json`.
+//! - [`netns`]: the network namespaces of `--netns` and of matrices.
 //!
 //! This file is the flow: resolve the plan, set up namespaces and a runtime, start the servers,
-//! load the jobs, boot every DUT `--boots` times, report.
+//! load the jobs, boot every DUT `--boots` times while a [`Sampler`] watches it in citron
+//! (its disk reads, the phone-home), report.
 
 mod catalogue;
 mod console;
@@ -72,9 +84,11 @@ use watch::{Failure, Ready, Watch};
 /// Exit codes of `boot-test`, shown at the end of its `--help`.
 pub const EXIT_CODES: &str = "\
 Exit codes:
-  0  every boot of every DUT passed (--expect seen, or a clean power-off without --expect)
-  1  a boot failed; the last line on stderr says why (timeout, kernel panic, pattern never seen,
-     nothing to boot, QEMU exited)
+  0  every boot of every DUT passed (--expect seen; without it: an image reached userspace, a job
+     powered off cleanly; or the system phoned home with --ready phone-home)
+  1  a boot failed; the last line on stderr says why (timeout, a catalogue line such as
+     kernel panic or emergency shell with the line, pattern never seen, nothing to boot, QEMU
+     exited)
   2  the test could not run: usage error, bad lab or job, QEMU missing, servers or network
      namespaces could not be set up";
 
