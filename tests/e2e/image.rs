@@ -15,9 +15,21 @@ use sha2::Digest as _;
 
 /// Everything the kit and a boot need; `false` (skip) when one is missing, unless strict.
 fn have_tools() -> bool {
-    ["qemu-system-x86_64", "busybox", "cpio", "modprobe", "mkfs.vfat", "mcopy", "syslinux", "sfdisk", "mke2fs", "grub-mkstandalone"]
-        .iter()
-        .all(|t| require_tool(t))
+    [
+        "qemu-system-x86_64",
+        "qemu-img",
+        "busybox",
+        "cpio",
+        "modprobe",
+        "mkfs.vfat",
+        "mcopy",
+        "syslinux",
+        "sfdisk",
+        "mke2fs",
+        "grub-mkstandalone",
+    ]
+    .iter()
+    .all(|t| require_tool(t))
 }
 
 /// Builds the images once per test run (cached across runs by the script's stamp).
@@ -78,12 +90,12 @@ fn boot_image(name: &str, extra: &[&str]) -> Run {
 }
 
 #[test]
-fn a_bios_image_boots_to_userspace_from_nbd_and_phones_home() {
+fn a_qcow2_bios_image_boots_to_userspace_from_nbd_and_phones_home() {
     if !have_tools() {
         return;
     }
     let _one = qemu_lock();
-    let r = boot_image("bios.img", &["--ready", "phone-home"]);
+    let r = boot_image("bios.qcow2", &["--ready", "phone-home", "--image-format", "qcow2"]);
     assert_eq!(r.out.status.code(), Some(0), "{}", r.last_stderr_line());
     assert!(r.last_stderr_line().contains("PASS") && r.last_stderr_line().contains("phoned home"), "{}", r.last_stderr_line());
     // The real bootloader ran from the disk citron served, then the kernel, then the real root.
@@ -101,7 +113,7 @@ fn a_bios_image_boots_to_userspace_from_nbd_and_phones_home() {
     // The outputs: the job the boot-test wrote, the results, the console log with citron's
     // access log (the disk and the phone-home were read from citron).
     let job = std::fs::read_to_string(r.logs.path().join("boot-test-bios-bios.job.yaml")).expect("the job");
-    assert!(job.contains("- name: disk") && job.contains("reset_on: boot") && job.contains("bios.img"), "{job}");
+    assert!(job.contains("- name: disk") && job.contains("reset_on: boot") && job.contains("bios.qcow2"), "{job}");
     let results: serde_json::Value =
         serde_json::from_slice(&std::fs::read(r.logs.path().join("boot-test-results.json")).expect("results")).expect("JSON");
     let first = &results[0];

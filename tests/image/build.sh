@@ -6,6 +6,7 @@
 #   bios.img                 MBR (syslinux mbr.bin) + FAT boot partition with SYSLINUX, the kernel and
 #                            an initramfs; ext4 root partition (LABEL=citron-root) whose /sbin/init
 #                            prints systemd-like lines ("Reached target … Multi-User System").
+#   bios.qcow2               bios.img as qcow2 (citron converts it once, as a base for the overlay).
 #   uefi.img                 the same root; the boot partition is an ESP (type EF) with GRUB
 #                            (grub-mkstandalone, EFI/BOOT/BOOTX64.EFI) instead of SYSLINUX.
 #   broken-nobootloader.img  partitions, but no boot sector (no code, no signature) and no bootloader.
@@ -28,7 +29,7 @@ repo=$(cd "$here/../.." && pwd)
 out=${1:-$repo/target/image}
 
 die() { echo "build.sh: $*" >&2; exit 1; }
-for t in busybox cpio gzip modprobe mkfs.vfat mcopy mmd syslinux sfdisk mke2fs grub-mkstandalone; do
+for t in busybox cpio gzip modprobe mkfs.vfat mcopy mmd syslinux sfdisk mke2fs grub-mkstandalone qemu-img; do
   command -v "$t" >/dev/null || die "$t is missing; run scripts/setup-debian.sh --qemu"
 done
 mbr=/usr/lib/syslinux/mbr/mbr.bin
@@ -45,7 +46,7 @@ if [ -z "${KVER:-}" ]; then
 fi
 [ -n "${KVER:-}" ] && [ -r "/boot/vmlinuz-$KVER" ] || die "no readable /boot/vmlinuz-* with modules; install linux-image-amd64"
 
-stamp=$( { echo "v1 $KVER"; sha256sum "$0" "/boot/vmlinuz-$KVER" "$busybox" "$mbr"; } | sha256sum | cut -c1-16)
+stamp=$( { echo "v2 $KVER"; sha256sum "$0" "/boot/vmlinuz-$KVER" "$busybox" "$mbr"; } | sha256sum | cut -c1-16)
 if [ -f "$out/stamp" ] && [ "$(cat "$out/stamp")" = "$stamp" ]; then echo "$out"; exit 0; fi
 
 mkdir -p "$out"
@@ -229,8 +230,9 @@ disk "$work/broken-panic.img" "$work/boot-panic.fat" c "$work/root-ok.ext4" yes
 disk "$work/broken-noroot.img" "$work/boot-bios.fat" c "" yes
 disk "$work/broken-emergency.img" "$work/boot-bios.fat" c "$work/root-emergency.ext4" yes
 
-for f in bios uefi broken-nobootloader broken-panic broken-noroot broken-emergency; do
-  mv -f "$work/$f.img" "$out/$f.img"
+qemu-img convert -q -f raw -O qcow2 "$work/bios.img" "$work/bios.qcow2"
+for f in bios.img bios.qcow2 uefi.img broken-nobootloader.img broken-panic.img broken-noroot.img broken-emergency.img; do
+  mv -f "$work/$f" "$out/$f"
 done
 echo "$stamp" > "$out/stamp"
 echo "$out"
