@@ -36,6 +36,7 @@
 //! - [`watch`]: the verdict of a boot and its stage timeline (pure).
 //! - [`catalogue`]: what console lines mean: failures, warnings, userspace, stage markers (pure).
 //! - [`report`]: stage timings, the summary table, JUnit and `boot-test-results.json`.
+//! - [`sampler`]: what citron sees of a DUT while it boots (disk reads, the phone-home).
 //! - [`netns`]: the network namespaces of `--netns` and of matrices.
 //!
 //! This file is the flow: resolve the plan, set up namespaces and a runtime, start the servers,
@@ -49,6 +50,7 @@ mod netns;
 mod plan;
 mod qemu;
 mod report;
+mod sampler;
 #[cfg(test)]
 mod tests;
 mod watch;
@@ -72,13 +74,13 @@ use citron_lab::server::ServerBuilder;
 use regex::Regex;
 
 use catalogue::Catalogue;
-use citron_core::access::Outcome;
 use console::{log_line, open_logs, Console, Log, POWEROFF_GRACE};
 use image::{Firmware, ImageRun, ImageSource};
 use netns::{Netns, NETNS_SERVER};
 use plan::{find_program, pick_targets, Boot, Plan, Proto, ReadyOn, Target};
 use qemu::{boot_once, qemu_args, Accel, Medium, QemuSpec, SLIRP_HOST};
-use report::{DiskTimes, RunReport};
+use report::{hostname, timestamp, RunReport};
+use sampler::Sampler;
 use watch::{Failure, Ready, Watch};
 
 /// Exit codes of `boot-test`, shown at the end of its `--help`.
@@ -487,80 +489,6 @@ struct Network {
     nbd: String,
     ready_url: String,
     data: PathBuf,
-}
-
-/// Watches a DUT in citron while it boots: its NBD connection's progress (for [`DiskTimes`])
-/// and the phone-home, a served read of `_citron/ready`, from the access log.
-struct Sampler {
-    task: tokio::task::JoinHandle<()>,
-    disk: Arc<parking_lot::Mutex<DiskTimes>>,
-}
-
-/// How often the sampler looks.
-const SAMPLE_EVERY: Duration = Duration::from_millis(100);
-
-impl Sampler {
-    fn start(gw: Gateway, id: DutId, ready: tokio::sync::oneshot::Sender<()>) -> Sampler {
-        let disk = Arc::new(parking_lot::Mutex::new(DiskTimes::default()));
-        let started = std::time::SystemTime::now();
-        let since = move |epoch: f64| {
-            let at = std::time::UNIX_EPOCH + Duration::from_secs_f64(epoch.max(0.0));
-            at.duration_since(started).unwrap_or(Duration::ZERO)
-        };
-        let mut after = gw.accesses(&id).ok().and_then(|v| v.last().map(|r| r.seq)).unwrap_or(0);
-        let shared = disk.clone();
-        let task = tokio::spawn(async move {
-            let mut ready = Some(ready);
-            loop {
-                for f in gw.in_flight(&id).unwrap_or_default().into_iter().filter(|f| f.protocol == "nbd") {
-                    let mut d = shared.lock();
-                    d.connected.get_or_insert(since(f.time));
-                    if let Some(first) = f.first_byte {
-                        d.first_read.get_or_insert(since(first));
-                    }
-                    d.sample(started.elapsed().unwrap_or_default(), f.bytes);
-                }
-                for rec in gw.accesses_page(&id, after, 100).unwrap_or_default() {
-                    after = rec.seq;
-                    let phoned = rec.path.trim_start_matches('/') == citron_core::bootfiles::READY && rec.outcome == Outcome::Served;
-                    if phoned {
-                        if let Some(tx) = ready.take() {
-                            let _ = tx.send(());
-                        }
-                    }
-                }
-                tokio::time::sleep(SAMPLE_EVERY).await;
-            }
-        });
-        Sampler { task, disk }
-    }
-
-    fn stop(self) -> DiskTimes {
-        self.task.abort();
-        let d = self.disk.lock().clone();
-        d
-    }
-}
-
-/// Now, as JUnit's `timestamp` (ISO 8601, UTC, no zone).
-fn timestamp() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "localhost".into())
 }
 
 fn status(msg: &str) {
