@@ -99,7 +99,9 @@ fn a_qcow2_bios_image_boots_to_userspace_from_nbd_and_phones_home() {
     assert_eq!(r.out.status.code(), Some(0), "{}", r.last_stderr_line());
     assert!(r.last_stderr_line().contains("PASS") && r.last_stderr_line().contains("phoned home"), "{}", r.last_stderr_line());
     // The real bootloader ran from the disk citron served, then the kernel, then the real root.
-    for line in ["SYSLINUX 6", "Linux version", "Welcome to Citron Test Linux!", "Finished citron-ready.service"] {
+    // (The guest's own "Finished citron-ready.service" may never show: the run ends as soon as
+    // citron served the phone-home, which is the point.)
+    for line in ["SYSLINUX 6", "Linux version", "Welcome to Citron Test Linux!"] {
         assert!(r.stdout.contains(line), "the console never showed {line:?}");
     }
     assert!(r.stderr.contains("citron served _citron/ready"), "{}", r.stderr);
