@@ -19,6 +19,9 @@ export DEBIAN_FRONTEND=noninteractive
 pkgs=(curl tftp-hpa atftp libnbd-bin python3-libnbd nbdkit qemu-utils e2fsprogs docker-registry iproute2 python3-venv xz-utils zstd postgresql sqlite3 openssl)
 [ "$want_bench" = 1 ] && pkgs+=(nginx-light wrk tftpd-hpa fio)
 qemu_pkgs=(qemu-system-x86 qemu-system-common qemu-block-extra ipxe-qemu linux-image-amd64 busybox-static cpio nbd-client kmod)
+# Image boot tests (tests/image/build.sh, tests/e2e/image.rs): UEFI firmware, the bootloaders,
+# FAT and partition tools that work on image files, and xmllint for the JUnit schema.
+qemu_pkgs+=(ovmf syslinux syslinux-common mtools dosfstools grub-efi-amd64-bin grub-common fdisk libxml2-utils)
 
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

@@ -20,6 +20,13 @@ pub mod registry;
 /// How long `citron serve` may take to print its listening line.
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// One QEMU boot test at a time, across modules (the machine has 2 cores; TCG boots take one
+/// each): `vdut` and `image` tests hold it while they boot.
+pub fn qemu_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Whether failing instead of skipping is asked for (CI).
 pub fn strict() -> bool {
     std::env::var("CITRON_E2E_STRICT").is_ok_and(|v| v == "1")

@@ -119,7 +119,10 @@ pub enum Command {
     ///
     /// The check to run on a job before it goes to real hardware: iPXE fetches the generated
     /// boot script, kernel and initramfs over --proto, the console streams to stdout (and to
-    /// `boot-test-<DUT>.log`), and the command passes when --expect is seen.
+    /// `boot-test-<DUT>.log`), and the command passes when --expect is seen. With --image, a
+    /// whole disk image boots from citron's NBD export with its own bootloader (an image
+    /// build's test): it passes when the system reaches userspace and fails at once on a
+    /// kernel panic, an emergency shell, a bootloader error and the like.
     #[command(name = "boot-test")]
     BootTest(crate::boot_test::BootTestArgs),
 }

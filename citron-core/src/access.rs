@@ -202,10 +202,41 @@ struct Counters {
     refusals: u64,
 }
 
+/// A read still in progress (an NBD connection lasts as long as the DUT runs): what
+/// [`AccessLog::in_flight`] shows before its [`AccessRecord`] exists. `citron boot-test` times
+/// a boot's stages with it (when the firmware first read the disk, how much it read by when).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InFlight {
+    /// The protocol name.
+    pub protocol: String,
+    /// The path as requested (or the export name for NBD).
+    pub path: String,
+    /// When it started, as seconds since the Unix epoch.
+    pub time: f64,
+    /// When its first byte was reported, as seconds since the Unix epoch.
+    pub first_byte: Option<f64>,
+    /// Bytes so far.
+    pub bytes: u64,
+}
+
+/// What a ticket and the in-flight view share.
+struct Live {
+    dut: DutId,
+    protocol: Protocol,
+    path: String,
+    time: f64,
+    bytes: AtomicU64,
+    /// `f64::to_bits` of the first byte's time; 0 until then.
+    first_byte: AtomicU64,
+}
+
 /// Access logs and counters, shared by every backend: bounds what is logged, counts for
 /// `/metrics`, and keeps the records in an [`AccessStore`].
 pub struct AccessLog {
     store: Box<dyn AccessStore>,
+    /// The reads in progress, by ticket number.
+    live: Mutex<BTreeMap<u64, Arc<Live>>>,
+    next_live: AtomicU64,
     /// `limits.logged_path_max`.
     path_max: usize,
     counters: Mutex<BTreeMap<(String, String), Counters>>,
@@ -241,6 +272,8 @@ impl AccessLog {
     pub fn with_store(limits: &crate::limits::Limits, store: Box<dyn AccessStore>) -> Self {
         AccessLog {
             store,
+            live: Mutex::default(),
+            next_live: AtomicU64::new(0),
             counters: Mutex::default(),
             path_max: limits.logged_path_max,
             cache_hits: AtomicU64::new(0),
@@ -341,34 +374,56 @@ pub struct RequestCounts {
 
 impl AccessLog {
     /// The ticket of a read (or NBD connection) of `path` by `dut` that starts now: one
-    /// [`AccessRecord`] when the backend drops it.
+    /// [`AccessRecord`] when the backend drops it, and in [`in_flight`](Self::in_flight) until
+    /// then.
     pub fn ticket(self: &Arc<Self>, dut: DutId, protocol: Protocol, path: &str) -> AccessTicket {
-        AccessTicket::new(LogTicket {
-            log: self.clone(),
+        let live = Arc::new(Live {
             dut,
             protocol,
             path: path.to_string(),
             time: now_secs(),
             bytes: AtomicU64::new(0),
-            done: AtomicBool::new(false),
-        })
+            first_byte: AtomicU64::new(0),
+        });
+        let id = self.next_live.fetch_add(1, Ordering::Relaxed);
+        self.live.lock().insert(id, live.clone());
+        AccessTicket::new(LogTicket { log: self.clone(), id, live, done: AtomicBool::new(false) })
+    }
+
+    /// `dut`'s reads still in progress (NBD connections above all), oldest first.
+    pub fn in_flight(&self, dut: &DutId) -> Vec<InFlight> {
+        self.live
+            .lock()
+            .values()
+            .filter(|l| &l.dut == dut)
+            .map(|l| {
+                let first = l.first_byte.load(Ordering::Relaxed);
+                InFlight {
+                    protocol: l.protocol.0.to_string(),
+                    path: l.path.clone(),
+                    time: l.time,
+                    first_byte: (first != 0).then(|| f64::from_bits(first)),
+                    bytes: l.bytes.load(Ordering::Relaxed),
+                }
+            })
+            .collect()
     }
 }
 
 /// An open read: becomes one [`AccessRecord`] when dropped.
 struct LogTicket {
     log: Arc<AccessLog>,
-    dut: DutId,
-    protocol: Protocol,
-    path: String,
-    time: f64,
-    bytes: AtomicU64,
+    id: u64,
+    live: Arc<Live>,
     done: AtomicBool,
 }
 
 impl AccessReport for LogTicket {
     fn add_bytes(&self, n: u64) {
-        self.bytes.fetch_add(n, Ordering::Relaxed);
+        if n > 0 && self.live.first_byte.load(Ordering::Relaxed) == 0 {
+            let _ = self.live.first_byte.compare_exchange(0, now_secs().to_bits(), Ordering::Relaxed, Ordering::Relaxed);
+        }
+        self.live.bytes.fetch_add(n, Ordering::Relaxed);
     }
     fn complete(&self) {
         self.done.store(true, Ordering::Relaxed);
@@ -377,15 +432,16 @@ impl AccessReport for LogTicket {
 
 impl Drop for LogTicket {
     fn drop(&mut self) {
+        self.log.live.lock().remove(&self.id);
         let outcome = if self.done.load(Ordering::Relaxed) { Outcome::Served } else { Outcome::Aborted };
         self.log.record(
-            Some(&self.dut),
+            Some(&self.live.dut),
             AccessRecord {
                 seq: 0,
-                time: self.time,
-                protocol: self.protocol.0.to_string(),
-                path: std::mem::take(&mut self.path),
-                bytes: self.bytes.load(Ordering::Relaxed),
+                time: self.live.time,
+                protocol: self.live.protocol.0.to_string(),
+                path: self.live.path.clone(),
+                bytes: self.live.bytes.load(Ordering::Relaxed),
                 outcome,
             },
         );
@@ -395,6 +451,28 @@ impl Drop for LogTicket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn open_tickets_are_in_flight_until_dropped() {
+        let log = Arc::new(AccessLog::default());
+        let (d, other) = (DutId::from("d"), DutId::from("o"));
+        let t = log.ticket(d.clone(), Protocol::NBD, "disk");
+        let _o = log.ticket(other.clone(), Protocol::NBD, "disk");
+        let f = log.in_flight(&d);
+        assert_eq!((f.len(), f[0].bytes, f[0].first_byte), (1, 0, None), "{f:?}");
+        t.add_bytes(0);
+        assert_eq!(log.in_flight(&d)[0].first_byte, None, "no byte yet");
+        t.add_bytes(512);
+        let first = log.in_flight(&d)[0].first_byte.expect("the first byte is timed");
+        assert!(first >= f[0].time, "{first} before {}", f[0].time);
+        t.add_bytes(512);
+        let f = log.in_flight(&d);
+        assert_eq!((f[0].bytes, f[0].first_byte), (1024, Some(first)), "the first byte's time stays");
+        drop(t);
+        assert!(log.in_flight(&d).is_empty());
+        assert_eq!(log.in_flight(&other).len(), 1);
+        assert_eq!(log.entries(&d)[0].bytes, 1024);
+    }
 
     #[test]
     fn ticket_logs_once_with_outcome() {

@@ -3,7 +3,10 @@
 //! For every DUT with a job, citron generates in both the HTTP and the TFTP namespace:
 //! `boot.ipxe` and `boot/<machine_id>/boot.ipxe` (an iPXE script booting the job's kernel,
 //! initramfs and cmdline), `boot/<machine_id>/kernel`, `boot/<machine_id>/initramfs` and
-//! `boot/<machine_id>/cmdline.txt`; over TFTP also `config.txt` (Raspberry Pi style).
+//! `boot/<machine_id>/cmdline.txt`; over TFTP also `config.txt` (Raspberry Pi style); and
+//! `_citron/ready`, the phone-home: a booted system reads it to say "I reached userspace", an
+//! ordinary read that lands in the DUT's access log, so it works from real hardware as from a
+//! virtual DUT (`citron boot-test --ready phone-home` waits for it).
 //! **A file the job defines at one of these paths wins** (the gateway logs the override); the
 //! other generated files stay available, so a user's own script may still point at them.
 //!
@@ -16,6 +19,9 @@ use crate::serve::Space;
 pub const TOP_SCRIPT: &str = "boot.ipxe";
 /// The Raspberry Pi firmware's configuration, generated over TFTP only.
 pub const PI_CONFIG: &str = "config.txt";
+/// The phone-home a booted system reads to report that it reached userspace (reserved: the
+/// `_citron/` prefix is citron's).
+pub const READY: &str = "_citron/ready";
 
 /// A generated file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +36,8 @@ pub enum Generated {
     Cmdline,
     /// The Raspberry Pi `config.txt` (TFTP only).
     PiConfig,
+    /// The phone-home, [`READY`]: `ready <machine_id>` and a newline.
+    Ready,
 }
 
 /// The files generated under `boot/<machine_id>/`, by name.
@@ -68,7 +76,7 @@ pub fn cmdline_path(machine_id: &str) -> String {
 /// The paths citron generates for `machine_id` in `space` (`config.txt` only over TFTP, where
 /// Raspberry Pi firmware asks for it; every other space, a new one included, gets the rest).
 pub fn generated_names(machine_id: &str, space: Space) -> Vec<String> {
-    let top: &[&str] = if space == Space::TFTP { &[TOP_SCRIPT, PI_CONFIG] } else { &[TOP_SCRIPT] };
+    let top: &[&str] = if space == Space::TFTP { &[TOP_SCRIPT, PI_CONFIG, READY] } else { &[TOP_SCRIPT, READY] };
     let mut v: Vec<String> = top.iter().map(|s| s.to_string()).collect();
     let d = dir(machine_id);
     for (f, _) in IN_DIR {
@@ -81,6 +89,9 @@ pub fn generated_names(machine_id: &str, space: Space) -> Vec<String> {
 pub fn lookup(machine_id: &str, space: Space, path: &str) -> Option<Generated> {
     if path == TOP_SCRIPT {
         return Some(Generated::Script);
+    }
+    if path == READY {
+        return Some(Generated::Ready);
     }
     if let Some(rest) = path.strip_prefix(&dir(machine_id)) {
         return IN_DIR.iter().find(|(f, _)| *f == rest).map(|(_, g)| *g);
@@ -126,6 +137,12 @@ pub fn cmdline_txt(step: BootStep<'_>) -> String {
     format!("{}\n", step.cmdline)
 }
 
+/// The phone-home's answer: it names the DUT, so a system that reads it sees whom citron took
+/// it for.
+pub fn ready_txt(machine_id: &str) -> String {
+    format!("ready {machine_id}\n")
+}
+
 /// The Raspberry Pi `config.txt` for a step; `None` without a kernel.
 pub fn config_txt(machine_id: &str, step: BootStep<'_>) -> Option<String> {
     if !step.kernel {
@@ -154,8 +171,10 @@ mod tests {
         }
         assert_eq!(
             generated_names("dut1", Space::HTTP),
-            ["boot.ipxe", "boot/dut1/boot.ipxe", "boot/dut1/kernel", "boot/dut1/initramfs", "boot/dut1/cmdline.txt"]
+            ["boot.ipxe", "_citron/ready", "boot/dut1/boot.ipxe", "boot/dut1/kernel", "boot/dut1/initramfs", "boot/dut1/cmdline.txt"]
         );
+        assert_eq!(lookup("dut1", Space::TFTP, "_citron/ready"), Some(Generated::Ready));
+        assert_eq!(ready_txt("dut1"), "ready dut1\n");
         assert!(generated_names("dut1", Space::TFTP).contains(&"config.txt".to_string()));
         assert_eq!(lookup("dut1", Space::HTTP, "config.txt"), None, "config.txt is TFTP only");
         assert_eq!(lookup("dut1", Space::TFTP, "boot/dut1/config.txt"), None);

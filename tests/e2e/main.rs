@@ -11,6 +11,7 @@ mod extract;
 mod fulldisk;
 mod gateways;
 mod http;
+mod image;
 mod nbd;
 mod nbd_limits;
 mod shared_store;

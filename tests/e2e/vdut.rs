@@ -7,14 +7,13 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{MutexGuard, OnceLock};
 
 use citron_tests::{citron_bin, require_tool, strict, workspace_root};
 
-/// One boot-test at a time (the machine has 2 cores).
+/// One boot-test at a time (the machine has 2 cores), image boots included.
 fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+    citron_tests::qemu_lock()
 }
 
 /// The tools a boot needs; `false` (skip) when one is missing, unless strict.

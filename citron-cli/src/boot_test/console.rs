@@ -1,68 +1,21 @@
-//! The serial console: split into clean lines, copied to stdout and the DUT's log, and watched
-//! for the verdict of a boot (the `--expect` pattern, a kernel panic, nothing to boot, a KVM
-//! error, QEMU exiting, the timeout). [`Watch`] and [`LineSplitter`] do no I/O, so the verdict
-//! rules are unit-tested.
+//! The serial console: split into clean lines, copied to stdout and the DUT's log, and fed to
+//! the [`Watch`] of the boot until a verdict. [`LineSplitter`] does no I/O and is unit-tested.
 
-use std::fmt;
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use regex::Regex;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::plan::Target;
+use super::watch::{Failure, Seen, Watch};
 use super::BootTestError;
 
-/// How long a guest may take to power off by itself once the pattern was seen.
-const POWEROFF_GRACE: Duration = Duration::from_secs(10);
-
-/// How one boot failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Failure {
-    /// The time ran out.
-    Timeout {
-        /// The allowed time.
-        after: Duration,
-        /// The pattern that was not seen, if any.
-        pattern: Option<String>,
-    },
-    /// The guest kernel panicked; the panic line.
-    Panic(String),
-    /// The firmware found nothing to boot; the last iPXE error seen.
-    NothingToBoot(Option<String>),
-    /// KVM cannot run this guest here.
-    Kvm,
-    /// QEMU ended before the pattern was seen (or with an error status without one).
-    Exited {
-        /// QEMU's exit status.
-        status: String,
-        /// The pattern that was not seen.
-        pattern: Option<String>,
-    },
-    /// QEMU could not be started.
-    Spawn(String),
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Failure::Timeout { after, pattern: Some(p) } => write!(f, "timeout: /{p}/ not seen within {}s", after.as_secs()),
-            Failure::Timeout { after, pattern: None } => {
-                write!(f, "timeout: the guest did not power off within {}s", after.as_secs())
-            }
-            Failure::Panic(line) => write!(f, "kernel panic: {line}"),
-            Failure::NothingToBoot(Some(e)) => write!(f, "the firmware found nothing to boot; last iPXE error: {e}"),
-            Failure::NothingToBoot(None) => write!(f, "the firmware found nothing to boot (no iPXE error seen)"),
-            Failure::Kvm => write!(f, "KVM internal error: KVM cannot run this guest on this host; use --accel tcg"),
-            Failure::Exited { status, pattern: Some(p) } => write!(f, "pattern never seen: QEMU exited ({status}) before /{p}/ appeared"),
-            Failure::Exited { status, pattern: None } => write!(f, "QEMU exited with {status}"),
-            Failure::Spawn(e) => write!(f, "cannot start QEMU: {e}"),
-        }
-    }
-}
+/// How long a guest may take to power off by itself once the pattern was seen (job boots; a
+/// booted image is stopped at once, as a real system would not power off).
+pub(super) const POWEROFF_GRACE: Duration = Duration::from_secs(10);
 
 /// One console log per DUT, shared by its boots.
 pub(super) type Log = Arc<Mutex<(PathBuf, std::fs::File)>>;
@@ -95,6 +48,12 @@ pub(super) struct Console {
 }
 
 impl Console {
+    /// A line of citron's own, in the log and on stderr.
+    pub(super) fn note(&self, msg: &str) {
+        log_line(&self.log, &format!("=== citron: {msg}"));
+        eprintln!("{}citron boot-test: {msg}", self.prefix.as_deref().unwrap_or(""));
+    }
+
     pub(super) fn line(&self, line: &str, from_stderr: bool) {
         log_line(&self.log, line);
         let p = self.prefix.as_deref().unwrap_or("");
@@ -108,41 +67,53 @@ impl Console {
     }
 }
 
-/// Reads QEMU's console (`(from stderr, bytes)` from `rx`) until a verdict; stops QEMU once
-/// there is one.
+/// Reads QEMU's console (`(from stderr, bytes)` from `rx`) into `watch` until a verdict; stops
+/// QEMU once there is one. `phone_home` fires when citron served `_citron/ready` to the DUT.
+/// Once the run passed, the guest gets `grace` to power off by itself.
 pub(super) async fn verdict(
     child: &mut tokio::process::Child,
     mut rx: mpsc::Receiver<(bool, Vec<u8>)>,
     console: &Console,
-    expect: Option<&Regex>,
+    watch: &mut Watch,
+    mut phone_home: Option<oneshot::Receiver<()>>,
+    grace: Duration,
     timeout: Duration,
 ) -> Result<(), Failure> {
-    let mut watch = Watch::new(expect.cloned());
+    let started = tokio::time::Instant::now();
     let mut out = LineSplitter::default();
     let mut err = LineSplitter::default();
-    let deadline = tokio::time::Instant::now() + timeout;
-    // Once the pattern is seen the guest gets a moment to power off by itself (and flush its
-    // disks); then it is stopped.
-    let mut grace: Option<tokio::time::Instant> = None;
+    let deadline = started + timeout;
+    let mut grace_until: Option<tokio::time::Instant> = None;
     let verdict: Option<Result<(), Failure>> = loop {
-        let until = grace.unwrap_or(deadline);
+        // A zero grace (a booted image) ends the run as soon as it passed.
+        if grace_until.is_some_and(|g| g <= tokio::time::Instant::now()) {
+            break Some(Ok(()));
+        }
+        let until = grace_until.unwrap_or(deadline);
         let msg = tokio::select! {
             m = rx.recv() => m,
             _ = tokio::time::sleep_until(until) => {
-                break if grace.is_some() { Some(Ok(())) } else {
-                    Some(Err(Failure::Timeout { after: timeout, pattern: expect.map(|r| r.as_str().to_string()) }))
-                };
+                break if grace_until.is_some() { Some(Ok(())) } else { Some(Err(watch.timeout(timeout))) };
+            }
+            r = async { match phone_home.as_mut() { Some(p) => p.await, None => std::future::pending().await } } => {
+                phone_home = None;
+                if r.is_ok() && watch.phoned_home(started.elapsed()) {
+                    console.note("citron served _citron/ready: the system phoned home");
+                    grace_until = Some(tokio::time::Instant::now() + grace);
+                }
+                continue;
             }
         };
         let Some((is_err, bytes)) = msg else { break None };
+        let at = started.elapsed();
         let split = if is_err { &mut err } else { &mut out };
         let mut failed = None;
         for line in split.feed(&bytes) {
             console.line(&line, is_err);
-            match watch.line(&line) {
+            match watch.line(&line, at) {
                 Seen::Nothing => {}
                 Seen::Matched => {
-                    grace.get_or_insert_with(|| tokio::time::Instant::now() + POWEROFF_GRACE);
+                    grace_until.get_or_insert_with(|| tokio::time::Instant::now() + grace);
                 }
                 Seen::Failed(f) => {
                     failed = Some(f);
@@ -153,8 +124,8 @@ pub(super) async fn verdict(
         if let Some(f) = failed {
             break Some(Err(f));
         }
-        if !is_err && grace.is_none() && watch.partial(&split.partial()) {
-            grace = Some(tokio::time::Instant::now() + POWEROFF_GRACE);
+        if !is_err && grace_until.is_none() && watch.partial(&split.partial(), at) {
+            grace_until = Some(tokio::time::Instant::now() + grace);
         }
     };
     if let Some(v) = verdict {
@@ -163,10 +134,11 @@ pub(super) async fn verdict(
         return v;
     }
     // Both streams ended: QEMU is exiting.
+    let at = started.elapsed();
     for (split, is_err) in [(&mut out, false), (&mut err, true)] {
         if let Some(line) = split.finish() {
             console.line(&line, is_err);
-            if let Seen::Failed(f) = watch.line(&line) {
+            if let Seen::Failed(f) = watch.line(&line, at) {
                 return Err(f);
             }
         }
@@ -176,10 +148,10 @@ pub(super) async fn verdict(
         Ok(Err(e)) => return Err(Failure::Spawn(e.to_string())),
         Err(_) => {
             let _ = child.start_kill();
-            return Err(Failure::Exited { status: "closed its console but did not exit".into(), pattern: None });
+            return Err(Failure::Exited { status: "closed its console but did not exit".into(), awaited: None });
         }
     };
-    watch.at_exit(status.success(), &status.to_string())
+    watch.at_exit(status.success(), &status.to_string(), at)
 }
 
 /// Splits a byte stream into console lines: `\r` dropped, terminal escape sequences removed,
@@ -238,66 +210,4 @@ pub(super) fn clean(raw: &[u8]) -> String {
         }
     }
     out.trim_end().to_string()
-}
-
-/// What a console line means.
-#[derive(Debug, PartialEq, Eq)]
-pub(super) enum Seen {
-    Nothing,
-    Matched,
-    Failed(Failure),
-}
-
-/// The verdict logic, fed line by line (no I/O, so it is unit-tested).
-#[derive(Debug)]
-pub(super) struct Watch {
-    expect: Option<Regex>,
-    matched: bool,
-    last_ipxe_error: Option<String>,
-}
-
-impl Watch {
-    pub(super) fn new(expect: Option<Regex>) -> Watch {
-        Watch { expect, matched: false, last_ipxe_error: None }
-    }
-
-    pub(super) fn line(&mut self, line: &str) -> Seen {
-        if line.contains("Kernel panic - not syncing") {
-            return Seen::Failed(Failure::Panic(line.trim().to_string()));
-        }
-        if line.contains("KVM internal error") {
-            return Seen::Failed(Failure::Kvm);
-        }
-        // iPXE ends each error message with its explanation URL.
-        if line.contains("(https://ipxe.org/") || line.contains("(http://ipxe.org/") {
-            self.last_ipxe_error = Some(line.trim().to_string());
-        }
-        if line.contains("No bootable device") {
-            return Seen::Failed(Failure::NothingToBoot(self.last_ipxe_error.clone()));
-        }
-        if !self.matched && self.expect.as_ref().is_some_and(|r| r.is_match(line)) {
-            self.matched = true;
-            return Seen::Matched;
-        }
-        Seen::Nothing
-    }
-
-    /// A prompt that does not end its line (`login: `) may match too.
-    pub(super) fn partial(&mut self, text: &str) -> bool {
-        if !self.matched && !text.is_empty() && self.expect.as_ref().is_some_and(|r| r.is_match(text)) {
-            self.matched = true;
-            return true;
-        }
-        false
-    }
-
-    /// QEMU exited by itself.
-    pub(super) fn at_exit(&self, success: bool, status: &str) -> Result<(), Failure> {
-        match (&self.expect, self.matched) {
-            (Some(_), true) => Ok(()),
-            (Some(r), false) => Err(Failure::Exited { status: status.into(), pattern: Some(r.as_str().into()) }),
-            (None, _) if success => Ok(()),
-            (None, _) => Err(Failure::Exited { status: status.into(), pattern: None }),
-        }
-    }
 }

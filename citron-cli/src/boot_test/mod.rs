@@ -1,5 +1,6 @@
 //! `citron boot-test`: boots a QEMU virtual DUT from an in-process citron, the way a real DUT
-//! would boot from the lab, before the job goes to real hardware.
+//! would boot from the lab, before the job goes to real hardware; or boots whole disk images
+//! with citron as their disk, as an image build's test.
 //!
 //! # How a DUT reaches the in-process server
 //! - Default: QEMU's user-mode network (slirp). The servers listen on 127.0.0.1 (free ports); the
@@ -14,28 +15,45 @@
 //!   namespaces, which are deleted at the end (also on errors and Ctrl-C).
 //!
 //! # One boot
-//! The lab sends the DUT a `boot` event (lifetimes reset, `continue` is used from the second
-//! boot), then QEMU network-boots from `boot.ipxe` over `--proto` (iPXE ROM via DHCP
-//! `bootfile`). The serial console is streamed to stdout and to a log file. The boot passes when
-//! `--expect` matches a console line (without `--expect`: when the guest powers off by itself);
-//! it fails on a kernel panic, "No bootable device", a KVM internal error, QEMU exiting first,
-//! or `--timeout`.
+//! The lab sends the DUT a `boot` event (lifetimes and `reset_on: boot` disks reset, `continue`
+//! is used from the second boot), then QEMU boots:
+//! - a `--job`: from the network, `boot.ipxe` over `--proto` (iPXE ROM via DHCP `bootfile`);
+//! - an `--image` ([`image`]): from its disk, the image served by citron over NBD with a
+//!   copy-on-write overlay, through SeaBIOS or OVMF.
+//!
+//! The serial console is streamed to stdout and to a log file and fed to a [`watch::Watch`].
+//! A boot passes when `--expect` matches a console line; without it, an image when the real
+//! system reached userspace and a job when the guest powers off by itself; with `--ready
+//! phone-home`, when the system read `_citron/ready` from citron. It fails at once on a line of
+//! the [`catalogue`] (kernel panic, Oops, emergency shell, an initramfs giving up, bootloader
+//! errors, …), on a KVM internal error, on QEMU exiting first, or on `--timeout`.
 //!
 //! # The pieces
 //! - [`plan`]: what to boot: the options, the DUTs chosen for the jobs and their addresses.
+//! - [`image`]: `--image`: firmware, formats, the job an image becomes, one DUT per run.
 //! - [`qemu`]: the accelerator and its KVM → TCG fallback, the QEMU command line, starting QEMU.
-//! - [`console`]: console lines, the log files, and the verdict of a boot.
-//! - [`netns`]: the network namespaces of `--netns`.
+//! - [`console`]: console lines, the log files, the loop that reads QEMU until a verdict.
+//! - [`watch`]: the verdict of a boot and its stage timeline (pure).
+//! - [`catalogue`]: what console lines mean: failures, warnings, userspace, stage markers (pure).
+//! - [`report`]: stage timings, the summary table, JUnit and `boot-test-results.json`.
+//! - [`sampler`]: what citron sees of a DUT while it boots (disk reads, the phone-home).
+//! - [`netns`]: the network namespaces of `--netns` and of matrices.
 //!
 //! This file is the flow: resolve the plan, set up namespaces and a runtime, start the servers,
-//! load the jobs, boot every DUT `--boots` times, report.
+//! load the jobs, boot every DUT `--boots` times while a [`Sampler`] watches it in citron
+//! (its disk reads, the phone-home), report.
 
+mod catalogue;
 mod console;
+mod image;
 mod netns;
 mod plan;
 mod qemu;
+mod report;
+mod sampler;
 #[cfg(test)]
 mod tests;
+mod watch;
 
 pub use plan::BootTestArgs;
 
@@ -43,6 +61,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use citron_core::job::{JobDescription, JobErrors};
@@ -54,17 +73,24 @@ use citron_core::{Endpoints, Gateway, GatewayError};
 use citron_lab::server::ServerBuilder;
 use regex::Regex;
 
-use console::{log_line, open_logs, Console, Failure, Log};
+use catalogue::Catalogue;
+use console::{log_line, open_logs, Console, Log, POWEROFF_GRACE};
+use image::{Firmware, ImageRun, ImageSource};
 use netns::{Netns, NETNS_SERVER};
-use plan::{find_program, pick_targets, Plan, Proto, Target};
-use qemu::{boot_once, qemu_args, Accel, QemuSpec, SLIRP_HOST};
+use plan::{find_program, pick_targets, Boot, Plan, Proto, ReadyOn, Target};
+use qemu::{boot_once, qemu_args, Accel, Medium, QemuSpec, SLIRP_HOST};
+use report::{hostname, timestamp, RunReport};
+use sampler::Sampler;
+use watch::{Failure, Ready, Watch};
 
 /// Exit codes of `boot-test`, shown at the end of its `--help`.
 pub const EXIT_CODES: &str = "\
 Exit codes:
-  0  every boot of every DUT passed (--expect seen, or a clean power-off without --expect)
-  1  a boot failed; the last line on stderr says why (timeout, kernel panic, pattern never seen,
-     nothing to boot, QEMU exited)
+  0  every boot of every DUT passed (--expect seen; without it: an image reached userspace, a job
+     powered off cleanly; or the system phoned home with --ready phone-home)
+  1  a boot failed; the last line on stderr says why (timeout, a catalogue line such as
+     kernel panic or emergency shell with the line, pattern never seen, nothing to boot, QEMU
+     exited)
   2  the test could not run: usage error, bad lab or job, QEMU missing, servers or network
      namespaces could not be set up";
 
@@ -77,9 +103,11 @@ pub enum BootTestError {
     /// No QEMU.
     #[error("{0} not found; install qemu-system-x86 (scripts/setup-debian.sh --qemu) or pass --qemu PATH")]
     QemuMissing(PathBuf),
-    /// `--expect` is no regular expression.
-    #[error("--expect {pattern:?} is not a valid regular expression: {source}")]
+    /// `--expect` or `--allow` is no regular expression.
+    #[error("{flag} {pattern:?} is not a valid regular expression: {source}")]
     BadPattern {
+        /// Which option.
+        flag: String,
         /// What was given.
         pattern: String,
         /// Why it does not compile.
@@ -159,18 +187,39 @@ pub fn run(args: BootTestArgs) -> ExitCode {
     }
 }
 
+fn regex(flag: &str, p: &str) -> Result<Regex, BootTestError> {
+    Regex::new(p).map_err(|source| BootTestError::BadPattern { flag: flag.to_string(), pattern: p.to_string(), source })
+}
+
 fn run_inner(args: BootTestArgs) -> Result<String, BootTestError> {
-    let expect = match &args.expect {
-        Some(p) => Some(Regex::new(p).map_err(|source| BootTestError::BadPattern { pattern: p.clone(), source })?),
-        None => None,
-    };
+    let expect = args.expect.as_deref().map(|p| regex("--expect", p)).transpose()?;
+    let allow = args.allow.iter().map(|p| regex("--allow", p)).collect::<Result<Vec<_>, _>>()?;
     let qemu = find_program(&args.qemu).ok_or_else(|| BootTestError::QemuMissing(args.qemu.clone()))?;
     let mut lab = match &args.lab {
         Some(p) => LabConfig::from_file(p)?,
         None => LabConfig::default_lab(),
     };
-    let netns = args.netns || args.jobs.len() > 1;
-    let targets = pick_targets(&mut lab, &args.jobs, &args.duts, netns)?;
+    let (targets, netns) = if args.images.is_empty() {
+        let netns = args.netns || args.jobs.len() > 1;
+        (pick_targets(&mut lab, &args.jobs, &args.duts, netns)?, netns)
+    } else {
+        if !args.duts.is_empty() {
+            return Err(BootTestError::Usage("--dut goes with --job; an --image boots as a DUT of its own".into()));
+        }
+        let firmwares = if args.firmwares.is_empty() { vec![Firmware::Bios] } else { args.firmwares.clone() };
+        let mut runs = Vec::new();
+        for given in &args.images {
+            let (pinned, image) = image::split_firmware(given);
+            let source = ImageSource::parse(image, args.image_format)?;
+            let under = pinned.map(|f| vec![f]).unwrap_or_else(|| firmwares.clone());
+            runs.extend(under.into_iter().map(|f| ImageRun { source: source.clone(), firmware: f }));
+        }
+        if runs.iter().any(|r| r.firmware == Firmware::Uefi) {
+            image::ovmf()?;
+        }
+        let netns = args.netns || runs.len() > 1;
+        (image::image_targets(&mut lab, runs, netns)?, netns)
+    };
     let logs = open_logs(&args.log_dir, &targets)?;
 
     // The namespaces must exist, and this thread must be in the servers' one, before the
@@ -191,7 +240,8 @@ fn run_inner(args: BootTestArgs) -> Result<String, BootTestError> {
         .enable_all()
         .build()
         .map_err(|e| BootTestError::Server(format!("cannot start the async runtime: {e}")))?;
-    let plan = Plan { args: &args, lab, qemu, expect, netns: ns.as_ref(), targets: &targets, logs };
+    let catalogue = Arc::new(Catalogue::new(allow));
+    let plan = Plan { args: &args, lab, qemu, expect, catalogue, netns: ns.as_ref(), targets: &targets, logs };
     let result = rt.block_on(async {
         tokio::select! {
             r = plan.execute() => r,
@@ -242,38 +292,97 @@ impl Plan<'_> {
         status(&format!("{} (DUTs reach it as {seen_as})", server.listening_line()));
 
         for t in self.targets {
-            let job = JobDescription::from_file(&t.job).map_err(BootTestError::Job)?;
+            let job = match &t.boot {
+                Boot::Job(path) => JobDescription::from_file(path).map_err(BootTestError::Job)?,
+                Boot::Image(run) => {
+                    let job = run.job()?;
+                    report::write(&self.args.log_dir.join(format!("boot-test-{}.job.yaml", t.id)), run.job_yaml().as_bytes())?;
+                    job
+                }
+            };
             match gw.set_trusted_job(&t.id, &job).await {
                 Ok(()) => {}
                 Err(GatewayError::Job(e)) => return Err(BootTestError::Job(e)),
                 Err(e) => return Err(BootTestError::Gateway(e)),
             }
-            status(&format!("{}: job {} loaded; DUT address {}", t.id, t.job.display(), t.addr));
+            status(&format!("{}: {} loaded; DUT address {}", t.id, t.label(), t.addr));
         }
-        let port = match self.args.proto {
-            Proto::Http => http,
-            Proto::Tftp => tftp,
+        let (port, scheme) = match self.args.proto {
+            Proto::Http => (http, "http"),
+            Proto::Tftp => (tftp, "tftp"),
         };
-        let scheme = match self.args.proto {
-            Proto::Http => "http",
-            Proto::Tftp => "tftp",
+        let net = Network {
+            bootfile: format!("{scheme}://{seen_as}:{port}/boot.ipxe"),
+            // QEMU itself is the NBD client: it connects from the host (or the DUT's namespace).
+            nbd: format!("nbd://{bind}:{nbd}/{}", image::EXPORT),
+            ready_url: format!("http://{seen_as}:{http}/{}", citron_core::bootfiles::READY),
+            data,
         };
-        let bootfile = format!("{scheme}://{seen_as}:{port}/boot.ipxe");
 
         let prefix = self.targets.len() > 1;
         let runs = self.targets.iter().zip(&self.logs).enumerate().map(|(i, (t, log))| {
             let gw = gw.clone();
-            let bootfile = bootfile.clone();
             let ns = self.netns.map(|n| n.duts[i].clone());
-            async move { self.boot_dut(&gw, t, log, &bootfile, ns, prefix).await }
+            let net = &net;
+            async move { self.boot_dut(&gw, t, log, net, ns, prefix).await }
         });
         let results = futures::future::join_all(runs).await;
         server.shutdown().await;
-        let mut done = Vec::new();
+        let mut reports = Vec::new();
         for r in results {
-            done.push(r?);
+            reports.push(r?);
         }
+        self.report(&reports)
+    }
+
+    /// Prints the timings and the summary, writes the JUnit and JSON outputs, and turns the
+    /// first failed run into the error.
+    fn report(&self, reports: &[RunReport]) -> Result<String, BootTestError> {
+        for r in reports {
+            if r.timeline.ready.is_some() || r.result.is_err() {
+                status(&format!("{}: stages: {}", r.id, r.stages_line()));
+            }
+            if let Some(d) = r.disk_line() {
+                status(&format!("{}: citron: {d}", r.id));
+            }
+            for (what, line) in &r.warnings {
+                status(&format!("{}: warning: {what}: {line}", r.id));
+            }
+        }
+        if reports.len() > 1 || !self.args.images.is_empty() {
+            eprintln!("citron boot-test: summary\n{}", report::summary_table(reports));
+        }
+        let results: Vec<serde_json::Value> = reports.iter().map(RunReport::json).collect();
+        let json = serde_json::to_vec_pretty(&results).unwrap_or_default();
+        report::write(&self.args.log_dir.join("boot-test-results.json"), &json)?;
+        if let Some(path) = &self.args.junit {
+            let xml =
+                report::junit(reports, &timestamp(), &hostname()).map_err(|source| BootTestError::Io { path: path.clone(), source })?;
+            report::write(path, &xml)?;
+        }
+        if let Some(r) = reports.iter().find(|r| r.result.is_err()) {
+            let failure = r.result.clone().expect_err("found by is_err");
+            return Err(BootTestError::Boot { dut: r.id.clone(), boot: r.boots_run, boots: self.args.boots, failure, log: r.log.clone() });
+        }
+        let what = match (&self.args.expect, self.args.ready, self.args.images.is_empty()) {
+            (_, ReadyOn::PhoneHome, _) => "phoned home".to_string(),
+            (Some(p), ..) => format!("/{p}/ seen"),
+            (None, _, false) => "userspace reached".into(),
+            (None, _, true) => "clean power-off".into(),
+        };
+        let done: Vec<String> =
+            reports.iter().map(|r| format!("{}: {} boot(s), {what} (console log: {})", r.id, r.boots_run, r.log.display())).collect();
         Ok(done.join("; "))
+    }
+
+    /// What passes this target's boots.
+    fn ready(&self, t: &Target) -> Ready {
+        match (self.args.ready, &self.expect, &t.boot) {
+            (ReadyOn::PhoneHome, ..) => Ready::PhoneHome,
+            (_, Some(r), _) => Ready::Pattern(r.clone()),
+            (_, None, Boot::Image(_)) => Ready::Userspace,
+            (_, None, Boot::Job(_)) => Ready::PowerOff,
+        }
     }
 
     async fn boot_dut(
@@ -281,16 +390,41 @@ impl Plan<'_> {
         gw: &Gateway,
         t: &Target,
         log: &Log,
-        bootfile: &str,
+        net: &Network,
         ns: Option<String>,
         prefix: bool,
-    ) -> Result<String, BootTestError> {
+    ) -> Result<RunReport, BootTestError> {
         let boots = self.args.boots;
         let mut accel = self.args.accel.resolve();
         let mut boot = 1;
+        let run_started = std::time::Instant::now();
+        let path = log.lock().0.clone();
+        let mut report = RunReport {
+            id: t.id.clone(),
+            label: t.label(),
+            result: Ok(()),
+            boots_run: 0,
+            timeline: Default::default(),
+            disk: Default::default(),
+            warnings: Vec::new(),
+            log: path,
+            elapsed: Duration::ZERO,
+        };
         gw.event(&t.id, Event::Boot).map_err(BootTestError::Gateway)?;
         while boot <= boots {
-            let spec = QemuSpec { accel, memory_mib: self.args.memory, bootfile: bootfile.to_string(), mac: t.mac.clone() };
+            let medium = match &t.boot {
+                Boot::Job(_) => Medium::Network { bootfile: net.bootfile.clone() },
+                Boot::Image(run) => Medium::Disk {
+                    nbd: net.nbd.clone(),
+                    firmware: run.firmware,
+                    ovmf: match run.firmware {
+                        Firmware::Uefi => Some(self.ovmf_vars(&net.data, &t.id)?),
+                        Firmware::Bios => None,
+                    },
+                    ready_url: Some(net.ready_url.clone()),
+                },
+            };
+            let spec = QemuSpec { accel, memory_mib: self.args.memory, medium, mac: t.mac.clone() };
             let mut argv: Vec<String> = Vec::new();
             if let Some(ns) = &ns {
                 argv.extend(["ip", "netns", "exec", ns].map(String::from));
@@ -302,7 +436,16 @@ impl Plan<'_> {
             log_line(log, &format!("=== {header}"));
             let console = Console { log: log.clone(), prefix: prefix.then(|| format!("[{}] ", t.id)) };
             let started = std::time::Instant::now();
-            let r = boot_once(&argv, &console, self.expect.as_ref(), self.args.timeout).await;
+            let mut watch = Watch::new(self.ready(t), self.catalogue.clone());
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let sampler = Sampler::start(gw.clone(), t.id.clone(), tx);
+            let grace = if matches!(t.boot, Boot::Image(_)) { Duration::ZERO } else { POWEROFF_GRACE };
+            let phone_home = matches!(self.args.ready, ReadyOn::PhoneHome).then_some(rx);
+            let r = boot_once(&argv, &console, &mut watch, phone_home, grace, self.args.timeout).await;
+            report.disk = sampler.stop();
+            report.timeline = watch.timeline.clone();
+            report.warnings.append(&mut watch.warnings);
+            report.boots_run = boot;
             // What the DUT fetched, from citron's own log: proof that it booted from citron.
             for rec in gw.accesses(&t.id).map_err(BootTestError::Gateway)? {
                 log_line(log, &format!("=== citron: {} {} {} bytes {:?}", rec.protocol, rec.path, rec.bytes, rec.outcome));
@@ -315,8 +458,9 @@ impl Plan<'_> {
                     continue;
                 }
                 Err(failure) => {
-                    let path = log.lock().0.clone();
-                    return Err(BootTestError::Boot { dut: t.id.clone(), boot, boots, failure, log: path });
+                    status(&format!("{}: boot {boot} of {boots} FAILED: {failure}", t.id));
+                    report.result = Err(failure);
+                    break;
                 }
                 Ok(()) => {}
             }
@@ -326,12 +470,25 @@ impl Plan<'_> {
                 gw.event(&t.id, Event::Boot).map_err(BootTestError::Gateway)?;
             }
         }
-        let what = match &self.args.expect {
-            Some(p) => format!("/{p}/ seen"),
-            None => "clean power-off".into(),
-        };
-        Ok(format!("{}: {boots} boot(s), {what} (console log: {})", t.id, log.lock().0.display()))
+        report.elapsed = run_started.elapsed();
+        Ok(report)
     }
+
+    /// A fresh copy of OVMF's variable store for one boot (the firmware writes to it).
+    fn ovmf_vars(&self, data: &Path, id: &DutId) -> Result<(PathBuf, PathBuf), BootTestError> {
+        let (code, template) = image::ovmf()?;
+        let vars = data.join(format!("ovmf-vars-{id}.fd"));
+        std::fs::copy(&template, &vars).map_err(|source| BootTestError::Io { path: vars.clone(), source })?;
+        Ok((code, vars))
+    }
+}
+
+/// How QEMU reaches the in-process servers.
+struct Network {
+    bootfile: String,
+    nbd: String,
+    ready_url: String,
+    data: PathBuf,
 }
 
 fn status(msg: &str) {

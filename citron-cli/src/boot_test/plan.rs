@@ -11,7 +11,9 @@ use citron_core::namespace::DutId;
 use clap::{Args, ValueEnum};
 use regex::Regex;
 
+use super::catalogue::Catalogue;
 use super::console::Log;
+use super::image::{Firmware, ImageFormat, ImageRun};
 use super::netns::{dut_netns_addr, Netns};
 use super::qemu::Accel;
 use super::{BootTestError, EXIT_CODES};
@@ -24,8 +26,37 @@ pub struct BootTestArgs {
     #[arg(long, value_name = "LAB.yaml")]
     pub lab: Option<PathBuf>,
     /// The job to boot. Repeat it, with one --dut each, to boot several DUTs at once (--netns).
-    #[arg(long = "job", value_name = "JOB.yaml", required = true)]
+    #[arg(long = "job", value_name = "JOB.yaml", required_unless_present = "images", conflicts_with = "images")]
     pub jobs: Vec<PathBuf>,
+    /// A whole disk image to boot with its own bootloader (a file, or an http(s):// or s3://
+    /// URL). citron serves it as the DUT's NBD disk with a copy-on-write overlay (the image is
+    /// never written); QEMU's firmware boots it. Repeat it (and --firmware) for a matrix: each
+    /// image under each firmware is its own DUT in its own network namespace (needs root).
+    /// `uefi:PATH` (or `bios:PATH`) boots that image under that firmware only.
+    #[arg(long = "image", value_name = "PATH|URL")]
+    pub images: Vec<String>,
+    /// What the images are.
+    #[arg(long, value_enum, default_value_t = ImageFormat::Auto, requires = "images")]
+    pub image_format: ImageFormat,
+    /// The firmware an --image boots with (repeat for a matrix; default bios).
+    #[arg(long = "firmware", value_enum, requires = "images")]
+    pub firmwares: Vec<Firmware>,
+    /// What passes a boot. `console`: --expect, or without it, for an --image, the real system
+    /// reaching userspace (systemd's multi-user or graphical target, "Startup finished", a
+    /// login prompt) and for a --job a clean power-off. `phone-home`: the booted system reads
+    /// `_citron/ready` over HTTP from citron (QEMU passes its URL as the SMBIOS type 11 string
+    /// `io.systemd.credential:citron.ready_url=URL`).
+    #[arg(long, value_enum, default_value_t = ReadyOn::Console)]
+    pub ready: ReadyOn,
+    /// A regular expression for known console noise: lines it matches never fail a boot nor
+    /// warn (the failure catalogue: kernel panic, Oops, BUG, emergency or rescue shell, an
+    /// initramfs giving up, systemd ordering cycles, bootloader errors). Repeatable.
+    #[arg(long = "allow", value_name = "REGEX")]
+    pub allow: Vec<String>,
+    /// Writes a JUnit XML report: one test case per DUT (per image and firmware), with its
+    /// stage timings and warnings.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
     /// The DUT to boot as (default: the lab's first DUT); one per --job.
     #[arg(long = "dut", value_name = "ID")]
     pub duts: Vec<String>,
@@ -63,6 +94,15 @@ pub struct BootTestArgs {
     pub memory: u32,
 }
 
+/// What passes a boot (`--ready`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReadyOn {
+    /// The serial console.
+    Console,
+    /// A read of `_citron/ready` from citron.
+    PhoneHome,
+}
+
 /// The boot protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Proto {
@@ -80,13 +120,32 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// A DUT to boot, with its job.
+/// What a DUT boots.
+#[derive(Debug, Clone)]
+pub(super) enum Boot {
+    /// A job file, network-booted through iPXE.
+    Job(PathBuf),
+    /// A disk image under a firmware.
+    Image(ImageRun),
+}
+
+/// A DUT to boot, with what it boots.
 #[derive(Debug, Clone)]
 pub(super) struct Target {
     pub(super) id: DutId,
-    pub(super) job: PathBuf,
+    pub(super) boot: Boot,
     pub(super) mac: Option<String>,
     pub(super) addr: IpAddr,
+}
+
+impl Target {
+    /// What it boots, for tables and JUnit: the job file or `image [firmware]`.
+    pub(super) fn label(&self) -> String {
+        match &self.boot {
+            Boot::Job(p) => p.display().to_string(),
+            Boot::Image(r) => r.label(),
+        }
+    }
 }
 
 /// Chooses the DUTs and rewrites their addresses in the in-process lab copy.
@@ -110,7 +169,7 @@ pub(super) fn pick_targets(lab: &mut LabConfig, jobs: &[PathBuf], duts: &[String
             return Err(BootTestError::Usage(format!("the lab has no DUT {:?} (it has: {})", id.0, known.join(", "))));
         };
         let addr = if netns { IpAddr::V4(dut_netns_addr(i)) } else { IpAddr::V4(Ipv4Addr::LOCALHOST) };
-        targets.push(Target { id: id.clone(), job: job.clone(), mac: dut.mac.clone(), addr });
+        targets.push(Target { id: id.clone(), boot: Boot::Job(job.clone()), mac: dut.mac.clone(), addr });
     }
     // Slirp (or the veth) is the only way in: the DUT is whoever comes from its address, and no
     // other DUT of the lab may claim that address.
@@ -141,6 +200,7 @@ pub(super) struct Plan<'a> {
     pub(super) lab: LabConfig,
     pub(super) qemu: PathBuf,
     pub(super) expect: Option<Regex>,
+    pub(super) catalogue: std::sync::Arc<Catalogue>,
     pub(super) netns: Option<&'a Netns>,
     pub(super) targets: &'a [Target],
     pub(super) logs: Vec<Log>,

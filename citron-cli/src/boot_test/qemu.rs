@@ -1,16 +1,19 @@
 //! The QEMU side: the accelerator (and when `auto` falls back from KVM to TCG), the command
-//! line of a network boot, and starting QEMU with its console piped to [`console::verdict`].
+//! line of a network or disk boot, and starting QEMU with its console piped to
+//! [`console::verdict`].
 
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
 use clap::ValueEnum;
-use regex::Regex;
 use tokio::io::AsyncReadExt as _;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
-use super::console::{self, Console, Failure};
+use super::console::{self, Console};
+use super::image::Firmware;
+use super::watch::{Failure, Watch};
 
 /// Where the guest finds the host's loopback under QEMU user networking.
 pub(super) const SLIRP_HOST: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
@@ -60,18 +63,32 @@ pub(super) fn retry_with_tcg(asked: Accel, used: Accel, failure: &Failure, elaps
         }
 }
 
+/// What QEMU boots from.
+#[derive(Debug, Clone)]
+pub(super) enum Medium {
+    /// A network boot through iPXE: the DHCP `bootfile` URL.
+    Network { bootfile: String },
+    /// An NBD disk (`nbd://HOST:PORT/EXPORT`) booted by the firmware; for UEFI, the OVMF code
+    /// and this run's copy of its variable store; the phone-home URL handed to the guest.
+    Disk { nbd: String, firmware: Firmware, ovmf: Option<(PathBuf, PathBuf)>, ready_url: Option<String> },
+}
+
 /// What QEMU is started with.
 #[derive(Debug, Clone)]
 pub(super) struct QemuSpec {
     pub(super) accel: Accel,
     pub(super) memory_mib: u32,
-    pub(super) bootfile: String,
+    pub(super) medium: Medium,
     pub(super) mac: Option<String>,
 }
 
-/// The QEMU command line: a network boot through iPXE with the console on the serial port.
-/// `-vga none` sends iPXE's own output to the serial port too; `-no-reboot` turns a reboot
-/// (a panic with `panic=-1`) into QEMU exiting.
+/// The QEMU command line with the console on the serial port. `-vga none` sends the firmware's
+/// and bootloaders' own output to the serial port too; `-no-reboot` turns a reboot (a panic
+/// with `panic=-1`) into QEMU exiting.
+///
+/// A network boot boots iPXE from the NIC's ROM (`-boot n`). A disk boot attaches the NBD
+/// export as a virtio disk with `bootindex=0`; its NIC has no option ROM (`romfile=`), so a
+/// disk that does not boot fails at once instead of falling back to a network boot.
 pub(super) fn qemu_args(s: &QemuSpec) -> Vec<String> {
     let mut nic = "virtio-net-pci,netdev=n0".to_string();
     if let Some(mac) = s.mac.as_deref().filter(|m| valid_mac(m)) {
@@ -82,29 +99,38 @@ pub(super) fn qemu_args(s: &QemuSpec) -> Vec<String> {
     if s.accel == Accel::Kvm {
         v.extend(["-cpu".into(), "host".into()]);
     }
-    v.extend(
-        [
-            "-m",
-            &s.memory_mib.to_string(),
-            "-smp",
-            "1",
-            "-no-reboot",
-            "-nographic",
-            "-vga",
-            "none",
-            "-serial",
-            "stdio",
-            "-monitor",
-            "none",
-            "-netdev",
-            &format!("user,id=n0,bootfile={}", s.bootfile),
-            "-device",
-            &nic,
-            "-boot",
-            "n",
-        ]
-        .map(String::from),
-    );
+    let common =
+        ["-m", &s.memory_mib.to_string(), "-smp", "1", "-no-reboot", "-nographic", "-vga", "none", "-serial", "stdio", "-monitor", "none"]
+            .map(String::from);
+    v.extend(common);
+    match &s.medium {
+        Medium::Network { bootfile } => {
+            v.extend(["-netdev".into(), format!("user,id=n0,bootfile={bootfile}"), "-device".into(), nic, "-boot".into(), "n".into()]);
+        }
+        Medium::Disk { nbd, firmware, ovmf, ready_url } => {
+            if let (Firmware::Uefi, Some((code, vars))) = (firmware, ovmf) {
+                v.extend([
+                    "-drive".into(),
+                    format!("if=pflash,format=raw,unit=0,readonly=on,file={}", code.display()),
+                    "-drive".into(),
+                    format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+                ]);
+            }
+            v.extend([
+                "-drive".into(),
+                format!("file={nbd},format=raw,if=none,id=disk0"),
+                "-device".into(),
+                "virtio-blk-pci,drive=disk0,bootindex=0".into(),
+                "-netdev".into(),
+                "user,id=n0".into(),
+                "-device".into(),
+                format!("{nic},romfile="),
+            ]);
+            if let Some(url) = ready_url {
+                v.extend(["-smbios".into(), format!("type=11,value=io.systemd.credential:citron.ready_url={url}")]);
+            }
+        }
+    }
     v
 }
 
@@ -113,8 +139,15 @@ fn valid_mac(m: &str) -> bool {
     parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
-/// Boots QEMU once and watches its console until a verdict.
-pub(super) async fn boot_once(argv: &[String], console: &Console, expect: Option<&Regex>, timeout: Duration) -> Result<(), Failure> {
+/// Boots QEMU once and feeds its console to `watch` until a verdict (see [`console::verdict`]).
+pub(super) async fn boot_once(
+    argv: &[String],
+    console: &Console,
+    watch: &mut Watch,
+    phone_home: Option<oneshot::Receiver<()>>,
+    grace: Duration,
+    timeout: Duration,
+) -> Result<(), Failure> {
     let mut child = tokio::process::Command::new(&argv[0])
         .args(&argv[1..])
         .stdin(Stdio::null())
@@ -146,5 +179,5 @@ pub(super) async fn boot_once(argv: &[String], console: &Console, expect: Option
     }
     // Only the readers hold senders now: the channel closes when QEMU's streams end.
     drop(tx);
-    console::verdict(&mut child, rx, console, expect, timeout).await
+    console::verdict(&mut child, rx, console, watch, phone_home, grace, timeout).await
 }

@@ -202,6 +202,7 @@ impl Files {
             Generated::Initramfs => return self.initramfs.clone(),
             Generated::Cmdline => bootfiles::cmdline_txt(self.boot_step()),
             Generated::PiConfig => bootfiles::config_txt(mid, self.boot_step())?,
+            Generated::Ready => bootfiles::ready_txt(mid),
         };
         Some(Arc::new(Entry::generated(text)))
     }

@@ -42,7 +42,7 @@ use std::time::{Instant, SystemTime};
 
 use parking_lot::RwLock;
 
-use crate::access::{AccessLog, AccessRecord, AccessStore, MemoryAccess};
+use crate::access::{AccessLog, AccessRecord, AccessStore, InFlight, MemoryAccess};
 use crate::artifact::Cache;
 use crate::block::{DiskRecordStore, DiskStore, MemoryDiskRecords};
 use crate::datadir::DataDir;
@@ -451,6 +451,13 @@ impl Gateway {
     pub fn accesses(&self, id: &DutId) -> Result<Vec<AccessRecord>, GatewayError> {
         self.known(id)?;
         Ok(self.inner.log.entries(id))
+    }
+
+    /// The DUT's reads still in progress (its NBD connections above all): not in
+    /// [`accesses`](Self::accesses) until they end.
+    pub fn in_flight(&self, id: &DutId) -> Result<Vec<InFlight>, GatewayError> {
+        self.known(id)?;
+        Ok(self.inner.log.in_flight(id))
     }
 
     /// One page of the DUT's access log: at most `limit` records with a `seq` above `after`.

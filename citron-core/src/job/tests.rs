@@ -151,6 +151,23 @@ fn nbd_alternatives_become_the_four_disk_kinds() {
 }
 
 #[test]
+fn a_disk_image_may_be_a_local_file_inside_the_roots() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().canonicalize().unwrap();
+    std::fs::write(root.join("disk.img"), [0u8; 512]).unwrap();
+    let yaml =
+        "deployment:\n  start:\n    storage:\n      nbd:\n        - name: disk\n          file: disk.img\n          reset_on: boot\n";
+    let origin = Origin { name: "j.yaml".into(), base_dir: Some(root.clone()) };
+    let r = JobDescription::parse(yaml, origin).unwrap().render(&lab_ctx(&root)).unwrap();
+    assert!(matches!(&r.start.nbd[0].kind, DiskKind::Image { source: Source::File(p), sha256: None } if *p == root.join("disk.img")));
+    assert_eq!(r.start.nbd[0].reset_on, ResetOn::Boot);
+    // Outside the roots: refused like every `file:` source.
+    let outside = "deployment:\n  start:\n    storage:\n      nbd:\n        - name: disk\n          file: /etc/passwd\n";
+    let e = render_errors(outside, &lab_ctx(&root), Origin::named("j.yaml"));
+    assert!(e.iter().any(|(_, _, f, m)| f.ends_with("nbd[0].file") && m.contains("outside the allowed artifact roots")), "{e:?}");
+}
+
+#[test]
 fn templates_everywhere_are_expanded() {
     let good = data_dir().join("good").canonicalize().unwrap();
     let job = JobDescription::from_file(&good.join("templates-everywhere.yaml")).unwrap();

@@ -1,4 +1,4 @@
-//! `storage.nbd[]` entries: a disk's name, flags, reset point and content (an image, a
+//! `storage.nbd[]` entries: a disk's name, flags, reset point and content (an image by `url` or `file`, a
 //! filesystem built from a tarball or a container, or a raw disk), checked as written. Split from
 //! the rest of the job's shape because disks have the most rules of any entry.
 
@@ -45,8 +45,8 @@ pub(crate) struct DiskDesc {
     pub expiration: Option<Duration>,
 }
 
-const DISK_KEYS: &[&str] = &["name", "readonly", "url", "sha256", "filesystem", "raw", "reset_on", "shared", "expiration"];
-const DISK_SOURCES: &[&str] = &["url", "filesystem", "raw"];
+const DISK_KEYS: &[&str] = &["name", "readonly", "url", "file", "sha256", "filesystem", "raw", "reset_on", "shared", "expiration"];
+const DISK_SOURCES: &[&str] = &["url", "file", "filesystem", "raw"];
 
 impl Walker<'_> {
     pub(super) fn disk(&mut self, node: &Node, field: &str) -> Option<DiskDesc> {
@@ -81,6 +81,8 @@ impl Walker<'_> {
             let kf = child(field, &k.value);
             match k.value.as_str() {
                 "url" => Some(DiskKindDesc::Image { source: SrcDesc::Url(self.string(v, &kf)?), sha256: None }),
+                // A local image, confined to the allowed roots like every `file:` source.
+                "file" => Some(DiskKindDesc::Image { source: SrcDesc::File(self.string(v, &kf)?), sha256: None }),
                 "raw" => {
                     let r = self.mapping(v, &kf, &["size"])?;
                     let size = self.required(&r, "size", &kf, "20G")?;
@@ -91,7 +93,7 @@ impl Walker<'_> {
         });
         if let (Some(k), Some(kind)) = (f.key("sha256"), &kind) {
             if !matches!(kind, DiskKindDesc::Image { .. }) {
-                self.err(k.pos, &child(field, "sha256"), "`sha256` checks a disk image given by `url`; remove it here");
+                self.err(k.pos, &child(field, "sha256"), "`sha256` checks a disk image given by `url` or `file`; remove it here");
                 ok = false;
             }
         }
