@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import gc
 import http.client
 import json
+import os
 import pathlib
 import socket
 import subprocess
@@ -174,6 +176,9 @@ def test_a_taken_address_is_a_server_error() -> None:
             citron.Server(http=f"127.0.0.1:{port}", tftp=None)
         assert isinstance(info.value, OSError)
         assert f"127.0.0.1:{port}" in str(info.value)
+        # As any OSError: the system's reason, so that callers can test it.
+        assert info.value.errno == errno.EADDRINUSE
+        assert info.value.strerror == os.strerror(errno.EADDRINUSE)
     finally:
         blocker.close()
 
