@@ -19,6 +19,7 @@ use citron_core::gateway::GatewayError;
 use citron_core::job::JobErrors;
 use citron_core::lab::LabErrors as CoreLabError;
 use citron_core::namespace::RegistryError;
+use citron_lab::state::{OpenError, StateError};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -67,7 +68,7 @@ class LabError(CitronError, ValueError):
 
     >>> import citron
     >>> try:
-    ...     citron.Lab.from_yaml("duts:\n  - id: a\n    ip: [nope]\n", filename="lab.yaml")
+    ...     citron.Lab.from_yaml("duts:\\n  - id: a\\n    ip: [nope]\\n", filename="lab.yaml")
     ... except citron.LabError as e:
     ...     d = e.errors[0]
     ...     print(d.file, d.line, d.column)
@@ -137,6 +138,10 @@ class ServerError(CitronError, OSError):
     >>> taken.close()
     """
     __module__ = "citron"
+
+    def __str__(self):
+        # OSError would print "[Errno N] strerror" once errno is set; citron's message says more.
+        return Exception.__str__(self)
 "#;
 
 /// Handles to the classes defined by [`ERRORS_PY`].
@@ -264,6 +269,17 @@ pub(crate) enum Error {
     Server(String),
     /// A backend could not start (address taken, API without token).
     Start(citron_lab::server::ServerError),
+    /// The lab's state or data directory could not be opened.
+    Open(OpenError),
+}
+
+impl From<OpenError> for Error {
+    fn from(e: OpenError) -> Self {
+        match e {
+            OpenError::Gateway(g) => Error::Gateway(g),
+            e => Error::Open(e),
+        }
+    }
 }
 
 impl From<citron_lab::server::ServerError> for Error {
@@ -339,6 +355,14 @@ impl Error {
                 (Kind::UnknownDut, msg)
             }
             Error::Server(m) => (Kind::Server(None, None), m),
+            Error::Open(e) => {
+                let kind = match &e {
+                    OpenError::State(StateError::File { path, source }) => os_error(source, Some(path)),
+                    OpenError::State(StateError::Runtime(source)) => os_error(source, None),
+                    _ => Kind::Server(None, None),
+                };
+                (kind, e.to_string())
+            }
             Error::Start(e) => {
                 let kind = match &e {
                     citron_lab::server::ServerError::Bind { source, .. } => os_error(source, None),
@@ -378,9 +402,9 @@ impl Error {
                 let v = c.server.bind(py).call1((msg,))?;
                 if let Some(n) = errno {
                     // OSError(msg) leaves errno None; set it (and strerror, the OS's words) so
-                    // that `e.errno == errno.EADDRINUSE` works while `str(e)` stays citron's.
+                    // that `e.errno == errno.EADDRINUSE` works; `__str__` keeps citron's message.
                     v.setattr("errno", n)?;
-                    v.setattr("strerror", std::io::Error::from_raw_os_error(n).to_string())?;
+                    v.setattr("strerror", py.import("os")?.call_method1("strerror", (n,))?)?;
                 }
                 if let Some(p) = path {
                     v.setattr("filename", p)?;

@@ -63,7 +63,14 @@ impl JobDescription {
     /// Parses `text`; with a lab or a DUT to check against, also checks what rendering checks,
     /// and reports the problems of both stages together (as `citron validate` does, with
     /// [`CoreJob::check`]): one round of fixes is enough.
-    fn load(py: Python<'_>, text: &str, origin: Origin, from_file: bool, lab: Option<&LabRef<'_>>, dut: Option<&str>) -> Result<JobDescription, Error> {
+    fn load(
+        py: Python<'_>,
+        text: &str,
+        origin: Origin,
+        from_file: bool,
+        lab: Option<&LabRef<'_>>,
+        dut: Option<&str>,
+    ) -> Result<JobDescription, Error> {
         if lab.is_some() || dut.is_some() {
             let job_dir = if from_file { origin.base_dir.clone() } else { None };
             let mut all: Vec<CoreJobError> = Vec::new();
@@ -161,7 +168,13 @@ impl JobDescription {
     /// ['deployment.start.cmdline', 'deployment.start.colour']
     #[staticmethod]
     #[pyo3(signature = (text, filename = None, *, lab = None, dut = None))]
-    fn from_yaml(py: Python<'_>, text: &str, filename: Option<&str>, lab: Option<LabRef<'_>>, dut: Option<&str>) -> PyResult<JobDescription> {
+    fn from_yaml(
+        py: Python<'_>,
+        text: &str,
+        filename: Option<&str>,
+        lab: Option<LabRef<'_>>,
+        dut: Option<&str>,
+    ) -> PyResult<JobDescription> {
         let origin = Origin::named(filename.unwrap_or("<job>"));
         Ok(JobDescription::load(py, text, origin, false, lab.as_ref(), dut)?)
     }

@@ -216,14 +216,17 @@ def test_citron_log_shows_the_rust_log_on_stderr() -> None:
 
 def test_lab_errors_carry_positions(tmp_path: pathlib.Path) -> None:
     p = tmp_path / "lab.yaml"
-    p.write_text("duts:\n  - id: a\n    ip: [127.0.0.5]\n  - id: b\n    ip: [127.0.0.5, nope]\n")
+    p.write_text("duts:\n  - id: a\n    ip: [127.0.0.5]\n  - id: b\n    ip: [127.0.0.5]\nvariablez: {}\n")
     with pytest.raises(citron.LabError) as info:
         citron.Lab.from_file(p)
-    got = [(d.file, d.line, d.field) for d in info.value.errors]
-    assert len(got) == 2 and all(f == str(p) for f, _, _ in got), got
-    assert sorted(line for _, line, _ in got) == [5, 5]
+    got = [(d.file, d.line, d.column, d.field) for d in info.value.errors]
+    assert got == [(str(p), 5, 10, "duts[1].ip[0]"), (str(p), 6, 1, "variablez")], got
     assert str(info.value).splitlines() == [str(d) for d in info.value.errors]
     assert all(isinstance(d, citron.ErrorDetail) for d in info.value.errors)
+    # A DUT id the registry refuses is a lab file error like the others, at the id.
+    with pytest.raises(citron.LabError) as info:
+        citron.Lab.from_yaml("duts:\n  - id: ../escape\n", filename="l.yaml")
+    assert [(d.file, d.line, d.column, d.field) for d in info.value.errors] == [("l.yaml", 2, 9, "duts[0].id")]
 
 
 def test_lab_errors_of_a_lab_built_in_code_point_at_the_call() -> None:

@@ -14,9 +14,8 @@ JOB = "deployment:\n  start:\n    storage:\n      http:\n        - {path: /hello
 
 
 def test_the_plugin_is_registered_as_a_pytest11_entry_point() -> None:
-    eps = importlib.metadata.entry_points()
-    group = eps.select(group="pytest11") if hasattr(eps, "select") else eps.get("pytest11", [])  # type: ignore[attr-defined]
-    assert "citron.pytest_plugin" in [ep.value for ep in group]
+    eps = importlib.metadata.distribution("citron-lab").entry_points
+    assert ("pytest11", "citron", "citron.pytest_plugin") in [(ep.group, ep.name, ep.value) for ep in eps]
 
 
 def test_citron_server_serves_the_default_lab(citron_server: citron.Server) -> None:

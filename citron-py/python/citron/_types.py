@@ -71,5 +71,5 @@ class ErrorDetailDict(TypedDict):
     message: str
 
 
-#: The name before lab errors had positions too.
-JobErrorDetailDict = ErrorDetailDict
+class JobErrorDetailDict(ErrorDetailDict):
+    """The name ``ErrorDetailDict`` had before lab errors had positions too (the same keys)."""
