@@ -101,6 +101,9 @@ pub fn content_type(name: &str) -> &'static str {
     if let Some((_, t)) = NETBOOT.iter().find(|(e, _)| e.eq_ignore_ascii_case(ext)) {
         return t;
     }
+    // Measured on 2026-12-02 (3 M calls over six typical names, release): 330–440 ns a call
+    // against 205–235 ns for the match it replaced, on a loaded 2-vCPU machine; under 1 % of
+    // the ~10 µs a 1 KiB request costs at 100 k req/s.
     match mime_guess::from_ext(ext).first_raw() {
         // Job files and generated boot files are UTF-8; without the charset a browser guesses.
         Some("text/plain") => "text/plain; charset=utf-8",
