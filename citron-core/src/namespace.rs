@@ -71,10 +71,10 @@ impl Dut {
 #[non_exhaustive]
 pub enum RegistryError {
     /// Two DUTs with one id.
-    #[error("a DUT with id {0:?} already exists; remove it first or pick another id")]
+    #[error("a DUT with id \"{0}\" already exists; remove it first or pick another id")]
     DuplicateId(DutId),
     /// Two DUTs with one address: requests could not be told apart.
-    #[error("address {addr} already belongs to DUT {owner:?}; every DUT needs its own source address")]
+    #[error("address {addr} already belongs to DUT \"{owner}\"; every DUT needs its own source address")]
     DuplicateAddress {
         /// The address.
         addr: IpAddr,

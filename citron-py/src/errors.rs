@@ -11,10 +11,15 @@
 //! is the Rust error's `Display`, unchanged, so the CLI and Python say the same thing.
 
 use std::ffi::CStr;
+use std::path::{Path, PathBuf};
 
+use citron_core::datadir::DataDirError;
+use citron_core::diag::FileError;
 use citron_core::gateway::GatewayError;
-use citron_core::job::{JobError as CoreJobError, JobErrors};
+use citron_core::job::JobErrors;
 use citron_core::lab::LabErrors as CoreLabError;
+use citron_core::namespace::RegistryError;
+use citron_lab::state::{OpenError, StateError};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -36,7 +41,7 @@ class JobError(CitronError, ValueError):
     """A job description is invalid.
 
     ``errors`` lists every problem found (not only the first), each a
-    :class:`citron.JobErrorDetail` with ``file``, ``line``, ``column``, ``field`` and
+    :class:`citron.ErrorDetail` with ``file``, ``line``, ``column``, ``field`` and
     ``message``; ``str()`` shows them as ``file:line:col: field: message`` lines.
 
     >>> import citron
@@ -56,6 +61,18 @@ class JobError(CitronError, ValueError):
 class LabError(CitronError, ValueError):
     """A lab description (DUTs, variables, roots) is invalid or inconsistent.
 
+    ``errors`` lists every problem, each a :class:`citron.ErrorDetail` as for
+    :class:`JobError`: for a lab file, its ``file:line:col``; for a lab built in code
+    (``Lab.add_dut``, ``Server.add_dut``), the Python line that made the call, so that the
+    position points at what to change either way.
+
+    >>> import citron
+    >>> try:
+    ...     citron.Lab.from_yaml("duts:\\n  - id: a\\n    ip: [nope]\\n", filename="lab.yaml")
+    ... except citron.LabError as e:
+    ...     d = e.errors[0]
+    ...     print(d.file, d.line, d.column)
+    lab.yaml 3 10
     >>> import citron
     >>> lab = citron.Lab()
     >>> lab.add_dut("a", ip=["127.0.0.9"])
@@ -66,6 +83,10 @@ class LabError(CitronError, ValueError):
     taken
     """
     __module__ = "citron"
+
+    def __init__(self, message, errors=()):
+        super().__init__(message)
+        self.errors = list(errors)
 
 
 class UnknownDutError(CitronError, KeyError):
@@ -103,18 +124,24 @@ class FetchError(CitronError):
 
 class ServerError(CitronError, OSError):
     """A server could not start (an address that cannot be bound, bad arguments) or its data
-    directory is unusable.
+    directory is unusable. When the system said why, ``errno`` and ``strerror`` are set as on
+    any ``OSError`` (``errno.EADDRINUSE`` for a port in use), and ``filename`` for a data
+    directory; ``str()`` is citron's message, which says what to do.
 
-    >>> import citron, socket
+    >>> import citron, errno, socket
     >>> taken = socket.socket(); taken.bind(("127.0.0.1", 0)); taken.listen()
     >>> try:
     ...     citron.Server(http="127.0.0.1:%d" % taken.getsockname()[1], tftp=None)
     ... except citron.ServerError as e:
-    ...     print(str(e).startswith("cannot listen for http"))
-    True
+    ...     print(str(e).startswith("cannot listen for http"), e.errno == errno.EADDRINUSE)
+    True True
     >>> taken.close()
     """
     __module__ = "citron"
+
+    def __str__(self):
+        # OSError would print "[Errno N] strerror" once errno is set; citron's message says more.
+        return Exception.__str__(self)
 "#;
 
 /// Handles to the classes defined by [`ERRORS_PY`].
@@ -145,7 +172,8 @@ pub(crate) fn classes(py: Python<'_>) -> PyResult<&'static Classes> {
     })
 }
 
-/// One problem in a job description, with its position.
+/// One problem in a job or lab description, with its position (``JobError.errors`` and
+/// ``LabError.errors``; ``citron.JobErrorDetail`` is the same class).
 ///
 /// ``str()`` gives ``file:line:col: field: message``, the form the CLI prints.
 ///
@@ -158,8 +186,9 @@ pub(crate) fn classes(py: Python<'_>) -> PyResult<&'static Classes> {
 /// 3 5 deployment.start.colour
 #[pyclass(frozen, get_all, eq, module = "citron")]
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JobErrorDetail {
-    /// The job's file name (or the name given to `from_yaml`).
+pub struct ErrorDetail {
+    /// The file's name (or the name given to `from_yaml`; for a lab built in code, the Python
+    /// file that made the call).
     pub file: String,
     /// 1-based line.
     pub line: usize,
@@ -171,17 +200,17 @@ pub struct JobErrorDetail {
     pub message: String,
 }
 
-impl From<&CoreJobError> for JobErrorDetail {
-    fn from(e: &CoreJobError) -> Self {
-        JobErrorDetail { file: e.file.clone(), line: e.line, column: e.column, field: e.field.clone(), message: e.message.clone() }
+impl From<&FileError> for ErrorDetail {
+    fn from(e: &FileError) -> Self {
+        ErrorDetail { file: e.file.clone(), line: e.line, column: e.column, field: e.field.clone(), message: e.message.clone() }
     }
 }
 
 #[pymethods]
-impl JobErrorDetail {
+impl ErrorDetail {
     /// `file:line:col: field: message`, exactly as `citron validate` prints it.
     fn __str__(&self) -> String {
-        CoreJobError {
+        FileError {
             file: self.file.clone(),
             line: self.line,
             column: self.column,
@@ -193,7 +222,7 @@ impl JobErrorDetail {
 
     fn __repr__(&self) -> String {
         format!(
-            "JobErrorDetail(file={:?}, line={}, column={}, field={:?}, message={:?})",
+            "ErrorDetail(file={:?}, line={}, column={}, field={:?}, message={:?})",
             self.file, self.line, self.column, self.field, self.message
         )
     }
@@ -226,14 +255,31 @@ pub(crate) enum Error {
     Job(JobErrors),
     /// A lab file is invalid.
     Lab(CoreLabError),
-    /// A lab built in Python is invalid (message only).
-    LabMessage(String),
+    /// A lab built in Python is invalid: the argument (`field`) and what is wrong; the position
+    /// is the Python caller's, found when the exception is made.
+    LabCall {
+        /// The argument concerned, e.g. `ip[0]`.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
     /// No such DUT (id).
     UnknownDut(String),
     /// Bad server arguments, or the runtime could not start.
     Server(String),
     /// A backend could not start (address taken, API without token).
     Start(citron_lab::server::ServerError),
+    /// The lab's state or data directory could not be opened.
+    Open(OpenError),
+}
+
+impl From<OpenError> for Error {
+    fn from(e: OpenError) -> Self {
+        match e {
+            OpenError::Gateway(g) => Error::Gateway(g),
+            e => Error::Open(e),
+        }
+    }
 }
 
 impl From<citron_lab::server::ServerError> for Error {
@@ -260,14 +306,21 @@ impl From<CoreLabError> for Error {
     }
 }
 
-/// Which class an error raises, and with what message.
+/// Which class an error raises, and what it carries besides its message.
 enum Kind {
     Citron,
-    Job(JobErrors),
-    Lab,
+    Job(Vec<FileError>),
+    /// Lab problems with their positions; `None`: a lab built in code, positioned at the caller.
+    Lab(Option<Vec<FileError>>, String),
     UnknownDut,
     Fetch,
-    Server,
+    /// The OS error behind it, if any (`errno`, `strerror`) and the path concerned.
+    Server(Option<i32>, Option<PathBuf>),
+}
+
+/// The OS error number and path of an I/O failure, for `ServerError.errno` and `.filename`.
+fn os_error(e: &std::io::Error, path: Option<&Path>) -> Kind {
+    Kind::Server(e.raw_os_error(), path.map(Path::to_path_buf))
 }
 
 impl Error {
@@ -277,46 +330,123 @@ impl Error {
                 let msg = g.to_string();
                 let kind = match g {
                     GatewayError::UnknownDut(_) => Kind::UnknownDut,
-                    GatewayError::Registry(_) => Kind::Lab,
-                    GatewayError::Job(j) => Kind::Job(j),
+                    GatewayError::Registry(r) => Kind::Lab(None, registry_field(&r)),
+                    GatewayError::Job(j) => Kind::Job(j.0),
                     GatewayError::Fetch(_) => Kind::Fetch,
-                    GatewayError::DataDir { .. } => Kind::Server,
+                    GatewayError::DataDir { path, source } => os_error(&source, Some(&path)),
+                    GatewayError::DataDirLock(DataDirError::Io { path, source }) => os_error(&source, Some(&path)),
+                    GatewayError::DataDirLock(DataDirError::Busy { path, .. }) => Kind::Server(None, Some(path)),
                     // GatewayError is #[non_exhaustive]: a variant added later is still a CitronError.
                     _ => Kind::Citron,
                 };
                 (kind, msg)
             }
-            Error::Job(j) => (Kind::Job(j.clone()), j.to_string()),
-            Error::Lab(l) => (Kind::Lab, l.to_string()),
-            Error::LabMessage(m) => (Kind::Lab, m),
+            Error::Job(j) => {
+                let msg = j.to_string();
+                (Kind::Job(j.0), msg)
+            }
+            Error::Lab(l) => {
+                let msg = l.to_string();
+                (Kind::Lab(Some(l.0), String::new()), msg)
+            }
+            Error::LabCall { field, message } => (Kind::Lab(None, field), message),
             Error::UnknownDut(id) => {
                 let msg = GatewayError::UnknownDut(id.as_str().into()).to_string();
                 (Kind::UnknownDut, msg)
             }
-            Error::Server(m) => (Kind::Server, m),
-            Error::Start(e) => (Kind::Server, e.to_string()),
+            Error::Server(m) => (Kind::Server(None, None), m),
+            Error::Open(e) => {
+                let kind = match &e {
+                    OpenError::State(StateError::File { path, source }) => os_error(source, Some(path)),
+                    OpenError::State(StateError::Runtime(source)) => os_error(source, None),
+                    _ => Kind::Server(None, None),
+                };
+                (kind, e.to_string())
+            }
+            Error::Start(e) => {
+                let kind = match &e {
+                    citron_lab::server::ServerError::Bind { source, .. } => os_error(source, None),
+                    _ => Kind::Server(None, None),
+                };
+                (kind, e.to_string())
+            }
         }
     }
 
     fn into_pyerr(self, py: Python<'_>) -> PyResult<PyErr> {
         let c = classes(py)?;
         let (kind, msg) = self.split();
+        let details = |errors: &[FileError]| -> PyResult<Bound<'_, PyList>> {
+            let l = PyList::empty(py);
+            for e in errors {
+                l.append(Bound::new(py, ErrorDetail::from(e))?)?;
+            }
+            Ok(l)
+        };
         let value = match kind {
-            Kind::Job(j) => {
-                let details = PyList::empty(py);
-                for e in &j.0 {
-                    details.append(Bound::new(py, JobErrorDetail::from(e))?)?;
-                }
-                c.job.bind(py).call1((msg, details))?
+            Kind::Job(errors) => c.job.bind(py).call1((msg, details(&errors)?))?,
+            Kind::Lab(errors, field) => {
+                let errors = match errors {
+                    Some(e) => e,
+                    None => {
+                        let (file, line, column) = caller_position(py);
+                        vec![FileError { file, line, column, field, message: msg.clone() }]
+                    }
+                };
+                c.lab.bind(py).call1((msg, details(&errors)?))?
             }
             Kind::Citron => c.citron.bind(py).call1((msg,))?,
-            Kind::Lab => c.lab.bind(py).call1((msg,))?,
             Kind::UnknownDut => c.unknown_dut.bind(py).call1((msg,))?,
             Kind::Fetch => c.fetch.bind(py).call1((msg,))?,
-            Kind::Server => c.server.bind(py).call1((msg,))?,
+            Kind::Server(errno, path) => {
+                let v = c.server.bind(py).call1((msg,))?;
+                if let Some(n) = errno {
+                    // OSError(msg) leaves errno None; set it (and strerror, the OS's words) so
+                    // that `e.errno == errno.EADDRINUSE` works; `__str__` keeps citron's message.
+                    v.setattr("errno", n)?;
+                    v.setattr("strerror", py.import("os")?.call_method1("strerror", (n,))?)?;
+                }
+                if let Some(p) = path {
+                    v.setattr("filename", p)?;
+                }
+                v
+            }
         };
         Ok(PyErr::from_value(value))
     }
+}
+
+/// The field a registry refusal is about, for its position.
+fn registry_field(e: &RegistryError) -> String {
+    match e {
+        RegistryError::DuplicateId(_) | RegistryError::BadId(_) => "id".into(),
+        RegistryError::DuplicateAddress { .. } => "ip".into(),
+        // RegistryError is #[non_exhaustive]: a later refusal is about the DUT as a whole.
+        _ => String::new(),
+    }
+}
+
+/// Where the Python code that called into citron is: the file, line and column of the call, for
+/// errors about a lab built in code (which has no file of its own). A native function has no
+/// frame, so frame 0 is the caller's. `<python>`, 1, 1 when the interpreter cannot say.
+fn caller_position(py: Python<'_>) -> (String, usize, usize) {
+    let find = || -> PyResult<(String, usize, usize)> {
+        let frame = py.import("sys")?.call_method1("_getframe", (0,))?;
+        let code = frame.getattr("f_code")?;
+        let file: String = code.getattr("co_filename")?.extract()?;
+        let line: usize = frame.getattr("f_lineno")?.extract()?;
+        // Python ≥ 3.11: the call's column, from the code's positions table (0-based).
+        let column = (|| -> PyResult<usize> {
+            let lasti: usize = frame.getattr("f_lasti")?.extract()?;
+            let positions = code.call_method0("co_positions")?;
+            let pos = positions.try_iter()?.nth(lasti / 2).ok_or_else(|| pyo3::exceptions::PyIndexError::new_err("position"))??;
+            let col: Option<usize> = pos.get_item(2)?.extract()?;
+            Ok(col.map_or(1, |c| c + 1))
+        })()
+        .unwrap_or(1);
+        Ok((file, line, column))
+    };
+    find().unwrap_or_else(|_| ("<python>".into(), 1, 1))
 }
 
 impl From<Error> for PyErr {
@@ -340,6 +470,8 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("UnknownDutError", c.unknown_dut.bind(py))?;
     m.add("FetchError", c.fetch.bind(py))?;
     m.add("ServerError", c.server.bind(py))?;
-    m.add_class::<JobErrorDetail>()?;
+    m.add_class::<ErrorDetail>()?;
+    // The name of the class before lab errors had positions too.
+    m.add("JobErrorDetail", m.getattr("ErrorDetail")?)?;
     Ok(())
 }

@@ -59,6 +59,43 @@ impl JobDescription {
         let origin = Origin::named(filename.unwrap_or("<job>"));
         Ok(JobDescription { inner: CoreJob::parse(text, origin)?, from_file: false })
     }
+
+    /// Parses `text`; with a lab or a DUT to check against, also checks what rendering checks,
+    /// and reports the problems of both stages together (as `citron validate` does, with
+    /// [`CoreJob::check`]): one round of fixes is enough.
+    fn load(
+        py: Python<'_>,
+        text: &str,
+        origin: Origin,
+        from_file: bool,
+        lab: Option<&LabRef<'_>>,
+        dut: Option<&str>,
+    ) -> Result<JobDescription, Error> {
+        if lab.is_some() || dut.is_some() {
+            let job_dir = if from_file { origin.base_dir.clone() } else { None };
+            let mut all: Vec<CoreJobError> = Vec::new();
+            for ctx in contexts(lab, dut, job_dir.as_deref())? {
+                if let Err(JobErrors(errs)) = py.detach(|| CoreJob::check(text, origin.clone(), &ctx)) {
+                    merge(&mut all, errs);
+                }
+            }
+            if !all.is_empty() {
+                return Err(Error::Job(JobErrors(all)));
+            }
+        }
+        Ok(JobDescription { inner: CoreJob::parse(text, origin)?, from_file })
+    }
+}
+
+/// Adds the errors of one more DUT's check, each once, keeping document order.
+fn merge(all: &mut Vec<CoreJobError>, more: Vec<CoreJobError>) {
+    for e in more {
+        if !all.contains(&e) {
+            all.push(e);
+        }
+    }
+    // Stable: errors at one position keep the order their check gave them.
+    all.sort_by_key(|e| (e.line, e.column));
 }
 
 /// `lab=` arguments: a lab description, a running server (its addresses fill
@@ -89,6 +126,23 @@ fn lab_duts(lab: Option<&LabRef<'_>>) -> Vec<Dut> {
     }
 }
 
+/// The render contexts a job is checked in: `dut`'s, or every DUT's of the lab when `dut` is
+/// None (a lab with no DUT yet: a stand-in DUT of the same lab).
+fn contexts(lab: Option<&LabRef<'_>>, dut: Option<&str>, job_dir: Option<&Path>) -> Result<Vec<RenderContext>, Error> {
+    if let Some(d) = dut {
+        return Ok(vec![context(lab, d, job_dir)?]);
+    }
+    let ids: Vec<String> = lab_duts(lab).into_iter().map(|d| d.id.0).collect();
+    if ids.is_empty() {
+        let l = match lab {
+            Some(LabRef::Lab(l)) => l.config.clone(),
+            _ => citron_core::lab::LabConfig::default(),
+        };
+        return Ok(vec![offline_context(&l, &Dut::new("dut", []), job_dir)]);
+    }
+    ids.iter().map(|id| context(lab, id, job_dir)).collect()
+}
+
 #[pymethods]
 impl JobDescription {
     /// Parses a job description from YAML text. ``filename`` is the name error messages use
@@ -100,10 +154,29 @@ impl JobDescription {
     /// ... except citron.JobError as e:
     /// ...     print(str(e).split(": ")[0])
     /// j.yaml:3:5
+    ///
+    /// With ``lab`` (a :class:`Lab` or a running :class:`Server`) or ``dut`` (of the default
+    /// lab when ``lab`` is None), it also checks what :meth:`validate` checks, for ``dut`` or
+    /// every DUT of the lab, and one :class:`citron.JobError` lists the problems of both kinds
+    /// in document order, as ``citron validate`` prints them:
+    ///
+    /// >>> text = "deployment:\n  start:\n    cmdline: console={{ tty }}\n    colour: red\n"
+    /// >>> try:
+    /// ...     citron.JobDescription.from_yaml(text, filename="j.yaml", lab=citron.Lab.default())
+    /// ... except citron.JobError as e:
+    /// ...     print([d.field for d in e.errors])
+    /// ['deployment.start.cmdline', 'deployment.start.colour']
     #[staticmethod]
-    #[pyo3(signature = (text, filename = None))]
-    fn from_yaml(text: &str, filename: Option<&str>) -> PyResult<JobDescription> {
-        Ok(JobDescription::parse(text, filename)?)
+    #[pyo3(signature = (text, filename = None, *, lab = None, dut = None))]
+    fn from_yaml(
+        py: Python<'_>,
+        text: &str,
+        filename: Option<&str>,
+        lab: Option<LabRef<'_>>,
+        dut: Option<&str>,
+    ) -> PyResult<JobDescription> {
+        let origin = Origin::named(filename.unwrap_or("<job>"));
+        Ok(JobDescription::load(py, text, origin, false, lab.as_ref(), dut)?)
     }
 
     /// Reads and parses a job file. Relative ``file:`` sources are taken from the file's
@@ -116,10 +189,14 @@ impl JobDescription {
     /// >>> job = citron.JobDescription.from_file(d / "job.yaml")
     /// >>> job.render(dut="dut1").artifacts[0].size
     /// 4
+    ///
+    /// ``lab`` and ``dut`` as for :meth:`from_yaml`: shape and render problems in one
+    /// :class:`citron.JobError`, as ``citron validate [--lab LAB] FILE`` reports them.
     #[staticmethod]
-    fn from_file(path: PathBuf) -> PyResult<JobDescription> {
-        let inner = CoreJob::from_file(&path).map_err(Error::from)?;
-        Ok(JobDescription { inner, from_file: true })
+    #[pyo3(signature = (path, *, lab = None, dut = None))]
+    fn from_file(py: Python<'_>, path: PathBuf, lab: Option<LabRef<'_>>, dut: Option<&str>) -> PyResult<JobDescription> {
+        let text = CoreJob::read_text(&path).map_err(Error::from)?;
+        Ok(JobDescription::load(py, &text, Origin::file(&path), true, lab.as_ref(), dut)?)
     }
 
     /// The name errors use: the path for :meth:`from_file`, ``filename`` for :meth:`from_yaml`.
@@ -145,31 +222,10 @@ impl JobDescription {
     #[pyo3(signature = (lab = None, dut = None))]
     fn validate(&self, py: Python<'_>, lab: Option<LabRef<'_>>, dut: Option<&str>) -> PyResult<()> {
         let dir = self.job_dir();
-        let targets: Vec<String> = match dut {
-            Some(d) => vec![d.to_string()],
-            None => {
-                let ids: Vec<String> = lab_duts(lab.as_ref()).into_iter().map(|d| d.id.0).collect();
-                if ids.is_empty() {
-                    // A lab with no DUT yet: check against a stand-in DUT of the same lab.
-                    let l = match lab.as_ref() {
-                        Some(LabRef::Lab(l)) => l.config.clone(),
-                        _ => citron_core::lab::LabConfig::default(),
-                    };
-                    let ctx = offline_context(&l, &Dut::new("dut", []), dir.as_deref());
-                    return py.detach(|| self.inner.validate(&ctx)).map_err(|e| Error::from(e).into());
-                }
-                ids
-            }
-        };
         let mut all: Vec<CoreJobError> = Vec::new();
-        for id in targets {
-            let ctx = context(lab.as_ref(), &id, dir.as_deref())?;
+        for ctx in contexts(lab.as_ref(), dut, dir.as_deref())? {
             if let Err(JobErrors(errs)) = py.detach(|| self.inner.validate(&ctx)) {
-                for e in errs {
-                    if !all.contains(&e) {
-                        all.push(e);
-                    }
-                }
+                merge(&mut all, errs);
             }
         }
         if all.is_empty() {

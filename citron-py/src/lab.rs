@@ -59,11 +59,11 @@ pub(crate) fn make_dut(
     serial: Option<String>,
 ) -> Result<Dut, Error> {
     let mut addrs = Vec::with_capacity(ip.len());
-    for a in &ip {
-        let parsed: IpAddr = a
-            .trim()
-            .parse()
-            .map_err(|_| Error::LabMessage(format!("DUT {id:?}: ip {a:?} is not an IP address (write e.g. \"127.0.0.2\" or \"::1\")")))?;
+    for (i, a) in ip.iter().enumerate() {
+        let parsed: IpAddr = a.trim().parse().map_err(|_| Error::LabCall {
+            field: format!("ip[{i}]"),
+            message: format!("DUT {id:?}: ip {a:?} is not an IP address (write e.g. \"127.0.0.2\" or \"::1\")"),
+        })?;
         addrs.push(parsed);
     }
     Ok(Dut { id: DutId(id.to_string()), machine_id, mac, serial, ip: addrs, tags, gateway: None })
@@ -198,7 +198,7 @@ impl Lab {
 fn check_registry(config: &LabConfig) -> Result<(), Error> {
     let mut r = DutRegistry::default();
     for d in &config.duts {
-        r.add(d.clone()).map_err(|e| Error::LabMessage(e.to_string()))?;
+        r.add(d.clone()).map_err(|e| Error::from(citron_core::gateway::GatewayError::Registry(e)))?;
     }
     Ok(())
 }

@@ -207,10 +207,7 @@ impl Server {
                 (t.path().to_path_buf(), Some(t))
             }
         };
-        let (gateway, state) = py.detach(|| citron_lab::state::open_gateway(config, &data_dir, state)).map_err(|e| match e {
-            citron_lab::state::OpenError::Gateway(g) => Error::from(g),
-            s => Error::Server(s.to_string()),
-        })?;
+        let (gateway, state) = py.detach(|| citron_lab::state::open_gateway(config, &data_dir, state)).map_err(Error::from)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("citron-py")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import sys
 from typing import Any
 
 import pytest
@@ -211,3 +212,39 @@ def test_citron_log_shows_the_rust_log_on_stderr() -> None:
     env.pop("CITRON_LOG")
     quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
     assert (quiet.returncode, quiet.stderr) == (0, "")
+
+
+def test_lab_errors_carry_positions(tmp_path: pathlib.Path) -> None:
+    p = tmp_path / "lab.yaml"
+    p.write_text("duts:\n  - id: a\n    ip: [127.0.0.5]\n  - id: b\n    ip: [127.0.0.5]\nvariablez: {}\n")
+    with pytest.raises(citron.LabError) as info:
+        citron.Lab.from_file(p)
+    got = [(d.file, d.line, d.column, d.field) for d in info.value.errors]
+    assert got == [(str(p), 5, 10, "duts[1].ip[0]"), (str(p), 6, 1, "variablez")], got
+    assert str(info.value).splitlines() == [str(d) for d in info.value.errors]
+    assert all(isinstance(d, citron.ErrorDetail) for d in info.value.errors)
+    # A DUT id the registry refuses is a lab file error like the others, at the id.
+    with pytest.raises(citron.LabError) as info:
+        citron.Lab.from_yaml("duts:\n  - id: ../escape\n", filename="l.yaml")
+    assert [(d.file, d.line, d.column, d.field) for d in info.value.errors] == [("l.yaml", 2, 9, "duts[0].id")]
+
+
+def test_lab_errors_of_a_lab_built_in_code_point_at_the_call() -> None:
+    lab = citron.Lab()
+    lab.add_dut("a", ip=["127.0.0.5"])
+    line = sys._getframe().f_lineno + 2
+    with pytest.raises(citron.LabError) as info:
+        lab.add_dut("b", ip=["127.0.0.5"])
+    [d] = info.value.errors
+    assert (d.file, d.line, d.field) == (__file__, line, "ip")
+    # Python >= 3.11 knows the call's column (the 9th, after 8 spaces).
+    assert d.column == (9 if sys.version_info >= (3, 11) else 1)
+    assert "127.0.0.5" in d.message
+    with pytest.raises(citron.LabError) as info:
+        lab.add_dut("c", ip=["127.0.0.6", "not-an-ip"])
+    assert [d.field for d in info.value.errors] == ["ip[1]"]
+    with citron.Server(lab=lab, http=None, tftp=None) as srv:
+        with pytest.raises(citron.LabError) as info:
+            srv.add_dut("a", ip=["127.0.0.7"])
+        [d] = info.value.errors
+        assert (d.file, d.field) == (__file__, "id")

@@ -210,3 +210,62 @@ def test_render_lists_disks() -> None:
     assert (scratch.source, scratch.size, scratch.reset_on, scratch.shared) == ("raw", 20 << 30, "boot", True)
     assert scratch.expiration == datetime.timedelta(days=7)
     assert (image.source, image.url, image.readonly, image.size) == ("url", "http://127.0.0.1:9/disk.qcow2", True, None)
+
+
+# The job of `citron validate`'s golden test for mixed errors: an unknown field (a shape
+# problem) after an unknown template variable (found only by rendering).
+MIXED = (
+    "deployment:\n"                                   # 1
+    "  start:\n"                                      # 2
+    "    cmdline: console={{ tty }}\n"                # 3
+    "    storage:\n"                                  # 4
+    "      http:\n"                                   # 5
+    "        - path: /a\n"                            # 6
+    "          data: x\n"                             # 7
+    "          colour: red\n"                         # 8
+)
+
+
+def test_from_file_with_a_lab_reports_shape_and_template_errors_at_once(tmp_path: pathlib.Path) -> None:
+    p = tmp_path / "mixed.yaml"
+    p.write_text(MIXED)
+    # Without a lab only the shape is checked, as before: templates depend on the lab.
+    with pytest.raises(citron.JobError) as info:
+        citron.JobDescription.from_file(p)
+    assert [d.field for d in info.value.errors] == ["deployment.start.storage.http[0].colour"]
+    # With one, the checks of `citron validate`: both problems in one error, in document order.
+    with pytest.raises(citron.JobError) as info:
+        citron.JobDescription.from_file(p, lab=citron.Lab.default())
+    got = [(d.file, d.line, d.column, d.field) for d in info.value.errors]
+    assert got == [
+        (str(p), 3, 22, "deployment.start.cmdline"),
+        (str(p), 8, 11, "deployment.start.storage.http[0].colour"),
+    ]
+    assert "unknown template variable `tty`" in info.value.errors[0].message
+    # A lab that defines the variable leaves the shape problem only.
+    lab = citron.Lab(variables={"tty": "ttyS0"})
+    lab.add_dut("b", ip=["127.0.0.21"])
+    with pytest.raises(citron.JobError) as info:
+        citron.JobDescription.from_file(p, lab=lab)
+    assert [d.line for d in info.value.errors] == [8]
+
+
+def test_from_yaml_with_a_dut_checks_it_and_a_valid_job_loads() -> None:
+    with pytest.raises(citron.JobError) as info:
+        citron.JobDescription.from_yaml(MIXED, filename="m.yaml", dut="dut1")
+    assert [d.line for d in info.value.errors] == [3, 8]
+    with pytest.raises(citron.UnknownDutError):
+        citron.JobDescription.from_yaml(MIXED, dut="nope")
+    ok = "deployment:\n  start:\n    cmdline: 'm={{ machine_id }}'\n"
+    job = citron.JobDescription.from_yaml(ok, filename="ok.yaml", lab=citron.Lab.default())
+    assert job.render(dut="dut2").cmdline == "m=dut2"
+
+
+def test_from_file_checks_against_a_running_server(tmp_path: pathlib.Path) -> None:
+    p = tmp_path / "job.yaml"
+    p.write_text("deployment:\n  start:\n    cmdline: '{{ http_artifact_base }}/x {{ nope }}'\n")
+    with citron.Server(tftp=None) as srv:
+        with pytest.raises(citron.JobError) as info:
+            citron.JobDescription.from_file(p, lab=srv, dut="dut1")
+        [d] = info.value.errors
+        assert (d.line, d.column) == (3, 42) and "nope" in d.message

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import gc
 import http.client
 import json
+import os
 import pathlib
 import socket
 import subprocess
@@ -174,8 +176,21 @@ def test_a_taken_address_is_a_server_error() -> None:
             citron.Server(http=f"127.0.0.1:{port}", tftp=None)
         assert isinstance(info.value, OSError)
         assert f"127.0.0.1:{port}" in str(info.value)
+        # As any OSError: the system's reason, so that callers can test it.
+        assert info.value.errno == errno.EADDRINUSE
+        assert info.value.strerror == os.strerror(errno.EADDRINUSE)
+        assert str(info.value).startswith("cannot listen for http on ")  # citron's message, not "[Errno 98] ..."
     finally:
         blocker.close()
+
+
+def test_an_unusable_data_dir_is_a_server_error_with_errno(tmp_path: pathlib.Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    with pytest.raises(citron.ServerError) as info:
+        citron.Server(data_dir=not_a_dir / "data", http=None, tftp=None)
+    assert info.value.errno == errno.ENOTDIR, info.value
+    assert info.value.filename is not None and str(not_a_dir) in str(info.value.filename)
 
 
 def test_tftp_read_with_the_tftp_hpa_client(tmp_path: pathlib.Path) -> None:

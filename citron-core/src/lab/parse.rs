@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::artifact::{S3Config, StoreConfig};
 use crate::limits::Limits;
-use crate::namespace::Dut;
+use crate::namespace::{Dut, DutRegistry, RegistryError};
 use crate::yaml::de::{child, fields_of, Problem, Reader};
 use crate::yaml::{Document, Node, NodeKind, Pos, Scalar};
 
@@ -74,6 +74,10 @@ fn duts(r: &mut Reader, node: &Node) {
         let field = format!("duts[{i}]");
         let Some(dut) = r.fields::<Dut>(item, &field) else { continue };
         let id_pos = entry(item, "id").map_or(item.pos, |(_, v)| v.pos);
+        // The registry's own rule for ids, checked here for its position.
+        if let Err(e @ RegistryError::BadId(_)) = DutRegistry::default().add(Dut { ip: Vec::new(), ..dut.clone() }) {
+            r.err(id_pos, &child(&field, "id"), e.to_string());
+        }
         if let Some(first) = ids.get(&dut.id.0) {
             let msg = format!("a DUT with id `{}` is already defined at line {}; give each DUT its own id", dut.id.0, first.line);
             r.err(id_pos, &child(&field, "id"), msg);

@@ -142,6 +142,13 @@ fn duts_need_their_own_ids_and_addresses() {
 }
 
 #[test]
+fn a_dut_id_the_registry_refuses_is_refused_at_its_position() {
+    let e = only(LabConfig::from_yaml("duts:\n  - id: ../escape\n    ip: [127.0.0.2]\n", "l.yaml").unwrap_err());
+    assert_eq!((e.line, e.column, e.field.as_str()), (2, 9, "duts[0].id"), "{e}");
+    assert!(e.message.contains("must be 1-64 characters"), "{e}");
+}
+
+#[test]
 fn every_key_is_read() {
     let text = "\
 duts:

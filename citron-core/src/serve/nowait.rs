@@ -10,6 +10,11 @@ use bytes::Bytes;
 /// One `preadv2(RWF_NOWAIT)` into `len` bytes at `ptr`: `Ok(Some(n))` bytes read (0 at the end
 /// of the file), `Ok(None)` when it would wait (or the kernel or filesystem cannot say).
 ///
+/// Raw libc rather than rustix: rustix's `preadv2` takes `IoSliceMut`s, initialised memory, so
+/// every fresh chunk of [`read_cached`] (the HTTP body's hot path) would be zeroed first. Measured
+/// on 2026-12-02 (256 MiB from the page cache in 256 KiB and 1 MiB chunks, 3 rounds each): 6–11
+/// GB/s with zeroed buffers against 10–15 GB/s into uninitialised capacity.
+///
 /// # Safety
 /// `ptr` must be valid for writes of `len` bytes.
 #[cfg(target_os = "linux")]

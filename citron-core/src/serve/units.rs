@@ -5,6 +5,11 @@ use std::time::Duration;
 /// Parses a size: a number with an optional binary suffix `K`, `M`, `G`, `T` (optionally followed
 /// by `i`/`iB`/`B`); no suffix means bytes.
 ///
+/// Hand-written, not `bytesize`: bytesize reads `K`, `M`, `G` and `KB`, `MB`, `GB` as powers of
+/// 1000 (only `Ki`, `Mi`, ... as powers of 1024) and accepts fractions (`1.5G`), while a job's
+/// `size: 20G` has always meant 20 GiB, as for qemu-img and dd: the same files would silently
+/// give smaller disks.
+///
 /// ```
 /// use citron_core::units::parse_size;
 /// assert_eq!(parse_size("512M"), Ok(512 << 20));
@@ -27,7 +32,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     n.checked_mul(1u64 << shift).ok_or_else(|| format!("{s:?} is too large"))
 }
 
-/// Parses a duration: `30s`, `15m`, `12h`, `7d`, `7 days`, `2 weeks`, or several (`1h 30m`).
+/// Parses a duration: `30s`, `15m`, `12h`, `7d`, `7 days`, `2 weeks`, or several (`1h 30m`),
+/// with humantime (which also takes `500ms` and `1.5h`); units in any case.
 ///
 /// ```
 /// use citron_core::units::parse_duration;
@@ -37,31 +43,28 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 /// assert!(parse_duration("soon").is_err());
 /// ```
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("{s:?} is not a duration; write a number with a unit, like 30s, 12h or 7 days");
-    let mut total = 0u64;
-    let mut rest = s.trim();
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
-        if digits == 0 {
-            return Err(bad());
+    // humantime's units are case-sensitive and its `M` is a month; job files have always taken
+    // `12H` and `15M` as hours and minutes, so the text is lower-cased first (a month is then
+    // spelt `month`).
+    humantime::parse_duration(&s.trim().to_ascii_lowercase())
+        .map_err(|_| format!("{s:?} is not a duration; write a number with a unit, like 30s, 12h or 7 days"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_keep_their_meaning() {
+        let secs = |s: &str| parse_duration(s).map(|d| d.as_secs());
+        assert_eq!(secs("30s"), Ok(30));
+        assert_eq!(secs("15M"), Ok(15 * 60), "M is minutes, not months");
+        assert_eq!(secs("12H"), Ok(12 * 3600));
+        assert_eq!(secs("2 weeks"), Ok(14 * 86400));
+        assert_eq!(secs("1h30m"), Ok(5400));
+        assert_eq!(secs("  7 days "), Ok(7 * 86400));
+        for bad in ["", "5", "soon", "-1h", "99999999999999999999s", "h"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
-        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = rest[digits..].trim_start();
-        let unit_len = rest.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(rest.len());
-        let unit = &rest[..unit_len];
-        rest = rest[unit_len..].trim_start();
-        let secs = match unit.to_ascii_lowercase().as_str() {
-            "s" | "sec" | "secs" | "second" | "seconds" => 1,
-            "m" | "min" | "mins" | "minute" | "minutes" => 60,
-            "h" | "hr" | "hour" | "hours" => 3600,
-            "d" | "day" | "days" => 86400,
-            "w" | "week" | "weeks" => 7 * 86400,
-            _ => return Err(bad()),
-        };
-        total = n.checked_mul(secs).and_then(|v| total.checked_add(v)).ok_or_else(bad)?;
     }
-    Ok(Duration::from_secs(total))
 }

@@ -126,7 +126,8 @@ impl TransferSocket {
 /// how many left (≥ 1), or `WouldBlock`.
 #[cfg(target_os = "linux")]
 fn send_batch(sock: &std::net::UdpSocket, buf: &[u8], lens: &[usize]) -> io::Result<usize> {
-    use std::os::fd::AsRawFd;
+    use rustix::net::{sendmmsg, MMsgHdr, SendAncillaryBuffer, SendFlags};
+    use std::io::IoSlice;
     if let [len] = lens {
         let d = buf.get(..*len).ok_or(io::ErrorKind::InvalidInput)?;
         return sock.send(d).map(|_| 1);
@@ -134,34 +135,28 @@ fn send_batch(sock: &std::net::UdpSocket, buf: &[u8], lens: &[usize]) -> io::Res
     /// Datagrams per call (a window is at most 64 blocks by default).
     const BATCH: usize = 64;
     let n = lens.len().min(BATCH);
-    let mut iov: [libc::iovec; BATCH] = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; BATCH];
-    // SAFETY: mmsghdr is plain data; all-zero is a valid value (no address, no control data).
-    let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    let mut iov = [IoSlice::new(&[]); BATCH];
     let mut off = 0;
     for i in 0..n {
         let Some(d) = buf.get(off..off + lens[i]) else {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "datagram lengths beyond the buffer"));
         };
-        iov[i] = libc::iovec { iov_base: d.as_ptr() as *mut libc::c_void, iov_len: d.len() };
+        iov[i] = IoSlice::new(d);
         off += d.len();
-        msgs[i].msg_hdr.msg_iov = &mut iov[i];
-        msgs[i].msg_hdr.msg_iovlen = 1;
     }
+    // No control data; each header borrows an (empty) ancillary buffer of its own. All on the
+    // stack: this runs once per window.
+    let mut control: [SendAncillaryBuffer<'_, '_, '_>; BATCH] = std::array::from_fn(|_| SendAncillaryBuffer::default());
+    let mut control = control.iter_mut();
+    let mut msgs: [MMsgHdr<'_>; BATCH] =
+        std::array::from_fn(|i| MMsgHdr::new(std::slice::from_ref(&iov[i]), control.next().expect("BATCH buffers")));
     loop {
-        // SAFETY: the first `n` headers each point at one iovec describing bytes of `buf`
-        // (bounds checked above), which the kernel only reads; all outlive the call.
-        let r = unsafe { libc::sendmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), n as libc::c_uint, 0) };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if r == 0 {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        return Ok(r as usize);
+        return match sendmmsg(sock, &mut msgs[..n], SendFlags::empty()) {
+            Ok(0) => Err(io::ErrorKind::WouldBlock.into()),
+            Ok(k) => Ok(k),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => Err(e.into()),
+        };
     }
 }
 
@@ -176,6 +171,10 @@ const DRAINS: bool = cfg!(target_os = "linux");
 
 /// Receives up to two queued datagrams without waiting, into `bufs[0]` and `bufs[1]`: the first
 /// one's length and, if there was a second, its length. `WouldBlock` if none was queued.
+///
+/// Raw libc, unlike `send_batch`: rustix (1.1) has no `recvmmsg`, and nix's needs a
+/// `MultiHeaders` that is either allocated per call (this runs once per ACK) or kept, but it
+/// holds raw pointers and is not `Send`, which a transfer's future must be.
 #[cfg(target_os = "linux")]
 fn recv2(sock: &std::net::UdpSocket, bufs: &mut [[u8; SLOT]; 2]) -> io::Result<(usize, Option<usize>)> {
     use std::os::fd::AsRawFd;

@@ -15,14 +15,22 @@ servers inside the Python process, e.g. in a test suite:
 '127.0.0.1'
 
 Errors are :class:`CitronError` subclasses that are also the matching builtin:
-:class:`JobError` (``ValueError``, with ``.errors`` positions), :class:`LabError`
-(``ValueError``), :class:`UnknownDutError` (``KeyError``), :class:`FetchError` and
-:class:`ServerError` (``OSError``).
+:class:`JobError` and :class:`LabError` (``ValueError``, with ``.errors``: every problem with
+its position, :class:`ErrorDetail`), :class:`UnknownDutError` (``KeyError``),
+:class:`FetchError` and :class:`ServerError` (``OSError``, with ``errno`` when the system said
+why).
+
+For pytest, the package brings the fixtures ``citron_server`` and ``citron_lab``
+(``citron.pytest_plugin``, loaded by pytest by itself).
+
+The distribution is named ``citron-lab`` (``pip install citron-lab``); the import name is
+``citron``.
 """
 
 from citron._citron import (
     Artifact,
     CitronError,
+    ErrorDetail,
     FetchError,
     JobDescription,
     JobError,
@@ -35,7 +43,15 @@ from citron._citron import (
     UnknownDutError,
     __version__,
 )
-from citron._types import AccessRecord, ArtifactDict, DutInfo, JobErrorDetailDict, ResolvedJobDict, StrPath
+from citron._types import (
+    AccessRecord,
+    ArtifactDict,
+    DutInfo,
+    ErrorDetailDict,
+    JobErrorDetailDict,
+    ResolvedJobDict,
+    StrPath,
+)
 
 __all__ = [
     "AccessRecord",
@@ -43,6 +59,8 @@ __all__ = [
     "ArtifactDict",
     "CitronError",
     "DutInfo",
+    "ErrorDetail",
+    "ErrorDetailDict",
     "FetchError",
     "JobDescription",
     "JobError",

@@ -4,12 +4,13 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Type, Union, final
 
-from citron._types import AccessRecord, ArtifactDict, DutInfo, JobErrorDetailDict, ResolvedJobDict, StrPath
+from citron._types import AccessRecord, ArtifactDict, DutInfo, ErrorDetailDict, ResolvedJobDict, StrPath
 
 __version__: str
 __all__ = [
     "Artifact",
     "CitronError",
+    "ErrorDetail",
     "FetchError",
     "JobDescription",
     "JobError",
@@ -29,11 +30,15 @@ class CitronError(Exception):
 class JobError(CitronError, ValueError):
     """A job description is invalid; ``errors`` lists every problem with its position."""
 
-    errors: List[JobErrorDetail]
-    def __init__(self, message: str, errors: Sequence[JobErrorDetail] = ...) -> None: ...
+    errors: List[ErrorDetail]
+    def __init__(self, message: str, errors: Sequence[ErrorDetail] = ...) -> None: ...
 
 class LabError(CitronError, ValueError):
-    """A lab description is invalid or inconsistent."""
+    """A lab description is invalid or inconsistent; ``errors`` lists every problem with its
+    position (in the lab file, or the Python call for a lab built in code)."""
+
+    errors: List[ErrorDetail]
+    def __init__(self, message: str, errors: Sequence[ErrorDetail] = ...) -> None: ...
 
 class UnknownDutError(CitronError, KeyError):
     """No DUT has this id."""
@@ -45,8 +50,8 @@ class ServerError(CitronError, OSError):
     """A server could not start, bind or stop, or its data directory is unusable."""
 
 @final
-class JobErrorDetail:
-    """One problem in a job description, with its position."""
+class ErrorDetail:
+    """One problem in a job or lab description, with its position."""
 
     @property
     def file(self) -> str: ...
@@ -58,7 +63,9 @@ class JobErrorDetail:
     def field(self) -> str: ...
     @property
     def message(self) -> str: ...
-    def to_dict(self) -> JobErrorDetailDict: ...
+    def to_dict(self) -> ErrorDetailDict: ...
+
+JobErrorDetail = ErrorDetail
 
 @final
 class Artifact:
@@ -111,9 +118,15 @@ class JobDescription:
     """A parsed job description."""
 
     @staticmethod
-    def from_yaml(text: str, filename: Optional[str] = None) -> JobDescription: ...
+    def from_yaml(
+        text: str,
+        filename: Optional[str] = None,
+        *,
+        lab: Union[Lab, Server, None] = None,
+        dut: Optional[str] = None,
+    ) -> JobDescription: ...
     @staticmethod
-    def from_file(path: StrPath) -> JobDescription: ...
+    def from_file(path: StrPath, *, lab: Union[Lab, Server, None] = None, dut: Optional[str] = None) -> JobDescription: ...
     @property
     def filename(self) -> str: ...
     def validate(self, lab: Union[Lab, Server, None] = None, dut: Optional[str] = None) -> None: ...

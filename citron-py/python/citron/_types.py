@@ -4,7 +4,7 @@ import os
 from datetime import timedelta
 from typing import List, Literal, Optional, TypedDict, Union
 
-__all__ = ["AccessRecord", "ArtifactDict", "DutInfo", "JobErrorDetailDict", "ResolvedJobDict", "StrPath"]
+__all__ = ["AccessRecord", "ArtifactDict", "DutInfo", "ErrorDetailDict", "JobErrorDetailDict", "ResolvedJobDict", "StrPath"]
 
 #: A path argument: ``str`` or ``pathlib.Path``.
 StrPath = Union[str, "os.PathLike[str]"]
@@ -61,11 +61,15 @@ class ResolvedJobDict(TypedDict):
     artifacts: List[ArtifactDict]
 
 
-class JobErrorDetailDict(TypedDict):
-    """``JobErrorDetail.to_dict()``."""
+class ErrorDetailDict(TypedDict):
+    """``ErrorDetail.to_dict()``."""
 
     file: str
     line: int
     column: int
     field: str
     message: str
+
+
+class JobErrorDetailDict(ErrorDetailDict):
+    """The name ``ErrorDetailDict`` had before lab errors had positions too (the same keys)."""
