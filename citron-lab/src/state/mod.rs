@@ -317,7 +317,7 @@ pub fn open_lab_gateway(
     let state = State::open(&StateUrl::parse(state, data_dir)?)?;
     let (membership, own) = crate::gateways::Membership::join(&state, name, &lab)?;
     let stores = state.stores_of(&own, Some(name))?;
-    let network = Arc::new(citron_fetch::Network::new(own.s3.clone()));
+    let network = Arc::new(citron_fetch::Network::for_lab(&own).map_err(citron_core::GatewayError::from)?);
     let gateway = citron_core::Gateway::with_stores(own, data_dir, network, stores)?;
     Ok((gateway, state, membership))
 }
