@@ -214,8 +214,14 @@ impl Server {
             .enable_all()
             .build()
             .map_err(|e| Error::Server(format!("cannot start the tokio runtime: {e}")))?;
-        let builder =
-            ServerBuilder::new(gateway.clone()).http(http).tftp(tftp).nbd(nbd).api(api).advertise(advertise).state(Some(state.info())).feed(Some(state.feed().clone()));
+        let builder = ServerBuilder::new(gateway.clone())
+            .http(http)
+            .tftp(tftp)
+            .nbd(nbd)
+            .api(api)
+            .advertise(advertise)
+            .state(Some(state.info()))
+            .feed(Some(state.feed().clone()));
         let running = py.detach(|| rt.block_on(builder.start())).map_err(Error::from)?;
         // Every stored job again (a restart on the same state serves what it served before),
         // once the servers are bound so that templates see the real ports.
