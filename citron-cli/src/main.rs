@@ -2,6 +2,7 @@
 
 mod args;
 mod boot_test;
+mod logging;
 mod render;
 
 use std::io::Write as _;
@@ -22,19 +23,32 @@ use citron_lab::state::{State, StateUrl};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // Held to the end: dropping it writes the log lines still queued.
+    let _logs = logging::init(cli.log_format);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("citron: error: {e:#}");
+            eprintln!("citron: error: {}", chain_once(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// The error and its causes joined by `: ` (as `{:#}` does), each said once: many errors
+/// already include their cause in their own message, which `{:#}` would print a second time.
+fn chain_once(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if out.contains(&s) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&s);
+    }
+    out
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -49,6 +63,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve { lab, jobs, http, tftp, nbd, api, advertise, data, state } => {
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             rt.block_on(serve(ServeArgs { lab, jobs, http, tftp, nbd, api, advertise, data, state }))
+        }
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "citron", &mut std::io::stdout().lock());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            let mut out = std::io::stdout().lock();
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut out).context("cannot write the man page")?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::State(StateCommand::Migrate { state, data }) => {
             let s = State::open(&StateUrl::parse(state.as_deref(), &data)?)?;
@@ -101,12 +125,20 @@ struct ServeArgs {
     state: Option<String>,
 }
 
-/// `off` or an address.
+/// `off`, an `IP:PORT`, or a `HOST:PORT` (the first address the name resolves to, IPv4
+/// first: `localhost:8080` listens on 127.0.0.1).
 fn addr(flag: &str, v: &str) -> anyhow::Result<Option<SocketAddr>> {
+    use std::net::ToSocketAddrs as _;
     if v == "off" {
         return Ok(None);
     }
-    v.parse().map(Some).with_context(|| format!("--{flag} {v:?}: expected IP:PORT (e.g. 127.0.0.1:0) or off"))
+    if let Ok(a) = v.parse() {
+        return Ok(Some(a));
+    }
+    let expected = || format!("--{flag} {v:?}: expected IP:PORT (e.g. 127.0.0.1:0), HOST:PORT (localhost:8080) or off");
+    let mut found: Vec<SocketAddr> = v.to_socket_addrs().with_context(expected)?.collect();
+    found.sort_by_key(|a| a.is_ipv6());
+    found.into_iter().next().map(Some).with_context(expected)
 }
 
 async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -140,6 +172,11 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     // Jobs are loaded once the servers are bound, so that their templates see the real ports.
     // A signal meanwhile drops the loading: a download in flight stops and its temporary file
     // is deleted (at the latest when the runtime shuts down, before the process exits).
+    // Until they are all loaded the lab is not ready (`/api/v1/ready`), and the DUTs given a
+    // --job are marked as loading from the start, so that their requests wait for their job
+    // instead of being told "not found" while the jobs before theirs load.
+    let starting = gw.starting();
+    let mut marks: Vec<_> = jobs.iter().map(|(id, _)| Some(gw.expect_job(id))).collect();
     let load = async {
         // Every stored job first (the DUTs given a --job get theirs below instead), so that
         // each DUT serves what it served before the restart.
@@ -147,8 +184,10 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         for (id, e) in gw.restore_jobs(&skip).await {
             tracing::error!(dut = %id, error = %e, "its stored job could not be loaded again: it has no job until one is set");
         }
-        for (id, path) in &jobs {
-            match gw.set_trusted_job_file(id, path).await {
+        for (i, (id, path)) in jobs.iter().enumerate() {
+            let r = gw.set_trusted_job_file(id, path).await;
+            marks[i] = None;
+            match r {
                 Ok(()) => {}
                 Err(GatewayError::Job(e)) => {
                     eprintln!("{e}");
@@ -182,13 +221,16 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
     }
+    drop(starting);
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "{}", server.listening_line())?;
         out.flush()?;
     }
     tracing::info!("{}", server.listening_line());
+    notify_systemd(&[sd_notify::NotifyState::Ready]);
     let s = signals.recv().await;
+    notify_systemd(&[sd_notify::NotifyState::Stopping]);
     tracing::info!(
         "{s}: shutting down (transfers in flight may finish for {:?}; a second signal stops at once)",
         citron_protocols::http::SHUTDOWN_GRACE
@@ -196,6 +238,17 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     signals.exit_on_next();
     server.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Tells systemd (a `Type=notify` unit: $NOTIFY_SOCKET is set) how the service is; nothing
+/// when not started by systemd.
+fn notify_systemd(state: &[sd_notify::NotifyState]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    if let Err(e) = sd_notify::notify(false, state) {
+        tracing::warn!(error = %e, "cannot notify systemd ($NOTIFY_SOCKET)");
+    }
 }
 
 /// SIGINT and SIGTERM, handled from the start of `serve` on.
@@ -230,5 +283,22 @@ impl Signals {
             eprintln!("citron: {s} again: exiting without waiting for transfers");
             std::process::exit(if s == "SIGINT" { 130 } else { 143 });
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let inner = std::io::Error::other("connection refused");
+        #[derive(Debug, thiserror::Error)]
+        #[error("http://x/a: {0}")]
+        struct Fetch(#[source] std::io::Error);
+        let e = anyhow::Error::new(Fetch(inner)).context("cannot load job.yaml for dut1");
+        assert_eq!(chain_once(&e), "cannot load job.yaml for dut1: http://x/a: connection refused");
+        let e = anyhow::Error::new(std::io::Error::other("disk full")).context("cannot write");
+        assert_eq!(chain_once(&e), "cannot write: disk full");
     }
 }
