@@ -1,0 +1,204 @@
+//! What a lab admin runs citron with: access lines in JSON, the start-up window (a DUT asking
+//! while its job loads gets the file; readiness after, health from the start), systemd's
+//! READY=1, environment variables and host names for the flags, shell completions and the man
+//! page.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, UdpSocket};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use citron_tests::{citron_bin, curl, require_tool, run, Citron};
+
+/// Serves `body` once to the first request, but only after `release` says so; `got` says when
+/// the request arrived. A job fetching from it stays "loading" until the test releases it.
+fn gated_origin(body: &'static [u8]) -> (std::net::SocketAddr, mpsc::Receiver<()>, mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let (got_tx, got_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let t = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut req = Vec::new();
+        let mut b = [0u8; 1024];
+        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut b) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => req.extend_from_slice(&b[..n]),
+            }
+        }
+        let _ = got_tx.send(());
+        // Bounded: the test releases it within seconds, or has failed.
+        let _ = release_rx.recv_timeout(Duration::from_secs(60));
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+        let _ = s.write_all(head.as_bytes());
+        let _ = s.write_all(body);
+    });
+    (addr, got_rx, release_tx, t)
+}
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn write_job(dir: &Path, yaml: &str) -> String {
+    let p = dir.join("job.yaml");
+    std::fs::write(&p, yaml).unwrap();
+    p.display().to_string()
+}
+
+/// The start-up window: while `--job` is still fetching, the API answers `/health` (200) and
+/// `/ready` (503), and a TFTP request from the DUT waits for the job and gets the file instead
+/// of "file not found"; once loaded, `/ready` is 200.
+#[test]
+fn a_tftp_request_sent_while_the_job_loads_gets_the_file() {
+    if !require_tool("curl") {
+        return;
+    }
+    let (origin, got, release, server) = gated_origin(b"kernel bytes\n");
+    let dir = tempfile::tempdir().unwrap();
+    let job = write_job(
+        dir.path(),
+        &format!("deployment:\n  start:\n    storage:\n      tftp:\n        - path: vmlinuz\n          url: http://{origin}/vmlinuz\n"),
+    );
+    let (tftp, api) = (free_udp_port(), free_tcp_port());
+    let (tftp_addr, api_addr) = (format!("127.0.0.1:{tftp}"), format!("127.0.0.1:{api}"));
+    let mut c = Citron::spawn(&["--tftp", &tftp_addr, "--api", &api_addr, "--nbd", "off", "--job", &format!("dut1={job}")]);
+    got.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| panic!("citron never fetched the job's file: {}", c.stderr_so_far()));
+    let ready = curl(&["-w", "\n%{http_code}", &format!("http://{api_addr}/api/v1/ready")]);
+    assert!(ready.stdout.ends_with("\n503") && ready.stdout.contains("\"starting\""), "{}", ready.stdout);
+    let health = curl(&["-w", "\n%{http_code}", &format!("http://{api_addr}/api/v1/health")]);
+    assert!(health.stdout.ends_with("\n200"), "{}", health.stdout);
+    // The DUT (127.0.0.2) asks now, while the job is still loading.
+    let out = dir.path().join("vmlinuz");
+    let client = Command::new("curl")
+        .args(["-sS", "--max-time", "60", "--interface", "127.0.0.2", "-o", out.to_str().unwrap()])
+        .arg(format!("tftp://{tftp_addr}/vmlinuz"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Give the request time to reach citron before the job can finish (if it arrived later,
+    // the test would prove less, never fail wrongly).
+    std::thread::sleep(Duration::from_millis(500));
+    release.send(()).unwrap();
+    let o = client.wait_with_output().unwrap();
+    assert!(o.status.success(), "curl: {}\n{}", String::from_utf8_lossy(&o.stderr), c.stderr_so_far());
+    assert_eq!(std::fs::read(&out).unwrap(), b"kernel bytes\n");
+    assert!(c.wait_listening(Duration::from_secs(60)), "{}", c.stderr_so_far());
+    let ready = curl(&["-w", "\n%{http_code}", &format!("http://{api_addr}/api/v1/ready")]);
+    assert!(ready.stdout.ends_with("\n200") && ready.stdout.contains("\"ok\""), "{}", ready.stdout);
+    server.join().unwrap();
+}
+
+/// `--log-format json`: every request is one JSON line with who, what, outcome, bytes and time,
+/// whatever the protocol, refusals included.
+#[test]
+fn each_request_is_one_json_access_line() {
+    if !require_tool("curl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let job = write_job(
+        dir.path(),
+        "deployment:\n  start:\n    storage:\n      http:\n        - path: hello.txt\n          data: hello\n      tftp:\n        - path: boot.bin\n          data: boot\n",
+    );
+    let mut c = Citron::start(&["--log-format", "json", "--nbd", "off", "--job", &format!("dut1={job}")]);
+    assert_eq!(curl(&["--interface", "127.0.0.2", &c.http_url("/hello.txt")]).stdout, "hello");
+    assert_eq!(curl(&["--interface", "127.0.0.2", "-o", "/dev/null", "-w", "%{http_code}", &c.http_url("/nope")]).stdout, "404");
+    // A peer that is no DUT: the lab's most common mistake, said at info.
+    assert_eq!(curl(&["-o", "/dev/null", "-w", "%{http_code}", &c.http_url("/hello.txt")]).stdout, "404");
+    let tftp = curl(&["--interface", "127.0.0.2", &format!("tftp://{}/boot.bin", c.tftp.unwrap())]);
+    assert_eq!(tftp.stdout, "boot", "{}", tftp.stderr);
+    assert_eq!(curl(&["-o", "/dev/null", "-w", "%{http_code}", &format!("http://{}/api/v1/version", c.api.unwrap())]).stdout, "200");
+    c.signal("TERM");
+    assert!(c.wait_exit(Duration::from_secs(30)).is_some());
+    let log = c.stderr_to_end(Duration::from_secs(10));
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not one JSON object per line ({e}): {l:?}")))
+        .collect();
+    let access: Vec<&serde_json::Value> = lines.iter().filter(|v| v["target"] == "citron::access").collect();
+    let find = |protocol: &str, path: &str, outcome: &str| {
+        access
+            .iter()
+            .find(|v| v["protocol"] == protocol && v["path"] == path && v["outcome"] == outcome)
+            .unwrap_or_else(|| panic!("no {protocol} {path} {outcome} line in:\n{log}"))
+    };
+    let served = find("http", "/hello.txt", "served");
+    assert_eq!((&served["peer"], &served["dut"], &served["bytes"], &served["level"]), (&"127.0.0.2".into(), &"dut1".into(), &5.into(), &"INFO".into()));
+    assert!(served["duration_ms"].as_f64().is_some(), "{served}");
+    assert!(find("http", "/nope", "refused")["reason"].as_str().unwrap().contains("nope"), "{log}");
+    let stranger = find("http", "/hello.txt", "refused");
+    assert_eq!((&stranger["peer"], stranger.get("dut")), (&"127.0.0.1".into(), None), "{stranger}");
+    assert_eq!(find("tftp", "boot.bin", "served")["bytes"], 4, "{log}");
+    assert_eq!(find("api", "/api/v1/version", "served")["status"], 200, "{log}");
+    // One line per request: the served HTTP read is not logged twice.
+    assert_eq!(access.iter().filter(|v| v["path"] == "/hello.txt" && v["outcome"] == "served").count(), 1, "{log}");
+    assert!(!log.contains("\u{1b}["), "no colour codes off a terminal");
+}
+
+/// `Type=notify`: citron tells $NOTIFY_SOCKET READY=1 once its jobs are loaded.
+#[test]
+fn serve_sends_ready_to_the_notify_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let job = write_job(dir.path(), "deployment:\n  start:\n    storage:\n      http:\n        - path: a\n          data: a\n");
+    let mut c = Citron::spawn_with(&["--tftp", "off", "--nbd", "off", "--job", &format!("dut1={job}")], |cmd| {
+        cmd.env("NOTIFY_SOCKET", &sock_path);
+    });
+    let mut buf = [0u8; 512];
+    let n = sock.recv(&mut buf).unwrap_or_else(|e| panic!("no notification ({e}): {}", c.stderr_so_far()));
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(msg.lines().any(|l| l == "READY=1"), "{msg:?}");
+    // READY=1 comes once the listening line (jobs loaded) is out.
+    assert!(c.wait_listening(Duration::from_secs(10)));
+    c.signal("TERM");
+    let n = sock.recv(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "STOPPING=1"));
+    assert!(c.wait_exit(Duration::from_secs(30)).is_some_and(|s| s.success()));
+}
+
+/// Every serve flag has an environment variable, and addresses may name a host.
+#[test]
+fn serve_flags_come_from_the_environment_and_take_host_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(citron_bin())
+        .arg("serve")
+        .env("CITRON_HTTP", "localhost:0")
+        .env("CITRON_TFTP", "off")
+        .env("CITRON_NBD", "off")
+        .env("CITRON_API", "off")
+        .env("CITRON_DATA", dir.path().join("data"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(line.starts_with("citron: listening http=127.0.0.1:") && line.contains("tftp=off nbd=off api=off"), "{line}");
+    assert!(dir.path().join("data/cache").is_dir(), "CITRON_DATA was used");
+}
+
+/// `citron completions bash` is a script bash loads; `citron man` is a roff man page.
+#[test]
+fn completions_load_in_bash_and_the_man_page_is_roff() {
+    let bin = citron_bin();
+    let script = format!("source <('{}' completions bash) && complete -p citron", bin.display());
+    let o = run("bash", &["-c", &script], None, Duration::from_secs(30));
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("citron"), "{}", o.stdout);
+    let man = run(&bin, &["man"], None, Duration::from_secs(30));
+    assert_eq!(man.code, 0, "{}", man.stderr);
+    assert!(man.stdout.starts_with(".ie") || man.stdout.contains(".TH citron"), "{}", man.stdout);
+    assert!(man.stdout.contains("serve"), "subcommands listed");
+}
