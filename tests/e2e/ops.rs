@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use citron_tests::{citron_bin, curl, require_tool, run, Citron};
+use citron_tests::{citron_bin, curl, require_tool, run, workspace_root, Citron};
 
 /// Serves `body` once to the first request, but only after `release` says so; `got` says when
 /// the request arrived. A job fetching from it stays "loading" until the test releases it.
@@ -201,4 +201,47 @@ fn completions_load_in_bash_and_the_man_page_is_roff() {
     assert_eq!(man.code, 0, "{}", man.stderr);
     assert!(man.stdout.starts_with(".ie") || man.stdout.contains(".TH citron"), "{}", man.stdout);
     assert!(man.stdout.contains("serve"), "subcommands listed");
+}
+
+/// The systemd unit is `Type=notify`, hardened, and valid for `systemd-analyze verify` (with
+/// its `ExecStart` pointed at the binary under test).
+#[test]
+fn the_systemd_unit_verifies() {
+    if !require_tool("systemd-analyze") {
+        return;
+    }
+    let unit = std::fs::read_to_string(workspace_root().join("dist/citron.service")).unwrap();
+    for want in ["Type=notify", "NoNewPrivileges=yes", "ProtectSystem=strict", "DynamicUser=yes", "CITRON_DATA="] {
+        assert!(unit.contains(want), "{want} missing from the unit");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("citron.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/citron", &citron_bin().display().to_string())).unwrap();
+    let o = run("systemd-analyze", &["verify", "--man=no", path.to_str().unwrap()], None, Duration::from_secs(60));
+    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
+    assert!(!o.stderr.contains("citron.service"), "warnings: {}", o.stderr);
+}
+
+/// The Dockerfile passes hadolint; with a container runtime and a release build, the image
+/// builds from the Debian-packages root filesystem and runs citron.
+#[test]
+fn the_dockerfile_lints_and_builds_where_a_runtime_is() {
+    if !require_tool("hadolint") {
+        return;
+    }
+    let root = workspace_root();
+    let o = run("hadolint", &[root.join("dist/Dockerfile").to_str().unwrap()], None, Duration::from_secs(60));
+    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
+    let release = root.join("target/release/citron");
+    let answers = |rt: &str| Command::new(rt).arg("info").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    let runtime = ["docker", "podman"].into_iter().find(|rt| answers(rt));
+    let (Some(rt), true) = (runtime, release.exists()) else {
+        eprintln!("SKIPPED: image build (needs a container runtime and target/release/citron)");
+        return;
+    };
+    let mut cmd = Command::new(root.join("scripts/container-rootfs.sh"));
+    let st = cmd.env("CITRON_BIN", &release).status().unwrap();
+    assert!(st.success());
+    let o = run(rt, &["run", "--rm", "citron", "--version"], None, Duration::from_secs(120));
+    assert!(o.code == 0 && o.stdout.starts_with("citron "), "{}{}", o.stdout, o.stderr);
 }
