@@ -25,16 +25,29 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber: `RUST_LOG` sets the filter (default `info`). Keep the guard
+/// Installs the global subscriber: `RUST_LOG` sets the filter (default `info`). On a terminal,
+/// downloads show progress bars ([`crate::progress`]) instead of progress lines. Keep the guard
 /// until the end of `main`: dropping it writes what is still queued.
 pub fn init(format: LogFormat) -> WorkerGuard {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
     let (writer, guard) = tracing_appender::non_blocking(BufWriter::new(std::io::stderr()));
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
-    match format {
-        LogFormat::Text => builder.with_ansi(ansi).init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_ansi(false).init(),
+    let terminal = std::io::stderr().is_terminal();
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    if terminal {
+        // The bars say it.
+        filter = filter.add_directive(format!("{}=off", citron_core::artifact::PROGRESS_TARGET).parse().expect("a valid directive"));
     }
+    let ansi = terminal && std::env::var_os("NO_COLOR").is_none();
+    let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
+    let fmt = match format {
+        LogFormat::Text => fmt.with_ansi(ansi).with_filter(filter).boxed(),
+        LogFormat::Json => fmt.json().flatten_event(true).with_ansi(false).with_filter(filter).boxed(),
+    };
+    // Only the progress ticks reach the bars (no other `trace` event is enabled by them).
+    let ticks = tracing_subscriber::filter::Targets::new().with_target(citron_core::artifact::PROGRESS_TARGET, tracing::Level::TRACE);
+    let bars = terminal.then(|| crate::progress::Bars::new().with_filter(ticks));
+    tracing_subscriber::registry().with(fmt).with(bars).init();
     guard
 }

@@ -3,6 +3,7 @@
 mod args;
 mod boot_test;
 mod logging;
+mod progress;
 mod render;
 
 use std::io::Write as _;
