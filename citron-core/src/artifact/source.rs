@@ -325,13 +325,14 @@ impl<'a> Sink<'a> {
         self.out.write_all(chunk).await.map_err(|e| disk_error(&self.name, self.written, e))?;
         self.hasher.update(chunk);
         self.written = after;
-        if self.last_tick.elapsed() >= PROGRESS_TICK {
-            self.last_tick = Instant::now();
+        let now = Instant::now();
+        if now.duration_since(self.last_tick) >= PROGRESS_TICK {
+            self.last_tick = now;
             tracing::trace!(target: PROGRESS_TARGET, source = self.name.as_str(), bytes = self.written, total = self.total.unwrap_or(0), "download");
-            if self.last_report.elapsed() >= self.interval {
-                self.last_report = Instant::now();
-                self.report("downloading");
-            }
+        }
+        if now.duration_since(self.last_report) >= self.interval {
+            self.last_report = now;
+            self.report("downloading");
         }
         Ok(())
     }
