@@ -45,15 +45,19 @@ pub enum StateCommand {
 pub enum Command {
     /// Checks job descriptions; prints every error as file:line:col: message.
     ///
-    /// Each job is rendered for the lab's first DUT (or a placeholder DUT), so template
-    /// variables and `file:` roots are checked too.
+    /// Each job is rendered for every DUT of the lab (or --dut's), so template variables and
+    /// `file:` roots are checked too. A lab file given as a job is recognised and checked as a
+    /// lab file; `--lab LAB.yaml` alone checks the lab file.
     #[command(after_help = EXIT_CODES)]
     Validate {
         /// The lab file (default: the embedded default lab).
-        #[arg(long, value_name = "LAB.yaml")]
+        #[arg(long, value_name = "LAB.yaml", env = "CITRON_LAB")]
         lab: Option<PathBuf>,
-        /// The job descriptions.
-        #[arg(required = true, value_name = "JOB.yaml")]
+        /// Render for this DUT only (default: every DUT of the lab).
+        #[arg(long, value_name = "ID")]
+        dut: Option<String>,
+        /// The job descriptions; `-` reads one from standard input.
+        #[arg(value_name = "JOB.yaml")]
         jobs: Vec<PathBuf>,
     },
     /// Prints what a job gives one DUT: every artifact and the URLs the DUT would use.

@@ -5,6 +5,7 @@ mod boot_test;
 mod logging;
 mod progress;
 mod render;
+mod validate;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -12,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
-use citron_core::job::{JobDescription, RenderContext};
+use citron_core::job::RenderContext;
 use citron_core::lab::LabConfig;
 use citron_core::namespace::{Dut, DutId};
 use citron_core::GatewayError;
@@ -54,7 +55,7 @@ fn chain_once(e: &anyhow::Error) -> String {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Validate { lab, jobs } => validate(lab.as_deref(), &jobs),
+        Command::Validate { lab, dut, jobs } => validate::run(lab.as_deref(), dut.as_deref(), &jobs),
         Command::Render { job, dut, lab } => render::render(&load_lab(lab.as_deref())?, &job, &DutId(dut)),
         Command::BootTest(args) => Ok(boot_test::run(args)),
         Command::Openapi => {
@@ -96,22 +97,6 @@ fn load_lab(path: Option<&Path>) -> anyhow::Result<LabConfig> {
 pub(crate) fn offline_context(lab: &LabConfig, dut: &Dut, job: &Path) -> RenderContext {
     let job_dir = job.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     RenderContext::for_dut(lab, dut, &citron_lab::server::default_endpoints(), Some(job_dir))
-}
-
-fn validate(lab: Option<&Path>, jobs: &[PathBuf]) -> anyhow::Result<ExitCode> {
-    let lab = load_lab(lab)?;
-    let dut = lab.duts.first().cloned().unwrap_or_else(|| Dut::new("placeholder-dut", []));
-    let mut bad = false;
-    let stderr = std::io::stderr();
-    for path in jobs {
-        // Shape and render problems together: one run shows everything to fix.
-        let r = JobDescription::check_file(path, &offline_context(&lab, &dut, path)).map(|_| ());
-        if let Err(e) = r {
-            bad = true;
-            let _ = writeln!(stderr.lock(), "{e}");
-        }
-    }
-    Ok(if bad { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
 struct ServeArgs {

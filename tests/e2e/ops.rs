@@ -245,3 +245,39 @@ fn the_dockerfile_lints_and_builds_where_a_runtime_is() {
     let o = run(rt, &["run", "--rm", "citron", "--version"], None, Duration::from_secs(120));
     assert!(o.code == 0 && o.stdout.starts_with("citron "), "{}{}", o.stdout, o.stderr);
 }
+
+/// `citron validate examples/*.yaml` recognises the lab file and checks it as one; `--lab`
+/// alone checks a lab file; `-` reads a job from standard input; `--dut` picks the DUT; an
+/// unknown template variable gets a did-you-mean.
+#[test]
+fn validate_tells_lab_files_from_jobs_and_reads_stdin() {
+    let root = workspace_root();
+    let t = Duration::from_secs(60);
+    let o = run(citron_bin(), &["validate", "examples/lab.yaml", "examples/job-hello.yaml"], Some(&root), t);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stderr.contains("examples/lab.yaml: a lab file, not a job") && o.stderr.contains("--lab"), "{}", o.stderr);
+    assert!(!o.stderr.contains("unknown field `duts`"), "{}", o.stderr);
+    let o = run(citron_bin(), &["validate", "--lab", "examples/lab.yaml"], Some(&root), t);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let dir = tempfile::tempdir().unwrap();
+    let bad_lab = dir.path().join("lab.yaml");
+    std::fs::write(&bad_lab, "duts:\n  - id: a\n    ipp: [10.0.0.2]\n").unwrap();
+    let o = run(citron_bin(), &["validate", "--lab", bad_lab.to_str().unwrap()], None, t);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(o.stderr.contains("lab.yaml:3:5"), "{}", o.stderr);
+    let o = run(citron_bin(), &["validate", "--lab", "examples/lab.yaml", "--dut", "nope", "examples/job-hello.yaml"], Some(&root), t);
+    assert_eq!(o.code, 2);
+    assert!(o.stderr.contains("dut1, dut2"), "{}", o.stderr);
+    let mut child = Command::new(citron_bin())
+        .args(["validate", "--dut", "dut2", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"deployment:\n  start:\n    cmdline: [\"m={{ machine_di }}\"]\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.starts_with("<stdin>:3:") && err.contains("did you mean `machine_id`?"), "{err}");
+    assert_eq!(err.lines().count(), 1, "said once: {err}");
+}
