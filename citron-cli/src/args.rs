@@ -70,8 +70,11 @@ pub enum Command {
         #[arg(long, value_name = "ID")]
         dut: String,
         /// The lab file (default: the embedded default lab).
-        #[arg(long, value_name = "LAB.yaml")]
+        #[arg(long, value_name = "LAB.yaml", env = "CITRON_LAB")]
         lab: Option<PathBuf>,
+        /// `table` (for people) or `json` (for scripts).
+        #[arg(long, value_enum, default_value = "table")]
+        format: RenderFormat,
     },
     /// Prints the control API's OpenAPI 3.1 document (JSON), as `GET /api/v1/openapi.json`
     /// answers it.
@@ -137,4 +140,13 @@ pub enum Command {
     },
     /// Prints citron's man page (roff), e.g. `citron man > /usr/share/man/man1/citron.1`.
     Man,
+}
+
+/// `citron render --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RenderFormat {
+    /// A table per deployment step, then the URLs.
+    Table,
+    /// One JSON document.
+    Json,
 }

@@ -56,7 +56,9 @@ fn chain_once(e: &anyhow::Error) -> String {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Validate { lab, dut, jobs } => validate::run(lab.as_deref(), dut.as_deref(), &jobs),
-        Command::Render { job, dut, lab } => render::render(&load_lab(lab.as_deref())?, &job, &DutId(dut)),
+        Command::Render { job, dut, lab, format } => {
+            render::render(&load_lab(lab.as_deref())?, &job, &DutId(dut), format == args::RenderFormat::Json)
+        }
         Command::BootTest(args) => Ok(boot_test::run(args)),
         Command::Openapi => {
             std::io::stdout().lock().write_all(citron_lab::api::openapi_json().as_bytes()).context("cannot write the document")?;

@@ -281,3 +281,19 @@ fn validate_tells_lab_files_from_jobs_and_reads_stdin() {
     assert!(err.starts_with("<stdin>:3:") && err.contains("did you mean `machine_id`?"), "{err}");
     assert_eq!(err.lines().count(), 1, "said once: {err}");
 }
+
+/// `render --format json`: one JSON document, durations as the job writes them (`12h`, not
+/// `43200s`).
+#[test]
+fn render_json_shows_durations_as_written() {
+    let root = workspace_root();
+    let args = ["render", "examples/job-rpi.yaml", "--lab", "examples/lab.yaml", "--dut", "rpi1", "--format", "json"];
+    let o = run(citron_bin(), &args, Some(&root), Duration::from_secs(60));
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", o.stdout));
+    assert_eq!((&v["dut"], &v["machine_id"]), (&"rpi1".into(), &"rpi-kitchen".into()));
+    let token = v["steps"][0]["artifacts"].as_array().unwrap().iter().find(|a| a["path"] == "job/token").expect("job/token listed");
+    assert_eq!(token["lifetime"]["expiration"], "12h", "{token}");
+    assert_eq!(token["url"], "http://127.0.0.1:8080/job/token");
+    assert_eq!(v["steps"][1]["step"], "continue");
+}
