@@ -160,7 +160,10 @@ impl Collector for AccessCollector {
 
 /// A core [`TimingSnapshot`](citron_core::timing::TimingSnapshot) (cumulative) as a Prometheus
 /// histogram (the encoder takes per-bucket counts and a `+Inf` bucket).
-fn encode_timings(mut m: prometheus_client::encoding::MetricEncoder<'_>, t: &citron_core::timing::TimingSnapshot) -> Result<(), std::fmt::Error> {
+fn encode_timings(
+    mut m: prometheus_client::encoding::MetricEncoder<'_>,
+    t: &citron_core::timing::TimingSnapshot,
+) -> Result<(), std::fmt::Error> {
     let mut below = 0;
     let mut buckets: Vec<(f64, u64)> = t
         .buckets

@@ -119,10 +119,8 @@ fn each_request_is_one_json_access_line() {
     c.signal("TERM");
     assert!(c.wait_exit(Duration::from_secs(30)).is_some());
     let log = c.stderr_to_end(Duration::from_secs(10));
-    let lines: Vec<serde_json::Value> = log
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not one JSON object per line ({e}): {l:?}")))
-        .collect();
+    let lines: Vec<serde_json::Value> =
+        log.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not one JSON object per line ({e}): {l:?}"))).collect();
     let access: Vec<&serde_json::Value> = lines.iter().filter(|v| v["target"] == "citron::access").collect();
     let find = |protocol: &str, path: &str, outcome: &str| {
         access
@@ -131,7 +129,10 @@ fn each_request_is_one_json_access_line() {
             .unwrap_or_else(|| panic!("no {protocol} {path} {outcome} line in:\n{log}"))
     };
     let served = find("http", "/hello.txt", "served");
-    assert_eq!((&served["peer"], &served["dut"], &served["bytes"], &served["level"]), (&"127.0.0.2".into(), &"dut1".into(), &5.into(), &"INFO".into()));
+    assert_eq!(
+        (&served["peer"], &served["dut"], &served["bytes"], &served["level"]),
+        (&"127.0.0.2".into(), &"dut1".into(), &5.into(), &"INFO".into())
+    );
     assert!(served["duration_ms"].as_f64().is_some(), "{served}");
     assert!(find("http", "/nope", "refused")["reason"].as_str().unwrap().contains("nope"), "{log}");
     let stranger = find("http", "/hello.txt", "refused");
@@ -268,12 +269,8 @@ fn validate_tells_lab_files_from_jobs_and_reads_stdin() {
     let o = run(citron_bin(), &["validate", "--lab", "examples/lab.yaml", "--dut", "nope", "examples/job-hello.yaml"], Some(&root), t);
     assert_eq!(o.code, 2);
     assert!(o.stderr.contains("dut1, dut2"), "{}", o.stderr);
-    let mut child = Command::new(citron_bin())
-        .args(["validate", "--dut", "dut2", "-"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child =
+        Command::new(citron_bin()).args(["validate", "--dut", "dut2", "-"]).stdin(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     child.stdin.take().unwrap().write_all(b"deployment:\n  start:\n    cmdline: [\"m={{ machine_di }}\"]\n").unwrap();
     let o = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);

@@ -350,7 +350,9 @@ impl<'a> Sink<'a> {
                 mib_per_s = format_args!("{mib_s:.1}"),
                 "{what}"
             ),
-            None => tracing::info!(target: PROGRESS_TARGET, source = %self.name, bytes = self.written, mib_per_s = format_args!("{mib_s:.1}"), "{what}"),
+            None => {
+                tracing::info!(target: PROGRESS_TARGET, source = %self.name, bytes = self.written, mib_per_s = format_args!("{mib_s:.1}"), "{what}")
+            }
         }
     }
 

@@ -158,7 +158,10 @@ impl hyper::service::Service<Request<Incoming>> for ApiService {
             let method = req.method().clone();
             let path = truncate_logged(req.uri().path(), s.api.gateway.lab().limits.logged_path_max).into_owned();
             let open = probe::OPEN_PATHS.contains(&req.uri().path().trim_end_matches('/'));
-            let checked = s.api.check_host(req.headers(), req.uri(), s.local).and_then(|()| if open { Ok(()) } else { s.api.authorize(req.headers()) });
+            let checked =
+                s.api
+                    .check_host(req.headers(), req.uri(), s.local)
+                    .and_then(|()| if open { Ok(()) } else { s.api.authorize(req.headers()) });
             let r = match checked {
                 Ok(()) => match s.router.oneshot(without_trailing_slash(req).map(Body::new)).await {
                     Ok(r) => r,
