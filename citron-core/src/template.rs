@@ -207,8 +207,8 @@ mod tests {
         assert_eq!(e.offset(), "abc {{ machine_id }} é ".len());
         assert_eq!(e.variable(), Some("http-artifact-base"));
         assert!(e.to_string().contains("did you mean `http_artifact_base`?"), "{e}");
-        let vars = BTreeMap::from([("machine_id".to_string(), "d".to_string()), ("nbd_port".to_string(), "1".to_string())]);
-        let e = render("{{ machine_di }}", &vars).unwrap_err();
+        let typo = BTreeMap::from([("machine_id".to_string(), "d".to_string()), ("nbd_port".to_string(), "1".to_string())]);
+        let e = render("{{ machine_di }}", &typo).unwrap_err();
         assert!(e.to_string().contains("did you mean `machine_id`?"), "a typo is recognised: {e}");
         let e = render("{{ nope }}", &vars()).unwrap_err();
         assert!(e.to_string().contains("defined variables: http_artifact_base, machine_id, x"), "{e}");
