@@ -24,7 +24,8 @@ deps=$(apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts 
 (cd "$out/debs" && for p in $deps; do apt-get download -qq "$p" >/dev/null 2>&1 || true; done)
 for d in "$out"/debs/*.deb; do dpkg-deb -x "$d" "$out/rootfs"; done
 rm -rf "$out/debs" "$out/rootfs/usr/share/doc" "$out/rootfs/usr/share/man" "$out/rootfs/usr/share/locale"
-install -D -m 755 "$CITRON_BIN" "$out/rootfs/usr/bin/citron"
+# Stripped: the release profile keeps line tables (debug = 1), 100+ MB the image does not need.
+install -D -s -m 755 "$CITRON_BIN" "$out/rootfs/usr/bin/citron"
 # TLS roots for https:// sources, and a default lab (mount your own over it).
 install -D -m 644 /etc/ssl/certs/ca-certificates.crt "$out/rootfs/etc/ssl/certs/ca-certificates.crt"
 install -D -m 644 examples/lab.yaml "$out/rootfs/etc/citron/lab.yaml"
