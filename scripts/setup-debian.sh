@@ -16,7 +16,7 @@ done
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 export DEBIAN_FRONTEND=noninteractive
 
-pkgs=(curl tftp-hpa atftp libnbd-bin python3-libnbd nbdkit qemu-utils e2fsprogs docker-registry iproute2 python3-venv xz-utils zstd postgresql sqlite3 openssl)
+pkgs=(curl tftp-hpa atftp libnbd-bin python3-libnbd nbdkit qemu-utils e2fsprogs docker-registry iproute2 python3-venv xz-utils zstd postgresql sqlite3 openssl systemd)
 [ "$want_bench" = 1 ] && pkgs+=(nginx-light wrk tftpd-hpa fio)
 qemu_pkgs=(qemu-system-x86 qemu-system-common qemu-block-extra ipxe-qemu linux-image-amd64 busybox-static cpio nbd-client kmod)
 # Image boot tests (tests/image/build.sh, tests/e2e/image.rs): UEFI firmware, the bootloaders,
@@ -38,6 +38,15 @@ if [ ${#missing[@]} -gt 0 ] || [ ${#qemu_missing[@]} -gt 0 ]; then
     echo "deb $uri bookworm-backports main" | sudo_ tee /etc/apt/sources.list.d/backports.list >/dev/null
   fi
   sudo_ apt-get update -qq
+  # The benchmark peers (nginx, tftpd-hpa) must not start as system services when installed:
+  # Debian's policy-rc.d hook (exit 101: "action forbidden") keeps their postinst from starting
+  # them, so there is nothing to stop afterwards and no nginx of anyone else is touched.
+  policy=/usr/sbin/policy-rc.d
+  if [ "$want_bench" = 1 ] && [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | sudo_ tee "$policy" >/dev/null
+    sudo_ chmod 755 "$policy"
+    trap 'sudo_ rm -f "$policy"' EXIT
+  fi
   [ ${#missing[@]} -gt 0 ] && sudo_ apt-get install -y -qq --no-install-recommends "${missing[@]}"
   [ ${#qemu_missing[@]} -gt 0 ] && sudo_ apt-get install -y -qq --no-install-recommends -t bookworm-backports "${qemu_missing[@]}"
 fi
@@ -50,9 +59,6 @@ if [ "$want_bench" = 1 ] && [ ! -x /opt/citron-peers/atftpd/usr/sbin/atftpd ]; t
   sudo_ dpkg -x "$tmp"/atftpd_*.deb /opt/citron-peers/atftpd
   rm -rf "$tmp"
 fi
-# The benchmark peers must not run as system services on their default ports.
-if [ "$want_bench" = 1 ]; then
-  for s in nginx tftpd-hpa atftpd; do sudo_ systemctl stop "$s" >/dev/null 2>&1 || true; done
-  pkill -x nginx 2>/dev/null || true
-fi
+# The benchmarks start their own nginx and tftpd on free ports with their own configuration
+# (and stop only those, by pid), so a system nginx or tftpd already running is left alone.
 exit 0

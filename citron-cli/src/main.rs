@@ -2,7 +2,10 @@
 
 mod args;
 mod boot_test;
+mod logging;
+mod progress;
 mod render;
+mod validate;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -10,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
-use citron_core::job::{JobDescription, RenderContext};
+use citron_core::job::RenderContext;
 use citron_core::lab::LabConfig;
 use citron_core::namespace::{Dut, DutId};
 use citron_core::GatewayError;
@@ -23,25 +26,40 @@ use citron_lab::state::{State, StateUrl};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // Held to the end: dropping it writes the log lines still queued.
+    let _logs = logging::init(cli.log_format);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("citron: error: {e:#}");
+            eprintln!("citron: error: {}", chain_once(&e));
             ExitCode::from(2)
         }
     }
 }
 
+/// The error and its causes joined by `: ` (as `{:#}` does), each said once: many errors
+/// already include their cause in their own message, which `{:#}` would print a second time.
+fn chain_once(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if out.contains(&s) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&s);
+    }
+    out
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Validate { lab, jobs } => validate(lab.as_deref(), &jobs),
-        Command::Render { job, dut, lab } => render::render(&load_lab(lab.as_deref())?, &job, &DutId(dut)),
+        Command::Validate { lab, dut, jobs } => validate::run(lab.as_deref(), dut.as_deref(), &jobs),
+        Command::Render { job, dut, lab, format } => {
+            render::render(&load_lab(lab.as_deref())?, &job, &DutId(dut), format == args::RenderFormat::Json)
+        }
         Command::BootTest(args) => Ok(boot_test::run(args)),
         Command::Openapi => {
             std::io::stdout().lock().write_all(citron_lab::api::openapi_json().as_bytes()).context("cannot write the document")?;
@@ -50,6 +68,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve { lab, jobs, http, tftp, nbd, api, advertise, data, state, gateway } => {
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             rt.block_on(serve(ServeArgs { lab, jobs, http, tftp, nbd, api, advertise, data, state, gateway }))
+        }
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "citron", &mut std::io::stdout().lock());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            let mut out = std::io::stdout().lock();
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut out).context("cannot write the man page")?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::State(StateCommand::Migrate { state, data }) => {
             let s = State::open(&StateUrl::parse(state.as_deref(), &data)?)?;
@@ -74,22 +102,6 @@ pub(crate) fn offline_context(lab: &LabConfig, dut: &Dut, job: &Path) -> RenderC
     RenderContext::for_dut(lab, dut, &citron_lab::server::default_endpoints(), Some(job_dir))
 }
 
-fn validate(lab: Option<&Path>, jobs: &[PathBuf]) -> anyhow::Result<ExitCode> {
-    let lab = load_lab(lab)?;
-    let dut = lab.duts.first().cloned().unwrap_or_else(|| Dut::new("placeholder-dut", []));
-    let mut bad = false;
-    let stderr = std::io::stderr();
-    for path in jobs {
-        // Shape and render problems together: one run shows everything to fix.
-        let r = JobDescription::check_file(path, &offline_context(&lab, &dut, path)).map(|_| ());
-        if let Err(e) = r {
-            bad = true;
-            let _ = writeln!(stderr.lock(), "{e}");
-        }
-    }
-    Ok(if bad { ExitCode::from(1) } else { ExitCode::SUCCESS })
-}
-
 struct ServeArgs {
     lab: Option<PathBuf>,
     jobs: Vec<String>,
@@ -103,12 +115,20 @@ struct ServeArgs {
     gateway: Option<String>,
 }
 
-/// `off` or an address.
+/// `off`, an `IP:PORT`, or a `HOST:PORT` (the first address the name resolves to, IPv4
+/// first: `localhost:8080` listens on 127.0.0.1).
 fn addr(flag: &str, v: &str) -> anyhow::Result<Option<SocketAddr>> {
+    use std::net::ToSocketAddrs as _;
     if v == "off" {
         return Ok(None);
     }
-    v.parse().map(Some).with_context(|| format!("--{flag} {v:?}: expected IP:PORT (e.g. 127.0.0.1:0) or off"))
+    if let Ok(a) = v.parse() {
+        return Ok(Some(a));
+    }
+    let expected = || format!("--{flag} {v:?}: expected IP:PORT (e.g. 127.0.0.1:0), HOST:PORT (localhost:8080) or off");
+    let mut found: Vec<SocketAddr> = v.to_socket_addrs().with_context(expected)?.collect();
+    found.sort_by_key(|a| a.is_ipv6());
+    found.into_iter().next().map(Some).with_context(expected)
 }
 
 async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -149,6 +169,11 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     // Jobs are loaded once the servers are bound, so that their templates see the real ports.
     // A signal meanwhile drops the loading: a download in flight stops and its temporary file
     // is deleted (at the latest when the runtime shuts down, before the process exits).
+    // Until they are all loaded the lab is not ready (`/api/v1/ready`), and the DUTs given a
+    // --job are marked as loading from the start, so that their requests wait for their job
+    // instead of being told "not found" while the jobs before theirs load.
+    let starting = gw.starting();
+    let mut marks: Vec<_> = jobs.iter().map(|(id, _)| Some(gw.expect_job(id))).collect();
     let load = async {
         // Every stored job first (the DUTs given a --job get theirs below instead), so that
         // each DUT serves what it served before the restart.
@@ -156,8 +181,10 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         for (id, e) in gw.restore_jobs(&skip).await {
             tracing::error!(dut = %id, error = %e, "its stored job could not be loaded again: it has no job until one is set");
         }
-        for (id, path) in &jobs {
-            match gw.set_trusted_job_file(id, path).await {
+        for (i, (id, path)) in jobs.iter().enumerate() {
+            let r = gw.set_trusted_job_file(id, path).await;
+            marks[i] = None;
+            match r {
                 Ok(()) => {
                     let job = gw.job_record(id).map(|r| r.origin.name);
                     feed.emit(NewEvent::new("job_set").dut(id.0.clone()).job(job).actor("serve --job"));
@@ -203,13 +230,16 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
     }
+    drop(starting);
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "{}", server.listening_line())?;
         out.flush()?;
     }
     tracing::info!("{}", server.listening_line());
+    notify_systemd(&[sd_notify::NotifyState::Ready]);
     let s = signals.recv().await;
+    notify_systemd(&[sd_notify::NotifyState::Stopping]);
     tracing::info!(
         "{s}: shutting down (transfers in flight may finish for {:?}; a second signal stops at once)",
         citron_protocols::http::SHUTDOWN_GRACE
@@ -218,6 +248,17 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     server.shutdown().await;
     leave().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Tells systemd (a `Type=notify` unit: $NOTIFY_SOCKET is set) how the service is; nothing
+/// when not started by systemd.
+fn notify_systemd(state: &[sd_notify::NotifyState]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    if let Err(e) = sd_notify::notify(false, state) {
+        tracing::warn!(error = %e, "cannot notify systemd ($NOTIFY_SOCKET)");
+    }
 }
 
 /// SIGINT and SIGTERM, handled from the start of `serve` on.
@@ -252,5 +293,22 @@ impl Signals {
             eprintln!("citron: {s} again: exiting without waiting for transfers");
             std::process::exit(if s == "SIGINT" { 130 } else { 143 });
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let inner = std::io::Error::other("connection refused");
+        #[derive(Debug, thiserror::Error)]
+        #[error("http://x/a: {0}")]
+        struct Fetch(#[source] std::io::Error);
+        let e = anyhow::Error::new(Fetch(inner)).context("cannot load job.yaml for dut1");
+        assert_eq!(chain_once(&e), "cannot load job.yaml for dut1: http://x/a: connection refused");
+        let e = anyhow::Error::new(std::io::Error::other("disk full")).context("cannot write");
+        assert_eq!(chain_once(&e), "cannot write: disk full");
     }
 }

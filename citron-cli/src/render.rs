@@ -12,14 +12,47 @@ use citron_core::lab::LabConfig;
 use citron_core::namespace::DutId;
 use citron_core::{Digest, Hasher};
 
+/// One artifact as `render` shows it; sizes and durations as a job writes them (`2G`, `12h`).
+#[derive(serde::Serialize)]
 struct Row {
     protocol: &'static str,
     path: String,
     source: String,
     size: String,
     sha256: String,
-    lifetime: String,
+    /// `access_count`, `expiration`, `reset_on`, `readonly`, `shared`: what applies.
+    lifetime: serde_json::Map<String, serde_json::Value>,
     url: String,
+}
+
+/// `secs` in the largest units that say it exactly, as a job would write it (`12h`, `1h 30m`,
+/// `7d`), so that `render` shows what the job says (and `parse_duration` reads it back).
+fn short_duration(secs: u64) -> String {
+    if secs == 0 {
+        return "0s".into();
+    }
+    let mut rest = secs;
+    let mut parts = Vec::new();
+    for (unit, n) in [("d", 86400), ("h", 3600), ("m", 60), ("s", 1)] {
+        if rest >= n {
+            parts.push(format!("{}{unit}", rest / n));
+            rest %= n;
+        }
+    }
+    parts.join(" ")
+}
+
+/// A lifetime map as the table's column shows it: `key=value` pairs (`-` for none).
+fn lifetime_text(m: &serde_json::Map<String, serde_json::Value>) -> String {
+    if m.is_empty() {
+        return "-".into();
+    }
+    let pair = |(k, v): (&String, &serde_json::Value)| match v {
+        serde_json::Value::Bool(true) => k.clone(),
+        serde_json::Value::String(s) => format!("{k}={s}"),
+        other => format!("{k}={other}"),
+    };
+    m.iter().map(pair).collect::<Vec<_>>().join(",")
 }
 
 fn describe(src: &Source) -> String {
@@ -60,19 +93,15 @@ fn hash_file(p: &Path) -> std::io::Result<(u64, Digest)> {
     Ok((n, h.finish()))
 }
 
-fn lifetime(l: &Lifetime) -> String {
-    let mut v = Vec::new();
+fn lifetime(l: &Lifetime) -> serde_json::Map<String, serde_json::Value> {
+    let mut m = serde_json::Map::new();
     if let Some(n) = l.access_count {
-        v.push(format!("access_count={n}"));
+        m.insert("access_count".into(), n.into());
     }
     if let Some(d) = l.expiration {
-        v.push(format!("expiration={}s", d.as_secs()));
+        m.insert("expiration".into(), short_duration(d.as_secs()).into());
     }
-    if v.is_empty() {
-        "-".into()
-    } else {
-        v.join(",")
-    }
+    m
 }
 
 fn file_row(protocol: &'static str, path: String, f: &FileSpec, url: String) -> Row {
@@ -86,15 +115,18 @@ fn disk_row(d: &DiskSpec, url: String) -> Row {
             let (sz, sh) = measure(source, *sha256);
             (format!("image {}", describe(source)), sz, sh)
         }
-        DiskKind::Filesystem { fstype, size_bytes, .. } => (format!("filesystem {fstype}"), size_bytes.to_string(), "-".into()),
-        DiskKind::Raw { size_bytes } => ("raw".into(), size_bytes.to_string(), "-".into()),
+        DiskKind::Filesystem { fstype, size_bytes, .. } => {
+            (format!("filesystem {fstype}"), citron_core::limits::Size(*size_bytes).to_string(), "-".into())
+        }
+        DiskKind::Raw { size_bytes } => ("raw".into(), citron_core::limits::Size(*size_bytes).to_string(), "-".into()),
     };
-    let mut lt = format!("reset_on={:?}", d.reset_on).to_lowercase();
+    let mut lt = serde_json::Map::new();
+    lt.insert("reset_on".into(), format!("{:?}", d.reset_on).to_lowercase().into());
     if d.readonly {
-        lt.push_str(",readonly");
+        lt.insert("readonly".into(), true.into());
     }
     if d.shared {
-        lt.push_str(",shared");
+        lt.insert("shared".into(), true.into());
     }
     Row { protocol: "nbd", path: d.name.clone(), source, size, sha256: sha, lifetime: lt, url }
 }
@@ -121,7 +153,7 @@ fn print_table(title: &str, rows: &[Row], cmdline: Option<&str>) {
     let heads = ["PROTOCOL", "PATH", "SOURCE", "SIZE", "SHA256", "LIFETIME"];
     let cells: Vec<[String; 6]> = rows
         .iter()
-        .map(|r| [r.protocol.to_string(), r.path.clone(), r.source.clone(), r.size.clone(), r.sha256.clone(), r.lifetime.clone()])
+        .map(|r| [r.protocol.to_string(), r.path.clone(), r.source.clone(), r.size.clone(), r.sha256.clone(), lifetime_text(&r.lifetime)])
         .collect();
     let mut w = heads.map(str::len);
     for c in &cells {
@@ -146,8 +178,10 @@ fn print_table(title: &str, rows: &[Row], cmdline: Option<&str>) {
     }
 }
 
-/// Prints the job's artifacts for `dut` and the URLs it would use.
-pub fn render(lab: &LabConfig, job: &Path, dut: &DutId) -> anyhow::Result<ExitCode> {
+/// Prints the job's artifacts for `dut` and the URLs it would use: a table, or with `json` one
+/// JSON document (`job`, `dut`, `machine_id`, `steps`: each with `step`, `cmdline`,
+/// `boot_script` and its `artifacts`, the table's rows).
+pub fn render(lab: &LabConfig, job: &Path, dut: &DutId, json: bool) -> anyhow::Result<ExitCode> {
     let Some(d) = lab.duts.iter().find(|d| &d.id == dut) else {
         let ids: Vec<&str> = lab.duts.iter().map(|d| d.id.0.as_str()).collect();
         anyhow::bail!("the lab has no DUT {:?} (it has: {})", dut.0, ids.join(", "));
@@ -166,6 +200,27 @@ pub fn render(lab: &LabConfig, job: &Path, dut: &DutId) -> anyhow::Result<ExitCo
     let (http, tftp) = (base("http"), base("tftp"));
     let nbd = format!("{}:{}", var("nbd_host"), var("nbd_port"));
     let mid = d.machine_id();
+    if json {
+        let script = resolved.start.kernel.is_some().then(|| format!("{http}/{}", bootfiles::script_path(mid)));
+        let mut steps = vec![serde_json::json!({
+            "step": "start",
+            "cmdline": resolved.start.cmdline,
+            "boot_script": script,
+            "artifacts": rows(&resolved.start, mid, &base, &nbd),
+        })];
+        if let Some(c) = &resolved.continue_ {
+            let merged = c.over(&resolved.start);
+            steps.push(serde_json::json!({
+                "step": "continue",
+                "cmdline": merged.cmdline,
+                "boot_script": null,
+                "artifacts": rows(&merged, mid, &base, &nbd),
+            }));
+        }
+        let doc = serde_json::json!({"job": resolved.origin, "dut": d.id.0, "machine_id": mid, "steps": steps});
+        println!("{}", serde_json::to_string_pretty(&doc).context("cannot encode the document")?);
+        return Ok(ExitCode::SUCCESS);
+    }
     println!("job {} for DUT {} (machine_id {mid}, addresses {:?})", resolved.origin, d.id, d.ip);
     let start = rows(&resolved.start, mid, &base, &nbd);
     print_table("deployment.start:", &start, resolved.start.cmdline.as_deref());
@@ -179,4 +234,17 @@ pub fn render(lab: &LabConfig, job: &Path, dut: &DutId) -> anyhow::Result<ExitCo
     }
     std::io::Write::flush(&mut std::io::stdout()).context("cannot write to stdout")?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_shown_as_a_job_writes_them_and_read_back() {
+        for (secs, shown) in [(43200, "12h"), (5400, "1h 30m"), (7 * 86400, "7d"), (90, "1m 30s"), (0, "0s")] {
+            assert_eq!(short_duration(secs), shown);
+            assert_eq!(citron_core::units::parse_duration(shown).unwrap().as_secs(), secs);
+        }
+    }
 }

@@ -3,11 +3,18 @@
 //! Every read a DUT makes ends as one [`AccessRecord`]: refusals are written by the core when it
 //! refuses, served reads by the [`AccessTicket`] an artifact carries ([`AccessLog::ticket`]), when
 //! the backend completes or drops it. Backends therefore cannot forget to log.
+//!
+//! The same place writes the **access line**: one `info` event with target [`ACCESS_TARGET`]
+//! per request and per refusal, whatever the protocol, with the fields `peer`, `dut` (absent for
+//! a peer that is no DUT), `protocol`, `path`, `outcome` (`served`, `aborted`, `refused`),
+//! `reason` (refusals only), `bytes` and `duration_ms`. `citron serve --log-format json` prints
+//! each as one JSON object; the text format as `key=value` pairs.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -15,6 +22,10 @@ use serde::Serialize;
 use crate::namespace::DutId;
 use crate::serve::{AccessReport, AccessTicket, Protocol};
 use crate::store::StoreError;
+use crate::timing::{TimingSnapshot, Timings};
+
+/// The `tracing` target of the access lines (`RUST_LOG=citron::access=off` silences them).
+pub const ACCESS_TARGET: &str = "citron::access";
 
 /// How a read ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -221,13 +232,26 @@ pub struct InFlight {
 
 /// What a ticket and the in-flight view share.
 struct Live {
+    peer: IpAddr,
     dut: DutId,
     protocol: Protocol,
     path: String,
     time: f64,
+    started: Instant,
     bytes: AtomicU64,
     /// `f64::to_bits` of the first byte's time; 0 until then.
     first_byte: AtomicU64,
+}
+
+/// Everything counted, under one lock taken once per request.
+#[derive(Default)]
+struct Counts {
+    /// By (protocol, DUT).
+    by_dut: BTreeMap<(String, String), Counters>,
+    /// Transfers open now (tickets not yet dropped), by protocol.
+    active: BTreeMap<&'static str, u64>,
+    /// How long requests took, from the request to the last byte (or the refusal), by protocol.
+    durations: BTreeMap<&'static str, Timings>,
 }
 
 /// Access logs and counters, shared by every backend: bounds what is logged, counts for
@@ -239,7 +263,7 @@ pub struct AccessLog {
     next_live: AtomicU64,
     /// `limits.logged_path_max`.
     path_max: usize,
-    counters: Mutex<BTreeMap<(String, String), Counters>>,
+    counters: Mutex<Counts>,
     /// Artifacts found in the cache when a job was loaded.
     pub cache_hits: AtomicU64,
     /// Artifacts that had to be fetched.
@@ -281,21 +305,27 @@ impl AccessLog {
         }
     }
 
-    /// Appends a record to `dut`'s log (`None`: an unknown peer, counted under `unknown`). Its
-    /// path and refusal reason are cut to `limits.logged_path_max` bytes and the store gives it
-    /// its `seq`.
-    pub fn record(&self, dut: Option<&DutId>, mut rec: AccessRecord) {
+    /// Ends one request of `peer` (the DUT `dut`, `None` for a peer that is no DUT, counted
+    /// under `unknown`) that took `elapsed`: counts it, writes its access line and appends its
+    /// record to the DUT's log. Its path and refusal reason are cut to `limits.logged_path_max`
+    /// bytes and the store gives it its `seq`. `ticket`: it ends a transfer counted as active.
+    fn finish(&self, peer: IpAddr, dut: Option<&DutId>, protocol: Protocol, mut rec: AccessRecord, elapsed: Duration, ticket: bool) {
         let key = (rec.protocol.clone(), dut.map(|d| d.0.clone()).unwrap_or_else(|| "unknown".into()));
         {
-            let mut c = self.counters.lock();
-            let c = c.entry(key).or_default();
+            let mut counts = self.counters.lock();
+            let c = counts.by_dut.entry(key).or_default();
             c.requests += 1;
             c.bytes += rec.bytes;
             if matches!(rec.outcome, Outcome::Refused(_)) {
                 c.refusals += 1;
             }
+            counts.durations.entry(protocol.0).or_default().observe(elapsed);
+            if ticket {
+                if let Some(n) = counts.active.get_mut(protocol.0) {
+                    *n = n.saturating_sub(1);
+                }
+            }
         }
-        let Some(dut) = dut else { return };
         if let std::borrow::Cow::Owned(p) = truncate_logged(&rec.path, self.path_max) {
             rec.path = p;
         }
@@ -304,24 +334,38 @@ impl AccessLog {
                 *why = w;
             }
         }
+        // Strings as `&str` (not `%`/`?`): the JSON format writes them as JSON strings, the text
+        // format quotes them, so a path with spaces or quotes stays one field.
+        tracing::info!(
+            target: ACCESS_TARGET,
+            %peer,
+            dut = dut.map(|d| d.0.as_str()),
+            protocol = protocol.0,
+            path = rec.path.as_str(),
+            outcome = rec.outcome.kind(),
+            reason = rec.outcome.reason(),
+            bytes = rec.bytes,
+            duration_ms = elapsed.as_secs_f64() * 1e3,
+            "access"
+        );
+        let Some(dut) = dut else { return };
         if let Err(e) = self.store.append(dut, rec) {
             tracing::error!(%dut, error = %e, "an access record could not be stored");
         }
     }
 
-    /// Records a refusal made before any byte.
-    pub fn refuse(&self, dut: Option<&DutId>, protocol: Protocol, path: &str, why: impl ToString) {
-        self.record(
-            dut,
-            AccessRecord {
-                seq: 0,
-                time: now_secs(),
-                protocol: protocol.0.to_string(),
-                path: path.to_string(),
-                bytes: 0,
-                outcome: Outcome::Refused(why.to_string()),
-            },
-        );
+    /// Records a refusal of a request of `peer` (the DUT `dut`, if it is one) made before any
+    /// byte.
+    pub fn refuse(&self, peer: IpAddr, dut: Option<&DutId>, protocol: Protocol, path: &str, why: impl ToString) {
+        let rec = AccessRecord {
+            seq: 0,
+            time: now_secs(),
+            protocol: protocol.0.to_string(),
+            path: path.to_string(),
+            bytes: 0,
+            outcome: Outcome::Refused(why.to_string()),
+        };
+        self.finish(peer, dut, protocol, rec, Duration::ZERO, false);
     }
 
     /// A copy of `dut`'s log, oldest first.
@@ -345,6 +389,7 @@ impl AccessLog {
     pub fn request_counts(&self) -> Vec<RequestCounts> {
         self.counters
             .lock()
+            .by_dut
             .iter()
             .map(|((protocol, dut), c)| RequestCounts {
                 protocol: protocol.clone(),
@@ -354,6 +399,16 @@ impl AccessLog {
                 refusals: c.refusals,
             })
             .collect()
+    }
+
+    /// Transfers open now (read or NBD connection started, not yet ended), by protocol.
+    pub fn active_transfers(&self) -> Vec<(&'static str, u64)> {
+        self.counters.lock().active.iter().map(|(p, n)| (*p, *n)).collect()
+    }
+
+    /// How long requests took (the request to the last byte, or to the refusal), by protocol.
+    pub fn durations(&self) -> Vec<(&'static str, TimingSnapshot)> {
+        self.counters.lock().durations.iter().map(|(p, t)| (*p, t.snapshot())).collect()
     }
 }
 
@@ -373,15 +428,18 @@ pub struct RequestCounts {
 }
 
 impl AccessLog {
-    /// The ticket of a read (or NBD connection) of `path` by `dut` that starts now: one
-    /// [`AccessRecord`] when the backend drops it, and in [`in_flight`](Self::in_flight) until
-    /// then.
-    pub fn ticket(self: &Arc<Self>, dut: DutId, protocol: Protocol, path: &str) -> AccessTicket {
+    /// The ticket of a read (or NBD connection) of `path` by `dut`, from `peer`, that starts
+    /// now: one [`AccessRecord`] and one access line when the backend drops it, and in
+    /// [`in_flight`](Self::in_flight) until then.
+    pub fn ticket(self: &Arc<Self>, peer: IpAddr, dut: DutId, protocol: Protocol, path: &str) -> AccessTicket {
+        *self.counters.lock().active.entry(protocol.0).or_default() += 1;
         let live = Arc::new(Live {
+            peer,
             dut,
             protocol,
             path: path.to_string(),
             time: now_secs(),
+            started: Instant::now(),
             bytes: AtomicU64::new(0),
             first_byte: AtomicU64::new(0),
         });
@@ -434,17 +492,16 @@ impl Drop for LogTicket {
     fn drop(&mut self) {
         self.log.live.lock().remove(&self.id);
         let outcome = if self.done.load(Ordering::Relaxed) { Outcome::Served } else { Outcome::Aborted };
-        self.log.record(
-            Some(&self.live.dut),
-            AccessRecord {
-                seq: 0,
-                time: self.live.time,
-                protocol: self.live.protocol.0.to_string(),
-                path: self.live.path.clone(),
-                bytes: self.live.bytes.load(Ordering::Relaxed),
-                outcome,
-            },
-        );
+        let rec = AccessRecord {
+            seq: 0,
+            time: self.live.time,
+            protocol: self.live.protocol.0.to_string(),
+            path: self.live.path.clone(),
+            bytes: self.live.bytes.load(Ordering::Relaxed),
+            outcome,
+        };
+        let live = &self.live;
+        self.log.finish(live.peer, Some(&live.dut), live.protocol, rec, live.started.elapsed(), true);
     }
 }
 
@@ -452,12 +509,14 @@ impl Drop for LogTicket {
 mod tests {
     use super::*;
 
+    const PEER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
+
     #[test]
     fn open_tickets_are_in_flight_until_dropped() {
         let log = Arc::new(AccessLog::default());
         let (d, other) = (DutId::from("d"), DutId::from("o"));
-        let t = log.ticket(d.clone(), Protocol::NBD, "disk");
-        let _o = log.ticket(other.clone(), Protocol::NBD, "disk");
+        let t = log.ticket(PEER, d.clone(), Protocol::NBD, "disk");
+        let _o = log.ticket(PEER, other.clone(), Protocol::NBD, "disk");
         let f = log.in_flight(&d);
         assert_eq!((f.len(), f[0].bytes, f[0].first_byte), (1, 0, None), "{f:?}");
         t.add_bytes(0);
@@ -479,13 +538,15 @@ mod tests {
         let log = Arc::new(AccessLog::default());
         let d = DutId::from("d");
         {
-            let t = log.ticket(d.clone(), Protocol::HTTP, "a");
+            let t = log.ticket(PEER, d.clone(), Protocol::HTTP, "a");
+            assert_eq!(log.active_transfers(), [("http", 1)]);
             t.add_bytes(5);
             t.complete();
         }
-        drop(log.ticket(d.clone(), Protocol::TFTP, "b"));
-        log.refuse(Some(&d), Protocol::HTTP, "c", "nope");
-        log.refuse(Some(&d), Protocol::HTTP, "d", "range not satisfiable");
+        assert_eq!(log.active_transfers(), [("http", 0)]);
+        drop(log.ticket(PEER, d.clone(), Protocol::TFTP, "b"));
+        log.refuse(PEER, Some(&d), Protocol::HTTP, "c", "nope");
+        log.refuse(PEER, Some(&d), Protocol::HTTP, "d", "range not satisfiable");
         let e = log.entries(&d);
         assert_eq!(e.len(), 4, "{e:?}");
         assert_eq!(e[3].outcome, Outcome::Refused("range not satisfiable".into()));
@@ -500,6 +561,8 @@ mod tests {
                 RequestCounts { protocol: "tftp".into(), dut: "d".into(), requests: 1, bytes: 0, refusals: 0 }
             ]
         );
+        let counts: Vec<(&str, u64)> = log.durations().into_iter().map(|(p, t)| (p, t.count)).collect();
+        assert_eq!(counts, [("http", 3), ("tftp", 1)]);
     }
 
     #[test]
@@ -510,7 +573,7 @@ mod tests {
         let d = DutId::from("d");
         let long = "/é".repeat(30_000);
         for _ in 0..1000 {
-            log.refuse(Some(&d), Protocol::HTTP, &long, format!("no such file: {long}"));
+            log.refuse(PEER, Some(&d), Protocol::HTTP, &long, format!("no such file: {long}"));
         }
         let e = log.entries(&d);
         assert!(e[0].path.len() < 140 && e[0].path.ends_with("more bytes]"), "{}", e[0].path);
@@ -528,7 +591,7 @@ mod tests {
         let log = AccessLog::default();
         let (a, b) = (DutId::from("a"), DutId::from("b"));
         for i in 0..250 {
-            log.refuse(Some(if i % 3 == 0 { &a } else { &b }), Protocol::HTTP, &format!("/{i}"), "x");
+            log.refuse(PEER, Some(if i % 3 == 0 { &a } else { &b }), Protocol::HTTP, &format!("/{i}"), "x");
         }
         let mut after = 0;
         let mut seen = Vec::new();

@@ -23,6 +23,7 @@
 //! - [`datadir`]: the `--data` directory, locked by one gateway at a time.
 //! - [`diag`]: a positioned problem in a job or lab file, said one way for both.
 //! - [`lab`]: the lab file. [`access`]: access logs and metrics. [`units`]: `20G`, `7 days`.
+//!   [`timing`]: durations counted in buckets (the histograms of `/metrics`).
 //!
 //! # Example
 //! ```
@@ -46,6 +47,7 @@ pub mod namespace;
 pub mod serve;
 pub mod store;
 pub mod template;
+pub mod timing;
 mod yaml;
 
 pub use gateway::{Endpoints, Gateway, GatewayError};

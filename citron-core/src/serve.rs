@@ -460,4 +460,19 @@ pub trait Catalog: Send + Sync + 'static {
     fn limits(&self) -> limits::Limits {
         limits::Limits::default()
     }
+
+    /// `Some` when `peer` is a DUT with no job serving yet whose job is being loaded (a lab
+    /// starting, or a job set through the API): backends await it before [`open`](Catalog::open)
+    /// and [`open_export`](Catalog::open_export), so that the DUT gets the file its job will
+    /// have instead of "not found". The future completes when the load ends (served or failed)
+    /// or after `limits.job_wait`, whichever comes first. Called on every request: `None` must
+    /// be cheap. Default: `None` (nothing ever loads).
+    fn job_loading(&self, peer: IpAddr) -> Option<JobWait> {
+        let _ = peer;
+        None
+    }
 }
+
+/// What [`Catalog::job_loading`] returns: completes when the DUT's job serves, failed to load,
+/// or the core's bound (`limits.job_wait`) passed.
+pub type JobWait = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>>;

@@ -90,7 +90,8 @@ fn scan(template: &str) -> (Vec<Piece<'_>>, Vec<TemplateError>) {
 }
 
 /// What to suggest for an unknown name: a defined name that differs only in case or `-`/`_`,
-/// otherwise the list of defined names.
+/// or by a typo (the same edit distance as the job and lab files' keys), otherwise the list of
+/// defined names.
 fn hint(name: &str, vars: &BTreeMap<String, String>) -> String {
     let fold = |s: &str| s.to_ascii_lowercase().replace('-', "_");
     if let Some(k) = vars.keys().find(|k| fold(k) == fold(name)) {
@@ -100,6 +101,9 @@ fn hint(name: &str, vars: &BTreeMap<String, String>) -> String {
         return "no variables are defined here; define it in the lab file's `variables:`".into();
     }
     let known: Vec<&str> = vars.keys().map(String::as_str).collect();
+    if let Some(k) = crate::yaml::de::suggest(&fold(name), &known) {
+        return format!("did you mean `{k}`?");
+    }
     format!("defined variables: {} (the lab file's `variables:` can add more)", known.join(", "))
 }
 
@@ -203,6 +207,9 @@ mod tests {
         assert_eq!(e.offset(), "abc {{ machine_id }} é ".len());
         assert_eq!(e.variable(), Some("http-artifact-base"));
         assert!(e.to_string().contains("did you mean `http_artifact_base`?"), "{e}");
+        let typo = BTreeMap::from([("machine_id".to_string(), "d".to_string()), ("nbd_port".to_string(), "1".to_string())]);
+        let e = render("{{ machine_di }}", &typo).unwrap_err();
+        assert!(e.to_string().contains("did you mean `machine_id`?"), "a typo is recognised: {e}");
         let e = render("{{ nope }}", &vars()).unwrap_err();
         assert!(e.to_string().contains("defined variables: http_artifact_base, machine_id, x"), "{e}");
     }

@@ -29,6 +29,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use citron_core::access::AccessLog;
 use citron_core::artifact::Cache;
@@ -36,7 +37,10 @@ use citron_core::Gateway;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 /// What `/metrics` answers with: the OpenMetrics text format.
@@ -46,16 +50,35 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// `citron_api_request_duration_seconds`, observed by the API for each request.
+    api_durations: Histogram,
 }
 
 impl Metrics {
     /// The registry of a lab running `gateway`: the access log's request, byte and refusal
-    /// counters by protocol and DUT, and the artifact cache's counters and sizes.
+    /// counters by protocol and DUT, transfer durations and active transfers, the artifact
+    /// cache's counters and sizes, loaded jobs and their load times, open connections, API
+    /// request durations and `citron_build_info`.
     pub fn new(gateway: &Gateway) -> Self {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(AccessCollector { log: gateway.access_log().clone() }));
         registry.register_collector(Box::new(CacheCollector { gateway: gateway.clone() }));
-        Metrics { registry }
+        registry.register_collector(Box::new(LabCollector { gateway: gateway.clone() }));
+        let api_durations = Histogram::new(citron_core::timing::BUCKETS);
+        registry.register(
+            "citron_api_request_duration_seconds",
+            "Time the lab API took to answer a request, from its head to its answer",
+            api_durations.clone(),
+        );
+        let info: Family<Vec<(&'static str, &'static str)>, Gauge> = Family::default();
+        info.get_or_create(&vec![("version", env!("CARGO_PKG_VERSION"))]).set(1);
+        registry.register("citron_build_info", "The running citron's version (always 1)", info);
+        Metrics { registry, api_durations }
+    }
+
+    /// Counts one API request that took `d`.
+    pub fn observe_api_request(&self, d: Duration) {
+        self.api_durations.observe(d.as_secs_f64());
     }
 
     /// The registry, for a feature to register its metrics in (see the module docs).
@@ -76,8 +99,6 @@ impl Metrics {
 
 /// `citron_state_schema_version{engine="sqlite"}`: the schema version of the lab's state store.
 pub fn register_state(metrics: &mut Metrics, state: crate::state::StateInfo) {
-    use prometheus_client::metrics::family::Family;
-    use prometheus_client::metrics::gauge::Gauge;
     let g: Family<Vec<(&'static str, &'static str)>, Gauge> = Family::default();
     g.get_or_create(&vec![("engine", state.engine)]).set(state.schema_version);
     metrics.registry_mut().register("citron_state_schema_version", "The schema version of the lab's state store", g);
@@ -114,6 +135,75 @@ impl Collector for AccessCollector {
         ] {
             let c = ConstCounter::new(v.load(Ordering::Relaxed));
             c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+        }
+        let mut active = encoder.encode_descriptor(
+            "citron_active_transfers",
+            "Transfers running now (file reads in flight, open NBD exports), by protocol.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (protocol, n) in self.log.active_transfers() {
+            ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX)).encode(active.encode_family(&[("protocol", protocol)])?)?;
+        }
+        let mut durations = encoder.encode_descriptor(
+            "citron_transfer_duration_seconds",
+            "Time from a DUT's request to its last byte (or to the refusal), by protocol.",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (protocol, t) in self.log.durations() {
+            encode_timings(durations.encode_family(&[("protocol", protocol)])?, &t)?;
+        }
+        Ok(())
+    }
+}
+
+/// A core [`TimingSnapshot`](citron_core::timing::TimingSnapshot) (cumulative) as a Prometheus
+/// histogram (the encoder takes per-bucket counts and a `+Inf` bucket).
+fn encode_timings(
+    mut m: prometheus_client::encoding::MetricEncoder<'_>,
+    t: &citron_core::timing::TimingSnapshot,
+) -> Result<(), std::fmt::Error> {
+    let mut below = 0;
+    let mut buckets: Vec<(f64, u64)> = t
+        .buckets
+        .iter()
+        .map(|&(le, cumulative)| {
+            let n = cumulative - below;
+            below = cumulative;
+            (le, n)
+        })
+        .collect();
+    buckets.push((f64::INFINITY, t.count - below));
+    m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(t.sum, t.count, &buckets, None)
+}
+
+/// What the lab is doing, read at each scrape: `citron_loaded_jobs`,
+/// `citron_job_load_duration_seconds` and `citron_open_connections{listener}`.
+#[derive(Debug)]
+struct LabCollector {
+    gateway: Gateway,
+}
+
+impl Collector for LabCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let g = ConstGauge::new(i64::try_from(self.gateway.loaded_jobs()).unwrap_or(i64::MAX));
+        g.encode(encoder.encode_descriptor("citron_loaded_jobs", "DUTs with a job serving.", None, g.metric_type())?)?;
+        let m = encoder.encode_descriptor(
+            "citron_job_load_duration_seconds",
+            "Time loading a job took: rendering, fetching its artifacts, preparing its disks.",
+            None,
+            MetricType::Histogram,
+        )?;
+        encode_timings(m, &self.gateway.job_load_times())?;
+        let mut conns = encoder.encode_descriptor(
+            "citron_open_connections",
+            "TCP connections open now, by listener (http, nbd, api), over every server of the process.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (listener, n) in citron_protocols::listen::open_connections() {
+            ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX)).encode(conns.encode_family(&[("listener", listener)])?)?;
         }
         Ok(())
     }
@@ -157,8 +247,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let gw = Gateway::new(citron_core::lab::LabConfig::default_lab(), dir.path()).unwrap();
         let log = gw.access_log();
-        log.refuse(None, Protocol::HTTP, "/x", "unknown DUT");
-        log.refuse(Some(&DutId::from("dut1")), Protocol::TFTP, "/y", "nope");
+        log.refuse([127, 0, 0, 9].into(), None, Protocol::HTTP, "/x", "unknown DUT");
+        log.refuse([127, 0, 0, 2].into(), Some(&DutId::from("dut1")), Protocol::TFTP, "/y", "nope");
         log.cache_misses.fetch_add(2, Ordering::Relaxed);
         let m = Metrics::new(&gw).encode();
         for want in [
@@ -171,9 +261,22 @@ mod tests {
             "citron_cache_misses_total 2\n",
             "citron_cache_hits_total 0\n",
             "# TYPE citron_cache_entries gauge\ncitron_cache_entries 0\n",
+            "# TYPE citron_transfer_duration_seconds histogram\n",
+            "citron_transfer_duration_seconds_count{protocol=\"http\"} 1\n",
+            "citron_transfer_duration_seconds_bucket{le=\"+Inf\",protocol=\"tftp\"} 1\n",
+            "# HELP citron_loaded_jobs DUTs with a job serving.\n",
+            "citron_loaded_jobs 0\n",
+            "citron_job_load_duration_seconds_count 0\n",
+            "citron_build_info{version=\"",
+            "# HELP citron_api_request_duration_seconds ",
         ] {
             assert!(m.contains(want), "{want:?} missing from:\n{m}");
         }
         assert!(m.ends_with("# EOF\n"), "{m}");
+        // Every metric says what it is.
+        for line in m.lines().filter(|l| l.starts_with("# TYPE ")) {
+            let name = line.split(' ').nth(2).unwrap();
+            assert!(m.contains(&format!("# HELP {name} ")), "{name} has no HELP:\n{m}");
+        }
     }
 }

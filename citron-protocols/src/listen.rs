@@ -148,6 +148,16 @@ struct Peer {
     refused: Option<u64>,
 }
 
+/// Open connections of every listener in the process, by listener name (`http`, `nbd`,
+/// `api`): the `citron_open_connections` gauge.
+static OPEN: Mutex<std::collections::BTreeMap<&'static str, u64>> = parking_lot::const_mutex(std::collections::BTreeMap::new());
+
+/// Connections open now in this process, by listener (`http`, `nbd`, `api`), summed over every
+/// server started in it.
+pub fn open_connections() -> Vec<(&'static str, u64)> {
+    OPEN.lock().iter().map(|(w, n)| (*w, *n)).collect()
+}
+
 /// One connection's place under the caps; given back when dropped.
 struct Slot {
     table: Arc<Mutex<Table>>,
@@ -180,12 +190,16 @@ impl Slot {
         }
         p.open += 1;
         t.total += 1;
+        *OPEN.lock().entry(what).or_default() += 1;
         Some(Slot { table: table.clone(), caps, what, peer })
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        if let Some(n) = OPEN.lock().get_mut(self.what) {
+            *n = n.saturating_sub(1);
+        }
         let mut t = self.table.lock();
         t.total -= 1;
         // An episode ends once the count is well below the cap (half), so a peer that keeps

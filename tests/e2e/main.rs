@@ -14,6 +14,7 @@ mod http;
 mod image;
 mod nbd;
 mod nbd_limits;
+mod ops;
 mod shared_store;
 mod state;
 mod state_pg;

@@ -32,7 +32,7 @@ pub use cache::{Cache, CacheConfig, CacheStats, CachedArtifact};
 pub use fetchers::{Fetchers, NoNetwork};
 pub use redact::{redact_str, redact_url};
 pub use shared::{BlobKey, BlobStore, StoreConfig, INPUTS_PREFIX, RESULTS_PREFIX};
-pub use source::{ArtifactSource, DataSource, FetchError, FileSource, S3Config, Sink, PROGRESS_INTERVAL};
+pub use source::{ArtifactSource, DataSource, FetchError, FileSource, S3Config, Sink, PROGRESS_INTERVAL, PROGRESS_TARGET, PROGRESS_TICK};
 
 #[cfg(test)]
 mod tests;

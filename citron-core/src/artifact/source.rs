@@ -208,12 +208,21 @@ impl FetchError {
     }
 }
 
-/// How often a long download reports its progress.
+/// How often a long download reports its progress in a log line.
 pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
 
+/// How often a download tells a progress bar how far it is (a `trace` event).
+pub const PROGRESS_TICK: Duration = Duration::from_millis(200);
+
+/// The `tracing` target of progress events: `info` lines every [`PROGRESS_INTERVAL`] (what a
+/// log keeps), `trace` ticks every [`PROGRESS_TICK`] with `source`, `bytes`, `total` (0:
+/// unknown) and a last one with `done = true` (what a terminal's progress bar follows: `citron`
+/// shows one when stderr is a terminal, and drops the `info` lines then).
+pub const PROGRESS_TARGET: &str = "citron::progress";
+
 /// Where a source writes an artifact's bytes: it hashes them on the way, stops a download that
-/// outgrows the cache as early as possible and logs progress (`tracing::info!`, bytes so far
-/// and the total when known) every [`PROGRESS_INTERVAL`].
+/// outgrows the cache as early as possible and reports progress ([`PROGRESS_TARGET`]: bytes so
+/// far and the total when known).
 ///
 /// ```
 /// use citron_core::artifact::Sink;
@@ -238,6 +247,7 @@ pub struct Sink<'a> {
     interval: Duration,
     started: Instant,
     last_report: Instant,
+    last_tick: Instant,
 }
 
 impl std::fmt::Debug for Sink<'_> {
@@ -261,6 +271,7 @@ impl<'a> Sink<'a> {
             interval: PROGRESS_INTERVAL,
             started: now,
             last_report: now,
+            last_tick: now,
         }
     }
 
@@ -314,8 +325,13 @@ impl<'a> Sink<'a> {
         self.out.write_all(chunk).await.map_err(|e| disk_error(&self.name, self.written, e))?;
         self.hasher.update(chunk);
         self.written = after;
-        if self.last_report.elapsed() >= self.interval {
-            self.last_report = Instant::now();
+        let now = Instant::now();
+        if now.duration_since(self.last_tick) >= PROGRESS_TICK {
+            self.last_tick = now;
+            tracing::trace!(target: PROGRESS_TARGET, source = self.name.as_str(), bytes = self.written, total = self.total.unwrap_or(0), "download");
+        }
+        if now.duration_since(self.last_report) >= self.interval {
+            self.last_report = now;
             self.report("downloading");
         }
         Ok(())
@@ -326,6 +342,7 @@ impl<'a> Sink<'a> {
         let mib_s = self.written as f64 / (1 << 20) as f64 / secs.max(0.001);
         match self.total {
             Some(t) => tracing::info!(
+                target: PROGRESS_TARGET,
                 source = %self.name,
                 bytes = self.written,
                 total = t,
@@ -333,7 +350,9 @@ impl<'a> Sink<'a> {
                 mib_per_s = format_args!("{mib_s:.1}"),
                 "{what}"
             ),
-            None => tracing::info!(source = %self.name, bytes = self.written, mib_per_s = format_args!("{mib_s:.1}"), "{what}"),
+            None => {
+                tracing::info!(target: PROGRESS_TARGET, source = %self.name, bytes = self.written, mib_per_s = format_args!("{mib_s:.1}"), "{what}")
+            }
         }
     }
 
@@ -348,11 +367,20 @@ impl<'a> Sink<'a> {
     }
 
     /// The byte count and digest of everything written.
-    pub fn finish(self) -> (u64, Digest) {
+    pub fn finish(mut self) -> (u64, Digest) {
         if self.started.elapsed() >= self.interval {
             self.report("downloaded");
         }
-        (self.written, self.hasher.finish())
+        (self.written, std::mem::take(&mut self.hasher).finish())
+    }
+}
+
+impl Drop for Sink<'_> {
+    /// The download's progress bar ends (finished or not).
+    fn drop(&mut self) {
+        if self.last_tick != self.started {
+            tracing::trace!(target: PROGRESS_TARGET, source = self.name.as_str(), bytes = self.written, total = self.total.unwrap_or(0), done = true, "download");
+        }
     }
 }
 

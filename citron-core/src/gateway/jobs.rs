@@ -131,6 +131,11 @@ impl Jobs {
         self.active.read().get(dut).cloned()
     }
 
+    /// How many DUTs have a loaded job.
+    pub(super) fn active_count(&self) -> usize {
+        self.active.read().len()
+    }
+
     /// `dut`'s job record.
     pub(super) fn record(&self, dut: &DutId) -> Option<JobRecord> {
         self.store.get(dut)

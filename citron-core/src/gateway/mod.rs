@@ -26,6 +26,7 @@ mod events;
 mod files;
 mod jobs;
 mod lifetimes;
+mod loading;
 
 pub use duts::{DutStore, MemoryDuts};
 pub use endpoints::{Endpoint, Endpoints, DISK_PROTOCOLS};
@@ -33,6 +34,7 @@ pub use error::GatewayError;
 pub use events::{EventLog, EventRecord, MemoryEvents, MEMORY_EVENTS_PER_DUT};
 pub use jobs::{JobRecord, JobStore, MemoryJobs};
 pub use lifetimes::{resets_counts, FileKey, LifetimeStore, MemoryLifetimes};
+pub use loading::{LoadMark, Starting};
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -50,10 +52,12 @@ use crate::job::{JobDescription, JobErrors, Origin, RenderContext, ResolvedJob};
 use crate::lab::LabConfig;
 use crate::lifetime::Event;
 use crate::namespace::{normalize, Dut, DutId};
-use crate::serve::{Artifact, Catalog, Export, ExportInfo, FileRequest, Protocol, ServeError};
+use crate::serve::{Artifact, Catalog, Export, ExportInfo, FileRequest, JobWait, Protocol, ServeError};
+use crate::timing::{TimingSnapshot, Timings};
 
 use files::Loader;
 use jobs::{ActiveJob, Jobs};
+use loading::Loading;
 
 /// The state stores a gateway keeps its pieces in.
 pub struct Stores {
@@ -96,6 +100,10 @@ struct Inner {
     endpoints: RwLock<Endpoints>,
     data_dir: PathBuf,
     disks: DiskStore,
+    /// DUTs whose job is being loaded (their requests wait for it).
+    loading: Arc<Loading>,
+    /// How long loading a job took (fetches and disks included), for `/metrics`.
+    load_times: Timings,
     /// Held for the gateway's life: no second citron on this data directory.
     _data_lock: DataDir,
 }
@@ -174,6 +182,8 @@ impl Gateway {
                 endpoints: RwLock::new(Endpoints::default()),
                 data_dir: data_dir.to_path_buf(),
                 disks,
+                loading: Arc::default(),
+                load_times: Timings::default(),
                 _data_lock: data_lock,
             }),
         })
@@ -237,6 +247,36 @@ impl Gateway {
     /// The artifact cache.
     pub fn cache(&self) -> &Cache {
         &self.inner.cache
+    }
+
+    /// Marks `id` as about to be loaded: until the mark is dropped (or its load ends, if that
+    /// is later), its requests wait for its job ([`Catalog::job_loading`]). A lab that is
+    /// starting marks every DUT it will load before loading the first, since it loads them one
+    /// after the other.
+    pub fn expect_job(&self, id: &DutId) -> LoadMark {
+        self.inner.loading.mark(id)
+    }
+
+    /// Marks the lab as starting until the returned guard is dropped: [`ready`](Self::ready)
+    /// is `false` meanwhile. `citron serve` holds it while it loads the jobs it was started with.
+    pub fn starting(&self) -> Starting {
+        self.inner.loading.starting()
+    }
+
+    /// Whether the lab has loaded what it was started with (no [`starting`](Self::starting)
+    /// guard lives): `GET /api/v1/ready`.
+    pub fn ready(&self) -> bool {
+        self.inner.loading.ready()
+    }
+
+    /// How many DUTs have a job serving.
+    pub fn loaded_jobs(&self) -> usize {
+        self.inner.jobs.active_count()
+    }
+
+    /// How long loading jobs took (fetches and disks included), since start.
+    pub fn job_load_times(&self) -> TimingSnapshot {
+        self.inner.load_times.snapshot()
     }
 
     /// All DUTs.
@@ -339,7 +379,17 @@ impl Gateway {
     /// `skip` are left alone (`serve --job` is about to give them a new job).
     pub async fn restore_jobs(&self, skip: &[DutId]) -> Vec<(DutId, GatewayError)> {
         let mut failed = Vec::new();
-        for dut in self.duts().into_iter().filter(|d| !skip.contains(&d.id)) {
+        // Every DUT to load is marked before the first load: they load one after the other.
+        let duts: Vec<(Dut, LoadMark)> = self
+            .duts()
+            .into_iter()
+            .filter(|d| !skip.contains(&d.id) && self.inner.jobs.record(&d.id).is_some())
+            .map(|d| {
+                let mark = self.expect_job(&d.id);
+                (d, mark)
+            })
+            .collect();
+        for (dut, _mark) in duts {
             let Some(record) = self.inner.jobs.record(&dut.id) else { continue };
             let Some(text) = record.yaml.clone() else {
                 tracing::warn!(dut = %dut.id, "its stored job was built in code (no YAML): not loaded again");
@@ -369,6 +419,7 @@ impl Gateway {
     /// Fetches, attaches the disks, then records and activates the job (a job serves only once
     /// it is recorded), with its counts from zero.
     async fn load(&self, dut: &Dut, resolved: ResolvedJob, record: JobRecord, how: Load) -> Result<(), GatewayError> {
+        let _loading = self.expect_job(&dut.id);
         let now = Instant::now();
         let log = &self.inner.log;
         let loader = Loader {
@@ -387,7 +438,8 @@ impl Gateway {
             None => resolved.start.nbd.clone(),
         };
         self.inner.disks.attach(&self.inner.cache, &self.lab().limits, &dut.id, &disks, matches!(how, Load::Resume)).await?;
-        tracing::info!(dut = %dut.id, job = %resolved.origin, "job loaded");
+        self.inner.load_times.observe(now.elapsed());
+        tracing::info!(dut = %dut.id, job = %resolved.origin, seconds = now.elapsed().as_secs_f64(), "job loaded");
         let active = ActiveJob::new(resolved, start, cont);
         match how {
             Load::New => self.inner.lifetimes.reset(&dut.id)?,
@@ -487,17 +539,29 @@ impl Catalog for Gateway {
         self.inner.lab.limits.clone()
     }
 
+    fn job_loading(&self, peer: IpAddr) -> Option<JobWait> {
+        let loading = &self.inner.loading;
+        if loading.idle() {
+            return None;
+        }
+        let dut = self.inner.duts.by_addr(peer)?.id;
+        if !loading.is_loading(&dut) || self.inner.jobs.active(&dut).is_some() {
+            return None;
+        }
+        Some(Box::pin(loading.wait(dut, self.inner.lab.limits.job_wait.get())))
+    }
+
     /// Who asks ([`DutStore`]), the path normalised, the DUT's loaded job finds the file
     /// (`files.rs`), and the file opens (`files.rs`' `Entry::open`: policies, then the counted read
     /// recorded in the [`LifetimeStore`]) — every refusal logged on the way.
     fn open(&self, req: &FileRequest<'_>) -> Result<Artifact, ServeError> {
         let log = &self.inner.log;
         let Some(dut) = self.inner.duts.by_addr(req.peer) else {
-            log.refuse(None, req.protocol, req.path, "unknown DUT");
+            log.refuse(req.peer, None, req.protocol, req.path, "unknown DUT");
             return Err(ServeError::UnknownDut(req.peer));
         };
         let refuse = |e: ServeError| {
-            log.refuse(Some(&dut.id), req.protocol, req.path, &e);
+            log.refuse(req.peer, Some(&dut.id), req.protocol, req.path, &e);
             e
         };
         let path = normalize(req.path).map_err(|e| refuse(e.into()))?;
@@ -510,7 +574,7 @@ impl Catalog for Gateway {
             .map_err(|e| match e {
                 // The log says what the client was told (HTTP 416).
                 e @ ServeError::OutOfRange { .. } => {
-                    log.refuse(Some(&dut.id), req.protocol, req.path, format!("range not satisfiable: {e}"));
+                    log.refuse(req.peer, Some(&dut.id), req.protocol, req.path, format!("range not satisfiable: {e}"));
                     e
                 }
                 e => refuse(e),
@@ -520,7 +584,7 @@ impl Catalog for Gateway {
             len: opened.len,
             digest: opened.digest,
             content: opened.content,
-            ticket: log.ticket(dut.id.clone(), req.protocol, req.path),
+            ticket: log.ticket(req.peer, dut.id.clone(), req.protocol, req.path),
         })
     }
 
@@ -531,17 +595,17 @@ impl Catalog for Gateway {
 
     fn open_export(&self, peer: IpAddr, protocol: Protocol, name: &str) -> Result<Export, ServeError> {
         let Some(dut) = self.inner.duts.by_addr(peer).map(|d| d.id) else {
-            self.inner.log.refuse(None, protocol, name, "unknown DUT");
+            self.inner.log.refuse(peer, None, protocol, name, "unknown DUT");
             return Err(ServeError::UnknownDut(peer));
         };
         match self.inner.disks.open_export(&dut, name) {
             Ok((info, device)) => {
                 // The access log names the disk opened, also when the client asked for the default.
-                let ticket = self.inner.log.ticket(dut, protocol, &info.name);
+                let ticket = self.inner.log.ticket(peer, dut, protocol, &info.name);
                 Ok(Export::new(info, device, ticket))
             }
             Err(e) => {
-                self.inner.log.refuse(Some(&dut), protocol, name, &e);
+                self.inner.log.refuse(peer, Some(&dut), protocol, name, &e);
                 Err(e)
             }
         }

@@ -138,7 +138,7 @@ pub enum Access {
 /// use citron_core::serve::{BlockError, Export, ExportInfo, Protocol};
 /// let disk = Arc::new(CowDisk::readonly(None, 4096).unwrap());
 /// let info = ExportInfo { name: "d".into(), description: "raw".into(), size: 4096, readonly: true };
-/// let ticket = Arc::new(AccessLog::default()).ticket("dut".into(), Protocol::NBD, "d");
+/// let ticket = Arc::new(AccessLog::default()).ticket([127, 0, 0, 2].into(), "dut".into(), Protocol::NBD, "d");
 /// let export = Export::new(info, disk, ticket);
 /// assert!(matches!(export.write(b"x", 0, false), Err(BlockError::ReadOnly(_))));
 /// let mut buf = [1u8; 8];
@@ -260,7 +260,7 @@ mod tests {
     fn export(dir: &std::path::Path, readonly: bool) -> (Export, Arc<CowDisk>) {
         let disk = Arc::new(if readonly { CowDisk::readonly(None, 8192).unwrap() } else { CowDisk::open(dir, None, "raw", 8192).unwrap() });
         let info = ExportInfo { name: "d".into(), description: "raw".into(), size: 8192, readonly };
-        let ticket = Arc::new(AccessLog::default()).ticket("dut".into(), Protocol::NBD, "d");
+        let ticket = Arc::new(AccessLog::default()).ticket([127, 0, 0, 2].into(), "dut".into(), Protocol::NBD, "d");
         (Export::new(info, disk.clone(), ticket), disk)
     }
 

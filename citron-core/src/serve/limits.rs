@@ -38,6 +38,10 @@ pub struct Limits {
     pub downloads_in_flight: usize,
     /// Downloads running at once for one job.
     pub downloads_per_job: usize,
+    /// How long a request of a DUT whose job is being loaded (and that has no job serving yet)
+    /// waits for it before it is answered as if the DUT had no job: a DUT asking for its file
+    /// while `citron serve` loads its jobs gets the file, not "not found".
+    pub job_wait: Dur,
 
     // --- Connections (HTTP, NBD, API) ----------------------------------------------------
     /// Open connections per listener, over every peer.
@@ -83,6 +87,7 @@ impl Default for Limits {
             unpack_max_entries: 10_000_000,
             downloads_in_flight: 32,
             downloads_per_job: 8,
+            job_wait: Dur(Duration::from_secs(60)),
             connections: 16_384,
             connections_per_peer: 256,
             header_timeout: Dur(Duration::from_secs(10)),

@@ -64,6 +64,8 @@ Lists that can grow are paginated with `?after=SEQ&limit=N`; a full page answers
         routes::get_version,
         routes::get_metrics,
         routes::get_openapi,
+        super::probe::get_health,
+        super::probe::get_ready,
     ),
     components(schemas(ErrorBody, JobErrorsBody, JobErrorDoc, NewDut, DutView, JobView, EventBody, EventKind, AccessRecordDoc, OutcomeKind, VersionView, StateView, crate::state::feed::FeedEvent)),
     modifiers(&Common),

@@ -15,6 +15,8 @@
 //! | `GET /api/v1/duts/{id}/accesses?after=SEQ&limit=N` | `listAccesses` | one page of the DUT's access log (`Link: rel="next"` when full) |
 //! | `GET /api/v1/events?dut=&job=&type=` | `streamEvents` | the lab's event feed, Server-Sent Events, resumable with `Last-Event-ID` |
 //! | `GET /api/v1/version` | `getVersion` | citron's version, the state's engine and schema version |
+//! | `GET /api/v1/health` | `getHealth` | 200 while citron runs (no token needed) |
+//! | `GET /api/v1/ready` | `getReady` | 200 once the jobs it was started with are loaded, 503 before (no token needed) |
 //! | `GET /metrics` | `getMetrics` | OpenMetrics text ([`crate::metrics`]) |
 //! | `GET /api/v1/openapi.json` | `getOpenApi` | the OpenAPI 3.1 document |
 //!
@@ -41,6 +43,7 @@
 
 mod doc;
 mod events;
+mod probe;
 mod remote;
 mod routes;
 
@@ -193,10 +196,16 @@ impl hyper::service::Service<Request<Incoming>> for ApiService {
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let s = self.clone();
         Box::pin(async move {
+            let started = std::time::Instant::now();
             let method = req.method().clone();
             let path = truncate_logged(req.uri().path(), s.api.gateway.lab().limits.logged_path_max).into_owned();
             let actor = Actor("api".into());
-            let r = match s.api.check_host(req.headers(), req.uri(), s.local).and_then(|()| s.api.authorize(req.headers())) {
+            let open = probe::OPEN_PATHS.contains(&req.uri().path().trim_end_matches('/'));
+            let checked =
+                s.api
+                    .check_host(req.headers(), req.uri(), s.local)
+                    .and_then(|()| if open { Ok(()) } else { s.api.authorize(req.headers()) });
+            let r = match checked {
                 Ok(()) => {
                     let mut req = without_trailing_slash(req);
                     req.extensions_mut().insert(actor.clone());
@@ -212,8 +221,25 @@ impl hyper::service::Service<Request<Incoming>> for ApiService {
                 }
                 Err(e) => e.into_response(),
             };
-            if let Some(Refused(why)) = r.extensions().get::<Refused>() {
-                tracing::info!(peer = %s.peer, %method, %path, status = r.status().as_u16(), error = %why, "api: request refused");
+            let elapsed = started.elapsed();
+            s.api.metrics.observe_api_request(elapsed);
+            // The access line of every API request, in the fields of the DUTs' ones
+            // (`citron_core::access`), plus the method and status.
+            let why = r.extensions().get::<Refused>().map(|Refused(why)| why.as_str());
+            tracing::info!(
+                target: citron_core::access::ACCESS_TARGET,
+                peer = %s.peer.ip(),
+                protocol = "api",
+                method = method.as_str(),
+                path = path.as_str(),
+                status = r.status().as_u16(),
+                outcome = if why.is_some() { "refused" } else { "served" },
+                reason = why,
+                bytes = http_body::Body::size_hint(r.body()).exact(),
+                duration_ms = elapsed.as_secs_f64() * 1e3,
+                "access"
+            );
+            if let Some(why) = why {
                 let detail = json!({"method": method.as_str(), "path": path, "status": r.status().as_u16(), "error": why, "peer": s.peer.ip().to_string()});
                 s.api.record(NewEvent::new("request_refused").actor(actor.0).detail(detail));
             }

@@ -33,6 +33,8 @@ pub(super) fn routes() -> Router<Arc<Api>> {
     Router::new()
         .route("/metrics", get(get_metrics))
         .route("/api/v1/version", get(get_version))
+        .route("/api/v1/health", get(super::probe::get_health))
+        .route("/api/v1/ready", get(super::probe::get_ready))
         .route("/api/v1/openapi.json", get(get_openapi))
         .route("/api/v1/duts", get(list_duts).post(add_dut))
         .route("/api/v1/duts/{id}", get(get_dut).delete(remove_dut))

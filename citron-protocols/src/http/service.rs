@@ -410,15 +410,29 @@ fn refusal(e: &ServeError, path: &str, peer: SocketAddr, head: bool) -> Response
     r
 }
 
+/// A request answered at once (`Left`, every request but one below) or after the DUT's job,
+/// still loading, is ready (`Right`: [`Catalog::job_loading`]).
+type Answer = futures::future::Either<
+    Ready<Result<Response<Tracked>, Infallible>>,
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<Tracked>, Infallible>> + Send>>,
+>;
+
 impl hyper::service::Service<Request<Incoming>> for Handler {
     type Response = Response<Tracked>;
     type Error = Infallible;
-    type Future = Ready<Result<Response<Tracked>, Infallible>>;
+    type Future = Answer;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         self.activity.begin();
         let activity = self.activity.clone();
-        ready(Ok(self.handle(&req).map(|body| Tracked::new(body, activity))))
+        if let Some(wait) = self.catalog.job_loading(self.peer.ip()) {
+            let me = self.clone();
+            return futures::future::Either::Right(Box::pin(async move {
+                wait.await;
+                Ok(me.handle(&req).map(|body| Tracked::new(body, activity)))
+            }));
+        }
+        futures::future::Either::Left(ready(Ok(self.handle(&req).map(|body| Tracked::new(body, activity)))))
     }
 }
 

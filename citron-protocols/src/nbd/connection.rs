@@ -70,7 +70,8 @@ struct CatalogExports<'a> {
 
 impl CatalogExports<'_> {
     fn refuse(&self, what: &str, name: &str, e: &citron_core::serve::ServeError) -> Refusal {
-        tracing::info!(peer = %self.peer, export = %name, error = %e, "{what} refused");
+        // Opening refusals have their access line from the core.
+        tracing::debug!(peer = %self.peer, export = %name, error = %e, "{what} refused");
         Refusal { rep: option_reply(e), message: e.to_string() }
     }
 }
@@ -124,6 +125,13 @@ impl Connection {
         mut stop: watch::Receiver<bool>,
     ) {
         let bounds = Bounds::new(&catalog.limits());
+        // A DUT whose job (and so its disks) is still loading is greeted once it is loaded.
+        if let Some(wait) = catalog.job_loading(peer) {
+            tokio::select! {
+                _ = wait => {}
+                _ = stop.changed() => return,
+            }
+        }
         let mut c = Connection { stream, peer, input: BytesMut::new(), out: Vec::with_capacity(64) };
         // A peer that connects and says nothing (or dribbles) would hold a descriptor forever.
         let negotiated = tokio::select! {

@@ -205,7 +205,7 @@ mod tests {
             len: data.len() as u64,
             digest: citron_core::Digest::of(data),
             content: Content::Memory(Bytes::copy_from_slice(data)),
-            ticket: Arc::new(AccessLog::default()).ticket("d".into(), Protocol::TFTP, "t"),
+            ticket: Arc::new(AccessLog::default()).ticket([127, 0, 0, 2].into(), "d".into(), Protocol::TFTP, "t"),
         })
     }
 

@@ -399,10 +399,16 @@ async fn transfer(shared: Arc<Shared>, peer: SocketAddr, req: Request, req_len: 
         intent: Intent::Read,
         range: None,
     };
+    // A DUT whose job is still loading gets its file once it is loaded (its retransmitted
+    // requests are ignored meanwhile: this transfer holds the slot).
+    if let Some(wait) = shared.catalog.job_loading(freq.peer) {
+        wait.await;
+    }
     let art = match shared.catalog.open(&freq) {
         Ok(a) => Arc::new(a),
         Err(e) => {
-            tracing::info!(%peer, %file, error = %Clip(&e.to_string(), shared.config.logged_field_max), "TFTP read refused");
+            // The core wrote the access line.
+            tracing::debug!(%peer, %file, error = %Clip(&e.to_string(), shared.config.logged_field_max), "TFTP read refused");
             send_error(&sock, &mut out, error_packet(&e), req_len).await;
             return;
         }
@@ -512,7 +518,7 @@ async fn transfer(shared: Arc<Shared>, peer: SocketAddr, req: Request, req_len: 
     match outcome {
         Some(Outcome::Complete) => {
             art.complete();
-            tracing::info!(%peer, %file, bytes = len, ?elapsed, retransmits, "TFTP transfer complete");
+            tracing::debug!(%peer, %file, bytes = len, ?elapsed, retransmits, "TFTP transfer complete");
         }
         // Logged as served: see `Outcome::Unconfirmed`.
         Some(Outcome::Unconfirmed) => {
