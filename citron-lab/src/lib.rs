@@ -33,7 +33,9 @@
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod auth;
 pub mod metrics;
+pub mod results;
 pub mod server;
 pub mod state;
 

@@ -36,7 +36,7 @@ use citron_core::gateway::Stores;
 use citron_core::lab::LabConfig;
 
 pub use db::known_version;
-use db::Db;
+pub(crate) use db::Db;
 
 /// The file the default SQLite state lives in, under `--data`.
 pub const SQLITE_FILE: &str = "state.sqlite";
@@ -217,6 +217,11 @@ impl State {
             Engine::Postgres => "postgres",
         };
         StateInfo { engine, schema_version: self.db.version }
+    }
+
+    /// The database, for the lab's other stores (tokens, results).
+    pub(crate) fn db(&self) -> Arc<Db> {
+        self.db.clone()
     }
 
     /// Where the state is (without password).
