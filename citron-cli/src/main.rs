@@ -128,6 +128,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     // Connecting and migrating (a blocking call, once, before anything serves). Every error
     // names the state's URL (without password), the data directory or the job itself.
     let (gw, state) = citron_lab::state::open_gateway(lab, &a.data, a.state.as_deref())?;
+    let results = citron_lab::results::Results::open(&state, &a.data).context("cannot open the lab's results")?;
     let server = ServerBuilder::new(gw.clone())
         .http(http)
         .tftp(tftp)
@@ -135,6 +136,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         .api(api)
         .advertise(a.advertise)
         .state(Some(state.info()))
+        .results(Some(results))
         .start()
         .await?;
     // Jobs are loaded once the servers are bound, so that their templates see the real ports.

@@ -81,6 +81,7 @@ pub struct ServerBuilder {
     api: Option<SocketAddr>,
     advertise: Option<IpAddr>,
     state: Option<crate::state::StateInfo>,
+    results: Option<crate::results::Results>,
 }
 
 impl ServerBuilder {
@@ -95,6 +96,7 @@ impl ServerBuilder {
             api: p(DEFAULT_API),
             advertise: None,
             state: None,
+            results: None,
         }
     }
 
@@ -134,6 +136,13 @@ impl ServerBuilder {
     /// `GET /api/v1/version` and `/metrics`; `None` (the default) says the state is in memory.
     pub fn state(mut self, state: Option<crate::state::StateInfo>) -> Self {
         self.state = state;
+        self
+    }
+
+    /// The lab's results and tokens ([`crate::results::Results::open`] on its state); `None`
+    /// (the default): no results routes, and only the administrator's token.
+    pub fn results(mut self, results: Option<crate::results::Results>) -> Self {
+        self.results = results;
         self
     }
 
@@ -216,7 +225,7 @@ impl ServerBuilder {
         if let Some(l) = api {
             // A token, once set, is always required, loopback included: it is there because
             // the admin wants the API closed, and local users may be others.
-            tasks.push(spawn("api", crate::api::serve(l, self.gateway.clone(), token, self.state, stop())));
+            tasks.push(spawn("api", crate::api::serve(l, self.gateway.clone(), token, self.state, self.results, stop())));
         }
         Ok(RunningServer { addrs, gateway: self.gateway, stop: stop_tx, tasks })
     }

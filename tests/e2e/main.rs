@@ -11,6 +11,7 @@ mod fulldisk;
 mod http;
 mod nbd;
 mod nbd_limits;
+mod results;
 mod state;
 mod state_pg;
 mod state_store;

@@ -34,7 +34,9 @@
 //! server of its own.
 
 mod doc;
+mod results;
 mod routes;
+mod tokens;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -53,20 +55,23 @@ use http::{header, HeaderMap, HeaderValue, Request, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tower::ServiceExt as _;
 
 pub use doc::{openapi, openapi_json};
+pub use results::{CHECKSUM_HEADER, RUNS_PAGE, RUNS_PAGE_MAX};
 pub use routes::{ACCESSES_PAGE, ACCESSES_PAGE_MAX};
+pub use tokens::{DEFAULT_TTL, MAX_TTL, TENANT_TTL};
 
+use crate::auth::{Auth, AuthError, Principal};
 use crate::metrics::Metrics;
+use crate::results::Results;
 use crate::state::StateInfo;
 
 /// Serves the lab API on `listener` until `shutdown` completes. With `token`, every request
 /// must carry `Authorization: Bearer <token>`. `state` is what `GET /api/v1/version` and
-/// `/metrics` say of the lab's state store (`None`: in memory).
+/// `/metrics` say of the lab's state store (`None`: in memory); `results` the lab's results and
+/// tokens (`None`: the lab keeps no state, only the administrator exists).
 ///
 /// The lab's limits apply as on the HTTP listener (connection caps per listener and per peer,
 /// `header_timeout`, `idle_timeout`, `api_body_max`); `Host` must name the API (the address the
@@ -78,10 +83,30 @@ pub async fn serve(
     gateway: Gateway,
     token: Option<String>,
     state: Option<StateInfo>,
+    results: Option<Results>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let limits = gateway.lab().limits.clone();
-    let api = Arc::new(Api::new(gateway, token, state));
+    let api = Arc::new(Api::new(gateway, token, state, results));
+    if let Some(r) = &api.results {
+        r.clean().await;
+        let tokens = r.tokens().clone();
+        // Revocations made through another gateway on the same state: the state store's
+        // notifications refresh them at once where it has them; this timer bounds the wait
+        // where it does not.
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(REVOCATION_REFRESH);
+            loop {
+                tick.tick().await;
+                if let Err(e) = tokens.refresh_revocations().await {
+                    tracing::warn!(error = %e, "cannot read the revoked tokens again");
+                }
+                if Arc::strong_count(&tokens) == 1 {
+                    return; // the lab stopped
+                }
+            }
+        });
+    }
     let router = router(api.clone());
     citron_protocols::http::serve_service("api", listener, &limits, shutdown, move |peer, local| ApiService {
         api: api.clone(),
@@ -92,15 +117,20 @@ pub async fn serve(
     .await
 }
 
+/// How often a gateway reads the revoked tokens again (a fallback for revocations made through
+/// another gateway when no notification arrives).
+pub const REVOCATION_REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What every handler shares.
 pub(crate) struct Api {
     pub(crate) gateway: Gateway,
     pub(crate) metrics: Metrics,
     /// The state store's engine and schema version (`None`: in memory).
     pub(crate) state: Option<StateInfo>,
-    /// SHA-256 of the token: comparing digests takes the same time whatever the given token's
-    /// length or content.
-    token: Option<[u8; 32]>,
+    /// Who is who: the administrator's token and the lab's signed tokens.
+    pub(crate) auth: Auth,
+    /// Runs and their files (`None`: the lab keeps no state).
+    pub(crate) results: Option<Results>,
     /// The lab's `api_hosts`.
     hosts: Vec<String>,
     /// `limits.api_body_max`.
@@ -108,15 +138,15 @@ pub(crate) struct Api {
 }
 
 impl Api {
-    fn new(gateway: Gateway, token: Option<String>, state: Option<StateInfo>) -> Self {
+    fn new(gateway: Gateway, token: Option<String>, state: Option<StateInfo>, results: Option<Results>) -> Self {
         let body_max = usize::try_from(gateway.lab().limits.api_body_max.bytes()).unwrap_or(usize::MAX);
         let hosts = gateway.lab().api_hosts.clone();
-        let token = token.map(|t| Sha256::digest(t.as_bytes()).into());
+        let auth = Auth::new(token.as_deref(), results.as_ref().map(|r| r.tokens().clone()));
         let mut metrics = Metrics::new(&gateway);
         if let Some(s) = state {
             crate::metrics::register_state(&mut metrics, s);
         }
-        Api { metrics, state, gateway, token, hosts, body_max }
+        Api { metrics, state, gateway, auth, results, hosts, body_max }
     }
 }
 
@@ -124,6 +154,8 @@ impl Api {
 /// (405, with the `Allow` axum fills in).
 fn router(api: Arc<Api>) -> Router {
     routes::routes()
+        .merge(tokens::routes())
+        .merge(results::routes())
         .fallback(|uri: http::Uri| async move {
             ApiError::new(StatusCode::NOT_FOUND, format!("no such route: {}; see /api/v1/openapi.json", truncate_logged(uri.path(), 256)))
         })
@@ -153,11 +185,15 @@ impl hyper::service::Service<Request<Incoming>> for ApiService {
         Box::pin(async move {
             let method = req.method().clone();
             let path = truncate_logged(req.uri().path(), s.api.gateway.lab().limits.logged_path_max).into_owned();
-            let r = match s.api.check_host(req.headers(), req.uri(), s.local).and_then(|()| s.api.authorize(req.headers())) {
-                Ok(()) => match s.router.oneshot(without_trailing_slash(req).map(Body::new)).await {
-                    Ok(r) => r,
-                    Err(never) => match never {},
-                },
+            let r = match s.api.check_host(req.headers(), req.uri(), s.local).and_then(|()| s.api.authorize(&req)) {
+                Ok(principal) => {
+                    let mut req = without_trailing_slash(req).map(Body::new);
+                    req.extensions_mut().insert(principal);
+                    match s.router.oneshot(req).await {
+                        Ok(r) => r,
+                        Err(never) => match never {},
+                    }
+                }
                 Err(e) => e.into_response(),
             };
             if let Some(Refused(why)) = r.extensions().get::<Refused>() {
@@ -230,13 +266,6 @@ pub(crate) fn json_response(code: StatusCode, v: &impl serde::Serialize) -> Resp
     r
 }
 
-/// Whether `given` is the token whose SHA-256 is `want`: the digests are compared in constant
-/// time, so neither the token's content nor its length shows in the timing.
-fn token_matches(given: &[u8], want: &[u8; 32]) -> bool {
-    let d: [u8; 32] = Sha256::digest(given).into();
-    d.ct_eq(want).into()
-}
-
 /// Whether `host` (a `Host` header) names the API: the address the connection reached, or
 /// `localhost`, with no port or the API's; or one of `extra` (the lab's `api_hosts`: `name`
 /// with any port, `name:port` with that one). Any other name may be a DNS rebinding: a web page
@@ -289,16 +318,16 @@ impl Api {
         }
     }
 
-    fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let Some(tok) = &self.token else { return Ok(()) };
-        let given = headers.get(header::AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
-        match given {
-            Some(g) if token_matches(g.trim_ascii(), tok) => Ok(()),
-            _ => Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "missing or wrong bearer token: send Authorization: Bearer <the lab's API token>",
-            )),
-        }
+    /// Who is asking ([`Auth::principal`]), and whether they may reach this route at all
+    /// ([`crate::auth::route_policy`]); the results and token handlers check the rest.
+    fn authorize<B>(&self, req: &Request<B>) -> Result<Principal, ApiError> {
+        let refuse = |e: AuthError| match e {
+            AuthError::Missing | AuthError::Refused(_) => ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()),
+            AuthError::Forbidden(_) => ApiError::new(StatusCode::FORBIDDEN, e.to_string()),
+        };
+        let p = self.auth.principal(req.headers()).map_err(refuse)?;
+        crate::auth::route_policy(&p, req.method(), req.uri().path()).map_err(refuse)?;
+        Ok(p)
     }
 
     /// The request body, at most `limits.api_body_max` bytes (413 beyond).
@@ -317,6 +346,8 @@ impl Api {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::token_matches;
+    use sha2::{Digest, Sha256};
 
     #[test]
     fn trailing_slashes_are_dropped() {

@@ -48,11 +48,7 @@ impl Keys {
         // their clocks agree on.
         validation.leeway = 0;
         validation.set_required_spec_claims(&["exp"]);
-        Ok(Keys {
-            encoding: EncodingKey::from_ed_der(pkcs8),
-            decoding: DecodingKey::from_ed_der(pair.public_key().as_ref()),
-            validation,
-        })
+        Ok(Keys { encoding: EncodingKey::from_ed_der(pkcs8), decoding: DecodingKey::from_ed_der(pair.public_key().as_ref()), validation })
     }
 
     /// `claims`, signed.
@@ -81,15 +77,12 @@ pub fn new_id() -> String {
 
 /// Lower-case hex.
 pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    hex::encode(b)
 }
 
 /// The bytes of lower-case or upper-case hex.
 pub fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
-        return None;
-    }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+    hex::decode(s).ok()
 }
 
 #[cfg(test)]

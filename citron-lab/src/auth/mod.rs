@@ -27,10 +27,10 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 pub use claims::{check_name, Claims, Pattern, Scope};
-pub use keys::{new_id, Keys, VerifyError};
 pub(crate) use keys::{hex, unhex};
-pub(crate) use store::{call, now_micros};
+pub use keys::{new_id, Keys, VerifyError};
 pub use store::TokenStore;
+pub(crate) use store::{call, now_micros};
 
 /// Who is asking.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -105,17 +105,15 @@ impl TokenStore {
         let exp = i64::try_from(claims.exp.saturating_mul(1_000_000)).unwrap_or(i64::MAX);
         let iat = now_micros();
         call(&self.db, move |pool| async move {
-            sqlx::query(
-                "INSERT INTO tokens (id, subject, tenant, claims, issued_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(id)
-            .bind(sub)
-            .bind(tenant)
-            .bind(json)
-            .bind(iat)
-            .bind(exp)
-            .execute(&pool)
-            .await
+            sqlx::query("INSERT INTO tokens (id, subject, tenant, claims, issued_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)")
+                .bind(id)
+                .bind(sub)
+                .bind(tenant)
+                .bind(json)
+                .bind(iat)
+                .bind(exp)
+                .execute(&pool)
+                .await
         })
         .await?;
         Ok(token)
@@ -171,6 +169,16 @@ impl TokenStore {
                 tx.commit().await
             });
         });
+    }
+
+    /// Whether the tenant `name` exists.
+    pub async fn has_tenant(&self, name: &str) -> Result<bool, StoreError> {
+        let n = name.to_string();
+        let row = call(&self.db, move |pool| async move {
+            sqlx::query("SELECT name FROM tenants WHERE name = $1").bind(n).fetch_optional(&pool).await
+        })
+        .await?;
+        Ok(row.is_some())
     }
 
     /// Adds the tenant `name`; `false` if it exists.

@@ -1,0 +1,318 @@
+//! Results and tokens with the real binary and curl: tenants, minted and narrowed tokens,
+//! 401/403 with nothing written, runs opened from outside, files streamed in with `curl -T`
+//! (checksums, 409, path traversal), console, `latest` → blob, by-hash, tenant isolation, a
+//! cut-off upload and `kill -9` mid-upload.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use citron_tests::api::Reply;
+use citron_tests::{require_tool, Citron};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+const ADMIN: &str = "admin-s3cret";
+
+fn start(data: Option<&str>) -> Citron {
+    let mut args = vec!["--tftp", "off", "--nbd", "off"];
+    if let Some(d) = data {
+        args.extend(["--data", d]);
+    }
+    Citron::start_with(&args, |c| {
+        c.env("CITRON_API_TOKEN", ADMIN);
+    })
+    .unwrap_or_else(|f| panic!("citron did not start: {}", f.stderr))
+}
+
+/// `method path` with `token` (none: no Authorization) and curl `args`.
+fn call(c: &Citron, token: Option<&str>, method: &str, path: &str, args: &[&str]) -> Reply {
+    let auth = token.map(|t| format!("Authorization: Bearer {t}"));
+    let mut a: Vec<&str> = Vec::new();
+    if let Some(h) = &auth {
+        a.extend(["-H", h]);
+    }
+    a.extend_from_slice(args);
+    c.api(method, path, &a)
+}
+
+fn post(c: &Citron, token: Option<&str>, path: &str, body: Value) -> Reply {
+    call(c, token, "POST", path, &["-H", "Content-Type: application/json", "--data-binary", &body.to_string()])
+}
+
+/// `curl -T file` to a run's file, with the digest header when `sha` is given.
+fn put_file(c: &Citron, token: &str, job: &str, run: i64, path: &str, file: &Path, sha: Option<&str>) -> Reply {
+    let h = sha.map(|s| format!("X-Checksum-SHA256: {s}"));
+    let mut a = vec!["--path-as-is", "-T", file.to_str().unwrap()];
+    if let Some(h) = &h {
+        a.extend(["-H", h]);
+    }
+    call(c, Some(token), "PUT", &format!("/api/v1/results/{job}/runs/{run}/files/{path}"), &a)
+}
+
+fn hex_sha(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+/// Deterministic bytes.
+fn bytes(n: usize, seed: u32) -> Vec<u8> {
+    (0..n as u32).map(|i| (i.wrapping_add(seed).wrapping_mul(2654435761) >> 13) as u8).collect()
+}
+
+fn tenant(c: &Citron, name: &str) -> String {
+    let r = post(c, Some(ADMIN), "/api/v1/tenants", json!({"name": name}));
+    assert_eq!(r.status, 201, "{r:?}");
+    r.json()["token"].as_str().unwrap().to_string()
+}
+
+fn mint(c: &Citron, body: Value) -> (String, String) {
+    let r = post(c, Some(ADMIN), "/api/v1/tokens", body);
+    assert_eq!(r.status, 201, "{r:?}");
+    (r.json()["token"].as_str().unwrap().to_string(), r.json()["id"].as_str().unwrap().to_string())
+}
+
+fn runs(c: &Citron, job: &str) -> Vec<Value> {
+    let r = call(c, Some(ADMIN), "GET", &format!("/api/v1/results/{job}/runs"), &[]);
+    assert_eq!(r.status, 200, "{r:?}");
+    r.json().as_array().unwrap().clone()
+}
+
+#[test]
+fn tokens_scopes_and_refusals_write_nothing() {
+    if !require_tool("curl") {
+        return;
+    }
+    let c = start(None);
+    // No token, a wrong one, a forged one: 401.
+    assert_eq!(post(&c, None, "/api/v1/tenants", json!({"name": "ci"})).status, 401);
+    assert_eq!(post(&c, Some("nope"), "/api/v1/tenants", json!({"name": "ci"})).status, 401);
+    assert_eq!(post(&c, Some("a.b.c"), "/api/v1/results/j/runs", json!({})).status, 401);
+    let ci = tenant(&c, "ci");
+    assert_eq!(post(&c, Some(ADMIN), "/api/v1/tenants", json!({"name": "ci"})).status, 409);
+    // A tenant's token is not the administrator.
+    assert_eq!(call(&c, Some(&ci), "GET", "/api/v1/duts", &[]).status, 403);
+    assert_eq!(post(&c, Some(&ci), "/api/v1/tenants", json!({"name": "x"})).status, 403);
+    assert_eq!(post(&c, Some(&ci), "/api/v1/tokens", json!({"scopes": ["read"], "job": "*"})).status, 403);
+    let job = "deployment:\n  start:\n    storage:\n      http:\n        - path: /a\n          data: a\n";
+    let yaml = ["-H", "Content-Type: application/yaml", "--data-binary", job];
+    assert_eq!(call(&c, Some(&ci), "PUT", "/api/v1/duts/dut1/job", &yaml).status, 403);
+    // A `dut` token drives its DUT only.
+    let (dut1, _) = mint(&c, json!({"scopes": ["dut"], "job": "*", "dut": "dut1", "ttl": "5m"}));
+    assert_eq!(call(&c, Some(&dut1), "PUT", "/api/v1/duts/dut1/job", &yaml).status, 200);
+    assert_eq!(call(&c, Some(&dut1), "PUT", "/api/v1/duts/dut2/job", &yaml).status, 403);
+    assert_eq!(call(&c, Some(&dut1), "DELETE", "/api/v1/duts/dut1", &[]).status, 403);
+    assert_eq!(call(&c, Some(ADMIN), "GET", "/api/v1/duts/dut2/job", &[]).status, 404, "nothing written for dut2");
+
+    // Narrowing: never wider, never longer.
+    let r = post(&c, Some(&ci), "/api/v1/tokens/subset", json!({"scopes": ["read"], "job": "kernel-*", "ttl": "1m"}));
+    assert_eq!(r.status, 201, "{r:?}");
+    let reader = r.json()["token"].as_str().unwrap().to_string();
+    assert_eq!(post(&c, Some(&reader), "/api/v1/tokens/subset", json!({"scopes": ["upload"]})).status, 403);
+    assert_eq!(post(&c, Some(&reader), "/api/v1/tokens/subset", json!({"job": "*"})).status, 403);
+    assert_eq!(post(&c, Some(&reader), "/api/v1/tokens/subset", json!({"ttl": "1h"})).status, 403);
+    assert_eq!(post(&c, Some(&ci), "/api/v1/tokens/subset", json!({"scopes": ["admin"]})).status, 403);
+
+    // Out of scope: a reader cannot open a run or upload.
+    assert_eq!(post(&c, Some(&reader), "/api/v1/results/kernel-x/runs", json!({})).status, 403);
+    assert_eq!(runs(&c, "kernel-x"), Vec::<Value>::new());
+    // A token for one job only.
+    let r = post(&c, Some(&ci), "/api/v1/tokens/subset", json!({"scopes": ["upload"], "job": "kernel-x"}));
+    let up = r.json()["token"].as_str().unwrap().to_string();
+    let up_id = r.json()["id"].as_str().unwrap().to_string();
+    assert_eq!(post(&c, Some(&up), "/api/v1/results/other/runs", json!({})).status, 403);
+    assert_eq!(post(&c, Some(&up), "/api/v1/results/kernel-x/runs", json!({"revision": "r1"})).status, 201);
+
+    // Revoked: refused at once, nothing written.
+    assert_eq!(call(&c, Some(&reader), "DELETE", &format!("/api/v1/tokens/{up_id}"), &[]).status, 204, "same tenant");
+    assert_eq!(post(&c, Some(&up), "/api/v1/results/kernel-x/runs", json!({})).status, 401);
+    assert_eq!(runs(&c, "kernel-x").len(), 1);
+    assert_eq!(call(&c, Some(ADMIN), "DELETE", "/api/v1/tokens/0123", &[]).status, 404);
+    // A token of another tenant cannot revoke it.
+    let other = tenant(&c, "other");
+    let (_, lab_id) = mint(&c, json!({"scopes": ["read"], "job": "*"}));
+    assert_eq!(call(&c, Some(&other), "DELETE", &format!("/api/v1/tokens/{lab_id}"), &[]).status, 403);
+
+    // Expired: 401.
+    let (short, _) = mint(&c, json!({"scopes": ["upload"], "job": "*", "ttl": "1s"}));
+    std::thread::sleep(Duration::from_millis(2100));
+    assert_eq!(post(&c, Some(&short), "/api/v1/results/late/runs", json!({})).status, 401);
+    assert_eq!(call(&c, Some(ADMIN), "GET", "/api/v1/results/late/runs", &[]).json(), json!([]));
+}
+
+#[test]
+fn runs_files_console_latest_and_tenants() {
+    if !require_tool("curl") {
+        return;
+    }
+    let c = start(None);
+    let dir = tempfile::tempdir().unwrap();
+    let ci = tenant(&c, "ci");
+    let other = tenant(&c, "other");
+    let r = post(&c, Some(&ci), "/api/v1/results/kernel-build/runs", json!({"revision": "abc", "platform": "arm64"}));
+    assert_eq!(r.status, 201, "{r:?}");
+    let run = r.json()["id"].as_i64().unwrap();
+    assert_eq!(r.json()["status"], "running");
+
+    let img = bytes(3 << 20, 1);
+    let sha = hex_sha(&img);
+    let f = dir.path().join("kernel.img");
+    std::fs::write(&f, &img).unwrap();
+    let r = put_file(&c, &ci, "kernel-build", run, "images/kernel.img", &f, Some(&sha));
+    assert_eq!(r.status, 201, "{r:?}");
+    assert_eq!((r.json()["sha256"].as_str(), r.json()["size"].as_u64()), (Some(sha.as_str()), Some(3 << 20)));
+    // The same content again is fine, with or without the digest; other content is 409.
+    assert_eq!(put_file(&c, &ci, "kernel-build", run, "images/kernel.img", &f, Some(&sha)).status, 200);
+    assert_eq!(put_file(&c, &ci, "kernel-build", run, "images/kernel.img", &f, None).status, 200);
+    let g = dir.path().join("other.img");
+    std::fs::write(&g, b"other").unwrap();
+    assert_eq!(put_file(&c, &ci, "kernel-build", run, "images/kernel.img", &g, None).status, 409);
+    assert_eq!(put_file(&c, &ci, "kernel-build", run, "images/kernel.img", &g, Some(&hex_sha(b"other"))).status, 409);
+    // A wrong digest keeps nothing; hostile paths are refused.
+    assert_eq!(put_file(&c, &ci, "kernel-build", run, "bad", &g, Some(&sha)).status, 400);
+    for bad in ["../../etc/passwd", "a/../../b", "%2e%2e/x", "/etc/passwd", "a%00b", "a//b"] {
+        let r = put_file(&c, &ci, "kernel-build", run, bad, &g, None);
+        assert!([400, 404].contains(&r.status), "{bad}: {r:?}");
+    }
+    let files = call(&c, Some(&ci), "GET", &format!("/api/v1/results/kernel-build/runs/{run}"), &[]).json()["files"].clone();
+    assert_eq!(files.as_array().unwrap().len(), 1, "{files}");
+
+    // Console: idempotent appends, gaps refused.
+    let con = |off: u64, body: &str| {
+        call(&c, Some(&ci), "PUT", &format!("/api/v1/results/kernel-build/runs/{run}/console?offset={off}"), &["--data-binary", body])
+    };
+    assert_eq!(con(0, "hello ").json()["length"], 6);
+    assert_eq!(con(0, "hello ").json()["length"], 6, "a retry");
+    assert_eq!(con(3, "lo world").json()["length"], 11, "an overlapping retry");
+    assert_eq!(con(20, "x").status, 409);
+    assert_eq!(call(&c, Some(&ci), "GET", &format!("/api/v1/results/kernel-build/runs/{run}/console"), &[]).body, "hello world");
+
+    // Nothing is `latest` before it succeeded.
+    assert_eq!(call(&c, Some(&ci), "GET", "/api/v1/results/kernel-build/latest", &[]).status, 404);
+    let fin = |s: &str| post(&c, Some(&ci), &format!("/api/v1/results/kernel-build/runs/{run}/finish"), json!({"status": s}));
+    assert_eq!(fin("success").status, 200);
+    assert_eq!(fin("success").status, 200);
+    assert_eq!(fin("failure").status, 409);
+    assert_eq!(put_file(&c, &ci, "kernel-build", run, "late", &g, None).status, 409, "finished");
+
+    // Reading: latest → 307 to the blob, digest in a header; HEAD the same; the blob by hash.
+    let (reader, _) = {
+        let r = post(&c, Some(&ci), "/api/v1/tokens/subset", json!({"scopes": ["read"], "job": "kernel-*"}));
+        (r.json()["token"].as_str().unwrap().to_string(), ())
+    };
+    let r = call(&c, Some(&reader), "GET", "/api/v1/results/kernel-build/latest", &[]);
+    assert_eq!((r.status, r.header("location")), (307, Some(format!("/api/v1/results/kernel-build/runs/{run}").as_str())));
+    let r = call(&c, Some(&reader), "GET", "/api/v1/results/kernel-build/latest/files/images/kernel.img?platform=arm64", &[]);
+    assert_eq!(r.status, 307, "{r:?}");
+    assert_eq!(r.header("x-checksum-sha256"), Some(sha.as_str()));
+    let blob = r.header("location").unwrap().to_string();
+    assert_eq!(blob, format!("/api/v1/results/blobs/sha256/{sha}"));
+    let h = call(&c, Some(&reader), "HEAD", "/api/v1/results/kernel-build/latest/files/images/kernel.img", &[]);
+    assert_eq!((h.status, h.header("x-checksum-sha256")), (307, Some(sha.as_str())));
+    assert_eq!(call(&c, Some(&reader), "GET", "/api/v1/results/kernel-build/latest/files/images/kernel.img?platform=x86", &[]).status, 404);
+    let out = dir.path().join("fetched");
+    let r = call(&c, Some(&reader), "GET", &blob, &["-o", out.to_str().unwrap()]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("etag"), Some(format!("\"{sha}\"").as_str()));
+    assert_eq!(std::fs::read(&out).unwrap(), img);
+    let h = call(&c, Some(&reader), "HEAD", &blob, &[]);
+    assert_eq!((h.status, h.header("content-length")), (200, Some("3145728")));
+    assert_eq!(call(&c, Some(&reader), "GET", &blob, &["-H", &format!("If-None-Match: \"{sha}\"")]).status, 304);
+    let hits = call(&c, Some(&reader), "GET", &format!("/api/v1/results/by-hash?sha256={sha}"), &[]);
+    assert_eq!(hits.json(), json!([{"job": "kernel-build", "run": run, "path": "images/kernel.img"}]));
+    let list = call(&c, Some(&reader), "GET", "/api/v1/results/kernel-build/runs?revision=abc&limit=1", &[]);
+    assert_eq!(list.json().as_array().unwrap().len(), 1);
+    assert!(list.header("link").unwrap().contains(&format!("after={run}")), "{list:?}");
+
+    // Tenant B sees nothing of tenant A's job and cannot write to it.
+    assert_eq!(call(&c, Some(&other), "GET", "/api/v1/results/kernel-build/latest", &[]).status, 404);
+    assert_eq!(call(&c, Some(&other), "GET", &blob, &[]).status, 404);
+    assert_eq!(call(&c, Some(&other), "GET", &format!("/api/v1/results/by-hash?sha256={sha}"), &[]).status, 404);
+    assert_eq!(post(&c, Some(&other), "/api/v1/results/kernel-build/runs", json!({})).status, 403);
+    assert_eq!(put_file(&c, &other, "kernel-build", run, "x", &g, None).status, 403);
+
+    // Only uploaded results are served: a job's secret and its inline file are not.
+    let job = "deployment:\n  start:\n    storage:\n      http:\n        - path: /pub\n          data: public bytes\n        - path: /secret\n          data: s3cr3t-value\n          lifetime:\n            access_count: 1\n";
+    let yaml = ["-H", "Content-Type: application/yaml", "--data-binary", job];
+    assert_eq!(call(&c, Some(ADMIN), "PUT", "/api/v1/duts/dut1/job", &yaml).status, 200);
+    for d in [hex_sha(b"s3cr3t-value"), hex_sha(b"public bytes")] {
+        assert_eq!(call(&c, Some(ADMIN), "GET", &format!("/api/v1/results/blobs/sha256/{d}"), &[]).status, 404);
+        assert_eq!(call(&c, Some(ADMIN), "GET", &format!("/api/v1/results/by-hash?sha256={d}"), &[]).status, 404);
+    }
+}
+
+/// Files under `dir` (recursively), relative.
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            } else {
+                out.push(e.path().strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Starts a slow `curl -T` of `file` (about 1 MB/s) in the background.
+fn slow_upload(c: &Citron, token: &str, path: &str, file: &Path) -> std::process::Child {
+    let url = format!("http://{}{path}", c.api.unwrap());
+    Command::new("curl")
+        .args(["-sS", "--limit-rate", "1M", "-H", &format!("Authorization: Bearer {token}"), "-T", file.to_str().unwrap(), &url])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until `f` holds (at most 10 s); whether it did.
+fn eventually(f: impl Fn() -> bool) -> bool {
+    for _ in 0..200 {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn cut_off_and_killed_uploads_leave_nothing() {
+    if !require_tool("curl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let results = data.join("results");
+    let c = start(Some(data.to_str().unwrap()));
+    let ci = tenant(&c, "ci");
+    let run = post(&c, Some(&ci), "/api/v1/results/big/runs", json!({})).json()["id"].as_i64().unwrap();
+    let big = dir.path().join("big");
+    std::fs::write(&big, bytes(8 << 20, 7)).unwrap();
+    let path = format!("/api/v1/results/big/runs/{run}/files/big.bin");
+
+    // A client cut off mid-upload: nothing visible, nothing left behind.
+    let mut curl = slow_upload(&c, &ci, &path, &big);
+    assert!(eventually(|| files_under(&results).iter().any(|f| f.starts_with("staging"))), "the upload started");
+    curl.kill().unwrap();
+    curl.wait().unwrap();
+    assert!(eventually(|| files_under(&results).is_empty()), "left: {:?}", files_under(&results));
+    let files = call(&c, Some(&ci), "GET", &format!("/api/v1/results/big/runs/{run}"), &[]).json()["files"].clone();
+    assert_eq!(files, json!([]));
+
+    // kill -9 mid-upload: at restart the run is consistent and the upload can be made again.
+    let mut curl = slow_upload(&c, &ci, &path, &big);
+    assert!(eventually(|| files_under(&results).iter().any(|f| f.starts_with("staging"))), "the upload started");
+    c.signal("KILL");
+    let _ = curl.wait();
+    drop(c);
+    let c = start(Some(data.to_str().unwrap()));
+    assert_eq!(files_under(&results), Vec::<String>::new(), "staging cleaned at start");
+    let r = call(&c, Some(&ci), "GET", &format!("/api/v1/results/big/runs/{run}"), &[]);
+    assert_eq!((r.json()["status"].clone(), r.json()["files"].clone()), (json!("running"), json!([])), "{r:?}");
+    let r = put_file(&c, &ci, "big", run, "big.bin", &big, None);
+    assert_eq!(r.status, 201, "{r:?}");
+}
