@@ -316,3 +316,58 @@ fn cut_off_and_killed_uploads_leave_nothing() {
     let r = put_file(&c, &ci, "big", run, "big.bin", &big, None);
     assert_eq!(r.status, 201, "{r:?}");
 }
+
+/// A full results store: 507, nothing kept, and a smaller upload afterwards is stored. citron
+/// runs with `--data` on a 16 MiB tmpfs in a mount namespace of its own.
+#[test]
+fn a_full_results_store_is_507_and_keeps_nothing() {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        assert!(!citron_tests::strict(), "this test mounts a tmpfs in a mount namespace of its own and needs root");
+        eprintln!("skipped: not root");
+        return;
+    }
+    if !require_tool("curl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let mount_at = std::ffi::CString::new(data.to_str().unwrap()).unwrap();
+    let c = Citron::start_with(&["--tftp", "off", "--nbd", "off", "--data", data.to_str().unwrap()], move |cmd| {
+        cmd.env("CITRON_API_TOKEN", ADMIN);
+        // SAFETY: only async-signal-safe system calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fail = || Err(std::io::Error::last_os_error());
+                if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                    return fail();
+                }
+                if libc::mount(c"none".as_ptr(), c"/".as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()) != 0 {
+                    return fail();
+                }
+                let opts = c"size=16m,mode=0700";
+                if libc::mount(c"tmpfs".as_ptr(), mount_at.as_ptr(), c"tmpfs".as_ptr(), 0, opts.as_ptr().cast()) != 0 {
+                    return fail();
+                }
+                Ok(())
+            });
+        }
+    })
+    .unwrap_or_else(|f| panic!("citron on a tmpfs did not start: {}", f.stderr));
+    let seen = Path::new("/proc").join(c.pid().to_string()).join("root").join(data.strip_prefix("/").unwrap()).join("results");
+    let ci = tenant(&c, "ci");
+    let run = post(&c, Some(&ci), "/api/v1/results/fill/runs", json!({})).json()["id"].as_i64().unwrap();
+    let big = dir.path().join("big");
+    std::fs::write(&big, bytes(24 << 20, 3)).unwrap();
+    let r = put_file(&c, &ci, "fill", run, "big.bin", &big, None);
+    assert_eq!(r.status, 507, "{r:?}");
+    assert!(r.json()["error"].as_str().unwrap().contains("full"), "{r:?}");
+    assert!(eventually(|| files_under(&seen).is_empty()), "left on the full disk: {:?}", files_under(&seen));
+    let small = dir.path().join("small");
+    std::fs::write(&small, b"fits").unwrap();
+    assert_eq!(put_file(&c, &ci, "fill", run, "small.txt", &small, None).status, 201);
+    let files = call(&c, Some(&ci), "GET", &format!("/api/v1/results/fill/runs/{run}"), &[]).json()["files"].clone();
+    assert_eq!(files.as_array().unwrap().len(), 1, "{files}");
+}
