@@ -15,9 +15,17 @@ use sha2::{Digest, Sha256};
 const ADMIN: &str = "admin-s3cret";
 
 fn start(data: Option<&str>) -> Citron {
+    start_on(data, None)
+}
+
+/// [`start`] with `--state URL` when given.
+fn start_on(data: Option<&str>, state: Option<&str>) -> Citron {
     let mut args = vec!["--tftp", "off", "--nbd", "off"];
     if let Some(d) = data {
         args.extend(["--data", d]);
+    }
+    if let Some(s) = state {
+        args.extend(["--state", s]);
     }
     Citron::start_with(&args, |c| {
         c.env("CITRON_API_TOKEN", ADMIN);
@@ -370,4 +378,43 @@ fn a_full_results_store_is_507_and_keeps_nothing() {
     assert_eq!(put_file(&c, &ci, "fill", run, "small.txt", &small, None).status, 201);
     let files = call(&c, Some(&ci), "GET", &format!("/api/v1/results/fill/runs/{run}"), &[]).json()["files"].clone();
     assert_eq!(files.as_array().unwrap().len(), 1, "{files}");
+}
+
+/// Two gateways on one PostgreSQL: a token minted on A works on B (one signing key), a run
+/// opened and finished through A is `latest` on B, a console appended on A reads back on B, and
+/// a token revoked on A is refused on B (after B reads the revocations again).
+#[test]
+fn two_gateways_on_one_postgresql_share_tokens_and_runs() {
+    if !require_tool("curl") {
+        return;
+    }
+    let Some(pg) = super::state_pg::Postgres::start() else { return };
+    let a = start_on(None, Some(&pg.url));
+    let b = start_on(None, Some(&pg.url));
+    let ci = tenant(&a, "ci");
+    let r = post(&b, Some(&ci), "/api/v1/results/fw/runs", json!({"revision": "v1", "platform": "arm64"}));
+    assert_eq!(r.status, 201, "minted on A, accepted on B: {r:?}");
+    let run = r.json()["id"].as_i64().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("fw.bin");
+    std::fs::write(&f, b"firmware v1").unwrap();
+    let sha = hex_sha(b"firmware v1");
+    assert_eq!(put_file(&a, &ci, "fw", run, "fw.bin", &f, Some(&sha)).status, 201);
+    let path = format!("/api/v1/results/fw/runs/{run}/console?offset=0");
+    assert_eq!(call(&a, Some(&ci), "PUT", &path, &["--data-binary", "booted\n"]).json()["length"], 7);
+    assert_eq!(post(&a, Some(&ci), &format!("/api/v1/results/fw/runs/{run}/finish"), json!({"status": "success"})).status, 200);
+    let r = call(&b, Some(&ci), "GET", "/api/v1/results/fw/latest/files/fw.bin?platform=arm64", &[]);
+    assert_eq!((r.status, r.header("x-checksum-sha256")), (307, Some(sha.as_str())), "{r:?}");
+    assert_eq!(call(&b, Some(&ci), "GET", &format!("/api/v1/results/fw/runs/{run}/console"), &[]).body, "booted\n");
+    let hits = call(&b, Some(&ci), "GET", &format!("/api/v1/results/by-hash?sha256={sha}"), &[]).json();
+    assert_eq!(hits, json!([{"job": "fw", "run": run, "path": "fw.bin"}]));
+    assert_eq!(runs(&b, "fw").len(), 1);
+
+    // Revoked on A: refused on A at once, on B once it read the revocations again.
+    let r = post(&a, Some(&ci), "/api/v1/tokens/subset", json!({"scopes": ["read"]}));
+    let (reader, id) = (r.json()["token"].as_str().unwrap().to_string(), r.json()["id"].as_str().unwrap().to_string());
+    assert_eq!(call(&b, Some(&reader), "GET", "/api/v1/results/fw/runs", &[]).status, 200);
+    assert_eq!(call(&a, Some(ADMIN), "DELETE", &format!("/api/v1/tokens/{id}"), &[]).status, 204);
+    assert_eq!(call(&a, Some(&reader), "GET", "/api/v1/results/fw/runs", &[]).status, 401);
+    assert!(eventually(|| call(&b, Some(&reader), "GET", "/api/v1/results/fw/runs", &[]).status == 401), "B still accepts a revoked token");
 }
