@@ -418,3 +418,53 @@ fn two_gateways_on_one_postgresql_share_tokens_and_runs() {
     assert_eq!(call(&a, Some(&reader), "GET", "/api/v1/results/fw/runs", &[]).status, 401);
     assert!(eventually(|| call(&b, Some(&reader), "GET", "/api/v1/results/fw/runs", &[]).status == 401), "B still accepts a revoked token");
 }
+
+/// Retention: keep the last run; the newest successful one (what `latest` points at) keeps its
+/// files too; an expired run keeps its record, loses its files, and a blob no run refers to any
+/// more leaves the disk while one still referred to stays.
+#[test]
+fn retention_keeps_latest_and_the_last_runs() {
+    if !require_tool("curl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let c = start(Some(data.to_str().unwrap()));
+    let ci = tenant(&c, "ci");
+    let file = |name: &str, content: &[u8]| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, content).unwrap();
+        p
+    };
+    let (shared, own1, own2, own3) = (file("shared", b"shared"), file("own1", b"own 1"), file("own2", b"own 2"), file("own3", b"own 3"));
+    let mut ids = Vec::new();
+    for (own, status) in [(&own1, "success"), (&own2, "success"), (&own3, "failure")] {
+        let run = post(&c, Some(&ci), "/api/v1/results/nightly/runs", json!({})).json()["id"].as_i64().unwrap();
+        assert_eq!(put_file(&c, &ci, "nightly", run, "shared", &shared, None).status, 201);
+        assert_eq!(put_file(&c, &ci, "nightly", run, "own", own, None).status, 201);
+        assert_eq!(post(&c, Some(&ci), &format!("/api/v1/results/nightly/runs/{run}/finish"), json!({"status": status})).status, 200);
+        ids.push(run);
+    }
+    assert_eq!(call(&c, Some(&ci), "GET", "/api/v1/results/nightly/retention", &[]).json(), json!({"keep_last": null, "ttl_secs": null}));
+    let r = call(
+        &c,
+        Some(&ci),
+        "PUT",
+        "/api/v1/results/nightly/retention",
+        &["-H", "Content-Type: application/json", "--data-binary", r#"{"keep_last": 1}"#],
+    );
+    assert_eq!((r.status, r.json()), (200, json!({"keep_last": 1, "ttl_secs": null})), "{r:?}");
+    let nfiles = |run: i64| {
+        let r = call(&c, Some(&ci), "GET", &format!("/api/v1/results/nightly/runs/{run}"), &[]);
+        assert_eq!(r.status, 200, "the run's record stays: {r:?}");
+        r.json()["files"].as_array().unwrap().len()
+    };
+    assert_eq!((nfiles(ids[0]), nfiles(ids[1]), nfiles(ids[2])), (0, 2, 2), "run 1 expired; 2 is latest, 3 the last");
+    let blob = |b: &[u8]| data.join("results/sha256").join(&hex_sha(b)[..2]).join(hex_sha(b));
+    assert!(!blob(b"own 1").exists(), "a blob no run refers to is gone");
+    assert!(blob(b"shared").exists() && blob(b"own 2").exists() && blob(b"own 3").exists());
+    let r = call(&c, Some(&ci), "GET", "/api/v1/results/nightly/latest/files/own", &[]);
+    assert_eq!(r.header("x-checksum-sha256"), Some(hex_sha(b"own 2").as_str()));
+    assert_eq!(call(&c, Some(&ci), "GET", &format!("/api/v1/results/blobs/sha256/{}", hex_sha(b"own 1")), &[]).status, 404);
+    assert_eq!(call(&c, Some(&ci), "GET", &format!("/api/v1/results/blobs/sha256/{}", hex_sha(b"own 2")), &[]).body, "own 2");
+}

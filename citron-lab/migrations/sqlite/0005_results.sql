@@ -30,10 +30,14 @@ CREATE TABLE tokens (
 CREATE INDEX tokens_by_revocation ON tokens (revoked_at);
 
 -- Which tenant a job name belongs to (NULL: the lab's own jobs): the first run of a job names it.
+-- Retention: keep the files of the newest `keep_last` finished runs and/or of those younger than
+-- `ttl_secs` (NULL: no bound of that kind); the newest successful run of each platform is kept.
 CREATE TABLE result_jobs (
     name TEXT PRIMARY KEY,
     tenant TEXT,
-    created_at BIGINT NOT NULL
+    created_at BIGINT NOT NULL,
+    keep_last BIGINT,
+    ttl_secs BIGINT
 );
 
 -- Runs: one execution of a job, its files uploaded while it is `running`.

@@ -90,19 +90,21 @@ pub async fn serve(
     let api = Arc::new(Api::new(gateway, token, state, results));
     if let Some(r) = &api.results {
         r.clean().await;
-        let tokens = r.tokens().clone();
         // Revocations made through another gateway on the same state: the state store's
-        // notifications refresh them at once where it has them; this timer bounds the wait
-        // where it does not.
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(REVOCATION_REFRESH);
-            loop {
-                tick.tick().await;
-                if let Err(e) = tokens.refresh_revocations().await {
+        // notifications refresh them at once where it has them ([`TokenStore::refresh_revocations`]);
+        // this timer bounds the wait where it does not. Retention runs on a timer too (TTLs).
+        // Both end with the API (they hold it weakly).
+        every(&api, REVOCATION_REFRESH, |api| async move {
+            if let Some(t) = api.auth.tokens() {
+                if let Err(e) = t.refresh_revocations().await {
                     tracing::warn!(error = %e, "cannot read the revoked tokens again");
                 }
-                if Arc::strong_count(&tokens) == 1 {
-                    return; // the lab stopped
+            }
+        });
+        every(&api, RETENTION_SWEEP, |api| async move {
+            if let Some(r) = &api.results {
+                if let Err(e) = r.sweep_all().await {
+                    tracing::warn!(error = %e, "results: the retention sweep failed");
                 }
             }
         });
@@ -117,9 +119,30 @@ pub async fn serve(
     .await
 }
 
+/// Runs `f` every `period` for as long as the API lives.
+fn every<F, Fut>(api: &Arc<Api>, period: std::time::Duration, f: F)
+where
+    F: Fn(Arc<Api>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let weak = Arc::downgrade(api);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.tick().await; // the first tick is at once
+        loop {
+            tick.tick().await;
+            let Some(api) = weak.upgrade() else { return };
+            f(api).await;
+        }
+    });
+}
+
 /// How often a gateway reads the revoked tokens again (a fallback for revocations made through
 /// another gateway when no notification arrives).
 pub const REVOCATION_REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How often every job's retention is applied (it is also applied when a run finishes).
+pub const RETENTION_SWEEP: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What every handler shares.
 pub(crate) struct Api {

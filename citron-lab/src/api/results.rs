@@ -16,7 +16,7 @@ use utoipa::{OpenApi, ToSchema};
 use super::doc::ErrorBody;
 use super::{json_response, require_type, Api, ApiError, JSON};
 use crate::auth::{Principal, Scope};
-use crate::results::{check_path, parse_sha256, Added, Appended, NewRun, ResultFile, Results, ResultsError, Run, Status};
+use crate::results::{check_path, parse_sha256, Added, Appended, NewRun, ResultFile, Results, ResultsError, Retention, Run, Status};
 
 /// The header a client sends a file's SHA-256 in (hex), and blobs answer it in.
 pub const CHECKSUM_HEADER: &str = "x-checksum-sha256";
@@ -34,14 +34,15 @@ pub(super) fn routes() -> Router<Arc<Api>> {
         .route("/api/v1/results/{job}/runs/{run}/finish", post(finish_run))
         .route("/api/v1/results/{job}/latest", get(latest_run))
         .route("/api/v1/results/{job}/latest/files/{*path}", get(latest_file).head(head_latest_file))
+        .route("/api/v1/results/{job}/retention", get(get_retention).put(set_retention))
         .route("/api/v1/results/by-hash", get(by_hash))
         .route("/api/v1/results/blobs/sha256/{hex}", get(get_blob).head(head_blob))
 }
 
 #[derive(OpenApi)]
 #[openapi(
-    paths(open_run, list_runs, get_run, upload_file, run_file, append_console, get_console, finish_run, latest_run, latest_file, head_latest_file, by_hash, get_blob, head_blob),
-    components(schemas(NewRunBody, FinishBody, Run, Status, ResultFile, ConsoleLength, HashHit)),
+    paths(open_run, list_runs, get_run, upload_file, run_file, append_console, get_console, finish_run, latest_run, latest_file, head_latest_file, by_hash, get_blob, head_blob, get_retention, set_retention),
+    components(schemas(NewRunBody, FinishBody, Run, Status, ResultFile, ConsoleLength, HashHit, Retention, RetentionBody)),
     tags((name = "results", description = "Runs of jobs, their files and console; `latest`; blobs by SHA-256"))
 )]
 pub(super) struct ResultsDoc;
@@ -440,6 +441,9 @@ async fn finish_run(
         r.tokens().revoke(&t).await?;
     }
     tracing::info!(%job, run, status = f.status.name(), "results: run finished");
+    if let Err(e) = r.sweep(&job).await {
+        tracing::warn!(%job, error = %e, "results: the retention sweep failed");
+    }
     Ok(json_response(StatusCode::OK, &the_run(r, &job, run).await?))
 }
 
@@ -680,4 +684,81 @@ async fn head_blob(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     blob(&api, &p, &hex, &Method::HEAD, &headers).await
+}
+
+/// A job's retention to set: both bounds optional (null or left out: none).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RetentionBody {
+    /// Keep the files of the newest N finished runs.
+    #[serde(default)]
+    #[schema(minimum = 1)]
+    keep_last: Option<u64>,
+    /// Keep the files of runs finished less than this long ago (`30d`, `12h`).
+    #[serde(default)]
+    #[schema(example = "30d")]
+    ttl: Option<String>,
+}
+
+/// The job's retention.
+#[utoipa::path(get, path = "/api/v1/results/{job}/retention", operation_id = "getRetention", tag = "results",
+    params(("job" = String, Path, description = "The job's name")),
+    responses(
+        (status = 200, description = "Its retention (both null: every run keeps its files)", body = Retention),
+        (status = 403, description = "No `read` scope for the job", body = ErrorBody),
+        (status = 404, description = "No such job", body = ErrorBody),
+        (status = 503, description = "The lab keeps no state store", body = ErrorBody),
+    ))]
+async fn get_retention(
+    State(api): State<Arc<Api>>,
+    Extension(p): Extension<Principal>,
+    Path(job): Path<String>,
+) -> Result<Response, ApiError> {
+    let r = results(&api)?;
+    r.allow(&p, Scope::Read, &job, None).await?;
+    let ret = r.sweeper().get(&job).await?.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job {job:?}")))?;
+    Ok(json_response(StatusCode::OK, &ret))
+}
+
+/// Set the job's retention and apply it at once. The newest successful run of each platform
+/// (what `latest` points at) always keeps its files; a run's record outlives its files.
+#[utoipa::path(put, path = "/api/v1/results/{job}/retention", operation_id = "setRetention", tag = "results",
+    params(("job" = String, Path, description = "The job's name")),
+    request_body(content = RetentionBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Set and applied", body = Retention),
+        (status = 400, description = "A bad bound", body = ErrorBody),
+        (status = 403, description = "No `upload` scope for the job", body = ErrorBody),
+        (status = 404, description = "No such job", body = ErrorBody),
+        (status = 415, description = "Body not `application/json`", body = ErrorBody),
+        (status = 503, description = "The lab keeps no state store", body = ErrorBody),
+    ))]
+async fn set_retention(
+    State(api): State<Arc<Api>>,
+    Extension(p): Extension<Principal>,
+    Path(job): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let r = results(&api)?;
+    r.allow(&p, Scope::Upload, &job, None).await?;
+    require_type(&headers, JSON)?;
+    let b = api.read_body(body).await?;
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
+    let v: RetentionBody =
+        serde_json::from_slice(&b).map_err(|e| bad(format!("the body must be {{\"keep_last\": N, \"ttl\": \"30d\"}}: {e}")))?;
+    let ttl_secs =
+        v.ttl.as_deref().map(citron_core::units::parse_duration).transpose().map_err(|e| bad(format!("ttl: {e}")))?.map(|d| d.as_secs());
+    let ret = Retention { keep_last: v.keep_last, ttl_secs };
+    if ret.keep_last == Some(0) || ret.ttl_secs == Some(0) {
+        return Err(bad("keep_last and ttl must be above 0 (leave one out for no bound)".into()));
+    }
+    if p.claims().is_some_and(|c| c.run.is_some()) {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "a run's token cannot change its job's retention"));
+    }
+    if !r.sweeper().set(&job, ret).await? {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no job {job:?}")));
+    }
+    r.sweep(&job).await?;
+    Ok(json_response(StatusCode::OK, &ret))
 }

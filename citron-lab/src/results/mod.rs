@@ -14,8 +14,10 @@
 //!
 //! - `runs.rs`: runs, files, consoles in the state store ([`Run`], [`ResultFile`]).
 //! - `blob.rs`: file contents by SHA-256 behind `object_store` ([`BlobStore`]).
+//! - `retention.rs`: which runs lose their files, which blobs go ([`Retention`]).
 
 mod blob;
+mod retention;
 mod runs;
 
 use std::path::Path;
@@ -25,6 +27,7 @@ use crate::auth::{Principal, Scope, TokenStore};
 use crate::state::State;
 
 pub use blob::{BlobStore, Stored};
+pub use retention::{expired, Finished, Retention, Sweeper};
 pub use runs::{Added, Appended, NewRun, ResultFile, Run, Runs, Status};
 
 /// The directory under `--data` the default blob store uses.
@@ -101,6 +104,7 @@ pub struct Results {
     runs: Runs,
     blobs: BlobStore,
     tokens: Arc<TokenStore>,
+    sweeper: Sweeper,
     file_max_bytes: u64,
 }
 
@@ -113,6 +117,7 @@ impl Results {
             runs: Runs::new(state.db()),
             blobs: BlobStore::local(data_dir.join(RESULTS_DIR))?,
             tokens,
+            sweeper: Sweeper::new(state.db()),
             file_max_bytes: FILE_MAX_BYTES,
         })
     }
@@ -176,6 +181,32 @@ impl Results {
             },
             _ => Ok(()),
         }
+    }
+
+    /// The retention side.
+    pub fn sweeper(&self) -> &Sweeper {
+        &self.sweeper
+    }
+
+    /// Applies `job`'s retention: the files of its expired runs go, and the blobs no file
+    /// refers to any more. Answers how many blobs went.
+    pub async fn sweep(&self, job: &str) -> Result<usize, ResultsError> {
+        let gone = self.sweeper.expire(job).await?;
+        for h in &gone {
+            self.blobs.delete(h).await?;
+        }
+        if !gone.is_empty() {
+            tracing::info!(%job, blobs = gone.len(), "results: retention removed the files of expired runs");
+        }
+        Ok(gone.len())
+    }
+
+    /// [`sweep`](Self::sweep) of every job with a retention (a timer calls this, for TTLs).
+    pub async fn sweep_all(&self) -> Result<(), ResultsError> {
+        for job in self.sweeper.jobs().await? {
+            self.sweep(&job).await?;
+        }
+        Ok(())
     }
 
     /// Removes what interrupted uploads left (at start).
