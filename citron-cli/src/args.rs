@@ -117,4 +117,8 @@ pub enum Command {
     /// `boot-test-<DUT>.log`), and the command passes when --expect is seen.
     #[command(name = "boot-test")]
     BootTest(crate::boot_test::BootTestArgs),
+    /// Results on a remote citron (`--server URL` or $CITRON_SERVER, `--token-file FILE` or
+    /// $CITRON_TOKEN): upload a run's files, find the newest, list runs.
+    #[command(after_help = EXIT_CODES)]
+    Results(crate::client::ResultsArgs),
 }

@@ -2,6 +2,7 @@
 
 mod args;
 mod boot_test;
+mod client;
 mod render;
 
 use std::io::Write as _;
@@ -42,6 +43,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Validate { lab, jobs } => validate(lab.as_deref(), &jobs),
         Command::Render { job, dut, lab } => render::render(&load_lab(lab.as_deref())?, &job, &DutId(dut)),
         Command::BootTest(args) => Ok(boot_test::run(args)),
+        Command::Results(args) => client::run(args),
         Command::Openapi => {
             std::io::stdout().lock().write_all(citron_lab::api::openapi_json().as_bytes()).context("cannot write the document")?;
             Ok(ExitCode::SUCCESS)

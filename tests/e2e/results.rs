@@ -468,3 +468,50 @@ fn retention_keeps_latest_and_the_last_runs() {
     assert_eq!(call(&c, Some(&ci), "GET", &format!("/api/v1/results/blobs/sha256/{}", hex_sha(b"own 1")), &[]).status, 404);
     assert_eq!(call(&c, Some(&ci), "GET", &format!("/api/v1/results/blobs/sha256/{}", hex_sha(b"own 2")), &[]).body, "own 2");
 }
+
+/// The CLI client against the real server: `citron results upload` with `--server` and
+/// `--token-file`, `latest` with `$CITRON_SERVER`/`$CITRON_TOKEN` printing the digest and
+/// downloading the file checked; a wrong token is an error (exit 2) naming the status.
+#[test]
+fn cli_client_uploads_and_fetches_latest() {
+    if !require_tool("curl") {
+        return;
+    }
+    let c = start(None);
+    let ci = tenant(&c, "ci");
+    let dir = tempfile::tempdir().unwrap();
+    let tok = dir.path().join("token");
+    std::fs::write(&tok, format!("{ci}\n")).unwrap();
+    let img = dir.path().join("vmlinuz");
+    let content = bytes(300_000, 9);
+    std::fs::write(&img, &content).unwrap();
+    let server = format!("http://{}", c.api.unwrap());
+    let citron = |args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = Command::new(citron_tests::citron_bin());
+        cmd.args(args).env_remove("CITRON_SERVER").env_remove("CITRON_TOKEN");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    let spec = format!("boot/vmlinuz={}", img.display());
+    let o = citron(
+        &["results", "upload", "kern", &spec, "--revision", "v6.1", "--server", &server, "--token-file", tok.to_str().unwrap()],
+        &[],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let run: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((run["status"].as_str(), run["revision"].as_str()), (Some("success"), Some("v6.1")), "{run}");
+    let env = [("CITRON_SERVER", server.as_str()), ("CITRON_TOKEN", ci.as_str())];
+    let o = citron(&["results", "latest", "kern", "--file", "boot/vmlinuz"], &env);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), hex_sha(&content), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = dir.path().join("fetched");
+    let o = citron(&["results", "latest", "kern", "--file", "boot/vmlinuz", "-o", out.to_str().unwrap()], &env);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read(&out).unwrap(), content);
+    let o = citron(&["results", "runs", "kern", "--revision", "v6.1"], &env);
+    assert_eq!(serde_json::from_slice::<Value>(&o.stdout).unwrap().as_array().unwrap().len(), 1);
+    let o = citron(&["results", "latest", "kern"], &[("CITRON_SERVER", server.as_str()), ("CITRON_TOKEN", "wrong")]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("401"), "{}", String::from_utf8_lossy(&o.stderr));
+}
