@@ -233,6 +233,9 @@ fn runs_files_console_latest_and_tenants() {
 
     // Tenant B sees nothing of tenant A's job and cannot write to it.
     assert_eq!(call(&c, Some(&other), "GET", "/api/v1/results/kernel-build/latest", &[]).status, 404);
+    // Another tenant's job looks like no job at all.
+    assert_eq!(call(&c, Some(&other), "GET", "/api/v1/results/kernel-build/runs", &[]).status, 404);
+    assert_eq!(call(&c, Some(&other), "GET", "/api/v1/results/no-such-job/runs", &[]).status, 404);
     assert_eq!(call(&c, Some(&other), "GET", &blob, &[]).status, 404);
     assert_eq!(call(&c, Some(&other), "GET", &format!("/api/v1/results/by-hash?sha256={sha}"), &[]).status, 404);
     assert_eq!(post(&c, Some(&other), "/api/v1/results/kernel-build/runs", json!({})).status, 403);
@@ -409,6 +412,8 @@ fn two_gateways_on_one_postgresql_share_tokens_and_runs() {
     let hits = call(&b, Some(&ci), "GET", &format!("/api/v1/results/by-hash?sha256={sha}"), &[]).json();
     assert_eq!(hits, json!([{"job": "fw", "run": run, "path": "fw.bin"}]));
     assert_eq!(runs(&b, "fw").len(), 1);
+    // Last use is recorded, in batches, off the request's path.
+    assert!(eventually(|| pg.psql("SELECT count(*) FROM tokens WHERE last_used IS NOT NULL").trim() != "0"), "no last use recorded");
 
     // Revoked on A: refused on A at once, on B once it read the revocations again.
     let r = post(&a, Some(&ci), "/api/v1/tokens/subset", json!({"scopes": ["read"]}));

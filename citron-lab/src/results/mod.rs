@@ -174,12 +174,12 @@ impl Results {
                 return Err(ResultsError::Forbidden(format!("the token is for run {mine} only")));
             }
         }
-        match self.runs.owner(job).await? {
-            Some(owner) if owner != c.tenant => match scope {
-                Scope::Read => Err(ResultsError::NotFound(format!("no job {job:?}"))),
-                _ => Err(ResultsError::Forbidden(format!("job {job:?} belongs to another tenant"))),
-            },
-            _ => Ok(()),
+        // To a reader, a job of another tenant and no job at all look the same.
+        match (self.runs.owner(job).await?, scope) {
+            (Some(owner), _) if owner == c.tenant => Ok(()),
+            (_, Scope::Read) => Err(ResultsError::NotFound(format!("no job {job:?}"))),
+            (None, _) => Ok(()),
+            (Some(_), _) => Err(ResultsError::Forbidden(format!("job {job:?} belongs to another tenant"))),
         }
     }
 
