@@ -16,12 +16,15 @@
 //! | `GET /api/v1/version` | `getVersion` | citron's version, the state's engine and schema version |
 //! | `GET /metrics` | `getMetrics` | OpenMetrics text ([`crate::metrics`]) |
 //! | `GET /api/v1/openapi.json` | `getOpenApi` | the OpenAPI 3.1 document |
+//! | `POST /api/v1/tenants`, `/api/v1/tokens`, `/api/v1/tokens/subset`, `DELETE /api/v1/tokens/{id}` | `addTenant`, `mintToken`, `subsetToken`, `revokeToken` | tokens (`tokens.rs`) |
+//! | `/api/v1/results/…` | `openRun`, `uploadFile`, `latestFile`, `getBlob`, … | runs and their files (`results.rs`) |
 //!
 //! Errors are `{"error": "..."}` with a 4xx/5xx status (a method a route does not have: 405
 //! with `Allow`); an invalid job is 422 with every error and its position in `errors`. When a
 //! token is set (`api_token`, `api_token_file` or `$CITRON_API_TOKEN`), every request needs
 //! `Authorization: Bearer <token>`, on whatever address the API listens (loopback included);
-//! without a token the API may only listen on loopback.
+//! without a token the API may only listen on loopback. A token the lab minted reaches what
+//! [`crate::auth::route_policy`] lets it (403 otherwise).
 //!
 //! A web page can make a browser send requests here, so: `Host` must name the API (else 421:
 //! a page whose name an attacker points at 127.0.0.1, DNS rebinding, is refused), and bodies
