@@ -145,7 +145,7 @@ impl TokenStore {
         Ok(n > 0)
     }
 
-    /// Notes that the token `jti` was used; written with others within [`LAST_USE_BATCH`].
+    /// Notes that the token `jti` was used; written with others within a second.
     pub fn used(&self, jti: &str) {
         let first = {
             let mut u = self.used.lock();
