@@ -201,6 +201,11 @@ impl ServerBuilder {
             addrs.api = Some(local(l.local_addr(), "api", a)?);
         }
         self.gateway.set_endpoints(endpoints(&addrs, self.advertise));
+        // Before anything is served (and before `citron serve` says it listens): what uploads
+        // cut short by a crash left is removed.
+        if let Some(r) = &self.results {
+            r.clean().await;
+        }
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let stop = move || {

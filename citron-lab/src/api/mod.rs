@@ -91,8 +91,7 @@ pub async fn serve(
 ) -> io::Result<()> {
     let limits = gateway.lab().limits.clone();
     let api = Arc::new(Api::new(gateway, token, state, results));
-    if let Some(r) = &api.results {
-        r.clean().await;
+    if api.results.is_some() {
         // Revocations made through another gateway on the same state: the state store's
         // notifications refresh them at once where it has them ([`TokenStore::refresh_revocations`]);
         // this timer bounds the wait where it does not. Retention runs on a timer too (TTLs).
