@@ -183,6 +183,10 @@ fn runs_files_console_latest_and_tenants() {
     }
     let files = call(&c, Some(&ci), "GET", &format!("/api/v1/results/kernel-build/runs/{run}"), &[]).json()["files"].clone();
     assert_eq!(files.as_array().unwrap().len(), 1, "{files}");
+    // A run id that is not a number: 400 with a JSON error, as every error.
+    let r = call(&c, Some(&ci), "GET", "/api/v1/results/kernel-build/runs/abc", &[]);
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.json()["error"].is_string(), "{r:?}");
 
     // Console: idempotent appends, gaps refused.
     let con = |off: u64, body: &str| {

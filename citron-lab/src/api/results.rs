@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Extension, Router};
@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
 use super::doc::ErrorBody;
+use super::routes::P;
 use super::{json_response, require_type, Api, ApiError, JSON};
 use crate::auth::{Principal, Scope};
 use crate::results::{check_path, parse_sha256, Added, Appended, NewRun, ResultFile, Results, ResultsError, Retention, Run, Status};
@@ -137,7 +138,7 @@ async fn the_run(r: &Results, job: &str, run: i64) -> Result<Run, ApiError> {
 async fn open_run(
     State(api): State<Arc<Api>>,
     Extension(p): Extension<Principal>,
-    Path(job): Path<String>,
+    P(job): P<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -184,7 +185,7 @@ async fn open_run(
 async fn list_runs(
     State(api): State<Arc<Api>>,
     Extension(p): Extension<Principal>,
-    Path(job): Path<String>,
+    P(job): P<String>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     let r = results(&api)?;
@@ -225,7 +226,7 @@ async fn list_runs(
 async fn get_run(
     State(api): State<Arc<Api>>,
     Extension(p): Extension<Principal>,
-    Path((job, run)): Path<(String, i64)>,
+    P((job, run)): P<(String, i64)>,
 ) -> Result<Response, ApiError> {
     let r = results(&api)?;
     r.allow(&p, Scope::Read, &job, Some(run)).await?;
@@ -255,7 +256,7 @@ async fn get_run(
 async fn upload_file(
     State(api): State<Arc<Api>>,
     Extension(p): Extension<Principal>,
-    Path((job, run, path)): Path<(String, i64, String)>,
+    P((job, run, path)): P<(String, i64, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -308,7 +309,7 @@ fn conflict(path: &str, there: &str) -> ResultsError {
 async fn run_file(
     State(api): State<Arc<Api>>,
     Extension(p): Extension<Principal>,
-    Path((job, run, path)): Path<(String, i64, String)>,
+    P((job, run, path)): P<(String, i64, String)>,
 ) -> Result<Response, ApiError> {
     let r = results(&api)?;
     r.allow(&p, Scope::Read, &job, Some(run)).await?;
@@ -352,7 +353,7 @@ fn to_blob(f: &ResultFile) -> Response {
 async fn append_console(
     State(api): State<Arc<Api>>,
     Extension(p): Extension<Principal>,
-    Path((job, run)): Path<(String, i64)>,
+    P((job, run)): P<(String, i64)>,
     RawQuery(q): RawQuery,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -390,7 +391,7 @@ async fn append_console(
 async fn get_console(
     State(api): State<Arc<Api>>,
     Extension(p): Extension<Principal>,
-    Path((job, run)): Path<(String, i64)>,
+    P((job, run)): P<(String, i64)>,
 ) -> Result<Response, ApiError> {
     let r = results(&api)?;
     r.allow(&p, Scope::Read, &job, Some(run)).await?;
@@ -416,7 +417,7 @@ async fn get_console(
 async fn finish_run(
     State(api): State<Arc<Api>>,
     Extension(p): Extension<Principal>,
-    Path((job, run)): Path<(String, i64)>,
+    P((job, run)): P<(String, i64)>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -493,7 +494,7 @@ async fn latest(r: &Results, job: &str, q: Option<&str>) -> Result<Run, ApiError
 async fn latest_run(
     State(api): State<Arc<Api>>,
     Extension(p): Extension<Principal>,
-    Path(job): Path<String>,
+    P(job): P<String>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     let r = results(&api)?;
@@ -537,7 +538,7 @@ async fn latest_file_of(api: &Api, p: &Principal, job: &str, path: &str, q: Opti
 async fn latest_file(
     State(api): State<Arc<Api>>,
     Extension(p): Extension<Principal>,
-    Path((job, path)): Path<(String, String)>,
+    P((job, path)): P<(String, String)>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     latest_file_of(&api, &p, &job, &path, q.as_deref()).await
@@ -561,7 +562,7 @@ async fn latest_file(
 async fn head_latest_file(
     State(api): State<Arc<Api>>,
     Extension(p): Extension<Principal>,
-    Path((job, path)): Path<(String, String)>,
+    P((job, path)): P<(String, String)>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     latest_file_of(&api, &p, &job, &path, q.as_deref()).await
@@ -659,7 +660,7 @@ async fn blob(api: &Api, p: &Principal, hex: &str, method: &Method, headers: &He
 async fn get_blob(
     State(api): State<Arc<Api>>,
     Extension(p): Extension<Principal>,
-    Path(hex): Path<String>,
+    P(hex): P<String>,
     method: Method,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -680,7 +681,7 @@ async fn get_blob(
 async fn head_blob(
     State(api): State<Arc<Api>>,
     Extension(p): Extension<Principal>,
-    Path(hex): Path<String>,
+    P(hex): P<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     blob(&api, &p, &hex, &Method::HEAD, &headers).await
@@ -709,11 +710,7 @@ pub(super) struct RetentionBody {
         (status = 404, description = "No such job", body = ErrorBody),
         (status = 503, description = "The lab keeps no state store", body = ErrorBody),
     ))]
-async fn get_retention(
-    State(api): State<Arc<Api>>,
-    Extension(p): Extension<Principal>,
-    Path(job): Path<String>,
-) -> Result<Response, ApiError> {
+async fn get_retention(State(api): State<Arc<Api>>, Extension(p): Extension<Principal>, P(job): P<String>) -> Result<Response, ApiError> {
     let r = results(&api)?;
     r.allow(&p, Scope::Read, &job, None).await?;
     let ret = r.sweeper().get(&job).await?.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job {job:?}")))?;
@@ -736,7 +733,7 @@ async fn get_retention(
 async fn set_retention(
     State(api): State<Arc<Api>>,
     Extension(p): Extension<Principal>,
-    Path(job): Path<String>,
+    P(job): P<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {

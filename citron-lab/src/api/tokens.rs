@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
 use axum::{Extension, Router};
@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
 use super::doc::ErrorBody;
+use super::routes::P;
 use super::{json_response, require_type, Api, ApiError, JSON};
 use crate::auth::{check_name, new_id, Claims, Pattern, Principal, Scope, TokenStore};
 
@@ -306,11 +307,7 @@ async fn subset_token(
         (status = 404, description = "No such token", body = ErrorBody),
         (status = 503, description = "The lab keeps no state store", body = ErrorBody),
     ))]
-async fn revoke_token(
-    State(api): State<Arc<Api>>,
-    Extension(p): Extension<Principal>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+async fn revoke_token(State(api): State<Arc<Api>>, Extension(p): Extension<Principal>, P(id): P<String>) -> Result<Response, ApiError> {
     let store = store(&api)?;
     let internal = |e: citron_core::store::StoreError| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, format!("no token {:?}", citron_core::access::truncate_logged(&id, 64)));
