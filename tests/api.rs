@@ -43,8 +43,13 @@ impl Reply {
 /// and returns it.
 pub fn call(addr: SocketAddr, method: &str, path: &str, args: &[&str]) -> Reply {
     let url = format!("http://{addr}{path}");
-    // `-D -`: the headers, then the body, on stdout. A later `--max-time` in `args` wins.
-    let mut a = vec!["--max-time", "20", "-sS", "-D", "-", "-X", method];
+    // `-D -`: the headers, then the body, on stdout. A later `--max-time` in `args` wins. A
+    // HEAD is `-I` (with `-X HEAD` curl would wait for a body).
+    let mut a = vec!["--max-time", "20", "-sS"];
+    match method {
+        "HEAD" => a.push("-I"),
+        m => a.extend(["-D", "-", "-X", m]),
+    }
     a.extend_from_slice(args);
     a.push(&url);
     let o = crate::run("curl", &a, None, Duration::from_secs(30));
@@ -77,13 +82,16 @@ pub fn document() -> &'static Value {
     DOC.get_or_init(|| serde_json::from_str(&citron_lab::api::openapi_json()).expect("the document is JSON"))
 }
 
-/// The document's path template that `path` (no query) falls under.
+/// The document's path template that `path` (no query) falls under. A template ending in
+/// `{path}` (a file's path in a run) takes the rest of the path, `/` included.
 fn template(path: &str) -> Option<&'static str> {
     let segs: Vec<&str> = path.split('/').collect();
     let paths = document()["paths"].as_object().expect("paths");
     paths.keys().map(String::as_str).find(|t| {
         let ts: Vec<&str> = t.split('/').collect();
-        ts.len() == segs.len() && ts.iter().zip(&segs).all(|(t, s)| (t.starts_with('{') && !s.is_empty()) || t == s)
+        let rest = ts.last() == Some(&"{path}") && segs.len() >= ts.len();
+        let seg_ok = |(i, (t, s)): (usize, (&&str, &&str))| (rest && i + 1 == ts.len()) || (t.starts_with('{') && !s.is_empty()) || t == s;
+        (ts.len() == segs.len() || rest) && ts.iter().zip(&segs).enumerate().all(seg_ok)
     })
 }
 
@@ -147,6 +155,8 @@ mod tests {
         assert_eq!(template("/api/v1/duts/x/job"), Some("/api/v1/duts/{id}/job"));
         assert_eq!(template("/api/v1/duts"), Some("/api/v1/duts"));
         assert_eq!(template("/api/v1/duts//job"), None);
+        assert_eq!(template("/api/v1/results/j/runs/1/files/a/b/c"), Some("/api/v1/results/{job}/runs/{run}/files/{path}"));
+        assert_eq!(template("/api/v1/results/blobs/sha256/ab"), Some("/api/v1/results/blobs/sha256/{hex}"));
         let ok =
             |status, ctype: &str, body: &str| Reply { status, headers: vec![("content-type".into(), ctype.into())], body: body.into() };
         check("GET", "/api/v1/duts/x/job", &ok(200, "application/json", r#"{"yaml": null, "origin": "a", "set_at": 1.0}"#));

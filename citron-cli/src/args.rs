@@ -140,6 +140,10 @@ pub enum Command {
     /// kernel panic, an emergency shell, a bootloader error and the like.
     #[command(name = "boot-test")]
     BootTest(crate::boot_test::BootTestArgs),
+    /// Results on a remote citron (`--server URL` or $CITRON_SERVER, `--token-file FILE` or
+    /// $CITRON_TOKEN): upload a run's files, find the newest, list runs.
+    #[command(after_help = EXIT_CODES)]
+    Results(crate::client::ResultsArgs),
     /// Prints a shell completion script, e.g. `source <(citron completions bash)`.
     Completions {
         /// The shell.

@@ -2,6 +2,7 @@
 
 mod args;
 mod boot_test;
+mod client;
 mod logging;
 mod progress;
 mod render;
@@ -61,6 +62,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             render::render(&load_lab(lab.as_deref())?, &job, &DutId(dut), format == args::RenderFormat::Json)
         }
         Command::BootTest(args) => Ok(boot_test::run(args)),
+        Command::Results(args) => client::run(args),
         Command::Openapi => {
             std::io::stdout().lock().write_all(citron_lab::api::openapi_json().as_bytes()).context("cannot write the document")?;
             Ok(ExitCode::SUCCESS)
@@ -155,6 +157,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         bail!("--job {id}=…: DUT {id:?} is served by another gateway (its `gateway:` in the lab file), not by {name:?}");
     }
     let feed = state.feed().clone();
+    let results = citron_lab::results::Results::open(&state, &a.data).context("cannot open the lab's results")?;
     let server = ServerBuilder::new(gw.clone())
         .feed(Some(feed.clone()))
         .membership(Some(membership.clone()))
@@ -164,6 +167,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         .api(api)
         .advertise(a.advertise)
         .state(Some(state.info()))
+        .results(Some(results))
         .start()
         .await?;
     // Jobs are loaded once the servers are bound, so that their templates see the real ports.

@@ -17,8 +17,12 @@
 //! - [`state`]: the lab's durable state (SQLite by default, PostgreSQL), the stores the gateway
 //!   keeps DUTs, jobs, counted reads and events in, so that a restart keeps them.
 //!
-//! Still to come here: the access log in the state store, results with upload tokens, the DUT
-//! pool.
+//! - [`auth`]: who may do what: the administrator's token and the lab's signed tokens (scopes,
+//!   job patterns, runs, expiry, revocation), checked at the API's door.
+//! - [`results`]: runs of jobs, their files (blobs by SHA-256 behind `object_store`), consoles,
+//!   `latest`, retention.
+//!
+//! Still to come here: the DUT pool.
 //!
 //! ```
 //! use citron_core::{Gateway, lab::LabConfig};
@@ -35,8 +39,10 @@
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod auth;
 pub mod gateways;
 pub mod metrics;
+pub mod results;
 pub mod server;
 pub mod state;
 

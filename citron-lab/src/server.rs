@@ -83,6 +83,7 @@ pub struct ServerBuilder {
     state: Option<crate::state::StateInfo>,
     feed: Option<Arc<crate::state::Feed>>,
     membership: Option<Arc<crate::gateways::Membership>>,
+    results: Option<crate::results::Results>,
 }
 
 impl ServerBuilder {
@@ -99,6 +100,7 @@ impl ServerBuilder {
             state: None,
             feed: None,
             membership: None,
+            results: None,
         }
     }
 
@@ -153,6 +155,13 @@ impl ServerBuilder {
     /// about other gateways' DUTs, and requests forwarded to this gateway are carried out.
     pub fn membership(mut self, m: Option<Arc<crate::gateways::Membership>>) -> Self {
         self.membership = m;
+        self
+    }
+
+    /// The lab's results and tokens ([`crate::results::Results::open`] on its state); `None`
+    /// (the default): no results routes, and only the administrator's token.
+    pub fn results(mut self, results: Option<crate::results::Results>) -> Self {
+        self.results = results;
         self
     }
 
@@ -211,6 +220,11 @@ impl ServerBuilder {
             addrs.api = Some(local(l.local_addr(), "api", a)?);
         }
         self.gateway.set_endpoints(endpoints(&addrs, self.advertise));
+        // Before anything is served (and before `citron serve` says it listens): what uploads
+        // cut short by a crash left is removed.
+        if let Some(r) = &self.results {
+            r.clean().await;
+        }
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let stop = move || {
@@ -232,7 +246,7 @@ impl ServerBuilder {
         if let Some(l) = nbd {
             tasks.push(spawn("nbd", citron_protocols::nbd::serve(l, catalog.clone(), stop())));
         }
-        let handlers = Arc::new(crate::api::Api::new(self.gateway.clone(), token, self.state, self.feed.clone(), self.membership.clone()));
+        let handlers = Arc::new(crate::api::Api::new(self.gateway.clone(), token, self.state, self.results, self.feed.clone(), self.membership.clone()));
         if let Some(m) = &self.membership {
             m.start();
             let work = m.clone().serve_forwarded(crate::api::router(handlers.clone()), stop());

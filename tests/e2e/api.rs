@@ -125,7 +125,7 @@ fn bearer_token_is_required_when_configured() {
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = rt.spawn(citron_lab::api::serve(listener, gw, Some("s3cr3t-t0ken".into()), None, async {
+    let task = rt.spawn(citron_lab::api::serve(listener, gw, Some("s3cr3t-t0ken".into()), None, None, async {
         let _ = stop_rx.await;
     }));
     assert_token_required(|args| citron_tests::api::call(addr, "GET", "/api/v1/duts", args), "s3cr3t-t0ken");

@@ -16,6 +16,7 @@ mod nbd;
 mod nbd_limits;
 mod ops;
 mod shared_store;
+mod results;
 mod state;
 mod state_pg;
 mod state_store;

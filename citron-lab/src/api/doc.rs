@@ -22,7 +22,11 @@ use super::routes;
 /// assert_eq!(get.operation_id.as_deref(), Some("getJob"));
 /// ```
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    ApiDoc::openapi()
+    let mut doc = ApiDoc::openapi();
+    doc.merge(super::tokens::TokensDoc::openapi());
+    doc.merge(super::results::ResultsDoc::openapi());
+    Common.modify(&mut doc);
+    doc
 }
 
 /// [`openapi`] as pretty JSON: what `/api/v1/openapi.json` answers and `citron openapi` prints.
@@ -45,6 +49,9 @@ pub fn openapi_json() -> String {
         description = "Control a citron lab: DUTs, their jobs, events that reset lifetimes, access logs and metrics. \
 When the lab sets an API token (`api_token` or `api_token_file` in the lab file, or $CITRON_API_TOKEN; only one of them), \
 every request needs `Authorization: Bearer <token>` (loopback included); without a token the API may only listen on loopback. \
+Besides the administrator's token, the lab mints signed tokens with scopes (`admin`, `upload`, `read`, `reserve`, `dut`), a job pattern, \
+an optional run and an expiry (`/api/v1/tenants`, `/api/v1/tokens`); such a token reaches the results and token routes, and the \
+`job`, `events` and `accesses` of the DUTs its `dut` scope names (else 403). \
 `Host` must name the API (the address it listens on, `localhost`, or a name in the lab file's `api_hosts`), else 421. \
 Request bodies must be `application/json` (a job may also be `application/yaml`, `application/x-yaml` or `text/yaml`), else 415. \
 Errors are `{\"error\": \"...\"}`; a method a path does not have is 405 with `Allow`. \
@@ -92,9 +99,10 @@ impl Modify for Common {
             RefOr::T(ResponseBuilder::new().description(what).content("application/json", content).build())
         };
         for item in doc.paths.paths.values_mut() {
-            for op in [&mut item.get, &mut item.put, &mut item.post, &mut item.delete].into_iter().flatten() {
+            for op in [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.head].into_iter().flatten() {
                 let r = &mut op.responses.responses;
-                r.entry("401".into()).or_insert_with(|| error("The lab has an API token and the request does not carry it"));
+                r.entry("401".into()).or_insert_with(|| error("No token, or one that expired, was revoked or is not the lab's"));
+                r.entry("403".into()).or_insert_with(|| error("The token may not do this (its scopes, jobs, run or DUTs)"));
                 r.entry("421".into()).or_insert_with(|| error("`Host` does not name the API (add it to `api_hosts`)"));
                 r.entry("500".into()).or_insert_with(|| error("citron failed (its log says why)"));
                 let has_id = op.parameters.iter().flatten().any(|p| p.parameter_in == utoipa::openapi::path::ParameterIn::Path);

@@ -19,12 +19,15 @@
 //! | `GET /api/v1/ready` | `getReady` | 200 once the jobs it was started with are loaded, 503 before (no token needed) |
 //! | `GET /metrics` | `getMetrics` | OpenMetrics text ([`crate::metrics`]) |
 //! | `GET /api/v1/openapi.json` | `getOpenApi` | the OpenAPI 3.1 document |
+//! | `POST /api/v1/tenants`, `/api/v1/tokens`, `/api/v1/tokens/subset`, `DELETE /api/v1/tokens/{id}` | `addTenant`, `mintToken`, `subsetToken`, `revokeToken` | tokens (`tokens.rs`) |
+//! | `/api/v1/results/…` | `openRun`, `uploadFile`, `latestFile`, `getBlob`, … | runs and their files (`results.rs`) |
 //!
 //! Errors are `{"error": "..."}` with a 4xx/5xx status (a method a route does not have: 405
 //! with `Allow`); an invalid job is 422 with every error and its position in `errors`. When a
 //! token is set (`api_token`, `api_token_file` or `$CITRON_API_TOKEN`), every request needs
 //! `Authorization: Bearer <token>`, on whatever address the API listens (loopback included);
-//! without a token the API may only listen on loopback.
+//! without a token the API may only listen on loopback. A token the lab minted reaches what
+//! [`crate::auth::route_policy`] lets it (403 otherwise).
 //!
 //! A web page can make a browser send requests here, so: `Host` must name the API (else 421:
 //! a page whose name an attacker points at 127.0.0.1, DNS rebinding, is refused), and bodies
@@ -45,7 +48,9 @@ mod doc;
 mod events;
 mod probe;
 mod remote;
+mod results;
 mod routes;
+mod tokens;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -64,22 +69,25 @@ use http::{header, HeaderMap, HeaderValue, Request, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tower::ServiceExt as _;
 
 pub use doc::{openapi, openapi_json};
+pub use results::{CHECKSUM_HEADER, RUNS_PAGE, RUNS_PAGE_MAX};
 pub use routes::{ACCESSES_PAGE, ACCESSES_PAGE_MAX};
+pub use tokens::{DEFAULT_TTL, MAX_TTL, TENANT_TTL};
 
+use crate::auth::{Auth, AuthError, Principal};
 use crate::gateways::Membership;
 use crate::metrics::Metrics;
+use crate::results::Results;
 use crate::state::feed::{Feed, NewEvent};
 use crate::state::StateInfo;
 
 /// Serves the lab API on `listener` until `shutdown` completes. With `token`, every request
 /// must carry `Authorization: Bearer <token>`. `state` is what `GET /api/v1/version` and
-/// `/metrics` say of the lab's state store (`None`: in memory).
+/// `/metrics` say of the lab's state store (`None`: in memory); `results` the lab's results and
+/// tokens (`None`: the lab keeps no state, only the administrator exists).
 ///
 /// The lab's limits apply as on the HTTP listener (connection caps per listener and per peer,
 /// `header_timeout`, `idle_timeout`, `api_body_max`); `Host` must name the API (the address the
@@ -91,15 +99,36 @@ pub async fn serve(
     gateway: Gateway,
     token: Option<String>,
     state: Option<StateInfo>,
+    results: Option<Results>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    serve_api(listener, Arc::new(Api::new(gateway, token, state, None, None)), shutdown).await
+    serve_api(listener, Arc::new(Api::new(gateway, token, state, results, None, None)), shutdown).await
 }
 
 /// [`serve`] with the handlers' shared state built by the caller (the feed, the lab's other
 /// gateways).
 pub(crate) async fn serve_api(listener: TcpListener, api: Arc<Api>, shutdown: impl Future<Output = ()> + Send + 'static) -> io::Result<()> {
     let limits = api.gateway.lab().limits.clone();
+    if api.results.is_some() {
+        // Revocations made through another gateway on the same state: the state store's
+        // notifications refresh them at once where it has them ([`TokenStore::refresh_revocations`]);
+        // this timer bounds the wait where it does not. Retention runs on a timer too (TTLs).
+        // Both end with the API (they hold it weakly).
+        every(&api, REVOCATION_REFRESH, |api| async move {
+            if let Some(t) = api.auth.tokens() {
+                if let Err(e) = t.refresh_revocations().await {
+                    tracing::warn!(error = %e, "cannot read the revoked tokens again");
+                }
+            }
+        });
+        every(&api, RETENTION_SWEEP, |api| async move {
+            if let Some(r) = &api.results {
+                if let Err(e) = r.sweep_all().await {
+                    tracing::warn!(error = %e, "results: the retention sweep failed");
+                }
+            }
+        });
+    }
     let router = router(api.clone());
     citron_protocols::http::serve_service("api", listener, &limits, shutdown, move |peer, local| ApiService {
         api: api.clone(),
@@ -115,6 +144,31 @@ pub(crate) async fn serve_api(listener: TcpListener, api: Arc<Api>, shutdown: im
 #[derive(Debug, Clone)]
 pub(crate) struct Actor(pub String);
 
+/// Runs `f` every `period` for as long as the API lives.
+fn every<F, Fut>(api: &Arc<Api>, period: std::time::Duration, f: F)
+where
+    F: Fn(Arc<Api>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let weak = Arc::downgrade(api);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.tick().await; // the first tick is at once
+        loop {
+            tick.tick().await;
+            let Some(api) = weak.upgrade() else { return };
+            f(api).await;
+        }
+    });
+}
+
+/// How often a gateway reads the revoked tokens again (a fallback for revocations made through
+/// another gateway when no notification arrives).
+pub const REVOCATION_REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How often every job's retention is applied (it is also applied when a run finishes).
+pub const RETENTION_SWEEP: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// What every handler shares.
 pub(crate) struct Api {
     pub(crate) gateway: Gateway,
@@ -125,9 +179,10 @@ pub(crate) struct Api {
     pub(crate) feed: Option<Arc<Feed>>,
     /// This gateway's place among the lab's gateways (`None`: a lab of one, in-process).
     pub(crate) membership: Option<Arc<Membership>>,
-    /// SHA-256 of the token: comparing digests takes the same time whatever the given token's
-    /// length or content.
-    token: Option<[u8; 32]>,
+    /// Who is who: the administrator's token and the lab's signed tokens.
+    pub(crate) auth: Auth,
+    /// Runs and their files (`None`: the lab keeps no state).
+    pub(crate) results: Option<Results>,
     /// The lab's `api_hosts`.
     hosts: Vec<String>,
     /// `limits.api_body_max`.
@@ -139,17 +194,18 @@ impl Api {
         gateway: Gateway,
         token: Option<String>,
         state: Option<StateInfo>,
+        results: Option<Results>,
         feed: Option<Arc<Feed>>,
         membership: Option<Arc<Membership>>,
     ) -> Self {
         let body_max = usize::try_from(gateway.lab().limits.api_body_max.bytes()).unwrap_or(usize::MAX);
         let hosts = gateway.lab().api_hosts.clone();
-        let token = token.map(|t| Sha256::digest(t.as_bytes()).into());
+        let auth = Auth::new(token.as_deref(), results.as_ref().map(|r| r.tokens().clone()));
         let mut metrics = Metrics::new(&gateway);
         if let Some(s) = state {
             crate::metrics::register_state(&mut metrics, s);
         }
-        Api { metrics, state, gateway, token, hosts, body_max, feed, membership }
+        Api { metrics, state, gateway, auth, results, hosts, body_max, feed, membership }
     }
 
     /// Records `ev` in the feed (if the lab has one).
@@ -169,6 +225,8 @@ impl Api {
 /// (405, with the `Allow` axum fills in).
 pub(crate) fn router(api: Arc<Api>) -> Router {
     routes::routes()
+        .merge(tokens::routes())
+        .merge(results::routes())
         .fallback(|uri: http::Uri| async move {
             ApiError::new(StatusCode::NOT_FOUND, format!("no such route: {}; see /api/v1/openapi.json", truncate_logged(uri.path(), 256)))
         })
@@ -201,14 +259,14 @@ impl hyper::service::Service<Request<Incoming>> for ApiService {
             let path = truncate_logged(req.uri().path(), s.api.gateway.lab().limits.logged_path_max).into_owned();
             let actor = Actor("api".into());
             let open = probe::OPEN_PATHS.contains(&req.uri().path().trim_end_matches('/'));
-            let checked =
-                s.api
-                    .check_host(req.headers(), req.uri(), s.local)
-                    .and_then(|()| if open { Ok(()) } else { s.api.authorize(req.headers()) });
+            let checked = s.api.check_host(req.headers(), req.uri(), s.local).and_then(|()| if open { Ok(None) } else { s.api.authorize(&req).map(Some) });
             let r = match checked {
-                Ok(()) => {
+                Ok(principal) => {
                     let mut req = without_trailing_slash(req);
                     req.extensions_mut().insert(actor.clone());
+                    if let Some(p) = principal {
+                        req.extensions_mut().insert(p);
+                    }
                     match s.api.remote_owner(req.uri().path()).await {
                         Some((id, owner)) => {
                             s.api.forward(req.map(Body::new), &id, owner, &actor).await.unwrap_or_else(|e| e.into_response())
@@ -310,13 +368,6 @@ pub(crate) fn json_response(code: StatusCode, v: &impl serde::Serialize) -> Resp
     r
 }
 
-/// Whether `given` is the token whose SHA-256 is `want`: the digests are compared in constant
-/// time, so neither the token's content nor its length shows in the timing.
-fn token_matches(given: &[u8], want: &[u8; 32]) -> bool {
-    let d: [u8; 32] = Sha256::digest(given).into();
-    d.ct_eq(want).into()
-}
-
 /// Whether `host` (a `Host` header) names the API: the address the connection reached, or
 /// `localhost`, with no port or the API's; or one of `extra` (the lab's `api_hosts`: `name`
 /// with any port, `name:port` with that one). Any other name may be a DNS rebinding: a web page
@@ -369,16 +420,16 @@ impl Api {
         }
     }
 
-    fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let Some(tok) = &self.token else { return Ok(()) };
-        let given = headers.get(header::AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
-        match given {
-            Some(g) if token_matches(g.trim_ascii(), tok) => Ok(()),
-            _ => Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "missing or wrong bearer token: send Authorization: Bearer <the lab's API token>",
-            )),
-        }
+    /// Who is asking ([`Auth::principal`]), and whether they may reach this route at all
+    /// ([`crate::auth::route_policy`]); the results and token handlers check the rest.
+    fn authorize<B>(&self, req: &Request<B>) -> Result<Principal, ApiError> {
+        let refuse = |e: AuthError| match e {
+            AuthError::Missing | AuthError::Refused(_) => ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()),
+            AuthError::Forbidden(_) => ApiError::new(StatusCode::FORBIDDEN, e.to_string()),
+        };
+        let p = self.auth.principal(req.headers()).map_err(refuse)?;
+        crate::auth::route_policy(&p, req.method(), req.uri().path()).map_err(refuse)?;
+        Ok(p)
     }
 
     /// The request body, at most `limits.api_body_max` bytes (413 beyond).
@@ -397,6 +448,8 @@ impl Api {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::token_matches;
+    use sha2::{Digest, Sha256};
 
     #[test]
     fn trailing_slashes_are_dropped() {

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use super::doc::DutView;
 use super::{json_response, Actor, Api, ApiError, Refused};
+use crate::auth::Principal;
 use crate::gateways::{ForwardError, ForwardRequest, Owner};
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
@@ -59,8 +60,9 @@ impl Api {
         let body = String::from_utf8(body.to_vec()).map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "the body must be UTF-8"))?;
         let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
         let uri = parts.uri.path_and_query().map_or(parts.uri.path(), |p| p.as_str()).to_string();
-        let req =
-            ForwardRequest { method: parts.method.to_string(), uri, content_type, body, actor: format!("{} via {}", actor.0, m.name()) };
+        let principal = parts.extensions.get::<Principal>().and_then(|p| serde_json::to_string(p).ok());
+        let actor = format!("{} via {}", actor.0, m.name());
+        let req = ForwardRequest { method: parts.method.to_string(), uri, content_type, body, actor, principal };
         match m.forward(&owner.gateway, id, req).await {
             Ok(f) => {
                 let status = StatusCode::from_u16(f.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

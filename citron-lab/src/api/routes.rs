@@ -57,6 +57,20 @@ impl<St: Send + Sync> FromRequestParts<St> for Id {
     }
 }
 
+/// Path parameters of any shape, as [`Path`] extracts them; one that does not decode (a run id
+/// that is not a number) is a 400 with a JSON body, as every error of the API.
+pub(super) struct P<T>(pub T);
+
+impl<St: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<St> for P<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut http::request::Parts, state: &St) -> Result<Self, ApiError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(v)) => Ok(P(v)),
+            Err(e) => Err(ApiError::new(StatusCode::BAD_REQUEST, e.body_text())),
+        }
+    }
+}
+
 /// The status for a gateway failure.
 fn gateway_status(e: &GatewayError) -> StatusCode {
     match e {

@@ -80,6 +80,10 @@ pub struct Request {
     pub body: String,
     /// Who asks.
     pub actor: String,
+    /// Who the gateway it came through found the asker to be (its door checked the route
+    /// against it): the owner's handlers see the same principal, as JSON. `None`: nobody
+    /// (a route open to all).
+    pub principal: Option<String>,
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -95,8 +99,8 @@ impl Membership {
             m.db.call(move |pool| async move {
                 let mut tx = pool.begin().await?;
                 let row = sqlx::query(
-                    "INSERT INTO forwarded (gateway, dut, method, uri, content_type, body, actor, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+                    "INSERT INTO forwarded (gateway, dut, method, uri, content_type, body, actor, principal, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
                 )
                 .bind(&g)
                 .bind(&d)
@@ -105,6 +109,7 @@ impl Membership {
                 .bind(req.content_type)
                 .bind(req.body)
                 .bind(req.actor)
+                .bind(req.principal)
                 .bind(to_micros(SystemTime::now()))
                 .fetch_one(&mut *tx)
                 .await?;
@@ -180,7 +185,7 @@ impl Membership {
             sqlx::query("DELETE FROM forwarded WHERE done_at < $1").bind(old).execute(&mut *tx).await?;
             let rows = sqlx::query(
                 "UPDATE forwarded SET status = 0 WHERE gateway = $1 AND status IS NULL \
-                 RETURNING id, method, uri, content_type, body, actor",
+                 RETURNING id, method, uri, content_type, body, actor, principal",
             )
             .bind(me)
             .fetch_all(&mut *tx)
@@ -197,6 +202,7 @@ impl Membership {
                     content_type: r.try_get(3)?,
                     body: r.try_get(4)?,
                     actor: r.try_get(5)?,
+                    principal: r.try_get(6)?,
                 },
             ))
         };
@@ -249,6 +255,14 @@ async fn run(router: axum::Router, req: Request) -> (u16, String) {
         return (400, serde_json::json!({"error": "the forwarded request cannot be rebuilt"}).to_string());
     };
     r.extensions_mut().insert(crate::api::Actor(req.actor));
+    if let Some(p) = req.principal.as_deref() {
+        match serde_json::from_str::<crate::auth::Principal>(p) {
+            Ok(p) => {
+                r.extensions_mut().insert(p);
+            }
+            Err(_) => return (403, serde_json::json!({"error": "the forwarded request's principal cannot be read"}).to_string()),
+        }
+    }
     let resp = match router.oneshot(r).await {
         Ok(r) => r,
         Err(never) => match never {},

@@ -1,0 +1,421 @@
+//! Runs, their files and consoles in the state store.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use sqlx::any::AnyRow;
+use sqlx::Row as _;
+use utoipa::ToSchema;
+
+use crate::auth::{call, now_micros};
+use crate::state::Db;
+use citron_core::store::StoreError;
+
+/// One execution of a job, and what it uploaded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Run {
+    /// The run's id (one sequence for the whole lab).
+    pub id: i64,
+    /// The job's name.
+    pub job: String,
+    /// What was built or tested (a commit, a version).
+    #[schema(required = true)]
+    pub revision: Option<String>,
+    /// What it ran on (`arm64`, `rpi4`, ...).
+    #[schema(required = true)]
+    pub platform: Option<String>,
+    /// The DUT it ran on, for a run a DUT's job opened.
+    #[schema(required = true)]
+    pub dut: Option<String>,
+    /// `running`, `success`, `failure` or `unknown`.
+    pub status: Status,
+    /// When it was opened, seconds since the Unix epoch.
+    pub started_at: f64,
+    /// When it was finished, seconds since the Unix epoch.
+    #[schema(required = true)]
+    pub finished_at: Option<f64>,
+    /// Its files (only when one run is asked for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<Vec<ResultFile>>,
+}
+
+/// A run's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Open: files and console may be added.
+    Running,
+    /// Finished, and it passed.
+    Success,
+    /// Finished, and it failed.
+    Failure,
+    /// Finished without saying (a DUT's job ended without a status).
+    Unknown,
+}
+
+impl Status {
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Running => "running",
+            Status::Success => "success",
+            Status::Failure => "failure",
+            Status::Unknown => "unknown",
+        }
+    }
+
+    /// The status called `s`.
+    pub fn parse(s: &str) -> Option<Status> {
+        [Status::Running, Status::Success, Status::Failure, Status::Unknown].into_iter().find(|x| x.name() == s)
+    }
+}
+
+/// One file of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ResultFile {
+    /// Its path in the run (`images/kernel`).
+    pub path: String,
+    /// SHA-256 of its content, hex: the blob `/api/v1/results/blobs/sha256/{sha256}`.
+    #[schema(pattern = "^[0-9a-f]{64}$")]
+    pub sha256: String,
+    /// Bytes.
+    pub size: u64,
+    /// Uploaded with a token (`false`: by a DUT's source address, which UDP lets anyone forge).
+    pub tokened: bool,
+    /// When, seconds since the Unix epoch.
+    pub uploaded_at: f64,
+}
+
+fn secs(us: i64) -> f64 {
+    us as f64 / 1e6
+}
+
+const RUN_COLUMNS: &str = "id, job, revision, platform, dut, status, started_at, finished_at";
+
+fn run_of(r: &AnyRow) -> Option<Run> {
+    Some(Run {
+        id: r.try_get(0).ok()?,
+        job: r.try_get(1).ok()?,
+        revision: r.try_get(2).ok()?,
+        platform: r.try_get(3).ok()?,
+        dut: r.try_get(4).ok()?,
+        status: Status::parse(&r.try_get::<String, _>(5).ok()?)?,
+        started_at: secs(r.try_get(6).ok()?),
+        finished_at: r.try_get::<Option<i64>, _>(7).ok()?.map(secs),
+        files: None,
+    })
+}
+
+fn file_of(r: &AnyRow) -> Option<ResultFile> {
+    Some(ResultFile {
+        path: r.try_get(0).ok()?,
+        sha256: r.try_get(1).ok()?,
+        size: u64::try_from(r.try_get::<i64, _>(2).ok()?).ok()?,
+        tokened: r.try_get::<i64, _>(3).ok()? != 0,
+        uploaded_at: secs(r.try_get(4).ok()?),
+    })
+}
+
+/// What a new run records.
+#[derive(Debug, Clone, Default)]
+pub struct NewRun {
+    /// The job.
+    pub job: String,
+    /// Its tenant (`None`: the lab's).
+    pub tenant: Option<String>,
+    /// What was built.
+    pub revision: Option<String>,
+    /// What it ran on.
+    pub platform: Option<String>,
+    /// The DUT, for a DUT's run.
+    pub dut: Option<String>,
+}
+
+/// How adding a file went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Added {
+    /// New.
+    New,
+    /// The same content was there already.
+    Same,
+    /// Other content is there (its digest).
+    Other(String),
+    /// The run is not open (finished, or no such run).
+    Closed,
+}
+
+/// How appending to a console went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Appended {
+    /// The console's length now.
+    Length(u64),
+    /// The offset is past the end (the console's length).
+    Gap(u64),
+    /// It would grow past the bound.
+    TooLong,
+    /// The run is not open.
+    Closed,
+}
+
+/// The runs side of the state store.
+#[derive(Clone)]
+pub struct Runs {
+    db: Arc<Db>,
+}
+
+impl std::fmt::Debug for Runs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Runs")
+    }
+}
+
+impl Runs {
+    /// Over `db`.
+    pub fn new(db: Arc<Db>) -> Runs {
+        Runs { db }
+    }
+
+    /// The tenant owning `job`: `None` if no run of it was ever opened, `Some(None)` for the
+    /// lab's own.
+    pub async fn owner(&self, job: &str) -> Result<Option<Option<String>>, StoreError> {
+        let j = job.to_string();
+        let row = call(&self.db, move |pool| async move {
+            sqlx::query("SELECT tenant FROM result_jobs WHERE name = $1").bind(j).fetch_optional(&pool).await
+        })
+        .await?;
+        Ok(row.map(|r| r.try_get::<Option<String>, _>(0).ok().flatten()))
+    }
+
+    /// Opens a run; `Err(owner)` if the job belongs to another tenant.
+    pub async fn open(&self, n: NewRun) -> Result<Result<Run, Option<String>>, StoreError> {
+        let now = now_micros();
+        call(&self.db, move |pool| async move {
+            let mut tx = pool.begin().await?;
+            sqlx::query("INSERT INTO result_jobs (name, tenant, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING")
+                .bind(&n.job)
+                .bind(&n.tenant)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            let owner: Option<String> =
+                sqlx::query("SELECT tenant FROM result_jobs WHERE name = $1").bind(&n.job).fetch_one(&mut *tx).await?.try_get(0)?;
+            if owner != n.tenant {
+                tx.rollback().await?;
+                return Ok(Err(owner));
+            }
+            let row = sqlx::query(&format!(
+                "INSERT INTO runs (job, revision, platform, dut, status, started_at) VALUES ($1, $2, $3, $4, 'running', $5) RETURNING {RUN_COLUMNS}"
+            ))
+            .bind(&n.job)
+            .bind(&n.revision)
+            .bind(&n.platform)
+            .bind(&n.dut)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            run_of(&row).map(Ok).ok_or_else(|| sqlx::Error::Protocol("a run row that does not read back".into()))
+        })
+        .await
+    }
+
+    /// Records the run's own upload token (revoked when the run ends).
+    pub async fn set_token(&self, run: i64, token: &str) -> Result<(), StoreError> {
+        let t = token.to_string();
+        call(&self.db, move |pool| async move {
+            sqlx::query("UPDATE runs SET token = $1 WHERE id = $2").bind(t).bind(run).execute(&pool).await.map(|_| ())
+        })
+        .await
+    }
+
+    /// The run `id` of `job`, with its files.
+    pub async fn get(&self, job: &str, id: i64) -> Result<Option<Run>, StoreError> {
+        let j = job.to_string();
+        let (run, files) = call(&self.db, move |pool| async move {
+            let run = sqlx::query(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1 AND job = $2"))
+                .bind(id)
+                .bind(j)
+                .fetch_optional(&pool)
+                .await?;
+            let files = sqlx::query("SELECT path, sha256, size, tokened, uploaded_at FROM result_files WHERE run = $1 ORDER BY path")
+                .bind(id)
+                .fetch_all(&pool)
+                .await?;
+            Ok((run, files))
+        })
+        .await?;
+        Ok(run.as_ref().and_then(run_of).map(|mut r| {
+            r.files = Some(files.iter().filter_map(file_of).collect());
+            r
+        }))
+    }
+
+    /// Runs of `job` after `after` (by id), at most `limit`, optionally of one revision.
+    pub async fn list(&self, job: &str, revision: Option<String>, after: i64, limit: i64) -> Result<Vec<Run>, StoreError> {
+        let j = job.to_string();
+        let rows = call(&self.db, move |pool| async move {
+            sqlx::query(&format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE job = $1 AND id > $2 AND ($3 IS NULL OR revision = $3) ORDER BY id LIMIT $4"
+            ))
+            .bind(j)
+            .bind(after)
+            .bind(revision)
+            .bind(limit)
+            .fetch_all(&pool)
+            .await
+        })
+        .await?;
+        Ok(rows.iter().filter_map(run_of).collect())
+    }
+
+    /// The newest run of `job` with `status` (any when `None`) on `platform` (any when `None`).
+    pub async fn latest(&self, job: &str, platform: Option<String>, status: Option<Status>) -> Result<Option<Run>, StoreError> {
+        let j = job.to_string();
+        let st = status.map(|s| s.name().to_string());
+        let row = call(&self.db, move |pool| async move {
+            sqlx::query(&format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE job = $1 AND ($2 IS NULL OR platform = $2) AND ($3 IS NULL OR status = $3) ORDER BY id DESC LIMIT 1"
+            ))
+            .bind(j)
+            .bind(platform)
+            .bind(st)
+            .fetch_optional(&pool)
+            .await
+        })
+        .await?;
+        Ok(row.as_ref().and_then(run_of))
+    }
+
+    /// The file `path` of run `run`.
+    pub async fn file(&self, run: i64, path: &str) -> Result<Option<ResultFile>, StoreError> {
+        let p = path.to_string();
+        let row = call(&self.db, move |pool| async move {
+            sqlx::query("SELECT path, sha256, size, tokened, uploaded_at FROM result_files WHERE run = $1 AND path = $2")
+                .bind(run)
+                .bind(p)
+                .fetch_optional(&pool)
+                .await
+        })
+        .await?;
+        Ok(row.as_ref().and_then(file_of))
+    }
+
+    /// Adds the file `path` to the open run `run`, unless it has one by that path.
+    pub async fn add_file(&self, run: i64, path: &str, sha256: &str, size: u64, tokened: bool) -> Result<Added, StoreError> {
+        let (p, h) = (path.to_string(), sha256.to_string());
+        let now = now_micros();
+        call(&self.db, move |pool| async move {
+            let mut tx = pool.begin().await?;
+            let open = sqlx::query("SELECT status FROM runs WHERE id = $1").bind(run).fetch_optional(&mut *tx).await?;
+            if open.map(|r| r.try_get::<String, _>(0)).transpose()?.as_deref() != Some("running") {
+                return Ok(Added::Closed);
+            }
+            let n = sqlx::query(
+                "INSERT INTO result_files (run, path, sha256, size, tokened, uploaded_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (run, path) DO NOTHING",
+            )
+            .bind(run)
+            .bind(&p)
+            .bind(&h)
+            .bind(i64::try_from(size).unwrap_or(i64::MAX))
+            .bind(i64::from(tokened))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            let there: String =
+                sqlx::query("SELECT sha256 FROM result_files WHERE run = $1 AND path = $2").bind(run).bind(&p).fetch_one(&mut *tx).await?.try_get(0)?;
+            tx.commit().await?;
+            Ok(match (n, there == h) {
+                (1, _) => Added::New,
+                (_, true) => Added::Same,
+                _ => Added::Other(there),
+            })
+        })
+        .await
+    }
+
+    /// Finishes the open run `run` with `status`; answers the run's status after (the one it
+    /// had if it was finished already), and its own token to revoke.
+    pub async fn finish(&self, run: i64, status: Status) -> Result<Option<(Status, Option<String>)>, StoreError> {
+        let now = now_micros();
+        call(&self.db, move |pool| async move {
+            let mut tx = pool.begin().await?;
+            sqlx::query("UPDATE runs SET status = $1, finished_at = $2 WHERE id = $3 AND status = 'running'")
+                .bind(status.name())
+                .bind(now)
+                .bind(run)
+                .execute(&mut *tx)
+                .await?;
+            let row = sqlx::query("SELECT status, token FROM runs WHERE id = $1").bind(run).fetch_optional(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(match row {
+                Some(r) => Some((Status::parse(&r.try_get::<String, _>(0)?).unwrap_or(Status::Unknown), r.try_get(1)?)),
+                None => None,
+            })
+        })
+        .await
+    }
+
+    /// Appends `data` at `offset` to the open run's console, idempotently: bytes it has
+    /// already are skipped, a gap is refused, the total stays within `max_bytes`.
+    pub async fn append_console(&self, run: i64, offset: u64, data: bytes::Bytes, max_bytes: u64) -> Result<Appended, StoreError> {
+        call(&self.db, move |pool| async move {
+            let mut tx = pool.begin().await?;
+            let open = sqlx::query("SELECT status FROM runs WHERE id = $1").bind(run).fetch_optional(&mut *tx).await?;
+            if open.map(|r| r.try_get::<String, _>(0)).transpose()?.as_deref() != Some("running") {
+                return Ok(Appended::Closed);
+            }
+            let end: i64 = sqlx::query("SELECT COALESCE(MAX(at + len), 0) FROM console_chunks WHERE run = $1")
+                .bind(run)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?;
+            let end = u64::try_from(end).unwrap_or(0);
+            if offset > end {
+                return Ok(Appended::Gap(end));
+            }
+            let skip = usize::try_from(end - offset).unwrap_or(usize::MAX);
+            if skip >= data.len() {
+                return Ok(Appended::Length(end));
+            }
+            let new = data.slice(skip..);
+            if end + new.len() as u64 > max_bytes {
+                return Ok(Appended::TooLong);
+            }
+            sqlx::query("INSERT INTO console_chunks (run, at, len, data) VALUES ($1, $2, $3, $4)")
+                .bind(run)
+                .bind(end as i64)
+                .bind(new.len() as i64)
+                .bind(new.to_vec())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(Appended::Length(end + new.len() as u64))
+        })
+        .await
+    }
+
+    /// The run's console.
+    pub async fn console(&self, run: i64) -> Result<Vec<u8>, StoreError> {
+        let rows = call(&self.db, move |pool| async move {
+            sqlx::query("SELECT data FROM console_chunks WHERE run = $1 ORDER BY at").bind(run).fetch_all(&pool).await
+        })
+        .await?;
+        Ok(rows.iter().filter_map(|r| r.try_get::<Vec<u8>, _>(0).ok()).flatten().collect())
+    }
+
+    /// Every `(job, run, path)` with content `sha256`, and the job's tenant.
+    pub async fn by_hash(&self, sha256: &str) -> Result<Vec<(String, i64, String, Option<String>)>, StoreError> {
+        let h = sha256.to_string();
+        let rows = call(&self.db, move |pool| async move {
+            sqlx::query(
+                "SELECT r.job, r.id, f.path, j.tenant FROM result_files f JOIN runs r ON f.run = r.id JOIN result_jobs j ON j.name = r.job WHERE f.sha256 = $1 ORDER BY r.id, f.path LIMIT 1000",
+            )
+            .bind(h)
+            .fetch_all(&pool)
+            .await
+        })
+        .await?;
+        Ok(rows.iter().filter_map(|r| Some((r.try_get(0).ok()?, r.try_get(1).ok()?, r.try_get(2).ok()?, r.try_get(3).ok()?))).collect())
+    }
+}
