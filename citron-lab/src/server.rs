@@ -246,7 +246,14 @@ impl ServerBuilder {
         if let Some(l) = nbd {
             tasks.push(spawn("nbd", citron_protocols::nbd::serve(l, catalog.clone(), stop())));
         }
-        let handlers = Arc::new(crate::api::Api::new(self.gateway.clone(), token, self.state, self.results, self.feed.clone(), self.membership.clone()));
+        let handlers = Arc::new(crate::api::Api::new(
+            self.gateway.clone(),
+            token,
+            self.state,
+            self.results,
+            self.feed.clone(),
+            self.membership.clone(),
+        ));
         if let Some(m) = &self.membership {
             m.start();
             let work = m.clone().serve_forwarded(crate::api::router(handlers.clone()), stop());

@@ -259,7 +259,10 @@ impl hyper::service::Service<Request<Incoming>> for ApiService {
             let path = truncate_logged(req.uri().path(), s.api.gateway.lab().limits.logged_path_max).into_owned();
             let actor = Actor("api".into());
             let open = probe::OPEN_PATHS.contains(&req.uri().path().trim_end_matches('/'));
-            let checked = s.api.check_host(req.headers(), req.uri(), s.local).and_then(|()| if open { Ok(None) } else { s.api.authorize(&req).map(Some) });
+            let checked =
+                s.api
+                    .check_host(req.headers(), req.uri(), s.local)
+                    .and_then(|()| if open { Ok(None) } else { s.api.authorize(&req).map(Some) });
             let r = match checked {
                 Ok(principal) => {
                     let mut req = without_trailing_slash(req);

@@ -112,12 +112,12 @@ impl Results {
     /// The results of the lab whose state is `state`, blobs under `<data_dir>/results`. Loads
     /// (or, on a new state, generates) the signing key.
     pub fn open(state: &State, data_dir: &Path) -> Result<Results, ResultsError> {
-        let tokens = Arc::new(TokenStore::open(state.db())?);
+        let tokens = Arc::new(TokenStore::open(state.db().clone())?);
         Ok(Results {
-            runs: Runs::new(state.db()),
+            runs: Runs::new(state.db().clone()),
             blobs: BlobStore::local(data_dir.join(RESULTS_DIR))?,
             tokens,
-            sweeper: Sweeper::new(state.db()),
+            sweeper: Sweeper::new(state.db().clone()),
             file_max_bytes: FILE_MAX_BYTES,
         })
     }

@@ -228,11 +228,6 @@ impl State {
         StateInfo { engine, schema_version: self.db.version }
     }
 
-    /// The database, for the lab's other stores (tokens, results).
-    pub(crate) fn db(&self) -> Arc<Db> {
-        self.db.clone()
-    }
-
     /// Where the state is (without password).
     pub fn url(&self) -> String {
         self.url.redacted()
@@ -248,6 +243,7 @@ impl State {
         &self.feed
     }
 
+    /// The database, for the lab's other stores (gateways, tokens, results).
     pub(crate) fn db(&self) -> &Arc<Db> {
         &self.db
     }
