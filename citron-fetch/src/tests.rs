@@ -414,6 +414,8 @@ async fn artifact_gateway_counts_hits_and_misses_and_pins_active_jobs() {
     let gw = crate::gateway(citron_core::lab::LabConfig::default_lab(), dir.path()).unwrap();
     let spec = |path: &str, source: Source| FileSpec { path: path.into(), source, sha256: None, lifetime: Lifetime::default() };
     let job = ResolvedJob {
+        name: None,
+        results: None,
         origin: "test".into(),
         start: Step {
             kernel: Some(spec("kernel", srv.url("/kernel"))),

@@ -35,7 +35,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let gw = citron_fetch::gateway(lab, std::path::Path::new(&args[1]))?;
     gw.add_dut(Dut::new("local", ["127.0.0.1".parse()?]))?;
     let disk = DiskSpec { name: args[3].clone(), readonly, kind, reset_on, shared: false, expiration: None };
-    let job = ResolvedJob { origin: "nbd_serve".into(), start: Step { nbd: vec![disk], ..Step::default() }, continue_: None };
+    let job = ResolvedJob {
+        name: None,
+        results: None,
+        origin: "nbd_serve".into(),
+        start: Step { nbd: vec![disk], ..Step::default() },
+        continue_: None,
+    };
     gw.set_resolved_job(&"local".into(), job).await?;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", args[2].parse::<u16>()?)).await?;
     println!("listening on {}", listener.local_addr()?);

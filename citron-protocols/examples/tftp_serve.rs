@@ -39,6 +39,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let job = ResolvedJob {
+        name: None,
+        results: None,
         origin: dir.display().to_string(),
         start: Step { files: [(citron_core::serve::Space::TFTP, files)].into(), ..Step::default() },
         continue_: None,

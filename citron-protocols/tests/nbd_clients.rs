@@ -464,6 +464,8 @@ fn a_connection_that_outlives_its_job_shares_the_overlay_with_the_next_job() {
             .set_resolved_job(
                 &"local".into(),
                 citron_core::job::ResolvedJob {
+                    name: None,
+                    results: None,
                     origin: "again".into(),
                     start: citron_core::job::Step { nbd: spec(), ..Default::default() },
                     continue_: None,
@@ -491,6 +493,8 @@ fn a_connection_whose_disk_reset_for_a_new_job_answers_eshutdown() {
             .set_resolved_job(
                 &"local".into(),
                 citron_core::job::ResolvedJob {
+                    name: None,
+                    results: None,
                     origin: "next".into(),
                     start: citron_core::job::Step { nbd: spec(), ..Default::default() },
                     continue_: None,
@@ -532,6 +536,8 @@ fn a_connection_whose_disk_got_other_content_answers_eshutdown() {
             .set_resolved_job(
                 &"local".into(),
                 citron_core::job::ResolvedJob {
+                    name: None,
+                    results: None,
                     origin: "bigger".into(),
                     start: citron_core::job::Step { nbd: vec![disk("keep", raw(2 << 20), ResetOn::Never)], ..Default::default() },
                     continue_: None,

@@ -37,7 +37,7 @@ impl Lab {
     }
 
     fn set(&self, dut: &str, step: Step) {
-        let job = ResolvedJob { origin: format!("test job for {dut}"), start: step, continue_: None };
+        let job = ResolvedJob { name: None, results: None, origin: format!("test job for {dut}"), start: step, continue_: None };
         self.rt.block_on(self.gw.set_resolved_job(&DutId::from(dut), job)).unwrap();
     }
 

@@ -147,7 +147,7 @@ mod tests {
     use super::*;
 
     fn job() -> ActiveJob {
-        let job = ResolvedJob { origin: "t".into(), start: Default::default(), continue_: None };
+        let job = ResolvedJob { name: None, results: None, origin: "t".into(), start: Default::default(), continue_: None };
         ActiveJob::new(job, Files::default(), Some(Files::default()))
     }
 

@@ -15,7 +15,7 @@ mod render;
 #[cfg(test)]
 mod tests;
 
-pub use model::{DiskKind, DiskSpec, FileSpec, FsContents, Lifetime, ResetOn, ResolvedJob, Source, Step};
+pub use model::{DiskKind, DiskSpec, FileSpec, FsContents, Lifetime, ResetOn, ResolvedJob, ResultsSpec, Source, Step};
 
 use std::collections::BTreeMap;
 use std::fmt;

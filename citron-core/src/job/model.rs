@@ -19,10 +19,26 @@ use crate::serve::Space;
 pub struct ResolvedJob {
     /// Where the description came from (file name or "api"), for logs.
     pub origin: String,
+    /// The job's `name:` (what its runs are filed under).
+    pub name: Option<String>,
+    /// `results:`: the job sends results back, into a run opened when it starts.
+    pub results: Option<ResultsSpec>,
     /// The initial boot.
     pub start: Step,
     /// What later boots of the same job use; fields it leaves out come from `start`.
     pub continue_: Option<Step>,
+}
+
+/// A job's `results:`, rendered: what a run of it records, and how large a file it may upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResultsSpec {
+    /// What is built or tested (a commit, a version); `PUT …/job?revision=` overrides it.
+    pub revision: Option<String>,
+    /// What it runs on (`arm64`, `rpi4`).
+    pub platform: Option<String>,
+    /// The largest file one upload may bring, in bytes (`max_size:`, at most the lab's
+    /// `limits.results_max`, which is also the default).
+    pub max_size: u64,
 }
 
 /// One deployment (`deployment.start` or `deployment.continue`).

@@ -11,8 +11,10 @@ use crate::digest::Digest;
 use crate::namespace::normalize_declared;
 use crate::template;
 
-use super::model::{DiskKind, DiskSpec, FileSpec, FsContents, ResolvedJob, Source, Step};
-use super::parse::{path_message, Desc, DiskDesc, DiskKindDesc, FileDesc, FsDesc, Problem, Sha, SizeDesc, SrcDesc, StepDesc, Str};
+use super::model::{DiskKind, DiskSpec, FileSpec, FsContents, ResolvedJob, ResultsSpec, Source, Step};
+use super::parse::{
+    path_message, Desc, DiskDesc, DiskKindDesc, FileDesc, FsDesc, Problem, ResultsDesc, Sha, SizeDesc, SrcDesc, StepDesc, Str,
+};
 use super::{Origin, RenderContext};
 
 /// URL schemes a job may fetch from (the cache knows how to download these).
@@ -22,6 +24,7 @@ pub(crate) fn render(desc: &Desc, origin: &Origin, ctx: &RenderContext) -> Resul
     // Roots are compared after resolving their own symlinks, as the files are.
     let roots: Vec<PathBuf> = ctx.file_roots.iter().filter_map(|r| std::fs::canonicalize(r).ok()).collect();
     let mut r = Renderer { ctx, origin, roots, problems: Vec::new() };
+    let results = desc.results.as_ref().map(|d| r.results(d));
     let start = r.step(&desc.start);
     let cont = desc.cont.as_ref().map(|c| r.step(c));
     let mut problems = r.problems;
@@ -29,7 +32,13 @@ pub(crate) fn render(desc: &Desc, origin: &Origin, ctx: &RenderContext) -> Resul
         super::parse::sort(&mut problems);
         return Err(problems);
     }
-    Ok(ResolvedJob { origin: origin.name.clone(), start: start.expect("no problems"), continue_: cont.map(|c| c.expect("no problems")) })
+    Ok(ResolvedJob {
+        origin: origin.name.clone(),
+        name: desc.name.clone(),
+        results: results.map(|r| r.expect("no problems")),
+        start: start.expect("no problems"),
+        continue_: cont.map(|c| c.expect("no problems")),
+    })
 }
 
 struct Renderer<'a> {
@@ -54,6 +63,36 @@ impl Renderer<'_> {
                 None
             }
         }
+    }
+
+    /// `results:`: its texts rendered (1 to 256 bytes, no control characters, as the results
+    /// API takes them), its `max_size` within the lab's `limits.results_max`.
+    fn results(&mut self, d: &ResultsDesc) -> Option<ResultsSpec> {
+        let before = self.problems.len();
+        let mut short = |s: &Option<Str>| {
+            let s = s.as_ref()?;
+            let v = self.text(s)?;
+            if v.is_empty() || v.len() > 256 || v.chars().any(char::is_control) {
+                self.err(s, format!("renders to {v:?}: give 1 to 256 bytes without control characters"));
+                return None;
+            }
+            Some(v)
+        };
+        let (revision, platform) = (short(&d.revision), short(&d.platform));
+        let max = self.ctx.limits.results_max;
+        let max_size = match &d.max_size {
+            None => max.bytes(),
+            Some((b, pos, field)) if *b > max.bytes() => {
+                let message = format!(
+                    "{} is more than this lab lets one upload bring ({max}, `limits.results_max` in the lab file); ask for less",
+                    crate::limits::Size(*b)
+                );
+                self.problems.push(Problem { pos: *pos, field: field.clone(), message });
+                0
+            }
+            Some((b, _, _)) => *b,
+        };
+        (self.problems.len() == before).then_some(ResultsSpec { revision, platform, max_size })
     }
 
     fn step(&mut self, d: &StepDesc) -> Option<Step> {

@@ -275,7 +275,7 @@ fn unknown_field_names_the_allowed_ones() {
 
 #[test]
 fn unknown_top_level_field() {
-    one_error("deployment:\n  start: {}\njob_timeout: 1h\n", 3, 1, "job_timeout", "allowed here: deployment");
+    one_error("deployment:\n  start: {}\njob_timeout: 1h\n", 3, 1, "job_timeout", "allowed here: name, results, deployment");
 }
 
 #[test]
@@ -711,4 +711,31 @@ fn disk_sizes_are_bounded_by_the_lab_limit() {
     assert_eq!((e[0].0, e[0].1, e[0].2.as_str()), (6, 24, "deployment.start.storage.nbd[0].raw.size"));
     assert!(e[0].3.contains("a disk of 2T is larger than this lab allows (1G, `limits.max_disk_size`"), "{}", e[0].3);
     assert_eq!((e[1].0, e[1].1, e[1].2.as_str()), (8, 31, "deployment.start.storage.nbd[1].filesystem.size"));
+}
+
+#[test]
+fn a_job_names_itself_and_says_what_its_results_are() {
+    let text =
+        "name: kernel-build\nresults:\n  revision: 'v{{ machine_id }}'\n  platform: arm64\n  max_size: 1G\ndeployment:\n  start: {}\n";
+    let ctx = RenderContext { vars: builtin_vars(), ..Default::default() };
+    let job = JobDescription::check(text, Origin::named("j.yaml"), &ctx).unwrap();
+    assert_eq!(job.name.as_deref(), Some("kernel-build"));
+    let r = job.results.unwrap();
+    assert_eq!((r.revision.as_deref(), r.platform.as_deref(), r.max_size), (Some("vdut1"), Some("arm64"), 1 << 30));
+    // No max_size: the lab's bound.
+    let job = JobDescription::check("name: a\nresults: {}\ndeployment: {start: {}}\n", Origin::named("j.yaml"), &ctx).unwrap();
+    assert_eq!(job.results.unwrap().max_size, ctx.limits.results_max.bytes());
+    // Every problem positioned: a bad name, results without a name, a bad size, over the bound.
+    let e = JobDescription::parse("name: ../x\ndeployment: {start: {}}\n", Origin::named("j.yaml")).unwrap_err();
+    assert_eq!((e.0[0].line, e.0[0].column, e.0[0].field.as_str()), (1, 7, "name"), "{e}");
+    let e = JobDescription::parse("results: {platform: x}\ndeployment: {start: {}}\n", Origin::named("j.yaml")).unwrap_err();
+    assert!(e.0[0].message.contains("needs a `name:`"), "{e}");
+    let e = JobDescription::parse("name: a\nresults: {max_size: lots, colour: red}\ndeployment: {start: {}}\n", Origin::named("j.yaml"))
+        .unwrap_err();
+    assert_eq!(e.0.len(), 2, "{e}");
+    let mut small = ctx.clone();
+    small.limits.results_max = crate::limits::Size(1 << 20);
+    let e = render_errors("name: a\nresults:\n  max_size: 2M\ndeployment: {start: {}}\n", &small, Origin::named("j.yaml"));
+    assert_eq!((e[0].0, e[0].1, e[0].2.as_str()), (3, 13, "results.max_size"), "{e:?}");
+    assert!(e[0].3.contains("limits.results_max"), "{}", e[0].3);
 }

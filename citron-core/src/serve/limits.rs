@@ -42,6 +42,9 @@ pub struct Limits {
     /// waits for it before it is answered as if the DUT had no job: a DUT asking for its file
     /// while `citron serve` loads its jobs gets the file, not "not found".
     pub job_wait: Dur,
+    /// Largest file a DUT's job may upload into its run (a job's `results.max_size` is at most
+    /// this, and this when it gives none).
+    pub results_max: Size,
 
     // --- Connections (HTTP, NBD, API) ----------------------------------------------------
     /// Open connections per listener, over every peer.
@@ -88,6 +91,7 @@ impl Default for Limits {
             downloads_in_flight: 32,
             downloads_per_job: 8,
             job_wait: Dur(Duration::from_secs(60)),
+            results_max: Size(16 << 30),
             connections: 16_384,
             connections_per_peer: 256,
             header_timeout: Dur(Duration::from_secs(10)),

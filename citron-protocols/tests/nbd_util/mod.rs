@@ -124,7 +124,13 @@ impl Lab {
     }
 
     pub fn set_disks(&self, disks: Vec<DiskSpec>) {
-        let job = ResolvedJob { origin: "test".into(), start: Step { nbd: disks, ..Step::default() }, continue_: None };
+        let job = ResolvedJob {
+            name: None,
+            results: None,
+            origin: "test".into(),
+            start: Step { nbd: disks, ..Step::default() },
+            continue_: None,
+        };
         self.rt.block_on(self.gw.set_resolved_job(&"local".into(), job)).unwrap();
     }
 

@@ -78,7 +78,7 @@ impl Lab {
 
     /// Makes `step` `dut`'s whole job.
     pub async fn step(&self, dut: &str, step: Step) {
-        let job = ResolvedJob { origin: format!("test-{dut}"), start: step, continue_: None };
+        let job = ResolvedJob { name: None, results: None, origin: format!("test-{dut}"), start: step, continue_: None };
         self.gw.set_resolved_job(&DutId::from(dut), job).await.unwrap();
     }
 

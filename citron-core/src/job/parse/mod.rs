@@ -20,7 +20,9 @@ use crate::yaml::{open_braces, Document, Node, NodeKind, Pos, Scalar, Style};
 use super::model::Lifetime;
 
 mod disk;
+mod results;
 pub(crate) use disk::{DiskDesc, DiskKindDesc, FsDesc, SizeDesc};
+pub(crate) use results::ResultsDesc;
 
 /// One error, before the file name is attached.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +90,10 @@ pub(crate) struct StepDesc {
 /// A whole job as written.
 #[derive(Debug, Clone)]
 pub(crate) struct Desc {
+    /// `name:`, checked.
+    pub name: Option<String>,
+    /// `results:`.
+    pub results: Option<ResultsDesc>,
     pub start: StepDesc,
     pub cont: Option<StepDesc>,
 }
@@ -298,13 +304,16 @@ impl Walker<'_> {
             self.err(Pos { line: 1, col: 1 }, "", "the job description is empty; it needs at least `deployment:` with `start:`");
             return None;
         };
-        let top = self.mapping(root, "", &["deployment"])?;
+        let top = self.mapping(root, "", &["name", "results", "deployment"])?;
+        let (name, results) = self.name_and_results(&top);
         let dep = self.required(&top, "deployment", "", "{start: {...}}")?;
         let dep = self.mapping(dep, "deployment", &["start", "continue"])?;
         let start = self.required(&dep, "start", "deployment", "{kernel: ..., storage: ...}");
         let start = start.and_then(|n| self.step(n, "deployment.start"));
         let cont = dep.get("continue").map(|n| self.step(n, "deployment.continue"));
         Some(Desc {
+            name,
+            results,
             start: start?,
             cont: match cont {
                 None => None,
