@@ -24,6 +24,9 @@ pub(crate) mod digest;
 pub mod limits;
 pub(crate) mod nowait;
 pub mod units;
+mod upload;
+
+pub use upload::{Upload, UploadAnswer, UploadBody, WriteRequest, Written};
 
 use std::fmt;
 use std::fs::File;
@@ -285,6 +288,18 @@ pub enum ServeError {
         /// The artifact's size.
         size: u64,
     },
+    /// An upload brings more than the DUT's job allows (`results.max_size`).
+    #[error("the upload is larger than {max} bytes, the most the job's `results.max_size` allows: nothing was kept")]
+    TooLarge {
+        /// The bound.
+        max: u64,
+    },
+    /// An upload's path holds other content already: a run's file is never overwritten.
+    #[error("{0} has other content already: a run's file is never overwritten; upload under another name")]
+    Exists(String),
+    /// Where uploads go is full.
+    #[error("no space for the upload: {0}")]
+    NoSpace(String),
     /// The disk or cache failed.
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),
@@ -453,6 +468,13 @@ pub trait Catalog: Send + Sync + 'static {
         let list = self.exports(peer);
         let found = if name.is_empty() { list.into_iter().next() } else { list.into_iter().find(|e| e.name == name) };
         found.ok_or_else(|| ServeError::NotFound(name.to_string()))
+    }
+
+    /// A DUT's upload (HTTP `PUT`, TFTP write request): the core decides where it goes and how
+    /// large it may be ([`upload`](self::Upload) says how the bytes move). Default: refused,
+    /// as a catalog that takes no writes.
+    fn write(&self, req: &WriteRequest<'_>) -> Result<Upload, ServeError> {
+        Err(ServeError::Forbidden(format!("{} takes no uploads", req.path)))
     }
 
     /// The lab's `limits:`, which backends apply to connections (timeouts, caps, buffers).

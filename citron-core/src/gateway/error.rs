@@ -28,6 +28,9 @@ pub enum GatewayError {
     /// A job's disk could not be prepared.
     #[error("{0}")]
     Disk(#[from] DiskError),
+    /// A job with `results:` on a lab that keeps no results (no state store).
+    #[error("this lab keeps no results, so a job with `results:` cannot run here: results need `citron serve` (its state store)")]
+    NoResults,
     /// The lab's state store failed; nothing was changed.
     #[error(transparent)]
     Store(StoreError),

@@ -60,14 +60,16 @@ impl JobStore for MemoryJobs {
 /// A loaded job: its rendered description and the files of its steps.
 pub(super) struct ActiveJob {
     pub job: ResolvedJob,
+    /// The open run of a job with `results:`, until `job_end` (or the job's end) closes it.
+    pub run: parking_lot::Mutex<Option<super::DutRun>>,
     start: Files,
     cont: Option<Files>,
     boots: AtomicU32,
 }
 
 impl ActiveJob {
-    pub(super) fn new(job: ResolvedJob, start: Files, cont: Option<Files>) -> ActiveJob {
-        ActiveJob { job, start, cont, boots: AtomicU32::new(0) }
+    pub(super) fn new(job: ResolvedJob, start: Files, cont: Option<Files>, run: Option<super::DutRun>) -> ActiveJob {
+        ActiveJob { job, run: parking_lot::Mutex::new(run), start, cont, boots: AtomicU32::new(0) }
     }
 
     /// The files served now: `continue` from the second boot after the job started.
@@ -113,10 +115,10 @@ impl Jobs {
     }
 
     /// Makes `job` `dut`'s job: the record is stored first, so a job never serves unrecorded.
-    pub(super) fn set(&self, dut: &DutId, record: JobRecord, job: ActiveJob) -> Result<(), StoreError> {
+    /// Answers the job it replaced.
+    pub(super) fn set(&self, dut: &DutId, record: JobRecord, job: ActiveJob) -> Result<Option<Arc<ActiveJob>>, StoreError> {
         self.store.put(dut, record)?;
-        self.active.write().insert(dut.clone(), Arc::new(job));
-        Ok(())
+        Ok(self.active.write().insert(dut.clone(), Arc::new(job)))
     }
 
     /// Drops `dut`'s job; whether it had one. The loaded job goes first: its files stop serving
@@ -148,7 +150,7 @@ mod tests {
 
     fn job() -> ActiveJob {
         let job = ResolvedJob { name: None, results: None, origin: "t".into(), start: Default::default(), continue_: None };
-        ActiveJob::new(job, Files::default(), Some(Files::default()))
+        ActiveJob::new(job, Files::default(), Some(Files::default()), None)
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //! - `lifetimes.rs`: the counted reads and last events ([`LifetimeStore`]),
 //! - `events.rs`: the DUTs' event history ([`EventLog`]),
 //! - `endpoints.rs`: how DUTs reach the servers, and the template variables that say so,
+//! - `runs.rs`: the runs of jobs with `results:` (opened when the job starts, closed at
+//!   `job_end`) and the DUTs' uploads into them, kept by the lab's [`RunStore`],
 //! - the access log ([`AccessLog`] over an [`AccessStore`]), the
 //!   artifact [`Cache`] and the NBD [`DiskStore`] (its disks recorded in a [`DiskRecordStore`]).
 //!
@@ -27,6 +29,7 @@ mod files;
 mod jobs;
 mod lifetimes;
 mod loading;
+mod runs;
 
 pub use duts::{DutStore, MemoryDuts};
 pub use endpoints::{Endpoint, Endpoints, DISK_PROTOCOLS};
@@ -35,6 +38,7 @@ pub use events::{EventLog, EventRecord, MemoryEvents, MEMORY_EVENTS_PER_DUT};
 pub use jobs::{JobRecord, JobStore, MemoryJobs};
 pub use lifetimes::{resets_counts, FileKey, LifetimeStore, MemoryLifetimes};
 pub use loading::{LoadMark, Starting};
+pub use runs::{DutRun, RunFuture, RunStart, RunStore, RESULTS_PREFIX};
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -52,7 +56,7 @@ use crate::job::{JobDescription, JobErrors, Origin, RenderContext, ResolvedJob};
 use crate::lab::LabConfig;
 use crate::lifetime::Event;
 use crate::namespace::{normalize, Dut, DutId};
-use crate::serve::{Artifact, Catalog, Export, ExportInfo, FileRequest, JobWait, Protocol, ServeError};
+use crate::serve::{Artifact, Catalog, Export, ExportInfo, FileRequest, JobWait, Protocol, ServeError, Upload, WriteRequest};
 use crate::timing::{TimingSnapshot, Timings};
 
 use files::Loader;
@@ -104,6 +108,8 @@ struct Inner {
     loading: Arc<Loading>,
     /// How long loading a job took (fetches and disks included), for `/metrics`.
     load_times: Timings,
+    /// Where runs of jobs with `results:` are kept (`None`: such jobs are refused).
+    runs: RwLock<Option<Arc<dyn RunStore>>>,
     /// Held for the gateway's life: no second citron on this data directory.
     _data_lock: DataDir,
 }
@@ -184,6 +190,7 @@ impl Gateway {
                 disks,
                 loading: Arc::default(),
                 load_times: Timings::default(),
+                runs: RwLock::new(None),
                 _data_lock: data_lock,
             }),
         })
@@ -301,6 +308,7 @@ impl Gateway {
     /// Removes a DUT and its job, disks, counters, events and access log.
     pub fn remove_dut(&self, id: &DutId) -> Result<Dut, GatewayError> {
         let d = self.inner.duts.remove(id)?.ok_or_else(|| GatewayError::UnknownDut(id.clone()))?;
+        self.close_run_later(self.inner.jobs.active(id));
         self.inner.jobs.clear(id)?;
         self.inner.disks.release(id);
         self.inner.lifetimes.reset(id)?;
@@ -336,15 +344,21 @@ impl Gateway {
     async fn set_job_with_roots(&self, id: &DutId, job: &JobDescription, trusted: bool) -> Result<(), GatewayError> {
         let dir = if trusted { job.origin().base_dir.clone() } else { None };
         let record = (Some(job.text().to_string()), job.origin().clone());
-        self.render_and_set(id, dir.as_deref(), record, |ctx| job.render(ctx)).await
+        self.render_and_set(id, dir.as_deref(), record, None, |ctx| job.render(ctx)).await
     }
 
     /// [`set_job`](Self::set_job) from YAML text (the lab API): shape and render problems are
     /// reported together ([`JobDescription::check`]); `file:` sources may read only the lab's
     /// `artifact_roots`.
     pub async fn set_job_yaml(&self, id: &DutId, text: &str, origin: Origin) -> Result<(), GatewayError> {
+        self.set_job_yaml_at(id, text, origin, None).await
+    }
+
+    /// [`set_job_yaml`](Self::set_job_yaml) with the revision its run records, over the job's
+    /// `results.revision` (`PUT /api/v1/duts/{id}/job?revision=`).
+    pub async fn set_job_yaml_at(&self, id: &DutId, text: &str, origin: Origin, revision: Option<String>) -> Result<(), GatewayError> {
         let record = (Some(text.to_string()), origin.clone());
-        self.render_and_set(id, None, record, |ctx| JobDescription::check(text, origin, ctx)).await
+        self.render_and_set(id, None, record, revision, |ctx| JobDescription::check(text, origin.clone(), ctx)).await
     }
 
     /// [`set_trusted_job`](Self::set_trusted_job) from a job file the lab admin gave (`citron
@@ -354,21 +368,24 @@ impl Gateway {
         let text = JobDescription::read_text(path)?;
         let dir = origin.base_dir.clone();
         let record = (Some(text.clone()), origin.clone());
-        self.render_and_set(id, dir.as_deref(), record, |ctx| JobDescription::check(&text, origin, ctx)).await
+        self.render_and_set(id, dir.as_deref(), record, None, |ctx| JobDescription::check(&text, origin.clone(), ctx)).await
     }
 
     /// The one way a job description becomes a DUT's job: rendered by `render` in the DUT's
-    /// context (`job_dir` an extra `file:` root), then loaded and recorded as `(yaml, origin)`.
+    /// context (`job_dir` an extra `file:` root), with a new run if it has `results:` (its
+    /// start; `revision` over its own), then loaded and recorded as `(yaml, origin)`.
     async fn render_and_set(
         &self,
         id: &DutId,
         job_dir: Option<&Path>,
         (yaml, origin): (Option<String>, Origin),
-        render: impl FnOnce(&RenderContext) -> Result<ResolvedJob, JobErrors>,
+        revision: Option<String>,
+        render: impl Fn(&RenderContext) -> Result<ResolvedJob, JobErrors>,
     ) -> Result<(), GatewayError> {
         let dut = self.known(id)?;
-        let resolved = render(&self.render_context(&dut, job_dir))?;
-        self.load(&dut, resolved, JobRecord { yaml, origin, set_at: SystemTime::now() }, Load::New).await
+        let (resolved, run) = self.render_with_run(&dut, &self.render_context(&dut, job_dir), render, Load::New, revision).await?;
+        let record = JobRecord { yaml, origin, set_at: SystemTime::now() };
+        self.load_with_run(&dut, resolved, record, Load::New, run).await
     }
 
     /// Loads every stored job again (a durable lab at start): each DUT with a recorded job
@@ -396,9 +413,10 @@ impl Gateway {
                 continue;
             };
             let ctx = self.render_context(&dut, record.origin.base_dir.as_deref());
-            let r = match JobDescription::check(&text, record.origin.clone(), &ctx) {
-                Ok(resolved) => self.load(&dut, resolved, record, Load::Resume).await,
-                Err(e) => Err(e.into()),
+            let render = |ctx: &RenderContext| JobDescription::check(&text, record.origin.clone(), ctx);
+            let r = match self.render_with_run(&dut, &ctx, render, Load::Resume, None).await {
+                Ok((resolved, run)) => self.load_with_run(&dut, resolved, record.clone(), Load::Resume, run).await,
+                Err(e) => Err(e),
             };
             match r {
                 Ok(()) => tracing::info!(dut = %dut.id, "stored job loaded again"),
@@ -413,12 +431,12 @@ impl Gateway {
     pub async fn set_resolved_job(&self, id: &DutId, resolved: ResolvedJob) -> Result<(), GatewayError> {
         let dut = self.known(id)?;
         let record = JobRecord { yaml: None, origin: Origin::named(resolved.origin.clone()), set_at: SystemTime::now() };
-        self.load(&dut, resolved, record, Load::New).await
+        self.load_with_run(&dut, resolved, record, Load::New, None).await
     }
 
     /// Fetches, attaches the disks, then records and activates the job (a job serves only once
     /// it is recorded), with its counts from zero.
-    async fn load(&self, dut: &Dut, resolved: ResolvedJob, record: JobRecord, how: Load) -> Result<(), GatewayError> {
+    async fn load(&self, dut: &Dut, resolved: ResolvedJob, record: JobRecord, how: Load, run: Option<DutRun>) -> Result<(), GatewayError> {
         let _loading = self.expect_job(&dut.id);
         let now = Instant::now();
         let log = &self.inner.log;
@@ -440,12 +458,14 @@ impl Gateway {
         self.inner.disks.attach(&self.inner.cache, &self.lab().limits, &dut.id, &disks, matches!(how, Load::Resume)).await?;
         self.inner.load_times.observe(now.elapsed());
         tracing::info!(dut = %dut.id, job = %resolved.origin, seconds = now.elapsed().as_secs_f64(), "job loaded");
-        let active = ActiveJob::new(resolved, start, cont);
+        let active = ActiveJob::new(resolved, start, cont, run);
         match how {
             Load::New => self.inner.lifetimes.reset(&dut.id)?,
             Load::Resume => active.resume_reads(|key| self.inner.lifetimes.reads(&dut.id, key)),
         }
-        self.inner.jobs.set(&dut.id, record, active)?;
+        let before = self.inner.jobs.set(&dut.id, record, active)?;
+        // A job replaced without its `job_end`: its run ends too, saying nothing of how.
+        self.close_run_later(before);
         Ok(())
     }
 
@@ -453,6 +473,7 @@ impl Gateway {
     pub fn clear_job(&self, id: &DutId) -> Result<bool, GatewayError> {
         self.known(id)?;
         self.inner.disks.release(id);
+        self.close_run_later(self.inner.jobs.active(id));
         Ok(self.inner.jobs.clear(id)?)
     }
 
@@ -586,6 +607,10 @@ impl Catalog for Gateway {
             content: opened.content,
             ticket: log.ticket(req.peer, dut.id.clone(), req.protocol, req.path),
         })
+    }
+
+    fn write(&self, req: &WriteRequest<'_>) -> Result<Upload, ServeError> {
+        self.upload(req)
     }
 
     fn exports(&self, peer: IpAddr) -> Vec<ExportInfo> {

@@ -82,12 +82,22 @@ impl RenderContext {
     ) -> RenderContext {
         let mut vars = endpoints.variables();
         vars.insert("machine_id".into(), dut.machine_id().to_string());
+        // A job with `results:` sees its run's: stand-ins until the gateway opens the run.
+        let http = vars.get("http_artifact_base").cloned().unwrap_or_default();
+        vars.insert("results_url".into(), format!("{http}/_citron/results"));
+        vars.insert("upload_token".into(), String::new());
+        vars.insert("run_id".into(), String::new());
         vars.extend(lab.variables.iter().map(|(k, v)| (k.clone(), v.clone())));
         let mut file_roots = lab.artifact_roots.clone();
         file_roots.extend(job_dir.map(Path::to_path_buf));
         RenderContext { vars, file_roots, limits: lab.limits.clone() }
     }
 }
+
+/// The template variables only a job with `results:` may use: its run's upload token and id,
+/// and where the DUT uploads over HTTP (`_citron/results` on this gateway's HTTP listener).
+/// Every job with a `name:` also sees it as `job_name`.
+pub const RUN_VARIABLES: &[&str] = &["upload_token", "run_id", "results_url"];
 
 /// One thing wrong with a job description: where, and what to change.
 pub type JobError = crate::diag::FileError;

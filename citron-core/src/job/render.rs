@@ -23,6 +23,21 @@ const SCHEMES: &[&str] = &["http", "https", "s3"];
 pub(crate) fn render(desc: &Desc, origin: &Origin, ctx: &RenderContext) -> Result<ResolvedJob, Vec<Problem>> {
     // Roots are compared after resolving their own symlinks, as the files are.
     let roots: Vec<PathBuf> = ctx.file_roots.iter().filter_map(|r| std::fs::canonicalize(r).ok()).collect();
+    // A job's run variables exist only for a job with `results:`; `job_name` for a named one.
+    let own;
+    let ctx = if desc.results.is_none() || desc.name.is_some() {
+        let mut c = ctx.clone();
+        if desc.results.is_none() {
+            c.vars.retain(|k, _| !super::RUN_VARIABLES.contains(&k.as_str()));
+        }
+        if let Some(n) = &desc.name {
+            c.vars.insert("job_name".into(), n.clone());
+        }
+        own = c;
+        &own
+    } else {
+        ctx
+    };
     let mut r = Renderer { ctx, origin, roots, problems: Vec::new() };
     let results = desc.results.as_ref().map(|d| r.results(d));
     let start = r.step(&desc.start);

@@ -1,0 +1,205 @@
+//! Runs of DUT jobs: a job with `results:` sends results back, into a run opened when the job
+//! starts and closed when it ends.
+//!
+//! The gateway decides when (a job with `results:` is set: that is its start; `job_end` closes
+//! it; a restart keeps the open run) and which DUT may write where (its own run, under
+//! `_citron/results/`); where runs and files are kept is the lab's business, behind
+//! [`RunStore`] (the results store of `citron_lab`). A gateway with no run store refuses jobs
+//! with `results:`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use super::jobs::ActiveJob;
+use super::{Gateway, GatewayError, JobRecord, Load};
+use crate::job::{JobErrors, RenderContext, ResolvedJob};
+use crate::namespace::{normalize, Dut, DutId};
+use crate::serve::{ServeError, Upload, UploadAnswer, UploadBody, WriteRequest};
+use crate::store::StoreError;
+
+/// What a new run of a DUT's job records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunStart {
+    /// The DUT it runs on.
+    pub dut: DutId,
+    /// The job's `name:`.
+    pub job: String,
+    /// `results.revision` (or the `?revision=` of the request that set the job).
+    pub revision: Option<String>,
+    /// `results.platform`.
+    pub platform: Option<String>,
+}
+
+/// An open run of a DUT's job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DutRun {
+    /// The run's id.
+    pub id: i64,
+    /// The job's name.
+    pub job: String,
+    /// Its own upload token (`upload` scope for this run only), revoked when it closes.
+    pub token: String,
+}
+
+/// What a [`RunStore`] call gives, when it is done.
+pub type RunFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'static>>;
+
+/// Where DUT runs are kept and their files go. Its calls are futures (unlike the other stores):
+/// they are made where the gateway awaits anyway (a job being set, the API's `job_end`), never
+/// on the serving path.
+pub trait RunStore: Send + Sync + 'static {
+    /// Opens a run and mints its token; durable when the future completes.
+    fn open(&self, start: RunStart) -> RunFuture<DutRun>;
+    /// The DUT's open run, if it has one (a lab loading its jobs again after a restart).
+    fn current(&self, dut: &DutId) -> RunFuture<Option<DutRun>>;
+    /// Closes the run with `status` (`success`, `failure` or `unknown`) and revokes its token.
+    fn close(&self, run: DutRun, status: String) -> RunFuture<()>;
+    /// Takes in the file `path` of `run`: reads `body` to its end, keeps the file only if the
+    /// body ended cleanly and within `max` bytes, and answers on `answer` once it is durable
+    /// and visible. Marked untokened: it came by source address.
+    fn write(&self, run: &DutRun, path: String, max: u64, body: UploadBody, answer: UploadAnswer);
+}
+
+/// Where a DUT's uploads go in its namespace: `_citron/results/<path in the run>`.
+pub const RESULTS_PREFIX: &str = "_citron/results/";
+
+impl Gateway {
+    /// Where runs of jobs with `results:` are kept: set before jobs are loaded (a lab without
+    /// one refuses such jobs).
+    pub fn set_run_store(&self, store: Arc<dyn RunStore>) {
+        *self.inner.runs.write() = Some(store);
+    }
+
+    fn run_store(&self) -> Option<Arc<dyn RunStore>> {
+        self.inner.runs.read().clone()
+    }
+
+    /// The DUT's open run, if its job has one.
+    pub fn current_run(&self, id: &DutId) -> Option<DutRun> {
+        self.inner.jobs.active(id).and_then(|j| j.run.lock().clone())
+    }
+
+    /// Renders a job with `render` in `ctx`; one with `results:` gets its run first (a new one,
+    /// or with [`Load::Resume`] the DUT's open one if it has one) and renders with its
+    /// variables. The run is closed again if the job then fails to render.
+    pub(super) async fn render_with_run(
+        &self,
+        dut: &Dut,
+        ctx: &RenderContext,
+        render: impl Fn(&RenderContext) -> Result<ResolvedJob, JobErrors>,
+        how: Load,
+        revision: Option<String>,
+    ) -> Result<(ResolvedJob, Option<DutRun>), GatewayError> {
+        // With the run's stand-ins: every problem of the job, and whether it has `results:`.
+        let probe = render(ctx)?;
+        let (Some(spec), Some(name)) = (&probe.results, &probe.name) else { return Ok((probe, None)) };
+        let store = self.run_store().ok_or(GatewayError::NoResults)?;
+        let resumed = match how {
+            Load::Resume => store.current(&dut.id).await?.filter(|r| &r.job == name),
+            Load::New => None,
+        };
+        let run = match resumed {
+            Some(run) => run,
+            None => {
+                let start = RunStart {
+                    dut: dut.id.clone(),
+                    job: name.clone(),
+                    revision: revision.or_else(|| spec.revision.clone()),
+                    platform: spec.platform.clone(),
+                };
+                let run = store.open(start).await?;
+                tracing::info!(dut = %dut.id, job = %run.job, run = run.id, "results: run opened");
+                run
+            }
+        };
+        let mut ctx = ctx.clone();
+        ctx.vars.insert("upload_token".into(), run.token.clone());
+        ctx.vars.insert("run_id".into(), run.id.to_string());
+        match render(&ctx) {
+            Ok(job) => Ok((job, Some(run))),
+            Err(e) => {
+                self.close_run(run, UNKNOWN).await;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// [`load`](Gateway::load) with the job's run, closed again if the load fails.
+    pub(super) async fn load_with_run(
+        &self,
+        dut: &Dut,
+        resolved: ResolvedJob,
+        record: JobRecord,
+        how: Load,
+        run: Option<DutRun>,
+    ) -> Result<(), GatewayError> {
+        let r = self.load(dut, resolved, record, how, run.clone()).await;
+        if let (Err(_), Some(run)) = (&r, run) {
+            self.close_run(run, UNKNOWN).await;
+        }
+        r
+    }
+
+    /// Closes the DUT's open run with `status` (`success`, `failure`, `unknown`) and revokes
+    /// its token, before answering: the API's `job_end`. Answers the run closed, if there was
+    /// one. The job itself stays until the event unloads it.
+    pub async fn end_run(&self, id: &DutId, status: &str) -> Result<Option<DutRun>, GatewayError> {
+        self.known(id)?;
+        let Some(run) = self.inner.jobs.active(id).and_then(|j| j.run.lock().take()) else { return Ok(None) };
+        let Some(store) = self.run_store() else { return Ok(None) };
+        store.close(run.clone(), status.to_string()).await?;
+        tracing::info!(dut = %id, job = %run.job, run = run.id, status, "results: run closed");
+        Ok(Some(run))
+    }
+
+    async fn close_run(&self, run: DutRun, status: &str) {
+        let Some(store) = self.run_store() else { return };
+        if let Err(e) = store.close(run.clone(), status.to_string()).await {
+            tracing::error!(job = %run.job, run = run.id, error = %e, "results: a run could not be closed");
+        }
+    }
+
+    /// Closes the run of a job that is going (replaced, dropped, its DUT removed) in the
+    /// background, as `unknown`: the callers are synchronous.
+    pub(super) fn close_run_later(&self, job: Option<Arc<ActiveJob>>) {
+        let Some(run) = job.and_then(|j| j.run.lock().take()) else { return };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let gw = self.clone();
+        rt.spawn(async move { gw.close_run(run, UNKNOWN).await });
+    }
+
+    /// [`Catalog::write`]: the DUT by its address, the name under `_citron/results/` of its
+    /// namespace, its job's open run, the job's `max_size`; every refusal logged.
+    pub(super) fn upload(&self, req: &WriteRequest<'_>) -> Result<Upload, ServeError> {
+        let log = &self.inner.log;
+        let Some(dut) = self.inner.duts.by_addr(req.peer) else {
+            log.refuse(req.peer, None, req.protocol, req.path, "upload from an unknown DUT");
+            return Err(ServeError::UnknownDut(req.peer));
+        };
+        let refuse = |e: ServeError| {
+            log.refuse(req.peer, Some(&dut.id), req.protocol, req.path, format!("upload refused: {e}"));
+            e
+        };
+        let path = normalize(req.path).map_err(|e| refuse(e.into()))?;
+        let Some(name) = path.strip_prefix(RESULTS_PREFIX).filter(|n| !n.is_empty()) else {
+            return Err(refuse(ServeError::Forbidden(format!("{path}: uploads go under /{RESULTS_PREFIX}"))));
+        };
+        let job = self.inner.jobs.active(&dut.id);
+        let (run, max) = match job.as_ref().map(|j| (j.run.lock().clone(), j.job.results.as_ref().map(|r| r.max_size))) {
+            Some((Some(run), Some(max))) => (run, max),
+            _ => return Err(refuse(ServeError::Forbidden(format!("{path}: the DUT's job takes no results (no `results:`, or its run is over)")))),
+        };
+        if req.size.is_some_and(|s| s > max) {
+            return Err(refuse(ServeError::TooLarge { max }));
+        }
+        let store = self.run_store().ok_or_else(|| refuse(ServeError::Forbidden("this lab keeps no results".into())))?;
+        let ticket = log.ticket(req.peer, dut.id.clone(), req.protocol, req.path);
+        let (up, body, answer) = Upload::channel(name.to_string(), max, ticket);
+        store.write(&run, name.to_string(), max, body, answer);
+        Ok(up)
+    }
+}
+
+/// The status of a run nobody said how it ended.
+const UNKNOWN: &str = "unknown";
