@@ -224,6 +224,8 @@ impl ServerBuilder {
         // cut short by a crash left is removed.
         if let Some(r) = &self.results {
             r.clean().await;
+            // The runs of DUT jobs with `results:` and their uploads go to the results store.
+            self.gateway.set_run_store(std::sync::Arc::new(r.clone()));
         }
 
         let (stop_tx, stop_rx) = watch::channel(false);

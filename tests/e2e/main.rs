@@ -7,6 +7,7 @@ mod cli;
 mod conns;
 mod datadir;
 mod disk_expiry;
+mod dut_runs;
 mod extract;
 mod fulldisk;
 mod gateways;

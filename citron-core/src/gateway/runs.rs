@@ -188,7 +188,11 @@ impl Gateway {
         let job = self.inner.jobs.active(&dut.id);
         let (run, max) = match job.as_ref().map(|j| (j.run.lock().clone(), j.job.results.as_ref().map(|r| r.max_size))) {
             Some((Some(run), Some(max))) => (run, max),
-            _ => return Err(refuse(ServeError::Forbidden(format!("{path}: the DUT's job takes no results (no `results:`, or its run is over)")))),
+            _ => {
+                return Err(refuse(ServeError::Forbidden(format!(
+                    "{path}: the DUT's job takes no results (no `results:`, or its run is over)"
+                ))))
+            }
         };
         if req.size.is_some_and(|s| s > max) {
             return Err(refuse(ServeError::TooLarge { max }));

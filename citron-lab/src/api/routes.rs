@@ -78,6 +78,8 @@ fn gateway_status(e: &GatewayError) -> StatusCode {
         GatewayError::Registry(RegistryError::BadId(_)) => StatusCode::BAD_REQUEST,
         GatewayError::Registry(_) => StatusCode::CONFLICT,
         GatewayError::Job(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        // A job with `results:` on a lab with no state store: this lab cannot run it.
+        GatewayError::NoResults => StatusCode::UNPROCESSABLE_ENTITY,
         // citron's own storage is full: neither the job's fault nor the source's.
         GatewayError::Fetch(FetchError::DiskFull { .. } | FetchError::CacheFull { .. }) => StatusCode::INSUFFICIENT_STORAGE,
         // The job is fine but an artifact could not be fetched or does not match its digest.
@@ -230,7 +232,10 @@ async fn get_job(State(api): S, Id(id): Id) -> Result<Response, ApiError> {
 
 /// Set the DUT's job.
 #[utoipa::path(put, path = "/api/v1/duts/{id}/job", operation_id = "setJob", tag = "jobs",
-    params(("id" = String, Path, description = "The DUT id")),
+    params(
+        ("id" = String, Path, description = "The DUT id"),
+        ("revision" = Option<String>, Query, description = "What the job's run records as built or tested, over its `results.revision` (a job with `results:`)"),
+    ),
     request_body(content = String, description = "The job description, YAML", content_type = "application/yaml"),
     responses(
         (status = 200, description = "Loaded: every artifact fetched; the DUT with its job", body = DutView),
@@ -246,15 +251,17 @@ async fn set_job(
     State(api): S,
     Extension(actor): Extension<Actor>,
     Id(id): Id,
+    RawQuery(q): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let d = dut(&api, &id)?;
+    let revision = revision_query(q.as_deref())?;
     require_type(&headers, JSON_OR_YAML)?;
     let body = api.read_body(body).await?;
     let text = String::from_utf8(body.to_vec()).map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "the job must be UTF-8 YAML"))?;
     let origin = format!("api:{}", d.id);
-    api.gateway.set_job_yaml(&d.id, &text, Origin::named(origin.clone())).await?;
+    api.gateway.set_job_yaml_at(&d.id, &text, Origin::named(origin.clone()), revision).await?;
     api.record(NewEvent::new("job_set").dut(d.id.0.clone()).job(Some(origin)).actor(actor.0));
     Ok(json_response(StatusCode::OK, &DutView::own(&api.gateway, &d, api.me())))
 }
@@ -276,8 +283,8 @@ async fn clear_job(State(api): S, Extension(actor): Extension<Actor>, Id(id): Id
     params(("id" = String, Path, description = "The DUT id")),
     request_body(content = EventBody, content_type = "application/json"),
     responses(
-        (status = 204, description = "Done: lifetimes reset as the job says; `job_end` drops the job"),
-        (status = 400, description = "Not an event", body = ErrorBody),
+        (status = 204, description = "Done: lifetimes reset as the job says; `job_end` closes the job's run (with `status`) and drops the job"),
+        (status = 400, description = "Not an event, or not a run status", body = ErrorBody),
         (status = 404, description = "No such DUT", body = ErrorBody),
         (status = 413, description = "Body over `limits.api_body_max`", body = ErrorBody),
         (status = 415, description = "Body not `application/json`", body = ErrorBody),
@@ -299,7 +306,16 @@ async fn post_event(
         .and_then(Value::as_str)
         .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "missing \"event\": boot, job_start or job_end"))?;
     let ev: Event = name.parse().map_err(|e: String| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    let status = match v.get("status") {
+        None | Some(Value::Null) => "unknown",
+        Some(Value::String(s)) if ev == Event::JobEnd && ["success", "failure", "unknown"].contains(&s.as_str()) => s.as_str(),
+        Some(_) => return Err(ApiError::new(StatusCode::BAD_REQUEST, "\"status\" is for job_end: success, failure or unknown")),
+    };
     let job = api.gateway.job_record(&d.id).map(|r| r.origin.name);
+    if ev == Event::JobEnd {
+        // The run is closed (its token revoked) before the event is answered.
+        api.gateway.end_run(&d.id, status).await?;
+    }
     api.gateway.event(&d.id, ev)?;
     // The event itself is in the feed (the DUT's history); `job_end` also drops the job.
     if ev == Event::JobEnd && job.is_some() {
@@ -334,6 +350,20 @@ async fn list_accesses(State(api): S, Id(id): Id, RawQuery(q): RawQuery) -> Resu
         }
     }
     Ok(r)
+}
+
+/// `?revision=R` of `PUT …/job`: 1 to 256 bytes, no control characters.
+fn revision_query(q: Option<&str>) -> Result<Option<String>, ApiError> {
+    let mut revision = None;
+    for (k, v) in url::form_urlencoded::parse(q.unwrap_or("").as_bytes()) {
+        if k == "revision" {
+            if v.is_empty() || v.len() > 256 || v.chars().any(char::is_control) {
+                return Err(ApiError::new(StatusCode::BAD_REQUEST, "?revision= must have 1 to 256 bytes and no control characters"));
+            }
+            revision = Some(v.into_owned());
+        }
+    }
+    Ok(revision)
 }
 
 /// `?after=SEQ&limit=N` of a paginated list: records after `SEQ` (0: from the start), at most

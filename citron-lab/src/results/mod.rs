@@ -15,8 +15,11 @@
 //! - `runs.rs`: runs, files, consoles in the state store ([`Run`], [`ResultFile`]).
 //! - `blob.rs`: file contents by SHA-256 behind `object_store` ([`BlobStore`]).
 //! - `retention.rs`: which runs lose their files, which blobs go ([`Retention`]).
+//! - `dut_runs.rs`: the runs of DUT jobs with `results:` and what DUTs upload into them
+//!   (the core's `RunStore`).
 
 mod blob;
+mod dut_runs;
 mod retention;
 mod runs;
 
@@ -27,6 +30,7 @@ use crate::auth::{Principal, Scope, TokenStore};
 use crate::state::State;
 
 pub use blob::{BlobStore, Stored};
+pub use dut_runs::DUT_RUN_TOKEN_TTL;
 pub use retention::{expired, Finished, Retention, Sweeper};
 pub use runs::{Added, Appended, NewRun, ResultFile, Run, Runs, Status};
 

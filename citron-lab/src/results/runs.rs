@@ -228,6 +228,21 @@ impl Runs {
         .await
     }
 
+    /// The open run of the DUT `dut` (its job's), newest first: `(id, job, token)`.
+    pub async fn open_of_dut(&self, dut: &str) -> Result<Option<(i64, String, String)>, StoreError> {
+        let d = dut.to_string();
+        let row = call(&self.db, move |pool| async move {
+            sqlx::query(
+                "SELECT id, job, token FROM runs WHERE dut = $1 AND status = 'running' AND token IS NOT NULL ORDER BY id DESC LIMIT 1",
+            )
+            .bind(d)
+            .fetch_optional(&pool)
+            .await
+        })
+        .await?;
+        Ok(row.and_then(|r| Some((r.try_get(0).ok()?, r.try_get(1).ok()?, r.try_get(2).ok()?))))
+    }
+
     /// The run `id` of `job`, with its files.
     pub async fn get(&self, job: &str, id: i64) -> Result<Option<Run>, StoreError> {
         let j = job.to_string();

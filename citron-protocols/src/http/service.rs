@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use citron_core::serve::{Artifact, ByteRange, Catalog, FileRequest, Intent, Protocol, RangeRequest, ServeError, Space};
+use citron_core::serve::{Artifact, ByteRange, Catalog, FileRequest, Intent, Protocol, RangeRequest, ServeError, Space, WriteRequest};
 use citron_core::Digest;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -31,6 +31,9 @@ pub fn status(e: &ServeError) -> StatusCode {
         ServeError::Forbidden(_) => StatusCode::FORBIDDEN,
         ServeError::Gone(_) => StatusCode::GONE,
         ServeError::OutOfRange { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+        ServeError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        ServeError::Exists(_) => StatusCode::CONFLICT,
+        ServeError::NoSpace(_) => StatusCode::INSUFFICIENT_STORAGE,
         ServeError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -267,8 +270,8 @@ impl Handler {
     fn handle(&self, req: &Request<Incoming>) -> Response<ResponseBody> {
         let head = req.method() == Method::HEAD;
         if req.method() != Method::GET && !head {
-            let mut r = error_response(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD are served\n", false);
-            r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            let mut r = error_response(StatusCode::METHOD_NOT_ALLOWED, "only GET, HEAD and PUT (uploads) are served\n", false);
+            r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, PUT"));
             return r;
         }
         let path = match percent_decode(req.uri().path()) {
@@ -295,6 +298,46 @@ impl Handler {
         match self.catalog.open(&freq) {
             Ok(a) => self.respond(req.headers(), Arc::new(a), head),
             Err(e) => refusal(&e, &path, self.peer, head),
+        }
+    }
+
+    /// A `PUT`: the core decides where the upload goes and how large it may be
+    /// ([`Catalog::write`]); the body is streamed to it as it arrives, never buffered whole.
+    /// 201 once the file is durable and visible; a body cut off keeps nothing.
+    async fn put(&self, req: Request<Incoming>) -> Response<ResponseBody> {
+        use http_body_util::BodyExt as _;
+        let path = match percent_decode(req.uri().path()) {
+            Ok(p) => p,
+            Err(e) => return error_response(StatusCode::BAD_REQUEST, &format!("{e}\n"), false),
+        };
+        let size = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        let wreq = WriteRequest { peer: self.peer.ip(), protocol: Protocol::HTTP, path: &path, size };
+        let mut up = match self.catalog.write(&wreq) {
+            Ok(u) => u,
+            Err(e) => return refusal(&e, &path, self.peer, false),
+        };
+        let mut body = req.into_body();
+        while let Some(frame) = body.frame().await {
+            let frame = match frame {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::debug!(peer = %self.peer, error = %e, "http: an upload was cut off: nothing kept");
+                    return error_response(StatusCode::BAD_REQUEST, "the upload was cut off: nothing was kept\n", false);
+                }
+            };
+            if let Ok(data) = frame.into_data() {
+                if let Err(e) = up.write(data).await {
+                    return refusal(&e, &path, self.peer, false);
+                }
+            }
+        }
+        match up.finish().await {
+            Ok(w) => {
+                let mut r = error_response(StatusCode::CREATED, &format!("{} {}\n", w.digest, w.name), false);
+                r.headers_mut().insert(header::ETAG, HeaderValue::from_str(&format!("\"{}\"", w.digest)).expect("hex is a valid header"));
+                r
+            }
+            Err(e) => refusal(&e, &path, self.peer, false),
         }
     }
 
@@ -401,7 +444,7 @@ fn refusal(e: &ServeError, path: &str, peer: SocketAddr, head: bool) -> Response
     let text = format!("{}\n", code.canonical_reason().unwrap_or("error"));
     let mut r = error_response(code, &text, head);
     if code == StatusCode::METHOD_NOT_ALLOWED {
-        r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, PUT"));
     }
     if let ServeError::OutOfRange { size, .. } = e {
         let cr = format!("bytes */{size}");
@@ -425,6 +468,15 @@ impl hyper::service::Service<Request<Incoming>> for Handler {
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         self.activity.begin();
         let activity = self.activity.clone();
+        if req.method() == Method::PUT {
+            let me = self.clone();
+            return futures::future::Either::Right(Box::pin(async move {
+                if let Some(wait) = me.catalog.job_loading(me.peer.ip()) {
+                    wait.await;
+                }
+                Ok(me.put(req).await.map(|body| Tracked::new(body, activity)))
+            }));
+        }
         if let Some(wait) = self.catalog.job_loading(self.peer.ip()) {
             let me = self.clone();
             return futures::future::Either::Right(Box::pin(async move {

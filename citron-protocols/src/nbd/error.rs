@@ -16,6 +16,8 @@ pub(crate) fn option_reply(e: &ServeError) -> u32 {
         ServeError::Forbidden(_) => rep::ERR_UNKNOWN,
         ServeError::Gone(_) => rep::ERR_UNKNOWN,
         ServeError::OutOfRange { .. } => rep::ERR_INVALID,
+        // Upload refusals: NBD never uploads a file, but the match stays exhaustive.
+        ServeError::TooLarge { .. } | ServeError::Exists(_) | ServeError::NoSpace(_) => rep::ERR_INVALID,
         ServeError::Io(_) => rep::ERR_INVALID,
     }
 }

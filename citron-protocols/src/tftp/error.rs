@@ -25,6 +25,9 @@ pub fn error_packet(e: &ServeError) -> Packet {
         ServeError::Forbidden(_) => (ErrorCode::ACCESS_VIOLATION, "access violation".to_string()),
         ServeError::Gone(r) => (ErrorCode::ACCESS_VIOLATION, format!("no longer available: {r}")),
         ServeError::OutOfRange { .. } => (ErrorCode::NOT_DEFINED, "request out of range".to_string()),
+        ServeError::TooLarge { max } => (ErrorCode::DISK_FULL, format!("allocation exceeded: at most {max} bytes")),
+        ServeError::Exists(_) => (ErrorCode::FILE_EXISTS, "file already exists with other content".to_string()),
+        ServeError::NoSpace(_) => (ErrorCode::DISK_FULL, "disk full".to_string()),
         ServeError::Io(_) => (ErrorCode::NOT_DEFINED, "server I/O error".to_string()),
     };
     Packet::Error { code, message }
@@ -48,5 +51,7 @@ mod tests {
         assert_eq!(code(ServeError::Forbidden("a".into())), 2);
         assert_eq!(code(ServeError::OutOfRange { offset: 1, len: 1, size: 1 }), 0);
         assert_eq!(code(ServeError::Io(std::io::Error::other("x"))), 0);
+        assert_eq!(code(ServeError::TooLarge { max: 1 }), 3);
+        assert_eq!(code(ServeError::Exists("a".into())), 6);
     }
 }

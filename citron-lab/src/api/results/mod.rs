@@ -434,7 +434,7 @@ async fn finish_run(
         return Err(ApiError::new(StatusCode::CONFLICT, format!("run {run} is finished already ({})", now.name())));
     }
     if let Some(t) = token {
-        r.tokens().revoke(&t).await?;
+        r.revoke_run_token(&t).await?;
     }
     tracing::info!(%job, run, status = f.status.name(), "results: run finished");
     if let Err(e) = r.sweep(&job).await {

@@ -80,7 +80,22 @@ async fn latest_file_of(api: &Api, p: &Principal, job: &str, path: &str, q: Opti
         .file(run.id, path)
         .await?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("run {} has no file {path:?}", run.id)))?;
+    if tokened_only(q) && !f.tokened {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "run {}'s {path:?} came by a DUT's source address, not with a token (?tokened=true asks for tokened files only)",
+                run.id
+            ),
+        ));
+    }
     Ok(to_blob(&f))
+}
+
+/// `?tokened=true`: only files uploaded with a token count (a DUT's source address can be
+/// forged, over UDP above all).
+fn tokened_only(q: Option<&str>) -> bool {
+    query_pairs(q).iter().any(|(k, v)| k == "tokened" && (v == "true" || v == "1"))
 }
 
 /// A file of the newest run: a redirect to its immutable blob, the digest in a header.
@@ -90,6 +105,7 @@ async fn latest_file_of(api: &Api, p: &Principal, job: &str, path: &str, q: Opti
         ("path" = String, Path, description = "The file's path in the run"),
         ("platform" = Option<String>, Query, description = "Only runs on this platform"),
         ("status" = Option<String>, Query, description = "`success` (default), `failure`, `unknown`, `running` or `any`"),
+        ("tokened" = Option<bool>, Query, description = "`true`: only a file uploaded with a token (not by a DUT's source address, which can be forged)"),
     ),
     responses(
         (status = 307, description = "To the immutable blob", headers(("Location" = String), ("X-Checksum-SHA256" = String, description = "The file's SHA-256, hex"))),
@@ -114,6 +130,7 @@ pub(super) async fn latest_file(
         ("path" = String, Path, description = "The file's path in the run"),
         ("platform" = Option<String>, Query, description = "Only runs on this platform"),
         ("status" = Option<String>, Query, description = "`success` (default), `failure`, `unknown`, `running` or `any`"),
+        ("tokened" = Option<bool>, Query, description = "`true`: only a file uploaded with a token (not by a DUT's source address, which can be forged)"),
     ),
     responses(
         (status = 307, description = "The digest in `X-Checksum-SHA256`, the blob in `Location`", headers(("Location" = String), ("X-Checksum-SHA256" = String, description = "The file's SHA-256, hex"))),
