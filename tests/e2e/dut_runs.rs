@@ -6,9 +6,10 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::time::Duration;
 
 use citron_tests::api::Reply;
-use citron_tests::{curl, curl_status, require_tool, Citron};
+use citron_tests::{curl, curl_status, require_tool, run, Citron};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -189,4 +190,95 @@ fn a_dut_job_with_results_runs_uploads_and_ends() {
     // job_end without a status: unknown.
     assert_eq!(event(&c, "dut1", json!({"event": "job_end"})).status, 204);
     assert_eq!(the_run(&c, "fw-build", second)["status"], "unknown");
+}
+
+#[test]
+fn tftp_puts_land_in_the_dut_run_and_nowhere_else() {
+    if !require_tool("curl") || !require_tool("tftp") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // tftp-hpa cannot choose its source address: the board is the DUT at 127.0.0.1.
+    let lab = dir.path().join("lab.yaml");
+    std::fs::write(&lab, "duts:\n  - {id: board, ip: [\"127.0.0.1\"]}\n  - {id: other, ip: [\"127.0.0.3\"]}\n").unwrap();
+    let c = start(&["--lab", lab.to_str().unwrap()]);
+    let port = c.tftp.unwrap().port().to_string();
+    let file = |name: &str, content: &[u8]| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, content).unwrap();
+        p
+    };
+    let tftp_put = |src: &Path, remote: &str| {
+        let o = run(
+            "tftp",
+            &["-4", "127.0.0.1", &port, "-m", "binary", "-c", "put", src.to_str().unwrap(), remote],
+            None,
+            Duration::from_secs(30),
+        );
+        o.stdout + &o.stderr
+    };
+    let job = JOB.replace("fw-build", "board-test");
+    assert_eq!(put_job(&c, "board", "", &job).status, 200);
+    let id = the_runs(&c, "board-test")[0]["id"].as_i64().unwrap();
+
+    // tftp-hpa `put`: several blocks with a short last one, and an exact multiple of 512
+    // (an empty last block).
+    let log: Vec<u8> = (0..3000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let even = vec![9u8; 1024];
+    assert_eq!(tftp_put(&file("console.log", &log), "_citron/results/console.log"), "");
+    assert_eq!(tftp_put(&file("even.bin", &even), "/_citron/results/logs/even.bin"), "");
+    // curl negotiates blksize and tsize.
+    let img = vec![5u8; 20_000];
+    let o = curl(&[
+        "--tftp-blksize",
+        "1468",
+        "-T",
+        file("img.bin", &img).to_str().unwrap(),
+        &format!("tftp://127.0.0.1:{port}/_citron/results/img.bin"),
+    ]);
+    assert_eq!(o.code, 0, "{o:?}");
+    // Refused with TFTP's own errors: over max_size, outside _citron/results, another DUT.
+    let err = tftp_put(&file("big.bin", &vec![1u8; 70_000]), "_citron/results/big.bin");
+    assert!(err.contains("Error code 3"), "{err}");
+    assert!(tftp_put(&file("x", b"x"), "x").contains("Error code 2"));
+    let o = curl(&[
+        "--interface",
+        DUT2,
+        "-T",
+        file("evil", b"evil").to_str().unwrap(),
+        &format!("tftp://127.0.0.1:{port}/_citron/results/evil"),
+    ]);
+    assert_ne!(o.code, 0, "another DUT's address cannot write into the board's run: {o:?}");
+    assert_eq!(put_job(&c, "other", "", "deployment:\n  start: {}\n").status, 200);
+    let o = curl(&[
+        "--interface",
+        DUT2,
+        "-T",
+        file("evil", b"evil").to_str().unwrap(),
+        &format!("tftp://127.0.0.1:{port}/_citron/results/evil"),
+    ]);
+    assert_ne!(o.code, 0, "a job without results: takes no upload: {o:?}");
+
+    let got = the_run(&c, "board-test", id);
+    let files: Vec<(String, String, u64, bool)> = got["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["path"].as_str().unwrap().into(),
+                f["sha256"].as_str().unwrap().into(),
+                f["size"].as_u64().unwrap(),
+                f["tokened"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        files,
+        vec![
+            ("console.log".into(), hex_sha(&log), 3000, false),
+            ("img.bin".into(), hex_sha(&img), 20_000, false),
+            ("logs/even.bin".into(), hex_sha(&even), 1024, false),
+        ]
+    );
 }

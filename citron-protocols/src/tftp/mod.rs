@@ -1,5 +1,7 @@
 //! TFTP backend: RFC 1350 read requests with RFC 2347 option negotiation (`blksize` RFC 2348,
-//! `timeout` and `tsize` RFC 2349, `windowsize` RFC 7440). Write requests are refused.
+//! `timeout` and `tsize` RFC 2349, `windowsize` RFC 7440), and write requests (uploads into the
+//! DUT's run, where its job takes results: [`Catalog::write`] decides), lockstep, with
+//! `blksize`, `timeout` and `tsize`.
 //!
 //! Every request is answered from the requesting DUT's namespace: the backend passes the source
 //! address and the file name to the [`Catalog`], which decides (DUT, path, lifetime, generated
@@ -10,6 +12,7 @@
 //! - [`session`]: one transfer as a pure state machine (windows, retransmission, block-number
 //!   rollover); option negotiation in `negotiate`, re-exported there.
 //! - [`netascii`]: the netascii encoding as a streaming converter.
+//! - [`receive`]: one write transfer as a pure state machine; `upload`: its task and socket.
 //! - `server`: sockets, timers and tasks ([`serve`], [`serve_with`], [`Config`]).
 //! - `body`: a transfer's bytes, read in chunks ahead (octet) or converted as they stream
 //!   (netascii).
@@ -37,9 +40,11 @@ mod error;
 mod negotiate;
 pub mod netascii;
 pub mod packet;
+pub mod receive;
 mod server;
 pub mod session;
 mod sys;
+mod upload;
 
 pub use error::error_packet;
 pub use server::{serve_with, Config};

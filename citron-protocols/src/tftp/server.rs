@@ -98,10 +98,10 @@ impl Default for Config {
     }
 }
 
-struct Shared {
-    catalog: Arc<dyn Catalog>,
-    config: Config,
-    local_ip: IpAddr,
+pub(super) struct Shared {
+    pub(super) catalog: Arc<dyn Catalog>,
+    pub(super) config: Config,
+    pub(super) local_ip: IpAddr,
     base_url: Option<String>,
 }
 
@@ -357,8 +357,16 @@ fn on_request(
             None
         }
         Packet::Wrq(req) => {
-            tracing::info!(%peer, file = %Clip(&req.filename, max), "write request refused");
-            Some(Packet::Error { code: ErrorCode::ACCESS_VIOLATION, message: "citron is read-only".into() })
+            // An upload into the DUT's run (the core decides whether it takes one).
+            let slot = match gate.slots.take(peer, dut.clone()) {
+                Ok(s) => s,
+                Err(why) => {
+                    tracing::debug!(%peer, file = %Clip(&req.filename, max), ?why, "write request without a transfer slot ignored (the client retries)");
+                    return None;
+                }
+            };
+            workers.spawn(tasks, super::upload::receive(shared.clone(), peer, req, len, slot));
+            None
         }
         other => {
             tracing::debug!(%peer, opcode = opcode(&other), "non-request packet on the TFTP port ignored");
@@ -545,7 +553,7 @@ async fn transfer(shared: Arc<Shared>, peer: SocketAddr, req: Request, req_len: 
 }
 
 /// Sends ERROR `p`, cut to no more than `req_len` bytes (see `no_larger`).
-async fn send_error(sock: &TransferSocket, out: &mut BytesMut, p: Packet, req_len: usize) {
+pub(super) async fn send_error(sock: &TransferSocket, out: &mut BytesMut, p: Packet, req_len: usize) {
     let Some(p) = no_larger(p, req_len) else { return };
     out.clear();
     packet::encode(&p, out);
