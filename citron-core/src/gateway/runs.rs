@@ -207,3 +207,115 @@ impl Gateway {
 
 /// The status of a run nobody said how it ended.
 const UNKNOWN: &str = "unknown";
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use bytes::Bytes;
+    use parking_lot::Mutex;
+
+    use super::*;
+    use crate::job::Origin;
+    use crate::lab::LabConfig;
+    use crate::serve::{Catalog, FileRequest, Intent, Protocol, Space, Written};
+    use crate::Digest;
+
+    /// Runs in memory: what a [`RunStore`] is asked, kept for the test to look at.
+    #[derive(Default)]
+    struct MemRuns {
+        runs: Mutex<Vec<(DutRun, DutId, Option<String>)>>,
+        files: Mutex<HashMap<(i64, String), Vec<u8>>>,
+    }
+
+    impl RunStore for Arc<MemRuns> {
+        fn open(&self, s: RunStart) -> RunFuture<DutRun> {
+            let mut runs = self.runs.lock();
+            let id = runs.len() as i64 + 1;
+            let run = DutRun { id, job: s.job, token: format!("tok-{id}") };
+            runs.push((run.clone(), s.dut, None));
+            Box::pin(async move { Ok(run) })
+        }
+        fn current(&self, dut: &DutId) -> RunFuture<Option<DutRun>> {
+            let r = self.runs.lock().iter().rev().find(|(_, d, st)| d == dut && st.is_none()).map(|(r, _, _)| r.clone());
+            Box::pin(async move { Ok(r) })
+        }
+        fn close(&self, run: DutRun, status: String) -> RunFuture<()> {
+            if let Some(r) = self.runs.lock().iter_mut().find(|(r, _, _)| r.id == run.id) {
+                r.2 = Some(status);
+            }
+            Box::pin(async { Ok(()) })
+        }
+        fn write(&self, run: &DutRun, path: String, _max: u64, mut body: UploadBody, answer: UploadAnswer) {
+            let (me, id) = (self.clone(), run.id);
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                while let Some(piece) = body.next().await {
+                    match piece {
+                        Ok(b) => got.extend_from_slice(&b),
+                        Err(e) => return answer.send(Err(ServeError::Io(e))),
+                    }
+                }
+                let w = Written { name: path.clone(), len: got.len() as u64, digest: Digest::of(&got) };
+                me.files.lock().insert((id, path), got);
+                answer.send(Ok(w));
+            });
+        }
+    }
+
+    const JOB: &str = "name: j\nresults: {max_size: 10}\ndeployment:\n  start:\n    storage:\n      http:\n        - path: /env\n          data: '{{ upload_token }} {{ run_id }} {{ job_name }}'\n";
+
+    fn wreq(peer: &str, path: &str, size: Option<u64>) -> WriteRequest<'static> {
+        WriteRequest { peer: peer.parse().unwrap(), protocol: Protocol::HTTP, path: Box::leak(path.to_string().into_boxed_str()), size }
+    }
+
+    #[tokio::test]
+    async fn a_job_with_results_gets_a_run_and_only_its_dut_writes_into_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let gw = Gateway::new(LabConfig::default_lab(), dir.path()).unwrap();
+        let d1 = DutId::from("dut1");
+        assert!(matches!(gw.set_job_yaml(&d1, JOB, Origin::named("api")).await, Err(GatewayError::NoResults)));
+        let mem = Arc::new(MemRuns::default());
+        gw.set_run_store(Arc::new(mem.clone()));
+        gw.set_job_yaml(&d1, JOB, Origin::named("api")).await.unwrap();
+        let env = FileRequest {
+            peer: "127.0.0.2".parse().unwrap(),
+            protocol: Protocol::HTTP,
+            space: Space::HTTP,
+            path: "/env",
+            base_url: None,
+            intent: Intent::Read,
+            range: None,
+        };
+        let a = gw.open(&env).unwrap();
+        assert_eq!(a.read_chunk(0, 100).unwrap(), Bytes::from_static(b"tok-1 1 j"));
+        assert_eq!(gw.current_run(&d1).map(|r| r.id), Some(1));
+
+        let mut up = gw.write(&wreq("127.0.0.2", "/_citron/results/logs/a", None)).unwrap();
+        up.write(Bytes::from_static(b"hello")).await.unwrap();
+        assert_eq!(up.finish().await.unwrap().len, 5);
+        assert_eq!(mem.files.lock()[&(1, "logs/a".to_string())], b"hello");
+        // Refused: another DUT, outside _citron/results, `..`, over max_size (announced or streamed).
+        assert!(matches!(gw.write(&wreq("127.0.0.3", "_citron/results/a", None)), Err(ServeError::Forbidden(_))));
+        assert!(matches!(gw.write(&wreq("127.0.0.9", "_citron/results/a", None)), Err(ServeError::UnknownDut(_))));
+        assert!(matches!(gw.write(&wreq("127.0.0.2", "env", None)), Err(ServeError::Forbidden(_))));
+        assert!(matches!(gw.write(&wreq("127.0.0.2", "_citron/results/", None)), Err(ServeError::Forbidden(_))));
+        assert!(matches!(gw.write(&wreq("127.0.0.2", "_citron/results/../x", None)), Err(ServeError::BadPath(_))));
+        assert!(matches!(gw.write(&wreq("127.0.0.2", "_citron/results/b", Some(11))), Err(ServeError::TooLarge { max: 10 })));
+        let mut up = gw.write(&wreq("127.0.0.2", "_citron/results/b", None)).unwrap();
+        assert!(matches!(up.write(Bytes::from_static(b"0123456789x")).await, Err(ServeError::TooLarge { .. })));
+        drop(up);
+
+        // job_end closes the run with its status; the job takes no more uploads.
+        assert_eq!(gw.end_run(&d1, "success").await.unwrap().map(|r| r.id), Some(1));
+        assert_eq!(mem.runs.lock()[0].2.as_deref(), Some("success"));
+        assert!(matches!(gw.write(&wreq("127.0.0.2", "_citron/results/c", None)), Err(ServeError::Forbidden(_))));
+        // A new job is a new run; replacing it closes the old one as unknown.
+        gw.set_job_yaml(&d1, JOB, Origin::named("api")).await.unwrap();
+        gw.set_job_yaml(&d1, JOB, Origin::named("api")).await.unwrap();
+        tokio::task::yield_now().await;
+        let statuses: Vec<Option<String>> = mem.runs.lock().iter().map(|r| r.2.clone()).collect();
+        assert_eq!(statuses, [Some("success".into()), Some("unknown".into()), None]);
+        assert!(!mem.files.lock().contains_key(&(1, "b".to_string())), "an upload dropped midway keeps nothing");
+    }
+}

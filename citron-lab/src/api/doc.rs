@@ -74,7 +74,7 @@ Lists that can grow are paginated with `?after=SEQ&limit=N`; a full page answers
         super::probe::get_health,
         super::probe::get_ready,
     ),
-    components(schemas(ErrorBody, JobErrorsBody, JobErrorDoc, NewDut, DutView, JobView, EventBody, EventKind, AccessRecordDoc, OutcomeKind, VersionView, StateView, crate::state::feed::FeedEvent)),
+    components(schemas(ErrorBody, JobErrorsBody, JobErrorDoc, NewDut, DutView, JobView, EventBody, EventKind, RunEnd, AccessRecordDoc, OutcomeKind, VersionView, StateView, crate::state::feed::FeedEvent)),
     modifiers(&Common),
     tags(
         (name = "duts", description = "The lab's devices under test"),
@@ -283,9 +283,22 @@ impl From<JobRecord> for JobView {
 #[allow(dead_code)] // a schema only: the handler parses it for its own error messages
 pub(super) struct EventBody {
     event: EventKind,
+    /// For `job_end` of a job with `results:`: how its run ended (default `unknown`).
+    #[schema(nullable = false)]
+    status: Option<RunEnd>,
 }
 
-/// `boot` (the DUT booted), `job_start`, `job_end` (drops the job).
+/// How a DUT's run ended.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)] // a schema only
+pub(super) enum RunEnd {
+    Success,
+    Failure,
+    Unknown,
+}
+
+/// `boot` (the DUT booted), `job_start`, `job_end` (closes the job's run, drops the job).
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 #[allow(dead_code)] // a schema only

@@ -1,4 +1,6 @@
-//! HTTP/1.1 backend: GET and HEAD of a DUT's namespace, over hyper.
+//! HTTP/1.1 backend: GET and HEAD of a DUT's namespace, and PUT of its uploads (under
+//! `_citron/results/`, streamed to [`Catalog::write`](citron_core::serve::Catalog::write),
+//! which decides where they go and how large they may be), over hyper.
 //!
 //! Every request is answered by asking the [`Catalog`] "this source address wants this path"; the
 //! backend only speaks HTTP: percent-decoding, conditional requests (`ETag` = the artifact's sha256,
