@@ -172,6 +172,7 @@ limits:
   downloads_in_flight: 4
   downloads_per_job: 2
   job_wait: 2m
+  results_max: 3G
   connections: 100
   connections_per_peer: 10
   header_timeout: 5s
@@ -206,7 +207,7 @@ limits:
     use std::time::Duration;
     assert_eq!((l.max_disk_size.bytes(), l.unpack_max_bytes.bytes(), l.unpack_max_entries), (1 << 40, 10 << 30, 1000));
     assert_eq!((l.downloads_in_flight, l.downloads_per_job, l.connections, l.connections_per_peer), (4, 2, 100, 10));
-    assert_eq!(l.job_wait.get(), Duration::from_secs(120));
+    assert_eq!((l.job_wait.get(), l.results_max.bytes()), (Duration::from_secs(120), 3 << 30));
     assert_eq!(
         (l.header_timeout.get(), l.idle_timeout.get(), l.nbd_idle_timeout.get()),
         (Duration::from_secs(5), Duration::from_secs(60), Duration::from_secs(3600))
@@ -216,7 +217,7 @@ limits:
     assert_eq!((l.tftp_unknown_errors_per_sec, l.access_log_bytes_per_dut.bytes(), l.logged_path_max), (7, 2 << 20, 100));
     // Every `limits` key is in the text above: a new one must be added here too.
     let keys = crate::yaml::de::fields_of::<Limits>();
-    assert_eq!(keys.len(), 20);
+    assert_eq!(keys.len(), 21);
     assert!(keys.iter().all(|k| text.contains(&format!("  {k}: "))), "{keys:?}");
     // An empty file is the empty lab.
     assert_eq!(LabConfig::from_yaml("# nothing yet\n", "l.yaml").unwrap(), LabConfig::default());
