@@ -66,7 +66,7 @@ pub(crate) fn make_dut(
         })?;
         addrs.push(parsed);
     }
-    Ok(Dut { id: DutId(id.to_string()), machine_id, mac, serial, ip: addrs, tags, gateway: None })
+    Ok(Dut { machine_id, mac, serial, tags, ..Dut::new(id, addrs) })
 }
 
 impl Lab {
