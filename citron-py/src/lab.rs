@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use citron_core::job::RenderContext;
 use citron_core::lab::LabConfig;
-use citron_core::namespace::{Dut, DutId, DutRegistry};
+use citron_core::namespace::{Dut, DutRegistry};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
