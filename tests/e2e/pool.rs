@@ -319,3 +319,58 @@ fn failing_and_hanging_power_commands_quarantine_their_dut() {
     assert_eq!(get(&c, ADMIN, id(&waiting), "10s")["state"], "allocated");
     assert_eq!(call(&c, &t, "POST", "/api/v1/pool/duts/d1/disable", None).status, 403);
 }
+
+#[test]
+fn the_cli_requests_lists_extends_fails_and_releases() {
+    if !require_tool("curl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let c = start(&lab(dir.path(), &[dut(1, "x", ""), dut(2, "x", "")], "tenants:\n  t: {max_lifetime: 1h}\n"), None);
+    let tok = dir.path().join("t.token");
+    std::fs::write(&tok, tenant(&c, "t")).unwrap();
+    let admin = dir.path().join("admin.token");
+    std::fs::write(&admin, ADMIN).unwrap();
+    let server = format!("http://{}", c.api.unwrap());
+    let cli = |token: &Path, args: &[&str]| {
+        let mut a = vec!["pool"];
+        a.extend_from_slice(args);
+        a.extend(["--server", &server, "--token-file", token.to_str().unwrap()]);
+        let o = citron_tests::run(citron_tests::citron_bin(), &a, None, Duration::from_secs(30));
+        (o.code, serde_json::from_str::<Value>(&o.stdout).unwrap_or(Value::Null), o.stderr)
+    };
+    let (st, r, err) = cli(&tok, &["request", "--tag", "x", "--count", "2", "--wait", "10s"]);
+    assert_eq!((st, r["state"].as_str()), (0, Some("allocated")), "{err}");
+    let rid = r["id"].to_string();
+    // Nothing left: a second request is still waiting after --wait, exit 1.
+    let (st, w, _) = cli(&tok, &["request", "--tag", "x", "--wait", "1s"]);
+    assert_eq!((st, w["state"].as_str()), (1, Some("waiting")));
+    let (_, l, _) = cli(&tok, &["list", "--state", "allocated"]);
+    assert_eq!(l.as_array().unwrap().len(), 1, "{l}");
+    let (st, _, err) = cli(&tok, &["extend", &rid, "2h"]);
+    assert_ne!(st, 0);
+    assert!(err.contains("400") && err.contains("maximum"), "{err}");
+    let (st, e, _) = cli(&tok, &["extend", &rid, "45m"]);
+    assert_eq!((st, e["lifetime"].as_u64()), (0, Some(2700)));
+    let (_, f, _) = cli(&tok, &["fail", &rid, "--keep", "1h"]);
+    assert_eq!(f["state"], "failed");
+    let (_, s, _) = cli(&admin, &["status"]);
+    assert!(s.as_array().unwrap().iter().all(|d| d["state"] == "kept"), "{s}");
+    let (st, _, err) = cli(&tok, &["status"]);
+    assert_ne!(st, 0, "the pool's status is the administrator's: {err}");
+    let (_, r, _) = cli(&tok, &["release", &rid]);
+    assert_eq!(r["state"], "failed");
+    // The waiting one gets one of them once recycled.
+    let (_, w, _) = cli(&tok, &["status", &w["id"].to_string()]);
+    let held = get(&c, ADMIN, w["id"].as_i64().unwrap(), "10s");
+    assert_eq!(held["state"], "allocated", "{held}");
+    let held = duts_of(&held).remove(0);
+    let other = if held == "d1" { "d2" } else { "d1" };
+    until_dut(&c, other, "free");
+    let (st, d, err) = cli(&admin, &["dut", "disable", other]);
+    assert_eq!((st, d["state"].as_str()), (0, Some("disabled")), "{err}");
+    let (st, _, err) = cli(&admin, &["dut", "disable", &held]);
+    assert!(st != 0 && err.contains("409"), "a held DUT is not disabled: {err}");
+    let (st, d, _) = cli(&admin, &["dut", "enable", other]);
+    assert_eq!((st, d["state"].as_str()), (0, Some("free")));
+}
