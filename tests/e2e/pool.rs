@@ -374,3 +374,54 @@ fn the_cli_requests_lists_extends_fails_and_releases() {
     let (st, d, _) = cli(&admin, &["dut", "enable", other]);
     assert_eq!((st, d["state"].as_str()), (0, Some("free")));
 }
+
+/// Two gateways on one PostgreSQL, 50 concurrent requests (half through each) for 10 DUTs
+/// (half on each): exactly 10 allocated, no DUT twice; a DUT released through one gateway is
+/// recycled by its own and goes to the oldest waiting request.
+#[test]
+fn fifty_requests_through_two_gateways_on_one_postgresql() {
+    if !require_tool("curl") {
+        return;
+    }
+    let Some(pg) = super::state_pg::Postgres::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let duts: Vec<String> = (1..=10).map(|i| dut(i, "x", if i % 2 == 0 { "    gateway: a\n" } else { "    gateway: b\n" })).collect();
+    let l = lab(dir.path(), &duts, "");
+    let gw = |name: &str| {
+        let args = ["--gateway", name, "--lab", l.to_str().unwrap(), "--state", &pg.url, "--tftp", "off", "--nbd", "off"];
+        Citron::start_with(&args, |c| {
+            c.env("CITRON_API_TOKEN", ADMIN);
+        })
+        .unwrap_or_else(|f| panic!("citron did not start: {}", f.stderr))
+    };
+    let (a, b) = (gw("a"), gw("b"));
+    let addrs = [a.api.unwrap(), b.api.unwrap()];
+    let body = json!({"tags": ["x"]}).to_string();
+    let auth = format!("Authorization: Bearer {ADMIN}");
+    let answers: Vec<u16> = std::thread::scope(|s| {
+        let args = ["-H", auth.as_str(), "-H", "Content-Type: application/json", "--data-binary", body.as_str()];
+        let hs: Vec<_> =
+            (0..50).map(|i| s.spawn(move || citron_tests::api::call(addrs[i % 2], "POST", "/api/v1/reservations", &args).status)).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(answers.iter().all(|s| *s == 201), "{answers:?}");
+    let all = call(&b, ADMIN, "GET", "/api/v1/reservations", None).json();
+    let all = all.as_array().unwrap();
+    let allocated: Vec<&Value> = all.iter().filter(|r| r["state"] == "allocated").collect();
+    assert_eq!((allocated.len(), all.len()), (10, 50), "{all:?}");
+    let mut given: Vec<String> = allocated.iter().flat_map(|r| duts_of(r)).collect();
+    given.sort();
+    given.dedup();
+    assert_eq!(given.len(), 10, "no DUT given twice: {given:?}");
+
+    // Released through a, the DUT of b: b recycles it, the oldest waiting request gets it.
+    let on_b = allocated.iter().find(|r| duts_of(r)[0] == "d1").unwrap();
+    assert_eq!(call(&a, ADMIN, "DELETE", &format!("/api/v1/reservations/{}", id(on_b)), None).status, 200);
+    let oldest = all
+        .iter()
+        .filter(|r| r["state"] == "waiting")
+        .min_by(|x, y| x["created_at"].as_f64().partial_cmp(&y["created_at"].as_f64()).unwrap())
+        .unwrap();
+    let got = get(&a, ADMIN, id(oldest), "20s");
+    assert_eq!((got["state"].as_str(), duts_of(&got)), (Some("allocated"), vec!["d1".to_string()]), "{got}");
+}
