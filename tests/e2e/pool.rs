@@ -386,7 +386,7 @@ fn fifty_requests_through_two_gateways_on_one_postgresql() {
     let Some(pg) = super::state_pg::Postgres::start() else { return };
     let dir = tempfile::tempdir().unwrap();
     let duts: Vec<String> = (1..=10).map(|i| dut(i, "x", if i % 2 == 0 { "    gateway: a\n" } else { "    gateway: b\n" })).collect();
-    let l = lab(dir.path(), &duts, "");
+    let l = lab(dir.path(), &duts, "gateways:\n  heartbeat_timeout: 2s\n");
     let gw = |name: &str| {
         let args = ["--gateway", name, "--lab", l.to_str().unwrap(), "--state", &pg.url, "--tftp", "off", "--nbd", "off"];
         Citron::start_with(&args, |c| {
@@ -424,4 +424,18 @@ fn fifty_requests_through_two_gateways_on_one_postgresql() {
         .unwrap();
     let got = get(&a, ADMIN, id(oldest), "20s");
     assert_eq!((got["state"].as_str(), duts_of(&got)), (Some("allocated"), vec!["d1".to_string()]), "{got}");
+
+    // b goes away: a free DUT of b is not offered (the pass a request runs before its answer
+    // leaves it free), until b is back.
+    b.terminate(Duration::from_secs(10));
+    let end = Instant::now() + Duration::from_secs(20);
+    while pg.psql("SELECT count(*) FROM gateways WHERE name = 'b' AND offline_since IS NOT NULL").trim() != "1" && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    pg.psql("UPDATE pool_duts SET state = 'free', reservation = NULL WHERE id = 'd3'");
+    request(&a, ADMIN, json!({"tags": ["x"]}));
+    assert_eq!(pool_dut(&a, "d3")["state"], "free");
+    pg.psql("UPDATE gateways SET offline_since = NULL WHERE name = 'b'");
+    request(&a, ADMIN, json!({"tags": ["x"]}));
+    assert_eq!(pool_dut(&a, "d3")["state"], "allocated");
 }

@@ -208,6 +208,15 @@ mod tests {
         assert!(route_policy(&dut, &Method::POST, "/api/v1/duts/rack1%2Da/events").is_ok());
         assert!(route_policy(&dut, &Method::PUT, "/api/v1/duts/rack2-a/job").is_err());
         assert!(route_policy(&dut, &Method::DELETE, "/api/v1/duts/rack1-a").is_err());
+        // A reservation's token: exactly its DUTs, by id.
+        let Principal::Token(mut c) = token(vec![Scope::Dut], None) else { unreachable!() };
+        c.duts = vec!["d1".into(), "d3".into()];
+        let res = Principal::Token(c);
+        assert!(route_policy(&res, &Method::PUT, "/api/v1/duts/d3/job").is_ok());
+        assert!(route_policy(&res, &Method::PUT, "/api/v1/duts/d2/job").is_err());
+        assert!(route_policy(&res, &Method::PUT, "/api/v1/duts/d1x/job").is_err());
+        assert!(route_policy(&up, &Method::POST, "/api/v1/reservations").is_ok());
+        assert!(route_policy(&up, &get, "/api/v1/pool/duts").is_err());
         assert!(route_policy(&Principal::Admin, &get, "/api/v1/duts").is_ok());
         assert!(route_policy(&token(vec![Scope::Admin], None), &get, "/metrics").is_ok());
     }

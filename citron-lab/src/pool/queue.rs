@@ -119,9 +119,14 @@ fn waiting_row(r: &AnyRow) -> Option<Waiting> {
     Some(Waiting { id: r.try_get(0).ok()?, tenant: r.try_get(1).ok()?, req })
 }
 
-/// The free DUTs.
+/// The free DUTs, but those whose gateway is offline (nobody could power or serve them).
 pub(super) async fn free(tx: &mut Transaction<'static, Any>) -> Result<Vec<Free>, sqlx::Error> {
-    let rows = sqlx::query("SELECT attrs, uses, last_used FROM pool_duts WHERE state = 'free'").fetch_all(&mut **tx).await?;
+    let rows = sqlx::query(
+        "SELECT d.attrs, d.uses, d.last_used FROM pool_duts d WHERE d.state = 'free'
+         AND NOT EXISTS (SELECT 1 FROM gateways g WHERE g.name = d.gateway AND g.offline_since IS NOT NULL)",
+    )
+    .fetch_all(&mut **tx)
+    .await?;
     Ok(rows
         .iter()
         .filter_map(|r| {
