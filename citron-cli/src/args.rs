@@ -144,6 +144,10 @@ pub enum Command {
     /// $CITRON_TOKEN): upload a run's files, find the newest, list runs.
     #[command(after_help = EXIT_CODES)]
     Results(crate::client::ResultsArgs),
+    /// The DUT pool of a remote citron (`--server`, `--token-file` as for `results`): request,
+    /// list, release, fail, extend reservations; the pool's status; `dut enable|disable`.
+    #[command(after_help = EXIT_CODES)]
+    Pool(crate::pool::PoolArgs),
     /// Prints a shell completion script, e.g. `source <(citron completions bash)`.
     Completions {
         /// The shell.

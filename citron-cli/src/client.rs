@@ -81,14 +81,14 @@ pub enum ResultsCommand {
 }
 
 /// A remote citron's API.
-struct Client {
+pub(crate) struct Client {
     base: String,
     token: Option<String>,
     http: reqwest::Client,
 }
 
 impl Client {
-    fn new(r: &Remote) -> anyhow::Result<Client> {
+    pub(crate) fn new(r: &Remote) -> anyhow::Result<Client> {
         let Some(server) = r.server.as_deref() else { bail!("no server: give --server URL or set $CITRON_SERVER") };
         let token = match &r.token_file {
             Some(f) => {
@@ -102,7 +102,7 @@ impl Client {
         Ok(Client { base: server.trim_end_matches('/').to_string(), token, http })
     }
 
-    fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    pub(crate) fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let r = self.http.request(method, format!("{}{path}", self.base));
         match &self.token {
             Some(t) => r.bearer_auth(t),
@@ -121,7 +121,7 @@ impl Client {
         Ok(resp)
     }
 
-    async fn json<T: serde::de::DeserializeOwned>(&self, r: reqwest::RequestBuilder) -> anyhow::Result<T> {
+    pub(crate) async fn json<T: serde::de::DeserializeOwned>(&self, r: reqwest::RequestBuilder) -> anyhow::Result<T> {
         self.send(r).await?.json().await.context("the server's answer is not what this citron expects")
     }
 }

@@ -4,6 +4,7 @@ mod args;
 mod boot_test;
 mod client;
 mod logging;
+mod pool;
 mod progress;
 mod render;
 mod validate;
@@ -63,6 +64,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::BootTest(args) => Ok(boot_test::run(args)),
         Command::Results(args) => client::run(args),
+        Command::Pool(args) => pool::run(args),
         Command::Openapi => {
             std::io::stdout().lock().write_all(citron_lab::api::openapi_json().as_bytes()).context("cannot write the document")?;
             Ok(ExitCode::SUCCESS)

@@ -3,7 +3,7 @@
 //! Read like a job file (`parse.rs`): through the positioned YAML reader, every error at once,
 //! each as `file:line:col: key: message`, unknown keys with the key probably meant. The keys and
 //! their values are the serde types below ([`LabConfig`], [`Dut`], [`Limits`], [`S3Config`],
-//! [`StoreConfig`]):
+//! [`StoreConfig`], and the pool's in `pool.rs`):
 //! adding a key to one of them is all it takes for the reader to accept and check it.
 //!
 //! ```
@@ -33,6 +33,9 @@ use crate::yaml::de::Problem;
 use crate::yaml::Pos;
 
 mod parse;
+mod pool;
+
+pub use pool::{DutKind, Firmware, PoolSettings, PowerCommands, TenantQuota, Tenants, VmSettings};
 
 /// The embedded default lab: two DUTs on loopback addresses, so that `citron serve` works with
 /// no file at all and two DUTs can be told apart from one machine.
@@ -81,6 +84,12 @@ pub struct LabConfig {
     /// The lab's gateways (`citron serve --gateway NAME` on one state store).
     #[serde(default)]
     pub gateways: GatewaySettings,
+    /// The DUT pool's settings (lifetimes, health jobs).
+    #[serde(default)]
+    pub pool: PoolSettings,
+    /// The tenants' pool quotas, by tenant name.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub tenants: Tenants,
 }
 
 /// `gateways:` in the lab file.
@@ -118,6 +127,8 @@ impl std::fmt::Debug for LabConfig {
             .field("api_token", &self.api_token.as_ref().map(|_| "<redacted>"))
             .field("limits", &self.limits)
             .field("gateways", &self.gateways)
+            .field("pool", &self.pool)
+            .field("tenants", &self.tenants)
             .finish_non_exhaustive()
     }
 }

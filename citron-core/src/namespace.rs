@@ -10,6 +10,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::lab::{DutKind, PowerCommands, VmSettings};
 pub use crate::serve::DutId;
 
 /// A device under test as the lab knows it.
@@ -37,12 +38,40 @@ pub struct Dut {
     /// the gateway that reads the lab file (or registered it through the API).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<String>,
+    /// What it is (`baremetal`, the default, or `vm`), for the pool.
+    #[serde(default, skip_serializing_if = "DutKind::is_baremetal")]
+    pub kind: DutKind,
+    /// Its CPU architecture (`x86_64`, `aarch64`), for the pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<String>,
+    /// Its model: the "same-ish platform" a tenant gets again when it can.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// How the pool powers it (a `baremetal` DUT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power: Option<PowerCommands>,
+    /// Its machine (a `vm` DUT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<VmSettings>,
 }
 
 impl Dut {
     /// A DUT with only an id and addresses.
     pub fn new(id: &str, ips: impl IntoIterator<Item = IpAddr>) -> Dut {
-        Dut { id: DutId(id.into()), machine_id: None, mac: None, serial: None, ip: ips.into_iter().collect(), tags: vec![], gateway: None }
+        Dut {
+            id: DutId(id.into()),
+            machine_id: None,
+            mac: None,
+            serial: None,
+            ip: ips.into_iter().collect(),
+            tags: vec![],
+            gateway: None,
+            kind: DutKind::Baremetal,
+            arch: None,
+            model: None,
+            power: None,
+            vm: None,
+        }
     }
 
     /// `machine_id`, or the id.

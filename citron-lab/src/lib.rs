@@ -22,7 +22,8 @@
 //! - [`results`]: runs of jobs, their files (blobs by SHA-256 behind `object_store`), consoles,
 //!   `latest`, retention.
 //!
-//! Still to come here: the DUT pool.
+//! - [`pool`]: the DUT pool: reservations queued in the state store, allocation, power
+//!   commands, recycling.
 //!
 //! ```
 //! use citron_core::{Gateway, lab::LabConfig};
@@ -42,6 +43,7 @@ pub mod api;
 pub mod auth;
 pub mod gateways;
 pub mod metrics;
+pub mod pool;
 pub mod results;
 pub mod server;
 pub mod state;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use citron_core::job::RenderContext;
 use citron_core::lab::LabConfig;
-use citron_core::namespace::{Dut, DutId, DutRegistry};
+use citron_core::namespace::{Dut, DutRegistry};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
@@ -66,7 +66,7 @@ pub(crate) fn make_dut(
         })?;
         addrs.push(parsed);
     }
-    Ok(Dut { id: DutId(id.to_string()), machine_id, mac, serial, ip: addrs, tags, gateway: None })
+    Ok(Dut { machine_id, mac, serial, tags, ..Dut::new(id, addrs) })
 }
 
 impl Lab {

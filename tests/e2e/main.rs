@@ -16,6 +16,7 @@ mod image;
 mod nbd;
 mod nbd_limits;
 mod ops;
+mod pool;
 mod results;
 mod shared_store;
 mod state;

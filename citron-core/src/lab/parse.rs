@@ -12,7 +12,7 @@ use crate::namespace::{Dut, DutRegistry, RegistryError};
 use crate::yaml::de::{child, fields_of, Problem, Reader};
 use crate::yaml::{Document, Node, NodeKind, Pos, Scalar};
 
-use super::{valid_api_host, CacheSettings, GatewaySettings, LabConfig};
+use super::{valid_api_host, CacheSettings, DutKind, GatewaySettings, LabConfig, PoolSettings, TenantQuota};
 
 /// Parses a lab file; on failure, every problem found, in document order.
 pub(super) fn parse(text: &str) -> Result<LabConfig, Vec<Problem>> {
@@ -39,6 +39,8 @@ pub(super) fn parse(text: &str) -> Result<LabConfig, Vec<Problem>> {
                 let _ = r.fields::<Limits>(v, "limits");
             }
             "gateways" => gateways(&mut r, v),
+            "pool" => pool(&mut r, v),
+            "tenants" => tenants(&mut r, v),
             "variables" => variables(&mut r, v),
             "api_hosts" => api_hosts(&mut r, v),
             _ => r.field_alone::<LabConfig>(k, v, ""),
@@ -74,6 +76,7 @@ fn duts(r: &mut Reader, node: &Node) {
         let field = format!("duts[{i}]");
         let Some(dut) = r.fields::<Dut>(item, &field) else { continue };
         let id_pos = entry(item, "id").map_or(item.pos, |(_, v)| v.pos);
+        pool_keys(r, item, &field, &dut);
         // The registry's own rule for ids, checked here for its position.
         if let Err(e @ RegistryError::BadId(_)) = DutRegistry::default().add(Dut { ip: Vec::new(), ..dut.clone() }) {
             r.err(id_pos, &child(&field, "id"), e.to_string());
@@ -149,5 +152,68 @@ fn store(r: &mut Reader, node: &Node) {
     if let Err(message) = store.bucket_and_prefix() {
         let pos = entry(node, "url").map_or(node.pos, |(_, v)| v.pos);
         r.err(pos, "store.url", message);
+    }
+}
+
+/// A DUT's pool keys, beyond what their types check: `vm:` only on a `kind: vm` DUT, `power:`
+/// only on a `baremetal` one (citron powers its VMs itself), a power timeout above zero.
+fn pool_keys(r: &mut Reader, item: &Node, field: &str, dut: &Dut) {
+    let at = |key: &str| entry(item, key).map_or(item.pos, |(k, _)| k.pos);
+    if dut.vm.is_some() && dut.kind != DutKind::Vm {
+        r.err(at("vm"), &child(field, "vm"), "`vm:` describes a `kind: vm` DUT; add `kind: vm` or remove `vm:`");
+    }
+    if let Some(p) = &dut.power {
+        if dut.kind == DutKind::Vm {
+            r.err(at("power"), &child(field, "power"), "a `kind: vm` DUT is powered by citron itself; remove `power:`");
+        }
+        if p.timeout.get().is_zero() {
+            let pos = entry(item, "power").and_then(|(_, v)| entry(v, "timeout")).map_or(at("power"), |(_, v)| v.pos);
+            r.err(pos, &format!("{field}.power.timeout"), "must be more than 0s: a power command that may hang forever would hold the DUT");
+        }
+    }
+}
+
+/// `pool:`: lifetimes above zero, the default within the maximum.
+fn pool(r: &mut Reader, node: &Node) {
+    let Some(p) = r.fields::<PoolSettings>(node, "pool") else { return };
+    let pos = |key: &str| entry(node, key).map_or(node.pos, |(_, v)| v.pos);
+    if p.max_lifetime.get().is_zero() {
+        r.err(pos("max_lifetime"), "pool.max_lifetime", "must be more than 0s");
+    }
+    if p.default_lifetime.get().is_zero() || p.default_lifetime > p.max_lifetime {
+        let msg = format!("must be more than 0s and at most pool.max_lifetime ({})", p.max_lifetime);
+        r.err(pos("default_lifetime"), "pool.default_lifetime", msg);
+    }
+}
+
+/// `tenants:`: each a tenant name with its quota.
+fn tenants(r: &mut Reader, node: &Node) {
+    let NodeKind::Map(entries) = &node.kind else {
+        r.err(
+            node.pos,
+            "tenants",
+            format!("expected a mapping of tenant names to quotas ({{max_duts, max_lifetime, max_priority}}), found {}", node.describe()),
+        );
+        return;
+    };
+    for (k, v) in entries {
+        let field = child("tenants", &k.value);
+        let name_ok = !k.value.is_empty()
+            && k.value.len() <= 128
+            && !k.value.starts_with('.')
+            && k.value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !name_ok {
+            r.err(
+                k.pos,
+                &field,
+                format!("{:?} is not a tenant name: 1 to 128 letters, digits, '.', '_' or '-', not starting with '.'", k.value),
+            );
+        }
+        if let Some(q) = r.fields::<TenantQuota>(v, &field) {
+            if q.max_lifetime.is_some_and(|l| l.get().is_zero()) {
+                let pos = entry(v, "max_lifetime").map_or(v.pos, |(_, v)| v.pos);
+                r.err(pos, &child(&field, "max_lifetime"), "must be more than 0s");
+            }
+        }
     }
 }

@@ -258,3 +258,36 @@ fn store_url_is_checked_with_its_position() {
     let lab = LabConfig::from_yaml("store: {url: s3://bucket}\n", "l.yaml").unwrap();
     assert_eq!(lab.store.unwrap().bucket_and_prefix().unwrap(), ("bucket".into(), String::new()));
 }
+
+#[test]
+fn pool_keys_are_read_and_checked_with_positions() {
+    let lab = LabConfig::from_yaml(
+        "duts:\n  - id: a\n    kind: vm\n    arch: aarch64\n    model: qemu\n    vm: {memory: 2G, cpus: 2, firmware: uefi}\n  - id: b\n    tags: [x]\n    power: {on: 'true', off: 'true'}\npool: {default_lifetime: 10m, max_lifetime: 1h}\ntenants:\n  ci: {max_duts: 2, max_lifetime: 30m, max_priority: 5}\n",
+        "l.yaml",
+    )
+    .unwrap();
+    assert_eq!(lab.duts[0].kind, DutKind::Vm);
+    assert_eq!(lab.duts[0].vm.as_ref().unwrap().firmware, Firmware::Uefi);
+    assert_eq!(lab.duts[0].vm.as_ref().unwrap().memory.bytes(), 2 << 30);
+    assert_eq!(lab.duts[1].kind, DutKind::Baremetal);
+    assert_eq!(lab.duts[1].power.as_ref().unwrap().timeout.get().as_secs(), 60);
+    assert_eq!(lab.pool.max_lifetime.get().as_secs(), 3600);
+    assert_eq!(lab.tenants["ci"].max_priority, Some(5));
+
+    let e = only(LabConfig::from_yaml("duts:\n  - id: a\n    kind: cloud\n", "l.yaml").unwrap_err());
+    assert_eq!((e.line, e.field.as_str()), (3, "duts[0].kind"), "{e}");
+    let e = only(LabConfig::from_yaml("duts:\n  - id: a\n    vm: {cpus: 2}\n", "l.yaml").unwrap_err());
+    assert_eq!((e.line, e.column), (3, 5), "{e}");
+    assert!(e.message.contains("kind: vm"), "{e}");
+    let e = only(LabConfig::from_yaml("duts:\n  - id: a\n    power:\n      on: x\n      timeout: 0s\n", "l.yaml").unwrap_err());
+    assert_eq!((e.line, e.field.as_str()), (5, "duts[0].power.timeout"), "{e}");
+    let e = only(LabConfig::from_yaml("duts:\n  - id: a\n    power: {on: x, tiemout: 1s}\n", "l.yaml").unwrap_err());
+    assert!(e.message.contains("timeout"), "{e}");
+    let e = only(LabConfig::from_yaml("pool:\n  default_lifetime: 2h\n  max_lifetime: 1h\n", "l.yaml").unwrap_err());
+    assert_eq!((e.line, e.field.as_str()), (2, "pool.default_lifetime"), "{e}");
+    let e = only(LabConfig::from_yaml("tenants:\n  ci:\n    max_dut: 3\n", "l.yaml").unwrap_err());
+    assert_eq!((e.line, e.column), (3, 5), "{e}");
+    assert!(e.message.contains("max_duts"), "{e}");
+    let e = only(LabConfig::from_yaml("tenants:\n  a/b: {}\n", "l.yaml").unwrap_err());
+    assert_eq!(e.line, 2, "{e}");
+}

@@ -25,6 +25,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.merge(super::tokens::TokensDoc::openapi());
     doc.merge(super::results::ResultsDoc::openapi());
+    doc.merge(super::pool::PoolDoc::openapi());
     Common.modify(&mut doc);
     doc
 }
@@ -99,7 +100,9 @@ impl Modify for Common {
             RefOr::T(ResponseBuilder::new().description(what).content("application/json", content).build())
         };
         for item in doc.paths.paths.values_mut() {
-            for op in [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.head].into_iter().flatten() {
+            for op in
+                [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.head, &mut item.patch].into_iter().flatten()
+            {
                 let r = &mut op.responses.responses;
                 r.entry("401".into()).or_insert_with(|| error("No token, or one that expired, was revoked or is not the lab's"));
                 r.entry("403".into()).or_insert_with(|| error("The token may not do this (its scopes, jobs, run or DUTs)"));

@@ -20,6 +20,8 @@
 //! | `GET /metrics` | `getMetrics` | OpenMetrics text ([`crate::metrics`]) |
 //! | `GET /api/v1/openapi.json` | `getOpenApi` | the OpenAPI 3.1 document |
 //! | `POST /api/v1/tenants`, `/api/v1/tokens`, `/api/v1/tokens/subset`, `DELETE /api/v1/tokens/{id}` | `addTenant`, `mintToken`, `subsetToken`, `revokeToken` | tokens (`tokens.rs`) |
+//! | `POST`/`GET /api/v1/reservations`, `GET`/`DELETE`/`PATCH …/{id}` (`?wait=30s`), `POST …/{id}/fail` | `requestDuts`, `listReservations`, `getReservation`, `releaseReservation`, `extendReservation`, `failReservation` | the DUT pool (`pool.rs`, [`crate::pool`]) |
+//! | `GET /api/v1/pool/duts`, `POST …/{id}/enable\|disable` | `listPoolDuts`, `enablePoolDut` | the pool's DUTs (administrator) |
 //! | `/api/v1/results/…` | `openRun`, `uploadFile`, `latestFile`, `getBlob`, … | runs and their files (`results.rs`) |
 //!
 //! Errors are `{"error": "..."}` with a 4xx/5xx status (a method a route does not have: 405
@@ -46,6 +48,7 @@
 
 mod doc;
 mod events;
+mod pool;
 mod probe;
 mod remote;
 mod results;
@@ -129,6 +132,9 @@ pub(crate) async fn serve_api(listener: TcpListener, api: Arc<Api>, shutdown: im
             }
         });
     }
+    if let Some(p) = &api.pool {
+        crate::pool::Pool::spawn_ticker(p);
+    }
     let router = router(api.clone());
     citron_protocols::http::serve_service("api", listener, &limits, shutdown, move |peer, local| ApiService {
         api: api.clone(),
@@ -183,6 +189,8 @@ pub(crate) struct Api {
     pub(crate) auth: Auth,
     /// Runs and their files (`None`: the lab keeps no state).
     pub(crate) results: Option<Results>,
+    /// The DUT pool (`None`: the lab keeps no state).
+    pub(crate) pool: Option<Arc<crate::pool::Pool>>,
     /// The lab's `api_hosts`.
     hosts: Vec<String>,
     /// `limits.api_body_max`.
@@ -205,7 +213,17 @@ impl Api {
         if let Some(s) = state {
             crate::metrics::register_state(&mut metrics, s);
         }
-        Api { metrics, state, gateway, auth, results, hosts, body_max, feed, membership }
+        let pool = results.as_ref().and_then(|r| match crate::pool::Pool::open(gateway.clone(), r.tokens().clone(), feed.clone()) {
+            Ok(p) => Some(Arc::new(p)),
+            Err(e) => {
+                tracing::error!(error = %e, "the DUT pool cannot start: its routes answer 503");
+                None
+            }
+        });
+        if let Some(p) = &pool {
+            p.register(metrics.registry_mut());
+        }
+        Api { metrics, state, gateway, auth, results, pool, hosts, body_max, feed, membership }
     }
 
     /// Records `ev` in the feed (if the lab has one).
@@ -227,6 +245,7 @@ pub(crate) fn router(api: Arc<Api>) -> Router {
     routes::routes()
         .merge(tokens::routes())
         .merge(results::routes())
+        .merge(pool::routes())
         .fallback(|uri: http::Uri| async move {
             ApiError::new(StatusCode::NOT_FOUND, format!("no such route: {}; see /api/v1/openapi.json", truncate_logged(uri.path(), 256)))
         })

@@ -158,7 +158,7 @@ fn store(api: &Api) -> Result<&Arc<TokenStore>, ApiError> {
     })
 }
 
-async fn body_json<T: serde::de::DeserializeOwned>(api: &Api, headers: &HeaderMap, body: Body) -> Result<T, ApiError> {
+pub(super) async fn body_json<T: serde::de::DeserializeOwned>(api: &Api, headers: &HeaderMap, body: Body) -> Result<T, ApiError> {
     require_type(headers, JSON)?;
     let body = api.read_body(body).await?;
     serde_json::from_slice(&body).map_err(|e| bad(format!("the body is not what this route takes (see /api/v1/openapi.json): {e}")))
@@ -201,6 +201,7 @@ async fn add_tenant(State(api): State<Arc<Api>>, headers: HeaderMap, body: Body)
         job: Pattern::any(),
         run: None,
         dut: None,
+        duts: vec![],
         exp: now + life.as_secs(),
         iat: now,
         jti: new_id(),
@@ -247,6 +248,7 @@ async fn mint_token(
         job: pattern("job", &t.job)?,
         run: t.run,
         dut: t.dut.as_deref().map(|d| pattern("dut", d)).transpose()?,
+        duts: vec![],
         exp: now + ttl(t.ttl.as_deref(), DEFAULT_TTL)?.as_secs(),
         iat: now,
         jti: new_id(),
@@ -288,6 +290,7 @@ async fn subset_token(
         job: s.job.as_deref().map(|j| pattern("job", j)).transpose()?.unwrap_or_else(|| parent.job.clone()),
         run: s.run.or(parent.run),
         dut: s.dut.as_deref().map(|d| pattern("dut", d)).transpose()?.or_else(|| parent.dut.clone()),
+        duts: if s.dut.is_some() { vec![] } else { parent.duts.clone() },
         exp,
         iat: now,
         jti: new_id(),

@@ -135,6 +135,9 @@ pub struct Claims {
     /// Which DUTs the `dut` scope drives.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dut: Option<Pattern>,
+    /// These DUTs too, by id (a pool reservation's token names exactly its DUTs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub duts: Vec<String>,
     /// Expiry, seconds since the Unix epoch.
     pub exp: u64,
     /// Issued at, seconds since the Unix epoch.
@@ -147,6 +150,11 @@ impl Claims {
     /// Whether it grants `scope`.
     pub fn has(&self, scope: Scope) -> bool {
         self.scope.contains(&scope)
+    }
+
+    /// Whether the `dut` scope (if granted) names the DUT `id`: its pattern or its list.
+    pub fn drives(&self, id: &str) -> bool {
+        self.dut.as_ref().is_some_and(|d| d.matches(id)) || self.duts.iter().any(|d| d == id)
     }
 
     /// Why `child` is not a narrowing of `self` (`None`: it is): every scope of the child is
@@ -166,6 +174,9 @@ impl Claims {
             (_, None) => {}
             (Some(p), Some(c)) if p.covers(c) => {}
             (_, Some(c)) => return Some(format!("dut {:?} is wider than the token's", c.as_str())),
+        }
+        if let Some(d) = child.duts.iter().find(|d| !self.drives(d)) {
+            return Some(format!("DUT {d:?} is not one of the token's"));
         }
         if child.tenant != self.tenant {
             return Some("a narrowed token stays with the token's tenant".into());
@@ -210,6 +221,7 @@ mod tests {
             job: p("ci-*"),
             run: None,
             dut: None,
+            duts: vec![],
             exp: 1000,
             iat: 1,
             jti: "a".into(),

@@ -98,6 +98,7 @@ mod tests {
             job: Pattern::any(),
             run: None,
             dut: None,
+            duts: vec![],
             exp,
             iat: 0,
             jti: new_id(),

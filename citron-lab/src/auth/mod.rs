@@ -9,7 +9,7 @@
 //!
 //! Every request gets a [`Principal`] at the API's door ([`Auth::principal`]); then
 //! [`route_policy`] refuses what a non-administrator may not reach at all (everything but the
-//! results and token routes, and the DUT routes its `dut` scope names), and the results
+//! results, token and reservation routes, and the DUT routes its `dut` scope names), and the results
 //! handlers check scopes, job pattern, run and tenant themselves.
 //!
 //! - `claims.rs`: the claims and their rules (patterns, narrowing), pure.
@@ -131,8 +131,8 @@ pub fn token_matches(given: &[u8], want: &[u8; 32]) -> bool {
     d.ct_eq(want).into()
 }
 
-/// What a non-administrator may reach at all, by route: the results and token routes (their
-/// handlers check the scopes), and a DUT's `job`, `events` and `accesses` with the `dut` scope
+/// What a non-administrator may reach at all, by route: the results, token and reservation
+/// routes (their handlers check the scopes), and a DUT's `job`, `events` and `accesses` with the `dut` scope
 /// for that DUT. Everything else (adding DUTs, metrics, ...) is the administrator's.
 pub fn route_policy(p: &Principal, method: &Method, path: &str) -> Result<(), AuthError> {
     let Principal::Token(c) = p else { return Ok(()) };
@@ -141,13 +141,13 @@ pub fn route_policy(p: &Principal, method: &Method, path: &str) -> Result<(), Au
     }
     let rest = path.strip_prefix("/api/v1/").unwrap_or("");
     let first = rest.split('/').next().unwrap_or("");
-    if matches!(first, "results" | "tokens") || (first == "openapi.json" && method == Method::GET) {
+    if matches!(first, "results" | "tokens" | "reservations") || (first == "openapi.json" && method == Method::GET) {
         return Ok(());
     }
     let segs: Vec<&str> = rest.split('/').collect();
     if let ["duts", id, "job" | "events" | "accesses"] = segs.as_slice() {
         let id = percent_decoded(id);
-        if c.has(Scope::Dut) && c.dut.as_ref().is_some_and(|d| d.matches(&id)) {
+        if c.has(Scope::Dut) && c.drives(&id) {
             return Ok(());
         }
         return Err(AuthError::Forbidden(format!("the token has no `dut` scope for DUT {id:?}")));
@@ -187,6 +187,7 @@ mod tests {
             job: Pattern::any(),
             run: None,
             dut: dut.map(|d| Pattern::parse(d).unwrap()),
+            duts: vec![],
             exp: u64::MAX,
             iat: 0,
             jti: "x".into(),
@@ -207,6 +208,15 @@ mod tests {
         assert!(route_policy(&dut, &Method::POST, "/api/v1/duts/rack1%2Da/events").is_ok());
         assert!(route_policy(&dut, &Method::PUT, "/api/v1/duts/rack2-a/job").is_err());
         assert!(route_policy(&dut, &Method::DELETE, "/api/v1/duts/rack1-a").is_err());
+        // A reservation's token: exactly its DUTs, by id.
+        let Principal::Token(mut c) = token(vec![Scope::Dut], None) else { unreachable!() };
+        c.duts = vec!["d1".into(), "d3".into()];
+        let res = Principal::Token(c);
+        assert!(route_policy(&res, &Method::PUT, "/api/v1/duts/d3/job").is_ok());
+        assert!(route_policy(&res, &Method::PUT, "/api/v1/duts/d2/job").is_err());
+        assert!(route_policy(&res, &Method::PUT, "/api/v1/duts/d1x/job").is_err());
+        assert!(route_policy(&up, &Method::POST, "/api/v1/reservations").is_ok());
+        assert!(route_policy(&up, &get, "/api/v1/pool/duts").is_err());
         assert!(route_policy(&Principal::Admin, &get, "/api/v1/duts").is_ok());
         assert!(route_policy(&token(vec![Scope::Admin], None), &get, "/metrics").is_ok());
     }

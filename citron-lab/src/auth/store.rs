@@ -68,6 +68,11 @@ impl TokenStore {
         Ok(store)
     }
 
+    /// The state store it keeps tokens in.
+    pub(crate) fn db(&self) -> &Arc<Db> {
+        &self.db
+    }
+
     /// The keys.
     pub fn keys(&self) -> &Keys {
         &self.keys

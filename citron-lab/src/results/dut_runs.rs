@@ -38,6 +38,7 @@ impl RunStore for Results {
                 job: Pattern::parse(&job).map_err(StoreError::backend)?,
                 run: Some(run.id),
                 dut: None,
+                duts: vec![],
                 exp: now + DUT_RUN_TOKEN_TTL.as_secs(),
                 iat: now,
                 jti: new_id(),

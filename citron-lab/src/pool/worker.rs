@@ -1,0 +1,112 @@
+//! What each gateway does for the DUTs it serves: start the allocated ones that carry a job
+//! (set the job, `job_start`, power on), recycle the ones given back (`job_end`, power off,
+//! free). A power command that fails or hangs quarantines the DUT with its reason and output;
+//! a DUT that could not start sends its reservation back to its place in the queue, where the
+//! next pass gives it another DUT.
+//!
+//! A health job (per tag, `pool.health_jobs`) would run here between `recycling` and `free`.
+
+use citron_core::job::Origin;
+use citron_core::lifetime::Event;
+use citron_core::namespace::DutId;
+use serde_json::json;
+
+use super::request::DutAttrs;
+use super::{power, store, Pool};
+
+impl Pool {
+    /// Starts and recycles the DUTs this gateway serves.
+    pub(super) async fn work(&self) {
+        let starting = crate::auth::call(&self.db, |pool| store::in_state(pool, "starting")).await;
+        for (dut, res, job) in starting.unwrap_or_default() {
+            if let (Some(res), true) = (res, self.serves(&dut)) {
+                self.start(dut, res, job).await;
+            }
+        }
+        let recycling = crate::auth::call(&self.db, |pool| store::in_state(pool, "recycling")).await;
+        for (dut, _, _) in recycling.unwrap_or_default() {
+            if self.serves(&dut) {
+                self.recycle(dut).await;
+            }
+        }
+    }
+
+    fn serves(&self, dut: &DutAttrs) -> bool {
+        self.gateway.dut(&DutId::from(dut.id.as_str())).is_some()
+    }
+
+    async fn power(&self, what: &str, dut: &DutAttrs) -> Result<(), power::PowerFailure> {
+        let Some(p) = self.gateway.dut(&DutId::from(dut.id.as_str())).and_then(|d| d.power) else { return Ok(()) };
+        let cmd = match what {
+            "on" => p.on,
+            _ => p.off,
+        };
+        match cmd {
+            Some(cmd) => power::run(what, &cmd, dut, p.timeout.get()).await.map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
+    async fn start(&self, dut: DutAttrs, res: i64, job: Option<String>) {
+        let id = DutId::from(dut.id.as_str());
+        let mut failed = None;
+        if let Some(job) = job {
+            let origin = format!("reservation:{res}");
+            if let Err(e) = self.gateway.set_job_yaml(&id, &job, Origin::named(origin.clone())).await {
+                failed = Some((format!("the reservation's job could not be set: {e}"), String::new()));
+            } else {
+                self.emit_dut("job_set", &dut.id, json!({"reservation": res}));
+                let _ = self.gateway.event(&id, Event::JobStart);
+            }
+        }
+        if failed.is_none() {
+            if let Err(f) = self.power("on", &dut).await {
+                failed = Some((f.reason, f.output));
+            }
+        }
+        let d = dut.id.clone();
+        match failed {
+            None => {
+                let _ = crate::auth::call(&self.db, move |pool| store::move_dut(pool, d, "starting", "allocated", None, None)).await;
+            }
+            Some((reason, output)) => {
+                tracing::warn!(dut = %dut.id, reservation = res, %reason, "pool: the DUT could not start; quarantined, the reservation waits for another");
+                let _ = self.gateway.event(&id, Event::JobEnd);
+                let (r, o) = (reason.clone(), output.clone());
+                match crate::auth::call(&self.db, move |pool| store::requeue(pool, res, d, r, o)).await {
+                    Ok(token) => {
+                        if let Some(t) = token {
+                            let _ = self.tokens.revoke(&t).await;
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "pool: cannot quarantine a DUT"),
+                }
+                self.emit_dut("dut_quarantined", &dut.id, json!({"reason": reason, "output": output, "reservation": res}));
+                self.emit("reservation_requeued", "pool", json!({"reservation": res, "reason": reason}));
+                self.pass().await;
+            }
+        }
+    }
+
+    async fn recycle(&self, dut: DutAttrs) {
+        let id = DutId::from(dut.id.as_str());
+        if self.gateway.job_record(&id).is_some() {
+            let _ = self.gateway.event(&id, Event::JobEnd);
+        }
+        let d = dut.id.clone();
+        match self.power("off", &dut).await {
+            Ok(()) => {
+                let _ = crate::auth::call(&self.db, move |pool| store::move_dut(pool, d, "recycling", "free", None, None)).await;
+                self.emit_dut("dut_recycled", &dut.id, json!({}));
+                self.pass().await;
+            }
+            Err(f) => {
+                tracing::warn!(dut = %dut.id, reason = %f.reason, "pool: power off failed; the DUT is quarantined");
+                let (r, o) = (f.reason.clone(), f.output.clone());
+                let _ =
+                    crate::auth::call(&self.db, move |pool| store::move_dut(pool, d, "recycling", "quarantined", Some(r), Some(o))).await;
+                self.emit_dut("dut_quarantined", &dut.id, json!({"reason": f.reason, "output": f.output}));
+            }
+        }
+    }
+}
