@@ -143,7 +143,17 @@ class ApiError(CitronError):
 
 class AuthError(ApiError, PermissionError):
     """The token was refused (401: none, expired, revoked, not citron's) or may not do this
-    (403: another scope, job, run or tenant). Also a ``PermissionError``."""
+    (403: another scope, job, run or tenant). Also a ``PermissionError``.
+
+    >>> import citron
+    >>> lab = citron.Lab.from_yaml("api_token: admin-secret\\n")
+    >>> with citron.Server(lab, http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv:
+    ...     try:
+    ...         srv.client(token="wrong").results.open_run("build")
+    ...     except citron.AuthError as e:
+    ...         print(e.status, isinstance(e, PermissionError))
+    401 True
+    """
     __module__ = "citron"
 
     def __str__(self):
@@ -151,18 +161,44 @@ class AuthError(ApiError, PermissionError):
 
 
 class NotFoundError(ApiError, LookupError):
-    """No such job, run, file or token, or none this token may see (404)."""
+    """No such job, run, file or token, or none this token may see (404).
+
+    >>> import citron
+    >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+    ...     try:
+    ...         c.results.latest("never-ran")
+    ...     except citron.NotFoundError as e:
+    ...         print(e.status)
+    404
+    """
     __module__ = "citron"
 
 
 class ConflictError(ApiError):
     """The request clashes with what is there (409): other content at a path of the run, a
-    finished run, a tenant that exists."""
+    finished run, a tenant that exists.
+
+    >>> import citron
+    >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+    ...     run = c.results.open_run("build"); _ = run.finish()
+    ...     try:
+    ...         run.upload("late.txt", b"too late")
+    ...     except citron.ConflictError as e:
+    ...         print(e.status)
+    409
+    """
     __module__ = "citron"
 
 
 class UnreachableError(CitronError, ConnectionError):
     """The server could not be reached, or the connection broke (also a ``ConnectionError``).
+
+    >>> import citron
+    >>> try:
+    ...     citron.Client("http://127.0.0.1:9").results.run("build", 1)   # nothing listens on 9
+    ... except ConnectionError as e:
+    ...     print(type(e).__name__)
+    UnreachableError
     """
     __module__ = "citron"
 

@@ -162,6 +162,13 @@ impl Client {
     /// an iterator of :class:`Event` that waits for new events, reconnecting with
     /// ``Last-Event-ID`` after a cut. It ends when ``timeout`` seconds pass without an event
     /// (None: never; Ctrl-C interrupts).
+    ///
+    /// >>> import citron
+    /// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+    /// ...     with c.results.open_run("build") as run:
+    /// ...         pass
+    /// ...     print([(e.type, e.job) for e in c.events("build", type="run_finished", timeout=1.0)])
+    /// [('run_finished', 'build')]
     #[pyo3(signature = (job = None, *, dut = None, r#type = None, after = 0, timeout = None))]
     fn events(&self, job: Option<String>, dut: Option<String>, r#type: Option<String>, after: u64, timeout: Option<f64>) -> PyResult<Events> {
         let timeout = timeout.map(|t| seconds("timeout", t)).transpose()?;
@@ -171,6 +178,15 @@ impl Client {
 
     /// Closes the connections; later calls raise :class:`CitronError`. Calling it again does
     /// nothing.
+    ///
+    /// >>> import citron
+    /// >>> c = citron.Client("http://127.0.0.1:9")
+    /// >>> c.close(); c.close()
+    /// >>> try:
+    /// ...     c.results.find_by_hash("00" * 32)
+    /// ... except citron.CitronError as e:
+    /// ...     print(e)
+    /// the client is closed
     fn close(&self) {
         self.conn.close();
     }
@@ -191,6 +207,13 @@ impl Client {
 }
 
 /// ``client.tenants``: ``create(name, ttl=None)`` (administrator only).
+///
+/// >>> import citron
+/// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+/// ...     ci = c.tenants.create("ci")
+/// ...     with citron.Client(c.url, token=ci.token) as as_ci:
+/// ...         print(as_ci.results.open_run("build").run.status)
+/// running
 #[pyclass(frozen, module = "citron")]
 pub struct Tenants {
     conn: Arc<Conn>,
@@ -200,6 +223,15 @@ pub struct Tenants {
 impl Tenants {
     /// Adds tenant ``name`` and answers it with its first token (every scope but ``admin``,
     /// living ``ttl`` seconds; 90 days when None). Raises :class:`ConflictError` if it exists.
+    ///
+    /// >>> import citron
+    /// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+    /// ...     _ = c.tenants.create("ci", ttl=3600.0)
+    /// ...     try:
+    /// ...         c.tenants.create("ci")
+    /// ...     except citron.ConflictError as e:
+    /// ...         print(e.status)
+    /// 409
     #[pyo3(signature = (name, ttl = None))]
     fn create(&self, py: Python<'_>, name: &str, ttl: Option<f64>) -> PyResult<Tenant> {
         let ttl = ttl.map(|t| seconds("ttl", t)).transpose()?;
@@ -210,6 +242,11 @@ impl Tenants {
 
 /// ``client.tokens``: ``mint`` (administrator only), ``subset`` (narrows the client's own
 /// token), ``revoke``.
+///
+/// >>> import citron
+/// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+/// ...     t = c.tokens.mint(["read"], "build", ttl=60.0)
+/// ...     c.tokens.revoke(t)
 #[pyclass(frozen, module = "citron")]
 pub struct Tokens {
     conn: Arc<Conn>,
@@ -232,6 +269,13 @@ impl Tokens {
     /// ``"admin"``) for ``job`` (a name, ``prefix*`` or ``*``), living ``ttl`` seconds (an
     /// hour when None); for ``tenant``'s jobs (None: the lab's own), only ``run``, driving the
     /// DUTs ``dut`` matches.
+    ///
+    /// >>> import citron
+    /// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+    /// ...     t = c.tokens.mint(["upload"], "build-*", ttl=600.0)
+    /// ...     with citron.Client(c.url, token=t.token) as ci:
+    /// ...         print(ci.results.open_run("build-arm").job)
+    /// build-arm
     #[pyo3(signature = (scopes, job, ttl = None, *, tenant = None, run = None, dut = None))]
     fn mint(
         &self,
@@ -250,6 +294,17 @@ impl Tokens {
 
     /// A token narrower than the client's own: each argument None keeps the token's own;
     /// none may be wider or longer (:class:`AuthError` otherwise).
+    ///
+    /// >>> import citron
+    /// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+    /// ...     t = c.tokens.mint(["read", "upload"], "build", ttl=600.0)
+    /// ...     with citron.Client(c.url, token=t.token) as ci:
+    /// ...         narrow = ci.tokens.subset(scopes=["read"], ttl=60.0)
+    /// ...         try:
+    /// ...             ci.tokens.subset(scopes=["admin"])
+    /// ...         except citron.AuthError as e:
+    /// ...             print(e.status)
+    /// 403
     #[pyo3(signature = (*, scopes = None, job = None, ttl = None, run = None, dut = None))]
     fn subset(
         &self,
@@ -266,6 +321,16 @@ impl Tokens {
     }
 
     /// Revokes a token (its id, or the :class:`Token`): every gateway refuses it from now on.
+    ///
+    /// >>> import citron
+    /// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+    /// ...     t = c.tokens.mint(["upload"], "build", ttl=600.0)
+    /// ...     c.tokens.revoke(t.id)
+    /// ...     try:
+    /// ...         citron.Client(c.url, token=t.token).results.open_run("build")
+    /// ...     except citron.AuthError as e:
+    /// ...         print(e.status, "revoked" in e.message)
+    /// 401 True
     fn revoke(&self, py: Python<'_>, token: TokenArg<'_>) -> PyResult<()> {
         let id = match token {
             TokenArg::Token(t) => t.id.clone(),
@@ -276,6 +341,17 @@ impl Tokens {
 }
 
 /// An iterator over the lab's event feed (:meth:`Client.events`).
+///
+/// >>> import citron
+/// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+/// ...     first = c.results.open_run("build"); _ = first.finish()
+/// ...     events = c.events("build", type="run_finished", timeout=1.0)
+/// ...     seen = next(events)
+/// ...     second = c.results.open_run("build"); _ = second.finish()
+/// ...     # Later, elsewhere: go on after the last event seen.
+/// ...     rest = c.events("build", type="run_finished", after=events.last_event_id, timeout=1.0)
+/// ...     print(seen.detail["run"] == first.id, [e.detail["run"] == second.id for e in rest])
+/// True [True]
 #[pyclass(frozen, module = "citron")]
 pub struct Events {
     conn: Arc<Conn>,

@@ -137,6 +137,18 @@ fn upload(conn: &Conn, py: Python<'_>, job: &str, run: i64, path: &str, data: Da
 /// ``data`` of an upload is the content (``bytes``), a local file's path (``str`` or
 /// ``os.PathLike``, streamed from disk) or a binary file object (read in chunks); its SHA-256
 /// travels as ``X-Checksum-SHA256``, so the server keeps nothing that differs.
+///
+/// >>> import citron, io, pathlib, tempfile
+/// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+/// ...     run = c.results.open_run("build", revision="r1", platform="x86_64")
+/// ...     _ = c.results.upload("build", run.id, "a.txt", b"from bytes")
+/// ...     _ = c.results.upload("build", run.id, "b.txt", io.BytesIO(b"from a file object"))
+/// ...     with tempfile.TemporaryDirectory() as d:
+/// ...         p = pathlib.Path(d, "c.txt"); _ = p.write_bytes(b"from disk")
+/// ...         _ = c.results.upload("build", run.id, "c.txt", p)
+/// ...     done = c.results.finish("build", run.id)
+/// ...     print(done.status, [f.size for f in c.results.latest("build").files or []])
+/// success [10, 18, 9]
 #[pyclass(frozen, module = "citron")]
 pub struct Results {
     pub(crate) conn: Arc<Conn>,
@@ -147,6 +159,16 @@ impl Results {
     /// Opens a run of ``job`` (an ``upload`` token for it): an :class:`OpenRun`, which as a
     /// context manager finishes the run with ``"success"``, or ``"failure"`` when the block
     /// raises.
+    ///
+    /// >>> import citron
+    /// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+    /// ...     try:
+    /// ...         with c.results.open_run("build") as run:
+    /// ...             raise RuntimeError("the test failed")
+    /// ...     except RuntimeError:
+    /// ...         pass
+    /// ...     print(c.results.run("build", run.id).status)
+    /// failure
     #[pyo3(signature = (job, revision = None, platform = None))]
     fn open_run(&self, py: Python<'_>, job: &str, revision: Option<&str>, platform: Option<&str>) -> PyResult<OpenRun> {
         let run: Run = self.conn.block(py, self.conn.client.open_run(job, revision, platform))?.into();
@@ -155,12 +177,29 @@ impl Results {
 
     /// Uploads ``data`` as ``path`` into the open run ``run`` (an id or a :class:`Run`) of
     /// ``job``. The same content again is fine; other content raises :class:`ConflictError`.
+    ///
+    /// >>> import citron
+    /// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+    /// ...     run = c.results.open_run("build")
+    /// ...     _ = c.results.upload("build", run.run, "a", b"1")
+    /// ...     _ = c.results.upload("build", run.id, "a", b"1")     # the same again: fine
+    /// ...     try:
+    /// ...         c.results.upload("build", run.id, "a", b"2")
+    /// ...     except citron.ConflictError as e:
+    /// ...         print(e.status)
+    /// 409
     fn upload(&self, py: Python<'_>, job: &str, run: RunArg<'_>, path: &str, data: Data<'_>) -> PyResult<ResultFile> {
         upload(&self.conn, py, job, run.id(), path, data)
     }
 
     /// Finishes run ``run`` of ``job`` with ``status`` (``"success"``, ``"failure"`` or
     /// ``"unknown"``).
+    ///
+    /// >>> import citron
+    /// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+    /// ...     run = c.results.open_run("build")
+    /// ...     print(c.results.finish("build", run.id, "failure").status)
+    /// failure
     #[pyo3(signature = (job, run, status = "success"))]
     fn finish(&self, py: Python<'_>, job: &str, run: RunArg<'_>, status: &str) -> PyResult<Run> {
         let s = status_of(status)?;
@@ -168,6 +207,12 @@ impl Results {
     }
 
     /// Run ``run`` of ``job``, with its files.
+    ///
+    /// >>> import citron
+    /// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+    /// ...     run = c.results.open_run("build", revision="r7")
+    /// ...     print(c.results.run("build", run.id).revision)
+    /// r7
     fn run(&self, py: Python<'_>, job: &str, run: i64) -> PyResult<Run> {
         Ok(self.conn.block(py, self.conn.client.run(job, run))?.into())
     }
@@ -176,6 +221,16 @@ impl Results {
     /// ``"unknown"``, ``"running"`` or ``"any"``; on ``platform`` when given): the
     /// :class:`Run` with its files, or with ``path``, that file's :class:`Latest` (its digest
     /// and blob URL; nothing downloaded yet). :class:`NotFoundError` when there is none.
+    ///
+    /// >>> import citron, hashlib
+    /// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+    /// ...     with c.results.open_run("kernel") as run:
+    /// ...         _ = run.upload("bzImage", b"kernel bytes")
+    /// ...     latest = c.results.latest("kernel", "bzImage")
+    /// ...     print(latest.sha256 == hashlib.sha256(b"kernel bytes").hexdigest(), latest.read())
+    /// ...     print(c.results.latest("kernel").id == run.id)
+    /// True b'kernel bytes'
+    /// True
     #[pyo3(signature = (job, path = None, *, platform = None, status = None))]
     fn latest(&self, py: Python<'_>, job: &str, path: Option<&str>, platform: Option<String>, status: Option<String>) -> PyResult<Py<PyAny>> {
         let sel = Select { platform, status };
@@ -190,6 +245,13 @@ impl Results {
 
     /// ``job``'s runs, oldest first (of ``revision`` when given): an iterator that fetches
     /// one page at a time.
+    ///
+    /// >>> import citron
+    /// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+    /// ...     for rev in ["r1", "r2", "r1"]:
+    /// ...         _ = c.results.open_run("build", revision=rev).finish()
+    /// ...     print([r.revision for r in c.results.runs("build")], len(list(c.results.runs("build", "r1"))))
+    /// ['r1', 'r2', 'r1'] 2
     #[pyo3(signature = (job, revision = None))]
     fn runs(&self, job: &str, revision: Option<String>) -> RunsIter {
         RunsIter { conn: self.conn.clone(), job: job.to_string(), revision, buf: VecDeque::new(), after: Some(0) }
@@ -197,6 +259,11 @@ impl Results {
 
     /// The files whose content has SHA-256 ``sha256`` (hex) that the token may read: a list
     /// of :class:`HashHit`, empty when none.
+    ///
+    /// >>> import citron
+    /// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+    /// ...     print(c.results.find_by_hash("00" * 32))
+    /// []
     fn find_by_hash(&self, py: Python<'_>, sha256: &str) -> PyResult<Vec<HashHit>> {
         let hits = self.conn.block(py, self.conn.client.by_hash(sha256))?;
         Ok(hits.into_iter().map(|h| HashHit { job: h.job, run: h.run, path: h.path }).collect())
@@ -208,6 +275,14 @@ impl Results {
     /// event, so runs that finished earlier come first), resumes with ``Last-Event-ID`` after
     /// a cut, and ends when ``timeout`` seconds pass without a run (None: never; Ctrl-C
     /// interrupts). Reading the feed is the administrator's.
+    ///
+    /// >>> import citron
+    /// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+    /// ...     with c.results.open_run("build", revision="r1") as run:
+    /// ...         _ = run.upload("out", b"x")
+    /// ...     for r in c.results.watch("build", timeout=1.0):
+    /// ...         print(r.revision, r.status, r.file("out") is not None)
+    /// r1 success True
     #[pyo3(signature = (job, *, status = Some("success".to_string()), after = 0, timeout = None))]
     fn watch(&self, job: &str, status: Option<String>, after: u64, timeout: Option<f64>) -> PyResult<Watch> {
         let timeout = timeout.map(|t| seconds("timeout", t)).transpose()?;
@@ -220,6 +295,15 @@ impl Results {
 /// as opened), :meth:`upload`, :meth:`console`, :meth:`finish`. As a context manager it
 /// finishes the run when the block ends, ``"failure"`` if it raised, else ``"success"``,
 /// unless it was finished already.
+///
+/// >>> import citron
+/// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+/// ...     with c.results.open_run("build") as run:
+/// ...         _ = run.upload("log.txt", b"ok")
+/// ...         print(run.finished)
+/// ...     print(run.finished.status if run.finished else None)
+/// None
+/// success
 ///
 /// It is a class of its own, not the :class:`Run` data class, because it holds the client it
 /// uploads through; ``Run`` stays plain data, the same for the remote and in-process server.
@@ -260,12 +344,24 @@ impl OpenRun {
     }
 
     /// Uploads ``data`` as ``path`` (see :class:`Results`).
+    ///
+    /// >>> import citron
+    /// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+    /// ...     with c.results.open_run("build") as run:
+    /// ...         print(run.upload("dir/file.txt", b"content").path)
+    /// dir/file.txt
     fn upload(&self, py: Python<'_>, path: &str, data: Data<'_>) -> PyResult<ResultFile> {
         upload(&self.conn, py, &self.job, self.opened.id, path, data)
     }
 
     /// Appends ``text`` (``str``, as UTF-8, or ``bytes``) to the run's console; answers its
     /// length.
+    ///
+    /// >>> import citron
+    /// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+    /// ...     with c.results.open_run("build") as run:
+    /// ...         print(run.console("booting\n"), run.console(b"done\n"))
+    /// 8 13
     fn console(&self, py: Python<'_>, text: Bound<'_, PyAny>) -> PyResult<u64> {
         let data: Vec<u8> = match text.extract::<String>() {
             Ok(s) => s.into_bytes(),
@@ -278,6 +374,12 @@ impl OpenRun {
     }
 
     /// Finishes the run with ``status`` (``"success"``, ``"failure"``, ``"unknown"``).
+    ///
+    /// >>> import citron
+    /// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+    /// ...     run = c.results.open_run("build")
+    /// ...     print(run.finish("unknown").status)
+    /// unknown
     #[pyo3(signature = (status = "success"))]
     fn finish(&self, py: Python<'_>, status: &str) -> PyResult<Run> {
         let s = status_of(status)?;
@@ -290,10 +392,10 @@ impl OpenRun {
         slf
     }
 
-    #[pyo3(signature = (exc_type = None, _exc = None, _tb = None))]
-    fn __exit__(&self, py: Python<'_>, exc_type: Option<Bound<'_, PyAny>>, _exc: Option<Bound<'_, PyAny>>, _tb: Option<Bound<'_, PyAny>>) -> PyResult<bool> {
+    #[pyo3(signature = (_exc_type = None, _exc = None, _tb = None))]
+    fn __exit__(&self, py: Python<'_>, _exc_type: Option<Bound<'_, PyAny>>, _exc: Option<Bound<'_, PyAny>>, _tb: Option<Bound<'_, PyAny>>) -> PyResult<bool> {
         if self.finished.lock().is_none() {
-            let raised = exc_type.is_some_and(|t| !t.is_none());
+            let raised = _exc_type.is_some_and(|t| !t.is_none());
             let r = self.finish(py, if raised { "failure" } else { "success" });
             // The block's own exception matters more than a failure to record it.
             if !raised {
@@ -310,6 +412,14 @@ impl OpenRun {
 
 /// A file of the newest run: ``sha256`` (hex) and ``url`` (its immutable blob), with
 /// :meth:`read` and :meth:`download`, both checked against the digest.
+///
+/// >>> import citron
+/// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+/// ...     with c.results.open_run("build") as run:
+/// ...         _ = run.upload("a", b"abc")
+/// ...     latest = c.results.latest("build", "a")
+/// ...     print(latest.url.endswith("/api/v1/results/blobs/sha256/" + latest.sha256))
+/// True
 #[pyclass(frozen, module = "citron")]
 pub struct Latest {
     conn: Arc<Conn>,
@@ -332,6 +442,13 @@ impl Latest {
 
     /// The content (at most ``max_bytes``; ``ValueError`` beyond), checked against
     /// ``sha256`` (:class:`FetchError` if it differs).
+    ///
+    /// >>> import citron
+    /// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+    /// ...     with c.results.open_run("build") as run:
+    /// ...         _ = run.upload("a", b"abc")
+    /// ...     print(c.results.latest("build", "a").read(max_bytes=3))
+    /// b'abc'
     #[pyo3(signature = (max_bytes = READ_MAX))]
     fn read<'py>(&self, py: Python<'py>, max_bytes: u64) -> PyResult<Bound<'py, PyBytes>> {
         let b = self.conn.block(py, self.conn.client.read_blob(&self.inner, max_bytes))?;
@@ -340,6 +457,15 @@ impl Latest {
 
     /// Downloads the content to ``to`` (a path): written beside it and renamed once checked
     /// against ``sha256``, so ``to`` is the whole right file or untouched. Answers the bytes.
+    ///
+    /// >>> import citron, pathlib, tempfile
+    /// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+    /// ...     with c.results.open_run("build") as run:
+    /// ...         _ = run.upload("a", b"abc")
+    /// ...     with tempfile.TemporaryDirectory() as d:
+    /// ...         n = c.results.latest("build", "a").download(pathlib.Path(d, "a"))
+    /// ...         print(n, pathlib.Path(d, "a").read_bytes())
+    /// 3 b'abc'
     fn download(&self, py: Python<'_>, to: PathBuf) -> PyResult<u64> {
         self.conn.block(py, self.conn.client.download_blob(&self.inner, &to))
     }
@@ -350,6 +476,12 @@ impl Latest {
 }
 
 /// The runs of a job, page by page (:meth:`Results.runs`).
+///
+/// >>> import citron
+/// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+/// ...     _ = c.results.open_run("build").finish()
+/// ...     print([r.status for r in c.results.runs("build")])
+/// ['success']
 #[pyclass(module = "citron")]
 pub struct RunsIter {
     conn: Arc<Conn>,
@@ -378,6 +510,15 @@ impl RunsIter {
 }
 
 /// The runs of a job as they finish (:meth:`Results.watch`).
+///
+/// >>> import citron, threading
+/// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+/// ...     watch = c.results.watch("build", timeout=10.0)
+/// ...     later = threading.Timer(0.2, lambda: c.results.open_run("build", revision="r2").finish())
+/// ...     later.start()
+/// ...     print(next(watch).revision)
+/// ...     later.join()
+/// r2
 #[pyclass(frozen, module = "citron")]
 pub struct Watch {
     conn: Arc<Conn>,

@@ -14,6 +14,13 @@ use pyo3::prelude::*;
 /// ``path`` (in the run), ``sha256`` (hex: the blob's name), ``size`` (bytes), ``tokened``
 /// (uploaded with a token; False: by a DUT's source address, which UDP lets anyone forge) and
 /// ``uploaded_at`` (Unix seconds).
+///
+/// >>> import citron
+/// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+/// ...     with c.results.open_run("build") as run:
+/// ...         f = run.upload("notes.txt", b"hi")
+/// ...     print(f.path, f.size, f.sha256[:8], f.tokened)
+/// notes.txt 2 8f434346 True
 #[pyclass(frozen, get_all, eq, module = "citron")]
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResultFile {
@@ -46,6 +53,14 @@ impl ResultFile {
 /// job opened), ``status`` (``"running"``, ``"success"``, ``"failure"``, ``"unknown"``),
 /// ``started_at`` and ``finished_at`` (Unix seconds), and ``files`` (a list of
 /// :class:`ResultFile` when one run was asked for, None in lists of runs).
+///
+/// >>> import citron
+/// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+/// ...     with c.results.open_run("build", revision="v1") as run:
+/// ...         _ = run.upload("notes.txt", b"hi")
+/// ...     r = c.results.latest("build")
+/// ...     print(r.job, r.revision, r.status, [f.path for f in r.files or []])
+/// build v1 success ['notes.txt']
 #[pyclass(frozen, get_all, eq, module = "citron")]
 #[derive(Debug, Clone, PartialEq)]
 pub struct Run {
@@ -88,6 +103,14 @@ impl From<citron_client::Run> for Run {
 #[pymethods]
 impl Run {
     /// The file at ``path``, or None.
+    ///
+    /// >>> import citron
+    /// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+    /// ...     with c.results.open_run("build") as run:
+    /// ...         _ = run.upload("a", b"1")
+    /// ...     r = c.results.run("build", run.id)
+    /// ...     print(r.file("a").size, r.file("b"))
+    /// 1 None
     fn file(&self, path: &str) -> Option<ResultFile> {
         self.files.as_ref()?.iter().find(|f| f.path == path).cloned()
     }
@@ -98,6 +121,13 @@ impl Run {
 }
 
 /// A file with the digest asked for (``Results.find_by_hash``): ``job``, ``run``, ``path``.
+///
+/// >>> import citron, hashlib
+/// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+/// ...     with c.results.open_run("build") as run:
+/// ...         _ = run.upload("out/a.bin", b"abc")
+/// ...     [(h.job, h.path) for h in c.results.find_by_hash(hashlib.sha256(b"abc").hexdigest())]
+/// [('build', 'out/a.bin')]
 #[pyclass(frozen, get_all, eq, module = "citron")]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HashHit {
@@ -118,6 +148,12 @@ impl HashHit {
 
 /// A token just minted: ``token`` (the bearer secret), ``id`` (what ``tokens.revoke`` takes)
 /// and ``expires_at`` (Unix seconds).
+///
+/// >>> import citron
+/// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+/// ...     t = c.tokens.mint(["read"], "build", ttl=600.0)
+/// ...     print(len(t.id) > 0, "token" not in repr(t))
+/// True True
 #[pyclass(frozen, get_all, eq, module = "citron")]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Token {
@@ -139,6 +175,11 @@ impl Token {
 
 /// A tenant just added, with its first token (every scope but ``admin``): ``name``,
 /// ``token``, ``id``, ``expires_at``.
+///
+/// >>> import citron
+/// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+/// ...     print(c.tenants.create("ci").name)
+/// ci
 #[pyclass(frozen, get_all, eq, module = "citron")]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tenant {
@@ -163,21 +204,36 @@ impl Tenant {
 /// ``Last-Event-ID`` resumes after), ``time`` (Unix seconds), ``type`` (``run_finished``,
 /// ``job_set``, ``boot``…), ``dut``, ``job``, ``actor``, ``gateway`` and ``detail`` (a dict,
 /// or None).
+///
+/// >>> import citron
+/// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+/// ...     with c.results.open_run("build") as run:
+/// ...         pass
+/// ...     ev = next(iter(c.events("build", type="run_finished", timeout=10.0)))
+/// ...     print(ev.type, ev.job, ev.detail == {"run": run.id, "status": "success"})
+/// run_finished build True
 #[pyclass(frozen, eq, module = "citron")]
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
+    /// Its position in the feed: increasing, never reused, the same on every gateway.
     #[pyo3(get)]
     seq: u64,
+    /// When it happened, Unix seconds.
     #[pyo3(get)]
     time: f64,
+    /// What happened (`run_finished`, `job_set`, `boot`…).
     #[pyo3(get, name = "type")]
     kind: String,
+    /// The DUT, if it is about one.
     #[pyo3(get)]
     dut: Option<String>,
+    /// The job, if it is about one.
     #[pyo3(get)]
     job: Option<String>,
+    /// Who did it.
     #[pyo3(get)]
     actor: Option<String>,
+    /// The gateway that recorded it.
     #[pyo3(get)]
     gateway: Option<String>,
     /// The detail as JSON text (made a dict on each read).
