@@ -418,7 +418,7 @@ class Results:
         self,
         job: str,
         *,
-        status: Optional[str] = "success",
+        status: Optional[str] = ...,  # "success"
         after: int = 0,
         timeout: Optional[float] = None,
     ) -> Watch: ...
@@ -454,7 +454,7 @@ class Latest:
     def sha256(self) -> str: ...
     @property
     def url(self) -> str: ...
-    def read(self, max_bytes: int = 67108864) -> bytes: ...
+    def read(self, max_bytes: int = ...) -> bytes: ...  # 64 MiB
     def download(self, to: StrPath) -> int: ...
 
 @final
