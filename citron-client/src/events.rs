@@ -60,7 +60,17 @@ impl Client {
     /// The feed's events matching `query` with a `seq` above `after` (0: every stored one).
     /// Nothing is sent until the first [`Events::next`].
     pub fn events(&self, query: EventQuery, after: u64) -> Events {
-        Events { client: self.clone(), query, last_id: after, body: None, buf: Vec::new(), id: None, data: String::new(), connected: false, failures: 0 }
+        Events {
+            client: self.clone(),
+            query,
+            last_id: after,
+            body: None,
+            buf: Vec::new(),
+            id: None,
+            data: String::new(),
+            connected: false,
+            failures: 0,
+        }
     }
 }
 
@@ -139,8 +149,8 @@ impl Events {
                     continue;
                 }
                 let data = std::mem::take(&mut self.data);
-                let ev: FeedEvent =
-                    serde_json::from_str(&data).map_err(|e| ClientError::Protocol(format!("an event of the feed is not what this client expects: {e}")))?;
+                let ev: FeedEvent = serde_json::from_str(&data)
+                    .map_err(|e| ClientError::Protocol(format!("an event of the feed is not what this client expects: {e}")))?;
                 self.last_id = self.id.take().unwrap_or(ev.seq);
                 return Ok(Some(ev));
             }

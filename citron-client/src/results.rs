@@ -171,9 +171,12 @@ impl Client {
     pub async fn append_console(&self, job: &str, run: i64, offset: u64, data: Bytes) -> Result<u64, ClientError> {
         let run_s = run.to_string();
         let u = self.url(["api", "v1", "results", job, "runs", &run_s, "console"]);
-        let v: serde_json::Value =
-            self.json(self.req(Method::PUT, u).query(&[("offset", offset)]).header(reqwest::header::CONTENT_TYPE, "text/plain").body(data)).await?;
-        v.get("length").and_then(serde_json::Value::as_u64).ok_or_else(|| ClientError::Protocol("the console's answer has no length".into()))
+        let v: serde_json::Value = self
+            .json(self.req(Method::PUT, u).query(&[("offset", offset)]).header(reqwest::header::CONTENT_TYPE, "text/plain").body(data))
+            .await?;
+        v.get("length")
+            .and_then(serde_json::Value::as_u64)
+            .ok_or_else(|| ClientError::Protocol("the console's answer has no length".into()))
     }
 
     /// Finishes the run with `status`.

@@ -170,7 +170,14 @@ impl Client {
     /// ...     print([(e.type, e.job) for e in c.events("build", type="run_finished", timeout=1.0)])
     /// [('run_finished', 'build')]
     #[pyo3(signature = (job = None, *, dut = None, r#type = None, after = 0, timeout = None))]
-    fn events(&self, job: Option<String>, dut: Option<String>, r#type: Option<String>, after: u64, timeout: Option<f64>) -> PyResult<Events> {
+    fn events(
+        &self,
+        job: Option<String>,
+        dut: Option<String>,
+        r#type: Option<String>,
+        after: u64,
+        timeout: Option<f64>,
+    ) -> PyResult<Events> {
         let timeout = timeout.map(|t| seconds("timeout", t)).transpose()?;
         let reader = self.conn.client.events(EventQuery { job, dut, kind: r#type }, after);
         Ok(Events { conn: self.conn.clone(), reader: Mutex::new(reader), timeout })

@@ -53,7 +53,9 @@ pub(crate) enum Data<'py> {
 
 fn status_of(s: &str) -> PyResult<Status> {
     match Status::parse(s) {
-        Some(Status::Running) | None => Err(PyValueError::new_err(format!("status {s:?}: a run finishes with success, failure or unknown"))),
+        Some(Status::Running) | None => {
+            Err(PyValueError::new_err(format!("status {s:?}: a run finishes with success, failure or unknown")))
+        }
         Some(s) => Ok(s),
     }
 }
@@ -232,7 +234,14 @@ impl Results {
     /// True b'kernel bytes'
     /// True
     #[pyo3(signature = (job, path = None, *, platform = None, status = None))]
-    fn latest(&self, py: Python<'_>, job: &str, path: Option<&str>, platform: Option<String>, status: Option<String>) -> PyResult<Py<PyAny>> {
+    fn latest(
+        &self,
+        py: Python<'_>,
+        job: &str,
+        path: Option<&str>,
+        platform: Option<String>,
+        status: Option<String>,
+    ) -> PyResult<Py<PyAny>> {
         let sel = Select { platform, status };
         match path {
             None => Ok(Bound::new(py, Run::from(self.conn.block(py, self.conn.client.latest_run(job, &sel))?))?.into_any().unbind()),
@@ -393,7 +402,13 @@ impl OpenRun {
     }
 
     #[pyo3(signature = (_exc_type = None, _exc = None, _tb = None))]
-    fn __exit__(&self, py: Python<'_>, _exc_type: Option<Bound<'_, PyAny>>, _exc: Option<Bound<'_, PyAny>>, _tb: Option<Bound<'_, PyAny>>) -> PyResult<bool> {
+    fn __exit__(
+        &self,
+        py: Python<'_>,
+        _exc_type: Option<Bound<'_, PyAny>>,
+        _exc: Option<Bound<'_, PyAny>>,
+        _tb: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
         if self.finished.lock().is_none() {
             let raised = _exc_type.is_some_and(|t| !t.is_none());
             let r = self.finish(py, if raised { "failure" } else { "success" });
