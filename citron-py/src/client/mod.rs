@@ -284,6 +284,7 @@ impl Tokens {
     /// ...         print(ci.results.open_run("build-arm").job)
     /// build-arm
     #[pyo3(signature = (scopes, job, ttl = None, *, tenant = None, run = None, dut = None))]
+    #[allow(clippy::too_many_arguments)] // the REST body's fields, as Python keywords
     fn mint(
         &self,
         py: Python<'_>,
