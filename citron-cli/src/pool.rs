@@ -5,10 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::client::{Client, Remote};
+use crate::client::{client, Remote};
 
 /// `citron pool …`.
 #[derive(Debug, Args)]
@@ -98,7 +97,7 @@ pub enum PoolCommand {
 pub fn run(a: PoolArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(async move {
-        let c = Client::new(&a.remote)?;
+        let c = client(&a.remote)?;
         let v: Value = match a.command {
             PoolCommand::Request { tags, kind, arch, model, count, lifetime, priority, job, wait } => {
                 let job = match job {
@@ -107,14 +106,14 @@ pub fn run(a: PoolArgs) -> anyhow::Result<ExitCode> {
                 };
                 let body = json!({"tags": tags, "kind": kind, "arch": arch, "model": model, "count": count, "lifetime": lifetime, "priority": priority, "job": job});
                 let body = strip_nulls(body);
-                let mut r: Value = c.json(c.req(Method::POST, "/api/v1/reservations").json(&body)).await?;
+                let mut r: Value = c.request_reservation(&body).await?;
                 if let Some(w) = wait {
                     let total = citron_core::units::parse_duration(&w).map_err(|e| anyhow::anyhow!("--wait: {e}"))?;
                     let end = std::time::Instant::now() + total;
                     while r["state"] == "waiting" && std::time::Instant::now() < end {
                         let left = end.saturating_duration_since(std::time::Instant::now()).min(citron_lab::pool::WAIT_MAX);
-                        let path = format!("/api/v1/reservations/{}?wait={}s", r["id"], left.as_secs().max(1));
-                        r = c.json(c.req(Method::GET, &path)).await?;
+                        let id = r["id"].as_i64().context("the answer has no reservation id")?;
+                        r = c.reservation(id, Some(left.max(std::time::Duration::from_secs(1)))).await?;
                     }
                     if r["state"] == "waiting" {
                         println!("{}", serde_json::to_string_pretty(&r)?);
@@ -123,23 +122,17 @@ pub fn run(a: PoolArgs) -> anyhow::Result<ExitCode> {
                 }
                 r
             }
-            PoolCommand::List { state } => {
-                let mut r = c.req(Method::GET, "/api/v1/reservations");
-                if let Some(s) = state {
-                    r = r.query(&[("state", s)]);
-                }
-                c.json(r).await?
-            }
-            PoolCommand::Release { id } => c.json(c.req(Method::DELETE, &format!("/api/v1/reservations/{id}"))).await?,
-            PoolCommand::Fail { id, keep } => {
-                c.json(c.req(Method::POST, &format!("/api/v1/reservations/{id}/fail")).json(&strip_nulls(json!({"keep": keep})))).await?
-            }
-            PoolCommand::Extend { id, lifetime } => {
-                c.json(c.req(Method::PATCH, &format!("/api/v1/reservations/{id}")).json(&json!({"lifetime": lifetime}))).await?
-            }
-            PoolCommand::Status { id: Some(id) } => c.json(c.req(Method::GET, &format!("/api/v1/reservations/{id}"))).await?,
-            PoolCommand::Status { id: None } => c.json(c.req(Method::GET, "/api/v1/pool/duts")).await?,
-            PoolCommand::Dut { action, id } => c.json(c.req(Method::POST, &format!("/api/v1/pool/duts/{id}/{action}"))).await?,
+            PoolCommand::List { state } => c.reservations(state.as_deref()).await?,
+            PoolCommand::Release { id } => c.release(id).await?,
+            PoolCommand::Fail { id, keep } => c.fail(id, keep.as_deref()).await?,
+            PoolCommand::Extend { id, lifetime } => c.extend(id, &lifetime).await?,
+            PoolCommand::Status { id: Some(id) } => c.reservation(id, None).await?,
+            PoolCommand::Status { id: None } => c.pool_duts().await?,
+            PoolCommand::Dut { action, id } => match action.as_str() {
+                "enable" => c.set_pool_dut(&id, true).await?,
+                "disable" => c.set_pool_dut(&id, false).await?,
+                other => anyhow::bail!("citron pool dut {other:?}: use enable or disable"),
+            },
         };
         println!("{}", serde_json::to_string_pretty(&v)?);
         Ok(ExitCode::SUCCESS)

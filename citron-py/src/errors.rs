@@ -122,6 +122,90 @@ class FetchError(CitronError):
     __module__ = "citron"
 
 
+class ApiError(CitronError):
+    """A remote citron refused a request (:class:`citron.Client`): ``status`` is the HTTP
+    status, ``message`` the server's words (which say what to do); ``str()`` shows both.
+    Subclasses: :class:`AuthError` (401, 403), :class:`NotFoundError` (404),
+    :class:`ConflictError` (409).
+
+    >>> import citron
+    >>> e = citron.ApiError(413, "the file is larger than 16 bytes")
+    >>> e.status, str(e)
+    (413, '413: the file is larger than 16 bytes')
+    """
+    __module__ = "citron"
+
+    def __init__(self, status, message):
+        super().__init__("%s: %s" % (status, message))
+        self.status = status
+        self.message = message
+
+
+class AuthError(ApiError, PermissionError):
+    """The token was refused (401: none, expired, revoked, not citron's) or may not do this
+    (403: another scope, job, run or tenant). Also a ``PermissionError``.
+
+    >>> import citron
+    >>> lab = citron.Lab.from_yaml("api_token: admin-secret\\n")
+    >>> with citron.Server(lab, http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv:
+    ...     try:
+    ...         srv.client(token="wrong").results.open_run("build")
+    ...     except citron.AuthError as e:
+    ...         print(e.status, isinstance(e, PermissionError))
+    401 True
+    """
+    __module__ = "citron"
+
+    def __str__(self):
+        return Exception.__str__(self)
+
+
+class NotFoundError(ApiError, LookupError):
+    """No such job, run, file or token, or none this token may see (404).
+
+    >>> import citron
+    >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+    ...     try:
+    ...         c.results.latest("never-ran")
+    ...     except citron.NotFoundError as e:
+    ...         print(e.status)
+    404
+    """
+    __module__ = "citron"
+
+
+class ConflictError(ApiError):
+    """The request clashes with what is there (409): other content at a path of the run, a
+    finished run, a tenant that exists.
+
+    >>> import citron
+    >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+    ...     run = c.results.open_run("build"); _ = run.finish()
+    ...     try:
+    ...         run.upload("late.txt", b"too late")
+    ...     except citron.ConflictError as e:
+    ...         print(e.status)
+    409
+    """
+    __module__ = "citron"
+
+
+class UnreachableError(CitronError, ConnectionError):
+    """The server could not be reached, or the connection broke (also a ``ConnectionError``).
+
+    >>> import citron
+    >>> try:
+    ...     citron.Client("http://127.0.0.1:9").results.run("build", 1)   # nothing listens on 9
+    ... except ConnectionError as e:
+    ...     print(type(e).__name__)
+    UnreachableError
+    """
+    __module__ = "citron"
+
+    def __str__(self):
+        return Exception.__str__(self)
+
+
 class ServerError(CitronError, OSError):
     """A server could not start (an address that cannot be bound, bad arguments) or its data
     directory is unusable. When the system said why, ``errno`` and ``strerror`` are set as on
@@ -152,6 +236,11 @@ pub(crate) struct Classes {
     pub unknown_dut: Py<PyType>,
     pub fetch: Py<PyType>,
     pub server: Py<PyType>,
+    pub api: Py<PyType>,
+    pub auth: Py<PyType>,
+    pub not_found: Py<PyType>,
+    pub conflict: Py<PyType>,
+    pub unreachable: Py<PyType>,
 }
 
 static CLASSES: PyOnceLock<Classes> = PyOnceLock::new();
@@ -168,6 +257,11 @@ pub(crate) fn classes(py: Python<'_>) -> PyResult<&'static Classes> {
             unknown_dut: get("UnknownDutError")?,
             fetch: get("FetchError")?,
             server: get("ServerError")?,
+            api: get("ApiError")?,
+            auth: get("AuthError")?,
+            not_found: get("NotFoundError")?,
+            conflict: get("ConflictError")?,
+            unreachable: get("UnreachableError")?,
         })
     })
 }
@@ -271,6 +365,10 @@ pub(crate) enum Error {
     Start(citron_lab::server::ServerError),
     /// The lab's state or data directory could not be opened.
     Open(OpenError),
+    /// A call of `citron.Client` failed.
+    Client(citron_client::ClientError),
+    /// The client was closed.
+    Closed,
 }
 
 impl From<OpenError> for Error {
@@ -316,6 +414,13 @@ enum Kind {
     Fetch,
     /// The OS error behind it, if any (`errno`, `strerror`) and the path concerned.
     Server(Option<i32>, Option<PathBuf>),
+    /// A refusal of a remote citron: its status and message.
+    Api(u16, String),
+    Unreachable,
+    /// A bad argument (`ValueError`).
+    Value,
+    /// A local file (`OSError` of the matching kind, with `filename`).
+    Io(std::io::Error, PathBuf),
 }
 
 /// The OS error number and path of an I/O failure, for `ServerError.errno` and `.filename`.
@@ -363,6 +468,20 @@ impl Error {
                 };
                 (kind, e.to_string())
             }
+            Error::Closed => (Kind::Citron, "the client is closed".into()),
+            Error::Client(e) => {
+                use citron_client::ClientError as C;
+                let msg = e.to_string();
+                match e {
+                    C::Api { status, message } => (Kind::Api(status, message), msg),
+                    C::Unreachable { .. } => (Kind::Unreachable, msg),
+                    C::Checksum { .. } => (Kind::Fetch, msg),
+                    C::Io { path, source } => (Kind::Io(source, path), msg),
+                    C::Usage(_) => (Kind::Value, msg),
+                    // Protocol, and any later variant.
+                    _ => (Kind::Citron, msg),
+                }
+            }
             Error::Start(e) => {
                 let kind = match &e {
                     citron_lab::server::ServerError::Bind { source, .. } => os_error(source, None),
@@ -398,6 +517,22 @@ impl Error {
             Kind::Citron => c.citron.bind(py).call1((msg,))?,
             Kind::UnknownDut => c.unknown_dut.bind(py).call1((msg,))?,
             Kind::Fetch => c.fetch.bind(py).call1((msg,))?,
+            Kind::Api(status, message) => {
+                let class = match status {
+                    401 | 403 => &c.auth,
+                    404 => &c.not_found,
+                    409 => &c.conflict,
+                    _ => &c.api,
+                };
+                class.bind(py).call1((status, message))?
+            }
+            Kind::Unreachable => c.unreachable.bind(py).call1((msg,))?,
+            Kind::Value => pyo3::exceptions::PyValueError::new_err(msg).into_value(py).into_bound(py).into_any(),
+            Kind::Io(source, path) => {
+                let v = PyErr::from(source).into_value(py).into_bound(py).into_any();
+                v.setattr("filename", path)?;
+                v
+            }
             Kind::Server(errno, path) => {
                 let v = c.server.bind(py).call1((msg,))?;
                 if let Some(n) = errno {
@@ -470,6 +605,11 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("UnknownDutError", c.unknown_dut.bind(py))?;
     m.add("FetchError", c.fetch.bind(py))?;
     m.add("ServerError", c.server.bind(py))?;
+    m.add("ApiError", c.api.bind(py))?;
+    m.add("AuthError", c.auth.bind(py))?;
+    m.add("NotFoundError", c.not_found.bind(py))?;
+    m.add("ConflictError", c.conflict.bind(py))?;
+    m.add("UnreachableError", c.unreachable.bind(py))?;
     m.add_class::<ErrorDetail>()?;
     // The name of the class before lab errors had positions too.
     m.add("JobErrorDetail", m.getattr("ErrorDetail")?)?;

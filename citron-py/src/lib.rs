@@ -10,6 +10,9 @@
 //! - `lab`: `Lab`, the DUTs and variables of a lab that is not running.
 //! - `server`: `Server`, a gateway and its backends (started by
 //!   `citron_lab::server::ServerBuilder`) in the Python process, on its own tokio runtime.
+//! - `client`: `Client`, a remote citron's API (results, tenants, tokens, the event feed) on
+//!   the shared Rust client `citron_client`; `client::types` are the answers (`Run`, …),
+//!   the same for a remote server and the in-process one (`Server.client()`).
 //!
 //! ```python
 //! import citron
@@ -19,6 +22,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod client;
 mod errors;
 mod job;
 mod lab;
@@ -50,6 +54,21 @@ fn _citron(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<job::Artifact>()?;
     m.add_class::<lab::Lab>()?;
     m.add_class::<server::Server>()?;
+    m.add_class::<client::Client>()?;
+    m.add_class::<client::Tenants>()?;
+    m.add_class::<client::Tokens>()?;
+    m.add_class::<client::Events>()?;
+    m.add_class::<client::results::Results>()?;
+    m.add_class::<client::results::OpenRun>()?;
+    m.add_class::<client::results::Latest>()?;
+    m.add_class::<client::results::RunsIter>()?;
+    m.add_class::<client::results::Watch>()?;
+    m.add_class::<client::types::Run>()?;
+    m.add_class::<client::types::ResultFile>()?;
+    m.add_class::<client::types::HashHit>()?;
+    m.add_class::<client::types::Token>()?;
+    m.add_class::<client::types::Tenant>()?;
+    m.add_class::<client::types::Event>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -116,7 +116,7 @@ const SIGNAL_POLL: Duration = Duration::from_millis(100);
 /// Runs `fut` to completion with the GIL released, but gives up (dropping the future, which
 /// cancels it) as soon as a Python signal handler raises, so that Ctrl-C interrupts a job load
 /// stuck on a slow download just as it would interrupt Python code.
-fn interruptible<F>(py: Python<'_>, rt: &Runtime, fut: F) -> PyResult<F::Output>
+pub(crate) fn interruptible<F>(py: Python<'_>, rt: &Runtime, fut: F) -> PyResult<F::Output>
 where
     F: Future + Send,
     F::Output: Send,
@@ -214,6 +214,9 @@ impl Server {
             .enable_all()
             .build()
             .map_err(|e| Error::Server(format!("cannot start the tokio runtime: {e}")))?;
+        // Results (runs, tokens) live in the same state: `client()` reaches them through the API.
+        let results = citron_lab::results::Results::open(&state, &data_dir)
+            .map_err(|e| Error::Server(format!("cannot open the lab's results in {}: {e}", data_dir.display())))?;
         let builder = ServerBuilder::new(gateway.clone())
             .http(http)
             .tftp(tftp)
@@ -221,7 +224,8 @@ impl Server {
             .api(api)
             .advertise(advertise)
             .state(Some(state.info()))
-            .feed(Some(state.feed().clone()));
+            .feed(Some(state.feed().clone()))
+            .results(Some(results));
         let running = py.detach(|| rt.block_on(builder.start())).map_err(Error::from)?;
         // Every stored job again (a restart on the same state serves what it served before),
         // once the servers are bound so that templates see the real ports.
@@ -269,6 +273,32 @@ impl Server {
         // The value jobs get: the bound address, or what the lab's variables or `advertise` say.
         let vars = self.gateway.variables(&Dut::new("_", []));
         vars.get("http_artifact_base").filter(|v| !v.is_empty()).cloned()
+    }
+
+    /// A :class:`Client` of this server's API (started with ``api=``), with ``token`` or the
+    /// lab's ``api_token``: the results, tokens and event feed of this lab, with the same
+    /// classes (:class:`Run`, …) as for a remote citron. ``timeout`` as for :class:`Client`.
+    ///
+    /// >>> import citron
+    /// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv:
+    /// ...     with srv.client() as c:
+    /// ...         with c.results.open_run("build", revision="r1") as run:
+    /// ...             _ = run.upload("out.txt", b"hello")
+    /// ...         print(c.results.latest("build", "out.txt").read())
+    /// b'hello'
+    #[pyo3(signature = (token = None, timeout = 60.0))]
+    fn client(&self, token: Option<String>, timeout: f64) -> PyResult<crate::client::Client> {
+        let Some(api) = self.bound.api else {
+            return Err(Error::Server("this server has no API: start it with api=\"127.0.0.1:0\"".into()).into());
+        };
+        let token = match token {
+            Some(t) => Some(t),
+            None => {
+                let env = std::env::var(citron_core::lab::API_TOKEN_ENV).ok();
+                self.gateway.lab().resolve_api_token(env.as_deref()).map_err(|e| Error::Server(e.to_string()))?
+            }
+        };
+        crate::client::Client::open(&format!("http://{api}"), token, crate::client::seconds("timeout", timeout)?)
     }
 
     /// Where the cache and disks live.

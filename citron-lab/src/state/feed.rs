@@ -26,7 +26,7 @@ use std::time::SystemTime;
 
 use citron_core::store::StoreError;
 use parking_lot::Mutex;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::{AnyPool, Row as _};
 use tokio::sync::watch;
 
@@ -42,7 +42,7 @@ pub const PAGE_MAX: usize = 1000;
 pub const CHANNEL: &str = "citron";
 
 /// One event of the feed, as `GET /api/v1/events` sends it.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[schema(as = FeedEvent)]
 pub struct FeedEvent {
     /// Its position in the feed: increasing, never reused, the same on every gateway.

@@ -20,6 +20,13 @@ its position, :class:`ErrorDetail`), :class:`UnknownDutError` (``KeyError``),
 :class:`FetchError` and :class:`ServerError` (``OSError``, with ``errno`` when the system said
 why).
 
+A remote citron (``citron serve``) is reached with :class:`Client`: ``client.results`` uploads
+and reads results (``open_run``, ``upload``, ``latest``, ``runs``, ``find_by_hash``,
+``watch``), ``client.tenants`` and ``client.tokens`` hand out access. Its refusals are
+:class:`ApiError` (``status``, ``message``), :class:`AuthError` for 401/403,
+:class:`NotFoundError`, :class:`ConflictError`; :class:`UnreachableError` when the server
+cannot be reached. ``Server.client()`` is the same client for the in-process server.
+
 For pytest, the package brings the fixtures ``citron_server`` and ``citron_lab``
 (``citron.pytest_plugin``, loaded by pytest by itself).
 
@@ -28,19 +35,39 @@ The distribution is named ``citron-lab`` (``pip install citron-lab``); the impor
 """
 
 from citron._citron import (
+    ApiError,
     Artifact,
+    AuthError,
     CitronError,
+    Client,
+    ConflictError,
+    Event,
+    Events,
     ErrorDetail,
     FetchError,
+    HashHit,
     JobDescription,
     JobError,
     JobErrorDetail,
     Lab,
     LabError,
+    Latest,
+    NotFoundError,
+    OpenRun,
     ResolvedJob,
+    ResultFile,
+    Results,
+    Run,
+    RunsIter,
     Server,
     ServerError,
+    Tenant,
+    Tenants,
+    Token,
+    Tokens,
     UnknownDutError,
+    UnreachableError,
+    Watch,
     __version__,
 )
 from citron._types import (
@@ -55,24 +82,44 @@ from citron._types import (
 
 __all__ = [
     "AccessRecord",
+    "ApiError",
     "Artifact",
     "ArtifactDict",
+    "AuthError",
     "CitronError",
+    "Client",
+    "ConflictError",
+    "Event",
+    "Events",
     "DutInfo",
     "ErrorDetail",
     "ErrorDetailDict",
     "FetchError",
+    "HashHit",
     "JobDescription",
     "JobError",
     "JobErrorDetail",
     "JobErrorDetailDict",
     "Lab",
     "LabError",
+    "Latest",
+    "NotFoundError",
+    "OpenRun",
     "ResolvedJob",
     "ResolvedJobDict",
+    "ResultFile",
+    "Results",
+    "Run",
+    "RunsIter",
     "Server",
     "ServerError",
     "StrPath",
+    "Tenant",
+    "Tenants",
+    "Token",
+    "Tokens",
     "UnknownDutError",
+    "UnreachableError",
+    "Watch",
     "__version__",
 ]

@@ -2,25 +2,45 @@
 
 from datetime import timedelta
 from types import TracebackType
-from typing import Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Type, Union, final
+from typing import Any, BinaryIO, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Type, Union, final, overload
 
 from citron._types import AccessRecord, ArtifactDict, DutInfo, ErrorDetailDict, ResolvedJobDict, StrPath
 
 __version__: str
 __all__ = [
+    "ApiError",
     "Artifact",
+    "AuthError",
     "CitronError",
+    "Client",
+    "ConflictError",
+    "Event",
+    "Events",
     "ErrorDetail",
     "FetchError",
+    "HashHit",
     "JobDescription",
     "JobError",
     "JobErrorDetail",
     "Lab",
     "LabError",
+    "Latest",
+    "NotFoundError",
+    "OpenRun",
     "ResolvedJob",
+    "ResultFile",
+    "Results",
+    "Run",
+    "RunsIter",
     "Server",
     "ServerError",
+    "Tenant",
+    "Tenants",
+    "Token",
+    "Tokens",
     "UnknownDutError",
+    "UnreachableError",
+    "Watch",
     "__version__",
 ]
 
@@ -48,6 +68,25 @@ class FetchError(CitronError):
 
 class ServerError(CitronError, OSError):
     """A server could not start, bind or stop, or its data directory is unusable."""
+
+class ApiError(CitronError):
+    """A remote citron refused a request: ``status`` (HTTP) and ``message`` (the server's)."""
+
+    status: int
+    message: str
+    def __init__(self, status: int, message: str) -> None: ...
+
+class AuthError(ApiError, PermissionError):
+    """The token was refused (401) or may not do this (403)."""
+
+class NotFoundError(ApiError, LookupError):
+    """No such job, run, file or token, or none the token may see (404)."""
+
+class ConflictError(ApiError):
+    """Other content at the path, a finished run, an existing tenant (409)."""
+
+class UnreachableError(CitronError, ConnectionError):
+    """The server could not be reached, or the connection broke."""
 
 @final
 class ErrorDetail:
@@ -210,6 +249,7 @@ class Server:
     def event(self, dut: str, event: Literal["boot", "job_start", "job_end"] = "boot") -> None: ...
     def accesses(self, dut: str, after: int = 0, limit: Optional[int] = None) -> List[AccessRecord]: ...
     def metrics(self) -> str: ...
+    def client(self, token: Optional[str] = None, timeout: float = 60.0) -> Client: ...
     def stop(self) -> None: ...
     def __enter__(self) -> Server: ...
     def __exit__(
@@ -218,3 +258,257 @@ class Server:
         exc: Optional[BaseException] = None,
         tb: Optional[TracebackType] = None,
     ) -> Literal[False]: ...
+
+# The results API's answers are pyo3 classes made from the server's own Rust types (not
+# dataclasses written again in Python): one definition is what the server sends, what the
+# remote Client parses and what the in-process Server's client() hands out, so the two cannot
+# drift. They are frozen: plain data, compared by value.
+
+@final
+class ResultFile:
+    """One file of a run."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def sha256(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def tokened(self) -> bool: ...
+    @property
+    def uploaded_at(self) -> float: ...
+
+@final
+class Run:
+    """One run of a job (``files`` only when one run was asked for)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def job(self) -> str: ...
+    @property
+    def revision(self) -> Optional[str]: ...
+    @property
+    def platform(self) -> Optional[str]: ...
+    @property
+    def dut(self) -> Optional[str]: ...
+    @property
+    def status(self) -> Literal["running", "success", "failure", "unknown"]: ...
+    @property
+    def started_at(self) -> float: ...
+    @property
+    def finished_at(self) -> Optional[float]: ...
+    @property
+    def files(self) -> Optional[List[ResultFile]]: ...
+    def file(self, path: str) -> Optional[ResultFile]: ...
+
+@final
+class HashHit:
+    """A file with the digest asked for."""
+
+    @property
+    def job(self) -> str: ...
+    @property
+    def run(self) -> int: ...
+    @property
+    def path(self) -> str: ...
+
+@final
+class Token:
+    """A token just minted (``token`` is the secret; ``repr`` leaves it out)."""
+
+    @property
+    def token(self) -> str: ...
+    @property
+    def id(self) -> str: ...
+    @property
+    def expires_at(self) -> int: ...
+
+@final
+class Tenant:
+    """A tenant just added, with its first token."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def token(self) -> str: ...
+    @property
+    def id(self) -> str: ...
+    @property
+    def expires_at(self) -> int: ...
+
+@final
+class Event:
+    """One event of the lab's feed."""
+
+    @property
+    def seq(self) -> int: ...
+    @property
+    def time(self) -> float: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def dut(self) -> Optional[str]: ...
+    @property
+    def job(self) -> Optional[str]: ...
+    @property
+    def actor(self) -> Optional[str]: ...
+    @property
+    def gateway(self) -> Optional[str]: ...
+    @property
+    def detail(self) -> Optional[Dict[str, Any]]: ...
+
+#: What an upload sends: the content, a local file's path, or a binary file object.
+_UploadData = Union[bytes, bytearray, StrPath, BinaryIO]
+
+@final
+class Client:
+    """A remote citron's API (``$CITRON_SERVER`` / ``$CITRON_TOKEN`` by default)."""
+
+    def __new__(
+        cls,
+        url: Optional[str] = None,
+        token: Optional[str] = None,
+        *,
+        token_file: Optional[StrPath] = None,
+        timeout: float = 60.0,
+    ) -> Client: ...
+    @property
+    def url(self) -> str: ...
+    @property
+    def results(self) -> Results: ...
+    @property
+    def tenants(self) -> Tenants: ...
+    @property
+    def tokens(self) -> Tokens: ...
+    def events(
+        self,
+        job: Optional[str] = None,
+        *,
+        dut: Optional[str] = None,
+        type: Optional[str] = None,
+        after: int = 0,
+        timeout: Optional[float] = None,
+    ) -> Events: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> Client: ...
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]] = None,
+        exc: Optional[BaseException] = None,
+        tb: Optional[TracebackType] = None,
+    ) -> Literal[False]: ...
+
+@final
+class Results:
+    """``client.results``: runs, files, ``latest``, by-hash, ``watch``."""
+
+    def open_run(self, job: str, revision: Optional[str] = None, platform: Optional[str] = None) -> OpenRun: ...
+    def upload(self, job: str, run: Union[int, Run], path: str, data: _UploadData) -> ResultFile: ...
+    def finish(self, job: str, run: Union[int, Run], status: Literal["success", "failure", "unknown"] = "success") -> Run: ...
+    def run(self, job: str, run: int) -> Run: ...
+    @overload
+    def latest(self, job: str, path: None = None, *, platform: Optional[str] = None, status: Optional[str] = None) -> Run: ...
+    @overload
+    def latest(self, job: str, path: str, *, platform: Optional[str] = None, status: Optional[str] = None) -> Latest: ...
+    def runs(self, job: str, revision: Optional[str] = None) -> RunsIter: ...
+    def find_by_hash(self, sha256: str) -> List[HashHit]: ...
+    def watch(
+        self,
+        job: str,
+        *,
+        status: Optional[str] = ...,  # "success"
+        after: int = 0,
+        timeout: Optional[float] = None,
+    ) -> Watch: ...
+
+@final
+class OpenRun:
+    """A run being filled; as a context manager, finished on exit (``failure`` if it raised)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def job(self) -> str: ...
+    @property
+    def run(self) -> Run: ...
+    @property
+    def finished(self) -> Optional[Run]: ...
+    def upload(self, path: str, data: _UploadData) -> ResultFile: ...
+    def console(self, text: Union[str, bytes]) -> int: ...
+    def finish(self, status: Literal["success", "failure", "unknown"] = "success") -> Run: ...
+    def __enter__(self) -> OpenRun: ...
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]] = None,
+        exc: Optional[BaseException] = None,
+        tb: Optional[TracebackType] = None,
+    ) -> Literal[False]: ...
+
+@final
+class Latest:
+    """A file of the newest run: its digest and blob, read or downloaded checked."""
+
+    @property
+    def sha256(self) -> str: ...
+    @property
+    def url(self) -> str: ...
+    def read(self, max_bytes: int = ...) -> bytes: ...  # 64 MiB
+    def download(self, to: StrPath) -> int: ...
+
+@final
+class RunsIter:
+    """A job's runs, oldest first, a page at a time."""
+
+    def __iter__(self) -> RunsIter: ...
+    def __next__(self) -> Run: ...
+
+@final
+class Watch:
+    """A job's runs as they finish."""
+
+    @property
+    def last_event_id(self) -> int: ...
+    def __iter__(self) -> Watch: ...
+    def __next__(self) -> Run: ...
+
+@final
+class Events:
+    """The lab's event feed."""
+
+    @property
+    def last_event_id(self) -> int: ...
+    def __iter__(self) -> Events: ...
+    def __next__(self) -> Event: ...
+
+@final
+class Tenants:
+    """``client.tenants``."""
+
+    def create(self, name: str, ttl: Optional[float] = None) -> Tenant: ...
+
+@final
+class Tokens:
+    """``client.tokens``."""
+
+    def mint(
+        self,
+        scopes: Sequence[str],
+        job: str,
+        ttl: Optional[float] = None,
+        *,
+        tenant: Optional[str] = None,
+        run: Optional[int] = None,
+        dut: Optional[str] = None,
+    ) -> Token: ...
+    def subset(
+        self,
+        *,
+        scopes: Optional[Sequence[str]] = None,
+        job: Optional[str] = None,
+        ttl: Optional[float] = None,
+        run: Optional[int] = None,
+        dut: Optional[str] = None,
+    ) -> Token: ...
+    def revoke(self, token: Union[str, Token]) -> None: ...
