@@ -16,6 +16,7 @@ mod nbd;
 mod nbd_limits;
 mod ops;
 mod results;
+mod schema;
 mod shared_store;
 mod state;
 mod state_pg;

@@ -17,7 +17,7 @@ use crate::digest::{Digest, Hasher};
 /// `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`). Requests use path-style
 /// addressing (`endpoint/bucket/key`), which MinIO, moto and Ceph accept without DNS tricks; an
 /// `http://` endpoint is allowed because the lab admin wrote it down explicitly.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct S3Config {
     /// Endpoint URL (`http://127.0.0.1:9000` for MinIO); AWS when absent.

@@ -8,6 +8,7 @@
 //!
 //! Both stages report *all* errors at once ([`JobErrors`]), not only the first.
 
+pub mod file;
 pub mod listing;
 mod model;
 mod parse;
@@ -15,6 +16,7 @@ mod render;
 #[cfg(test)]
 mod tests;
 
+pub use file::job_schema;
 pub use model::{DiskKind, DiskSpec, FileSpec, FsContents, Lifetime, ResetOn, ResolvedJob, Source, Step};
 
 use std::collections::BTreeMap;
