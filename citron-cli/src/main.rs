@@ -206,6 +206,11 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
                     eprintln!("{e}");
                     return Ok(Some(ExitCode::from(1)));
                 }
+                // Every failed fetch, once each, at its `url:` (the lines name the file already).
+                Err(GatewayError::Fetches(f)) => {
+                    eprintln!("{f}");
+                    return Ok(Some(ExitCode::from(1)));
+                }
                 Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot load {} for {id}", path.display()))),
             }
         }

@@ -8,6 +8,7 @@ mod conns;
 mod datadir;
 mod disk_expiry;
 mod extract;
+mod fetch_errors;
 mod fulldisk;
 mod gateways;
 mod http;
