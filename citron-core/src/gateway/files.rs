@@ -248,7 +248,7 @@ mod tests {
         let cache = Cache::open(dir.path(), Default::default(), Arc::new(crate::artifact::NoNetwork)).unwrap();
         let (hits, misses) = (AtomicU64::new(0), AtomicU64::new(0));
         let loader = Loader { cache: &cache, hits: &hits, misses: &misses, per_job: 2 };
-        let files = loader.step(&Dut::new("dut1", []), "start", step, Instant::now()).await.unwrap();
+        let files = loader.step(&Dut::new("dut1", []), "start", step, Instant::now(), &[]).await.unwrap();
         let listed: usize = step.files.values().map(Vec::len).sum();
         assert_eq!(misses.load(Ordering::Relaxed), listed as u64 + step.kernel.is_some() as u64);
         (dir, files)
