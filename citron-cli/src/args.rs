@@ -156,6 +156,22 @@ pub enum Command {
     },
     /// Prints citron's man page (roff), e.g. `citron man > /usr/share/man/man1/citron.1`.
     Man,
+    /// Prints the JSON Schema (draft 2020-12) of job or lab files, for editors: save it and
+    /// point yaml-language-server at it (`# yaml-language-server: $schema=citron-job.json`).
+    Schema {
+        /// Which files.
+        #[arg(value_enum)]
+        kind: SchemaKind,
+    },
+}
+
+/// `citron schema KIND`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SchemaKind {
+    /// Job descriptions.
+    Job,
+    /// Lab files.
+    Lab,
 }
 
 /// `citron render --format`.

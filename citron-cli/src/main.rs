@@ -78,6 +78,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             clap_complete::generate(shell, &mut cmd, "citron", &mut std::io::stdout().lock());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Schema { kind } => {
+            let schema = match kind {
+                args::SchemaKind::Job => citron_core::job::job_schema(),
+                args::SchemaKind::Lab => LabConfig::schema(),
+            };
+            let text = serde_json::to_string_pretty(&schema).context("cannot encode the schema")?;
+            writeln!(std::io::stdout().lock(), "{text}").context("cannot write the schema")?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Man => {
             let mut out = std::io::stdout().lock();
             clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut out).context("cannot write the man page")?;
@@ -197,6 +206,11 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
                 }
                 Err(GatewayError::Job(e)) => {
                     eprintln!("{e}");
+                    return Ok(Some(ExitCode::from(1)));
+                }
+                // Every failed fetch, once each, at its `url:` (the lines name the file already).
+                Err(GatewayError::Fetches(f)) => {
+                    eprintln!("{f}");
                     return Ok(Some(ExitCode::from(1)));
                 }
                 Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot load {} for {id}", path.display()))),

@@ -1,6 +1,7 @@
-//! Progress bars for downloads when stderr is a terminal.
+//! Progress bars for downloads and disk preparation (a tarball or container image unpacked into
+//! a filesystem) when stderr is a terminal.
 //!
-//! The core reports a download's progress as `tracing` events with target
+//! The core reports their progress (`citron_core::artifact::Progress`) as `tracing` events with target
 //! [`PROGRESS_TARGET`]: `trace` ticks a few times a second, and an `info` line every few
 //! seconds. Off a terminal (a service, a CI log) the `info` lines are what the log keeps; on a
 //! terminal this layer draws one bar per download from the ticks, and the log drops the
@@ -16,7 +17,7 @@ use tracing::{Event, Subscriber};
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::Layer;
 
-/// Draws a bar per download on stderr.
+/// Draws a bar per download or disk being unpacked on stderr.
 pub struct Bars {
     multi: MultiProgress,
     bars: Mutex<HashMap<String, ProgressBar>>,

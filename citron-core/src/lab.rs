@@ -42,8 +42,9 @@ pub use pool::{DutKind, Firmware, PoolSettings, PowerCommands, TenantQuota, Tena
 pub const DEFAULT_LAB: &str = include_str!("default_lab.yaml");
 
 /// A lab file.
-#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(title = "citron lab file")]
 pub struct LabConfig {
     /// The DUTs.
     #[serde(default)]
@@ -93,7 +94,7 @@ pub struct LabConfig {
 }
 
 /// `gateways:` in the lab file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GatewaySettings {
     /// A gateway silent (no heartbeat in the state store) for longer than this has its DUTs
@@ -134,7 +135,7 @@ impl std::fmt::Debug for LabConfig {
 }
 
 /// `cache:` in the lab file; `max_size` takes `20G`-style sizes.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CacheSettings {
     /// Upper bound of the cache (`20G`); default 20 GiB.
@@ -266,6 +267,18 @@ impl LabConfig {
             return Err(LabErrors::one(&name, pos, "artifact_roots", message));
         }
         Ok(lab)
+    }
+
+    /// The JSON Schema (draft 2020-12) of lab files, derived from [`LabConfig`] and the types of
+    /// its sections (the keys the reader accepts).
+    ///
+    /// ```
+    /// let schema = citron_core::lab::LabConfig::schema();
+    /// assert_eq!(schema["$schema"], "https://json-schema.org/draft/2020-12/schema");
+    /// assert_eq!(schema["additionalProperties"], false);
+    /// ```
+    pub fn schema() -> serde_json::Value {
+        crate::job::file::schema_of::<LabConfig>()
     }
 
     /// The embedded default lab.

@@ -14,7 +14,7 @@ use crate::lab::{DutKind, PowerCommands, VmSettings};
 pub use crate::serve::DutId;
 
 /// A device under test as the lab knows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Dut {
     /// Unique id.

@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use digest::Digest;
 
 /// A DUT's identifier (`id:` in the lab file); also its default `machine_id`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct DutId(pub String);
 

@@ -107,8 +107,12 @@ class UnknownDutError(CitronError, KeyError):
 
 
 class FetchError(CitronError):
-    """An artifact could not be fetched (network, HTTP status, missing file) or its content does
+    """Artifacts could not be fetched (network, HTTP status, missing file) or their content does
     not have the job's sha256. Raised when a server loads the job; the previous job stays.
+
+    ``errors`` lists every failed fetch of the job (not only the first), each a
+    :class:`citron.ErrorDetail` at the ``url:`` or ``file:`` that names it, as
+    :class:`JobError` has them; empty for a job built in code.
 
     >>> import citron
     >>> job = "deployment:\\n  start:\\n    kernel: {url: 'http://127.0.0.1:9/vmlinuz'}\\n"
@@ -116,10 +120,15 @@ class FetchError(CitronError):
     ...     try:
     ...         srv.set_job("dut1", job)
     ...     except citron.FetchError as e:
-    ...         print(str(e).startswith("http://127.0.0.1:9/vmlinuz: "))
-    True
+    ...         d = e.errors[0]
+    ...         print(d.line, d.column, d.field, "http://127.0.0.1:9/vmlinuz" in d.message)
+    3 19 deployment.start.kernel.url True
     """
     __module__ = "citron"
+
+    def __init__(self, message, errors=()):
+        super().__init__(message)
+        self.errors = list(errors)
 
 
 class ApiError(CitronError):
@@ -411,7 +420,8 @@ enum Kind {
     /// Lab problems with their positions; `None`: a lab built in code, positioned at the caller.
     Lab(Option<Vec<FileError>>, String),
     UnknownDut,
-    Fetch,
+    /// Every failed fetch, positioned (none for a job built in code).
+    Fetch(Vec<FileError>),
     /// The OS error behind it, if any (`errno`, `strerror`) and the path concerned.
     Server(Option<i32>, Option<PathBuf>),
     /// A refusal of a remote citron: its status and message.
@@ -437,7 +447,8 @@ impl Error {
                     GatewayError::UnknownDut(_) => Kind::UnknownDut,
                     GatewayError::Registry(r) => Kind::Lab(None, registry_field(&r)),
                     GatewayError::Job(j) => Kind::Job(j.0),
-                    GatewayError::Fetch(_) => Kind::Fetch,
+                    GatewayError::Fetch(_) => Kind::Fetch(Vec::new()),
+                    GatewayError::Fetches(f) => Kind::Fetch(f.errors.0),
                     GatewayError::DataDir { path, source } => os_error(&source, Some(&path)),
                     GatewayError::DataDirLock(DataDirError::Io { path, source }) => os_error(&source, Some(&path)),
                     GatewayError::DataDirLock(DataDirError::Busy { path, .. }) => Kind::Server(None, Some(path)),
@@ -475,7 +486,7 @@ impl Error {
                 match e {
                     C::Api { status, message } => (Kind::Api(status, message), msg),
                     C::Unreachable { .. } => (Kind::Unreachable, msg),
-                    C::Checksum { .. } => (Kind::Fetch, msg),
+                    C::Checksum { .. } => (Kind::Fetch(Vec::new()), msg),
                     C::Io { path, source } => (Kind::Io(source, path), msg),
                     C::Usage(_) => (Kind::Value, msg),
                     // Protocol, and any later variant.
@@ -516,7 +527,6 @@ impl Error {
             }
             Kind::Citron => c.citron.bind(py).call1((msg,))?,
             Kind::UnknownDut => c.unknown_dut.bind(py).call1((msg,))?,
-            Kind::Fetch => c.fetch.bind(py).call1((msg,))?,
             Kind::Api(status, message) => {
                 let class = match status {
                     401 | 403 => &c.auth,
@@ -533,6 +543,7 @@ impl Error {
                 v.setattr("filename", path)?;
                 v
             }
+            Kind::Fetch(errors) => c.fetch.bind(py).call1((msg, details(&errors)?))?,
             Kind::Server(errno, path) => {
                 let v = c.server.bind(py).call1((msg,))?;
                 if let Some(n) = errno {

@@ -24,15 +24,17 @@ mod cache;
 mod download;
 mod fetchers;
 mod grants;
+mod progress;
 mod redact;
 mod shared;
 mod source;
 
 pub use cache::{Cache, CacheConfig, CacheStats, CachedArtifact};
 pub use fetchers::{Fetchers, NoNetwork};
+pub use progress::{Progress, ProgressReader, PROGRESS_INTERVAL, PROGRESS_TARGET, PROGRESS_TICK};
 pub use redact::{redact_str, redact_url};
 pub use shared::{BlobKey, BlobStore, StoreConfig, INPUTS_PREFIX, RESULTS_PREFIX};
-pub use source::{ArtifactSource, DataSource, FetchError, FileSource, S3Config, Sink, PROGRESS_INTERVAL, PROGRESS_TARGET, PROGRESS_TICK};
+pub use source::{ArtifactSource, DataSource, FetchError, FileSource, S3Config, Sink};
 
 #[cfg(test)]
 mod tests;

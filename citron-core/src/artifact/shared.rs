@@ -73,7 +73,7 @@ impl std::fmt::Display for BlobKey {
 /// assert_eq!(s.bucket_and_prefix().unwrap(), ("lab-cache".to_string(), "citron".to_string()));
 /// assert!(StoreConfig { url: "http://x/y".into(), ..s }.bucket_and_prefix().is_err());
 /// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     /// `s3://bucket/prefix`.

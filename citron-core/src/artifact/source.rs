@@ -2,13 +2,14 @@
 //! and the sources that need no network (inline data, local files).
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::progress::Progress;
 use crate::digest::{Digest, Hasher};
 
 /// How to reach the S3-compatible store `s3://bucket/key` URLs name (lab file `s3:`).
@@ -17,7 +18,7 @@ use crate::digest::{Digest, Hasher};
 /// `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`). Requests use path-style
 /// addressing (`endpoint/bucket/key`), which MinIO, moto and Ceph accept without DNS tricks; an
 /// `http://` endpoint is allowed because the lab admin wrote it down explicitly.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct S3Config {
     /// Endpoint URL (`http://127.0.0.1:9000` for MinIO); AWS when absent.
@@ -208,20 +209,8 @@ impl FetchError {
     }
 }
 
-/// How often a long download reports its progress in a log line.
-pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
-
-/// How often a download tells a progress bar how far it is (a `trace` event).
-pub const PROGRESS_TICK: Duration = Duration::from_millis(200);
-
-/// The `tracing` target of progress events: `info` lines every [`PROGRESS_INTERVAL`] (what a
-/// log keeps), `trace` ticks every [`PROGRESS_TICK`] with `source`, `bytes`, `total` (0:
-/// unknown) and a last one with `done = true` (what a terminal's progress bar follows: `citron`
-/// shows one when stderr is a terminal, and drops the `info` lines then).
-pub const PROGRESS_TARGET: &str = "citron::progress";
-
 /// Where a source writes an artifact's bytes: it hashes them on the way, stops a download that
-/// outgrows the cache as early as possible and reports progress ([`PROGRESS_TARGET`]: bytes so
+/// outgrows the cache as early as possible and reports progress ([`PROGRESS_TARGET`](super::PROGRESS_TARGET): bytes so
 /// far and the total when known).
 ///
 /// ```
@@ -240,39 +229,22 @@ pub struct Sink<'a> {
     out: &'a mut (dyn AsyncWrite + Unpin + Send),
     name: String,
     hasher: Hasher,
-    written: u64,
-    total: Option<u64>,
     limit: Option<u64>,
     budget: Option<&'a mut dyn Budget>,
-    interval: Duration,
-    started: Instant,
-    last_report: Instant,
-    last_tick: Instant,
+    progress: Progress,
 }
 
 impl std::fmt::Debug for Sink<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sink").field("name", &self.name).field("written", &self.written).finish_non_exhaustive()
+        f.debug_struct("Sink").field("name", &self.name).field("written", &self.progress.done()).finish_non_exhaustive()
     }
 }
 
 impl<'a> Sink<'a> {
     /// A sink writing into `out`; `name` identifies the source in logs and errors.
     pub fn new(out: &'a mut (dyn AsyncWrite + Unpin + Send), name: impl Into<String>) -> Sink<'a> {
-        let now = Instant::now();
-        Sink {
-            out,
-            name: name.into(),
-            hasher: Hasher::new(),
-            written: 0,
-            total: None,
-            limit: None,
-            budget: None,
-            interval: PROGRESS_INTERVAL,
-            started: now,
-            last_report: now,
-            last_tick: now,
-        }
+        let name = name.into();
+        Sink { out, progress: Progress::new(name.clone(), "downloading", None), name, hasher: Hasher::new(), limit: None, budget: None }
     }
 
     /// Refuses more than `max` bytes with [`FetchError::TooLarge`].
@@ -287,9 +259,9 @@ impl<'a> Sink<'a> {
         self
     }
 
-    /// Logs progress every `interval` instead of every [`PROGRESS_INTERVAL`].
+    /// Logs progress every `interval` instead of every [`PROGRESS_INTERVAL`](super::PROGRESS_INTERVAL).
     pub fn with_progress_interval(mut self, interval: Duration) -> Sink<'a> {
-        self.interval = interval;
+        self.progress = self.progress.with_interval(interval);
         self
     }
 
@@ -304,83 +276,44 @@ impl<'a> Sink<'a> {
         if let (Some(t), Some(b)) = (total, self.budget.as_mut()) {
             b.reserve(t)?;
         }
-        self.total = total;
+        self.progress.set_total(total);
         Ok(())
     }
 
     /// Appends bytes.
     pub async fn write(&mut self, chunk: &[u8]) -> Result<(), FetchError> {
-        let after = self.written + chunk.len() as u64;
+        let after = self.progress.done() + chunk.len() as u64;
         if let Some(max) = self.limit {
             if after > max {
                 return Err(FetchError::TooLarge { source_name: self.name.clone(), size: after, max });
             }
         }
-        if let Some(t) = self.total.filter(|t| after > *t) {
+        if let Some(t) = self.progress.total().filter(|t| after > *t) {
             return Err(FetchError::LongerThanAnnounced { source_name: self.name.clone(), announced: t });
         }
         if let Some(b) = self.budget.as_mut() {
             b.reserve(after)?;
         }
-        self.out.write_all(chunk).await.map_err(|e| disk_error(&self.name, self.written, e))?;
+        self.out.write_all(chunk).await.map_err(|e| disk_error(&self.name, self.progress.done(), e))?;
         self.hasher.update(chunk);
-        self.written = after;
-        let now = Instant::now();
-        if now.duration_since(self.last_tick) >= PROGRESS_TICK {
-            self.last_tick = now;
-            tracing::trace!(target: PROGRESS_TARGET, source = self.name.as_str(), bytes = self.written, total = self.total.unwrap_or(0), "download");
-        }
-        if now.duration_since(self.last_report) >= self.interval {
-            self.last_report = now;
-            self.report("downloading");
-        }
+        self.progress.advance(chunk.len() as u64);
         Ok(())
-    }
-
-    fn report(&self, what: &str) {
-        let secs = self.started.elapsed().as_secs_f64();
-        let mib_s = self.written as f64 / (1 << 20) as f64 / secs.max(0.001);
-        match self.total {
-            Some(t) => tracing::info!(
-                target: PROGRESS_TARGET,
-                source = %self.name,
-                bytes = self.written,
-                total = t,
-                percent = format_args!("{:.0}", self.written as f64 * 100.0 / t.max(1) as f64),
-                mib_per_s = format_args!("{mib_s:.1}"),
-                "{what}"
-            ),
-            None => {
-                tracing::info!(target: PROGRESS_TARGET, source = %self.name, bytes = self.written, mib_per_s = format_args!("{mib_s:.1}"), "{what}")
-            }
-        }
     }
 
     /// Bytes written so far.
     pub fn written(&self) -> u64 {
-        self.written
+        self.progress.done()
     }
 
     /// The size the source announced, if any.
     pub fn total(&self) -> Option<u64> {
-        self.total
+        self.progress.total()
     }
 
     /// The byte count and digest of everything written.
     pub fn finish(mut self) -> (u64, Digest) {
-        if self.started.elapsed() >= self.interval {
-            self.report("downloaded");
-        }
-        (self.written, std::mem::take(&mut self.hasher).finish())
-    }
-}
-
-impl Drop for Sink<'_> {
-    /// The download's progress bar ends (finished or not).
-    fn drop(&mut self) {
-        if self.last_tick != self.started {
-            tracing::trace!(target: PROGRESS_TARGET, source = self.name.as_str(), bytes = self.written, total = self.total.unwrap_or(0), done = true, "download");
-        }
+        self.progress.finish("downloaded");
+        (self.progress.done(), std::mem::take(&mut self.hasher).finish())
     }
 }
 

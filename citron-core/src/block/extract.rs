@@ -38,6 +38,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use cap_fs_ext::DirExt as _;
 use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt, Permissions};
 
+use crate::artifact::{Progress, ProgressReader};
+
 /// How much one tree may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UnpackLimits {
@@ -139,12 +141,16 @@ const MAX_NAME: usize = 4096;
 /// Longest GNU long name / long link, and PAX header, read into memory.
 const MAX_EXTENSION: u64 = 1 << 20;
 
-/// `archive` as a reader, gunzipped if it starts with the gzip magic.
-pub fn open_archive(archive: &Path) -> io::Result<Box<dyn Read + Send>> {
+/// `archive` as a reader, gunzipped if it starts with the gzip magic; how much of the file was
+/// read is reported as the progress of unpacking `what` (a bar on a terminal, a log line every
+/// few seconds otherwise: a big root filesystem takes minutes).
+pub fn open_archive(archive: &Path, what: &str) -> io::Result<Box<dyn Read + Send>> {
     let mut f = std::fs::File::open(archive)?;
     let mut magic = [0u8; 2];
     let gz = f.read_exact(&mut magic).is_ok() && magic == [0x1f, 0x8b];
     let f = std::fs::File::open(archive)?;
+    let len = f.metadata()?.len();
+    let f = ProgressReader::new(f, Progress::new(format!("unpacking {what}"), "unpacking", Some(len)), "unpacked");
     Ok(if gz { Box::new(flate2::read::GzDecoder::new(f)) } else { Box::new(f) })
 }
 

@@ -246,12 +246,13 @@ fn build_filesystem(dst: &Path, fstype: &str, size: u64, limits: UnpackLimits, l
         match &layers {
             Layers::None => {}
             Layers::Tarball(name, t) => {
-                let r = open_archive(t).map_err(|e| DiskError::io(t, e))?;
+                let r = open_archive(t, name).map_err(|e| DiskError::io(t, e))?;
                 tree.unpack(r, false).map_err(|e| unpack(name, e))?;
             }
             Layers::Oci(reference, _, ls) => {
                 for (i, l) in ls.iter().enumerate() {
-                    let r = open_archive(l).map_err(|e| DiskError::io(l, e))?;
+                    let what = format!("container {reference}, layer {} of {}", i + 1, ls.len());
+                    let r = open_archive(l, &what).map_err(|e| DiskError::io(l, e))?;
                     tree.unpack(r, true).map_err(|e| unpack(&format!("container {reference}, layer {i}"), e))?;
                 }
             }

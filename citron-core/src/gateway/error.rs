@@ -25,6 +25,10 @@ pub enum GatewayError {
     /// An artifact could not be fetched.
     #[error("{0}")]
     Fetch(#[from] FetchError),
+    /// Artifacts of a job description could not be fetched: every failure, each at the `url:`
+    /// or `file:` that names it (`file:line:col: field: cannot fetch it: ...`, one per line).
+    #[error("{0}")]
+    Fetches(FetchFailures),
     /// A job's disk could not be prepared.
     #[error("{0}")]
     Disk(#[from] DiskError),
@@ -54,6 +58,25 @@ pub enum GatewayError {
         /// The error.
         source: std::io::Error,
     },
+}
+
+/// Every failed fetch of a job: positioned like the job's other problems, and the fetch errors
+/// themselves (for their kind: a full cache is not the job's fault).
+#[derive(Debug, thiserror::Error)]
+#[error("{errors}")]
+pub struct FetchFailures {
+    /// One per place a failed source is written, in document order.
+    pub errors: JobErrors,
+    /// One per failed source.
+    pub causes: Vec<FetchError>,
+}
+
+impl FetchFailures {
+    /// Whether citron's own storage is what failed (no space for the downloads), rather than a
+    /// source.
+    pub fn storage_full(&self) -> bool {
+        self.causes.iter().any(|c| matches!(c, FetchError::DiskFull { .. } | FetchError::CacheFull { .. }))
+    }
 }
 
 impl From<StoreError> for GatewayError {

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use crate::artifact::{Cache, CachedArtifact, FetchError};
 use crate::bootfiles::{self, BootStep, Generated};
 use crate::digest::Digest;
-use crate::job::{FileSpec, Step};
+use crate::job::{FileSpec, Source, Step};
 use crate::lifetime::Policies;
 use crate::namespace::Dut;
 use crate::serve::{Content, Intent, RangeRequest, ServeError, Space};
@@ -131,34 +131,64 @@ impl Loader<'_> {
         }))
     }
 
-    /// Fetches every file of `step` (named `step_name` in counted-read keys) into the cache.
-    pub(super) async fn step(&self, dut: &Dut, step_name: &'static str, step: &Step, now: Instant) -> Result<Files, FetchError> {
+    /// Fetches every file of `step` (named `step_name` in counted-read keys) into the cache. A
+    /// failed fetch does not stop the others: every failure is returned, once per source, so
+    /// that the job's author fixes them all in one round. Sources in `failed` (already reported
+    /// by the `start` step) are not fetched again.
+    pub(super) async fn step(
+        &self,
+        dut: &Dut,
+        step_name: &'static str,
+        step: &Step,
+        now: Instant,
+        failed: &[(Source, FetchError)],
+    ) -> Result<Files, Vec<(Source, FetchError)>> {
         let mut files = Files { cmdline: step.cmdline.clone().unwrap_or_default(), ..Files::default() };
         // Fetch concurrently, at most `limits.downloads_per_job` at a time (a job listing
         // 20,000 URLs must not open 20,000 connections); the cache makes identical sources one
         // download and bounds the downloads of every job together (`downloads_in_flight`).
-        let all: Vec<(Space, &FileSpec)> = step.files.iter().flat_map(|(space, list)| list.iter().map(|f| (*space, f))).collect();
-        let loaded: Vec<Arc<Entry>> = {
-            use futures::{StreamExt as _, TryStreamExt as _};
+        let known_bad = |f: &FileSpec| failed.iter().any(|(s, _)| *s == f.source);
+        let all: Vec<(Space, &FileSpec)> =
+            step.files.iter().flat_map(|(space, list)| list.iter().map(|f| (*space, f))).filter(|(_, f)| !known_bad(f)).collect();
+        let boot: Vec<&FileSpec> = step.kernel.iter().chain(&step.initramfs).filter(|f| !known_bad(f)).collect();
+        let results: Vec<Result<Arc<Entry>, FetchError>> = {
+            use futures::StreamExt as _;
             // Collected first: a lazy `map` closure in the stream's type trips the `Send` check of
             // the API's spawned futures (higher-ranked lifetimes).
             let loads: Vec<_> = all
                 .iter()
-                .map(|(space, f)| self.entry(f, Some(FileKey { step: step_name, space: *space, path: f.path.clone() }), now))
+                .map(|(space, f)| (*f, Some(FileKey { step: step_name, space: *space, path: f.path.clone() })))
+                .chain(boot.iter().map(|f| (*f, None)))
+                .map(|(f, key)| self.entry(f, key, now))
                 .collect();
-            futures::stream::iter(loads).buffered(self.per_job.max(1)).try_collect().await?
+            futures::stream::iter(loads).buffered(self.per_job.max(1)).collect().await
         };
-        for ((space, spec), entry) in all.into_iter().zip(loaded) {
+        let mut errors: Vec<(Source, FetchError)> = Vec::new();
+        let mut loaded = Vec::with_capacity(results.len());
+        let specs = all.iter().map(|(_, f)| *f).chain(boot.iter().copied());
+        for (spec, r) in specs.zip(results) {
+            match r {
+                Ok(e) => loaded.push(e),
+                // One error per source: two entries with one URL failed the same way.
+                Err(e) if errors.iter().any(|(s, _)| *s == spec.source) => drop(e),
+                Err(e) => errors.push((spec.source.clone(), e)),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let mut loaded = loaded.into_iter();
+        for ((space, spec), entry) in all.into_iter().zip(loaded.by_ref()) {
             if bootfiles::generated_names(dut.machine_id(), space).contains(&spec.path) {
                 tracing::info!(dut = %dut.id, path = %spec.path, "the job's own file replaces citron's generated one");
             }
             files.spaces.entry(space).or_default().insert(spec.path.clone(), entry);
         }
-        if let Some(k) = &step.kernel {
-            files.kernel = Some(self.entry(k, None, now).await?);
+        if step.kernel.is_some() {
+            files.kernel = loaded.next();
         }
-        if let Some(i) = &step.initramfs {
-            files.initramfs = Some(self.entry(i, None, now).await?);
+        if step.initramfs.is_some() {
+            files.initramfs = loaded.next();
         }
         Ok(files)
     }
@@ -218,7 +248,7 @@ mod tests {
         let cache = Cache::open(dir.path(), Default::default(), Arc::new(crate::artifact::NoNetwork)).unwrap();
         let (hits, misses) = (AtomicU64::new(0), AtomicU64::new(0));
         let loader = Loader { cache: &cache, hits: &hits, misses: &misses, per_job: 2 };
-        let files = loader.step(&Dut::new("dut1", []), "start", step, Instant::now()).await.unwrap();
+        let files = loader.step(&Dut::new("dut1", []), "start", step, Instant::now(), &[]).await.unwrap();
         let listed: usize = step.files.values().map(Vec::len).sum();
         assert_eq!(misses.load(Ordering::Relaxed), listed as u64 + step.kernel.is_some() as u64);
         (dir, files)

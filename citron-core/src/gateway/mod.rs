@@ -33,7 +33,7 @@ mod runs;
 
 pub use duts::{DutStore, MemoryDuts};
 pub use endpoints::{Endpoint, Endpoints, DISK_PROTOCOLS};
-pub use error::GatewayError;
+pub use error::{FetchFailures, GatewayError};
 pub use events::{EventLog, EventRecord, MemoryEvents, MEMORY_EVENTS_PER_DUT};
 pub use jobs::{JobRecord, JobStore, MemoryJobs};
 pub use lifetimes::{resets_counts, FileKey, LifetimeStore, MemoryLifetimes};
@@ -52,7 +52,7 @@ use crate::access::{AccessLog, AccessRecord, AccessStore, InFlight, MemoryAccess
 use crate::artifact::Cache;
 use crate::block::{DiskRecordStore, DiskStore, MemoryDiskRecords};
 use crate::datadir::DataDir;
-use crate::job::{JobDescription, JobErrors, Origin, RenderContext, ResolvedJob};
+use crate::job::{JobDescription, JobErrors, Origin, RenderContext, ResolvedJob, SourceMap};
 use crate::lab::LabConfig;
 use crate::lifetime::Event;
 use crate::namespace::{normalize, Dut, DutId};
@@ -344,7 +344,7 @@ impl Gateway {
     async fn set_job_with_roots(&self, id: &DutId, job: &JobDescription, trusted: bool) -> Result<(), GatewayError> {
         let dir = if trusted { job.origin().base_dir.clone() } else { None };
         let record = (Some(job.text().to_string()), job.origin().clone());
-        self.render_and_set(id, dir.as_deref(), record, None, |ctx| job.render(ctx)).await
+        self.render_and_set(id, dir.as_deref(), record, None, |ctx| job.render_with_sources(ctx)).await
     }
 
     /// [`set_job`](Self::set_job) from YAML text (the lab API): shape and render problems are
@@ -358,7 +358,7 @@ impl Gateway {
     /// `results.revision` (`PUT /api/v1/duts/{id}/job?revision=`).
     pub async fn set_job_yaml_at(&self, id: &DutId, text: &str, origin: Origin, revision: Option<String>) -> Result<(), GatewayError> {
         let record = (Some(text.to_string()), origin.clone());
-        self.render_and_set(id, None, record, revision, |ctx| JobDescription::check(text, origin.clone(), ctx)).await
+        self.render_and_set(id, None, record, revision, |ctx| JobDescription::check_with_sources(text, origin.clone(), ctx)).await
     }
 
     /// [`set_trusted_job`](Self::set_trusted_job) from a job file the lab admin gave (`citron
@@ -368,7 +368,7 @@ impl Gateway {
         let text = JobDescription::read_text(path)?;
         let dir = origin.base_dir.clone();
         let record = (Some(text.clone()), origin.clone());
-        self.render_and_set(id, dir.as_deref(), record, None, |ctx| JobDescription::check(&text, origin.clone(), ctx)).await
+        self.render_and_set(id, dir.as_deref(), record, None, |ctx| JobDescription::check_with_sources(&text, origin.clone(), ctx)).await
     }
 
     /// The one way a job description becomes a DUT's job: rendered by `render` in the DUT's
@@ -380,12 +380,12 @@ impl Gateway {
         job_dir: Option<&Path>,
         (yaml, origin): (Option<String>, Origin),
         revision: Option<String>,
-        render: impl Fn(&RenderContext) -> Result<ResolvedJob, JobErrors>,
+        render: impl Fn(&RenderContext) -> Result<(ResolvedJob, SourceMap), JobErrors>,
     ) -> Result<(), GatewayError> {
         let dut = self.known(id)?;
-        let (resolved, run) = self.render_with_run(&dut, &self.render_context(&dut, job_dir), render, Load::New, revision).await?;
+        let (resolved, sources, run) = self.render_with_run(&dut, &self.render_context(&dut, job_dir), render, Load::New, revision).await?;
         let record = JobRecord { yaml, origin, set_at: SystemTime::now() };
-        self.load_with_run(&dut, resolved, record, Load::New, run).await
+        self.load_with_run(&dut, resolved, Some(&sources), record, Load::New, run).await
     }
 
     /// Loads every stored job again (a durable lab at start): each DUT with a recorded job
@@ -413,9 +413,9 @@ impl Gateway {
                 continue;
             };
             let ctx = self.render_context(&dut, record.origin.base_dir.as_deref());
-            let render = |ctx: &RenderContext| JobDescription::check(&text, record.origin.clone(), ctx);
+            let render = |ctx: &RenderContext| JobDescription::check_with_sources(&text, record.origin.clone(), ctx);
             let r = match self.render_with_run(&dut, &ctx, render, Load::Resume, None).await {
-                Ok((resolved, run)) => self.load_with_run(&dut, resolved, record.clone(), Load::Resume, run).await,
+                Ok((resolved, sources, run)) => self.load_with_run(&dut, resolved, Some(&sources), record.clone(), Load::Resume, run).await,
                 Err(e) => Err(e),
             };
             match r {
@@ -431,12 +431,22 @@ impl Gateway {
     pub async fn set_resolved_job(&self, id: &DutId, resolved: ResolvedJob) -> Result<(), GatewayError> {
         let dut = self.known(id)?;
         let record = JobRecord { yaml: None, origin: Origin::named(resolved.origin.clone()), set_at: SystemTime::now() };
-        self.load_with_run(&dut, resolved, record, Load::New, None).await
+        self.load_with_run(&dut, resolved, None, record, Load::New, None).await
     }
 
     /// Fetches, attaches the disks, then records and activates the job (a job serves only once
-    /// it is recorded), with its counts from zero.
-    async fn load(&self, dut: &Dut, resolved: ResolvedJob, record: JobRecord, how: Load, run: Option<DutRun>) -> Result<(), GatewayError> {
+    /// it is recorded), with its counts from zero. Failed fetches are reported together, at
+    /// their places in the job (`sources`); a job built in code has none, and its first failure
+    /// is reported alone.
+    async fn load(
+        &self,
+        dut: &Dut,
+        resolved: ResolvedJob,
+        sources: Option<&SourceMap>,
+        record: JobRecord,
+        how: Load,
+        run: Option<DutRun>,
+    ) -> Result<(), GatewayError> {
         let _loading = self.expect_job(&dut.id);
         let now = Instant::now();
         let log = &self.inner.log;
@@ -446,10 +456,26 @@ impl Gateway {
             misses: &log.cache_misses,
             per_job: self.inner.lab.limits.downloads_per_job,
         };
-        let start = loader.step(dut, "start", &resolved.start, now).await?;
+        // `continue` is fetched even when `start` failed, so that its own failures are reported
+        // in the same round (what it takes from `start` is not fetched again).
+        let start = loader.step(dut, "start", &resolved.start, now, &[]).await;
+        let failed: &[_] = start.as_ref().err().map_or(&[], Vec::as_slice);
         let cont = match &resolved.continue_ {
-            Some(c) => Some(loader.step(dut, "continue", &c.over(&resolved.start), now).await?),
+            Some(c) => Some(loader.step(dut, "continue", &c.over(&resolved.start), now, failed).await),
             None => None,
+        };
+        let (start, cont) = match (start, cont.transpose()) {
+            (Ok(s), Ok(c)) => (s, c),
+            (s, c) => {
+                let failures: Vec<_> = s.err().into_iter().chain(c.err()).flatten().collect();
+                return Err(match sources {
+                    Some(map) => {
+                        let errors = map.errors(&resolved.origin, &failures);
+                        GatewayError::Fetches(FetchFailures { errors, causes: failures.into_iter().map(|(_, e)| e).collect() })
+                    }
+                    None => GatewayError::Fetch(failures.into_iter().next().expect("a failed step has failures").1),
+                });
+            }
         };
         let disks = match &resolved.continue_ {
             Some(c) => c.over(&resolved.start).nbd,

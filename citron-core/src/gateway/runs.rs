@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use super::jobs::ActiveJob;
 use super::{Gateway, GatewayError, JobRecord, Load};
-use crate::job::{JobErrors, RenderContext, ResolvedJob};
+use crate::job::{JobErrors, RenderContext, ResolvedJob, SourceMap};
 use crate::namespace::{normalize, Dut, DutId};
 use crate::serve::{ServeError, Upload, UploadAnswer, UploadBody, WriteRequest};
 use crate::store::StoreError;
@@ -87,13 +87,13 @@ impl Gateway {
         &self,
         dut: &Dut,
         ctx: &RenderContext,
-        render: impl Fn(&RenderContext) -> Result<ResolvedJob, JobErrors>,
+        render: impl Fn(&RenderContext) -> Result<(ResolvedJob, SourceMap), JobErrors>,
         how: Load,
         revision: Option<String>,
-    ) -> Result<(ResolvedJob, Option<DutRun>), GatewayError> {
+    ) -> Result<(ResolvedJob, SourceMap, Option<DutRun>), GatewayError> {
         // With the run's stand-ins: every problem of the job, and whether it has `results:`.
-        let probe = render(ctx)?;
-        let (Some(spec), Some(name)) = (&probe.results, &probe.name) else { return Ok((probe, None)) };
+        let (probe, sources) = render(ctx)?;
+        let (Some(spec), Some(name)) = (&probe.results, &probe.name) else { return Ok((probe, sources, None)) };
         let store = self.run_store().ok_or(GatewayError::NoResults)?;
         let resumed = match how {
             Load::Resume => store.current(&dut.id).await?.filter(|r| &r.job == name),
@@ -117,7 +117,7 @@ impl Gateway {
         ctx.vars.insert("upload_token".into(), run.token.clone());
         ctx.vars.insert("run_id".into(), run.id.to_string());
         match render(&ctx) {
-            Ok(job) => Ok((job, Some(run))),
+            Ok((job, sources)) => Ok((job, sources, Some(run))),
             Err(e) => {
                 self.close_run(run, UNKNOWN).await;
                 Err(e.into())
@@ -130,11 +130,12 @@ impl Gateway {
         &self,
         dut: &Dut,
         resolved: ResolvedJob,
+        sources: Option<&SourceMap>,
         record: JobRecord,
         how: Load,
         run: Option<DutRun>,
     ) -> Result<(), GatewayError> {
-        let r = self.load(dut, resolved, record, how, run.clone()).await;
+        let r = self.load(dut, resolved, sources, record, how, run.clone()).await;
         if let (Err(_), Some(run)) = (&r, run) {
             self.close_run(run, UNKNOWN).await;
         }

@@ -8,6 +8,7 @@
 //!
 //! Both stages report *all* errors at once ([`JobErrors`]), not only the first.
 
+pub mod file;
 pub mod listing;
 mod model;
 mod parse;
@@ -15,7 +16,9 @@ mod render;
 #[cfg(test)]
 mod tests;
 
+pub use file::job_schema;
 pub use model::{DiskKind, DiskSpec, FileSpec, FsContents, Lifetime, ResetOn, ResolvedJob, ResultsSpec, Source, Step};
+pub use render::SourceMap;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -195,7 +198,12 @@ impl JobDescription {
     /// assert_eq!(url.as_str(), "http://minio:9000/bucket/vmlinuz");
     /// ```
     pub fn render(&self, ctx: &RenderContext) -> Result<ResolvedJob, JobErrors> {
-        render::render(&self.desc, &self.origin, ctx).map_err(|p| JobErrors::from_problems(&self.origin, p))
+        self.render_with_sources(ctx).map(|(job, _)| job)
+    }
+
+    /// [`JobDescription::render`], and where each `url:` and `file:` source was written.
+    pub fn render_with_sources(&self, ctx: &RenderContext) -> Result<(ResolvedJob, SourceMap), JobErrors> {
+        render::render_with_sources(&self.desc, &self.origin, ctx).map_err(|p| JobErrors::from_problems(&self.origin, p))
     }
 
     /// Parses and renders in one go, and reports the problems of both stages together: a job
@@ -212,9 +220,15 @@ impl JobDescription {
     /// assert!(lines[1].starts_with("job.yaml:8:11: deployment.start.storage.http[0].colour: unknown field"), "{lines:?}");
     /// ```
     pub fn check(text: &str, origin: Origin, ctx: &RenderContext) -> Result<ResolvedJob, JobErrors> {
+        Self::check_with_sources(text, origin, ctx).map(|(job, _)| job)
+    }
+
+    /// [`JobDescription::check`], and where each `url:` and `file:` source was written: what
+    /// the gateway reports a failed fetch with.
+    pub fn check_with_sources(text: &str, origin: Origin, ctx: &RenderContext) -> Result<(ResolvedJob, SourceMap), JobErrors> {
         let (desc, mut problems) = parse::parse_partial(text);
         let Some(desc) = desc else { return Err(JobErrors::from_problems(&origin, problems)) };
-        match render::render(&desc, &origin, ctx) {
+        match render::render_with_sources(&desc, &origin, ctx) {
             Ok(job) if problems.is_empty() => return Ok(job),
             Ok(_) => {}
             Err(more) => {

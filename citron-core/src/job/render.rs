@@ -10,17 +10,19 @@ use url::Url;
 use crate::digest::Digest;
 use crate::namespace::normalize_declared;
 use crate::template;
+use crate::yaml::Pos;
 
 use super::model::{DiskKind, DiskSpec, FileSpec, FsContents, ResolvedJob, ResultsSpec, Source, Step};
 use super::parse::{
     path_message, Desc, DiskDesc, DiskKindDesc, FileDesc, FsDesc, Problem, ResultsDesc, Sha, SizeDesc, SrcDesc, StepDesc, Str,
 };
-use super::{Origin, RenderContext};
+use super::{JobError, JobErrors, Origin, RenderContext};
 
 /// URL schemes a job may fetch from (the cache knows how to download these).
 const SCHEMES: &[&str] = &["http", "https", "s3"];
 
-pub(crate) fn render(desc: &Desc, origin: &Origin, ctx: &RenderContext) -> Result<ResolvedJob, Vec<Problem>> {
+/// Renders `desc` for one DUT; also says where each `url:` and `file:` source was written.
+pub(crate) fn render_with_sources(desc: &Desc, origin: &Origin, ctx: &RenderContext) -> Result<(ResolvedJob, SourceMap), Vec<Problem>> {
     // Roots are compared after resolving their own symlinks, as the files are.
     let roots: Vec<PathBuf> = ctx.file_roots.iter().filter_map(|r| std::fs::canonicalize(r).ok()).collect();
     // A job's run variables exist only for a job with `results:`; `job_name` for a named one.
@@ -38,7 +40,7 @@ pub(crate) fn render(desc: &Desc, origin: &Origin, ctx: &RenderContext) -> Resul
     } else {
         ctx
     };
-    let mut r = Renderer { ctx, origin, roots, problems: Vec::new() };
+    let mut r = Renderer { ctx, origin, roots, problems: Vec::new(), sources: SourceMap::default() };
     let results = desc.results.as_ref().map(|d| r.results(d));
     let start = r.step(&desc.start);
     let cont = desc.cont.as_ref().map(|c| r.step(c));
@@ -47,13 +49,14 @@ pub(crate) fn render(desc: &Desc, origin: &Origin, ctx: &RenderContext) -> Resul
         super::parse::sort(&mut problems);
         return Err(problems);
     }
-    Ok(ResolvedJob {
+    let job = ResolvedJob {
         origin: origin.name.clone(),
         name: desc.name.clone(),
         results: results.map(|r| r.expect("no problems")),
         start: start.expect("no problems"),
         continue_: cont.map(|c| c.expect("no problems")),
-    })
+    };
+    Ok((job, r.sources))
 }
 
 struct Renderer<'a> {
@@ -61,6 +64,7 @@ struct Renderer<'a> {
     origin: &'a Origin,
     roots: Vec<PathBuf>,
     problems: Vec<Problem>,
+    sources: SourceMap,
 }
 
 impl Renderer<'_> {
@@ -189,8 +193,8 @@ impl Renderer<'_> {
     fn source(&mut self, s: &SrcDesc) -> Option<Source> {
         match s {
             SrcDesc::Data(d) => self.text(d).map(|v| Source::Data(Bytes::from(v))),
-            SrcDesc::Url(u) => self.url(u).map(Source::Url),
-            SrcDesc::File(f) => self.local_file(f).map(Source::File),
+            SrcDesc::Url(u) => self.url(u).map(Source::Url).inspect(|src| self.sources.add(src, u)),
+            SrcDesc::File(f) => self.local_file(f).map(Source::File).inspect(|src| self.sources.add(src, f)),
         }
     }
 
@@ -352,4 +356,46 @@ fn lexical_absolute(path: &Path) -> PathBuf {
         }
     }
     out
+}
+
+/// Where each fetched source (`url:`, `file:`) of a rendered job was written, so that a failed
+/// fetch is reported at its place in the job file like any other problem of the job.
+#[derive(Debug, Clone, Default)]
+pub struct SourceMap {
+    /// (source, position, field), in document order within each step.
+    at: Vec<(Source, Pos, String)>,
+}
+
+impl SourceMap {
+    fn add(&mut self, source: &Source, s: &Str) {
+        self.at.push((source.clone(), s.pos, s.field.clone()));
+    }
+
+    /// Each failure at every place its source was written (a URL written twice is reported
+    /// twice, each place once), in document order; `file` names the job. A source that was not
+    /// written in the job (none, normally) is reported at its first line.
+    pub fn errors<E: std::fmt::Display>(&self, file: &str, failures: &[(Source, E)]) -> JobErrors {
+        let mut out: Vec<(Pos, JobError)> = Vec::new();
+        for (source, error) in failures {
+            let at: Vec<&(Source, Pos, String)> = self.at.iter().filter(|(s, ..)| s == source).collect();
+            let here = |pos: Pos, field: &str| JobError {
+                file: file.to_string(),
+                line: pos.line,
+                column: pos.col,
+                field: field.to_string(),
+                message: format!("cannot fetch it: {error}"),
+            };
+            if at.is_empty() {
+                out.push((Pos { line: 1, col: 1 }, here(Pos { line: 1, col: 1 }, "<document>")));
+            }
+            for (_, pos, field) in at {
+                // `continue` repeats what it takes from `start`: one place, one error.
+                if !out.iter().any(|(p, e)| p == pos && e.field == *field) {
+                    out.push((*pos, here(*pos, field)));
+                }
+            }
+        }
+        out.sort_by_key(|(p, _)| *p);
+        JobErrors(out.into_iter().map(|(_, e)| e).collect())
+    }
 }

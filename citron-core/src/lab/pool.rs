@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::limits::Dur;
 
 /// What a DUT is: a physical machine powered by commands, or a VM citron starts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DutKind {
     /// A physical machine (the default): powered by its `power` commands.
@@ -57,7 +57,7 @@ impl DutKind {
 /// `power:` of a DUT: shell commands run with `CITRON_DUT_ID`, `CITRON_DUT_IP` (space-separated
 /// addresses) and `CITRON_DUT_MAC` in the environment, each bounded by `timeout`. A command
 /// that is not given is not needed (a DUT without `off` stays on between reservations).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PowerCommands {
     /// Powers the DUT on.
@@ -79,7 +79,7 @@ fn default_power_timeout() -> Dur {
 }
 
 /// `vm:` of a `kind: vm` DUT.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VmSettings {
     /// Its memory (`2G`); default 1 GiB.
@@ -102,7 +102,7 @@ fn default_vm_cpus() -> u32 {
 }
 
 /// A VM's firmware.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Firmware {
     /// SeaBIOS (QEMU's default).
@@ -113,7 +113,7 @@ pub enum Firmware {
 }
 
 /// `pool:` in the lab file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PoolSettings {
     /// A reservation's lifetime when the request names none; default `6h`.
@@ -145,7 +145,7 @@ impl Default for PoolSettings {
 /// One tenant's quota under `tenants:`; what is not given is not bounded (besides the pool's
 /// `max_lifetime`), except the priority: a tenant not listed, or without `max_priority`,
 /// reserves at priority 0 at most.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantQuota {
     /// The most DUTs its reservations may hold at once.

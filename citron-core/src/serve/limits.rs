@@ -22,7 +22,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// `limits:` in the lab file. Sizes take `20G`-style values, durations `30s`-style values.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     // --- Jobs and disks -------------------------------------------------------------------
@@ -154,6 +154,22 @@ impl<'de> Deserialize<'de> for Size {
     }
 }
 
+/// A plain number of bytes, or a number with a unit (K, M, G or T, as [`parse_size`](super::units::parse_size) reads it).
+impl schemars::JsonSchema for Size {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Size".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A size: bytes, or a number with K, M, G or T (`20G`, `512M`)",
+            "oneOf": [
+                { "type": "integer", "minimum": 0 },
+                { "type": "string", "pattern": "^\\s*[0-9]+\\s*([kKmMgGtT]([iI]?[bB])?|[bB])?\\s*$" }
+            ]
+        })
+    }
+}
+
 /// A duration written as `30s`, `5m`, `1h 30m`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Dur(pub Duration);
@@ -189,6 +205,21 @@ impl<'de> Deserialize<'de> for Dur {
             return Ok(Dur(Duration::ZERO));
         }
         super::units::parse_duration(&s).map(Dur).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A string, as [`parse_duration`](super::units::parse_duration) reads it; its grammar
+/// (humantime's) is not restated as a pattern, which would drift from it.
+impl schemars::JsonSchema for Dur {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A duration: a number with a unit (`30s`, `12h`, `7 days`, `1h 30m`)",
+            "type": "string",
+            "minLength": 1
+        })
     }
 }
 

@@ -84,6 +84,8 @@ fn gateway_status(e: &GatewayError) -> StatusCode {
         GatewayError::Fetch(FetchError::DiskFull { .. } | FetchError::CacheFull { .. }) => StatusCode::INSUFFICIENT_STORAGE,
         // The job is fine but an artifact could not be fetched or does not match its digest.
         GatewayError::Fetch(_) => StatusCode::BAD_GATEWAY,
+        GatewayError::Fetches(f) if f.storage_full() => StatusCode::INSUFFICIENT_STORAGE,
+        GatewayError::Fetches(_) => StatusCode::BAD_GATEWAY,
         // A hostile or oversized tarball or image: the job's fault, as a bad job is.
         GatewayError::Disk(d) if d.is_content_fault() => StatusCode::UNPROCESSABLE_ENTITY,
         GatewayError::Disk(d) if d.is_no_space() => StatusCode::INSUFFICIENT_STORAGE,
@@ -96,6 +98,11 @@ impl From<GatewayError> for ApiError {
         match e {
             // Shape and render problems together, as `citron validate` reports them.
             GatewayError::Job(e) => ApiError::with_body(StatusCode::UNPROCESSABLE_ENTITY, job_errors_json(&e)),
+            // Every failed fetch, each at the `url:` or `file:` that names it.
+            GatewayError::Fetches(f) => {
+                let code = if f.storage_full() { StatusCode::INSUFFICIENT_STORAGE } else { StatusCode::BAD_GATEWAY };
+                ApiError::with_body(code, job_errors_json(&f.errors))
+            }
             // One shape per status: every 422 has `errors` (none positioned for a bad archive).
             e if gateway_status(&e) == StatusCode::UNPROCESSABLE_ENTITY => {
                 ApiError::with_body(StatusCode::UNPROCESSABLE_ENTITY, json!({"error": e.to_string(), "errors": []}))
@@ -244,8 +251,8 @@ async fn get_job(State(api): S, Id(id): Id) -> Result<Response, ApiError> {
         (status = 413, description = "Body over `limits.api_body_max`", body = ErrorBody),
         (status = 415, description = "Body neither JSON nor YAML", body = ErrorBody),
         (status = 422, description = "An invalid job (every error, positioned), or a hostile or oversized archive", body = JobErrorsBody),
-        (status = 502, description = "An artifact could not be fetched or does not match its digest", body = ErrorBody),
-        (status = 507, description = "citron's data directory or cache is full", body = ErrorBody),
+        (status = 502, description = "Artifacts could not be fetched or do not match their digests (every failure, each at its `url:` or `file:`)", body = JobErrorsBody),
+        (status = 507, description = "citron's data directory or cache is full (with `errors` when downloads of the job did not fit)", body = ErrorBody),
     ))]
 async fn set_job(
     State(api): S,

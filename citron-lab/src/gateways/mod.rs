@@ -145,6 +145,8 @@ impl Membership {
             .map(|d| (d.id.0.clone(), owner_in_file(d, name).to_string(), serde_json::to_string(d).unwrap_or_default()))
             .collect();
         let me = name.to_string();
+        let lab_ids: BTreeSet<String> = lab.duts.iter().map(|d| d.id.0.clone()).collect();
+        let lab_ips: BTreeSet<std::net::IpAddr> = lab.duts.iter().flat_map(|d| d.ip.iter().copied()).collect();
         let outcome = state.db().call(move |pool| async move {
             let mut tx = pool.begin().await?;
             let live: Vec<(String, i64)> = sqlx::query("SELECT name, heartbeat_at FROM gateways WHERE offline_since IS NULL AND heartbeat_at >= $1 AND name <> $2")
@@ -204,6 +206,27 @@ impl Membership {
                     .bind(spec)
                     .execute(&mut *tx)
                     .await?;
+            }
+            // DUTs added through the API before the lab had a directory (schema 0003 and older)
+            // have no row in it: the gateway that restores them serves them, so they are its
+            // own. One that clashes with the lab file stays out, as the lab file wins.
+            let ownerless = sqlx::query("SELECT d.id, d.spec FROM duts d WHERE NOT EXISTS (SELECT 1 FROM lab_duts o WHERE o.id = d.id)")
+                .fetch_all(&mut *tx)
+                .await?;
+            for r in ownerless {
+                let (id, spec): (String, String) = (r.try_get(0)?, r.try_get(1)?);
+                let clashes = serde_json::from_str::<Dut>(&spec)
+                    .map_or(true, |d| lab_ids.contains(&d.id.0) || d.ip.iter().any(|ip| lab_ips.contains(ip)));
+                if !clashes {
+                    // Another gateway starting at the same time may take it first.
+                    sqlx::query("INSERT INTO lab_duts (id, gateway, spec, source) VALUES ($1, $2, $3, 'api') ON CONFLICT (id) DO NOTHING")
+                        .bind(&id)
+                        .bind(&me)
+                        .bind(&spec)
+                        .execute(&mut *tx)
+                        .await?;
+                    tracing::info!(dut = %id, gateway = %me, "a DUT added through the API before the lab's directory of DUTs existed is now this gateway's");
+                }
             }
             // DUTs gone from the lab file are gone from the directory.
             let listed: BTreeSet<&String> = specs.iter().map(|(id, _)| id).collect();
@@ -385,5 +408,59 @@ mod tests {
         assert_eq!(owner_in_file(&d, "me"), "me");
         d.gateway = Some("other".into());
         assert_eq!(owner_in_file(&d, "me"), "other");
+    }
+
+    /// A state file made at schema 0003 (before the lab's directory of DUTs): the DUT added
+    /// through the API then gets its `lab_duts` row, owned by the gateway that restores it, once
+    /// the state is migrated and the gateway joins; one that clashes with the lab file does not.
+    #[test]
+    fn api_duts_from_before_0004_are_owned_by_the_gateway_that_restores_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = Dut::new("old", ["127.0.0.9".parse().unwrap()]);
+        // Clashes with the default lab's dut1 by address: the lab file wins.
+        let clash = Dut::new("clash", ["127.0.0.2".parse().unwrap()]);
+        // The migrations up to 0003, as a binary of that time applied them.
+        let migs = dir.path().join("migrations-0003");
+        std::fs::create_dir(&migs).unwrap();
+        for e in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite")).unwrap() {
+            let p = e.unwrap().path();
+            let n = p.file_name().unwrap().to_string_lossy().into_owned();
+            if ["0001_", "0002_", "0003_"].iter().any(|v| n.starts_with(v)) {
+                std::fs::copy(&p, migs.join(&n)).unwrap();
+            }
+        }
+        let db = dir.path().join("state.sqlite");
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            sqlx::any::install_default_drivers();
+            let pool = sqlx::AnyPool::connect(&format!("sqlite://{}?mode=rwc", db.display())).await.unwrap();
+            let m = sqlx::migrate::Migrator::new(migs.as_path()).await.unwrap();
+            assert_eq!(m.iter().count(), 3);
+            m.run(&pool).await.unwrap();
+            for d in [&old, &clash] {
+                sqlx::query("INSERT INTO duts (id, spec, added_at) VALUES ($1, $2, 0)")
+                    .bind(&d.id.0)
+                    .bind(serde_json::to_string(d).unwrap())
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+            }
+            pool.close().await;
+        });
+
+        let (gw, state, _m) = crate::state::open_lab_gateway(LabConfig::default_lab(), dir.path(), None, "gw1").unwrap();
+        assert_eq!(state.schema_version(), crate::state::known_version());
+        assert!(gw.dut(&old.id).is_some(), "the old DUT is served");
+        let rows: Vec<(String, String, String)> = state
+            .db()
+            .call(|pool| async move {
+                sqlx::query("SELECT id, gateway, source FROM lab_duts WHERE id IN ('old', 'clash') ORDER BY id")
+                    .fetch_all(&pool)
+                    .await?
+                    .iter()
+                    .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+                    .collect()
+            })
+            .unwrap();
+        assert_eq!(rows, [("old".to_string(), "gw1".to_string(), "api".to_string())]);
     }
 }

@@ -64,7 +64,10 @@ class UnknownDutError(CitronError, KeyError):
     """No DUT has this id."""
 
 class FetchError(CitronError):
-    """An artifact could not be fetched or did not match its sha256."""
+    """Artifacts could not be fetched or did not match their sha256; ``errors`` has each failure at its ``url:``."""
+
+    errors: List[ErrorDetail]
+    def __init__(self, message: str, errors: Sequence[ErrorDetail] = ...) -> None: ...
 
 class ServerError(CitronError, OSError):
     """A server could not start, bind or stop, or its data directory is unusable."""

@@ -45,12 +45,11 @@ pub(crate) struct DiskDesc {
     pub expiration: Option<Duration>,
 }
 
-const DISK_KEYS: &[&str] = &["name", "readonly", "url", "file", "sha256", "filesystem", "raw", "reset_on", "shared", "expiration"];
-const DISK_SOURCES: &[&str] = &["url", "file", "filesystem", "raw"];
+use super::super::file::{fields_of, DiskEntry, FilesystemFile, RawFile, TarballFile, DISK_SOURCES, TARBALL_KEYS};
 
 impl Walker<'_> {
     pub(super) fn disk(&mut self, node: &Node, field: &str) -> Option<DiskDesc> {
-        let f = self.mapping(node, field, DISK_KEYS)?;
+        let f = self.mapping(node, field, fields_of::<DiskEntry>())?;
         let mut ok = true;
         let name = self.required(&f, "name", field, "rootfs").and_then(|n| self.string(n, &child(field, "name")));
         let get_bool = |w: &mut Self, key: &str| match f.get(key) {
@@ -84,7 +83,7 @@ impl Walker<'_> {
                 // A local image, confined to the allowed roots like every `file:` source.
                 "file" => Some(DiskKindDesc::Image { source: SrcDesc::File(self.string(v, &kf)?), sha256: None }),
                 "raw" => {
-                    let r = self.mapping(v, &kf, &["size"])?;
+                    let r = self.mapping(v, &kf, fields_of::<RawFile>())?;
                     let size = self.required(&r, "size", &kf, "20G")?;
                     Some(DiskKindDesc::Raw { size: self.size(size, &child(&kf, "size"))? })
                 }
@@ -110,7 +109,7 @@ impl Walker<'_> {
     }
 
     fn filesystem(&mut self, node: &Node, field: &str) -> Option<DiskKindDesc> {
-        let f = self.mapping(node, field, &["type", "size", "data", "container"])?;
+        let f = self.mapping(node, field, fields_of::<FilesystemFile>())?;
         let fstype = f.get("type").map(|n| self.string(n, &child(field, "type")));
         let contents = match (f.key("data"), f.key("container")) {
             (Some(_), Some(c)) => {
@@ -120,8 +119,8 @@ impl Walker<'_> {
             (Some(_), None) => {
                 let n = f.get("data").expect("present");
                 let df = child(field, "data");
-                let d = self.mapping(n, &df, &["url", "file"])?;
-                let (k, v) = self.one_of(&d, &["url", "file"], &df, "tarball")?;
+                let d = self.mapping(n, &df, fields_of::<TarballFile>())?;
+                let (k, v) = self.one_of(&d, TARBALL_KEYS, &df, "tarball")?;
                 Some(Some(FsDesc::Tarball(self.source(k, v, &df)?)))
             }
             (None, Some(_)) => {

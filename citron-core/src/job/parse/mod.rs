@@ -172,9 +172,9 @@ impl<'n> Fields<'n> {
     }
 }
 
-const FILE_KEYS: &[&str] = &["path", "data", "url", "file", "sha256", "lifetime"];
-const BOOT_FILE_KEYS: &[&str] = &["url", "file", "data", "sha256"];
-const SOURCE_KEYS: &[&str] = &["data", "url", "file"];
+// The keys each mapping accepts are those of the types of `file.rs`, which the JSON Schema is
+// derived from.
+use super::file::{fields_of, BootFile, Deployment, FileEntry, JobFile, LifetimeFile, StepFile, SOURCE_KEYS};
 
 struct Walker<'d> {
     doc: &'d Document,
@@ -304,10 +304,10 @@ impl Walker<'_> {
             self.err(Pos { line: 1, col: 1 }, "", "the job description is empty; it needs at least `deployment:` with `start:`");
             return None;
         };
-        let top = self.mapping(root, "", &["name", "results", "deployment"])?;
+        let top = self.mapping(root, "", fields_of::<JobFile>())?;
         let (name, results) = self.name_and_results(&top);
         let dep = self.required(&top, "deployment", "", "{start: {...}}")?;
-        let dep = self.mapping(dep, "deployment", &["start", "continue"])?;
+        let dep = self.mapping(dep, "deployment", fields_of::<Deployment>())?;
         let start = self.required(&dep, "start", "deployment", "{kernel: ..., storage: ...}");
         let start = start.and_then(|n| self.step(n, "deployment.start"));
         let cont = dep.get("continue").map(|n| self.step(n, "deployment.continue"));
@@ -323,7 +323,7 @@ impl Walker<'_> {
     }
 
     fn step(&mut self, node: &Node, field: &str) -> Option<StepDesc> {
-        let f = self.mapping(node, field, &["kernel", "initramfs", "cmdline", "storage"])?;
+        let f = self.mapping(node, field, fields_of::<StepFile>())?;
         let mut ok = true;
         let mut step = StepDesc::default();
         for (name, slot) in [("kernel", &mut step.kernel), ("initramfs", &mut step.initramfs)] {
@@ -494,7 +494,7 @@ impl Walker<'_> {
     }
 
     fn file(&mut self, node: &Node, field: &str, with_path: bool) -> Option<FileDesc> {
-        let f = self.mapping(node, field, if with_path { FILE_KEYS } else { BOOT_FILE_KEYS })?;
+        let f = self.mapping(node, field, if with_path { fields_of::<FileEntry>() } else { fields_of::<BootFile>() })?;
         let path = if with_path {
             let n = self.required(&f, "path", field, "/job/config.txt");
             Some(n.and_then(|n| self.path(n, &child(field, "path"))))
@@ -519,7 +519,7 @@ impl Walker<'_> {
     }
 
     fn lifetime(&mut self, node: &Node, field: &str) -> Option<Lifetime> {
-        let f = self.mapping(node, field, &["access_count", "expiration"])?;
+        let f = self.mapping(node, field, fields_of::<LifetimeFile>())?;
         let mut ok = true;
         let mut out = Lifetime::default();
         if let Some(n) = f.get("access_count") {

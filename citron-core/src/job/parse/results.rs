@@ -49,7 +49,7 @@ impl Walker<'_> {
 
     fn results(&mut self, node: &Node) -> Option<ResultsDesc> {
         let field = "results";
-        let f = self.mapping(node, field, &["revision", "platform", "max_size"])?;
+        let f = self.mapping(node, field, crate::job::file::fields_of::<crate::job::file::ResultsFile>())?;
         let revision = f.get("revision").map(|n| self.string(n, &child(field, "revision")));
         let platform = f.get("platform").map(|n| self.string(n, &child(field, "platform")));
         let max_size = f.get("max_size").map(|n| {
