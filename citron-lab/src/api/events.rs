@@ -5,6 +5,10 @@
 //! gateway's commits and by the other gateways' NOTIFYs) and sends what was added. Each event is
 //! `id: SEQ`, `event: TYPE`, `data: {FeedEvent as JSON}`; a comment line every 15 s keeps
 //! idle connections open through proxies.
+//!
+//! The administrator reads everything. A token reads one job's results events (`?job=NAME`,
+//! with the `read` scope for that job: `run_opened`, `file_uploaded`, `run_finished`, nothing
+//! about DUTs) or one DUT's events (`?dut=ID`, with the `dut` scope for that DUT).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -12,12 +16,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
+use axum::Extension;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode};
 
 use super::{Api, ApiError};
-use crate::state::feed::{Feed, FeedEvent, Filter};
+use crate::auth::{Principal, Scope};
+use crate::state::feed::{Feed, FeedEvent, Filter, RUN_EVENTS};
 
 /// How many events one read of the feed brings.
 const BATCH: usize = 256;
@@ -38,13 +44,21 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
         (status = 200, description = "`text/event-stream`: each event has `id:` (its `seq`), `event:` (its type) and `data:` (the event as JSON)",
             body = FeedEvent, content_type = "text/event-stream"),
         (status = 400, description = "`after`, `Last-Event-ID` or a filter is not valid", body = super::doc::ErrorBody),
+        (status = 403, description = "A token without `read` scope for `?job=` or `dut` scope for `?dut=`", body = super::doc::ErrorBody),
+        (status = 404, description = "A token's `?job=` names no job it may read", body = super::doc::ErrorBody),
         (status = 503, description = "This lab keeps no state store, hence no feed", body = super::doc::ErrorBody),
     ))]
-pub(super) async fn stream_events(State(api): State<Arc<Api>>, headers: HeaderMap, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+pub(super) async fn stream_events(
+    State(api): State<Arc<Api>>,
+    Extension(p): Extension<Principal>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
     let Some(feed) = api.feed.clone() else {
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "this lab keeps no state store, hence no event feed"));
     };
     let (filter, mut after) = query(q.as_deref())?;
+    let filter = allowed(&api, &p, filter).await?;
     if let Some(v) = headers.get("last-event-id") {
         after = v
             .to_str()
@@ -103,6 +117,26 @@ impl Reader {
     }
 }
 
+/// What `p` may read of the feed, as asked by `f`: the administrator everything, a token one
+/// job's results events or one DUT's events (see the module doc).
+async fn allowed(api: &Api, p: &Principal, mut f: Filter) -> Result<Filter, ApiError> {
+    let Some(c) = p.claims().filter(|_| !p.is_admin()) else { return Ok(f) };
+    if let (Some(job), true, Some(results)) = (&f.job, c.has(Scope::Read), &api.results) {
+        results.allow(p, Scope::Read, job, None).await?;
+        f.kinds = RUN_EVENTS;
+        return Ok(f);
+    }
+    if let (Some(dut), true) = (&f.dut, c.has(Scope::Dut)) {
+        if c.dut.as_ref().is_some_and(|d| d.matches(dut)) {
+            return Ok(f);
+        }
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "a token reads the feed of one job (?job=NAME, with the `read` scope for it) or of one DUT (?dut=ID, with the `dut` scope for it)",
+    ))
+}
+
 /// `?dut=&job=&type=&after=`.
 fn query(q: Option<&str>) -> Result<(Filter, u64), ApiError> {
     let mut f = Filter::default();
@@ -133,7 +167,7 @@ mod tests {
     #[test]
     fn event_queries() {
         let (f, after) = query(Some("dut=dut1&type=job_set&after=7&job=api%3Adut1")).unwrap();
-        assert_eq!(f, Filter { dut: Some("dut1".into()), job: Some("api:dut1".into()), kind: Some("job_set".into()) });
+        assert_eq!(f, Filter { dut: Some("dut1".into()), job: Some("api:dut1".into()), kind: Some("job_set".into()), kinds: &[] });
         assert_eq!(after, 7);
         assert_eq!(query(None).unwrap(), (Filter::default(), 0));
         assert!(query(Some("after=x")).is_err());

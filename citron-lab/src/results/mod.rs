@@ -28,7 +28,7 @@ use crate::state::State;
 
 pub use blob::{BlobStore, Stored};
 pub use retention::{expired, Finished, Retention, Sweeper};
-pub use runs::{Added, Appended, NewRun, ResultFile, Run, Runs, Status};
+pub use runs::{Added, Appended, NewRun, ResultFile, Run, Runs, Status, EVENT_FILES_MAX};
 
 /// The directory under `--data` the default blob store uses.
 pub const RESULTS_DIR: &str = "results";
@@ -114,7 +114,7 @@ impl Results {
     pub fn open(state: &State, data_dir: &Path) -> Result<Results, ResultsError> {
         let tokens = Arc::new(TokenStore::open(state.db().clone())?);
         Ok(Results {
-            runs: Runs::new(state.db().clone()),
+            runs: Runs::new(state.db().clone()).with_feed(state.feed().clone()),
             blobs: BlobStore::local(data_dir.join(RESULTS_DIR))?,
             tokens,
             sweeper: Sweeper::new(state.db().clone()),
