@@ -70,6 +70,13 @@ pub enum ResultsCommand {
         #[arg(short = 'o', long, value_name = "OUT", requires = "file")]
         output: Option<PathBuf>,
     },
+    /// Follows the lab's event feed and runs CMD (with `sh -c`) once for every new finished
+    /// run of JOB that matches, with the run in its environment: CITRON_JOB, CITRON_RUN,
+    /// CITRON_REVISION, CITRON_PLATFORM, CITRON_STATUS, CITRON_EVENT_ID, CITRON_SERVER,
+    /// CITRON_TOKEN, CITRON_RUN_URL, CITRON_LATEST_URL, and for the --file (or the run's only
+    /// file) CITRON_FILE, CITRON_SHA256 and CITRON_BLOB_URL. No polling: a dropped connection
+    /// is resumed where it stopped (Last-Event-ID).
+    Watch(crate::watch::WatchArgs),
     /// JOB's runs (the first page), optionally of one revision.
     Runs {
         /// The job's name.
@@ -81,14 +88,14 @@ pub enum ResultsCommand {
 }
 
 /// A remote citron's API.
-struct Client {
-    base: String,
-    token: Option<String>,
+pub(crate) struct Client {
+    pub(crate) base: String,
+    pub(crate) token: Option<String>,
     http: reqwest::Client,
 }
 
 impl Client {
-    fn new(r: &Remote) -> anyhow::Result<Client> {
+    pub(crate) fn new(r: &Remote) -> anyhow::Result<Client> {
         let Some(server) = r.server.as_deref() else { bail!("no server: give --server URL or set $CITRON_SERVER") };
         let token = match &r.token_file {
             Some(f) => {
@@ -102,7 +109,7 @@ impl Client {
         Ok(Client { base: server.trim_end_matches('/').to_string(), token, http })
     }
 
-    fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    pub(crate) fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let r = self.http.request(method, format!("{}{path}", self.base));
         match &self.token {
             Some(t) => r.bearer_auth(t),
@@ -111,7 +118,7 @@ impl Client {
     }
 
     /// Sends `r`; an answer outside 2xx/3xx is an error with the server's message.
-    async fn send(&self, r: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+    pub(crate) async fn send(&self, r: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
         let resp = r.send().await.with_context(|| format!("cannot reach {}", self.base))?;
         if resp.status().is_client_error() || resp.status().is_server_error() {
             let code = resp.status();
@@ -136,6 +143,7 @@ pub fn run(a: ResultsArgs) -> anyhow::Result<ExitCode> {
                 upload(&c, &job, &files, revision, platform, &status).await
             }
             ResultsCommand::Latest { job, file, platform, output } => latest(&c, &job, file.as_deref(), platform, output.as_deref()).await,
+            ResultsCommand::Watch(w) => crate::watch::watch(&c, w).await,
             ResultsCommand::Runs { job, revision } => {
                 let mut r = c.req(reqwest::Method::GET, &format!("/api/v1/results/{job}/runs"));
                 if let Some(rev) = revision {

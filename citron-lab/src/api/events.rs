@@ -37,7 +37,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
         ("dut" = Option<String>, Query, description = "Only this DUT's events"),
         ("job" = Option<String>, Query, description = "Only this job's events (its origin, e.g. `api:dut1`)"),
         ("type" = Option<String>, Query, description = "Only events of this type (`job_set`, `boot`, `dut_offline`, ...)"),
-        ("after" = Option<u64>, Query, description = "Events after this `seq` (default 0: every stored event); `Last-Event-ID` wins"),
+        ("after" = Option<String>, Query, description = "Events after this `seq` (default 0: every stored event), or `now`: only events to come (the stream then starts with a message holding only `id:`, the position, which sets an SSE client's Last-Event-ID without an event); `Last-Event-ID` wins"),
         ("Last-Event-ID" = Option<u64>, Header, description = "The `id` of the last event received: the stream resumes after it, on any gateway, after a restart too"),
     ),
     responses(
@@ -59,18 +59,36 @@ pub(super) async fn stream_events(
     };
     let (filter, mut after) = query(q.as_deref())?;
     let filter = allowed(&api, &p, filter).await?;
+    let mut announce = false;
     if let Some(v) = headers.get("last-event-id") {
-        after = v
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "Last-Event-ID must be the `id` of an event (a whole number)"))?;
+        after = Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "Last-Event-ID must be the `id` of an event (a whole number)"))?,
+        );
     }
+    let after = match after {
+        Some(a) => a,
+        None => {
+            announce = true;
+            let f = feed.clone();
+            tokio::task::spawn_blocking(move || f.last_seq())
+                .await
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+                .map_err(ApiError::from)?
+        }
+    };
     let reader = Reader { rx: feed.subscribe(), feed, filter, after, buf: VecDeque::new() };
+    // `after=now`: the position first, as a message with an `id:` and no data (an SSE client
+    // takes it as its Last-Event-ID and dispatches nothing), so that a reconnect misses nothing
+    // even before the first event.
+    let first = announce.then(|| Ok::<_, Infallible>(Event::default().id(after.to_string())));
     let stream = futures::stream::unfold(reader, |mut r| async move {
         let ev = r.next().await;
         Some((Ok::<_, Infallible>(ev), r))
     });
+    let stream = futures::StreamExt::chain(futures::stream::iter(first), stream);
     Ok(Sse::new(stream).into_response())
 }
 
@@ -137,10 +155,10 @@ async fn allowed(api: &Api, p: &Principal, mut f: Filter) -> Result<Filter, ApiE
     ))
 }
 
-/// `?dut=&job=&type=&after=`.
-fn query(q: Option<&str>) -> Result<(Filter, u64), ApiError> {
+/// `?dut=&job=&type=&after=`; `after=now` is `None`.
+fn query(q: Option<&str>) -> Result<(Filter, Option<u64>), ApiError> {
     let mut f = Filter::default();
-    let mut after = 0;
+    let mut after = Some(0);
     for (k, v) in url::form_urlencoded::parse(q.unwrap_or("").as_bytes()) {
         let v = v.into_owned();
         if v.len() > 256 {
@@ -150,9 +168,11 @@ fn query(q: Option<&str>) -> Result<(Filter, u64), ApiError> {
             "dut" => f.dut = Some(v),
             "job" => f.job = Some(v),
             "type" => f.kind = Some(v),
+            "after" if v == "now" => after = None,
             "after" => {
-                after =
-                    v.parse().map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "`after` must be a whole number (an event's `seq`)"))?
+                after = Some(v.parse().map_err(|_| {
+                    ApiError::new(StatusCode::BAD_REQUEST, "`after` must be a whole number (an event's `seq`) or `now`")
+                })?)
             }
             _ => {}
         }
@@ -168,8 +188,9 @@ mod tests {
     fn event_queries() {
         let (f, after) = query(Some("dut=dut1&type=job_set&after=7&job=api%3Adut1")).unwrap();
         assert_eq!(f, Filter { dut: Some("dut1".into()), job: Some("api:dut1".into()), kind: Some("job_set".into()), kinds: &[] });
-        assert_eq!(after, 7);
-        assert_eq!(query(None).unwrap(), (Filter::default(), 0));
+        assert_eq!(after, Some(7));
+        assert_eq!(query(None).unwrap(), (Filter::default(), Some(0)));
+        assert_eq!(query(Some("after=now")).unwrap().1, None);
         assert!(query(Some("after=x")).is_err());
     }
 }

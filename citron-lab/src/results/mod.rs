@@ -128,6 +128,16 @@ impl Results {
         self
     }
 
+    /// Blobs in the lab's shared store (`store:` in the lab file), under
+    /// [`citron_core::artifact::RESULTS_PREFIX`] beside the cache's `inputs/`: every gateway on
+    /// the same store serves what any of them took in.
+    pub fn with_shared_store(self, config: &citron_core::artifact::StoreConfig) -> Result<Results, ResultsError> {
+        let shared = citron_fetch::SharedStore::from_config(config).map_err(|e| ResultsError::Io(e.to_string()))?;
+        let prefix = citron_core::artifact::RESULTS_PREFIX.trim_end_matches('/');
+        let store: Arc<dyn object_store::ObjectStore> = Arc::new(object_store::prefix::PrefixStore::new(shared.object_store(), prefix));
+        Ok(self.with_blobs(BlobStore::new(store)))
+    }
+
     /// At most `bytes` per uploaded file.
     pub fn with_file_max_bytes(mut self, bytes: u64) -> Results {
         self.file_max_bytes = bytes;
