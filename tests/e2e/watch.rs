@@ -178,6 +178,10 @@ fn a_watcher_deploys_each_new_successful_build_and_sse_resumes_without_loss() {
     assert_eq!(all[2].2["detail"]["run"], run1);
     assert_eq!(all[5].2["detail"]["files_count"], 1);
     assert_eq!(all[5].2["detail"]["files"][0]["path"], "site.hvt");
+    // Another tenant's reader, whatever its pattern, sees nothing of this tenant's job.
+    let evil = tenant(&c, "evil");
+    let (evil_reader, _) = subset(&c, &evil, json!({"scopes": ["read"], "job": "mirage-*"}));
+    assert_eq!(sse(&c, &evil_reader, "?job=mirage-www", &[]), vec![]);
     // Cut after the second event: resuming with Last-Event-ID gives exactly the rest.
     let resumed = sse(&c, &reader, "?job=mirage-www", &[&format!("Last-Event-ID: {}", all[1].0)]);
     assert_eq!(resumed, all[2..].to_vec());

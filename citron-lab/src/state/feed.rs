@@ -138,6 +138,9 @@ pub struct Filter {
     pub kind: Option<String>,
     /// Only these types (empty: any); the reader's rights set it, not the query.
     pub kinds: &'static [&'static str],
+    /// Only events of results jobs owned by this tenant (`Some(None)`: the lab's own); the
+    /// reader's rights set it. A job nobody owns yet shows nothing until its first run opens.
+    pub tenant: Option<Option<String>>,
 }
 
 type Queue = Arc<Mutex<VecDeque<NewEvent>>>;
@@ -212,6 +215,14 @@ impl Feed {
             if let Some(v) = v {
                 binds.push(v.clone());
                 sql.push_str(&format!(" AND {col} = ${}", binds.len() + 1));
+            }
+        }
+        match &filter.tenant {
+            None => {}
+            Some(None) => sql.push_str(" AND EXISTS (SELECT 1 FROM result_jobs j WHERE j.name = events.job AND j.tenant IS NULL)"),
+            Some(Some(t)) => {
+                binds.push(t.clone());
+                sql.push_str(&format!(" AND EXISTS (SELECT 1 FROM result_jobs j WHERE j.name = events.job AND j.tenant = ${})", binds.len() + 1));
             }
         }
         if !filter.kinds.is_empty() {
