@@ -192,3 +192,54 @@ fn a_watcher_deploys_each_new_successful_build_and_sse_resumes_without_loss() {
     let pos: u64 = o.stdout.trim().strip_prefix("id: ").and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{o:?}"));
     assert!(pos >= all[5].0, "{o:?}");
 }
+
+/// Two gateways on one PostgreSQL and one S3 bucket (moto): a build uploaded through A lands in
+/// the bucket under `results/` (not in A's data directory) and is `latest` on B, whose blob
+/// route streams it from the bucket; B's feed carries A's run events; a token revoked on A is
+/// refused on B.
+#[test]
+fn two_gateways_share_results_through_one_bucket_and_one_feed() {
+    if !require_tool("curl") {
+        return;
+    }
+    let Some(pg) = super::state_pg::Postgres::start() else { return };
+    let Some(moto) = super::shared_store::Moto::start() else { return };
+    assert_eq!(moto.curl(&["-X", "PUT", &moto.url("lab-bucket")]).code, 0, "create the bucket");
+    let dir = tempfile::tempdir().unwrap();
+    let lab = dir.path().join("lab.yaml");
+    let text = format!(
+        "duts:\n  - id: dut1\n    ip: [\"127.0.0.2\"]\n    gateway: a\n  - id: dut2\n    ip: [\"127.0.0.3\"]\n    gateway: b\nstore:\n  url: s3://lab-bucket/rack\n  endpoint: {}\n  region: us-east-1\n",
+        moto.endpoint
+    );
+    std::fs::write(&lab, text).unwrap();
+    let gw = |name: &str| {
+        let data = dir.path().join(name);
+        start(&["--gateway", name, "--lab", lab.to_str().unwrap(), "--state", &pg.url, "--data", data.to_str().unwrap()])
+    };
+    let (a, b) = (gw("a"), gw("b"));
+    let ci = tenant(&a, "ci");
+    let (uploader, _) = subset(&a, &ci, json!({"scopes": ["upload"], "job": "fw"}));
+    let (reader, reader_id) = subset(&a, &ci, json!({"scopes": ["read"], "job": "fw"}));
+    let image = dir.path().join("fw.bin");
+    std::fs::write(&image, b"firmware through gateway a").unwrap();
+    let sha = hex::encode(Sha256::digest(b"firmware through gateway a"));
+    let run = build(&a, &uploader, "fw", "v1", &image, "success");
+
+    let object = moto.url(&format!("lab-bucket/rack/results/sha256/{}/{sha}", &sha[..2]));
+    assert_eq!(moto.curl(&[&object]).stdout, "firmware through gateway a", "the blob is in the bucket under results/");
+    assert!(!dir.path().join("a/results/sha256").exists(), "not in A's data directory");
+    let r = call(&b, &reader, "HEAD", "/api/v1/results/fw/latest/files/site.hvt", &["-I"]);
+    assert_eq!((r.status, r.header("x-checksum-sha256")), (307, Some(sha.as_str())), "{r:?}");
+    let r = call(&b, &reader, "GET", &format!("/api/v1/results/blobs/sha256/{sha}"), &[]);
+    assert_eq!((r.status, r.body.as_str()), (200, "firmware through gateway a"), "{r:?}");
+    let events = sse(&b, &reader, "?job=fw", &[]);
+    let last = events.last().unwrap_or_else(|| panic!("B's feed has no event of fw"));
+    assert_eq!((last.1.as_str(), &last.2["detail"]["run"], last.2["gateway"].as_str()), ("run_finished", &json!(run), Some("a")));
+
+    assert_eq!(call(&a, ADMIN, "DELETE", &format!("/api/v1/tokens/{reader_id}"), &[]).status, 204);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while call(&b, &reader, "GET", "/api/v1/results/fw/runs", &[]).status != 401 {
+        assert!(Instant::now() < deadline, "B still accepts the token revoked on A");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
