@@ -226,9 +226,7 @@ async fn follow(
 async fn the_file(c: &Client, a: &WatchArgs, run: i64, d: &Value) -> anyhow::Result<Option<(String, String)>> {
     let listed: Vec<(String, String)> = d["files"]
         .as_array()
-        .map(|fs| {
-            fs.iter().filter_map(|f| Some((f["path"].as_str()?.to_string(), f["sha256"].as_str()?.to_string()))).collect()
-        })
+        .map(|fs| fs.iter().filter_map(|f| Some((f["path"].as_str()?.to_string(), f["sha256"].as_str()?.to_string()))).collect())
         .unwrap_or_default();
     let count = d["files_count"].as_u64().unwrap_or(listed.len() as u64);
     let Some(want) = &a.file else {

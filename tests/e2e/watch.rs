@@ -21,7 +21,10 @@ fn start(args: &[&str]) -> Citron {
     let mut a = vec!["--tftp", "off", "--nbd", "off"];
     a.extend_from_slice(args);
     Citron::start_with(&a, |c| {
-        c.env("CITRON_API_TOKEN", ADMIN).env("AWS_ACCESS_KEY_ID", "testing").env("AWS_SECRET_ACCESS_KEY", "testing").env_remove("AWS_ENDPOINT_URL");
+        c.env("CITRON_API_TOKEN", ADMIN)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env_remove("AWS_ENDPOINT_URL");
     })
     .unwrap_or_else(|f| panic!("citron did not start: {}", f.stderr))
 }

@@ -16,9 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
-use axum::Extension;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use http::{HeaderMap, StatusCode};
 
 use super::{Api, ApiError};
@@ -178,9 +178,10 @@ fn query(q: Option<&str>) -> Result<(Filter, Option<u64>), ApiError> {
             "type" => f.kind = Some(v),
             "after" if v == "now" => after = None,
             "after" => {
-                after = Some(v.parse().map_err(|_| {
-                    ApiError::new(StatusCode::BAD_REQUEST, "`after` must be a whole number (an event's `seq`) or `now`")
-                })?)
+                after =
+                    Some(v.parse().map_err(|_| {
+                        ApiError::new(StatusCode::BAD_REQUEST, "`after` must be a whole number (an event's `seq`) or `now`")
+                    })?)
             }
             _ => {}
         }
@@ -195,7 +196,10 @@ mod tests {
     #[test]
     fn event_queries() {
         let (f, after) = query(Some("dut=dut1&type=job_set&after=7&job=api%3Adut1")).unwrap();
-        assert_eq!(f, Filter { dut: Some("dut1".into()), job: Some("api:dut1".into()), kind: Some("job_set".into()), kinds: &[], tenant: None });
+        assert_eq!(
+            f,
+            Filter { dut: Some("dut1".into()), job: Some("api:dut1".into()), kind: Some("job_set".into()), kinds: &[], tenant: None }
+        );
         assert_eq!(after, Some(7));
         assert_eq!(query(None).unwrap(), (Filter::default(), Some(0)));
         assert_eq!(query(Some("after=now")).unwrap().1, None);

@@ -222,7 +222,10 @@ impl Feed {
             Some(None) => sql.push_str(" AND EXISTS (SELECT 1 FROM result_jobs j WHERE j.name = events.job AND j.tenant IS NULL)"),
             Some(Some(t)) => {
                 binds.push(t.clone());
-                sql.push_str(&format!(" AND EXISTS (SELECT 1 FROM result_jobs j WHERE j.name = events.job AND j.tenant = ${})", binds.len() + 1));
+                sql.push_str(&format!(
+                    " AND EXISTS (SELECT 1 FROM result_jobs j WHERE j.name = events.job AND j.tenant = ${})",
+                    binds.len() + 1
+                ));
             }
         }
         if !filter.kinds.is_empty() {
