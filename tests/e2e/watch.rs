@@ -105,6 +105,62 @@ mv incoming.hvt deployed.hvt
 echo "deployed $CITRON_REVISION run $CITRON_RUN $CITRON_STATUS $CITRON_FILE" >> deploys.log
 "#;
 
+/// `citron results watch ARGS` with `server` and `token` in its environment, in `dir`; its
+/// stderr lines collected.
+struct Watcher {
+    child: std::process::Child,
+    lines: mpsc::Receiver<String>,
+    said: Vec<String>,
+}
+
+impl Watcher {
+    fn spawn(args: &[&str], server: &str, token: &str, dir: &Path) -> Watcher {
+        let mut child = Command::new(citron_tests::citron_bin())
+            .args(["results", "watch"])
+            .args(args)
+            .env("CITRON_SERVER", server)
+            .env("CITRON_TOKEN", token)
+            .current_dir(dir)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = mpsc::channel();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            for l in stderr.lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        Watcher { child, lines, said: Vec::new() }
+    }
+
+    /// Waits until it said something containing `what` (since the last wait).
+    fn wait_said(&mut self, what: &str) {
+        loop {
+            let l = self
+                .lines
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("the watcher never said {what:?}: {:?}", self.said));
+            self.said.push(l.clone());
+            if l.contains(what) {
+                return;
+            }
+        }
+    }
+
+    fn said(&mut self) -> Vec<String> {
+        self.said.extend(self.lines.try_iter());
+        self.said.clone()
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Seed 004 end to end: a build uploaded with `curl -T` under an upload token, a watcher with a
 /// `read` token running the deploy script for the new successful run only (not the failed one
 /// before it), which compares the digest by HEAD and fetches the blob; and an SSE reader
@@ -128,29 +184,10 @@ fn a_watcher_deploys_each_new_successful_build_and_sse_resumes_without_loss() {
     assert_eq!(call(&c, &reader, "GET", "/api/v1/events?job=other", &["--max-time", "1"]).status, 403);
     assert_eq!(call(&c, &uploader, "GET", "/api/v1/events?job=mirage-www", &["--max-time", "1"]).status, 403, "no read scope");
 
-    let mut w = Command::new(citron_tests::citron_bin())
-        .args(["results", "watch", "mirage-www", "--file", "site.hvt", "--once", "--exec", "sh ../deploy.sh"])
-        .env("CITRON_SERVER", &server)
-        .env("CITRON_TOKEN", &reader)
-        .current_dir({
-            let d = dir.path().join("host");
-            std::fs::create_dir(&d).unwrap();
-            d
-        })
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let stderr = BufReader::new(w.stderr.take().unwrap());
-    std::thread::spawn(move || {
-        for l in stderr.lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
-    let mut said = Vec::new();
-    while !said.iter().any(|l: &String| l.contains("following")) {
-        said.push(rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| panic!("the watcher did not connect: {said:?}")));
-    }
+    let host = dir.path().join("host");
+    std::fs::create_dir(&host).unwrap();
+    let mut w = Watcher::spawn(&["mirage-www", "--file", "site.hvt", "--once", "--exec", "sh ../deploy.sh"], &server, &reader, &host);
+    w.wait_said("following");
 
     // A failed build, then a good one: only the good one is deployed.
     let (bad, good) = (dir.path().join("bad.hvt"), dir.path().join("good.hvt"));
@@ -160,15 +197,14 @@ fn a_watcher_deploys_each_new_successful_build_and_sse_resumes_without_loss() {
     let run2 = build(&c, &uploader, "mirage-www", "v2", &good, "success");
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
-        if let Some(s) = w.try_wait().unwrap() {
+        if let Some(s) = w.child.try_wait().unwrap() {
             break s;
         }
         assert!(Instant::now() < deadline, "the watcher did not deploy");
         std::thread::sleep(Duration::from_millis(50));
     };
-    said.extend(rx.try_iter());
+    let said = w.said();
     assert!(status.success(), "{status}: {said:?}");
-    let host = dir.path().join("host");
     assert_eq!(std::fs::read(host.join("deployed.hvt")).unwrap(), b"unikernel v2");
     let log = std::fs::read_to_string(host.join("deploys.log")).unwrap();
     assert_eq!(log, format!("deployed v2 run {run2} success site.hvt\n"), "{said:?}");
@@ -245,4 +281,42 @@ fn two_gateways_share_results_through_one_bucket_and_one_feed() {
         assert!(Instant::now() < deadline, "B still accepts the token revoked on A");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The watcher outlives a restart of citron: it connects again with `Last-Event-ID` and runs
+/// the deploy command for the run finished after the restart, and not again for the one before.
+#[test]
+fn a_watcher_resumes_after_a_restart_and_runs_each_run_once() {
+    if !require_tool("curl") || !require_tool("sha256sum") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let api = format!("127.0.0.1:{port}");
+    let args = ["--data", data.to_str().unwrap(), "--api", api.as_str()];
+    let c = start(&args);
+    let ci = tenant(&c, "ci");
+    let server = format!("http://{api}");
+    let (f1, f2) = (dir.path().join("1.hvt"), dir.path().join("2.hvt"));
+    std::fs::write(&f1, b"build 1").unwrap();
+    std::fs::write(&f2, b"build 2").unwrap();
+    let mut w = Watcher::spawn(&["site", "--exec", "echo \"$CITRON_RUN $CITRON_SHA256\" >> runs.log"], &server, &ci, dir.path());
+    w.wait_said("following");
+    let run1 = build(&c, &ci, "site", "r1", &f1, "success");
+    w.wait_said(&format!("run {run1} of site"));
+    assert!(c.terminate(Duration::from_secs(10)).is_some(), "citron stops on SIGTERM");
+    w.wait_said("connecting again");
+    let c = start(&args);
+    w.wait_said("following site");
+    let run2 = build(&c, &ci, "site", "r2", &f2, "success");
+    w.wait_said(&format!("run {run2} of site"));
+    let sha = |b: &[u8]| hex::encode(Sha256::digest(b));
+    let want = format!("{run1} {}\n{run2} {}\n", sha(b"build 1"), sha(b"build 2"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(dir.path().join("runs.log")).unwrap_or_default() != want {
+        assert!(Instant::now() < deadline, "runs.log: {:?}, {:?}", std::fs::read_to_string(dir.path().join("runs.log")), w.said());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(w.child.try_wait().unwrap().is_none(), "without --once it keeps watching");
 }
