@@ -305,7 +305,8 @@ fn a_watcher_resumes_after_a_restart_and_runs_each_run_once() {
     w.wait_said("following");
     let run1 = build(&c, &ci, "site", "r1", &f1, "success");
     w.wait_said(&format!("run {run1} of site"));
-    assert!(c.terminate(Duration::from_secs(10)).is_some(), "citron stops on SIGTERM");
+    // Killed, as by a crash (dropping it kills it): the stream is cut without an end.
+    drop(c);
     w.wait_said("connecting again");
     let c = start(&args);
     w.wait_said("following site");
