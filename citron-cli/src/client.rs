@@ -71,6 +71,13 @@ pub enum ResultsCommand {
         #[arg(short = 'o', long, value_name = "OUT", requires = "file")]
         output: Option<PathBuf>,
     },
+    /// Follows the lab's event feed and runs CMD (with `sh -c`) once for every new finished
+    /// run of JOB that matches, with the run in its environment: CITRON_JOB, CITRON_RUN,
+    /// CITRON_REVISION, CITRON_PLATFORM, CITRON_STATUS, CITRON_EVENT_ID, CITRON_SERVER,
+    /// CITRON_TOKEN, CITRON_RUN_URL, CITRON_LATEST_URL, and for the --file (or the run's only
+    /// file) CITRON_FILE, CITRON_SHA256 and CITRON_BLOB_URL. No polling: a dropped connection
+    /// is resumed where it stopped (Last-Event-ID).
+    Watch(crate::watch::WatchArgs),
     /// JOB's runs (the first page), optionally of one revision.
     Runs {
         /// The job's name.
@@ -102,6 +109,7 @@ pub fn run(a: ResultsArgs) -> anyhow::Result<ExitCode> {
                 upload(&c, &job, &files, revision, platform, &status).await
             }
             ResultsCommand::Latest { job, file, platform, output } => latest(&c, &job, file.as_deref(), platform, output.as_deref()).await,
+            ResultsCommand::Watch(w) => crate::watch::watch(&c, w).await,
             ResultsCommand::Runs { job, revision } => {
                 let page = c.runs(&job, revision.as_deref(), 0, RUNS_PAGE).await?;
                 println!("{}", serde_json::to_string_pretty(&page.runs)?);

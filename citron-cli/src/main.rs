@@ -8,6 +8,7 @@ mod pool;
 mod progress;
 mod render;
 mod validate;
+mod watch;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -168,7 +169,10 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         bail!("--job {id}=…: DUT {id:?} is served by another gateway (its `gateway:` in the lab file), not by {name:?}");
     }
     let feed = state.feed().clone();
-    let results = citron_lab::results::Results::open(&state, &a.data).context("cannot open the lab's results")?;
+    let mut results = citron_lab::results::Results::open(&state, &a.data).context("cannot open the lab's results")?;
+    if let Some(store) = &gw.lab().store {
+        results = results.with_shared_store(store).context("cannot use the lab's shared store for results")?;
+    }
     let server = ServerBuilder::new(gw.clone())
         .feed(Some(feed.clone()))
         .membership(Some(membership.clone()))

@@ -107,6 +107,19 @@ impl Client {
         self.base.as_str()
     }
 
+    /// The bearer token it sends (what a command it starts may be handed, as `citron results
+    /// watch --exec` does).
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// A request to `path` (absolute, with its query) on the server, with the token: for the
+    /// callers that read an answer their own way (an event stream followed by hand).
+    pub fn request(&self, method: reqwest::Method, path: &str) -> Result<reqwest::RequestBuilder, ClientError> {
+        let url = self.resolve(path)?;
+        Ok(self.req(method, url))
+    }
+
     /// The URL of `segments` under the server (each one percent-encoded: a file path's `/`
     /// is given as separate segments).
     fn url<'a>(&self, segments: impl IntoIterator<Item = &'a str>) -> url::Url {

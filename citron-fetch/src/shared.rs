@@ -53,6 +53,12 @@ impl SharedStore {
         Ok(SharedStore::new(store, format!("s3://{bucket}/{prefix}")))
     }
 
+    /// The object store under the `store:` URL's prefix: what the lab's results keep under
+    /// [`citron_core::artifact::RESULTS_PREFIX`].
+    pub fn object_store(&self) -> Arc<dyn ObjectStore> {
+        self.store.clone()
+    }
+
     fn path(&self, key: &BlobKey) -> Result<ObjectPath, FetchError> {
         ObjectPath::parse(key.as_str()).map_err(|e| self.error(key, e.into()))
     }

@@ -25,3 +25,4 @@ mod state;
 mod state_pg;
 mod state_store;
 mod vdut;
+mod watch;

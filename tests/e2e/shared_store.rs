@@ -17,9 +17,9 @@ use citron_tests::{curl, require_tool, Citron, START_TIMEOUT};
 const KERNEL: &[u8] = b"a kernel fetched once for the whole lab\n";
 
 /// moto's S3 server on a free loopback port, killed (by its PID) when dropped.
-struct Moto {
+pub(super) struct Moto {
     child: Child,
-    endpoint: String,
+    pub(super) endpoint: String,
 }
 
 /// `moto_server` on PATH, or in the venv scripts/setup-python.sh falls back to.
@@ -32,7 +32,7 @@ fn moto_program() -> Option<PathBuf> {
 }
 
 impl Moto {
-    fn start() -> Option<Moto> {
+    pub(super) fn start() -> Option<Moto> {
         let program = moto_program()?;
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = Command::new(program)
@@ -52,12 +52,12 @@ impl Moto {
         Some(moto)
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(super) fn url(&self, path: &str) -> String {
         format!("{}/{path}", self.endpoint)
     }
 
     /// curl with `args`, signed as an S3 client (moto keeps objects private).
-    fn curl(&self, args: &[&str]) -> citron_tests::Out {
+    pub(super) fn curl(&self, args: &[&str]) -> citron_tests::Out {
         let mut a = vec!["-f", "--aws-sigv4", "aws:amz:us-east-1:s3", "--user", "testing:testing"];
         a.extend_from_slice(args);
         curl(&a)

@@ -10,7 +10,8 @@
 //! - `inputs/grants/<hex>/<sha256 of the source URL>`: empty; says that this URL produced these
 //!   bytes (the shared form of the local cache's grants: **knowing a digest grants nothing**,
 //!   across gateways too).
-//! - `results/`: kept for what DUTs upload (results, issue 15); nothing of the cache goes there.
+//! - `results/`: the lab's result blobs (`citron_lab::results`: `results/sha256/<2 hex>/<hex>`,
+//!   and `results/staging/…` while an upload streams in); nothing of the cache goes there.
 //!
 //! # Trust
 //! The store is the lab's own bucket, but its objects are treated as hostile input: an object

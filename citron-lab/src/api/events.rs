@@ -5,6 +5,10 @@
 //! gateway's commits and by the other gateways' NOTIFYs) and sends what was added. Each event is
 //! `id: SEQ`, `event: TYPE`, `data: {FeedEvent as JSON}`; a comment line every 15 s keeps
 //! idle connections open through proxies.
+//!
+//! The administrator reads everything. A token reads one job's results events (`?job=NAME`,
+//! with the `read` scope for that job: `run_opened`, `file_uploaded`, `run_finished`, nothing
+//! about DUTs) or one DUT's events (`?dut=ID`, with the `dut` scope for that DUT).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -14,10 +18,12 @@ use std::time::Duration;
 use axum::extract::{RawQuery, State};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use http::{HeaderMap, StatusCode};
 
 use super::{Api, ApiError};
-use crate::state::feed::{Feed, FeedEvent, Filter};
+use crate::auth::{Principal, Scope};
+use crate::state::feed::{Feed, FeedEvent, Filter, RUN_EVENTS};
 
 /// How many events one read of the feed brings.
 const BATCH: usize = 256;
@@ -31,32 +37,57 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
         ("dut" = Option<String>, Query, description = "Only this DUT's events"),
         ("job" = Option<String>, Query, description = "Only this job's events (its origin, e.g. `api:dut1`)"),
         ("type" = Option<String>, Query, description = "Only events of this type (`job_set`, `boot`, `dut_offline`, ...)"),
-        ("after" = Option<u64>, Query, description = "Events after this `seq` (default 0: every stored event); `Last-Event-ID` wins"),
+        ("after" = Option<String>, Query, description = "Events after this `seq` (default 0: every stored event), or `now`: only events to come (the stream then starts with a message holding only `id:`, the position, which sets an SSE client's Last-Event-ID without an event); `Last-Event-ID` wins"),
         ("Last-Event-ID" = Option<u64>, Header, description = "The `id` of the last event received: the stream resumes after it, on any gateway, after a restart too"),
     ),
     responses(
         (status = 200, description = "`text/event-stream`: each event has `id:` (its `seq`), `event:` (its type) and `data:` (the event as JSON)",
             body = FeedEvent, content_type = "text/event-stream"),
         (status = 400, description = "`after`, `Last-Event-ID` or a filter is not valid", body = super::doc::ErrorBody),
+        (status = 403, description = "A token without `read` scope for `?job=` or `dut` scope for `?dut=`", body = super::doc::ErrorBody),
         (status = 503, description = "This lab keeps no state store, hence no feed", body = super::doc::ErrorBody),
     ))]
-pub(super) async fn stream_events(State(api): State<Arc<Api>>, headers: HeaderMap, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+pub(super) async fn stream_events(
+    State(api): State<Arc<Api>>,
+    Extension(p): Extension<Principal>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
     let Some(feed) = api.feed.clone() else {
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "this lab keeps no state store, hence no event feed"));
     };
     let (filter, mut after) = query(q.as_deref())?;
+    let filter = allowed(&api, &p, filter).await?;
+    let mut announce = false;
     if let Some(v) = headers.get("last-event-id") {
-        after = v
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "Last-Event-ID must be the `id` of an event (a whole number)"))?;
+        after = Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "Last-Event-ID must be the `id` of an event (a whole number)"))?,
+        );
     }
+    let after = match after {
+        Some(a) => a,
+        None => {
+            announce = true;
+            let f = feed.clone();
+            tokio::task::spawn_blocking(move || f.last_seq())
+                .await
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+                .map_err(ApiError::from)?
+        }
+    };
     let reader = Reader { rx: feed.subscribe(), feed, filter, after, buf: VecDeque::new() };
+    // `after=now`: the position first, as a message with an `id:` and no data (an SSE client
+    // takes it as its Last-Event-ID and dispatches nothing), so that a reconnect misses nothing
+    // even before the first event.
+    let first = announce.then(|| Ok::<_, Infallible>(Event::default().id(after.to_string())));
     let stream = futures::stream::unfold(reader, |mut r| async move {
         let ev = r.next().await;
         Some((Ok::<_, Infallible>(ev), r))
     });
+    let stream = futures::StreamExt::chain(futures::stream::iter(first), stream);
     Ok(Sse::new(stream).into_response())
 }
 
@@ -103,10 +134,39 @@ impl Reader {
     }
 }
 
-/// `?dut=&job=&type=&after=`.
-fn query(q: Option<&str>) -> Result<(Filter, u64), ApiError> {
+/// What `p` may read of the feed, as asked by `f`: the administrator everything, a token one
+/// job's results events or one DUT's events (see the module doc).
+async fn allowed(api: &Api, p: &Principal, mut f: Filter) -> Result<Filter, ApiError> {
+    let Some(c) = p.claims().filter(|_| !p.is_admin()) else { return Ok(f) };
+    // Not `Results::allow`: a job is watched before its first run, when it has no owner yet;
+    // the tenant's rule applies to each event instead (`Filter::tenant`).
+    if let (Some(job), true, Some(_)) = (&f.job, c.has(Scope::Read), &api.results) {
+        crate::auth::check_name("job", job).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+        if !c.job.matches(job) {
+            return Err(ApiError::new(StatusCode::FORBIDDEN, format!("the token is for jobs {:?}, not {job:?}", c.job.as_str())));
+        }
+        if c.run.is_some() {
+            return Err(ApiError::new(StatusCode::FORBIDDEN, "a run's token does not read the feed"));
+        }
+        f.kinds = RUN_EVENTS;
+        f.tenant = Some(c.tenant.clone());
+        return Ok(f);
+    }
+    if let (Some(dut), true) = (&f.dut, c.has(Scope::Dut)) {
+        if c.dut.as_ref().is_some_and(|d| d.matches(dut)) {
+            return Ok(f);
+        }
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "a token reads the feed of one job (?job=NAME, with the `read` scope for it) or of one DUT (?dut=ID, with the `dut` scope for it)",
+    ))
+}
+
+/// `?dut=&job=&type=&after=`; `after=now` is `None`.
+fn query(q: Option<&str>) -> Result<(Filter, Option<u64>), ApiError> {
     let mut f = Filter::default();
-    let mut after = 0;
+    let mut after = Some(0);
     for (k, v) in url::form_urlencoded::parse(q.unwrap_or("").as_bytes()) {
         let v = v.into_owned();
         if v.len() > 256 {
@@ -116,9 +176,12 @@ fn query(q: Option<&str>) -> Result<(Filter, u64), ApiError> {
             "dut" => f.dut = Some(v),
             "job" => f.job = Some(v),
             "type" => f.kind = Some(v),
+            "after" if v == "now" => after = None,
             "after" => {
                 after =
-                    v.parse().map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "`after` must be a whole number (an event's `seq`)"))?
+                    Some(v.parse().map_err(|_| {
+                        ApiError::new(StatusCode::BAD_REQUEST, "`after` must be a whole number (an event's `seq`) or `now`")
+                    })?)
             }
             _ => {}
         }
@@ -133,9 +196,13 @@ mod tests {
     #[test]
     fn event_queries() {
         let (f, after) = query(Some("dut=dut1&type=job_set&after=7&job=api%3Adut1")).unwrap();
-        assert_eq!(f, Filter { dut: Some("dut1".into()), job: Some("api:dut1".into()), kind: Some("job_set".into()) });
-        assert_eq!(after, 7);
-        assert_eq!(query(None).unwrap(), (Filter::default(), 0));
+        assert_eq!(
+            f,
+            Filter { dut: Some("dut1".into()), job: Some("api:dut1".into()), kind: Some("job_set".into()), kinds: &[], tenant: None }
+        );
+        assert_eq!(after, Some(7));
+        assert_eq!(query(None).unwrap(), (Filter::default(), Some(0)));
+        assert_eq!(query(Some("after=now")).unwrap().1, None);
         assert!(query(Some("after=x")).is_err());
     }
 }

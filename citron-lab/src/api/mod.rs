@@ -124,6 +124,16 @@ pub(crate) async fn serve_api(listener: TcpListener, api: Arc<Api>, shutdown: im
                 }
             }
         });
+        if let (Some(m), Some(tokens)) = (&api.membership, api.auth.tokens()) {
+            let (mut rx, tokens, weak) = (m.revocations(), tokens.clone(), Arc::downgrade(&api));
+            tokio::spawn(async move {
+                while rx.changed().await.is_ok() && weak.strong_count() > 0 {
+                    if let Err(e) = tokens.refresh_revocations().await {
+                        tracing::warn!(error = %e, "cannot read the revoked tokens again");
+                    }
+                }
+            });
+        }
         every(&api, RETENTION_SWEEP, |api| async move {
             if let Some(r) = &api.results {
                 if let Err(e) = r.sweep_all().await {

@@ -132,7 +132,7 @@ pub fn token_matches(given: &[u8], want: &[u8; 32]) -> bool {
 }
 
 /// What a non-administrator may reach at all, by route: the results, token and reservation
-/// routes (their handlers check the scopes), and a DUT's `job`, `events` and `accesses` with the `dut` scope
+/// routes and the event feed (their handlers check the scopes), and a DUT's `job`, `events` and `accesses` with the `dut` scope
 /// for that DUT. Everything else (adding DUTs, metrics, ...) is the administrator's.
 pub fn route_policy(p: &Principal, method: &Method, path: &str) -> Result<(), AuthError> {
     let Principal::Token(c) = p else { return Ok(()) };
@@ -141,7 +141,8 @@ pub fn route_policy(p: &Principal, method: &Method, path: &str) -> Result<(), Au
     }
     let rest = path.strip_prefix("/api/v1/").unwrap_or("");
     let first = rest.split('/').next().unwrap_or("");
-    if matches!(first, "results" | "tokens" | "reservations") || (first == "openapi.json" && method == Method::GET) {
+    // The feed's handler narrows what a token reads of it (`api::events`).
+    if matches!(first, "results" | "tokens" | "reservations") || (matches!(first, "openapi.json" | "events") && method == Method::GET) {
         return Ok(());
     }
     let segs: Vec<&str> = rest.split('/').collect();
@@ -201,6 +202,8 @@ mod tests {
         assert!(route_policy(&up, &get, "/api/v1/results/j/latest").is_ok());
         assert!(route_policy(&up, &Method::POST, "/api/v1/tokens/subset").is_ok());
         assert!(route_policy(&up, &get, "/api/v1/duts").is_err());
+        assert!(route_policy(&up, &get, "/api/v1/events").is_ok());
+        assert!(route_policy(&up, &Method::POST, "/api/v1/events").is_err());
         assert!(route_policy(&up, &get, "/metrics").is_err());
         assert!(route_policy(&up, &Method::PUT, "/api/v1/duts/d1/job").is_err());
         let dut = token(vec![Scope::Dut], Some("rack1-*"));

@@ -135,15 +135,28 @@ impl TokenStore {
         Ok(row.map(|r| r.try_get::<Option<String>, _>(0).ok().flatten()))
     }
 
-    /// Revokes the token `id` (again is fine); `false` if no such token was minted.
+    /// Revokes the token `id` (again is fine); `false` if no such token was minted. On
+    /// PostgreSQL, the other gateways are told in the same transaction (`NOTIFY citron,
+    /// 'tokens'`), and refuse the token from then on.
     pub async fn revoke(&self, id: &str) -> Result<bool, StoreError> {
         let i = id.to_string();
         let now = now_micros();
+        let engine = self.db.engine;
         let n = call(&self.db, move |pool| async move {
-            sqlx::query("UPDATE tokens SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2").bind(now).bind(i).execute(&pool).await
+            let mut tx = pool.begin().await?;
+            let n = sqlx::query("UPDATE tokens SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2")
+                .bind(now)
+                .bind(i)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if engine == crate::state::Engine::Postgres && n > 0 {
+                sqlx::query("SELECT pg_notify($1, 'tokens')").bind(crate::state::feed::CHANNEL).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(n)
         })
-        .await?
-        .rows_affected();
+        .await?;
         if n > 0 {
             self.revoked.write().insert(id.to_string());
         }

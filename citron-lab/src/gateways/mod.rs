@@ -97,6 +97,8 @@ pub struct Membership {
     work: watch::Sender<u64>,
     /// Bumped when forwarded requests were answered (by any gateway).
     answers: watch::Sender<u64>,
+    /// Bumped when a token was revoked (by any gateway): the API reads the revocations again.
+    revocations: watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Membership {
@@ -283,6 +285,7 @@ impl Membership {
             timeout,
             work: watch::channel(0).0,
             answers: watch::channel(0).0,
+            revocations: watch::channel(0).0,
         };
         Ok((Arc::new(m), own))
     }
@@ -290,6 +293,12 @@ impl Membership {
     /// This gateway's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// A watch bumped whenever a token may have been revoked through any gateway (and on
+    /// every reconnection of the listener, which may have missed one).
+    pub(crate) fn revocations(&self) -> watch::Receiver<u64> {
+        self.revocations.subscribe()
     }
 
     /// The feed this gateway writes.

@@ -2,7 +2,7 @@
 //!
 //! Payloads: `events` (a gateway committed events: the SSE readers query again),
 //! `forward:<gateway>` (a request was forwarded to that gateway), `answered` (a forwarded
-//! request was answered). Each becomes a bump of a watch; whoever waits re-reads the state,
+//! request was answered), `tokens` (a token was revoked: the API reads the revocations again). Each becomes a bump of a watch; whoever waits re-reads the state,
 //! so a notification only says *when* to look, never *what* is there, and one lost while the
 //! connection was down costs nothing: on reconnecting every watch is bumped.
 
@@ -77,6 +77,7 @@ impl Membership {
         match payload {
             "events" => self.feed.notified(),
             "answered" => self.answers.send_modify(|n| *n = n.wrapping_add(1)),
+            "tokens" => self.revocations.send_modify(|n| *n = n.wrapping_add(1)),
             p => {
                 if p.strip_prefix("forward:") == Some(self.name.as_str()) {
                     self.work.send_modify(|n| *n = n.wrapping_add(1));
@@ -90,5 +91,6 @@ impl Membership {
         self.feed.notified();
         self.answers.send_modify(|n| *n = n.wrapping_add(1));
         self.work.send_modify(|n| *n = n.wrapping_add(1));
+        self.revocations.send_modify(|n| *n = n.wrapping_add(1));
     }
 }

@@ -32,7 +32,7 @@ use crate::state::State;
 pub use blob::{BlobStore, Stored};
 pub use dut_runs::DUT_RUN_TOKEN_TTL;
 pub use retention::{expired, Finished, Retention, Sweeper};
-pub use runs::{Added, Appended, NewRun, ResultFile, Run, Runs, Status};
+pub use runs::{Added, Appended, NewRun, ResultFile, Run, Runs, Status, EVENT_FILES_MAX};
 
 /// The directory under `--data` the default blob store uses.
 pub const RESULTS_DIR: &str = "results";
@@ -118,7 +118,7 @@ impl Results {
     pub fn open(state: &State, data_dir: &Path) -> Result<Results, ResultsError> {
         let tokens = Arc::new(TokenStore::open(state.db().clone())?);
         Ok(Results {
-            runs: Runs::new(state.db().clone()),
+            runs: Runs::new(state.db().clone()).with_feed(state.feed().clone()),
             blobs: BlobStore::local(data_dir.join(RESULTS_DIR))?,
             tokens,
             sweeper: Sweeper::new(state.db().clone()),
@@ -130,6 +130,16 @@ impl Results {
     pub fn with_blobs(mut self, blobs: BlobStore) -> Results {
         self.blobs = blobs;
         self
+    }
+
+    /// Blobs in the lab's shared store (`store:` in the lab file), under
+    /// [`citron_core::artifact::RESULTS_PREFIX`] beside the cache's `inputs/`: every gateway on
+    /// the same store serves what any of them took in.
+    pub fn with_shared_store(self, config: &citron_core::artifact::StoreConfig) -> Result<Results, ResultsError> {
+        let shared = citron_fetch::SharedStore::from_config(config).map_err(|e| ResultsError::Io(e.to_string()))?;
+        let prefix = citron_core::artifact::RESULTS_PREFIX.trim_end_matches('/');
+        let store: Arc<dyn object_store::ObjectStore> = Arc::new(object_store::prefix::PrefixStore::new(shared.object_store(), prefix));
+        Ok(self.with_blobs(BlobStore::new(store)))
     }
 
     /// At most `bytes` per uploaded file.

@@ -8,6 +8,7 @@ use sqlx::Row as _;
 use utoipa::ToSchema;
 
 use crate::auth::{call, now_micros};
+use crate::state::feed::{Feed, NewEvent};
 use crate::state::Db;
 use citron_core::store::StoreError;
 
@@ -157,10 +158,16 @@ pub enum Appended {
     Closed,
 }
 
-/// The runs side of the state store.
+/// The most files a `run_finished` event lists (its `files` count says how many there are).
+pub const EVENT_FILES_MAX: usize = 64;
+
+/// The runs side of the state store. With the lab's feed, every run opened or finished and
+/// every file added is an event there ([`crate::state::feed::RUN_EVENTS`]), whoever did it
+/// (the API, a DUT's job): what `citron results watch` follows.
 #[derive(Clone)]
 pub struct Runs {
     db: Arc<Db>,
+    feed: Option<Arc<Feed>>,
 }
 
 impl std::fmt::Debug for Runs {
@@ -172,7 +179,28 @@ impl std::fmt::Debug for Runs {
 impl Runs {
     /// Over `db`.
     pub fn new(db: Arc<Db>) -> Runs {
-        Runs { db }
+        Runs { db, feed: None }
+    }
+
+    /// Telling `feed` about runs and files.
+    pub fn with_feed(mut self, feed: Arc<Feed>) -> Runs {
+        self.feed = Some(feed);
+        self
+    }
+
+    fn emit(&self, kind: &str, run: &Run, detail: serde_json::Value) {
+        let Some(feed) = &self.feed else { return };
+        let mut d = serde_json::json!({
+            "job": run.job, "run": run.id, "revision": run.revision, "platform": run.platform, "status": run.status.name(),
+        });
+        if let (Some(d), serde_json::Value::Object(more)) = (d.as_object_mut(), detail) {
+            d.extend(more);
+        }
+        let mut ev = NewEvent::new(kind).job(Some(run.job.clone())).detail(d);
+        if let Some(dut) = &run.dut {
+            ev = ev.dut(dut.clone());
+        }
+        feed.emit(ev);
     }
 
     /// The tenant owning `job`: `None` if no run of it was ever opened, `Some(None)` for the
@@ -189,7 +217,7 @@ impl Runs {
     /// Opens a run; `Err(owner)` if the job belongs to another tenant.
     pub async fn open(&self, n: NewRun) -> Result<Result<Run, Option<String>>, StoreError> {
         let now = now_micros();
-        call(&self.db, move |pool| async move {
+        let opened = call(&self.db, move |pool| async move {
             let mut tx = pool.begin().await?;
             sqlx::query("INSERT INTO result_jobs (name, tenant, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING")
                 .bind(&n.job)
@@ -216,7 +244,11 @@ impl Runs {
             tx.commit().await?;
             run_of(&row).map(Ok).ok_or_else(|| sqlx::Error::Protocol("a run row that does not read back".into()))
         })
-        .await
+        .await?;
+        if let Ok(run) = &opened {
+            self.emit("run_opened", run, serde_json::json!({}));
+        }
+        Ok(opened)
     }
 
     /// Records the run's own upload token (revoked when the run ends).
@@ -319,12 +351,12 @@ impl Runs {
     pub async fn add_file(&self, run: i64, path: &str, sha256: &str, size: u64, tokened: bool) -> Result<Added, StoreError> {
         let (p, h) = (path.to_string(), sha256.to_string());
         let now = now_micros();
-        call(&self.db, move |pool| async move {
+        let (added, the_run) = call(&self.db, move |pool| async move {
             let mut tx = pool.begin().await?;
-            let open = sqlx::query("SELECT status FROM runs WHERE id = $1").bind(run).fetch_optional(&mut *tx).await?;
-            if open.map(|r| r.try_get::<String, _>(0)).transpose()?.as_deref() != Some("running") {
-                return Ok(Added::Closed);
-            }
+            let row = sqlx::query(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1")).bind(run).fetch_optional(&mut *tx).await?;
+            let Some(the_run) = row.as_ref().and_then(run_of).filter(|r| r.status == Status::Running) else {
+                return Ok((Added::Closed, None));
+            };
             let n = sqlx::query(
                 "INSERT INTO result_files (run, path, sha256, size, tokened, uploaded_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (run, path) DO NOTHING",
             )
@@ -340,35 +372,82 @@ impl Runs {
             let there: String =
                 sqlx::query("SELECT sha256 FROM result_files WHERE run = $1 AND path = $2").bind(run).bind(&p).fetch_one(&mut *tx).await?.try_get(0)?;
             tx.commit().await?;
-            Ok(match (n, there == h) {
-                (1, _) => Added::New,
-                (_, true) => Added::Same,
-                _ => Added::Other(there),
-            })
+            Ok((
+                match (n, there == h) {
+                    (1, _) => Added::New,
+                    (_, true) => Added::Same,
+                    _ => Added::Other(there),
+                },
+                Some(the_run),
+            ))
         })
-        .await
+        .await?;
+        if let (Added::New, Some(r)) = (&added, &the_run) {
+            self.emit("file_uploaded", r, serde_json::json!({"path": path, "sha256": sha256, "size": size, "tokened": tokened}));
+        }
+        Ok(added)
     }
 
     /// Finishes the open run `run` with `status`; answers the run's status after (the one it
     /// had if it was finished already), and its own token to revoke.
     pub async fn finish(&self, run: i64, status: Status) -> Result<Option<(Status, Option<String>)>, StoreError> {
         let now = now_micros();
-        call(&self.db, move |pool| async move {
+        let (after, finished) = call(&self.db, move |pool| async move {
             let mut tx = pool.begin().await?;
-            sqlx::query("UPDATE runs SET status = $1, finished_at = $2 WHERE id = $3 AND status = 'running'")
+            let n = sqlx::query("UPDATE runs SET status = $1, finished_at = $2 WHERE id = $3 AND status = 'running'")
                 .bind(status.name())
                 .bind(now)
                 .bind(run)
                 .execute(&mut *tx)
-                .await?;
+                .await?
+                .rows_affected();
             let row = sqlx::query("SELECT status, token FROM runs WHERE id = $1").bind(run).fetch_optional(&mut *tx).await?;
             tx.commit().await?;
-            Ok(match row {
+            let after = match row {
                 Some(r) => Some((Status::parse(&r.try_get::<String, _>(0)?).unwrap_or(Status::Unknown), r.try_get(1)?)),
                 None => None,
-            })
+            };
+            Ok((after, n > 0))
         })
-        .await
+        .await?;
+        if finished {
+            self.announce_finished(run).await;
+        }
+        Ok(after)
+    }
+
+    /// The `run_finished` event of `run`: the run, how many files it has and the first
+    /// [`EVENT_FILES_MAX`] of them (path, sha256, size), so that a watcher knows what to fetch
+    /// without asking.
+    async fn announce_finished(&self, run: i64) {
+        if self.feed.is_none() {
+            return;
+        }
+        let read = call(&self.db, move |pool| async move {
+            let r = sqlx::query(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1")).bind(run).fetch_optional(&pool).await?;
+            let n: i64 = sqlx::query("SELECT COUNT(*) FROM result_files WHERE run = $1").bind(run).fetch_one(&pool).await?.try_get(0)?;
+            let files = sqlx::query(&format!(
+                "SELECT path, sha256, size, tokened, uploaded_at FROM result_files WHERE run = $1 ORDER BY path LIMIT {EVENT_FILES_MAX}"
+            ))
+            .bind(run)
+            .fetch_all(&pool)
+            .await?;
+            Ok((r, n, files))
+        })
+        .await;
+        match read {
+            Ok((Some(r), n, files)) => {
+                let Some(r) = run_of(&r) else { return };
+                let files: Vec<serde_json::Value> = files
+                    .iter()
+                    .filter_map(file_of)
+                    .map(|f| serde_json::json!({"path": f.path, "sha256": f.sha256, "size": f.size, "tokened": f.tokened}))
+                    .collect();
+                self.emit("run_finished", &r, serde_json::json!({"files_count": n, "files": files, "finished_at": r.finished_at}));
+            }
+            Ok((None, ..)) => {}
+            Err(e) => tracing::warn!(run, error = %e, "results: cannot read the finished run for its event"),
+        }
     }
 
     /// Appends `data` at `offset` to the open run's console, idempotently: bytes it has

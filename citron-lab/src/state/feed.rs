@@ -51,13 +51,15 @@ pub struct FeedEvent {
     pub time: f64,
     /// What happened: `boot`, `job_start`, `job_end`, `dut_added`, `dut_removed`,
     /// `dut_offline`, `dut_online`, `job_set`, `job_dropped`, `gateway_started`,
-    /// `gateway_offline`, `request_refused`.
+    /// `gateway_offline`, `request_refused`; for results ([`RUN_EVENTS`]) `run_opened`,
+    /// `file_uploaded`, `run_finished`.
     #[serde(rename = "type")]
     pub kind: String,
     /// The DUT, if it is about one.
     #[schema(required = true)]
     pub dut: Option<String>,
-    /// The job (its origin: `api:<dut>`, the job file), if it is about one.
+    /// The job (its origin: `api:<dut>`, the job file; for the [`RUN_EVENTS`], the results
+    /// job's name), if it is about one.
     #[schema(required = true)]
     pub job: Option<String>,
     /// Who did it: `api` (+ `:<token name>`), `lab-file`, `serve --job`, `gateway:<name>`.
@@ -120,6 +122,11 @@ impl NewEvent {
     }
 }
 
+/// The events about results: their `job` is the results job's name and their detail says
+/// the run (`run`, `revision`, `platform`, `status`, ...). A `read` token may follow these, and
+/// only these, of the jobs it may read.
+pub const RUN_EVENTS: &[&str] = &["run_opened", "file_uploaded", "run_finished"];
+
 /// Which events a reader wants (`?dut=&job=&type=`); `None` is any.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {
@@ -129,6 +136,11 @@ pub struct Filter {
     pub job: Option<String>,
     /// Only this type.
     pub kind: Option<String>,
+    /// Only these types (empty: any); the reader's rights set it, not the query.
+    pub kinds: &'static [&'static str],
+    /// Only events of results jobs owned by this tenant (`Some(None)`: the lab's own); the
+    /// reader's rights set it. A job nobody owns yet shows nothing until its first run opens.
+    pub tenant: Option<Option<String>>,
 }
 
 type Queue = Arc<Mutex<VecDeque<NewEvent>>>;
@@ -204,6 +216,22 @@ impl Feed {
                 binds.push(v.clone());
                 sql.push_str(&format!(" AND {col} = ${}", binds.len() + 1));
             }
+        }
+        match &filter.tenant {
+            None => {}
+            Some(None) => sql.push_str(" AND EXISTS (SELECT 1 FROM result_jobs j WHERE j.name = events.job AND j.tenant IS NULL)"),
+            Some(Some(t)) => {
+                binds.push(t.clone());
+                sql.push_str(&format!(
+                    " AND EXISTS (SELECT 1 FROM result_jobs j WHERE j.name = events.job AND j.tenant = ${})",
+                    binds.len() + 1
+                ));
+            }
+        }
+        if !filter.kinds.is_empty() {
+            // Fixed words (never the client's), so written into the query as they are.
+            let list: Vec<String> = filter.kinds.iter().map(|k| format!("'{k}'")).collect();
+            sql.push_str(&format!(" AND event IN ({})", list.join(", ")));
         }
         sql.push_str(&format!(" ORDER BY seq LIMIT {}", limit.clamp(1, PAGE_MAX)));
         let after = i64::try_from(after).unwrap_or(i64::MAX);

@@ -437,13 +437,6 @@ async fn finish_run(
         r.revoke_run_token(&t).await?;
     }
     tracing::info!(%job, run, status = f.status.name(), "results: run finished");
-    // What watchers wait for (`citron.Client().results.watch`): the job, the run and how it ended.
-    api.record(
-        crate::state::feed::NewEvent::new("run_finished")
-            .job(Some(job.clone()))
-            .actor("api")
-            .detail(serde_json::json!({"run": run, "status": f.status.name()})),
-    );
     if let Err(e) = r.sweep(&job).await {
         tracing::warn!(%job, error = %e, "results: the retention sweep failed");
     }
