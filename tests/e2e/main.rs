@@ -15,6 +15,7 @@ mod image;
 mod nbd;
 mod nbd_limits;
 mod ops;
+mod qemu;
 mod results;
 mod shared_store;
 mod state;
