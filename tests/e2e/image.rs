@@ -7,11 +7,12 @@
 //! variants boot under BIOS only; the one UEFI boot is in the matrix test.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::process::Command;
 
-use citron_tests::{citron_bin, qemu_lock, require_tool, strict, workspace_root};
+use citron_tests::{qemu_lock, require_tool, strict, workspace_root};
 use sha2::Digest as _;
+
+use crate::qemu::{self, Run};
 
 /// Everything the kit and a boot need; `false` (skip) when one is missing, unless strict.
 fn have_tools() -> bool {
@@ -32,50 +33,23 @@ fn have_tools() -> bool {
     .all(|t| require_tool(t))
 }
 
-/// Builds the images once per test run (cached across runs by the script's stamp).
+/// The images (tests/image/build.sh).
 fn kit() -> PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let out = Command::new(workspace_root().join("tests/image/build.sh")).output().expect("run tests/image/build.sh");
-        assert!(out.status.success(), "tests/image/build.sh failed:\n{}", String::from_utf8_lossy(&out.stderr));
-        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-    })
-    .clone()
+    qemu::kit("tests/image/build.sh")
 }
 
 fn sha256(p: &Path) -> String {
     hex::encode(sha2::Sha256::digest(std::fs::read(p).expect("read the image")))
 }
 
-struct Run {
-    out: Output,
-    stdout: String,
-    stderr: String,
-    logs: tempfile::TempDir,
-}
-
-impl Run {
-    fn last_stderr_line(&self) -> &str {
-        self.stderr.lines().last().unwrap_or("")
-    }
-}
-
-/// `citron boot-test` under TCG with the console logs in a temporary directory.
+/// `citron boot-test` under TCG.
 fn boot_test(args: &[&str]) -> Run {
-    let logs = tempfile::tempdir().expect("a temporary directory");
-    let out = Command::new(citron_bin())
-        .args(["boot-test", "--accel", "tcg", "--timeout", "180s", "--log-dir"])
-        .arg(logs.path())
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .current_dir(workspace_root())
-        .stdin(Stdio::null())
-        .output()
-        .expect("run citron boot-test");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    eprintln!("--- citron boot-test {args:?}: {:?}\n{stdout}\n--- stderr\n{stderr}", out.status);
-    Run { out, stdout, stderr, logs }
+    qemu::boot_test(
+        |c| {
+            c.args(["--accel", "tcg", "--timeout", "180s"]).env("RUST_LOG", "warn");
+        },
+        args,
+    )
 }
 
 /// Boots `image` (BIOS) and returns the run, checking that the image was not written.
@@ -162,7 +136,7 @@ fn an_image_whose_init_enters_emergency_mode_fails_with_its_reason() {
 
 #[test]
 fn a_matrix_boots_bios_and_uefi_in_their_own_namespaces_with_a_junit_report() {
-    if !have_tools() || !require_tool("xmllint") || !require_tool("ip") {
+    if !have_tools() || !require_tool("xmllint") {
         return;
     }
     if !Path::new("/usr/share/OVMF/OVMF_CODE_4M.fd").exists() && !Path::new("/usr/share/OVMF/OVMF_CODE.fd").exists() {
@@ -171,11 +145,7 @@ fn a_matrix_boots_bios_and_uefi_in_their_own_namespaces_with_a_junit_report() {
         eprintln!("SKIPPED: {msg}");
         return;
     }
-    let uid = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-    if uid.as_deref().ok() != Some("0") {
-        let msg = "network namespaces need root";
-        assert!(!strict(), "{msg}; CITRON_E2E_STRICT=1 forbids skipping");
-        eprintln!("SKIPPED: {msg}");
+    if !qemu::can_make_namespaces() {
         return;
     }
     let _one = qemu_lock();
@@ -217,9 +187,7 @@ fn a_matrix_boots_bios_and_uefi_in_their_own_namespaces_with_a_junit_report() {
     assert_eq!(xml.matches("<testcase ").count(), 2, "{xml}");
     assert!(xml.contains(r#"classname="uefi-uefi" name="uefi.img [uefi]""#) && !xml.contains("<failure"), "{xml}");
     assert!(xml.contains(r#"<property name="uefi-uefi.stage.bootloader""#), "{xml}");
-    // The namespaces are gone.
-    let left = Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
-    assert!(!String::from_utf8_lossy(&left.stdout).lines().any(|l| l.starts_with("citron-bt-")), "namespaces left behind");
+    qemu::assert_no_namespace_left();
 }
 
 #[test]

@@ -6,10 +6,11 @@
 //! lock and run one at a time; only the two-DUT test boots two guests at once.
 
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
-use std::sync::{MutexGuard, OnceLock};
+use std::sync::MutexGuard;
 
-use citron_tests::{citron_bin, require_tool, strict, workspace_root};
+use citron_tests::{require_tool, workspace_root};
+
+use crate::qemu::{self, Run};
 
 /// One boot-test at a time (the machine has 2 cores), image boots included.
 fn serial() -> MutexGuard<'static, ()> {
@@ -21,57 +22,24 @@ fn have_qemu() -> bool {
     ["qemu-system-x86_64", "busybox", "nbd-client", "cpio", "modprobe"].iter().all(|t| require_tool(t))
 }
 
-/// Builds the guest's kernel + initramfs + tarballs once per test run (cached across runs).
+/// The guest's kernel, initramfs and tarballs (tests/vdut/build.sh).
 fn kit() -> PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let root = workspace_root();
-        let out = Command::new(root.join("tests/vdut/build.sh")).output().expect("run tests/vdut/build.sh");
-        assert!(out.status.success(), "tests/vdut/build.sh failed:\n{}", String::from_utf8_lossy(&out.stderr));
-        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-    })
-    .clone()
+    qemu::kit("tests/vdut/build.sh")
 }
 
-struct Run {
-    out: Output,
-    stdout: String,
-    stderr: String,
-    _logs: tempfile::TempDir,
+/// The `VDUT: ` lines of one DUT (all of them without a prefix), marker removed.
+fn vdut(r: &Run, prefix: &str) -> Vec<String> {
+    r.stdout.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.split_once("VDUT: ").map(|(_, r)| r.to_string())).collect()
 }
 
-impl Run {
-    fn code(&self) -> Option<i32> {
-        self.out.status.code()
-    }
-    /// The `VDUT: ` lines of one DUT (all of them without a prefix), marker removed.
-    fn vdut(&self, prefix: &str) -> Vec<String> {
-        self.stdout.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.split_once("VDUT: ").map(|(_, r)| r.to_string())).collect()
-    }
-    fn last_stderr_line(&self) -> &str {
-        self.stderr.lines().last().unwrap_or("")
-    }
-}
-
-/// `citron boot-test` with the vdut lab, console logs in a temporary directory.
+/// `citron boot-test` with the vdut lab.
 fn boot_test(args: &[&str]) -> Run {
-    let root = workspace_root();
-    let logs = tempfile::tempdir().expect("a temporary directory");
-    let out = Command::new(citron_bin())
-        .arg("boot-test")
-        .arg("--lab")
-        .arg(root.join("tests/vdut/lab.yaml"))
-        .arg("--log-dir")
-        .arg(logs.path())
-        .args(args)
-        .current_dir(&root)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run citron boot-test");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    eprintln!("--- citron boot-test {args:?}: {:?}\n{stdout}\n--- stderr\n{stderr}", out.status);
-    Run { out, stdout, stderr, _logs: logs }
+    qemu::boot_test(
+        |c| {
+            c.arg("--lab").arg(workspace_root().join("tests/vdut/lab.yaml"));
+        },
+        args,
+    )
 }
 
 fn job(name: &str) -> String {
@@ -108,7 +76,7 @@ fn full_job_boots_twice_over_http_and_sees_every_artifact_kind() {
     let r = boot_test(&["--job", &job("job-full.yaml"), "--dut", "vdut1", "--boots", "2", "--expect", "VDUT: done", "--timeout", "60s"]);
     assert_eq!(r.code(), Some(0), "{}", r.last_stderr_line());
     assert!(r.last_stderr_line().contains("PASS"), "{}", r.last_stderr_line());
-    let b = boots(&r.vdut(""));
+    let b = boots(&vdut(&r, ""));
     assert_eq!(b.len(), 2, "two boots: {b:#?}");
     for (i, boot) in b.iter().enumerate() {
         let n = i + 1;
@@ -143,7 +111,7 @@ fn boots_over_tftp() {
     kit();
     let r = boot_test(&["--job", &job("job-a.yaml"), "--dut", "vdut2", "--proto", "tftp", "--expect", "VDUT: done", "--timeout", "60s"]);
     assert_eq!(r.code(), Some(0), "{}", r.last_stderr_line());
-    let b = boots(&r.vdut(""));
+    let b = boots(&vdut(&r, ""));
     assert_eq!(b.len(), 1);
     assert!(step(&b[0], "start").starts_with("mid=vdut2 boot=1"));
     assert_eq!(step(&b[0], "tftp"), "OK tftp config of job a");
@@ -152,14 +120,7 @@ fn boots_over_tftp() {
 
 #[test]
 fn two_duts_in_their_own_namespaces_see_only_their_own_jobs() {
-    if !have_qemu() || !require_tool("ip") {
-        return;
-    }
-    let uid = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-    if uid.as_deref().ok() != Some("0") {
-        let msg = "network namespaces need root";
-        assert!(!strict(), "{msg}; CITRON_E2E_STRICT=1 forbids skipping");
-        eprintln!("SKIPPED: {msg}");
+    if !have_qemu() || !qemu::can_make_namespaces() {
         return;
     }
     let _one = serial();
@@ -181,7 +142,7 @@ fn two_duts_in_their_own_namespaces_see_only_their_own_jobs() {
     ]);
     assert_eq!(r.code(), Some(0), "{}", r.last_stderr_line());
     for (dut, mine, other) in [("vdut1", "a", "b"), ("vdut2", "b", "a")] {
-        let lines = r.vdut(&format!("[{dut}] "));
+        let lines = vdut(&r, &format!("[{dut}] "));
         let b = boots(&lines);
         assert_eq!(b.len(), 1, "{dut}: {lines:#?}");
         let boot = &b[0];
@@ -194,10 +155,7 @@ fn two_duts_in_their_own_namespaces_see_only_their_own_jobs() {
         assert_eq!(step(boot, "tftp"), format!("OK tftp config of job {mine}"));
         assert_eq!(step(boot, "fs"), format!("OK rootfs of job {mine}"));
     }
-    // The namespaces are gone.
-    let left = Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
-    let left = String::from_utf8_lossy(&left.stdout);
-    assert!(!left.lines().any(|l| l.starts_with("citron-bt-")), "left behind: {left}");
+    qemu::assert_no_namespace_left();
 }
 
 #[test]
@@ -225,7 +183,7 @@ fn a_pattern_never_seen_fails_when_the_guest_powers_off() {
     let last = r.last_stderr_line();
     assert!(last.contains("pattern never seen") && last.contains("this line is never printed"), "{last}");
     // The guest did boot: the console was streamed.
-    assert!(r.vdut("").iter().any(|l| l.starts_with("done ")), "{}", r.stdout);
+    assert!(vdut(&r, "").iter().any(|l| l.starts_with("done ")), "{}", r.stdout);
 }
 
 #[test]

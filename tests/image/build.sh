@@ -36,48 +36,22 @@ mbr=/usr/lib/syslinux/mbr/mbr.bin
 [ -r "$mbr" ] || mbr=/usr/lib/SYSLINUX/mbr.bin
 [ -r "$mbr" ] || die "syslinux's mbr.bin is missing; install syslinux-common"
 [ -d /usr/lib/grub/x86_64-efi ] || die "GRUB's EFI modules are missing; install grub-efi-amd64-bin"
-busybox=$(command -v busybox)
-file -L "$busybox" 2>/dev/null | grep -q 'statically linked' || [ -x /bin/busybox ] || die "busybox-static is missing"
+# shellcheck source=../kernel.sh
+. "$here/../kernel.sh"
+busybox_find
+kernel_pick
 
-if [ -z "${KVER:-}" ]; then
-  for k in $(ls -1 /boot/vmlinuz-* 2>/dev/null | sed 's|/boot/vmlinuz-||' | sort -V -r); do
-    [ -d "/lib/modules/$k" ] && { KVER=$k; break; }
-  done
-fi
-[ -n "${KVER:-}" ] && [ -r "/boot/vmlinuz-$KVER" ] || die "no readable /boot/vmlinuz-* with modules; install linux-image-amd64"
-
-stamp=$( { echo "v2 $KVER"; sha256sum "$0" "/boot/vmlinuz-$KVER" "$busybox" "$mbr"; } | sha256sum | cut -c1-16)
+stamp=$( { echo "v3 $KVER"; sha256sum "$0" "$here/../kernel.sh" "/boot/vmlinuz-$KVER" "$busybox" "$mbr"; } | sha256sum | cut -c1-16)
 if [ -f "$out/stamp" ] && [ "$(cat "$out/stamp")" = "$stamp" ]; then echo "$out"; exit 0; fi
 
 mkdir -p "$out"
 work=$(mktemp -d "$out/.build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
-# A busybox tree: the binary and a link per applet.
-busybox_tree() {
-  mkdir -p "$1"/{bin,sbin,dev,proc,sys,tmp,run,etc,root,mnt}
-  cp "$busybox" "$1/bin/busybox"
-  for applet in $("$1/bin/busybox" --list); do
-    [ "$applet" = busybox ] || ln -sf busybox "$1/bin/$applet"
-  done
-}
-
 # --- The initramfs: load the disk, filesystem and network drivers, find the root by label, switch.
 ird=$work/initramfs
 busybox_tree "$ird"
-mkdir -p "$ird/lib/modules"
-: > "$ird/lib/modules/order"
-for mod in virtio_blk ext4 virtio_net; do
-  modprobe -S "$KVER" --show-depends "$mod" | while read -r kind path _; do
-    [ "$kind" = insmod ] || continue
-    name=$(basename "$path"); name=${name%.xz}; name=${name%.zst}; name=${name%.gz}
-    grep -qx "$name" "$ird/lib/modules/order" && continue
-    case "$path" in
-      *.xz) xz -dc "$path" ;; *.zst) zstd -qdc "$path" ;; *.gz) gzip -dc "$path" ;; *) cat "$path" ;;
-    esac > "$ird/lib/modules/$name"
-    echo "$name" >> "$ird/lib/modules/order"
-  done
-done
+modules_copy "$ird" virtio_blk ext4 virtio_net
 cat > "$ird/init" <<'INIT'
 #!/bin/sh
 # Wording of the messages as initramfs-tools prints them, so that citron's catalogue sees the
@@ -108,7 +82,7 @@ umount /proc /sys
 exec switch_root /root /sbin/init
 INIT
 chmod 755 "$ird/init"
-(cd "$ird" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet -R 0:0) | gzip -6 > "$work/initrd.img"
+cpio_gz "$ird" "$work/initrd.img"
 
 # --- The root filesystem: busybox and an init that talks like systemd.
 rootfs() { # $1 = dir, $2 = mode (ok | emergency)

@@ -17,30 +17,20 @@ die() { echo "build.sh: $*" >&2; exit 1; }
 for t in busybox nbd-client cpio gzip modprobe ldd tar; do
   command -v "$t" >/dev/null || die "$t is missing; run scripts/setup-debian.sh --qemu"
 done
-busybox=$(command -v busybox)
-file -L "$busybox" 2>/dev/null | grep -q 'statically linked' || [ -x /bin/busybox ] || die "busybox-static is missing"
-
-if [ -z "${KVER:-}" ]; then
-  for k in $(ls -1 /boot/vmlinuz-* 2>/dev/null | sed 's|/boot/vmlinuz-||' | sort -V -r); do
-    [ -d "/lib/modules/$k" ] && { KVER=$k; break; }
-  done
-fi
-[ -n "${KVER:-}" ] && [ -r "/boot/vmlinuz-$KVER" ] || die "no readable /boot/vmlinuz-* with modules; install linux-image-amd64"
+# shellcheck source=../kernel.sh
+. "$here/../kernel.sh"
+busybox_find
+kernel_pick
 
 # Inputs that decide the output: rebuild only when one changes.
-stamp=$( { echo "v1 $KVER"; sha256sum "$here/init" "$0" "/boot/vmlinuz-$KVER" "$busybox" "$(command -v nbd-client)"; } | sha256sum | cut -c1-16)
+stamp=$( { echo "v2 $KVER"; sha256sum "$here/init" "$0" "$here/../kernel.sh" "/boot/vmlinuz-$KVER" "$busybox" "$(command -v nbd-client)"; } | sha256sum | cut -c1-16)
 if [ -f "$out/stamp" ] && [ "$(cat "$out/stamp")" = "$stamp" ]; then echo "$out"; exit 0; fi
 
 mkdir -p "$out"
 work=$(mktemp -d "$out/.build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 root=$work/root
-mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,mnt,etc,lib/modules}
-
-cp "$busybox" "$root/bin/busybox"
-for applet in $("$root/bin/busybox" --list); do
-  [ "$applet" = busybox ] || ln -sf busybox "$root/bin/$applet"
-done
+busybox_tree "$root"
 
 # nbd-client and every shared library it loads, kept apart in /opt/nbd and run through the
 # loader: a libc.so.6 on the default library path would be picked up by the static busybox's
@@ -57,23 +47,12 @@ done
 printf '#!/bin/sh\nexec /opt/nbd/%s --library-path /opt/nbd /opt/nbd/nbd-client "$@"\n' "$loader" > "$root/sbin/nbd-client"
 chmod 755 "$root/sbin/nbd-client"
 
-# Kernel modules in load order (dependencies first), decompressed: busybox insmod cannot unpack.
-: > "$root/lib/modules/order"
-for mod in virtio_net virtio_blk nbd ext4; do
-  modprobe -S "$KVER" --show-depends "$mod" | while read -r kind path _; do
-    [ "$kind" = insmod ] || continue
-    name=$(basename "$path"); name=${name%.xz}; name=${name%.zst}; name=${name%.gz}
-    grep -qx "$name" "$root/lib/modules/order" && continue
-    case "$path" in
-      *.xz) xz -dc "$path" ;; *.zst) zstd -qdc "$path" ;; *.gz) gzip -dc "$path" ;; *) cat "$path" ;;
-    esac > "$root/lib/modules/$name"
-    echo "$name" >> "$root/lib/modules/order"
-  done
-done
+# Kernel modules in load order (dependencies first).
+modules_copy "$root" virtio_net virtio_blk nbd ext4
 
 cp "$here/init" "$root/init"
 chmod 755 "$root/init"
-(cd "$root" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet -R 0:0) | gzip -6 > "$work/initramfs.cpio.gz"
+cpio_gz "$root" "$work/initramfs.cpio.gz"
 cp "/boot/vmlinuz-$KVER" "$work/vmlinuz"
 
 # Tarballs for the jobs' ext4 disks: one per job, each with its own marker.

@@ -210,39 +210,45 @@ impl Membership {
     }
 
     fn answer(&self, id: i64, status: u16, body: String) -> Result<(), StoreError> {
-        let now = to_micros(SystemTime::now());
-        self.db.call(move |pool| async move {
-            let mut tx = pool.begin().await?;
-            sqlx::query("UPDATE forwarded SET status = $1, answer = $2, done_at = $3 WHERE id = $4")
-                .bind(i64::from(status))
-                .bind(body)
-                .bind(now)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("SELECT pg_notify($1, 'answered')").bind(CHANNEL).execute(&mut *tx).await?;
-            tx.commit().await
-        })
+        self.write_answer(Answering::One(id), status, body)
     }
 
     /// Rows this gateway took and never answered (it stopped meanwhile): 503.
     fn abandon_taken(&self) -> Result<(), StoreError> {
-        let (me, now) = (self.name.clone(), to_micros(SystemTime::now()));
         let body = serde_json::json!({"error": format!("gateway {:?} stopped while carrying the request out: check the DUT's job and send it again", self.name)}).to_string();
+        self.write_answer(Answering::TakenBy(self.name.clone()), 503, body)
+    }
+
+    /// Writes `status` and `body` as the answer to the `which` rows and, if there were any,
+    /// wakes the gateways waiting for answers (`NOTIFY … 'answered'`), in one transaction.
+    fn write_answer(&self, which: Answering, status: u16, body: String) -> Result<(), StoreError> {
+        let now = to_micros(SystemTime::now());
         self.db.call(move |pool| async move {
             let mut tx = pool.begin().await?;
-            let n = sqlx::query("UPDATE forwarded SET status = 503, answer = $1, done_at = $2 WHERE gateway = $3 AND status = 0")
-                .bind(body)
-                .bind(now)
-                .bind(me)
-                .execute(&mut *tx)
-                .await?;
-            if n.rows_affected() > 0 {
+            let set = "UPDATE forwarded SET status = $1, answer = $2, done_at = $3";
+            let q = match &which {
+                Answering::One(_) => format!("{set} WHERE id = $4"),
+                Answering::TakenBy(_) => format!("{set} WHERE gateway = $4 AND status = 0"),
+            };
+            let q = sqlx::query(&q).bind(i64::from(status)).bind(body).bind(now);
+            let q = match which {
+                Answering::One(id) => q.bind(id),
+                Answering::TakenBy(gateway) => q.bind(gateway),
+            };
+            if q.execute(&mut *tx).await?.rows_affected() > 0 {
                 sqlx::query("SELECT pg_notify($1, 'answered')").bind(CHANNEL).execute(&mut *tx).await?;
             }
             tx.commit().await
         })
     }
+}
+
+/// The forwarded rows an answer is written to.
+enum Answering {
+    /// The row of one request.
+    One(i64),
+    /// Every row this gateway took and has not answered.
+    TakenBy(String),
 }
 
 /// Runs one forwarded request through the router: its status and body.

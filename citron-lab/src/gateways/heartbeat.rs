@@ -65,7 +65,7 @@ impl Membership {
             tracing::warn!("this gateway had been marked offline (its heartbeats were late): back online");
             let actor = format!("gateway:{}", self.name);
             self.feed.emit(NewEvent::new("gateway_online").actor(actor.clone()));
-            for id in self.own_ids() {
+            for id in self.duts_of(&self.name) {
                 self.feed.emit(NewEvent::new("dut_online").dut(id).actor(actor.clone()));
             }
         }
@@ -74,13 +74,5 @@ impl Membership {
             self.mark_offline_events(&g, "silent for longer than gateways.heartbeat_timeout");
         }
         Ok(())
-    }
-
-    fn own_ids(&self) -> Vec<String> {
-        let me = self.name.clone();
-        let rows = self.db.call(move |pool| async move {
-            sqlx::query("SELECT id FROM lab_duts WHERE gateway = $1 ORDER BY id").bind(me).fetch_all(&pool).await
-        });
-        rows.unwrap_or_default().iter().filter_map(|r| r.try_get::<String, _>(0).ok()).collect()
     }
 }

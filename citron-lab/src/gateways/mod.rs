@@ -31,7 +31,7 @@ use std::time::{Duration, SystemTime};
 use citron_core::lab::LabConfig;
 use citron_core::namespace::{Dut, DutId, RegistryError};
 use citron_core::store::StoreError;
-use sqlx::Row as _;
+use sqlx::{AnyPool, Row as _};
 use tokio::sync::watch;
 
 use crate::state::feed::{Feed, NewEvent};
@@ -383,21 +383,22 @@ impl Membership {
 
     /// `dut_offline` for each DUT of `gateway`, and `gateway_offline`.
     fn mark_offline_events(&self, gateway: &str, why: &str) {
-        let g = gateway.to_string();
-        let ids = self
-            .db
-            .call(move |pool| async move {
-                sqlx::query("SELECT id FROM lab_duts WHERE gateway = $1 ORDER BY id").bind(g).fetch_all(&pool).await
-            })
-            .unwrap_or_default();
         let actor = format!("gateway:{}", self.name);
         let detail = serde_json::json!({"gateway": gateway, "why": why});
         self.feed.emit(NewEvent::new("gateway_offline").actor(actor.clone()).detail(detail.clone()));
-        for r in ids {
-            if let Ok(id) = r.try_get::<String, _>(0) {
-                self.feed.emit(NewEvent::new("dut_offline").dut(id).actor(actor.clone()).detail(detail.clone()));
-            }
+        for id in self.duts_of(gateway) {
+            self.feed.emit(NewEvent::new("dut_offline").dut(id).actor(actor.clone()).detail(detail.clone()));
         }
+    }
+
+    /// The ids of `gateway`'s DUTs, for the events that tell each of them; none (logged) if
+    /// the store cannot say.
+    fn duts_of(&self, gateway: &str) -> Vec<String> {
+        let g = gateway.to_string();
+        let query = move |pool: AnyPool| async move {
+            sqlx::query("SELECT id FROM lab_duts WHERE gateway = $1 ORDER BY id").bind(g).fetch_all(&pool).await
+        };
+        self.db.rows_or_log(format_args!("gateway {gateway:?}'s DUTs"), query, |r| r.try_get::<String, _>(0).ok())
     }
 }
 

@@ -38,8 +38,7 @@ pub struct SqlAccess {
 impl SqlAccess {
     /// Continues the stored sequence.
     pub fn load(db: Arc<Db>, feed: Arc<Feed>) -> Result<SqlAccess, StoreError> {
-        let row = db.rows("SELECT MAX(seq) FROM accesses")?;
-        let last: i64 = row.first().and_then(|r| r.try_get::<Option<i64>, _>(0).ok().flatten()).unwrap_or(0);
+        let last = db.number("SELECT MAX(seq) FROM accesses")?;
         Ok(SqlAccess { db, feed, seq: AtomicU64::new(u64::try_from(last).unwrap_or(0)), queue: Arc::default() })
     }
 }
@@ -110,7 +109,7 @@ impl AccessStore for SqlAccess {
     fn page(&self, dut: &DutId, after: u64, limit: usize) -> Vec<AccessRecord> {
         let (queue, d) = (self.queue.clone(), dut.0.clone());
         let (after, limit) = (i64::try_from(after).unwrap_or(i64::MAX), i64::try_from(limit.min(LOG_CAPACITY)).unwrap_or(0));
-        let rows = self.db.call(move |pool| async move {
+        let query = move |pool: AnyPool| async move {
             flush(&pool, &queue).await?;
             sqlx::query(
                 "SELECT seq, time, protocol, path, bytes, outcome, reason FROM accesses WHERE dut = $1 AND seq > $2 ORDER BY seq LIMIT $3",
@@ -120,31 +119,22 @@ impl AccessStore for SqlAccess {
             .bind(limit)
             .fetch_all(&pool)
             .await
-        });
-        let rows = match rows {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(dut = %dut, error = %e, "cannot read the access log");
-                return Vec::new();
-            }
         };
-        rows.iter()
-            .filter_map(|r| {
-                let outcome = match r.try_get::<String, _>(5).ok()?.as_str() {
-                    "served" => Outcome::Served,
-                    "aborted" => Outcome::Aborted,
-                    _ => Outcome::Refused(r.try_get::<Option<String>, _>(6).ok()?.unwrap_or_default()),
-                };
-                Some(AccessRecord {
-                    seq: u64::try_from(r.try_get::<i64, _>(0).ok()?).ok()?,
-                    time: r.try_get(1).ok()?,
-                    protocol: r.try_get(2).ok()?,
-                    path: r.try_get(3).ok()?,
-                    bytes: u64::try_from(r.try_get::<i64, _>(4).ok()?).ok()?,
-                    outcome,
-                })
+        self.db.rows_or_log(format_args!("DUT {dut}'s access log"), query, |r| {
+            let outcome = match r.try_get::<String, _>(5).ok()?.as_str() {
+                "served" => Outcome::Served,
+                "aborted" => Outcome::Aborted,
+                _ => Outcome::Refused(r.try_get::<Option<String>, _>(6).ok()?.unwrap_or_default()),
+            };
+            Some(AccessRecord {
+                seq: u64::try_from(r.try_get::<i64, _>(0).ok()?).ok()?,
+                time: r.try_get(1).ok()?,
+                protocol: r.try_get(2).ok()?,
+                path: r.try_get(3).ok()?,
+                bytes: u64::try_from(r.try_get::<i64, _>(4).ok()?).ok()?,
+                outcome,
             })
-            .collect()
+        })
     }
 
     fn forget(&self, dut: &DutId) {

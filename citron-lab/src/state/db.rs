@@ -127,6 +127,35 @@ impl Db {
     pub fn rows(&self, sql: &'static str) -> Result<Vec<AnyRow>, StoreError> {
         self.call(move |pool| async move { sqlx::query(sql).fetch_all(&pool).await })
     }
+
+    /// The number `sql` selects in its first row and column (a `MAX(…)`), 0 when there is
+    /// none.
+    pub fn number(&self, sql: &'static str) -> Result<i64, StoreError> {
+        let rows = self.rows(sql)?;
+        Ok(rows.first().and_then(|r| r.try_get::<Option<i64>, _>(0).ok().flatten()).unwrap_or(0))
+    }
+
+    /// The rows `query` fetches, each turned into a `T` by `map` (a row it cannot read is
+    /// skipped): for the readers of the store traits that answer a list and cannot fail (an
+    /// access log page, an event history), where a failed read is logged as "cannot read
+    /// `what`" and answered with nothing.
+    pub fn rows_or_log<T, F>(
+        &self,
+        what: impl std::fmt::Display,
+        query: impl FnOnce(AnyPool) -> F + Send + 'static,
+        map: impl FnMut(&AnyRow) -> Option<T>,
+    ) -> Vec<T>
+    where
+        F: Future<Output = Result<Vec<AnyRow>, sqlx::Error>> + Send + 'static,
+    {
+        match self.call(query) {
+            Ok(rows) => rows.iter().filter_map(map).collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read {what}");
+                Vec::new()
+            }
+        }
+    }
 }
 
 async fn connect_and_migrate(url: &StateUrl) -> Result<(AnyPool, i64, i64), StateError> {

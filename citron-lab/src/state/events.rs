@@ -6,7 +6,7 @@ use std::sync::Arc;
 use citron_core::gateway::{EventLog, EventRecord};
 use citron_core::namespace::DutId;
 use citron_core::store::StoreError;
-use sqlx::Row as _;
+use sqlx::{AnyPool, Row as _};
 
 use super::feed::{Feed, NewEvent};
 use super::lifetimes::{event_name, event_named};
@@ -42,7 +42,7 @@ impl EventLog for SqlEvents {
             tracing::error!(dut = %dut, error = %e, "cannot write the event feed");
         }
         let (d, limit) = (dut.0.clone(), i64::try_from(limit.min(MAX_RECENT)).unwrap_or(0));
-        let rows = self.db.call(move |pool| async move {
+        let query = move |pool: AnyPool| async move {
             sqlx::query(
                 "SELECT event, at FROM events WHERE dut = $1 AND event IN ('boot', 'job_start', 'job_end') \
                  AND seq > COALESCE((SELECT MAX(seq) FROM events WHERE dut = $1 AND event = 'dut_removed'), 0) \
@@ -52,21 +52,11 @@ impl EventLog for SqlEvents {
             .bind(limit)
             .fetch_all(&pool)
             .await
-        });
-        let rows = match rows {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(dut = %dut, error = %e, "cannot read the event history");
-                return Vec::new();
-            }
         };
-        let mut out: Vec<EventRecord> = rows
-            .iter()
-            .filter_map(|r| {
-                let ev = event_named(&r.try_get::<String, _>(0).ok()?)?;
-                Some(EventRecord { event: ev, time: from_micros(r.try_get(1).ok()?) })
-            })
-            .collect();
+        let mut out = self.db.rows_or_log(format_args!("DUT {dut}'s event history"), query, |r| {
+            let ev = event_named(&r.try_get::<String, _>(0).ok()?)?;
+            Some(EventRecord { event: ev, time: from_micros(r.try_get(1).ok()?) })
+        });
         out.reverse();
         out
     }

@@ -248,8 +248,7 @@ impl Feed {
     /// The newest `seq` written so far (0: none).
     pub fn last_seq(&self) -> Result<u64, StoreError> {
         self.flush()?;
-        let rows = self.db.rows("SELECT MAX(seq) FROM events")?;
-        Ok(rows.first().and_then(|r| r.try_get::<Option<i64>, _>(0).ok().flatten()).and_then(|n| u64::try_from(n).ok()).unwrap_or(0))
+        Ok(u64::try_from(self.db.number("SELECT MAX(seq) FROM events")?).unwrap_or(0))
     }
 }
 
