@@ -281,7 +281,7 @@ async fn on_finished(c: &Client, a: &WatchArgs, m: &Message) -> anyhow::Result<O
         .env("CITRON_PLATFORM", text("platform"))
         .env("CITRON_STATUS", status)
         .env("CITRON_EVENT_ID", m.id.clone().unwrap_or_default())
-        .env("CITRON_SERVER", &base(c))
+        .env("CITRON_SERVER", base(c))
         .env("CITRON_RUN_URL", format!("{job_url}/runs/{run}"));
     match &file {
         Some((path, sha)) => {
@@ -305,6 +305,11 @@ async fn on_finished(c: &Client, a: &WatchArgs, m: &Message) -> anyhow::Result<O
     }
     let code = st.code().and_then(|c| u8::try_from(c).ok()).unwrap_or(1);
     Ok(Some(ExitCode::from(code)))
+}
+
+/// The server's address without its final `/`, to build the URLs CMD is given.
+fn base(c: &Client) -> &str {
+    c.server().trim_end_matches('/')
 }
 
 #[cfg(test)]
@@ -332,9 +337,4 @@ mod tests {
         let mut p = Parser::default();
         assert!(p.push(&vec![b'x'; LINE_MAX + 1]).is_err());
     }
-}
-
-/// The server's address without its final `/`, to build the URLs CMD is given.
-fn base(c: &Client) -> &str {
-    c.server().trim_end_matches('/')
 }
