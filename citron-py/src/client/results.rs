@@ -295,7 +295,10 @@ impl Results {
     #[pyo3(signature = (job, *, status = Some("success".to_string()), after = 0, timeout = None))]
     fn watch(&self, job: &str, status: Option<String>, after: u64, timeout: Option<f64>) -> PyResult<Watch> {
         let timeout = timeout.map(|t| seconds("timeout", t)).transpose()?;
-        let reader = self.conn.client.events(EventQuery { job: Some(job.to_string()), ..EventQuery::default() }, after);
+        // A run is yielded once it is finished: its `run_finished` event (the feed also has
+        // `run_opened` and `file_uploaded`, which would yield it early, then again on resume).
+        let query = EventQuery { job: Some(job.to_string()), kind: Some("run_finished".into()), ..EventQuery::default() };
+        let reader = self.conn.client.events(query, after);
         Ok(Watch { conn: self.conn.clone(), job: job.to_string(), status, timeout, state: Mutex::new((reader, VecDeque::new())) })
     }
 }

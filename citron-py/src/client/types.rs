@@ -210,8 +210,8 @@ impl Tenant {
 /// ...     with c.results.open_run("build") as run:
 /// ...         pass
 /// ...     ev = next(iter(c.events("build", type="run_finished", timeout=10.0)))
-/// ...     print(ev.type, ev.job, ev.detail == {"run": run.id, "status": "success"})
-/// run_finished build True
+/// ...     print(ev.type, ev.job, ev.detail["run"] == run.id, ev.detail["status"])
+/// run_finished build True success
 #[pyclass(frozen, eq, module = "citron")]
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
