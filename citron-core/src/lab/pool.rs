@@ -126,6 +126,12 @@ pub struct PoolSettings {
     /// The job (a file) a DUT with this tag runs before it returns to the pool.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub health_jobs: BTreeMap<String, std::path::PathBuf>,
+    /// Serve Duffy's legacy API (`/duffy/Node/get`, `…/Node/done`, `…/Node/fail`,
+    /// `…/Inventory`) for CI scripts written against Duffy; default off. Off by default because,
+    /// as Duffy's, its `Inventory` without a key lists the pool's DUTs to anyone who reaches the
+    /// API (cico's `node get` reads it to print its table).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub duffy: bool,
 }
 
 fn default_lifetime() -> Dur {
@@ -138,7 +144,12 @@ fn default_max_lifetime() -> Dur {
 
 impl Default for PoolSettings {
     fn default() -> Self {
-        PoolSettings { default_lifetime: default_lifetime(), max_lifetime: default_max_lifetime(), health_jobs: BTreeMap::new() }
+        PoolSettings {
+            default_lifetime: default_lifetime(),
+            max_lifetime: default_max_lifetime(),
+            health_jobs: BTreeMap::new(),
+            duffy: false,
+        }
     }
 }
 

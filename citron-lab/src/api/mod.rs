@@ -23,6 +23,7 @@
 //! | `POST`/`GET /api/v1/reservations`, `GET`/`DELETE`/`PATCH …/{id}` (`?wait=30s`), `POST …/{id}/fail` | `requestDuts`, `listReservations`, `getReservation`, `releaseReservation`, `extendReservation`, `failReservation` | the DUT pool (`pool.rs`, [`crate::pool`]) |
 //! | `GET /api/v1/pool/duts`, `POST …/{id}/enable\|disable` | `listPoolDuts`, `enablePoolDut` | the pool's DUTs (administrator) |
 //! | `/api/v1/results/…` | `openRun`, `uploadFile`, `latestFile`, `getBlob`, … | runs and their files (`results.rs`) |
+//! | `GET /duffy/Node/get`, `…/Node/done`, `…/Node/fail`, `…/Inventory` | (not in the OpenAPI document) | Duffy's legacy API on the pool, with its `?key=` (`duffy.rs`; lab file `pool: {duffy: true}`) |
 //!
 //! Errors are `{"error": "..."}` with a 4xx/5xx status (a method a route does not have: 405
 //! with `Allow`); an invalid job is 422 with every error and its position in `errors`. When a
@@ -47,6 +48,7 @@
 //! server of its own.
 
 mod doc;
+mod duffy;
 mod events;
 mod pool;
 mod probe;
@@ -256,6 +258,7 @@ pub(crate) fn router(api: Arc<Api>) -> Router {
         .merge(tokens::routes())
         .merge(results::routes())
         .merge(pool::routes())
+        .merge(duffy::routes())
         .fallback(|uri: http::Uri| async move {
             ApiError::new(StatusCode::NOT_FOUND, format!("no such route: {}; see /api/v1/openapi.json", truncate_logged(uri.path(), 256)))
         })
@@ -287,7 +290,8 @@ impl hyper::service::Service<Request<Incoming>> for ApiService {
             let method = req.method().clone();
             let path = truncate_logged(req.uri().path(), s.api.gateway.lab().limits.logged_path_max).into_owned();
             let actor = Actor("api".into());
-            let open = probe::OPEN_PATHS.contains(&req.uri().path().trim_end_matches('/'));
+            // Duffy's legacy calls carry their key in the query and check it themselves.
+            let open = probe::OPEN_PATHS.contains(&req.uri().path().trim_end_matches('/')) || duffy::is_duffy(req.uri().path());
             let checked =
                 s.api
                     .check_host(req.headers(), req.uri(), s.local)

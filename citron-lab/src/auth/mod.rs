@@ -103,6 +103,14 @@ impl Auth {
                 Some(_) => Err(AuthError::Missing),
             };
         };
+        self.principal_of(given)
+    }
+
+    /// Who holds the token `given` (a bearer token, or a key given some other way, as Duffy's
+    /// legacy API takes it in `?key=`): the administrator, a signed token not revoked, or
+    /// [`AuthError::Missing`] / [`AuthError::Refused`]. With no `api_token`, anything that is
+    /// not a signed token is the administrator's, as at the door.
+    pub fn principal_of(&self, given: &[u8]) -> Result<Principal, AuthError> {
         if let Some(want) = &self.admin {
             if token_matches(given, want) {
                 return Ok(Principal::Admin);
