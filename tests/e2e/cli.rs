@@ -249,6 +249,30 @@ fn sigterm_lets_transfers_finish_then_cuts_them() {
     assert!(log.contains("cutting them"), "the cut is logged: {log}");
 }
 
+/// SIGTERM while curl follows the event feed: the stream ends when shutdown starts (curl sees
+/// its end, exit 0, not a cut), so it does not hold citron for the grace period; citron exits 0.
+#[test]
+fn sigterm_ends_the_event_streams() {
+    if !citron_tests::require_tool("curl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Citron::start(&["--tftp", "off", "--nbd", "off"]);
+    let out = dir.path().join("feed");
+    let url = format!("http://{}/api/v1/events?after=now", c.api.unwrap());
+    // `after=now`: the stream's first message is the position, so bytes arrive at once.
+    let mut curl = Command::new("curl").args(["-sN", "--max-time", "120", "-o"]).arg(&out).arg(&url).spawn().unwrap();
+    wait_for_bytes(&out);
+    c.signal("TERM");
+    let st = c.wait_exit(T).expect("citron exits");
+    let log = c.stderr_to_end(Duration::from_secs(10));
+    assert_eq!(st.code(), Some(0), "{log}");
+    assert!(!log.contains("cutting them"), "nothing was left to cut: {log}");
+    let cs = curl.wait().unwrap();
+    assert_eq!(cs.code(), Some(0), "curl saw the stream end (18 would be a cut): {log}");
+    assert!(std::fs::read_to_string(&out).unwrap().starts_with("id: "), "the feed was followed");
+}
+
 /// A second signal stops at once, without waiting for the grace period: exit 130 (SIGINT).
 #[test]
 fn a_second_signal_exits_at_once() {

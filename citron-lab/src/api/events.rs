@@ -4,7 +4,7 @@
 //! else `?after=`, else 0: from the start), then waits on the feed's watch (bumped by this
 //! gateway's commits and by the other gateways' NOTIFYs) and sends what was added. Each event is
 //! `id: SEQ`, `event: TYPE`, `data: {FeedEvent as JSON}`; a comment line every 15 s keeps
-//! idle connections open through proxies.
+//! idle connections open through proxies. The stream ends when citron's shutdown starts.
 //!
 //! The administrator reads everything. A token reads one job's results events (`?job=NAME`,
 //! with the `read` scope for that job: `run_opened`, `file_uploaded`, `run_finished`, nothing
@@ -88,6 +88,9 @@ pub(super) async fn stream_events(
         Some((Ok::<_, Infallible>(ev), r))
     });
     let stream = futures::StreamExt::chain(futures::stream::iter(first), stream);
+    // Ends when shutdown starts, so that the response completes and the drain is not held:
+    // the client reconnects with its Last-Event-ID (to another gateway, or this one restarted).
+    let stream = futures::StreamExt::take_until(stream, api.stopped());
     Ok(Sse::new(stream).into_response())
 }
 

@@ -148,6 +148,14 @@ pub(crate) async fn serve_api(listener: TcpListener, api: Arc<Api>, shutdown: im
         crate::pool::Pool::spawn_ticker(p);
     }
     let router = router(api.clone());
+    // Shutdown starts: the event streams end (see `Api::stopping`), then the connections drain.
+    let weak = Arc::downgrade(&api);
+    let shutdown = async move {
+        shutdown.await;
+        if let Some(api) = weak.upgrade() {
+            api.stopping.send_replace(true);
+        }
+    };
     citron_protocols::http::serve_service("api", listener, &limits, shutdown, move |peer, local| ApiService {
         api: api.clone(),
         router: router.clone(),
@@ -207,6 +215,10 @@ pub(crate) struct Api {
     hosts: Vec<String>,
     /// `limits.api_body_max`.
     body_max: usize,
+    /// Set when shutdown starts. An answer that never ends by itself (an event stream) ends
+    /// then: the drain waits for answers in flight, and would otherwise hold shutdown for the
+    /// whole grace period and then cut the stream mid-way.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl Api {
@@ -235,13 +247,23 @@ impl Api {
         if let Some(p) = &pool {
             p.register(metrics.registry_mut());
         }
-        Api { metrics, state, gateway, auth, results, pool, hosts, body_max, feed, membership }
+        let stopping = tokio::sync::watch::Sender::new(false);
+        Api { metrics, state, gateway, auth, results, pool, hosts, body_max, feed, membership, stopping }
     }
 
     /// Records `ev` in the feed (if the lab has one).
     pub(crate) fn record(&self, ev: NewEvent) {
         if let Some(f) = &self.feed {
             f.emit(ev);
+        }
+    }
+
+    /// Completes once shutdown has started (at once if it has).
+    pub(crate) fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.stopping.subscribe();
+        async move {
+            // An error: the API is gone, which is a stop too.
+            let _ = rx.wait_for(|s| *s).await;
         }
     }
 
