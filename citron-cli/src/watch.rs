@@ -2,34 +2,21 @@
 //!
 //! The watcher follows the lab's event feed (`GET /api/v1/events?job=JOB`, Server-Sent Events)
 //! from *now* (`after=now`: the server's first message carries only the position) and runs CMD
-//! once for every `run_finished` event that matches `--status` and `--platform`. When the
-//! connection drops (a restart, a proxy, a network cut) it connects again with the id of the
-//! last message it read as `Last-Event-ID`, after a bounded, growing pause: the feed's `seq` is
-//! the same on every gateway and survives restarts, so nothing is missed and nothing is run
-//! twice. A refusal (401, 403, 404: a wrong, revoked or out-of-scope token) ends it with an
-//! error: retrying would not help.
-//!
-//! - [`Parser`]: the SSE wire format (pure, bounded).
-//! - [`watch`]: the loop: connect, read, match, run, reconnect.
+//! once for every `run_finished` event that matches `--status` and `--platform`. The feed is
+//! read by citron-client's `Events`, the one SSE reader of citron (Python's `Client.events`
+//! is it too): when the connection drops (a restart, a proxy, a network cut) it connects again
+//! with the id of the last message it read as `Last-Event-ID`, after a bounded, growing pause,
+//! and so does a first connection that fails; the feed's `seq` is the same on every gateway and
+//! survives restarts, so nothing is missed and nothing is run twice. A refusal (401, 403, 404: a
+//! wrong, revoked or out-of-scope token) ends it with an error: retrying would not help.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use clap::Args;
-use futures::StreamExt as _;
 use serde_json::Value;
 
-use citron_client::Client;
-
-/// The first pause before connecting again; doubled after each failure.
-const BACKOFF_MIN: Duration = Duration::from_millis(250);
-/// The longest pause before connecting again.
-const BACKOFF_MAX: Duration = Duration::from_secs(15);
-/// A connection silent this long is taken for dead (the server sends a comment every 15 s).
-const SILENCE_MAX: Duration = Duration::from_secs(45);
-/// The longest SSE line accepted: a server is trusted no further than this.
-const LINE_MAX: usize = 1 << 20;
+use citron_client::{Client, EventQuery, FeedEvent, Progress};
 
 /// `citron results watch`.
 #[derive(Debug, Args)]
@@ -57,168 +44,36 @@ pub struct WatchArgs {
     after: Option<u64>,
 }
 
-/// One dispatched SSE message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Message {
-    /// `event:` (`message` when absent).
-    pub event: String,
-    /// `data:` lines joined with `\n`.
-    pub data: String,
-    /// The last event id as of this message.
-    pub id: Option<String>,
-}
-
-/// The SSE wire format (the WHATWG `text/event-stream` rules), fed bytes as they come.
-#[derive(Debug, Default)]
-pub struct Parser {
-    line: Vec<u8>,
-    event: String,
-    data: String,
-    has_data: bool,
-    /// The last event id: set by `id:` fields, even of messages without data.
-    pub last_id: Option<String>,
-    /// A `\r` ended the last line: a `\n` right after it is part of that line end.
-    after_cr: bool,
-}
-
-impl Parser {
-    /// Takes `bytes`; answers the messages they complete. A line longer than [`LINE_MAX`] is
-    /// an error.
-    pub fn push(&mut self, bytes: &[u8]) -> anyhow::Result<Vec<Message>> {
-        let mut out = Vec::new();
-        for &b in bytes {
-            if std::mem::take(&mut self.after_cr) && b == b'\n' {
-                continue;
-            }
-            if b == b'\n' || b == b'\r' {
-                self.after_cr = b == b'\r';
-                let line = std::mem::take(&mut self.line);
-                if let Some(m) = self.line_done(&String::from_utf8_lossy(&line)) {
-                    out.push(m);
-                }
-                continue;
-            }
-            if self.line.len() >= LINE_MAX {
-                bail!("the server sent an event line longer than {LINE_MAX} bytes");
-            }
-            self.line.push(b);
-        }
-        Ok(out)
-    }
-
-    fn line_done(&mut self, line: &str) -> Option<Message> {
-        if line.is_empty() {
-            let event = std::mem::take(&mut self.event);
-            let data = std::mem::take(&mut self.data);
-            if !std::mem::take(&mut self.has_data) {
-                return None;
-            }
-            let event = if event.is_empty() { "message".to_string() } else { event };
-            return Some(Message { event, data, id: self.last_id.clone() });
-        }
-        if line.starts_with(':') {
-            return None;
-        }
-        let (field, value) = match line.split_once(':') {
-            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
-            None => (line, ""),
-        };
-        match field {
-            "event" => self.event = value.to_string(),
-            "data" => {
-                if self.has_data {
-                    self.data.push('\n');
-                }
-                self.data.push_str(value);
-                self.has_data = true;
-            }
-            "id" if !value.contains('\0') => self.last_id = Some(value.to_string()),
-            _ => {}
-        }
-        None
-    }
-}
-
-/// Why a connection ended.
-enum Ended {
-    /// Dropped or silent: connect again.
-    Dropped(String),
-    /// `--once` and CMD ran: this exit status.
-    Done(ExitCode),
-}
-
 /// Runs the watch until `--once` is satisfied (or forever); an error for a refusal.
 pub async fn watch(c: &Client, a: WatchArgs) -> anyhow::Result<ExitCode> {
-    let mut last = a.after.map(|n| n.to_string());
-    let mut backoff = BACKOFF_MIN;
+    let query = EventQuery { job: Some(a.job.clone()), ..EventQuery::default() };
+    let events = c.events(query, a.after.unwrap_or(0));
+    let events = if a.after.is_some() { events } else { events.from_now() };
+    let (job, server) = (a.job.clone(), base(c).to_string());
+    let mut events = events.retrying().on_progress(move |p| say(&job, &server, p));
     loop {
-        let mut r = c
-            .request(reqwest::Method::GET, "/api/v1/events")?
-            .header(reqwest::header::ACCEPT, "text/event-stream")
-            .query(&[("job", a.job.as_str()), ("after", last.as_deref().unwrap_or("now"))]);
-        if let Some(id) = &last {
-            r = r.header("Last-Event-ID", id);
-        }
-        let why = match r.send().await {
-            Err(e) => format!("cannot reach {}: {e}", base(c)),
-            Ok(resp) if resp.status().is_success() => {
-                // The position is settled once the server answered: from here nothing is missed.
-                eprintln!("citron: watch: following {} on {} (after event {})", a.job, base(c), last.as_deref().unwrap_or("now"));
-                match follow(c, &a, resp, &mut last, &mut backoff).await? {
-                    Ended::Done(code) => return Ok(code),
-                    Ended::Dropped(why) => why,
-                }
-            }
-            Ok(resp) => {
-                let code = resp.status();
-                let body: Value = resp.json().await.unwrap_or_default();
-                let msg = body["error"].as_str().unwrap_or("(no message)").to_string();
-                if code.is_client_error() {
-                    bail!("{code}: {msg}");
-                }
-                format!("{code}: {msg}")
-            }
+        let ev = events.next().await?;
+        let ran = match ev.kind.as_str() {
+            "run_finished" => on_finished(c, &a, &ev).await?,
+            _ => None,
         };
-        eprintln!("citron: watch: {why}; connecting again in {} ms", backoff.as_millis());
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        if let (Some(code), true) = (ran, a.once) {
+            return Ok(code);
+        }
     }
 }
 
-/// Reads one connection's messages until it drops; runs CMD for the matching runs.
-async fn follow(
-    c: &Client,
-    a: &WatchArgs,
-    resp: reqwest::Response,
-    last: &mut Option<String>,
-    backoff: &mut Duration,
-) -> anyhow::Result<Ended> {
-    let mut body = resp.bytes_stream();
-    let mut p = Parser { last_id: last.clone(), ..Parser::default() };
-    loop {
-        let chunk = match tokio::time::timeout(SILENCE_MAX, body.next()).await {
-            Err(_) => return Ok(Ended::Dropped(format!("no word from the server for {} s", SILENCE_MAX.as_secs()))),
-            Ok(None) => return Ok(Ended::Dropped("the server closed the connection".into())),
-            Ok(Some(Err(e))) => return Ok(Ended::Dropped(format!("the connection failed: {e}"))),
-            Ok(Some(Ok(b))) => b,
-        };
-        // Connected and reading: the next drop starts over with a short pause.
-        *backoff = BACKOFF_MIN;
-        let messages = p.push(&chunk)?;
-        if messages.is_empty() {
-            // A position-only message (`after=now`) or a keep-alive.
-            *last = p.last_id.clone().or(last.take());
+/// What the watcher says of its connection.
+fn say(job: &str, server: &str, p: Progress) {
+    match p {
+        // The position is settled once the server answered: from here nothing is missed.
+        Progress::Connected { after } => {
+            let after = after.map_or("now".to_string(), |n| n.to_string());
+            eprintln!("citron: watch: following {job} on {server} (after event {after})");
         }
-        for m in messages {
-            let ran = match m.event.as_str() {
-                "run_finished" => on_finished(c, a, &m).await?,
-                _ => None,
-            };
-            *last = m.id.clone().or(last.take());
-            if let (Some(code), true) = (ran, a.once) {
-                return Ok(Ended::Done(code));
-            }
-        }
+        Progress::Dropped { why } => eprintln!("citron: watch: {why}; connecting again"),
+        Progress::Retrying { why, pause } => eprintln!("citron: watch: {why}; connecting again in {} ms", pause.as_millis()),
+        other => eprintln!("citron: watch: {other:?}"),
     }
 }
 
@@ -244,12 +99,8 @@ async fn the_file(c: &Client, a: &WatchArgs, run: i64, d: &Value) -> anyhow::Res
 }
 
 /// A `run_finished` event: CMD's exit status if it matched and CMD ran.
-async fn on_finished(c: &Client, a: &WatchArgs, m: &Message) -> anyhow::Result<Option<ExitCode>> {
-    let Ok(ev) = serde_json::from_str::<Value>(&m.data) else {
-        eprintln!("citron: watch: an event that is not JSON: skipped");
-        return Ok(None);
-    };
-    let d = &ev["detail"];
+async fn on_finished(c: &Client, a: &WatchArgs, ev: &FeedEvent) -> anyhow::Result<Option<ExitCode>> {
+    let Some(d) = &ev.detail else { return Ok(None) };
     let (Some(run), Some(status)) = (d["run"].as_i64(), d["status"].as_str()) else { return Ok(None) };
     if d["job"].as_str() != Some(a.job.as_str())
         || (a.status != "any" && status != a.status)
@@ -280,7 +131,7 @@ async fn on_finished(c: &Client, a: &WatchArgs, m: &Message) -> anyhow::Result<O
         .env("CITRON_REVISION", text("revision"))
         .env("CITRON_PLATFORM", text("platform"))
         .env("CITRON_STATUS", status)
-        .env("CITRON_EVENT_ID", m.id.clone().unwrap_or_default())
+        .env("CITRON_EVENT_ID", ev.seq.to_string())
         .env("CITRON_SERVER", base(c))
         .env("CITRON_RUN_URL", format!("{job_url}/runs/{run}"));
     match &file {
@@ -310,31 +161,4 @@ async fn on_finished(c: &Client, a: &WatchArgs, m: &Message) -> anyhow::Result<O
 /// The server's address without its final `/`, to build the URLs CMD is given.
 fn base(c: &Client) -> &str {
     c.server().trim_end_matches('/')
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sse_messages_ids_and_comments() {
-        let mut p = Parser::default();
-        // A position-only message: the id is taken, nothing dispatched.
-        assert!(p.push(b"id: 41\n\n: keep-alive\n\n").unwrap().is_empty());
-        assert_eq!(p.last_id.as_deref(), Some("41"));
-        // Split anywhere, CRLF line ends, several data lines.
-        let mut got = p.push(b"id: 42\r\nevent: run_fin").unwrap();
-        got.extend(p.push(b"ished\r\ndata: {\"a\":\r\ndata:1}\r\n\r").unwrap());
-        got.extend(p.push(b"\ndata: x\n\n").unwrap());
-        assert_eq!(
-            got,
-            vec![
-                Message { event: "run_finished".into(), data: "{\"a\":\n1}".into(), id: Some("42".into()) },
-                Message { event: "message".into(), data: "x".into(), id: Some("42".into()) },
-            ]
-        );
-        // A line without end past the bound is refused, not buffered.
-        let mut p = Parser::default();
-        assert!(p.push(&vec![b'x'; LINE_MAX + 1]).is_err());
-    }
 }

@@ -4,8 +4,13 @@
 //! Every event has an `id:` (its `seq`, the same on every gateway); after a cut (the server
 //! restarted, a proxy closed an idle connection, the network failed) the reader connects again
 //! with `Last-Event-ID: <the last one it returned>`, so nothing is lost and nothing is returned
-//! twice. Refusals (401, 403, 400) are returned, not retried: they will not go away by
-//! themselves.
+//! twice. Refusals (401, 403, 400: a wrong, revoked or out-of-scope token) are returned, not
+//! retried: they will not go away by themselves. A server error (5xx) or an unreachable server
+//! is tried again, with a growing pause, once a connection succeeded (or from the start, with
+//! [`Events::retrying`]). A connection silent for longer than the client's read timeout (60 s;
+//! the server sends a comment every 15 s) is taken for dead and opened again.
+//!
+//! `citron results watch` and Python's `Client.events` are both this reader.
 
 use std::time::Duration;
 
@@ -34,11 +39,40 @@ pub struct EventQuery {
     pub kind: Option<String>,
 }
 
+/// What a reader tells [`Events::on_progress`] about its connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Progress {
+    /// Connected: the events after `after` follow (`None`: those to come, `after=now`).
+    Connected {
+        /// The position it resumed from.
+        after: Option<u64>,
+    },
+    /// The connection ended (the server stopped or closed it, the network cut it); the reader
+    /// connects again at once.
+    Dropped {
+        /// What happened.
+        why: String,
+    },
+    /// Connecting failed (unreachable, a server error); tried again after `pause`.
+    Retrying {
+        /// What happened.
+        why: String,
+        /// How long until the next attempt.
+        pause: Duration,
+    },
+}
+
 /// A reader of the feed: [`Events::next`] answers the next event, reconnecting as needed.
 pub struct Events {
     client: Client,
     query: EventQuery,
     last_id: u64,
+    /// Started from now and not told its position yet (the first connection asks `after=now`).
+    from_now: bool,
+    /// Whether a failed first connection is tried again too.
+    retry_first: bool,
+    on_progress: Option<Box<dyn FnMut(Progress) + Send>>,
     body: Option<BoxStream<'static, reqwest::Result<Bytes>>>,
     buf: Vec<u8>,
     /// The fields of the event being read.
@@ -64,6 +98,9 @@ impl Client {
             client: self.clone(),
             query,
             last_id: after,
+            from_now: false,
+            retry_first: false,
+            on_progress: None,
             body: None,
             buf: Vec::new(),
             id: None,
@@ -75,10 +112,44 @@ impl Client {
 }
 
 impl Events {
+    /// Starts with the events to come instead (`after=now`): the server first says where the
+    /// feed is, and a reconnection resumes from there, so that nothing is missed even before
+    /// the first event.
+    pub fn from_now(mut self) -> Events {
+        self.from_now = true;
+        self
+    }
+
+    /// Tries a failed first connection again too (an unreachable server, a 5xx), as it does
+    /// once connected: for a watcher started before its server.
+    pub fn retrying(mut self) -> Events {
+        self.retry_first = true;
+        self
+    }
+
+    /// Calls `f` when a connection opens, drops, or is tried again (a watcher says so).
+    pub fn on_progress(mut self, f: impl FnMut(Progress) + Send + 'static) -> Events {
+        self.on_progress = Some(Box::new(f));
+        self
+    }
+
+    fn tell(&mut self, p: Progress) {
+        if let Some(f) = &mut self.on_progress {
+            f(p);
+        }
+    }
+
     /// The `seq` of the last event returned (or the `after` it started from): give it as
-    /// `after` to a new reader to go on from here later.
+    /// `after` to a new reader to go on from here later. 0 for a reader
+    /// [`from_now`](Self::from_now) whose server has not said its position yet.
     pub fn last_event_id(&self) -> u64 {
         self.last_id
+    }
+
+    /// Where the reader is: [`last_event_id`](Self::last_event_id), or `None` while a reader
+    /// [`from_now`](Self::from_now) does not know it yet.
+    pub fn position(&self) -> Option<u64> {
+        (!self.from_now).then_some(self.last_id)
     }
 
     async fn connect(&mut self) -> Result<(), ClientError> {
@@ -93,11 +164,13 @@ impl Events {
         if let Some(k) = &self.query.kind {
             q.push(("type", k.clone()));
         }
-        let r = c
-            .req(Method::GET, c.url(["api", "v1", "events"]))
-            .query(&q)
-            .header("last-event-id", self.last_id.to_string())
-            .header(reqwest::header::ACCEPT, "text/event-stream");
+        let mut r = c.req(Method::GET, c.url(["api", "v1", "events"])).header(reqwest::header::ACCEPT, "text/event-stream");
+        if self.from_now {
+            q.push(("after", "now".into()));
+        } else {
+            r = r.header("last-event-id", self.last_id.to_string());
+        }
+        let r = r.query(&q);
         let resp = c.send(r).await?;
         self.body = Some(resp.bytes_stream().boxed());
         self.buf.clear();
@@ -106,9 +179,11 @@ impl Events {
         Ok(())
     }
 
-    /// The next event; waits for one as long as it takes (cancel the future to stop waiting).
+    /// The next event; waits for one as long as it takes (cancel the future to stop waiting:
+    /// the next call goes on from the last event returned).
     /// A cut connection is opened again (with a growing pause, up to 5 s) after the first
-    /// connection succeeded; a refusal, or a first connection that fails, is an error.
+    /// connection succeeded; a refusal, or a first connection that fails (unless
+    /// [`retrying`](Self::retrying)), is an error.
     pub async fn next(&mut self) -> Result<FeedEvent, ClientError> {
         loop {
             if self.body.is_none() {
@@ -116,10 +191,13 @@ impl Events {
                     Ok(()) => {
                         self.connected = true;
                         self.failures = 0;
+                        let after = self.position();
+                        self.tell(Progress::Connected { after });
                     }
-                    Err(ClientError::Unreachable { .. }) if self.connected => {
+                    Err(e) if (self.connected || self.retry_first) && retried(&e) => {
                         let pause = Duration::from_millis(100u64 << self.failures.min(6)).min(BACKOFF_MAX);
                         self.failures += 1;
+                        self.tell(Progress::Retrying { why: e.to_string(), pause });
                         tokio::time::sleep(pause).await;
                         continue;
                     }
@@ -130,11 +208,17 @@ impl Events {
                 return Ok(ev);
             }
             let Some(body) = self.body.as_mut() else { continue };
-            match body.next().await {
-                Some(Ok(chunk)) => self.buf.extend_from_slice(&chunk),
-                // Cut (or closed): reconnect from the last event returned.
-                Some(Err(_)) | None => self.body = None,
-            }
+            let why = match body.next().await {
+                Some(Ok(chunk)) => {
+                    self.buf.extend_from_slice(&chunk);
+                    continue;
+                }
+                Some(Err(e)) => format!("the connection failed: {}", ClientError::unreachable(self.client.server(), &e)),
+                None => "the server closed the connection".to_string(),
+            };
+            // Cut (or closed): reconnect from the last event returned.
+            self.body = None;
+            self.tell(Progress::Dropped { why });
         }
     }
 
@@ -146,12 +230,19 @@ impl Events {
             let line = line.trim_end_matches(['\n', '\r']);
             if line.is_empty() {
                 if self.data.is_empty() {
+                    // A message with an `id:` and no data (`after=now`'s position): the id is
+                    // where a reconnection resumes from, though nothing is returned.
+                    if let Some(id) = self.id.take() {
+                        self.last_id = id;
+                        self.from_now = false;
+                    }
                     continue;
                 }
                 let data = std::mem::take(&mut self.data);
                 let ev: FeedEvent = serde_json::from_str(&data)
                     .map_err(|e| ClientError::Protocol(format!("an event of the feed is not what this client expects: {e}")))?;
                 self.last_id = self.id.take().unwrap_or(ev.seq);
+                self.from_now = false;
                 return Ok(Some(ev));
             }
             let (field, value) = line.split_once(':').map(|(f, v)| (f, v.strip_prefix(' ').unwrap_or(v))).unwrap_or((line, ""));
@@ -177,6 +268,12 @@ impl Events {
     }
 }
 
+/// Whether a failed connection may succeed later by itself: the server is unreachable or has
+/// a problem of its own (5xx), unlike a refusal (4xx).
+fn retried(e: &ClientError) -> bool {
+    matches!(e, ClientError::Unreachable { .. }) || e.status().is_some_and(|s| s >= 500)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,6 +293,26 @@ mod tests {
         assert_eq!((got.seq, got.kind.as_str(), got.job.as_deref()), (7, "run_finished", Some("k")));
         assert_eq!(r.last_event_id(), 7);
         assert!(r.take_event().unwrap().is_none(), "the next event is not complete yet");
+    }
+
+    #[test]
+    fn a_position_without_data_sets_where_to_resume() {
+        let mut r = reader().from_now();
+        assert_eq!(r.position(), None);
+        r.buf.extend_from_slice(b"id: 41\n\n: keep-alive\n\n");
+        assert!(r.take_event().unwrap().is_none(), "nothing is returned");
+        assert_eq!((r.position(), r.last_event_id()), (Some(41), 41));
+        // A comment alone changes nothing.
+        r.buf.extend_from_slice(b": keep-alive\r\n\r\n");
+        assert!(r.take_event().unwrap().is_none());
+        assert_eq!(r.last_event_id(), 41);
+    }
+
+    #[test]
+    fn refusals_end_the_reader_and_the_rest_is_tried_again() {
+        let api = |status| ClientError::Api { status, message: String::new() };
+        assert!(!retried(&api(401)) && !retried(&api(403)) && !retried(&api(404)));
+        assert!(retried(&api(503)) && retried(&ClientError::Unreachable { server: "s".into(), reason: "r".into() }));
     }
 
     #[test]

@@ -40,7 +40,7 @@ use std::time::Duration;
 pub use citron_lab::results::{ResultFile, Run, Status};
 pub use citron_lab::state::feed::FeedEvent;
 pub use error::ClientError;
-pub use events::{EventQuery, Events};
+pub use events::{EventQuery, Events, Progress};
 pub use results::{HashHit, Latest, RunsPage, Select, Upload};
 pub use tokens::{duration_text, NewToken, Tenant, Token, TokenSubset};
 

@@ -321,3 +321,37 @@ fn a_watcher_resumes_after_a_restart_and_runs_each_run_once() {
     }
     assert!(w.child.try_wait().unwrap().is_none(), "without --once it keeps watching");
 }
+
+/// Started before its server, the watcher tries the first connection again until the server
+/// is up; a token the server refuses (here revoked) ends it with the refusal, not a retry loop.
+#[test]
+fn a_watcher_waits_for_its_server_and_stops_on_a_refused_token() {
+    if !require_tool("curl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let api = format!("127.0.0.1:{port}");
+    let server = format!("http://{api}");
+    // The token is checked only once the server answers: any text will do until then.
+    let mut early = Watcher::spawn(&["site", "--exec", "true"], &server, ADMIN, dir.path());
+    early.wait_said("connecting again in");
+    let c = start(&["--api", api.as_str()]);
+    early.wait_said("following site");
+    let ci = tenant(&c, "ci");
+    let (reader, reader_id) = subset(&c, &ci, json!({"scopes": ["read"], "job": "site"}));
+    assert_eq!(call(&c, ADMIN, "DELETE", &format!("/api/v1/tokens/{reader_id}"), &[]).status, 204);
+    let mut refused = Watcher::spawn(&["site", "--exec", "true"], &server, &reader, dir.path());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = refused.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the watcher with a revoked token kept going: {:?}", refused.said());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let said = refused.said();
+    assert!(!status.success(), "{said:?}");
+    assert!(said.iter().any(|l| l.contains("401") && l.contains("revoked")), "{said:?}");
+    assert!(!said.iter().any(|l| l.contains("connecting again")), "a refusal is not retried: {said:?}");
+}
