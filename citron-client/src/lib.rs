@@ -13,7 +13,8 @@
 //! - `results.rs`: runs, uploads (streamed, with `X-Checksum-SHA256`), `latest`, downloads
 //!   checked against their digest ([`Latest`]), pages of runs, by-hash.
 //! - `tokens.rs`: tenants and tokens ([`Tenant`], [`Token`], [`NewToken`], [`TokenSubset`]).
-//! - `events.rs`: the SSE feed, resumed with `Last-Event-ID` after a cut ([`Events`]).
+//! - `events.rs`: the SSE feed, resumed with `Last-Event-ID` after a cut ([`Events`]; from now,
+//!   retrying its first connection, reporting its [`Progress`]: what `citron results watch` uses).
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), citron_client::ClientError> {
