@@ -87,7 +87,12 @@ struct Msg(StatusCode, String);
 
 impl IntoResponse for Msg {
     fn into_response(self) -> Response {
-        json_response(self.0, &json!({"msg": self.1}))
+        let mut r = json_response(self.0, &json!({"msg": self.1}));
+        if self.0.is_client_error() || self.0.is_server_error() {
+            // Logged and recorded on the feed as refused, as the API's own errors are.
+            r.extensions_mut().insert(super::Refused(self.1));
+        }
+        r
     }
 }
 
