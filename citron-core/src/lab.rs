@@ -35,7 +35,7 @@ use crate::yaml::Pos;
 mod parse;
 mod pool;
 
-pub use pool::{DutKind, Firmware, PoolSettings, PowerCommands, TenantQuota, Tenants, VmSettings};
+pub use pool::{Accel, DutKind, Firmware, PoolSettings, PowerCommands, TenantQuota, Tenants, VmSettings};
 
 /// The embedded default lab: two DUTs on loopback addresses, so that `citron serve` works with
 /// no file at all and two DUTs can be told apart from one machine.

@@ -91,6 +91,23 @@ pub struct VmSettings {
     /// Its firmware; default `bios`.
     #[serde(default)]
     pub firmware: Firmware,
+    /// Its accelerator; default `auto`.
+    #[serde(default)]
+    pub accel: Accel,
+}
+
+/// A VM's accelerator.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// KVM where /dev/kvm opens read-write, TCG otherwise.
+    #[default]
+    Auto,
+    /// Hardware virtualisation (/dev/kvm).
+    Kvm,
+    /// Software emulation: slow (about 15 s of one core to a shell), works everywhere, also
+    /// where /dev/kvm exists but cannot run guests ("KVM internal error").
+    Tcg,
 }
 
 fn default_vm_memory() -> crate::limits::Size {

@@ -27,6 +27,7 @@ mod power;
 mod queue;
 mod request;
 mod store;
+mod vms;
 mod worker;
 
 use std::sync::Arc;
@@ -195,6 +196,8 @@ pub struct Pool {
     uses: Family<Vec<(&'static str, String)>, Gauge>,
     /// One pass at a time on this gateway.
     busy: tokio::sync::Mutex<()>,
+    /// The `kind: vm` DUTs' machines this gateway runs.
+    vms: vms::Vms,
 }
 
 impl std::fmt::Debug for Pool {
@@ -228,6 +231,12 @@ impl Pool {
         let duts: Vec<DutAttrs> = lab.duts.iter().map(DutAttrs::of).collect();
         let db = tokens.db().clone();
         db.call(move |pool| store::enter(pool, duts))?;
+        if lab.duts.iter().any(|d| d.kind == citron_core::lab::DutKind::Vm) {
+            if let Err(e) = crate::vm::netns::check_privileges() {
+                tracing::error!(error = %e, "pool: this lab has `kind: vm` DUTs that cannot be powered on");
+            }
+        }
+        let vms = vms::Vms::new(gateway.data_dir(), crate::results::Runs::new(db.clone()), feed.clone());
         Ok(Pool {
             db,
             tokens,
@@ -238,6 +247,7 @@ impl Pool {
             changed: tokio::sync::Notify::new(),
             uses: Family::default(),
             busy: tokio::sync::Mutex::new(()),
+            vms,
         })
     }
 

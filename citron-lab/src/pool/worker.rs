@@ -7,6 +7,7 @@
 //! A health job (per tag, `pool.health_jobs`) would run here between `recycling` and `free`.
 
 use citron_core::job::Origin;
+use citron_core::lab::DutKind;
 use citron_core::lifetime::Event;
 use citron_core::namespace::DutId;
 use serde_json::json;
@@ -35,12 +36,33 @@ impl Pool {
         self.gateway.dut(&DutId::from(dut.id.as_str())).is_some()
     }
 
+    /// Powers `dut` on, off or cycles it (`what`): a `vm` DUT's QEMU is started or stopped, a
+    /// `baremetal` one's command runs (`cycle` without a command: `off`, then `on`).
     async fn power(&self, what: &str, dut: &DutAttrs) -> Result<(), power::PowerFailure> {
-        let Some(p) = self.gateway.dut(&DutId::from(dut.id.as_str())).and_then(|d| d.power) else { return Ok(()) };
+        let Some(d) = self.gateway.dut(&DutId::from(dut.id.as_str())) else { return Ok(()) };
+        if d.kind == DutKind::Vm {
+            if what != "on" {
+                self.vms.off(&dut.id).await;
+            }
+            if what == "off" {
+                return Ok(());
+            }
+            return self.vms.on(&d, &self.gateway.endpoints()).await;
+        }
+        let Some(p) = d.power else { return Ok(()) };
+        let what = if what == "cycle" && p.cycle.is_none() { "cycle-on" } else { what };
         let cmd = match what {
             "on" => p.on,
+            "cycle" => p.cycle,
+            "cycle-on" => {
+                if let Some(off) = &p.off {
+                    power::run("off", off, dut, p.timeout.get()).await?;
+                }
+                p.on
+            }
             _ => p.off,
         };
+        let what = if what == "cycle-on" { "on" } else { what };
         match cmd {
             Some(cmd) => power::run(what, &cmd, dut, p.timeout.get()).await.map(|_| ()),
             None => Ok(()),
