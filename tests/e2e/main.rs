@@ -18,6 +18,7 @@ mod nbd;
 mod nbd_limits;
 mod ops;
 mod pool;
+mod pool_health;
 mod pool_vm;
 mod qemu;
 mod results;

@@ -140,9 +140,20 @@ pub struct PoolSettings {
     /// default `12h`.
     #[serde(default = "default_max_lifetime")]
     pub max_lifetime: Dur,
-    /// The job (a file) a DUT with this tag runs before it returns to the pool.
+    /// The job (a file) a DUT with this tag runs before it returns to the pool (the first of
+    /// its tags that has one). It must have `results:`: its run is the verdict, passed when
+    /// the DUT finishes it with `success` (its `{{ upload_token }}` on the results API, or a
+    /// `job_end` event with a status); anything else, or no end within `health_timeout`,
+    /// quarantines the DUT with the run's console as the output.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub health_jobs: BTreeMap<String, std::path::PathBuf>,
+    /// The longest a health job may run; default `10m`.
+    #[serde(default = "default_health_timeout")]
+    pub health_timeout: Dur,
+}
+
+fn default_health_timeout() -> Dur {
+    Dur(Duration::from_secs(600))
 }
 
 fn default_lifetime() -> Dur {
@@ -155,7 +166,12 @@ fn default_max_lifetime() -> Dur {
 
 impl Default for PoolSettings {
     fn default() -> Self {
-        PoolSettings { default_lifetime: default_lifetime(), max_lifetime: default_max_lifetime(), health_jobs: BTreeMap::new() }
+        PoolSettings {
+            default_lifetime: default_lifetime(),
+            max_lifetime: default_max_lifetime(),
+            health_jobs: BTreeMap::new(),
+            health_timeout: default_health_timeout(),
+        }
     }
 }
 

@@ -9,20 +9,24 @@
 //! place in the queue; every change is an event of the lab's feed.
 //!
 //! Each DUT's pool state: `free`, `starting` (allocated with a job: its gateway sets the job and
-//! powers it on), `allocated`, `recycling` (its gateway ends the job and powers it off),
-//! `kept`, `quarantined` (a power command failed or hung: reason and output kept) or
-//! `disabled` (by hand). Power commands run on the gateway that serves the DUT.
+//! powers it on), `allocated` (a job its holder sets later powers it on), `recycling` (its
+//! gateway ends the job and powers it off), `checking` (running its health job), `kept`,
+//! `quarantined` (a power command failed or hung, or the health job failed: reason and output
+//! kept) or `disabled` (by hand). Power commands run on the gateway that serves the DUT; a
+//! `kind: vm` DUT's power is its QEMU, started by that gateway.
 //!
 //! - `request.rs`: a request and its checks against the pool, before it may wait (pure).
 //! - `queue.rs`: queue order, all-or-nothing, affinity and LRU ([`plan`], pure), and the reads
 //!   of one allocation pass.
 //! - `store.rs`: the reservations in the state store (each change one transaction).
 //! - `power.rs`: power commands, bounded.
+//! - `vms.rs`: `kind: vm` DUTs: their QEMU, its namespace, its console.
+//! - `worker.rs`: starting and recycling this gateway's DUTs; `health.rs`: health jobs.
 //!
-//! Room for what comes next: VM DUTs start in `power.rs`'s place (a `kind: vm` DUT's power on
-//! starts its QEMU); health jobs run between `recycling` and `free` (`worker.rs`); the Duffy
-//! legacy API maps onto [`Pool::request`] / [`Pool::release`] / [`Pool::fail`].
+//! Room for what comes next: the Duffy legacy API maps onto [`Pool::request`] /
+//! [`Pool::release`] / [`Pool::fail`].
 
+mod health;
 mod power;
 mod queue;
 mod request;
@@ -169,7 +173,8 @@ pub struct PoolDut {
     /// What it is.
     #[serde(flatten)]
     pub dut: DutAttrs,
-    /// `free`, `starting`, `allocated`, `recycling`, `kept`, `quarantined` or `disabled`.
+    /// `free`, `starting`, `allocated`, `recycling`, `checking`, `kept`, `quarantined` or
+    /// `disabled`.
     pub state: String,
     /// The reservation holding it.
     pub reservation: Option<i64>,
@@ -198,6 +203,11 @@ pub struct Pool {
     busy: tokio::sync::Mutex<()>,
     /// The `kind: vm` DUTs' machines this gateway runs.
     vms: vms::Vms,
+    /// The health jobs under way on this gateway's DUTs.
+    checks: tokio::sync::Mutex<std::collections::HashMap<String, health::Check>>,
+    /// This gateway's DUTs it powered on (and not off since): a job set later power-cycles
+    /// them instead of powering them on.
+    on: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -248,6 +258,8 @@ impl Pool {
             uses: Family::default(),
             busy: tokio::sync::Mutex::new(()),
             vms,
+            checks: Default::default(),
+            on: Default::default(),
         })
     }
 

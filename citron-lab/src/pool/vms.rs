@@ -46,6 +46,11 @@ impl Vms {
         Vms { running: Default::default(), dir: data_dir.join("vm"), runs, feed }
     }
 
+    /// The runs of the lab (a VM's console goes to its job's).
+    pub(super) fn runs(&self) -> &Runs {
+        &self.runs
+    }
+
     /// Starts the VM of `dut` unless it runs.
     pub(super) async fn on(&self, dut: &Dut, endpoints: &Endpoints) -> Result<(), PowerFailure> {
         let mut running = self.running.lock().await;
