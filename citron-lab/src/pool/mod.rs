@@ -205,6 +205,8 @@ pub struct Pool {
     vms: vms::Vms,
     /// The health jobs under way on this gateway's DUTs.
     checks: tokio::sync::Mutex<std::collections::HashMap<String, health::Check>>,
+    /// Wakes this gateway's worker before its next tick: DUTs to start or recycle.
+    work_due: Arc<tokio::sync::Notify>,
     /// This gateway's DUTs it powered on (and not off since): a job set later power-cycles
     /// them instead of powering them on.
     on: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -259,6 +261,7 @@ impl Pool {
             busy: tokio::sync::Mutex::new(()),
             vms,
             checks: Default::default(),
+            work_due: Default::default(),
             on: Default::default(),
         })
     }
@@ -353,6 +356,7 @@ impl Pool {
         if let Some(token) = ended {
             self.revoke(token).await;
             self.emit("reservation_released", actor, serde_json::json!({"reservation": id}));
+            self.work_due.notify_one();
         }
         self.pass().await;
         self.get(p, id).await
@@ -374,6 +378,7 @@ impl Pool {
                 self.revoke(token).await;
             }
             self.emit("reservation_failed", actor, serde_json::json!({"reservation": id, "keep_until": until.map(secs)}));
+            self.work_due.notify_one();
         }
         self.pass().await;
         self.get(p, id).await
@@ -459,17 +464,23 @@ impl Pool {
         }
         if !(out.expired.is_empty() && out.unkept.is_empty() && out.allocated.is_empty()) {
             self.changed.notify_waiters();
+            self.work_due.notify_one();
         }
     }
 
-    /// Runs the pool's work every [`TICK`] for as long as `pool` lives elsewhere.
+    /// Runs the pool's work every [`TICK`], and at once when a change leaves DUTs to start or
+    /// recycle, for as long as `pool` lives elsewhere.
     pub fn spawn_ticker(pool: &Arc<Pool>) {
         let weak = Arc::downgrade(pool);
+        let due = pool.work_due.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(TICK);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = due.notified() => {}
+                }
                 let Some(pool) = weak.upgrade() else { return };
                 pool.pass().await;
                 pool.work().await;
