@@ -218,3 +218,23 @@ async fn append(runs: &Runs, dut: &str, run: Option<(i64, u64)>, data: Vec<u8>) 
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(p: Protocol, addr: &str) -> Endpoints {
+        Endpoints::seen([(p, addr.parse().unwrap())], None)
+    }
+
+    #[test]
+    fn a_vm_boots_from_a_host_address_never_from_loopback() {
+        assert_eq!(bootfile(&seen(Protocol::HTTP, "192.0.2.2:8080")).unwrap(), "http://192.0.2.2:8080/boot.ipxe");
+        assert_eq!(bootfile(&seen(Protocol::TFTP, "192.0.2.2:69")).unwrap(), "tftp://192.0.2.2:69/boot.ipxe");
+        let e = bootfile(&seen(Protocol::HTTP, "127.0.0.1:8080")).unwrap_err().to_string();
+        assert!(e.contains("cannot reach") && e.contains("--http"), "{e}");
+        let e = bootfile(&Endpoints::default()).unwrap_err().to_string();
+        assert!(e.contains("neither is enabled"), "{e}");
+        assert_eq!(file_name("rack 1/vm:2"), "rack_1_vm_2");
+    }
+}
