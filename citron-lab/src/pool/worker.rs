@@ -19,25 +19,21 @@ use super::{power, store, Pool};
 
 impl Pool {
     /// Starts and recycles the DUTs this gateway serves.
+    ///
+    /// The DUTs of each state are handled at once, not one after the other: ten DUTs given
+    /// back together wait for one power command's time, not ten.
     pub(super) async fn work(&self) {
-        let starting = crate::auth::call(&self.db, |pool| store::in_state(pool, "starting")).await;
-        for (dut, res, job) in starting.unwrap_or_default() {
-            if let (Some(res), true) = (res, self.serves(&dut)) {
-                self.start(dut, res, job).await;
-            }
-        }
-        let recycling = crate::auth::call(&self.db, |pool| store::in_state(pool, "recycling")).await;
-        for (dut, _, _) in recycling.unwrap_or_default() {
-            if self.serves(&dut) {
-                self.recycle(dut).await;
-            }
-        }
-        let checking = crate::auth::call(&self.db, |pool| store::in_state(pool, "checking")).await;
-        for (dut, _, _) in checking.unwrap_or_default() {
-            if self.serves(&dut) {
-                self.judge(dut).await;
-            }
-        }
+        use futures::future::join_all;
+        let starting = crate::auth::call(&self.db, |pool| store::in_state(pool, "starting")).await.unwrap_or_default();
+        join_all(starting.into_iter().filter_map(|(dut, res, job)| match (res, self.serves(&dut)) {
+            (Some(res), true) => Some(self.start(dut, res, job)),
+            _ => None,
+        }))
+        .await;
+        let recycling = crate::auth::call(&self.db, |pool| store::in_state(pool, "recycling")).await.unwrap_or_default();
+        join_all(recycling.into_iter().filter(|(dut, _, _)| self.serves(dut)).map(|(dut, _, _)| self.recycle(dut))).await;
+        let checking = crate::auth::call(&self.db, |pool| store::in_state(pool, "checking")).await.unwrap_or_default();
+        join_all(checking.into_iter().filter(|(dut, _, _)| self.serves(dut)).map(|(dut, _, _)| self.judge(dut))).await;
     }
 
     /// Its holder set a job on the DUT `id` (the DUT route): a DUT of the pool held by a
