@@ -35,7 +35,7 @@ use crate::yaml::Pos;
 mod parse;
 mod pool;
 
-pub use pool::{DutKind, Firmware, PoolSettings, PowerCommands, TenantQuota, Tenants, VmSettings};
+pub use pool::{Accel, DutKind, Firmware, PoolSettings, PowerCommands, TenantQuota, Tenants, VmSettings};
 
 /// The embedded default lab: two DUTs on loopback addresses, so that `citron serve` works with
 /// no file at all and two DUTs can be told apart from one machine.
@@ -243,15 +243,15 @@ impl LabConfig {
         Ok(Some(tok))
     }
 
-    /// Reads a lab file; relative `artifact_roots` and `api_token_file` are taken from the
-    /// file's directory.
+    /// Reads a lab file; relative `artifact_roots`, `api_token_file` and `pool.health_jobs`
+    /// are taken from the file's directory.
     pub fn from_file(path: &Path) -> Result<LabConfig, LabErrors> {
         let name = path.display().to_string();
         let text = std::fs::read_to_string(path)
             .map_err(|e| LabErrors::one(&name, Pos { line: 1, col: 1 }, "", format!("cannot read the lab file: {e}")))?;
         let mut lab = Self::from_yaml(&text, &name)?;
         let dir = path.parent().unwrap_or(Path::new("."));
-        for r in lab.artifact_roots.iter_mut().chain(lab.api_token_file.as_mut()) {
+        for r in lab.artifact_roots.iter_mut().chain(lab.api_token_file.as_mut()).chain(lab.pool.health_jobs.values_mut()) {
             if r.is_relative() {
                 *r = dir.join(&*r);
             }

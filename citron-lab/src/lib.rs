@@ -23,7 +23,9 @@
 //!   `latest`, retention.
 //!
 //! - [`pool`]: the DUT pool: reservations queued in the state store, allocation, power
-//!   commands, recycling.
+//!   commands, VM DUTs, health jobs, recycling.
+//! - [`vm`]: QEMU machines, each in a network namespace of its own (the pool's VM DUTs and
+//!   `citron boot-test`).
 //!
 //! ```
 //! use citron_core::{Gateway, lab::LabConfig};
@@ -47,5 +49,6 @@ pub mod pool;
 pub mod results;
 pub mod server;
 pub mod state;
+pub mod vm;
 
 pub use server::{RunningServer, ServerBuilder, ServerError};

@@ -19,6 +19,8 @@ mod nbd_limits;
 mod ops;
 mod pool;
 mod pool_duffy;
+mod pool_health;
+mod pool_vm;
 mod qemu;
 mod results;
 mod schema;

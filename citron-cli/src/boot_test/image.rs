@@ -54,15 +54,9 @@ pub enum ImageFormat {
     Qcow2,
 }
 
-/// OVMF's code and variable store: Debian's 4 MiB build first, then the older 2 MiB one.
-const OVMF: &[(&str, &str)] = &[
-    ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
-    ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
-];
-
 /// The OVMF code and variables template, or why not.
 pub(super) fn ovmf() -> Result<(PathBuf, PathBuf), BootTestError> {
-    OVMF.iter().map(|(c, v)| (PathBuf::from(c), PathBuf::from(v))).find(|(c, v)| c.is_file() && v.is_file()).ok_or_else(|| {
+    citron_lab::vm::qemu::ovmf().ok_or_else(|| {
         BootTestError::Usage(
             "--firmware uefi needs OVMF (/usr/share/OVMF/OVMF_CODE_4M.fd); install the ovmf package (scripts/setup-debian.sh --qemu)"
                 .into(),

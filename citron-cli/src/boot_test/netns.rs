@@ -2,10 +2,9 @@
 //! it by a veth pair, so that each DUT has its own address; deleted at the end, and those of a
 //! killed boot-test at the next start.
 
-use std::io;
 use std::net::Ipv4Addr;
-use std::path::Path;
-use std::process::Stdio;
+
+use citron_lab::vm::netns as shared;
 
 use super::BootTestError;
 
@@ -52,47 +51,30 @@ impl Netns {
 
     /// Moves the calling thread into the servers' namespace.
     pub(super) fn enter_server(&self) -> Result<(), BootTestError> {
-        use std::os::fd::AsRawFd as _;
-        let path = format!("/run/netns/{}", self.server);
-        let f = std::fs::File::open(&path).map_err(|e| BootTestError::Netns(format!("{path}: {e}")))?;
-        // SAFETY: setns only reads the descriptor, which `f` keeps open for the call.
-        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-        if rc != 0 {
-            return Err(BootTestError::Netns(format!("setns {path}: {}", io::Error::last_os_error())));
-        }
-        Ok(())
+        shared::enter(&self.server).map_err(netns_error)
     }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
         for n in self.duts.iter().chain(std::iter::once(&self.server)) {
-            let _ = std::process::Command::new("ip").args(["netns", "del", n]).stderr(Stdio::null()).status();
+            shared::delete(n);
         }
     }
 }
 
 fn ip(args: &[&str]) -> Result<(), BootTestError> {
-    let out = std::process::Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| BootTestError::Netns(format!("ip {}: {e}", args.join(" "))))?;
-    if !out.status.success() {
-        return Err(BootTestError::Netns(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim())));
+    shared::ip(args).map_err(netns_error)
+}
+
+fn netns_error(e: citron_lab::vm::VmError) -> BootTestError {
+    match e {
+        citron_lab::vm::VmError::Netns(m) => BootTestError::Netns(m),
+        other => BootTestError::Netns(other.to_string()),
     }
-    Ok(())
 }
 
 /// Deletes namespaces left by a boot-test that was killed (`citron-bt-<pid>-*` of a dead pid).
 fn reap_stale_namespaces() {
-    let Ok(entries) = std::fs::read_dir("/run/netns") else { return };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().to_string();
-        let Some(rest) = name.strip_prefix("citron-bt-") else { continue };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = std::process::Command::new("ip").args(["netns", "del", &name]).stderr(Stdio::null()).status();
-        }
-    }
+    shared::reap_stale("citron-bt-");
 }

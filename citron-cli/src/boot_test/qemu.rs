@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+use citron_lab::vm;
 use clap::ValueEnum;
 use tokio::io::AsyncReadExt as _;
 use tokio::sync::{mpsc, oneshot};
@@ -16,7 +17,7 @@ use super::image::Firmware;
 use super::watch::{Failure, Watch};
 
 /// Where the guest finds the host's loopback under QEMU user networking.
-pub(super) const SLIRP_HOST: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+pub(super) const SLIRP_HOST: Ipv4Addr = vm::qemu::SLIRP_HOST;
 
 /// Under `--accel auto`, a QEMU with KVM that fails this early is retried with TCG.
 const KVM_PROBE: Duration = Duration::from_secs(5);
@@ -43,7 +44,7 @@ impl Accel {
     /// What `auto` means on this host: KVM when /dev/kvm can be opened read-write.
     pub(super) fn resolve(self) -> Accel {
         match self {
-            Accel::Auto if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok() => Accel::Kvm,
+            Accel::Auto if vm::qemu::kvm_usable() => Accel::Kvm,
             Accel::Auto => Accel::Tcg,
             other => other,
         }
@@ -90,31 +91,13 @@ pub(super) struct QemuSpec {
 /// export as a virtio disk with `bootindex=0`; its NIC has no option ROM (`romfile=`), so a
 /// disk that does not boot fails at once instead of falling back to a network boot.
 pub(super) fn qemu_args(s: &QemuSpec) -> Vec<String> {
-    let mut nic = "virtio-net-pci,netdev=n0".to_string();
-    if let Some(mac) = s.mac.as_deref().filter(|m| valid_mac(m)) {
-        nic.push_str(",mac=");
-        nic.push_str(mac);
-    }
-    let mut v: Vec<String> = vec!["-accel".into(), s.accel.name().into()];
-    if s.accel == Accel::Kvm {
-        v.extend(["-cpu".into(), "host".into()]);
-    }
-    let common =
-        ["-m", &s.memory_mib.to_string(), "-smp", "1", "-no-reboot", "-nographic", "-vga", "none", "-serial", "stdio", "-monitor", "none"]
-            .map(String::from);
-    v.extend(common);
+    let nic = vm::qemu::nic(s.mac.as_deref());
+    let mut v = vm::qemu::machine_args(s.accel.name(), u64::from(s.memory_mib), 1);
     match &s.medium {
-        Medium::Network { bootfile } => {
-            v.extend(["-netdev".into(), format!("user,id=n0,bootfile={bootfile}"), "-device".into(), nic, "-boot".into(), "n".into()]);
-        }
+        Medium::Network { bootfile } => v.extend(vm::qemu::netboot_args(bootfile, nic)),
         Medium::Disk { nbd, firmware, ovmf, ready_url } => {
             if let (Firmware::Uefi, Some((code, vars))) = (firmware, ovmf) {
-                v.extend([
-                    "-drive".into(),
-                    format!("if=pflash,format=raw,unit=0,readonly=on,file={}", code.display()),
-                    "-drive".into(),
-                    format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
-                ]);
+                v.extend(vm::qemu::uefi_args(code, vars));
             }
             v.extend([
                 "-drive".into(),
@@ -132,11 +115,6 @@ pub(super) fn qemu_args(s: &QemuSpec) -> Vec<String> {
         }
     }
     v
-}
-
-fn valid_mac(m: &str) -> bool {
-    let parts: Vec<&str> = m.split(':').collect();
-    parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
 /// Boots QEMU once and feeds its console to `watch` until a verdict (see [`console::verdict`]).

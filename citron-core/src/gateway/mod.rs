@@ -241,6 +241,16 @@ impl Gateway {
         *self.inner.endpoints.write() = e;
     }
 
+    /// How DUTs reach the servers (what [`set_endpoints`](Self::set_endpoints) said).
+    pub fn endpoints(&self) -> Endpoints {
+        self.inner.endpoints.read().clone()
+    }
+
+    /// The data directory (`--data`): caches, disks, and what else a lab keeps beside them.
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.data_dir
+    }
+
     /// The lab configuration.
     pub fn lab(&self) -> &LabConfig {
         &self.inner.lab

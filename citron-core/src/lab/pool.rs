@@ -91,6 +91,23 @@ pub struct VmSettings {
     /// Its firmware; default `bios`.
     #[serde(default)]
     pub firmware: Firmware,
+    /// Its accelerator; default `auto`.
+    #[serde(default)]
+    pub accel: Accel,
+}
+
+/// A VM's accelerator.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// KVM where /dev/kvm opens read-write, TCG otherwise.
+    #[default]
+    Auto,
+    /// Hardware virtualisation (/dev/kvm).
+    Kvm,
+    /// Software emulation: slow (about 15 s of one core to a shell), works everywhere, also
+    /// where /dev/kvm exists but cannot run guests ("KVM internal error").
+    Tcg,
 }
 
 fn default_vm_memory() -> crate::limits::Size {
@@ -123,7 +140,11 @@ pub struct PoolSettings {
     /// default `12h`.
     #[serde(default = "default_max_lifetime")]
     pub max_lifetime: Dur,
-    /// The job (a file) a DUT with this tag runs before it returns to the pool.
+    /// The job (a file) a DUT with this tag runs before it returns to the pool (the first of
+    /// its tags that has one). It must have `results:`: its run is the verdict, passed when
+    /// the DUT finishes it with `success` (its `{{ upload_token }}` on the results API, or a
+    /// `job_end` event with a status); anything else, or no end within `health_timeout`,
+    /// quarantines the DUT with the run's console as the output.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub health_jobs: BTreeMap<String, std::path::PathBuf>,
     /// Serve Duffy's legacy API (`/duffy/Node/get`, `…/Node/done`, `…/Node/fail`,
@@ -132,6 +153,13 @@ pub struct PoolSettings {
     /// API (cico's `node get` reads it to print its table).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub duffy: bool,
+    /// The longest a health job may run; default `10m`.
+    #[serde(default = "default_health_timeout")]
+    pub health_timeout: Dur,
+}
+
+fn default_health_timeout() -> Dur {
+    Dur(Duration::from_secs(600))
 }
 
 fn default_lifetime() -> Dur {
@@ -149,6 +177,7 @@ impl Default for PoolSettings {
             max_lifetime: default_max_lifetime(),
             health_jobs: BTreeMap::new(),
             duffy: false,
+            health_timeout: default_health_timeout(),
         }
     }
 }

@@ -270,6 +270,10 @@ async fn set_job(
     let origin = format!("api:{}", d.id);
     api.gateway.set_job_yaml_at(&d.id, &text, Origin::named(origin.clone()), revision).await?;
     api.record(NewEvent::new("job_set").dut(d.id.0.clone()).job(Some(origin)).actor(actor.0));
+    if let Some(pool) = &api.pool {
+        // A DUT its holder reserved without a job is powered on with this one.
+        pool.job_set(&d.id.0).await;
+    }
     Ok(json_response(StatusCode::OK, &DutView::own(&api.gateway, &d, api.me())))
 }
 

@@ -9,24 +9,29 @@
 //! place in the queue; every change is an event of the lab's feed.
 //!
 //! Each DUT's pool state: `free`, `starting` (allocated with a job: its gateway sets the job and
-//! powers it on), `allocated`, `recycling` (its gateway ends the job and powers it off),
-//! `kept`, `quarantined` (a power command failed or hung: reason and output kept) or
-//! `disabled` (by hand). Power commands run on the gateway that serves the DUT.
+//! powers it on), `allocated` (a job its holder sets later powers it on), `recycling` (its
+//! gateway ends the job and powers it off), `checking` (running its health job), `kept`,
+//! `quarantined` (a power command failed or hung, or the health job failed: reason and output
+//! kept) or `disabled` (by hand). Power commands run on the gateway that serves the DUT; a
+//! `kind: vm` DUT's power is its QEMU, started by that gateway.
 //!
 //! - `request.rs`: a request and its checks against the pool, before it may wait (pure).
 //! - `queue.rs`: queue order, all-or-nothing, affinity and LRU ([`plan`], pure), and the reads
 //!   of one allocation pass.
 //! - `store.rs`: the reservations in the state store (each change one transaction).
 //! - `power.rs`: power commands, bounded.
+//! - `vms.rs`: `kind: vm` DUTs: their QEMU, its namespace, its console.
+//! - `worker.rs`: starting and recycling this gateway's DUTs; `health.rs`: health jobs.
 //!
-//! Room for what comes next: VM DUTs start in `power.rs`'s place (a `kind: vm` DUT's power on
-//! starts its QEMU); health jobs run between `recycling` and `free` (`worker.rs`); the Duffy
-//! legacy API maps onto [`Pool::request`] / [`Pool::release`] / [`Pool::fail`].
+//! Room for what comes next: the Duffy legacy API maps onto [`Pool::request`] /
+//! [`Pool::release`] / [`Pool::fail`].
 
+mod health;
 mod power;
 mod queue;
 mod request;
 mod store;
+mod vms;
 mod worker;
 
 use std::sync::Arc;
@@ -168,7 +173,8 @@ pub struct PoolDut {
     /// What it is.
     #[serde(flatten)]
     pub dut: DutAttrs,
-    /// `free`, `starting`, `allocated`, `recycling`, `kept`, `quarantined` or `disabled`.
+    /// `free`, `starting`, `allocated`, `recycling`, `checking`, `kept`, `quarantined` or
+    /// `disabled`.
     pub state: String,
     /// The reservation holding it.
     pub reservation: Option<i64>,
@@ -195,6 +201,15 @@ pub struct Pool {
     uses: Family<Vec<(&'static str, String)>, Gauge>,
     /// One pass at a time on this gateway.
     busy: tokio::sync::Mutex<()>,
+    /// The `kind: vm` DUTs' machines this gateway runs.
+    vms: vms::Vms,
+    /// The health jobs under way on this gateway's DUTs.
+    checks: tokio::sync::Mutex<std::collections::HashMap<String, health::Check>>,
+    /// Wakes this gateway's worker before its next tick: DUTs to start or recycle.
+    work_due: Arc<tokio::sync::Notify>,
+    /// This gateway's DUTs it powered on (and not off since): a job set later power-cycles
+    /// them instead of powering them on.
+    on: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -228,6 +243,12 @@ impl Pool {
         let duts: Vec<DutAttrs> = lab.duts.iter().map(DutAttrs::of).collect();
         let db = tokens.db().clone();
         db.call(move |pool| store::enter(pool, duts))?;
+        if lab.duts.iter().any(|d| d.kind == citron_core::lab::DutKind::Vm) {
+            if let Err(e) = crate::vm::netns::check_privileges() {
+                tracing::error!(error = %e, "pool: this lab has `kind: vm` DUTs that cannot be powered on");
+            }
+        }
+        let vms = vms::Vms::new(gateway.data_dir(), crate::results::Runs::new(db.clone()), feed.clone());
         Ok(Pool {
             db,
             tokens,
@@ -238,6 +259,10 @@ impl Pool {
             changed: tokio::sync::Notify::new(),
             uses: Family::default(),
             busy: tokio::sync::Mutex::new(()),
+            vms,
+            checks: Default::default(),
+            work_due: Default::default(),
+            on: Default::default(),
         })
     }
 
@@ -331,6 +356,7 @@ impl Pool {
         if let Some(token) = ended {
             self.revoke(token).await;
             self.emit("reservation_released", actor, serde_json::json!({"reservation": id}));
+            self.work_due.notify_one();
         }
         self.pass().await;
         self.get(p, id).await
@@ -352,6 +378,7 @@ impl Pool {
                 self.revoke(token).await;
             }
             self.emit("reservation_failed", actor, serde_json::json!({"reservation": id, "keep_until": until.map(secs)}));
+            self.work_due.notify_one();
         }
         self.pass().await;
         self.get(p, id).await
@@ -437,17 +464,23 @@ impl Pool {
         }
         if !(out.expired.is_empty() && out.unkept.is_empty() && out.allocated.is_empty()) {
             self.changed.notify_waiters();
+            self.work_due.notify_one();
         }
     }
 
-    /// Runs the pool's work every [`TICK`] for as long as `pool` lives elsewhere.
+    /// Runs the pool's work every [`TICK`], and at once when a change leaves DUTs to start or
+    /// recycle, for as long as `pool` lives elsewhere.
     pub fn spawn_ticker(pool: &Arc<Pool>) {
         let weak = Arc::downgrade(pool);
+        let due = pool.work_due.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(TICK);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = due.notified() => {}
+                }
                 let Some(pool) = weak.upgrade() else { return };
                 pool.pass().await;
                 pool.work().await;
