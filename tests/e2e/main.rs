@@ -21,6 +21,7 @@ mod pool;
 mod qemu;
 mod results;
 mod schema;
+mod shared_bases;
 mod shared_store;
 mod state;
 mod state_pg;
