@@ -4,12 +4,14 @@
 //! checked after its boot: the image file is never written.
 //!
 //! Boots run one at a time (`qemu_lock`) under TCG: about 15 s of one core each. Broken
-//! variants boot under BIOS only; the one UEFI boot is in the matrix test.
+//! variants boot under BIOS only; the one UEFI boot is in the matrix test. Two of the boots
+//! also upload their outcome (`--results-job`) to a real `citron serve`'s results store: a
+//! pass and a failure, each read back with `citron results` and curl.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use citron_tests::{qemu_lock, require_tool, strict, workspace_root};
+use citron_tests::{citron_bin, qemu_lock, require_tool, strict, workspace_root, Citron};
 use sha2::Digest as _;
 
 use crate::qemu::{self, Run};
@@ -63,13 +65,111 @@ fn boot_image(name: &str, extra: &[&str]) -> Run {
     r
 }
 
+/// A results store for `--results-job`: a `citron serve` (API only) and a tenant's token in a
+/// file, as CI would hold them.
+struct Results {
+    server: Citron,
+    url: String,
+    token: tempfile::NamedTempFile,
+}
+
+impl Results {
+    fn start() -> Results {
+        const ADMIN: &str = "admin-s3cret";
+        let server = Citron::start_with(&["--http", "off", "--tftp", "off", "--nbd", "off"], |c| {
+            c.env("CITRON_API_TOKEN", ADMIN);
+        })
+        .unwrap_or_else(|f| panic!("citron did not start: {}", f.stderr));
+        let auth = format!("Authorization: Bearer {ADMIN}");
+        let r = server.api(
+            "POST",
+            "/api/v1/tenants",
+            &["-H", &auth, "-H", "Content-Type: application/json", "--data-binary", r#"{"name":"ci"}"#],
+        );
+        assert_eq!(r.status, 201, "{r:?}");
+        let token = tempfile::NamedTempFile::new().expect("a temporary file");
+        std::fs::write(token.path(), r.json()["token"].as_str().expect("a token")).expect("write the token");
+        let url = format!("http://{}", server.api.expect("the API"));
+        Results { server, url, token }
+    }
+
+    /// `--results-job JOB` and where the store is.
+    fn args(&self, job: &str) -> Vec<String> {
+        let token = self.token.path().display().to_string();
+        ["--results-job", job, "--server", &self.url, "--token-file", &token].map(String::from).to_vec()
+    }
+
+    /// `citron results ARGS` against the store; its stdout as JSON.
+    fn cli(&self, args: &[&str]) -> serde_json::Value {
+        let out = Command::new(citron_bin())
+            .arg("results")
+            .args(args)
+            .args(["--server", &self.url, "--token-file"])
+            .arg(self.token.path())
+            .output()
+            .expect("run citron results");
+        assert!(out.status.success(), "citron results {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("JSON")
+    }
+
+    /// The run's console, with curl.
+    fn console(&self, job: &str, run: i64) -> String {
+        let token = std::fs::read_to_string(self.token.path()).expect("the token");
+        let r = self.server.api(
+            "GET",
+            &format!("/api/v1/results/{job}/runs/{run}/console"),
+            &["-H", &format!("Authorization: Bearer {token}")],
+        );
+        assert_eq!(r.status, 200, "{r:?}");
+        r.body
+    }
+
+    /// The run's `boot-test.json`, downloaded and checked by `citron results latest -o`.
+    fn boot_test_json(&self, job: &str, status: &str) -> serde_json::Value {
+        let out = tempfile::NamedTempFile::new().expect("a temporary file");
+        let o = out.path().to_str().expect("utf-8");
+        let sha = Command::new(citron_bin())
+            .args(["results", "latest", job, "--file", "boot-test.json", "-o", o, "--server", &self.url, "--token-file"])
+            .arg(self.token.path())
+            .output()
+            .expect("run citron results latest");
+        // `latest` picks successful runs: a failed one is read through its run instead.
+        if status == "success" {
+            assert!(sha.status.success(), "{}", String::from_utf8_lossy(&sha.stderr));
+            return serde_json::from_slice(&std::fs::read(out.path()).expect("the file")).expect("JSON");
+        }
+        assert!(!sha.status.success(), "a failed run is no latest success");
+        let runs = self.cli(&["runs", job]);
+        let run = runs[0]["id"].as_i64().expect("a run id");
+        let token = std::fs::read_to_string(self.token.path()).expect("the token");
+        let auth = format!("Authorization: Bearer {token}");
+        let url = format!("{}/api/v1/results/{job}/runs/{run}/files/boot-test.json", self.url);
+        let got = citron_tests::curl(&["-fL", "-H", &auth, &url]);
+        assert_eq!(got.code, 0, "{}", got.stderr);
+        serde_json::from_str(&got.stdout).expect("JSON")
+    }
+
+    /// The job's only run: its status, platform, revision and files are what the boot was.
+    fn only_run(&self, job: &str, status: &str, platform: &str) -> i64 {
+        let runs = self.cli(&["runs", job]);
+        assert_eq!(runs.as_array().map(Vec::len), Some(1), "one run per image and firmware: {runs}");
+        let run = &runs[0];
+        assert_eq!((run["status"].as_str(), run["platform"].as_str()), (Some(status), Some(platform)), "{run}");
+        run["id"].as_i64().expect("a run id")
+    }
+}
+
 #[test]
 fn a_qcow2_bios_image_boots_to_userspace_from_nbd_and_phones_home() {
     if !have_tools() {
         return;
     }
     let _one = qemu_lock();
-    let r = boot_image("bios.qcow2", &["--ready", "phone-home", "--image-format", "qcow2"]);
+    let store = Results::start();
+    let mut args = vec!["--ready", "phone-home", "--image-format", "qcow2", "--revision", "r1", "--platform", "x86_64"];
+    let up = store.args("image-bios");
+    args.extend(up.iter().map(String::as_str));
+    let r = boot_image("bios.qcow2", &args);
     assert_eq!(r.out.status.code(), Some(0), "{}", r.last_stderr_line());
     assert!(r.last_stderr_line().contains("PASS") && r.last_stderr_line().contains("phoned home"), "{}", r.last_stderr_line());
     // The real bootloader ran from the disk citron served, then the kernel, then the real root.
@@ -99,19 +199,44 @@ fn a_qcow2_bios_image_boots_to_userspace_from_nbd_and_phones_home() {
     let log = std::fs::read_to_string(r.logs.path().join("boot-test-bios-bios.log")).expect("the console log");
     assert!(log.contains("=== citron: http /_citron/ready"), "{log}");
     assert!(log.contains("=== citron: nbd disk"), "{log}");
+
+    // The outcome is a run of the results store: success, its timings, JUnit and console.
+    assert!(r.stderr.contains("bios-bios: results: run 1 of image-bios (success)"), "{}", r.stderr);
+    let run = store.only_run("image-bios", "success", "x86_64/bios");
+    let latest = store.cli(&["latest", "image-bios", "--platform", "x86_64/bios"]);
+    assert_eq!((latest["id"].as_i64(), latest["revision"].as_str()), (Some(run), Some("r1")), "{latest}");
+    let files: Vec<&str> = latest["files"].as_array().expect("files").iter().filter_map(|f| f["path"].as_str()).collect();
+    assert_eq!(files, ["boot-test.json", "junit.xml"], "{latest}");
+    let uploaded = store.boot_test_json("image-bios", "success");
+    assert_eq!(uploaded["result"].as_str(), Some("pass"), "{uploaded}");
+    assert_eq!(uploaded["stages"], first["stages"], "the run's timings are the boot's");
+    assert_eq!(store.console("image-bios", run), log, "the run's console is the console log");
 }
 
 /// A broken image fails with `reason` and the console line that showed it, not by timeout.
 fn fails_with(name: &str, reason: &str, line: &str) {
+    fails_with_results(name, reason, line, None);
+}
+
+/// [`fails_with`], uploading the outcome to `results` when given and checking the failed run.
+fn fails_with_results(name: &str, reason: &str, line: &str, results: Option<&Results>) {
     if !have_tools() {
         return;
     }
     let _one = qemu_lock();
-    let r = boot_image(name, &[]);
+    let up = results.map(|r| r.args("image-broken")).unwrap_or_default();
+    let r = boot_image(name, &up.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(r.out.status.code(), Some(1), "{}", r.last_stderr_line());
     let last = r.last_stderr_line();
     assert!(last.contains("FAIL") && last.contains(&format!("{reason}: ")) && last.contains(line), "{last}");
     assert!(!last.contains("timeout"), "{last}");
+    let Some(results) = results else { return };
+    // The failed run: its status, its reason and line, the console that showed it.
+    let run = results.only_run("image-broken", "failure", "bios");
+    let uploaded = results.boot_test_json("image-broken", "failure");
+    assert_eq!((uploaded["result"].as_str(), uploaded["reason"].as_str()), (Some("fail"), Some(reason)), "{uploaded}");
+    assert!(uploaded["line"].as_str().is_some_and(|l| l.contains(line)), "{uploaded}");
+    assert!(results.console("image-broken", run).contains(line));
 }
 
 #[test]
@@ -121,7 +246,10 @@ fn an_image_without_a_bootloader_fails_with_its_reason() {
 
 #[test]
 fn an_image_whose_kernel_panics_fails_with_its_reason() {
-    fails_with("broken-panic.img", "kernel panic", "VFS: Unable to mount root fs");
+    if !have_tools() {
+        return;
+    }
+    fails_with_results("broken-panic.img", "kernel panic", "VFS: Unable to mount root fs", Some(&Results::start()));
 }
 
 #[test]

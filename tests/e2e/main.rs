@@ -24,6 +24,7 @@ mod pool_vm;
 mod qemu;
 mod results;
 mod schema;
+mod shared_bases;
 mod shared_store;
 mod state;
 mod state_pg;

@@ -54,7 +54,7 @@ assert h.pread(4, 1024) == b"e2e!"
 print("ok")
 "#;
 
-fn have_libnbd_python() -> bool {
+pub(super) fn have_libnbd_python() -> bool {
     let ok = run(PY, &["-c", "import nbd"], None, Duration::from_secs(20)).code == 0;
     if !ok {
         assert!(!strict(), "python3-libnbd is missing and CITRON_E2E_STRICT=1; run scripts/setup-debian.sh");
@@ -199,13 +199,13 @@ while True:
 "#;
 
 /// A unix socket on which every NBD connection reaches citron from DUT address `src`.
-struct Relay {
+pub(super) struct Relay {
     sock: std::path::PathBuf,
     _helper: Helper,
 }
 
 impl Relay {
-    fn start(dir: &Path, c: &Citron, src: &str) -> Relay {
+    pub(super) fn start(dir: &Path, c: &Citron, src: &str) -> Relay {
         let nbd = c.nbd.expect("citron serve reports its NBD address");
         let sock = dir.join(format!("relay-{src}.sock"));
         let script = py(&format!("{EXIT_WITH_STDIN}\n{RELAY}"));
@@ -216,7 +216,7 @@ impl Relay {
     }
 
     /// The libnbd / qemu URI of `export` through this relay.
-    fn uri(&self, export: &str) -> String {
+    pub(super) fn uri(&self, export: &str) -> String {
         format!("nbd+unix:///{export}?socket={}", self.sock.display())
     }
 }

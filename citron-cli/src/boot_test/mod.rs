@@ -38,6 +38,7 @@
 //! - [`report`]: stage timings, the summary table, JUnit and `boot-test-results.json`.
 //! - [`sampler`]: what citron sees of a DUT while it boots (disk reads, the phone-home).
 //! - [`netns`]: the network namespaces of `--netns` and of matrices.
+//! - [`upload`]: `--results-job`: each DUT's outcome as a run of a results store.
 //!
 //! This file is the flow: resolve the plan, set up namespaces and a runtime, start the servers,
 //! load the jobs, boot every DUT `--boots` times while a [`Sampler`] watches it in citron
@@ -53,6 +54,7 @@ mod report;
 mod sampler;
 #[cfg(test)]
 mod tests;
+mod upload;
 mod watch;
 
 pub use plan::BootTestArgs;
@@ -92,7 +94,7 @@ Exit codes:
      kernel panic or emergency shell with the line, pattern never seen, nothing to boot, QEMU
      exited)
   2  the test could not run: usage error, bad lab or job, QEMU missing, servers or network
-     namespaces could not be set up";
+     namespaces could not be set up, or (--results-job) the outcome could not be uploaded";
 
 /// Why the test could not run (exit 2) or a boot failed (exit 1).
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +141,9 @@ pub enum BootTestError {
     /// Ctrl-C or SIGTERM.
     #[error("interrupted")]
     Interrupted,
+    /// `--results-job`: the results server refused or could not be reached.
+    #[error("results: {0}")]
+    Results(String),
     /// A boot failed.
     #[error("{dut}: boot {boot} of {boots}: {failure} (console log: {})", log.display())]
     Boot {
@@ -191,6 +196,14 @@ fn regex(flag: &str, p: &str) -> Result<Regex, BootTestError> {
     Regex::new(p).map_err(|source| BootTestError::BadPattern { flag: flag.to_string(), pattern: p.to_string(), source })
 }
 
+/// The results store of `--results-job`, checked before anything boots (a bad server URL or
+/// token file is a usage error, not a lost outcome after the boots).
+fn results(args: &BootTestArgs) -> Result<Option<upload::Results>, BootTestError> {
+    let Some(job) = &args.results_job else { return Ok(None) };
+    let client = crate::client::client(&args.remote).map_err(|e| BootTestError::Usage(format!("--results-job: {e:#}")))?;
+    Ok(Some(upload::Results { client, job: job.clone(), revision: args.revision.clone(), platform: args.platform.clone() }))
+}
+
 fn run_inner(args: BootTestArgs) -> Result<String, BootTestError> {
     let expect = args.expect.as_deref().map(|p| regex("--expect", p)).transpose()?;
     let allow = args.allow.iter().map(|p| regex("--allow", p)).collect::<Result<Vec<_>, _>>()?;
@@ -221,6 +234,7 @@ fn run_inner(args: BootTestArgs) -> Result<String, BootTestError> {
         (image::image_targets(&mut lab, runs, netns)?, netns)
     };
     let logs = open_logs(&args.log_dir, &targets)?;
+    let results = results(&args)?;
 
     // The namespaces must exist, and this thread must be in the servers' one, before the
     // runtime starts its threads: they inherit it, so every socket the servers open (TFTP opens
@@ -230,8 +244,8 @@ fn run_inner(args: BootTestArgs) -> Result<String, BootTestError> {
             return Err(BootTestError::Netns("the `ip` command is missing; install iproute2".into()));
         }
         let ns = Netns::create(targets.len())?;
-        ns.enter_server()?;
-        Some(ns)
+        let host = ns.enter_server()?;
+        Some((ns, host))
     } else {
         None
     };
@@ -241,7 +255,7 @@ fn run_inner(args: BootTestArgs) -> Result<String, BootTestError> {
         .build()
         .map_err(|e| BootTestError::Server(format!("cannot start the async runtime: {e}")))?;
     let catalogue = Arc::new(Catalogue::new(allow));
-    let plan = Plan { args: &args, lab, qemu, expect, catalogue, netns: ns.as_ref(), targets: &targets, logs };
+    let plan = Plan { args: &args, lab, qemu, expect, catalogue, netns: ns.as_ref().map(|(n, _)| n), targets: &targets, logs, results };
     let result = rt.block_on(async {
         tokio::select! {
             r = plan.execute() => r,
@@ -250,12 +264,45 @@ fn run_inner(args: BootTestArgs) -> Result<String, BootTestError> {
     });
     // Kill leftover QEMUs (kill_on_drop) before the namespaces go away.
     rt.shutdown_timeout(Duration::from_secs(5));
-    drop(ns);
-    result
+    let reports = result?;
+    let uploaded = match &plan.results {
+        Some(results) => upload(results, ns.as_ref().map(|(_, host)| host), &targets, &reports),
+        None => Ok(()),
+    };
+    // The namespaces go when `ns` does, after the report. A failed boot is the verdict even
+    // when its upload failed too (said on stderr); a passed one whose upload failed is not a
+    // pass.
+    let verdict = plan.report(&reports)?;
+    uploaded.map(|()| verdict)
+}
+
+/// Uploads the outcome from where boot-test was started (not from the servers' namespace),
+/// with a runtime of its own.
+fn upload(results: &upload::Results, host: Option<&netns::HostNs>, targets: &[Target], reports: &[RunReport]) -> Result<(), BootTestError> {
+    if let Some(host) = host {
+        host.enter()?;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| BootTestError::Server(format!("cannot start the async runtime: {e}")))?;
+    match rt.block_on(results.upload(targets, reports)) {
+        Ok(done) => {
+            for u in done {
+                status(&format!("{}: results: run {} of {} ({})", u.dut, u.run, results.job, u.status.name()));
+            }
+            Ok(())
+        }
+        Err(e) => {
+            status(&e.to_string());
+            Err(e)
+        }
+    }
 }
 
 impl Plan<'_> {
-    async fn execute(&self) -> Result<String, BootTestError> {
+    /// Boots every target; the reports, in the targets' order.
+    async fn execute(&self) -> Result<Vec<RunReport>, BootTestError> {
         let tmp;
         let data = match &self.args.data {
             Some(d) => d.clone(),
@@ -332,7 +379,7 @@ impl Plan<'_> {
         for r in results {
             reports.push(r?);
         }
-        self.report(&reports)
+        Ok(reports)
     }
 
     /// Prints the timings and the summary, writes the JUnit and JSON outputs, and turns the

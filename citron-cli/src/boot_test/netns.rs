@@ -49,10 +49,34 @@ impl Netns {
         Ok(ns)
     }
 
-    /// Moves the calling thread into the servers' namespace.
-    pub(super) fn enter_server(&self) -> Result<(), BootTestError> {
-        shared::enter(&self.server).map_err(netns_error)
+    /// Moves the calling thread into the servers' namespace; answers the namespace it was in,
+    /// to come back to (the results server is reached from there).
+    pub(super) fn enter_server(&self) -> Result<HostNs, BootTestError> {
+        let home = "/proc/thread-self/ns/net";
+        let host = std::fs::File::open(home).map_err(|e| BootTestError::Netns(format!("{home}: {e}")))?;
+        shared::enter(&self.server).map_err(netns_error)?;
+        Ok(HostNs(host))
     }
+}
+
+/// The namespace `boot-test` was started in.
+pub(super) struct HostNs(std::fs::File);
+
+impl HostNs {
+    /// Moves the calling thread back into it.
+    pub(super) fn enter(&self) -> Result<(), BootTestError> {
+        setns_fd(&self.0, "the host's namespace")
+    }
+}
+
+fn setns_fd(f: &std::fs::File, what: &str) -> Result<(), BootTestError> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: setns only reads the descriptor, which `f` keeps open for the call.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc != 0 {
+        return Err(BootTestError::Netns(format!("setns {what}: {}", std::io::Error::last_os_error())));
+    }
+    Ok(())
 }
 
 impl Drop for Netns {

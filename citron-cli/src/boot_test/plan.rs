@@ -92,6 +92,21 @@ pub struct BootTestArgs {
     /// Guest memory in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 512)]
     pub memory: u32,
+    /// Uploads each DUT's outcome (per image and firmware) as a run of NAME to the results
+    /// store of the citron at --server: the verdict as its status, `boot-test.json` (stage
+    /// timings, the failure), `junit.xml` and the console log.
+    #[arg(long, value_name = "NAME")]
+    pub results_job: Option<String>,
+    /// The results server and token (as for `citron results`).
+    #[command(flatten)]
+    pub remote: crate::client::Remote,
+    /// What was tested (the image's build), recorded with each run.
+    #[arg(long, requires = "results_job")]
+    pub revision: Option<String>,
+    /// Where it ran, recorded with each run; an image's firmware is added (`x86_64/uefi`;
+    /// `uefi` without --platform).
+    #[arg(long, requires = "results_job")]
+    pub platform: Option<String>,
 }
 
 /// What passes a boot (`--ready`).
@@ -204,4 +219,6 @@ pub(super) struct Plan<'a> {
     pub(super) netns: Option<&'a Netns>,
     pub(super) targets: &'a [Target],
     pub(super) logs: Vec<Log>,
+    /// Where each run's outcome goes (`--results-job`).
+    pub(super) results: Option<super::upload::Results>,
 }

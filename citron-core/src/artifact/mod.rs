@@ -33,7 +33,7 @@ pub use cache::{Cache, CacheConfig, CacheStats, CachedArtifact};
 pub use fetchers::{Fetchers, NoNetwork};
 pub use progress::{Progress, ProgressReader, PROGRESS_INTERVAL, PROGRESS_TARGET, PROGRESS_TICK};
 pub use redact::{redact_str, redact_url};
-pub use shared::{BlobKey, BlobStore, StoreConfig, INPUTS_PREFIX, RESULTS_PREFIX};
+pub use shared::{BlobKey, BlobStore, StoreConfig, BASES_PREFIX, INPUTS_PREFIX, RESULTS_PREFIX};
 pub use source::{ArtifactSource, DataSource, FetchError, FileSource, S3Config, Sink};
 
 #[cfg(test)]

@@ -10,6 +10,8 @@
 //! - `inputs/grants/<hex>/<sha256 of the source URL>`: empty; says that this URL produced these
 //!   bytes (the shared form of the local cache's grants: **knowing a digest grants nothing**,
 //!   across gateways too).
+//! - `bases/sha256/<recipe>.zst` and `.json`: prepared disk bases, compressed, and their
+//!   manifests (`block`'s `shared_base`: named by how they are built and from which inputs).
 //! - `results/`: the lab's result blobs (`citron_lab::results`: `results/sha256/<2 hex>/<hex>`,
 //!   and `results/staging/…` while an upload streams in); nothing of the cache goes there.
 //!
@@ -32,6 +34,8 @@ use crate::digest::Digest;
 pub const INPUTS_PREFIX: &str = "inputs/";
 /// The prefix kept for DUT uploads (results); the cache never writes there.
 pub const RESULTS_PREFIX: &str = "results/";
+/// The prefix of prepared disk bases (`block`'s `shared_base`: compressed, with a manifest).
+pub const BASES_PREFIX: &str = "bases/";
 
 /// The name of an object in the shared store, relative to the store's prefix. Only the core
 /// makes them, from digests and fixed words: no name comes from a job, a DUT or the bucket.
@@ -42,6 +46,11 @@ impl BlobKey {
     /// The bytes of a cached source: `inputs/sha256/<hex>`.
     pub fn input(digest: &Digest) -> BlobKey {
         BlobKey(format!("{INPUTS_PREFIX}sha256/{}", digest.hex()))
+    }
+
+    /// A prepared disk base's object, `bases/sha256/<name>` (`<recipe digest>.zst` or `.json`).
+    pub(crate) fn base(name: &str) -> BlobKey {
+        BlobKey(format!("{BASES_PREFIX}sha256/{name}"))
     }
 
     /// The grant saying that the source with hashed identity `id` produced `digest`.

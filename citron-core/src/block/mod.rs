@@ -21,6 +21,7 @@ pub mod extract;
 mod overlay;
 mod prepare;
 mod records;
+mod shared_base;
 mod store;
 
 pub use container::ImageRegistry;

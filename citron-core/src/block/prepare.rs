@@ -2,7 +2,8 @@
 //!
 //! Bases are keyed by what they are made of (the source's sha256, the filesystem's type and size),
 //! so two jobs asking for the same disk share one file, and a prepared base is never written again:
-//! DUT writes go to their overlays.
+//! DUT writes go to their overlays. With a shared store, a base is first looked for there and one
+//! built here is left there (`shared_base`), so that the lab's other gateways download it.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -14,6 +15,7 @@ use std::sync::{Arc, Weak};
 use sha2::{Digest as _, Sha256};
 
 use super::extract::{open_archive, Tree, TreeStats, UnpackLimits};
+use super::shared_base::{self, Recipe};
 use super::DiskError;
 use crate::artifact::Cache;
 use crate::job::{DiskKind, FsContents, Source};
@@ -90,8 +92,12 @@ pub(crate) async fn prepare(dir: &Path, cache: &Cache, locks: &KeyLocks, limits:
             let what = format!("sha256:{}", cached.digest.hex());
             let _g = locks.lock(&key).await;
             if !path.exists() {
-                let (src, dst) = (cached.path.clone(), path.clone());
-                blocking(move || build_image(&src, &dst, &what, max_size)).await?;
+                let recipe = image_size(&cached.path)?.filter(|s| *s <= max_size).map(|s| Recipe::image(&cached.digest, s));
+                if !from_store(cache, recipe.as_ref(), &path, &what).await {
+                    let (src, dst) = (cached.path.clone(), path.clone());
+                    blocking(move || build_image(&src, &dst, &what, max_size)).await?;
+                    to_store(cache, recipe, &path, format!("image sha256:{}", cached.digest.hex()));
+                }
             }
             let size = std::fs::metadata(&path).map_err(|e| DiskError::io(&path, e))?.len();
             if size > max_size {
@@ -124,7 +130,9 @@ pub(crate) async fn prepare(dir: &Path, cache: &Cache, locks: &KeyLocks, limits:
             let key = format!("fs-{}", &hex::encode(h.finalize())[..32]);
             let path = dir.join(format!("{key}.img"));
             let _g = locks.lock(&key).await;
-            if !path.exists() {
+            let recipe = Recipe::filesystem(fstype, *size_bytes, &what, max_size);
+            let description = format!("{fstype} filesystem ({what})");
+            if !path.exists() && !from_store(cache, Some(&recipe), &path, &description).await {
                 let (dst, fstype, size) = (path.clone(), fstype.clone(), *size_bytes);
                 let layers = match (contents, &tarball) {
                     (Some(FsContents::Container(r)), _) => {
@@ -148,11 +156,57 @@ pub(crate) async fn prepare(dir: &Path, cache: &Cache, locks: &KeyLocks, limits:
                 };
                 let limits = UnpackLimits::new(limits, size);
                 blocking(move || build_filesystem(&dst, &fstype, size, limits, layers)).await?;
+                to_store(cache, Some(recipe), &path, description.clone());
             }
             let size = std::fs::metadata(&path).map_err(|e| DiskError::io(&path, e))?.len();
-            Ok(BaseImage { key, path: Some(path), size, description: format!("{fstype} filesystem ({what})") })
+            Ok(BaseImage { key, path: Some(path), size, description })
         }
     }
+}
+
+/// Takes the base from the lab's shared store when it has it (`shared_base`); `false` (build
+/// it here) when there is no store, no such base, or one that is refused (logged).
+async fn from_store(cache: &Cache, recipe: Option<&Recipe>, path: &Path, what: &str) -> bool {
+    let (Some(store), Some(recipe)) = (cache.fetchers().blobs(), recipe) else { return false };
+    let started = std::time::Instant::now();
+    match shared_base::fetch(&store, recipe, path).await {
+        Ok(true) => {
+            let ms = started.elapsed().as_millis() as u64;
+            tracing::info!(base = %what, store = %store.describe(), ms, "prepared disk base taken from the shared store");
+            true
+        }
+        Ok(false) => false,
+        Err(error) => {
+            tracing::warn!(base = %what, store = %store.describe(), %error, "the shared store's prepared disk base is refused; building it here");
+            false
+        }
+    }
+}
+
+/// Leaves a base just built in the lab's shared store, in the background: the job does not
+/// wait for the upload, and a failed one costs the other gateways a build, nothing more.
+fn to_store(cache: &Cache, recipe: Option<Recipe>, path: &Path, what: String) {
+    let (Some(store), Some(recipe)) = (cache.fetchers().blobs(), recipe) else { return };
+    let path = path.to_path_buf();
+    tokio::spawn(async move {
+        let describe = store.describe();
+        match shared_base::upload(store, recipe, path).await {
+            Ok(()) => tracing::info!(base = %what, store = %describe, "prepared disk base left in the shared store"),
+            Err(error) => {
+                tracing::warn!(base = %what, store = %describe, %error, "cannot leave the prepared disk base in the shared store")
+            }
+        }
+    });
+}
+
+/// The size the raw base of a qcow2 input will have (its virtual size); `None` for a raw
+/// input, whose base is a link to the cached input (already in the store under `inputs/`),
+/// and for an input that cannot be read (the build says why).
+fn image_size(src: &Path) -> Result<Option<u64>, DiskError> {
+    let mut header = [0u8; 104];
+    let Ok(mut f) = File::open(src) else { return Ok(None) };
+    let read = f.read(&mut header).map_err(|e| DiskError::io(src, e))?;
+    Ok((read >= 32 && &header[..4] == QCOW2_MAGIC).then(|| qcow2_header(&header).size))
 }
 
 async fn blocking(f: impl FnOnce() -> Result<(), DiskError> + Send + 'static) -> Result<(), DiskError> {
@@ -160,14 +214,14 @@ async fn blocking(f: impl FnOnce() -> Result<(), DiskError> + Send + 'static) ->
 }
 
 /// A temporary name next to `dst`, unique per process and call.
-fn tmp_next_to(dst: &Path, what: &str) -> PathBuf {
+pub(super) fn tmp_next_to(dst: &Path, what: &str) -> PathBuf {
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     dst.with_extension(format!("{what}.{}.{n}.tmp", std::process::id()))
 }
 
 /// Finishes a base: read-only, durable, then renamed into place.
-fn publish(tmp: &Path, dst: &Path) -> Result<(), DiskError> {
+pub(super) fn publish(tmp: &Path, dst: &Path) -> Result<(), DiskError> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o444)).map_err(|e| DiskError::io(tmp, e))?;
     File::open(tmp).and_then(|f| f.sync_all()).map_err(|e| DiskError::io(tmp, e))?;
