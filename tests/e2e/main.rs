@@ -19,6 +19,7 @@ mod nbd_limits;
 mod ops;
 mod pool;
 mod qemu;
+mod replay;
 mod results;
 mod schema;
 mod shared_store;

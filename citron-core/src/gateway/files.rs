@@ -22,6 +22,7 @@ use crate::namespace::Dut;
 use crate::serve::{Content, Intent, RangeRequest, ServeError, Space};
 use crate::store::StoreError;
 
+use super::inputs::artifact_name;
 use super::lifetimes::FileKey;
 
 /// A servable file of a loaded job.
@@ -32,6 +33,8 @@ pub(super) struct Entry {
     policies: Policies,
     /// Set for files with an `access_count`: their reads are recorded in the lifetime store.
     counted: Option<FileKey>,
+    /// The job's name for it in a run's inputs (`start/kernel`; `None`: generated).
+    input: Option<String>,
     _pin: Option<CachedArtifact>,
 }
 
@@ -53,8 +56,14 @@ impl Entry {
             content: Content::Memory(b),
             policies: Policies::default(),
             counted: None,
+            input: None,
             _pin: None,
         }
+    }
+
+    /// The job's name for this file in a run's inputs (`None`: a generated file).
+    pub(super) fn input_name(&self) -> Option<&str> {
+        self.input.as_deref()
     }
 
     /// The one way to an entry's bytes. In this order: the lifetime policies check (a used-up or
@@ -116,7 +125,7 @@ pub(super) struct Loader<'a> {
 }
 
 impl Loader<'_> {
-    async fn entry(&self, spec: &FileSpec, counted: Option<FileKey>, now: Instant) -> Result<Arc<Entry>, FetchError> {
+    async fn entry(&self, spec: &FileSpec, counted: Option<FileKey>, input: String, now: Instant) -> Result<Arc<Entry>, FetchError> {
         let cached = self.cache.get(&spec.source, spec.sha256).await?;
         let counter = if cached.was_fetched() { self.misses } else { self.hits };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -127,6 +136,7 @@ impl Loader<'_> {
             digest: cached.digest,
             policies: Policies::from_spec(&spec.lifetime, now),
             counted: spec.lifetime.access_count.and(counted),
+            input: Some(input),
             _pin: Some(cached),
         }))
     }
@@ -150,22 +160,29 @@ impl Loader<'_> {
         let known_bad = |f: &FileSpec| failed.iter().any(|(s, _)| *s == f.source);
         let all: Vec<(Space, &FileSpec)> =
             step.files.iter().flat_map(|(space, list)| list.iter().map(|f| (*space, f))).filter(|(_, f)| !known_bad(f)).collect();
-        let boot: Vec<&FileSpec> = step.kernel.iter().chain(&step.initramfs).filter(|f| !known_bad(f)).collect();
+        let boot: Vec<(&str, &FileSpec)> = [("kernel", &step.kernel), ("initramfs", &step.initramfs)]
+            .into_iter()
+            .filter_map(|(n, f)| Some((n, f.as_ref()?)))
+            .filter(|(_, f)| !known_bad(f))
+            .collect();
         let results: Vec<Result<Arc<Entry>, FetchError>> = {
             use futures::StreamExt as _;
             // Collected first: a lazy `map` closure in the stream's type trips the `Send` check of
             // the API's spawned futures (higher-ranked lifetimes).
             let loads: Vec<_> = all
                 .iter()
-                .map(|(space, f)| (*f, Some(FileKey { step: step_name, space: *space, path: f.path.clone() })))
-                .chain(boot.iter().map(|f| (*f, None)))
-                .map(|(f, key)| self.entry(f, key, now))
+                .map(|(space, f)| {
+                    let name = artifact_name(step_name, Some(*space), &f.path);
+                    (*f, Some(FileKey { step: step_name, space: *space, path: f.path.clone() }), name)
+                })
+                .chain(boot.iter().map(|(n, f)| (*f, None, artifact_name(step_name, None, n))))
+                .map(|(f, key, name)| self.entry(f, key, name, now))
                 .collect();
             futures::stream::iter(loads).buffered(self.per_job.max(1)).collect().await
         };
         let mut errors: Vec<(Source, FetchError)> = Vec::new();
         let mut loaded = Vec::with_capacity(results.len());
-        let specs = all.iter().map(|(_, f)| *f).chain(boot.iter().copied());
+        let specs = all.iter().map(|(_, f)| *f).chain(boot.iter().map(|(_, f)| *f));
         for (spec, r) in specs.zip(results) {
             match r {
                 Ok(e) => loaded.push(e),

@@ -38,6 +38,20 @@ pub struct Run {
     /// Its files (only when one run is asked for).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<Vec<ResultFile>>,
+    /// Its input key (SHA-256, hex), for a DUT's run that finished: what `citron results
+    /// find` compares (salt, revision, rendered job, DUT tags, declared artifacts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_key: Option<String>,
+    /// Another finished run with the same input key ended otherwise (one succeeded, one
+    /// failed): the test is flaky on these inputs (only when one run is asked for).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub flaky: bool,
+    /// What went into it, for a DUT's run that finished (only when one run is asked for):
+    /// `revision`, the DUT's `tags`, the digests of the job's `declared` artifacts (by name:
+    /// `start/kernel`, `start/http/<path>`) and of those its DUT was `served`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub inputs: Option<serde_json::Value>,
 }
 
 /// A run's state.
@@ -91,9 +105,9 @@ fn secs(us: i64) -> f64 {
     us as f64 / 1e6
 }
 
-const RUN_COLUMNS: &str = "id, job, revision, platform, dut, status, started_at, finished_at";
+pub(super) const RUN_COLUMNS: &str = "id, job, revision, platform, dut, status, started_at, finished_at, input_key";
 
-fn run_of(r: &AnyRow) -> Option<Run> {
+pub(super) fn run_of(r: &AnyRow) -> Option<Run> {
     Some(Run {
         id: r.try_get(0).ok()?,
         job: r.try_get(1).ok()?,
@@ -104,6 +118,9 @@ fn run_of(r: &AnyRow) -> Option<Run> {
         started_at: secs(r.try_get(6).ok()?),
         finished_at: r.try_get::<Option<i64>, _>(7).ok()?.map(secs),
         files: None,
+        input_key: r.try_get(8).ok()?,
+        flaky: false,
+        inputs: None,
     })
 }
 
@@ -166,7 +183,7 @@ pub const EVENT_FILES_MAX: usize = 64;
 /// (the API, a DUT's job): what `citron results watch` follows.
 #[derive(Clone)]
 pub struct Runs {
-    db: Arc<Db>,
+    pub(super) db: Arc<Db>,
     feed: Option<Arc<Feed>>,
 }
 
@@ -260,19 +277,19 @@ impl Runs {
         .await
     }
 
-    /// The open run of the DUT `dut` (its job's), newest first: `(id, job, token)`.
-    pub async fn open_of_dut(&self, dut: &str) -> Result<Option<(i64, String, String)>, StoreError> {
+    /// The open run of the DUT `dut` (its job's), newest first: `(id, job, token, revision)`.
+    pub async fn open_of_dut(&self, dut: &str) -> Result<Option<(i64, String, String, Option<String>)>, StoreError> {
         let d = dut.to_string();
         let row = call(&self.db, move |pool| async move {
             sqlx::query(
-                "SELECT id, job, token FROM runs WHERE dut = $1 AND status = 'running' AND token IS NOT NULL ORDER BY id DESC LIMIT 1",
+                "SELECT id, job, token, revision FROM runs WHERE dut = $1 AND status = 'running' AND token IS NOT NULL ORDER BY id DESC LIMIT 1",
             )
             .bind(d)
             .fetch_optional(&pool)
             .await
         })
         .await?;
-        Ok(row.and_then(|r| Some((r.try_get(0).ok()?, r.try_get(1).ok()?, r.try_get(2).ok()?))))
+        Ok(row.and_then(|r| Some((r.try_get(0).ok()?, r.try_get(1).ok()?, r.try_get(2).ok()?, r.try_get(3).ok()?))))
     }
 
     /// The run `id` of `job`, with its files.
@@ -291,10 +308,27 @@ impl Runs {
             Ok((run, files))
         })
         .await?;
-        Ok(run.as_ref().and_then(run_of).map(|mut r| {
-            r.files = Some(files.iter().filter_map(file_of).collect());
-            r
-        }))
+        let Some(mut run) = run.as_ref().and_then(run_of) else { return Ok(None) };
+        run.files = Some(files.iter().filter_map(file_of).collect());
+        if let Some(key) = run.input_key.clone() {
+            run.flaky = super::is_flaky(&self.keyed(&run.job, &key).await?);
+            run.inputs = self.inputs_of(id).await?;
+        }
+        Ok(Some(run))
+    }
+
+    /// The run `id` of whichever job, with its files (`citron results replay ID`).
+    pub async fn by_id(&self, id: i64) -> Result<Option<Run>, StoreError> {
+        let job =
+            call(
+                &self.db,
+                move |pool| async move { sqlx::query("SELECT job FROM runs WHERE id = $1").bind(id).fetch_optional(&pool).await },
+            )
+            .await?;
+        match job.and_then(|r| r.try_get::<String, _>(0).ok()) {
+            Some(job) => self.get(&job, id).await,
+            None => Ok(None),
+        }
     }
 
     /// Runs of `job` after `after` (by id), at most `limit`, optionally of one revision.
