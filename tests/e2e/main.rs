@@ -20,6 +20,7 @@ mod ops;
 mod pool;
 mod qemu;
 mod replay;
+mod result_sources;
 mod results;
 mod schema;
 mod shared_store;

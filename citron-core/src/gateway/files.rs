@@ -24,6 +24,7 @@ use crate::store::StoreError;
 
 use super::inputs::artifact_name;
 use super::lifetimes::FileKey;
+use super::RunStore;
 
 /// A servable file of a loaded job.
 pub(super) struct Entry {
@@ -122,11 +123,34 @@ pub(super) struct Loader<'a> {
     pub misses: &'a AtomicU64,
     /// `limits.downloads_per_job`.
     pub per_job: usize,
+    /// The lab's results, for `result:` sources.
+    pub runs: Option<Arc<dyn RunStore>>,
+}
+
+/// Brings `source` into `cache`, checked against `expected`: a `result:` source through the
+/// lab's results (`runs`), every other one by the cache itself. Loading a job and computing
+/// its input key both fetch this way.
+pub(super) async fn fetch(
+    cache: &Cache,
+    runs: Option<&Arc<dyn RunStore>>,
+    source: &Source,
+    expected: Option<Digest>,
+) -> Result<CachedArtifact, FetchError> {
+    let Source::Result(r) = source else { return cache.get(source, expected).await };
+    let runs = runs.ok_or_else(|| FetchError::Result {
+        what: r.to_string(),
+        message: "this lab keeps no results (they need `citron serve`)".into(),
+    })?;
+    let (digest, src) = runs.result(r).await?;
+    if let Some(e) = expected.filter(|e| *e != digest) {
+        return Err(FetchError::DigestMismatch { source_name: r.to_string(), expected: e, actual: digest });
+    }
+    cache.get_verified(src, digest).await
 }
 
 impl Loader<'_> {
     async fn entry(&self, spec: &FileSpec, counted: Option<FileKey>, input: String, now: Instant) -> Result<Arc<Entry>, FetchError> {
-        let cached = self.cache.get(&spec.source, spec.sha256).await?;
+        let cached = fetch(self.cache, self.runs.as_ref(), &spec.source, spec.sha256).await?;
         let counter = if cached.was_fetched() { self.misses } else { self.hits };
         counter.fetch_add(1, Ordering::Relaxed);
         let file = File::open(&cached.path).map_err(FetchError::Cache)?;
@@ -264,7 +288,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open(dir.path(), Default::default(), Arc::new(crate::artifact::NoNetwork)).unwrap();
         let (hits, misses) = (AtomicU64::new(0), AtomicU64::new(0));
-        let loader = Loader { cache: &cache, hits: &hits, misses: &misses, per_job: 2 };
+        let loader = Loader { cache: &cache, hits: &hits, misses: &misses, per_job: 2, runs: None };
         let files = loader.step(&Dut::new("dut1", []), "start", step, Instant::now(), &[]).await.unwrap();
         let listed: usize = step.files.values().map(Vec::len).sum();
         assert_eq!(misses.load(Ordering::Relaxed), listed as u64 + step.kernel.is_some() as u64);

@@ -159,6 +159,7 @@ fn source(s: &Source) -> serde_json::Value {
         Source::Data(b) => json!({"data": Digest::of(b).hex()}),
         Source::File(p) => json!({"file": p.display().to_string()}),
         Source::Url(u) => json!({"url": u.as_str()}),
+        Source::Result(r) => json!({"result": {"job": r.job, "path": r.path, "run": r.run, "untokened": r.untokened}}),
     }
 }
 
@@ -215,10 +216,11 @@ impl Gateway {
     /// does not): the same code computes a run's key when its job is loaded and `find`'s.
     async fn declared(&self, job: &ResolvedJob) -> Result<BTreeMap<String, Digest>, FetchError> {
         let mut out = BTreeMap::new();
+        let runs = self.run_store();
         for (name, f) in declared_files(job) {
             let d = match &f.source {
                 Source::Data(b) => Digest::of(b),
-                src => self.inner.cache.get(src, f.sha256).await?.digest,
+                src => super::files::fetch(&self.inner.cache, runs.as_ref(), src, f.sha256).await?.digest,
             };
             out.insert(name, d);
         }

@@ -43,7 +43,7 @@ pub use inputs::{InputKey, RunInputs};
 pub use jobs::{JobRecord, JobStore, MemoryJobs};
 pub use lifetimes::{resets_counts, FileKey, LifetimeStore, MemoryLifetimes};
 pub use loading::{LoadMark, Starting};
-pub use runs::{DutRun, RunFuture, RunStart, RunStore, RESULTS_PREFIX};
+pub use runs::{DutRun, ResultFuture, RunFuture, RunStart, RunStore, RESULTS_PREFIX};
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

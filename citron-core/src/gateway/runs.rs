@@ -14,7 +14,9 @@ use std::sync::Arc;
 use super::inputs::RunInputs;
 use super::jobs::ActiveJob;
 use super::{Gateway, GatewayError, JobRecord, Load};
-use crate::job::{JobErrors, RenderContext, ResolvedJob, SourceMap};
+use crate::artifact::{ArtifactSource, FetchError};
+use crate::digest::Digest;
+use crate::job::{JobErrors, RenderContext, ResolvedJob, ResultRef, SourceMap};
 use crate::namespace::{normalize, Dut, DutId};
 use crate::serve::{ServeError, Upload, UploadAnswer, UploadBody, WriteRequest};
 use crate::store::StoreError;
@@ -48,6 +50,10 @@ pub struct DutRun {
 /// What a [`RunStore`] call gives, when it is done.
 pub type RunFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'static>>;
 
+/// What a `result:` source resolves to, when it is done: the file's digest and where its
+/// bytes are read from.
+pub type ResultFuture = Pin<Box<dyn Future<Output = Result<(Digest, Arc<dyn ArtifactSource>), FetchError>> + Send + 'static>>;
+
 /// Where DUT runs are kept and their files go. Its calls are futures (unlike the other stores):
 /// they are made where the gateway awaits anyway (a job being set, the API's `job_end`), never
 /// on the serving path.
@@ -65,6 +71,10 @@ pub trait RunStore: Send + Sync + 'static {
     /// body ended cleanly and within `max` bytes, and answers on `answer` once it is durable
     /// and visible. Marked untokened: it came by source address.
     fn write(&self, run: &DutRun, path: String, max: u64, body: UploadBody, answer: UploadAnswer);
+    /// The file a job's `result:` source names (`r.job`'s newest successful run, or `r.run`;
+    /// a tokened file unless `r.untokened`), when a job is loaded: its digest and a source of
+    /// its bytes, which the cache then checks. [`FetchError::Result`] says why there is none.
+    fn result(&self, r: &ResultRef) -> ResultFuture;
 }
 
 /// Where a DUT's uploads go in its namespace: `_citron/results/<path in the run>`.
@@ -77,7 +87,7 @@ impl Gateway {
         *self.inner.runs.write() = Some(store);
     }
 
-    fn run_store(&self) -> Option<Arc<dyn RunStore>> {
+    pub(super) fn run_store(&self) -> Option<Arc<dyn RunStore>> {
         self.inner.runs.read().clone()
     }
 
@@ -230,7 +240,6 @@ mod tests {
     use crate::job::Origin;
     use crate::lab::LabConfig;
     use crate::serve::{Catalog, FileRequest, Intent, Protocol, Space, Written};
-    use crate::Digest;
 
     /// Runs in memory: what a [`RunStore`] is asked, kept for the test to look at.
     #[derive(Default)]
@@ -260,6 +269,15 @@ mod tests {
                 r.2 = Some(status);
             }
             Box::pin(async { Ok(()) })
+        }
+        fn result(&self, r: &ResultRef) -> ResultFuture {
+            let found = self.files.lock().iter().find(|((_, p), _)| *p == r.path).map(|(_, b)| b.clone());
+            let what = r.to_string();
+            Box::pin(async move {
+                let b = found.ok_or(FetchError::Result { what, message: "no such file".into() })?;
+                let src: Arc<dyn ArtifactSource> = Arc::new(crate::artifact::DataSource::new(Bytes::from(b.clone())));
+                Ok((Digest::of(&b), src))
+            })
         }
         fn write(&self, run: &DutRun, path: String, _max: u64, mut body: UploadBody, answer: UploadAnswer) {
             let (me, id) = (self.clone(), run.id);

@@ -138,6 +138,7 @@ impl Gateway {
             hits: &log.cache_hits,
             misses: &log.cache_misses,
             per_job: self.inner.lab.limits.downloads_per_job,
+            runs: self.run_store(),
         };
         // `continue` is fetched even when `start` failed, so that its own failures are reported
         // in the same round (what it takes from `start` is not fetched again).

@@ -82,6 +82,10 @@ impl RunStore for Results {
         })
     }
 
+    fn result(&self, r: &citron_core::job::ResultRef) -> citron_core::gateway::ResultFuture {
+        self.resolve(r)
+    }
+
     fn write(&self, run: &DutRun, path: String, max: u64, mut body: UploadBody, answer: UploadAnswer) {
         let (me, id, job) = (self.clone(), run.id, run.job.clone());
         tokio::spawn(async move {

@@ -16,6 +16,7 @@
 //! - `blob.rs`: file contents by SHA-256 behind `object_store` ([`BlobStore`]).
 //! - `retention.rs`: which runs lose their files, which blobs go ([`Retention`]).
 //! - `replay.rs`: runs by input key, for replay by revision ([`Found`]).
+//! - `sources.rs`: `result:` sources, a job booting what an earlier run uploaded.
 //! - `dut_runs.rs`: the runs of DUT jobs with `results:` and what DUTs upload into them
 //!   (the core's `RunStore`).
 
@@ -24,6 +25,7 @@ mod dut_runs;
 mod replay;
 mod retention;
 mod runs;
+mod sources;
 
 use std::path::Path;
 use std::sync::Arc;
