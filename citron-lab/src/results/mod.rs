@@ -15,6 +15,8 @@
 //! - `runs.rs`: runs, files, consoles in the state store ([`Run`], [`ResultFile`]).
 //! - `blob.rs`: file contents by SHA-256 behind `object_store` ([`BlobStore`]).
 //! - `retention.rs`: which runs lose their files, which blobs go ([`Retention`]).
+//! - `latest.rs`: the `latest` cache, dropped per job when a run of it finishes (here, or on
+//!   another gateway as the feed says).
 //! - `replay.rs`: runs by input key, for replay by revision ([`Found`]).
 //! - `sources.rs`: `result:` sources, a job booting what an earlier run uploaded.
 //! - `dut_runs.rs`: the runs of DUT jobs with `results:` and what DUTs upload into them
@@ -22,6 +24,7 @@
 
 mod blob;
 mod dut_runs;
+mod latest;
 mod replay;
 mod retention;
 mod runs;

@@ -185,6 +185,7 @@ pub const EVENT_FILES_MAX: usize = 64;
 pub struct Runs {
     pub(super) db: Arc<Db>,
     feed: Option<Arc<Feed>>,
+    latest: Arc<super::latest::LatestCache>,
 }
 
 impl std::fmt::Debug for Runs {
@@ -196,11 +197,13 @@ impl std::fmt::Debug for Runs {
 impl Runs {
     /// Over `db`.
     pub fn new(db: Arc<Db>) -> Runs {
-        Runs { db, feed: None }
+        Runs { db, feed: None, latest: Arc::default() }
     }
 
     /// Telling `feed` about runs and files.
     pub fn with_feed(mut self, feed: Arc<Feed>) -> Runs {
+        // Runs finished through other gateways drop their jobs from the `latest` cache.
+        super::latest::follow(&self.latest, feed.clone());
         self.feed = Some(feed);
         self
     }
@@ -223,12 +226,19 @@ impl Runs {
     /// The tenant owning `job`: `None` if no run of it was ever opened, `Some(None)` for the
     /// lab's own.
     pub async fn owner(&self, job: &str) -> Result<Option<Option<String>>, StoreError> {
+        if let Some(o) = self.latest.owner(job) {
+            return Ok(Some(o));
+        }
         let j = job.to_string();
         let row = call(&self.db, move |pool| async move {
             sqlx::query("SELECT tenant FROM result_jobs WHERE name = $1").bind(j).fetch_optional(&pool).await
         })
         .await?;
-        Ok(row.map(|r| r.try_get::<Option<String>, _>(0).ok().flatten()))
+        let owner = row.map(|r| r.try_get::<Option<String>, _>(0).ok().flatten());
+        if let Some(o) = &owner {
+            self.latest.set_owner(job, o.clone());
+        }
+        Ok(owner)
     }
 
     /// Opens a run; `Err(owner)` if the job belongs to another tenant.
@@ -350,7 +360,23 @@ impl Runs {
     }
 
     /// The newest run of `job` with `status` (any when `None`) on `platform` (any when `None`).
+    /// Answered from memory ([`super::latest`]) for a finished status once asked.
     pub async fn latest(&self, job: &str, platform: Option<String>, status: Option<Status>) -> Result<Option<Run>, StoreError> {
+        let cached = status.filter(|s| *s != Status::Running);
+        if let Some(s) = cached {
+            if let Some(hit) = self.latest.get(job, &platform, s) {
+                return Ok(hit);
+            }
+        }
+        let generation = self.latest.generation();
+        let found = self.latest_uncached(job, platform.clone(), status).await?;
+        if let Some(s) = cached {
+            self.latest.put(generation, job, platform, s, found.clone());
+        }
+        Ok(found)
+    }
+
+    async fn latest_uncached(&self, job: &str, platform: Option<String>, status: Option<Status>) -> Result<Option<Run>, StoreError> {
         let j = job.to_string();
         let st = status.map(|s| s.name().to_string());
         let row = call(&self.db, move |pool| async move {
@@ -426,7 +452,7 @@ impl Runs {
     /// had if it was finished already), and its own token to revoke.
     pub async fn finish(&self, run: i64, status: Status) -> Result<Option<(Status, Option<String>)>, StoreError> {
         let now = now_micros();
-        let (after, finished) = call(&self.db, move |pool| async move {
+        let (after, finished, job) = call(&self.db, move |pool| async move {
             let mut tx = pool.begin().await?;
             let n = sqlx::query("UPDATE runs SET status = $1, finished_at = $2 WHERE id = $3 AND status = 'running'")
                 .bind(status.name())
@@ -435,15 +461,20 @@ impl Runs {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-            let row = sqlx::query("SELECT status, token FROM runs WHERE id = $1").bind(run).fetch_optional(&mut *tx).await?;
+            let row = sqlx::query("SELECT status, token, job FROM runs WHERE id = $1").bind(run).fetch_optional(&mut *tx).await?;
             tx.commit().await?;
+            let job: Option<String> = row.as_ref().map(|r| r.try_get(2)).transpose()?;
             let after = match row {
                 Some(r) => Some((Status::parse(&r.try_get::<String, _>(0)?).unwrap_or(Status::Unknown), r.try_get(1)?)),
                 None => None,
             };
-            Ok((after, n > 0))
+            Ok((after, n > 0, job))
         })
         .await?;
+        // Before anyone hears of it: this gateway's `latest` never answers the run before.
+        if let Some(job) = &job {
+            self.latest.invalidate(job);
+        }
         if finished {
             self.announce_finished(run).await;
         }
