@@ -9,6 +9,7 @@ mod datadir;
 mod disk_expiry;
 mod dut_runs;
 mod extract;
+mod feed_revoked;
 mod fetch_errors;
 mod fulldisk;
 mod gateways;
