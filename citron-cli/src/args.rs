@@ -141,7 +141,8 @@ pub enum Command {
     #[command(name = "boot-test")]
     BootTest(crate::boot_test::BootTestArgs),
     /// Results on a remote citron (`--server URL` or $CITRON_SERVER, `--token-file FILE` or
-    /// $CITRON_TOKEN): upload a run's files, find the newest, list runs.
+    /// $CITRON_TOKEN): upload a run's files, find the newest, list runs, find and replay a run
+    /// with the same inputs.
     #[command(after_help = EXIT_CODES)]
     Results(crate::client::ResultsArgs),
     /// The DUT pool of a remote citron (`--server`, `--token-file` as for `results`): request,

@@ -78,6 +78,28 @@ pub enum ResultsCommand {
     /// file) CITRON_FILE, CITRON_SHA256 and CITRON_BLOB_URL. No polling: a dropped connection
     /// is resumed where it stopped (Last-Event-ID).
     Watch(crate::watch::WatchArgs),
+    /// Replay by revision: computes the input key JOB would have on the DUT now (the lab's
+    /// salt, the revision, the job rendered for the DUT, its tags and the digests of the job's
+    /// artifacts) and prints the answer (JSON) with the newest successful run of that key.
+    /// Exit codes: 0 such a run exists (replay it: `citron results replay RUN`), 1 none
+    /// (run the test), 2 error. A key whose runs both succeeded and failed is `"flaky": true`.
+    Find {
+        /// The job's name.
+        #[arg(long)]
+        job: String,
+        /// The revision to find (default: the job's `results.revision`).
+        #[arg(long)]
+        revision: Option<String>,
+        /// The DUT to compute the key for (default: the DUT of the job's newest run).
+        #[arg(long)]
+        dut: Option<String>,
+    },
+    /// Prints run RUN's stored console to stdout and exits with its stored status: 0 success,
+    /// 1 failure, 3 unknown (2: error, or a run still running).
+    Replay {
+        /// The run's id.
+        run: i64,
+    },
     /// JOB's runs (the first page), optionally of one revision.
     Runs {
         /// The job's name.
@@ -110,6 +132,18 @@ pub fn run(a: ResultsArgs) -> anyhow::Result<ExitCode> {
             }
             ResultsCommand::Latest { job, file, platform, output } => latest(&c, &job, file.as_deref(), platform, output.as_deref()).await,
             ResultsCommand::Watch(w) => crate::watch::watch(&c, w).await,
+            ResultsCommand::Find { job, revision, dut } => {
+                let found = c.find(&job, revision.as_deref(), dut.as_deref()).await?;
+                println!("{}", serde_json::to_string_pretty(&found)?);
+                if found.flaky {
+                    eprintln!("citron: runs with this key both succeeded and failed: flaky");
+                }
+                Ok(match found.run {
+                    Some(_) => ExitCode::SUCCESS,
+                    None => ExitCode::from(FIND_NONE),
+                })
+            }
+            ResultsCommand::Replay { run } => replay(&c, run).await,
             ResultsCommand::Runs { job, revision } => {
                 let page = c.runs(&job, revision.as_deref(), 0, RUNS_PAGE).await?;
                 println!("{}", serde_json::to_string_pretty(&page.runs)?);
@@ -117,6 +151,33 @@ pub fn run(a: ResultsArgs) -> anyhow::Result<ExitCode> {
             }
         }
     })
+}
+
+/// `find`'s exit code when no successful run has the key.
+const FIND_NONE: u8 = 1;
+/// `replay`'s exit code for a run that ended without saying how.
+const REPLAY_UNKNOWN: u8 = 3;
+
+async fn replay(c: &Client, id: i64) -> anyhow::Result<ExitCode> {
+    use std::io::Write as _;
+    let run = c.run_by_id(id).await.with_context(|| format!("cannot read run {id}"))?;
+    let code = match run.status {
+        Status::Success => ExitCode::SUCCESS,
+        Status::Failure => ExitCode::from(1),
+        Status::Unknown => ExitCode::from(REPLAY_UNKNOWN),
+        Status::Running => bail!("run {id} of {} is still running: nothing to replay yet", run.job),
+    };
+    let console = c.console(&run.job, id, citron_lab::results::CONSOLE_MAX_BYTES).await.context("cannot read the run's console")?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(&console).and_then(|()| out.flush()).context("cannot write the console")?;
+    eprintln!(
+        "citron: replayed run {id} of {} (revision {}): {}{}",
+        run.job,
+        run.revision.as_deref().unwrap_or("none"),
+        run.status.name(),
+        if run.flaky { ", flaky: another run with the same inputs ended otherwise" } else { "" }
+    );
+    Ok(code)
 }
 
 async fn upload(

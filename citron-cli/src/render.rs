@@ -60,6 +60,7 @@ fn describe(src: &Source) -> String {
         Source::Data(b) => format!("data ({} bytes inline)", b.len()),
         Source::File(p) => format!("file:{}", p.display()),
         Source::Url(u) => u.to_string(),
+        Source::Result(r) => r.to_string(),
     }
 }
 
@@ -73,7 +74,7 @@ fn measure(src: &Source, declared: Option<Digest>) -> (String, String) {
             Ok((n, d)) => (n.to_string(), d.to_string()),
             Err(e) => (format!("unreadable: {e}"), shown(declared)),
         },
-        Source::Url(_) => ("(fetched at load)".into(), shown(declared)),
+        Source::Url(_) | Source::Result(_) => ("(fetched at load)".into(), shown(declared)),
     }
 }
 

@@ -38,7 +38,7 @@ mod tokens;
 use std::path::Path;
 use std::time::Duration;
 
-pub use citron_lab::results::{ResultFile, Run, Status};
+pub use citron_lab::results::{Found, ResultFile, Run, Status};
 pub use citron_lab::state::feed::FeedEvent;
 pub use error::ClientError;
 pub use events::{EventQuery, Events, Progress};

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::{Client, ClientError, ResultFile, Run, Status};
+use crate::{Client, ClientError, Found, ResultFile, Run, Status};
 
 /// The header a file's SHA-256 travels in, both ways.
 pub const CHECKSUM_HEADER: &str = "x-checksum-sha256";
@@ -280,6 +280,42 @@ impl Client {
         let runs: Vec<Run> = serde_json::from_slice(&body).map_err(|e| ClientError::Protocol(format!("a page of runs: {e}")))?;
         let next = if more { runs.last().map(|r| r.id) } else { None };
         Ok(RunsPage { runs, next })
+    }
+
+    /// The key job `job` would have on `dut` (default: the DUT of its newest recorded run)
+    /// for `revision` (default: the job's own), and the newest successful run with that key
+    /// ([`Found::run`]; `None`: run the test). Replay by revision.
+    pub async fn find(&self, job: &str, revision: Option<&str>, dut: Option<&str>) -> Result<Found, ClientError> {
+        let mut q = Vec::new();
+        if let Some(r) = revision {
+            q.push(("revision", r));
+        }
+        if let Some(d) = dut {
+            q.push(("dut", d));
+        }
+        self.json(self.req(Method::GET, self.url(["api", "v1", "results", job, "find"])).query(&q)).await
+    }
+
+    /// Run `run` by its id alone, with its files.
+    pub async fn run_by_id(&self, run: i64) -> Result<Run, ClientError> {
+        let run_s = run.to_string();
+        self.json(self.req(Method::GET, self.url(["api", "v1", "results", "by-run", &run_s]))).await
+    }
+
+    /// The console of run `run` of `job`, at most `max_bytes`.
+    pub async fn console(&self, job: &str, run: i64, max_bytes: u64) -> Result<Bytes, ClientError> {
+        let run_s = run.to_string();
+        let resp = self.send(self.req(Method::GET, self.url(["api", "v1", "results", job, "runs", &run_s, "console"]))).await?;
+        let mut body = resp.bytes_stream();
+        let mut out = Vec::new();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| ClientError::unreachable(self.server(), &e))?;
+            if (out.len() + chunk.len()) as u64 > max_bytes {
+                return Err(ClientError::Protocol(format!("the console is longer than {max_bytes} bytes")));
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out.into())
     }
 
     /// The files with content `sha256` that the token may read (none: an empty list).

@@ -91,6 +91,21 @@ pub struct LabConfig {
     /// The tenants' pool quotas, by tenant name.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub tenants: Tenants,
+    /// The lab's results settings (the salt of the runs' input keys).
+    #[serde(default)]
+    pub results: ResultsSettings,
+}
+
+/// `results:` in the lab file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResultsSettings {
+    /// Goes into every run's input key (`citron results find`): change it (`salt: "2"`) to
+    /// disown every earlier result, e.g. after a broken DUT or a bad toolchain produced
+    /// results that must not be replayed. At most 256 characters.
+    #[serde(default)]
+    #[schemars(length(max = 256))]
+    pub salt: String,
 }
 
 /// `gateways:` in the lab file.
@@ -130,6 +145,7 @@ impl std::fmt::Debug for LabConfig {
             .field("gateways", &self.gateways)
             .field("pool", &self.pool)
             .field("tenants", &self.tenants)
+            .field("results", &self.results)
             .finish_non_exhaustive()
     }
 }

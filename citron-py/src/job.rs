@@ -345,6 +345,7 @@ fn source_fields(s: &Source) -> (String, Option<String>, Option<u64>, Option<Dig
             ("file".into(), Some(url), std::fs::metadata(p).ok().map(|m| m.len()), None)
         }
         Source::Url(u) => ("url".into(), Some(u.to_string()), None, None),
+        Source::Result(r) => ("result".into(), Some(r.to_string()), None, None),
     }
 }
 

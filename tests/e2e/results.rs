@@ -416,6 +416,21 @@ fn two_gateways_on_one_postgresql_share_tokens_and_runs() {
     let hits = call(&b, Some(&ci), "GET", &format!("/api/v1/results/by-hash?sha256={sha}"), &[]).json();
     assert_eq!(hits, json!([{"job": "fw", "run": run, "path": "fw.bin"}]));
     assert_eq!(runs(&b, "fw").len(), 1);
+    // B keeps its `latest` answer in memory; a newer run finished through A replaces it there
+    // (A's run_finished reaches B through the feed and its NOTIFY).
+    let r = post(&a, Some(&ci), "/api/v1/results/fw/runs", json!({"revision": "v2", "platform": "arm64"}));
+    let run2 = r.json()["id"].as_i64().unwrap();
+    std::fs::write(&f, b"firmware v2").unwrap();
+    let sha2 = hex_sha(b"firmware v2");
+    assert_eq!(put_file(&a, &ci, "fw", run2, "fw.bin", &f, Some(&sha2)).status, 201);
+    assert_eq!(post(&a, Some(&ci), &format!("/api/v1/results/fw/runs/{run2}/finish"), json!({"status": "success"})).status, 200);
+    let latest_on = |c: &Citron| {
+        call(c, Some(&ci), "GET", "/api/v1/results/fw/latest/files/fw.bin?platform=arm64", &[])
+            .header("x-checksum-sha256")
+            .map(str::to_string)
+    };
+    assert_eq!(latest_on(&a).as_deref(), Some(sha2.as_str()), "A's own finish drops its cache at once");
+    assert!(eventually(|| latest_on(&b).as_deref() == Some(sha2.as_str())), "B still answers the older run");
     // Last use is recorded, in batches, off the request's path.
     assert!(eventually(|| pg.psql("SELECT count(*) FROM tokens WHERE last_used IS NOT NULL").trim() != "0"), "no last use recorded");
 

@@ -347,7 +347,20 @@ impl Cache {
                 let handled = self.inner.fetchers.schemes().iter().map(|s| s.to_string()).collect();
                 return Err(FetchError::UnsupportedScheme { url: super::redact_url(u), handled });
             }
+            // The lab's results resolve these (the gateway's `RunStore`), then `get_verified`.
+            Source::Result(r) => {
+                return Err(FetchError::Result { what: r.to_string(), message: "only a lab that keeps results can fetch it".into() })
+            }
         })
+    }
+
+    /// Brings the content `src` gives into the cache, which must have the digest `digest`
+    /// (already known: a result's), and pins it; no download when the cache has it.
+    pub async fn get_verified(&self, src: Arc<dyn ArtifactSource>, digest: Digest) -> Result<CachedArtifact, FetchError> {
+        if let Some(a) = self.hit(digest).await {
+            return Ok(a);
+        }
+        self.get_from(src, Some(digest), None, false).await
     }
 
     /// Brings `source` into the cache, verifying `expected`, and pins it.
@@ -372,7 +385,7 @@ impl Cache {
                 let meta = tokio::fs::metadata(p).await.map_err(|e| FetchError::File { path: p.clone(), source: e })?;
                 stamp = Some((meta.len(), meta.modified().unwrap_or(SystemTime::UNIX_EPOCH)));
             }
-            Source::Url(_) => {}
+            Source::Url(_) | Source::Result(_) => {}
         }
         let src = self.source_for(source)?;
         let identity = src.identity();

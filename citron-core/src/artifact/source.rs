@@ -104,6 +104,15 @@ pub enum FetchError {
     /// The cache could not store the artifact.
     #[error("cache: {0}; check the data directory's free space and permissions")]
     Cache(std::io::Error),
+    /// A `result:` source names no file the lab's results have (no such job, run or file, or
+    /// only an untokened one), or the lab keeps no results.
+    #[error("{what}: {message}")]
+    Result {
+        /// The source (`result JOB/PATH of …`).
+        what: String,
+        /// Why, and what to do.
+        message: String,
+    },
     /// The artifact is larger than the whole cache.
     #[error("{source_name}: {size} bytes do not fit in the cache ({max} bytes); raise cache.max_size in the lab file")]
     TooLarge {
@@ -195,6 +204,7 @@ impl FetchError {
             FetchError::UnsupportedScheme { url, handled } => FetchError::UnsupportedScheme { url: url.clone(), handled: handled.clone() },
             FetchError::BadUrl { url, message } => FetchError::BadUrl { url: url.clone(), message: message.clone() },
             FetchError::Cache(e) => FetchError::Cache(io(e)),
+            FetchError::Result { what, message } => FetchError::Result { what: what.clone(), message: message.clone() },
             FetchError::TooLarge { source_name, size, max } => {
                 FetchError::TooLarge { source_name: source_name.clone(), size: *size, max: *max }
             }

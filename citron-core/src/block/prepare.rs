@@ -67,6 +67,7 @@ fn tarball_name(src: &Source) -> String {
         Source::Data(_) => "inline tarball".into(),
         Source::File(p) => format!("tarball {}", p.display()),
         Source::Url(u) => format!("tarball {}", crate::artifact::redact_url(u)),
+        Source::Result(r) => format!("tarball {r}"),
     }
 }
 

@@ -22,7 +22,9 @@ use crate::namespace::Dut;
 use crate::serve::{Content, Intent, RangeRequest, ServeError, Space};
 use crate::store::StoreError;
 
+use super::inputs::artifact_name;
 use super::lifetimes::FileKey;
+use super::RunStore;
 
 /// A servable file of a loaded job.
 pub(super) struct Entry {
@@ -32,6 +34,8 @@ pub(super) struct Entry {
     policies: Policies,
     /// Set for files with an `access_count`: their reads are recorded in the lifetime store.
     counted: Option<FileKey>,
+    /// The job's name for it in a run's inputs (`start/kernel`; `None`: generated).
+    input: Option<String>,
     _pin: Option<CachedArtifact>,
 }
 
@@ -53,8 +57,14 @@ impl Entry {
             content: Content::Memory(b),
             policies: Policies::default(),
             counted: None,
+            input: None,
             _pin: None,
         }
+    }
+
+    /// The job's name for this file in a run's inputs (`None`: a generated file).
+    pub(super) fn input_name(&self) -> Option<&str> {
+        self.input.as_deref()
     }
 
     /// The one way to an entry's bytes. In this order: the lifetime policies check (a used-up or
@@ -113,11 +123,34 @@ pub(super) struct Loader<'a> {
     pub misses: &'a AtomicU64,
     /// `limits.downloads_per_job`.
     pub per_job: usize,
+    /// The lab's results, for `result:` sources.
+    pub runs: Option<Arc<dyn RunStore>>,
+}
+
+/// Brings `source` into `cache`, checked against `expected`: a `result:` source through the
+/// lab's results (`runs`), every other one by the cache itself. Loading a job and computing
+/// its input key both fetch this way.
+pub(super) async fn fetch(
+    cache: &Cache,
+    runs: Option<&Arc<dyn RunStore>>,
+    source: &Source,
+    expected: Option<Digest>,
+) -> Result<CachedArtifact, FetchError> {
+    let Source::Result(r) = source else { return cache.get(source, expected).await };
+    let runs = runs.ok_or_else(|| FetchError::Result {
+        what: r.to_string(),
+        message: "this lab keeps no results (they need `citron serve`)".into(),
+    })?;
+    let (digest, src) = runs.result(r).await?;
+    if let Some(e) = expected.filter(|e| *e != digest) {
+        return Err(FetchError::DigestMismatch { source_name: r.to_string(), expected: e, actual: digest });
+    }
+    cache.get_verified(src, digest).await
 }
 
 impl Loader<'_> {
-    async fn entry(&self, spec: &FileSpec, counted: Option<FileKey>, now: Instant) -> Result<Arc<Entry>, FetchError> {
-        let cached = self.cache.get(&spec.source, spec.sha256).await?;
+    async fn entry(&self, spec: &FileSpec, counted: Option<FileKey>, input: String, now: Instant) -> Result<Arc<Entry>, FetchError> {
+        let cached = fetch(self.cache, self.runs.as_ref(), &spec.source, spec.sha256).await?;
         let counter = if cached.was_fetched() { self.misses } else { self.hits };
         counter.fetch_add(1, Ordering::Relaxed);
         let file = File::open(&cached.path).map_err(FetchError::Cache)?;
@@ -127,6 +160,7 @@ impl Loader<'_> {
             digest: cached.digest,
             policies: Policies::from_spec(&spec.lifetime, now),
             counted: spec.lifetime.access_count.and(counted),
+            input: Some(input),
             _pin: Some(cached),
         }))
     }
@@ -150,22 +184,29 @@ impl Loader<'_> {
         let known_bad = |f: &FileSpec| failed.iter().any(|(s, _)| *s == f.source);
         let all: Vec<(Space, &FileSpec)> =
             step.files.iter().flat_map(|(space, list)| list.iter().map(|f| (*space, f))).filter(|(_, f)| !known_bad(f)).collect();
-        let boot: Vec<&FileSpec> = step.kernel.iter().chain(&step.initramfs).filter(|f| !known_bad(f)).collect();
+        let boot: Vec<(&str, &FileSpec)> = [("kernel", &step.kernel), ("initramfs", &step.initramfs)]
+            .into_iter()
+            .filter_map(|(n, f)| Some((n, f.as_ref()?)))
+            .filter(|(_, f)| !known_bad(f))
+            .collect();
         let results: Vec<Result<Arc<Entry>, FetchError>> = {
             use futures::StreamExt as _;
             // Collected first: a lazy `map` closure in the stream's type trips the `Send` check of
             // the API's spawned futures (higher-ranked lifetimes).
             let loads: Vec<_> = all
                 .iter()
-                .map(|(space, f)| (*f, Some(FileKey { step: step_name, space: *space, path: f.path.clone() })))
-                .chain(boot.iter().map(|f| (*f, None)))
-                .map(|(f, key)| self.entry(f, key, now))
+                .map(|(space, f)| {
+                    let name = artifact_name(step_name, Some(*space), &f.path);
+                    (*f, Some(FileKey { step: step_name, space: *space, path: f.path.clone() }), name)
+                })
+                .chain(boot.iter().map(|(n, f)| (*f, None, artifact_name(step_name, None, n))))
+                .map(|(f, key, name)| self.entry(f, key, name, now))
                 .collect();
             futures::stream::iter(loads).buffered(self.per_job.max(1)).collect().await
         };
         let mut errors: Vec<(Source, FetchError)> = Vec::new();
         let mut loaded = Vec::with_capacity(results.len());
-        let specs = all.iter().map(|(_, f)| *f).chain(boot.iter().copied());
+        let specs = all.iter().map(|(_, f)| *f).chain(boot.iter().map(|(_, f)| *f));
         for (spec, r) in specs.zip(results) {
             match r {
                 Ok(e) => loaded.push(e),
@@ -247,7 +288,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open(dir.path(), Default::default(), Arc::new(crate::artifact::NoNetwork)).unwrap();
         let (hits, misses) = (AtomicU64::new(0), AtomicU64::new(0));
-        let loader = Loader { cache: &cache, hits: &hits, misses: &misses, per_job: 2 };
+        let loader = Loader { cache: &cache, hits: &hits, misses: &misses, per_job: 2, runs: None };
         let files = loader.step(&Dut::new("dut1", []), "start", step, Instant::now(), &[]).await.unwrap();
         let listed: usize = step.files.values().map(Vec::len).sum();
         assert_eq!(misses.load(Ordering::Relaxed), listed as u64 + step.kernel.is_some() as u64);

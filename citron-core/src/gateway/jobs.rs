@@ -62,14 +62,22 @@ pub(super) struct ActiveJob {
     pub job: ResolvedJob,
     /// The open run of a job with `results:`, until `job_end` (or the job's end) closes it.
     pub run: parking_lot::Mutex<Option<super::DutRun>>,
+    /// The run's inputs (its key, what the DUT reads), for a job with a run.
+    pub inputs: Option<super::inputs::JobInputs>,
     start: Files,
     cont: Option<Files>,
     boots: AtomicU32,
 }
 
 impl ActiveJob {
-    pub(super) fn new(job: ResolvedJob, start: Files, cont: Option<Files>, run: Option<super::DutRun>) -> ActiveJob {
-        ActiveJob { job, run: parking_lot::Mutex::new(run), start, cont, boots: AtomicU32::new(0) }
+    pub(super) fn new(
+        job: ResolvedJob,
+        start: Files,
+        cont: Option<Files>,
+        run: Option<super::DutRun>,
+        inputs: Option<super::inputs::JobInputs>,
+    ) -> ActiveJob {
+        ActiveJob { job, run: parking_lot::Mutex::new(run), inputs, start, cont, boots: AtomicU32::new(0) }
     }
 
     /// The files served now: `continue` from the second boot after the job started.
@@ -150,7 +158,7 @@ mod tests {
 
     fn job() -> ActiveJob {
         let job = ResolvedJob { name: None, results: None, origin: "t".into(), start: Default::default(), continue_: None };
-        ActiveJob::new(job, Files::default(), Some(Files::default()), None)
+        ActiveJob::new(job, Files::default(), Some(Files::default()), None, None)
     }
 
     #[test]

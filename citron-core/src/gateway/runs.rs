@@ -11,9 +11,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use super::inputs::RunInputs;
 use super::jobs::ActiveJob;
 use super::{Gateway, GatewayError, JobRecord, Load};
-use crate::job::{JobErrors, RenderContext, ResolvedJob, SourceMap};
+use crate::artifact::{ArtifactSource, FetchError};
+use crate::digest::Digest;
+use crate::job::{JobErrors, RenderContext, ResolvedJob, ResultRef, SourceMap};
 use crate::namespace::{normalize, Dut, DutId};
 use crate::serve::{ServeError, Upload, UploadAnswer, UploadBody, WriteRequest};
 use crate::store::StoreError;
@@ -40,10 +43,16 @@ pub struct DutRun {
     pub job: String,
     /// Its own upload token (`upload` scope for this run only), revoked when it closes.
     pub token: String,
+    /// The revision it is of (what its input key holds).
+    pub revision: Option<String>,
 }
 
 /// What a [`RunStore`] call gives, when it is done.
 pub type RunFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'static>>;
+
+/// What a `result:` source resolves to, when it is done: the file's digest and where its
+/// bytes are read from.
+pub type ResultFuture = Pin<Box<dyn Future<Output = Result<(Digest, Arc<dyn ArtifactSource>), FetchError>> + Send + 'static>>;
 
 /// Where DUT runs are kept and their files go. Its calls are futures (unlike the other stores):
 /// they are made where the gateway awaits anyway (a job being set, the API's `job_end`), never
@@ -53,12 +62,19 @@ pub trait RunStore: Send + Sync + 'static {
     fn open(&self, start: RunStart) -> RunFuture<DutRun>;
     /// The DUT's open run, if it has one (a lab loading its jobs again after a restart).
     fn current(&self, dut: &DutId) -> RunFuture<Option<DutRun>>;
-    /// Closes the run with `status` (`success`, `failure` or `unknown`) and revokes its token.
-    fn close(&self, run: DutRun, status: String) -> RunFuture<()>;
+    /// Closes the run with `status` (`success`, `failure` or `unknown`) and revokes its token;
+    /// with `inputs` (its input key, what it declared and what its DUT read, its job's text),
+    /// recorded with it, for `citron results find`. `None`: the job never loaded, or its key
+    /// could not be computed.
+    fn close(&self, run: DutRun, status: String, inputs: Option<RunInputs>) -> RunFuture<()>;
     /// Takes in the file `path` of `run`: reads `body` to its end, keeps the file only if the
     /// body ended cleanly and within `max` bytes, and answers on `answer` once it is durable
     /// and visible. Marked untokened: it came by source address.
     fn write(&self, run: &DutRun, path: String, max: u64, body: UploadBody, answer: UploadAnswer);
+    /// The file a job's `result:` source names (`r.job`'s newest successful run, or `r.run`;
+    /// a tokened file unless `r.untokened`), when a job is loaded: its digest and a source of
+    /// its bytes, which the cache then checks. [`FetchError::Result`] says why there is none.
+    fn result(&self, r: &ResultRef) -> ResultFuture;
 }
 
 /// Where a DUT's uploads go in its namespace: `_citron/results/<path in the run>`.
@@ -71,7 +87,7 @@ impl Gateway {
         *self.inner.runs.write() = Some(store);
     }
 
-    fn run_store(&self) -> Option<Arc<dyn RunStore>> {
+    pub(super) fn run_store(&self) -> Option<Arc<dyn RunStore>> {
         self.inner.runs.read().clone()
     }
 
@@ -82,7 +98,8 @@ impl Gateway {
 
     /// Renders a job with `render` in `ctx`; one with `results:` gets its run first (a new one,
     /// or with [`Load::Resume`] the DUT's open one if it has one) and renders with its
-    /// variables. The run is closed again if the job then fails to render.
+    /// variables. The run is closed again if the job then fails to render. With the run comes
+    /// the job as rendered with the run variables' stand-ins, which its input key is made of.
     pub(super) async fn render_with_run(
         &self,
         dut: &Dut,
@@ -90,7 +107,7 @@ impl Gateway {
         render: impl Fn(&RenderContext) -> Result<(ResolvedJob, SourceMap), JobErrors>,
         how: Load,
         revision: Option<String>,
-    ) -> Result<(ResolvedJob, SourceMap, Option<DutRun>), GatewayError> {
+    ) -> Result<(ResolvedJob, SourceMap, Option<(DutRun, ResolvedJob)>), GatewayError> {
         // With the run's stand-ins: every problem of the job, and whether it has `results:`.
         let (probe, sources) = render(ctx)?;
         let (Some(spec), Some(name)) = (&probe.results, &probe.name) else { return Ok((probe, sources, None)) };
@@ -117,9 +134,9 @@ impl Gateway {
         ctx.vars.insert("upload_token".into(), run.token.clone());
         ctx.vars.insert("run_id".into(), run.id.to_string());
         match render(&ctx) {
-            Ok((job, sources)) => Ok((job, sources, Some(run))),
+            Ok((job, sources)) => Ok((job, sources, Some((run, probe)))),
             Err(e) => {
-                self.close_run(run, UNKNOWN).await;
+                self.close_run(run, UNKNOWN, None).await;
                 Err(e.into())
             }
         }
@@ -133,11 +150,12 @@ impl Gateway {
         sources: Option<&SourceMap>,
         record: JobRecord,
         how: Load,
-        run: Option<DutRun>,
+        run: Option<(DutRun, ResolvedJob)>,
     ) -> Result<(), GatewayError> {
-        let r = self.load(dut, resolved, sources, record, how, run.clone()).await;
-        if let (Err(_), Some(run)) = (&r, run) {
-            self.close_run(run, UNKNOWN).await;
+        let closing = run.as_ref().map(|(r, _)| r.clone());
+        let r = self.load(dut, resolved, sources, record, how, run).await;
+        if let (Err(_), Some(run)) = (&r, closing) {
+            self.close_run(run, UNKNOWN, None).await;
         }
         r
     }
@@ -147,16 +165,17 @@ impl Gateway {
     /// one. The job itself stays until the event unloads it.
     pub async fn end_run(&self, id: &DutId, status: &str) -> Result<Option<DutRun>, GatewayError> {
         self.known(id)?;
-        let Some(run) = self.inner.jobs.active(id).and_then(|j| j.run.lock().take()) else { return Ok(None) };
+        let Some(job) = self.inner.jobs.active(id) else { return Ok(None) };
+        let Some(run) = job.run.lock().take() else { return Ok(None) };
         let Some(store) = self.run_store() else { return Ok(None) };
-        store.close(run.clone(), status.to_string()).await?;
+        store.close(run.clone(), status.to_string(), job.inputs.as_ref().map(|i| i.snapshot())).await?;
         tracing::info!(dut = %id, job = %run.job, run = run.id, status, "results: run closed");
         Ok(Some(run))
     }
 
-    async fn close_run(&self, run: DutRun, status: &str) {
+    async fn close_run(&self, run: DutRun, status: &str, inputs: Option<RunInputs>) {
         let Some(store) = self.run_store() else { return };
-        if let Err(e) = store.close(run.clone(), status.to_string()).await {
+        if let Err(e) = store.close(run.clone(), status.to_string(), inputs).await {
             tracing::error!(job = %run.job, run = run.id, error = %e, "results: a run could not be closed");
         }
     }
@@ -164,10 +183,11 @@ impl Gateway {
     /// Closes the run of a job that is going (replaced, dropped, its DUT removed) in the
     /// background, as `unknown`: the callers are synchronous.
     pub(super) fn close_run_later(&self, job: Option<Arc<ActiveJob>>) {
-        let Some(run) = job.and_then(|j| j.run.lock().take()) else { return };
+        let Some(job) = job else { return };
+        let Some(run) = job.run.lock().take() else { return };
         let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
-        let gw = self.clone();
-        rt.spawn(async move { gw.close_run(run, UNKNOWN).await });
+        let (gw, inputs) = (self.clone(), job.inputs.as_ref().map(|i| i.snapshot()));
+        rt.spawn(async move { gw.close_run(run, UNKNOWN, inputs).await });
     }
 
     /// [`Catalog::write`]: the DUT by its address, the name under `_citron/results/` of its
@@ -220,20 +240,20 @@ mod tests {
     use crate::job::Origin;
     use crate::lab::LabConfig;
     use crate::serve::{Catalog, FileRequest, Intent, Protocol, Space, Written};
-    use crate::Digest;
 
     /// Runs in memory: what a [`RunStore`] is asked, kept for the test to look at.
     #[derive(Default)]
     struct MemRuns {
         runs: Mutex<Vec<(DutRun, DutId, Option<String>)>>,
         files: Mutex<HashMap<(i64, String), Vec<u8>>>,
+        inputs: Mutex<HashMap<i64, RunInputs>>,
     }
 
     impl RunStore for Arc<MemRuns> {
         fn open(&self, s: RunStart) -> RunFuture<DutRun> {
             let mut runs = self.runs.lock();
             let id = runs.len() as i64 + 1;
-            let run = DutRun { id, job: s.job, token: format!("tok-{id}") };
+            let run = DutRun { id, job: s.job, token: format!("tok-{id}"), revision: s.revision };
             runs.push((run.clone(), s.dut, None));
             Box::pin(async move { Ok(run) })
         }
@@ -241,11 +261,23 @@ mod tests {
             let r = self.runs.lock().iter().rev().find(|(_, d, st)| d == dut && st.is_none()).map(|(r, _, _)| r.clone());
             Box::pin(async move { Ok(r) })
         }
-        fn close(&self, run: DutRun, status: String) -> RunFuture<()> {
+        fn close(&self, run: DutRun, status: String, inputs: Option<RunInputs>) -> RunFuture<()> {
+            if let Some(i) = inputs {
+                self.inputs.lock().insert(run.id, i);
+            }
             if let Some(r) = self.runs.lock().iter_mut().find(|(r, _, _)| r.id == run.id) {
                 r.2 = Some(status);
             }
             Box::pin(async { Ok(()) })
+        }
+        fn result(&self, r: &ResultRef) -> ResultFuture {
+            let found = self.files.lock().iter().find(|((_, p), _)| *p == r.path).map(|(_, b)| b.clone());
+            let what = r.to_string();
+            Box::pin(async move {
+                let b = found.ok_or(FetchError::Result { what, message: "no such file".into() })?;
+                let src: Arc<dyn ArtifactSource> = Arc::new(crate::artifact::DataSource::new(Bytes::from(b.clone())));
+                Ok((Digest::of(&b), src))
+            })
         }
         fn write(&self, run: &DutRun, path: String, _max: u64, mut body: UploadBody, answer: UploadAnswer) {
             let (me, id) = (self.clone(), run.id);
@@ -318,5 +350,46 @@ mod tests {
         let statuses: Vec<Option<String>> = mem.runs.lock().iter().map(|r| r.2.clone()).collect();
         assert_eq!(statuses, [Some("success".into()), Some("unknown".into()), None]);
         assert!(!mem.files.lock().contains_key(&(1, "b".to_string())), "an upload dropped midway keeps nothing");
+    }
+
+    #[tokio::test]
+    async fn a_run_records_its_key_what_its_dut_read_and_find_computes_the_same_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let gw = Gateway::new(LabConfig::default_lab(), dir.path()).unwrap();
+        let mem = Arc::new(MemRuns::default());
+        gw.set_run_store(Arc::new(mem.clone()));
+        let d1 = DutId::from("dut1");
+        let job = format!("{JOB}        - path: /other\n          data: other\n");
+        let read = |path: &'static str| {
+            let r = FileRequest {
+                peer: "127.0.0.2".parse().unwrap(),
+                protocol: Protocol::HTTP,
+                space: Space::HTTP,
+                path,
+                base_url: None,
+                intent: Intent::Read,
+                range: None,
+            };
+            gw.open(&r).unwrap();
+        };
+        for status in ["success", "failure"] {
+            gw.set_job_yaml_at(&d1, &job, Origin::named("api"), Some("r1".into())).await.unwrap();
+            read("/env");
+            gw.end_run(&d1, status).await.unwrap();
+        }
+        let (a, b) = {
+            let inputs = mem.inputs.lock();
+            (inputs[&1].clone(), inputs[&2].clone())
+        };
+        assert_eq!(a.key, b.key, "two runs of one job, revision and DUT have one key, whatever their tokens");
+        assert_eq!(a.key.revision.as_deref(), Some("r1"));
+        assert_eq!(a.key.declared.keys().collect::<Vec<_>>(), ["start/http/env", "start/http/other"]);
+        assert_eq!(a.served.keys().collect::<Vec<_>>(), ["start/http/env"], "only what the DUT read");
+        assert_eq!(a.served["start/http/env"], Digest::of(b"tok-1 1 j"), "the digest of what was served");
+        assert_eq!(a.yaml.as_deref(), Some(job.as_str()));
+        let found = gw.input_key(&d1, &job, None, Some("r1".into())).await.unwrap();
+        assert_eq!(found, a.key);
+        assert_ne!(gw.input_key(&d1, &job, None, Some("r2".into())).await.unwrap().key, a.key.key);
+        assert_ne!(gw.input_key(&d1, &job.replace("data: other", "data: changed"), None, Some("r1".into())).await.unwrap().key, a.key.key);
     }
 }

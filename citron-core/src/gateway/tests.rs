@@ -1,8 +1,8 @@
 //! The gateway's unit tests: what a DUT may read, generated files against the job's own, events.
 
 use super::*;
-use crate::job::Origin;
-use crate::serve::{Intent, Space};
+use crate::job::{JobDescription, Origin};
+use crate::serve::Space;
 
 const DUT1: &str = "127.0.0.2";
 

@@ -15,7 +15,12 @@ use crate::limits::{Dur, Size};
 pub(crate) use crate::yaml::de::fields_of;
 
 /// The sources of a file entry, of which exactly one is given.
-pub(crate) const SOURCE_KEYS: &[&str] = &["data", "url", "file"];
+pub(crate) const SOURCE_KEYS: &[&str] = &["data", "url", "file", "result"];
+/// The keys of `kernel:` and `initramfs:` ([`BootFile`]). Listed here because a flattened
+/// struct hides its keys from the reader's `fields_of` (a test checks them against the schema).
+pub(crate) const BOOT_FILE_KEYS: &[&str] = &["url", "file", "data", "result", "sha256"];
+/// The keys of a `storage.<space>[]` entry ([`FileEntry`]), as [`BOOT_FILE_KEYS`].
+pub(crate) const FILE_ENTRY_KEYS: &[&str] = &["path", "data", "url", "file", "result", "sha256", "lifetime"];
 /// What a disk is made from, of which exactly one is given.
 pub(crate) const DISK_SOURCES: &[&str] = &["url", "file", "filesystem", "raw"];
 /// The sources of a filesystem's tarball, of which exactly one is given.
@@ -95,6 +100,16 @@ pub enum Cmdline {
 #[serde(deny_unknown_fields)]
 #[schemars(transform = one_source)]
 pub struct BootFile {
+    /// Where the content comes from.
+    #[serde(flatten)]
+    pub source: Sources,
+}
+
+/// The sources of a file (`kernel`, `initramfs`, `storage.<space>[]`), of which exactly one is
+/// given, and the digest the content must have: one struct, flattened into each, so that they
+/// cannot drift apart.
+#[derive(Deserialize, JsonSchema)]
+pub struct Sources {
     /// `http://`, `https://` or `s3://bucket/key` (templates allowed).
     #[serde(default)]
     pub url: Option<String>,
@@ -104,10 +119,30 @@ pub struct BootFile {
     /// The content itself.
     #[serde(default)]
     pub data: Option<String>,
+    /// A file an earlier run of a job uploaded: the newest successful run's, or `run:`'s.
+    #[serde(default)]
+    pub result: Option<ResultSource>,
     /// The digest the content must have (64 hex digits, `sha256:` prefix allowed).
     #[serde(default)]
     #[schemars(regex(pattern = r"^(sha256:)?[0-9a-fA-F]{64}$"))]
     pub sha256: Option<String>,
+}
+
+/// `result:`: a file of a run of the lab's own job.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResultSource {
+    /// The job's name (templates allowed).
+    pub job: String,
+    /// The file's path in the run (`images/bzImage`; templates allowed).
+    pub path: String,
+    /// That run, not the newest successful one.
+    #[serde(default)]
+    pub run: Option<i64>,
+    /// A file a DUT uploaded by its source address will do (by default only files uploaded
+    /// with a token: a source address can be forged).
+    #[serde(default)]
+    pub untokened: Option<bool>,
 }
 
 /// `storage:`: files by space, and disks.
@@ -132,19 +167,9 @@ pub struct Storage {
 pub struct FileEntry {
     /// The path the DUT asks for (`/job/config.txt`).
     pub path: String,
-    /// The content itself.
-    #[serde(default)]
-    pub data: Option<String>,
-    /// `http://`, `https://` or `s3://bucket/key` (templates allowed).
-    #[serde(default)]
-    pub url: Option<String>,
-    /// A local file, inside the lab's `artifact_roots` or the job file's directory.
-    #[serde(default)]
-    pub file: Option<String>,
-    /// The digest the content must have (64 hex digits, `sha256:` prefix allowed).
-    #[serde(default)]
-    #[schemars(regex(pattern = r"^(sha256:)?[0-9a-fA-F]{64}$"))]
-    pub sha256: Option<String>,
+    /// Where the content comes from.
+    #[serde(flatten)]
+    pub source: Sources,
     /// How long and how often it may be read.
     #[serde(default)]
     pub lifetime: Option<LifetimeFile>,
@@ -380,6 +405,27 @@ mod tests {
         assert!(!v.is_valid(&lab("dutz: []\n")));
         assert!(!v.is_valid(&lab("duts: [{id: a, colour: red}]\n")));
         assert!(!v.is_valid(&lab("limits: {max_disk_size: lots}\n")));
+    }
+
+    #[test]
+    fn the_file_keys_the_reader_takes_are_the_schema_s() {
+        let schema = job_schema();
+        let keys = |def: &str| {
+            let mut k: Vec<String> = schema["$defs"][def]["properties"].as_object().unwrap().keys().cloned().collect();
+            k.sort();
+            k
+        };
+        let sorted = |l: &[&str]| {
+            let mut v: Vec<String> = l.iter().map(|s| s.to_string()).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(keys("BootFile"), sorted(BOOT_FILE_KEYS));
+        assert_eq!(keys("FileEntry"), sorted(FILE_ENTRY_KEYS));
+        for def in ["BootFile", "FileEntry"] {
+            assert_eq!(schema["$defs"][def]["additionalProperties"], false, "{def}");
+            assert_eq!(schema["$defs"][def]["oneOf"].as_array().unwrap().len(), SOURCE_KEYS.len(), "{def}: exactly one source");
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ mod render;
 mod tests;
 
 pub use file::job_schema;
-pub use model::{DiskKind, DiskSpec, FileSpec, FsContents, Lifetime, ResetOn, ResolvedJob, ResultsSpec, Source, Step};
+pub use model::{DiskKind, DiskSpec, FileSpec, FsContents, Lifetime, ResetOn, ResolvedJob, ResultRef, ResultsSpec, Source, Step};
 pub use render::SourceMap;
 
 use std::collections::BTreeMap;

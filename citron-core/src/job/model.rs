@@ -79,6 +79,33 @@ pub enum Source {
     File(PathBuf),
     /// An `http://`, `https://` or `s3://bucket/key` URL.
     Url(Url),
+    /// A file an earlier run uploaded (`result: {job, path}`), from the lab's results.
+    Result(ResultRef),
+}
+
+/// `result: {job: NAME, path: PATH, run: ID, untokened: true}`: a file of a run of the lab's
+/// own job `job` (a DUT's job, or one the administrator's token opened), the newest
+/// successful run unless `run` names one. Only a file uploaded with a token unless
+/// `untokened` (a DUT's source address can be forged, over UDP above all).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ResultRef {
+    /// The job's name.
+    pub job: String,
+    /// The file's path in the run.
+    pub path: String,
+    /// That run (`None`: the newest successful one when the job is loaded).
+    pub run: Option<i64>,
+    /// A file a DUT uploaded by its source address will do.
+    pub untokened: bool,
+}
+
+impl std::fmt::Display for ResultRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.run {
+            Some(r) => write!(f, "result {}/{} of run {r}", self.job, self.path),
+            None => write!(f, "result {}/{} of the newest successful run", self.job, self.path),
+        }
+    }
 }
 
 /// How long and how often a file may be read (`lifetime:`).

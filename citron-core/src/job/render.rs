@@ -12,9 +12,9 @@ use crate::namespace::normalize_declared;
 use crate::template;
 use crate::yaml::Pos;
 
-use super::model::{DiskKind, DiskSpec, FileSpec, FsContents, ResolvedJob, ResultsSpec, Source, Step};
+use super::model::{DiskKind, DiskSpec, FileSpec, FsContents, ResolvedJob, ResultRef, ResultsSpec, Source, Step};
 use super::parse::{
-    path_message, Desc, DiskDesc, DiskKindDesc, FileDesc, FsDesc, Problem, ResultsDesc, Sha, SizeDesc, SrcDesc, StepDesc, Str,
+    path_message, Desc, DiskDesc, DiskKindDesc, FileDesc, FsDesc, Problem, ResultDesc, ResultsDesc, Sha, SizeDesc, SrcDesc, StepDesc, Str,
 };
 use super::{JobError, JobErrors, Origin, RenderContext};
 
@@ -195,7 +195,32 @@ impl Renderer<'_> {
             SrcDesc::Data(d) => self.text(d).map(|v| Source::Data(Bytes::from(v))),
             SrcDesc::Url(u) => self.url(u).map(Source::Url).inspect(|src| self.sources.add(src, u)),
             SrcDesc::File(f) => self.local_file(f).map(Source::File).inspect(|src| self.sources.add(src, f)),
+            SrcDesc::Result(r) => self.result(r).map(Source::Result).inspect(|src| self.sources.add(src, &r.job)),
         }
+    }
+
+    /// A `result:` source: a job name, a relative path in its run.
+    fn result(&mut self, r: &ResultDesc) -> Option<ResultRef> {
+        let (job, path) = (self.text(&r.job), self.text(&r.path));
+        let job = job.filter(|j| {
+            let ok = super::parse::is_job_name(j);
+            if !ok {
+                self.err(&r.job, format!("{j:?} is not a job name: 1 to 128 letters, digits, '.', '_' or '-', not starting with '.'"));
+            }
+            ok
+        });
+        let path = path.filter(|p| {
+            let ok = !p.is_empty()
+                && p.len() <= 1024
+                && !p.starts_with('/')
+                && !p.bytes().any(|b| b == 0 || b == b'\\' || b.is_ascii_control())
+                && !p.split('/').any(|s| s.is_empty() || s == "." || s == "..");
+            if !ok {
+                self.err(&r.path, format!("{p:?} is not a path in a run: give a relative path like images/bzImage"));
+            }
+            ok
+        });
+        Some(ResultRef { job: job?, path: path?, run: r.run, untokened: r.untokened })
     }
 
     fn url(&mut self, s: &Str) -> Option<Url> {

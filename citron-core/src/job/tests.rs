@@ -269,7 +269,7 @@ fn unknown_field_names_the_allowed_ones() {
         7,
         11,
         "deployment.start.storage.http[0].urll",
-        "unknown field `urll`; did you mean `url`? allowed here: path, data, url, file, sha256, lifetime",
+        "unknown field `urll`; did you mean `url`? allowed here: path, data, url, file, result, sha256, lifetime",
     );
 }
 
@@ -314,7 +314,7 @@ fn two_sources_in_one_entry() {
         7,
         11,
         "deployment.start.storage.http[0]",
-        "`data` and `url` are both given; keep exactly one of `data`, `url`, `file`",
+        "`data` and `url` are both given; keep exactly one of `data`, `url`, `file`, `result`",
     );
 }
 
@@ -325,7 +325,7 @@ fn no_source() {
         5,
         11,
         "deployment.start.storage.http[0]",
-        "no source; give exactly one of `data`, `url`, `file`",
+        "no source; give exactly one of `data`, `url`, `file`, `result`",
     );
 }
 

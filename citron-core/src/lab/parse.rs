@@ -12,7 +12,7 @@ use crate::namespace::{Dut, DutRegistry, RegistryError};
 use crate::yaml::de::{child, fields_of, Problem, Reader};
 use crate::yaml::{Document, Node, NodeKind, Pos, Scalar};
 
-use super::{valid_api_host, CacheSettings, DutKind, GatewaySettings, LabConfig, PoolSettings, TenantQuota};
+use super::{valid_api_host, CacheSettings, DutKind, GatewaySettings, LabConfig, PoolSettings, ResultsSettings, TenantQuota};
 
 /// Parses a lab file; on failure, every problem found, in document order.
 pub(super) fn parse(text: &str) -> Result<LabConfig, Vec<Problem>> {
@@ -41,6 +41,7 @@ pub(super) fn parse(text: &str) -> Result<LabConfig, Vec<Problem>> {
             "gateways" => gateways(&mut r, v),
             "pool" => pool(&mut r, v),
             "tenants" => tenants(&mut r, v),
+            "results" => results(&mut r, v),
             "variables" => variables(&mut r, v),
             "api_hosts" => api_hosts(&mut r, v),
             _ => r.field_alone::<LabConfig>(k, v, ""),
@@ -183,6 +184,15 @@ fn pool(r: &mut Reader, node: &Node) {
     if p.default_lifetime.get().is_zero() || p.default_lifetime > p.max_lifetime {
         let msg = format!("must be more than 0s and at most pool.max_lifetime ({})", p.max_lifetime);
         r.err(pos("default_lifetime"), "pool.default_lifetime", msg);
+    }
+}
+
+/// `results:`: a salt of at most 256 characters, none of them control characters.
+fn results(r: &mut Reader, node: &Node) {
+    let Some(s) = r.fields::<ResultsSettings>(node, "results") else { return };
+    if s.salt.chars().count() > 256 || s.salt.chars().any(char::is_control) {
+        let pos = entry(node, "salt").map_or(node.pos, |(_, v)| v.pos);
+        r.err(pos, "results.salt", "must have at most 256 characters and no control characters (any text: `salt: \"2\"`)");
     }
 }
 

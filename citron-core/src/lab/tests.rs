@@ -291,3 +291,14 @@ fn pool_keys_are_read_and_checked_with_positions() {
     let e = only(LabConfig::from_yaml("tenants:\n  a/b: {}\n", "l.yaml").unwrap_err());
     assert_eq!(e.line, 2, "{e}");
 }
+
+#[test]
+fn the_results_salt_is_read_and_checked_at_its_place() {
+    assert_eq!(LabConfig::default_lab().results.salt, "");
+    let lab = LabConfig::from_yaml("results:\n  salt: \"2\"\n", "l.yaml").unwrap();
+    assert_eq!(lab.results.salt, "2");
+    let e = only(LabConfig::from_yaml(&format!("duts: []\nresults:\n  salt: {}\n", "x".repeat(300)), "l.yaml").unwrap_err());
+    assert_eq!((e.line, e.column, e.field.as_str()), (3, 9, "results.salt"), "{e}");
+    let e = only(LabConfig::from_yaml("results:\n  sallt: x\n", "l.yaml").unwrap_err());
+    assert_eq!((e.line, e.field.as_str()), (2, "results.sallt"), "{e}");
+}

@@ -78,13 +78,18 @@ pub(super) async fn stream_events(
                 .map_err(ApiError::from)?
         }
     };
-    let reader = Reader { rx: feed.subscribe(), feed, filter, after, buf: VecDeque::new() };
+    // A token's stream ends when the token is revoked (here, or on another gateway).
+    let holder = match (&p, api.results.as_ref()) {
+        (Principal::Token(c), Some(r)) => Some(Holder { tokens: r.tokens().clone(), jti: c.jti.clone(), rx: r.tokens().revocations() }),
+        _ => None,
+    };
+    let reader = Reader { rx: feed.subscribe(), feed, filter, after, buf: VecDeque::new(), holder };
     // `after=now`: the position first, as a message with an `id:` and no data (an SSE client
     // takes it as its Last-Event-ID and dispatches nothing), so that a reconnect misses nothing
     // even before the first event.
     let first = announce.then(|| Ok::<_, Infallible>(Event::default().id(after.to_string())));
     let stream = futures::stream::unfold(reader, |mut r| async move {
-        let ev = r.next().await;
+        let ev = r.next().await?;
         Some((Ok::<_, Infallible>(ev), r))
     });
     let stream = futures::StreamExt::chain(futures::stream::iter(first), stream);
@@ -100,16 +105,45 @@ struct Reader {
     filter: Filter,
     after: u64,
     buf: VecDeque<FeedEvent>,
+    /// The token the stream was opened with, if any.
+    holder: Option<Holder>,
+}
+
+/// A stream's token, watched for its revocation.
+struct Holder {
+    tokens: Arc<crate::auth::TokenStore>,
+    jti: String,
+    rx: tokio::sync::watch::Receiver<u64>,
+}
+
+impl Holder {
+    /// Resolves once the token is revoked.
+    async fn revoked(&mut self) {
+        loop {
+            self.rx.borrow_and_update();
+            if self.tokens.is_revoked(&self.jti) {
+                return;
+            }
+            if self.rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
 }
 
 impl Reader {
-    /// The next SSE event: a feed event, or a keep-alive comment.
-    async fn next(&mut self) -> Event {
+    /// The next SSE event: a feed event, or a keep-alive comment; `None` ends the stream (its
+    /// token was revoked: a reader holds no right its token lost).
+    async fn next(&mut self) -> Option<Event> {
         loop {
+            if self.holder.as_ref().is_some_and(|h| h.tokens.is_revoked(&h.jti)) {
+                tracing::info!("events: the stream's token was revoked; ending it");
+                return None;
+            }
             if let Some(e) = self.buf.pop_front() {
                 self.after = e.seq;
                 let data = serde_json::to_string(&e).unwrap_or_default();
-                return Event::default().id(e.seq.to_string()).event(e.kind.clone()).data(data);
+                return Some(Event::default().id(e.seq.to_string()).event(e.kind.clone()).data(data));
             }
             // Marked seen before reading: a commit after the read bumps it again.
             self.rx.borrow_and_update();
@@ -127,11 +161,20 @@ impl Reader {
                 }
                 Err(e) => tracing::error!(error = %e, "events: the reader failed"),
             }
-            match tokio::time::timeout(KEEP_ALIVE, self.rx.changed()).await {
-                Ok(Ok(())) => continue,
-                // The feed is gone (the lab stops): wait for the connection to be closed.
-                Ok(Err(_)) => std::future::pending::<()>().await,
-                Err(_) => return Event::default().comment("keep-alive"),
+            let revoked = async {
+                match &mut self.holder {
+                    Some(h) => h.revoked().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                changed = tokio::time::timeout(KEEP_ALIVE, self.rx.changed()) => match changed {
+                    Ok(Ok(())) => continue,
+                    // The feed is gone (the lab stops): wait for the connection to be closed.
+                    Ok(Err(_)) => std::future::pending::<()>().await,
+                    Err(_) => return Some(Event::default().comment("keep-alive")),
+                },
+                () = revoked => continue,
             }
         }
     }

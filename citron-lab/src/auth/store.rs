@@ -40,6 +40,9 @@ pub struct TokenStore {
     revoked: RwLock<HashSet<String>>,
     /// Tokens used since the last write, and when.
     used: Arc<Mutex<HashMap<String, i64>>>,
+    /// Bumped whenever the revoked set may have grown: what ends the event streams of revoked
+    /// tokens ([`revocations`](TokenStore::revocations)).
+    revocations: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for TokenStore {
@@ -63,7 +66,8 @@ impl TokenStore {
         })?;
         let der = unhex(&pkcs8).ok_or_else(|| StoreError::backend("the stored signing key is not hex"))?;
         let keys = Keys::from_pkcs8(&der).map_err(StoreError::backend)?;
-        let store = TokenStore { db, keys, revoked: RwLock::default(), used: Arc::default() };
+        let store =
+            TokenStore { db, keys, revoked: RwLock::default(), used: Arc::default(), revocations: tokio::sync::watch::channel(0).0 };
         store.refresh_revocations_blocking()?;
         Ok(store)
     }
@@ -93,7 +97,15 @@ impl TokenStore {
         })?;
         let ids: HashSet<String> = rows.iter().filter_map(|r| r.try_get::<String, _>(0).ok()).collect();
         *self.revoked.write() = ids;
+        self.revocations.send_modify(|n| *n = n.wrapping_add(1));
         Ok(())
+    }
+
+    /// A watch bumped whenever tokens may have been revoked (through this gateway, or another
+    /// one as the state store's notification says): a long-lived request holding a token (the
+    /// event feed) asks [`is_revoked`](Self::is_revoked) again after each change.
+    pub fn revocations(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.revocations.subscribe()
     }
 
     /// [`refresh_revocations_blocking`](Self::refresh_revocations_blocking) from async code.
@@ -159,6 +171,7 @@ impl TokenStore {
         .await?;
         if n > 0 {
             self.revoked.write().insert(id.to_string());
+            self.revocations.send_modify(|n| *n = n.wrapping_add(1));
         }
         Ok(n > 0)
     }

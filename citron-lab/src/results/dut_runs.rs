@@ -6,7 +6,7 @@
 //! and revokes the token. Files a DUT sends by its source address (HTTP `PUT`, TFTP write
 //! requests) land through [`RunStore::write`], marked untokened.
 
-use citron_core::gateway::{DutRun, RunFuture, RunStart, RunStore};
+use citron_core::gateway::{DutRun, RunFuture, RunInputs, RunStart, RunStore};
 use citron_core::namespace::DutId;
 use citron_core::serve::{ServeError, UploadAnswer, UploadBody, Written};
 use citron_core::store::StoreError;
@@ -23,6 +23,7 @@ impl RunStore for Results {
         let me = self.clone();
         Box::pin(async move {
             let job = start.job.clone();
+            let revision = start.revision.clone();
             let new = NewRun { job: job.clone(), tenant: None, revision: start.revision, platform: start.platform, dut: Some(start.dut.0) };
             let run = me.runs().open(new).await?.map_err(|owner| {
                 StoreError::backend(format!(
@@ -45,18 +46,31 @@ impl RunStore for Results {
             };
             let token = me.tokens().mint(&claims).await?;
             me.runs().set_token(run.id, &token).await?;
-            Ok(DutRun { id: run.id, job, token })
+            Ok(DutRun { id: run.id, job, token, revision })
         })
     }
 
     fn current(&self, dut: &DutId) -> RunFuture<Option<DutRun>> {
         let (me, dut) = (self.clone(), dut.0.clone());
-        Box::pin(async move { Ok(me.runs().open_of_dut(&dut).await?.map(|(id, job, token)| DutRun { id, job, token })) })
+        Box::pin(
+            async move { Ok(me.runs().open_of_dut(&dut).await?.map(|(id, job, token, revision)| DutRun { id, job, token, revision })) },
+        )
     }
 
-    fn close(&self, run: DutRun, status: String) -> RunFuture<()> {
+    fn close(&self, run: DutRun, status: String, inputs: Option<RunInputs>) -> RunFuture<()> {
         let me = self.clone();
         Box::pin(async move {
+            // Recorded before the run finishes: a `run_finished` reader finds its key there.
+            if let Some(i) = inputs {
+                let doc = serde_json::json!({
+                    "revision": i.key.revision,
+                    "tags": i.key.tags,
+                    "declared": i.key.declared.iter().map(|(k, v)| (k.clone(), v.hex())).collect::<std::collections::BTreeMap<_, _>>(),
+                    "served": i.served.iter().map(|(k, v)| (k.clone(), v.hex())).collect::<std::collections::BTreeMap<_, _>>(),
+                });
+                let dir = i.job_dir.map(|d| d.display().to_string());
+                me.runs().record_inputs(run.id, &i.key.key.hex(), &doc, i.yaml, dir).await?;
+            }
             let status = Status::parse(&status).filter(|s| *s != Status::Running).unwrap_or(Status::Unknown);
             if let Some((_, Some(token))) = me.runs().finish(run.id, status).await? {
                 me.revoke_run_token(&token).await?;
@@ -66,6 +80,10 @@ impl RunStore for Results {
             }
             Ok(())
         })
+    }
+
+    fn result(&self, r: &citron_core::job::ResultRef) -> citron_core::gateway::ResultFuture {
+        self.resolve(r)
     }
 
     fn write(&self, run: &DutRun, path: String, max: u64, mut body: UploadBody, answer: UploadAnswer) {

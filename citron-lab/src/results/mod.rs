@@ -15,13 +15,20 @@
 //! - `runs.rs`: runs, files, consoles in the state store ([`Run`], [`ResultFile`]).
 //! - `blob.rs`: file contents by SHA-256 behind `object_store` ([`BlobStore`]).
 //! - `retention.rs`: which runs lose their files, which blobs go ([`Retention`]).
+//! - `latest.rs`: the `latest` cache, dropped per job when a run of it finishes (here, or on
+//!   another gateway as the feed says).
+//! - `replay.rs`: runs by input key, for replay by revision ([`Found`]).
+//! - `sources.rs`: `result:` sources, a job booting what an earlier run uploaded.
 //! - `dut_runs.rs`: the runs of DUT jobs with `results:` and what DUTs upload into them
 //!   (the core's `RunStore`).
 
 mod blob;
 mod dut_runs;
+mod latest;
+mod replay;
 mod retention;
 mod runs;
+mod sources;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -31,6 +38,7 @@ use crate::state::State;
 
 pub use blob::{BlobStore, Stored};
 pub use dut_runs::DUT_RUN_TOKEN_TTL;
+pub use replay::{is_flaky, Found, RecordedJob, KEYED_RUNS_MAX};
 pub use retention::{expired, Finished, Retention, Sweeper};
 pub use runs::{Added, Appended, NewRun, ResultFile, Run, Runs, Status, EVENT_FILES_MAX};
 

@@ -38,6 +38,20 @@ pub struct Run {
     /// Its files (only when one run is asked for).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<Vec<ResultFile>>,
+    /// Its input key (SHA-256, hex), for a DUT's run that finished: what `citron results
+    /// find` compares (salt, revision, rendered job, DUT tags, declared artifacts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_key: Option<String>,
+    /// Another finished run with the same input key ended otherwise (one succeeded, one
+    /// failed): the test is flaky on these inputs (only when one run is asked for).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub flaky: bool,
+    /// What went into it, for a DUT's run that finished (only when one run is asked for):
+    /// `revision`, the DUT's `tags`, the digests of the job's `declared` artifacts (by name:
+    /// `start/kernel`, `start/http/<path>`) and of those its DUT was `served`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub inputs: Option<serde_json::Value>,
 }
 
 /// A run's state.
@@ -91,9 +105,9 @@ fn secs(us: i64) -> f64 {
     us as f64 / 1e6
 }
 
-const RUN_COLUMNS: &str = "id, job, revision, platform, dut, status, started_at, finished_at";
+pub(super) const RUN_COLUMNS: &str = "id, job, revision, platform, dut, status, started_at, finished_at, input_key";
 
-fn run_of(r: &AnyRow) -> Option<Run> {
+pub(super) fn run_of(r: &AnyRow) -> Option<Run> {
     Some(Run {
         id: r.try_get(0).ok()?,
         job: r.try_get(1).ok()?,
@@ -104,6 +118,9 @@ fn run_of(r: &AnyRow) -> Option<Run> {
         started_at: secs(r.try_get(6).ok()?),
         finished_at: r.try_get::<Option<i64>, _>(7).ok()?.map(secs),
         files: None,
+        input_key: r.try_get(8).ok()?,
+        flaky: false,
+        inputs: None,
     })
 }
 
@@ -166,8 +183,9 @@ pub const EVENT_FILES_MAX: usize = 64;
 /// (the API, a DUT's job): what `citron results watch` follows.
 #[derive(Clone)]
 pub struct Runs {
-    db: Arc<Db>,
+    pub(super) db: Arc<Db>,
     feed: Option<Arc<Feed>>,
+    latest: Arc<super::latest::LatestCache>,
 }
 
 impl std::fmt::Debug for Runs {
@@ -179,11 +197,13 @@ impl std::fmt::Debug for Runs {
 impl Runs {
     /// Over `db`.
     pub fn new(db: Arc<Db>) -> Runs {
-        Runs { db, feed: None }
+        Runs { db, feed: None, latest: Arc::default() }
     }
 
     /// Telling `feed` about runs and files.
     pub fn with_feed(mut self, feed: Arc<Feed>) -> Runs {
+        // Runs finished through other gateways drop their jobs from the `latest` cache.
+        super::latest::follow(&self.latest, feed.clone());
         self.feed = Some(feed);
         self
     }
@@ -206,12 +226,19 @@ impl Runs {
     /// The tenant owning `job`: `None` if no run of it was ever opened, `Some(None)` for the
     /// lab's own.
     pub async fn owner(&self, job: &str) -> Result<Option<Option<String>>, StoreError> {
+        if let Some(o) = self.latest.owner(job) {
+            return Ok(Some(o));
+        }
         let j = job.to_string();
         let row = call(&self.db, move |pool| async move {
             sqlx::query("SELECT tenant FROM result_jobs WHERE name = $1").bind(j).fetch_optional(&pool).await
         })
         .await?;
-        Ok(row.map(|r| r.try_get::<Option<String>, _>(0).ok().flatten()))
+        let owner = row.map(|r| r.try_get::<Option<String>, _>(0).ok().flatten());
+        if let Some(o) = &owner {
+            self.latest.set_owner(job, o.clone());
+        }
+        Ok(owner)
     }
 
     /// Opens a run; `Err(owner)` if the job belongs to another tenant.
@@ -260,19 +287,19 @@ impl Runs {
         .await
     }
 
-    /// The open run of the DUT `dut` (its job's), newest first: `(id, job, token)`.
-    pub async fn open_of_dut(&self, dut: &str) -> Result<Option<(i64, String, String)>, StoreError> {
+    /// The open run of the DUT `dut` (its job's), newest first: `(id, job, token, revision)`.
+    pub async fn open_of_dut(&self, dut: &str) -> Result<Option<(i64, String, String, Option<String>)>, StoreError> {
         let d = dut.to_string();
         let row = call(&self.db, move |pool| async move {
             sqlx::query(
-                "SELECT id, job, token FROM runs WHERE dut = $1 AND status = 'running' AND token IS NOT NULL ORDER BY id DESC LIMIT 1",
+                "SELECT id, job, token, revision FROM runs WHERE dut = $1 AND status = 'running' AND token IS NOT NULL ORDER BY id DESC LIMIT 1",
             )
             .bind(d)
             .fetch_optional(&pool)
             .await
         })
         .await?;
-        Ok(row.and_then(|r| Some((r.try_get(0).ok()?, r.try_get(1).ok()?, r.try_get(2).ok()?))))
+        Ok(row.and_then(|r| Some((r.try_get(0).ok()?, r.try_get(1).ok()?, r.try_get(2).ok()?, r.try_get(3).ok()?))))
     }
 
     /// The run `id` of `job`, with its files.
@@ -291,10 +318,27 @@ impl Runs {
             Ok((run, files))
         })
         .await?;
-        Ok(run.as_ref().and_then(run_of).map(|mut r| {
-            r.files = Some(files.iter().filter_map(file_of).collect());
-            r
-        }))
+        let Some(mut run) = run.as_ref().and_then(run_of) else { return Ok(None) };
+        run.files = Some(files.iter().filter_map(file_of).collect());
+        if let Some(key) = run.input_key.clone() {
+            run.flaky = super::is_flaky(&self.keyed(&run.job, &key).await?);
+            run.inputs = self.inputs_of(id).await?;
+        }
+        Ok(Some(run))
+    }
+
+    /// The run `id` of whichever job, with its files (`citron results replay ID`).
+    pub async fn by_id(&self, id: i64) -> Result<Option<Run>, StoreError> {
+        let job =
+            call(
+                &self.db,
+                move |pool| async move { sqlx::query("SELECT job FROM runs WHERE id = $1").bind(id).fetch_optional(&pool).await },
+            )
+            .await?;
+        match job.and_then(|r| r.try_get::<String, _>(0).ok()) {
+            Some(job) => self.get(&job, id).await,
+            None => Ok(None),
+        }
     }
 
     /// Runs of `job` after `after` (by id), at most `limit`, optionally of one revision.
@@ -316,7 +360,23 @@ impl Runs {
     }
 
     /// The newest run of `job` with `status` (any when `None`) on `platform` (any when `None`).
+    /// Answered from memory ([`super::latest`]) for a finished status once asked.
     pub async fn latest(&self, job: &str, platform: Option<String>, status: Option<Status>) -> Result<Option<Run>, StoreError> {
+        let cached = status.filter(|s| *s != Status::Running);
+        if let Some(s) = cached {
+            if let Some(hit) = self.latest.get(job, &platform, s) {
+                return Ok(hit);
+            }
+        }
+        let generation = self.latest.generation();
+        let found = self.latest_uncached(job, platform.clone(), status).await?;
+        if let Some(s) = cached {
+            self.latest.put(generation, job, platform, s, found.clone());
+        }
+        Ok(found)
+    }
+
+    async fn latest_uncached(&self, job: &str, platform: Option<String>, status: Option<Status>) -> Result<Option<Run>, StoreError> {
         let j = job.to_string();
         let st = status.map(|s| s.name().to_string());
         let row = call(&self.db, move |pool| async move {
@@ -392,7 +452,7 @@ impl Runs {
     /// had if it was finished already), and its own token to revoke.
     pub async fn finish(&self, run: i64, status: Status) -> Result<Option<(Status, Option<String>)>, StoreError> {
         let now = now_micros();
-        let (after, finished) = call(&self.db, move |pool| async move {
+        let (after, finished, job) = call(&self.db, move |pool| async move {
             let mut tx = pool.begin().await?;
             let n = sqlx::query("UPDATE runs SET status = $1, finished_at = $2 WHERE id = $3 AND status = 'running'")
                 .bind(status.name())
@@ -401,15 +461,20 @@ impl Runs {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-            let row = sqlx::query("SELECT status, token FROM runs WHERE id = $1").bind(run).fetch_optional(&mut *tx).await?;
+            let row = sqlx::query("SELECT status, token, job FROM runs WHERE id = $1").bind(run).fetch_optional(&mut *tx).await?;
             tx.commit().await?;
+            let job: Option<String> = row.as_ref().map(|r| r.try_get(2)).transpose()?;
             let after = match row {
                 Some(r) => Some((Status::parse(&r.try_get::<String, _>(0)?).unwrap_or(Status::Unknown), r.try_get(1)?)),
                 None => None,
             };
-            Ok((after, n > 0))
+            Ok((after, n > 0, job))
         })
         .await?;
+        // Before anyone hears of it: this gateway's `latest` never answers the run before.
+        if let Some(job) = &job {
+            self.latest.invalidate(job);
+        }
         if finished {
             self.announce_finished(run).await;
         }

@@ -22,7 +22,7 @@ use super::model::Lifetime;
 mod disk;
 mod results;
 pub(crate) use disk::{DiskDesc, DiskKindDesc, FsDesc, SizeDesc};
-pub(crate) use results::ResultsDesc;
+pub(crate) use results::{is_job_name, ResultsDesc};
 
 /// One error, before the file name is attached.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +56,16 @@ pub(crate) enum SrcDesc {
     Data(Str),
     Url(Str),
     File(Str),
+    Result(ResultDesc),
+}
+
+/// `result: {job, path, run, untokened}` as written.
+#[derive(Debug, Clone)]
+pub(crate) struct ResultDesc {
+    pub job: Str,
+    pub path: Str,
+    pub run: Option<i64>,
+    pub untokened: bool,
 }
 
 /// A `sha256:` with its position (a `data:` source is checked against it at render time).
@@ -174,7 +184,7 @@ impl<'n> Fields<'n> {
 
 // The keys each mapping accepts are those of the types of `file.rs`, which the JSON Schema is
 // derived from.
-use super::file::{fields_of, BootFile, Deployment, FileEntry, JobFile, LifetimeFile, StepFile, SOURCE_KEYS};
+use super::file::{fields_of, Deployment, JobFile, LifetimeFile, StepFile, BOOT_FILE_KEYS, FILE_ENTRY_KEYS, SOURCE_KEYS};
 
 struct Walker<'d> {
     doc: &'d Document,
@@ -485,6 +495,9 @@ impl Walker<'_> {
 
     fn source(&mut self, key: &Scalar, node: &Node, field: &str) -> Option<SrcDesc> {
         let f = child(field, &key.value);
+        if key.value == "result" {
+            return self.result_source(node, &f).map(SrcDesc::Result);
+        }
         let s = self.string(node, &f)?;
         Some(match key.value.as_str() {
             "data" => SrcDesc::Data(s),
@@ -493,8 +506,35 @@ impl Walker<'_> {
         })
     }
 
+    /// `result:`: `job` and `path` (templates allowed, checked when rendered), `run` a run's
+    /// id, `untokened` a boolean.
+    fn result_source(&mut self, node: &Node, field: &str) -> Option<ResultDesc> {
+        let f = self.mapping(node, field, fields_of::<super::file::ResultSource>())?;
+        let job = self.required(&f, "job", field, "kernel-build").and_then(|n| self.string(n, &child(field, "job")));
+        let path = self.required(&f, "path", field, "images/bzImage").and_then(|n| self.string(n, &child(field, "path")));
+        let run = match f.get("run") {
+            Some(n) => {
+                let rf = child(field, "run");
+                let s = self.scalar(n, &rf, "a run's id like 42")?;
+                match s.value.parse::<i64>() {
+                    Ok(v) if v > 0 => Some(v),
+                    _ => {
+                        self.err(s.pos, &rf, format!("`{}` is not a run's id; write a whole number like 42", s.value));
+                        return None;
+                    }
+                }
+            }
+            None => None,
+        };
+        let untokened = match f.get("untokened") {
+            Some(n) => self.bool(n, &child(field, "untokened"))?,
+            None => false,
+        };
+        Some(ResultDesc { job: job?, path: path?, run, untokened })
+    }
+
     fn file(&mut self, node: &Node, field: &str, with_path: bool) -> Option<FileDesc> {
-        let f = self.mapping(node, field, if with_path { fields_of::<FileEntry>() } else { fields_of::<BootFile>() })?;
+        let f = self.mapping(node, field, if with_path { FILE_ENTRY_KEYS } else { BOOT_FILE_KEYS })?;
         let path = if with_path {
             let n = self.required(&f, "path", field, "/job/config.txt");
             Some(n.and_then(|n| self.path(n, &child(field, "path"))))

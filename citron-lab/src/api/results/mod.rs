@@ -1,8 +1,9 @@
 //! The results routes (`/api/v1/results/…`): runs from outside, their files and console, and
 //! reading them back ([`crate::results`] says what a run is). `read.rs` has `latest`, blobs and
-//! by-hash.
+//! by-hash; `replay.rs` has `find` and runs by id (replay by revision).
 
 mod read;
+mod replay;
 
 use std::sync::Arc;
 
@@ -39,14 +40,16 @@ pub(super) fn routes() -> Router<Arc<Api>> {
         .route("/api/v1/results/{job}/latest", get(read::latest_run))
         .route("/api/v1/results/{job}/latest/files/{*path}", get(read::latest_file).head(read::head_latest_file))
         .route("/api/v1/results/{job}/retention", get(get_retention).put(set_retention))
+        .route("/api/v1/results/{job}/find", get(replay::find))
         .route("/api/v1/results/by-hash", get(read::by_hash))
+        .route("/api/v1/results/by-run/{run}", get(replay::by_run))
         .route("/api/v1/results/blobs/sha256/{hex}", get(read::get_blob).head(read::head_blob))
 }
 
 #[derive(OpenApi)]
 #[openapi(
-    paths(open_run, list_runs, get_run, upload_file, run_file, append_console, get_console, finish_run, read::latest_run, read::latest_file, read::head_latest_file, read::by_hash, read::get_blob, read::head_blob, get_retention, set_retention),
-    components(schemas(NewRunBody, FinishBody, Run, Status, ResultFile, ConsoleLength, read::HashHit, Retention, RetentionBody)),
+    paths(open_run, list_runs, get_run, upload_file, run_file, append_console, get_console, finish_run, read::latest_run, read::latest_file, read::head_latest_file, read::by_hash, read::get_blob, read::head_blob, get_retention, set_retention, replay::find, replay::by_run),
+    components(schemas(NewRunBody, FinishBody, Run, Status, ResultFile, ConsoleLength, read::HashHit, Retention, RetentionBody, crate::results::Found)),
     tags((name = "results", description = "Runs of jobs, their files and console; `latest`; blobs by SHA-256"))
 )]
 pub(super) struct ResultsDoc;
