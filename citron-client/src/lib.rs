@@ -4,7 +4,8 @@
 //! and tokens, and the lab's event feed. The `citron` CLI's client commands and the Python
 //! `citron.Client` are both this crate, so that they say and check the same things.
 //!
-//! It speaks the API's own types ([`Run`], [`ResultFile`], [`FeedEvent`], from `citron-lab`):
+//! It speaks the API's own types ([`Run`], [`ResultFile`], [`FeedEvent`], [`Reservation`]…,
+//! from `citron-lab`):
 //! one definition serves the server's answers and the client's parsing, so the two cannot drift.
 //!
 //! # Layout
@@ -14,6 +15,8 @@
 //!   checked against their digest ([`Latest`]), pages of runs, by-hash.
 //! - `tokens.rs`: tenants and tokens ([`Tenant`], [`Token`], [`NewToken`], [`TokenSubset`]).
 //! - `events.rs`: the SSE feed, resumed with `Last-Event-ID` after a cut ([`Events`]).
+//! - `pool.rs`: the DUT pool: reservations ([`Request`], [`Reservation`], [`AllocatedDut`],
+//!   pages of them) and the pool's DUTs ([`PoolDut`]).
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), citron_client::ClientError> {
@@ -37,10 +40,12 @@ mod tokens;
 use std::path::Path;
 use std::time::Duration;
 
+pub use citron_lab::pool::{AllocatedDut, DutAttrs, PoolDut, Request, Reservation};
 pub use citron_lab::results::{ResultFile, Run, Status};
 pub use citron_lab::state::feed::FeedEvent;
 pub use error::ClientError;
 pub use events::{EventQuery, Events};
+pub use pool::ReservationsPage;
 pub use results::{HashHit, Latest, RunsPage, Select, Upload};
 pub use tokens::{duration_text, NewToken, Tenant, Token, TokenSubset};
 
