@@ -126,11 +126,7 @@ pub fn run(a: PoolArgs) -> anyhow::Result<ExitCode> {
                 let req = Request { tags, kind, arch, model, count, lifetime, priority, job };
                 let mut r = c.request_reservation(&req).await?;
                 if let Some(w) = wait {
-                    let end = std::time::Instant::now() + duration("--wait", &w)?;
-                    while r.state == "waiting" && std::time::Instant::now() < end {
-                        let left = end.saturating_duration_since(std::time::Instant::now()).min(citron_lab::pool::WAIT_MAX);
-                        r = c.reservation(r.id, Some(left.max(std::time::Duration::from_secs(1)))).await?;
-                    }
+                    r = c.wait_reservation(r, duration("--wait", &w)?).await?;
                     if r.state == "waiting" {
                         print(&r)?;
                         return Ok(ExitCode::from(1));

@@ -37,6 +37,24 @@ impl Client {
         self.json(r).await
     }
 
+    /// Reservation `r` once it left `waiting`, or as it stands after `wait` (long polls of at
+    /// most [`citron_lab::pool::WAIT_MAX`] each): the caller looks at its `state`.
+    pub async fn wait_reservation(&self, r: Reservation, wait: Duration) -> Result<Reservation, ClientError> {
+        let end = tokio::time::Instant::now() + wait;
+        let mut r = r;
+        while r.state == "waiting" {
+            let left = end.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            // Whole seconds at least: the API's `wait` is read in its units, and a poll of a
+            // few milliseconds would spin.
+            let poll = left.min(citron_lab::pool::WAIT_MAX).max(Duration::from_secs(1));
+            r = self.reservation(r.id, Some(Duration::from_secs(poll.as_secs_f64().ceil() as u64))).await?;
+        }
+        Ok(r)
+    }
+
     /// One page of the caller's reservations (every one for the administrator), oldest
     /// first, in `state` when given, with an id above `after` (0: from the first).
     pub async fn reservations(&self, state: Option<&str>, after: i64, limit: u32) -> Result<ReservationsPage, ClientError> {

@@ -69,6 +69,12 @@ fn _citron(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<client::types::Token>()?;
     m.add_class::<client::types::Tenant>()?;
     m.add_class::<client::types::Event>()?;
+    m.add_class::<client::pool::Pool>()?;
+    m.add_class::<client::pool::ReservationsIter>()?;
+    m.add_class::<client::pool::Reserve>()?;
+    m.add_class::<client::types::Reservation>()?;
+    m.add_class::<client::types::AllocatedDut>()?;
+    m.add_class::<client::types::PoolDut>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

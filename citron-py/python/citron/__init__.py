@@ -22,7 +22,9 @@ why).
 
 A remote citron (``citron serve``) is reached with :class:`Client`: ``client.results`` uploads
 and reads results (``open_run``, ``upload``, ``latest``, ``runs``, ``find_by_hash``,
-``watch``), ``client.tenants`` and ``client.tokens`` hand out access. Its refusals are
+``watch``), ``client.tenants`` and ``client.tokens`` hand out access, ``client.pool`` and
+``with client.reserve(tags=["x86_64"], count=2, wait=600) as duts:`` take DUTs from the
+lab's pool (:class:`ReservationTimeout` when none come in time). Its refusals are
 :class:`ApiError` (``status``, ``message``), :class:`AuthError` for 401/403,
 :class:`NotFoundError`, :class:`ConflictError`; :class:`UnreachableError` when the server
 cannot be reached. ``Server.client()`` is the same client for the in-process server.
@@ -35,6 +37,7 @@ The distribution is named ``citron-lab`` (``pip install citron-lab``); the impor
 """
 
 from citron._citron import (
+    AllocatedDut,
     ApiError,
     Artifact,
     AuthError,
@@ -54,6 +57,12 @@ from citron._citron import (
     Latest,
     NotFoundError,
     OpenRun,
+    Pool,
+    PoolDut,
+    Reservation,
+    ReservationTimeout,
+    ReservationsIter,
+    Reserve,
     ResolvedJob,
     ResultFile,
     Results,
@@ -82,6 +91,7 @@ from citron._types import (
 
 __all__ = [
     "AccessRecord",
+    "AllocatedDut",
     "ApiError",
     "Artifact",
     "ArtifactDict",
@@ -105,6 +115,12 @@ __all__ = [
     "Latest",
     "NotFoundError",
     "OpenRun",
+    "Pool",
+    "PoolDut",
+    "Reservation",
+    "ReservationTimeout",
+    "ReservationsIter",
+    "Reserve",
     "ResolvedJob",
     "ResolvedJobDict",
     "ResultFile",

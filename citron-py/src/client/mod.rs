@@ -6,9 +6,13 @@
 //!
 //! - `results.rs`: `client.results` (`Results`, `OpenRun`, `Latest`, the `runs` and `watch`
 //!   iterators).
+//! - `pool.rs`: `client.pool` (`Pool`, the `list` iterator) and `client.reserve(...)`
+//!   (`Reserve`, DUTs held for a `with` block).
 //! - `types.rs`: what the API answers (`Run`, `ResultFile`, `HashHit`, `Token`, `Tenant`,
-//!   `Event`), shared with the in-process `citron.Server`.
+//!   `Event`, `Reservation`, `AllocatedDut`, `PoolDut`), shared with the in-process
+//!   `citron.Server`.
 
+pub(crate) mod pool;
 pub(crate) mod results;
 pub(crate) mod types;
 
@@ -143,6 +147,49 @@ impl Client {
     #[getter]
     fn results(&self) -> results::Results {
         results::Results { conn: self.conn.clone() }
+    }
+
+    /// The DUT pool: reservations and the pool's DUTs; see :class:`Pool`.
+    #[getter]
+    fn pool(&self) -> pool::Pool {
+        pool::Pool { conn: self.conn.clone() }
+    }
+
+    /// DUTs for a ``with`` block: ``with client.reserve(tags=["x86_64"], count=2, wait=600)
+    /// as duts:`` asks for ``count`` DUTs (the arguments of :meth:`Pool.request`), waits at
+    /// most ``wait`` seconds until they are allocated (:class:`ReservationTimeout` after
+    /// that, the request withdrawn), and answers the :class:`Reservation`, which is the
+    /// sequence of its DUTs and has the ``token`` that drives them; the reservation is
+    /// released when the block ends, also when it raised. See :class:`Reserve`.
+    ///
+    /// >>> import citron
+    /// >>> lab = citron.Lab.from_yaml("duts:\n  - {id: d1, ip: [127.0.0.21], arch: x86_64}\n  - {id: d2, ip: [127.0.0.22], arch: x86_64}\n")
+    /// >>> with citron.Server(lab, http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+    /// ...     with c.reserve(arch="x86_64", count=2, wait=600) as duts:
+    /// ...         print(len(duts), sorted(d.id for d in duts), duts.state)
+    /// ...     print(c.pool.get(duts).state)
+    /// 2 ['d1', 'd2'] allocated
+    /// released
+    #[pyo3(signature = (tags = Vec::new(), *, kind = None, arch = None, model = None, count = 1, lifetime = None, priority = 0, job = None, wait = 600.0))]
+    #[allow(clippy::too_many_arguments)] // the REST body's fields, as Python keywords
+    fn reserve(
+        &self,
+        tags: Vec<String>,
+        kind: Option<String>,
+        arch: Option<String>,
+        model: Option<String>,
+        count: u32,
+        lifetime: Option<f64>,
+        priority: i64,
+        job: Option<String>,
+        wait: f64,
+    ) -> PyResult<pool::Reserve> {
+        let ask = pool::Ask { tags, kind, arch, model, count, lifetime, priority, job };
+        // Checked now, so that a bad argument fails at the call, not at `with`.
+        ask.clone().request()?;
+        let wait = Duration::try_from_secs_f64(wait)
+            .map_err(|_| PyValueError::new_err(format!("wait must be a number of seconds >= 0, not {wait}")))?;
+        Ok(pool::Reserve { conn: self.conn.clone(), ask, wait, held: Mutex::new(None) })
     }
 
     /// Adding tenants (administrator only): see :class:`Tenants`.
