@@ -10,9 +10,10 @@
 //! - `lab`: `Lab`, the DUTs and variables of a lab that is not running.
 //! - `server`: `Server`, a gateway and its backends (started by
 //!   `citron_lab::server::ServerBuilder`) in the Python process, on its own tokio runtime.
-//! - `client`: `Client`, a remote citron's API (results, tenants, tokens, the event feed) on
-//!   the shared Rust client `citron_client`; `client::types` are the answers (`Run`, …),
-//!   the same for a remote server and the in-process one (`Server.client()`).
+//! - `client`: `Client`, a remote citron's API (every route: results, the pool, DUTs and
+//!   jobs, tenants, tokens, the event feed) on the shared Rust client `citron_client`;
+//!   `client::types` are the answers (`Run`, …), the same for a remote server and the
+//!   in-process one (`Server.client()`).
 //!
 //! ```python
 //! import citron
@@ -75,6 +76,13 @@ fn _citron(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<client::types::Reservation>()?;
     m.add_class::<client::types::AllocatedDut>()?;
     m.add_class::<client::types::PoolDut>()?;
+    m.add_class::<client::types::Retention>()?;
+    m.add_class::<client::lab::Duts>()?;
+    m.add_class::<client::lab::AccessesIter>()?;
+    m.add_class::<client::lab::Dut>()?;
+    m.add_class::<client::lab::DutJob>()?;
+    m.add_class::<client::lab::Version>()?;
+    m.add_class::<client::lab::StateVersion>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -20,14 +20,14 @@ its position, :class:`ErrorDetail`), :class:`UnknownDutError` (``KeyError``),
 :class:`FetchError` and :class:`ServerError` (``OSError``, with ``errno`` when the system said
 why).
 
-A remote citron (``citron serve``) is reached with :class:`Client`: ``client.results`` uploads
-and reads results (``open_run``, ``upload``, ``latest``, ``runs``, ``find_by_hash``,
-``watch``), ``client.tenants`` and ``client.tokens`` hand out access, ``client.pool`` and
-``with client.reserve(tags=["x86_64"], count=2, wait=600) as duts:`` take DUTs from the
-lab's pool (:class:`ReservationTimeout` when none come in time). Its refusals are
-:class:`ApiError` (``status``, ``message``), :class:`AuthError` for 401/403,
-:class:`NotFoundError`, :class:`ConflictError`; :class:`UnreachableError` when the server
-cannot be reached. ``Server.client()`` is the same client for the in-process server.
+A remote citron (``citron serve``) is reached with :class:`Client`, every route of its API:
+``client.results`` uploads and reads results (``open_run``, ``upload``, ``latest``, ``runs``,
+``find_by_hash``, ``watch``), ``client.tenants`` and ``client.tokens`` hand out access,
+``client.duts`` sets jobs and reads access logs, ``client.pool`` and ``with
+client.reserve(tags=["x86_64"], count=2, wait=600) as duts:`` take DUTs from the lab's pool
+(:class:`ReservationTimeout` when none come in time). Its refusals are :class:`ApiError`
+(``status``, ``message``), :class:`AuthError` for 401/403, :class:`NotFoundError`,
+:class:`ConflictError`; :class:`UnreachableError` when the server cannot be reached. ``Server.client()`` is the same client for the in-process server.
 
 For pytest, the package brings the fixtures ``citron_server`` and ``citron_lab``
 (``citron.pytest_plugin``, loaded by pytest by itself).
@@ -37,6 +37,7 @@ The distribution is named ``citron-lab`` (``pip install citron-lab``); the impor
 """
 
 from citron._citron import (
+    AccessesIter,
     AllocatedDut,
     ApiError,
     Artifact,
@@ -44,9 +45,12 @@ from citron._citron import (
     CitronError,
     Client,
     ConflictError,
+    Dut,
+    DutJob,
+    Duts,
+    ErrorDetail,
     Event,
     Events,
-    ErrorDetail,
     FetchError,
     HashHit,
     JobDescription,
@@ -66,16 +70,19 @@ from citron._citron import (
     ResolvedJob,
     ResultFile,
     Results,
+    Retention,
     Run,
     RunsIter,
     Server,
     ServerError,
+    StateVersion,
     Tenant,
     Tenants,
     Token,
     Tokens,
     UnknownDutError,
     UnreachableError,
+    Version,
     Watch,
     __version__,
 )
@@ -91,6 +98,7 @@ from citron._types import (
 
 __all__ = [
     "AccessRecord",
+    "AccessesIter",
     "AllocatedDut",
     "ApiError",
     "Artifact",
@@ -99,11 +107,14 @@ __all__ = [
     "CitronError",
     "Client",
     "ConflictError",
-    "Event",
-    "Events",
+    "Dut",
     "DutInfo",
+    "DutJob",
+    "Duts",
     "ErrorDetail",
     "ErrorDetailDict",
+    "Event",
+    "Events",
     "FetchError",
     "HashHit",
     "JobDescription",
@@ -125,10 +136,12 @@ __all__ = [
     "ResolvedJobDict",
     "ResultFile",
     "Results",
+    "Retention",
     "Run",
     "RunsIter",
     "Server",
     "ServerError",
+    "StateVersion",
     "StrPath",
     "Tenant",
     "Tenants",
@@ -136,6 +149,7 @@ __all__ = [
     "Tokens",
     "UnknownDutError",
     "UnreachableError",
+    "Version",
     "Watch",
     "__version__",
 ]

@@ -8,6 +8,7 @@ from citron._types import AccessRecord, ArtifactDict, DutInfo, ErrorDetailDict, 
 
 __version__: str
 __all__ = [
+    "AccessesIter",
     "AllocatedDut",
     "ApiError",
     "Artifact",
@@ -15,9 +16,12 @@ __all__ = [
     "CitronError",
     "Client",
     "ConflictError",
+    "Dut",
+    "DutJob",
+    "Duts",
+    "ErrorDetail",
     "Event",
     "Events",
-    "ErrorDetail",
     "FetchError",
     "HashHit",
     "JobDescription",
@@ -37,16 +41,19 @@ __all__ = [
     "ResolvedJob",
     "ResultFile",
     "Results",
+    "Retention",
     "Run",
     "RunsIter",
     "Server",
     "ServerError",
+    "StateVersion",
     "Tenant",
     "Tenants",
     "Token",
     "Tokens",
     "UnknownDutError",
     "UnreachableError",
+    "Version",
     "Watch",
     "__version__",
 ]
@@ -400,6 +407,13 @@ class Client:
     def tokens(self) -> Tokens: ...
     @property
     def pool(self) -> Pool: ...
+    @property
+    def duts(self) -> Duts: ...
+    def version(self) -> Version: ...
+    def health(self) -> bool: ...
+    def ready(self) -> bool: ...
+    def metrics(self) -> str: ...
+    def openapi(self) -> Dict[str, Any]: ...
     def reserve(
         self,
         tags: Sequence[str] = ...,
@@ -445,6 +459,14 @@ class Results:
     def latest(self, job: str, path: str, *, platform: Optional[str] = None, status: Optional[str] = None) -> Latest: ...
     def runs(self, job: str, revision: Optional[str] = None) -> RunsIter: ...
     def find_by_hash(self, sha256: str) -> List[HashHit]: ...
+    def file(self, job: str, run: Union[int, Run], path: str) -> Latest: ...
+    def read_latest(
+        self, job: str, path: str, *, platform: Optional[str] = None, status: Optional[str] = None, max_bytes: int = ...
+    ) -> bytes: ...
+    def blob(self, sha256: str) -> Latest: ...
+    def console(self, job: str, run: Union[int, Run], *, max_bytes: int = ...) -> bytes: ...
+    def retention(self, job: str) -> Retention: ...
+    def set_retention(self, job: str, *, keep_last: Optional[int] = None, ttl: Optional[float] = None) -> Retention: ...
     def watch(
         self,
         job: str,
@@ -695,3 +717,98 @@ class Reserve:
         exc: Optional[BaseException] = None,
         tb: Optional[TracebackType] = None,
     ) -> Literal[False]: ...
+
+@final
+class Retention:
+    """A job's retention: the newest ``keep_last`` finished runs and those finished less than
+    ``ttl`` seconds ago keep their files."""
+
+    @property
+    def keep_last(self) -> Optional[int]: ...
+    @property
+    def ttl(self) -> Optional[float]: ...
+
+@final
+class Dut:
+    """A DUT as a remote lab knows it."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def machine_id(self) -> str: ...
+    @property
+    def mac(self) -> Optional[str]: ...
+    @property
+    def serial(self) -> Optional[str]: ...
+    @property
+    def ip(self) -> List[str]: ...
+    @property
+    def tags(self) -> List[str]: ...
+    @property
+    def job(self) -> Optional[str]: ...
+    @property
+    def gateway(self) -> Optional[str]: ...
+    @property
+    def online(self) -> bool: ...
+
+@final
+class DutJob:
+    """A DUT's job as it was set."""
+
+    @property
+    def yaml(self) -> Optional[str]: ...
+    @property
+    def origin(self) -> str: ...
+    @property
+    def set_at(self) -> float: ...
+
+@final
+class StateVersion:
+    """The lab's state store."""
+
+    @property
+    def engine(self) -> str: ...
+    @property
+    def schema_version(self) -> int: ...
+
+@final
+class Version:
+    """citron's version and its state store's."""
+
+    @property
+    def version(self) -> str: ...
+    @property
+    def state(self) -> Optional[StateVersion]: ...
+
+_DutEvent = Literal["boot", "job_start", "job_end"]
+_RunEnd = Literal["success", "failure", "unknown"]
+
+@final
+class Duts:
+    """``client.duts``: the lab's DUTs, their jobs, events and access logs."""
+
+    def list(self) -> List[Dut]: ...
+    def get(self, id: str) -> Dut: ...
+    def add(
+        self,
+        id: str,
+        *,
+        ip: Sequence[str] = ...,
+        mac: Optional[str] = None,
+        serial: Optional[str] = None,
+        tags: Sequence[str] = ...,
+        machine_id: Optional[str] = None,
+    ) -> Dut: ...
+    def remove(self, id: str) -> None: ...
+    def job(self, id: str) -> DutJob: ...
+    def set_job(self, id: str, job: str, *, revision: Optional[str] = None) -> Dut: ...
+    def clear_job(self, id: str) -> None: ...
+    def event(self, id: str, event: _DutEvent = "boot", *, status: Optional[_RunEnd] = None) -> None: ...
+    def accesses(self, id: str, after: int = 0) -> AccessesIter: ...
+
+@final
+class AccessesIter:
+    """A DUT's access log, a page at a time."""
+
+    def __iter__(self) -> AccessesIter: ...
+    def __next__(self) -> AccessRecord: ...

@@ -17,7 +17,7 @@ use super::{seconds, Conn};
 use crate::errors::classes;
 
 /// Reservations one page of `list()` brings.
-const PAGE: u32 = 100;
+pub(crate) const PAGE: u32 = 100;
 
 /// `id`: a reservation's id or the `Reservation` itself.
 #[derive(FromPyObject)]

@@ -525,3 +525,36 @@ impl PoolDut {
         format!("PoolDut(id={:?}, state={:?}, uses={})", self.id, self.state, self.uses)
     }
 }
+
+/// A job's retention (``client.results.retention``): the files of the newest ``keep_last``
+/// finished runs, and of runs finished less than ``ttl`` seconds ago, are kept (None: no
+/// such bound).
+///
+/// >>> import citron
+/// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+/// ...     _ = c.results.open_run("build").finish()
+/// ...     print(c.results.set_retention("build", ttl=7 * 86400.0))
+/// Retention(keep_last=None, ttl=604800.0)
+#[pyclass(frozen, get_all, eq, module = "citron")]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retention {
+    /// The newest N finished runs keep their files.
+    pub keep_last: Option<u64>,
+    /// Runs finished less than this many seconds ago keep their files.
+    pub ttl: Option<f64>,
+}
+
+impl From<citron_client::Retention> for Retention {
+    fn from(r: citron_client::Retention) -> Self {
+        Retention { keep_last: r.keep_last, ttl: r.ttl_secs.map(|s| s as f64) }
+    }
+}
+
+#[pymethods]
+impl Retention {
+    fn __repr__(&self) -> String {
+        let keep = self.keep_last.map_or("None".to_string(), |k| k.to_string());
+        let ttl = self.ttl.map_or("None".to_string(), |t| format!("{t:?}"));
+        format!("Retention(keep_last={keep}, ttl={ttl})")
+    }
+}
