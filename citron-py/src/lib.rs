@@ -14,6 +14,8 @@
 //!   jobs, tenants, tokens, the event feed) on the shared Rust client `citron_client`;
 //!   `client::types` are the answers (`Run`, …), the same for a remote server and the
 //!   in-process one (`Server.client()`).
+//! - `aio`: `AsyncClient`, the same surface for asyncio (pyo3-async-runtimes: Rust futures
+//!   as awaitables on a tokio runtime, no threads per call).
 //!
 //! ```python
 //! import citron
@@ -23,6 +25,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod aio;
 mod client;
 mod errors;
 mod job;
@@ -77,6 +80,20 @@ fn _citron(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<client::types::AllocatedDut>()?;
     m.add_class::<client::types::PoolDut>()?;
     m.add_class::<client::types::Retention>()?;
+    m.add_class::<aio::AsyncClient>()?;
+    m.add_class::<aio::AsyncTenants>()?;
+    m.add_class::<aio::AsyncTokens>()?;
+    m.add_class::<aio::AsyncEvents>()?;
+    m.add_class::<aio::results::AsyncResults>()?;
+    m.add_class::<aio::results::AsyncOpenRun>()?;
+    m.add_class::<aio::results::AsyncLatest>()?;
+    m.add_class::<aio::results::AsyncRunsIter>()?;
+    m.add_class::<aio::results::AsyncWatch>()?;
+    m.add_class::<aio::pool::AsyncPool>()?;
+    m.add_class::<aio::pool::AsyncReservationsIter>()?;
+    m.add_class::<aio::pool::AsyncReserve>()?;
+    m.add_class::<aio::lab::AsyncDuts>()?;
+    m.add_class::<aio::lab::AsyncAccessesIter>()?;
     m.add_class::<client::lab::Duts>()?;
     m.add_class::<client::lab::AccessesIter>()?;
     m.add_class::<client::lab::Dut>()?;

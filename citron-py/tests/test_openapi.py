@@ -65,7 +65,7 @@ CALLED_BY: Dict[str, List[str]] = {
 }
 
 #: Classes whose asyncio twin is ``citron.Async<Name>``.
-ASYNC_TWINS: Set[str] = set()
+ASYNC_TWINS = {"Client", "Duts", "Tenants", "Tokens", "Results", "OpenRun", "Latest", "Pool"}
 
 
 def operations() -> Dict[str, Tuple[str, str]]:

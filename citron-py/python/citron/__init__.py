@@ -27,7 +27,8 @@ A remote citron (``citron serve``) is reached with :class:`Client`, every route 
 client.reserve(tags=["x86_64"], count=2, wait=600) as duts:`` take DUTs from the lab's pool
 (:class:`ReservationTimeout` when none come in time). Its refusals are :class:`ApiError`
 (``status``, ``message``), :class:`AuthError` for 401/403, :class:`NotFoundError`,
-:class:`ConflictError`; :class:`UnreachableError` when the server cannot be reached. ``Server.client()`` is the same client for the in-process server.
+:class:`ConflictError`; :class:`UnreachableError` when the server cannot be reached.
+:class:`AsyncClient` is the same surface for asyncio (``await``, ``async with``, ``async for``). ``Server.client()`` is the same client for the in-process server.
 
 For pytest, the package brings the fixtures ``citron_server`` and ``citron_lab``
 (``citron.pytest_plugin``, loaded by pytest by itself).
@@ -41,6 +42,20 @@ from citron._citron import (
     AllocatedDut,
     ApiError,
     Artifact,
+    AsyncAccessesIter,
+    AsyncClient,
+    AsyncDuts,
+    AsyncEvents,
+    AsyncLatest,
+    AsyncOpenRun,
+    AsyncPool,
+    AsyncReservationsIter,
+    AsyncReserve,
+    AsyncResults,
+    AsyncRunsIter,
+    AsyncTenants,
+    AsyncTokens,
+    AsyncWatch,
     AuthError,
     CitronError,
     Client,
@@ -103,6 +118,20 @@ __all__ = [
     "ApiError",
     "Artifact",
     "ArtifactDict",
+    "AsyncAccessesIter",
+    "AsyncClient",
+    "AsyncDuts",
+    "AsyncEvents",
+    "AsyncLatest",
+    "AsyncOpenRun",
+    "AsyncPool",
+    "AsyncReservationsIter",
+    "AsyncReserve",
+    "AsyncResults",
+    "AsyncRunsIter",
+    "AsyncTenants",
+    "AsyncTokens",
+    "AsyncWatch",
     "AuthError",
     "CitronError",
     "Client",

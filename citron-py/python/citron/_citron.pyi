@@ -2,7 +2,7 @@
 
 from datetime import timedelta
 from types import TracebackType
-from typing import Any, BinaryIO, Dict, Iterator, List, Literal, Mapping, Optional, Sequence, Tuple, Type, Union, final, overload
+from typing import Any, Awaitable, BinaryIO, Dict, Iterator, List, Literal, Mapping, Optional, Sequence, Tuple, Type, Union, final, overload
 
 from citron._types import AccessRecord, ArtifactDict, DutInfo, ErrorDetailDict, ResolvedJobDict, StrPath
 
@@ -12,6 +12,20 @@ __all__ = [
     "AllocatedDut",
     "ApiError",
     "Artifact",
+    "AsyncAccessesIter",
+    "AsyncClient",
+    "AsyncDuts",
+    "AsyncEvents",
+    "AsyncLatest",
+    "AsyncOpenRun",
+    "AsyncPool",
+    "AsyncReservationsIter",
+    "AsyncReserve",
+    "AsyncResults",
+    "AsyncRunsIter",
+    "AsyncTenants",
+    "AsyncTokens",
+    "AsyncWatch",
     "AuthError",
     "CitronError",
     "Client",
@@ -273,6 +287,7 @@ class Server:
     def accesses(self, dut: str, after: int = 0, limit: Optional[int] = None) -> List[AccessRecord]: ...
     def metrics(self) -> str: ...
     def client(self, token: Optional[str] = None, timeout: float = 60.0) -> Client: ...
+    def async_client(self, token: Optional[str] = None, timeout: float = 60.0) -> AsyncClient: ...
     def stop(self) -> None: ...
     def __enter__(self) -> Server: ...
     def __exit__(
@@ -812,3 +827,266 @@ class AccessesIter:
 
     def __iter__(self) -> AccessesIter: ...
     def __next__(self) -> AccessRecord: ...
+
+# The asyncio client: the same surface, each call an awaitable.
+
+@final
+class AsyncClient:
+    """The asyncio twin of :class:`Client`."""
+
+    def __new__(
+        cls,
+        url: Optional[str] = None,
+        token: Optional[str] = None,
+        *,
+        token_file: Optional[StrPath] = None,
+        timeout: float = 60.0,
+    ) -> AsyncClient: ...
+    @property
+    def url(self) -> str: ...
+    @property
+    def results(self) -> AsyncResults: ...
+    @property
+    def pool(self) -> AsyncPool: ...
+    @property
+    def duts(self) -> AsyncDuts: ...
+    @property
+    def tenants(self) -> AsyncTenants: ...
+    @property
+    def tokens(self) -> AsyncTokens: ...
+    def reserve(
+        self,
+        tags: Sequence[str] = ...,
+        *,
+        kind: Optional[Literal["baremetal", "vm"]] = None,
+        arch: Optional[str] = None,
+        model: Optional[str] = None,
+        count: int = 1,
+        lifetime: Optional[float] = None,
+        priority: int = 0,
+        job: Optional[str] = None,
+        wait: float = 600.0,
+    ) -> AsyncReserve: ...
+    def events(
+        self,
+        job: Optional[str] = None,
+        *,
+        dut: Optional[str] = None,
+        type: Optional[str] = None,
+        after: int = 0,
+        timeout: Optional[float] = None,
+    ) -> AsyncEvents: ...
+    def version(self) -> Awaitable[Version]: ...
+    def health(self) -> Awaitable[bool]: ...
+    def ready(self) -> Awaitable[bool]: ...
+    def metrics(self) -> Awaitable[str]: ...
+    def openapi(self) -> Awaitable[Dict[str, Any]]: ...
+    def close(self) -> None: ...
+    def __aenter__(self) -> Awaitable[AsyncClient]: ...
+    def __aexit__(
+        self,
+        exc_type: Optional[Type[BaseException]] = None,
+        exc: Optional[BaseException] = None,
+        tb: Optional[TracebackType] = None,
+    ) -> Awaitable[Literal[False]]: ...
+
+@final
+class AsyncTenants:
+    """``client.tenants`` of an :class:`AsyncClient`."""
+
+    def create(self, name: str, ttl: Optional[float] = None) -> Awaitable[Tenant]: ...
+
+@final
+class AsyncTokens:
+    """``client.tokens`` of an :class:`AsyncClient`."""
+
+    def mint(
+        self,
+        scopes: Sequence[str],
+        job: str,
+        ttl: Optional[float] = None,
+        *,
+        tenant: Optional[str] = None,
+        run: Optional[int] = None,
+        dut: Optional[str] = None,
+    ) -> Awaitable[Token]: ...
+    def subset(
+        self,
+        *,
+        scopes: Optional[Sequence[str]] = None,
+        job: Optional[str] = None,
+        ttl: Optional[float] = None,
+        run: Optional[int] = None,
+        dut: Optional[str] = None,
+    ) -> Awaitable[Token]: ...
+    def revoke(self, token: Union[str, Token]) -> Awaitable[None]: ...
+
+@final
+class AsyncEvents:
+    """The lab's event feed, as an async iterator."""
+
+    @property
+    def last_event_id(self) -> int: ...
+    def __aiter__(self) -> AsyncEvents: ...
+    def __anext__(self) -> Awaitable[Event]: ...
+
+@final
+class AsyncResults:
+    """``client.results`` of an :class:`AsyncClient`."""
+
+    def open_run(self, job: str, revision: Optional[str] = None, platform: Optional[str] = None) -> Awaitable[AsyncOpenRun]: ...
+    def upload(self, job: str, run: Union[int, Run], path: str, data: _UploadData) -> Awaitable[ResultFile]: ...
+    def finish(
+        self, job: str, run: Union[int, Run], status: Literal["success", "failure", "unknown"] = "success"
+    ) -> Awaitable[Run]: ...
+    def run(self, job: str, run: int) -> Awaitable[Run]: ...
+    @overload
+    def latest(
+        self, job: str, path: None = None, *, platform: Optional[str] = None, status: Optional[str] = None
+    ) -> Awaitable[Run]: ...
+    @overload
+    def latest(
+        self, job: str, path: str, *, platform: Optional[str] = None, status: Optional[str] = None
+    ) -> Awaitable[AsyncLatest]: ...
+    def read_latest(
+        self, job: str, path: str, *, platform: Optional[str] = None, status: Optional[str] = None, max_bytes: int = ...
+    ) -> Awaitable[bytes]: ...
+    def file(self, job: str, run: Union[int, Run], path: str) -> Awaitable[AsyncLatest]: ...
+    def blob(self, sha256: str) -> Awaitable[AsyncLatest]: ...
+    def console(self, job: str, run: Union[int, Run], *, max_bytes: int = ...) -> Awaitable[bytes]: ...
+    def retention(self, job: str) -> Awaitable[Retention]: ...
+    def set_retention(self, job: str, *, keep_last: Optional[int] = None, ttl: Optional[float] = None) -> Awaitable[Retention]: ...
+    def find_by_hash(self, sha256: str) -> Awaitable[List[HashHit]]: ...
+    def runs(self, job: str, revision: Optional[str] = None) -> AsyncRunsIter: ...
+    def watch(
+        self,
+        job: str,
+        *,
+        status: Optional[str] = ...,  # "success"
+        after: int = 0,
+        timeout: Optional[float] = None,
+    ) -> AsyncWatch: ...
+
+@final
+class AsyncOpenRun:
+    """A run being filled; ``async with`` finishes it on exit (``failure`` if it raised)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def job(self) -> str: ...
+    @property
+    def run(self) -> Run: ...
+    @property
+    def finished(self) -> Optional[Run]: ...
+    def upload(self, path: str, data: _UploadData) -> Awaitable[ResultFile]: ...
+    def console(self, text: Union[str, bytes]) -> Awaitable[int]: ...
+    def finish(self, status: Literal["success", "failure", "unknown"] = "success") -> Awaitable[Run]: ...
+    def __aenter__(self) -> Awaitable[AsyncOpenRun]: ...
+    def __aexit__(
+        self,
+        exc_type: Optional[Type[BaseException]] = None,
+        exc: Optional[BaseException] = None,
+        tb: Optional[TracebackType] = None,
+    ) -> Awaitable[Literal[False]]: ...
+
+@final
+class AsyncLatest:
+    """A file's blob, read or downloaded checked, with coroutines."""
+
+    @property
+    def sha256(self) -> str: ...
+    @property
+    def url(self) -> str: ...
+    def read(self, max_bytes: int = ...) -> Awaitable[bytes]: ...
+    def download(self, to: StrPath) -> Awaitable[int]: ...
+
+@final
+class AsyncRunsIter:
+    """A job's runs, oldest first, a page at a time, as an async iterator."""
+
+    def __aiter__(self) -> AsyncRunsIter: ...
+    def __anext__(self) -> Awaitable[Run]: ...
+
+@final
+class AsyncWatch:
+    """A job's runs as they finish, as an async iterator."""
+
+    def __aiter__(self) -> AsyncWatch: ...
+    def __anext__(self) -> Awaitable[Run]: ...
+
+@final
+class AsyncPool:
+    """``client.pool`` of an :class:`AsyncClient`."""
+
+    def request(
+        self,
+        tags: Sequence[str] = ...,
+        *,
+        kind: Optional[Literal["baremetal", "vm"]] = None,
+        arch: Optional[str] = None,
+        model: Optional[str] = None,
+        count: int = 1,
+        lifetime: Optional[float] = None,
+        priority: int = 0,
+        job: Optional[str] = None,
+    ) -> Awaitable[Reservation]: ...
+    def get(self, id: _ReservationArg, *, wait: Optional[float] = None) -> Awaitable[Reservation]: ...
+    def list(self, state: Optional[_ReservationState] = None) -> AsyncReservationsIter: ...
+    def release(self, id: _ReservationArg) -> Awaitable[Reservation]: ...
+    def fail(self, id: _ReservationArg, *, keep: Optional[float] = None) -> Awaitable[Reservation]: ...
+    def extend(self, id: _ReservationArg, lifetime: float) -> Awaitable[Reservation]: ...
+    def duts(self) -> Awaitable[List[PoolDut]]: ...
+    def enable(self, dut: str) -> Awaitable[PoolDut]: ...
+    def disable(self, dut: str) -> Awaitable[PoolDut]: ...
+
+@final
+class AsyncReservationsIter:
+    """The caller's reservations, a page at a time, as an async iterator."""
+
+    def __aiter__(self) -> AsyncReservationsIter: ...
+    def __anext__(self) -> Awaitable[Reservation]: ...
+
+@final
+class AsyncReserve:
+    """DUTs held for an ``async with`` block: allocated on entry, released on exit."""
+
+    @property
+    def reservation(self) -> Optional[Reservation]: ...
+    def __aenter__(self) -> Awaitable[Reservation]: ...
+    def __aexit__(
+        self,
+        exc_type: Optional[Type[BaseException]] = None,
+        exc: Optional[BaseException] = None,
+        tb: Optional[TracebackType] = None,
+    ) -> Awaitable[Literal[False]]: ...
+
+@final
+class AsyncDuts:
+    """``client.duts`` of an :class:`AsyncClient`."""
+
+    def list(self) -> Awaitable[List[Dut]]: ...
+    def get(self, id: str) -> Awaitable[Dut]: ...
+    def add(
+        self,
+        id: str,
+        *,
+        ip: Sequence[str] = ...,
+        mac: Optional[str] = None,
+        serial: Optional[str] = None,
+        tags: Sequence[str] = ...,
+        machine_id: Optional[str] = None,
+    ) -> Awaitable[Dut]: ...
+    def remove(self, id: str) -> Awaitable[None]: ...
+    def job(self, id: str) -> Awaitable[DutJob]: ...
+    def set_job(self, id: str, job: str, *, revision: Optional[str] = None) -> Awaitable[Dut]: ...
+    def clear_job(self, id: str) -> Awaitable[None]: ...
+    def event(self, id: str, event: _DutEvent = "boot", *, status: Optional[_RunEnd] = None) -> Awaitable[None]: ...
+    def accesses(self, id: str, after: int = 0) -> AsyncAccessesIter: ...
+
+@final
+class AsyncAccessesIter:
+    """A DUT's access log, a page at a time, as an async iterator."""
+
+    def __aiter__(self) -> AsyncAccessesIter: ...
+    def __anext__(self) -> Awaitable[AccessRecord]: ...

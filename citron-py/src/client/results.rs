@@ -34,7 +34,7 @@ pub(crate) enum RunArg<'py> {
 }
 
 impl RunArg<'_> {
-    fn id(&self) -> i64 {
+    pub(crate) fn id(&self) -> i64 {
         match self {
             RunArg::Run(r) => r.id,
             RunArg::Id(i) => *i,
