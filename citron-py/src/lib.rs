@@ -65,8 +65,8 @@ fn _citron(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<client::results::Results>()?;
     m.add_class::<client::results::OpenRun>()?;
     m.add_class::<client::results::Latest>()?;
-    m.add_class::<client::results::RunsIter>()?;
-    m.add_class::<client::results::Watch>()?;
+    m.add_class::<client::runs::RunsIter>()?;
+    m.add_class::<client::runs::Watch>()?;
     m.add_class::<client::types::Run>()?;
     m.add_class::<client::types::ResultFile>()?;
     m.add_class::<client::types::HashHit>()?;
@@ -87,8 +87,8 @@ fn _citron(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<aio::results::AsyncResults>()?;
     m.add_class::<aio::results::AsyncOpenRun>()?;
     m.add_class::<aio::results::AsyncLatest>()?;
-    m.add_class::<aio::results::AsyncRunsIter>()?;
-    m.add_class::<aio::results::AsyncWatch>()?;
+    m.add_class::<aio::runs::AsyncRunsIter>()?;
+    m.add_class::<aio::runs::AsyncWatch>()?;
     m.add_class::<aio::pool::AsyncPool>()?;
     m.add_class::<aio::pool::AsyncReservationsIter>()?;
     m.add_class::<aio::pool::AsyncReserve>()?;

@@ -34,7 +34,7 @@ def served(tmp_path: pathlib.Path) -> Iterator[Served]:
 
 
 async def until_released(c: citron.AsyncClient, rid: int) -> citron.Reservation:
-    for _ in range(200):
+    for _ in range(400):
         r = await c.pool.get(rid)
         if r.state != "waiting":
             return r

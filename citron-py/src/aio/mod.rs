@@ -8,8 +8,8 @@
 //! `Async` twins (`AsyncResults`, `AsyncOpenRun`, `AsyncPool`…) whose methods are coroutines,
 //! with `async with` and `async for` where the blocking ones have `with` and `for`.
 //!
-//! - `results.rs`: `AsyncResults`, `AsyncOpenRun`, `AsyncLatest`, the `runs` and `watch`
-//!   async iterators.
+//! - `results.rs`: `AsyncResults`, `AsyncOpenRun`, `AsyncLatest`; `runs.rs`: the `runs` and
+//!   `watch` async iterators.
 //! - `pool.rs`: `AsyncPool`, its `list` async iterator, `AsyncReserve` (`async with
 //!   client.reserve(...)`).
 //! - `lab.rs`: `AsyncDuts` and its `accesses` async iterator.
@@ -17,6 +17,7 @@
 pub(crate) mod lab;
 pub(crate) mod pool;
 pub(crate) mod results;
+pub(crate) mod runs;
 
 use std::future::Future;
 use std::path::PathBuf;

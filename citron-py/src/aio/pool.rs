@@ -272,7 +272,20 @@ impl AsyncReserve {
         let req = self.ask.clone().request()?;
         let (c, wait, held) = (self.conn.client()?, self.wait, self.held.clone());
         awaitable_py(py, async move {
-            let r = c.request_reservation(&req).await.map_err(Error::Client)?;
+            // The request runs in a task of its own: cancelled while it is in flight, this
+            // future is gone when the answer comes, and the task withdraws what was created.
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let asker = c.clone();
+            tokio::spawn(async move {
+                let answer = asker.request_reservation(&req).await;
+                if let Err(Ok(r)) = tx.send(answer) {
+                    let _ = asker.release(r.id).await;
+                }
+            });
+            let r = rx
+                .await
+                .map_err(|_| Error::Client(citron_client::ClientError::Protocol("the request's task ended".into())))?
+                .map_err(Error::Client)?;
             let id = r.id;
             let mut guard = Withdraw { client: Some(c.clone()), id };
             let failed: PyErr = match c.wait_reservation(r, wait).await {

@@ -5,8 +5,8 @@
 //! The object owns a small tokio runtime and one connection pool; every call releases the GIL
 //! while it waits and gives way to Ctrl-C. `close()` (or the end of a `with` block) drops both.
 //!
-//! - `results.rs`: `client.results` (`Results`, `OpenRun`, `Latest`, the `runs` and `watch`
-//!   iterators).
+//! - `results.rs`: `client.results` (`Results`, `OpenRun`, `Latest`); `runs.rs`: the `runs`
+//!   and `watch` iterators.
 //! - `lab.rs`: `client.duts` (`Duts`, the `accesses` iterator) and the lab's own answers
 //!   (`Dut`, `DutJob`, `Version`).
 //! - `pool.rs`: `client.pool` (`Pool`, the `list` iterator) and `client.reserve(...)`
@@ -18,6 +18,7 @@
 pub(crate) mod lab;
 pub(crate) mod pool;
 pub(crate) mod results;
+pub(crate) mod runs;
 pub(crate) mod types;
 
 use std::future::Future;

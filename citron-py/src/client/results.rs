@@ -1,9 +1,9 @@
-//! `client.results`: runs, uploads, `latest`, pages of runs, by-hash, `watch`.
+//! `client.results`: runs, uploads, `latest`, files, consoles, blobs, by-hash, retention (the
+//! `runs` and `watch` iterators are in `runs.rs`).
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use citron_client::{EventQuery, Select, Status, Upload};
@@ -13,8 +13,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes};
 use sha2::{Digest as _, Sha256};
 
+use super::runs::{RunsIter, Watch};
 use super::types::{HashHit, ResultFile, Retention, Run};
-use super::{exclusive, next_within, seconds, Conn};
+use super::{exclusive, seconds, Conn};
 use parking_lot::Mutex;
 
 /// How much of a Python file object one read brings.
@@ -23,8 +24,6 @@ const CHUNK: usize = 1 << 20;
 pub(crate) const PAGE: u32 = 100;
 /// How much `Latest.read()` accepts unless told otherwise.
 pub(crate) const READ_MAX: u64 = 64 << 20;
-/// How many run ids `watch` remembers, so that a run is yielded once.
-const SEEN_MAX: usize = 1024;
 
 /// `run=`: an id or a `Run`.
 #[derive(FromPyObject)]
@@ -584,111 +583,5 @@ impl Latest {
 
     fn __repr__(&self) -> String {
         format!("Latest(sha256={:?}, url={:?})", self.inner.sha256, self.inner.url)
-    }
-}
-
-/// The runs of a job, page by page (:meth:`Results.runs`).
-///
-/// >>> import citron
-/// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
-/// ...     _ = c.results.open_run("build").finish()
-/// ...     print([r.status for r in c.results.runs("build")])
-/// ['success']
-#[pyclass(module = "citron")]
-pub struct RunsIter {
-    conn: Arc<Conn>,
-    job: String,
-    revision: Option<String>,
-    buf: VecDeque<Run>,
-    /// Where the next page starts (None: no more).
-    after: Option<i64>,
-}
-
-#[pymethods]
-impl RunsIter {
-    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
-        slf
-    }
-
-    fn __next__(&mut self, py: Python<'_>) -> PyResult<Option<Run>> {
-        if self.buf.is_empty() {
-            let Some(after) = self.after else { return Ok(None) };
-            let page = self.conn.block(py, self.conn.client.runs(&self.job, self.revision.as_deref(), after, PAGE))?;
-            self.after = page.next;
-            self.buf.extend(page.runs.into_iter().map(Run::from));
-        }
-        Ok(self.buf.pop_front())
-    }
-}
-
-/// The next run of `job` that finished (with status `want`, when given) after what `reader`
-/// read, skipping the runs in `seen` (and remembering it there); None when `timeout` passes.
-pub(crate) async fn next_run(
-    client: &citron_client::Client,
-    reader: &mut citron_client::Events,
-    seen: &mut VecDeque<i64>,
-    job: &str,
-    want: Option<&str>,
-    timeout: Option<Duration>,
-) -> Result<Option<citron_client::Run>, citron_client::ClientError> {
-    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-    loop {
-        let left = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
-        let Some(ev) = next_within(reader, left).await? else { return Ok(None) };
-        let Some(id) = ev.detail.as_ref().and_then(|d| d.get("run")).and_then(serde_json::Value::as_i64) else { continue };
-        if seen.contains(&id) {
-            continue;
-        }
-        let run = client.run(job, id).await?;
-        if run.status == Status::Running || want.is_some_and(|w| w != run.status.name()) {
-            continue;
-        }
-        if seen.len() == SEEN_MAX {
-            seen.pop_front();
-        }
-        seen.push_back(id);
-        return Ok(Some(run));
-    }
-}
-
-/// The runs of a job as they finish (:meth:`Results.watch`).
-///
-/// >>> import citron, threading
-/// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
-/// ...     watch = c.results.watch("build", timeout=10.0)
-/// ...     later = threading.Timer(0.2, lambda: c.results.open_run("build", revision="r2").finish())
-/// ...     later.start()
-/// ...     print(next(watch).revision)
-/// ...     later.join()
-/// r2
-#[pyclass(frozen, module = "citron")]
-pub struct Watch {
-    conn: Arc<Conn>,
-    job: String,
-    status: Option<String>,
-    timeout: Option<Duration>,
-    /// The feed, and the runs yielded lately (a run has several events).
-    state: Mutex<(citron_client::Events, VecDeque<i64>)>,
-}
-
-#[pymethods]
-impl Watch {
-    /// The ``seq`` of the last event read: ``watch(after=...)`` goes on from here.
-    #[getter]
-    fn last_event_id(&self) -> PyResult<u64> {
-        Ok(exclusive(&self.state)?.0.last_event_id())
-    }
-
-    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
-        slf
-    }
-
-    fn __next__(&self, py: Python<'_>) -> PyResult<Option<Run>> {
-        let mut state = exclusive(&self.state)?;
-        let (reader, seen) = &mut *state;
-        let (timeout, job, want) = (self.timeout, self.job.as_str(), self.status.as_deref());
-        let client = self.conn.client.clone();
-        let found = self.conn.block(py, next_run(&client, reader, seen, job, want, timeout))?;
-        Ok(found.map(Run::from))
     }
 }
