@@ -51,6 +51,10 @@ echo "$audit" | tr '\n' ' ' | grep -q 'consistent with the following platform ta
 }
 "$py" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps "$whl"
 
+# The pool and OpenAPI tests drive a real `citron serve` (the binary, as a lab runs it).
+cargo build -q -p citron-cli
+export CITRON_BIN=${CITRON_BIN:-$root/target/debug/citron}
+
 cd "$root/citron-py"
 # Run from the tests' own directory so that `import citron` is the installed package.
 "$py" -m pytest -q -p no:cacheprovider tests

@@ -1,11 +1,12 @@
 //! `citron pool …`: the client side of a remote citron's DUT pool (`--server`, `--token-file`
-//! as for `citron results`). Answers are the API's JSON, printed as they come.
+//! as for `citron results`). Answers are the API's types (`citron_client::Reservation`…),
+//! printed as the API's JSON.
 
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use citron_client::Request;
 use clap::{Args, Subcommand};
-use serde_json::{json, Value};
 
 use crate::client::{client, Remote};
 
@@ -93,56 +94,73 @@ pub enum PoolCommand {
     },
 }
 
+/// A duration argument (`24h`, `30m`), or a usage error naming the flag.
+fn duration(flag: &str, s: &str) -> anyhow::Result<std::time::Duration> {
+    citron_core::units::parse_duration(s).map_err(|e| anyhow::anyhow!("{flag}: {e}"))
+}
+
+/// Prints `v` as pretty JSON: the API's answer, as it would come from curl.
+fn print(v: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
 /// Runs a `citron pool` command.
 pub fn run(a: PoolArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(async move {
         let c = client(&a.remote)?;
-        let v: Value = match a.command {
+        match a.command {
             PoolCommand::Request { tags, kind, arch, model, count, lifetime, priority, job, wait } => {
                 let job = match job {
                     Some(f) => Some(std::fs::read_to_string(&f).with_context(|| format!("cannot read the job {}", f.display()))?),
                     None => None,
                 };
-                let body = json!({"tags": tags, "kind": kind, "arch": arch, "model": model, "count": count, "lifetime": lifetime, "priority": priority, "job": job});
-                let body = strip_nulls(body);
-                let mut r: Value = c.request_reservation(&body).await?;
+                let kind = match kind {
+                    Some(k) => Some(
+                        serde_json::from_value(serde_json::Value::String(k.clone()))
+                            .map_err(|_| anyhow::anyhow!("--kind {k:?}: use baremetal or vm"))?,
+                    ),
+                    None => None,
+                };
+                let req = Request { tags, kind, arch, model, count, lifetime, priority, job };
+                let mut r = c.request_reservation(&req).await?;
                 if let Some(w) = wait {
-                    let total = citron_core::units::parse_duration(&w).map_err(|e| anyhow::anyhow!("--wait: {e}"))?;
-                    let end = std::time::Instant::now() + total;
-                    while r["state"] == "waiting" && std::time::Instant::now() < end {
-                        let left = end.saturating_duration_since(std::time::Instant::now()).min(citron_lab::pool::WAIT_MAX);
-                        let id = r["id"].as_i64().context("the answer has no reservation id")?;
-                        r = c.reservation(id, Some(left.max(std::time::Duration::from_secs(1)))).await?;
-                    }
-                    if r["state"] == "waiting" {
-                        println!("{}", serde_json::to_string_pretty(&r)?);
+                    r = c.wait_reservation(r, duration("--wait", &w)?).await?;
+                    if r.state == "waiting" {
+                        print(&r)?;
                         return Ok(ExitCode::from(1));
                     }
                 }
-                r
+                print(&r)?;
             }
-            PoolCommand::List { state } => c.reservations(state.as_deref()).await?,
-            PoolCommand::Release { id } => c.release(id).await?,
-            PoolCommand::Fail { id, keep } => c.fail(id, keep.as_deref()).await?,
-            PoolCommand::Extend { id, lifetime } => c.extend(id, &lifetime).await?,
-            PoolCommand::Status { id: Some(id) } => c.reservation(id, None).await?,
-            PoolCommand::Status { id: None } => c.pool_duts().await?,
+            PoolCommand::List { state } => {
+                let mut all = Vec::new();
+                let mut after = 0;
+                loop {
+                    let page = c.reservations(state.as_deref(), after, citron_lab::pool::LIST_PAGE_MAX as u32).await?;
+                    all.extend(page.reservations);
+                    match page.next {
+                        Some(n) => after = n,
+                        None => break,
+                    }
+                }
+                print(&all)?;
+            }
+            PoolCommand::Release { id } => print(&c.release(id).await?)?,
+            PoolCommand::Fail { id, keep } => {
+                let keep = keep.map(|k| duration("--keep", &k)).transpose()?;
+                print(&c.fail(id, keep).await?)?
+            }
+            PoolCommand::Extend { id, lifetime } => print(&c.extend(id, duration("lifetime", &lifetime)?).await?)?,
+            PoolCommand::Status { id: Some(id) } => print(&c.reservation(id, None).await?)?,
+            PoolCommand::Status { id: None } => print(&c.pool_duts().await?)?,
             PoolCommand::Dut { action, id } => match action.as_str() {
-                "enable" => c.set_pool_dut(&id, true).await?,
-                "disable" => c.set_pool_dut(&id, false).await?,
+                "enable" => print(&c.set_pool_dut(&id, true).await?)?,
+                "disable" => print(&c.set_pool_dut(&id, false).await?)?,
                 other => anyhow::bail!("citron pool dut {other:?}: use enable or disable"),
             },
-        };
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        }
         Ok(ExitCode::SUCCESS)
     })
-}
-
-/// `v` without its `null` members (the API takes absent, not null, for "not given").
-fn strip_nulls(v: Value) -> Value {
-    match v {
-        Value::Object(m) => Value::Object(m.into_iter().filter(|(_, v)| !v.is_null()).collect()),
-        v => v,
-    }
 }

@@ -1,20 +1,26 @@
 //! # citron-client
 //!
-//! The client of a remote citron's HTTP API: results (runs, files, `latest`, by-hash), tenants
-//! and tokens, and the lab's event feed. The `citron` CLI's client commands and the Python
-//! `citron.Client` are both this crate, so that they say and check the same things.
+//! The client of a remote citron's HTTP API, every route of it: results (runs, files, `latest`,
+//! by-hash), tenants and tokens, the DUT pool, DUTs and their jobs, and the lab's event feed.
+//! The `citron` CLI's client commands and the Python `citron.Client` are both this crate, so
+//! that they say and check the same things.
 //!
-//! It speaks the API's own types ([`Run`], [`ResultFile`], [`FeedEvent`], from `citron-lab`):
+//! It speaks the API's own types ([`Run`], [`ResultFile`], [`FeedEvent`], [`Reservation`]…,
+//! from `citron-lab`):
 //! one definition serves the server's answers and the client's parsing, so the two cannot drift.
 //!
 //! # Layout
 //! - [`Client`] (here): where the server is, the token, and how an answer becomes a
 //!   [`ClientError`] (`error.rs`: the status and the server's message, never a raw response).
 //! - `results.rs`: runs, uploads (streamed, with `X-Checksum-SHA256`), `latest`, downloads
-//!   checked against their digest ([`Latest`]), pages of runs, by-hash.
+//!   checked against their digest ([`Latest`]), pages of runs, by-hash, consoles, retention.
 //! - `tokens.rs`: tenants and tokens ([`Tenant`], [`Token`], [`NewToken`], [`TokenSubset`]).
+//! - `lab.rs`: DUTs, their jobs, events and access logs; version, health, readiness,
+//!   metrics, the OpenAPI document ([`DutInfo`], [`JobInfo`], [`Version`]).
 //! - `events.rs`: the SSE feed, resumed with `Last-Event-ID` after a cut ([`Events`]; from now,
 //!   retrying its first connection, reporting its [`Progress`]: what `citron results watch` uses).
+//! - `pool.rs`: the DUT pool: reservations ([`Request`], [`Reservation`], [`AllocatedDut`],
+//!   pages of them) and the pool's DUTs ([`PoolDut`]).
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), citron_client::ClientError> {
@@ -31,6 +37,7 @@
 
 mod error;
 mod events;
+mod lab;
 mod pool;
 mod results;
 mod tokens;
@@ -38,10 +45,13 @@ mod tokens;
 use std::path::Path;
 use std::time::Duration;
 
-pub use citron_lab::results::{Found, ResultFile, Run, Status};
+pub use citron_lab::pool::{AllocatedDut, DutAttrs, PoolDut, Request, Reservation};
+pub use citron_lab::results::{Found, ResultFile, Retention, Run, Status};
 pub use citron_lab::state::feed::FeedEvent;
 pub use error::ClientError;
 pub use events::{EventQuery, Events, Progress};
+pub use lab::{AccessPage, DutInfo, JobInfo, NewDut, StateVersion, Version};
+pub use pool::ReservationsPage;
 pub use results::{HashHit, Latest, RunsPage, Select, Upload};
 pub use tokens::{duration_text, NewToken, Tenant, Token, TokenSubset};
 

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::{Client, ClientError, Found, ResultFile, Run, Status};
+use crate::{Client, ClientError, Found, ResultFile, Retention, Run, Status};
 
 /// The header a file's SHA-256 travels in, both ways.
 pub const CHECKSUM_HEADER: &str = "x-checksum-sha256";
@@ -204,15 +204,7 @@ impl Client {
     /// is downloaded).
     pub async fn latest_file(&self, job: &str, path: &str, sel: &Select) -> Result<Latest, ClientError> {
         let u = self.url(["api", "v1", "results", job, "latest", "files"].into_iter().chain(path.split('/')));
-        let resp = self.send(self.req(Method::HEAD, u).query(&sel.query())).await?;
-        let to = location(&resp)?;
-        let sha = resp
-            .headers()
-            .get(CHECKSUM_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .filter(|s| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()))
-            .ok_or_else(|| ClientError::Protocol("the server sent no X-Checksum-SHA256 with the file".into()))?;
-        Ok(Latest { sha256: sha.to_ascii_lowercase(), url: self.resolve(&to)?.to_string() })
+        self.to_blob(self.send(self.req(Method::HEAD, u).query(&sel.query())).await?)
     }
 
     async fn blob(&self, l: &Latest) -> Result<reqwest::Response, ClientError> {
@@ -302,7 +294,31 @@ impl Client {
         self.json(self.req(Method::GET, self.url(["api", "v1", "results", "by-run", &run_s]))).await
     }
 
-    /// The console of run `run` of `job`, at most `max_bytes`.
+    /// File `path` of run `run` of `job`: its digest and blob (a `GET` answered with a
+    /// redirect, which is not followed: nothing is downloaded yet).
+    pub async fn run_file(&self, job: &str, run: i64, path: &str) -> Result<Latest, ClientError> {
+        let run_s = run.to_string();
+        let u = self.url(["api", "v1", "results", job, "runs", &run_s, "files"].into_iter().chain(path.split('/')));
+        self.to_blob(self.send(self.req(Method::GET, u)).await?)
+    }
+
+    /// File `path` of the newest run `sel` picks, its content (at most `max_bytes`) checked
+    /// against its digest: the `GET` of `latest`, its redirect followed.
+    pub async fn read_latest(&self, job: &str, path: &str, sel: &Select, max_bytes: u64) -> Result<Bytes, ClientError> {
+        let u = self.url(["api", "v1", "results", job, "latest", "files"].into_iter().chain(path.split('/')));
+        let l = self.to_blob(self.send(self.req(Method::GET, u).query(&sel.query())).await?)?;
+        self.read_blob(&l, max_bytes).await
+    }
+
+    /// The blob with SHA-256 `sha256` (hex), if the token may read it (a `HEAD`: 404 when
+    /// there is none).
+    pub async fn blob_of(&self, sha256: &str) -> Result<Latest, ClientError> {
+        let u = self.url(["api", "v1", "results", "blobs", "sha256", sha256]);
+        self.send(self.req(Method::HEAD, u.clone())).await?;
+        Ok(Latest { sha256: sha256.to_ascii_lowercase(), url: u.to_string() })
+    }
+
+    /// Run `run`'s console so far (at most `max_bytes`).
     pub async fn console(&self, job: &str, run: i64, max_bytes: u64) -> Result<Bytes, ClientError> {
         let run_s = run.to_string();
         let resp = self.send(self.req(Method::GET, self.url(["api", "v1", "results", job, "runs", &run_s, "console"]))).await?;
@@ -311,11 +327,46 @@ impl Client {
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| ClientError::unreachable(self.server(), &e))?;
             if (out.len() + chunk.len()) as u64 > max_bytes {
-                return Err(ClientError::Protocol(format!("the console is longer than {max_bytes} bytes")));
+                return Err(ClientError::Usage(format!("the console is larger than {max_bytes} bytes")));
             }
             out.extend_from_slice(&chunk);
         }
         Ok(out.into())
+    }
+
+    /// `job`'s retention: which finished runs keep their files.
+    pub async fn retention(&self, job: &str) -> Result<Retention, ClientError> {
+        self.json(self.req(Method::GET, self.url(["api", "v1", "results", job, "retention"]))).await
+    }
+
+    /// Sets `job`'s retention (the newest `keep_last` finished runs, those finished less than
+    /// `ttl` ago; None: no such bound) and applies it at once.
+    pub async fn set_retention(
+        &self,
+        job: &str,
+        keep_last: Option<u64>,
+        ttl: Option<std::time::Duration>,
+    ) -> Result<Retention, ClientError> {
+        let mut body = serde_json::json!({});
+        if let Some(k) = keep_last {
+            body["keep_last"] = k.into();
+        }
+        if let Some(t) = ttl {
+            body["ttl"] = crate::tokens::duration_text(t).into();
+        }
+        self.json(self.req(Method::PUT, self.url(["api", "v1", "results", job, "retention"])).json(&body)).await
+    }
+
+    /// The blob a redirect answer points at, with its announced digest.
+    fn to_blob(&self, resp: reqwest::Response) -> Result<Latest, ClientError> {
+        let to = location(&resp)?;
+        let sha = resp
+            .headers()
+            .get(CHECKSUM_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|s| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()))
+            .ok_or_else(|| ClientError::Protocol("the server sent no X-Checksum-SHA256 with the file".into()))?;
+        Ok(Latest { sha256: sha.to_ascii_lowercase(), url: self.resolve(&to)?.to_string() })
     }
 
     /// The files with content `sha256` that the token may read (none: an empty list).

@@ -215,6 +215,32 @@ class UnreachableError(CitronError, ConnectionError):
         return Exception.__str__(self)
 
 
+class ReservationTimeout(CitronError, TimeoutError):
+    """``Client.reserve`` waited as long as it was told and the pool had not allocated the
+    DUTs: the request was withdrawn (so it takes no DUTs later). ``reservation`` is its id.
+    Also a ``TimeoutError``.
+
+    >>> import citron
+    >>> lab = citron.Lab.from_yaml("duts:\\n  - {id: d1, ip: [127.0.0.21]}\\n")
+    >>> with citron.Server(lab, http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+    ...     with c.reserve():
+    ...         try:
+    ...             with c.reserve(wait=1.0):
+    ...                 pass
+    ...         except TimeoutError as e:
+    ...             print(type(e).__name__, c.pool.get(e.reservation).state)
+    ReservationTimeout released
+    """
+    __module__ = "citron"
+
+    def __init__(self, message, reservation=None):
+        super().__init__(message)
+        self.reservation = reservation
+
+    def __str__(self):
+        return Exception.__str__(self)
+
+
 class ServerError(CitronError, OSError):
     """A server could not start (an address that cannot be bound, bad arguments) or its data
     directory is unusable. When the system said why, ``errno`` and ``strerror`` are set as on
@@ -250,6 +276,7 @@ pub(crate) struct Classes {
     pub not_found: Py<PyType>,
     pub conflict: Py<PyType>,
     pub unreachable: Py<PyType>,
+    pub reservation_timeout: Py<PyType>,
 }
 
 static CLASSES: PyOnceLock<Classes> = PyOnceLock::new();
@@ -271,6 +298,7 @@ pub(crate) fn classes(py: Python<'_>) -> PyResult<&'static Classes> {
             not_found: get("NotFoundError")?,
             conflict: get("ConflictError")?,
             unreachable: get("UnreachableError")?,
+            reservation_timeout: get("ReservationTimeout")?,
         })
     })
 }
@@ -621,6 +649,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("NotFoundError", c.not_found.bind(py))?;
     m.add("ConflictError", c.conflict.bind(py))?;
     m.add("UnreachableError", c.unreachable.bind(py))?;
+    m.add("ReservationTimeout", c.reservation_timeout.bind(py))?;
     m.add_class::<ErrorDetail>()?;
     // The name of the class before lab errors had positions too.
     m.add("JobErrorDetail", m.getattr("ErrorDetail")?)?;

@@ -10,9 +10,12 @@
 //! - `lab`: `Lab`, the DUTs and variables of a lab that is not running.
 //! - `server`: `Server`, a gateway and its backends (started by
 //!   `citron_lab::server::ServerBuilder`) in the Python process, on its own tokio runtime.
-//! - `client`: `Client`, a remote citron's API (results, tenants, tokens, the event feed) on
-//!   the shared Rust client `citron_client`; `client::types` are the answers (`Run`, …),
-//!   the same for a remote server and the in-process one (`Server.client()`).
+//! - `client`: `Client`, a remote citron's API (every route: results, the pool, DUTs and
+//!   jobs, tenants, tokens, the event feed) on the shared Rust client `citron_client`;
+//!   `client::types` are the answers (`Run`, …), the same for a remote server and the
+//!   in-process one (`Server.client()`).
+//! - `aio`: `AsyncClient`, the same surface for asyncio (pyo3-async-runtimes: Rust futures
+//!   as awaitables on a tokio runtime, no threads per call).
 //!
 //! ```python
 //! import citron
@@ -22,6 +25,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod aio;
 mod client;
 mod errors;
 mod job;
@@ -61,14 +65,41 @@ fn _citron(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<client::results::Results>()?;
     m.add_class::<client::results::OpenRun>()?;
     m.add_class::<client::results::Latest>()?;
-    m.add_class::<client::results::RunsIter>()?;
-    m.add_class::<client::results::Watch>()?;
+    m.add_class::<client::runs::RunsIter>()?;
+    m.add_class::<client::runs::Watch>()?;
     m.add_class::<client::types::Run>()?;
     m.add_class::<client::types::ResultFile>()?;
     m.add_class::<client::types::HashHit>()?;
     m.add_class::<client::types::Token>()?;
     m.add_class::<client::types::Tenant>()?;
     m.add_class::<client::types::Event>()?;
+    m.add_class::<client::pool::Pool>()?;
+    m.add_class::<client::pool::ReservationsIter>()?;
+    m.add_class::<client::pool::Reserve>()?;
+    m.add_class::<client::types::Reservation>()?;
+    m.add_class::<client::types::AllocatedDut>()?;
+    m.add_class::<client::types::PoolDut>()?;
+    m.add_class::<client::types::Retention>()?;
+    m.add_class::<aio::AsyncClient>()?;
+    m.add_class::<aio::AsyncTenants>()?;
+    m.add_class::<aio::AsyncTokens>()?;
+    m.add_class::<aio::AsyncEvents>()?;
+    m.add_class::<aio::results::AsyncResults>()?;
+    m.add_class::<aio::results::AsyncOpenRun>()?;
+    m.add_class::<aio::results::AsyncLatest>()?;
+    m.add_class::<aio::runs::AsyncRunsIter>()?;
+    m.add_class::<aio::runs::AsyncWatch>()?;
+    m.add_class::<aio::pool::AsyncPool>()?;
+    m.add_class::<aio::pool::AsyncReservationsIter>()?;
+    m.add_class::<aio::pool::AsyncReserve>()?;
+    m.add_class::<aio::lab::AsyncDuts>()?;
+    m.add_class::<aio::lab::AsyncAccessesIter>()?;
+    m.add_class::<client::lab::Duts>()?;
+    m.add_class::<client::lab::AccessesIter>()?;
+    m.add_class::<client::lab::Dut>()?;
+    m.add_class::<client::lab::DutJob>()?;
+    m.add_class::<client::lab::Version>()?;
+    m.add_class::<client::lab::StateVersion>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

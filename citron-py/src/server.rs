@@ -141,6 +141,21 @@ impl Server {
         self.rt.as_ref().ok_or_else(|| Error::Server("the server is being dropped".into()))
     }
 
+    /// The API's URL and the token a client of it sends: `token`, else the lab's `api_token`.
+    fn api_settings(&self, token: Option<String>) -> PyResult<(String, Option<String>)> {
+        let Some(api) = self.bound.api else {
+            return Err(Error::Server("this server has no API: start it with api=\"127.0.0.1:0\"".into()).into());
+        };
+        let token = match token {
+            Some(t) => Some(t),
+            None => {
+                let env = std::env::var(citron_core::lab::API_TOKEN_ENV).ok();
+                self.gateway.lab().resolve_api_token(env.as_deref()).map_err(|e| Error::Server(e.to_string()))?
+            }
+        };
+        Ok((format!("http://{api}"), token))
+    }
+
     fn known(&self, dut: &str) -> Result<DutId, Error> {
         let id = DutId::from(dut);
         if self.gateway.dut(&id).is_none() {
@@ -288,17 +303,23 @@ impl Server {
     /// b'hello'
     #[pyo3(signature = (token = None, timeout = 60.0))]
     fn client(&self, token: Option<String>, timeout: f64) -> PyResult<crate::client::Client> {
-        let Some(api) = self.bound.api else {
-            return Err(Error::Server("this server has no API: start it with api=\"127.0.0.1:0\"".into()).into());
-        };
-        let token = match token {
-            Some(t) => Some(t),
-            None => {
-                let env = std::env::var(citron_core::lab::API_TOKEN_ENV).ok();
-                self.gateway.lab().resolve_api_token(env.as_deref()).map_err(|e| Error::Server(e.to_string()))?
-            }
-        };
-        crate::client::Client::open(&format!("http://{api}"), token, crate::client::seconds("timeout", timeout)?)
+        let (url, token) = self.api_settings(token)?;
+        crate::client::Client::open(&url, token, crate::client::seconds("timeout", timeout)?)
+    }
+
+    /// An :class:`AsyncClient` of this server's API: :meth:`client` for asyncio.
+    ///
+    /// >>> import asyncio, citron
+    /// >>> async def main(c: citron.AsyncClient) -> None:
+    /// ...     async with c:
+    /// ...         print(await c.health())
+    /// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv:
+    /// ...     asyncio.run(main(srv.async_client()))
+    /// True
+    #[pyo3(signature = (token = None, timeout = 60.0))]
+    fn async_client(&self, token: Option<String>, timeout: f64) -> PyResult<crate::aio::AsyncClient> {
+        let (url, token) = self.api_settings(token)?;
+        crate::aio::AsyncClient::open(&url, token, crate::client::seconds("timeout", timeout)?)
     }
 
     /// Where the cache and disks live.

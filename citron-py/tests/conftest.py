@@ -1,10 +1,13 @@
-"""Shared helpers: real HTTP requests from a chosen source address, tool and backend checks."""
+"""Shared helpers: real HTTP requests from a chosen source address, tool and backend checks, a
+real ``citron serve``."""
 
 from __future__ import annotations
 
 import http.client
 import os
+import pathlib
 import shutil
+import subprocess
 import time
 from typing import Iterator, List, Tuple
 
@@ -62,3 +65,55 @@ def http_server() -> Iterator[citron.Server]:
     """A server on the default lab with only HTTP, stopped after the test."""
     with citron.Server(http="127.0.0.1:0", tftp=None) as srv:
         yield srv
+
+
+def citron_bin() -> str:
+    """The ``citron`` binary: ``$CITRON_BIN``, else the workspace's debug build
+    (scripts/test-python.sh builds it); skips when there is none (fails under
+    CITRON_E2E_STRICT=1)."""
+    env = os.environ.get("CITRON_BIN")
+    if env:
+        return env
+    built = pathlib.Path(__file__).resolve().parents[2] / "target" / "debug" / "citron"
+    if built.is_file():
+        return str(built)
+    msg = "the citron binary is not built (cargo build -p citron-cli, or set CITRON_BIN)"
+    if STRICT:
+        pytest.fail(msg + "; CITRON_E2E_STRICT=1 forbids skipping")
+    pytest.skip(msg)
+
+
+class Served:
+    """A real ``citron serve`` on a lab file (its API, and HTTP for the DUTs when ``http``),
+    stopped by :meth:`stop`."""
+
+    def __init__(self, lab_yaml: str, tmp: pathlib.Path, admin_token: str, http: bool = False) -> None:
+        lab = tmp / "lab.yaml"
+        lab.write_text(lab_yaml)
+        self.log = tmp / "citron.log"
+        env = dict(os.environ, CITRON_API_TOKEN=admin_token, RUST_LOG="info")
+        args = [citron_bin(), "serve", "--lab", str(lab), "--data", str(tmp / "data")]
+        args += ["--api", "127.0.0.1:0", "--http", "127.0.0.1:0" if http else "off", "--tftp", "off", "--nbd", "off"]
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, env=env)
+        assert self.proc.stdout is not None
+        # "citron: listening http=off tftp=off nbd=off api=127.0.0.1:PORT", once it serves.
+        line = self.proc.stdout.readline().decode()
+        if not line.startswith("citron: listening "):
+            self.stop()
+            raise RuntimeError(f"citron serve did not start: {line!r}\n{self.log.read_text()}")
+        addrs = dict(kv.split("=", 1) for kv in line.split()[2:])
+        self.url = f"http://{addrs['api']}"
+        #: The DUTs' HTTP server, ``(host, port)``, or None.
+        self.http = None if addrs["http"] == "off" else (addrs["http"].rsplit(":", 1)[0], int(addrs["http"].rsplit(":", 1)[1]))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()

@@ -1,15 +1,24 @@
-//! `citron.Client`: a remote citron's API from Python (results, tenants, tokens, the event
-//! feed), on the shared Rust client `citron_client`.
+//! `citron.Client`: a remote citron's API from Python, every route of it (results, the pool,
+//! DUTs and jobs, tenants, tokens, the event feed, the lab's version, health and metrics), on
+//! the shared Rust client `citron_client`.
 //!
 //! The object owns a small tokio runtime and one connection pool; every call releases the GIL
 //! while it waits and gives way to Ctrl-C. `close()` (or the end of a `with` block) drops both.
 //!
-//! - `results.rs`: `client.results` (`Results`, `OpenRun`, `Latest`, the `runs` and `watch`
-//!   iterators).
+//! - `results.rs`: `client.results` (`Results`, `OpenRun`, `Latest`); `runs.rs`: the `runs`
+//!   and `watch` iterators.
+//! - `lab.rs`: `client.duts` (`Duts`, the `accesses` iterator) and the lab's own answers
+//!   (`Dut`, `DutJob`, `Version`).
+//! - `pool.rs`: `client.pool` (`Pool`, the `list` iterator) and `client.reserve(...)`
+//!   (`Reserve`, DUTs held for a `with` block).
 //! - `types.rs`: what the API answers (`Run`, `ResultFile`, `HashHit`, `Token`, `Tenant`,
-//!   `Event`), shared with the in-process `citron.Server`.
+//!   `Event`, `Reservation`, `AllocatedDut`, `PoolDut`), shared with the in-process
+//!   `citron.Server`.
 
+pub(crate) mod lab;
+pub(crate) mod pool;
 pub(crate) mod results;
+pub(crate) mod runs;
 pub(crate) mod types;
 
 use std::future::Future;
@@ -73,6 +82,22 @@ pub(crate) fn seconds(what: &str, s: f64) -> PyResult<Duration> {
         .ok_or_else(|| PyValueError::new_err(format!("{what} must be a positive number of seconds, not {s}")))
 }
 
+/// The server and token of a client: `url` or `$CITRON_SERVER`; `token`, else `token_file`'s
+/// content, else `$CITRON_TOKEN`.
+pub(crate) fn settings(url: Option<String>, token: Option<String>, token_file: Option<PathBuf>) -> PyResult<(String, Option<String>)> {
+    let url = match url.or_else(|| std::env::var(SERVER_ENV).ok().filter(|s| !s.is_empty())) {
+        Some(u) => u,
+        None => return Err(PyValueError::new_err(format!("no server: give Client(url) or set ${SERVER_ENV}"))),
+    };
+    let token = match (token, token_file) {
+        (Some(_), Some(_)) => return Err(PyValueError::new_err("give token or token_file, not both")),
+        (Some(t), None) => Some(t.trim().to_string()),
+        (None, Some(f)) => Some(citron_client::Client::token_from_file(&f).map_err(Error::Client)?),
+        (None, None) => std::env::var(TOKEN_ENV).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()),
+    };
+    Ok((url, token))
+}
+
 /// A client of a remote citron's API: ``Client(url=None, token=None, *, token_file=None,
 /// timeout=60.0)``.
 ///
@@ -120,16 +145,7 @@ impl Client {
     #[new]
     #[pyo3(signature = (url = None, token = None, *, token_file = None, timeout = 60.0))]
     fn new(url: Option<String>, token: Option<String>, token_file: Option<PathBuf>, timeout: f64) -> PyResult<Client> {
-        let url = match url.or_else(|| std::env::var(SERVER_ENV).ok().filter(|s| !s.is_empty())) {
-            Some(u) => u,
-            None => return Err(PyValueError::new_err(format!("no server: give Client(url) or set ${SERVER_ENV}"))),
-        };
-        let token = match (token, token_file) {
-            (Some(_), Some(_)) => return Err(PyValueError::new_err("give token or token_file, not both")),
-            (Some(t), None) => Some(t.trim().to_string()),
-            (None, Some(f)) => Some(citron_client::Client::token_from_file(&f).map_err(Error::Client)?),
-            (None, None) => std::env::var(TOKEN_ENV).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()),
-        };
+        let (url, token) = settings(url, token, token_file)?;
         Client::open(&url, token, seconds("timeout", timeout)?)
     }
 
@@ -143,6 +159,106 @@ impl Client {
     #[getter]
     fn results(&self) -> results::Results {
         results::Results { conn: self.conn.clone() }
+    }
+
+    /// The DUT pool: reservations and the pool's DUTs; see :class:`Pool`.
+    #[getter]
+    fn pool(&self) -> pool::Pool {
+        pool::Pool { conn: self.conn.clone() }
+    }
+
+    /// DUTs for a ``with`` block: ``with client.reserve(tags=["x86_64"], count=2, wait=600)
+    /// as duts:`` asks for ``count`` DUTs (the arguments of :meth:`Pool.request`), waits at
+    /// most ``wait`` seconds until they are allocated (:class:`ReservationTimeout` after
+    /// that, the request withdrawn), and answers the :class:`Reservation`, which is the
+    /// sequence of its DUTs and has the ``token`` that drives them; the reservation is
+    /// released when the block ends, also when it raised. See :class:`Reserve`.
+    ///
+    /// >>> import citron
+    /// >>> lab = citron.Lab.from_yaml("duts:\n  - {id: d1, ip: [127.0.0.21], arch: x86_64}\n  - {id: d2, ip: [127.0.0.22], arch: x86_64}\n")
+    /// >>> with citron.Server(lab, http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+    /// ...     with c.reserve(arch="x86_64", count=2, wait=600) as duts:
+    /// ...         print(len(duts), sorted(d.id for d in duts), duts.state)
+    /// ...     print(c.pool.get(duts).state)
+    /// 2 ['d1', 'd2'] allocated
+    /// released
+    #[pyo3(signature = (tags = Vec::new(), *, kind = None, arch = None, model = None, count = 1, lifetime = None, priority = 0, job = None, wait = 600.0))]
+    #[allow(clippy::too_many_arguments)] // the REST body's fields, as Python keywords
+    fn reserve(
+        &self,
+        tags: Vec<String>,
+        kind: Option<String>,
+        arch: Option<String>,
+        model: Option<String>,
+        count: u32,
+        lifetime: Option<f64>,
+        priority: i64,
+        job: Option<String>,
+        wait: f64,
+    ) -> PyResult<pool::Reserve> {
+        let ask = pool::Ask { tags, kind, arch, model, count, lifetime, priority, job };
+        // Checked now, so that a bad argument fails at the call, not at `with`.
+        ask.clone().request()?;
+        let wait = Duration::try_from_secs_f64(wait)
+            .map_err(|_| PyValueError::new_err(format!("wait must be a number of seconds >= 0, not {wait}")))?;
+        Ok(pool::Reserve { conn: self.conn.clone(), ask, wait, held: Mutex::new(None) })
+    }
+
+    /// The lab's DUTs, their jobs, events and access logs: see :class:`Duts`.
+    #[getter]
+    fn duts(&self) -> lab::Duts {
+        lab::Duts { conn: self.conn.clone() }
+    }
+
+    /// citron's version and its state store's: a :class:`Version`.
+    ///
+    /// >>> import citron
+    /// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+    /// ...     print(c.version().version == citron.__version__)
+    /// True
+    fn version(&self, py: Python<'_>) -> PyResult<lab::Version> {
+        Ok(self.conn.block(py, self.conn.client.version())?.into())
+    }
+
+    /// Whether citron answers (``/api/v1/health``, no token needed).
+    ///
+    /// >>> import citron
+    /// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+    /// ...     print(c.health())
+    /// True
+    fn health(&self, py: Python<'_>) -> PyResult<bool> {
+        self.conn.block(py, self.conn.client.health())
+    }
+
+    /// Whether the jobs citron was started with are loaded (``/api/v1/ready``; False before).
+    ///
+    /// >>> import citron
+    /// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+    /// ...     print(c.ready())
+    /// True
+    fn ready(&self, py: Python<'_>) -> PyResult<bool> {
+        self.conn.block(py, self.conn.client.ready())
+    }
+
+    /// The lab's metrics, OpenMetrics text (``/metrics``).
+    ///
+    /// >>> import citron
+    /// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+    /// ...     print("citron_build_info" in c.metrics())
+    /// True
+    fn metrics(&self, py: Python<'_>) -> PyResult<String> {
+        self.conn.block(py, self.conn.client.metrics())
+    }
+
+    /// The API's OpenAPI 3.1 document, as a dict: every route, what it takes and answers.
+    ///
+    /// >>> import citron
+    /// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+    /// ...     print(c.openapi()["paths"]["/api/v1/reservations"]["post"]["operationId"])
+    /// requestDuts
+    fn openapi<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let v = self.conn.block(py, self.conn.client.openapi())?;
+        py.import("json")?.call_method1("loads", (v.to_string(),))
     }
 
     /// Adding tenants (administrator only): see :class:`Tenants`.
@@ -259,15 +375,25 @@ pub struct Tokens {
     conn: Arc<Conn>,
 }
 
-fn token(t: citron_client::Token) -> Token {
+pub(crate) fn token(t: citron_client::Token) -> Token {
     Token { token: t.token, id: t.id, expires_at: t.expires_at }
 }
 
 /// `revoke(id)`: an id or the `Token` itself.
 #[derive(FromPyObject)]
-enum TokenArg<'py> {
+pub(crate) enum TokenArg<'py> {
     Token(PyRef<'py, Token>),
     Id(String),
+}
+
+impl TokenArg<'_> {
+    /// The token's id.
+    pub(crate) fn id(&self) -> String {
+        match self {
+            TokenArg::Token(t) => t.id.clone(),
+            TokenArg::Id(s) => s.clone(),
+        }
+    }
 }
 
 #[pymethods]
@@ -340,11 +466,7 @@ impl Tokens {
     /// ...         print(e.status, "revoked" in e.message)
     /// 401 True
     fn revoke(&self, py: Python<'_>, token: TokenArg<'_>) -> PyResult<()> {
-        let id = match token {
-            TokenArg::Token(t) => t.id.clone(),
-            TokenArg::Id(s) => s,
-        };
-        self.conn.block(py, self.conn.client.revoke_token(&id))
+        self.conn.block(py, self.conn.client.revoke_token(&token.id()))
     }
 }
 

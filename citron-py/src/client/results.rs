@@ -1,9 +1,9 @@
-//! `client.results`: runs, uploads, `latest`, pages of runs, by-hash, `watch`.
+//! `client.results`: runs, uploads, `latest`, files, consoles, blobs, by-hash, retention (the
+//! `runs` and `watch` iterators are in `runs.rs`).
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use citron_client::{EventQuery, Select, Status, Upload};
@@ -13,18 +13,17 @@ use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes};
 use sha2::{Digest as _, Sha256};
 
-use super::types::{HashHit, ResultFile, Run};
-use super::{exclusive, next_within, seconds, Conn};
+use super::runs::{RunsIter, Watch};
+use super::types::{HashHit, ResultFile, Retention, Run};
+use super::{exclusive, seconds, Conn};
 use parking_lot::Mutex;
 
 /// How much of a Python file object one read brings.
 const CHUNK: usize = 1 << 20;
 /// Runs one page of `runs()` brings.
-const PAGE: u32 = 100;
+pub(crate) const PAGE: u32 = 100;
 /// How much `Latest.read()` accepts unless told otherwise.
-const READ_MAX: u64 = 64 << 20;
-/// How many run ids `watch` remembers, so that a run is yielded once.
-const SEEN_MAX: usize = 1024;
+pub(crate) const READ_MAX: u64 = 64 << 20;
 
 /// `run=`: an id or a `Run`.
 #[derive(FromPyObject)]
@@ -34,7 +33,7 @@ pub(crate) enum RunArg<'py> {
 }
 
 impl RunArg<'_> {
-    fn id(&self) -> i64 {
+    pub(crate) fn id(&self) -> i64 {
         match self {
             RunArg::Run(r) => r.id,
             RunArg::Id(i) => *i,
@@ -51,7 +50,7 @@ pub(crate) enum Data<'py> {
     File(Bound<'py, PyAny>),
 }
 
-fn status_of(s: &str) -> PyResult<Status> {
+pub(crate) fn status_of(s: &str) -> PyResult<Status> {
     match Status::parse(s) {
         Some(Status::Running) | None => {
             Err(PyValueError::new_err(format!("status {s:?}: a run finishes with success, failure or unknown")))
@@ -264,6 +263,100 @@ impl Results {
     #[pyo3(signature = (job, revision = None))]
     fn runs(&self, job: &str, revision: Option<String>) -> RunsIter {
         RunsIter { conn: self.conn.clone(), job: job.to_string(), revision, buf: VecDeque::new(), after: Some(0) }
+    }
+
+    /// File ``path`` of run ``run`` (an id or a :class:`Run`) of ``job``: its
+    /// :class:`Latest` (digest and blob URL; nothing downloaded yet).
+    ///
+    /// >>> import citron
+    /// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+    /// ...     with c.results.open_run("build") as run:
+    /// ...         _ = run.upload("a.txt", b"abc")
+    /// ...     print(c.results.file("build", run.id, "a.txt").read())
+    /// b'abc'
+    fn file(&self, py: Python<'_>, job: &str, run: RunArg<'_>, path: &str) -> PyResult<Latest> {
+        let l = self.conn.block(py, self.conn.client.run_file(job, run.id(), path))?;
+        Ok(Latest { conn: self.conn.clone(), inner: l })
+    }
+
+    /// The content of file ``path`` of the newest run (as :meth:`latest` picks it), at most
+    /// ``max_bytes``, checked against its digest: :meth:`latest` and :meth:`Latest.read` in
+    /// one call.
+    ///
+    /// >>> import citron
+    /// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+    /// ...     with c.results.open_run("build") as run:
+    /// ...         _ = run.upload("a.txt", b"abc")
+    /// ...     print(c.results.read_latest("build", "a.txt"))
+    /// b'abc'
+    #[pyo3(signature = (job, path, *, platform = None, status = None, max_bytes = READ_MAX))]
+    fn read_latest<'py>(
+        &self,
+        py: Python<'py>,
+        job: &str,
+        path: &str,
+        platform: Option<String>,
+        status: Option<String>,
+        max_bytes: u64,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let sel = Select { platform, status };
+        let b = self.conn.block(py, self.conn.client.read_latest(job, path, &sel, max_bytes))?;
+        Ok(PyBytes::new(py, &b))
+    }
+
+    /// The blob whose SHA-256 is ``sha256`` (hex), if the token may read a file with it: its
+    /// :class:`Latest` (:class:`NotFoundError` when there is none).
+    ///
+    /// >>> import citron, hashlib
+    /// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+    /// ...     with c.results.open_run("build") as run:
+    /// ...         _ = run.upload("a.txt", b"abc")
+    /// ...     print(c.results.blob(hashlib.sha256(b"abc").hexdigest()).read())
+    /// b'abc'
+    fn blob(&self, py: Python<'_>, sha256: &str) -> PyResult<Latest> {
+        let l = self.conn.block(py, self.conn.client.blob_of(sha256))?;
+        Ok(Latest { conn: self.conn.clone(), inner: l })
+    }
+
+    /// Run ``run``'s console so far (at most ``max_bytes``).
+    ///
+    /// >>> import citron
+    /// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+    /// ...     with c.results.open_run("build") as run:
+    /// ...         _ = run.console("booting\n")
+    /// ...     print(c.results.console("build", run.id))
+    /// b'booting\n'
+    #[pyo3(signature = (job, run, *, max_bytes = READ_MAX))]
+    fn console<'py>(&self, py: Python<'py>, job: &str, run: RunArg<'_>, max_bytes: u64) -> PyResult<Bound<'py, PyBytes>> {
+        let b = self.conn.block(py, self.conn.client.console(job, run.id(), max_bytes))?;
+        Ok(PyBytes::new(py, &b))
+    }
+
+    /// ``job``'s retention: a :class:`Retention`.
+    ///
+    /// >>> import citron
+    /// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+    /// ...     _ = c.results.open_run("build").finish()
+    /// ...     print(c.results.retention("build"))
+    /// Retention(keep_last=None, ttl=None)
+    fn retention(&self, py: Python<'_>, job: &str) -> PyResult<Retention> {
+        Ok(self.conn.block(py, self.conn.client.retention(job))?.into())
+    }
+
+    /// Sets ``job``'s retention, applied at once: the files of the newest ``keep_last``
+    /// finished runs, and of those finished less than ``ttl`` seconds ago, are kept (None: no
+    /// such bound).
+    ///
+    /// >>> import citron
+    /// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+    /// ...     _ = c.results.open_run("build").finish()
+    /// ...     r = c.results.set_retention("build", keep_last=5, ttl=86400.0)
+    /// ...     print(r.keep_last, r.ttl, c.results.retention("build") == r)
+    /// 5 86400.0 True
+    #[pyo3(signature = (job, *, keep_last = None, ttl = None))]
+    fn set_retention(&self, py: Python<'_>, job: &str, keep_last: Option<u64>, ttl: Option<f64>) -> PyResult<Retention> {
+        let ttl = ttl.map(|t| seconds("ttl", t)).transpose()?;
+        Ok(self.conn.block(py, self.conn.client.set_retention(job, keep_last, ttl))?.into())
     }
 
     /// The files whose content has SHA-256 ``sha256`` (hex) that the token may read: a list
@@ -490,100 +583,5 @@ impl Latest {
 
     fn __repr__(&self) -> String {
         format!("Latest(sha256={:?}, url={:?})", self.inner.sha256, self.inner.url)
-    }
-}
-
-/// The runs of a job, page by page (:meth:`Results.runs`).
-///
-/// >>> import citron
-/// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
-/// ...     _ = c.results.open_run("build").finish()
-/// ...     print([r.status for r in c.results.runs("build")])
-/// ['success']
-#[pyclass(module = "citron")]
-pub struct RunsIter {
-    conn: Arc<Conn>,
-    job: String,
-    revision: Option<String>,
-    buf: VecDeque<Run>,
-    /// Where the next page starts (None: no more).
-    after: Option<i64>,
-}
-
-#[pymethods]
-impl RunsIter {
-    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
-        slf
-    }
-
-    fn __next__(&mut self, py: Python<'_>) -> PyResult<Option<Run>> {
-        if self.buf.is_empty() {
-            let Some(after) = self.after else { return Ok(None) };
-            let page = self.conn.block(py, self.conn.client.runs(&self.job, self.revision.as_deref(), after, PAGE))?;
-            self.after = page.next;
-            self.buf.extend(page.runs.into_iter().map(Run::from));
-        }
-        Ok(self.buf.pop_front())
-    }
-}
-
-/// The runs of a job as they finish (:meth:`Results.watch`).
-///
-/// >>> import citron, threading
-/// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
-/// ...     watch = c.results.watch("build", timeout=10.0)
-/// ...     later = threading.Timer(0.2, lambda: c.results.open_run("build", revision="r2").finish())
-/// ...     later.start()
-/// ...     print(next(watch).revision)
-/// ...     later.join()
-/// r2
-#[pyclass(frozen, module = "citron")]
-pub struct Watch {
-    conn: Arc<Conn>,
-    job: String,
-    status: Option<String>,
-    timeout: Option<Duration>,
-    /// The feed, and the runs yielded lately (a run has several events).
-    state: Mutex<(citron_client::Events, VecDeque<i64>)>,
-}
-
-#[pymethods]
-impl Watch {
-    /// The ``seq`` of the last event read: ``watch(after=...)`` goes on from here.
-    #[getter]
-    fn last_event_id(&self) -> PyResult<u64> {
-        Ok(exclusive(&self.state)?.0.last_event_id())
-    }
-
-    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
-        slf
-    }
-
-    fn __next__(&self, py: Python<'_>) -> PyResult<Option<Run>> {
-        let mut state = exclusive(&self.state)?;
-        let (reader, seen) = &mut *state;
-        let (timeout, job, want) = (self.timeout, self.job.as_str(), self.status.as_deref());
-        let client = self.conn.client.clone();
-        let found = self.conn.block(py, async move {
-            let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-            loop {
-                let left = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
-                let Some(ev) = next_within(reader, left).await? else { return Ok(None) };
-                let Some(id) = ev.detail.as_ref().and_then(|d| d.get("run")).and_then(serde_json::Value::as_i64) else { continue };
-                if seen.contains(&id) {
-                    continue;
-                }
-                let run = client.run(job, id).await?;
-                if run.status == Status::Running || want.is_some_and(|w| w != run.status.name()) {
-                    continue;
-                }
-                if seen.len() == SEEN_MAX {
-                    seen.pop_front();
-                }
-                seen.push_back(id);
-                return Ok(Some(run));
-            }
-        })?;
-        Ok(found.map(Run::from))
     }
 }

@@ -1,8 +1,8 @@
-//! What the results API answers, as Python classes: `Run`, `ResultFile`, `HashHit`, `Token`,
-//! `Tenant`, `Event`.
+//! What the API answers, as Python classes: `Run`, `ResultFile`, `HashHit`, `Token`,
+//! `Tenant`, `Event`, and the pool's `Reservation`, `AllocatedDut`, `PoolDut`.
 //!
 //! They are pyo3 classes made from the API's own Rust types (`citron_lab::results::Run`, the
-//! feed's `FeedEvent`), not dataclasses written again in Python: one definition is what the
+//! feed's `FeedEvent`, `citron_lab::pool::Reservation`), not dataclasses written again in Python: one definition is what the
 //! server sends, what the remote `citron.Client` parses and what the in-process
 //! `citron.Server` hands out (its `client()` speaks to its own API), so a field cannot exist in
 //! one and be missing in the other.
@@ -278,4 +278,283 @@ fn py_bool(b: bool) -> &'static str {
 
 fn py_opt(s: &Option<String>) -> String {
     s.as_ref().map(|s| format!("{s:?}")).unwrap_or_else(|| "None".into())
+}
+
+/// One DUT of an allocated reservation: ``id``, ``kind`` (``"baremetal"`` or ``"vm"``),
+/// ``arch``, ``model``, ``tags``, ``mac``, ``ip`` (its addresses), ``gateway`` (the gateway
+/// that serves it), and where its job is set (``job_url``), its access log (``accesses_url``)
+/// and its events (``events_url``) are read, with the reservation's token.
+///
+/// >>> import citron
+/// >>> lab = citron.Lab.from_yaml("duts:\n  - {id: d1, ip: [127.0.0.21], arch: x86_64, tags: [x]}\n")
+/// >>> with citron.Server(lab, http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+/// ...     with c.reserve(tags=["x"], wait=10.0) as duts:
+/// ...         d = duts[0]
+/// ...         print(d.id, d.kind, d.arch, d.ip, d.job_url)
+/// d1 baremetal x86_64 ['127.0.0.21'] /api/v1/duts/d1/job
+#[pyclass(frozen, get_all, eq, module = "citron")]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllocatedDut {
+    /// Its id.
+    pub id: String,
+    /// `baremetal` or `vm`.
+    pub kind: String,
+    /// Its architecture.
+    pub arch: Option<String>,
+    /// Its model.
+    pub model: Option<String>,
+    /// Its tags.
+    pub tags: Vec<String>,
+    /// Its MAC address.
+    pub mac: Option<String>,
+    /// Its addresses.
+    pub ip: Vec<String>,
+    /// The gateway that serves it.
+    pub gateway: Option<String>,
+    /// Where its job is set.
+    pub job_url: String,
+    /// Where its access log is read.
+    pub accesses_url: String,
+    /// Where its events are read.
+    pub events_url: String,
+}
+
+impl From<citron_client::AllocatedDut> for AllocatedDut {
+    fn from(d: citron_client::AllocatedDut) -> Self {
+        let a = d.dut;
+        AllocatedDut {
+            id: a.id,
+            kind: a.kind.name().to_string(),
+            arch: a.arch,
+            model: a.model,
+            tags: a.tags,
+            mac: a.mac,
+            ip: a.ip.iter().map(ToString::to_string).collect(),
+            gateway: a.gateway,
+            job_url: d.job_url,
+            accesses_url: d.accesses_url,
+            events_url: d.events_url,
+        }
+    }
+}
+
+#[pymethods]
+impl AllocatedDut {
+    fn __repr__(&self) -> String {
+        format!("AllocatedDut(id={:?}, kind={:?}, ip={:?})", self.id, self.kind, self.ip)
+    }
+}
+
+/// A reservation of the DUT pool: ``id``, ``tenant``, ``state`` (``"waiting"``,
+/// ``"allocated"``, ``"released"``, ``"expired"``, ``"failed"``), what was asked (``tags``,
+/// ``kind``, ``arch``, ``model``, ``count``, ``priority``, ``lifetime`` in seconds), when
+/// (``created_at``, ``allocated_at``, ``expires_at``, ``ended_at``, ``keep_until``: Unix
+/// seconds), ``duts`` (:class:`AllocatedDut`, once allocated), ``token`` (a ``dut``-scope
+/// token on exactly those DUTs while it holds them) and ``reason`` (why it ended).
+///
+/// It is also the sequence of its DUTs: ``len(r)``, ``r[0]``, ``for dut in r``.
+///
+/// >>> import citron
+/// >>> lab = citron.Lab.from_yaml("duts:\n  - {id: d1, ip: [127.0.0.21], tags: [x]}\n")
+/// >>> with citron.Server(lab, http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+/// ...     r = c.pool.request(tags=["x"], lifetime=600.0)
+/// ...     print(r.state, r.lifetime, [d.id for d in r], r.token is not None)
+/// ...     print(c.pool.release(r).state)
+/// allocated 600.0 ['d1'] True
+/// released
+#[pyclass(frozen, get_all, eq, module = "citron")]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reservation {
+    /// Its id.
+    pub id: i64,
+    /// Its tenant (None: the lab's own).
+    pub tenant: Option<String>,
+    /// Where it stands.
+    pub state: String,
+    /// Tags asked for.
+    pub tags: Vec<String>,
+    /// Kind asked for.
+    pub kind: Option<String>,
+    /// Arch asked for.
+    pub arch: Option<String>,
+    /// Model asked for.
+    pub model: Option<String>,
+    /// How many DUTs.
+    pub count: u32,
+    /// Its place in the queue (after the tenant's cap).
+    pub priority: i64,
+    /// How long it holds its DUTs once allocated, seconds.
+    pub lifetime: f64,
+    /// Unix seconds.
+    pub created_at: f64,
+    /// Unix seconds.
+    pub allocated_at: Option<f64>,
+    /// Unix seconds.
+    pub expires_at: Option<f64>,
+    /// Unix seconds.
+    pub ended_at: Option<f64>,
+    /// Unix seconds.
+    pub keep_until: Option<f64>,
+    /// Its DUTs.
+    pub duts: Vec<AllocatedDut>,
+    /// The `dut`-scope token on its DUTs.
+    pub token: Option<String>,
+    /// Why it ended, or went back to the queue.
+    pub reason: Option<String>,
+}
+
+impl From<citron_client::Reservation> for Reservation {
+    fn from(r: citron_client::Reservation) -> Self {
+        Reservation {
+            id: r.id,
+            tenant: r.tenant,
+            state: r.state,
+            tags: r.tags,
+            kind: r.kind,
+            arch: r.arch,
+            model: r.model,
+            count: r.count,
+            priority: r.priority,
+            lifetime: r.lifetime as f64,
+            created_at: r.created_at,
+            allocated_at: r.allocated_at,
+            expires_at: r.expires_at,
+            ended_at: r.ended_at,
+            keep_until: r.keep_until,
+            duts: r.duts.into_iter().map(AllocatedDut::from).collect(),
+            token: r.token,
+            reason: r.reason,
+        }
+    }
+}
+
+#[pymethods]
+impl Reservation {
+    fn __len__(&self) -> usize {
+        self.duts.len()
+    }
+
+    fn __getitem__(&self, i: isize) -> PyResult<AllocatedDut> {
+        let n = self.duts.len() as isize;
+        let at = if i < 0 { i + n } else { i };
+        usize::try_from(at)
+            .ok()
+            .and_then(|at| self.duts.get(at))
+            .cloned()
+            .ok_or_else(|| pyo3::exceptions::PyIndexError::new_err(format!("the reservation has {n} DUTs, not index {i}")))
+    }
+
+    fn __iter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyIterator>> {
+        pyo3::types::PyList::new(py, self.duts.clone())?.try_iter()
+    }
+
+    fn __repr__(&self) -> String {
+        // The token stays out of logs and tracebacks.
+        let duts: Vec<&str> = self.duts.iter().map(|d| d.id.as_str()).collect();
+        format!("Reservation(id={}, state={:?}, duts={:?})", self.id, self.state, duts)
+    }
+}
+
+/// A DUT of the pool as the administrator sees it (``client.pool.duts()``): what it is
+/// (``id``, ``kind``, ``arch``, ``model``, ``tags``, ``mac``, ``ip``, ``gateway``), its
+/// ``state`` (``"free"``, ``"starting"``, ``"allocated"``, ``"recycling"``, ``"kept"``,
+/// ``"quarantined"``, ``"disabled"``), the ``reservation`` holding it, ``uses`` (how often it
+/// was given), and for a quarantined or disabled one ``reason`` and ``output`` (what its
+/// failed power command printed).
+///
+/// >>> import citron
+/// >>> lab = citron.Lab.from_yaml("duts:\n  - {id: d1, ip: [127.0.0.21]}\n")
+/// >>> with citron.Server(lab, http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+/// ...     print([(d.id, d.state) for d in c.pool.duts()], c.pool.disable("d1").state)
+/// [('d1', 'free')] disabled
+#[pyclass(frozen, get_all, eq, module = "citron")]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolDut {
+    /// Its id.
+    pub id: String,
+    /// `baremetal` or `vm`.
+    pub kind: String,
+    /// Its architecture.
+    pub arch: Option<String>,
+    /// Its model.
+    pub model: Option<String>,
+    /// Its tags.
+    pub tags: Vec<String>,
+    /// Its MAC address.
+    pub mac: Option<String>,
+    /// Its addresses.
+    pub ip: Vec<String>,
+    /// The gateway that serves it.
+    pub gateway: Option<String>,
+    /// Its pool state.
+    pub state: String,
+    /// The reservation holding it.
+    pub reservation: Option<i64>,
+    /// How often it was given.
+    pub uses: i64,
+    /// Why it is quarantined or disabled.
+    pub reason: Option<String>,
+    /// What its failed power command printed.
+    pub output: Option<String>,
+}
+
+impl From<citron_client::PoolDut> for PoolDut {
+    fn from(d: citron_client::PoolDut) -> Self {
+        let a = d.dut;
+        PoolDut {
+            id: a.id,
+            kind: a.kind.name().to_string(),
+            arch: a.arch,
+            model: a.model,
+            tags: a.tags,
+            mac: a.mac,
+            ip: a.ip.iter().map(ToString::to_string).collect(),
+            gateway: a.gateway,
+            state: d.state,
+            reservation: d.reservation,
+            uses: d.uses,
+            reason: d.reason,
+            output: d.output,
+        }
+    }
+}
+
+#[pymethods]
+impl PoolDut {
+    fn __repr__(&self) -> String {
+        format!("PoolDut(id={:?}, state={:?}, uses={})", self.id, self.state, self.uses)
+    }
+}
+
+/// A job's retention (``client.results.retention``): the files of the newest ``keep_last``
+/// finished runs, and of runs finished less than ``ttl`` seconds ago, are kept (None: no
+/// such bound).
+///
+/// >>> import citron
+/// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+/// ...     _ = c.results.open_run("build").finish()
+/// ...     print(c.results.set_retention("build", ttl=7 * 86400.0))
+/// Retention(keep_last=None, ttl=604800.0)
+#[pyclass(frozen, get_all, eq, module = "citron")]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retention {
+    /// The newest N finished runs keep their files.
+    pub keep_last: Option<u64>,
+    /// Runs finished less than this many seconds ago keep their files.
+    pub ttl: Option<f64>,
+}
+
+impl From<citron_client::Retention> for Retention {
+    fn from(r: citron_client::Retention) -> Self {
+        Retention { keep_last: r.keep_last, ttl: r.ttl_secs.map(|s| s as f64) }
+    }
+}
+
+#[pymethods]
+impl Retention {
+    fn __repr__(&self) -> String {
+        let keep = self.keep_last.map_or("None".to_string(), |k| k.to_string());
+        let ttl = self.ttl.map_or("None".to_string(), |t| format!("{t:?}"));
+        format!("Retention(keep_last={keep}, ttl={ttl})")
+    }
 }
