@@ -70,6 +70,7 @@ fn _citron(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<client::types::Run>()?;
     m.add_class::<client::types::ResultFile>()?;
     m.add_class::<client::types::HashHit>()?;
+    m.add_class::<client::types::Found>()?;
     m.add_class::<client::types::Token>()?;
     m.add_class::<client::types::Tenant>()?;
     m.add_class::<client::types::Event>()?;

@@ -49,6 +49,8 @@ CALLED_BY: Dict[str, List[str]] = {
     "latestFile": ["Results.read_latest"],
     "headLatestFile": ["Results.latest"],
     "resultsByHash": ["Results.find_by_hash"],
+    "findRun": ["Results.find"],
+    "getRunById": ["Results.run_by_id"],
     "getBlob": ["Latest.read", "Latest.download"],
     "headBlob": ["Results.blob"],
     "getRetention": ["Results.retention"],

@@ -46,7 +46,7 @@ impl Pool {
             return self.quarantine(&dut, from, format!("its health job {shown} cannot be set: {e}"), String::new()).await;
         }
         let run = match self.vms.runs().open_of_dut(&dut.id).await {
-            Ok(Some((run, job, _))) => (run, job),
+            Ok(Some((run, job, _, _))) => (run, job),
             Ok(None) => {
                 let reason = format!("its health job {shown} has no `results:`: its run's status is the health job's verdict");
                 return self.quarantine(&dut, from, reason, String::new()).await;

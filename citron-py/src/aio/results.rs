@@ -14,7 +14,7 @@ use super::runs::{AsyncRunsIter, AsyncWatch};
 use super::{awaitable, awaitable_py, AConn};
 use crate::client::results::{status_of, Data, RunArg, READ_MAX};
 use crate::client::seconds;
-use crate::client::types::{HashHit, ResultFile, Retention, Run};
+use crate::client::types::{Found, HashHit, ResultFile, Retention, Run};
 use crate::errors::Error;
 
 /// What an async upload sends. A binary file object is read whole when the call is made (its
@@ -122,6 +122,37 @@ impl AsyncResults {
     fn run<'py>(&self, py: Python<'py>, job: String, run: i64) -> PyResult<Bound<'py, PyAny>> {
         let c = self.conn.client()?;
         awaitable(py, async move { c.run(&job, run).await.map(Run::from) })
+    }
+
+    /// :meth:`Results.run_by_id`, awaited.
+    ///
+    /// >>> import asyncio, citron
+    /// >>> async def main(c: citron.AsyncClient) -> None:
+    /// ...     run = await c.results.open_run("build")
+    /// ...     print((await c.results.run_by_id(run.id)).job)
+    /// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv:
+    /// ...     asyncio.run(main(srv.async_client()))
+    /// build
+    fn run_by_id<'py>(&self, py: Python<'py>, run: i64) -> PyResult<Bound<'py, PyAny>> {
+        let c = self.conn.client()?;
+        awaitable(py, async move { c.run_by_id(run).await.map(Run::from) })
+    }
+
+    /// :meth:`Results.find`, awaited.
+    ///
+    /// >>> import asyncio, citron
+    /// >>> async def main(c: citron.AsyncClient) -> None:
+    /// ...     try:
+    /// ...         await c.results.find("never-ran")
+    /// ...     except citron.NotFoundError as e:
+    /// ...         print(e.status)
+    /// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv:
+    /// ...     asyncio.run(main(srv.async_client()))
+    /// 404
+    #[pyo3(signature = (job, revision = None, dut = None))]
+    fn find<'py>(&self, py: Python<'py>, job: String, revision: Option<String>, dut: Option<String>) -> PyResult<Bound<'py, PyAny>> {
+        let c = self.conn.client()?;
+        awaitable(py, async move { c.find(&job, revision.as_deref(), dut.as_deref()).await.map(Found::from) })
     }
 
     /// :meth:`Results.latest`, awaited: the :class:`Run`, or with ``path`` an

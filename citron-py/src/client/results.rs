@@ -14,7 +14,7 @@ use pyo3::types::{PyByteArray, PyBytes};
 use sha2::{Digest as _, Sha256};
 
 use super::runs::{RunsIter, Watch};
-use super::types::{HashHit, ResultFile, Retention, Run};
+use super::types::{Found, HashHit, ResultFile, Retention, Run};
 use super::{exclusive, seconds, Conn};
 use parking_lot::Mutex;
 
@@ -216,6 +216,35 @@ impl Results {
     /// r7
     fn run(&self, py: Python<'_>, job: &str, run: i64) -> PyResult<Run> {
         Ok(self.conn.block(py, self.conn.client.run(job, run))?.into())
+    }
+
+    /// Run ``run`` by its id alone, with its files (the id :meth:`Results.find` and the
+    /// event feed give).
+    ///
+    /// >>> import citron
+    /// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+    /// ...     run = c.results.open_run("build", revision="r7")
+    /// ...     print(c.results.run_by_id(run.id).job)
+    /// build
+    fn run_by_id(&self, py: Python<'_>, run: i64) -> PyResult<Run> {
+        Ok(self.conn.block(py, self.conn.client.run_by_id(run))?.into())
+    }
+
+    /// Replay by revision: the input key ``job`` would have on DUT ``dut`` (default: the DUT
+    /// of its newest recorded run) for ``revision`` (default: the job's own) now, and the
+    /// newest successful run with that key — a :class:`Found` whose ``run`` is None when the
+    /// test must run. :class:`NotFoundError` when no run of the job recorded its job yet.
+    ///
+    /// >>> import citron
+    /// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+    /// ...     try:
+    /// ...         c.results.find("never-ran", revision="v1")
+    /// ...     except citron.NotFoundError as e:
+    /// ...         print(e.status)
+    /// 404
+    #[pyo3(signature = (job, revision = None, dut = None))]
+    fn find(&self, py: Python<'_>, job: &str, revision: Option<String>, dut: Option<String>) -> PyResult<Found> {
+        Ok(self.conn.block(py, self.conn.client.find(job, revision.as_deref(), dut.as_deref()))?.into())
     }
 
     /// The newest run of ``job`` (successful unless ``status`` says ``"failure"``,

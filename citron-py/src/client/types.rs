@@ -120,6 +120,51 @@ impl Run {
     }
 }
 
+/// What :meth:`Results.find` answers (replay by revision): the input ``key`` job ``job``
+/// would have on DUT ``dut`` for ``revision`` now, ``run`` (the newest successful run with that
+/// key, with its files: replay it; None: run the test), ``flaky`` (runs with this key ended
+/// both in success and in failure) and ``runs`` (their ids, newest first).
+///
+/// >>> import citron
+/// >>> with citron.Server(http=None, tftp=None, nbd=None, api="127.0.0.1:0") as srv, srv.client() as c:
+/// ...     try:
+/// ...         c.results.find("never-ran")
+/// ...     except citron.NotFoundError as e:
+/// ...         print(e.status)
+/// 404
+#[pyclass(frozen, get_all, eq, module = "citron")]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Found {
+    /// The job.
+    pub job: String,
+    /// The DUT the key was computed for.
+    pub dut: String,
+    /// The revision it was computed for.
+    pub revision: Option<String>,
+    /// The input key (SHA-256, hex).
+    pub key: String,
+    /// The newest successful run with this key, or None.
+    pub run: Option<Run>,
+    /// Runs with this key ended both in success and in failure.
+    pub flaky: bool,
+    /// The finished runs with this key, newest first.
+    pub runs: Vec<i64>,
+}
+
+impl From<citron_client::Found> for Found {
+    fn from(f: citron_client::Found) -> Self {
+        Found { job: f.job, dut: f.dut, revision: f.revision, key: f.key, run: f.run.map(Run::from), flaky: f.flaky, runs: f.runs }
+    }
+}
+
+#[pymethods]
+impl Found {
+    fn __repr__(&self) -> String {
+        let run = self.run.as_ref().map_or("None".to_string(), |r| r.id.to_string());
+        format!("Found(job={:?}, dut={:?}, key={:?}, run={run}, flaky={})", self.job, self.dut, self.key, py_bool(self.flaky))
+    }
+}
+
 /// A file with the digest asked for (``Results.find_by_hash``): ``job``, ``run``, ``path``.
 ///
 /// >>> import citron, hashlib
