@@ -23,8 +23,8 @@
 //! - `vms.rs`: `kind: vm` DUTs: their QEMU, its namespace, its console.
 //! - `worker.rs`: starting and recycling this gateway's DUTs; `health.rs`: health jobs.
 //!
-//! Room for what comes next: the Duffy legacy API maps onto [`Pool::request`] /
-//! [`Pool::release`] / [`Pool::fail`].
+//! Duffy's legacy API (`api/duffy.rs`, off unless `pool: {duffy: true}`) is a second door onto
+//! the same [`Pool::request`] / [`Pool::release`] / [`Pool::fail`].
 
 mod health;
 mod power;
