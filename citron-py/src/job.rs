@@ -376,7 +376,7 @@ fn disk_artifact(step: &str, d: &DiskSpec) -> Artifact {
         }
         DiskKind::Filesystem { size_bytes, contents, .. } => {
             let url = match contents {
-                Some(FsContents::Tarball(src)) => source_fields(src).1,
+                Some(FsContents::Tarball(src, _)) => source_fields(src).1,
                 Some(FsContents::Container(c)) => Some(c.clone()),
                 None => None,
             };

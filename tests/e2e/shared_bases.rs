@@ -2,12 +2,15 @@
 //! one S3 bucket (moto's server); gateway A builds a tarball's ext4 base for its DUT and leaves
 //! it in the bucket under `bases/`, gateway B, loading the same job for its own DUT, downloads
 //! it instead of building it (B's log says so, and it never logs a base of its own left there),
-//! keeps it sparse, and both DUTs read the same bytes over NBD (`nbdcopy`).
+//! keeps it sparse, and both DUTs read the same bytes over NBD (`nbdcopy`). The tarball has a
+//! `sha256:`, so B takes it from the bucket's `inputs/` too: the origin is asked once, by A.
 
 use std::io::Write as _;
 use std::net::TcpListener;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use citron_tests::{require_tool, run, Citron};
@@ -29,19 +32,22 @@ fn tarball() -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
-/// A loopback HTTP origin serving `body` at every path.
-fn origin(body: Vec<u8>) -> u16 {
+/// A loopback HTTP origin serving `body` at every path; counts the requests it answered.
+fn origin(body: Vec<u8>) -> (u16, Arc<AtomicUsize>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
+    let asked = Arc::new(AtomicUsize::new(0));
+    let count = asked.clone();
     std::thread::spawn(move || {
         for mut s in l.incoming().flatten() {
+            count.fetch_add(1, Ordering::SeqCst);
             let mut buf = [0u8; 4096];
             let _ = std::io::Read::read(&mut s, &mut buf);
             let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
             let _ = s.write_all(head.as_bytes()).and_then(|_| s.write_all(&body));
         }
     });
-    port
+    (port, asked)
 }
 
 /// Waits up to 30 s for `line` in the gateway's log.
@@ -76,7 +82,11 @@ fn a_base_prepared_by_one_gateway_is_downloaded_by_another() {
     assert_eq!(moto.curl(&["-X", "PUT", &moto.url("lab-bucket")]).code, 0, "create the bucket");
     let dir = tempfile::tempdir().unwrap();
     let tar = tarball();
-    let port = origin(tar.clone());
+    let sha = {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(&tar))
+    };
+    let (port, asked) = origin(tar.clone());
     let lab = dir.path().join("lab.yaml");
     let text = format!(
         "duts:\n  - id: dut1\n    ip: [\"127.0.0.2\"]\n    gateway: a\n  - id: dut2\n    ip: [\"127.0.0.3\"]\n    gateway: b\nstore:\n  url: s3://lab-bucket/rack\n  endpoint: {}\n  region: us-east-1\n",
@@ -96,7 +106,7 @@ fn a_base_prepared_by_one_gateway_is_downloaded_by_another() {
         .unwrap_or_else(|f| panic!("gateway {name} did not start: {}", f.stderr))
     };
     let job = format!(
-        "deployment:\n  start:\n    storage:\n      nbd:\n        - name: root\n          filesystem: {{ type: ext4, size: 64M, data: {{ url: \"http://127.0.0.1:{port}/root.tar\" }} }}\n"
+        "deployment:\n  start:\n    storage:\n      nbd:\n        - name: root\n          filesystem: {{ type: ext4, size: 64M, data: {{ url: \"http://127.0.0.1:{port}/root.tar\", sha256: {sha} }} }}\n"
     );
 
     // A builds the base and leaves it in the bucket, under bases/ (not inputs/ nor results/).
@@ -117,6 +127,7 @@ fn a_base_prepared_by_one_gateway_is_downloaded_by_another() {
     let downloaded = started.elapsed();
     let log = wait_log(&b, "prepared disk base taken from the shared store");
     assert!(!log.contains("prepared disk base left in the shared store"), "B built a base of its own:\n{log}");
+    assert_eq!(asked.load(Ordering::SeqCst), 1, "the origin was asked by A only (B took the tarball from the bucket)");
     eprintln!("job load with the base built: {built:?}; with the base downloaded: {downloaded:?}");
 
     // Sparse on B as on A: a 64 MiB ext4 holding 300 KB of files.

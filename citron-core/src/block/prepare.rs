@@ -114,8 +114,8 @@ pub(crate) async fn prepare(dir: &Path, cache: &Cache, locks: &KeyLocks, limits:
             }
             let (tarball, what) = match contents {
                 None => (None, "empty".to_string()),
-                Some(FsContents::Tarball(src)) => {
-                    let c = cache.get(src, None).await?;
+                Some(FsContents::Tarball(src, sha256)) => {
+                    let c = cache.get(src, *sha256).await?;
                     let what = format!("tar:{}", c.digest.hex());
                     (Some((c, tarball_name(src))), what)
                 }

@@ -182,7 +182,7 @@ fn step(s: &Step) -> serde_json::Value {
                 DiskKind::Image { source: src, sha256 } => json!({"image": source(src), "sha256": sha256.map(|h| h.hex())}),
                 DiskKind::Filesystem { fstype, size_bytes, contents } => json!({"filesystem": {
                     "type": fstype, "size": size_bytes,
-                    "tarball": match contents { Some(FsContents::Tarball(t)) => source(t), _ => serde_json::Value::Null },
+                    "tarball": match contents { Some(FsContents::Tarball(t, _)) => source(t), _ => serde_json::Value::Null },
                     "container": match contents { Some(FsContents::Container(c)) => json!(c), _ => serde_json::Value::Null },
                 }}),
                 DiskKind::Raw { size_bytes } => json!({"raw": size_bytes}),

@@ -266,6 +266,11 @@ pub struct TarballFile {
     /// A local tarball.
     #[serde(default)]
     pub file: Option<String>,
+    /// The tarball's expected SHA-256 (64 hex digits, optionally `sha256:`-prefixed): checked
+    /// on fetch, and what lets another gateway take it from the shared store.
+    #[serde(default)]
+    #[schemars(regex(pattern = r"^(sha256:)?[0-9a-fA-F]{64}$"))]
+    pub sha256: Option<String>,
 }
 
 /// `raw:`

@@ -164,8 +164,10 @@ pub enum DiskKind {
 /// What a `filesystem:` disk is filled with.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FsContents {
-    /// A tarball (`data: {url: ...}`), unpacked at the filesystem's root.
-    Tarball(Source),
+    /// A tarball (`data: {url: ..., sha256: ...}`), unpacked at the filesystem's root, with its
+    /// expected digest (with one, a gateway may take it from the lab's shared store instead of
+    /// its origin, as any other source with a `sha256:`).
+    Tarball(Source, Option<Digest>),
     /// A container image reference (`container: docker://...`), layers flattened.
     Container(String),
 }

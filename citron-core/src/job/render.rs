@@ -343,7 +343,9 @@ impl Renderer<'_> {
                 };
                 let contents = match contents {
                     None => Some(None),
-                    Some(FsDesc::Tarball(src)) => self.source(src).map(|s| Some(FsContents::Tarball(s))),
+                    Some(FsDesc::Tarball(src, sha)) => {
+                        self.source(src).map(|s| Some(FsContents::Tarball(s, sha.as_ref().map(|h| h.digest))))
+                    }
                     Some(FsDesc::Container(c)) => self.text(c).and_then(|v| match v.strip_prefix("docker://") {
                         Some(rest) if !rest.is_empty() && !rest.chars().any(char::is_whitespace) => Some(Some(FsContents::Container(v))),
                         _ => {

@@ -141,7 +141,7 @@ fn nbd_alternatives_become_the_four_disk_kinds() {
     let r = job.render(&lab_ctx(Path::new("/nonexistent"))).unwrap();
     let n = &r.start.nbd;
     assert_eq!(n.len(), 4);
-    assert!(matches!(&n[1].kind, DiskKind::Filesystem { fstype, size_bytes, contents: Some(FsContents::Tarball(Source::Url(_))) }
+    assert!(matches!(&n[1].kind, DiskKind::Filesystem { fstype, size_bytes, contents: Some(FsContents::Tarball(Source::Url(_), None)) }
         if fstype == "ext4" && *size_bytes == 20 << 30));
     assert!(matches!(&n[2].kind, DiskKind::Filesystem { fstype, size_bytes: 0, contents: Some(FsContents::Container(c)) }
         if fstype == "ext4" && c == "docker://alpine:latest"));
@@ -738,4 +738,22 @@ fn a_job_names_itself_and_says_what_its_results_are() {
     let e = render_errors("name: a\nresults:\n  max_size: 2M\ndeployment: {start: {}}\n", &small, Origin::named("j.yaml"));
     assert_eq!((e[0].0, e[0].1, e[0].2.as_str()), (3, 13, "results.max_size"), "{e:?}");
     assert!(e[0].3.contains("limits.results_max"), "{}", e[0].3);
+}
+
+#[test]
+fn a_tarball_carries_its_sha256_and_a_bad_one_is_positioned() {
+    let hex = "ab".repeat(32);
+    let job = format!(
+        "deployment:\n  start:\n    storage:\n      nbd:\n        - name: root\n          filesystem: {{ size: 1G, data: {{ url: \"http://o/r.tar\", sha256: {hex} }} }}\n"
+    );
+    let r = JobDescription::parse(&job, Origin::named("t.yaml")).unwrap().render(&lab_ctx(Path::new("/nonexistent"))).unwrap();
+    assert!(matches!(&r.start.nbd[0].kind, DiskKind::Filesystem { contents: Some(FsContents::Tarball(Source::Url(_), Some(d))), .. }
+        if d.hex() == hex));
+    one_error(
+        "deployment:\n  start:\n    storage:\n      nbd:\n        - name: root\n          filesystem: {size: 1G, data: {url: \"http://o/r.tar\", sha256: nothex}}\n",
+        6,
+        72,
+        "deployment.start.storage.nbd[0].filesystem.data.sha256",
+        "sha256sum",
+    );
 }

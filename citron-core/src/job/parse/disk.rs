@@ -13,7 +13,7 @@ use super::{child, Sha, SrcDesc, Str, Walker};
 /// `filesystem:` contents.
 #[derive(Debug, Clone)]
 pub(crate) enum FsDesc {
-    Tarball(SrcDesc),
+    Tarball(SrcDesc, Option<Sha>),
     Container(Str),
 }
 
@@ -120,8 +120,12 @@ impl Walker<'_> {
                 let n = f.get("data").expect("present");
                 let df = child(field, "data");
                 let d = self.mapping(n, &df, fields_of::<TarballFile>())?;
+                let sha256 = match d.get("sha256") {
+                    Some(s) => Some(self.sha256(s, &child(&df, "sha256"))?),
+                    None => None,
+                };
                 let (k, v) = self.one_of(&d, TARBALL_KEYS, &df, "tarball")?;
-                Some(Some(FsDesc::Tarball(self.source(k, v, &df)?)))
+                Some(Some(FsDesc::Tarball(self.source(k, v, &df)?, sha256)))
             }
             (None, Some(_)) => {
                 let n = f.get("container").expect("present");
