@@ -297,7 +297,7 @@ fn filesystem_from_tarball_passes_e2fsck() {
     run(Command::new("tar").arg("czf").arg(&tgz).arg("-C").arg(&tree).arg("."));
     let lab = Lab::start(vec![disk(
         "rootfs",
-        DiskKind::Filesystem { fstype: "ext4".into(), size_bytes: 32 << 20, contents: Some(FsContents::Tarball(Source::File(tgz))) },
+        DiskKind::Filesystem { fstype: "ext4".into(), size_bytes: 32 << 20, contents: Some(FsContents::Tarball(Source::File(tgz), None)) },
         ResetOn::JobStart,
     )]);
     let img = t.path().join("fs.img");
