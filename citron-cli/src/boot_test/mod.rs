@@ -493,7 +493,13 @@ impl Plan<'_> {
             report.timeline = watch.timeline.clone();
             report.warnings.append(&mut watch.warnings);
             report.boots_run = boot;
-            // What the DUT fetched, from citron's own log: proof that it booted from citron.
+            // What the DUT fetched, from citron's own log: proof that it booted from citron. Its
+            // NBD session is recorded when the server sees QEMU's socket close, a moment after
+            // QEMU is gone: wait for that (bounded) so the log has the whole boot.
+            let settle = std::time::Instant::now() + Duration::from_secs(5);
+            while !gw.in_flight(&t.id).map_err(BootTestError::Gateway)?.is_empty() && std::time::Instant::now() < settle {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             for rec in gw.accesses(&t.id).map_err(BootTestError::Gateway)? {
                 log_line(log, &format!("=== citron: {} {} {} bytes {:?}", rec.protocol, rec.path, rec.bytes, rec.outcome));
             }
