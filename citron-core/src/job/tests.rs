@@ -756,4 +756,9 @@ fn a_tarball_carries_its_sha256_and_a_bad_one_is_positioned() {
         "deployment.start.storage.nbd[0].filesystem.data.sha256",
         "sha256sum",
     );
+    // A bad sha256 and a missing source are both reported, not only the first.
+    let e = errors(
+        "deployment:\n  start:\n    storage:\n      nbd:\n        - name: root\n          filesystem: {size: 1G, data: {sha256: nothex}}\n",
+    );
+    assert_eq!(e.len(), 2, "{e:#?}");
 }

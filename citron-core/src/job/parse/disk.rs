@@ -120,12 +120,16 @@ impl Walker<'_> {
                 let n = f.get("data").expect("present");
                 let df = child(field, "data");
                 let d = self.mapping(n, &df, fields_of::<TarballFile>())?;
-                let sha256 = match d.get("sha256") {
-                    Some(s) => Some(self.sha256(s, &child(&df, "sha256"))?),
+                // Checked before the source and not `?`-ed, as a disk's own `sha256`: every
+                // problem of the tarball is reported at once.
+                let sha256 = d.get("sha256").map(|s| self.sha256(s, &child(&df, "sha256")));
+                let (k, v) = self.one_of(&d, TARBALL_KEYS, &df, "tarball")?;
+                let source = self.source(k, v, &df)?;
+                let sha256 = match sha256 {
+                    Some(s) => Some(s?),
                     None => None,
                 };
-                let (k, v) = self.one_of(&d, TARBALL_KEYS, &df, "tarball")?;
-                Some(Some(FsDesc::Tarball(self.source(k, v, &df)?, sha256)))
+                Some(Some(FsDesc::Tarball(source, sha256)))
             }
             (None, Some(_)) => {
                 let n = f.get("container").expect("present");
